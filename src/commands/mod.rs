@@ -1,0 +1,33 @@
+//! The command line's verbs, one module each. `main.rs` parses arguments and
+//! calls these; each returns the process exit status.
+
+use std::process::ExitCode;
+
+/// Exit status for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when a check or a test failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// An error that ends a command, with the exit status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad arguments or configuration: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else that stops the command: exit 1.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            CommandError::Other(_) => ExitCode::from(EXIT_FAILED),
+        }
+    }
+}
+
+pub type CommandResult = Result<ExitCode, CommandError>;

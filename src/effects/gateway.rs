@@ -1,0 +1,390 @@
+//! The gateway between one run's script and the [`Effects`] implementation.
+//!
+//! Host functions call [`RunEffects::call`] with an effect name and JSON
+//! arguments. The gateway checks the rule's capabilities, numbers the call,
+//! answers from the run's earlier attempts when the same call was already
+//! made (so a retried run does not post to Slack twice), otherwise performs
+//! it on the runtime within the run's deadline, and records it with its
+//! arguments redacted. Observers (the journal) see each record as soon as it
+//! completes, so a crash after an effect does not repeat it on resume.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
+    is_external, redact, required_capability,
+};
+
+/// One effect call of a run, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectRecord {
+    /// 1-based position of the call in its run.
+    pub seq: u32,
+    pub name: String,
+    /// Arguments with secrets redacted.
+    pub args: Value,
+    pub result: Result<Value, EffectError>,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: f64,
+    /// True when the result came from an earlier attempt instead of being performed.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl EffectRecord {
+    /// Whether this call changed the world (see [`is_external`]).
+    pub fn is_external(&self) -> bool {
+        is_external(&self.name)
+    }
+}
+
+/// A log line written by `log::info/warn/error` in a script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Sees every effect of a run as soon as it completes (the journal).
+pub trait EffectObserver: Send + Sync {
+    fn effect_completed(&self, run_id: &str, record: &EffectRecord);
+}
+
+/// The effect side of one run attempt.
+pub struct RunEffects {
+    context: EffectContext,
+    capabilities: CapabilitySet,
+    effects: Arc<dyn Effects>,
+    runtime: tokio::runtime::Handle,
+    /// Records of earlier attempts (or of the run before a crash), replayed by position.
+    replay: Vec<EffectRecord>,
+    records: Mutex<Vec<EffectRecord>>,
+    logs: Mutex<Vec<LogLine>>,
+    observer: Option<Arc<dyn EffectObserver>>,
+    transient_failure: AtomicBool,
+}
+
+impl RunEffects {
+    pub fn new(
+        context: EffectContext,
+        capabilities: CapabilitySet,
+        effects: Arc<dyn Effects>,
+        runtime: tokio::runtime::Handle,
+    ) -> RunEffects {
+        RunEffects {
+            context,
+            capabilities,
+            effects,
+            runtime,
+            replay: Vec::new(),
+            records: Mutex::default(),
+            logs: Mutex::default(),
+            observer: None,
+            transient_failure: AtomicBool::new(false),
+        }
+    }
+
+    /// Answers calls from these records first, by position, while name and arguments agree.
+    pub fn with_replay(mut self, records: Vec<EffectRecord>) -> RunEffects {
+        self.replay = records;
+        self
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn EffectObserver>) -> RunEffects {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn context(&self) -> &EffectContext {
+        &self.context
+    }
+
+    /// Performs one effect for the script. Blocks the calling (sandbox) thread.
+    pub fn call(&self, name: &str, args: Value) -> Result<Value, EffectError> {
+        self.check_capability(name, &args)?;
+        let seq = self.next_seq();
+        let redacted_args = redact(&args);
+        if let Some(earlier) = self.replayed(seq, name, &redacted_args) {
+            return self.finish(earlier);
+        }
+        let started_at = Utc::now();
+        let started = Instant::now();
+        let request = EffectRequest::new(name, args);
+        let result = self.perform(&request);
+        let record = EffectRecord {
+            seq,
+            name: name.to_string(),
+            args: redacted_args,
+            result: result.map(|v| redact(&v)),
+            started_at,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            replayed: false,
+        };
+        metrics::histogram!("zoomwire_effect_seconds", "effect" => name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        self.finish(record)
+    }
+
+    fn perform(&self, request: &EffectRequest) -> Result<Value, EffectError> {
+        let remaining = self
+            .context
+            .deadline
+            .saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timeout_error(&request.name));
+        }
+        let future = self.effects.perform(&self.context, request);
+        self.runtime
+            .block_on(async { tokio::time::timeout(remaining, future).await })
+            .unwrap_or_else(|_| Err(timeout_error(&request.name)))
+    }
+
+    fn finish(&self, record: EffectRecord) -> Result<Value, EffectError> {
+        if let Err(error) = &record.result
+            && error.is_transient()
+        {
+            self.transient_failure.store(true, Ordering::Relaxed);
+        }
+        if let Some(observer) = &self.observer
+            && !record.replayed
+        {
+            observer.effect_completed(&self.context.run_id, &record);
+        }
+        let result = record.result.clone();
+        lock(&self.records).push(record);
+        result
+    }
+
+    fn check_capability(&self, name: &str, args: &Value) -> Result<(), EffectError> {
+        let Some(capability) = required_capability(name) else {
+            return Ok(());
+        };
+        if !self.capabilities.allows(capability) {
+            let needed = if capability == "http" {
+                "http:<host>"
+            } else {
+                capability
+            };
+            return Err(EffectError::new(
+                name,
+                EffectErrorKind::Denied,
+                format!(
+                    "rule `{}` lacks the capability `{needed}`: add it to the rule's `allow:` list",
+                    self.context.rule
+                ),
+            ));
+        }
+        if name == "http.request" {
+            let host = args["url"]
+                .as_str()
+                .and_then(|u| url::Url::parse(u).ok())
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default();
+            if !self.capabilities.allows_host(&host) {
+                return Err(EffectError::new(
+                    name,
+                    EffectErrorKind::Denied,
+                    format!(
+                        "rule `{}` may not reach host `{host}`: add `http:{host}` to the rule's `allow:` list",
+                        self.context.rule
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&self) -> u32 {
+        lock(&self.records).len() as u32 + 1
+    }
+
+    fn replayed(&self, seq: u32, name: &str, redacted_args: &Value) -> Option<EffectRecord> {
+        let earlier = self.replay.get(seq as usize - 1)?;
+        if earlier.name != name || earlier.args != *redacted_args {
+            return None;
+        }
+        // A failed call is performed again; a completed one is not.
+        earlier.result.as_ref().ok()?;
+        Some(EffectRecord {
+            replayed: true,
+            ..earlier.clone()
+        })
+    }
+
+    /// Records a script log line (also sent to tracing).
+    pub fn log(&self, level: &str, message: String) {
+        match level {
+            "error" => {
+                tracing::error!(rule = %self.context.rule, run = %self.context.run_id, "{message}")
+            }
+            "warn" => {
+                tracing::warn!(rule = %self.context.rule, run = %self.context.run_id, "{message}")
+            }
+            _ => tracing::info!(rule = %self.context.rule, run = %self.context.run_id, "{message}"),
+        }
+        lock(&self.logs).push(LogLine {
+            level: level.to_string(),
+            message,
+            at: Utc::now(),
+        });
+    }
+
+    /// The current time, recorded as an effect so that a resumed run sees the same clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        let seq = self.next_seq();
+        if let Some(earlier) = self.replayed(seq, "now", &Value::Null)
+            && let Some(at) = earlier
+                .result
+                .as_ref()
+                .ok()
+                .and_then(|v| v.as_str())
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        {
+            let at = at.with_timezone(&Utc);
+            let _ = self.finish(earlier);
+            return at;
+        }
+        let now = Utc::now();
+        let _ = self.finish(EffectRecord {
+            seq,
+            name: "now".into(),
+            args: Value::Null,
+            result: Ok(Value::String(now.to_rfc3339())),
+            started_at: now,
+            latency_ms: 0.0,
+            replayed: false,
+        });
+        now
+    }
+
+    /// Whether any effect failed in a way worth retrying the run for.
+    pub fn had_transient_failure(&self) -> bool {
+        self.transient_failure.load(Ordering::Relaxed)
+    }
+
+    pub fn records(&self) -> Vec<EffectRecord> {
+        lock(&self.records).clone()
+    }
+
+    pub fn logs(&self) -> Vec<LogLine> {
+        lock(&self.logs).clone()
+    }
+}
+
+fn timeout_error(effect: &str) -> EffectError {
+    EffectError::new(
+        effect,
+        EffectErrorKind::Timeout,
+        "the run's deadline passed while waiting for this effect",
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only follows a panic in another holder; the data is still consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::Capability;
+    use crate::effects::recorder::RecordingEffects;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn run_effects(capabilities: Vec<Capability>, runtime: &tokio::runtime::Runtime) -> RunEffects {
+        let capabilities = CapabilitySet::new(capabilities);
+        let context = EffectContext {
+            rule: Arc::from("rule-a"),
+            run_id: Arc::from("run-1"),
+            deadline: Instant::now() + Duration::from_secs(5),
+            http_hosts: capabilities.http_hosts(),
+            download_token: None,
+        };
+        RunEffects::new(
+            context,
+            capabilities,
+            Arc::new(RecordingEffects::default()),
+            runtime.handle().clone(),
+        )
+    }
+
+    #[test]
+    fn records_numbered_calls_with_redacted_arguments() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gateway = run_effects(vec![Capability::Slack], &runtime);
+        gateway
+            .call(
+                "slack.post",
+                json!({"channel": "#a", "text": "hi", "token": "xoxb"}),
+            )
+            .unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        let records = gateway.records();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].seq, 1);
+        assert_eq!(records[0].args["token"], "[redacted]");
+        assert_eq!(records[1].name, "state.set");
+    }
+
+    #[test]
+    fn refuses_a_missing_capability_naming_it() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gateway = run_effects(vec![], &runtime);
+        let error = gateway
+            .call("slack.post", json!({"channel": "#a", "text": "hi"}))
+            .unwrap_err();
+        assert_eq!(error.kind, EffectErrorKind::Denied);
+        assert!(error.message.contains("`slack`"), "{}", error.message);
+    }
+
+    #[test]
+    fn refuses_hosts_outside_the_allow_list() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gateway = run_effects(vec![Capability::Http("api.example.com".into())], &runtime);
+        assert!(
+            gateway
+                .call(
+                    "http.request",
+                    json!({"method": "GET", "url": "https://api.example.com/x"})
+                )
+                .is_ok()
+        );
+        for url in [
+            "https://evil.test/x",
+            "https://api.example.com@evil.test/",
+            "http://127.0.0.1/",
+        ] {
+            let error = gateway
+                .call("http.request", json!({"method": "GET", "url": url}))
+                .unwrap_err();
+            assert_eq!(error.kind, EffectErrorKind::Denied, "{url}");
+        }
+    }
+
+    #[test]
+    fn replays_completed_calls_of_an_earlier_attempt() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let first = run_effects(vec![Capability::Slack], &runtime);
+        let args = json!({"channel": "#a", "text": "hi"});
+        first.call("slack.post", args.clone()).unwrap();
+        let earlier = first.records();
+        let second = run_effects(vec![Capability::Slack], &runtime).with_replay(earlier);
+        second.call("slack.post", args).unwrap();
+        second
+            .call("slack.post", json!({"channel": "#b", "text": "new"}))
+            .unwrap();
+        let records = second.records();
+        assert!(records[0].replayed);
+        assert!(!records[1].replayed);
+    }
+}

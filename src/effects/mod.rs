@@ -1,0 +1,248 @@
+//! Every side effect a script can cause goes through the [`Effects`] trait:
+//! Zoom REST, Slack, email, HTTP, downloads and rule state.
+//!
+//! The sandbox's host functions turn a script call into an [`EffectRequest`]
+//! (a name such as `slack.post` and JSON arguments), check the rule's
+//! capabilities, and hand it to an `Effects` implementation: the recording
+//! fake in [`recorder`] for `--dry-run` and rule tests, or the real clients for
+//! the daemon. Arguments and results are JSON so that the same request can be
+//! recorded, replayed on a retry and matched in a test.
+
+pub mod capability;
+pub mod gateway;
+pub mod recorder;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use capability::{Capability, CapabilitySet};
+
+/// A boxed future, so that `Effects` stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One call a script made: `name` is `zoom.get`, `slack.post`, ...
+///
+/// Argument shapes, by name (all JSON objects):
+/// - `zoom.get`, `zoom.delete`: `{path, params}`; `zoom.post|patch|put`: `{path, params, body}`.
+///   `path` keeps its `{name}` placeholders; `params` fills them.
+/// - `zoom.paginate`: `{path, items_key, params}`, answered with the array of all items.
+/// - `zoom.download`: `{file, dest}` where `file` is a URL or a recording-file map.
+/// - `slack.post`: `{channel, text, blocks?, thread_ts?}`; `slack.webhook`: `{name, text?, payload?}`.
+/// - `email.send`: `{to, cc?, bcc?, subject, text?, html?, reply_to?}`.
+/// - `http.request`: `{method, url, headers?, body?, timeout?}`, answered with `{status, headers, body}`.
+/// - `state.get`: `{key}`; `state.set`: `{key, value, ttl?}` (ttl in seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectRequest {
+    pub name: String,
+    pub args: Value,
+}
+
+impl EffectRequest {
+    pub fn new(name: impl Into<String>, args: Value) -> EffectRequest {
+        EffectRequest {
+            name: name.into(),
+            args,
+        }
+    }
+}
+
+/// What an implementation knows about the run that asks.
+#[derive(Debug, Clone)]
+pub struct EffectContext {
+    pub rule: Arc<str>,
+    pub run_id: Arc<str>,
+    /// The run's wall-clock deadline: an effect never waits past it.
+    pub deadline: Instant,
+    /// Hosts the rule may reach through `http.request` (from `http:<host>`).
+    pub http_hosts: Arc<[String]>,
+    /// The event's `download_token`, for recording downloads. Never logged.
+    pub download_token: Option<Arc<secrecy::SecretString>>,
+}
+
+/// How an effect failed, which decides whether the run is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectErrorKind {
+    /// Worth retrying: 5xx, timeouts, connection errors, rate limits that outlast the run.
+    Transient,
+    /// Retrying will not help: 4xx, bad arguments, refused addresses.
+    Permanent,
+    /// The rule lacks the capability.
+    Denied,
+    /// The run's deadline passed while waiting.
+    Timeout,
+}
+
+/// An effect's failure, as the script sees it (a catchable error map).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{effect}: {message}")]
+pub struct EffectError {
+    pub effect: String,
+    pub kind: EffectErrorKind,
+    pub message: String,
+    /// Zoom's `code`, or Slack's error code, when the peer gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Value>,
+    /// HTTP status, when there was a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl EffectError {
+    pub fn new(effect: &str, kind: EffectErrorKind, message: impl Into<String>) -> EffectError {
+        EffectError {
+            effect: effect.to_string(),
+            kind,
+            message: message.into(),
+            code: None,
+            status: None,
+        }
+    }
+
+    pub fn permanent(effect: &str, message: impl Into<String>) -> EffectError {
+        EffectError::new(effect, EffectErrorKind::Permanent, message)
+    }
+
+    pub fn transient(effect: &str, message: impl Into<String>) -> EffectError {
+        EffectError::new(effect, EffectErrorKind::Transient, message)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            EffectErrorKind::Transient | EffectErrorKind::Timeout
+        )
+    }
+}
+
+/// The one interface through which scripts reach the world.
+///
+/// Implementations are called from the runtime (the sandbox blocks its own
+/// thread on the returned future, bounded by `context.deadline`).
+pub trait Effects: Send + Sync + 'static {
+    fn perform<'a>(
+        &'a self,
+        context: &'a EffectContext,
+        request: &'a EffectRequest,
+    ) -> BoxFuture<'a, Result<Value, EffectError>>;
+}
+
+/// Whether a request changes the world (and counts for `no_effects` in tests).
+/// Reads of state and the clock do not.
+pub fn is_external(name: &str) -> bool {
+    !matches!(name, "state.get" | "now" | "log")
+}
+
+/// Names of the effects a script can call, and the capability each needs.
+pub fn required_capability(name: &str) -> Option<&'static str> {
+    match name {
+        "zoom.get" | "zoom.paginate" => Some("zoom.read"),
+        "zoom.post" | "zoom.patch" | "zoom.put" | "zoom.delete" => Some("zoom.write"),
+        "zoom.download" => Some("zoom.download"),
+        "slack.post" | "slack.webhook" => Some("slack"),
+        "email.send" => Some("email"),
+        "http.request" => Some("http"),
+        _ => None,
+    }
+}
+
+/// Replaces secret-looking values in effect arguments before they are
+/// recorded or logged: any key that names a credential, and userinfo in URLs.
+pub fn redact(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, v)| {
+                    if is_secret_key(key) {
+                        (key.clone(), Value::String("[redacted]".into()))
+                    } else {
+                        (key.clone(), redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        Value::String(s) => Value::String(redact_url_secrets(s)),
+        other => other.clone(),
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "authorization",
+        "api_key",
+        "apikey",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// Hides `user:pass@` in URLs and `access_token=` query values.
+fn redact_url_secrets(text: &str) -> String {
+    let mut out = text.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            out = format!("{}[redacted]{}", &out[..scheme_end + 3], &rest[at..]);
+        }
+    }
+    for param in ["access_token=", "token=", "password=", "pwd="] {
+        let mut search_from = 0;
+        while let Some(found) = out[search_from..].find(param) {
+            let start = search_from + found + param.len();
+            let end = out[start..]
+                .find(['&', '#', ' '])
+                .map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "[redacted]");
+            search_from = start + "[redacted]".len();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn redacts_secret_keys_and_url_credentials() {
+        let args = json!({
+            "url": "https://user:pw@example.com/x?access_token=abc&page=2",
+            "headers": {"Authorization": "Bearer abc", "X-Ok": "1"},
+            "join_url": "https://zoom.us/j/1?pwd=hunter2",
+        });
+        let redacted = redact(&args);
+        let text = redacted.to_string();
+        assert!(!text.contains("abc"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(redacted["headers"]["X-Ok"], "1");
+        assert_eq!(
+            redacted["url"],
+            "https://[redacted]@example.com/x?access_token=[redacted]&page=2"
+        );
+    }
+
+    #[test]
+    fn maps_effects_to_capabilities() {
+        assert_eq!(required_capability("zoom.get"), Some("zoom.read"));
+        assert_eq!(required_capability("zoom.delete"), Some("zoom.write"));
+        assert_eq!(required_capability("slack.webhook"), Some("slack"));
+        assert_eq!(required_capability("state.set"), None);
+        assert!(!is_external("state.get"));
+        assert!(is_external("state.set"));
+    }
+}

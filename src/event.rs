@@ -1,0 +1,303 @@
+//! The engine's view of one Zoom event: the body exactly as Zoom sent it, plus
+//! the envelope the engine adds (`id`, `source`, `received_at`).
+//!
+//! Decoding happens once per event and produces both the raw JSON text (what
+//! the journal stores) and a read-only Rhai value (what conditions and scripts
+//! read), so that no rule ever converts the event again. The `id` is the
+//! dedupe key described in `design.md`: the event type, its timestamp, the
+//! object's uuid or id and the participant's id when present, or else a hash
+//! of the canonical body.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rhai::{Dynamic, Map};
+use sha2::{Digest, Sha256};
+
+/// Largest event body accepted at intake. Values injected into the sandbox
+/// bypass Rhai's size limits, so the cap is enforced here.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Where an event came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Source {
+    /// The WebSocket subscription of the named account (its configured name).
+    Websocket(String),
+    /// The webhook endpoint.
+    Webhook,
+    /// A cron schedule of the named rule.
+    Schedule(String),
+    /// `zoomwire fire`.
+    Fire,
+    /// `zoomwire replay`.
+    Replay,
+    /// A rule test.
+    Test,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Websocket(name) => write!(f, "websocket:{name}"),
+            Source::Webhook => f.write_str("webhook"),
+            Source::Schedule(rule) => write!(f, "schedule:{rule}"),
+            Source::Fire => f.write_str("fire"),
+            Source::Replay => f.write_str("replay"),
+            Source::Test => f.write_str("test"),
+        }
+    }
+}
+
+/// Why a body could not become an event.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EventError {
+    #[error("event is {size} bytes, larger than the {limit} byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("event is not valid JSON: {0}")]
+    Json(String),
+    #[error("event is not a JSON object")]
+    NotAnObject,
+    #[error("event has no string `event` field")]
+    MissingType,
+}
+
+/// One event as the engine keeps it. Cheap to clone: the body is shared.
+#[derive(Clone)]
+pub struct Event {
+    /// Stable dedupe key.
+    pub id: String,
+    /// `event` field of the body, such as `meeting.ended`.
+    pub event_type: String,
+    /// `event_ts` of the body in milliseconds, 0 when absent.
+    pub ts: i64,
+    pub source: Source,
+    pub received_at: DateTime<Utc>,
+    /// The body as received, compact JSON text.
+    pub raw: Arc<str>,
+    /// The body as a shared, read-only Rhai value: cloning it is cheap.
+    pub body: Dynamic,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("ts", &self.ts)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Event {
+    /// Parses a bare Zoom event body (`{"event", "event_ts", "payload"}`).
+    pub fn parse(body_json: &str, source: Source) -> Result<Event, EventError> {
+        if body_json.len() > MAX_EVENT_BYTES {
+            return Err(EventError::TooLarge {
+                size: body_json.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        let body: Dynamic =
+            serde_json::from_str(body_json).map_err(|e| EventError::Json(e.to_string()))?;
+        Event::from_dynamic(body, Arc::from(body_json), source)
+    }
+
+    /// Builds an event from a JSON value, as the scheduler and tests do.
+    pub fn from_value(body: &serde_json::Value, source: Source) -> Result<Event, EventError> {
+        Event::parse(&body.to_string(), source)
+    }
+
+    fn from_dynamic(body: Dynamic, raw: Arc<str>, source: Source) -> Result<Event, EventError> {
+        let map = body.read_lock::<Map>().ok_or(EventError::NotAnObject)?;
+        let event_type = map
+            .get("event")
+            .and_then(|v| {
+                v.read_lock::<rhai::ImmutableString>()
+                    .map(|s| s.to_string())
+            })
+            .ok_or(EventError::MissingType)?;
+        let ts = map.get("event_ts").map(dynamic_to_i64).unwrap_or(0);
+        let id = dedupe_key(&event_type, ts, &map, &raw);
+        drop(map);
+        Ok(Event {
+            id,
+            event_type,
+            ts,
+            source,
+            received_at: Utc::now(),
+            raw,
+            // Shared: every rule of this event gets the same value for an `Arc` clone.
+            body: body.into_read_only().into_shared(),
+        })
+    }
+
+    /// The body as a `serde_json::Value`, for code off the hot path.
+    pub fn body_json(&self) -> serde_json::Value {
+        // Cannot fail: `raw` parsed as JSON when the event was built.
+        serde_json::from_str(&self.raw).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The engine's envelope as scripts see it (`meta`).
+    pub fn meta(&self) -> Dynamic {
+        let mut meta = Map::new();
+        meta.insert("id".into(), self.id.clone().into());
+        meta.insert("type".into(), self.event_type.clone().into());
+        meta.insert("source".into(), self.source.to_string().into());
+        meta.insert("received_at".into(), self.received_at.to_rfc3339().into());
+        meta.insert("ts".into(), self.ts.into());
+        Dynamic::from_map(meta)
+    }
+
+    /// The `download_token` Zoom sends with recording events, if any.
+    pub fn download_token(&self) -> Option<String> {
+        let map = self.body.read_lock::<Map>()?;
+        map.get("download_token").and_then(|v| {
+            v.read_lock::<rhai::ImmutableString>()
+                .map(|s| s.to_string())
+        })
+    }
+}
+
+fn dynamic_to_i64(value: &Dynamic) -> i64 {
+    if let Ok(n) = value.as_int() {
+        n
+    } else if let Ok(f) = value.as_float() {
+        f as i64
+    } else if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        s.parse().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+fn dynamic_to_key_part(value: &Dynamic) -> Option<String> {
+    if value.is_unit() {
+        return None;
+    }
+    if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
+        return Some(s.to_string());
+    }
+    if value.is_int() || value.is_float() || value.is_bool() {
+        return Some(value.to_string());
+    }
+    None
+}
+
+/// The dedupe key: type, timestamp, object uuid (or id), participant id.
+/// Without an object identity it is a hash of the canonical body.
+fn dedupe_key(event_type: &str, ts: i64, body: &Map, raw: &str) -> String {
+    let object = body
+        .get("payload")
+        .and_then(|p| p.read_lock::<Map>())
+        .and_then(|p| {
+            p.get("object")
+                .and_then(|o| o.read_lock::<Map>().map(|o| o.clone()))
+        });
+    let object_key = object.as_ref().and_then(|o| {
+        o.get("uuid")
+            .and_then(dynamic_to_key_part)
+            .or_else(|| o.get("id").and_then(dynamic_to_key_part))
+    });
+    match object_key {
+        Some(object_key) if ts != 0 => {
+            let participant = object
+                .as_ref()
+                .and_then(|o| o.get("participant"))
+                .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
+                .and_then(|p| {
+                    p.get("participant_uuid")
+                        .or_else(|| p.get("user_id"))
+                        .or_else(|| p.get("id"))
+                        .and_then(dynamic_to_key_part)
+                });
+            match participant {
+                Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
+                None => format!("{event_type}:{ts}:{object_key}"),
+            }
+        }
+        _ => format!("{event_type}:{}", canonical_hash(raw)),
+    }
+}
+
+/// SHA-256 of the body with object keys sorted and whitespace removed.
+pub fn canonical_hash(raw: &str) -> String {
+    let canonical = match serde_json::from_str::<serde_json::Value>(raw) {
+        // serde_json's map is a BTreeMap without `preserve_order`: keys come out sorted.
+        Ok(value) => value.to_string(),
+        Err(_) => raw.to_string(),
+    };
+    let digest = Sha256::digest(canonical.as_bytes());
+    hex::encode(&digest[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDED: &str = include_str!("../examples/events/meeting.ended.json");
+    const JOINED: &str = include_str!("../examples/events/meeting.participant_joined.json");
+
+    #[test]
+    fn parses_a_zoom_event_into_type_ts_and_key() {
+        let event = Event::parse(ENDED, Source::Fire).unwrap();
+        assert_eq!(event.event_type, "meeting.ended");
+        assert_eq!(event.ts, 1732003600456);
+        assert_eq!(
+            event.id,
+            "meeting.ended:1732003600456:pE3zGv9tRkyZ1mWqf0b2Kw=="
+        );
+    }
+
+    #[test]
+    fn participant_events_include_the_participant_in_the_key() {
+        let event = Event::parse(JOINED, Source::Fire).unwrap();
+        assert!(
+            event
+                .id
+                .starts_with("meeting.participant_joined:1732000065000:")
+        );
+        assert_eq!(event.id.split(':').count(), 4, "{}", event.id);
+    }
+
+    #[test]
+    fn events_without_identity_hash_the_canonical_body() {
+        let a = Event::parse(r#"{"event":"x.y","payload":{"b":1,"a":2}}"#, Source::Fire).unwrap();
+        let b = Event::parse(
+            r#"{ "payload": {"a":2, "b":1}, "event":"x.y" }"#,
+            Source::Fire,
+        )
+        .unwrap();
+        assert_eq!(a.id, b.id);
+        assert!(a.id.starts_with("x.y:"));
+    }
+
+    #[test]
+    fn rejects_bodies_that_are_not_events() {
+        assert_eq!(
+            Event::parse("[1]", Source::Fire).unwrap_err(),
+            EventError::NotAnObject
+        );
+        assert_eq!(
+            Event::parse(r#"{"payload":{}}"#, Source::Fire).unwrap_err(),
+            EventError::MissingType
+        );
+        assert!(matches!(
+            Event::parse("{", Source::Fire).unwrap_err(),
+            EventError::Json(_)
+        ));
+        let huge = format!(r#"{{"event":"x","pad":"{}"}}"#, "a".repeat(MAX_EVENT_BYTES));
+        assert!(matches!(
+            Event::parse(&huge, Source::Fire).unwrap_err(),
+            EventError::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn the_body_is_read_only_for_scripts() {
+        let event = Event::parse(ENDED, Source::Fire).unwrap();
+        assert!(event.body.is_read_only());
+    }
+}

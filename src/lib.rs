@@ -1,0 +1,11 @@
+//! zoomwire: a rule-based automation engine for Zoom.
+//!
+//! Events arrive from Zoom's WebSocket subscription (or a webhook, a cron
+//! schedule, `fire` and `replay`), are matched against a compiled rule set,
+//! and run each matching rule's Rhai script in a sandbox whose only way out
+//! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
+
+pub mod commands;
+pub mod effects;
+pub mod event;
+pub mod zoom;

@@ -1,0 +1,204 @@
+//! Zoom's WebSocket frames: the envelope `{"module", "success", "content"}`
+//! decoded into what the connection needs to act on.
+//!
+//! A `message` frame carries the event as a JSON *string* in `content` (an
+//! object is accepted too). A token that expired shows up as a frame whose
+//! content is `Invalid Token` or `Token is invalid`, in whichever module Zoom
+//! puts it, so the text is checked on every frame.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::{Event, EventError, MAX_EVENT_BYTES, Source};
+
+/// One decoded frame.
+#[derive(Debug)]
+pub enum Frame {
+    /// The first frame: whether the subscription and token were accepted.
+    BuildConnection { success: bool, content: String },
+    /// The server's answer to our heartbeat.
+    Heartbeat { success: bool },
+    /// An event, already decoded.
+    Event(Box<Event>),
+    /// The server says the token is no longer valid: reconnect with a new one.
+    InvalidToken,
+    /// A module we do not know: logged and ignored.
+    Unknown { module: String },
+}
+
+/// Why a frame was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is {size} bytes, larger than the {limit} byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("frame is not a JSON object with a `module`: {0}")]
+    Envelope(String),
+    #[error("message frame has no content")]
+    NoContent,
+    #[error("message frame content is not an event: {0}")]
+    Content(#[from] EventError),
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow)]
+    module: Option<Cow<'a, str>>,
+    success: Option<bool>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+/// Texts that mean the access token was refused (the wording changed once).
+fn is_invalid_token_text(text: &str) -> bool {
+    let text = text.trim();
+    text.eq_ignore_ascii_case("invalid token") || text.eq_ignore_ascii_case("token is invalid")
+}
+
+/// Decodes one text frame. `source` is recorded on the event it carries.
+pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
+    // Room for the envelope around a maximal event.
+    let limit = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
+    if text.len() > limit {
+        return Err(FrameError::TooLarge {
+            size: text.len(),
+            limit,
+        });
+    }
+    let raw: RawFrame<'_> =
+        serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
+    let module = raw
+        .module
+        .ok_or_else(|| FrameError::Envelope("no `module` field".into()))?;
+    let content = raw.content.map(content_text).transpose()?;
+    if content.as_deref().is_some_and(is_invalid_token_text) {
+        return Ok(Frame::InvalidToken);
+    }
+    match module.as_ref() {
+        "build_connection" => Ok(Frame::BuildConnection {
+            success: raw.success.unwrap_or(false),
+            content: content.map(Cow::into_owned).unwrap_or_default(),
+        }),
+        "heartbeat" => Ok(Frame::Heartbeat {
+            success: raw.success.unwrap_or(true),
+        }),
+        "message" => {
+            let content = content.ok_or(FrameError::NoContent)?;
+            let event = Event::parse(&content, source.clone())?;
+            Ok(Frame::Event(Box::new(event)))
+        }
+        other => Ok(Frame::Unknown {
+            module: other.to_string(),
+        }),
+    }
+}
+
+/// `content` as text: a JSON string is unescaped, anything else is kept as JSON.
+fn content_text(content: &RawValue) -> Result<Cow<'_, str>, FrameError> {
+    let raw = content.get();
+    if raw.starts_with('"') {
+        let text: Cow<'_, str> =
+            serde_json::from_str(raw).map_err(|e| FrameError::Envelope(e.to_string()))?;
+        Ok(text)
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
+}
+
+/// Reads either a WebSocket frame or a bare event, as `zoomwire fire` does.
+pub fn decode_event_or_frame(text: &str, source: Source) -> Result<Event, FrameError> {
+    let looks_like_frame = serde_json::from_str::<RawFrame<'_>>(text)
+        .map(|f| f.module.is_some())
+        .unwrap_or(false);
+    if !looks_like_frame {
+        return Ok(Event::parse(text, source)?);
+    }
+    match decode_frame(text, &source)? {
+        Frame::Event(event) => Ok(*event),
+        _ => Err(FrameError::NoContent),
+    }
+}
+
+/// The heartbeat the client sends every interval.
+pub const HEARTBEAT_FRAME: &str = r#"{"module":"heartbeat"}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &str = include_str!("../../examples/frames/ws_frame_message.json");
+    const BUILD: &str =
+        include_str!("../../examples/frames/ws_frame_build_connection_success.json");
+    const HEARTBEAT: &str = include_str!("../../examples/frames/ws_frame_heartbeat_response.json");
+    const INVALID: &str = include_str!("../../examples/frames/ws_frame_token_invalid.json");
+
+    fn source() -> Source {
+        Source::Websocket("default".into())
+    }
+
+    #[test]
+    fn decodes_a_message_frame_with_string_content() {
+        let Frame::Event(event) = decode_frame(MESSAGE, &source()).unwrap() else {
+            panic!("expected an event")
+        };
+        assert_eq!(event.event_type, "meeting.started");
+        assert_eq!(event.source, source());
+    }
+
+    #[test]
+    fn decodes_a_message_frame_with_object_content() {
+        let frame = r#"{"module":"message","content":{"event":"user.created","event_ts":1,"payload":{"object":{"id":"u1"}}}}"#;
+        let Frame::Event(event) = decode_frame(frame, &source()).unwrap() else {
+            panic!("expected an event")
+        };
+        assert_eq!(event.event_type, "user.created");
+    }
+
+    #[test]
+    fn decodes_control_frames() {
+        assert!(matches!(
+            decode_frame(BUILD, &source()).unwrap(),
+            Frame::BuildConnection { success: true, .. }
+        ));
+        assert!(matches!(
+            decode_frame(HEARTBEAT, &source()).unwrap(),
+            Frame::Heartbeat { success: true }
+        ));
+        assert!(matches!(
+            decode_frame(INVALID, &source()).unwrap(),
+            Frame::InvalidToken
+        ));
+        let other_wording = r#"{"module":"heartbeat","content":"Invalid Token"}"#;
+        assert!(matches!(
+            decode_frame(other_wording, &source()).unwrap(),
+            Frame::InvalidToken
+        ));
+        assert!(matches!(
+            decode_frame(r#"{"module":"mystery"}"#, &source()).unwrap(),
+            Frame::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            r#"{"content":"x"}"#,
+            r#"{"module":"message"}"#,
+            r#"{"module":"message","content":"{not json"}"#,
+            r#"{"module":"message","content":"[1,2]"}"#,
+        ] {
+            assert!(decode_frame(bad, &source()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fire_accepts_a_frame_or_a_bare_event() {
+        let from_frame = decode_event_or_frame(MESSAGE, Source::Fire).unwrap();
+        let bare = decode_event_or_frame(&from_frame.raw, Source::Fire).unwrap();
+        assert_eq!(from_frame.id, bare.id);
+    }
+}

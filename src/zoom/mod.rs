@@ -1,0 +1,4 @@
+//! The only code that knows Zoom's wire formats: WebSocket frames, OAuth,
+//! webhooks, REST paths and meeting UUID encoding.
+
+pub mod frame;

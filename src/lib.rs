@@ -7,5 +7,6 @@
 
 pub mod commands;
 pub mod effects;
+pub mod engine;
 pub mod event;
 pub mod zoom;

@@ -11,6 +11,7 @@
 pub mod capability;
 pub mod gateway;
 pub mod recorder;
+pub mod state;
 
 use std::future::Future;
 use std::pin::Pin;

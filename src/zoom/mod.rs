@@ -2,3 +2,4 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod token;

@@ -1,0 +1,4 @@
+//! The engine: matching events to rules and running them under each rule's
+//! mode, timeout and retry policy.
+
+pub mod record;

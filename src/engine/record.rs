@@ -1,0 +1,167 @@
+//! What the engine remembers of events and runs, and the [`Journal`] seam
+//! through which it remembers them.
+//!
+//! The executor reports every step of a run here: pending before it starts,
+//! running, each effect as it completes, and the outcome. [`MemoryJournal`]
+//! keeps this in memory for `fire`, `replay` and tests; the SQLite journal
+//! makes it durable, so that a crash resumes unfinished runs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::effects::BoxFuture;
+use crate::effects::gateway::{EffectObserver, EffectRecord, LogLine};
+use crate::event::Event;
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Recorded, not started (waiting for its turn under the rule's mode).
+    Pending,
+    Running,
+    Succeeded,
+    /// Failed; may be retried.
+    Failed,
+    /// Failed and out of retries: kept as a dead letter.
+    Dead,
+    /// Not run: dropped by the rule's mode (`single` busy, queue full),
+    /// cancelled by `restart`, or its rule was removed.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Dead => "dead",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// One rule fired by one event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub rule: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// The concurrency key from the rule's `key:` expression, if any.
+    pub key: Option<String>,
+    pub status: RunStatus,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Why the run failed, was skipped or died.
+    pub error: Option<String>,
+    /// Effects of the latest attempt, completed ones replayed from earlier attempts.
+    pub effects: Vec<EffectRecord>,
+    pub logs: Vec<LogLine>,
+    /// The script's return value, as JSON.
+    pub output: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Why the journal could not record something. Intake stops on these.
+#[derive(Debug, thiserror::Error)]
+#[error("journal: {0}")]
+pub struct JournalError(pub String);
+
+/// A run to resume after a restart, with the event that triggered it.
+#[derive(Debug, Clone)]
+pub struct UnfinishedRun {
+    pub run: RunRecord,
+    pub event: Event,
+}
+
+/// Where events and runs are remembered.
+pub trait Journal: EffectObserver + Send + Sync + 'static {
+    /// Writes the event before any rule runs for it. `Ok(false)` means it is a
+    /// duplicate of an event already accepted and must not run again.
+    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// Inserts or updates a run (status, attempt, error, effects, logs, output).
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Runs left pending or running, oldest first.
+    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;
+}
+
+/// A journal in memory: dedupes and remembers runs for the life of the process.
+#[derive(Default)]
+pub struct MemoryJournal {
+    events: Mutex<HashMap<String, Event>>,
+    runs: Mutex<Vec<RunRecord>>,
+    effects: Mutex<HashMap<String, Vec<EffectRecord>>>,
+}
+
+impl MemoryJournal {
+    /// Every run recorded so far, in order of creation, latest state of each.
+    pub fn runs(&self) -> Vec<RunRecord> {
+        lock(&self.runs).clone()
+    }
+
+    /// Effects reported through the observer for one run.
+    pub fn observed_effects(&self, run_id: &str) -> Vec<EffectRecord> {
+        lock(&self.effects).get(run_id).cloned().unwrap_or_default()
+    }
+}
+
+impl EffectObserver for MemoryJournal {
+    fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
+        lock(&self.effects)
+            .entry(run_id.to_string())
+            .or_default()
+            .push(record.clone());
+    }
+}
+
+impl Journal for MemoryJournal {
+    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let mut events = lock(&self.events);
+        let fresh = !events.contains_key(&event.id);
+        if fresh {
+            events.insert(event.id.clone(), event.clone());
+        }
+        Box::pin(async move { Ok(fresh) })
+    }
+
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
+        let mut runs = lock(&self.runs);
+        match runs.iter_mut().find(|r| r.id == run.id) {
+            Some(existing) => *existing = run.clone(),
+            None => runs.push(run.clone()),
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
+        let events = lock(&self.events);
+        let unfinished = lock(&self.runs)
+            .iter()
+            .filter(|r| !r.status.is_finished())
+            .filter_map(|run| {
+                events.get(&run.event_id).map(|event| UnfinishedRun {
+                    run: run.clone(),
+                    event: event.clone(),
+                })
+            })
+            .collect();
+        Box::pin(async move { Ok(unfinished) })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only follows a panic in another holder; the data is still consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -9,4 +9,7 @@ pub mod commands;
 pub mod effects;
 pub mod engine;
 pub mod event;
+pub mod rules;
+pub mod schedule;
+pub mod testing;
 pub mod zoom;

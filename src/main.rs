@@ -2,28 +2,86 @@
 //! errors to exit codes (0 success, 1 a check or test failed, 2 usage or
 //! configuration error).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use zoomwire::commands::rules_args::RuleArgs;
+use zoomwire::commands::{self, CommandError, CommandResult};
+use zoomwire::effects::Effects;
+use zoomwire::effects::recorder::RecordingEffects;
 
 #[derive(Parser)]
-#[command(
-    name = "zoomwire",
-    version,
-    about = "Rule-based automation engine for Zoom"
-)]
+#[command(name = "zoomwire", version, about = "Rule-based automation engine for Zoom")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where rules and scripts are, for commands that take event files as arguments.
+#[derive(clap::Args)]
+struct RuleLocation {
+    /// Rule file or folder (repeatable) [default: $ZOOMWIRE_RULES or `rules`]
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Folder of Rhai modules that rules import
+    #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
+    scripts: PathBuf,
+}
+
+impl RuleLocation {
+    fn into_args(self) -> RuleArgs {
+        RuleArgs {
+            paths: self.rules,
+            scripts: self.scripts,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Validate rules and scripts: every error as file:line:col, exit 1 on any
     Check {
-        /// Rule files or folders (default: the rules folder)
-        paths: Vec<std::path::PathBuf>,
+        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        paths: Vec<PathBuf>,
+        /// Folder of Rhai modules that rules import
+        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
+        scripts: PathBuf,
     },
+    /// Run the `tests:` of every rule; ends with `N passed, N failed`
+    Test {
+        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        paths: Vec<PathBuf>,
+        /// Folder of Rhai modules that rules import
+        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
+        scripts: PathBuf,
+    },
+    /// Run one event (a Zoom event or a WebSocket frame; `-` for stdin) through the rules
+    Fire {
+        /// Event file, or `-` for standard input
+        input: String,
+        /// Record effects instead of performing them
+        #[arg(long)]
+        dry_run: bool,
+        /// Say for every rule why it fired or did not
+        #[arg(long)]
+        explain: bool,
+        #[command(flatten)]
+        location: RuleLocation,
+    },
+    /// Run a recorded stream of events (JSON lines) through the rules
+    Replay {
+        /// File with one event or frame per line
+        input: PathBuf,
+        /// Record effects instead of performing them
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        location: RuleLocation,
+    },
+    /// Print the JSON Schema of the rule file, for editor completion
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -32,14 +90,15 @@ fn main() -> ExitCode {
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
-                ExitCode::from(zoomwire::commands::EXIT_USAGE)
+                ExitCode::from(commands::EXIT_USAGE)
             } else {
                 ExitCode::SUCCESS
             };
         }
     };
-    let result: zoomwire::commands::CommandResult = match cli.command {
-        Command::Check { paths: _ } => Ok(ExitCode::SUCCESS),
+    let result = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(dispatch(cli.command)),
+        Err(error) => Err(CommandError::Other(error.into())),
     };
     match result {
         Ok(code) => code,
@@ -48,4 +107,50 @@ fn main() -> ExitCode {
             error.exit_code()
         }
     }
+}
+
+async fn dispatch(command: Command) -> CommandResult {
+    match command {
+        Command::Check { paths, scripts } => commands::check::run(&RuleArgs { paths, scripts }),
+        Command::Test { paths, scripts } => commands::test::run(&RuleArgs { paths, scripts }).await,
+        Command::Fire {
+            input,
+            dry_run,
+            explain,
+            location,
+        } => {
+            let effects = effects_for(dry_run)?;
+            let args = commands::fire::FireArgs {
+                input,
+                dry_run,
+                explain,
+                rules: location.into_args(),
+            };
+            commands::fire::run(args, effects).await
+        }
+        Command::Replay {
+            input,
+            dry_run,
+            location,
+        } => {
+            let effects = effects_for(dry_run)?;
+            let args = commands::replay::ReplayArgs {
+                input,
+                dry_run,
+                rules: location.into_args(),
+            };
+            commands::replay::run(args, effects).await
+        }
+        Command::Schema => commands::schema::run(),
+    }
+}
+
+/// The recording fake for `--dry-run`, else the real effects from the configuration.
+fn effects_for(dry_run: bool) -> Result<Arc<dyn Effects>, CommandError> {
+    if dry_run {
+        return Ok(Arc::new(RecordingEffects::default()));
+    }
+    Err(CommandError::Usage(
+        "performing effects needs the live configuration; use --dry-run to record them instead".into(),
+    ))
 }

@@ -31,3 +31,11 @@ impl CommandError {
 }
 
 pub type CommandResult = Result<ExitCode, CommandError>;
+
+pub mod check;
+pub mod fire;
+pub mod output;
+pub mod replay;
+pub mod rules_args;
+pub mod schema;
+pub mod test;

@@ -1,4 +1,6 @@
 //! The engine: matching events to rules and running them under each rule's
 //! mode, timeout and retry policy.
 
+pub mod executor;
+pub mod matcher;
 pub mod record;

@@ -1,0 +1,97 @@
+//! `zoomwire fire`: one event (a bare Zoom event or a WebSocket frame)
+//! through the rules, printing each run with its outcome and effects.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::output::format_run;
+use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
+use super::{CommandError, CommandResult, EXIT_FAILED};
+use crate::effects::Effects;
+use crate::engine::executor::Executor;
+use crate::engine::matcher::{Verdict, explain_event};
+use crate::engine::record::{MemoryJournal, RunStatus};
+use crate::event::Source;
+use crate::rules::{RuleSet, Trigger};
+use crate::script::SandboxLimits;
+use crate::zoom::frame::decode_event_or_frame;
+
+pub struct FireArgs {
+    /// A file holding the event, or `-` for standard input.
+    pub input: String,
+    pub dry_run: bool,
+    pub explain: bool,
+    pub rules: RuleArgs,
+}
+
+pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
+    let text = read_input(&args.input)?;
+    let event = decode_event_or_frame(&text, Source::Fire)
+        .map_err(|e| CommandError::Usage(format!("{}: {e}", args.input)))?;
+    let limits = SandboxLimits::default();
+    let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
+        print_rule_errors(&errors);
+        CommandError::Usage("the rules did not load".into())
+    })?;
+    let vars = rhai::Dynamic::from_map(rhai::Map::new());
+    if args.explain {
+        print_explanation(&rule_set, &event, &vars);
+    }
+    let executor = Executor::new(Arc::new(MemoryJournal::default()), effects, script_pool(&limits), vars);
+    println!(
+        "event {} ({}){}",
+        event.event_type,
+        event.id,
+        if args.dry_run { ", dry run: effects recorded, not performed" } else { "" }
+    );
+    let outcome = executor
+        .handle_event(&rule_set, event)
+        .await
+        .map_err(anyhow::Error::from)?;
+    if outcome.runs.is_empty() {
+        println!("no rule fired");
+    }
+    let mut failed = false;
+    for ticket in outcome.runs {
+        if let Some(run) = ticket.wait().await {
+            failed |= matches!(run.status, RunStatus::Failed | RunStatus::Dead);
+            print!("{}", format_run(&run));
+        }
+    }
+    Ok(if failed { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+}
+
+fn read_input(input: &str) -> Result<String, CommandError> {
+    if input == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CommandError::Usage(format!("cannot read standard input: {e}")))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(input).map_err(|e| CommandError::Usage(format!("cannot read {input}: {e}")))
+    }
+}
+
+fn print_explanation(rule_set: &RuleSet, event: &crate::event::Event, vars: &rhai::Dynamic) {
+    for (rule, verdict) in explain_event(rule_set, event, vars) {
+        let why = match verdict {
+            Verdict::Fired => "fires".to_string(),
+            Verdict::Disabled => "does not fire: disabled".to_string(),
+            Verdict::ConditionFalse => "does not fire: condition is false".to_string(),
+            Verdict::ConditionError(error) => format!("does not fire: condition error: {error}"),
+            Verdict::TypeMismatch => match &rule.trigger {
+                Trigger::Events(patterns) => format!(
+                    "does not fire: type {} does not match {}",
+                    event.event_type,
+                    patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+                Trigger::Schedule(schedule) => {
+                    format!("does not fire: scheduled rule ({})", schedule.expression)
+                }
+            },
+        };
+        println!("explain {}: {why}", rule.name);
+    }
+}

@@ -1,0 +1,229 @@
+//! The rule file as written: serde types with `deny_unknown_fields`, from
+//! which `zoomwire schema` generates the JSON Schema. These are configuration
+//! types only; `compile.rs` turns them into runtime [`super::Rule`]s.
+//!
+//! Every field is optional here so that the loader can check each key on its
+//! own and report every error of a file in one pass; required keys are
+//! checked by the compiler.
+
+use std::fmt;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One rule.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "zoomwire rule")]
+pub struct RuleSpec {
+    /// Unique name; defaults to the file stem (for a file holding one rule).
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Event type, glob (`meeting.*`) or list of them.
+    pub on: Option<OneOrMany>,
+    /// Cron expression with seconds (6 or 7 fields), instead of `on`.
+    pub schedule: Option<String>,
+    /// IANA time zone of `schedule`; UTC by default.
+    pub timezone: Option<String>,
+    /// Fire once for firings missed while the engine was down.
+    pub catch_up: Option<bool>,
+    /// Rhai expression; the rule fires when it is true. Pure: no effects.
+    pub when: Option<String>,
+    /// Rhai expression giving the concurrency key (`single`/`queued` apply per key).
+    pub key: Option<String>,
+    /// Rhai script inline, or `{script: file.rhai}` from the scripts folder.
+    #[serde(rename = "do")]
+    pub action: Option<ActionSpec>,
+    /// Capabilities: zoom.read, zoom.write, zoom.download, slack, email, http:<host>.
+    pub allow: Option<Vec<String>>,
+    pub mode: Option<Mode>,
+    /// Concurrent (parallel) or concurrent plus queued (queued) runs per key.
+    pub max_runs: Option<u32>,
+    /// Whole run, effects included, such as `30s`.
+    pub timeout: Option<DurationText>,
+    pub retry: Option<RetrySpec>,
+    pub enabled: Option<bool>,
+    /// Rule tests run by `zoomwire test`.
+    pub tests: Option<Vec<TestSpec>>,
+}
+
+/// The keys a rule may have, for "unknown key" messages.
+pub const RULE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "on",
+    "schedule",
+    "timezone",
+    "catch_up",
+    "when",
+    "key",
+    "do",
+    "allow",
+    "mode",
+    "max_runs",
+    "timeout",
+    "retry",
+    "enabled",
+    "tests",
+];
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// `do:` inline or from a file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ActionSpec {
+    Inline(String),
+    Script(ScriptRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRef {
+    /// Path of a `.rhai` file relative to the scripts folder.
+    pub script: String,
+}
+
+/// What happens when an event fires a rule that is already running (per key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Drop the new run while one runs.
+    Single,
+    /// Run one at a time, queueing up to `max_runs`.
+    #[default]
+    Queued,
+    /// Run up to `max_runs` at once.
+    Parallel,
+    /// Cancel the running one and start the new one.
+    Restart,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Single => "single",
+            Mode::Queued => "queued",
+            Mode::Parallel => "parallel",
+            Mode::Restart => "restart",
+        })
+    }
+}
+
+/// `retry:` policy.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time, with jitter.
+    pub backoff: Option<DurationText>,
+    /// Longest wait between attempts.
+    pub max_backoff: Option<DurationText>,
+}
+
+/// A duration written `500ms`, `30s`, `5m`, `2h` or `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(with = "String", regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+pub struct DurationText(#[serde(serialize_with = "serialize_duration")] pub Duration);
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(DurationText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let expected = || format!("invalid duration `{text}`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d");
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
+        _ => return Err(expected()),
+    };
+    millis.map(Duration::from_millis).ok_or_else(expected)
+}
+
+/// One rule test.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    pub name: String,
+    /// Path of an event (or WebSocket frame) file relative to the rule file, or the event inline.
+    pub event: serde_json::Value,
+    /// Canned answers for effects that return data: each item names the effect with
+    /// the arguments to match partially (`zoom.get: {path: "/users/{userId}"}`) and
+    /// gives `returns: <value>` or `fails: {kind, message}`.
+    #[serde(default)]
+    pub given: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Rule state before the run.
+    #[serde(default)]
+    pub state: serde_json::Map<String, serde_json::Value>,
+    /// What should happen: effects in order (`slack.post: {channel: "#x"}`, arguments
+    /// matched partially), `no_effects: true`, `fails: true` or `fails: "text"`,
+    /// `fired: false`, or `state: {key: value}` after the run.
+    #[serde(default)]
+    pub expect: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "5", "s", "1.5s", "5 min", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rule_keys_list_every_field() {
+        let schema = serde_json::to_value(schemars::schema_for!(RuleSpec)).unwrap();
+        let mut properties: Vec<_> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        properties.sort();
+        let mut keys: Vec<_> = RULE_KEYS.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        assert_eq!(properties, keys);
+    }
+}

@@ -11,5 +11,6 @@ pub mod engine;
 pub mod event;
 pub mod rules;
 pub mod schedule;
+pub mod script;
 pub mod testing;
 pub mod zoom;

@@ -67,6 +67,8 @@ struct Inner {
     slots: Mutex<HashMap<SlotKey, Slot>>,
     finished: broadcast::Sender<RunRecord>,
     tracker: TaskTracker,
+    /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
+    instant_retries: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -116,8 +118,17 @@ impl Executor {
                 slots: Mutex::default(),
                 finished,
                 tracker: TaskTracker::new(),
+                instant_retries: false,
             }),
         }
+    }
+
+    /// Retries failed runs at once instead of after the rule's backoff (for rule tests).
+    pub fn with_instant_retries(mut self) -> Executor {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.instant_retries = true;
+        }
+        self
     }
 
     /// Finished runs as they happen (for the demo and the admin API).
@@ -382,7 +393,11 @@ async fn execute(
                 if retryable && attempt < rule.retry.attempts {
                     record.status = RunStatus::Failed;
                     persist(inner, &record).await;
-                    let delay = rule.retry.delay_before(attempt + 1);
+                    let delay = if inner.instant_retries {
+                        std::time::Duration::ZERO
+                    } else {
+                        rule.retry.delay_before(attempt + 1)
+                    };
                     tracing::warn!(rule = %rule.name, run = %record.id, attempt, error = %record.error.as_deref().unwrap_or_default(), delay_ms = delay.as_millis() as u64, "run failed, retrying");
                     tokio::time::sleep(delay).await;
                     replay = record.effects.clone();

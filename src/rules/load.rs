@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn names_rules_in_lists_only_when_written() {
         let (sources, errors) = parse_rule_file(Path::new("r.yaml"), "- on: a.b\n  do: x\n- name: n\n  on: a.b\n  do: y\n");
-        assert!(errors.is_empty());
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(sources[0].name, None);
         assert_eq!(sources[1].name.as_deref(), Some("n"));
     }

@@ -3,12 +3,16 @@
 //! control API. The OAuth client's cache is tested here too, since it is the
 //! simulator's first customer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use zoomwire::sim::{self, Fault, SimConfig, SimHandle, data, download::download_byte};
+use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire::zoom::token::{AccessTokens, TokenError};
 
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -604,4 +608,145 @@ async fn control_api_over_http() {
         sim.env_lines()
             .contains(&format!("ZOOM_API_BASE={}", sim.api_base()))
     );
+}
+
+// ---- the OAuth token cache against the simulator ----
+
+fn oauth_client(sim: &SimHandle, secret: &str, margin: Duration) -> OAuthClient {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut config = OAuthConfig::new(
+        sim.oauth_base(),
+        sim.account_id(),
+        sim.client_id(),
+        SecretString::from(secret.to_string()),
+    );
+    config.refresh_margin = margin;
+    config.request_timeout = Duration::from_secs(5);
+    OAuthClient::new(config).expect("client builds")
+}
+
+fn token_requests(sim: &SimHandle) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.raw_path == "/oauth/token")
+        .count()
+}
+
+#[tokio::test]
+async fn oauth_client_caches_and_refreshes_before_expiry() {
+    let sim = sim::start(SimConfig {
+        token_lifetime: Duration::from_secs(2),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // Fresh for 2 s - 1.5 s = 500 ms, then fetched anew.
+    let client = oauth_client(&sim, sim.client_secret(), Duration::from_millis(1500));
+    let first = client.token().await.unwrap();
+    let again = client.token().await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(token_requests(&sim), 1);
+    let expiry = client.expires_at(&first).expect("expiry known");
+    let left = expiry.saturating_duration_since(std::time::Instant::now());
+    assert!(
+        left > Duration::from_millis(1500) && left <= Duration::from_secs(2),
+        "{left:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let refreshed = client.token().await.unwrap();
+    assert_ne!(refreshed, first, "refreshed before the old one expired");
+    assert_eq!(token_requests(&sim), 2);
+    // The old token was still valid when it was replaced.
+    let response = http()
+        .get(format!("{}/users/me", sim.api_base()))
+        .bearer_auth(first.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    client.invalidate(&first);
+    assert_eq!(
+        client.token().await.unwrap(),
+        refreshed,
+        "a stale rejection changes nothing"
+    );
+    client.invalidate(&refreshed);
+    let after_rejection = client.token().await.unwrap();
+    assert_ne!(after_rejection, refreshed);
+    assert_eq!(token_requests(&sim), 3);
+    assert!(!format!("{client:?}").contains(sim.client_secret()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_client_sends_one_request_however_many_callers_wait() {
+    let sim = sim().await;
+    sim.set_delay("/oauth/token", Duration::from_millis(200));
+    let client = Arc::new(oauth_client(
+        &sim,
+        sim.client_secret(),
+        Duration::from_secs(60),
+    ));
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.token().await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for caller in callers {
+        tokens.push(caller.await.unwrap().unwrap());
+    }
+    assert!(tokens.iter().all(|t| *t == tokens[0]));
+    assert_eq!(token_requests(&sim), 1);
+    assert_eq!(client.fetch_count(), 1);
+}
+
+#[tokio::test]
+async fn oauth_client_reports_refused_credentials_and_outages_clearly() {
+    let sim = sim().await;
+    let client = oauth_client(&sim, "wrong-secret", Duration::from_secs(60));
+    let error = client.token().await.unwrap_err();
+    let TokenError::Refused { reason, setting } = &error else {
+        panic!("expected a refusal, got {error:?}")
+    };
+    assert_eq!(reason, "Invalid client_id or client_secret");
+    assert!(setting.contains("ZOOM_CLIENT_SECRET"), "{setting}");
+    assert!(!error.to_string().contains("wrong-secret"));
+
+    let mut config = OAuthConfig::new(
+        sim.oauth_base(),
+        "other-account",
+        sim.client_id(),
+        SecretString::from(sim.client_secret().to_string()),
+    );
+    config.request_timeout = Duration::from_secs(5);
+    let wrong_account = OAuthClient::new(config).unwrap();
+    let error = wrong_account.token().await.unwrap_err();
+    assert!(
+        matches!(&error, TokenError::Refused { setting, .. } if setting == "ZOOM_ACCOUNT_ID"),
+        "{error:?}"
+    );
+
+    let client = oauth_client(&sim, sim.client_secret(), Duration::from_secs(60));
+    sim.inject_fault(Fault::status("/oauth/token", 1, 503));
+    let error = client.token().await.unwrap_err();
+    assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
+    assert!(
+        client.token().await.is_ok(),
+        "recovers once the endpoint does"
+    );
+
+    let nowhere = SimConfig::default();
+    drop(sim);
+    let mut config = OAuthConfig::new(
+        "http://127.0.0.1:9",
+        nowhere.account_id,
+        nowhere.client_id,
+        SecretString::from(nowhere.client_secret),
+    );
+    config.request_timeout = Duration::from_secs(2);
+    let error = OAuthClient::new(config).unwrap().token().await.unwrap_err();
+    assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
 }

@@ -2,4 +2,5 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod oauth;
 pub mod token;

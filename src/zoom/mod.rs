@@ -4,3 +4,4 @@
 pub mod frame;
 pub mod oauth;
 pub mod token;
+pub mod websocket;

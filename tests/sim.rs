@@ -750,3 +750,26 @@ async fn oauth_client_reports_refused_credentials_and_outages_clearly() {
     let error = OAuthClient::new(config).unwrap().token().await.unwrap_err();
     assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
 }
+
+#[tokio::test]
+async fn oauth_client_serves_a_still_valid_token_while_the_endpoint_is_down() {
+    let sim = sim::start(SimConfig {
+        token_lifetime: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // Fresh for 200 ms, valid for 1 s.
+    let client = oauth_client(&sim, sim.client_secret(), Duration::from_millis(800));
+    let token = client.token().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.inject_fault(Fault::status("/oauth/token", 10, 503));
+    assert_eq!(
+        client.token().await.unwrap(),
+        token,
+        "the cached token still works"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let error = client.token().await.unwrap_err();
+    assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
+}

@@ -4,7 +4,7 @@
 //! before the token expires, refusals, and two subscriptions at once.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -111,6 +111,7 @@ async fn wait_connections(sim: &SimHandle, subscription: &str, accepted: usize) 
 
 #[tokio::test]
 async fn connects_sends_heartbeats_and_receives_events() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let mut client = Client::start(
         fast_config(&sim, sim.subscription_id(), "main"),
@@ -137,6 +138,7 @@ async fn connects_sends_heartbeats_and_receives_events() {
 
 #[tokio::test]
 async fn reconnects_after_the_server_drops_the_connection_and_records_the_gap() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let sub = sim.subscription_id().to_string();
     let mut client = Client::start(
@@ -168,6 +170,7 @@ async fn reconnects_after_the_server_drops_the_connection_and_records_the_gap() 
 
 #[tokio::test]
 async fn a_stalled_connection_is_declared_dead_and_replaced() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let sub = sim.subscription_id().to_string();
     let mut client = Client::start(
@@ -202,7 +205,9 @@ async fn a_stalled_connection_is_declared_dead_and_replaced() {
     client.stop().await;
 }
 
-/// Captures log output, to check that no token is ever written.
+/// Captures the log output of every test in this file, to check that no
+/// token is ever written. Installed globally before any test logs, so that
+/// tracing's per-callsite interest cache never sees a thread without it.
 #[derive(Clone, Default)]
 struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
@@ -216,17 +221,30 @@ impl Write for LogCapture {
     }
 }
 
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn logs() -> &'static LogCapture {
+    static LOGS: OnceLock<LogCapture> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogCapture::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        logs
+    })
+}
+
 #[tokio::test]
 async fn an_invalid_token_frame_means_reconnect_with_a_new_token_in_either_wording() {
-    let logs = LogCapture::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    logs();
     let mut seen_tokens = Vec::new();
     for (module, wording) in [
         ("message", "Invalid Token"),
@@ -260,7 +278,7 @@ async fn an_invalid_token_frame_means_reconnect_with_a_new_token_in_either_wordi
         assert_eq!(client.next_event().await.event_type, "user.created");
         client.stop().await;
     }
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs().text();
     assert!(
         logs.contains("lost the zoom event subscription connection"),
         "{logs}"
@@ -272,6 +290,7 @@ async fn an_invalid_token_frame_means_reconnect_with_a_new_token_in_either_wordi
 
 #[tokio::test]
 async fn malformed_frames_are_skipped_without_dropping_the_connection() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let sub = sim.subscription_id().to_string();
     let mut client = Client::start(
@@ -298,6 +317,7 @@ async fn malformed_frames_are_skipped_without_dropping_the_connection() {
 
 #[tokio::test]
 async fn renews_the_connection_before_the_token_expires_without_a_gap() {
+    logs();
     let sim = sim::start(SimConfig {
         token_lifetime: Duration::from_secs(2),
         ..SimConfig::default()
@@ -334,6 +354,7 @@ async fn renews_the_connection_before_the_token_expires_without_a_gap() {
 
 #[tokio::test]
 async fn a_refused_subscription_is_retried_with_backoff_and_reported() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let mut client = Client::start(
         fast_config(&sim, "no-such-subscription", "main"),
@@ -361,6 +382,7 @@ async fn a_refused_subscription_is_retried_with_backoff_and_reported() {
 
 #[tokio::test]
 async fn refused_credentials_are_reported_as_a_configuration_error() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = OAuthConfig::new(
@@ -387,6 +409,7 @@ async fn refused_credentials_are_reported_as_a_configuration_error() {
 
 #[tokio::test]
 async fn two_subscriptions_run_side_by_side_on_one_token_cache() {
+    logs();
     let sim = sim::start(SimConfig {
         subscription_ids: vec!["sub-a".into(), "sub-b".into()],
         ..SimConfig::default()
@@ -426,6 +449,7 @@ async fn two_subscriptions_run_side_by_side_on_one_token_cache() {
 
 #[tokio::test]
 async fn a_static_token_source_works_and_shutdown_closes_the_connection() {
+    logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
     let token = zoomwire::zoom::token::AccessToken::new(sim.issue_token());
     let mut client = Client::start(
@@ -444,4 +468,62 @@ async fn a_static_token_source_works_and_shutdown_closes_the_connection() {
         Some("client closed"),
         "{records:?}"
     );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_cap_ends_the_connection_and_the_client_comes_back() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut config = fast_config(&sim, &sub, "main");
+    config.max_frame_bytes = 64 * 1024;
+    let mut client = Client::start(config, oauth(&sim, Duration::from_secs(60)));
+    wait_connections(&sim, &sub, 1).await;
+    let huge = json!({"module": "message", "content": "x".repeat(100 * 1024)}).to_string();
+    assert_eq!(sim.emit_raw(None, &huge), 1);
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("connected after the oversized frame", |s| {
+            s.connected && s.gaps.len() == 1
+        })
+        .await;
+    sim.emit_event(None, &event("meeting.started", 9));
+    assert_eq!(client.next_event().await.ts, 1_732_000_000_009);
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_closes_a_silent_client_and_keeps_a_heartbeating_one() {
+    logs();
+    let sim = sim::start(SimConfig {
+        silent_client_timeout: Some(Duration::from_millis(150)),
+        subscription_ids: vec!["quiet".into(), "chatty".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let tokens = oauth(&sim, Duration::from_secs(60));
+    let mut quiet_config = fast_config(&sim, "quiet", "quiet");
+    quiet_config.heartbeat_interval = Duration::from_secs(10);
+    quiet_config.dead_after = Duration::from_secs(20);
+    let quiet = Client::start(quiet_config, tokens.clone());
+    let chatty = Client::start(fast_config(&sim, "chatty", "chatty"), tokens);
+    wait_connections(&sim, "quiet", 2).await;
+    let quiet_records: Vec<_> = sim
+        .connections()
+        .into_iter()
+        .filter(|r| r.subscription_id == "quiet")
+        .collect();
+    assert_eq!(
+        quiet_records[0].close_reason.as_deref(),
+        Some("client silent too long")
+    );
+    let chatty_connections = sim
+        .connections()
+        .iter()
+        .filter(|r| r.subscription_id == "chatty")
+        .count();
+    assert_eq!(chatty_connections, 1, "heartbeats keep the connection");
+    quiet.stop().await;
+    chatty.stop().await;
 }

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{Frame, HEARTBEAT_FRAME, decode_frame};
 use super::token::{AccessToken, AccessTokens, TokenError};
 use crate::effects::BoxFuture;
-use crate::event::{Event, Source};
+use crate::event::{Event, MAX_EVENT_BYTES, Source};
 
 /// Gaps kept in the status; older ones are only in the log.
 const MAX_GAPS: usize = 100;
@@ -57,6 +57,9 @@ pub struct WsConfig {
     /// Longest wait for the TCP/TLS/WebSocket handshake plus `build_connection`.
     pub connect_timeout: Duration,
     /// Largest frame and message accepted; larger ones end the connection.
+    /// The default leaves room for a maximal event ([`MAX_EVENT_BYTES`])
+    /// escaped inside a frame, so that the frame decoder, not the transport,
+    /// refuses an oversized event and the connection survives it.
     pub max_frame_bytes: usize,
     /// Open the next connection this long before the token expires.
     pub reconnect_before_expiry: Duration,
@@ -78,7 +81,7 @@ impl WsConfig {
             heartbeat_interval: Duration::from_secs(30),
             dead_after: Duration::from_secs(75),
             connect_timeout: Duration::from_secs(30),
-            max_frame_bytes: 1024 * 1024,
+            max_frame_bytes: MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2,
             reconnect_before_expiry: Duration::from_secs(120),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -598,13 +601,15 @@ impl Subscription {
                         Some(Err(error)) => break End::Error(redact(&error.to_string(), &token)),
                         None => break End::Closed("connection closed".into()),
                     };
-                    last_inbound = Instant::now();
                     last_inbound_at = Utc::now();
                     proved_alive |= matches!(message, Message::Text(_));
                     self.status.send_modify(|s| s.last_frame_at = Some(last_inbound_at));
                     if let Some(end) = self.on_message(message, &token).await {
                         break end;
                     }
+                    // Measured after handling: time spent waiting for the engine
+                    // to take an event is not server silence.
+                    last_inbound = Instant::now();
                 }
             }
         };

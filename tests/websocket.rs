@@ -133,6 +133,17 @@ async fn connects_sends_heartbeats_and_receives_events() {
     assert_eq!(status.events_received, 1);
     assert_eq!(status.reconnects, 0);
     assert!(status.gaps.is_empty());
+
+    // The upgrade request is recorded with the token redacted.
+    let upgrade = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.raw_path == "/ws")
+        .expect("the upgrade request is recorded");
+    assert_eq!(upgrade.status, 101);
+    let query = upgrade.query.unwrap_or_default();
+    assert!(query.contains("subscriptionId=sim-subscription"), "{query}");
+    assert!(query.contains("access_token=[redacted]"), "{query}");
     client.stop().await;
 }
 
@@ -190,9 +201,15 @@ async fn a_stalled_connection_is_declared_dead_and_replaced() {
         .await;
     let gap = client.status.borrow().gaps[0].clone();
     assert!(gap.reason.contains("no inbound frame"), "{gap:?}");
+    // The gap starts at the last frame heard, not when the silence was noticed.
+    let noticed_after = gap.end.unwrap() - gap.start;
     assert!(
-        gap.start <= stalled_at,
-        "the gap starts at the last frame heard: {gap:?}"
+        noticed_after >= chrono::Duration::milliseconds(250),
+        "{gap:?}"
+    );
+    assert!(
+        gap.start <= stalled_at + chrono::Duration::milliseconds(100),
+        "{gap:?}"
     );
 
     sim.emit_event(None, &event("meeting.started", 3));
@@ -332,9 +349,13 @@ async fn renews_the_connection_before_the_token_expires_without_a_gap() {
     );
     wait_connections(&sim, &sub, 2).await;
     let records = sim.connections();
-    assert_eq!(
-        records[0].close_reason.as_deref(),
-        Some("replaced by a newer connection"),
+    // Replaced by the sim or closed by the client once the new one was up;
+    // either way, before the token expired.
+    assert!(
+        matches!(
+            records[0].close_reason.as_deref(),
+            Some("replaced by a newer connection" | "client closed")
+        ),
         "renewed before the token expired: {records:?}"
     );
     assert_ne!(records[0].token_serial, records[1].token_serial);

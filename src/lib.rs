@@ -12,5 +12,6 @@ pub mod event;
 pub mod rules;
 pub mod schedule;
 pub mod script;
+pub mod sim;
 pub mod testing;
 pub mod zoom;

@@ -38,4 +38,5 @@ pub mod output;
 pub mod replay;
 pub mod rules_args;
 pub mod schema;
+pub mod sim;
 pub mod test;

@@ -2,5 +2,7 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod oauth;
 pub mod token;
 pub mod uuid;
+pub mod websocket;

@@ -74,8 +74,10 @@ mod tests {
 
     #[test]
     fn times_outside_the_range_are_clamped() {
-        let far = DateTime::from_timestamp(i64::MAX / 1_000_000, 0).unwrap();
+        let far: DateTime<Utc> = "3000-01-01T00:00:00Z".parse().unwrap();
         assert_eq!(to_nanos(far), i64::MAX);
+        let early: DateTime<Utc> = "1500-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(to_nanos(early), i64::MIN);
     }
 
     #[test]

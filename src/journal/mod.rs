@@ -17,6 +17,7 @@ mod ops;
 pub mod prune;
 mod query;
 mod schema;
+mod seams;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,15 +28,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord};
-use crate::effects::state::{StateError, StateStore};
-use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
+use crate::engine::record::{JournalError, RunStatus};
 use crate::event::Event;
-use codec::{duration_nanos, to_json, to_nanos};
-use ops::{EventRow, Op, Outcome};
+use codec::{duration_nanos, to_nanos};
+use ops::{Op, Outcome};
 use prune::{CHUNK, PruneStep};
 use query::Readers;
 use writer::{WriterHandle, WriterSettings};
@@ -269,7 +266,7 @@ impl SqliteJournal {
     }
 
     /// Puts a failed or dead run back to pending (`zoomwire runs retry ID`).
-    /// The running executor sees it when it next reads [`Journal::unfinished_runs`].
+    /// The running executor sees it when it next reads [`Journal::unfinished_runs`](crate::engine::record::Journal::unfinished_runs).
     pub async fn requeue_run(&self, id: &str) -> Result<RequeueOutcome, JournalError> {
         match self
             .inner
@@ -371,108 +368,7 @@ fn prune_loop(inner: Weak<Inner>, stop: std::sync::mpsc::Receiver<()>, interval:
     }
 }
 
-impl SqliteJournal {
-    /// Ends a run that cannot resume, so it shows as dead instead of vanishing.
-    async fn give_up(&self, run: &RunRecord, reason: &str) -> Result<(), JournalError> {
-        let error = format!("cannot resume after a restart: {reason}");
-        tracing::error!(run = %run.id, rule = %run.rule, error = %error, "run marked dead");
-        let op = Op::MarkDead {
-            id: run.id.clone(),
-            error,
-        };
-        self.inner.writer.submit(op).await.map(|_| ())
-    }
-}
-
-impl EffectObserver for SqliteJournal {
-    /// Durable on return: blocks the sandbox thread until the record is committed.
-    fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
-        let op = Op::Effect {
-            run_id: run_id.to_string(),
-            record: Box::new(record.clone()),
-        };
-        if let Err(error) = self.inner.writer.submit_blocking(op) {
-            metrics::counter!("zoomwire_journal_errors_total").increment(1);
-            tracing::error!(
-                run = %run_id, effect = %record.name, seq = record.seq, error = %error,
-                "effect record not saved: a crash before the run is recorded would perform it again"
-            );
-        }
-    }
-}
-
-impl Journal for SqliteJournal {
-    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let row = EventRow::new(event);
-        Box::pin(async move {
-            match self.inner.writer.submit(Op::Accept(row)).await? {
-                Outcome::Accepted(true) => Ok(true),
-                Outcome::Accepted(false) => {
-                    metrics::counter!("zoomwire_events_duplicate_total").increment(1);
-                    Ok(false)
-                }
-                other => Err(unexpected(&other)),
-            }
-        })
-    }
-
-    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
-        let op = Op::RecordRun(Box::new(run.clone()));
-        Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
-    }
-
-    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
-        Box::pin(async move {
-            let stored = self.inner.readers.with(query::unfinished_runs)?;
-            let mut unfinished = Vec::with_capacity(stored.len());
-            for (run, event) in stored {
-                match event.map(query::StoredEvent::into_event) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
-                    Some(Err(error)) => self.give_up(&run, &error.0).await?,
-                    None => {
-                        self.give_up(&run, "its event is no longer in the store")
-                            .await?
-                    }
-                }
-            }
-            Ok(unfinished)
-        })
-    }
-}
-
-impl StateStore for SqliteJournal {
-    fn get(&self, rule: &str, key: &str) -> Result<Option<Value>, StateError> {
-        let now = to_nanos(Utc::now());
-        self.inner
-            .readers
-            .with(|conn| query::state_value(conn, rule, key, now))
-            .map_err(|e| StateError(e.0))
-    }
-
-    /// Durable on return, like effect records.
-    fn set(
-        &self,
-        rule: &str,
-        key: &str,
-        value: Value,
-        ttl: Option<Duration>,
-    ) -> Result<(), StateError> {
-        let expires_at = ttl.map(|ttl| to_nanos(Utc::now()).saturating_add(duration_nanos(ttl)));
-        let op = Op::StateSet {
-            rule: rule.to_string(),
-            key: key.to_string(),
-            value: to_json(&value),
-            expires_at,
-        };
-        self.inner
-            .writer
-            .submit_blocking(op)
-            .map(|_| ())
-            .map_err(|e| StateError(e.0))
-    }
-}
-
-fn unexpected(outcome: &Outcome) -> JournalError {
+pub(crate) fn unexpected(outcome: &Outcome) -> JournalError {
     JournalError(format!(
         "the journal writer answered unexpectedly: {outcome:?}"
     ))

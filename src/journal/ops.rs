@@ -292,3 +292,226 @@ fn mark_dead(tx: &Transaction<'_>, id: &str, error: &str, now: i64) -> rusqlite:
     tx.prepare_cached(&sql)?.execute(params![id, error, now])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::EffectError;
+    use crate::event::Source;
+    use chrono::Utc;
+    use rusqlite::Connection;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const HOUR: i64 = 3_600_000_000_000;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("zoomwire.db"),
+            Duration::from_secs(1),
+            false,
+            None,
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
+        let tx = conn.transaction().unwrap();
+        let outcome = apply(&tx, op, to_nanos(Utc::now()), HOUR).unwrap();
+        tx.commit().unwrap();
+        outcome
+    }
+
+    fn event_row(received_at: i64) -> EventRow {
+        let event = Event::parse(r#"{"event":"x.y","event_ts":1}"#, Source::Fire).unwrap();
+        EventRow {
+            received_at,
+            ..EventRow::new(&event)
+        }
+    }
+
+    fn effect(seq: u32, text: &str, replayed: bool) -> EffectRecord {
+        EffectRecord {
+            seq,
+            name: "slack.post".into(),
+            args: json!({"channel": "#a", "text": text}),
+            result: Ok(json!({"ok": true})),
+            started_at: Utc::now(),
+            latency_ms: 1.5,
+            replayed,
+        }
+    }
+
+    fn run(id: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            rule: "rule-a".into(),
+            event_id: event_row(0).id,
+            event_type: "x.y".into(),
+            key: None,
+            status,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn accepted(outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Accepted(fresh) => fresh,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn stored_effects(conn: &Connection) -> Vec<(u32, String, bool, u32)> {
+        conn.prepare("SELECT seq, args, replayed, attempt FROM effects ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_id_seen_within_the_window_is_a_duplicate_and_after_it_is_new() {
+        let (_dir, mut conn) = store();
+        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(0)))));
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &Op::Accept(event_row(HOUR - 1))
+        )));
+        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(HOUR)))));
+        // The window restarts from the last accepted occurrence.
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &Op::Accept(event_row(HOUR + 5))
+        )));
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 1, "a re-delivery after the window replaces the row");
+    }
+
+    #[test]
+    fn a_performed_effect_replaces_its_position_and_a_replayed_copy_does_not() {
+        let (_dir, mut conn) = store();
+        let mut first = run("r1", RunStatus::Running);
+        apply_one(&mut conn, &Op::RecordRun(Box::new(first.clone())));
+        for record in [effect(1, "one", false), effect(2, "two", false)] {
+            let op = Op::Effect {
+                run_id: "r1".into(),
+                record: Box::new(record),
+            };
+            apply_one(&mut conn, &op);
+        }
+        // Attempt 2 replays seq 1, performs seq 2 again with a failure.
+        first.attempt = 2;
+        let mut failed = effect(2, "two", false);
+        failed.result = Err(EffectError::transient("slack.post", "503"));
+        first.effects = vec![effect(1, "one-copy", true), failed];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(first)));
+        let stored = stored_effects(&conn);
+        assert_eq!(stored.len(), 2);
+        assert!(stored[0].1.contains("\"one\""), "original kept: {stored:?}");
+        assert!(!stored[0].2);
+        assert_eq!(stored[0].3, 1);
+        assert_eq!(stored[1].3, 2, "replaced by attempt 2");
+        let ok: bool = conn
+            .query_row("SELECT ok FROM effects WHERE seq = 2", [], |r| r.get(0))
+            .unwrap();
+        assert!(!ok);
+    }
+
+    #[test]
+    fn an_effect_takes_the_attempt_of_its_run() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        record.attempt = 3;
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        let op = Op::Effect {
+            run_id: "r1".into(),
+            record: Box::new(effect(1, "x", false)),
+        };
+        apply_one(&mut conn, &op);
+        let op = Op::Effect {
+            run_id: "unrecorded".into(),
+            record: Box::new(effect(1, "x", false)),
+        };
+        apply_one(&mut conn, &op);
+        let attempts: Vec<u32> = conn
+            .prepare("SELECT attempt FROM effects ORDER BY run_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(attempts, vec![3, 1]);
+    }
+
+    #[test]
+    fn logs_of_an_attempt_are_replaced_not_appended() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        let line = |m: &str| crate::effects::gateway::LogLine {
+            level: "info".into(),
+            message: m.into(),
+            at: Utc::now(),
+        };
+        record.logs = vec![line("a")];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.logs = vec![line("a"), line("b")];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.logs = vec![];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM logs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn only_finished_failed_or_dead_runs_with_their_event_are_requeued() {
+        let (_dir, mut conn) = store();
+        let requeue =
+            |conn: &mut Connection, id: &str| match apply_one(conn, &Op::Requeue { id: id.into() })
+            {
+                Outcome::Requeued(outcome) => outcome,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(requeue(&mut conn, "nope"), RequeueOutcome::NotFound);
+        let mut dead = run("dead", RunStatus::Dead);
+        dead.attempt = 5;
+        dead.error = Some("boom".into());
+        dead.finished_at = Some(Utc::now());
+        apply_one(&mut conn, &Op::RecordRun(Box::new(dead.clone())));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::EventPruned);
+        apply_one(&mut conn, &Op::Accept(event_row(0)));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::Requeued);
+        let (status, attempt, error): (String, u32, Option<String>) = conn
+            .query_row(
+                "SELECT status, attempt, error FROM runs WHERE id = 'dead'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), attempt, error), ("pending", 1, None));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::NotFinished);
+        let mut done = run("done", RunStatus::Succeeded);
+        done.finished_at = Some(Utc::now());
+        apply_one(&mut conn, &Op::RecordRun(Box::new(done)));
+        assert_eq!(
+            requeue(&mut conn, "done"),
+            RequeueOutcome::NotFailed(RunStatus::Succeeded)
+        );
+        let retrying = run("retrying", RunStatus::Failed);
+        apply_one(&mut conn, &Op::RecordRun(Box::new(retrying)));
+        assert_eq!(requeue(&mut conn, "retrying"), RequeueOutcome::NotFinished);
+    }
+}

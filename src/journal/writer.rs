@@ -222,3 +222,83 @@ pub(crate) fn journal_error(path: &Path, error: &rusqlite::Error) -> JournalErro
         _ => format!("writing to the store {path}: {error}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(dir: &Path) -> WriterSettings {
+        WriterSettings {
+            path: dir.join("zoomwire.db"),
+            dedupe_window_nanos: 1,
+            max_batch: 16,
+            queue_capacity: 16,
+        }
+    }
+
+    fn set(key: &str) -> Op {
+        Op::StateSet {
+            rule: "r".into(),
+            key: key.into(),
+            value: "1".into(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn one_failing_job_does_not_fail_the_others_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut conn =
+            super::super::schema::open_writer(&settings.path, Duration::from_secs(1), false, None)
+                .unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let mut receivers = Vec::new();
+        let jobs = ["a", "bad", "c"]
+            .into_iter()
+            .map(|key| {
+                let (sender, receiver) = sync_channel(1);
+                receivers.push(receiver);
+                Job {
+                    op: set(key),
+                    reply: Reply::Blocking(sender),
+                }
+            })
+            .collect();
+        commit_batch(&mut conn, jobs, &settings);
+        let results: Vec<_> = receivers.iter().map(|r| r.recv().unwrap()).collect();
+        assert!(results[0].is_ok());
+        let error = results[1].as_ref().unwrap_err();
+        assert!(error.0.contains("refused by the test"), "{error}");
+        assert!(error.0.contains("zoomwire.db"), "names the store: {error}");
+        assert!(results[2].is_ok());
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 2);
+    }
+
+    #[test]
+    fn answers_come_after_the_commit_and_the_thread_ends_with_its_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let path = settings.path.clone();
+        let conn =
+            super::super::schema::open_writer(&path, Duration::from_secs(1), false, None).unwrap();
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        handle.submit_blocking(set("k")).unwrap();
+        // A separate connection sees the change as soon as the answer came.
+        let reader = Connection::open(&path).unwrap();
+        let count: i64 = reader
+            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 1);
+        drop(handle);
+        thread.join().unwrap();
+    }
+}

@@ -46,6 +46,14 @@ fn event(n: u64) -> Event {
     .unwrap()
 }
 
+/// A realistic event: the sample `recording.completed` (about 2.4 KB) with its own timestamp.
+fn recording_completed(n: u64) -> Event {
+    let mut body: serde_json::Value =
+        serde_json::from_str(include_str!("../examples/events/recording.completed.json")).unwrap();
+    body["event_ts"] = json!(1_732_000_000_000u64 + n);
+    Event::from_value(&body, Source::Websocket("default".into())).unwrap()
+}
+
 fn received(mut event: Event, at: DateTime<Utc>) -> Event {
     event.received_at = at;
     event
@@ -108,6 +116,15 @@ async fn duplicates_within_the_window_are_dropped_and_later_copies_accepted() {
     );
     assert!(journal.accept_event(&event(2)).await.unwrap());
     drop(journal);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "event bodies hold download tokens");
+    }
 
     // The window holds across a restart.
     let journal = open(dir.path());
@@ -134,7 +151,7 @@ async fn group_commit_batches_many_concurrent_callers() {
     let sequential_rate = sequential.len() as f64 / started.elapsed().as_secs_f64();
 
     let before = journal.stats();
-    let events: Arc<Vec<Event>> = Arc::new((0..EVENTS).map(event).collect());
+    let events: Arc<Vec<Event>> = Arc::new((0..EVENTS).map(recording_completed).collect());
     let started = Instant::now();
     let callers: Vec<_> = (0..CALLERS)
         .map(|caller| {
@@ -162,8 +179,9 @@ async fn group_commit_batches_many_concurrent_callers() {
     let batches = stats.batches - before.batches;
     let jobs = stats.jobs - before.jobs;
     println!(
-        "group commit: {EVENTS} events from {CALLERS} concurrent callers in {:.2}s = {:.0} events/s \
+        "group commit: {EVENTS} events of {} bytes from {CALLERS} concurrent callers in {:.2}s = {:.0} events/s \
          ({batches} commits, {:.1} events per commit, largest {}); one caller at a time: {:.0} events/s",
+        events[0].raw.len(),
         elapsed.as_secs_f64(),
         EVENTS as f64 / elapsed.as_secs_f64(),
         jobs as f64 / batches as f64,

@@ -138,9 +138,9 @@ pub(crate) fn open_writer(
 
 /// Opens a read-only connection to a store the writer already opened.
 pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
+    // Read-write at the file level (WAL readers update the shared-memory
+    // index), read-only by `query_only`; never creates the file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "query_only", true)?;

@@ -5,16 +5,16 @@
 //! The file is `<data_dir>/zoomwire.db`, in WAL mode with `synchronous=FULL`:
 //! every answer that says "written" comes after the commit holding the change
 //! has been synced. All writes go through one writer thread that commits
-//! requests in batches (see [`writer`]), so many concurrent events share one
+//! requests in batches (see `writer.rs`), so many concurrent events share one
 //! sync; reads use a small pool of their own connections. A store that is
 //! damaged, unreadable, foreign or from a newer zoomwire is refused at open
 //! with an error naming the file, and never rewritten. A full disk fails the
 //! write with a [`JournalError`] and nothing counts as accepted. Old rows are
-//! pruned in the background (see [`prune`]).
+//! pruned in the background (see `prune.rs`).
 
 mod codec;
 mod ops;
-pub mod prune;
+mod prune;
 mod query;
 mod schema;
 mod seams;

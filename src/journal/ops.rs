@@ -178,6 +178,8 @@ fn record_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Resu
 }
 
 /// Stores an effect at its position; `attempt` defaults to the run's current one.
+/// The same record sent again (the executor re-sends an attempt's effects
+/// with the next attempt's run record) keeps the attempt that performed it.
 fn insert_effect(
     tx: &Transaction<'_>,
     run_id: &str,
@@ -195,7 +197,9 @@ fn insert_effect(
              result = excluded.result, started_at = excluded.started_at,
              latency_ms = excluded.latency_ms, replayed = excluded.replayed,
              recorded_at = excluded.recorded_at
-         WHERE excluded.replayed = 0",
+         WHERE excluded.replayed = 0
+           AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
+                OR effects.args != excluded.args OR effects.result != excluded.result)",
     )?
     .execute(params![
         run_id,
@@ -427,6 +431,17 @@ mod tests {
             .query_row("SELECT ok FROM effects WHERE seq = 2", [], |r| r.get(0))
             .unwrap();
         assert!(!ok);
+    }
+
+    #[test]
+    fn an_effect_sent_again_with_a_later_attempt_keeps_the_attempt_that_performed_it() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        record.effects = vec![effect(1, "one", false)];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.attempt = 2;
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        assert_eq!(stored_effects(&conn)[0].3, 1);
     }
 
     #[test]

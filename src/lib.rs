@@ -9,6 +9,7 @@ pub mod commands;
 pub mod effects;
 pub mod engine;
 pub mod event;
+pub mod journal;
 pub mod rules;
 pub mod schedule;
 pub mod script;

@@ -1,6 +1,8 @@
 //! The command line's verbs, one module each. `main.rs` parses arguments and
 //! calls these; each returns the process exit status.
 
+pub mod runs;
+
 use std::process::ExitCode;
 
 /// Exit status for success.

@@ -13,7 +13,11 @@ use zoomwire::effects::Effects;
 use zoomwire::effects::recorder::RecordingEffects;
 
 #[derive(Parser)]
-#[command(name = "zoomwire", version, about = "Rule-based automation engine for Zoom")]
+#[command(
+    name = "zoomwire",
+    version,
+    about = "Rule-based automation engine for Zoom"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -151,6 +155,7 @@ fn effects_for(dry_run: bool) -> Result<Arc<dyn Effects>, CommandError> {
         return Ok(Arc::new(RecordingEffects::default()));
     }
     Err(CommandError::Usage(
-        "performing effects needs the live configuration; use --dry-run to record them instead".into(),
+        "performing effects needs the live configuration; use --dry-run to record them instead"
+            .into(),
     ))
 }

@@ -86,9 +86,20 @@ async fn run_test(
     let condition_error = journal
         .runs()
         .into_iter()
-        .find(|r| r.status == RunStatus::Skipped && r.error.as_deref().is_some_and(|e| e.starts_with("condition error")))
+        .find(|r| {
+            r.status == RunStatus::Skipped
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("condition error"))
+        })
         .and_then(|r| r.error);
-    Ok(check_expectations(&test.spec.expect, run.as_ref(), condition_error, &effects, &rule.name))
+    Ok(check_expectations(
+        &test.spec.expect,
+        run.as_ref(),
+        condition_error,
+        &effects,
+        &rule.name,
+    ))
 }
 
 /// Reads a test's event: a file next to the rule (event or frame) or inline.
@@ -98,7 +109,8 @@ pub fn load_event(event: &Value, base_dir: &Path) -> Result<Event, String> {
             let path = base_dir.join(file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read event {}: {e}", path.display()))?;
-            decode_event_or_frame(&text, Source::Test).map_err(|e| format!("event {}: {e}", path.display()))
+            decode_event_or_frame(&text, Source::Test)
+                .map_err(|e| format!("event {}: {e}", path.display()))
         }
         inline => Event::from_value(inline, Source::Test).map_err(|e| format!("inline event: {e}")),
     }
@@ -146,7 +158,10 @@ fn canned_error(effect: &str, failure: &Value) -> EffectError {
 /// Effects that change something: reads (`zoom.get`, `zoom.paginate`,
 /// `state.get`) and the clock do not count for `no_effects`.
 fn is_outward(record: &EffectRecord) -> bool {
-    !matches!(record.name.as_str(), "zoom.get" | "zoom.paginate" | "state.get" | "now")
+    !matches!(
+        record.name.as_str(),
+        "zoom.get" | "zoom.paginate" | "state.get" | "now"
+    )
 }
 
 fn check_expectations(
@@ -158,10 +173,13 @@ fn check_expectations(
 ) -> Vec<String> {
     let mut failures = Vec::new();
     let expects_failure = expect.iter().any(|e| e.contains_key("fails"));
-    let expects_not_fired = expect.iter().any(|e| e.get("fired") == Some(&Value::Bool(false)));
+    let expects_not_fired = expect
+        .iter()
+        .any(|e| e.get("fired") == Some(&Value::Bool(false)));
     let Some(run) = run else {
         if !expects_not_fired && !expect.iter().all(|e| e.contains_key("no_effects")) {
-            let why = condition_error.unwrap_or_else(|| "its type or condition did not match".into());
+            let why =
+                condition_error.unwrap_or_else(|| "its type or condition did not match".into());
             failures.push(format!("the rule did not fire: {why}"));
         }
         return failures;
@@ -217,7 +235,10 @@ fn check_no_effects(want: &Value, outward: &[&EffectRecord], failures: &mut Vec<
         _ => outward.to_vec(),
     };
     if !offending.is_empty() {
-        failures.push(format!("expected no effects {want}, got: {}", list_effects(&offending)));
+        failures.push(format!(
+            "expected no effects {want}, got: {}",
+            list_effects(&offending)
+        ));
     }
 }
 
@@ -228,12 +249,17 @@ fn check_failure(run: &RunRecord, want: &Value, failures: &mut Vec<String>) {
         failures.push(if wanted {
             "expected the run to fail, it succeeded".into()
         } else {
-            format!("expected success, the run failed: {}", run.error.as_deref().unwrap_or_default())
+            format!(
+                "expected success, the run failed: {}",
+                run.error.as_deref().unwrap_or_default()
+            )
         });
     } else if let Some(text) = want.as_str() {
         let error = run.error.as_deref().unwrap_or_default();
         if !error.contains(text) {
-            failures.push(format!("expected an error containing {text:?}, got: {error}"));
+            failures.push(format!(
+                "expected an error containing {text:?}, got: {error}"
+            ));
         }
     }
 }

@@ -174,7 +174,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = text.split_at(digits);
-    let expected = || format!("invalid duration `{text}`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d");
+    let expected = || {
+        format!(
+            "invalid duration `{text}`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d"
+        )
+    };
     let number: u64 = number.parse().map_err(|_| expected())?;
     let millis = match unit {
         "ms" => Some(number),
@@ -221,7 +225,15 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
-        for bad in ["", "5", "s", "1.5s", "5 min", "-1s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "5 min",
+            "-1s",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -76,8 +76,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<YamlRule>, YamlError> {
     match shape {
         serde_json::Value::Null => Ok(Vec::new()),
         serde_json::Value::Array(_) => {
-            let rules: Vec<Spanned<Option<SpannedMap>>> =
-                from_str(text).map_err(yaml_error)?;
+            let rules: Vec<Spanned<Option<SpannedMap>>> = from_str(text).map_err(yaml_error)?;
             rules
                 .into_iter()
                 .map(|rule| match rule.value {
@@ -187,13 +186,20 @@ mod tests {
     fn reports_duplicate_keys() {
         let error = parse_rules("name: a\nname: b\n").unwrap_err();
         assert_eq!(error.position.line, 2);
-        assert!(error.message.contains("duplicate mapping key"), "{}", error.message);
+        assert!(
+            error.message.contains("duplicate mapping key"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
     fn only_yaml_1_2_booleans_are_booleans() {
         let value = parse_value("a: n\nb: yes\nc: off\nd: true\n").unwrap();
-        assert_eq!(value, serde_json::json!({"a": "n", "b": "yes", "c": "off", "d": true}));
+        assert_eq!(
+            value,
+            serde_json::json!({"a": "n", "b": "yes", "c": "off", "d": true})
+        );
     }
 
     #[test]

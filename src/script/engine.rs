@@ -201,7 +201,11 @@ mod tests {
     #[test]
     fn conditions_have_no_loops_and_no_effects() {
         let condition = engine(EngineKind::Condition);
-        assert!(condition.compile_expression("[1].map(|x| { loop {} })").is_err());
+        assert!(
+            condition
+                .compile_expression("[1].map(|x| { loop {} })")
+                .is_err()
+        );
         assert!(
             condition
                 .compile_expression(r##"slack::post("#a", "x")"##)

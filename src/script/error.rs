@@ -237,8 +237,10 @@ fn uncaught_effect_error(value: &Dynamic, thrown: &[EffectError]) -> Option<Effe
     }
     let map = value.read_lock::<rhai::Map>()?;
     let field = |name: &str| {
-        map.get(name)
-            .and_then(|v| v.read_lock::<rhai::ImmutableString>().map(|s| s.to_string()))
+        map.get(name).and_then(|v| {
+            v.read_lock::<rhai::ImmutableString>()
+                .map(|s| s.to_string())
+        })
     };
     let (effect, message) = (field("effect")?, field("message")?);
     thrown

@@ -102,7 +102,12 @@ impl Sandbox {
 
     /// The scope conditions read: `event`, `meta` and `vars` as constants.
     /// Build it once per event and pass it to every rule's condition.
-    pub fn expression_scope(&self, event: &Dynamic, meta: &Dynamic, vars: &Dynamic) -> Scope<'static> {
+    pub fn expression_scope(
+        &self,
+        event: &Dynamic,
+        meta: &Dynamic,
+        vars: &Dynamic,
+    ) -> Scope<'static> {
         run_scope(event, meta, vars)
     }
 
@@ -152,9 +157,10 @@ impl Sandbox {
 
     fn script_compile_error(&self, source: &str, error: EvalAltResult) -> ScriptSyntaxError {
         match error {
-            EvalAltResult::ErrorParsing(kind, position) => {
-                syntax_error(&self.script_engine, &rhai::ParseError(kind.into(), position))
-            }
+            EvalAltResult::ErrorParsing(kind, position) => syntax_error(
+                &self.script_engine,
+                &rhai::ParseError(kind.into(), position),
+            ),
             EvalAltResult::ErrorInModule(path, inner, _) => {
                 let message = match *inner {
                     EvalAltResult::ErrorRuntime(message, _) => message.to_string(),

@@ -83,9 +83,6 @@ mod tests {
         let back = from_json(&json).unwrap();
         assert_eq!(back.to_string(), value.to_string());
         let error = to_json(&value, 1, "argument").unwrap_err();
-        assert_eq!(
-            error,
-            "argument is nested too deeply (max_value_depth = 1)"
-        );
+        assert_eq!(error, "argument is nested too deeply (max_value_depth = 1)");
     }
 }

@@ -12,6 +12,7 @@ pub mod capability;
 pub mod gateway;
 pub mod recorder;
 pub mod state;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,5 +2,6 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod rest;
 pub mod token;
 pub mod uuid;

@@ -9,7 +9,9 @@
 //! recorded, replayed on a retry and matched in a test.
 
 pub mod capability;
+pub mod download;
 pub mod gateway;
+pub mod http;
 pub mod recorder;
 pub mod state;
 pub mod transport;

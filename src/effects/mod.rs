@@ -10,9 +10,11 @@
 
 pub mod capability;
 pub mod download;
+pub mod email;
 pub mod gateway;
 pub mod http;
 pub mod recorder;
+pub mod slack;
 pub mod state;
 pub mod transport;
 

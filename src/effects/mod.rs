@@ -13,6 +13,7 @@ pub mod download;
 pub mod email;
 pub mod gateway;
 pub mod http;
+pub mod live;
 pub mod recorder;
 pub mod slack;
 pub mod state;

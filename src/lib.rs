@@ -9,4 +9,5 @@ pub mod commands;
 pub mod effects;
 pub mod engine;
 pub mod event;
+pub mod sim;
 pub mod zoom;

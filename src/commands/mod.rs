@@ -31,3 +31,5 @@ impl CommandError {
 }
 
 pub type CommandResult = Result<ExitCode, CommandError>;
+
+pub mod sim;

@@ -2,6 +2,7 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod oauth;
 pub mod rest;
 pub mod token;
 pub mod uuid;

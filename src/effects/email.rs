@@ -323,7 +323,7 @@ fn message_id(from: &Mailbox) -> String {
 }
 
 fn smtp_error(error: lettre::transport::smtp::Error) -> EffectError {
-    let kind = if error.is_permanent() || error.is_tls() {
+    let kind = if error.is_permanent() || error.is_tls() || is_certificate_problem(&error) {
         EffectErrorKind::Permanent
     } else {
         EffectErrorKind::Transient
@@ -336,6 +336,27 @@ fn smtp_error(error: lettre::transport::smtp::Error) -> EffectError {
         code,
         status: None,
     }
+}
+
+/// Whether a TLS handshake failed (an untrusted or mismatched certificate):
+/// a configuration problem that retrying will not fix. lettre reports it as
+/// a connection error, so look for rustls' error among the causes.
+fn is_certificate_problem(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 #[cfg(test)]

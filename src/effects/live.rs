@@ -475,6 +475,14 @@ mod tests {
         assert!(matches!(error, LiveError::NoSender));
     }
 
+    #[test]
+    fn builds_and_drops_outside_a_runtime() {
+        // The daemon may drop its effects after the runtime is gone.
+        let effects = live(config());
+        assert!(effects.mailer.is_some());
+        drop(effects);
+    }
+
     #[tokio::test]
     async fn keeps_state_per_rule() {
         let effects = live(config());

@@ -750,3 +750,66 @@ async fn oauth_client_reports_refused_credentials_and_outages_clearly() {
     let error = OAuthClient::new(config).unwrap().token().await.unwrap_err();
     assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
 }
+
+#[tokio::test]
+async fn oauth_client_serves_a_still_valid_token_while_the_endpoint_is_down() {
+    let sim = sim::start(SimConfig {
+        token_lifetime: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    // Fresh for 200 ms, valid for 1 s.
+    let client = oauth_client(&sim, sim.client_secret(), Duration::from_millis(800));
+    let token = client.token().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.inject_fault(Fault::status("/oauth/token", 10, 503));
+    assert_eq!(
+        client.token().await.unwrap(),
+        token,
+        "the cached token still works"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let error = client.token().await.unwrap_err();
+    assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn zoomwire_sim_serves_on_the_given_address_and_reports_a_busy_one() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let error = zoomwire::commands::sim::run(Some(busy.local_addr().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, zoomwire::commands::CommandError::Usage(_)),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("cannot listen"), "{error}");
+
+    let free = busy.local_addr().unwrap();
+    drop(busy);
+    let command = tokio::spawn(zoomwire::commands::sim::run(Some(free)));
+    let client = http();
+    let mut answered = false;
+    for _ in 0..100 {
+        let response = client
+            .post(format!("http://{free}/oauth/token"))
+            .basic_auth("sim-client-id", Some("sim-client-secret"))
+            .form(&[
+                ("grant_type", "account_credentials"),
+                ("account_id", "sim-account"),
+            ])
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    command.abort();
+    assert!(
+        answered,
+        "the simulator answered on {free} with the default credentials"
+    );
+}

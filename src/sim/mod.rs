@@ -30,6 +30,9 @@ use std::time::Duration;
 use axum::Router;
 use tokio::task::JoinHandle;
 
+/// How long [`SimHandle::shutdown`] lets open responses finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 pub use faults::{Fault, FaultKind, RateLimitType, RetryAfter};
 pub use record::{RecordedRequest, SlackPost};
 pub use state::ConnectionRecord;
@@ -367,15 +370,20 @@ impl SimHandle {
         self.state.reset()
     }
 
-    /// Stops the server and closes every connection.
+    /// Stops the server and closes every connection. Responses still
+    /// streaming after a grace period (a stuck download) are cut off.
     pub async fn shutdown(mut self) -> Result<(), SimError> {
         self.state.shutdown.cancel();
-        match self.server.take() {
-            Some(server) => match server.await {
-                Ok(result) => result.map_err(SimError::Serve),
-                Err(join) => Err(SimError::Serve(std::io::Error::other(join.to_string()))),
-            },
-            None => Ok(()),
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(result)) => result.map_err(SimError::Serve),
+            Ok(Err(join)) => Err(SimError::Serve(std::io::Error::other(join.to_string()))),
+            Err(_) => {
+                server.abort();
+                Ok(())
+            }
         }
     }
 }

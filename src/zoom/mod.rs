@@ -6,3 +6,4 @@ pub mod oauth;
 pub mod rest;
 pub mod token;
 pub mod uuid;
+pub mod websocket;

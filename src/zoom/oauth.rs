@@ -207,7 +207,10 @@ impl OAuthClient {
         match (flight.await, still_valid) {
             (Ok(fresh), _) => Ok(fresh.token),
             (Err(TokenError::Unavailable(error)), Some(token)) => {
-                tracing::warn!(error = %error, "cannot refresh the zoom access token; using the cached one until it expires");
+                tracing::warn!(
+                    error = %error,
+                    "cannot refresh the zoom access token; using the cached one until it expires"
+                );
                 Ok(token)
             }
             (Err(error), _) => Err(error),

@@ -6,9 +6,11 @@
 //! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
 
 pub mod commands;
+pub mod config;
 pub mod effects;
 pub mod engine;
 pub mod event;
+pub mod logging;
 pub mod rules;
 pub mod schedule;
 pub mod testing;

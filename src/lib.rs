@@ -13,5 +13,6 @@ pub mod event;
 pub mod logging;
 pub mod rules;
 pub mod schedule;
+pub mod serve;
 pub mod testing;
 pub mod zoom;

@@ -4,3 +4,4 @@
 pub mod frame;
 pub mod token;
 pub mod uuid;
+pub mod webhook;

@@ -5,6 +5,7 @@
 //! and run each matching rule's Rhai script in a sandbox whose only way out
 //! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod effects;

@@ -98,14 +98,22 @@ fn benches(c: &mut Criterion) {
     assert_eq!(match_event(&large, &event, &vars).matched.len(), 3);
 
     let mut group = c.benchmark_group("decode");
-    group.bench_function("baseline_serde_json_parse", |b| b.iter(|| bare_parse(black_box(FRAME))));
+    group.bench_function("baseline_serde_json_parse", |b| {
+        b.iter(|| bare_parse(black_box(FRAME)))
+    });
     group.bench_function("frame_to_event", |b| b.iter(|| decode(black_box(FRAME))));
     group.finish();
 
     let mut group = c.benchmark_group("match");
-    group.bench_function("baseline_serde_json_parse", |b| b.iter(|| bare_parse(black_box(FRAME))));
+    group.bench_function("baseline_serde_json_parse", |b| {
+        b.iter(|| bare_parse(black_box(FRAME)))
+    });
     group.bench_function("decode_and_match_20_rules", |b| {
-        b.iter(|| match_event(&small, &decode(black_box(FRAME)), &vars).matched.len())
+        b.iter(|| {
+            match_event(&small, &decode(black_box(FRAME)), &vars)
+                .matched
+                .len()
+        })
     });
     group.bench_function("match_20_rules", |b| {
         b.iter(|| match_event(&small, black_box(&event), &vars).matched.len())
@@ -116,19 +124,33 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let sandbox = small.sandbox();
-    let condition = small.rule("started-2").and_then(|r| r.condition.clone()).expect("has a condition");
+    let condition = small
+        .rule("started-2")
+        .and_then(|r| r.condition.clone())
+        .expect("has a condition");
     let mut scope = sandbox.expression_scope(&event.body, &event.meta(), &vars);
     let mut group = c.benchmark_group("condition");
     group.bench_function("eval_compiled_when", |b| {
-        b.iter(|| sandbox.eval_expression(&mut scope, black_box(&condition.ast)).expect("evaluates"))
+        b.iter(|| {
+            sandbox
+                .eval_expression(&mut scope, black_box(&condition.ast))
+                .expect("evaluates")
+        })
     });
     group.finish();
 }
 
 fn config() -> Criterion {
     let quick = std::env::var_os("ZOOMWIRE_BENCH_QUICK").is_some();
-    let time = if quick { Duration::from_millis(500) } else { Duration::from_secs(3) };
-    Criterion::default().measurement_time(time).warm_up_time(time / 3).sample_size(if quick { 20 } else { 60 })
+    let time = if quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    };
+    Criterion::default()
+        .measurement_time(time)
+        .warm_up_time(time / 3)
+        .sample_size(if quick { 20 } else { 60 })
 }
 
 criterion_group! { name = hot_paths; config = config(); targets = benches }

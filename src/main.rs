@@ -13,7 +13,11 @@ use zoomwire::effects::Effects;
 use zoomwire::effects::recorder::RecordingEffects;
 
 #[derive(Parser)]
-#[command(name = "zoomwire", version, about = "Rule-based automation engine for Zoom")]
+#[command(
+    name = "zoomwire",
+    version,
+    about = "Rule-based automation engine for Zoom"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,9 +86,44 @@ enum Command {
     },
     /// Print the JSON Schema of the rule file, for editor completion
     Schema,
+    /// The Zoom simulator alone: OAuth, WebSocket, REST, Slack, downloads, on loopback
+    Sim {
+        /// Address to listen on [default: 127.0.0.1 on a free port]
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// Run history from the store: `runs [--rule NAME] [--failed] [--json]`, `runs retry ID`
+    Runs {
+        #[command(subcommand)]
+        action: Option<RunsAction>,
+        /// Only runs of this rule
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only failed and dead runs (dead letters)
+        #[arg(long)]
+        failed: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        /// Data folder holding the store
+        #[arg(long, env = "ZOOMWIRE_DATA", default_value = ".zoomwire")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsAction {
+    /// Queue a failed or dead run again
+    Retry {
+        /// The run's id
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
+    // One TLS provider for every client (reqwest, tungstenite, lettre): aws-lc-rs.
+    // An error means one is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -142,6 +181,17 @@ async fn dispatch(command: Command) -> CommandResult {
             commands::replay::run(args, effects).await
         }
         Command::Schema => commands::schema::run(),
+        Command::Sim { addr } => commands::sim::run(addr).await,
+        Command::Runs {
+            action,
+            rule,
+            failed,
+            json,
+            data,
+        } => match action {
+            Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
+            None => commands::runs::list(&data, rule, failed, json).await,
+        },
     }
 }
 
@@ -151,6 +201,7 @@ fn effects_for(dry_run: bool) -> Result<Arc<dyn Effects>, CommandError> {
         return Ok(Arc::new(RecordingEffects::default()));
     }
     Err(CommandError::Usage(
-        "performing effects needs the live configuration; use --dry-run to record them instead".into(),
+        "performing effects needs the live configuration; use --dry-run to record them instead"
+            .into(),
     ))
 }

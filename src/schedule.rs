@@ -25,11 +25,16 @@ pub struct CronSchedule {
 
 impl CronSchedule {
     /// Parses `expression` (6 or 7 fields, seconds first) in `timezone` (IANA, UTC by default).
-    pub fn parse(expression: &str, timezone: Option<&str>, catch_up: bool) -> Result<CronSchedule, String> {
+    pub fn parse(
+        expression: &str,
+        timezone: Option<&str>,
+        catch_up: bool,
+    ) -> Result<CronSchedule, String> {
         let timezone = match timezone {
             None => Tz::UTC,
-            Some(name) => Tz::from_str(name)
-                .map_err(|_| format!("unknown time zone `{name}`, expected an IANA name such as Europe/Berlin"))?,
+            Some(name) => Tz::from_str(name).map_err(|_| {
+                format!("unknown time zone `{name}`, expected an IANA name such as Europe/Berlin")
+            })?,
         };
         let normalized = normalize(expression)?;
         let schedule = cron::Schedule::from_str(&normalized)
@@ -112,7 +117,9 @@ fn translate_day_item(item: &str) -> Result<String, String> {
 fn day_number(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(day) if day <= 7 => Ok(day),
-        _ => Err(format!("day of week `{text}` is out of range 0-7 (0 and 7 are Sunday)")),
+        _ => Err(format!(
+            "day of week `{text}` is out of range 0-7 (0 and 7 are Sunday)"
+        )),
     }
 }
 

@@ -66,7 +66,13 @@ async fn run_test(
         effects.set_state(&rule.name, key, value.clone());
     }
     let journal = Arc::new(MemoryJournal::default());
-    let executor = Executor::new(journal.clone(), effects.clone(), pool.clone(), rhai::Dynamic::from_map(rhai::Map::new()));
+    let executor = Executor::new(
+        journal.clone(),
+        effects.clone(),
+        pool.clone(),
+        rhai::Dynamic::from_map(rhai::Map::new()),
+    )
+    .with_instant_retries();
     let only_this_rule = Arc::new(rule_set.only(&rule.name));
     let outcome = executor
         .handle_event(&only_this_rule, event)
@@ -80,9 +86,20 @@ async fn run_test(
     let condition_error = journal
         .runs()
         .into_iter()
-        .find(|r| r.status == RunStatus::Skipped && r.error.as_deref().is_some_and(|e| e.starts_with("condition error")))
+        .find(|r| {
+            r.status == RunStatus::Skipped
+                && r.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("condition error"))
+        })
         .and_then(|r| r.error);
-    Ok(check_expectations(&test.spec.expect, run.as_ref(), condition_error, &effects, &rule.name))
+    Ok(check_expectations(
+        &test.spec.expect,
+        run.as_ref(),
+        condition_error,
+        &effects,
+        &rule.name,
+    ))
 }
 
 /// Reads a test's event: a file next to the rule (event or frame) or inline.
@@ -92,7 +109,8 @@ pub fn load_event(event: &Value, base_dir: &Path) -> Result<Event, String> {
             let path = base_dir.join(file);
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read event {}: {e}", path.display()))?;
-            decode_event_or_frame(&text, Source::Test).map_err(|e| format!("event {}: {e}", path.display()))
+            decode_event_or_frame(&text, Source::Test)
+                .map_err(|e| format!("event {}: {e}", path.display()))
         }
         inline => Event::from_value(inline, Source::Test).map_err(|e| format!("inline event: {e}")),
     }
@@ -137,9 +155,13 @@ fn canned_error(effect: &str, failure: &Value) -> EffectError {
     error
 }
 
-/// Effects that act on the world outside zoomwire (state and the clock do not).
+/// Effects that change something: reads (`zoom.get`, `zoom.paginate`,
+/// `state.get`) and the clock do not count for `no_effects`.
 fn is_outward(record: &EffectRecord) -> bool {
-    !record.name.starts_with("state.") && record.name != "now"
+    !matches!(
+        record.name.as_str(),
+        "zoom.get" | "zoom.paginate" | "state.get" | "now"
+    )
 }
 
 fn check_expectations(
@@ -151,10 +173,13 @@ fn check_expectations(
 ) -> Vec<String> {
     let mut failures = Vec::new();
     let expects_failure = expect.iter().any(|e| e.contains_key("fails"));
-    let expects_not_fired = expect.iter().any(|e| e.get("fired") == Some(&Value::Bool(false)));
+    let expects_not_fired = expect
+        .iter()
+        .any(|e| e.get("fired") == Some(&Value::Bool(false)));
     let Some(run) = run else {
         if !expects_not_fired && !expect.iter().all(|e| e.contains_key("no_effects")) {
-            let why = condition_error.unwrap_or_else(|| "its type or condition did not match".into());
+            let why =
+                condition_error.unwrap_or_else(|| "its type or condition did not match".into());
             failures.push(format!("the rule did not fire: {why}"));
         }
         return failures;
@@ -173,11 +198,7 @@ fn check_expectations(
             continue;
         };
         match key.as_str() {
-            "no_effects" => {
-                if want.as_bool() != Some(false) && !outward.is_empty() {
-                    failures.push(format!("expected no effects, got: {}", list_effects(&outward)));
-                }
-            }
+            "no_effects" => check_no_effects(want, &outward, &mut failures),
             "fired" => {
                 if want.as_bool() == Some(false) {
                     failures.push("expected the rule not to fire, but it ran".into());
@@ -202,6 +223,25 @@ fn check_expectations(
     failures
 }
 
+/// `no_effects: true` (nothing that changes anything) or a list of effect names that must not appear.
+fn check_no_effects(want: &Value, outward: &[&EffectRecord], failures: &mut Vec<String>) {
+    let offending: Vec<&EffectRecord> = match want {
+        Value::Bool(false) => return,
+        Value::Array(names) => outward
+            .iter()
+            .filter(|r| names.iter().any(|n| n.as_str() == Some(r.name.as_str())))
+            .copied()
+            .collect(),
+        _ => outward.to_vec(),
+    };
+    if !offending.is_empty() {
+        failures.push(format!(
+            "expected no effects {want}, got: {}",
+            list_effects(&offending)
+        ));
+    }
+}
+
 fn check_failure(run: &RunRecord, want: &Value, failures: &mut Vec<String>) {
     let failed = matches!(run.status, RunStatus::Failed | RunStatus::Dead);
     let wanted = want.as_bool() != Some(false);
@@ -209,12 +249,17 @@ fn check_failure(run: &RunRecord, want: &Value, failures: &mut Vec<String>) {
         failures.push(if wanted {
             "expected the run to fail, it succeeded".into()
         } else {
-            format!("expected success, the run failed: {}", run.error.as_deref().unwrap_or_default())
+            format!(
+                "expected success, the run failed: {}",
+                run.error.as_deref().unwrap_or_default()
+            )
         });
     } else if let Some(text) = want.as_str() {
         let error = run.error.as_deref().unwrap_or_default();
         if !error.contains(text) {
-            failures.push(format!("expected an error containing {text:?}, got: {error}"));
+            failures.push(format!(
+                "expected an error containing {text:?}, got: {error}"
+            ));
         }
     }
 }

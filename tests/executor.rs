@@ -26,14 +26,26 @@ struct TestEffects {
 
 impl TestEffects {
     fn count(&self, name: &str) -> usize {
-        self.calls.lock().unwrap().iter().filter(|(n, _)| n == name).count()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
     }
 }
 
 impl Effects for TestEffects {
-    fn perform<'a>(&'a self, _context: &'a EffectContext, request: &'a EffectRequest) -> BoxFuture<'a, Result<Value, EffectError>> {
+    fn perform<'a>(
+        &'a self,
+        _context: &'a EffectContext,
+        request: &'a EffectRequest,
+    ) -> BoxFuture<'a, Result<Value, EffectError>> {
         Box::pin(async move {
-            self.calls.lock().unwrap().push((request.name.clone(), request.args.clone()));
+            self.calls
+                .lock()
+                .unwrap()
+                .push((request.name.clone(), request.args.clone()));
             match request.name.as_str() {
                 "zoom.get" => {
                     let ms = request.args["params"]["ms"].as_u64().unwrap_or(0);
@@ -69,7 +81,9 @@ fn harness(rules: &str, effects: TestEffects) -> Harness {
         paths: vec![dir.path().join("rules.yaml")],
         scripts_dir: dir.path().join("scripts"),
     };
-    let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e:?}")));
+    let rule_set = Arc::new(
+        load_rule_set(&sources, &SandboxLimits::default()).unwrap_or_else(|e| panic!("{e:?}")),
+    );
     let effects = Arc::new(effects);
     let journal = Arc::new(MemoryJournal::default());
     let executor = Executor::new(
@@ -100,7 +114,11 @@ impl Harness {
     async fn fire_all(&self, events: Vec<Event>) -> Vec<RunRecord> {
         let mut tickets = Vec::new();
         for event in events {
-            let outcome = self.executor.handle_event(&self.rule_set, event).await.unwrap();
+            let outcome = self
+                .executor
+                .handle_event(&self.rule_set, event)
+                .await
+                .unwrap();
             tickets.extend(outcome.runs);
         }
         let mut runs = Vec::new();
@@ -119,28 +137,59 @@ const SLOW: &str = "do: zoom::get(\"/x\", #{ms: 300})\n  allow: [zoom.read]\n";
 
 #[tokio::test]
 async fn single_drops_runs_while_one_is_in_flight() {
-    let h = harness(&format!("- name: s\n  on: meeting.ended\n  mode: single\n  {SLOW}"), TestEffects::default());
-    let runs = h.fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")]).await;
-    assert_eq!(statuses(&runs), [RunStatus::Succeeded, RunStatus::Skipped, RunStatus::Skipped]);
+    let h = harness(
+        &format!("- name: s\n  on: meeting.ended\n  mode: single\n  {SLOW}"),
+        TestEffects::default(),
+    );
+    let runs = h
+        .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
+        .await;
+    assert_eq!(
+        statuses(&runs),
+        [RunStatus::Succeeded, RunStatus::Skipped, RunStatus::Skipped]
+    );
     assert!(runs[1].error.as_deref().unwrap().contains("mode single"));
 }
 
 #[tokio::test]
 async fn modes_apply_per_key() {
     let h = harness(
-        &format!("- name: s\n  on: meeting.ended\n  mode: single\n  key: event.payload.object.uuid\n  {SLOW}"),
+        &format!(
+            "- name: s\n  on: meeting.ended\n  mode: single\n  key: event.payload.object.uuid\n  {SLOW}"
+        ),
         TestEffects::default(),
     );
-    let runs = h.fire_all(vec![event(1, "a"), event(2, "b"), event(3, "a")]).await;
-    assert_eq!(statuses(&runs), [RunStatus::Succeeded, RunStatus::Succeeded, RunStatus::Skipped]);
+    let runs = h
+        .fire_all(vec![event(1, "a"), event(2, "b"), event(3, "a")])
+        .await;
+    assert_eq!(
+        statuses(&runs),
+        [
+            RunStatus::Succeeded,
+            RunStatus::Succeeded,
+            RunStatus::Skipped
+        ]
+    );
     assert_eq!(runs[1].key.as_deref(), Some("b"));
 }
 
 #[tokio::test]
 async fn queued_runs_one_at_a_time_up_to_max_runs() {
-    let h = harness(&format!("- name: q\n  on: meeting.ended\n  mode: queued\n  max_runs: 2\n  {SLOW}"), TestEffects::default());
-    let runs = h.fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")]).await;
-    assert_eq!(statuses(&runs), [RunStatus::Succeeded, RunStatus::Succeeded, RunStatus::Skipped]);
+    let h = harness(
+        &format!("- name: q\n  on: meeting.ended\n  mode: queued\n  max_runs: 2\n  {SLOW}"),
+        TestEffects::default(),
+    );
+    let runs = h
+        .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
+        .await;
+    assert_eq!(
+        statuses(&runs),
+        [
+            RunStatus::Succeeded,
+            RunStatus::Succeeded,
+            RunStatus::Skipped
+        ]
+    );
     assert!(runs[2].error.as_deref().unwrap().contains("queue full"));
     // One at a time: the second started after the first finished.
     assert!(runs[1].started_at.unwrap() >= runs[0].finished_at.unwrap());
@@ -148,42 +197,90 @@ async fn queued_runs_one_at_a_time_up_to_max_runs() {
 
 #[tokio::test]
 async fn parallel_runs_up_to_max_runs_at_once() {
-    let h = harness(&format!("- name: p\n  on: meeting.ended\n  mode: parallel\n  max_runs: 2\n  {SLOW}"), TestEffects::default());
+    let h = harness(
+        &format!("- name: p\n  on: meeting.ended\n  mode: parallel\n  max_runs: 2\n  {SLOW}"),
+        TestEffects::default(),
+    );
     let started = Instant::now();
-    let runs = h.fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")]).await;
-    assert_eq!(statuses(&runs), [RunStatus::Succeeded, RunStatus::Succeeded, RunStatus::Skipped]);
-    assert!(started.elapsed() < Duration::from_millis(550), "ran concurrently: {:?}", started.elapsed());
+    let runs = h
+        .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
+        .await;
+    assert_eq!(
+        statuses(&runs),
+        [
+            RunStatus::Succeeded,
+            RunStatus::Succeeded,
+            RunStatus::Skipped
+        ]
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "ran concurrently: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn restart_cancels_the_running_one_for_the_newest() {
     let rules = "- name: r\n  on: meeting.ended\n  mode: restart\n  timeout: 10s\n  do: |\n    let i = 0;\n    while i < 2000000000 { i += 1; }\n";
     let h = harness(rules, TestEffects::default());
-    let first = h.executor.handle_event(&h.rule_set, event(1, "a")).await.unwrap();
+    let first = h
+        .executor
+        .handle_event(&h.rule_set, event(1, "a"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = h.executor.handle_event(&h.rule_set, event(2, "a")).await.unwrap();
+    let second = h
+        .executor
+        .handle_event(&h.rule_set, event(2, "a"))
+        .await
+        .unwrap();
     let first = first.runs.into_iter().next().unwrap().wait().await.unwrap();
     assert_eq!(first.status, RunStatus::Skipped);
     assert!(first.error.as_deref().unwrap().contains("mode restart"));
     // The newest one runs (and is cancelled by nobody; it hits its operation limit or finishes).
-    let second = second.runs.into_iter().next().unwrap().wait().await.unwrap();
+    let second = second
+        .runs
+        .into_iter()
+        .next()
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_ne!(second.status, RunStatus::Skipped, "{second:?}");
 }
 
 #[tokio::test]
 async fn timeout_covers_the_run() {
-    let h = harness("- name: t\n  on: meeting.ended\n  timeout: 300ms\n  do: zoom::get(\"/x\", #{ms: 5000})\n  allow: [zoom.read]\n", TestEffects::default());
+    let h = harness(
+        "- name: t\n  on: meeting.ended\n  timeout: 300ms\n  do: zoom::get(\"/x\", #{ms: 5000})\n  allow: [zoom.read]\n",
+        TestEffects::default(),
+    );
     let started = Instant::now();
     let runs = h.fire_all(vec![event(1, "a")]).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(runs[0].status, RunStatus::Failed);
-    assert!(runs[0].error.as_deref().unwrap().contains("deadline"), "{:?}", runs[0].error);
+    assert!(
+        runs[0].error.as_deref().unwrap().contains("deadline"),
+        "{:?}",
+        runs[0].error
+    );
 }
 
 #[tokio::test]
 async fn a_retry_replays_completed_effects_instead_of_repeating_them() {
     let rules = "- name: r\n  on: meeting.ended\n  allow: [slack, zoom.write]\n  retry: {attempts: 3, backoff: 10ms}\n  do: |\n    slack::post(\"#a\", \"once\");\n    zoom::post(\"/meetings\", #{topic: \"x\"});\n";
-    let h = harness(rules, TestEffects { fail_first: 1, ..TestEffects::default() });
+    let h = harness(
+        rules,
+        TestEffects {
+            fail_first: 1,
+            ..TestEffects::default()
+        },
+    );
     let runs = h.fire_all(vec![event(1, "a")]).await;
     assert_eq!(runs[0].status, RunStatus::Succeeded, "{:?}", runs[0].error);
     assert_eq!(runs[0].attempt, 2);
@@ -196,11 +293,23 @@ async fn a_retry_replays_completed_effects_instead_of_repeating_them() {
 #[tokio::test]
 async fn a_run_out_of_retries_is_dead() {
     let rules = "- name: r\n  on: meeting.ended\n  allow: [zoom.write]\n  retry: {attempts: 2, backoff: 10ms}\n  do: zoom::post(\"/meetings\", #{})\n";
-    let h = harness(rules, TestEffects { fail_first: 100, ..TestEffects::default() });
+    let h = harness(
+        rules,
+        TestEffects {
+            fail_first: 100,
+            ..TestEffects::default()
+        },
+    );
     let runs = h.fire_all(vec![event(1, "a")]).await;
     assert_eq!(runs[0].status, RunStatus::Dead);
     assert_eq!(runs[0].attempt, 2);
-    assert!(runs[0].error.as_deref().unwrap().contains("zoom answered 503"));
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("zoom answered 503")
+    );
 }
 
 #[tokio::test]
@@ -211,28 +320,53 @@ async fn a_script_error_is_not_retried() {
     assert_eq!(runs[0].status, RunStatus::Failed);
     assert_eq!(runs[0].attempt, 1);
     let error = runs[0].error.as_deref().unwrap();
-    assert!(error.contains("rules.yaml:6:"), "the position points into the rule file: {error}");
+    assert!(
+        error.contains("rules.yaml:6:"),
+        "the position points into the rule file: {error}"
+    );
 }
 
 #[tokio::test]
 async fn a_condition_error_counts_as_not_matched_and_is_recorded() {
     let rules = "- name: bad\n  on: meeting.ended\n  when: event.payload.object.n.nope.deeper > 1\n  do: 1\n- name: good\n  on: meeting.ended\n  do: 2\n";
     let h = harness(rules, TestEffects::default());
-    let outcome = h.executor.handle_event(&h.rule_set, event(1, "a")).await.unwrap();
+    let outcome = h
+        .executor
+        .handle_event(&h.rule_set, event(1, "a"))
+        .await
+        .unwrap();
     assert_eq!(outcome.condition_failures, 1);
     assert_eq!(outcome.runs.len(), 1);
     assert_eq!(&*outcome.runs[0].rule, "good");
     let recorded = h.journal.runs();
     let bad = recorded.iter().find(|r| r.rule == "bad").unwrap();
     assert_eq!(bad.status, RunStatus::Skipped);
-    assert!(bad.error.as_deref().unwrap().starts_with("condition error: `when`"), "{:?}", bad.error);
+    assert!(
+        bad.error
+            .as_deref()
+            .unwrap()
+            .starts_with("condition error: `when`"),
+        "{:?}",
+        bad.error
+    );
 }
 
 #[tokio::test]
 async fn duplicates_run_once() {
-    let h = harness("- name: d\n  on: meeting.ended\n  do: 1\n", TestEffects::default());
-    let first = h.executor.handle_event(&h.rule_set, event(1, "a")).await.unwrap();
-    let again = h.executor.handle_event(&h.rule_set, event(1, "a")).await.unwrap();
+    let h = harness(
+        "- name: d\n  on: meeting.ended\n  do: 1\n",
+        TestEffects::default(),
+    );
+    let first = h
+        .executor
+        .handle_event(&h.rule_set, event(1, "a"))
+        .await
+        .unwrap();
+    let again = h
+        .executor
+        .handle_event(&h.rule_set, event(1, "a"))
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert!(again.runs.is_empty());
@@ -264,20 +398,40 @@ async fn a_hostile_rule_fails_alone_while_the_others_run() {
     let h = harness(rules, TestEffects::default());
     let started = Instant::now();
     let runs = h.fire_all(vec![event(1, "a")]).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let by_rule = |name: &str| runs.iter().find(|r| r.rule == name).unwrap();
     assert_eq!(by_rule("polite").status, RunStatus::Succeeded);
     assert_eq!(h.effects.count("slack.post"), 1);
     for name in ["endless", "bomb", "deep"] {
-        assert_eq!(by_rule(name).status, RunStatus::Failed, "{name}: {:?}", by_rule(name));
+        assert_eq!(
+            by_rule(name).status,
+            RunStatus::Failed,
+            "{name}: {:?}",
+            by_rule(name)
+        );
     }
 }
 
 #[tokio::test]
 async fn a_missing_capability_fails_with_its_name() {
-    let h = harness("- name: c\n  on: meeting.ended\n  do: slack::post(\"#a\", \"x\")\n", TestEffects::default());
+    let h = harness(
+        "- name: c\n  on: meeting.ended\n  do: slack::post(\"#a\", \"x\")\n",
+        TestEffects::default(),
+    );
     let runs = h.fire_all(vec![event(1, "a")]).await;
     assert_eq!(runs[0].status, RunStatus::Failed);
-    assert!(runs[0].error.as_deref().unwrap().contains("capability `slack`"), "{:?}", runs[0].error);
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("capability `slack`"),
+        "{:?}",
+        runs[0].error
+    );
     assert_eq!(h.effects.count("slack.post"), 0);
 }

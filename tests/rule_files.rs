@@ -28,7 +28,11 @@ async fn run_all_tests(dir: &str) -> usize {
         .filter(|r| !r.passed())
         .map(|r| format!("{} › {}: {:?}", r.rule, r.test, r.failures))
         .collect();
-    assert!(failed.is_empty(), "failing rule tests:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "failing rule tests:\n{}",
+        failed.join("\n")
+    );
     reports.len()
 }
 
@@ -70,11 +74,27 @@ fn a_broken_rule_folder_reports_every_error_in_one_pass() {
         "a.yaml",
         "name: a\non: meeting.ended\nwhne: true\nallow: [slak]\ndo: |\n  let x = 1;\n  let = 2;\n",
     );
-    write(&rules, "b.yaml", "name: a\non: meeting.started\ndo: { script: missing.rhai }\n");
-    write(&rules, "c.yaml", "name: c\non: meeting.ended\nmax_runs: lots\ndo: \"1 +\"\n");
+    write(
+        &rules,
+        "b.yaml",
+        "name: a\non: meeting.started\ndo: { script: missing.rhai }\n",
+    );
+    write(
+        &rules,
+        "c.yaml",
+        "name: c\non: meeting.ended\nmax_runs: lots\ndo: \"1 +\"\n",
+    );
     write(&rules, "d.yml", "name: d\non: [meeting.ended\n");
-    write(&rules, "e.yaml", "name: e\nschedule: \"0 9 * * 1\"\ndo: x\n");
-    write(&rules, "f.yaml", "name: f\non: meeting.ended\nwhen: event.payload.object.duration >\ndo: x\n");
+    write(
+        &rules,
+        "e.yaml",
+        "name: e\nschedule: \"0 9 * * 1\"\ndo: x\n",
+    );
+    write(
+        &rules,
+        "f.yaml",
+        "name: f\non: meeting.ended\nwhen: event.payload.object.duration >\ndo: x\n",
+    );
     let errors = load(&[rules.to_str().unwrap()], &scripts).unwrap_err();
     let text = errors.join("\n");
     let root = rules.display().to_string();
@@ -83,11 +103,16 @@ fn a_broken_rule_folder_reports_every_error_in_one_pass() {
         format!("{root}/b.yaml:3:5: rule \"a\": script file `missing.rhai` not found"),
         format!("{root}/c.yaml:3:11: rule \"c\": `max_runs`: invalid type: string \"lots\""),
         format!("{root}/d.yml:2:5: invalid YAML: "),
-        format!("{root}/e.yaml:2:11: rule \"e\": invalid schedule `0 9 * * 1`: expected 6 or 7 fields"),
+        format!(
+            "{root}/e.yaml:2:11: rule \"e\": invalid schedule `0 9 * * 1`: expected 6 or 7 fields"
+        ),
         format!("{root}/f.yaml:3:"),
     ];
     for prefix in &expected {
-        assert!(errors.iter().any(|e| e.starts_with(prefix.as_str())), "missing `{prefix}` in:\n{text}");
+        assert!(
+            errors.iter().any(|e| e.starts_with(prefix.as_str())),
+            "missing `{prefix}` in:\n{text}"
+        );
     }
     // The same file's other errors come in the same pass.
     assert!(text.contains("unknown capability `slak`"), "{text}");
@@ -101,7 +126,11 @@ fn rhai_errors_point_into_the_yaml_file() {
         "rules/a.yaml",
         "name: a\non: meeting.ended\ndo: |\n  let x = 1;\n  let = 2;\n",
     );
-    let errors = load(&[dir.path().join("rules").to_str().unwrap()], &dir.path().join("scripts")).unwrap_err();
+    let errors = load(
+        &[dir.path().join("rules").to_str().unwrap()],
+        &dir.path().join("scripts"),
+    )
+    .unwrap_err();
     assert_eq!(errors.len(), 1, "{errors:?}");
     // `let = 2;` is on line 5 of the file; the script starts at column 3.
     assert!(errors[0].contains("/a.yaml:5:"), "{}", errors[0]);
@@ -113,7 +142,15 @@ fn duplicate_names_are_reported_with_the_first_file() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "rules/a.yaml", "name: same\non: a.b\ndo: x\n");
     write(dir.path(), "rules/b.yaml", "name: same\non: a.b\ndo: x\n");
-    let errors = load(&[dir.path().join("rules").to_str().unwrap()], &dir.path().join("scripts")).unwrap_err();
+    let errors = load(
+        &[dir.path().join("rules").to_str().unwrap()],
+        &dir.path().join("scripts"),
+    )
+    .unwrap_err();
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].contains("b.yaml:1:7: rule \"same\": duplicate rule name, first defined in"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("b.yaml:1:7: rule \"same\": duplicate rule name, first defined in"),
+        "{}",
+        errors[0]
+    );
 }

@@ -9,7 +9,11 @@ use crate::script::SandboxLimits;
 pub fn run(args: &RuleArgs) -> CommandResult {
     match load_rules(args, &SandboxLimits::default()) {
         Ok(rule_set) => {
-            let schedules = rule_set.rules().iter().filter(|r| r.schedule().is_some()).count();
+            let schedules = rule_set
+                .rules()
+                .iter()
+                .filter(|r| r.schedule().is_some())
+                .count();
             let tests: usize = rule_set.rules().iter().map(|r| r.tests.len()).sum();
             println!(
                 "ok: {} rules ({} scheduled, {} tests) in {} files",

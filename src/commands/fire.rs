@@ -38,12 +38,21 @@ pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
     if args.explain {
         print_explanation(&rule_set, &event, &vars);
     }
-    let executor = Executor::new(Arc::new(MemoryJournal::default()), effects, script_pool(&limits), vars);
+    let executor = Executor::new(
+        Arc::new(MemoryJournal::default()),
+        effects,
+        script_pool(&limits),
+        vars,
+    );
     println!(
         "event {} ({}){}",
         event.event_type,
         event.id,
-        if args.dry_run { ", dry run: effects recorded, not performed" } else { "" }
+        if args.dry_run {
+            ", dry run: effects recorded, not performed"
+        } else {
+            ""
+        }
     );
     let outcome = executor
         .handle_event(&rule_set, event)
@@ -59,7 +68,11 @@ pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
             print!("{}", format_run(&run));
         }
     }
-    Ok(if failed { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn read_input(input: &str) -> Result<String, CommandError> {
@@ -70,7 +83,8 @@ fn read_input(input: &str) -> Result<String, CommandError> {
             .map_err(|e| CommandError::Usage(format!("cannot read standard input: {e}")))?;
         Ok(text)
     } else {
-        std::fs::read_to_string(input).map_err(|e| CommandError::Usage(format!("cannot read {input}: {e}")))
+        std::fs::read_to_string(input)
+            .map_err(|e| CommandError::Usage(format!("cannot read {input}: {e}")))
     }
 }
 
@@ -85,7 +99,11 @@ fn print_explanation(rule_set: &RuleSet, event: &crate::event::Event, vars: &rha
                 Trigger::Events(patterns) => format!(
                     "does not fire: type {} does not match {}",
                     event.event_type,
-                    patterns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    patterns
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 Trigger::Schedule(schedule) => {
                     format!("does not fire: scheduled rule ({})", schedule.expression)

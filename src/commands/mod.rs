@@ -1,6 +1,8 @@
 //! The command line's verbs, one module each. `main.rs` parses arguments and
 //! calls these; each returns the process exit status.
 
+pub mod runs;
+
 use std::process::ExitCode;
 
 /// Exit status for success.
@@ -38,4 +40,5 @@ pub mod output;
 pub mod replay;
 pub mod rules_args;
 pub mod schema;
+pub mod sim;
 pub mod test;

@@ -12,8 +12,16 @@ pub fn format_run(run: &RunRecord) -> String {
         (Some(start), Some(end)) => format!(" in {}ms", (end - start).num_milliseconds()),
         _ => String::new(),
     };
-    let key = run.key.as_deref().map(|k| format!(" [key {k}]")).unwrap_or_default();
-    let attempts = if run.attempt > 1 { format!(" after {} attempts", run.attempt) } else { String::new() };
+    let key = run
+        .key
+        .as_deref()
+        .map(|k| format!(" [key {k}]"))
+        .unwrap_or_default();
+    let attempts = if run.attempt > 1 {
+        format!(" after {} attempts", run.attempt)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
         "{} {}{key}: {}{elapsed}{attempts}",

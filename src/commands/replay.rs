@@ -61,12 +61,17 @@ pub async fn run(args: ReplayArgs, effects: Arc<dyn Effects>) -> CommandResult {
         let event = match decode_event_or_frame(line, Source::Replay) {
             Ok(event) => event,
             Err(error) => {
-                summary.bad_lines.push(format!("{}:{}: {error}", args.input.display(), number + 1));
+                summary
+                    .bad_lines
+                    .push(format!("{}:{}: {error}", args.input.display(), number + 1));
                 continue;
             }
         };
         summary.events += 1;
-        let outcome = executor.handle_event(&rule_set, event).await.map_err(anyhow::Error::from)?;
+        let outcome = executor
+            .handle_event(&rule_set, event)
+            .await
+            .map_err(anyhow::Error::from)?;
         summary.duplicates += usize::from(outcome.duplicate);
         tickets.extend(outcome.runs);
     }
@@ -74,17 +79,24 @@ pub async fn run(args: ReplayArgs, effects: Arc<dyn Effects>) -> CommandResult {
         if let Some(run) = ticket.wait().await {
             *summary.runs.entry(run.status.as_str()).or_default() += 1;
             if matches!(run.status, RunStatus::Failed | RunStatus::Dead) {
-                summary.failures.push(format!("{} ({}): {}", run.rule, run.event_id, run.error.unwrap_or_default()));
+                summary.failures.push(format!(
+                    "{} ({}): {}",
+                    run.rule,
+                    run.event_id,
+                    run.error.unwrap_or_default()
+                ));
             }
         }
     }
     progress.finish_and_clear();
     print_summary(&summary, args.dry_run);
-    Ok(if summary.failures.is_empty() && summary.bad_lines.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    Ok(
+        if summary.failures.is_empty() && summary.bad_lines.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        },
+    )
 }
 
 fn progress_bar(length: u64) -> indicatif::ProgressBar {
@@ -92,7 +104,9 @@ fn progress_bar(length: u64) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(length);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+    {
         bar.set_style(style);
     }
     bar
@@ -105,7 +119,11 @@ fn print_summary(summary: &Summary, dry_run: bool) {
     for failure in &summary.failures {
         println!("✗ {failure}");
     }
-    let runs: Vec<String> = summary.runs.iter().map(|(status, n)| format!("{n} {status}")).collect();
+    let runs: Vec<String> = summary
+        .runs
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
     let total: usize = summary.runs.values().sum();
     println!(
         "{} events ({} duplicates, {} unreadable lines), {} runs{}{}",
@@ -113,7 +131,11 @@ fn print_summary(summary: &Summary, dry_run: bool) {
         summary.duplicates,
         summary.bad_lines.len(),
         total,
-        if runs.is_empty() { String::new() } else { format!(": {}", runs.join(", ")) },
+        if runs.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", runs.join(", "))
+        },
         if dry_run { " (dry run)" } else { "" }
     );
 }

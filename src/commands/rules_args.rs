@@ -20,7 +20,11 @@ pub struct RuleArgs {
 impl RuleArgs {
     pub fn sources(&self) -> RuleSources {
         let paths = if self.paths.is_empty() {
-            vec![std::env::var_os("ZOOMWIRE_RULES").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("rules"))]
+            vec![
+                std::env::var_os("ZOOMWIRE_RULES")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("rules")),
+            ]
         } else {
             self.paths.clone()
         };

@@ -8,7 +8,10 @@ use crate::rules::spec::RuleSpec;
 /// The schema of a rule file: one rule or a list of rules.
 pub fn rule_file_schema() -> serde_json::Value {
     let rule = serde_json::to_value(schemars::schema_for!(RuleSpec)).unwrap_or_default();
-    let mut definitions = rule.get("$defs").cloned().unwrap_or_else(|| serde_json::json!({}));
+    let mut definitions = rule
+        .get("$defs")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
     let mut rule_without_meta = rule.clone();
     if let Some(object) = rule_without_meta.as_object_mut() {
         object.remove("$defs");

@@ -32,5 +32,9 @@ pub async fn run(args: &RuleArgs) -> CommandResult {
         }
     }
     println!("{} passed, {} failed", reports.len() - failed, failed);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }

@@ -26,10 +26,13 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<(), StateError>;
 }
 
+/// (rule, key) -> (value, expiry).
+type Entries = HashMap<(String, String), (Value, Option<Instant>)>;
+
 /// State in memory, lost on restart.
 #[derive(Debug, Default)]
 pub struct MemoryState {
-    entries: Mutex<HashMap<(String, String), (Value, Option<Instant>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl StateStore for MemoryState {

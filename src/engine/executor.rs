@@ -67,6 +67,8 @@ struct Inner {
     slots: Mutex<HashMap<SlotKey, Slot>>,
     finished: broadcast::Sender<RunRecord>,
     tracker: TaskTracker,
+    /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
+    instant_retries: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -116,8 +118,17 @@ impl Executor {
                 slots: Mutex::default(),
                 finished,
                 tracker: TaskTracker::new(),
+                instant_retries: false,
             }),
         }
+    }
+
+    /// Retries failed runs at once instead of after the rule's backoff (for rule tests).
+    pub fn with_instant_retries(mut self) -> Executor {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.instant_retries = true;
+        }
+        self
     }
 
     /// Finished runs as they happen (for the demo and the admin API).
@@ -130,7 +141,11 @@ impl Executor {
     }
 
     /// Accepts an event into the journal, matches it and starts its runs.
-    pub async fn handle_event(&self, rule_set: &Arc<RuleSet>, event: Event) -> Result<EventOutcome, JournalError> {
+    pub async fn handle_event(
+        &self,
+        rule_set: &Arc<RuleSet>,
+        event: Event,
+    ) -> Result<EventOutcome, JournalError> {
         if !self.inner.journal.accept_event(&event).await? {
             metrics::counter!("zoomwire_events_duplicate_total").increment(1);
             return Ok(EventOutcome {
@@ -147,7 +162,10 @@ impl Executor {
         let mut runs = Vec::with_capacity(matched.matched.len());
         for Matched { rule, key } in matched.matched {
             let record = new_record(&rule, &event, key);
-            runs.push(self.submit(rule_set.clone(), rule, event.clone(), record, Vec::new()).await?);
+            runs.push(
+                self.submit(rule_set.clone(), rule, event.clone(), record, Vec::new())
+                    .await?,
+            );
         }
         Ok(EventOutcome {
             duplicate: false,
@@ -157,12 +175,19 @@ impl Executor {
     }
 
     /// Resumes a run left unfinished by a crash, replaying its recorded effects.
-    pub async fn resume(&self, rule_set: &Arc<RuleSet>, unfinished: UnfinishedRun) -> Result<RunTicket, JournalError> {
+    pub async fn resume(
+        &self,
+        rule_set: &Arc<RuleSet>,
+        unfinished: UnfinishedRun,
+    ) -> Result<RunTicket, JournalError> {
         let UnfinishedRun { mut run, event } = unfinished;
         let replay = std::mem::take(&mut run.effects);
         run.status = RunStatus::Pending;
         match rule_set.rule(&run.rule) {
-            Some(rule) => self.submit(rule_set.clone(), rule.clone(), event, run, replay).await,
+            Some(rule) => {
+                self.submit(rule_set.clone(), rule.clone(), event, run, replay)
+                    .await
+            }
             None => {
                 let (done, finished) = oneshot::channel();
                 let ticket = RunTicket {
@@ -184,7 +209,9 @@ impl Executor {
     /// Returns whether everything finished in time.
     pub async fn shutdown(&self, grace: std::time::Duration) -> bool {
         self.inner.tracker.close();
-        tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_ok()
     }
 
     /// Waits until no run is in flight (for tests and `replay`).
@@ -194,7 +221,11 @@ impl Executor {
         }
     }
 
-    async fn record_condition_failure(&self, event: &Event, failure: &ConditionFailure) -> Result<(), JournalError> {
+    async fn record_condition_failure(
+        &self,
+        event: &Event,
+        failure: &ConditionFailure,
+    ) -> Result<(), JournalError> {
         tracing::warn!(rule = %failure.rule.name, event = %event.id, error = %failure.error, "condition failed");
         metrics::counter!("zoomwire_condition_errors_total", "rule" => failure.rule.name.to_string()).increment(1);
         let mut record = new_record(&failure.rule, event, None);
@@ -247,7 +278,10 @@ impl Executor {
         let running = slot.running.len();
         match rule.mode {
             Mode::Parallel if running < max => start_in(slot, run),
-            Mode::Parallel => Admission::Skip(run, format!("{max} runs already in flight (mode parallel, max_runs {max})")),
+            Mode::Parallel => Admission::Skip(
+                run,
+                format!("{max} runs already in flight (mode parallel, max_runs {max})"),
+            ),
             Mode::Single if running == 0 => start_in(slot, run),
             Mode::Single => Admission::Skip(run, "a run is already in flight (mode single)".into()),
             Mode::Queued if running == 0 => start_in(slot, run),
@@ -255,7 +289,9 @@ impl Executor {
                 slot.queue.push_back(run);
                 Admission::Queued
             }
-            Mode::Queued => Admission::Skip(run, format!("queue full (mode queued, max_runs {max})")),
+            Mode::Queued => {
+                Admission::Skip(run, format!("queue full (mode queued, max_runs {max})"))
+            }
             Mode::Restart if running == 0 => start_in(slot, run),
             Mode::Restart => {
                 for cancel in &slot.running {
@@ -267,7 +303,9 @@ impl Executor {
                 for old in replaced {
                     let executor = self.clone();
                     tokio::spawn(async move {
-                        let _ = executor.skip(old, "replaced by a newer run (mode restart)".into()).await;
+                        let _ = executor
+                            .skip(old, "replaced by a newer run (mode restart)".into())
+                            .await;
                     });
                 }
                 Admission::Queued
@@ -360,7 +398,8 @@ async fn execute(
         record.started_at.get_or_insert_with(Utc::now);
         record.error = None;
         persist(inner, &record).await;
-        let (result, effects) = run_attempt(inner, rule_set, rule, event, &record, replay, cancel).await;
+        let (result, effects) =
+            run_attempt(inner, rule_set, rule, event, &record, replay, cancel).await;
         record.effects = effects.records();
         record.logs = effects.logs();
         match result {
@@ -382,17 +421,22 @@ async fn execute(
                 if retryable && attempt < rule.retry.attempts {
                     record.status = RunStatus::Failed;
                     persist(inner, &record).await;
-                    let delay = rule.retry.delay_before(attempt + 1);
+                    let delay = if inner.instant_retries {
+                        std::time::Duration::ZERO
+                    } else {
+                        rule.retry.delay_before(attempt + 1)
+                    };
                     tracing::warn!(rule = %rule.name, run = %record.id, attempt, error = %record.error.as_deref().unwrap_or_default(), delay_ms = delay.as_millis() as u64, "run failed, retrying");
                     tokio::time::sleep(delay).await;
                     replay = record.effects.clone();
                     continue;
                 }
-                record.status = if retryable || (rule.retry.attempts > 1 && attempt >= rule.retry.attempts) {
-                    RunStatus::Dead
-                } else {
-                    RunStatus::Failed
-                };
+                record.status =
+                    if retryable || (rule.retry.attempts > 1 && attempt >= rule.retry.attempts) {
+                        RunStatus::Dead
+                    } else {
+                        RunStatus::Failed
+                    };
                 break;
             }
         }
@@ -461,7 +505,9 @@ fn run_meta(event: &Event, record: &RunRecord) -> Dynamic {
 fn is_retryable(error: &ScriptError, effects: &RunEffects) -> bool {
     match error {
         ScriptError::Effect(effect_error) => effect_error.is_transient(),
-        ScriptError::Runtime { .. } | ScriptError::Timeout { .. } => effects.had_transient_failure(),
+        ScriptError::Runtime { .. } | ScriptError::Timeout { .. } => {
+            effects.had_transient_failure()
+        }
         ScriptError::Limit { .. } | ScriptError::Cancelled => false,
     }
 }
@@ -475,7 +521,12 @@ fn describe_error(rule: &Rule, error: &ScriptError) -> String {
             column,
         } => {
             let at = rule.action.origin.locate(*line, column.unwrap_or(1));
-            format!("{}:{}:{}: {message}", rule.action.origin.path.display(), at.line, at.column)
+            format!(
+                "{}:{}:{}: {message}",
+                rule.action.origin.path.display(),
+                at.line,
+                at.column
+            )
         }
         other => other.to_string(),
     }
@@ -489,11 +540,16 @@ async fn persist(inner: &Inner, record: &RunRecord) {
 
 fn log_outcome(rule: &Rule, record: &RunRecord, started: Instant) {
     let outcome = record.status.as_str();
-    metrics::counter!("zoomwire_runs_total", "rule" => rule.name.to_string(), "outcome" => outcome).increment(1);
+    metrics::counter!("zoomwire_runs_total", "rule" => rule.name.to_string(), "outcome" => outcome)
+        .increment(1);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match &record.error {
-        None => tracing::info!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, effects = record.effects.len(), "run finished"),
-        Some(error) => tracing::warn!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, error = %error, "run finished"),
+        None => {
+            tracing::info!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, effects = record.effects.len(), "run finished")
+        }
+        Some(error) => {
+            tracing::warn!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, error = %error, "run finished")
+        }
     }
 }
 

@@ -63,7 +63,11 @@ pub fn match_event(rule_set: &RuleSet, event: &Event, vars: &Dynamic) -> MatchRe
 }
 
 /// Says for every rule why it fired or did not.
-pub fn explain_event(rule_set: &RuleSet, event: &Event, vars: &Dynamic) -> Vec<(Arc<Rule>, Verdict)> {
+pub fn explain_event(
+    rule_set: &RuleSet,
+    event: &Event,
+    vars: &Dynamic,
+) -> Vec<(Arc<Rule>, Verdict)> {
     let listening = candidates(rule_set, event);
     let mut scope = expression_scope(rule_set.sandbox(), event, vars);
     rule_set
@@ -116,14 +120,20 @@ fn expression_scope(sandbox: &Sandbox, event: &Event, vars: &Dynamic) -> Scope<'
 
 /// `Ok(Some(key))` when the rule fires (key empty when it has none),
 /// `Ok(None)` when its condition is false.
-fn evaluate(sandbox: &Sandbox, scope: &mut Scope<'static>, rule: &Rule) -> Result<Option<Option<String>>, String> {
+fn evaluate(
+    sandbox: &Sandbox,
+    scope: &mut Scope<'static>,
+    rule: &Rule,
+) -> Result<Option<Option<String>>, String> {
     if let Some(condition) = &rule.condition {
         let value = eval(sandbox, scope, condition, "when")?;
         match value.as_bool() {
             Ok(true) => {}
             Ok(false) => return Ok(None),
             Err(type_name) => {
-                return Err(format!("`when` must give true or false, it gave a value of type {type_name}"));
+                return Err(format!(
+                    "`when` must give true or false, it gave a value of type {type_name}"
+                ));
             }
         }
     }
@@ -136,7 +146,12 @@ fn evaluate(sandbox: &Sandbox, scope: &mut Scope<'static>, rule: &Rule) -> Resul
     }
 }
 
-fn eval(sandbox: &Sandbox, scope: &mut Scope<'static>, script: &CompiledScript, what: &str) -> Result<Dynamic, String> {
+fn eval(
+    sandbox: &Sandbox,
+    scope: &mut Scope<'static>,
+    script: &CompiledScript,
+    what: &str,
+) -> Result<Dynamic, String> {
     sandbox
         .eval_expression(scope, &script.ast)
         .map_err(|error| format!("`{what}` ({}): {error}", script.origin.path.display()))

@@ -26,7 +26,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Loads and compiles every rule under `sources`, or returns every error found.
-pub fn load_rule_set(sources: &RuleSources, limits: &SandboxLimits) -> Result<RuleSet, Vec<RuleError>> {
+pub fn load_rule_set(
+    sources: &RuleSources,
+    limits: &SandboxLimits,
+) -> Result<RuleSet, Vec<RuleError>> {
     let mut errors = Vec::new();
     let modules = if !sources.scripts_dir.exists() {
         Ok(ScriptModules::empty())
@@ -87,7 +90,11 @@ pub fn load_rule_set(sources: &RuleSources, limits: &SandboxLimits) -> Result<Ru
 }
 
 /// Compiles one rule, reporting every problem it has.
-pub fn compile_rule(source: &RuleSource, sandbox: &Sandbox, scripts_dir: &Path) -> Result<Rule, Vec<RuleError>> {
+pub fn compile_rule(
+    source: &RuleSource,
+    sandbox: &Sandbox,
+    scripts_dir: &Path,
+) -> Result<Rule, Vec<RuleError>> {
     let mut errors = Vec::new();
     let spec = &source.spec;
     let name = match &source.name {
@@ -98,9 +105,10 @@ pub fn compile_rule(source: &RuleSource, sandbox: &Sandbox, scripts_dir: &Path) 
         }
     };
     let trigger = compile_trigger(source, &mut errors);
-    let condition = spec.when.as_ref().and_then(|text| {
-        compile_expression(source, "when", text, sandbox, &mut errors)
-    });
+    let condition = spec
+        .when
+        .as_ref()
+        .and_then(|text| compile_expression(source, "when", text, sandbox, &mut errors));
     let key = spec
         .key
         .as_ref()
@@ -151,7 +159,9 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
     let spec = &source.spec;
     match (&spec.on, &spec.schedule) {
         (Some(_), Some(_)) => {
-            errors.push(source.error_at("schedule", "a rule has either `on` or `schedule`, not both"));
+            errors.push(
+                source.error_at("schedule", "a rule has either `on` or `schedule`, not both"),
+            );
             None
         }
         (None, None) => {
@@ -163,7 +173,10 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
         }
         (Some(on), None) => {
             if spec.timezone.is_some() || spec.catch_up.is_some() {
-                errors.push(source.error_at("on", "`timezone` and `catch_up` apply to `schedule` rules only"));
+                errors.push(source.error_at(
+                    "on",
+                    "`timezone` and `catch_up` apply to `schedule` rules only",
+                ));
             }
             let patterns: Vec<_> = on
                 .clone()
@@ -183,10 +196,18 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
             Some(Trigger::Events(patterns))
         }
         (None, Some(expression)) => {
-            match CronSchedule::parse(expression, spec.timezone.as_deref(), spec.catch_up.unwrap_or(false)) {
-                Ok(schedule) => Some(Trigger::Schedule(schedule)),
+            match CronSchedule::parse(
+                expression,
+                spec.timezone.as_deref(),
+                spec.catch_up.unwrap_or(false),
+            ) {
+                Ok(schedule) => Some(Trigger::Schedule(Box::new(schedule))),
                 Err(message) => {
-                    let key = if message.contains("time zone") { "timezone" } else { "schedule" };
+                    let key = if message.contains("time zone") {
+                        "timezone"
+                    } else {
+                        "schedule"
+                    };
                     errors.push(source.error_at(key, message));
                     None
                 }
@@ -197,7 +218,11 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
 
 /// Where the text of `key`'s value starts: past an opening quote.
 fn value_origin(source: &RuleSource, key: &str) -> ScriptOrigin {
-    let mut start = source.value_positions.get(key).copied().unwrap_or(source.position);
+    let mut start = source
+        .value_positions
+        .get(key)
+        .copied()
+        .unwrap_or(source.position);
     let opening = source
         .text
         .lines()
@@ -245,7 +270,10 @@ fn compile_action(
 ) -> (Option<CompiledScript>, Option<PathBuf>) {
     let (text, origin, file) = match &source.spec.action {
         None => {
-            errors.push(source.error_at("do", "a rule needs `do` (a Rhai script, or {script: file.rhai})"));
+            errors.push(source.error_at(
+                "do",
+                "a rule needs `do` (a Rhai script, or {script: file.rhai})",
+            ));
             return (None, None);
         }
         Some(ActionSpec::Inline(text)) => (text.clone(), value_origin(source, "do"), None),
@@ -298,10 +326,17 @@ fn read_script_file(scripts_dir: &Path, name: &str) -> Result<(PathBuf, String),
     let path = scripts_dir.join(relative);
     let inside = match (path.canonicalize(), scripts_dir.canonicalize()) {
         (Ok(file), Ok(dir)) => file.starts_with(dir),
-        _ => return Err(format!("script file `{name}` not found in {}", scripts_dir.display())),
+        _ => {
+            return Err(format!(
+                "script file `{name}` not found in {}",
+                scripts_dir.display()
+            ));
+        }
     };
     if !inside {
-        return Err(format!("script `{name}` resolves outside the scripts folder"));
+        return Err(format!(
+            "script `{name}` resolves outside the scripts folder"
+        ));
     }
     std::fs::read_to_string(&path)
         .map(|text| (path.clone(), text))
@@ -310,13 +345,15 @@ fn read_script_file(scripts_dir: &Path, name: &str) -> Result<(PathBuf, String),
 
 fn compile_capabilities(source: &RuleSource, errors: &mut Vec<RuleError>) -> CapabilitySet {
     let entries = source.spec.allow.clone().unwrap_or_default();
-    let capabilities = entries.iter().filter_map(|entry| match Capability::parse(entry) {
-        Ok(capability) => Some(capability),
-        Err(error) => {
-            errors.push(source.error_at("allow", error.to_string()));
-            None
-        }
-    });
+    let capabilities = entries
+        .iter()
+        .filter_map(|entry| match Capability::parse(entry) {
+            Ok(capability) => Some(capability),
+            Err(error) => {
+                errors.push(source.error_at("allow", error.to_string()));
+                None
+            }
+        });
     CapabilitySet::new(capabilities.collect::<Vec<_>>())
 }
 
@@ -325,18 +362,27 @@ fn compile_retry(source: &RuleSource, errors: &mut Vec<RuleError>) -> RetryPolic
         return RetryPolicy::NONE;
     };
     if retry.attempts == 0 || retry.attempts > 100 {
-        errors.push(source.error_at("retry", "`retry.attempts` counts every attempt: from 1 to 100"));
+        errors.push(source.error_at(
+            "retry",
+            "`retry.attempts` counts every attempt: from 1 to 100",
+        ));
     }
     let policy = RetryPolicy {
         attempts: retry.attempts.max(1),
-        backoff: retry.backoff.map(|d| d.0).unwrap_or(RetryPolicy::NONE.backoff),
+        backoff: retry
+            .backoff
+            .map(|d| d.0)
+            .unwrap_or(RetryPolicy::NONE.backoff),
         max_backoff: retry
             .max_backoff
             .map(|d| d.0)
             .unwrap_or(RetryPolicy::NONE.max_backoff),
     };
     if policy.max_backoff < policy.backoff {
-        errors.push(source.error_at("retry", "`retry.max_backoff` is shorter than `retry.backoff`"));
+        errors.push(source.error_at(
+            "retry",
+            "`retry.max_backoff` is shorter than `retry.backoff`",
+        ));
     }
     policy
 }
@@ -350,7 +396,11 @@ fn compile_tests(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<RuleTe
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let position = source.value_positions.get("tests").copied().unwrap_or(source.position);
+    let position = source
+        .value_positions
+        .get("tests")
+        .copied()
+        .unwrap_or(source.position);
     let mut tests = Vec::new();
     for test in source.spec.tests.clone().unwrap_or_default() {
         let mut error = |message: String| {
@@ -359,7 +409,9 @@ fn compile_tests(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<RuleTe
         match &test.event {
             serde_json::Value::String(file) => {
                 if !base_dir.join(file).is_file() {
-                    error(format!("event file `{file}` not found next to the rule file"));
+                    error(format!(
+                        "event file `{file}` not found next to the rule file"
+                    ));
                 }
             }
             serde_json::Value::Object(_) => {}
@@ -367,7 +419,10 @@ fn compile_tests(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<RuleTe
         }
         for given in &test.given {
             let effects: Vec<_> = given.keys().filter(|k| k.contains('.')).collect();
-            let answers = given.keys().filter(|k| *k == "returns" || *k == "fails").count();
+            let answers = given
+                .keys()
+                .filter(|k| *k == "returns" || *k == "fails")
+                .count();
             if effects.len() != 1 || answers != 1 || given.len() != 2 {
                 error("each `given` item names one effect (such as `zoom.get: {path: ...}`) and `returns` or `fails`".into());
             }

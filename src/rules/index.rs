@@ -89,7 +89,9 @@ impl TypeIndex {
             let position = position as u32;
             for pattern in patterns {
                 match pattern {
-                    EventPattern::Exact(t) => index.exact.entry(t.clone()).or_default().push(position),
+                    EventPattern::Exact(t) => {
+                        index.exact.entry(t.clone()).or_default().push(position)
+                    }
                     EventPattern::Prefix(p) => {
                         index.prefix.entry(p.clone()).or_default().push(position)
                     }
@@ -177,10 +179,14 @@ mod tests {
         let mut index = TypeIndex::default();
         index.exact.insert("meeting.ended".into(), vec![3]);
         index.prefix.insert("meeting.".into(), vec![1, 3]);
-        index.globs.push((EventPattern::parse("*.ended").unwrap(), 0));
-        index.globs.push((EventPattern::parse("user.*x").unwrap(), 2));
+        index
+            .globs
+            .push((EventPattern::parse("*.ended").unwrap(), 0));
+        index
+            .globs
+            .push((EventPattern::parse("user.*x").unwrap(), 2));
         assert_eq!(&*index.candidates("meeting.ended"), &[0, 1, 3]);
-        assert_eq!(&*index.candidates("meeting.started"), &[1]);
+        assert_eq!(&*index.candidates("meeting.started"), &[1, 3]);
         assert_eq!(&*index.candidates("user.created"), &[] as &[u32]);
         // Cached answers are the same.
         assert_eq!(&*index.candidates("meeting.ended"), &[0, 1, 3]);

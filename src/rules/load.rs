@@ -30,7 +30,11 @@ impl RuleSource {
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> RuleError {
         RuleError {
             path: self.path.clone(),
-            position: self.value_positions.get(key).copied().unwrap_or(self.position),
+            position: self
+                .value_positions
+                .get(key)
+                .copied()
+                .unwrap_or(self.position),
             rule: self.name.clone(),
             message: message.into(),
         }
@@ -60,13 +64,19 @@ pub fn find_rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, RuleError> {
 fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         if name.starts_with('.') {
             continue;
         }
         if path.is_dir() {
             collect_yaml(&path, files)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             files.push(path);
         }
     }
@@ -147,9 +157,15 @@ fn check_rule(
             errors.push(error(entry.key_position, unknown_key_message(&entry.key)));
             continue;
         }
-        let single_key = Value::Object(Map::from_iter([(entry.key.clone(), entry.value.value.clone())]));
+        let single_key = Value::Object(Map::from_iter([(
+            entry.key.clone(),
+            entry.value.value.clone(),
+        )]));
         if let Err(e) = serde_json::from_value::<RuleSpec>(single_key) {
-            errors.push(error(entry.value.position, type_message(&entry.key, &e.to_string())));
+            errors.push(error(
+                entry.value.position,
+                type_message(&entry.key, &e.to_string()),
+            ));
             continue;
         }
         value_positions.insert(entry.key.clone(), entry.value.position);
@@ -181,7 +197,9 @@ fn check_rule(
 fn unknown_key_message(key: &str) -> String {
     let expected = RULE_KEYS.join(", ");
     match closest_key(key) {
-        Some(close) => format!("unknown key `{key}` (did you mean `{close}`?), expected one of: {expected}"),
+        Some(close) => {
+            format!("unknown key `{key}` (did you mean `{close}`?), expected one of: {expected}")
+        }
         None => format!("unknown key `{key}`, expected one of: {expected}"),
     }
 }
@@ -221,7 +239,9 @@ fn type_message(key: &str, serde_message: &str) -> String {
         "on" => format!("`on` expects an event type or a list of event types ({message})"),
         "do" => format!("`do` expects a Rhai script (text) or `{{script: file.rhai}}` ({message})"),
         "allow" => format!("`allow` expects a list of capabilities ({message})"),
-        "tests" => format!("`tests` expects a list of tests with name, event, given, state and expect ({message})"),
+        "tests" => format!(
+            "`tests` expects a list of tests with name, event, given, state and expect ({message})"
+        ),
         _ => format!("`{key}`: {message}"),
     }
 }
@@ -237,11 +257,16 @@ mod tests {
 
     #[test]
     fn reads_a_valid_rule_and_defaults_its_name_to_the_file_stem() {
-        let (sources, errors) =
-            parse_rule_file(Path::new("rules/archive.yaml"), "on: recording.completed\ndo: log::info(\"x\")\n");
+        let (sources, errors) = parse_rule_file(
+            Path::new("rules/archive.yaml"),
+            "on: recording.completed\ndo: log::info(\"x\")\n",
+        );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(sources[0].name.as_deref(), Some("archive"));
-        assert_eq!(sources[0].value_positions["do"], Position { line: 2, column: 5 });
+        assert_eq!(
+            sources[0].value_positions["do"],
+            Position { line: 2, column: 5 }
+        );
     }
 
     #[test]
@@ -250,23 +275,52 @@ mod tests {
             "name: a\non: meeting.ended\nwhne: true\nmax_runs: many\nmode: sometimes\ntimeout: 5 minutes\ndo: x\n",
         );
         assert_eq!(errors.len(), 4, "{errors:#?}");
-        assert!(errors[0].starts_with("r.yaml:3:1: rule \"a\": unknown key `whne` (did you mean `when`?)"), "{}", errors[0]);
-        assert!(errors[1].starts_with("r.yaml:4:11: rule \"a\": `max_runs`: invalid type"), "{}", errors[1]);
-        assert!(errors[2].contains("unknown variant `sometimes`"), "{}", errors[2]);
-        assert!(errors[3].starts_with("r.yaml:6:10: rule \"a\": `timeout`: invalid duration `5 minutes`"), "{}", errors[3]);
+        assert!(
+            errors[0]
+                .starts_with("r.yaml:3:1: rule \"a\": unknown key `whne` (did you mean `when`?)"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].starts_with("r.yaml:4:11: rule \"a\": `max_runs`: invalid type"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].contains("unknown variant `sometimes`"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3]
+                .starts_with("r.yaml:6:10: rule \"a\": `timeout`: invalid duration `5 minutes`"),
+            "{}",
+            errors[3]
+        );
     }
 
     #[test]
     fn explains_untagged_keys() {
         let errors = errors_of("name: a\non: {type: x}\ndo: [1]\n");
-        assert!(errors[0].contains("`on` expects an event type"), "{}", errors[0]);
-        assert!(errors[1].contains("`do` expects a Rhai script"), "{}", errors[1]);
+        assert!(
+            errors[0].contains("`on` expects an event type"),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[1].contains("`do` expects a Rhai script"),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]
     fn names_rules_in_lists_only_when_written() {
-        let (sources, errors) = parse_rule_file(Path::new("r.yaml"), "- on: a.b\n  do: x\n- name: n\n  on: a.b\n  do: y\n");
-        assert!(errors.is_empty());
+        let (sources, errors) = parse_rule_file(
+            Path::new("r.yaml"),
+            "- on: a.b\n  do: x\n- name: n\n  on: a.b\n  do: y\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(sources[0].name, None);
         assert_eq!(sources[1].name.as_deref(), Some("n"));
     }
@@ -275,6 +329,10 @@ mod tests {
     fn invalid_yaml_names_line_and_column() {
         let errors = errors_of("name: a\nallow: [slack\n");
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("r.yaml:2:8: invalid YAML: "), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("r.yaml:2:8: invalid YAML: "),
+            "{}",
+            errors[0]
+        );
     }
 }

@@ -82,7 +82,7 @@ pub struct CompiledScript {
 #[derive(Debug, Clone)]
 pub enum Trigger {
     Events(Vec<EventPattern>),
-    Schedule(CronSchedule),
+    Schedule(Box<CronSchedule>),
 }
 
 /// When a failed run is tried again.
@@ -105,7 +105,10 @@ impl RetryPolicy {
     /// exponential, capped, with full jitter over the upper half.
     pub fn delay_before(&self, next_attempt: u32) -> Duration {
         let exponent = next_attempt.saturating_sub(2).min(20);
-        let base = self.backoff.saturating_mul(1 << exponent).min(self.max_backoff);
+        let base = self
+            .backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff);
         let half = base / 2;
         half + half.mul_f64(fastrand::f64())
     }
@@ -253,7 +256,10 @@ mod tests {
             rule: Some("a".into()),
             message: "unknown key `whne`".into(),
         };
-        assert_eq!(error.to_string(), "rules/a.yaml:3:7: rule \"a\": unknown key `whne`");
+        assert_eq!(
+            error.to_string(),
+            "rules/a.yaml:3:7: rule \"a\": unknown key `whne`"
+        );
     }
 
     #[test]
@@ -263,7 +269,13 @@ mod tests {
             start: Position { line: 5, column: 3 },
         };
         assert_eq!(origin.locate(1, 1), Position { line: 5, column: 3 });
-        assert_eq!(origin.locate(2, 10), Position { line: 6, column: 12 });
+        assert_eq!(
+            origin.locate(2, 10),
+            Position {
+                line: 6,
+                column: 12
+            }
+        );
     }
 
     #[test]

@@ -139,9 +139,22 @@ pub struct RetrySpec {
 }
 
 /// A duration written `500ms`, `30s`, `5m`, `2h` or `1d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[schemars(with = "String", regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DurationText(#[serde(serialize_with = "serialize_duration")] pub Duration);
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(ms|s|m|h|d)$",
+            "description": "A duration such as 500ms, 30s, 5m, 2h or 1d"
+        })
+    }
+}
 
 fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}ms", d.as_millis()))
@@ -161,7 +174,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = text.split_at(digits);
-    let expected = || format!("invalid duration `{text}`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d");
+    let expected = || {
+        format!(
+            "invalid duration `{text}`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d"
+        )
+    };
     let number: u64 = number.parse().map_err(|_| expected())?;
     let millis = match unit {
         "ms" => Some(number),
@@ -190,7 +207,8 @@ pub struct TestSpec {
     #[serde(default)]
     pub state: serde_json::Map<String, serde_json::Value>,
     /// What should happen: effects in order (`slack.post: {channel: "#x"}`, arguments
-    /// matched partially), `no_effects: true`, `fails: true` or `fails: "text"`,
+    /// matched partially), `no_effects: true` (no call that changes anything; reads do not
+    /// count) or `no_effects: [names]`, `fails: true` or `fails: "text"`,
     /// `fired: false`, or `state: {key: value}` after the run.
     #[serde(default)]
     pub expect: Vec<serde_json::Map<String, serde_json::Value>>,
@@ -207,7 +225,15 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
-        for bad in ["", "5", "s", "1.5s", "5 min", "-1s", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "5 min",
+            "-1s",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -56,15 +56,27 @@ pub struct YamlError {
 
 type SpannedMap = IndexMap<Spanned<String>, Spanned<serde_json::Value>>;
 
+/// YAML 1.2 booleans only: `y`, `n`, `yes`, `no`, `on` and `off` stay strings
+/// (a rule named `n` or a channel called `no` must not turn into `false`).
+/// The default budgets against anchor bombs stay on.
+fn options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options
+}
+
+fn from_str<'de, T: serde::Deserialize<'de>>(text: &'de str) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, options())
+}
+
 /// Parses a rule file: a mapping (one rule) or a sequence of mappings.
 pub fn parse_rules(text: &str) -> Result<Vec<YamlRule>, YamlError> {
     // First the shape, which also reports syntax errors once, in one place.
-    let shape: serde_json::Value = serde_saphyr::from_str(text).map_err(yaml_error)?;
+    let shape: serde_json::Value = from_str(text).map_err(yaml_error)?;
     match shape {
         serde_json::Value::Null => Ok(Vec::new()),
         serde_json::Value::Array(_) => {
-            let rules: Vec<Spanned<Option<SpannedMap>>> =
-                serde_saphyr::from_str(text).map_err(yaml_error)?;
+            let rules: Vec<Spanned<Option<SpannedMap>>> = from_str(text).map_err(yaml_error)?;
             rules
                 .into_iter()
                 .map(|rule| match rule.value {
@@ -77,7 +89,7 @@ pub fn parse_rules(text: &str) -> Result<Vec<YamlRule>, YamlError> {
                 .collect()
         }
         serde_json::Value::Object(_) => {
-            let rule: Spanned<SpannedMap> = serde_saphyr::from_str(text).map_err(yaml_error)?;
+            let rule: Spanned<SpannedMap> = from_str(text).map_err(yaml_error)?;
             Ok(vec![into_rule(Position::of(&rule.referenced), rule.value)])
         }
         _ => Err(YamlError {
@@ -89,12 +101,12 @@ pub fn parse_rules(text: &str) -> Result<Vec<YamlRule>, YamlError> {
 
 /// Parses any YAML document into JSON, for test fixtures and configuration.
 pub fn parse_value(text: &str) -> Result<serde_json::Value, YamlError> {
-    serde_saphyr::from_str(text).map_err(yaml_error)
+    from_str(text).map_err(yaml_error)
 }
 
 /// Parses a YAML document straight into a typed value (configuration files).
 pub fn parse_typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str(text).map_err(yaml_error)
+    from_str(text).map_err(yaml_error)
 }
 
 fn into_rule(position: Position, map: SpannedMap) -> YamlRule {
@@ -126,6 +138,10 @@ fn yaml_error(error: serde_saphyr::Error) -> YamlError {
 /// serde-saphyr's message without its `error: line N column M: ` prefix.
 fn short_message(text: &str) -> String {
     let first = text.lines().next().unwrap_or_default();
+    let first = match first.rfind(" at line ") {
+        Some(at) if first[at..].contains(", column ") => &first[..at],
+        _ => first,
+    };
     let first = first.strip_prefix("error: ").unwrap_or(first);
     match first.find(" column ") {
         Some(at) if first.starts_with("line ") => match first[at..].find(": ") {
@@ -170,7 +186,20 @@ mod tests {
     fn reports_duplicate_keys() {
         let error = parse_rules("name: a\nname: b\n").unwrap_err();
         assert_eq!(error.position.line, 2);
-        assert!(error.message.contains("duplicate mapping key"), "{}", error.message);
+        assert!(
+            error.message.contains("duplicate mapping key"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn only_yaml_1_2_booleans_are_booleans() {
+        let value = parse_value("a: n\nb: yes\nc: off\nd: true\n").unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"a": "n", "b": "yes", "c": "off", "d": true})
+        );
     }
 
     #[test]

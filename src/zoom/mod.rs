@@ -2,6 +2,8 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod oauth;
 pub mod token;
 pub mod uuid;
 pub mod webhook;
+pub mod websocket;

@@ -56,6 +56,11 @@ pub trait AccessTokens: Send + Sync + 'static {
     /// Zoom refused `rejected` (401, or an invalid-token frame): drop it from the
     /// cache unless it was already replaced, so the next `token()` fetches anew.
     fn invalidate(&self, rejected: &AccessToken);
+    /// When `token` stops being valid, if this source knows. The WebSocket
+    /// connection uses it to reconnect with a fresh token before then.
+    fn expires_at(&self, _token: &AccessToken) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// A fixed token, for tests and tools.

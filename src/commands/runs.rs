@@ -1,0 +1,222 @@
+//! `zoomwire runs [--rule NAME] [--failed] [--json]`: run history from the
+//! store, as a table or JSON lines; `zoomwire runs retry ID`: a failed or dead
+//! run queued again.
+//!
+//! Both open the store beside a running daemon (WAL allows it) without
+//! pruning or a full check, and never create a store where there is none.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+
+use super::{CommandError, CommandResult};
+use crate::journal::{
+    DB_FILE, JournalOptions, RequeueOutcome, RunFilter, RunSummary, SqliteJournal,
+};
+
+/// Most runs listed.
+pub const LIST_LIMIT: usize = 200;
+
+/// Longest error shown in a table cell.
+const ERROR_WIDTH: usize = 60;
+
+/// Lists runs, newest first: a table, or one JSON object per line.
+pub async fn list(
+    data_dir: &Path,
+    rule: Option<String>,
+    failed: bool,
+    json: bool,
+) -> CommandResult {
+    let Some(journal) = open_existing(data_dir)? else {
+        eprintln!(
+            "no runs yet: there is no store at {}",
+            data_dir.join(DB_FILE).display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let filter = RunFilter {
+        rule,
+        failed_only: failed,
+        limit: LIST_LIMIT,
+    };
+    let runs = journal
+        .list_runs(filter)
+        .map_err(|e| CommandError::Other(e.into()))?;
+    let text = if json {
+        json_lines(&runs)
+    } else {
+        table(&runs)
+    };
+    print(&text)?;
+    if runs.len() == LIST_LIMIT {
+        eprintln!("showing the latest {LIST_LIMIT} runs");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queues a failed or dead run again, keeping its completed effects for replay.
+pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
+    let path = data_dir.join(DB_FILE);
+    let Some(journal) = open_existing(data_dir)? else {
+        return Err(CommandError::Usage(format!(
+            "no run `{id}`: there is no store at {}",
+            path.display()
+        )));
+    };
+    let outcome = journal
+        .requeue_run(id)
+        .await
+        .map_err(|e| CommandError::Other(e.into()))?;
+    match outcome {
+        RequeueOutcome::Requeued => {
+            print(&format!(
+                "run {id} is pending again: it runs from its first attempt, replaying the effects that completed\n"
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RequeueOutcome::NotFound => Err(CommandError::Usage(format!(
+            "no run `{id}` in {}",
+            path.display()
+        ))),
+        RequeueOutcome::NotFinished => Err(CommandError::Other(anyhow!(
+            "run `{id}` is not over yet (pending, running or waiting to retry)"
+        ))),
+        RequeueOutcome::NotFailed(status) => Err(CommandError::Other(anyhow!(
+            "run `{id}` is {}: only failed or dead runs can be retried",
+            status.as_str()
+        ))),
+        RequeueOutcome::EventPruned => Err(CommandError::Other(anyhow!(
+            "run `{id}` cannot be retried: its event has been pruned from the store"
+        ))),
+    }
+}
+
+/// Opens the store for a command, or `None` when there is none yet.
+fn open_existing(data_dir: &Path) -> Result<Option<SqliteJournal>, CommandError> {
+    if !data_dir.join(DB_FILE).exists() {
+        return Ok(None);
+    }
+    SqliteJournal::open(data_dir, JournalOptions::for_command())
+        .map(Some)
+        .map_err(|e| CommandError::Other(e.into()))
+}
+
+fn print(text: &str) -> Result<(), CommandError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // `zoomwire runs | head` closes the pipe early: not an error.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| CommandError::Other(e.into())),
+    }
+}
+
+/// One JSON object per run and line.
+pub fn json_lines(runs: &[RunSummary]) -> String {
+    runs.iter()
+        .map(|run| format!("{}\n", serde_json::to_string(run).unwrap_or_default()))
+        .collect()
+}
+
+/// The runs as an aligned table with a header.
+pub fn table(runs: &[RunSummary]) -> String {
+    let header = [
+        "ID", "RULE", "STATUS", "ATTEMPT", "EVENT", "CREATED", "ERROR",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 7]> = runs
+        .iter()
+        .map(|run| {
+            [
+                run.id.clone(),
+                run.rule.clone(),
+                run.status.as_str().to_string(),
+                run.attempt.to_string(),
+                run.event_type.clone(),
+                run.created_at.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+                run.error.as_deref().map(one_line).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            format!("{}\n", cells.join("  ").trim_end())
+        })
+        .collect()
+}
+
+/// The first line of an error, cut to the table's width.
+fn one_line(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    if line.chars().count() <= ERROR_WIDTH && !error.contains('\n') {
+        return line.to_string();
+    }
+    let cut: String = line.chars().take(ERROR_WIDTH - 1).collect();
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::record::RunStatus;
+    use chrono::{TimeZone, Utc};
+
+    fn summary(id: &str, status: RunStatus, error: Option<&str>) -> RunSummary {
+        RunSummary {
+            id: id.into(),
+            rule: "recording-to-slack".into(),
+            status,
+            attempt: 3,
+            event_id: "e".into(),
+            event_type: "recording.completed".into(),
+            key: None,
+            error: error.map(String::from),
+            created_at: Utc.with_ymd_and_hms(2026, 11, 27, 9, 30, 0).unwrap(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_keeps_errors_on_one_line() {
+        let long = format!("slack.post: 503 {}\nsecond line", "x".repeat(80));
+        let text = table(&[
+            summary("run-1", RunStatus::Dead, Some(&long)),
+            summary("run-22", RunStatus::Succeeded, None),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID      RULE"), "{text}");
+        assert!(
+            lines[1].contains("dead       3        recording.completed  2026-11-27 09:30:00Z"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with('…'), "{text}");
+        assert!(!text.contains("second line"));
+        assert!(lines[2].ends_with("09:30:00Z"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_hold_one_run_each() {
+        let text = json_lines(&[summary("a", RunStatus::Failed, Some("boom"))]);
+        let value: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(value["status"], "failed");
+        assert_eq!(value["error"], "boom");
+    }
+}

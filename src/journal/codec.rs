@@ -1,0 +1,97 @@
+//! Conversions between the engine's types and the store's columns.
+//!
+//! Times are stored as INTEGER nanoseconds since the Unix epoch, so that they
+//! compare and index cheaply and come back exactly as they went in; JSON
+//! values are stored as text; a run's status as its `snake_case` name.
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::record::{JournalError, RunStatus};
+
+/// A time as stored: nanoseconds since the epoch, clamped to what `i64` holds
+/// (years 1677 to 2262).
+pub(crate) fn to_nanos(time: DateTime<Utc>) -> i64 {
+    time.timestamp_nanos_opt()
+        .unwrap_or(if time.timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+}
+
+/// A stored time back as a `DateTime`.
+pub(crate) fn from_nanos(nanos: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(nanos)
+}
+
+/// A duration as nanoseconds, saturating.
+pub(crate) fn duration_nanos(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The status named in the `status` column.
+pub(crate) fn parse_status(name: &str) -> Result<RunStatus, JournalError> {
+    Ok(match name {
+        "pending" => RunStatus::Pending,
+        "running" => RunStatus::Running,
+        "succeeded" => RunStatus::Succeeded,
+        "failed" => RunStatus::Failed,
+        "dead" => RunStatus::Dead,
+        "skipped" => RunStatus::Skipped,
+        other => {
+            return Err(JournalError(format!(
+                "unknown run status `{other}` in the store"
+            )));
+        }
+    })
+}
+
+/// JSON text of a serializable value.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serializing our own types (JSON values, effect results, sources) to a
+    // string cannot fail: they have string keys and no custom serializers.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}
+
+/// A JSON column back as a value, naming the column when it is not JSON.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    column: &str,
+) -> Result<T, JournalError> {
+    serde_json::from_str(text)
+        .map_err(|e| JournalError(format!("column `{column}` holds invalid JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_exactly() {
+        let now = Utc::now();
+        assert_eq!(from_nanos(to_nanos(now)), now);
+    }
+
+    #[test]
+    fn times_outside_the_range_are_clamped() {
+        let far: DateTime<Utc> = "3000-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(to_nanos(far), i64::MAX);
+        let early: DateTime<Utc> = "1500-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(to_nanos(early), i64::MIN);
+    }
+
+    #[test]
+    fn statuses_round_trip_by_name() {
+        for status in [
+            RunStatus::Pending,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Dead,
+            RunStatus::Skipped,
+        ] {
+            assert_eq!(parse_status(status.as_str()).unwrap(), status);
+        }
+        assert!(parse_status("lost").is_err());
+    }
+}

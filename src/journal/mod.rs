@@ -1,0 +1,389 @@
+//! The journal: an embedded SQLite store under the data directory that makes
+//! the reliability promises hold. It keeps accepted events (deduplicated),
+//! runs with their effects and logs, and rule state.
+//!
+//! The file is `<data_dir>/zoomwire.db`, in WAL mode with `synchronous=FULL`:
+//! every answer that says "written" comes after the commit holding the change
+//! has been synced. All writes go through one writer thread that commits
+//! requests in batches (see `writer.rs`), so many concurrent events share one
+//! sync; reads use a small pool of their own connections. A store that is
+//! damaged, unreadable, foreign or from a newer zoomwire is refused at open
+//! with an error naming the file, and never rewritten. A full disk fails the
+//! write with a [`JournalError`] and nothing counts as accepted. Old rows are
+//! pruned in the background (see `prune.rs`).
+
+mod codec;
+mod ops;
+mod prune;
+mod query;
+mod schema;
+mod seams;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, Sender};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::record::{JournalError, RunStatus};
+use crate::event::Event;
+use codec::{duration_nanos, to_nanos};
+use ops::{Op, Outcome};
+use prune::{CHUNK, PruneStep};
+use query::Readers;
+use writer::{WriterHandle, WriterSettings};
+
+pub use query::{EventSummary, RunDetail, RunFilter, RunSummary, StoreCounts};
+pub use schema::SCHEMA_VERSION;
+
+/// The store's file name inside the data directory.
+pub const DB_FILE: &str = "zoomwire.db";
+
+/// How the journal behaves; [`Default`] suits the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// An event whose id was accepted less than this long before is a duplicate.
+    pub dedupe_window: Duration,
+    /// Finished runs and events older than this are pruned.
+    pub max_age: Duration,
+    /// Row budget for runs: beyond it the oldest finished runs are pruned.
+    pub max_runs: u64,
+    /// Row budget for events: beyond it the oldest events no unfinished run needs are pruned.
+    pub max_events: u64,
+    /// How often to prune in the background; `None` never does.
+    pub prune_interval: Option<Duration>,
+    /// Most requests committed in one transaction.
+    pub max_batch: usize,
+    /// Async requests waiting for the writer before callers wait to queue (back-pressure).
+    pub queue_capacity: usize,
+    /// Run `PRAGMA quick_check` at open (reads the whole file once).
+    pub verify_on_open: bool,
+    /// Cap on the file's size: writes beyond it fail as on a full disk.
+    pub max_size_bytes: Option<u64>,
+    /// How long to wait for another process holding the store's lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for JournalOptions {
+    fn default() -> JournalOptions {
+        JournalOptions {
+            dedupe_window: Duration::from_secs(24 * 3600),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_runs: 1_000_000,
+            max_events: 250_000,
+            prune_interval: Some(Duration::from_secs(600)),
+            max_batch: 1024,
+            queue_capacity: 8192,
+            verify_on_open: true,
+            max_size_bytes: None,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl JournalOptions {
+    /// For short-lived commands (`zoomwire runs`) beside a running daemon:
+    /// no background pruning and no full read of the file at open.
+    pub fn for_command() -> JournalOptions {
+        JournalOptions {
+            prune_interval: None,
+            verify_on_open: false,
+            ..JournalOptions::default()
+        }
+    }
+}
+
+/// Why the store could not be opened. Each names the file or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalOpenError {
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store {}: {detail}", path.display())]
+    Open { path: PathBuf, detail: String },
+    #[error(
+        "the store {} is corrupt or unreadable ({detail}); it was left untouched: move it aside \
+         to start with an empty store, or restore it from a backup",
+        path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the store {} was written by a newer zoomwire (schema version {found}, this build knows \
+         up to {supported}): upgrade zoomwire",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("the store {} is locked by another process", path.display())]
+    Locked { path: PathBuf },
+    #[error("cannot start the journal's threads: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What `requeue_run` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "status")]
+pub enum RequeueOutcome {
+    /// Back to pending as attempt 1, its effects kept for replay.
+    Requeued,
+    NotFound,
+    /// The run is not over (pending, running, or failed and waiting to retry).
+    NotFinished,
+    /// Only failed and dead runs are retried; this one is in another state.
+    NotFailed(RunStatus),
+    /// The run's event has been pruned, so it cannot run again.
+    EventPruned,
+}
+
+/// Rows removed by one pruning pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub runs: u64,
+    pub events: u64,
+    pub dedupe: u64,
+    pub state: u64,
+}
+
+/// How the writer has batched so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStats {
+    /// Transactions committed (or attempted).
+    pub batches: u64,
+    /// Requests they carried.
+    pub jobs: u64,
+    pub largest_batch: u64,
+}
+
+/// The SQLite journal. Cheap to clone: clones share the store and its writer.
+#[derive(Clone)]
+pub struct SqliteJournal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: JournalOptions,
+    readers: Readers,
+    // Field order matters: the writer's sender drops first, then its thread is joined.
+    writer: WriterHandle,
+    _writer_thread: JoinOnDrop,
+    _stop_pruner: Option<Sender<()>>,
+}
+
+/// Waits for the writer to finish its queue when the journal is dropped.
+struct JoinOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteJournal")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteJournal {
+    /// Opens `<data_dir>/zoomwire.db`, creating the directory and the store
+    /// when absent, migrating its schema, and starting the writer (and the
+    /// pruner, if configured).
+    pub fn open(
+        data_dir: &Path,
+        options: JournalOptions,
+    ) -> Result<SqliteJournal, JournalOpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| JournalOpenError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = schema::open_writer(
+            &path,
+            options.busy_timeout,
+            options.verify_on_open,
+            options.max_size_bytes,
+        )?;
+        restrict_permissions(&path);
+        let settings = WriterSettings {
+            path: path.clone(),
+            dedupe_window_nanos: duration_nanos(options.dedupe_window),
+            max_batch: options.max_batch.max(1),
+            queue_capacity: options.queue_capacity,
+        };
+        let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
+        let (stop_pruner, stop_receiver) = std::sync::mpsc::channel();
+        let interval = options.prune_interval;
+        let inner = Arc::new(Inner {
+            readers: Readers::new(&path, options.busy_timeout),
+            path,
+            options,
+            writer,
+            _writer_thread: JoinOnDrop(Some(thread)),
+            _stop_pruner: interval.map(|_| stop_pruner),
+        });
+        if let Some(interval) = interval {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("zoomwire-prune".into())
+                .spawn(move || prune_loop(weak, stop_receiver, interval))
+                .map_err(JournalOpenError::Thread)?;
+        }
+        Ok(SqliteJournal { inner })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Run history, newest first (`zoomwire runs`, `/api/runs`).
+    pub fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>, JournalError> {
+        self.inner
+            .readers
+            .with(|conn| query::list_runs(conn, &filter))
+    }
+
+    /// One run with its effects, logs and trigger (`/api/runs/{id}`).
+    pub fn get_run(&self, id: &str) -> Result<Option<RunDetail>, JournalError> {
+        self.inner.readers.with(|conn| query::get_run(conn, id))
+    }
+
+    /// Puts a failed or dead run back to pending (`zoomwire runs retry ID`).
+    /// The running executor sees it when it next reads [`Journal::unfinished_runs`](crate::engine::record::Journal::unfinished_runs).
+    pub async fn requeue_run(&self, id: &str) -> Result<RequeueOutcome, JournalError> {
+        match self
+            .inner
+            .writer
+            .submit(Op::Requeue { id: id.into() })
+            .await?
+        {
+            Outcome::Requeued(outcome) => Ok(outcome),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A stored event, rebuilt as intake built it.
+    pub fn get_event(&self, id: &str) -> Result<Option<Event>, JournalError> {
+        let stored = self
+            .inner
+            .readers
+            .with(|conn| Ok(query::stored_event(conn, id)?))?;
+        stored.map(query::StoredEvent::into_event).transpose()
+    }
+
+    /// Rows held per table.
+    pub fn counts(&self) -> Result<StoreCounts, JournalError> {
+        self.inner.readers.with(query::counts)
+    }
+
+    /// How the writer has batched so far.
+    pub fn stats(&self) -> JournalStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.inner.writer.counters;
+        JournalStats {
+            batches: counters.batches.load(Relaxed),
+            jobs: counters.jobs.load(Relaxed),
+            largest_batch: counters.largest_batch.load(Relaxed),
+        }
+    }
+
+    /// One pruning pass now. Blocks the calling thread (use `spawn_blocking`
+    /// from async code); the background pruner calls this.
+    pub fn prune(&self) -> Result<PruneReport, JournalError> {
+        self.inner.prune()
+    }
+}
+
+impl Inner {
+    fn prune(&self) -> Result<PruneReport, JournalError> {
+        let cutoff = to_nanos(Utc::now()).saturating_sub(duration_nanos(self.options.max_age));
+        let report = PruneReport {
+            dedupe: self.prune_step(PruneStep::Dedupe)?,
+            state: self.prune_step(PruneStep::State)?,
+            runs: self.prune_step(PruneStep::RunsOlderThan(cutoff))?
+                + self.prune_step(PruneStep::RunsBeyond(self.options.max_runs))?,
+            events: self.prune_step(PruneStep::EventsOlderThan(cutoff))?
+                + self.prune_step(PruneStep::EventsBeyond(self.options.max_events))?,
+        };
+        for (table, count) in [
+            ("runs", report.runs),
+            ("events", report.events),
+            ("dedupe", report.dedupe),
+            ("state", report.state),
+        ] {
+            metrics::counter!("zoomwire_journal_pruned_total", "table" => table).increment(count);
+        }
+        Ok(report)
+    }
+
+    /// Repeats one step, a chunk per transaction, until it deletes less than a chunk.
+    fn prune_step(&self, step: PruneStep) -> Result<u64, JournalError> {
+        let mut total = 0;
+        loop {
+            let deleted = match self.writer.submit_blocking(Op::Prune(step))? {
+                Outcome::Pruned(deleted) => deleted,
+                other => return Err(unexpected(&other)),
+            };
+            total += deleted;
+            if deleted < CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn prune_loop(inner: Weak<Inner>, stop: std::sync::mpsc::Receiver<()>, interval: Duration) {
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match inner.prune() {
+            Ok(report) if report != PruneReport::default() => {
+                tracing::info!(?report, "journal pruned");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "journal pruning failed"),
+        }
+        drop(inner);
+        if !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout)) {
+            return;
+        }
+    }
+}
+
+pub(crate) fn unexpected(outcome: &Outcome) -> JournalError {
+    JournalError(format!(
+        "the journal writer answered unexpectedly: {outcome:?}"
+    ))
+}
+
+/// The store holds event bodies (with Zoom's download tokens) and rule state:
+/// readable by its owner only.
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %error, "cannot restrict the store's permissions");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}

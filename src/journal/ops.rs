@@ -1,0 +1,532 @@
+//! The changes the writer makes, one function each, all inside the writer's
+//! current transaction.
+//!
+//! Effects are kept one row per position (`seq`) in their run: a newly
+//! performed effect replaces whatever an earlier attempt left at that
+//! position, and a replayed copy never replaces the original. What is stored
+//! for a run is therefore exactly the list a resumed attempt replays.
+
+use std::sync::Arc;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::RequeueOutcome;
+use super::codec::{parse_status, to_json, to_nanos};
+use super::prune::{PruneStep, apply_prune_step};
+use super::query::UNFINISHED;
+use crate::effects::gateway::EffectRecord;
+use crate::engine::record::{RunRecord, RunStatus};
+use crate::event::Event;
+
+/// An event as the writer stores it.
+pub(crate) struct EventRow {
+    pub id: String,
+    pub event_type: String,
+    pub ts: i64,
+    /// The `Source` as JSON, so that it comes back exactly.
+    pub source: String,
+    pub received_at: i64,
+    pub raw: Arc<str>,
+}
+
+impl EventRow {
+    pub fn new(event: &Event) -> EventRow {
+        EventRow {
+            id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            ts: event.ts,
+            source: to_json(&event.source),
+            received_at: to_nanos(event.received_at),
+            raw: event.raw.clone(),
+        }
+    }
+}
+
+/// One change for the writer.
+pub(crate) enum Op {
+    Accept(EventRow),
+    RecordRun(Box<RunRecord>),
+    Effect {
+        run_id: String,
+        record: Box<EffectRecord>,
+    },
+    StateSet {
+        rule: String,
+        key: String,
+        value: String,
+        expires_at: Option<i64>,
+    },
+    Requeue {
+        id: String,
+    },
+    /// Ends a run that cannot be resumed (its event is gone), so it is not lost silently.
+    MarkDead {
+        id: String,
+        error: String,
+    },
+    Prune(PruneStep),
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The event was new (`true`) or a duplicate within the window (`false`).
+    Accepted(bool),
+    Done,
+    Requeued(RequeueOutcome),
+    /// Rows deleted by a pruning step.
+    Pruned(u64),
+}
+
+/// Applies one change at time `now` (nanoseconds).
+pub(crate) fn apply(
+    tx: &Transaction<'_>,
+    op: &Op,
+    now: i64,
+    dedupe_window: i64,
+) -> rusqlite::Result<Outcome> {
+    match op {
+        Op::Accept(event) => accept(tx, event, dedupe_window).map(Outcome::Accepted),
+        Op::RecordRun(run) => record_run(tx, run, now).map(|()| Outcome::Done),
+        Op::Effect { run_id, record } => {
+            insert_effect(tx, run_id, None, record, now).map(|()| Outcome::Done)
+        }
+        Op::StateSet {
+            rule,
+            key,
+            value,
+            expires_at,
+        } => set_state(tx, rule, key, value, *expires_at, now).map(|()| Outcome::Done),
+        Op::Requeue { id } => requeue(tx, id, now).map(Outcome::Requeued),
+        Op::MarkDead { id, error } => mark_dead(tx, id, error, now).map(|()| Outcome::Done),
+        Op::Prune(step) => apply_prune_step(tx, step, now).map(Outcome::Pruned),
+    }
+}
+
+/// Stores the event unless one with the same id was received within the window.
+fn accept(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusqlite::Result<bool> {
+    let previous: Option<i64> = tx
+        .prepare_cached("SELECT received_at FROM dedupe WHERE id = ?1")?
+        .query_row([&event.id], |row| row.get(0))
+        .optional()?;
+    if let Some(previous) = previous
+        && previous.saturating_add(window) > event.received_at
+    {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO dedupe (id, received_at, expires_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
+                                       expires_at = excluded.expires_at",
+    )?
+    .execute(params![
+        event.id,
+        event.received_at,
+        event.received_at.saturating_add(window)
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO events (id, type, ts, source, received_at, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
+             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw",
+    )?
+    .execute(params![
+        event.id,
+        event.event_type,
+        event.ts,
+        event.source,
+        event.received_at,
+        &*event.raw
+    ])?;
+    Ok(true)
+}
+
+/// Inserts or updates the run, its effects and the logs of its current attempt.
+fn record_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
+                           created_at, started_at, finished_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT(id) DO UPDATE SET rule = excluded.rule, event_id = excluded.event_id,
+             event_type = excluded.event_type, key = excluded.key, status = excluded.status,
+             attempt = excluded.attempt, error = excluded.error, output = excluded.output,
+             started_at = excluded.started_at, finished_at = excluded.finished_at,
+             updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        run.id,
+        run.rule,
+        run.event_id,
+        run.event_type,
+        run.key,
+        run.status.as_str(),
+        run.attempt,
+        run.error,
+        run.output.as_ref().map(to_json),
+        to_nanos(run.created_at),
+        run.started_at.map(to_nanos),
+        run.finished_at.map(to_nanos),
+        now,
+    ])?;
+    for record in &run.effects {
+        insert_effect(tx, &run.id, Some(run.attempt), record, now)?;
+    }
+    if !run.logs.is_empty() {
+        replace_logs(tx, run)?;
+    }
+    Ok(())
+}
+
+/// Stores an effect at its position; `attempt` defaults to the run's current one.
+/// The same record sent again (the executor re-sends an attempt's effects
+/// with the next attempt's run record) keeps the attempt that performed it.
+fn insert_effect(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    attempt: Option<u32>,
+    record: &EffectRecord,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
+                              latency_ms, replayed, recorded_at)
+         VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
+                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT(run_id, seq) DO UPDATE SET attempt = excluded.attempt,
+             name = excluded.name, args = excluded.args, ok = excluded.ok,
+             result = excluded.result, started_at = excluded.started_at,
+             latency_ms = excluded.latency_ms, replayed = excluded.replayed,
+             recorded_at = excluded.recorded_at
+         WHERE excluded.replayed = 0
+           AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
+                OR effects.args != excluded.args OR effects.result != excluded.result)",
+    )?
+    .execute(params![
+        run_id,
+        record.seq,
+        attempt,
+        record.name,
+        to_json(&record.args),
+        record.result.is_ok(),
+        to_json(&record.result),
+        to_nanos(record.started_at),
+        record.latency_ms,
+        record.replayed,
+        now,
+    ])?;
+    Ok(())
+}
+
+fn replace_logs(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND attempt = ?2")?
+        .execute(params![run.id, run.attempt])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO logs (run_id, attempt, idx, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (idx, line) in run.logs.iter().enumerate() {
+        insert.execute(params![
+            run.id,
+            run.attempt,
+            idx as i64,
+            line.level,
+            line.message,
+            to_nanos(line.at)
+        ])?;
+    }
+    Ok(())
+}
+
+fn set_state(
+    tx: &Transaction<'_>,
+    rule: &str,
+    key: &str,
+    value: &str,
+    expires_at: Option<i64>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO state (rule, key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(rule, key) DO UPDATE SET value = excluded.value,
+             expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+    )?
+    .execute(params![rule, key, value, expires_at, now])?;
+    Ok(())
+}
+
+/// Puts a failed or dead run back to pending as a fresh first attempt,
+/// keeping its effects so that completed ones are replayed.
+fn requeue(tx: &Transaction<'_>, id: &str, now: i64) -> rusqlite::Result<RequeueOutcome> {
+    let found: Option<(String, bool, bool)> = tx
+        .prepare_cached(
+            "SELECT status, finished_at IS NOT NULL,
+                    EXISTS (SELECT 1 FROM events e WHERE e.id = runs.event_id)
+             FROM runs WHERE id = ?1",
+        )?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    let Some((status, finished, has_event)) = found else {
+        return Ok(RequeueOutcome::NotFound);
+    };
+    if !finished {
+        // Pending, running, or failed and waiting for its next attempt.
+        return Ok(RequeueOutcome::NotFinished);
+    }
+    if !matches!(status.as_str(), "failed" | "dead") {
+        // A status this build does not know is not one it may retry either.
+        let status = parse_status(&status).unwrap_or(RunStatus::Skipped);
+        return Ok(RequeueOutcome::NotFailed(status));
+    }
+    if !has_event {
+        return Ok(RequeueOutcome::EventPruned);
+    }
+    tx.prepare_cached(
+        "UPDATE runs SET status = 'pending', attempt = 1, error = NULL, started_at = NULL,
+                         finished_at = NULL, updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![id, now])?;
+    Ok(RequeueOutcome::Requeued)
+}
+
+fn mark_dead(tx: &Transaction<'_>, id: &str, error: &str, now: i64) -> rusqlite::Result<()> {
+    let sql = format!(
+        "UPDATE runs SET status = 'dead', error = ?2, finished_at = ?3, updated_at = ?3
+         WHERE id = ?1 AND {UNFINISHED}"
+    );
+    tx.prepare_cached(&sql)?.execute(params![id, error, now])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::EffectError;
+    use crate::event::Source;
+    use chrono::Utc;
+    use rusqlite::Connection;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const HOUR: i64 = 3_600_000_000_000;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("zoomwire.db"),
+            Duration::from_secs(1),
+            false,
+            None,
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
+        let tx = conn.transaction().unwrap();
+        let outcome = apply(&tx, op, to_nanos(Utc::now()), HOUR).unwrap();
+        tx.commit().unwrap();
+        outcome
+    }
+
+    fn event_row(received_at: i64) -> EventRow {
+        let event = Event::parse(r#"{"event":"x.y","event_ts":1}"#, Source::Fire).unwrap();
+        EventRow {
+            received_at,
+            ..EventRow::new(&event)
+        }
+    }
+
+    fn effect(seq: u32, text: &str, replayed: bool) -> EffectRecord {
+        EffectRecord {
+            seq,
+            name: "slack.post".into(),
+            args: json!({"channel": "#a", "text": text}),
+            result: Ok(json!({"ok": true})),
+            started_at: Utc::now(),
+            latency_ms: 1.5,
+            replayed,
+        }
+    }
+
+    fn run(id: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            rule: "rule-a".into(),
+            event_id: event_row(0).id,
+            event_type: "x.y".into(),
+            key: None,
+            status,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn accepted(outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Accepted(fresh) => fresh,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn stored_effects(conn: &Connection) -> Vec<(u32, String, bool, u32)> {
+        conn.prepare("SELECT seq, args, replayed, attempt FROM effects ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_id_seen_within_the_window_is_a_duplicate_and_after_it_is_new() {
+        let (_dir, mut conn) = store();
+        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(0)))));
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &Op::Accept(event_row(HOUR - 1))
+        )));
+        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(HOUR)))));
+        // The window restarts from the last accepted occurrence.
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &Op::Accept(event_row(HOUR + 5))
+        )));
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 1, "a re-delivery after the window replaces the row");
+    }
+
+    #[test]
+    fn a_performed_effect_replaces_its_position_and_a_replayed_copy_does_not() {
+        let (_dir, mut conn) = store();
+        let mut first = run("r1", RunStatus::Running);
+        apply_one(&mut conn, &Op::RecordRun(Box::new(first.clone())));
+        for record in [effect(1, "one", false), effect(2, "two", false)] {
+            let op = Op::Effect {
+                run_id: "r1".into(),
+                record: Box::new(record),
+            };
+            apply_one(&mut conn, &op);
+        }
+        // Attempt 2 replays seq 1, performs seq 2 again with a failure.
+        first.attempt = 2;
+        let mut failed = effect(2, "two", false);
+        failed.result = Err(EffectError::transient("slack.post", "503"));
+        first.effects = vec![effect(1, "one-copy", true), failed];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(first)));
+        let stored = stored_effects(&conn);
+        assert_eq!(stored.len(), 2);
+        assert!(stored[0].1.contains("\"one\""), "original kept: {stored:?}");
+        assert!(!stored[0].2);
+        assert_eq!(stored[0].3, 1);
+        assert_eq!(stored[1].3, 2, "replaced by attempt 2");
+        let ok: bool = conn
+            .query_row("SELECT ok FROM effects WHERE seq = 2", [], |r| r.get(0))
+            .unwrap();
+        assert!(!ok);
+    }
+
+    #[test]
+    fn an_effect_sent_again_with_a_later_attempt_keeps_the_attempt_that_performed_it() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        record.effects = vec![effect(1, "one", false)];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.attempt = 2;
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        assert_eq!(stored_effects(&conn)[0].3, 1);
+    }
+
+    #[test]
+    fn an_effect_takes_the_attempt_of_its_run() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        record.attempt = 3;
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        let op = Op::Effect {
+            run_id: "r1".into(),
+            record: Box::new(effect(1, "x", false)),
+        };
+        apply_one(&mut conn, &op);
+        let op = Op::Effect {
+            run_id: "unrecorded".into(),
+            record: Box::new(effect(1, "x", false)),
+        };
+        apply_one(&mut conn, &op);
+        let attempts: Vec<u32> = conn
+            .prepare("SELECT attempt FROM effects ORDER BY run_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(attempts, vec![3, 1]);
+    }
+
+    #[test]
+    fn logs_of_an_attempt_are_replaced_not_appended() {
+        let (_dir, mut conn) = store();
+        let mut record = run("r1", RunStatus::Running);
+        let line = |m: &str| crate::effects::gateway::LogLine {
+            level: "info".into(),
+            message: m.into(),
+            at: Utc::now(),
+        };
+        record.logs = vec![line("a")];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.logs = vec![line("a"), line("b")];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
+        record.logs = vec![];
+        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM logs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn only_finished_failed_or_dead_runs_with_their_event_are_requeued() {
+        let (_dir, mut conn) = store();
+        let requeue =
+            |conn: &mut Connection, id: &str| match apply_one(conn, &Op::Requeue { id: id.into() })
+            {
+                Outcome::Requeued(outcome) => outcome,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(requeue(&mut conn, "nope"), RequeueOutcome::NotFound);
+        let mut dead = run("dead", RunStatus::Dead);
+        dead.attempt = 5;
+        dead.error = Some("boom".into());
+        dead.finished_at = Some(Utc::now());
+        apply_one(&mut conn, &Op::RecordRun(Box::new(dead.clone())));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::EventPruned);
+        apply_one(&mut conn, &Op::Accept(event_row(0)));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::Requeued);
+        let (status, attempt, error): (String, u32, Option<String>) = conn
+            .query_row(
+                "SELECT status, attempt, error FROM runs WHERE id = 'dead'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), attempt, error), ("pending", 1, None));
+        assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::NotFinished);
+        let mut done = run("done", RunStatus::Succeeded);
+        done.finished_at = Some(Utc::now());
+        apply_one(&mut conn, &Op::RecordRun(Box::new(done)));
+        assert_eq!(
+            requeue(&mut conn, "done"),
+            RequeueOutcome::NotFailed(RunStatus::Succeeded)
+        );
+        let retrying = run("retrying", RunStatus::Failed);
+        apply_one(&mut conn, &Op::RecordRun(Box::new(retrying)));
+        assert_eq!(requeue(&mut conn, "retrying"), RequeueOutcome::NotFinished);
+    }
+}

@@ -1,0 +1,127 @@
+//! Pruning: what the store forgets, in small steps.
+//!
+//! Finished runs and events older than the configured age, or beyond the row
+//! budget (oldest first), are deleted, along with expired dedupe entries and
+//! expired rule state. A run that is still pending or running, and the event
+//! it needs to resume, are never pruned. Each step deletes at most
+//! [`CHUNK`] rows in one writer transaction, so pruning never holds up intake
+//! for long: the pruner repeats a step until it deletes nothing more.
+
+use rusqlite::{Transaction, params};
+
+use super::query::UNFINISHED;
+
+/// Rows deleted per step and transaction.
+pub(crate) const CHUNK: i64 = 500;
+
+/// One pruning step (the writer runs it in its transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PruneStep {
+    /// Dedupe entries whose window has passed.
+    Dedupe,
+    /// Rule state whose TTL has passed.
+    State,
+    /// Finished runs created before this time (nanoseconds).
+    RunsOlderThan(i64),
+    /// The oldest finished runs beyond this many rows.
+    RunsBeyond(u64),
+    /// Events received before this time that no unfinished run needs.
+    EventsOlderThan(i64),
+    /// The oldest events beyond this many rows that no unfinished run needs.
+    EventsBeyond(u64),
+}
+
+/// Deletes up to [`CHUNK`] rows for `step`; returns how many.
+pub(crate) fn apply_prune_step(
+    tx: &Transaction<'_>,
+    step: &PruneStep,
+    now: i64,
+) -> rusqlite::Result<u64> {
+    let deleted = match *step {
+        PruneStep::Dedupe => tx.execute(
+            "DELETE FROM dedupe WHERE rowid IN
+                (SELECT rowid FROM dedupe WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now, CHUNK],
+        )?,
+        PruneStep::State => tx.execute(
+            "DELETE FROM state WHERE (rule, key) IN
+                (SELECT rule, key FROM state WHERE expires_at <= ?1 LIMIT ?2)",
+            params![now, CHUNK],
+        )?,
+        PruneStep::RunsOlderThan(cutoff) => {
+            let sql = format!(
+                "SELECT id FROM runs WHERE created_at < ?1 AND NOT {UNFINISHED}
+                 ORDER BY created_at LIMIT ?2"
+            );
+            let ids = select_ids(tx, &sql, params![cutoff, CHUNK])?;
+            delete_runs(tx, &ids)?
+        }
+        PruneStep::RunsBeyond(budget) => {
+            let excess = excess_rows(tx, "runs", budget)?.min(CHUNK);
+            let sql =
+                format!("SELECT id FROM runs WHERE NOT {UNFINISHED} ORDER BY created_at LIMIT ?1");
+            let ids = select_ids(tx, &sql, params![excess])?;
+            delete_runs(tx, &ids)?
+        }
+        PruneStep::EventsOlderThan(cutoff) => tx.execute(
+            &format!(
+                "DELETE FROM events WHERE rowid IN
+                    (SELECT rowid FROM events WHERE received_at < ?1 AND {}
+                     ORDER BY received_at LIMIT ?2)",
+                not_needed()
+            ),
+            params![cutoff, CHUNK],
+        )?,
+        PruneStep::EventsBeyond(budget) => {
+            let excess = excess_rows(tx, "events", budget)?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM events WHERE rowid IN
+                        (SELECT rowid FROM events WHERE {}
+                         ORDER BY received_at LIMIT ?1)",
+                    not_needed()
+                ),
+                params![excess.min(CHUNK)],
+            )?
+        }
+    };
+    Ok(deleted as u64)
+}
+
+/// SQL condition on `events`: no unfinished run needs this event.
+fn not_needed() -> String {
+    format!("NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id AND {UNFINISHED})")
+}
+
+/// How many rows `table` holds beyond `budget`.
+fn excess_rows(tx: &Transaction<'_>, table: &str, budget: u64) -> rusqlite::Result<i64> {
+    let count: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })?;
+    Ok(count
+        .saturating_sub(i64::try_from(budget).unwrap_or(i64::MAX))
+        .max(0))
+}
+
+fn select_ids(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<String>> {
+    tx.prepare_cached(sql)?
+        .query_map(params, |row| row.get(0))?
+        .collect()
+}
+
+/// Deletes runs with their effects and logs.
+fn delete_runs(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<usize> {
+    let mut delete_run = tx.prepare_cached("DELETE FROM runs WHERE id = ?1")?;
+    let mut delete_effects = tx.prepare_cached("DELETE FROM effects WHERE run_id = ?1")?;
+    let mut delete_logs = tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1")?;
+    for id in ids {
+        delete_run.execute([id])?;
+        delete_effects.execute([id])?;
+        delete_logs.execute([id])?;
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,391 @@
+//! Reading the store: run history for the CLI and the admin API, the runs
+//! to resume after a restart, events and rule state.
+//!
+//! Reads use their own connections (WAL lets them run beside the writer), kept
+//! in a small pool. Every query is indexed and bounded, so they are quick
+//! enough to call from async code; a server handler may still wrap them in
+//! `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::codec::{from_json, from_nanos, parse_status};
+use super::schema::open_reader;
+use super::writer::journal_error;
+use crate::effects::gateway::{EffectRecord, LogLine};
+use crate::effects::redact;
+use crate::engine::record::{JournalError, RunRecord, RunStatus};
+use crate::event::{Event, Source};
+
+/// SQL condition on `runs` for a run that is not over: pending, running, or
+/// failed and waiting for its next attempt (no `finished_at` yet). These are
+/// resumed after a restart and never pruned.
+pub(crate) const UNFINISHED: &str = "(status IN ('pending', 'running') \
+     OR (status = 'failed' AND finished_at IS NULL))";
+
+/// Idle read connections kept for reuse.
+const IDLE_READERS: usize = 4;
+
+/// Which runs to list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFilter {
+    /// Only runs of this rule.
+    pub rule: Option<String>,
+    /// Only failed and dead runs.
+    pub failed_only: bool,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl Default for RunFilter {
+    fn default() -> RunFilter {
+        RunFilter {
+            rule: None,
+            failed_only: false,
+            limit: 100,
+        }
+    }
+}
+
+/// One line of run history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub rule: String,
+    pub status: RunStatus,
+    pub attempt: u32,
+    pub event_id: String,
+    pub event_type: String,
+    pub key: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The event that triggered a run, as history shows it (secrets redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub ts: i64,
+    pub source: String,
+    pub received_at: DateTime<Utc>,
+    /// The body with `download_token` and other secret-named keys redacted.
+    pub body: Value,
+}
+
+/// A run with its effects, logs and trigger, for `/api/runs/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    /// `None` once the event has been pruned.
+    pub event: Option<EventSummary>,
+}
+
+/// Rows held per table, for the admin API and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCounts {
+    pub events: u64,
+    pub dedupe: u64,
+    pub runs: u64,
+    pub effects: u64,
+    pub logs: u64,
+    pub state: u64,
+}
+
+/// An event row, before it is rebuilt.
+pub(crate) struct StoredEvent {
+    pub id: String,
+    pub event_type: String,
+    pub ts: i64,
+    pub source: String,
+    pub received_at: i64,
+    pub raw: String,
+}
+
+impl StoredEvent {
+    /// Rebuilds the event as intake built it, with its original id and receipt time.
+    pub fn into_event(self) -> Result<Event, JournalError> {
+        let source: Source = from_json(&self.source, "events.source")?;
+        let mut event = Event::parse(&self.raw, source).map_err(|e| {
+            JournalError(format!("stored event `{}` cannot be rebuilt: {e}", self.id))
+        })?;
+        event.id = self.id;
+        event.received_at = from_nanos(self.received_at);
+        Ok(event)
+    }
+
+    fn summary(&self) -> Result<EventSummary, JournalError> {
+        let source: Source = from_json(&self.source, "events.source")?;
+        let body: Value = from_json(&self.raw, "events.raw")?;
+        Ok(EventSummary {
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            ts: self.ts,
+            source: source.to_string(),
+            received_at: from_nanos(self.received_at),
+            body: redact(&body),
+        })
+    }
+}
+
+/// A failed read: SQLite's error, or a row the store should not hold.
+pub(crate) enum ReadError {
+    Sqlite(rusqlite::Error),
+    Journal(JournalError),
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(error: rusqlite::Error) -> ReadError {
+        ReadError::Sqlite(error)
+    }
+}
+
+impl From<JournalError> for ReadError {
+    fn from(error: JournalError) -> ReadError {
+        ReadError::Journal(error)
+    }
+}
+
+type ReadResult<T> = Result<T, ReadError>;
+
+/// A pool of read connections.
+pub(crate) struct Readers {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub fn new(path: &Path, busy_timeout: Duration) -> Readers {
+        Readers {
+            path: path.to_path_buf(),
+            busy_timeout,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// Runs `read` on a pooled connection, naming the store in any SQLite error.
+    pub fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> ReadResult<T>,
+    ) -> Result<T, JournalError> {
+        let pooled = lock(&self.idle).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader(&self.path, self.busy_timeout)
+                .map_err(|e| journal_error(&self.path, &e))?,
+        };
+        let result = read(&conn).map_err(|error| match error {
+            ReadError::Sqlite(e) => journal_error(&self.path, &e),
+            ReadError::Journal(e) => e,
+        });
+        let mut idle = lock(&self.idle);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+const RUN_COLUMNS: &str = "id, rule, event_id, event_type, key, status, attempt, error, output, \
+                           created_at, started_at, finished_at";
+
+/// Newest runs first, filtered.
+pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> ReadResult<Vec<RunSummary>> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR rule = ?1) AND (?2 = 0 OR status IN ('failed', 'dead'))
+         ORDER BY created_at DESC, rowid DESC LIMIT ?3"
+    );
+    let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params![filter.rule, filter.failed_only, limit])?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next()? {
+        runs.push(RunSummary::from(run_row(row)?));
+    }
+    Ok(runs)
+}
+
+/// One run with effects, logs and its (redacted) event.
+pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetail>> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([id])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let mut run = run_row(row)?;
+    fill_run(conn, &mut run)?;
+    let event = stored_event(conn, &run.event_id)?
+        .as_ref()
+        .map(StoredEvent::summary)
+        .transpose()?;
+    Ok(Some(RunDetail { run, event }))
+}
+
+/// Unfinished runs (see [`UNFINISHED`]), oldest first, with their effects, logs and events.
+pub(crate) fn unfinished_runs(
+    conn: &Connection,
+) -> ReadResult<Vec<(RunRecord, Option<StoredEvent>)>> {
+    let sql =
+        format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} ORDER BY created_at, rowid");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query([])?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next()? {
+        runs.push(run_row(row)?);
+    }
+    let mut unfinished = Vec::with_capacity(runs.len());
+    for mut run in runs {
+        fill_run(conn, &mut run)?;
+        let event = stored_event(conn, &run.event_id)?;
+        unfinished.push((run, event));
+    }
+    Ok(unfinished)
+}
+
+/// Adds the run's effects (one per position) and logs (all attempts, in order).
+fn fill_run(conn: &Connection, run: &mut RunRecord) -> ReadResult<()> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, name, args, result, started_at, latency_ms, replayed
+         FROM effects WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = statement.query([&run.id])?;
+    run.effects.clear();
+    while let Some(row) = rows.next()? {
+        run.effects.push(effect_row(row)?);
+    }
+    let mut statement = conn.prepare_cached(
+        "SELECT level, message, at FROM logs WHERE run_id = ?1 ORDER BY attempt, idx",
+    )?;
+    run.logs = statement
+        .query_map([&run.id], |row| {
+            Ok(LogLine {
+                level: row.get(0)?,
+                message: row.get(1)?,
+                at: from_nanos(row.get(2)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(())
+}
+
+/// The stored event with this id, if it has not been pruned.
+pub(crate) fn stored_event(conn: &Connection, id: &str) -> rusqlite::Result<Option<StoredEvent>> {
+    conn.prepare_cached("SELECT id, type, ts, source, received_at, raw FROM events WHERE id = ?1")?
+        .query_row([id], |row| {
+            Ok(StoredEvent {
+                id: row.get(0)?,
+                event_type: row.get(1)?,
+                ts: row.get(2)?,
+                source: row.get(3)?,
+                received_at: row.get(4)?,
+                raw: row.get(5)?,
+            })
+        })
+        .optional()
+}
+
+/// A rule's state value, unless it has expired.
+pub(crate) fn state_value(
+    conn: &Connection,
+    rule: &str,
+    key: &str,
+    now: i64,
+) -> ReadResult<Option<Value>> {
+    let text: Option<String> = conn
+        .prepare_cached(
+            "SELECT value FROM state WHERE rule = ?1 AND key = ?2
+                 AND (expires_at IS NULL OR expires_at > ?3)",
+        )?
+        .query_row(params![rule, key, now], |row| row.get(0))
+        .optional()?;
+    Ok(text.map(|t| from_json(&t, "state.value")).transpose()?)
+}
+
+/// Rows held per table.
+pub(crate) fn counts(conn: &Connection) -> ReadResult<StoreCounts> {
+    let count = |table: &str| -> rusqlite::Result<u64> {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|n| n.max(0) as u64)
+    };
+    Ok(StoreCounts {
+        events: count("events")?,
+        dedupe: count("dedupe")?,
+        runs: count("runs")?,
+        effects: count("effects")?,
+        logs: count("logs")?,
+        state: count("state")?,
+    })
+}
+
+fn run_row(row: &Row<'_>) -> ReadResult<RunRecord> {
+    let status: String = row.get(5)?;
+    let output: Option<String> = row.get(8)?;
+    Ok(RunRecord {
+        id: row.get(0)?,
+        rule: row.get(1)?,
+        event_id: row.get(2)?,
+        event_type: row.get(3)?,
+        key: row.get(4)?,
+        status: parse_status(&status)?,
+        attempt: row.get(6)?,
+        error: row.get(7)?,
+        effects: Vec::new(),
+        logs: Vec::new(),
+        output: output.map(|o| from_json(&o, "runs.output")).transpose()?,
+        created_at: from_nanos(row.get(9)?),
+        started_at: row.get::<_, Option<i64>>(10)?.map(from_nanos),
+        finished_at: row.get::<_, Option<i64>>(11)?.map(from_nanos),
+    })
+}
+
+fn effect_row(row: &Row<'_>) -> ReadResult<EffectRecord> {
+    let args: String = row.get(2)?;
+    let result: String = row.get(3)?;
+    Ok(EffectRecord {
+        seq: row.get(0)?,
+        name: row.get(1)?,
+        args: from_json(&args, "effects.args")?,
+        result: from_json(&result, "effects.result")?,
+        started_at: from_nanos(row.get(4)?),
+        latency_ms: row.get(5)?,
+        replayed: row.get(6)?,
+    })
+}
+
+impl From<RunRecord> for RunSummary {
+    fn from(run: RunRecord) -> RunSummary {
+        RunSummary {
+            id: run.id,
+            rule: run.rule,
+            status: run.status,
+            attempt: run.attempt,
+            event_id: run.event_id,
+            event_type: run.event_type,
+            key: run.key,
+            error: run.error,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Poisoning only follows a panic in another holder; the pool is still consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

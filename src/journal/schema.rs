@@ -1,0 +1,315 @@
+//! Opening the store file: connection settings, the check that the file is a
+//! healthy zoomwire store, and the schema migrations.
+//!
+//! The schema version lives in SQLite's `user_version` and the file is marked
+//! as ours with `application_id`, so that a store written by a newer zoomwire,
+//! or some other SQLite file at the same path, is refused with a clear error
+//! instead of being altered. Each migration runs in its own transaction;
+//! nothing here ever deletes or recreates the file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use super::JournalOpenError;
+
+/// `application_id` of a zoomwire store ("zwir").
+pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
+
+/// Schema migrations, in order: the store's `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const V1: &str = "
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    raw TEXT NOT NULL
+);
+CREATE INDEX events_received ON events(received_at);
+
+CREATE TABLE dedupe (
+    id TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX dedupe_expires ON dedupe(expires_at);
+
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    key TEXT,
+    status TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    error TEXT,
+    output TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX runs_created ON runs(created_at);
+CREATE INDEX runs_rule ON runs(rule, created_at);
+CREATE INDEX runs_status ON runs(status, created_at);
+CREATE INDEX runs_event ON runs(event_id);
+
+CREATE TABLE effects (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    replayed INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE logs (
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, attempt, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE state (
+    rule TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (rule, key)
+) WITHOUT ROWID;
+CREATE INDEX state_expires ON state(expires_at) WHERE expires_at IS NOT NULL;
+";
+
+/// Opens (creating when absent) the writer's connection: WAL, `synchronous=FULL`,
+/// schema migrated, and the file checked when `verify` is set.
+pub(crate) fn open_writer(
+    path: &Path,
+    busy_timeout: Duration,
+    verify: bool,
+    max_size_bytes: Option<u64>,
+) -> Result<Connection, JournalOpenError> {
+    let fail = |e: rusqlite::Error| open_error(path, e);
+    let mut conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(busy_timeout).map_err(fail)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalOpenError::Open {
+            path: path.to_path_buf(),
+            detail: format!("the file system refused WAL mode (journal_mode is `{mode}`)"),
+        });
+    }
+    // Durability per committed batch: the WAL is synced on every commit.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(fail)?;
+    check_identity(&conn, path)?;
+    migrate(&mut conn, path)?;
+    if verify {
+        quick_check(&conn, path)?;
+    }
+    if let Some(bytes) = max_size_bytes {
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(fail)?;
+        let pages = (i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1)).max(1);
+        conn.pragma_update(None, "max_page_count", pages)
+            .map_err(fail)?;
+    }
+    Ok(conn)
+}
+
+/// Opens a read-only connection to a store the writer already opened.
+pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    // Read-write at the file level (WAL readers update the shared-memory
+    // index), read-only by `query_only`; never creates the file.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Refuses files that are SQLite but not a zoomwire store, or a newer one.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), JournalOpenError> {
+    let fail = |e: rusqlite::Error| open_error(path, e);
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(fail)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(fail)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(fail)?;
+    let empty = version == 0 && tables == 0;
+    if application_id != APPLICATION_ID && !empty {
+        return Err(JournalOpenError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "it is an SQLite database, but not a zoomwire store".into(),
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(JournalOpenError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Applies the migrations the store lacks, each in its own transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalOpenError> {
+    let fail = |e: rusqlite::Error| open_error(path, e);
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        // Read inside the write lock: another process may have migrated meanwhile.
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(fail)?;
+        let Some(sql) = usize::try_from(version)
+            .ok()
+            .and_then(|applied| MIGRATIONS.get(applied))
+        else {
+            return Ok(());
+        };
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(fail)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+}
+
+/// `PRAGMA quick_check`: reads every page, so damage is found at start, not mid-run.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), JournalOpenError> {
+    let mut statement = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| open_error(path, e))?;
+    let problems = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| open_error(path, e))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(JournalOpenError::Corrupt {
+        path: path.to_path_buf(),
+        detail: problems.join("; "),
+    })
+}
+
+/// Classifies an SQLite error met while opening: damage, locks, or the rest.
+pub(crate) fn open_error(path: &Path, error: rusqlite::Error) -> JournalOpenError {
+    let path = path.to_path_buf();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => JournalOpenError::Corrupt {
+            path,
+            detail: error.to_string(),
+        },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            JournalOpenError::Locked { path }
+        }
+        _ => JournalOpenError::Open {
+            path,
+            detail: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(path: &Path) -> Result<Connection, JournalOpenError> {
+        open_writer(path, Duration::from_secs(1), true, None)
+    }
+
+    #[test]
+    fn a_new_store_is_migrated_to_the_latest_version_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        let conn = writer(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(mode, "wal");
+        assert_eq!(synchronous, 2, "FULL");
+        drop(conn);
+        // Reopening applies nothing twice.
+        writer(&path).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_a_newer_zoomwire_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        let conn = writer(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let error = writer(&path).unwrap_err();
+        assert!(matches!(error, JournalOpenError::TooNew { .. }), "{error}");
+        assert!(error.to_string().contains("zoomwire.db"), "{error}");
+    }
+
+    #[test]
+    fn another_sqlite_database_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("CREATE TABLE notes(text TEXT); INSERT INTO notes VALUES ('keep');")
+            .unwrap();
+        drop(other);
+        let error = writer(&path).unwrap_err();
+        assert!(
+            error.to_string().contains("not a zoomwire store"),
+            "{error}"
+        );
+        let other = Connection::open(&path).unwrap();
+        let kept: String = other
+            .query_row("SELECT text FROM notes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "keep");
+    }
+
+    #[test]
+    fn a_size_cap_limits_the_page_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        let conn = open_writer(&path, Duration::from_secs(1), false, Some(64 * 4096)).unwrap();
+        let pages: i64 = conn
+            .pragma_query_value(None, "max_page_count", |r| r.get(0))
+            .unwrap();
+        assert_eq!(pages, 64);
+    }
+}

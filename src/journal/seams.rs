@@ -1,0 +1,225 @@
+//! The journal behind the engine's seams: [`Journal`] (events and runs),
+//! [`EffectObserver`] (each effect as it completes) and [`StateStore`] (rule
+//! state).
+//!
+//! Event intake and run records are async and share the writer's batches.
+//! Effect records and state writes come from sandbox threads: they block
+//! until their commit, so an effect that returned to the script is on disk,
+//! and a resumed run replays it instead of performing it again.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::codec::{duration_nanos, to_json, to_nanos};
+use super::ops::{EventRow, Op, Outcome};
+use super::{SqliteJournal, query, unexpected};
+use crate::effects::BoxFuture;
+use crate::effects::gateway::{EffectObserver, EffectRecord};
+use crate::effects::state::{StateError, StateStore};
+use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::event::Event;
+
+impl SqliteJournal {
+    /// Ends a run that cannot resume, so it shows as dead instead of vanishing.
+    async fn give_up(&self, run: &RunRecord, reason: &str) -> Result<(), JournalError> {
+        let error = format!("cannot resume after a restart: {reason}");
+        tracing::error!(run = %run.id, rule = %run.rule, error = %error, "run marked dead");
+        let op = Op::MarkDead {
+            id: run.id.clone(),
+            error,
+        };
+        self.inner.writer.submit(op).await.map(|_| ())
+    }
+}
+
+impl EffectObserver for SqliteJournal {
+    /// Durable on return: blocks the sandbox thread until the record is committed.
+    fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
+        let op = Op::Effect {
+            run_id: run_id.to_string(),
+            record: Box::new(record.clone()),
+        };
+        if let Err(error) = self.inner.writer.submit_blocking(op) {
+            metrics::counter!("zoomwire_journal_errors_total").increment(1);
+            tracing::error!(
+                run = %run_id, effect = %record.name, seq = record.seq, error = %error,
+                "effect record not saved: a crash before the run is recorded would perform it again"
+            );
+        }
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let row = EventRow::new(event);
+        Box::pin(async move {
+            match self.inner.writer.submit(Op::Accept(row)).await? {
+                Outcome::Accepted(true) => Ok(true),
+                Outcome::Accepted(false) => {
+                    metrics::counter!("zoomwire_events_duplicate_total").increment(1);
+                    Ok(false)
+                }
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
+        let op = Op::RecordRun(Box::new(run.clone()));
+        Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
+    }
+
+    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
+        Box::pin(async move {
+            let stored = self.inner.readers.with(query::unfinished_runs)?;
+            let mut unfinished = Vec::with_capacity(stored.len());
+            for (run, event) in stored {
+                match event.map(query::StoredEvent::into_event) {
+                    Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
+                    Some(Err(error)) => self.give_up(&run, &error.0).await?,
+                    None => {
+                        self.give_up(&run, "its event is no longer in the store")
+                            .await?
+                    }
+                }
+            }
+            Ok(unfinished)
+        })
+    }
+}
+
+impl StateStore for SqliteJournal {
+    fn get(&self, rule: &str, key: &str) -> Result<Option<Value>, StateError> {
+        let now = to_nanos(Utc::now());
+        self.inner
+            .readers
+            .with(|conn| query::state_value(conn, rule, key, now))
+            .map_err(|e| StateError(e.0))
+    }
+
+    /// Durable on return, like effect records.
+    fn set(
+        &self,
+        rule: &str,
+        key: &str,
+        value: Value,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        let expires_at = ttl.map(|ttl| to_nanos(Utc::now()).saturating_add(duration_nanos(ttl)));
+        let op = Op::StateSet {
+            rule: rule.to_string(),
+            key: key.to_string(),
+            value: to_json(&value),
+            expires_at,
+        };
+        self.inner
+            .writer
+            .submit_blocking(op)
+            .map(|_| ())
+            .map_err(|e| StateError(e.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+    use crate::journal::JournalOptions;
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Counts counters by name, for one thread.
+    #[derive(Default)]
+    struct Counters(Mutex<HashMap<String, Arc<AtomicU64>>>);
+
+    impl Counters {
+        fn get(&self, name: &str) -> u64 {
+            let counters = self.0.lock().unwrap();
+            counters.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
+        }
+    }
+
+    impl Recorder for Counters {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let mut counters = self.0.lock().unwrap();
+            let counter = counters.entry(key.name().to_string()).or_default();
+            Counter::from_arc(counter.clone())
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    fn options() -> JournalOptions {
+        JournalOptions {
+            prune_interval: None,
+            ..JournalOptions::default()
+        }
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(
+            include_str!("../../examples/events/meeting.ended.json"),
+            Source::Fire,
+        )
+        .unwrap();
+        let counters = Counters::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answers = metrics::with_local_recorder(&counters, || {
+            runtime.block_on(async {
+                let mut answers = Vec::new();
+                for _ in 0..3 {
+                    answers.push(journal.accept_event(&event).await.unwrap());
+                }
+                answers
+            })
+        });
+        assert_eq!(answers, vec![true, false, false]);
+        assert_eq!(counters.get("zoomwire_events_duplicate_total"), 2);
+    }
+
+    #[test]
+    fn state_is_kept_per_rule_and_forgotten_after_its_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let state: &dyn StateStore = &journal;
+        state
+            .set("a", "k", serde_json::json!({"n": 1}), None)
+            .unwrap();
+        state
+            .set("b", "k", serde_json::json!(2), Some(Duration::ZERO))
+            .unwrap();
+        state
+            .set(
+                "b",
+                "kept",
+                serde_json::json!(3),
+                Some(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        assert_eq!(
+            state.get("a", "k").unwrap(),
+            Some(serde_json::json!({"n": 1}))
+        );
+        assert_eq!(state.get("b", "k").unwrap(), None);
+        assert_eq!(state.get("b", "kept").unwrap(), Some(serde_json::json!(3)));
+        assert_eq!(state.get("a", "other").unwrap(), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! The one writer: a thread that owns the store's write connection and
+//! commits requests in batches (group commit).
+//!
+//! Callers hand it a [`Job`] and wait for the answer, which comes only after
+//! the transaction holding their change has committed (and, with
+//! `synchronous=FULL`, reached the disk). While one batch commits, the next
+//! requests queue up and are taken together, so many concurrent callers share
+//! one sync. Async callers (event intake, run records) wait on a oneshot
+//! channel; sandbox threads (effect records, state) block on a std channel,
+//! which is safe anywhere. If a batch fails, every job in it is retried alone
+//! so that one bad request cannot fail the others.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use chrono::Utc;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::codec::to_nanos;
+use super::ops::{Op, Outcome, apply};
+use crate::engine::record::JournalError;
+
+/// Settings the writer thread needs.
+pub(crate) struct WriterSettings {
+    pub path: PathBuf,
+    pub dedupe_window_nanos: i64,
+    pub max_batch: usize,
+    /// Async requests allowed in flight before callers wait (back-pressure).
+    pub queue_capacity: usize,
+}
+
+/// Where the answer to a job goes.
+enum Reply {
+    Async(oneshot::Sender<Result<Outcome, JournalError>>),
+    Blocking(SyncSender<Result<Outcome, JournalError>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<Outcome, JournalError>) {
+        // The caller may have stopped waiting (a cancelled future): nothing to do then.
+        match self {
+            Reply::Async(sender) => {
+                let _ = sender.send(result);
+            }
+            Reply::Blocking(sender) => {
+                let _ = sender.send(result);
+            }
+        }
+    }
+}
+
+/// One request to the writer.
+struct Job {
+    op: Op,
+    reply: Reply,
+}
+
+/// Counters of the writer's work, for tests, the admin API and benchmarks.
+#[derive(Debug, Default)]
+pub(crate) struct WriterCounters {
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+/// The sending side of the writer.
+pub(crate) struct WriterHandle {
+    sender: Sender<Job>,
+    permits: Semaphore,
+    path: PathBuf,
+    pub counters: Arc<WriterCounters>,
+}
+
+impl WriterHandle {
+    /// Queues `op` and waits for its commit without blocking the runtime.
+    pub async fn submit(&self, op: Op) -> Result<Outcome, JournalError> {
+        let _permit = self.permits.acquire().await.map_err(|_| self.stopped())?;
+        let (sender, receiver) = oneshot::channel();
+        self.send(Job {
+            op,
+            reply: Reply::Async(sender),
+        })?;
+        receiver.await.map_err(|_| self.stopped())?
+    }
+
+    /// Queues `op` and blocks the calling thread until its commit.
+    ///
+    /// Sync callers are bounded by the threads that can block here, so they
+    /// do not take a permit.
+    pub fn submit_blocking(&self, op: Op) -> Result<Outcome, JournalError> {
+        let (sender, receiver) = sync_channel(1);
+        self.send(Job {
+            op,
+            reply: Reply::Blocking(sender),
+        })?;
+        receiver.recv().map_err(|_| self.stopped())?
+    }
+
+    fn send(&self, job: Job) -> Result<(), JournalError> {
+        self.sender.send(job).map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> JournalError {
+        JournalError(format!(
+            "the writer of the store {} has stopped",
+            self.path.display()
+        ))
+    }
+}
+
+/// Starts the writer thread on `conn`. The thread ends when every handle is dropped.
+pub(crate) fn spawn(
+    conn: Connection,
+    settings: WriterSettings,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (sender, receiver) = channel();
+    let counters = Arc::new(WriterCounters::default());
+    let handle = WriterHandle {
+        sender,
+        permits: Semaphore::new(settings.queue_capacity.max(1)),
+        path: settings.path.clone(),
+        counters: counters.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("zoomwire-journal".into())
+        .spawn(move || write_loop(conn, receiver, &settings, &counters))?;
+    Ok((handle, thread))
+}
+
+fn write_loop(
+    mut conn: Connection,
+    receiver: Receiver<Job>,
+    settings: &WriterSettings,
+    counters: &WriterCounters,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < settings.max_batch {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .jobs
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        counters
+            .largest_batch
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
+        commit_batch(&mut conn, batch, settings);
+    }
+}
+
+/// Commits a batch in one transaction; on failure, each job alone.
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>, settings: &WriterSettings) {
+    let started = Instant::now();
+    let size = batch.len();
+    match apply_in_transaction(conn, batch.iter().map(|job| &job.op), settings) {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                job.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) if size == 1 => {
+            let error = journal_error(&settings.path, &error);
+            tracing::error!(error = %error, "journal write failed");
+            for job in batch {
+                job.reply.send(Err(JournalError(error.0.clone())));
+            }
+        }
+        Err(_) => {
+            for job in batch {
+                let result = apply_in_transaction(conn, std::iter::once(&job.op), settings)
+                    .map(|mut outcomes| outcomes.remove(0))
+                    .map_err(|e| journal_error(&settings.path, &e));
+                if let Err(error) = &result {
+                    tracing::error!(error = %error, "journal write failed");
+                }
+                job.reply.send(result);
+            }
+        }
+    }
+    metrics::histogram!("zoomwire_journal_batch_size").record(size as f64);
+    metrics::histogram!("zoomwire_journal_commit_seconds").record(started.elapsed().as_secs_f64());
+}
+
+fn apply_in_transaction<'a>(
+    conn: &mut Connection,
+    ops: impl Iterator<Item = &'a Op>,
+    settings: &WriterSettings,
+) -> rusqlite::Result<Vec<Outcome>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = to_nanos(Utc::now());
+    let outcomes = ops
+        .map(|op| apply(&tx, op, now, settings.dedupe_window_nanos))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// A write failure as the engine reports it, naming the store and, for a full
+/// disk, saying that nothing was written.
+pub(crate) fn journal_error(path: &Path, error: &rusqlite::Error) -> JournalError {
+    let path = path.display();
+    JournalError(match error.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => format!(
+            "the store {path} is full (no space left on its disk, or its size cap reached): \
+             nothing was written ({error})"
+        ),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            format!("the store {path} is damaged: {error}")
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("the store {path} is locked by another process: {error}")
+        }
+        _ => format!("writing to the store {path}: {error}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(dir: &Path) -> WriterSettings {
+        WriterSettings {
+            path: dir.join("zoomwire.db"),
+            dedupe_window_nanos: 1,
+            max_batch: 16,
+            queue_capacity: 16,
+        }
+    }
+
+    fn set(key: &str) -> Op {
+        Op::StateSet {
+            rule: "r".into(),
+            key: key.into(),
+            value: "1".into(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn one_failing_job_does_not_fail_the_others_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut conn =
+            super::super::schema::open_writer(&settings.path, Duration::from_secs(1), false, None)
+                .unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let mut receivers = Vec::new();
+        let jobs = ["a", "bad", "c"]
+            .into_iter()
+            .map(|key| {
+                let (sender, receiver) = sync_channel(1);
+                receivers.push(receiver);
+                Job {
+                    op: set(key),
+                    reply: Reply::Blocking(sender),
+                }
+            })
+            .collect();
+        commit_batch(&mut conn, jobs, &settings);
+        let results: Vec<_> = receivers.iter().map(|r| r.recv().unwrap()).collect();
+        assert!(results[0].is_ok());
+        let error = results[1].as_ref().unwrap_err();
+        assert!(error.0.contains("refused by the test"), "{error}");
+        assert!(error.0.contains("zoomwire.db"), "names the store: {error}");
+        assert!(results[2].is_ok());
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 2);
+    }
+
+    #[test]
+    fn answers_come_after_the_commit_and_the_thread_ends_with_its_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let path = settings.path.clone();
+        let conn =
+            super::super::schema::open_writer(&path, Duration::from_secs(1), false, None).unwrap();
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        handle.submit_blocking(set("k")).unwrap();
+        // A separate connection sees the change as soon as the answer came.
+        let reader = Connection::open(&path).unwrap();
+        let count: i64 = reader
+            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 1);
+        drop(handle);
+        thread.join().unwrap();
+    }
+}

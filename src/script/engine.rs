@@ -1,0 +1,218 @@
+//! The one constructor of Rhai engines. Nothing else in zoomwire creates one.
+//!
+//! [`build_engine`] starts from Rhai's standard library and then closes every
+//! door a script could use to harm the process or other runs: every limit Rhai
+//! has is set to a non-zero value (0 means unlimited), a wall-clock deadline
+//! and a cancel flag are checked in `on_progress`, `eval` is disabled, `sleep`
+//! is replaced by a function that fails, `print` goes to the run's log, and
+//! `import` resolves only among the modules compiled from the scripts folder.
+//! Variables are strict, so a typo is a compile error.
+//!
+//! Two kinds are built. The Script engine has the host functions and runs on
+//! the [`ScriptPool`](super::pool::ScriptPool)'s large-stack threads. The
+//! Condition engine is pure (only `zoom::uuid`), has no loops, and smaller
+//! depth and collection limits, because it runs on the caller's thread.
+
+use rhai::module_resolvers::ModuleResolver;
+use rhai::{Engine, EvalAltResult, FuncRegistration};
+
+use super::host::{register_condition_functions, register_script_functions};
+use super::limits::{
+    CONDITION_MAX_CALL_LEVELS, CONDITION_MAX_COLLECTION_SIZE, CONDITION_MAX_EXPR_DEPTH,
+    CONDITION_MAX_FUNCTION_EXPR_DEPTH, SandboxLimits,
+};
+use super::modules::ScriptModules;
+use super::run::{
+    CONDITION_CHECK_INTERVAL, SCRIPT_CHECK_INTERVAL, check_active_run, check_condition_clock,
+};
+
+/// Scripted functions one script may define.
+const MAX_FUNCTIONS: usize = 1_000;
+
+/// Which engine to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Rule scripts and modules: host functions, loops, run deadline.
+    Script,
+    /// `when:` and `key:` expressions: pure, no loops, small limits.
+    Condition,
+}
+
+/// Builds the engine of `kind` with `limits`, importing only from `modules`.
+pub fn build_engine(limits: &SandboxLimits, modules: &ScriptModules, kind: EngineKind) -> Engine {
+    build_engine_with_resolver(limits, modules.resolver(), kind)
+}
+
+/// Builds an engine with another resolver: the scripts folder's loader uses
+/// it to resolve modules while they are being compiled.
+pub(crate) fn build_engine_with_resolver(
+    limits: &SandboxLimits,
+    resolver: impl ModuleResolver + 'static,
+    kind: EngineKind,
+) -> Engine {
+    let limits = limits.effective();
+    let mut engine = Engine::new();
+    set_limits(&mut engine, &limits, kind);
+    engine.set_module_resolver(resolver);
+    engine.disable_symbol("eval");
+    engine.set_strict_variables(true);
+    forbid_sleep(&mut engine);
+    match kind {
+        EngineKind::Script => {
+            engine.on_progress(|operations| {
+                if operations % SCRIPT_CHECK_INTERVAL != 0 {
+                    return None;
+                }
+                check_active_run()
+            });
+            register_script_functions(&mut engine, limits.max_value_depth);
+        }
+        EngineKind::Condition => {
+            let timeout = limits.condition_timeout;
+            engine.on_progress(move |operations| {
+                if operations % CONDITION_CHECK_INTERVAL != 0 {
+                    return None;
+                }
+                check_condition_clock(timeout)
+            });
+            for keyword in ["loop", "while", "do", "for"] {
+                engine.disable_symbol(keyword);
+            }
+            register_condition_functions(&mut engine);
+        }
+    }
+    engine
+}
+
+/// Sets every Rhai limit; `limits` is already effective (no zeros).
+fn set_limits(engine: &mut Engine, limits: &SandboxLimits, kind: EngineKind) {
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_string_size(limits.max_string_size)
+        .set_max_modules(limits.max_modules)
+        .set_max_variables(limits.max_variables)
+        .set_max_functions(MAX_FUNCTIONS);
+    match kind {
+        EngineKind::Script => {
+            engine
+                .set_max_call_levels(limits.max_call_levels)
+                .set_max_expr_depths(limits.max_expr_depth, limits.max_function_expr_depth)
+                .set_max_array_size(limits.max_array_size)
+                .set_max_map_size(limits.max_map_size);
+        }
+        EngineKind::Condition => {
+            engine
+                .set_max_call_levels(limits.max_call_levels.min(CONDITION_MAX_CALL_LEVELS))
+                .set_max_expr_depths(
+                    limits.max_expr_depth.min(CONDITION_MAX_EXPR_DEPTH),
+                    limits
+                        .max_function_expr_depth
+                        .min(CONDITION_MAX_FUNCTION_EXPR_DEPTH),
+                )
+                .set_max_array_size(limits.max_array_size.min(CONDITION_MAX_COLLECTION_SIZE))
+                .set_max_map_size(limits.max_map_size.min(CONDITION_MAX_COLLECTION_SIZE));
+        }
+    }
+}
+
+/// Replaces the standard `sleep`, which blocks the thread, with one that fails.
+/// (`disable_symbol` does not remove functions, only keywords.)
+fn forbid_sleep(engine: &mut Engine) {
+    fn refuse() -> Result<(), Box<EvalAltResult>> {
+        Err("sleep is not available in the sandbox".into())
+    }
+    FuncRegistration::new("sleep")
+        .with_volatility(true)
+        .register_into_engine(engine, |_: rhai::INT| refuse());
+    FuncRegistration::new("sleep")
+        .with_volatility(true)
+        .register_into_engine(engine, |_: rhai::FLOAT| refuse());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(kind: EngineKind) -> Engine {
+        build_engine(&SandboxLimits::default(), &ScriptModules::empty(), kind)
+    }
+
+    #[test]
+    fn every_limit_is_set_and_none_is_unlimited() {
+        let limits = SandboxLimits::default();
+        let script = engine(EngineKind::Script);
+        assert_eq!(script.max_operations(), limits.max_operations);
+        assert_eq!(script.max_call_levels(), 32);
+        assert_eq!(script.max_expr_depth(), limits.max_expr_depth);
+        assert_eq!(
+            script.max_function_expr_depth(),
+            limits.max_function_expr_depth
+        );
+        assert_eq!(script.max_string_size(), limits.max_string_size);
+        assert_eq!(script.max_array_size(), limits.max_array_size);
+        assert_eq!(script.max_map_size(), limits.max_map_size);
+        assert_eq!(script.max_modules(), limits.max_modules);
+        assert_eq!(script.max_variables(), limits.max_variables);
+        assert_eq!(script.max_functions(), MAX_FUNCTIONS);
+
+        let condition = engine(EngineKind::Condition);
+        assert_eq!(condition.max_call_levels(), CONDITION_MAX_CALL_LEVELS);
+        assert_eq!(condition.max_array_size(), CONDITION_MAX_COLLECTION_SIZE);
+        assert_eq!(condition.max_map_size(), CONDITION_MAX_COLLECTION_SIZE);
+        assert_eq!(condition.max_expr_depth(), CONDITION_MAX_EXPR_DEPTH);
+        assert_eq!(condition.max_operations(), limits.max_operations);
+    }
+
+    #[test]
+    fn zero_limits_never_reach_rhai() {
+        let limits = SandboxLimits {
+            max_operations: 0,
+            max_string_size: 0,
+            max_array_size: 0,
+            max_map_size: 0,
+            max_expr_depth: 0,
+            max_call_levels: 0,
+            ..SandboxLimits::default()
+        };
+        let script = build_engine(&limits, &ScriptModules::empty(), EngineKind::Script);
+        assert!(script.max_operations() > 0);
+        assert!(script.max_string_size() > 0);
+        assert!(script.max_array_size() > 0);
+        assert!(script.max_map_size() > 0);
+        assert!(script.max_expr_depth() > 0);
+        assert!(script.max_call_levels() > 0);
+    }
+
+    #[test]
+    fn sleep_and_eval_are_refused() {
+        for kind in [EngineKind::Script, EngineKind::Condition] {
+            let engine = engine(kind);
+            for source in ["sleep(10)", "sleep(0.5)", "Fn(\"sleep\").call(3)"] {
+                let error = engine.eval::<()>(source).unwrap_err();
+                assert!(
+                    error.to_string().contains("sleep is not available"),
+                    "{source}: {error}"
+                );
+            }
+            assert!(engine.compile("eval(\"1\")").is_err());
+        }
+    }
+
+    #[test]
+    fn conditions_have_no_loops_and_no_effects() {
+        let condition = engine(EngineKind::Condition);
+        assert!(
+            condition
+                .compile_expression("[1].map(|x| { loop {} })")
+                .is_err()
+        );
+        assert!(
+            condition
+                .compile_expression(r##"slack::post("#a", "x")"##)
+                .is_err()
+                || condition
+                    .eval_expression::<rhai::Dynamic>(r##"slack::post("#a", "x")"##)
+                    .is_err()
+        );
+    }
+}

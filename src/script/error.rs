@@ -1,0 +1,354 @@
+//! Errors of the sandbox, and the translation of Rhai's errors into them.
+//!
+//! A script that breaks a limit must learn which limit it broke, by its
+//! configuration name and value ("call stack too deep (max_call_levels =
+//! 32)"), because that is what the user can change. Rhai wraps an error raised
+//! deep in a call chain in one `ErrorInFunctionCall` per level, so the limit is
+//! found on the innermost error. An effect error thrown into the script and
+//! not caught is given back as the [`EffectError`] it was, so that the
+//! executor can decide on a retry by its kind.
+
+use std::time::Duration;
+
+use rhai::{Dynamic, Engine, EvalAltResult, LexError, ParseError, ParseErrorType, Position};
+
+use super::limits::format_duration;
+use super::run::{CANCEL_TOKEN, TIMEOUT_TOKEN};
+use super::value::exceeds_depth;
+use crate::effects::EffectError;
+
+/// The longest message a runtime error keeps.
+const MAX_MESSAGE_CHARS: usize = 2_000;
+/// How deep a thrown value may be for its text to appear in an error message.
+const MAX_SHOWN_DEPTH: usize = 32;
+
+/// Why a script or condition run failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScriptError {
+    /// A sandbox limit was reached; `limit` is its configuration name.
+    #[error("{message}")]
+    Limit { limit: String, message: String },
+    /// The run's wall-clock deadline passed.
+    #[error("run exceeded its {} timeout", format_duration(*after))]
+    Timeout { after: Duration },
+    /// The run was cancelled (its cancel flag was set, or its caller gave up).
+    #[error("run was cancelled")]
+    Cancelled,
+    /// An effect error the script did not catch.
+    #[error("{0}")]
+    Effect(EffectError),
+    /// Any other error: a failed operation, a `throw`, a missing function.
+    #[error("{}", runtime_display(message, *line, *column))]
+    Runtime {
+        message: String,
+        line: Option<usize>,
+        column: Option<usize>,
+    },
+}
+
+impl ScriptError {
+    pub(crate) fn runtime(message: impl Into<String>) -> ScriptError {
+        ScriptError::Runtime {
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+
+    fn limit(limit: &str, message: String) -> ScriptError {
+        ScriptError::Limit {
+            limit: limit.to_string(),
+            message,
+        }
+    }
+}
+
+fn runtime_display(message: &str, line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!("{line}:{column}: {message}"),
+        (Some(line), None) => format!("{line}: {message}"),
+        _ => message.to_string(),
+    }
+}
+
+/// A script or expression that does not compile. Positions are 1-based and
+/// relative to the source that was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{line}:{column}: {message}")]
+pub struct ScriptSyntaxError {
+    pub message: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl ScriptSyntaxError {
+    pub(crate) fn at(message: impl Into<String>, position: Position) -> ScriptSyntaxError {
+        ScriptSyntaxError {
+            message: message.into(),
+            line: position.line().unwrap_or(1),
+            column: position.position().unwrap_or(1),
+        }
+    }
+}
+
+/// What kind of evaluation failed, for the wording and the timeout's meaning.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Evaluation {
+    /// A script run; its timeout is the run's (`after`).
+    Script { timeout: Duration },
+    /// A condition; its timeout is `condition_timeout`.
+    Condition { timeout: Duration },
+}
+
+impl Evaluation {
+    fn noun(self) -> &'static str {
+        match self {
+            Evaluation::Script { .. } => "script",
+            Evaluation::Condition { .. } => "condition",
+        }
+    }
+}
+
+/// Translates a compile error of `engine`.
+pub(crate) fn syntax_error(engine: &Engine, error: &ParseError) -> ScriptSyntaxError {
+    let ParseError(kind, position) = error;
+    ScriptSyntaxError::at(parse_error_message(engine, kind), *position)
+}
+
+pub(crate) fn parse_error_message(engine: &Engine, kind: &ParseErrorType) -> String {
+    match kind {
+        ParseErrorType::ExprTooDeep => format!(
+            "expression nested too deeply (max_expr_depth = {}, max_function_expr_depth = {})",
+            engine.max_expr_depth(),
+            engine.max_function_expr_depth()
+        ),
+        ParseErrorType::BadInput(LexError::ImproperSymbol(symbol, _)) if symbol == "eval" => {
+            "eval is not available in the sandbox".to_string()
+        }
+        ParseErrorType::Reserved(symbol) if symbol == "eval" => {
+            "eval is not available in the sandbox".to_string()
+        }
+        ParseErrorType::BadInput(LexError::ImproperSymbol(symbol, _))
+            if matches!(symbol.as_str(), "loop" | "while" | "do" | "for") =>
+        {
+            format!("`{symbol}` is not allowed in a condition: use a rule script for loops")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Translates a runtime error of `engine`. `thrown` holds the effect errors
+/// the host functions threw into this run, to recognise an uncaught one.
+pub(crate) fn script_error(
+    engine: &Engine,
+    error: Box<EvalAltResult>,
+    evaluation: Evaluation,
+    thrown: &[EffectError],
+) -> ScriptError {
+    classify(engine, error.unwrap_inner(), evaluation, thrown)
+        .unwrap_or_else(|| runtime_error(engine, error))
+}
+
+/// The limit, timeout or effect error `inner` is, if it is one.
+fn classify(
+    engine: &Engine,
+    inner: &EvalAltResult,
+    evaluation: Evaluation,
+    thrown: &[EffectError],
+) -> Option<ScriptError> {
+    let noun = evaluation.noun();
+    match inner {
+        EvalAltResult::ErrorTooManyOperations(_) => Some(ScriptError::limit(
+            "max_operations",
+            format!(
+                "{noun} exceeded the operation limit (max_operations = {})",
+                engine.max_operations()
+            ),
+        )),
+        EvalAltResult::ErrorStackOverflow(_) => Some(ScriptError::limit(
+            "max_call_levels",
+            format!(
+                "call stack too deep (max_call_levels = {})",
+                engine.max_call_levels()
+            ),
+        )),
+        EvalAltResult::ErrorTooManyModules(_) => Some(ScriptError::limit(
+            "max_modules",
+            format!(
+                "too many modules imported (max_modules = {})",
+                engine.max_modules()
+            ),
+        )),
+        EvalAltResult::ErrorTooManyVariables(_) => Some(ScriptError::limit(
+            "max_variables",
+            format!(
+                "too many variables (max_variables = {})",
+                engine.max_variables()
+            ),
+        )),
+        EvalAltResult::ErrorDataTooLarge(what, _) => data_too_large(engine, what),
+        EvalAltResult::ErrorTerminated(token, _) => terminated(token, evaluation),
+        EvalAltResult::ErrorRuntime(value, _) => {
+            uncaught_effect_error(value, thrown).map(ScriptError::Effect)
+        }
+        _ => None,
+    }
+}
+
+fn data_too_large(engine: &Engine, what: &str) -> Option<ScriptError> {
+    let (limit, noun, max) = if what.contains("string") {
+        ("max_string_size", "string", engine.max_string_size())
+    } else if what.contains("array") {
+        ("max_array_size", "array", engine.max_array_size())
+    } else if what.contains("map") {
+        ("max_map_size", "object map", engine.max_map_size())
+    } else {
+        return None;
+    };
+    Some(ScriptError::limit(
+        limit,
+        format!("{noun} too large ({limit} = {max})"),
+    ))
+}
+
+fn terminated(token: &Dynamic, evaluation: Evaluation) -> Option<ScriptError> {
+    let token = token.read_lock::<rhai::ImmutableString>()?;
+    match (token.as_str(), evaluation) {
+        (TIMEOUT_TOKEN, Evaluation::Script { timeout }) => {
+            Some(ScriptError::Timeout { after: timeout })
+        }
+        (TIMEOUT_TOKEN, Evaluation::Condition { timeout }) => Some(ScriptError::limit(
+            "condition_timeout",
+            format!(
+                "condition exceeded its {} timeout (condition_timeout = {})",
+                format_duration(timeout),
+                format_duration(timeout)
+            ),
+        )),
+        (CANCEL_TOKEN, _) => Some(ScriptError::Cancelled),
+        _ => None,
+    }
+}
+
+/// The effect error whose map the script let escape, if `value` is one.
+fn uncaught_effect_error(value: &Dynamic, thrown: &[EffectError]) -> Option<EffectError> {
+    if thrown.is_empty() {
+        return None;
+    }
+    let map = value.read_lock::<rhai::Map>()?;
+    let field = |name: &str| {
+        map.get(name).and_then(|v| {
+            v.read_lock::<rhai::ImmutableString>()
+                .map(|s| s.to_string())
+        })
+    };
+    let (effect, message) = (field("effect")?, field("message")?);
+    thrown
+        .iter()
+        .rev()
+        .find(|e| e.effect == effect && e.message == message)
+        .cloned()
+}
+
+fn runtime_error(engine: &Engine, mut error: Box<EvalAltResult>) -> ScriptError {
+    let position = error.take_position();
+    let message = match error.unwrap_inner() {
+        EvalAltResult::ErrorParsing(kind, _) => parse_error_message(engine, kind),
+        EvalAltResult::ErrorRuntime(value, _)
+            if matches!(*error, EvalAltResult::ErrorRuntime(..)) && value.is_string() =>
+        {
+            value.to_string()
+        }
+        EvalAltResult::ErrorRuntime(value, _) | EvalAltResult::ErrorIndexNotFound(value, _)
+            if exceeds_depth(value, MAX_SHOWN_DEPTH) =>
+        {
+            "the script threw a value nested too deeply to show".to_string()
+        }
+        _ => error.to_string(),
+    };
+    ScriptError::Runtime {
+        message: truncate(message),
+        line: position.line(),
+        column: position.position(),
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_errors_name_the_limit_through_call_chains() {
+        let mut engine = Engine::new();
+        engine.set_max_call_levels(5).set_max_operations(1000);
+        let error = engine
+            .run("fn f(n) { f(n + 1) } f(0)")
+            .expect_err("recursion must fail");
+        let error = script_error(
+            &engine,
+            error,
+            Evaluation::Script {
+                timeout: Duration::from_secs(1),
+            },
+            &[],
+        );
+        assert_eq!(
+            error.to_string(),
+            "call stack too deep (max_call_levels = 5)"
+        );
+        let error = engine.run("loop {}").expect_err("loop must fail");
+        let error = script_error(
+            &engine,
+            error,
+            Evaluation::Condition {
+                timeout: Duration::from_millis(5),
+            },
+            &[],
+        );
+        assert_eq!(
+            error,
+            ScriptError::Limit {
+                limit: "max_operations".into(),
+                message: "condition exceeded the operation limit (max_operations = 1000)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn runtime_errors_keep_their_position() {
+        let engine = Engine::new();
+        let error = engine.run("let x = 1;\n  throw \"boom\";").unwrap_err();
+        let error = script_error(
+            &engine,
+            error,
+            Evaluation::Script {
+                timeout: Duration::from_secs(1),
+            },
+            &[],
+        );
+        assert_eq!(error.to_string(), "2:3: boom");
+    }
+
+    #[test]
+    fn timeouts_read_as_durations() {
+        let error = ScriptError::Timeout {
+            after: Duration::from_secs(2),
+        };
+        assert_eq!(error.to_string(), "run exceeded its 2s timeout");
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = "é".repeat(MAX_MESSAGE_CHARS + 10);
+        let cut = truncate(long);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS + 3);
+    }
+}

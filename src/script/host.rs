@@ -1,0 +1,362 @@
+//! Host functions: the only way out of the sandbox.
+//!
+//! Each function turns its arguments into an effect request (names and JSON
+//! shapes as documented in [`crate::effects`]) and hands it to the current
+//! run's [`RunEffects`](crate::effects::gateway::RunEffects), found in the
+//! thread-local the pool worker sets. The gateway checks capabilities, records
+//! and replays; this module only translates. An effect's failure is thrown
+//! into the script as a catchable map `#{effect, kind, message, code,
+//! status}`. Conditions get the pure functions only (`zoom::uuid`).
+
+use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module};
+use serde_json::{Value, json};
+
+use super::limits::parse_duration;
+use super::run::{current_effects, note_thrown};
+use super::value::{exceeds_depth, from_json, to_json};
+use crate::effects::EffectError;
+
+type HostResult = Result<Dynamic, Box<EvalAltResult>>;
+
+/// The longest log line a script may write, in characters.
+const MAX_LOG_CHARS: usize = 10_000;
+
+/// Registers every host function of the Script engine.
+pub(crate) fn register_script_functions(engine: &mut Engine, max_value_depth: usize) {
+    engine.register_static_module("zoom", zoom_module(max_value_depth, true).into());
+    engine.register_static_module("slack", slack_module(max_value_depth).into());
+    engine.register_static_module("email", email_module(max_value_depth).into());
+    engine.register_static_module("http", http_module(max_value_depth).into());
+    engine.register_static_module("log", log_module().into());
+    engine.register_static_module("state", state_module(max_value_depth).into());
+    FuncRegistration::new("now")
+        .with_volatility(true)
+        .register_into_engine(engine, now);
+    engine.on_print(|text| write_log("info", text.to_string()));
+    engine.on_debug(|text, _, _| write_log("debug", text.to_string()));
+}
+
+/// Registers the pure host functions of the Condition engine.
+pub(crate) fn register_condition_functions(engine: &mut Engine) {
+    engine.register_static_module("zoom", zoom_module(0, false).into());
+    engine.on_print(|_| {});
+    engine.on_debug(|_, _, _| {});
+}
+
+/// Adds an effectful function: volatile, so the optimizer never runs it early.
+macro_rules! effect_fn {
+    ($module:expr, $name:expr, $func:expr) => {
+        FuncRegistration::new($name)
+            .in_internal_namespace()
+            .with_volatility(true)
+            .set_into_module($module, $func)
+    };
+}
+
+fn zoom_module(depth: usize, with_effects: bool) -> Module {
+    let mut module = Module::new();
+    FuncRegistration::new("uuid")
+        .in_internal_namespace()
+        .set_into_module(&mut module, |uuid: ImmutableString| {
+            crate::zoom::uuid::encode_uuid(&uuid)
+        });
+    if !with_effects {
+        return module;
+    }
+    let m = &mut module;
+    effect_fn!(m, "get", move |path: ImmutableString| {
+        perform("zoom.get", json!({"path": path.as_str(), "params": {}}))
+    });
+    effect_fn!(m, "get", move |path: ImmutableString, params: Map| {
+        let params = arg(&params.into(), depth, "params")?;
+        perform("zoom.get", json!({"path": path.as_str(), "params": params}))
+    });
+    effect_fn!(
+        m,
+        "paginate",
+        move |path: ImmutableString, items_key: ImmutableString| {
+            perform(
+                "zoom.paginate",
+                json!({"path": path.as_str(), "items_key": items_key.as_str(), "params": {}}),
+            )
+        }
+    );
+    effect_fn!(
+        m,
+        "paginate",
+        move |path: ImmutableString, items_key: ImmutableString, params: Map| {
+            let params = arg(&params.into(), depth, "params")?;
+            perform(
+                "zoom.paginate",
+                json!({"path": path.as_str(), "items_key": items_key.as_str(), "params": params}),
+            )
+        }
+    );
+    for (name, effect) in [
+        ("post", "zoom.post"),
+        ("patch", "zoom.patch"),
+        ("put", "zoom.put"),
+    ] {
+        effect_fn!(m, name, move |path: ImmutableString, body: Dynamic| {
+            let body = arg(&body, depth, "body")?;
+            perform(
+                effect,
+                json!({"path": path.as_str(), "params": {}, "body": body}),
+            )
+        });
+        effect_fn!(m, name, move |path: ImmutableString,
+                                  params: Map,
+                                  body: Dynamic| {
+            let params = arg(&params.into(), depth, "params")?;
+            let body = arg(&body, depth, "body")?;
+            perform(
+                effect,
+                json!({"path": path.as_str(), "params": params, "body": body}),
+            )
+        });
+    }
+    effect_fn!(m, "delete", move |path: ImmutableString| {
+        perform("zoom.delete", json!({"path": path.as_str(), "params": {}}))
+    });
+    effect_fn!(m, "delete", move |path: ImmutableString, params: Map| {
+        let params = arg(&params.into(), depth, "params")?;
+        perform(
+            "zoom.delete",
+            json!({"path": path.as_str(), "params": params}),
+        )
+    });
+    effect_fn!(
+        m,
+        "download",
+        move |file: Dynamic, dest: ImmutableString| {
+            let file = arg(&file, depth, "file")?;
+            perform(
+                "zoom.download",
+                json!({"file": file, "dest": dest.as_str()}),
+            )
+        }
+    );
+    module
+}
+
+fn slack_module(depth: usize) -> Module {
+    let mut module = Module::new();
+    let m = &mut module;
+    effect_fn!(m, "post", move |channel: ImmutableString, text: Dynamic| {
+        perform(
+            "slack.post",
+            json!({"channel": channel.as_str(), "text": text_of(&text)}),
+        )
+    });
+    effect_fn!(m, "post", move |message: Map| {
+        let message = arg(&message.into(), depth, "message")?;
+        perform("slack.post", message)
+    });
+    effect_fn!(
+        m,
+        "webhook",
+        move |name: ImmutableString, message: Dynamic| {
+            let args = if message.is_map() {
+                json!({"name": name.as_str(), "payload": arg(&message, depth, "payload")?})
+            } else {
+                json!({"name": name.as_str(), "text": text_of(&message)})
+            };
+            perform("slack.webhook", args)
+        }
+    );
+    module
+}
+
+fn email_module(depth: usize) -> Module {
+    let mut module = Module::new();
+    effect_fn!(&mut module, "send", move |message: Map| {
+        let message = arg(&message.into(), depth, "message")?;
+        perform("email.send", message)
+    });
+    module
+}
+
+fn http_module(depth: usize) -> Module {
+    let mut module = Module::new();
+    effect_fn!(&mut module, "request", move |request: Map| {
+        let request = arg(&request.into(), depth, "request")?;
+        perform("http.request", request)
+    });
+    module
+}
+
+fn log_module() -> Module {
+    let mut module = Module::new();
+    for level in ["info", "warn", "error"] {
+        effect_fn!(&mut module, level, move |message: Dynamic| {
+            write_log(level, text_of(&message));
+        });
+    }
+    module
+}
+
+fn state_module(depth: usize) -> Module {
+    let mut module = Module::new();
+    let m = &mut module;
+    effect_fn!(m, "get", move |key: ImmutableString| {
+        perform("state.get", json!({"key": key.as_str()}))
+    });
+    effect_fn!(m, "set", move |key: ImmutableString, value: Dynamic| {
+        let value = arg(&value, depth, "value")?;
+        perform("state.set", json!({"key": key.as_str(), "value": value}))
+    });
+    effect_fn!(m, "set", move |key: ImmutableString,
+                               value: Dynamic,
+                               ttl: Dynamic| {
+        let value = arg(&value, depth, "value")?;
+        let ttl = ttl_seconds(&ttl)?;
+        perform(
+            "state.set",
+            json!({"key": key.as_str(), "value": value, "ttl": ttl}),
+        )
+    });
+    module
+}
+
+fn now() -> HostResult {
+    let effects = current_effects().ok_or_else(|| not_in_run("now"))?;
+    Ok(effects.now().to_rfc3339().into())
+}
+
+/// Performs one effect for the current run, throwing its error into the script.
+fn perform(effect: &str, args: Value) -> HostResult {
+    let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
+    match effects.call(effect, args) {
+        Ok(answer) => from_json(&answer).map_err(|message| runtime(format!("{effect}: {message}"))),
+        Err(error) => {
+            let thrown = effect_error_value(&error);
+            note_thrown(error);
+            Err(Box::new(EvalAltResult::ErrorRuntime(
+                thrown,
+                rhai::Position::NONE,
+            )))
+        }
+    }
+}
+
+/// The map a script catches for an effect error.
+pub(crate) fn effect_error_value(error: &EffectError) -> Dynamic {
+    let mut map = Map::new();
+    map.insert("effect".into(), error.effect.clone().into());
+    let kind = serde_json::to_value(error.kind)
+        .ok()
+        .and_then(|kind| kind.as_str().map(str::to_string))
+        .unwrap_or_default();
+    map.insert("kind".into(), kind.into());
+    map.insert("message".into(), error.message.clone().into());
+    let code = error
+        .code
+        .as_ref()
+        .and_then(|code| from_json(code).ok())
+        .unwrap_or(Dynamic::UNIT);
+    map.insert("code".into(), code);
+    let status = error
+        .status
+        .map_or(Dynamic::UNIT, |status| Dynamic::from_int(status.into()));
+    map.insert("status".into(), status);
+    Dynamic::from_map(map)
+}
+
+fn arg(value: &Dynamic, depth: usize, what: &str) -> Result<Value, Box<EvalAltResult>> {
+    to_json(value, depth, what).map_err(runtime)
+}
+
+fn ttl_seconds(ttl: &Dynamic) -> Result<u64, Box<EvalAltResult>> {
+    if let Ok(seconds) = ttl.as_int() {
+        return u64::try_from(seconds)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| runtime(format!("ttl must be positive, got {seconds}")));
+    }
+    let text = ttl.to_string();
+    parse_duration(&text)
+        .map(|d| d.as_secs().max(1))
+        .ok_or_else(|| {
+            runtime(format!(
+                "invalid ttl `{text}`: use seconds or a duration such as \"5m\""
+            ))
+        })
+}
+
+/// A value as log or message text: strings as they are, others printed.
+fn text_of(value: &Dynamic) -> String {
+    if let Some(text) = value.read_lock::<ImmutableString>() {
+        return text.to_string();
+    }
+    if exceeds_depth(value, 32) {
+        return "[a value nested too deeply to print]".to_string();
+    }
+    value.to_string()
+}
+
+fn write_log(level: &str, mut message: String) {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_LOG_CHARS) {
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    match current_effects() {
+        Some(effects) => effects.log(level, message),
+        None => tracing::debug!(level, "script log outside a run: {message}"),
+    }
+}
+
+fn not_in_run(effect: &str) -> Box<EvalAltResult> {
+    runtime(format!(
+        "{effect} is only available while a rule runs, not while scripts load"
+    ))
+}
+
+fn runtime(message: String) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(
+        message.into(),
+        rhai::Position::NONE,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::EffectErrorKind;
+
+    #[test]
+    fn effect_errors_become_maps() {
+        let mut error = EffectError::new("zoom.get", EffectErrorKind::Permanent, "not found");
+        error.status = Some(404);
+        error.code = Some(json!(3001));
+        let value = effect_error_value(&error);
+        let map = value.read_lock::<Map>().unwrap();
+        assert_eq!(map["effect"].to_string(), "zoom.get");
+        assert_eq!(map["kind"].to_string(), "permanent");
+        assert_eq!(map["message"].to_string(), "not found");
+        assert_eq!(map["status"].as_int().unwrap(), 404);
+        assert_eq!(map["code"].as_int().unwrap(), 3001);
+    }
+
+    #[test]
+    fn reads_ttls_as_seconds_or_durations() {
+        assert_eq!(ttl_seconds(&Dynamic::from_int(30)).unwrap(), 30);
+        assert_eq!(ttl_seconds(&Dynamic::from("5m")).unwrap(), 300);
+        assert!(ttl_seconds(&Dynamic::from_int(0)).is_err());
+        assert!(ttl_seconds(&Dynamic::from("soon")).is_err());
+    }
+
+    #[test]
+    fn host_functions_refuse_to_run_outside_a_run() {
+        let mut engine = Engine::new();
+        register_script_functions(&mut engine, 8);
+        let error = engine.run(r##"slack::post("#a", "hi")"##).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("slack.post is only available while a rule runs"),
+            "{error}"
+        );
+        let uuid: String = engine.eval(r#"zoom::uuid("/ab==")"#).unwrap();
+        assert_eq!(uuid, "%252Fab%253D%253D");
+    }
+}

@@ -1,0 +1,292 @@
+//! The sandbox's limits: how much a script may compute, nest, allocate and
+//! import, how long a condition may take, and the threads scripts run on.
+//!
+//! These are configuration (read by serde, unknown keys refused); the engine
+//! constructor reads them through [`SandboxLimits::effective`], which replaces
+//! zeros and out-of-range values with safe ones. That matters because for most
+//! of Rhai's limits 0 means *unlimited*, and because a call depth above 32
+//! can overflow the native stack and abort the whole process.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The deepest script call stack allowed, whatever the configuration says.
+pub const MAX_CALL_LEVELS_CAP: usize = 32;
+/// Call depth of conditions: they run on the caller's (possibly small) stack.
+pub const CONDITION_MAX_CALL_LEVELS: usize = 8;
+/// Expression depth of conditions, at the top level and inside closures.
+pub const CONDITION_MAX_EXPR_DEPTH: usize = 32;
+pub const CONDITION_MAX_FUNCTION_EXPR_DEPTH: usize = 16;
+/// Array and map sizes in conditions. A nested value `[[[...]]]` is as deep
+/// as it is large, and conditions run on the caller's stack, so these stay
+/// small; values injected by the host (the event) are not counted.
+pub const CONDITION_MAX_COLLECTION_SIZE: usize = 1_000;
+/// The smallest stack a script thread gets, whatever the configuration says.
+pub const MIN_STACK_SIZE: usize = 4 * 1024 * 1024;
+/// The largest stack a script thread gets (address space, mostly untouched).
+pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
+
+/// Limits of the script sandbox. Every field has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxLimits {
+    /// Rhai operations per run (each statement, expression and call counts).
+    pub max_operations: u64,
+    /// Depth of script function calls; at most 32.
+    pub max_call_levels: usize,
+    /// Nesting depth of expressions at the top level of a script.
+    pub max_expr_depth: usize,
+    /// Nesting depth of expressions inside functions.
+    pub max_function_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Items in one array (nested arrays included) or bytes in one BLOB.
+    pub max_array_size: usize,
+    /// Properties in one object map (nested maps included).
+    pub max_map_size: usize,
+    /// Modules one run may import.
+    pub max_modules: usize,
+    /// Variables alive at one time.
+    pub max_variables: usize,
+    /// Nesting depth of a value given to a host function or returned by a script.
+    pub max_value_depth: usize,
+    /// Wall-clock time one `when:` or `key:` expression may take.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub condition_timeout: Duration,
+    /// Wall-clock time for evaluating one module's top-level code at load.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub load_timeout: Duration,
+    /// Native stack of each script thread, in bytes (or "64MiB").
+    #[serde(deserialize_with = "deserialize_bytes")]
+    pub stack_size: usize,
+    /// Script threads.
+    pub pool_threads: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> SandboxLimits {
+        SandboxLimits {
+            max_operations: 5_000_000,
+            max_call_levels: MAX_CALL_LEVELS_CAP,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 1024 * 1024,
+            max_array_size: 50_000,
+            max_map_size: 50_000,
+            max_modules: 32,
+            max_variables: 1_000,
+            max_value_depth: 64,
+            condition_timeout: Duration::from_millis(50),
+            load_timeout: Duration::from_secs(5),
+            stack_size: 64 * 1024 * 1024,
+            pool_threads: default_pool_threads(),
+        }
+    }
+}
+
+impl SandboxLimits {
+    /// The limits the engine applies: zeros become the default (Rhai reads 0
+    /// as unlimited), the call depth is capped at 32, the stack size is kept
+    /// between 4 MiB and 1 GiB, and at least one thread runs scripts.
+    pub fn effective(&self) -> SandboxLimits {
+        let default = SandboxLimits::default();
+        SandboxLimits {
+            max_operations: nonzero(self.max_operations, default.max_operations),
+            max_call_levels: nonzero(self.max_call_levels, default.max_call_levels)
+                .min(MAX_CALL_LEVELS_CAP),
+            max_expr_depth: nonzero(self.max_expr_depth, default.max_expr_depth),
+            max_function_expr_depth: nonzero(
+                self.max_function_expr_depth,
+                default.max_function_expr_depth,
+            ),
+            max_string_size: nonzero(self.max_string_size, default.max_string_size),
+            max_array_size: nonzero(self.max_array_size, default.max_array_size),
+            max_map_size: nonzero(self.max_map_size, default.max_map_size),
+            max_modules: nonzero(self.max_modules, default.max_modules),
+            max_variables: nonzero(self.max_variables, default.max_variables),
+            max_value_depth: nonzero(self.max_value_depth, default.max_value_depth),
+            condition_timeout: nonzero_duration(self.condition_timeout, default.condition_timeout),
+            load_timeout: nonzero_duration(self.load_timeout, default.load_timeout),
+            stack_size: nonzero(self.stack_size, default.stack_size)
+                .clamp(MIN_STACK_SIZE, MAX_STACK_SIZE),
+            pool_threads: nonzero(self.pool_threads, default.pool_threads),
+        }
+    }
+}
+
+fn default_pool_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
+}
+
+fn nonzero<T: PartialEq + Default>(value: T, default: T) -> T {
+    if value == T::default() {
+        default
+    } else {
+        value
+    }
+}
+
+fn nonzero_duration(value: Duration, default: Duration) -> Duration {
+    if value.is_zero() { default } else { value }
+}
+
+/// Parses `250ms`, `2s`, `5m`, `1h`, `1d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).ok()
+}
+
+/// Formats a duration the way [`parse_duration`] reads it: `50ms`, `2s`, `1.5s`.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        format!("{millis}ms")
+    } else if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{}s", duration.as_secs_f64())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(seconds) => Ok(Duration::from_secs(seconds)),
+        NumberOrText::Text(text) => parse_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`, expected a number with a unit such as 50ms, 2s or 5m"
+            ))
+        }),
+    }
+}
+
+fn deserialize_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let invalid = |text: &str| {
+        serde::de::Error::custom(format!(
+            "invalid size `{text}`, expected bytes or a size such as 512KiB or 64MiB"
+        ))
+    };
+    match NumberOrText::deserialize(deserializer)? {
+        NumberOrText::Number(bytes) => usize::try_from(bytes).map_err(|_| invalid("too large")),
+        NumberOrText::Text(text) => parse_bytes(&text).ok_or_else(|| invalid(&text)),
+    }
+}
+
+fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_become_safe_defaults_and_call_depth_is_capped() {
+        let zeros = SandboxLimits {
+            max_operations: 0,
+            max_call_levels: 1000,
+            max_expr_depth: 0,
+            max_function_expr_depth: 0,
+            max_string_size: 0,
+            max_array_size: 0,
+            max_map_size: 0,
+            max_modules: 0,
+            max_variables: 0,
+            max_value_depth: 0,
+            condition_timeout: Duration::ZERO,
+            load_timeout: Duration::ZERO,
+            stack_size: 1,
+            pool_threads: 0,
+        };
+        let effective = zeros.effective();
+        let default = SandboxLimits::default();
+        assert_eq!(effective.max_operations, default.max_operations);
+        assert_eq!(effective.max_call_levels, 32);
+        assert_eq!(effective.max_string_size, default.max_string_size);
+        assert_eq!(effective.max_array_size, default.max_array_size);
+        assert_eq!(effective.max_map_size, default.max_map_size);
+        assert_eq!(effective.max_modules, default.max_modules);
+        assert_eq!(effective.max_variables, default.max_variables);
+        assert_eq!(effective.max_value_depth, default.max_value_depth);
+        assert_eq!(effective.condition_timeout, Duration::from_millis(50));
+        assert_eq!(effective.stack_size, MIN_STACK_SIZE);
+        assert!(effective.pool_threads >= 1);
+    }
+
+    #[test]
+    fn defaults_are_their_own_effective_values() {
+        let default = SandboxLimits::default();
+        assert_eq!(default.effective(), default);
+        assert!(default.max_call_levels <= MAX_CALL_LEVELS_CAP);
+    }
+
+    #[test]
+    fn reads_durations_and_sizes_and_refuses_unknown_keys() {
+        let limits: SandboxLimits = serde_json::from_str(
+            r#"{"condition_timeout": "20ms", "load_timeout": 3, "stack_size": "32MiB", "max_operations": 10}"#,
+        )
+        .unwrap();
+        assert_eq!(limits.condition_timeout, Duration::from_millis(20));
+        assert_eq!(limits.load_timeout, Duration::from_secs(3));
+        assert_eq!(limits.stack_size, 32 * 1024 * 1024);
+        assert_eq!(limits.max_operations, 10);
+        assert_eq!(limits.max_map_size, SandboxLimits::default().max_map_size);
+
+        let unknown = serde_json::from_str::<SandboxLimits>(r#"{"max_ops": 1}"#).unwrap_err();
+        assert!(unknown.to_string().contains("max_ops"), "{unknown}");
+        let bad =
+            serde_json::from_str::<SandboxLimits>(r#"{"condition_timeout": "soon"}"#).unwrap_err();
+        assert!(bad.to_string().contains("invalid duration `soon`"), "{bad}");
+    }
+
+    #[test]
+    fn parses_and_formats_durations() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("5 weeks"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(format_duration(Duration::from_millis(50)), "50ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+    }
+}

@@ -1,0 +1,226 @@
+//! The threads scripts run on: a fixed number of std threads with a large
+//! native stack, fed by a bounded queue, answering through a oneshot.
+//!
+//! Scripts block (an effect waits on the runtime) and recurse (Rhai evaluates
+//! by recursion, and a deep value is cloned and dropped by recursion), so they
+//! never run on the async reactor and never on a default-sized stack. A full
+//! queue makes `run` wait, which slows intake instead of filling memory. Each
+//! job installs its run (deadline, cancel flag, effects) in the worker's
+//! thread-locals; a panic in a job is caught, becomes that job's error, and
+//! leaves the worker serving the next job.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::{AST, Dynamic};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{Evaluation, ScriptError, script_error};
+use super::limits::MIN_STACK_SIZE;
+use super::run::{ActiveRun, enter_run, take_thrown};
+use super::{Sandbox, panic_text, run_scope};
+use crate::effects::gateway::RunEffects;
+
+/// Jobs that may wait in the queue, per thread.
+const QUEUE_PER_THREAD: usize = 4;
+/// How long `run` waits past a job's deadline for the worker to notice it.
+const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// One script run to execute.
+pub struct ScriptJob {
+    pub sandbox: Arc<Sandbox>,
+    pub ast: Arc<AST>,
+    pub event: Dynamic,
+    pub meta: Dynamic,
+    pub vars: Dynamic,
+    pub effects: Arc<RunEffects>,
+    /// The whole run's wall-clock deadline.
+    pub deadline: Instant,
+    /// Set by the caller to stop the run at its next check.
+    pub cancel: Arc<AtomicBool>,
+}
+
+struct Work {
+    job: ScriptJob,
+    /// Deadline minus submission time, for the timeout message.
+    timeout: Duration,
+    /// Set when `run` stopped waiting for the answer.
+    abandoned: Arc<AtomicBool>,
+    reply: oneshot::Sender<Result<Dynamic, ScriptError>>,
+}
+
+/// A bounded pool of script threads.
+pub struct ScriptPool {
+    sender: mpsc::Sender<Work>,
+    threads: usize,
+    spawn_error: Option<String>,
+}
+
+impl std::fmt::Debug for ScriptPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptPool")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScriptPool {
+    /// Starts `threads` threads (at least one) with `stack_size` bytes of
+    /// stack each (at least 4 MiB), and a queue of four jobs per thread.
+    pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
+        let threads = threads.max(1);
+        ScriptPool::with_queue(threads, stack_size, threads * QUEUE_PER_THREAD)
+    }
+
+    /// Like [`ScriptPool::new`] with an explicit queue capacity.
+    pub fn with_queue(threads: usize, stack_size: usize, queue: usize) -> ScriptPool {
+        let (sender, receiver) = mpsc::channel(queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        let mut spawn_error = None;
+        for index in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("zoomwire-script-{index}"))
+                .stack_size(stack_size.max(MIN_STACK_SIZE))
+                .spawn(move || serve(&receiver));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot start a script thread");
+                    spawn_error = Some(error.to_string());
+                }
+            }
+        }
+        ScriptPool {
+            sender,
+            threads: started,
+            spawn_error,
+        }
+    }
+
+    /// Threads that started.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs a job on a script thread and waits for its result. Waits for
+    /// room in the queue at most until the job's deadline.
+    pub async fn run(&self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
+        if self.threads == 0 {
+            let why = self.spawn_error.as_deref().unwrap_or("none was started");
+            return Err(ScriptError::runtime(format!(
+                "no script thread is running: {why}"
+            )));
+        }
+        let deadline = job.deadline;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut abandon_on_drop = AbandonOnDrop(Some(abandoned.clone()));
+        let (reply, answer) = oneshot::channel();
+        let work = Work {
+            job,
+            timeout,
+            abandoned,
+            reply,
+        };
+        let queue_deadline = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(queue_deadline, self.sender.send(work)).await {
+            Err(_) => return Err(ScriptError::Timeout { after: timeout }),
+            Ok(Err(_)) => return Err(ScriptError::runtime("the script pool has shut down")),
+            Ok(Ok(())) => {}
+        }
+        let answer_deadline = queue_deadline + DEADLINE_GRACE;
+        match tokio::time::timeout_at(answer_deadline, answer).await {
+            Ok(Ok(result)) => {
+                abandon_on_drop.disarm();
+                result
+            }
+            Ok(Err(_)) => Err(ScriptError::runtime(
+                "the script thread stopped before answering",
+            )),
+            Err(_) => Err(ScriptError::Timeout { after: timeout }),
+        }
+    }
+}
+
+/// Tells the worker its caller is gone (dropped or timed out).
+struct AbandonOnDrop(Option<Arc<AtomicBool>>);
+
+impl AbandonOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A worker: takes jobs until the pool is dropped.
+fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
+    loop {
+        let work = {
+            // Poisoning needs a panic while holding the lock, which `blocking_recv` does not do.
+            let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+            receiver.blocking_recv()
+        };
+        let Some(work) = work else {
+            return;
+        };
+        if work.reply.is_closed() {
+            continue;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| execute(&work))).unwrap_or_else(|panic| {
+            Err(ScriptError::runtime(format!(
+                "internal error: the script run panicked: {}",
+                panic_text(panic.as_ref())
+            )))
+        });
+        let Work { job, reply, .. } = work;
+        // The job's values are dropped here, on the large stack.
+        drop(job);
+        let _ = reply.send(result);
+    }
+}
+
+fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
+    let job = &work.job;
+    if job.cancel.load(Ordering::Relaxed) || work.abandoned.load(Ordering::Relaxed) {
+        return Err(ScriptError::Cancelled);
+    }
+    if Instant::now() >= job.deadline {
+        return Err(ScriptError::Timeout {
+            after: work.timeout,
+        });
+    }
+    let _run = enter_run(ActiveRun {
+        deadline: job.deadline,
+        cancel: job.cancel.clone(),
+        abandoned: work.abandoned.clone(),
+        effects: Some(job.effects.clone()),
+        thrown: Vec::new(),
+    });
+    let engine = job.sandbox.script_engine();
+    let mut scope = run_scope(&job.event, &job.meta, &job.vars);
+    let outcome = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast);
+    drop(scope);
+    let thrown = take_thrown();
+    match outcome {
+        Ok(value) => job.sandbox.check_result_depth(value),
+        Err(error) => Err(script_error(
+            engine,
+            error,
+            Evaluation::Script {
+                timeout: work.timeout,
+            },
+            &thrown,
+        )),
+    }
+}

@@ -1,0 +1,349 @@
+//! The simulator's seeded Zoom account: users, past meetings (one with a
+//! UUID that begins with `/`, one that contains `//`), their participants
+//! (enough for several pages) and cloud recordings whose download URLs point
+//! back at the simulator.
+//!
+//! The seed is deterministic, so tests can name what they expect through the
+//! constants below. Objects are kept as JSON in Zoom's shapes; the REST
+//! handlers page through them and edit them.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+use super::SimConfig;
+
+/// The account owner, host of most meetings.
+pub const HOST_USER_ID: &str = "hU7x2QeLSmOa3kP9rT1bYw";
+pub const HOST_EMAIL: &str = "host@example.com";
+/// A second licensed user.
+pub const ALICE_USER_ID: &str = "kX9pL3mN5qR7sT1vW3yZ5a";
+pub const ALICE_EMAIL: &str = "alice@example.com";
+/// The meeting of the sample events in `examples/events`, with a recording.
+pub const WEEKLY_SYNC_ID: u64 = 85512345678;
+pub const WEEKLY_SYNC_UUID: &str = "pE3zGv9tRkyZ1mWqf0b2Kw==";
+/// A meeting whose UUID begins with `/`: found only when double-encoded.
+pub const SLASH_MEETING_ID: u64 = 85587654321;
+pub const SLASH_UUID: &str = "/aB3dE5gH7jK9mN1pQ3sT5v==";
+/// A meeting whose UUID contains `//`: found only when double-encoded.
+pub const DOUBLE_SLASH_MEETING_ID: u64 = 85511122233;
+pub const DOUBLE_SLASH_UUID: &str = "Zx8//yW6vU4tS2rQ0pO8nM==";
+/// A meeting without a cloud recording.
+pub const NO_RECORDING_MEETING_ID: u64 = 85544455566;
+
+/// One seeded meeting and everything hanging off it.
+#[derive(Debug, Clone)]
+pub(crate) struct Meeting {
+    pub id: u64,
+    pub uuid: String,
+    pub host_id: String,
+    /// What `GET /meetings/{id}` answers.
+    pub object: Value,
+    pub participants: Vec<Value>,
+    /// What `GET /meetings/{id}/recordings` answers, with `recording_files`.
+    pub recording: Option<Value>,
+    pub deleted: bool,
+}
+
+/// The seeded account, mutable through PATCH and DELETE.
+#[derive(Debug, Clone)]
+pub(crate) struct SimData {
+    pub account_id: String,
+    pub users: Vec<Value>,
+    pub meetings: Vec<Meeting>,
+}
+
+fn user(id: &str, email: &str, first: &str, last: &str, role: &str) -> Value {
+    json!({
+        "id": id,
+        "email": email,
+        "first_name": first,
+        "last_name": last,
+        "display_name": format!("{first} {last}"),
+        "type": 2,
+        "role_name": role,
+        "status": "active",
+        "timezone": "Europe/Berlin",
+        "language": "en-US",
+        "dept": "",
+        "pmi": 5551234567u64,
+        "verified": 1,
+        "created_at": "2023-01-10T09:00:00Z",
+    })
+}
+
+fn iso(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn participants(count: usize, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            let n = i + 1;
+            let join = start + Duration::seconds(i as i64 % 300);
+            let stay = 600 + (i as i64 * 37) % 3000;
+            json!({
+                "id": format!("pt{seed:x}{n:05}"),
+                "user_id": format!("{}", 16_778_240 + n),
+                "name": format!("Participant {n:03}"),
+                "user_email": format!("participant{n:03}@example.com"),
+                "join_time": iso(join),
+                "leave_time": iso(join + Duration::seconds(stay)),
+                "duration": stay,
+                "failover": false,
+                "status": "in_meeting",
+                "registrant_id": "",
+            })
+        })
+        .collect()
+}
+
+struct MeetingSeed {
+    id: u64,
+    uuid: &'static str,
+    host_id: &'static str,
+    host_email: &'static str,
+    topic: &'static str,
+    start: &'static str,
+    duration: i64,
+    recorded: bool,
+}
+
+const SEEDS: [MeetingSeed; 4] = [
+    MeetingSeed {
+        id: WEEKLY_SYNC_ID,
+        uuid: WEEKLY_SYNC_UUID,
+        host_id: HOST_USER_ID,
+        host_email: HOST_EMAIL,
+        topic: "Weekly Sync",
+        start: "2024-11-19T07:06:40Z",
+        duration: 60,
+        recorded: true,
+    },
+    MeetingSeed {
+        id: SLASH_MEETING_ID,
+        uuid: SLASH_UUID,
+        host_id: HOST_USER_ID,
+        host_email: HOST_EMAIL,
+        topic: "Board Review",
+        start: "2024-11-18T13:00:00Z",
+        duration: 90,
+        recorded: true,
+    },
+    MeetingSeed {
+        id: DOUBLE_SLASH_MEETING_ID,
+        uuid: DOUBLE_SLASH_UUID,
+        host_id: ALICE_USER_ID,
+        host_email: ALICE_EMAIL,
+        topic: "Design Crit",
+        start: "2024-11-15T10:30:00Z",
+        duration: 45,
+        recorded: true,
+    },
+    MeetingSeed {
+        id: NO_RECORDING_MEETING_ID,
+        uuid: "Qw1eR3tY5uI7oP9aS1dF3g==",
+        host_id: ALICE_USER_ID,
+        host_email: ALICE_EMAIL,
+        topic: "Alice and Bob 1:1",
+        start: "2024-11-14T16:00:00Z",
+        duration: 30,
+        recorded: false,
+    },
+];
+
+fn recording_file(
+    seed: &MeetingSeed,
+    kind: &str,
+    size: u64,
+    start: DateTime<Utc>,
+    base_url: &str,
+) -> Value {
+    let file_id = format!("rec-{}-{}", seed.id, kind.to_ascii_lowercase());
+    let end = start + Duration::minutes(seed.duration);
+    json!({
+        "id": file_id,
+        "meeting_id": seed.uuid,
+        "recording_start": iso(start),
+        "recording_end": iso(end),
+        "file_type": kind,
+        "file_extension": kind,
+        "file_size": size,
+        "play_url": format!("{base_url}/rec/play/{file_id}"),
+        "download_url": format!("{base_url}/rec/download/{file_id}"),
+        "status": "completed",
+        "recording_type": if kind == "MP4" { "shared_screen_with_speaker_view" } else { "audio_only" },
+    })
+}
+
+fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u64) -> Meeting {
+    // Cannot fail: the seed times are literals in RFC 3339.
+    let start = DateTime::parse_from_rfc3339(seed.start)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default();
+    let object = json!({
+        "uuid": seed.uuid,
+        "id": seed.id,
+        "host_id": seed.host_id,
+        "host_email": seed.host_email,
+        "assistant_id": "",
+        "topic": seed.topic,
+        "type": 2,
+        "status": "waiting",
+        "start_time": iso(start),
+        "duration": seed.duration,
+        "timezone": "Europe/Berlin",
+        "agenda": "",
+        "created_at": iso(start - Duration::days(3)),
+        "join_url": format!("{base_url}/j/{}", seed.id),
+        "password": "",
+        "settings": {
+            "host_video": true,
+            "participant_video": false,
+            "join_before_host": false,
+            "mute_upon_entry": true,
+            "waiting_room": true,
+            "auto_recording": "cloud",
+        },
+    });
+    let recording = seed.recorded.then(|| {
+        let mp4 = config.recording_file_size;
+        let m4a = (mp4 / 8).max(1);
+        let files = vec![
+            recording_file(seed, "MP4", mp4, start, base_url),
+            recording_file(seed, "M4A", m4a, start, base_url),
+        ];
+        json!({
+            "uuid": seed.uuid,
+            "id": seed.id,
+            "account_id": config.account_id,
+            "host_id": seed.host_id,
+            "topic": seed.topic,
+            "type": 2,
+            "start_time": iso(start),
+            "timezone": "Europe/Berlin",
+            "duration": seed.duration,
+            "total_size": mp4 + m4a,
+            "recording_count": 2,
+            "share_url": format!("{base_url}/rec/share/{}", seed.id),
+            "recording_play_passcode": "sim-passcode",
+            "recording_files": files,
+        })
+    });
+    Meeting {
+        id: seed.id,
+        uuid: seed.uuid.to_string(),
+        host_id: seed.host_id.to_string(),
+        object,
+        participants: participants(config.participants_per_meeting, start, index),
+        recording,
+        deleted: false,
+    }
+}
+
+impl SimData {
+    pub fn seed(config: &SimConfig, base_url: &str) -> SimData {
+        SimData {
+            account_id: config.account_id.clone(),
+            users: vec![
+                user(HOST_USER_ID, HOST_EMAIL, "Hana", "Host", "Owner"),
+                user(ALICE_USER_ID, ALICE_EMAIL, "Alice", "Admin", "Admin"),
+                user(
+                    "bT5nV7cX9zL1kJ3hG5fD7s",
+                    "bob@example.com",
+                    "Bob",
+                    "Member",
+                    "Member",
+                ),
+            ],
+            meetings: SEEDS
+                .iter()
+                .enumerate()
+                .map(|(i, seed)| seed_meeting(seed, config, base_url, i as u64 + 1))
+                .collect(),
+        }
+    }
+
+    /// File id -> size of every seeded recording file.
+    pub fn download_sizes(&self) -> HashMap<String, u64> {
+        self.meetings
+            .iter()
+            .filter_map(|m| m.recording.as_ref())
+            .filter_map(|r| r["recording_files"].as_array())
+            .flatten()
+            .filter_map(|f| Some((f["id"].as_str()?.to_string(), f["file_size"].as_u64()?)))
+            .collect()
+    }
+
+    /// A user by id, by email, or `me` (the account owner).
+    pub fn user(&self, user_id: &str) -> Option<&Value> {
+        if user_id == "me" {
+            return self.users.first();
+        }
+        self.users.iter().find(|u| {
+            u["id"] == user_id
+                || u["email"]
+                    .as_str()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(user_id))
+        })
+    }
+
+    /// A live meeting by numeric id or (decoded) UUID.
+    pub fn meeting_mut(&mut self, id_or_uuid: &str) -> Option<&mut Meeting> {
+        let numeric = id_or_uuid.parse::<u64>().ok();
+        self.meetings
+            .iter_mut()
+            .filter(|m| !m.deleted)
+            .find(|m| Some(m.id) == numeric || m.uuid == id_or_uuid)
+    }
+
+    pub fn recording_completed_event(
+        &self,
+        meeting_id: u64,
+        download_token: &str,
+    ) -> Option<Value> {
+        let meeting = self.meetings.iter().find(|m| m.id == meeting_id)?;
+        let mut object = meeting.recording.clone()?;
+        object["host_email"] = meeting.object["host_email"].clone();
+        Some(json!({
+            "event": "recording.completed",
+            "event_ts": Utc::now().timestamp_millis(),
+            "download_token": download_token,
+            "payload": { "account_id": self.account_id, "object": object },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_has_the_awkward_uuids_and_downloadable_files() {
+        let data = SimData::seed(&SimConfig::default(), "http://127.0.0.1:1");
+        let uuids: Vec<_> = data.meetings.iter().map(|m| m.uuid.as_str()).collect();
+        assert!(uuids.iter().any(|u| u.starts_with('/')));
+        assert!(uuids.iter().any(|u| u.contains("//")));
+        let sizes = data.download_sizes();
+        assert_eq!(sizes.get("rec-85512345678-mp4"), Some(&(8 * 1024 * 1024)));
+        assert_eq!(data.meetings[0].participants.len(), 650);
+    }
+
+    #[test]
+    fn recording_event_points_at_the_simulator() {
+        let data = SimData::seed(&SimConfig::default(), "http://127.0.0.1:1");
+        let event = data
+            .recording_completed_event(WEEKLY_SYNC_ID, "dl")
+            .unwrap();
+        assert_eq!(event["download_token"], "dl");
+        let url = event["payload"]["object"]["recording_files"][0]["download_url"]
+            .as_str()
+            .unwrap();
+        assert!(url.starts_with("http://127.0.0.1:1/rec/download/"));
+        assert!(
+            data.recording_completed_event(NO_RECORDING_MEETING_ID, "dl")
+                .is_none()
+        );
+    }
+}

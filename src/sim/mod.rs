@@ -1,0 +1,403 @@
+//! The Zoom simulator: one axum server on loopback that speaks the parts of
+//! Zoom (and Slack) zoomwire talks to, so that every test and `zoomwire demo`
+//! run against the real wire protocol without credentials.
+//!
+//! It serves the Server-to-Server OAuth token endpoint (`oauth`), the
+//! WebSocket event subscription (`websocket`), the REST API under `/v2`
+//! (`rest`, seeded from `data`), Slack's Web API and incoming webhooks
+//! (`slack`) and recording downloads (`download`). Tests steer it either
+//! in-process through [`SimHandle`] or over HTTP through the control API under
+//! `/_sim/` (`control`): emit events, drop or stall connections, expire
+//! tokens, inject 429/5xx faults and delays (`faults`), and read back every
+//! request it saw (`record`).
+
+mod control;
+pub mod data;
+pub mod download;
+mod faults;
+mod oauth;
+mod record;
+mod rest;
+mod slack;
+mod state;
+mod websocket;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::task::JoinHandle;
+
+/// How long [`SimHandle::shutdown`] lets open responses finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+pub use faults::{Fault, FaultKind, RateLimitType, RetryAfter};
+pub use record::{RecordedRequest, SlackPost};
+pub use state::ConnectionRecord;
+
+use state::SimState;
+
+/// What the simulator accepts and how it behaves. `Default` gives fixed,
+/// documented credentials and Zoom's real lifetimes.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Where to listen; `127.0.0.1:0` picks a free port.
+    pub addr: SocketAddr,
+    pub account_id: String,
+    pub client_id: String,
+    /// A test credential, not a secret; still kept out of `Debug`.
+    pub client_secret: String,
+    /// How long an issued access token stays valid (Zoom: one hour).
+    pub token_lifetime: Duration,
+    /// Subscriptions the WebSocket endpoint accepts.
+    pub subscription_ids: Vec<String>,
+    /// Content of the frame sent when a connection's token expires.
+    pub invalid_token_text: String,
+    /// Module of that frame (unconfirmed in Zoom's documentation).
+    pub invalid_token_module: String,
+    /// Close a connection whose client sent nothing for this long.
+    pub silent_client_timeout: Option<Duration>,
+    pub slack_bot_token: String,
+    /// Slack channels that exist (names without `#`); channel ids `C…` always exist.
+    pub slack_channels: Vec<String>,
+    /// The `download_token` that authorises recording downloads.
+    pub download_token: String,
+    /// Size of each seeded MP4 recording file (the M4A is an eighth of it).
+    pub recording_file_size: u64,
+    /// Participants seeded per past meeting (enough for several pages).
+    pub participants_per_meeting: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            account_id: "sim-account".into(),
+            client_id: "sim-client-id".into(),
+            client_secret: "sim-client-secret".into(),
+            token_lifetime: Duration::from_secs(3600),
+            subscription_ids: vec!["sim-subscription".into()],
+            invalid_token_text: "Invalid Token".into(),
+            invalid_token_module: "message".into(),
+            silent_client_timeout: None,
+            slack_bot_token: "xoxb-sim-bot-token".into(),
+            slack_channels: ["general", "recordings", "ops", "alerts", "random"]
+                .map(String::from)
+                .to_vec(),
+            download_token: "sim-download-token".into(),
+            recording_file_size: 8 * 1024 * 1024,
+            participants_per_meeting: 650,
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("addr", &self.addr)
+            .field("account_id", &self.account_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("token_lifetime", &self.token_lifetime)
+            .field("subscription_ids", &self.subscription_ids)
+            .field("silent_client_timeout", &self.silent_client_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("simulator cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("simulator stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running simulator. Dropping it stops the server; [`SimHandle::shutdown`]
+/// also waits for it.
+pub struct SimHandle {
+    state: Arc<SimState>,
+    server: Option<JoinHandle<Result<(), std::io::Error>>>,
+}
+
+/// Starts the simulator on `config.addr` and returns once it accepts connections.
+pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: config.addr,
+        source,
+    })?;
+    let state = Arc::new(SimState::new(config, addr));
+    let router = router(state.clone());
+    let shutdown = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    });
+    Ok(SimHandle {
+        state,
+        server: Some(server),
+    })
+}
+
+/// Runs the simulator until Ctrl-C, after printing its base URLs and
+/// credentials as environment lines a user can paste.
+pub async fn serve_forever(config: SimConfig) -> Result<(), SimError> {
+    let sim = start(config).await?;
+    println!("# zoomwire simulator listening on {}", sim.addr());
+    println!("# paste these lines into .env or your shell, then run zoomwire");
+    println!("{}", sim.env_lines());
+    println!(
+        "# control API: {}/_sim/ (events, frames, drop, stall, expire_tokens, faults, delays, requests, slack_posts, reset)",
+        sim.base_url()
+    );
+    if let Err(error) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %error, "cannot wait for ctrl-c; stopping the simulator");
+    }
+    sim.shutdown().await
+}
+
+fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .merge(oauth::routes())
+        .merge(websocket::routes())
+        .nest("/v2", rest::routes(state.clone()))
+        .merge(slack::routes())
+        .merge(download::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            faults::apply_faults_and_delays,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            record::record_request,
+        ))
+        .nest("/_sim", control::routes())
+        .with_state(state)
+}
+
+impl SimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        self.state.base_url.clone()
+    }
+
+    /// `ZOOM_OAUTH_BASE`: the token endpoint is `{oauth_base}/oauth/token`.
+    pub fn oauth_base(&self) -> String {
+        self.base_url()
+    }
+
+    /// `ZOOM_API_BASE`: `http://addr/v2`.
+    pub fn api_base(&self) -> String {
+        format!("{}/v2", self.state.base_url)
+    }
+
+    /// `ZOOM_WS_BASE`: `ws://addr/ws`.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}/ws", self.state.addr)
+    }
+
+    /// `SLACK_API_BASE`: `http://addr/slack/api`.
+    pub fn slack_api_base(&self) -> String {
+        format!("{}/slack/api", self.state.base_url)
+    }
+
+    /// An incoming-webhook URL; any name is accepted.
+    pub fn slack_webhook_url(&self, name: &str) -> String {
+        format!("{}/slack/webhook/{name}", self.state.base_url)
+    }
+
+    /// The download URL of a recording file (seeded or added with [`Self::add_download`]).
+    pub fn download_url(&self, file_id: &str) -> String {
+        format!("{}/rec/download/{file_id}", self.state.base_url)
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.state.config.account_id
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.state.config.client_id
+    }
+
+    pub fn client_secret(&self) -> &str {
+        &self.state.config.client_secret
+    }
+
+    /// The first accepted subscription id.
+    pub fn subscription_id(&self) -> &str {
+        self.state
+            .config
+            .subscription_ids
+            .first()
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn subscription_ids(&self) -> &[String] {
+        &self.state.config.subscription_ids
+    }
+
+    pub fn slack_bot_token(&self) -> &str {
+        &self.state.config.slack_bot_token
+    }
+
+    pub fn download_token(&self) -> &str {
+        &self.state.config.download_token
+    }
+
+    /// The settings that point zoomwire at this simulator, one `NAME=value` a line.
+    pub fn env_lines(&self) -> String {
+        let config = &self.state.config;
+        [
+            format!("ZOOM_ACCOUNT_ID={}", config.account_id),
+            format!("ZOOM_CLIENT_ID={}", config.client_id),
+            format!("ZOOM_CLIENT_SECRET={}", config.client_secret),
+            format!("ZOOM_SUBSCRIPTION_ID={}", self.subscription_id()),
+            format!("ZOOM_OAUTH_BASE={}", self.oauth_base()),
+            format!("ZOOM_API_BASE={}", self.api_base()),
+            format!("ZOOM_WS_BASE={}", self.ws_base()),
+            format!("SLACK_BOT_TOKEN={}", config.slack_bot_token),
+            format!("SLACK_API_BASE={}", self.slack_api_base()),
+            format!("SLACK_WEBHOOK_URL={}", self.slack_webhook_url("default")),
+        ]
+        .join("\n")
+    }
+
+    /// Issues a valid access token without going through `/oauth/token`.
+    pub fn issue_token(&self) -> String {
+        self.state.issue_token().0
+    }
+
+    /// Sends `event` (a bare Zoom event body) as a `message` frame to the
+    /// subscription's open connection, or to every open connection when
+    /// `subscription` is `None`. Returns how many connections got it.
+    pub fn emit_event(&self, subscription: Option<&str>, event: &serde_json::Value) -> usize {
+        self.state.emit_event(subscription, event)
+    }
+
+    /// Sends `text` verbatim as a text frame (for malformed-frame tests).
+    pub fn emit_raw(&self, subscription: Option<&str>, text: &str) -> usize {
+        self.state.emit_raw(subscription, text)
+    }
+
+    /// Drops the TCP connections without a closing handshake.
+    pub fn drop_connections(&self, subscription: Option<&str>) -> usize {
+        self.state.drop_connections(subscription)
+    }
+
+    /// Stops answering and sending on the connections but keeps TCP open.
+    pub fn stall(&self, subscription: Option<&str>) -> usize {
+        self.state.stall(subscription)
+    }
+
+    /// Expires every issued token now: REST answers 401 code 124 and open
+    /// connections get the invalid-token frame and are closed.
+    pub fn expire_tokens(&self) {
+        self.state.expire_tokens()
+    }
+
+    /// Makes the next `fault.count` requests whose raw path starts with
+    /// `fault.path_prefix` fail as described.
+    pub fn inject_fault(&self, fault: Fault) {
+        self.state.inject_fault(fault)
+    }
+
+    /// Delays every request whose raw path starts with `path_prefix`;
+    /// a zero delay removes it.
+    pub fn set_delay(&self, path_prefix: &str, delay: Duration) {
+        self.state.set_delay(path_prefix, delay)
+    }
+
+    /// Registers (or resizes) a downloadable file of `size` generated bytes.
+    pub fn add_download(&self, file_id: &str, size: u64) {
+        self.state.add_download(file_id, size)
+    }
+
+    /// Every request served so far (control API excluded), secrets removed.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests()
+    }
+
+    /// Every accepted Slack message, API and webhook.
+    pub fn slack_posts(&self) -> Vec<SlackPost> {
+        self.state.slack_posts()
+    }
+
+    /// Every WebSocket connection attempt, open or closed.
+    pub fn connections(&self) -> Vec<ConnectionRecord> {
+        self.state.connections()
+    }
+
+    /// Waits until `subscription` has had at least `accepted` accepted
+    /// connections and one is open; false on timeout.
+    pub async fn wait_for_connections(
+        &self,
+        subscription: &str,
+        accepted: usize,
+        timeout: Duration,
+    ) -> bool {
+        self.state
+            .wait_for_connections(subscription, accepted, timeout)
+            .await
+    }
+
+    /// A `recording.completed` event for a seeded meeting, with download URLs
+    /// pointing at this simulator and its `download_token`.
+    pub fn recording_completed_event(&self, meeting_id: u64) -> Option<serde_json::Value> {
+        self.state.recording_completed_event(meeting_id)
+    }
+
+    /// Forgets requests, Slack posts, faults and delays and reseeds the data.
+    /// Tokens and open connections are kept.
+    pub fn reset(&self) {
+        self.state.reset()
+    }
+
+    /// Stops the server and closes every connection. Responses still
+    /// streaming after a grace period (a stuck download) are cut off.
+    pub async fn shutdown(mut self) -> Result<(), SimError> {
+        self.state.shutdown.cancel();
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(result)) => result.map_err(SimError::Serve),
+            Ok(Err(join)) => Err(SimError::Serve(std::io::Error::other(join.to_string()))),
+            Err(_) => {
+                server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}
+
+impl fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.state.addr)
+            .finish_non_exhaustive()
+    }
+}

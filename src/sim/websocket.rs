@@ -1,0 +1,302 @@
+//! The simulated WebSocket event subscription at
+//! `/ws?subscriptionId=..&access_token=..`.
+//!
+//! Each connection answers its first frame `build_connection` (success false
+//! for an unknown subscription or a bad token, then closes), replies to the
+//! client's `{"module":"heartbeat"}` and forwards events as `message` frames
+//! whose content is the event JSON as a string. When its token expires (by
+//! time or on demand) it sends the invalid-token frame and closes. Only one
+//! connection per subscription stays open: a new one replaces the old.
+//!
+//! A connection obeys [`ConnCommand`]s from the control side: send a frame,
+//! drop TCP without a closing handshake, or stall (stop replying and sending
+//! but keep TCP open, the half-open connection a client must detect).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::oauth::TokenCheck;
+use super::state::{ConnCommand, ConnectionRecord, OpenConnection, SimState, lock};
+
+/// Commands queued per connection before `try_send` drops them.
+const COMMAND_QUEUE: usize = 1024;
+/// Far enough in the future to mean "never" for a timer.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub(crate) fn routes() -> Router<Arc<SimState>> {
+    Router::new().route("/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(sim): State<Arc<SimState>>,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let subscription = query.get("subscriptionId").cloned().unwrap_or_default();
+    let token = query.get("access_token").cloned().unwrap_or_default();
+    ws.on_upgrade(move |socket| serve_connection(sim, socket, subscription, token))
+}
+
+/// How one connection ended.
+enum End {
+    /// Close with a close frame, for this reason.
+    Close(&'static str),
+    /// Drop TCP without a closing handshake.
+    Drop,
+    /// The client went away.
+    ClientGone,
+}
+
+impl SimState {
+    /// Registers a new connection; an open one for the same subscription is replaced.
+    fn open_connection(
+        &self,
+        subscription: &str,
+        token_serial: Option<u64>,
+        accepted: bool,
+    ) -> (u64, mpsc::Receiver<ConnCommand>) {
+        let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let mut connections = lock(&self.connections);
+        connections.next_id += 1;
+        let id = connections.next_id;
+        if accepted {
+            for open in connections.open.values() {
+                if open.subscription_id == subscription {
+                    let _ = open.commands.try_send(ConnCommand::Replace);
+                }
+            }
+            connections.open.insert(
+                id,
+                OpenConnection {
+                    subscription_id: subscription.to_string(),
+                    commands: sender,
+                },
+            );
+        }
+        connections.history.push(ConnectionRecord {
+            id,
+            subscription_id: subscription.to_string(),
+            token_serial,
+            accepted,
+            open: accepted,
+            heartbeats_received: 0,
+            frames_sent: 0,
+            close_reason: (!accepted).then(|| "refused".to_string()),
+        });
+        drop(connections);
+        self.connection_changes.send_modify(|n| *n += 1);
+        (id, receiver)
+    }
+
+    fn close_connection(&self, id: u64, reason: &str) {
+        let mut connections = lock(&self.connections);
+        connections.open.remove(&id);
+        if let Some(record) = connections.record_mut(id) {
+            record.open = false;
+            record
+                .close_reason
+                .get_or_insert_with(|| reason.to_string());
+        }
+        drop(connections);
+        self.connection_changes.send_modify(|n| *n += 1);
+    }
+
+    fn count(&self, id: u64, update: impl FnOnce(&mut ConnectionRecord)) {
+        if let Some(record) = lock(&self.connections).record_mut(id) {
+            update(record);
+        }
+    }
+
+    /// Sends `command` to the open connections of `subscription` (all if `None`).
+    fn command(&self, subscription: Option<&str>, command: impl Fn() -> ConnCommand) -> usize {
+        lock(&self.connections)
+            .open
+            .values()
+            .filter(|c| subscription.is_none_or(|s| c.subscription_id == s))
+            .filter(|c| c.commands.try_send(command()).is_ok())
+            .count()
+    }
+
+    pub fn emit_raw(&self, subscription: Option<&str>, text: &str) -> usize {
+        self.command(subscription, || ConnCommand::Send(text.to_string()))
+    }
+
+    pub fn emit_event(&self, subscription: Option<&str>, event: &serde_json::Value) -> usize {
+        let frame = json!({ "module": "message", "content": event.to_string() }).to_string();
+        self.emit_raw(subscription, &frame)
+    }
+
+    pub fn drop_connections(&self, subscription: Option<&str>) -> usize {
+        self.command(subscription, || ConnCommand::Drop)
+    }
+
+    pub fn stall(&self, subscription: Option<&str>) -> usize {
+        self.command(subscription, || ConnCommand::Stall)
+    }
+
+    pub fn connections(&self) -> Vec<ConnectionRecord> {
+        lock(&self.connections).history.clone()
+    }
+
+    fn accepted_and_open(&self, subscription: &str) -> (usize, bool) {
+        let connections = lock(&self.connections);
+        let accepted = connections
+            .history
+            .iter()
+            .filter(|r| r.subscription_id == subscription && r.accepted)
+            .count();
+        let open = connections
+            .open
+            .values()
+            .any(|c| c.subscription_id == subscription);
+        (accepted, open)
+    }
+
+    pub async fn wait_for_connections(
+        &self,
+        subscription: &str,
+        accepted: usize,
+        timeout: Duration,
+    ) -> bool {
+        let mut changes = self.connection_changes.subscribe();
+        let wait = async {
+            loop {
+                let (seen, open) = self.accepted_and_open(subscription);
+                if seen >= accepted && open {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+async fn send_text(socket: &mut WebSocket, text: String) -> bool {
+    socket.send(Message::Text(text.into())).await.is_ok()
+}
+
+async fn serve_connection(
+    sim: Arc<SimState>,
+    mut socket: WebSocket,
+    subscription: String,
+    token: String,
+) {
+    let check = sim.check_token(&token);
+    let known_subscription = sim.config.subscription_ids.contains(&subscription);
+    let (accepted, content) = match (known_subscription, check) {
+        (false, _) => (false, "Invalid subscriptionId"),
+        (true, TokenCheck::Valid(_)) => (true, "connected"),
+        (true, _) => (false, "Invalid access_token"),
+    };
+    let (id, commands) = sim.open_connection(&subscription, sim.token_serial(&token), accepted);
+    let first = json!({ "module": "build_connection", "success": accepted, "content": content });
+    if !send_text(&mut socket, first.to_string()).await || !accepted {
+        let _ = socket.send(Message::Close(None)).await;
+        sim.close_connection(id, "refused");
+        return;
+    }
+    let expires_at = match check {
+        TokenCheck::Valid(issued) => issued.expires_at,
+        _ => Instant::now(),
+    };
+    let end = run_connection(&sim, &mut socket, id, &token, expires_at, commands).await;
+    let reason = match end {
+        End::Close(reason) => {
+            let frame = CloseFrame {
+                code: 1000,
+                reason: reason.into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            reason
+        }
+        End::Drop => "dropped",
+        End::ClientGone => "client closed",
+    };
+    sim.close_connection(id, reason);
+}
+
+/// Serves one accepted connection until it ends.
+async fn run_connection(
+    sim: &SimState,
+    socket: &mut WebSocket,
+    id: u64,
+    token: &str,
+    mut expires_at: Instant,
+    mut commands: mpsc::Receiver<ConnCommand>,
+) -> End {
+    let mut token_epoch = sim.token_epoch.subscribe();
+    let silent_limit = sim.config.silent_client_timeout;
+    let mut last_inbound = Instant::now();
+    let mut stalled = false;
+    loop {
+        let silent_deadline = last_inbound + silent_limit.unwrap_or(NEVER);
+        tokio::select! {
+            _ = sim.shutdown.cancelled() => return End::Close("simulator shutting down"),
+            command = commands.recv() => match command {
+                Some(ConnCommand::Send(text)) if !stalled => {
+                    if !send_text(socket, text).await {
+                        return End::ClientGone;
+                    }
+                    sim.count(id, |r| r.frames_sent += 1);
+                }
+                Some(ConnCommand::Send(_)) => {}
+                Some(ConnCommand::Stall) => stalled = true,
+                Some(ConnCommand::Drop) => return End::Drop,
+                Some(ConnCommand::Replace) => return End::Close("replaced by a newer connection"),
+                None => return End::Close("simulator shutting down"),
+            },
+            _ = sleep_until(expires_at), if !stalled => {
+                let frame = json!({
+                    "module": sim.config.invalid_token_module,
+                    "success": false,
+                    "content": sim.config.invalid_token_text,
+                });
+                let _ = send_text(socket, frame.to_string()).await;
+                return End::Close("token expired");
+            }
+            changed = token_epoch.changed() => {
+                if changed.is_ok() && !matches!(sim.check_token(token), TokenCheck::Valid(_)) {
+                    expires_at = Instant::now();
+                }
+            }
+            _ = sleep_until(silent_deadline), if !stalled && silent_limit.is_some() => {
+                return End::Close("client silent too long");
+            }
+            inbound = socket.recv() => match inbound {
+                Some(Ok(Message::Text(text))) => {
+                    last_inbound = Instant::now();
+                    if is_heartbeat(&text) {
+                        sim.count(id, |r| r.heartbeats_received += 1);
+                        if !stalled && !send_text(socket, heartbeat_reply()).await {
+                            return End::ClientGone;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::ClientGone,
+                Some(Ok(_)) => last_inbound = Instant::now(),
+            },
+        }
+    }
+}
+
+fn is_heartbeat(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|frame| frame["module"] == "heartbeat")
+}
+
+fn heartbeat_reply() -> String {
+    json!({ "module": "heartbeat", "success": true, "content": "live", "header": {} }).to_string()
+}

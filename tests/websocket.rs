@@ -1,0 +1,550 @@
+//! End-to-end tests of the WebSocket subscription client against the
+//! simulator over loopback, with millisecond intervals: heartbeats, dropped
+//! and stalled connections, invalid-token frames, malformed frames, renewal
+//! before the token expires, refusals, and two subscriptions at once.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zoomwire::event::{Event, Source};
+use zoomwire::sim::{self, SimConfig, SimHandle};
+use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire::zoom::token::{AccessTokens, StaticToken};
+use zoomwire::zoom::websocket::{ConnectionStatus, WsConfig, run_subscription};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn oauth(sim: &SimHandle, margin: Duration) -> Arc<OAuthClient> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut config = OAuthConfig::new(
+        sim.oauth_base(),
+        sim.account_id(),
+        sim.client_id(),
+        SecretString::from(sim.client_secret().to_string()),
+    );
+    config.refresh_margin = margin;
+    Arc::new(OAuthClient::new(config).expect("client builds"))
+}
+
+fn fast_config(sim: &SimHandle, subscription: &str, name: &str) -> WsConfig {
+    let mut config = WsConfig::new(sim.ws_base(), subscription, name);
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.dead_after = Duration::from_millis(300);
+    config.connect_timeout = Duration::from_secs(2);
+    config.reconnect_before_expiry = Duration::from_millis(500);
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    config
+}
+
+/// A running client: its events, its status and the token to stop it.
+struct Client {
+    events: mpsc::Receiver<Event>,
+    status: watch::Receiver<ConnectionStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    fn start(config: WsConfig, tokens: Arc<dyn AccessTokens>) -> Client {
+        let (events_tx, events) = mpsc::channel(16);
+        let (status_tx, status) = watch::channel(ConnectionStatus::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_subscription(
+            config,
+            tokens,
+            events_tx,
+            status_tx,
+            shutdown.clone(),
+        ));
+        Client {
+            events,
+            status,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event within the wait")
+            .expect("channel open")
+    }
+
+    async fn wait_status(&mut self, what: &str, check: impl FnMut(&ConnectionStatus) -> bool) {
+        let waited = tokio::time::timeout(WAIT, self.status.wait_for(check))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            waited,
+            "status never got {what}: {:?}",
+            *self.status.borrow()
+        );
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stops promptly")
+            .expect("no panic");
+    }
+}
+
+fn event(kind: &str, n: u64) -> Value {
+    json!({"event": kind, "event_ts": 1_732_000_000_000u64 + n, "payload": {"object": {"id": n.to_string()}}})
+}
+
+async fn wait_connections(sim: &SimHandle, subscription: &str, accepted: usize) {
+    assert!(
+        sim.wait_for_connections(subscription, accepted, WAIT).await,
+        "{accepted} connections to {subscription}: {:?}",
+        sim.connections()
+    );
+}
+
+#[tokio::test]
+async fn connects_sends_heartbeats_and_receives_events() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let mut client = Client::start(
+        fast_config(&sim, sim.subscription_id(), "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, sim.subscription_id(), 1).await;
+    client
+        .wait_status("two heartbeat replies", |s| s.heartbeat_replies >= 2)
+        .await;
+    assert!(sim.connections()[0].heartbeats_received >= 2);
+
+    assert_eq!(sim.emit_event(None, &event("meeting.started", 1)), 1);
+    let received = client.next_event().await;
+    assert_eq!(received.event_type, "meeting.started");
+    assert_eq!(received.source, Source::Websocket("main".into()));
+    let status = client.status.borrow().clone();
+    assert!(status.connected);
+    assert_eq!(status.name, "main");
+    assert_eq!(status.events_received, 1);
+    assert_eq!(status.reconnects, 0);
+    assert!(status.gaps.is_empty());
+
+    // The upgrade request is recorded with the token redacted.
+    let upgrade = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.raw_path == "/ws")
+        .expect("the upgrade request is recorded");
+    assert_eq!(upgrade.status, 101);
+    let query = upgrade.query.unwrap_or_default();
+    assert!(query.contains("subscriptionId=sim-subscription"), "{query}");
+    assert!(query.contains("access_token=[redacted]"), "{query}");
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_drops_the_connection_and_records_the_gap() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, &sub, 1).await;
+    sim.emit_event(None, &event("meeting.started", 1));
+    client.next_event().await;
+
+    assert_eq!(sim.drop_connections(None), 1);
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("connected again", |s| s.connected && s.reconnects == 1)
+        .await;
+    assert_eq!(sim.emit_event(None, &event("meeting.ended", 2)), 1);
+    assert_eq!(client.next_event().await.event_type, "meeting.ended");
+
+    let status = client.status.borrow().clone();
+    assert_eq!(status.gaps.len(), 1, "{status:?}");
+    let gap = &status.gaps[0];
+    assert!(gap.end.is_some_and(|end| end >= gap.start), "{gap:?}");
+    assert_eq!(
+        sim.connections()[0].close_reason.as_deref(),
+        Some("dropped")
+    );
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_connection_is_declared_dead_and_replaced() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, &sub, 1).await;
+    client
+        .wait_status("a heartbeat reply", |s| s.heartbeat_replies >= 1)
+        .await;
+    let stalled_at = chrono::Utc::now();
+    assert_eq!(sim.stall(None), 1);
+    // No close, no reset: only the silence tells.
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("connected again", |s| s.connected && s.gaps.len() == 1)
+        .await;
+    let gap = client.status.borrow().gaps[0].clone();
+    assert!(gap.reason.contains("no inbound frame"), "{gap:?}");
+    // The gap starts at the last frame heard, not when the silence was noticed.
+    let noticed_after = gap.end.unwrap() - gap.start;
+    assert!(
+        noticed_after >= chrono::Duration::milliseconds(250),
+        "{gap:?}"
+    );
+    assert!(
+        gap.start <= stalled_at + chrono::Duration::milliseconds(100),
+        "{gap:?}"
+    );
+
+    sim.emit_event(None, &event("meeting.started", 3));
+    assert_eq!(client.next_event().await.ts, 1_732_000_000_003);
+    let records = sim.connections();
+    assert!(
+        !records[0].open,
+        "the stalled connection is gone: {records:?}"
+    );
+    client.stop().await;
+}
+
+/// Captures the log output of every test in this file, to check that no
+/// token is ever written. Installed globally before any test logs, so that
+/// tracing's per-callsite interest cache never sees a thread without it.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn logs() -> &'static LogCapture {
+    static LOGS: OnceLock<LogCapture> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogCapture::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        logs
+    })
+}
+
+#[tokio::test]
+async fn an_invalid_token_frame_means_reconnect_with_a_new_token_in_either_wording() {
+    logs();
+    let mut seen_tokens = Vec::new();
+    for (module, wording) in [
+        ("message", "Invalid Token"),
+        ("heartbeat", "Token is invalid"),
+    ] {
+        let sim = sim::start(SimConfig {
+            invalid_token_module: module.into(),
+            invalid_token_text: wording.into(),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let sub = sim.subscription_id().to_string();
+        let tokens = oauth(&sim, Duration::from_secs(60));
+        let mut client = Client::start(fast_config(&sim, &sub, "main"), tokens.clone());
+        wait_connections(&sim, &sub, 1).await;
+        seen_tokens.push(tokens.token().await.unwrap().expose().to_string());
+
+        sim.expire_tokens();
+        wait_connections(&sim, &sub, 2).await;
+        seen_tokens.push(tokens.token().await.unwrap().expose().to_string());
+        let records = sim.connections();
+        assert_eq!(records[0].close_reason.as_deref(), Some("token expired"));
+        assert_ne!(
+            records[0].token_serial, records[1].token_serial,
+            "reconnected with a new token: {records:?}"
+        );
+        assert!(records[1].accepted);
+
+        sim.emit_event(None, &event("user.created", 4));
+        assert_eq!(client.next_event().await.event_type, "user.created");
+        client.stop().await;
+    }
+    let logs = logs().text();
+    assert!(
+        logs.contains("lost the zoom event subscription connection"),
+        "{logs}"
+    );
+    for token in seen_tokens {
+        assert!(!logs.contains(&token), "a token leaked into the log");
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_are_skipped_without_dropping_the_connection() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, &sub, 1).await;
+    for bad in [
+        "not json at all",
+        r#"{"module":"mystery","content":"?"}"#,
+        r#"{"module":"message","content":"{\"no_event_field\":1}"}"#,
+        r#"{"module":"message","content":"{broken"}"#,
+    ] {
+        assert_eq!(sim.emit_raw(None, bad), 1);
+    }
+    sim.emit_event(None, &event("meeting.started", 5));
+    assert_eq!(client.next_event().await.event_type, "meeting.started");
+    let status = client.status.borrow().clone();
+    assert_eq!(status.frames_skipped, 4);
+    assert_eq!(status.reconnects, 0);
+    assert_eq!(sim.connections().len(), 1, "still the first connection");
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn renews_the_connection_before_the_token_expires_without_a_gap() {
+    logs();
+    let sim = sim::start(SimConfig {
+        token_lifetime: Duration::from_secs(2),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let sub = sim.subscription_id().to_string();
+    // Cached token fresh for 0.5 s; the connection renews 0.5 s before expiry.
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_millis(1500)),
+    );
+    wait_connections(&sim, &sub, 2).await;
+    let records = sim.connections();
+    // Replaced by the sim or closed by the client once the new one was up;
+    // either way, before the token expired.
+    assert!(
+        matches!(
+            records[0].close_reason.as_deref(),
+            Some("replaced by a newer connection" | "client closed")
+        ),
+        "renewed before the token expired: {records:?}"
+    );
+    assert_ne!(records[0].token_serial, records[1].token_serial);
+    client
+        .wait_status("one renewal", |s| s.reconnects >= 1)
+        .await;
+    let status = client.status.borrow().clone();
+    assert!(status.connected);
+    assert!(
+        status.gaps.is_empty(),
+        "a renewal leaves no gap: {status:?}"
+    );
+    sim.emit_event(None, &event("meeting.started", 6));
+    client.next_event().await;
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_subscription_is_retried_with_backoff_and_reported() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let mut client = Client::start(
+        fast_config(&sim, "no-such-subscription", "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    client
+        .wait_status("the refusal", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("Invalid subscriptionId"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let attempts = sim.connections();
+    assert!(attempts.len() >= 2, "retried: {attempts:?}");
+    assert!(attempts.iter().all(|a| !a.accepted));
+    assert!(
+        attempts.len() < 30,
+        "backoff, not a storm: {}",
+        attempts.len()
+    );
+    assert!(!client.status.borrow().connected);
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_are_reported_as_a_configuration_error() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = OAuthConfig::new(
+        sim.oauth_base(),
+        sim.account_id(),
+        sim.client_id(),
+        SecretString::from("wrong".to_string()),
+    );
+    let tokens = Arc::new(OAuthClient::new(config).unwrap());
+    let mut client = Client::start(fast_config(&sim, sim.subscription_id(), "main"), tokens);
+    client
+        .wait_status("a refusal naming the setting", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("ZOOM_CLIENT_SECRET"))
+        })
+        .await;
+    assert!(
+        sim.connections().is_empty(),
+        "no connection without a token"
+    );
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn two_subscriptions_run_side_by_side_on_one_token_cache() {
+    logs();
+    let sim = sim::start(SimConfig {
+        subscription_ids: vec!["sub-a".into(), "sub-b".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let tokens = oauth(&sim, Duration::from_secs(60));
+    let mut a = Client::start(fast_config(&sim, "sub-a", "alpha"), tokens.clone());
+    let mut b = Client::start(fast_config(&sim, "sub-b", "beta"), tokens.clone());
+    wait_connections(&sim, "sub-a", 1).await;
+    wait_connections(&sim, "sub-b", 1).await;
+
+    assert_eq!(
+        sim.emit_event(Some("sub-a"), &event("meeting.started", 7)),
+        1
+    );
+    assert_eq!(sim.emit_event(Some("sub-b"), &event("meeting.ended", 8)), 1);
+    let from_a = a.next_event().await;
+    let from_b = b.next_event().await;
+    assert_eq!(
+        (from_a.event_type.as_str(), from_a.source),
+        ("meeting.started", Source::Websocket("alpha".into()))
+    );
+    assert_eq!(
+        (from_b.event_type.as_str(), from_b.source),
+        ("meeting.ended", Source::Websocket("beta".into()))
+    );
+    assert_eq!(tokens.fetch_count(), 1, "one token serves both");
+
+    // Dropping one leaves the other alone.
+    sim.drop_connections(Some("sub-a"));
+    wait_connections(&sim, "sub-a", 2).await;
+    assert_eq!(b.status.borrow().reconnects, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_static_token_source_works_and_shutdown_closes_the_connection() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let token = zoomwire::zoom::token::AccessToken::new(sim.issue_token());
+    let mut client = Client::start(
+        fast_config(&sim, sim.subscription_id(), "main"),
+        Arc::new(StaticToken(token)),
+    );
+    wait_connections(&sim, sim.subscription_id(), 1).await;
+    client.wait_status("connected", |s| s.connected).await;
+    let mut status = client.status.clone();
+    client.stop().await;
+    assert!(!status.borrow_and_update().connected);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let records = sim.connections();
+    assert_eq!(
+        records[0].close_reason.as_deref(),
+        Some("client closed"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_cap_ends_the_connection_and_the_client_comes_back() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut config = fast_config(&sim, &sub, "main");
+    config.max_frame_bytes = 64 * 1024;
+    let mut client = Client::start(config, oauth(&sim, Duration::from_secs(60)));
+    wait_connections(&sim, &sub, 1).await;
+    let huge = json!({"module": "message", "content": "x".repeat(100 * 1024)}).to_string();
+    assert_eq!(sim.emit_raw(None, &huge), 1);
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("connected after the oversized frame", |s| {
+            s.connected && s.gaps.len() == 1
+        })
+        .await;
+    sim.emit_event(None, &event("meeting.started", 9));
+    assert_eq!(client.next_event().await.ts, 1_732_000_000_009);
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_closes_a_silent_client_and_keeps_a_heartbeating_one() {
+    logs();
+    let sim = sim::start(SimConfig {
+        silent_client_timeout: Some(Duration::from_millis(150)),
+        subscription_ids: vec!["quiet".into(), "chatty".into()],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let tokens = oauth(&sim, Duration::from_secs(60));
+    let mut quiet_config = fast_config(&sim, "quiet", "quiet");
+    quiet_config.heartbeat_interval = Duration::from_secs(10);
+    quiet_config.dead_after = Duration::from_secs(20);
+    let quiet = Client::start(quiet_config, tokens.clone());
+    let chatty = Client::start(fast_config(&sim, "chatty", "chatty"), tokens);
+    wait_connections(&sim, "quiet", 2).await;
+    let quiet_records: Vec<_> = sim
+        .connections()
+        .into_iter()
+        .filter(|r| r.subscription_id == "quiet")
+        .collect();
+    assert_eq!(
+        quiet_records[0].close_reason.as_deref(),
+        Some("client silent too long")
+    );
+    let chatty_connections = sim
+        .connections()
+        .iter()
+        .filter(|r| r.subscription_id == "chatty")
+        .count();
+    assert_eq!(chatty_connections, 1, "heartbeats keep the connection");
+    quiet.stop().await;
+    chatty.stop().await;
+}

@@ -28,7 +28,10 @@ use url::Url;
 pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
 pub use resolve::{ConfigError, ConfigErrors};
 
+use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
+use crate::zoom::oauth::OAuthConfig;
+use crate::zoom::websocket::WsConfig;
 
 /// The configuration file looked for in the working directory.
 pub const CONFIG_FILE: &str = "zoomwire.yaml";
@@ -81,12 +84,13 @@ pub struct ZoomAccount {
     pub subscription_id: Option<String>,
 }
 
-/// Base URLs of Zoom's endpoints (pointed at the simulator in tests).
+/// Base URLs of Zoom's endpoints (pointed at the simulator in tests): checked
+/// URLs without a trailing `/`.
 #[derive(Debug, Clone)]
 pub struct ZoomEndpoints {
-    pub oauth_base: Url,
-    pub api_base: Url,
-    pub ws_base: Url,
+    pub oauth_base: String,
+    pub api_base: String,
+    pub ws_base: String,
 }
 
 /// The webhook endpoint, enabled by its secret token.
@@ -107,7 +111,8 @@ impl WebhookSettings {
 #[derive(Clone)]
 pub struct SlackSettings {
     pub bot_token: Option<SecretString>,
-    pub api_base: Url,
+    /// A checked URL without a trailing `/`.
+    pub api_base: String,
     /// Incoming webhooks by name (their URLs are secrets); `default` is `SLACK_WEBHOOK_URL`.
     pub webhooks: BTreeMap<String, SecretString>,
 }
@@ -267,6 +272,37 @@ impl Settings {
     pub fn account(&self, name: &str) -> Option<&ZoomAccount> {
         self.accounts.iter().find(|a| a.name == name)
     }
+
+    /// The token cache's configuration for one account.
+    pub fn oauth_config(&self, account: &ZoomAccount) -> OAuthConfig {
+        OAuthConfig::new(
+            &self.zoom.oauth_base,
+            &account.account_id,
+            &account.client_id,
+            account.client_secret.clone(),
+        )
+    }
+
+    /// The WebSocket client's configuration for one account; `None` when the
+    /// account has no subscription id.
+    pub fn websocket_config(&self, account: &ZoomAccount) -> Option<WsConfig> {
+        let subscription_id = account.subscription_id.as_ref()?;
+        Some(WsConfig {
+            heartbeat_interval: self.websocket.heartbeat,
+            dead_after: self.websocket.dead_after,
+            max_frame_bytes: self.websocket.max_frame,
+            ..WsConfig::new(&self.zoom.ws_base, subscription_id, &account.name)
+        })
+    }
+
+    /// The journal's options: these windows, the daemon's defaults otherwise.
+    pub fn journal_options(&self) -> JournalOptions {
+        JournalOptions {
+            dedupe_window: self.journal.dedupe_window,
+            max_age: self.journal.retention,
+            ..JournalOptions::default()
+        }
+    }
 }
 
 impl Default for Settings {
@@ -341,7 +377,7 @@ impl fmt::Debug for SlackSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlackSettings")
             .field("bot_token", &redacted(&self.bot_token))
-            .field("api_base", &self.api_base.as_str())
+            .field("api_base", &self.api_base)
             .field("webhooks", &self.webhooks.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use secrecy::SecretString;
-use url::Url;
 
 use super::file::{FileAccount, FileConfig, Scalar, parse_file};
 use super::values::{
@@ -35,7 +34,9 @@ const DEFAULT_WEBHOOK_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9798);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(75);
-const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Room for a maximal event escaped inside a frame, as `WsConfig::new` has it,
+/// so that the frame decoder (not the transport) refuses an oversized event.
+const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
 const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -365,14 +366,14 @@ fn show(duration: Duration) -> String {
     }
 }
 
-fn default_url(text: &str) -> Url {
-    // The defaults are constants; `defaults_are_the_design_defaults` pins them.
-    Url::parse(text).expect("default URLs parse")
+/// A base URL of one of `schemes`, without a trailing `/` (paths are appended).
+fn base_url(text: &str, schemes: &[&str]) -> Result<String, String> {
+    parse_url(text, schemes).map(|url| url.as_str().trim_end_matches('/').to_string())
 }
 
 fn resolve_zoom(r: &mut Resolver, file: &FileConfig) -> ZoomEndpoints {
     let zoom = &file.zoom;
-    let http = |t: &str| parse_url(t, HTTP);
+    let http = |t: &str| base_url(t, HTTP);
     ZoomEndpoints {
         oauth_base: r
             .get(
@@ -380,21 +381,21 @@ fn resolve_zoom(r: &mut Resolver, file: &FileConfig) -> ZoomEndpoints {
                 zoom.oauth_base.as_ref(),
                 http,
             )
-            .unwrap_or_else(|| default_url(DEFAULT_OAUTH_BASE)),
+            .unwrap_or_else(|| DEFAULT_OAUTH_BASE.into()),
         api_base: r
             .get(
                 &key("ZOOM_API_BASE", "zoom.api_base"),
                 zoom.api_base.as_ref(),
                 http,
             )
-            .unwrap_or_else(|| default_url(DEFAULT_API_BASE)),
+            .unwrap_or_else(|| DEFAULT_API_BASE.into()),
         ws_base: r
             .get(
                 &key("ZOOM_WS_BASE", "zoom.ws_base"),
                 zoom.ws_base.as_ref(),
-                |t| parse_url(t, WS),
+                |t| base_url(t, WS),
             )
-            .unwrap_or_else(|| default_url(DEFAULT_WS_BASE)),
+            .unwrap_or_else(|| DEFAULT_WS_BASE.into()),
     }
 }
 
@@ -441,9 +442,9 @@ fn resolve_slack(r: &mut Resolver, file: &FileConfig) -> SlackSettings {
             .get(
                 &key("SLACK_API_BASE", "slack.api_base"),
                 file.slack.api_base.as_ref(),
-                |t| parse_url(t, HTTP),
+                |t| base_url(t, HTTP),
             )
-            .unwrap_or_else(|| default_url(DEFAULT_SLACK_API_BASE)),
+            .unwrap_or_else(|| DEFAULT_SLACK_API_BASE.into()),
         webhooks: resolve_slack_webhooks(r, &file.slack_webhooks),
     }
 }

@@ -64,10 +64,10 @@ const FULL_ENV: &[(&str, &str)] = &[
 fn defaults_are_the_design_defaults() {
     let s = Settings::default();
     assert!(s.accounts.is_empty());
-    assert_eq!(s.zoom.oauth_base.as_str(), "https://zoom.us/");
-    assert_eq!(s.zoom.api_base.as_str(), "https://api.zoom.us/v2");
-    assert_eq!(s.zoom.ws_base.as_str(), "wss://ws.zoom.us/ws");
-    assert_eq!(s.slack.api_base.as_str(), "https://slack.com/api");
+    assert_eq!(s.zoom.oauth_base, "https://zoom.us");
+    assert_eq!(s.zoom.api_base, "https://api.zoom.us/v2");
+    assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
+    assert_eq!(s.slack.api_base, "https://slack.com/api");
     assert!(s.slack.bot_token.is_none() && s.slack.webhooks.is_empty());
     assert!(s.email.smtp_url.is_none() && s.email.from.is_none());
     assert!(!s.webhook.enabled());
@@ -83,7 +83,7 @@ fn defaults_are_the_design_defaults() {
         WebsocketSettings {
             heartbeat: Duration::from_secs(30),
             dead_after: Duration::from_secs(75),
-            max_frame: 1 << 20,
+            max_frame: 1 << 20 | 1 << 19,
         }
     );
     assert_eq!(s.journal.dedupe_window, Duration::from_secs(86_400));
@@ -106,18 +106,18 @@ fn environment_overrides_dotenv_which_overrides_the_file() {
             ("ZOOM_CLIENT_SECRET", "from-env"),
         ],
     );
-    assert_eq!(all.zoom.api_base.as_str(), "http://env.test/v2");
+    assert_eq!(all.zoom.api_base, "http://env.test/v2");
     assert_eq!(all.accounts[0].client_secret.expose_secret(), "from-env");
 
     let without_env = settings(Some(yaml), Some(dotenv), &[]);
-    assert_eq!(without_env.zoom.api_base.as_str(), "http://dotenv.test/v2");
+    assert_eq!(without_env.zoom.api_base, "http://dotenv.test/v2");
     assert_eq!(
         without_env.accounts[0].client_secret.expose_secret(),
         "from-dotenv"
     );
 
     let file_only = settings(Some(yaml), None, &[]);
-    assert_eq!(file_only.zoom.api_base.as_str(), "http://yaml.test/v2");
+    assert_eq!(file_only.zoom.api_base, "http://yaml.test/v2");
     assert_eq!(
         file_only.accounts[0].client_secret.expose_secret(),
         "from-yaml"
@@ -163,7 +163,8 @@ fn reads_every_setting_from_the_environment() {
     assert_eq!(account.subscription_id.as_deref(), Some("sub-1"));
     assert!(s.webhook.enabled());
     assert_eq!(s.webhook.max_body, 64 << 10);
-    assert_eq!(s.zoom.ws_base.as_str(), "ws://127.0.0.1:1/ws");
+    assert_eq!(s.zoom.ws_base, "ws://127.0.0.1:1/ws");
+    assert_eq!(s.zoom.oauth_base, "http://127.0.0.1:1", "no trailing slash");
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["default"]);
     assert_eq!(s.email.from.as_deref(), Some("Zoomwire <zw@example.com>"));
     assert_eq!(s.data_dir, PathBuf::from("/var/lib/zoomwire"));
@@ -463,4 +464,47 @@ fn secrets_stay_out_of_debug_output_and_errors() {
     assert!(!shown.contains("smtp-password-value"), "{shown}");
     assert!(!shown.contains("slack-hook-secret"), "{shown}");
     assert_eq!(error.0.len(), 3, "{shown}");
+}
+
+#[test]
+fn builds_the_runtime_configurations() {
+    let yaml = "accounts: [{ name: rest-only, account_id: A, client_id: C, client_secret: S }]\n";
+    let mut pairs = FULL_ENV.to_vec();
+    pairs.extend([
+        ("ZOOM_OAUTH_BASE", "http://127.0.0.1:7000/"),
+        ("ZOOM_WS_BASE", "ws://127.0.0.1:7000/ws"),
+        ("ZOOMWIRE_WS_HEARTBEAT", "100ms"),
+        ("ZOOMWIRE_WS_DEAD_AFTER", "300ms"),
+        ("ZOOMWIRE_WS_MAX_FRAME", "64KiB"),
+        ("ZOOMWIRE_DEDUPE_WINDOW", "1h"),
+        ("ZOOMWIRE_RETENTION", "2d"),
+    ]);
+    let s = settings(Some(yaml), None, &pairs);
+    let account = s.account(DEFAULT_ACCOUNT).unwrap();
+    let oauth = s.oauth_config(account);
+    assert_eq!(oauth.oauth_base, "http://127.0.0.1:7000");
+    assert_eq!(
+        (oauth.account_id.as_str(), oauth.client_id.as_str()),
+        ("acc-1", "client-1")
+    );
+    assert_eq!(
+        oauth.client_secret.expose_secret(),
+        "zoom-client-secret-value"
+    );
+    let ws = s.websocket_config(account).unwrap();
+    assert_eq!(ws.ws_base, "ws://127.0.0.1:7000/ws");
+    assert_eq!(
+        (ws.subscription_id.as_str(), ws.name.as_str()),
+        ("sub-1", "default")
+    );
+    assert_eq!(ws.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(ws.dead_after, Duration::from_millis(300));
+    assert_eq!(ws.max_frame_bytes, 64 << 10);
+    assert!(
+        s.websocket_config(s.account("rest-only").unwrap())
+            .is_none()
+    );
+    let journal = s.journal_options();
+    assert_eq!(journal.dedupe_window, Duration::from_secs(3600));
+    assert_eq!(journal.max_age, Duration::from_secs(2 * 86_400));
 }

@@ -1,13 +1,15 @@
 //! The admin HTTP server on `ZOOMWIRE_ADMIN_ADDR`: `/healthz`, `/metrics`
 //! (Prometheus text) and the run history (`/api/runs`, `/api/runs/{id}`).
 //!
-//! The daemon reports into a shared [`AdminState`] (connection state per
-//! subscription, the time of its last event, the rule set's status); the
-//! server only reads it. `/healthz` answers 200 when every subscription is
+//! The daemon reports into a shared [`AdminState`]: each WebSocket
+//! subscription's [`ConnectionStatus`] watch (read when `/healthz` is asked,
+//! so nothing is done per event), or for other sources a state it sets, and
+//! the rule set's status. The server only reads it. `/healthz` answers 200 when every subscription is
 //! connected and a rule set is loaded, 503 otherwise; a failed reload that
 //! left the last good rule set running is `degraded` but still 200, since
 //! restarting would not help. Run history comes through the [`RunHistory`]
-//! seam, implemented by the SQLite journal and here by [`MemoryJournal`].
+//! seam, implemented here for [`SqliteJournal`] and [`MemoryJournal`] with
+//! the same shapes ([`RunSummary`] in lists, [`RunDetail`] for one run).
 //!
 //! The API has no authentication: keep it on loopback (the default) or
 //! behind a proxy. Binding elsewhere logs a warning.
@@ -27,11 +29,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::record::{MemoryJournal, RunRecord, RunStatus};
+use crate::journal::{RunDetail, RunFilter, RunSummary, SqliteJournal};
 use crate::serve::{ServeError, serve_router};
+use crate::zoom::websocket::ConnectionStatus;
 
 /// Runs listed when the request names no limit.
 pub const DEFAULT_RUNS_LIMIT: usize = 100;
@@ -114,15 +119,42 @@ pub enum HealthStatus {
 }
 
 /// One subscription in the health report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SubscriptionReport {
-    #[serde(flatten)]
-    pub health: SubscriptionHealth,
+    pub state: ConnectionState,
+    /// When it entered this state, when known.
+    pub since: Option<DateTime<Utc>>,
+    pub error: Option<String>,
     pub last_event_at: Option<DateTime<Utc>>,
+    /// Everything the WebSocket client reports (counters, recent gaps), when watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionStatus>,
+}
+
+impl SubscriptionReport {
+    fn from_status(status: &ConnectionStatus) -> SubscriptionReport {
+        let open_gap = status.gaps.last().filter(|gap| gap.end.is_none());
+        let (state, since) = if status.connected {
+            (ConnectionState::Connected, status.connected_since)
+        } else if status.reconnects == 0 && status.gaps.is_empty() && status.last_error.is_none() {
+            (ConnectionState::Connecting, None)
+        } else {
+            (ConnectionState::Disconnected, open_gap.map(|gap| gap.start))
+        };
+        SubscriptionReport {
+            state,
+            since,
+            error: (!status.connected)
+                .then(|| status.last_error.clone())
+                .flatten(),
+            last_event_at: status.last_event_at,
+            connection: Some(status.clone()),
+        }
+    }
 }
 
 /// The body of `/healthz`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
     pub status: HealthStatus,
     pub version: String,
@@ -131,11 +163,40 @@ pub struct HealthReport {
     pub rules: RulesHealth,
 }
 
-struct SubscriptionSlot {
-    health: SubscriptionHealth,
-    /// Milliseconds since the epoch, 0 before the first event: updated per
-    /// event under the read lock.
-    last_event_ms: AtomicI64,
+/// Where a subscription's health comes from.
+enum SubscriptionSlot {
+    /// Set by the daemon with [`AdminState::set_subscription_status`].
+    Reported {
+        health: SubscriptionHealth,
+        /// Milliseconds since the epoch, 0 before the first event: updated
+        /// per event under the read lock.
+        last_event_ms: AtomicI64,
+    },
+    /// Read from the WebSocket client's status channel.
+    Watched(watch::Receiver<ConnectionStatus>),
+}
+
+impl SubscriptionSlot {
+    fn report(&self) -> SubscriptionReport {
+        match self {
+            SubscriptionSlot::Watched(status) => SubscriptionReport::from_status(&status.borrow()),
+            SubscriptionSlot::Reported {
+                health,
+                last_event_ms,
+            } => {
+                let millis = last_event_ms.load(Ordering::Relaxed);
+                SubscriptionReport {
+                    state: health.state,
+                    since: Some(health.since),
+                    error: health.error.clone(),
+                    last_event_at: (millis > 0)
+                        .then(|| Utc.timestamp_millis_opt(millis).single())
+                        .flatten(),
+                    connection: None,
+                }
+            }
+        }
+    }
 }
 
 /// What the daemon knows about its own health, shared with the admin server.
@@ -160,26 +221,38 @@ impl AdminState {
         Arc::new(AdminState::default())
     }
 
-    /// Records a subscription's state (adding the subscription if new).
-    pub fn set_subscription_status(&self, name: &str, health: SubscriptionHealth) {
-        let mut subscriptions = write(&self.subscriptions);
-        match subscriptions.get_mut(name) {
-            Some(slot) => slot.health = health,
-            None => {
-                let slot = SubscriptionSlot {
-                    health,
-                    last_event_ms: AtomicI64::new(0),
-                };
-                subscriptions.insert(name.to_string(), slot);
-            }
-        }
+    /// Reports a WebSocket subscription from the status channel its client
+    /// (`run_subscription`) updates; replaces anything reported for `name`.
+    pub fn watch_subscription(&self, name: &str, status: watch::Receiver<ConnectionStatus>) {
+        write(&self.subscriptions).insert(name.to_string(), SubscriptionSlot::Watched(status));
     }
 
-    /// Records that a subscription delivered an event at `at`. Cheap: call it per event.
+    /// Records a subscription's state by hand (adding it if new), for
+    /// sources without a status channel.
+    pub fn set_subscription_status(&self, name: &str, health: SubscriptionHealth) {
+        let mut subscriptions = write(&self.subscriptions);
+        if let Some(SubscriptionSlot::Reported {
+            health: current, ..
+        }) = subscriptions.get_mut(name)
+        {
+            *current = health;
+            return;
+        }
+        let slot = SubscriptionSlot::Reported {
+            health,
+            last_event_ms: AtomicI64::new(0),
+        };
+        subscriptions.insert(name.to_string(), slot);
+    }
+
+    /// Records that a hand-reported subscription delivered an event at `at`.
+    /// Cheap: call it per event. (Watched subscriptions report their own.)
     pub fn note_event(&self, subscription: &str, at: DateTime<Utc>) {
-        if let Some(slot) = read(&self.subscriptions).get(subscription) {
-            slot.last_event_ms
-                .fetch_max(at.timestamp_millis(), Ordering::Relaxed);
+        let subscriptions = read(&self.subscriptions);
+        if let Some(SubscriptionSlot::Reported { last_event_ms, .. }) =
+            subscriptions.get(subscription)
+        {
+            last_event_ms.fetch_max(at.timestamp_millis(), Ordering::Relaxed);
         }
     }
 
@@ -213,17 +286,7 @@ impl AdminState {
     pub fn report(&self) -> HealthReport {
         let subscriptions: BTreeMap<String, SubscriptionReport> = read(&self.subscriptions)
             .iter()
-            .map(|(name, slot)| {
-                let millis = slot.last_event_ms.load(Ordering::Relaxed);
-                let last_event_at = (millis > 0)
-                    .then(|| Utc.timestamp_millis_opt(millis).single())
-                    .flatten();
-                let report = SubscriptionReport {
-                    health: slot.health.clone(),
-                    last_event_at,
-                };
-                (name.clone(), report)
-            })
+            .map(|(name, slot)| (name.clone(), slot.report()))
             .collect();
         let rules = read(&self.rules).clone();
         HealthReport {
@@ -242,7 +305,7 @@ fn overall_status(
 ) -> HealthStatus {
     let all_connected = subscriptions
         .values()
-        .all(|s| s.health.state == ConnectionState::Connected);
+        .all(|s| s.state == ConnectionState::Connected);
     if !all_connected || rules.loaded_rules.is_none() {
         HealthStatus::Unhealthy
     } else if rules.last_reload.as_ref().is_some_and(|r| !r.ok) {
@@ -276,22 +339,25 @@ pub trait RunHistory: Send + Sync {
     fn get_run(&self, id: &str) -> Result<Option<Value>, String>;
 }
 
-/// A run as `/api/runs` lists it: the record without its effects, logs and output.
-pub fn run_summary(run: &RunRecord) -> Value {
-    json!({
-        "id": run.id,
-        "rule": run.rule,
-        "event_id": run.event_id,
-        "event_type": run.event_type,
-        "key": run.key,
-        "status": run.status,
-        "attempt": run.attempt,
-        "error": run.error,
-        "effects": run.effects.len(),
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-    })
+/// A run as `/api/runs` lists it: the journal's [`RunSummary`].
+pub fn run_summary(run: &RunRecord) -> RunSummary {
+    RunSummary {
+        id: run.id.clone(),
+        rule: run.rule.clone(),
+        status: run.status,
+        attempt: run.attempt,
+        event_id: run.event_id.clone(),
+        event_type: run.event_type.clone(),
+        key: run.key.clone(),
+        error: run.error.clone(),
+        created_at: run.created_at,
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| e.to_string())
 }
 
 /// Whether a run counts as failed for `--failed` and `?failed=true`.
@@ -300,29 +366,52 @@ pub fn is_failed(status: RunStatus) -> bool {
 }
 
 impl RunHistory for MemoryJournal {
+    /// Newest first means latest created here: the journal keeps creation order.
     fn list_runs(
         &self,
         rule: Option<String>,
         failed_only: bool,
         limit: usize,
     ) -> Result<Vec<Value>, String> {
-        Ok(self
-            .runs()
+        self.runs()
             .iter()
             .rev()
             .filter(|run| rule.as_ref().is_none_or(|rule| run.rule == *rule))
             .filter(|run| !failed_only || is_failed(run.status))
             .take(limit)
-            .map(run_summary)
-            .collect())
+            .map(|run| to_json(&run_summary(run)))
+            .collect()
     }
 
+    /// The memory journal does not show the trigger: `event` is null.
     fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
         self.runs()
             .into_iter()
             .find(|run| run.id == id)
-            .map(|run| serde_json::to_value(run).map_err(|e| e.to_string()))
+            .map(|run| to_json(&RunDetail { run, event: None }))
             .transpose()
+    }
+}
+
+impl RunHistory for SqliteJournal {
+    fn list_runs(
+        &self,
+        rule: Option<String>,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Value>, String> {
+        let filter = RunFilter {
+            rule,
+            failed_only,
+            limit,
+        };
+        let runs = SqliteJournal::list_runs(self, filter).map_err(|e| e.to_string())?;
+        runs.iter().map(to_json).collect()
+    }
+
+    fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
+        let run = SqliteJournal::get_run(self, id).map_err(|e| e.to_string())?;
+        run.as_ref().map(to_json).transpose()
     }
 }
 

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zoomwire::admin::{AdminState, ConnectionState, RunHistory, SubscriptionHealth, serve_admin};
 use zoomwire::engine::record::{Journal, MemoryJournal, RunRecord, RunStatus};
+use zoomwire::event::{Event, Source};
+use zoomwire::journal::{JournalOptions, SqliteJournal};
+use zoomwire::zoom::websocket::{ConnectionStatus, Gap};
 
 struct Admin {
     base: String,
@@ -254,4 +258,85 @@ async fn a_taken_address_is_an_error() {
             .starts_with(&format!("cannot listen on {taken} for the admin api")),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn healthz_reads_the_websocket_status_channel() {
+    let admin = admin(Arc::new(MemoryJournal::default())).await;
+    let (status, receiver) = watch::channel(ConnectionStatus::default());
+    admin.state.watch_subscription("default", receiver);
+    admin.state.rules_loaded(1);
+    let (code, body) = admin.get_json("/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["subscriptions"]["default"]["state"], "connecting");
+
+    let up_at = Utc.with_ymd_and_hms(2026, 1, 2, 9, 0, 0).unwrap();
+    let event_at = Utc.with_ymd_and_hms(2026, 1, 2, 9, 5, 0).unwrap();
+    status.send_modify(|s| {
+        s.connected = true;
+        s.connected_since = Some(up_at);
+        s.last_event_at = Some(event_at);
+        s.events_received = 5;
+    });
+    let (code, body) = admin.get_json("/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let default = &body["subscriptions"]["default"];
+    assert_eq!(default["state"], "connected");
+    assert_eq!(default["since"], "2026-01-02T09:00:00Z");
+    assert_eq!(default["last_event_at"], "2026-01-02T09:05:00Z");
+    assert_eq!(default["connection"]["events_received"], 5);
+
+    let down_at = Utc.with_ymd_and_hms(2026, 1, 2, 9, 10, 0).unwrap();
+    status.send_modify(|s| {
+        s.connected = false;
+        s.reconnects = 1;
+        s.last_error = Some("no inbound frame for 75s".into());
+        s.gaps.push(Gap {
+            start: down_at,
+            end: None,
+            reason: "dead connection".into(),
+        });
+    });
+    let (code, body) = admin.get_json("/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    let default = &body["subscriptions"]["default"];
+    assert_eq!(default["state"], "disconnected");
+    assert_eq!(default["since"], "2026-01-02T09:10:00Z");
+    assert_eq!(default["error"], "no inbound frame for 75s");
+    assert_eq!(
+        default["connection"]["gaps"][0]["reason"],
+        "dead connection"
+    );
+}
+
+#[tokio::test]
+async fn api_serves_the_sqlite_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), JournalOptions::for_command()).unwrap());
+    let body = serde_json::json!({"event": "meeting.ended", "event_ts": 1, "payload": {"object": {"id": "1"}}});
+    let event = Event::from_value(&body, Source::Webhook).unwrap();
+    assert!(journal.accept_event(&event).await.unwrap());
+    for (id, rule, status, minute) in [
+        ("r1", "archive", RunStatus::Succeeded, 1),
+        ("r2", "notify", RunStatus::Dead, 2),
+        ("r3", "archive", RunStatus::Failed, 3),
+    ] {
+        let record = RunRecord {
+            event_id: event.id.clone(),
+            ..run(id, rule, status, minute)
+        };
+        journal.record_run(&record).await.unwrap();
+    }
+    let admin = admin(journal).await;
+    let (status, body) = admin.get_json("/api/runs").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), vec!["r3", "r2", "r1"]);
+    let (_, body) = admin.get_json("/api/runs?failed=true&rule=archive").await;
+    assert_eq!(ids(&body), vec!["r3"]);
+    let (status, body) = admin.get_json("/api/runs/r2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "dead");
+    assert_eq!(body["event"]["type"], "meeting.ended");
+    let (status, _) = admin.get_json("/api/runs/nope").await;
+    assert_eq!(status, 404);
 }

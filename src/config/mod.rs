@@ -11,7 +11,9 @@
 //! The environment defines the Zoom account named `default` (and the Slack
 //! webhook named `default`); `zoomwire.yaml` may define more of each.
 
+mod accounts;
 mod dotenv;
+mod errors;
 mod file;
 mod resolve;
 pub mod values;
@@ -26,7 +28,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
-pub use resolve::{ConfigError, ConfigErrors};
+pub use errors::{ConfigError, ConfigErrors};
 
 use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
@@ -239,7 +241,7 @@ impl Settings {
         let built = resolve::build(&sources);
         errors.extend(built.errors);
         if options.require_daemon {
-            errors.extend(resolve::daemon_errors(
+            errors.extend(accounts::daemon_errors(
                 &built.declared_accounts,
                 built.settings.webhook.enabled(),
             ));
@@ -257,15 +259,15 @@ impl Settings {
     /// account, and a subscription id for each (unless the webhook is enabled,
     /// which then delivers the events).
     pub fn require_daemon(&self) -> Result<(), ConfigErrors> {
-        let declared: Vec<resolve::DeclaredAccount> = self
+        let declared: Vec<accounts::DeclaredAccount> = self
             .accounts
             .iter()
-            .map(|a| resolve::DeclaredAccount {
+            .map(|a| accounts::DeclaredAccount {
                 name: a.name.clone(),
                 has_subscription: a.subscription_id.is_some(),
             })
             .collect();
-        ConfigErrors::check(resolve::daemon_errors(&declared, self.webhook.enabled()))
+        ConfigErrors::check(accounts::daemon_errors(&declared, self.webhook.enabled()))
     }
 
     /// The account with this name.

@@ -4,7 +4,6 @@
 //! one pass reports all of them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,15 +11,16 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use secrecy::SecretString;
 
-use super::file::{FileAccount, FileConfig, Scalar, parse_file};
+use super::accounts::{DeclaredAccount, resolve_accounts};
+use super::errors::ConfigError;
+use super::file::{FileConfig, Scalar, parse_file};
 use super::values::{
-    parse_duration, parse_identifier, parse_mailbox, parse_name, parse_positive_duration,
-    parse_secret_url, parse_size, parse_smtp_url, parse_socket_addr, parse_url,
+    parse_duration, parse_mailbox, parse_name, parse_positive_duration, parse_secret_url,
+    parse_size, parse_smtp_url, parse_socket_addr, parse_url,
 };
 use super::{
     DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
-    SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomAccount, ZoomEndpoints,
-    parse_dotenv,
+    SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
 };
 use crate::event::MAX_EVENT_BYTES;
 
@@ -44,110 +44,40 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const HTTP: &[&str] = &["http", "https"];
 const WS: &[&str] = &["ws", "wss"];
 
-/// One missing or invalid setting, or an unreadable file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The setting's environment variable, when it has one.
-    pub env: Option<String>,
-    /// The setting's key in `zoomwire.yaml`, when it has one.
-    pub yaml_key: Option<String>,
-    /// Where the bad value came from (`the environment`, `.env line 3`,
-    /// `zoomwire.yaml`), or for a file error the file and position.
-    pub origin: Option<String>,
-    pub message: String,
-}
-
-impl ConfigError {
-    /// A problem with a whole file (`zoomwire.yaml:3:5`, `.env:4`).
-    pub fn file(location: String, message: String) -> ConfigError {
-        ConfigError {
-            env: None,
-            yaml_key: None,
-            origin: Some(location),
-            message,
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.env, &self.yaml_key) {
-            (Some(env), Some(yaml)) => write!(f, "{env} / {yaml}: {}", self.message)?,
-            (Some(name), None) | (None, Some(name)) => write!(f, "{name}: {}", self.message)?,
-            (None, None) => {
-                let location = self.origin.as_deref().unwrap_or("configuration");
-                return write!(f, "{location}: {}", self.message);
-            }
-        }
-        match &self.origin {
-            Some(origin) => write!(f, " (from {origin})"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Every problem found in one load, in the order settings are read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub(super) fn check(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
-        self.0.iter()
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid configuration:")?;
-        for error in &self.0 {
-            write!(f, "\n  {error}")?;
-        }
-        Ok(())
-    }
-}
-
 /// A setting's names. The parsers of secret settings never quote the value.
-struct Key {
-    env: Option<&'static str>,
-    yaml: String,
+pub(super) struct Key {
+    pub env: Option<&'static str>,
+    pub yaml: String,
 }
 
-fn key(env: &'static str, yaml: &str) -> Key {
+pub(super) fn key(env: &'static str, yaml: &str) -> Key {
     Key {
         env: Some(env),
         yaml: yaml.to_string(),
     }
 }
 
-fn yaml_key(yaml: String) -> Key {
+pub(super) fn yaml_key(yaml: String) -> Key {
     Key { env: None, yaml }
 }
 
 /// A value as written, and where.
-struct Raw {
+pub(super) struct Raw {
     text: String,
     origin: String,
 }
 
-struct Resolver<'a> {
+pub(super) struct Resolver<'a> {
     env: &'a BTreeMap<String, String>,
     dotenv: BTreeMap<String, DotenvValue>,
     dotenv_name: String,
-    yaml_name: String,
+    pub yaml_name: String,
     errors: Vec<ConfigError>,
 }
 
 impl Resolver<'_> {
     /// The value that wins: environment, then `.env`, then the file. Blank counts as unset.
-    fn raw(&self, key: &Key, yaml: Option<&Scalar>) -> Option<Raw> {
+    pub(super) fn raw(&self, key: &Key, yaml: Option<&Scalar>) -> Option<Raw> {
         let non_blank = |text: &str| {
             Some(text.trim())
                 .filter(|t| !t.is_empty())
@@ -179,7 +109,7 @@ impl Resolver<'_> {
     }
 
     /// The parsed value; `None` when unset or invalid (then recorded).
-    fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         key: &Key,
         yaml: Option<&Scalar>,
@@ -196,7 +126,7 @@ impl Resolver<'_> {
     }
 
     /// Like [`Resolver::get`], recording `missing` when unset.
-    fn require<T>(
+    pub(super) fn require<T>(
         &mut self,
         key: &Key,
         yaml: Option<&Scalar>,
@@ -209,11 +139,11 @@ impl Resolver<'_> {
         self.get(key, yaml, parse)
     }
 
-    fn secret(&mut self, key: &Key, yaml: Option<&Scalar>) -> Option<SecretString> {
+    pub(super) fn secret(&mut self, key: &Key, yaml: Option<&Scalar>) -> Option<SecretString> {
         self.get(key, yaml, |text| Ok(SecretString::from(text)))
     }
 
-    fn fail(&mut self, key: &Key, message: String, origin: Option<String>) {
+    pub(super) fn fail(&mut self, key: &Key, message: String, origin: Option<String>) {
         self.errors.push(ConfigError {
             env: key.env.map(str::to_string),
             yaml_key: Some(key.yaml.clone()),
@@ -223,20 +153,13 @@ impl Resolver<'_> {
     }
 
     /// Whether an environment variable (or its `.env` line) is set.
-    fn env_defined(&self, name: &'static str) -> bool {
+    pub(super) fn env_defined(&self, name: &'static str) -> bool {
         let probe = Key {
             env: Some(name),
             yaml: String::new(),
         };
         self.raw(&probe, None).is_some()
     }
-}
-
-/// An account as declared, complete or not (for the daemon's checks).
-#[derive(Debug, Clone)]
-pub(super) struct DeclaredAccount {
-    pub name: String,
-    pub has_subscription: bool,
 }
 
 pub(super) struct Built {
@@ -575,147 +498,4 @@ fn resolve_sandbox(r: &mut Resolver, file: &FileConfig) -> serde_json::Value {
             serde_json::Value::Object(Default::default())
         }
     }
-}
-
-/// The environment variables that define the account named `default`.
-const ACCOUNT_VARS: [&str; 4] = [
-    "ZOOM_ACCOUNT_ID",
-    "ZOOM_CLIENT_ID",
-    "ZOOM_CLIENT_SECRET",
-    "ZOOM_SUBSCRIPTION_ID",
-];
-
-/// Accounts from the file plus the one the environment defines; incomplete
-/// ones are reported and left out of the settings.
-fn resolve_accounts(
-    r: &mut Resolver,
-    file_accounts: &[FileAccount],
-) -> (Vec<ZoomAccount>, Vec<DeclaredAccount>) {
-    let empty = FileAccount::default();
-    let mut drafts: Vec<(String, &FileAccount)> = Vec::new();
-    for (index, account) in file_accounts.iter().enumerate() {
-        let name_key = yaml_key(format!("accounts[{index}].name"));
-        let name = match r.raw(&name_key, account.name.as_ref()) {
-            None => DEFAULT_ACCOUNT.to_string(),
-            Some(_) => match r.get(&name_key, account.name.as_ref(), parse_name) {
-                Some(name) => name,
-                None => continue,
-            },
-        };
-        if drafts.iter().any(|(other, _)| *other == name) {
-            let origin = r.yaml_name.clone();
-            r.fail(
-                &name_key,
-                format!("another account is already named `{name}`"),
-                Some(origin),
-            );
-            continue;
-        }
-        drafts.push((name, account));
-    }
-    let env_defines_default = ACCOUNT_VARS.iter().any(|var| r.env_defined(var));
-    if env_defines_default && !drafts.iter().any(|(name, _)| name == DEFAULT_ACCOUNT) {
-        drafts.insert(0, (DEFAULT_ACCOUNT.to_string(), &empty));
-    }
-    let mut accounts = Vec::new();
-    let mut declared = Vec::new();
-    for (name, file) in drafts {
-        let (account, has_subscription) = resolve_account(r, &name, file);
-        declared.push(DeclaredAccount {
-            name,
-            has_subscription,
-        });
-        accounts.extend(account);
-    }
-    (accounts, declared)
-}
-
-fn resolve_account(
-    r: &mut Resolver,
-    name: &str,
-    file: &FileAccount,
-) -> (Option<ZoomAccount>, bool) {
-    let is_default = name == DEFAULT_ACCOUNT;
-    let key = |env: &'static str, field: &str| Key {
-        env: is_default.then_some(env),
-        yaml: format!("accounts[{name}].{field}"),
-    };
-    let account_id = r.require(
-        &key(ACCOUNT_VARS[0], "account_id"),
-        file.account_id.as_ref(),
-        parse_identifier,
-    );
-    let client_id = r.require(
-        &key(ACCOUNT_VARS[1], "client_id"),
-        file.client_id.as_ref(),
-        parse_identifier,
-    );
-    let secret_key = key(ACCOUNT_VARS[2], "client_secret");
-    let client_secret = r.require(&secret_key, file.client_secret.as_ref(), |t| {
-        Ok(SecretString::from(t))
-    });
-    let subscription_key = key(ACCOUNT_VARS[3], "subscription_id");
-    let has_subscription = r
-        .raw(&subscription_key, file.subscription_id.as_ref())
-        .is_some();
-    let subscription_id = r.get(
-        &subscription_key,
-        file.subscription_id.as_ref(),
-        parse_identifier,
-    );
-    let account = match (account_id, client_id, client_secret) {
-        (Some(account_id), Some(client_id), Some(client_secret)) => Some(ZoomAccount {
-            name: name.to_string(),
-            account_id,
-            client_id,
-            client_secret,
-            subscription_id,
-        }),
-        _ => None,
-    };
-    (account, has_subscription)
-}
-
-/// What `zoomwire run` needs beyond valid settings.
-pub(super) fn daemon_errors(
-    declared: &[DeclaredAccount],
-    webhook_enabled: bool,
-) -> Vec<ConfigError> {
-    let account_key = |name: &str, var: &str, field: &str| ConfigError {
-        env: (name == DEFAULT_ACCOUNT).then(|| var.to_string()),
-        yaml_key: Some(format!("accounts[{name}].{field}")),
-        origin: None,
-        message: String::new(),
-    };
-    if declared.is_empty() {
-        let fields = [
-            "account_id",
-            "client_id",
-            "client_secret",
-            "subscription_id",
-        ];
-        let needed = if webhook_enabled { 3 } else { 4 };
-        return ACCOUNT_VARS
-            .iter()
-            .zip(fields)
-            .take(needed)
-            .map(|(var, field)| ConfigError {
-                message: "missing: `zoomwire run` needs at least one Zoom account".into(),
-                ..account_key(DEFAULT_ACCOUNT, var, field)
-            })
-            .collect();
-    }
-    if webhook_enabled {
-        return Vec::new();
-    }
-    declared
-        .iter()
-        .filter(|account| !account.has_subscription)
-        .map(|account| ConfigError {
-            message: "missing: `zoomwire run` receives events through the account's WebSocket subscription \
-                      (or set ZOOM_WEBHOOK_SECRET_TOKEN to receive them by webhook)"
-                .into(),
-            ..account_key(&account.name, ACCOUNT_VARS[3], "subscription_id")
-        })
-        .collect()
 }

@@ -508,3 +508,33 @@ fn builds_the_runtime_configurations() {
     assert_eq!(journal.dedupe_window, Duration::from_secs(3600));
     assert_eq!(journal.max_age, Duration::from_secs(2 * 86_400));
 }
+
+#[test]
+fn the_example_file_loads_and_shows_the_defaults() {
+    let example = include_str!("../../zoomwire.example.yaml");
+    let s = settings(Some(example), None, &[]);
+    let defaults = Settings::default();
+    assert_eq!(s.zoom.api_base, defaults.zoom.api_base);
+    assert_eq!(s.zoom.oauth_base, defaults.zoom.oauth_base);
+    assert_eq!(s.zoom.ws_base, defaults.zoom.ws_base);
+    assert_eq!(s.slack.api_base, defaults.slack.api_base);
+    assert_eq!(s.webhook.addr, defaults.webhook.addr);
+    assert_eq!(s.webhook.max_body, defaults.webhook.max_body);
+    assert_eq!(s.admin_addr, defaults.admin_addr);
+    assert_eq!(
+        (&s.data_dir, &s.rules_dir, &s.scripts_dir),
+        (
+            &defaults.data_dir,
+            &defaults.rules_dir,
+            &defaults.scripts_dir
+        )
+    );
+    assert_eq!(s.websocket, defaults.websocket);
+    assert_eq!(s.journal, defaults.journal);
+    assert_eq!(s.shutdown_grace, defaults.shutdown_grace);
+    assert_eq!(s.log_format, defaults.log_format);
+    assert_eq!(s.accounts[0].name, "sales");
+    assert!(s.webhook.enabled());
+    assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
+    assert_eq!(s.vars["archive_channel"], "#recordings");
+}

@@ -5,14 +5,18 @@
 //! and run each matching rule's Rhai script in a sandbox whose only way out
 //! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod commands;
+pub mod config;
 pub mod effects;
 pub mod engine;
 pub mod event;
 pub mod journal;
+pub mod logging;
 pub mod rules;
 pub mod schedule;
 pub mod script;
+pub mod serve;
 pub mod sim;
 pub mod testing;
 pub mod zoom;

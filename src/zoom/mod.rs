@@ -6,4 +6,5 @@ pub mod oauth;
 pub mod rest;
 pub mod token;
 pub mod uuid;
+pub mod webhook;
 pub mod websocket;

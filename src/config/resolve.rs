@@ -1,0 +1,501 @@
+//! Layering and checking: each setting is looked up in the environment, then
+//! `.env`, then `zoomwire.yaml`, then its default, parsed, and every problem
+//! recorded with the setting's names and where its value came from, so that
+//! one pass reports all of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use secrecy::SecretString;
+
+use super::accounts::{DeclaredAccount, resolve_accounts};
+use super::errors::ConfigError;
+use super::file::{FileConfig, Scalar, parse_file};
+use super::values::{
+    parse_duration, parse_mailbox, parse_name, parse_positive_duration, parse_secret_url,
+    parse_size, parse_smtp_url, parse_socket_addr, parse_url,
+};
+use super::{
+    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
+    SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
+};
+use crate::event::MAX_EVENT_BYTES;
+
+const DEFAULT_OAUTH_BASE: &str = "https://zoom.us";
+const DEFAULT_API_BASE: &str = "https://api.zoom.us/v2";
+const DEFAULT_WS_BASE: &str = "wss://ws.zoom.us/ws";
+const DEFAULT_SLACK_API_BASE: &str = "https://slack.com/api";
+const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9797);
+const DEFAULT_WEBHOOK_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9798);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(75);
+/// Room for a maximal event escaped inside a frame, as `WsConfig::new` has it,
+/// so that the frame decoder (not the transport) refuses an oversized event.
+const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
+const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+const HTTP: &[&str] = &["http", "https"];
+const WS: &[&str] = &["ws", "wss"];
+
+/// A setting's names. The parsers of secret settings never quote the value.
+pub(super) struct Key {
+    pub env: Option<&'static str>,
+    pub yaml: String,
+}
+
+pub(super) fn key(env: &'static str, yaml: &str) -> Key {
+    Key {
+        env: Some(env),
+        yaml: yaml.to_string(),
+    }
+}
+
+pub(super) fn yaml_key(yaml: String) -> Key {
+    Key { env: None, yaml }
+}
+
+/// A value as written, and where.
+pub(super) struct Raw {
+    text: String,
+    origin: String,
+}
+
+pub(super) struct Resolver<'a> {
+    env: &'a BTreeMap<String, String>,
+    dotenv: BTreeMap<String, DotenvValue>,
+    dotenv_name: String,
+    pub yaml_name: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Resolver<'_> {
+    /// The value that wins: environment, then `.env`, then the file. Blank counts as unset.
+    pub(super) fn raw(&self, key: &Key, yaml: Option<&Scalar>) -> Option<Raw> {
+        let non_blank = |text: &str| {
+            Some(text.trim())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        };
+        if let Some(env) = key.env {
+            if let Some(text) = self.env.get(env).and_then(|v| non_blank(v)) {
+                return Some(Raw {
+                    text,
+                    origin: "the environment".into(),
+                });
+            }
+            if let Some((value, text)) = self
+                .dotenv
+                .get(env)
+                .and_then(|value| Some((value, non_blank(&value.value)?)))
+            {
+                return Some(Raw {
+                    text,
+                    origin: format!("{} line {}", self.dotenv_name, value.line),
+                });
+            }
+        }
+        let text = non_blank(&yaml?.0)?;
+        Some(Raw {
+            text,
+            origin: self.yaml_name.clone(),
+        })
+    }
+
+    /// The parsed value; `None` when unset or invalid (then recorded).
+    pub(super) fn get<T>(
+        &mut self,
+        key: &Key,
+        yaml: Option<&Scalar>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = self.raw(key, yaml)?;
+        match parse(&raw.text) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.fail(key, message, Some(raw.origin));
+                None
+            }
+        }
+    }
+
+    /// Like [`Resolver::get`], recording `missing` when unset.
+    pub(super) fn require<T>(
+        &mut self,
+        key: &Key,
+        yaml: Option<&Scalar>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        if self.raw(key, yaml).is_none() {
+            self.fail(key, "missing".into(), None);
+            return None;
+        }
+        self.get(key, yaml, parse)
+    }
+
+    pub(super) fn secret(&mut self, key: &Key, yaml: Option<&Scalar>) -> Option<SecretString> {
+        self.get(key, yaml, |text| Ok(SecretString::from(text)))
+    }
+
+    pub(super) fn fail(&mut self, key: &Key, message: String, origin: Option<String>) {
+        self.errors.push(ConfigError {
+            env: key.env.map(str::to_string),
+            yaml_key: Some(key.yaml.clone()),
+            origin,
+            message,
+        });
+    }
+
+    /// Whether an environment variable (or its `.env` line) is set.
+    pub(super) fn env_defined(&self, name: &'static str) -> bool {
+        let probe = Key {
+            env: Some(name),
+            yaml: String::new(),
+        };
+        self.raw(&probe, None).is_some()
+    }
+}
+
+pub(super) struct Built {
+    pub settings: Settings,
+    pub errors: Vec<ConfigError>,
+    pub declared_accounts: Vec<DeclaredAccount>,
+}
+
+/// Resolves every setting; the settings fall back to defaults where a value
+/// is invalid, and then `errors` is not empty.
+pub(super) fn build(sources: &Sources) -> Built {
+    let mut errors = Vec::new();
+    let dotenv_name = name_of(sources.dotenv.as_ref().map(|s| &s.path), super::DOTENV_FILE);
+    let yaml_name = name_of(sources.yaml.as_ref().map(|s| &s.path), super::CONFIG_FILE);
+    let dotenv = sources
+        .dotenv
+        .as_ref()
+        .map(|s| parse_dotenv(&s.text))
+        .unwrap_or_default();
+    for error in dotenv.errors {
+        errors.push(ConfigError::file(
+            format!("{dotenv_name}:{}", error.line),
+            error.message,
+        ));
+    }
+    let mut yaml_failed = false;
+    let file = match &sources.yaml {
+        None => FileConfig::default(),
+        Some(source) => parse_file(&source.text).unwrap_or_else(|error| {
+            yaml_failed = true;
+            let location = format!(
+                "{yaml_name}:{}:{}",
+                error.position.line, error.position.column
+            );
+            errors.push(ConfigError::file(location, error.message));
+            FileConfig::default()
+        }),
+    };
+    let mut resolver = Resolver {
+        env: &sources.env,
+        dotenv: dotenv.values,
+        dotenv_name,
+        yaml_name,
+        errors,
+    };
+    let (accounts, declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
+    let settings = Settings {
+        accounts,
+        zoom: resolve_zoom(&mut resolver, &file),
+        webhook: resolve_webhook(&mut resolver, &file),
+        slack: resolve_slack(&mut resolver, &file),
+        email: resolve_email(&mut resolver, &file),
+        data_dir: resolver
+            .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
+            .unwrap_or_else(|| ".zoomwire".into()),
+        admin_addr: resolver
+            .get(
+                &key("ZOOMWIRE_ADMIN_ADDR", "admin_addr"),
+                file.admin_addr.as_ref(),
+                parse_socket_addr,
+            )
+            .unwrap_or(DEFAULT_ADMIN_ADDR),
+        rules_dir: resolver
+            .get(&key("ZOOMWIRE_RULES", "rules"), file.rules.as_ref(), path)
+            .unwrap_or_else(|| "rules".into()),
+        scripts_dir: resolver
+            .get(
+                &key("ZOOMWIRE_SCRIPTS", "scripts"),
+                file.scripts.as_ref(),
+                path,
+            )
+            .unwrap_or_else(|| "scripts".into()),
+        log_format: resolver
+            .get(
+                &key("ZOOMWIRE_LOG_FORMAT", "log_format"),
+                file.log_format.as_ref(),
+                |t| t.parse(),
+            )
+            .unwrap_or_default(),
+        websocket: resolve_websocket(&mut resolver, &file),
+        journal: resolve_journal(&mut resolver, &file),
+        shutdown_grace: resolver
+            .get(
+                &key("ZOOMWIRE_SHUTDOWN_GRACE", "shutdown_grace"),
+                file.shutdown_grace.as_ref(),
+                parse_duration,
+            )
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        vars: file.vars.clone(),
+        sandbox: resolve_sandbox(&mut resolver, &file),
+        loaded_from: LoadedFrom {
+            config_file: sources.yaml.as_ref().map(|s| s.path.clone()),
+            dotenv_file: sources.dotenv.as_ref().map(|s| s.path.clone()),
+        },
+    };
+    Built {
+        settings,
+        errors: resolver.errors,
+        // A broken file hides its accounts: don't also claim they are missing.
+        declared_accounts: if yaml_failed {
+            vec![DeclaredAccount {
+                name: DEFAULT_ACCOUNT.into(),
+                has_subscription: true,
+            }]
+        } else {
+            declared_accounts
+        },
+    }
+}
+
+fn name_of(path: Option<&PathBuf>, default: &str) -> String {
+    path.map(|p| p.display().to_string())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+/// A duration as a user would write it.
+fn show(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+/// A base URL of one of `schemes`, without a trailing `/` (paths are appended).
+fn base_url(text: &str, schemes: &[&str]) -> Result<String, String> {
+    parse_url(text, schemes).map(|url| url.as_str().trim_end_matches('/').to_string())
+}
+
+fn resolve_zoom(r: &mut Resolver, file: &FileConfig) -> ZoomEndpoints {
+    let zoom = &file.zoom;
+    let http = |t: &str| base_url(t, HTTP);
+    ZoomEndpoints {
+        oauth_base: r
+            .get(
+                &key("ZOOM_OAUTH_BASE", "zoom.oauth_base"),
+                zoom.oauth_base.as_ref(),
+                http,
+            )
+            .unwrap_or_else(|| DEFAULT_OAUTH_BASE.into()),
+        api_base: r
+            .get(
+                &key("ZOOM_API_BASE", "zoom.api_base"),
+                zoom.api_base.as_ref(),
+                http,
+            )
+            .unwrap_or_else(|| DEFAULT_API_BASE.into()),
+        ws_base: r
+            .get(
+                &key("ZOOM_WS_BASE", "zoom.ws_base"),
+                zoom.ws_base.as_ref(),
+                |t| base_url(t, WS),
+            )
+            .unwrap_or_else(|| DEFAULT_WS_BASE.into()),
+    }
+}
+
+fn resolve_webhook(r: &mut Resolver, file: &FileConfig) -> WebhookSettings {
+    let webhook = &file.webhook;
+    let max_body = |text: &str| {
+        let size = parse_size(text)?;
+        if size > MAX_EVENT_BYTES {
+            return Err(format!(
+                "`{text}` is larger than the largest event zoomwire accepts ({MAX_EVENT_BYTES} bytes)"
+            ));
+        }
+        Ok(size)
+    };
+    WebhookSettings {
+        secret_token: r.secret(
+            &key("ZOOM_WEBHOOK_SECRET_TOKEN", "webhook.secret_token"),
+            webhook.secret_token.as_ref(),
+        ),
+        addr: r
+            .get(
+                &key("ZOOMWIRE_WEBHOOK_ADDR", "webhook.addr"),
+                webhook.addr.as_ref(),
+                parse_socket_addr,
+            )
+            .unwrap_or(DEFAULT_WEBHOOK_ADDR),
+        max_body: r
+            .get(
+                &key("ZOOMWIRE_WEBHOOK_MAX_BODY", "webhook.max_body"),
+                webhook.max_body.as_ref(),
+                max_body,
+            )
+            .unwrap_or(MAX_EVENT_BYTES),
+    }
+}
+
+fn resolve_slack(r: &mut Resolver, file: &FileConfig) -> SlackSettings {
+    SlackSettings {
+        bot_token: r.secret(
+            &key("SLACK_BOT_TOKEN", "slack.bot_token"),
+            file.slack.bot_token.as_ref(),
+        ),
+        api_base: r
+            .get(
+                &key("SLACK_API_BASE", "slack.api_base"),
+                file.slack.api_base.as_ref(),
+                |t| base_url(t, HTTP),
+            )
+            .unwrap_or_else(|| DEFAULT_SLACK_API_BASE.into()),
+        webhooks: resolve_slack_webhooks(r, &file.slack_webhooks),
+    }
+}
+
+/// Named webhooks from the file; `SLACK_WEBHOOK_URL` is (or overrides) `default`.
+fn resolve_slack_webhooks(
+    r: &mut Resolver,
+    file: &IndexMap<String, Scalar>,
+) -> BTreeMap<String, SecretString> {
+    let webhook_url = |text: &str| parse_secret_url(text, HTTP).map(|_| SecretString::from(text));
+    let mut names: Vec<&str> = file.keys().map(String::as_str).collect();
+    if !file.contains_key(DEFAULT_ACCOUNT) {
+        names.push(DEFAULT_ACCOUNT);
+    }
+    let mut hooks = BTreeMap::new();
+    for name in names {
+        let key = Key {
+            env: (name == DEFAULT_ACCOUNT).then_some("SLACK_WEBHOOK_URL"),
+            yaml: format!("slack_webhooks.{name}"),
+        };
+        if let Err(message) = parse_name(name) {
+            let origin = r.yaml_name.clone();
+            r.fail(&key, message, Some(origin));
+            continue;
+        }
+        if let Some(url) = r.get(&key, file.get(name), webhook_url) {
+            hooks.insert(name.to_string(), url);
+        }
+    }
+    hooks
+}
+
+fn resolve_email(r: &mut Resolver, file: &FileConfig) -> EmailSettings {
+    let smtp_key = key("SMTP_URL", "email.smtp_url");
+    let from_key = key("EMAIL_FROM", "email.from");
+    let smtp_url = r.get(&smtp_key, file.email.smtp_url.as_ref(), |text| {
+        parse_smtp_url(text).map(|_| SecretString::from(text))
+    });
+    let from_set = r.raw(&from_key, file.email.from.as_ref()).is_some();
+    let from = r.get(&from_key, file.email.from.as_ref(), parse_mailbox);
+    if smtp_url.is_some() && !from_set {
+        r.fail(
+            &from_key,
+            "missing: needed to send email through SMTP_URL".into(),
+            None,
+        );
+    }
+    EmailSettings { smtp_url, from }
+}
+
+fn resolve_websocket(r: &mut Resolver, file: &FileConfig) -> WebsocketSettings {
+    let ws = &file.websocket;
+    let heartbeat = r
+        .get(
+            &key("ZOOMWIRE_WS_HEARTBEAT", "websocket.heartbeat"),
+            ws.heartbeat.as_ref(),
+            parse_positive_duration,
+        )
+        .unwrap_or(DEFAULT_HEARTBEAT);
+    let dead_key = key("ZOOMWIRE_WS_DEAD_AFTER", "websocket.dead_after");
+    let dead_after = match r.raw(&dead_key, ws.dead_after.as_ref()) {
+        None => DEFAULT_DEAD_AFTER.max(heartbeat * 2),
+        Some(raw) => {
+            let dead_after = r.get(&dead_key, ws.dead_after.as_ref(), parse_positive_duration);
+            if let Some(dead_after) = dead_after.filter(|d| *d <= heartbeat) {
+                let message = format!(
+                    "{} must be longer than the heartbeat interval ({}), or every quiet connection counts as dead",
+                    show(dead_after),
+                    show(heartbeat)
+                );
+                r.fail(&dead_key, message, Some(raw.origin));
+            }
+            dead_after.unwrap_or(DEFAULT_DEAD_AFTER)
+        }
+    };
+    WebsocketSettings {
+        heartbeat,
+        dead_after,
+        max_frame: r
+            .get(
+                &key("ZOOMWIRE_WS_MAX_FRAME", "websocket.max_frame"),
+                ws.max_frame.as_ref(),
+                parse_size,
+            )
+            .unwrap_or(DEFAULT_MAX_FRAME),
+    }
+}
+
+fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
+    let journal = &file.journal;
+    let dedupe_window = r
+        .get(
+            &key("ZOOMWIRE_DEDUPE_WINDOW", "journal.dedupe_window"),
+            journal.dedupe_window.as_ref(),
+            parse_positive_duration,
+        )
+        .unwrap_or(DEFAULT_DEDUPE_WINDOW);
+    let retention_key = key("ZOOMWIRE_RETENTION", "journal.retention");
+    let retention = match r.raw(&retention_key, journal.retention.as_ref()) {
+        None => DEFAULT_RETENTION.max(dedupe_window),
+        Some(raw) => {
+            let retention = r.get(
+                &retention_key,
+                journal.retention.as_ref(),
+                parse_positive_duration,
+            );
+            if retention.is_some_and(|d| d < dedupe_window) {
+                let message = "must be at least the dedupe window, or duplicates of pruned events would run again";
+                r.fail(&retention_key, message.into(), Some(raw.origin));
+            }
+            retention.unwrap_or(DEFAULT_RETENTION)
+        }
+    };
+    JournalSettings {
+        dedupe_window,
+        retention,
+    }
+}
+
+fn resolve_sandbox(r: &mut Resolver, file: &FileConfig) -> serde_json::Value {
+    match &file.sandbox {
+        None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
+        Some(value @ serde_json::Value::Object(_)) => value.clone(),
+        Some(_) => {
+            let key = yaml_key("sandbox".into());
+            let origin = r.yaml_name.clone();
+            r.fail(&key, "expected a mapping of limits".into(), Some(origin));
+            serde_json::Value::Object(Default::default())
+        }
+    }
+}

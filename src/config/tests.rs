@@ -1,0 +1,540 @@
+//! Settings tests: layering, defaults, every error at once, secrets kept out
+//! of Debug output and messages. The environment is always a map here.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn sources(yaml: Option<&str>, dotenv: Option<&str>, pairs: &[(&str, &str)]) -> Sources {
+    Sources {
+        yaml: yaml.map(|text| SourceText {
+            path: PathBuf::from("zoomwire.yaml"),
+            text: text.to_string(),
+        }),
+        dotenv: dotenv.map(|text| SourceText {
+            path: PathBuf::from(".env"),
+            text: text.to_string(),
+        }),
+        env: env(pairs),
+    }
+}
+
+fn settings(yaml: Option<&str>, dotenv: Option<&str>, pairs: &[(&str, &str)]) -> Settings {
+    Settings::from_sources(&sources(yaml, dotenv, pairs)).unwrap()
+}
+
+fn error_lines(result: Result<Settings, ConfigErrors>) -> Vec<String> {
+    result
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+const FULL_ENV: &[(&str, &str)] = &[
+    ("ZOOM_ACCOUNT_ID", "acc-1"),
+    ("ZOOM_CLIENT_ID", "client-1"),
+    ("ZOOM_CLIENT_SECRET", "zoom-client-secret-value"),
+    ("ZOOM_SUBSCRIPTION_ID", "sub-1"),
+    ("ZOOM_WEBHOOK_SECRET_TOKEN", "webhook-secret-value"),
+    ("SLACK_BOT_TOKEN", "xoxb-slack-token-value"),
+    (
+        "SLACK_WEBHOOK_URL",
+        "https://hooks.slack.com/services/T0/B0/slack-hook-secret",
+    ),
+    (
+        "SMTP_URL",
+        "smtp://mailer:smtp-password-value@mail.example.com:587",
+    ),
+    ("EMAIL_FROM", "Zoomwire <zw@example.com>"),
+];
+
+#[test]
+fn defaults_are_the_design_defaults() {
+    let s = Settings::default();
+    assert!(s.accounts.is_empty());
+    assert_eq!(s.zoom.oauth_base, "https://zoom.us");
+    assert_eq!(s.zoom.api_base, "https://api.zoom.us/v2");
+    assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
+    assert_eq!(s.slack.api_base, "https://slack.com/api");
+    assert!(s.slack.bot_token.is_none() && s.slack.webhooks.is_empty());
+    assert!(s.email.smtp_url.is_none() && s.email.from.is_none());
+    assert!(!s.webhook.enabled());
+    assert_eq!(s.webhook.addr.to_string(), "127.0.0.1:9798");
+    assert_eq!(s.webhook.max_body, 1 << 20);
+    assert_eq!(s.data_dir, PathBuf::from(".zoomwire"));
+    assert_eq!(s.admin_addr.to_string(), "127.0.0.1:9797");
+    assert_eq!(s.rules_dir, PathBuf::from("rules"));
+    assert_eq!(s.scripts_dir, PathBuf::from("scripts"));
+    assert_eq!(s.log_format, LogFormat::Text);
+    assert_eq!(
+        s.websocket,
+        WebsocketSettings {
+            heartbeat: Duration::from_secs(30),
+            dead_after: Duration::from_secs(75),
+            max_frame: 1 << 20 | 1 << 19,
+        }
+    );
+    assert_eq!(s.journal.dedupe_window, Duration::from_secs(86_400));
+    assert_eq!(s.journal.retention, Duration::from_secs(30 * 86_400));
+    assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    assert!(s.vars.is_empty());
+    assert_eq!(s.sandbox, serde_json::json!({}));
+    assert_eq!(s.loaded_from, LoadedFrom::default());
+}
+
+#[test]
+fn environment_overrides_dotenv_which_overrides_the_file() {
+    let yaml = "zoom: { api_base: 'http://yaml.test/v2' }\naccounts: [{ account_id: A, client_id: C, client_secret: from-yaml }]\n";
+    let dotenv = "ZOOM_API_BASE=http://dotenv.test/v2\nZOOM_CLIENT_SECRET=from-dotenv\n";
+    let all = settings(
+        Some(yaml),
+        Some(dotenv),
+        &[
+            ("ZOOM_API_BASE", "http://env.test/v2"),
+            ("ZOOM_CLIENT_SECRET", "from-env"),
+        ],
+    );
+    assert_eq!(all.zoom.api_base, "http://env.test/v2");
+    assert_eq!(all.accounts[0].client_secret.expose_secret(), "from-env");
+
+    let without_env = settings(Some(yaml), Some(dotenv), &[]);
+    assert_eq!(without_env.zoom.api_base, "http://dotenv.test/v2");
+    assert_eq!(
+        without_env.accounts[0].client_secret.expose_secret(),
+        "from-dotenv"
+    );
+
+    let file_only = settings(Some(yaml), None, &[]);
+    assert_eq!(file_only.zoom.api_base, "http://yaml.test/v2");
+    assert_eq!(
+        file_only.accounts[0].client_secret.expose_secret(),
+        "from-yaml"
+    );
+    assert_eq!(file_only.accounts[0].name, DEFAULT_ACCOUNT);
+}
+
+#[test]
+fn a_blank_variable_counts_as_unset() {
+    let s = settings(
+        Some("admin_addr: 127.0.0.1:7000\n"),
+        Some("ZOOMWIRE_ADMIN_ADDR=\n"),
+        &[("ZOOMWIRE_ADMIN_ADDR", "  ")],
+    );
+    assert_eq!(s.admin_addr.to_string(), "127.0.0.1:7000");
+}
+
+#[test]
+fn reads_every_setting_from_the_environment() {
+    let mut pairs = FULL_ENV.to_vec();
+    pairs.extend([
+        ("ZOOM_OAUTH_BASE", "http://127.0.0.1:1/"),
+        ("ZOOM_WS_BASE", "ws://127.0.0.1:1/ws"),
+        ("SLACK_API_BASE", "http://127.0.0.1:1/api"),
+        ("ZOOMWIRE_DATA", "/var/lib/zoomwire"),
+        ("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:9000"),
+        ("ZOOMWIRE_RULES", "r"),
+        ("ZOOMWIRE_SCRIPTS", "s"),
+        ("ZOOMWIRE_LOG_FORMAT", "json"),
+        ("ZOOMWIRE_WEBHOOK_ADDR", "127.0.0.1:0"),
+        ("ZOOMWIRE_WEBHOOK_MAX_BODY", "64KiB"),
+        ("ZOOMWIRE_WS_HEARTBEAT", "200ms"),
+        ("ZOOMWIRE_WS_DEAD_AFTER", "1s"),
+        ("ZOOMWIRE_WS_MAX_FRAME", "2MiB"),
+        ("ZOOMWIRE_DEDUPE_WINDOW", "1h"),
+        ("ZOOMWIRE_RETENTION", "7d"),
+        ("ZOOMWIRE_SHUTDOWN_GRACE", "0s"),
+    ]);
+    let s = settings(None, None, &pairs);
+    let account = s.account(DEFAULT_ACCOUNT).unwrap();
+    assert_eq!(account.account_id, "acc-1");
+    assert_eq!(account.client_id, "client-1");
+    assert_eq!(account.subscription_id.as_deref(), Some("sub-1"));
+    assert!(s.webhook.enabled());
+    assert_eq!(s.webhook.max_body, 64 << 10);
+    assert_eq!(s.zoom.ws_base, "ws://127.0.0.1:1/ws");
+    assert_eq!(s.zoom.oauth_base, "http://127.0.0.1:1", "no trailing slash");
+    assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["default"]);
+    assert_eq!(s.email.from.as_deref(), Some("Zoomwire <zw@example.com>"));
+    assert_eq!(s.data_dir, PathBuf::from("/var/lib/zoomwire"));
+    assert_eq!(s.admin_addr.port(), 9000);
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert_eq!(s.websocket.heartbeat, Duration::from_millis(200));
+    assert_eq!(s.websocket.dead_after, Duration::from_secs(1));
+    assert_eq!(s.websocket.max_frame, 2 << 20);
+    assert_eq!(s.journal.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(s.shutdown_grace, Duration::ZERO);
+    assert!(s.require_daemon().is_ok());
+}
+
+#[test]
+fn reads_several_accounts_webhooks_vars_and_sandbox_from_the_file() {
+    let yaml = r##"
+accounts:
+  - name: sales
+    account_id: A2
+    client_id: C2
+    client_secret: S2
+    subscription_id: X2
+  - { name: support, account_id: A3, client_id: C3, client_secret: S3, subscription_id: X3 }
+slack_webhooks:
+  ops: https://hooks.slack.com/services/T/B/ops
+  default: https://hooks.slack.com/services/T/B/yaml-default
+websocket: { max_frame: 4096 }
+vars: { archive_channel: "#recordings", retries: 3 }
+sandbox: { max_operations: 1000 }
+"##;
+    let s = settings(Some(yaml), None, FULL_ENV);
+    let names: Vec<&str> = s.accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, vec!["default", "sales", "support"]);
+    assert_eq!(
+        s.account("sales").unwrap().client_secret.expose_secret(),
+        "S2"
+    );
+    assert_eq!(
+        s.slack.webhooks.keys().collect::<Vec<_>>(),
+        vec!["default", "ops"]
+    );
+    // SLACK_WEBHOOK_URL overrides the file's `default`.
+    assert!(
+        s.slack.webhooks["default"]
+            .expose_secret()
+            .ends_with("slack-hook-secret")
+    );
+    assert_eq!(s.websocket.max_frame, 4096);
+    assert_eq!(s.vars["archive_channel"], "#recordings");
+    assert_eq!(s.vars["retries"], 3);
+    assert_eq!(s.sandbox, serde_json::json!({"max_operations": 1000}));
+    assert_eq!(
+        s.loaded_from.config_file,
+        Some(PathBuf::from("zoomwire.yaml"))
+    );
+}
+
+#[test]
+fn reports_every_problem_at_once() {
+    let yaml = "admin_addr: localhost\naccounts:\n  - { name: sales, account_id: A2 }\n  - { name: sales, account_id: A3 }\nwebsocket: { heartbeat: 30s, dead_after: 10s }\n";
+    let dotenv = "ZOOM_WS_BASE=https://ws.zoom.us/ws\nnot a line\n";
+    let pairs = [
+        ("ZOOM_CLIENT_ID", "client-1"),
+        ("SMTP_URL", "smtp://u:p@mail.example.com"),
+        ("ZOOMWIRE_LOG_FORMAT", "xml"),
+        ("ZOOMWIRE_RETENTION", "1h"),
+    ];
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some(yaml),
+        Some(dotenv),
+        &pairs,
+    )));
+    assert_eq!(
+        lines,
+        vec![
+            ".env:2: expected KEY=value",
+            "accounts[1].name: another account is already named `sales` (from zoomwire.yaml)",
+            "ZOOM_ACCOUNT_ID / accounts[default].account_id: missing",
+            "ZOOM_CLIENT_SECRET / accounts[default].client_secret: missing",
+            "accounts[sales].client_id: missing",
+            "accounts[sales].client_secret: missing",
+            "ZOOM_WS_BASE / zoom.ws_base: URL scheme `https` is not supported, expected `ws` or `wss` (from .env line 1)",
+            "EMAIL_FROM / email.from: missing: needed to send email through SMTP_URL",
+            "ZOOMWIRE_ADMIN_ADDR / admin_addr: `localhost` is not an address, expected an IP address and a port such as 127.0.0.1:9797 (from zoomwire.yaml)",
+            "ZOOMWIRE_LOG_FORMAT / log_format: unknown log format `xml`, expected `text` or `json` (from the environment)",
+            "ZOOMWIRE_WS_DEAD_AFTER / websocket.dead_after: 10s must be longer than the heartbeat interval (30s), or every quiet connection counts as dead (from zoomwire.yaml)",
+            "ZOOMWIRE_RETENTION / journal.retention: must be at least the dedupe window, or duplicates of pruned events would run again (from the environment)",
+        ]
+    );
+}
+
+#[test]
+fn the_whole_message_lists_each_problem_on_its_own_line() {
+    let error = Settings::from_sources(&sources(
+        None,
+        None,
+        &[("ZOOMWIRE_DATA", "x"), ("ZOOM_API_BASE", "nope")],
+    ))
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration:\n  ZOOM_API_BASE / zoom.api_base: `nope` is not a URL: relative URL without a base (from the environment)"
+    );
+}
+
+#[test]
+fn file_errors_name_the_position() {
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some("zoom:\n  api_bse: x\n"),
+        None,
+        &[],
+    )));
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("zoomwire.yaml:2:3: unknown field `api_bse`"),
+        "{}",
+        lines[0]
+    );
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some("websocket: { heartbeat: [1] }\n"),
+        None,
+        &[],
+    )));
+    assert!(lines[0].starts_with("zoomwire.yaml:1:"), "{}", lines[0]);
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some("sandbox: 3\nwebsocket: { heartbeat: 30 }\n"),
+        None,
+        &[],
+    )));
+    assert_eq!(
+        lines,
+        vec![
+            "ZOOMWIRE_WS_HEARTBEAT / websocket.heartbeat: invalid duration `30`, expected a number and a unit such as 500ms, 30s, 5m, 2h, 1d (from zoomwire.yaml)",
+            "sandbox: expected a mapping of limits (from zoomwire.yaml)",
+        ]
+    );
+}
+
+#[test]
+fn an_empty_file_is_an_empty_configuration() {
+    let s = settings(Some("# nothing yet\n"), Some(""), &[]);
+    assert!(s.accounts.is_empty());
+}
+
+#[test]
+fn the_daemon_needs_an_account_and_its_subscription() {
+    let lines: Vec<String> = Settings::default()
+        .require_daemon()
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "ZOOM_ACCOUNT_ID / accounts[default].account_id: missing: `zoomwire run` needs at least one Zoom account",
+            "ZOOM_CLIENT_ID / accounts[default].client_id: missing: `zoomwire run` needs at least one Zoom account",
+            "ZOOM_CLIENT_SECRET / accounts[default].client_secret: missing: `zoomwire run` needs at least one Zoom account",
+            "ZOOM_SUBSCRIPTION_ID / accounts[default].subscription_id: missing: `zoomwire run` needs at least one Zoom account",
+        ]
+    );
+
+    let yaml = "accounts: [{ name: sales, account_id: A, client_id: C, client_secret: S }]\n";
+    let no_subscription = settings(Some(yaml), None, &[]);
+    let lines: Vec<String> = no_subscription
+        .require_daemon()
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with(
+            "accounts[sales].subscription_id: missing: `zoomwire run` receives events"
+        )
+    );
+
+    // With the webhook, events need no subscription.
+    let with_webhook = settings(Some(yaml), None, &[("ZOOM_WEBHOOK_SECRET_TOKEN", "t")]);
+    assert!(with_webhook.require_daemon().is_ok());
+}
+
+#[test]
+fn load_reads_files_and_reports_daemon_needs_in_the_same_list() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "ZOOM_ACCOUNT_ID=acc\nZOOM_CLIENT_ID=cid\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("zoomwire.yaml"), "rules: my-rules\n").unwrap();
+    let options = LoadOptions {
+        base_dir: dir.path().to_path_buf(),
+        env: env(&[("ZOOMWIRE_SCRIPTS", "my-scripts")]),
+        require_daemon: true,
+        ..LoadOptions::default()
+    };
+    let lines: Vec<String> = Settings::load(&options)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "ZOOM_CLIENT_SECRET / accounts[default].client_secret: missing",
+            "ZOOM_SUBSCRIPTION_ID / accounts[default].subscription_id: missing: `zoomwire run` receives events through \
+             the account's WebSocket subscription (or set ZOOM_WEBHOOK_SECRET_TOKEN to receive them by webhook)",
+        ]
+    );
+
+    let options = LoadOptions {
+        require_daemon: false,
+        env: env(&[
+            ("ZOOMWIRE_SCRIPTS", "my-scripts"),
+            ("ZOOM_CLIENT_SECRET", "s"),
+        ]),
+        ..options
+    };
+    let s = Settings::load(&options).unwrap();
+    assert_eq!(s.rules_dir, PathBuf::from("my-rules"));
+    assert_eq!(s.scripts_dir, PathBuf::from("my-scripts"));
+    assert_eq!(s.loaded_from.dotenv_file, Some(dir.path().join(".env")));
+    assert_eq!(
+        s.loaded_from.config_file,
+        Some(dir.path().join("zoomwire.yaml"))
+    );
+}
+
+#[test]
+fn a_named_config_file_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LoadOptions {
+        base_dir: dir.path().to_path_buf(),
+        env: env(&[(CONFIG_PATH_VAR, "/nonexistent/zoomwire.yaml")]),
+        ..LoadOptions::default()
+    };
+    let lines: Vec<String> = Settings::load(&options)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("/nonexistent/zoomwire.yaml: cannot read the file"),
+        "{}",
+        lines[0]
+    );
+    // Without a name, missing files are fine.
+    let options = LoadOptions {
+        env: BTreeMap::new(),
+        ..options
+    };
+    assert!(Settings::load(&options).is_ok());
+}
+
+#[test]
+fn secrets_stay_out_of_debug_output_and_errors() {
+    let mut pairs = FULL_ENV.to_vec();
+    let s = settings(
+        Some("slack_webhooks: { ops: 'https://hooks.slack.com/services/T/B/ops-hook-secret' }\n"),
+        None,
+        &pairs,
+    );
+    let shown = format!("{s:?} {:#?}", s);
+    for secret in [
+        "zoom-client-secret-value",
+        "webhook-secret-value",
+        "xoxb-slack-token-value",
+        "slack-hook-secret",
+        "ops-hook-secret",
+        "smtp-password-value",
+        "mailer",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+    assert!(
+        shown.contains("smtp://mail.example.com:587/[redacted]"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("client-1"),
+        "identifiers stay visible: {shown}"
+    );
+
+    // Invalid secret values are not repeated either.
+    pairs.retain(|(k, _)| *k != "SMTP_URL" && *k != "SLACK_WEBHOOK_URL");
+    pairs.push(("SMTP_URL", "mail.example.com:smtp-password-value"));
+    pairs.push((
+        "SLACK_WEBHOOK_URL",
+        "ftp://hooks.slack.com/slack-hook-secret",
+    ));
+    let error =
+        Settings::from_sources(&sources(None, Some("BROKEN smtp-password-value\n"), &pairs))
+            .unwrap_err();
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("smtp-password-value"), "{shown}");
+    assert!(!shown.contains("slack-hook-secret"), "{shown}");
+    assert_eq!(error.0.len(), 3, "{shown}");
+}
+
+#[test]
+fn builds_the_runtime_configurations() {
+    let yaml = "accounts: [{ name: rest-only, account_id: A, client_id: C, client_secret: S }]\n";
+    let mut pairs = FULL_ENV.to_vec();
+    pairs.extend([
+        ("ZOOM_OAUTH_BASE", "http://127.0.0.1:7000/"),
+        ("ZOOM_WS_BASE", "ws://127.0.0.1:7000/ws"),
+        ("ZOOMWIRE_WS_HEARTBEAT", "100ms"),
+        ("ZOOMWIRE_WS_DEAD_AFTER", "300ms"),
+        ("ZOOMWIRE_WS_MAX_FRAME", "64KiB"),
+        ("ZOOMWIRE_DEDUPE_WINDOW", "1h"),
+        ("ZOOMWIRE_RETENTION", "2d"),
+    ]);
+    let s = settings(Some(yaml), None, &pairs);
+    let account = s.account(DEFAULT_ACCOUNT).unwrap();
+    let oauth = s.oauth_config(account);
+    assert_eq!(oauth.oauth_base, "http://127.0.0.1:7000");
+    assert_eq!(
+        (oauth.account_id.as_str(), oauth.client_id.as_str()),
+        ("acc-1", "client-1")
+    );
+    assert_eq!(
+        oauth.client_secret.expose_secret(),
+        "zoom-client-secret-value"
+    );
+    let ws = s.websocket_config(account).unwrap();
+    assert_eq!(ws.ws_base, "ws://127.0.0.1:7000/ws");
+    assert_eq!(
+        (ws.subscription_id.as_str(), ws.name.as_str()),
+        ("sub-1", "default")
+    );
+    assert_eq!(ws.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(ws.dead_after, Duration::from_millis(300));
+    assert_eq!(ws.max_frame_bytes, 64 << 10);
+    assert!(
+        s.websocket_config(s.account("rest-only").unwrap())
+            .is_none()
+    );
+    let journal = s.journal_options();
+    assert_eq!(journal.dedupe_window, Duration::from_secs(3600));
+    assert_eq!(journal.max_age, Duration::from_secs(2 * 86_400));
+}
+
+#[test]
+fn the_example_file_loads_and_shows_the_defaults() {
+    let example = include_str!("../../zoomwire.example.yaml");
+    let s = settings(Some(example), None, &[]);
+    let defaults = Settings::default();
+    assert_eq!(s.zoom.api_base, defaults.zoom.api_base);
+    assert_eq!(s.zoom.oauth_base, defaults.zoom.oauth_base);
+    assert_eq!(s.zoom.ws_base, defaults.zoom.ws_base);
+    assert_eq!(s.slack.api_base, defaults.slack.api_base);
+    assert_eq!(s.webhook.addr, defaults.webhook.addr);
+    assert_eq!(s.webhook.max_body, defaults.webhook.max_body);
+    assert_eq!(s.admin_addr, defaults.admin_addr);
+    assert_eq!(
+        (&s.data_dir, &s.rules_dir, &s.scripts_dir),
+        (
+            &defaults.data_dir,
+            &defaults.rules_dir,
+            &defaults.scripts_dir
+        )
+    );
+    assert_eq!(s.websocket, defaults.websocket);
+    assert_eq!(s.journal, defaults.journal);
+    assert_eq!(s.shutdown_grace, defaults.shutdown_grace);
+    assert_eq!(s.log_format, defaults.log_format);
+    assert_eq!(s.accounts[0].name, "sales");
+    assert!(s.webhook.enabled());
+    assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
+    assert_eq!(s.vars["archive_channel"], "#recordings");
+}

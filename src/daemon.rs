@@ -1,0 +1,428 @@
+//! The daemon behind `zoomwire run` (and `zoomwire demo`): wires the sources
+//! (one WebSocket subscription per account, the webhook, cron), the journal,
+//! the rule set with hot reload, the executor with the real effects, and the
+//! admin API, then runs until told to stop.
+//!
+//! Events from every source go into one bounded channel, so a slow journal
+//! or a busy executor slows intake instead of filling memory. Each event is
+//! journaled before its rules run; a journal error (a full disk) pauses that
+//! event's intake and retries it, so nothing counts as accepted unless it was
+//! written. On shutdown intake stops first, then runs in flight get the grace
+//! period; whatever is still pending resumes on the next start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminState, RunHistory, serve_admin};
+use crate::config::Settings;
+use crate::effects::live::{LiveConfig, LiveEffects};
+use crate::effects::state::{MemoryState, StateStore};
+use crate::effects::Effects;
+use crate::engine::executor::Executor;
+use crate::engine::record::{Journal, MemoryJournal};
+use crate::event::Event;
+use crate::journal::SqliteJournal;
+use crate::reload::{RuleSetHandle, watch_and_reload};
+use crate::rules::RuleSources;
+use crate::schedule::{Clock, SystemClock, run_scheduler};
+use crate::script::{SandboxLimits, ScriptPool};
+use crate::zoom::oauth::OAuthClient;
+use crate::zoom::token::{AccessTokens, TokenError};
+use crate::zoom::webhook::webhook_router;
+use crate::zoom::websocket::{ConnectionStatus, run_subscription};
+
+/// Events waiting between the sources and the executor.
+const INTAKE_CAPACITY: usize = 4096;
+/// Events being journaled and matched at once.
+const INTAKE_CONCURRENCY: usize = 256;
+
+/// Why the daemon could not start. All are configuration problems (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the rules did not load:\n{}", .0.join("\n"))]
+    Rules(Vec<String>),
+    #[error("the store could not be opened: {0}")]
+    Journal(String),
+    #[error("{0}")]
+    Token(String),
+    #[error("{0}")]
+    Serve(String),
+}
+
+/// Where runs are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// SQLite under the data folder: durable, resumes after a crash.
+    Sqlite,
+    /// In memory: nothing survives the process (benchmarks, demos).
+    Memory,
+}
+
+/// What to start besides the core.
+pub struct DaemonOptions {
+    pub journal: JournalMode,
+    /// Watch the rule and script folders (and SIGHUP) for hot reload.
+    pub watch_rules: bool,
+    pub scheduler: bool,
+    pub clock: Arc<dyn Clock>,
+    /// How long to keep trying for the first OAuth token of each account.
+    pub first_token_timeout: Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            journal: JournalMode::Sqlite,
+            watch_rules: true,
+            scheduler: true,
+            clock: Arc::new(SystemClock),
+            first_token_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub admin_addr: SocketAddr,
+    pub webhook_addr: Option<SocketAddr>,
+    pub executor: Executor,
+    pub rules: Arc<RuleSetHandle>,
+    pub admin: Arc<AdminState>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+}
+
+impl Daemon {
+    /// Starts every part; returns once the admin API listens and every
+    /// account has its first token.
+    pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let limits = sandbox_limits(&settings)?;
+        let rules = load_rules(&settings, &limits)?;
+        let (journal, history, state) = open_journal(&settings, options.journal)?;
+        let tokens = first_tokens(&settings, options.first_token_timeout).await?;
+        let effects = live_effects(&settings, &tokens, state.clone())?;
+        let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
+        let vars = rhai::serde::to_dynamic(&settings.vars).unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()));
+        let executor = Executor::new(journal.clone(), effects, pool, vars);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let admin = AdminState::new();
+        admin.rules_loaded(rules.current().rules().len());
+        let (admin_addr, _) = serve_admin(settings.admin_addr, admin.clone(), history, shutdown.clone())
+            .await
+            .map_err(|e| DaemonError::Serve(e.to_string()))?;
+        let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
+        let webhook_addr = start_webhook(&settings, events_tx.clone(), &shutdown).await?;
+        start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
+        drop(events_tx);
+        resume_unfinished(&executor, &rules, &journal).await;
+        tasks.spawn(intake(events_rx, executor.clone(), rules.clone(), admin.clone(), shutdown.clone()));
+        if options.watch_rules {
+            tasks.spawn(watch_and_reload(rules.clone(), shutdown.clone(), Duration::from_millis(200)));
+        }
+        tasks.spawn(mirror_rule_status(rules.clone(), admin.clone(), shutdown.clone()));
+        if options.scheduler {
+            tasks.spawn(run_scheduler(rules.clone(), executor.clone(), options.clock.clone(), state, shutdown.clone()));
+        }
+        tracing::info!(admin = %admin_addr, rules = rules.current().rules().len(), accounts = settings.accounts.len(), "zoomwire is running");
+        Ok(Daemon {
+            admin_addr,
+            webhook_addr,
+            executor,
+            rules,
+            admin,
+            shutdown,
+            tasks,
+            grace: settings.shutdown_grace,
+        })
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops intake, lets runs in flight finish within the grace period, and
+    /// returns whether they all did.
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        let finished = self.executor.shutdown(self.grace).await;
+        if finished {
+            tracing::info!("stopped: every run finished");
+        } else {
+            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "stopped with runs still in flight: they stay pending and resume on the next start");
+        }
+        finished
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops.
+    pub async fn run_until_signal(self) -> bool {
+        wait_for_signal(&self.shutdown).await;
+        tracing::info!("stopping: intake closed, waiting for runs in flight");
+        self.stop().await
+    }
+}
+
+fn sandbox_limits(settings: &Settings) -> Result<SandboxLimits, DaemonError> {
+    if settings.sandbox.is_null() {
+        return Ok(SandboxLimits::default());
+    }
+    serde_json::from_value(settings.sandbox.clone()).map_err(|e| DaemonError::Config(format!("`sandbox`: {e}")))
+}
+
+fn load_rules(settings: &Settings, limits: &SandboxLimits) -> Result<Arc<RuleSetHandle>, DaemonError> {
+    let sources = RuleSources {
+        paths: vec![settings.rules_dir.clone()],
+        scripts_dir: settings.scripts_dir.clone(),
+    };
+    RuleSetHandle::load(sources, limits.clone())
+        .map(Arc::new)
+        .map_err(|errors| DaemonError::Rules(errors.iter().map(ToString::to_string).collect()))
+}
+
+type Stores = (Arc<dyn Journal>, Arc<dyn RunHistory>, Arc<dyn StateStore>);
+
+fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, DaemonError> {
+    match mode {
+        JournalMode::Sqlite => {
+            let journal = SqliteJournal::open(&settings.data_dir, settings.journal_options())
+                .map_err(|e| DaemonError::Journal(e.to_string()))?;
+            Ok((Arc::new(journal.clone()), Arc::new(journal.clone()), Arc::new(journal)))
+        }
+        JournalMode::Memory => {
+            let journal = Arc::new(MemoryJournal::default());
+            Ok((journal.clone(), journal, Arc::new(MemoryState::default())))
+        }
+    }
+}
+
+/// One token cache per account, each with its first token in hand.
+async fn first_tokens(settings: &Settings, timeout: Duration) -> Result<Vec<(String, Arc<dyn AccessTokens>)>, DaemonError> {
+    let mut tokens = Vec::new();
+    for account in &settings.accounts {
+        let client = OAuthClient::new(settings.oauth_config(account)).map_err(|e| DaemonError::Token(e.to_string()))?;
+        let client: Arc<dyn AccessTokens> = Arc::new(client);
+        first_token(&account.name, &client, timeout).await?;
+        tokens.push((account.name.clone(), client));
+    }
+    Ok(tokens)
+}
+
+/// Waits for a first token with backoff; refused credentials end at once.
+async fn first_token(account: &str, tokens: &Arc<dyn AccessTokens>, timeout: Duration) -> Result<(), DaemonError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match tokens.token().await {
+            Ok(_) => return Ok(()),
+            Err(error @ TokenError::Refused { .. }) => {
+                return Err(DaemonError::Token(format!("account `{account}`: {error}")));
+            }
+            Err(error) if tokio::time::Instant::now() + delay > deadline => {
+                return Err(DaemonError::Token(format!(
+                    "account `{account}`: no oauth token after {}s: {error}",
+                    timeout.as_secs()
+                )));
+            }
+            Err(error) => {
+                tracing::warn!(account, error = %error, retry_ms = delay.as_millis() as u64, "no oauth token yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The real effects; REST calls use the first account's token.
+fn live_effects(
+    settings: &Settings,
+    tokens: &[(String, Arc<dyn AccessTokens>)],
+    state: Arc<dyn StateStore>,
+) -> Result<Arc<dyn Effects>, DaemonError> {
+    let mut config = LiveConfig::new(&settings.data_dir);
+    config.zoom_api_base = url::Url::parse(&settings.zoom.api_base).map_err(|e| DaemonError::Config(format!("ZOOM_API_BASE: {e}")))?;
+    config.slack_api_base = url::Url::parse(&settings.slack.api_base).map_err(|e| DaemonError::Config(format!("SLACK_API_BASE: {e}")))?;
+    config.slack_bot_token = settings.slack.bot_token.clone();
+    config.slack_webhooks = settings.slack.webhooks.clone();
+    config.smtp_url = settings.email.smtp_url.clone();
+    config.email_from = settings.email.from.clone();
+    let token_source: Arc<dyn AccessTokens> = match tokens.first() {
+        Some((_, tokens)) => tokens.clone(),
+        None => Arc::new(NoAccount),
+    };
+    let effects = LiveEffects::new(config, token_source, state).map_err(|e| DaemonError::Config(e.to_string()))?;
+    Ok(Arc::new(effects))
+}
+
+/// Token source when no Zoom account is configured (webhook-only setups).
+struct NoAccount;
+
+impl AccessTokens for NoAccount {
+    fn token(&self) -> crate::effects::BoxFuture<'_, Result<crate::zoom::token::AccessToken, TokenError>> {
+        Box::pin(async {
+            Err(TokenError::Refused {
+                reason: "no zoom account is configured".into(),
+                setting: "ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID, ZOOM_CLIENT_SECRET".into(),
+            })
+        })
+    }
+
+    fn invalidate(&self, _rejected: &crate::zoom::token::AccessToken) {}
+}
+
+async fn start_webhook(
+    settings: &Settings,
+    events: mpsc::Sender<Event>,
+    shutdown: &CancellationToken,
+) -> Result<Option<SocketAddr>, DaemonError> {
+    let Some(secret) = settings.webhook.secret_token.clone() else {
+        return Ok(None);
+    };
+    let router = webhook_router(secret, events, settings.webhook.max_body);
+    let (addr, _) = crate::serve::serve_router("webhook", settings.webhook.addr, router, shutdown.clone())
+        .await
+        .map_err(|e| DaemonError::Serve(e.to_string()))?;
+    tracing::info!(addr = %addr, "webhook endpoint listening on /zoom/webhook");
+    Ok(Some(addr))
+}
+
+fn start_subscriptions(
+    settings: &Settings,
+    tokens: &[(String, Arc<dyn AccessTokens>)],
+    events: &mpsc::Sender<Event>,
+    admin: &Arc<AdminState>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    for account in &settings.accounts {
+        let Some(config) = settings.websocket_config(account) else {
+            continue;
+        };
+        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name) else {
+            continue;
+        };
+        let (status_tx, status_rx) = watch::channel(ConnectionStatus::new(&account.name));
+        admin.watch_subscription(&account.name, status_rx);
+        tasks.spawn(run_subscription(config, account_tokens.clone(), events.clone(), status_tx, shutdown.clone()));
+    }
+}
+
+/// Resumes runs a crash left pending or running.
+async fn resume_unfinished(executor: &Executor, rules: &Arc<RuleSetHandle>, journal: &Arc<dyn Journal>) {
+    let unfinished = match journal.unfinished_runs().await {
+        Ok(unfinished) => unfinished,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot read unfinished runs");
+            return;
+        }
+    };
+    if !unfinished.is_empty() {
+        tracing::info!(runs = unfinished.len(), "resuming runs left unfinished");
+    }
+    let rule_set = rules.current();
+    for run in unfinished {
+        let id = run.run.id.clone();
+        if let Err(error) = executor.resume(&rule_set, run).await {
+            tracing::error!(run = %id, error = %error, "cannot resume run");
+        }
+    }
+}
+
+/// Journals, matches and starts runs for every event, many at once.
+async fn intake(
+    mut events: mpsc::Receiver<Event>,
+    executor: Executor,
+    rules: Arc<RuleSetHandle>,
+    admin: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(INTAKE_CONCURRENCY));
+    let handlers = TaskTracker::new();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        if let crate::event::Source::Websocket(name) = &event.source {
+            admin.note_event(name, event.received_at);
+        }
+        let executor = executor.clone();
+        let rules = rules.clone();
+        handlers.spawn(async move {
+            accept(&executor, &rules, event).await;
+            drop(permit);
+        });
+    }
+    handlers.close();
+    handlers.wait().await;
+}
+
+/// Hands one event to the executor, retrying while the journal cannot write it.
+async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match executor.handle_event(&rules.current(), event.clone()).await {
+            Ok(_) => return,
+            Err(error) => {
+                metrics::counter!("zoomwire_intake_paused_total").increment(1);
+                tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Copies the reload status into the health report.
+async fn mirror_rule_status(rules: Arc<RuleSetHandle>, admin: Arc<AdminState>, shutdown: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = rules.status();
+        if last.as_ref() != Some(&status) {
+            if status.ok {
+                admin.rules_loaded(status.rules);
+            } else {
+                admin.rules_reload_failed(status.errors.clone());
+            }
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Ctrl-C, SIGTERM, or the token.
+async fn wait_for_signal(shutdown: &CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(stream) => {
+                stream.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

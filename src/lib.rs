@@ -10,6 +10,7 @@ pub mod effects;
 pub mod engine;
 pub mod event;
 pub mod journal;
+pub mod reload;
 pub mod rules;
 pub mod schedule;
 pub mod script;

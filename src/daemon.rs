@@ -311,7 +311,7 @@ fn start_subscriptions(
         let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name) else {
             continue;
         };
-        let (status_tx, status_rx) = watch::channel(ConnectionStatus::new(&account.name));
+        let (status_tx, status_rx) = watch::channel(ConnectionStatus { name: account.name.clone(), ..ConnectionStatus::default() });
         admin.watch_subscription(&account.name, status_rx);
         tasks.spawn(run_subscription(config, account_tokens.clone(), events.clone(), status_tx, shutdown.clone()));
     }

@@ -8,11 +8,13 @@
 pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod effects;
 pub mod engine;
 pub mod event;
 pub mod journal;
 pub mod logging;
+pub mod reload;
 pub mod rules;
 pub mod schedule;
 pub mod script;

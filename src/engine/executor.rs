@@ -8,10 +8,14 @@
 //! waiting or running, `parallel` runs up to `max_runs` at once, `restart`
 //! cancels the running one for the newest. Scripts run on the sandbox's
 //! thread pool; this module only awaits them.
+//!
+//! A queued run is checked when it leaves the queue: if a reload removed its
+//! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
+//! record saying so. Runs that already started finish with the rule they have.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -53,6 +57,14 @@ impl RunTicket {
     }
 }
 
+/// Why a queued run of a removed rule was dropped.
+pub const RULE_REMOVED: &str = "its rule was removed by a reload";
+
+/// The names of the rules running now (the reloadable rule set).
+pub trait RuleNames: Send + Sync {
+    fn has_rule(&self, name: &str) -> bool;
+}
+
 /// Runs rules for events.
 #[derive(Clone)]
 pub struct Executor {
@@ -69,6 +81,8 @@ struct Inner {
     tracker: TaskTracker,
     /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
     instant_retries: bool,
+    /// Asked before a queued run starts; none: queued runs always start.
+    current_rules: OnceLock<Arc<dyn RuleNames>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -119,6 +133,7 @@ impl Executor {
                 finished,
                 tracker: TaskTracker::new(),
                 instant_retries: false,
+                current_rules: OnceLock::new(),
             }),
         }
     }
@@ -128,6 +143,13 @@ impl Executor {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.instant_retries = true;
         }
+        self
+    }
+
+    /// Drops queued runs whose rule `rules` no longer has when their turn comes
+    /// (set once; later calls are ignored).
+    pub fn with_current_rules(self, rules: Arc<dyn RuleNames>) -> Executor {
+        let _ = self.inner.current_rules.set(rules);
         self
     }
 
@@ -346,23 +368,40 @@ impl Executor {
             .await;
             let _ = executor.inner.finished.send(record.clone());
             let _ = done.send(record);
-            executor.release(slot_key, &cancel);
+            for removed in executor.release(slot_key, &cancel) {
+                let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+            }
         });
     }
 
-    /// A run ended: free its place and start the next queued one.
-    fn release(&self, slot_key: SlotKey, cancel: &Arc<AtomicBool>) {
+    /// Whether a reload removed this rule.
+    fn rule_removed(&self, rule: &str) -> bool {
+        self.inner
+            .current_rules
+            .get()
+            .is_some_and(|rules| !rules.has_rule(rule))
+    }
+
+    /// A run ended: free its place and start the next queued one. Returns
+    /// the queued runs passed over because their rule was removed.
+    fn release(&self, slot_key: SlotKey, cancel: &Arc<AtomicBool>) -> Vec<PendingRun> {
+        let mut removed = Vec::new();
         let next = {
             let mut slots = lock(&self.inner.slots);
             let Some(slot) = slots.get_mut(&slot_key) else {
-                return;
+                return removed;
             };
             slot.running.retain(|c| !Arc::ptr_eq(c, cancel));
-            let next = if slot.running.is_empty() {
-                slot.queue.pop_front().map(|run| start_in(slot, run))
-            } else {
-                None
-            };
+            let mut next = None;
+            while slot.running.is_empty()
+                && let Some(run) = slot.queue.pop_front()
+            {
+                if self.rule_removed(&run.rule.name) {
+                    removed.push(run);
+                } else {
+                    next = Some(start_in(slot, run));
+                }
+            }
             if slot.running.is_empty() && slot.queue.is_empty() {
                 slots.remove(&slot_key);
             }
@@ -371,6 +410,7 @@ impl Executor {
         if let Some(Admission::Start(run, cancel)) = next {
             self.start(run, cancel);
         }
+        removed
     }
 }
 

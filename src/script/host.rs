@@ -104,30 +104,38 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
                 json!({"path": path.as_str(), "params": {}, "body": body}),
             )
         });
-        effect_fn!(
-            m,
-            name,
-            move |path: ImmutableString, params: Map, body: Dynamic| {
-                let params = arg(&params.into(), depth, "params")?;
-                let body = arg(&body, depth, "body")?;
-                perform(
-                    effect,
-                    json!({"path": path.as_str(), "params": params, "body": body}),
-                )
-            }
-        );
+        effect_fn!(m, name, move |path: ImmutableString,
+                                  params: Map,
+                                  body: Dynamic| {
+            let params = arg(&params.into(), depth, "params")?;
+            let body = arg(&body, depth, "body")?;
+            perform(
+                effect,
+                json!({"path": path.as_str(), "params": params, "body": body}),
+            )
+        });
     }
     effect_fn!(m, "delete", move |path: ImmutableString| {
         perform("zoom.delete", json!({"path": path.as_str(), "params": {}}))
     });
     effect_fn!(m, "delete", move |path: ImmutableString, params: Map| {
         let params = arg(&params.into(), depth, "params")?;
-        perform("zoom.delete", json!({"path": path.as_str(), "params": params}))
+        perform(
+            "zoom.delete",
+            json!({"path": path.as_str(), "params": params}),
+        )
     });
-    effect_fn!(m, "download", move |file: Dynamic, dest: ImmutableString| {
-        let file = arg(&file, depth, "file")?;
-        perform("zoom.download", json!({"file": file, "dest": dest.as_str()}))
-    });
+    effect_fn!(
+        m,
+        "download",
+        move |file: Dynamic, dest: ImmutableString| {
+            let file = arg(&file, depth, "file")?;
+            perform(
+                "zoom.download",
+                json!({"file": file, "dest": dest.as_str()}),
+            )
+        }
+    );
     module
 }
 
@@ -144,14 +152,18 @@ fn slack_module(depth: usize) -> Module {
         let message = arg(&message.into(), depth, "message")?;
         perform("slack.post", message)
     });
-    effect_fn!(m, "webhook", move |name: ImmutableString, message: Dynamic| {
-        let args = if message.is_map() {
-            json!({"name": name.as_str(), "payload": arg(&message, depth, "payload")?})
-        } else {
-            json!({"name": name.as_str(), "text": text_of(&message)})
-        };
-        perform("slack.webhook", args)
-    });
+    effect_fn!(
+        m,
+        "webhook",
+        move |name: ImmutableString, message: Dynamic| {
+            let args = if message.is_map() {
+                json!({"name": name.as_str(), "payload": arg(&message, depth, "payload")?})
+            } else {
+                json!({"name": name.as_str(), "text": text_of(&message)})
+            };
+            perform("slack.webhook", args)
+        }
+    );
     module
 }
 
@@ -193,18 +205,16 @@ fn state_module(depth: usize) -> Module {
         let value = arg(&value, depth, "value")?;
         perform("state.set", json!({"key": key.as_str(), "value": value}))
     });
-    effect_fn!(
-        m,
-        "set",
-        move |key: ImmutableString, value: Dynamic, ttl: Dynamic| {
-            let value = arg(&value, depth, "value")?;
-            let ttl = ttl_seconds(&ttl)?;
-            perform(
-                "state.set",
-                json!({"key": key.as_str(), "value": value, "ttl": ttl}),
-            )
-        }
-    );
+    effect_fn!(m, "set", move |key: ImmutableString,
+                               value: Dynamic,
+                               ttl: Dynamic| {
+        let value = arg(&value, depth, "value")?;
+        let ttl = ttl_seconds(&ttl)?;
+        perform(
+            "state.set",
+            json!({"key": key.as_str(), "value": value, "ttl": ttl}),
+        )
+    });
     module
 }
 
@@ -341,7 +351,9 @@ mod tests {
         register_script_functions(&mut engine, 8);
         let error = engine.run(r##"slack::post("#a", "hi")"##).unwrap_err();
         assert!(
-            error.to_string().contains("slack.post is only available while a rule runs"),
+            error
+                .to_string()
+                .contains("slack.post is only available while a rule runs"),
             "{error}"
         );
         let uuid: String = engine.eval(r#"zoom::uuid("/ab==")"#).unwrap();

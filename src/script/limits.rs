@@ -106,10 +106,7 @@ impl SandboxLimits {
             max_modules: nonzero(self.max_modules, default.max_modules),
             max_variables: nonzero(self.max_variables, default.max_variables),
             max_value_depth: nonzero(self.max_value_depth, default.max_value_depth),
-            condition_timeout: nonzero_duration(
-                self.condition_timeout,
-                default.condition_timeout,
-            ),
+            condition_timeout: nonzero_duration(self.condition_timeout, default.condition_timeout),
             load_timeout: nonzero_duration(self.load_timeout, default.load_timeout),
             stack_size: nonzero(self.stack_size, default.stack_size)
                 .clamp(MIN_STACK_SIZE, MAX_STACK_SIZE),
@@ -273,8 +270,8 @@ mod tests {
 
         let unknown = serde_json::from_str::<SandboxLimits>(r#"{"max_ops": 1}"#).unwrap_err();
         assert!(unknown.to_string().contains("max_ops"), "{unknown}");
-        let bad = serde_json::from_str::<SandboxLimits>(r#"{"condition_timeout": "soon"}"#)
-            .unwrap_err();
+        let bad =
+            serde_json::from_str::<SandboxLimits>(r#"{"condition_timeout": "soon"}"#).unwrap_err();
         assert!(bad.to_string().contains("invalid duration `soon`"), "{bad}");
     }
 

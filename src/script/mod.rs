@@ -40,7 +40,7 @@ use run::reset_condition_clock;
 use value::exceeds_depth;
 
 /// The names scripts and conditions read, pushed as constants.
-const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
+pub(crate) const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
 
 /// Compiles and evaluates scripts and conditions under one set of limits.
 pub struct Sandbox {
@@ -102,7 +102,12 @@ impl Sandbox {
 
     /// The scope conditions read: `event`, `meta` and `vars` as constants.
     /// Build it once per event and pass it to every rule's condition.
-    pub fn expression_scope(&self, event: &Dynamic, meta: &Dynamic, vars: &Dynamic) -> Scope<'static> {
+    pub fn expression_scope(
+        &self,
+        event: &Dynamic,
+        meta: &Dynamic,
+        vars: &Dynamic,
+    ) -> Scope<'static> {
         run_scope(event, meta, vars)
     }
 
@@ -120,9 +125,8 @@ impl Sandbox {
             engine.eval_ast_with_scope::<Dynamic>(scope, ast)
         }));
         scope.rewind(scope_len);
-        let evaluation = Evaluation::Condition {
-            timeout: self.limits.condition_timeout,
-        };
+        let evaluation =
+            Evaluation::condition(self.limits.condition_timeout, self.limits.max_value_depth);
         match outcome {
             Ok(Ok(value)) => self.check_result_depth(value),
             Ok(Err(error)) => Err(script_error(engine, error, evaluation, &[])),
@@ -152,9 +156,10 @@ impl Sandbox {
 
     fn script_compile_error(&self, source: &str, error: EvalAltResult) -> ScriptSyntaxError {
         match error {
-            EvalAltResult::ErrorParsing(kind, position) => {
-                syntax_error(&self.script_engine, &rhai::ParseError(kind.into(), position))
-            }
+            EvalAltResult::ErrorParsing(kind, position) => syntax_error(
+                &self.script_engine,
+                &rhai::ParseError(kind.into(), position),
+            ),
             EvalAltResult::ErrorInModule(path, inner, _) => {
                 let message = match *inner {
                     EvalAltResult::ErrorRuntime(message, _) => message.to_string(),

@@ -345,10 +345,7 @@ fn walk(
 }
 
 /// Resolves a symlink, refusing it when it leads outside `root`.
-fn follow_symlink(
-    link: &Path,
-    root: &Path,
-) -> Result<(PathBuf, std::fs::Metadata), String> {
+fn follow_symlink(link: &Path, root: &Path) -> Result<(PathBuf, std::fs::Metadata), String> {
     let target = link
         .canonicalize()
         .map_err(|_| "it is a symlink whose target does not exist".to_string())?;
@@ -428,13 +425,12 @@ fn build_modules(
     let names: Vec<String> = lock(&state).sources.keys().cloned().collect();
     for name in names {
         // Each module (with the modules it imports) has its own deadline.
-        let _deadline = enter_run(ActiveRun {
-            deadline: Instant::now() + limits.load_timeout,
-            cancel: Arc::default(),
-            abandoned: Arc::default(),
-            effects: None,
-            thrown: Vec::new(),
-        });
+        let _deadline = enter_run(ActiveRun::new(
+            Instant::now() + limits.load_timeout,
+            Arc::default(),
+            Arc::default(),
+            None,
+        ));
         // Errors are recorded in the state, on the file that has them.
         let _ = resolver.build(&engine, &name, Position::NONE);
     }
@@ -571,9 +567,7 @@ fn module_error(
     {
         return (message.to_string(), line, column);
     }
-    let evaluation = Evaluation::Script {
-        timeout: limits.load_timeout,
-    };
+    let evaluation = Evaluation::script(limits.load_timeout, limits.max_value_depth);
     let message = match script_error(engine, error, evaluation, &[]) {
         ScriptError::Timeout { after } => format!(
             "the module's top-level code exceeded its {} load timeout (load_timeout = {})",
@@ -635,7 +629,11 @@ mod tests {
         ] {
             assert!(import_name(path).is_err(), "{path} must be refused");
         }
-        assert!(import_name("../x").unwrap_err().contains("`..` would leave"));
+        assert!(
+            import_name("../x")
+                .unwrap_err()
+                .contains("`..` would leave")
+        );
         assert!(import_name("/x").unwrap_err().contains("absolute paths"));
     }
 
@@ -669,8 +667,11 @@ mod tests {
         write(outside.path(), "secret.rhai", "fn secret() { 42 }");
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "real.rhai", "fn real() { 1 }");
-        std::os::unix::fs::symlink(outside.path().join("secret.rhai"), dir.path().join("evil.rhai"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.rhai"),
+            dir.path().join("evil.rhai"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil_dir")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("real.rhai"), dir.path().join("alias.rhai"))
             .unwrap();
@@ -678,16 +679,26 @@ mod tests {
         let names: Vec<_> = modules.names().collect();
         assert_eq!(names, ["alias", "real"]);
         let error = resolve(&modules, "evil").unwrap_err();
-        assert!(error.contains("leads outside the scripts folder"), "{error}");
+        assert!(
+            error.contains("leads outside the scripts folder"),
+            "{error}"
+        );
         let error = resolve(&modules, "evil_dir/secret").unwrap_err();
-        assert!(error.contains("leads outside the scripts folder"), "{error}");
+        assert!(
+            error.contains("leads outside the scripts folder"),
+            "{error}"
+        );
     }
 
     #[test]
     fn reports_every_error_with_its_position() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "bad_syntax.rhai", "fn f( {");
-        write(dir.path(), "bad_import.rhai", "\n  import \"../outside\" as o;");
+        write(
+            dir.path(),
+            "bad_import.rhai",
+            "\n  import \"../outside\" as o;",
+        );
         write(dir.path(), "throws.rhai", "let x = 1;\nthrow \"no\";");
         write(dir.path(), "cycle_a.rhai", "import \"cycle_b\" as b;");
         write(dir.path(), "cycle_b.rhai", "import \"cycle_a\" as a;");
@@ -704,14 +715,23 @@ mod tests {
                 .unwrap_or_else(|| panic!("no error for {file}: {text:#?}"))
                 .clone()
         };
-        assert!(find("bad_syntax.rhai").contains("bad_syntax.rhai:1:"), "{text:#?}");
+        assert!(
+            find("bad_syntax.rhai").contains("bad_syntax.rhai:1:"),
+            "{text:#?}"
+        );
         let import = find("bad_import.rhai");
         assert!(
             import.contains(":2:10: import `../outside` is refused: `..` would leave"),
             "{import}"
         );
-        assert!(find("throws.rhai").contains("throws.rhai:2:1: no"), "{text:#?}");
-        assert!(find("cycle_a.rhai").contains("`cycle_b` failed to load"), "{text:#?}");
+        assert!(
+            find("throws.rhai").contains("throws.rhai:2:1: no"),
+            "{text:#?}"
+        );
+        assert!(
+            find("cycle_a.rhai").contains("`cycle_b` failed to load"),
+            "{text:#?}"
+        );
         assert!(
             find("cycle_b.rhai").contains("import cycle: cycle_a -> cycle_b -> cycle_a"),
             "{text:#?}"
@@ -736,7 +756,9 @@ mod tests {
         write(dir.path(), "noisy.rhai", "slack::post(\"#a\", \"loaded\");");
         let errors = ScriptModules::load(dir.path(), &SandboxLimits::default()).unwrap_err();
         assert!(
-            errors[0].message.contains("only available while a rule runs"),
+            errors[0]
+                .message
+                .contains("only available while a rule runs"),
             "{}",
             errors[0]
         );

@@ -36,6 +36,8 @@ const MAX_FOLDER_DEPTH: usize = 16;
 const EXTENSION: &str = "rhai";
 
 type SharedModule = Shared<Module>;
+/// Built modules by import name, with the file each came from.
+type BuiltModules = BTreeMap<String, (PathBuf, SharedModule)>;
 
 /// One problem with one file of the scripts folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,15 +387,11 @@ fn read_source(real_path: &Path, shown: PathBuf, name: String, found: &mut Found
 }
 
 /// Compiles every file and evaluates each into a module, imports first.
-#[allow(clippy::type_complexity)]
 fn build_modules(
     files: Vec<SourceFile>,
     refused: &BTreeMap<String, String>,
     limits: &SandboxLimits,
-) -> (
-    BTreeMap<String, (PathBuf, SharedModule)>,
-    Vec<ScriptFileError>,
-) {
+) -> (BuiltModules, Vec<ScriptFileError>) {
     let state = Arc::new(Mutex::new(LoadState::default()));
     let resolver = LoadResolver {
         state: state.clone(),
@@ -442,7 +440,7 @@ fn build_modules(
 #[derive(Default)]
 struct LoadState {
     sources: BTreeMap<String, (PathBuf, AST)>,
-    built: BTreeMap<String, (PathBuf, SharedModule)>,
+    built: BuiltModules,
     failed: BTreeSet<String>,
     in_progress: Vec<String>,
     errors: Vec<ScriptFileError>,

@@ -68,7 +68,7 @@ impl std::fmt::Debug for ScriptPool {
 
 impl ScriptPool {
     /// Starts `threads` threads (at least one) with `stack_size` bytes of
-    /// stack each (at least 4 MiB), and a queue of four jobs per thread.
+    /// stack each (at least 16 MiB), and a queue of four jobs per thread.
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
         let threads = threads.max(1);
         ScriptPool::with_queue(threads, stack_size, threads * QUEUE_PER_THREAD)

@@ -134,7 +134,7 @@ pub(crate) fn script_progress(max_operations: u64) -> Option<Dynamic> {
     let operations = count(&RUN_OPERATIONS);
     let token = if operations > max_operations {
         OPERATIONS_TOKEN
-    } else if operations % SCRIPT_CHECK_INTERVAL != 0 {
+    } else if !operations.is_multiple_of(SCRIPT_CHECK_INTERVAL) {
         return None;
     } else {
         check_active_run()?
@@ -211,7 +211,7 @@ pub(crate) fn condition_progress(max_operations: u64, timeout: Duration) -> Opti
     let operations = count(&CONDITION_OPERATIONS);
     let token = if operations > max_operations {
         OPERATIONS_TOKEN
-    } else if operations % CONDITION_CHECK_INTERVAL != 0 {
+    } else if !operations.is_multiple_of(CONDITION_CHECK_INTERVAL) {
         return None;
     } else {
         let expired = CONDITION_DEADLINE.with(|cell| match cell.get() {

@@ -668,7 +668,7 @@ async fn module_import_chains_work() {
     write(
         dir.path(),
         "lib/text.rhai",
-        "fn shout(s) { s.to_upper() + \"!\" }\nconst SUFFIX = \"?\";",
+        "fn shout(s) { s.to_upper() + \"!\" }\nlet WORDS = [\"a\"];\nexport WORDS;",
     );
     write(
         dir.path(),
@@ -693,6 +693,30 @@ async fn module_import_chains_work() {
     let records = outcome.effects.records();
     assert_eq!(records[0].args["channel"], "#recordings");
     assert_eq!(records[0].args["text"], Value::String(headline));
+    // Module variables are shared by every run, so no run may change them.
+    for source in [
+        "import \"lib/text\" as text; text::WORDS.push(\"b\")",
+        "import \"lib/text\" as text; text::WORDS = []",
+    ] {
+        let outcome = harness.run(source, &[], Duration::from_secs(5)).await;
+        assert!(outcome.result.is_err(), "{source}");
+    }
+    let copy = harness
+        .run(
+            "import \"lib/text\" as text; let w = text::WORDS; w.push(\"b\"); w.len()",
+            &[],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(copy.result.unwrap().as_int().unwrap(), 2);
+    let words = harness
+        .run(
+            "import \"lib/text\" as text; text::WORDS.len()",
+            &[],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(words.result.unwrap().as_int().unwrap(), 1);
 }
 
 // ---------------------------------------------------------------- effects

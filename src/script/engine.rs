@@ -116,7 +116,8 @@ fn set_limits(engine: &mut Engine, limits: &SandboxLimits, kind: EngineKind) {
 /// of `big`. Nor does it check plain assignment, so `m = #{x: m}` in a loop
 /// nests a value deeper and deeper. The scan catches all three within
 /// `SCAN_INTERVAL` of growth. It runs when a variable is read (Rhai gives its
-/// scope to the variable resolver only), at most once per interval.
+/// scope to the variable resolver only), at most once per interval, and
+/// measures the variables of the running function and its `this`.
 fn measure_variables(engine: &mut Engine, limits: &SandboxLimits) {
     let sizes = SizeLimits {
         array: limits.max_array_size,
@@ -130,10 +131,13 @@ fn measure_variables(engine: &mut Engine, limits: &SandboxLimits) {
         if !take_scan_due() {
             return Ok(None);
         }
-        for (_, is_constant, value) in context.scope().iter_raw() {
-            if is_constant {
-                continue;
-            }
+        let variables = context
+            .scope()
+            .iter_raw()
+            .filter(|(_, is_constant, _)| !is_constant)
+            .map(|(_, _, value)| value);
+        // `this` of a method call lives in the caller's scope, out of sight.
+        for value in variables.chain(context.this_ptr()) {
             if let Some(what) = oversized(value, &sizes) {
                 return Err(EvalAltResult::ErrorDataTooLarge(
                     what.to_string(),

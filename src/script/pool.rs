@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{Evaluation, ScriptError, script_error};
+pub use super::error::ScriptError;
+use super::error::{Evaluation, script_error};
 use super::limits::MIN_STACK_SIZE;
 use super::run::{ActiveRun, enter_run, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
@@ -238,6 +239,21 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn pools_and_runs_cross_threads() {
+        assert_send_sync::<ScriptPool>();
+        assert_send_sync::<Sandbox>();
+        assert_send_sync::<ScriptJob>();
+        fn future_of(pool: &ScriptPool, job: ScriptJob) {
+            let future = pool.run(job);
+            assert_send(&future);
+        }
+        let _ = future_of;
+    }
 
     #[test]
     fn timeouts_are_rounded_to_what_was_meant() {

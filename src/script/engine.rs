@@ -22,9 +22,8 @@ use super::limits::{
     CONDITION_MAX_FUNCTION_EXPR_DEPTH, SandboxLimits,
 };
 use super::modules::ScriptModules;
-use super::run::{
-    CONDITION_CHECK_INTERVAL, SCRIPT_CHECK_INTERVAL, check_active_run, check_condition_clock,
-};
+use super::run::{condition_progress, script_progress, take_scan_due};
+use super::value::{SizeLimits, exceeds_depth, oversized};
 
 /// Scripted functions one script may define.
 const MAX_FUNCTIONS: usize = 1_000;
@@ -59,22 +58,15 @@ pub(crate) fn build_engine_with_resolver(
     forbid_sleep(&mut engine);
     match kind {
         EngineKind::Script => {
-            engine.on_progress(|operations| {
-                if operations % SCRIPT_CHECK_INTERVAL != 0 {
-                    return None;
-                }
-                check_active_run()
-            });
+            let max_operations = limits.max_operations;
+            engine.on_progress(move |_| script_progress(max_operations));
+            measure_variables(&mut engine, &limits);
             register_script_functions(&mut engine, limits.max_value_depth);
         }
         EngineKind::Condition => {
-            let timeout = limits.condition_timeout;
-            engine.on_progress(move |operations| {
-                if operations % CONDITION_CHECK_INTERVAL != 0 {
-                    return None;
-                }
-                check_condition_clock(timeout)
-            });
+            let (max_operations, timeout) = (limits.max_operations, limits.condition_timeout);
+            engine.on_progress(move |_| condition_progress(max_operations, timeout));
+            limit_variable_depth(&mut engine, limits.max_value_depth);
             for keyword in ["loop", "while", "do", "for"] {
                 engine.disable_symbol(keyword);
             }
@@ -113,6 +105,72 @@ fn set_limits(engine: &mut Engine, limits: &SandboxLimits, kind: EngineKind) {
                 .set_max_map_size(limits.max_map_size.min(CONDITION_MAX_COLLECTION_SIZE));
         }
     }
+}
+
+/// Measures the script's variables every few milliseconds, failing the run
+/// when one is larger or deeper than the limits allow.
+///
+/// Rhai checks sizes when a function returns and when an indexed item is
+/// assigned, but not the container an item is assigned into: `m[key] = v` in a
+/// loop grows a map without bound, and `a[i] = big` fills an array with copies
+/// of `big`. Nor does it check plain assignment, so `m = #{x: m}` in a loop
+/// nests a value deeper and deeper. The scan catches all three within
+/// `SCAN_INTERVAL` of growth. It runs when a variable is read (Rhai gives its
+/// scope to the variable resolver only), at most once per interval, and
+/// measures the variables of the running function and its `this`.
+fn measure_variables(engine: &mut Engine, limits: &SandboxLimits) {
+    let sizes = SizeLimits {
+        array: limits.max_array_size,
+        map: limits.max_map_size,
+        string: limits.max_string_size,
+        depth: limits.max_value_depth,
+    };
+    // `on_var` is marked deprecated as "volatile", not as going away.
+    #[allow(deprecated)]
+    engine.on_var(move |_, _, context| {
+        if !take_scan_due() {
+            return Ok(None);
+        }
+        let variables = context
+            .scope()
+            .iter_raw()
+            .filter(|(_, is_constant, _)| !is_constant)
+            .map(|(_, _, value)| value);
+        // `this` of a method call lives in the caller's scope, out of sight.
+        for value in variables.chain(context.this_ptr()) {
+            if let Some(what) = oversized(value, &sizes) {
+                return Err(EvalAltResult::ErrorDataTooLarge(
+                    what.to_string(),
+                    rhai::Position::NONE,
+                )
+                .into());
+            }
+        }
+        Ok(None)
+    });
+}
+
+/// Fails a condition as soon as it reads a variable nested deeper than
+/// `max_depth`. Conditions run on the caller's stack, where a value nested a
+/// thousand levels deep (a closure given to `reduce` can build one) already
+/// overflows a debug build's stack when it is copied or dropped. Only closure
+/// parameters and locals are checked: `event`, `meta` and `vars` come from
+/// the host.
+fn limit_variable_depth(engine: &mut Engine, max_depth: usize) {
+    // `on_var` is marked deprecated as "volatile", not as going away.
+    #[allow(deprecated)]
+    engine.on_var(move |name, _, context| {
+        if super::SCOPE_NAMES.contains(&name) {
+            return Ok(None);
+        }
+        match context.scope().get(name) {
+            Some(value) if exceeds_depth(value, max_depth) => Err(
+                EvalAltResult::ErrorDataTooLarge("Depth of value".into(), rhai::Position::NONE)
+                    .into(),
+            ),
+            _ => Ok(None),
+        }
+    });
 }
 
 /// Replaces the standard `sleep`, which blocks the thread, with one that fails.

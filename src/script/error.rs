@@ -13,7 +13,7 @@ use std::time::Duration;
 use rhai::{Dynamic, Engine, EvalAltResult, LexError, ParseError, ParseErrorType, Position};
 
 use super::limits::format_duration;
-use super::run::{CANCEL_TOKEN, TIMEOUT_TOKEN};
+use super::run::{CANCEL_TOKEN, OPERATIONS_TOKEN, TIMEOUT_TOKEN};
 use super::value::exceeds_depth;
 use crate::effects::EffectError;
 
@@ -91,20 +91,38 @@ impl ScriptSyntaxError {
     }
 }
 
-/// What kind of evaluation failed, for the wording and the timeout's meaning.
+/// What was evaluated, for the wording and the limits not held by the engine.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Evaluation {
-    /// A script run; its timeout is the run's (`after`).
-    Script { timeout: Duration },
-    /// A condition; its timeout is `condition_timeout`.
-    Condition { timeout: Duration },
+pub(crate) struct Evaluation {
+    /// A condition (else a script run).
+    pub condition: bool,
+    /// The run's timeout, or `condition_timeout`.
+    pub timeout: Duration,
+    pub max_value_depth: usize,
 }
 
 impl Evaluation {
+    pub(crate) fn script(timeout: Duration, max_value_depth: usize) -> Evaluation {
+        Evaluation {
+            condition: false,
+            timeout,
+            max_value_depth,
+        }
+    }
+
+    pub(crate) fn condition(timeout: Duration, max_value_depth: usize) -> Evaluation {
+        Evaluation {
+            condition: true,
+            timeout,
+            max_value_depth,
+        }
+    }
+
     fn noun(self) -> &'static str {
-        match self {
-            Evaluation::Script { .. } => "script",
-            Evaluation::Condition { .. } => "condition",
+        if self.condition {
+            "condition"
+        } else {
+            "script"
         }
     }
 }
@@ -156,15 +174,8 @@ fn classify(
     evaluation: Evaluation,
     thrown: &[EffectError],
 ) -> Option<ScriptError> {
-    let noun = evaluation.noun();
     match inner {
-        EvalAltResult::ErrorTooManyOperations(_) => Some(ScriptError::limit(
-            "max_operations",
-            format!(
-                "{noun} exceeded the operation limit (max_operations = {})",
-                engine.max_operations()
-            ),
-        )),
+        EvalAltResult::ErrorTooManyOperations(_) => Some(operation_limit(engine, evaluation)),
         EvalAltResult::ErrorStackOverflow(_) => Some(ScriptError::limit(
             "max_call_levels",
             format!(
@@ -186,8 +197,8 @@ fn classify(
                 engine.max_variables()
             ),
         )),
-        EvalAltResult::ErrorDataTooLarge(what, _) => data_too_large(engine, what),
-        EvalAltResult::ErrorTerminated(token, _) => terminated(token, evaluation),
+        EvalAltResult::ErrorDataTooLarge(what, _) => data_too_large(engine, what, evaluation),
+        EvalAltResult::ErrorTerminated(token, _) => terminated(engine, token, evaluation),
         EvalAltResult::ErrorRuntime(value, _) => {
             uncaught_effect_error(value, thrown).map(ScriptError::Effect)
         }
@@ -195,7 +206,25 @@ fn classify(
     }
 }
 
-fn data_too_large(engine: &Engine, what: &str) -> Option<ScriptError> {
+fn operation_limit(engine: &Engine, evaluation: Evaluation) -> ScriptError {
+    ScriptError::limit(
+        "max_operations",
+        format!(
+            "{} exceeded the operation limit (max_operations = {})",
+            evaluation.noun(),
+            engine.max_operations()
+        ),
+    )
+}
+
+fn data_too_large(engine: &Engine, what: &str, evaluation: Evaluation) -> Option<ScriptError> {
+    if what.contains("Depth") {
+        let max = evaluation.max_value_depth;
+        return Some(ScriptError::limit(
+            "max_value_depth",
+            format!("value nested too deeply (max_value_depth = {max})"),
+        ));
+    }
     let (limit, noun, max) = if what.contains("string") {
         ("max_string_size", "string", engine.max_string_size())
     } else if what.contains("array") {
@@ -211,13 +240,11 @@ fn data_too_large(engine: &Engine, what: &str) -> Option<ScriptError> {
     ))
 }
 
-fn terminated(token: &Dynamic, evaluation: Evaluation) -> Option<ScriptError> {
+fn terminated(engine: &Engine, token: &Dynamic, evaluation: Evaluation) -> Option<ScriptError> {
     let token = token.read_lock::<rhai::ImmutableString>()?;
-    match (token.as_str(), evaluation) {
-        (TIMEOUT_TOKEN, Evaluation::Script { timeout }) => {
-            Some(ScriptError::Timeout { after: timeout })
-        }
-        (TIMEOUT_TOKEN, Evaluation::Condition { timeout }) => Some(ScriptError::limit(
+    let timeout = evaluation.timeout;
+    match token.as_str() {
+        TIMEOUT_TOKEN if evaluation.condition => Some(ScriptError::limit(
             "condition_timeout",
             format!(
                 "condition exceeded its {} timeout (condition_timeout = {})",
@@ -225,7 +252,9 @@ fn terminated(token: &Dynamic, evaluation: Evaluation) -> Option<ScriptError> {
                 format_duration(timeout)
             ),
         )),
-        (CANCEL_TOKEN, _) => Some(ScriptError::Cancelled),
+        TIMEOUT_TOKEN => Some(ScriptError::Timeout { after: timeout }),
+        CANCEL_TOKEN => Some(ScriptError::Cancelled),
+        OPERATIONS_TOKEN => Some(operation_limit(engine, evaluation)),
         _ => None,
     }
 }
@@ -295,9 +324,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::Script {
-                timeout: Duration::from_secs(1),
-            },
+            Evaluation::script(Duration::from_secs(1), 64),
             &[],
         );
         assert_eq!(
@@ -308,9 +335,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::Condition {
-                timeout: Duration::from_millis(5),
-            },
+            Evaluation::condition(Duration::from_millis(5), 64),
             &[],
         );
         assert_eq!(
@@ -329,9 +354,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::Script {
-                timeout: Duration::from_secs(1),
-            },
+            Evaluation::script(Duration::from_secs(1), 64),
             &[],
         );
         assert_eq!(error.to_string(), "2:3: boom");

@@ -13,6 +13,11 @@ use serde::{Deserialize, Deserializer};
 
 /// The deepest script call stack allowed, whatever the configuration says.
 pub const MAX_CALL_LEVELS_CAP: usize = 32;
+/// The deepest expression nesting allowed, at the top level and in functions,
+/// whatever the configuration says: the parser recurses on the caller's
+/// stack, and each call level may nest this deep.
+pub const MAX_EXPR_DEPTH_CAP: usize = 64;
+pub const MAX_FUNCTION_EXPR_DEPTH_CAP: usize = 32;
 /// Call depth of conditions: they run on the caller's (possibly small) stack.
 pub const CONDITION_MAX_CALL_LEVELS: usize = 8;
 /// Expression depth of conditions, at the top level and inside closures.
@@ -22,8 +27,10 @@ pub const CONDITION_MAX_FUNCTION_EXPR_DEPTH: usize = 16;
 /// as it is large, and conditions run on the caller's stack, so these stay
 /// small; values injected by the host (the event) are not counted.
 pub const CONDITION_MAX_COLLECTION_SIZE: usize = 1_000;
-/// The smallest stack a script thread gets, whatever the configuration says.
-pub const MIN_STACK_SIZE: usize = 4 * 1024 * 1024;
+/// The smallest stack a script thread gets, whatever the configuration says:
+/// twice what the stack-hungriest recursion allowed by 32 call levels and the
+/// default expression depths was measured to need in a debug build (8 MiB).
+pub const MIN_STACK_SIZE: usize = 16 * 1024 * 1024;
 /// The largest stack a script thread gets (address space, mostly untouched).
 pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
 
@@ -35,9 +42,9 @@ pub struct SandboxLimits {
     pub max_operations: u64,
     /// Depth of script function calls; at most 32.
     pub max_call_levels: usize,
-    /// Nesting depth of expressions at the top level of a script.
+    /// Nesting depth of expressions at the top level of a script; at most 64.
     pub max_expr_depth: usize,
-    /// Nesting depth of expressions inside functions.
+    /// Nesting depth of expressions inside functions; at most 32.
     pub max_function_expr_depth: usize,
     /// Bytes in one string.
     pub max_string_size: usize,
@@ -87,19 +94,22 @@ impl Default for SandboxLimits {
 
 impl SandboxLimits {
     /// The limits the engine applies: zeros become the default (Rhai reads 0
-    /// as unlimited), the call depth is capped at 32, the stack size is kept
-    /// between 4 MiB and 1 GiB, and at least one thread runs scripts.
+    /// as unlimited), the call depth is capped at 32 and the expression
+    /// depths at 64 and 32 (they bound native stack use), the stack size is
+    /// kept between 16 MiB and 1 GiB, and at least one thread runs scripts.
     pub fn effective(&self) -> SandboxLimits {
         let default = SandboxLimits::default();
         SandboxLimits {
             max_operations: nonzero(self.max_operations, default.max_operations),
             max_call_levels: nonzero(self.max_call_levels, default.max_call_levels)
                 .min(MAX_CALL_LEVELS_CAP),
-            max_expr_depth: nonzero(self.max_expr_depth, default.max_expr_depth),
+            max_expr_depth: nonzero(self.max_expr_depth, default.max_expr_depth)
+                .min(MAX_EXPR_DEPTH_CAP),
             max_function_expr_depth: nonzero(
                 self.max_function_expr_depth,
                 default.max_function_expr_depth,
-            ),
+            )
+            .min(MAX_FUNCTION_EXPR_DEPTH_CAP),
             max_string_size: nonzero(self.max_string_size, default.max_string_size),
             max_array_size: nonzero(self.max_array_size, default.max_array_size),
             max_map_size: nonzero(self.max_map_size, default.max_map_size),
@@ -222,7 +232,7 @@ mod tests {
             max_operations: 0,
             max_call_levels: 1000,
             max_expr_depth: 0,
-            max_function_expr_depth: 0,
+            max_function_expr_depth: 10_000,
             max_string_size: 0,
             max_array_size: 0,
             max_map_size: 0,
@@ -238,6 +248,11 @@ mod tests {
         let default = SandboxLimits::default();
         assert_eq!(effective.max_operations, default.max_operations);
         assert_eq!(effective.max_call_levels, 32);
+        assert_eq!(effective.max_expr_depth, default.max_expr_depth);
+        assert_eq!(
+            effective.max_function_expr_depth,
+            MAX_FUNCTION_EXPR_DEPTH_CAP
+        );
         assert_eq!(effective.max_string_size, default.max_string_size);
         assert_eq!(effective.max_array_size, default.max_array_size);
         assert_eq!(effective.max_map_size, default.max_map_size);

@@ -40,7 +40,7 @@ use run::reset_condition_clock;
 use value::exceeds_depth;
 
 /// The names scripts and conditions read, pushed as constants.
-const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
+pub(crate) const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
 
 /// Compiles and evaluates scripts and conditions under one set of limits.
 pub struct Sandbox {
@@ -125,9 +125,8 @@ impl Sandbox {
             engine.eval_ast_with_scope::<Dynamic>(scope, ast)
         }));
         scope.rewind(scope_len);
-        let evaluation = Evaluation::Condition {
-            timeout: self.limits.condition_timeout,
-        };
+        let evaluation =
+            Evaluation::condition(self.limits.condition_timeout, self.limits.max_value_depth);
         match outcome {
             Ok(Ok(value)) => self.check_result_depth(value),
             Ok(Err(error)) => Err(script_error(engine, error, evaluation, &[])),

@@ -36,6 +36,8 @@ const MAX_FOLDER_DEPTH: usize = 16;
 const EXTENSION: &str = "rhai";
 
 type SharedModule = Shared<Module>;
+/// Built modules by import name, with the file each came from.
+type BuiltModules = BTreeMap<String, (PathBuf, SharedModule)>;
 
 /// One problem with one file of the scripts folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,15 +387,11 @@ fn read_source(real_path: &Path, shown: PathBuf, name: String, found: &mut Found
 }
 
 /// Compiles every file and evaluates each into a module, imports first.
-#[allow(clippy::type_complexity)]
 fn build_modules(
     files: Vec<SourceFile>,
     refused: &BTreeMap<String, String>,
     limits: &SandboxLimits,
-) -> (
-    BTreeMap<String, (PathBuf, SharedModule)>,
-    Vec<ScriptFileError>,
-) {
+) -> (BuiltModules, Vec<ScriptFileError>) {
     let state = Arc::new(Mutex::new(LoadState::default()));
     let resolver = LoadResolver {
         state: state.clone(),
@@ -425,13 +423,12 @@ fn build_modules(
     let names: Vec<String> = lock(&state).sources.keys().cloned().collect();
     for name in names {
         // Each module (with the modules it imports) has its own deadline.
-        let _deadline = enter_run(ActiveRun {
-            deadline: Instant::now() + limits.load_timeout,
-            cancel: Arc::default(),
-            abandoned: Arc::default(),
-            effects: None,
-            thrown: Vec::new(),
-        });
+        let _deadline = enter_run(ActiveRun::new(
+            Instant::now() + limits.load_timeout,
+            Arc::default(),
+            Arc::default(),
+            None,
+        ));
         // Errors are recorded in the state, on the file that has them.
         let _ = resolver.build(&engine, &name, Position::NONE);
     }
@@ -443,7 +440,7 @@ fn build_modules(
 #[derive(Default)]
 struct LoadState {
     sources: BTreeMap<String, (PathBuf, AST)>,
-    built: BTreeMap<String, (PathBuf, SharedModule)>,
+    built: BuiltModules,
     failed: BTreeSet<String>,
     in_progress: Vec<String>,
     errors: Vec<ScriptFileError>,
@@ -568,9 +565,7 @@ fn module_error(
     {
         return (message.to_string(), line, column);
     }
-    let evaluation = Evaluation::Script {
-        timeout: limits.load_timeout,
-    };
+    let evaluation = Evaluation::script(limits.load_timeout, limits.max_value_depth);
     let message = match script_error(engine, error, evaluation, &[]) {
         ScriptError::Timeout { after } => format!(
             "the module's top-level code exceeded its {} load timeout (load_timeout = {})",

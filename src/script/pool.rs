@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::{Evaluation, ScriptError, script_error};
+pub use super::error::ScriptError;
+use super::error::{Evaluation, script_error};
 use super::limits::MIN_STACK_SIZE;
 use super::run::{ActiveRun, enter_run, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
@@ -68,7 +69,7 @@ impl std::fmt::Debug for ScriptPool {
 
 impl ScriptPool {
     /// Starts `threads` threads (at least one) with `stack_size` bytes of
-    /// stack each (at least 4 MiB), and a queue of four jobs per thread.
+    /// stack each (at least 16 MiB), and a queue of four jobs per thread.
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
         let threads = threads.max(1);
         ScriptPool::with_queue(threads, stack_size, threads * QUEUE_PER_THREAD)
@@ -116,7 +117,7 @@ impl ScriptPool {
             )));
         }
         let deadline = job.deadline;
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timeout = round_timeout(deadline.saturating_duration_since(Instant::now()));
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut abandon_on_drop = AbandonOnDrop(Some(abandoned.clone()));
         let (reply, answer) = oneshot::channel();
@@ -144,6 +145,19 @@ impl ScriptPool {
             Err(_) => Err(ScriptError::Timeout { after: timeout }),
         }
     }
+}
+
+/// The timeout a deadline stands for, without the microseconds spent between
+/// computing the deadline and submitting the job: to 10 ms from a second up,
+/// else to the millisecond.
+fn round_timeout(remaining: Duration) -> Duration {
+    let step = if remaining >= Duration::from_secs(1) {
+        10
+    } else {
+        1
+    };
+    let millis = (remaining.as_secs_f64() * 1000.0 / step as f64).round() as u64 * step;
+    Duration::from_millis(millis)
 }
 
 /// Tells the worker its caller is gone (dropped or timed out).
@@ -200,13 +214,12 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
             after: work.timeout,
         });
     }
-    let _run = enter_run(ActiveRun {
-        deadline: job.deadline,
-        cancel: job.cancel.clone(),
-        abandoned: work.abandoned.clone(),
-        effects: Some(job.effects.clone()),
-        thrown: Vec::new(),
-    });
+    let _run = enter_run(ActiveRun::new(
+        job.deadline,
+        job.cancel.clone(),
+        work.abandoned.clone(),
+        Some(job.effects.clone()),
+    ));
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);
     let outcome = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast);
@@ -217,10 +230,37 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
         Err(error) => Err(script_error(
             engine,
             error,
-            Evaluation::Script {
-                timeout: work.timeout,
-            },
+            Evaluation::script(work.timeout, job.sandbox.limits().max_value_depth),
             &thrown,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn pools_and_runs_cross_threads() {
+        assert_send_sync::<ScriptPool>();
+        assert_send_sync::<Sandbox>();
+        assert_send_sync::<ScriptJob>();
+        fn future_of(pool: &ScriptPool, job: ScriptJob) {
+            let future = pool.run(job);
+            assert_send(&future);
+        }
+        let _ = future_of;
+    }
+
+    #[test]
+    fn timeouts_are_rounded_to_what_was_meant() {
+        let round = |micros| round_timeout(Duration::from_micros(micros));
+        assert_eq!(round(299_990), Duration::from_millis(300));
+        assert_eq!(round(1_999_700), Duration::from_secs(2));
+        assert_eq!(round(29_996_000), Duration::from_secs(30));
+        assert_eq!(round(0), Duration::ZERO);
     }
 }

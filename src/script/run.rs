@@ -6,6 +6,12 @@
 //! afterwards, even when the evaluation panics. Conditions have their own,
 //! lighter deadline cell: they must not pay for a clock read unless they run
 //! long enough for it to matter.
+//!
+//! Operations are counted here too, not taken from Rhai: when a native
+//! function calls back into the script (`array.all(|x| ...)`, `map`, `sort`
+//! with a comparator), Rhai runs the callback on a copy of its counter and
+//! throws the copy away, so its count (and its `max_operations`) never grows
+//! across callbacks, and a check keyed on its count may never come.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -21,12 +27,16 @@ use crate::effects::gateway::RunEffects;
 pub(crate) const TIMEOUT_TOKEN: &str = "zoomwire:timeout";
 /// The termination token `on_progress` returns when the run was cancelled.
 pub(crate) const CANCEL_TOKEN: &str = "zoomwire:cancelled";
+/// The termination token `on_progress` returns past `max_operations`.
+pub(crate) const OPERATIONS_TOKEN: &str = "zoomwire:operations";
 
 /// Scripts read the clock every this many operations (a power of two).
 pub(crate) const SCRIPT_CHECK_INTERVAL: u64 = 32;
 /// Conditions read the clock every this many operations (a power of two);
 /// most conditions finish before the first check and never read it.
 pub(crate) const CONDITION_CHECK_INTERVAL: u64 = 64;
+/// How often a script's variables are measured (see [`take_scan_due`]).
+pub(crate) const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What the script thread knows about the run it executes.
 pub(crate) struct ActiveRun {
@@ -36,14 +46,43 @@ pub(crate) struct ActiveRun {
     /// the caller's and is never written by the sandbox).
     pub abandoned: Arc<AtomicBool>,
     pub effects: Option<Arc<RunEffects>>,
+    /// When the script's variables were last measured.
+    last_scan: Instant,
     /// Effect errors thrown into the script, to recognise them if uncaught.
     pub thrown: Vec<EffectError>,
 }
 
+impl ActiveRun {
+    pub(crate) fn new(
+        deadline: Instant,
+        cancel: Arc<AtomicBool>,
+        abandoned: Arc<AtomicBool>,
+        effects: Option<Arc<RunEffects>>,
+    ) -> ActiveRun {
+        ActiveRun {
+            deadline,
+            cancel,
+            abandoned,
+            effects,
+            thrown: Vec::new(),
+            last_scan: Instant::now(),
+        }
+    }
+}
+
 thread_local! {
     static ACTIVE_RUN: RefCell<Option<ActiveRun>> = const { RefCell::new(None) };
+    /// Set once the active run is terminated: from then on every operation
+    /// fails, so that a `try` around a function call cannot swallow the end.
+    static RUN_TERMINATED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    /// Operations of the active run, callbacks included.
+    static RUN_OPERATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Set when the active run's variables are due to be measured.
+    static SCAN_DUE: Cell<bool> = const { Cell::new(false) };
     /// `None` until a condition has run `CONDITION_CHECK_INTERVAL` operations.
     static CONDITION_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static CONDITION_TERMINATED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    static CONDITION_OPERATIONS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Removes the active run when dropped, restoring whatever was there before.
@@ -53,6 +92,7 @@ pub(crate) struct ActiveRunGuard {
 
 impl Drop for ActiveRunGuard {
     fn drop(&mut self) {
+        reset_run_counters();
         let previous = self.previous.take();
         ACTIVE_RUN.with(|cell| {
             if let Ok(mut slot) = cell.try_borrow_mut() {
@@ -64,20 +104,68 @@ impl Drop for ActiveRunGuard {
 
 /// Makes `run` the current run of this thread until the guard is dropped.
 pub(crate) fn enter_run(run: ActiveRun) -> ActiveRunGuard {
+    reset_run_counters();
     let previous = ACTIVE_RUN.with(|cell| cell.replace(Some(run)));
     ActiveRunGuard { previous }
 }
 
-/// The check `on_progress` makes for scripts: cancelled, or past the deadline?
-pub(crate) fn check_active_run() -> Option<Dynamic> {
-    ACTIVE_RUN.with(|cell| {
-        let run = cell.try_borrow().ok()?;
-        let run = run.as_ref()?;
-        if run.cancel.load(Ordering::Relaxed) || run.abandoned.load(Ordering::Relaxed) {
-            return Some(Dynamic::from(CANCEL_TOKEN));
-        }
-        (Instant::now() >= run.deadline).then(|| Dynamic::from(TIMEOUT_TOKEN))
+fn reset_run_counters() {
+    RUN_TERMINATED.with(|cell| cell.set(None));
+    RUN_OPERATIONS.with(|cell| cell.set(0));
+    SCAN_DUE.with(|cell| cell.set(false));
+}
+
+/// Counts one operation in `cell`, returning the new count.
+fn count(cell: &'static std::thread::LocalKey<Cell<u64>>) -> u64 {
+    cell.with(|cell| {
+        let count = cell.get() + 1;
+        cell.set(count);
+        count
     })
+}
+
+/// `on_progress` of scripts: counts operations against `max_operations`,
+/// reads the clock every `SCRIPT_CHECK_INTERVAL` of them, and once the run
+/// is terminated fails every operation that follows.
+pub(crate) fn script_progress(max_operations: u64) -> Option<Dynamic> {
+    if let Some(token) = RUN_TERMINATED.with(Cell::get) {
+        return Some(Dynamic::from(token));
+    }
+    let operations = count(&RUN_OPERATIONS);
+    let token = if operations > max_operations {
+        OPERATIONS_TOKEN
+    } else if !operations.is_multiple_of(SCRIPT_CHECK_INTERVAL) {
+        return None;
+    } else {
+        check_active_run()?
+    };
+    RUN_TERMINATED.with(|cell| cell.set(Some(token)));
+    Some(Dynamic::from(token))
+}
+
+/// Cancelled, or past the deadline? Also marks the variables due for a scan.
+fn check_active_run() -> Option<&'static str> {
+    ACTIVE_RUN.with(|cell| {
+        let mut run = cell.try_borrow_mut().ok()?;
+        let run = run.as_mut()?;
+        if run.cancel.load(Ordering::Relaxed) || run.abandoned.load(Ordering::Relaxed) {
+            return Some(CANCEL_TOKEN);
+        }
+        let now = Instant::now();
+        if now >= run.deadline {
+            return Some(TIMEOUT_TOKEN);
+        }
+        if now.duration_since(run.last_scan) >= SCAN_INTERVAL {
+            run.last_scan = now;
+            SCAN_DUE.with(|due| due.set(true));
+        }
+        None
+    })
+}
+
+/// Whether the script's variables are due to be measured (and clears it).
+pub(crate) fn take_scan_due() -> bool {
+    SCAN_DUE.with(|due| due.replace(false))
 }
 
 /// The current run's effects gateway, if a run is active.
@@ -109,17 +197,37 @@ pub(crate) fn take_thrown() -> Vec<EffectError> {
 /// Starts a condition evaluation: its clock starts at the first check.
 pub(crate) fn reset_condition_clock() {
     CONDITION_DEADLINE.with(|cell| cell.set(None));
+    CONDITION_TERMINATED.with(|cell| cell.set(None));
+    CONDITION_OPERATIONS.with(|cell| cell.set(0));
 }
 
-/// The check `on_progress` makes for conditions.
-pub(crate) fn check_condition_clock(timeout: Duration) -> Option<Dynamic> {
-    CONDITION_DEADLINE.with(|cell| match cell.get() {
-        None => {
-            cell.set(Some(Instant::now() + timeout));
-            None
+/// `on_progress` of conditions: counts operations against `max_operations`;
+/// the clock starts at the first check; once the condition is terminated
+/// every operation fails.
+pub(crate) fn condition_progress(max_operations: u64, timeout: Duration) -> Option<Dynamic> {
+    if let Some(token) = CONDITION_TERMINATED.with(Cell::get) {
+        return Some(Dynamic::from(token));
+    }
+    let operations = count(&CONDITION_OPERATIONS);
+    let token = if operations > max_operations {
+        OPERATIONS_TOKEN
+    } else if !operations.is_multiple_of(CONDITION_CHECK_INTERVAL) {
+        return None;
+    } else {
+        let expired = CONDITION_DEADLINE.with(|cell| match cell.get() {
+            None => {
+                cell.set(Some(Instant::now() + timeout));
+                false
+            }
+            Some(deadline) => Instant::now() >= deadline,
+        });
+        if !expired {
+            return None;
         }
-        Some(deadline) => (Instant::now() >= deadline).then(|| Dynamic::from(TIMEOUT_TOKEN)),
-    })
+        TIMEOUT_TOKEN
+    };
+    CONDITION_TERMINATED.with(|cell| cell.set(Some(token)));
+    Some(Dynamic::from(token))
 }
 
 #[cfg(test)]
@@ -127,51 +235,82 @@ mod tests {
     use super::*;
 
     fn run(deadline: Instant) -> ActiveRun {
-        ActiveRun {
-            deadline,
-            cancel: Arc::new(AtomicBool::new(false)),
-            abandoned: Arc::default(),
-            effects: None,
-            thrown: Vec::new(),
-        }
+        ActiveRun::new(deadline, Arc::default(), Arc::default(), None)
+    }
+
+    fn token(value: Option<Dynamic>) -> Option<String> {
+        value.map(|v| v.into_string().unwrap())
+    }
+
+    const MANY: u64 = u64::MAX;
+
+    /// Runs `n` operations of a script, returning the first termination.
+    fn operate(n: u64, max_operations: u64) -> Option<String> {
+        (0..n).find_map(|_| token(script_progress(max_operations)))
     }
 
     #[test]
     fn guard_restores_the_previous_run() {
-        assert!(check_active_run().is_none());
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
         let outer = enter_run(run(Instant::now() + Duration::from_secs(60)));
-        assert!(check_active_run().is_none());
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
         {
             let _inner = enter_run(run(Instant::now()));
-            assert_eq!(
-                check_active_run().unwrap().into_string().unwrap(),
-                TIMEOUT_TOKEN
-            );
+            assert_eq!(operate(SCRIPT_CHECK_INTERVAL, MANY).unwrap(), TIMEOUT_TOKEN);
         }
-        assert!(check_active_run().is_none());
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
         drop(outer);
-        assert!(check_active_run().is_none());
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
     }
 
     #[test]
-    fn cancellation_wins_over_the_clock() {
+    fn termination_is_sticky_and_checked_every_interval() {
         let active = run(Instant::now() + Duration::from_secs(60));
         let cancel = active.cancel.clone();
         let _guard = enter_run(active);
         cancel.store(true, Ordering::Relaxed);
-        assert_eq!(
-            check_active_run().unwrap().into_string().unwrap(),
-            CANCEL_TOKEN
-        );
+        assert!(operate(SCRIPT_CHECK_INTERVAL - 1, MANY).is_none());
+        assert_eq!(operate(1, MANY).unwrap(), CANCEL_TOKEN);
+        cancel.store(false, Ordering::Relaxed);
+        assert_eq!(operate(1, MANY).unwrap(), CANCEL_TOKEN);
+    }
+
+    #[test]
+    fn operations_are_counted_here() {
+        let _guard = enter_run(run(Instant::now() + Duration::from_secs(60)));
+        assert!(operate(100, 100).is_none());
+        assert_eq!(operate(1, 100).unwrap(), OPERATIONS_TOKEN);
+        assert_eq!(operate(1, MANY).unwrap(), OPERATIONS_TOKEN);
+    }
+
+    #[test]
+    fn scans_are_due_every_interval() {
+        let _guard = enter_run(run(Instant::now() + Duration::from_secs(60)));
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
+        assert!(!take_scan_due());
+        std::thread::sleep(SCAN_INTERVAL);
+        assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());
+        assert!(take_scan_due());
+        assert!(!take_scan_due());
     }
 
     #[test]
     fn condition_clock_starts_at_the_first_check() {
+        let check = |n: u64, timeout| (0..n).find_map(|_| token(condition_progress(MANY, timeout)));
+        let interval = CONDITION_CHECK_INTERVAL;
         reset_condition_clock();
-        assert!(check_condition_clock(Duration::ZERO).is_none());
-        assert!(check_condition_clock(Duration::ZERO).is_some());
+        assert!(check(interval, Duration::ZERO).is_none());
+        assert!(check(interval - 1, Duration::ZERO).is_none());
+        assert_eq!(check(1, Duration::ZERO).unwrap(), TIMEOUT_TOKEN);
+        assert_eq!(check(1, Duration::ZERO).unwrap(), TIMEOUT_TOKEN);
         reset_condition_clock();
-        assert!(check_condition_clock(Duration::from_secs(60)).is_none());
-        assert!(check_condition_clock(Duration::from_secs(60)).is_none());
+        let minute = Duration::from_secs(60);
+        assert!(check(10 * interval, minute).is_none());
+        reset_condition_clock();
+        assert!((0..10).all(|_| condition_progress(10, minute).is_none()));
+        assert_eq!(
+            token(condition_progress(10, minute)).unwrap(),
+            OPERATIONS_TOKEN
+        );
     }
 }

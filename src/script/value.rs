@@ -29,6 +29,77 @@ pub(crate) fn exceeds_depth(value: &Dynamic, max: usize) -> bool {
     false
 }
 
+/// Limits for [`oversized`]: those of Rhai's own size check, plus depth.
+pub(crate) struct SizeLimits {
+    pub array: usize,
+    pub map: usize,
+    pub string: usize,
+    pub depth: usize,
+}
+
+/// Counts so far, added up the way Rhai's size check adds them: items of all
+/// nested arrays and BLOBs, entries of all nested maps, bytes of all strings.
+#[derive(Default)]
+struct Counts {
+    array: usize,
+    map: usize,
+    string: usize,
+}
+
+/// Which limit `value` breaks, as Rhai names it in `ErrorDataTooLarge`
+/// ("Size of array/BLOB", "Size of object map", "Length of string", and
+/// "Depth of value" for `max_value_depth`), or `None`. Stops at the first
+/// broken limit, so it never walks much more than the limits allow.
+pub(crate) fn oversized(value: &Dynamic, limits: &SizeLimits) -> Option<&'static str> {
+    measure(value, 0, limits, &mut Counts::default())
+}
+
+fn measure(
+    value: &Dynamic,
+    depth: usize,
+    limits: &SizeLimits,
+    counts: &mut Counts,
+) -> Option<&'static str> {
+    if let Some(text) = value.read_lock::<rhai::ImmutableString>() {
+        counts.string += text.len();
+        return (counts.string > limits.string).then_some("Length of string");
+    }
+    if let Some(blob) = value.read_lock::<rhai::Blob>() {
+        counts.array += blob.len();
+        return (counts.array > limits.array).then_some("Size of array/BLOB");
+    }
+    if let Some(array) = value.read_lock::<rhai::Array>() {
+        if depth >= limits.depth && !array.is_empty() {
+            return Some("Depth of value");
+        }
+        for item in array.iter() {
+            counts.array += 1;
+            if counts.array > limits.array {
+                return Some("Size of array/BLOB");
+            }
+            if let Some(broken) = measure(item, depth + 1, limits, counts) {
+                return Some(broken);
+            }
+        }
+        return None;
+    }
+    if let Some(map) = value.read_lock::<Map>() {
+        if depth >= limits.depth && !map.is_empty() {
+            return Some("Depth of value");
+        }
+        for item in map.values() {
+            counts.map += 1;
+            if counts.map > limits.map {
+                return Some("Size of object map");
+            }
+            if let Some(broken) = measure(item, depth + 1, limits, counts) {
+                return Some(broken);
+            }
+        }
+    }
+    None
+}
+
 /// Converts a script value to JSON for an effect, refusing deep values.
 pub(crate) fn to_json(value: &Dynamic, max_depth: usize, what: &str) -> Result<Value, String> {
     if exceeds_depth(value, max_depth) {
@@ -68,6 +139,30 @@ mod tests {
         assert!(!exceeds_depth(&deep, 200));
         let shared = deep.into_shared();
         assert!(exceeds_depth(&shared, 64));
+    }
+
+    #[test]
+    fn finds_the_limit_a_value_breaks() {
+        let limits = SizeLimits {
+            array: 5,
+            map: 3,
+            string: 10,
+            depth: 3,
+        };
+        let engine = rhai::Engine::new();
+        let check = |source: &str| oversized(&engine.eval::<Dynamic>(source).unwrap(), &limits);
+        assert_eq!(check("[1, [2, 3], 4]"), None);
+        assert_eq!(check("[1, [2, 3], 4, 5]"), Some("Size of array/BLOB"));
+        assert_eq!(check("#{a: #{b: 1, c: 2}}"), None);
+        assert_eq!(
+            check("#{a: #{b: 1, c: 2}, d: 3}"),
+            Some("Size of object map")
+        );
+        assert_eq!(check(r#"["12345", "123456"]"#), Some("Length of string"));
+        assert_eq!(check("[[[1]]]"), None);
+        assert_eq!(check("[[[[1]]]]"), Some("Depth of value"));
+        assert_eq!(check("blob(6)"), Some("Size of array/BLOB"));
+        assert_eq!(check("42"), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn check_lists_errors_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("bad.yaml"),
-        "name: bad\non: a.b\nmode: sometimes\nfoo: 1\ndo: x\n",
+        "name: bad\non: a.b\nmode: sometimes\nfoo: 1\ndo: \"1\"\n",
     )
     .unwrap();
     let output = zoomwire(&["check", dir.path().to_str().unwrap()]);

@@ -133,7 +133,7 @@ fn statuses(runs: &[RunRecord]) -> Vec<RunStatus> {
     runs.iter().map(|r| r.status).collect()
 }
 
-const SLOW: &str = "do: zoom::get(\"/x\", #{ms: 300})\n  allow: [zoom.read]\n";
+const SLOW: &str = "do: 'zoom::get(\"/x\", #{ms: 300})'\n  allow: [zoom.read]\n";
 
 #[tokio::test]
 async fn single_drops_runs_while_one_is_in_flight() {
@@ -253,7 +253,7 @@ async fn restart_cancels_the_running_one_for_the_newest() {
 #[tokio::test]
 async fn timeout_covers_the_run() {
     let h = harness(
-        "- name: t\n  on: meeting.ended\n  timeout: 300ms\n  do: zoom::get(\"/x\", #{ms: 5000})\n  allow: [zoom.read]\n",
+        "- name: t\n  on: meeting.ended\n  timeout: 300ms\n  do: 'zoom::get(\"/x\", #{ms: 5000})'\n  allow: [zoom.read]\n",
         TestEffects::default(),
     );
     let started = Instant::now();
@@ -292,7 +292,7 @@ async fn a_retry_replays_completed_effects_instead_of_repeating_them() {
 
 #[tokio::test]
 async fn a_run_out_of_retries_is_dead() {
-    let rules = "- name: r\n  on: meeting.ended\n  allow: [zoom.write]\n  retry: {attempts: 2, backoff: 10ms}\n  do: zoom::post(\"/meetings\", #{})\n";
+    let rules = "- name: r\n  on: meeting.ended\n  allow: [zoom.write]\n  retry: {attempts: 2, backoff: 10ms}\n  do: 'zoom::post(\"/meetings\", #{})'\n";
     let h = harness(
         rules,
         TestEffects {
@@ -328,7 +328,7 @@ async fn a_script_error_is_not_retried() {
 
 #[tokio::test]
 async fn a_condition_error_counts_as_not_matched_and_is_recorded() {
-    let rules = "- name: bad\n  on: meeting.ended\n  when: event.payload.object.n.nope.deeper > 1\n  do: 1\n- name: good\n  on: meeting.ended\n  do: 2\n";
+    let rules = "- name: bad\n  on: meeting.ended\n  when: event.payload.object.n.nope.deeper > 1\n  do: \"1\"\n- name: good\n  on: meeting.ended\n  do: \"2\"\n";
     let h = harness(rules, TestEffects::default());
     let outcome = h
         .executor
@@ -354,7 +354,7 @@ async fn a_condition_error_counts_as_not_matched_and_is_recorded() {
 #[tokio::test]
 async fn duplicates_run_once() {
     let h = harness(
-        "- name: d\n  on: meeting.ended\n  do: 1\n",
+        "- name: d\n  on: meeting.ended\n  do: \"1\"\n",
         TestEffects::default(),
     );
     let first = h

@@ -138,10 +138,34 @@ fn rhai_errors_point_into_the_yaml_file() {
 }
 
 #[test]
+fn a_comment_that_cuts_a_plain_script_short_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "rules/a.yaml",
+        "name: a\non: a.b\ndo: zoom::get(\"/x\", #{id: 1})\n",
+    );
+    let errors = load(
+        &[dir.path().join("rules").to_str().unwrap()],
+        &dir.path().join("scripts"),
+    )
+    .unwrap_err();
+    assert!(errors[0].contains("` #` starts a comment"), "{}", errors[0]);
+}
+
+#[test]
 fn duplicate_names_are_reported_with_the_first_file() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "rules/a.yaml", "name: same\non: a.b\ndo: x\n");
-    write(dir.path(), "rules/b.yaml", "name: same\non: a.b\ndo: x\n");
+    write(
+        dir.path(),
+        "rules/a.yaml",
+        "name: same\non: a.b\ndo: \"1\"\n",
+    );
+    write(
+        dir.path(),
+        "rules/b.yaml",
+        "name: same\non: a.b\ndo: \"1\"\n",
+    );
     let errors = load(
         &[dir.path().join("rules").to_str().unwrap()],
         &dir.path().join("scripts"),

@@ -9,9 +9,15 @@
 //! recorded, replayed on a retry and matched in a test.
 
 pub mod capability;
+pub mod download;
+pub mod email;
 pub mod gateway;
+pub mod http;
+pub mod live;
 pub mod recorder;
+pub mod slack;
 pub mod state;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -431,12 +431,12 @@ async fn execute(
                     replay = record.effects.clone();
                     continue;
                 }
-                record.status =
-                    if retryable || (rule.retry.attempts > 1 && attempt >= rule.retry.attempts) {
-                        RunStatus::Dead
-                    } else {
-                        RunStatus::Failed
-                    };
+                // Dead: a transient failure that outlasted every retry the rule allows.
+                record.status = if retryable && rule.retry.attempts > 1 {
+                    RunStatus::Dead
+                } else {
+                    RunStatus::Failed
+                };
                 break;
             }
         }

@@ -66,6 +66,8 @@ pub fn load_rule_set(
         errors.append(&mut file_errors);
         for source in rule_sources {
             match compile_rule(&source, &sandbox, &sources.scripts_dir) {
+                // Its invalid keys were reported by the loader.
+                Ok(_) if !source.invalid_keys.is_empty() => {}
                 Ok(rule) => {
                     if let Some(first) = names.get(&*rule.name) {
                         errors.push(source.error_at(
@@ -129,7 +131,8 @@ pub fn compile_rule(
         return Err(errors);
     }
     let (Some(trigger), Some(action)) = (trigger, action) else {
-        return Err(vec![source.error_at("do", "rule could not be compiled")]);
+        // Only when `on`/`schedule`/`do` were invalid, which the loader reported.
+        return Err(Vec::new());
     };
     let mode = spec.mode.unwrap_or(match trigger {
         Trigger::Schedule(_) => Mode::Single,
@@ -162,6 +165,14 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
             errors.push(
                 source.error_at("schedule", "a rule has either `on` or `schedule`, not both"),
             );
+            None
+        }
+        (None, None)
+            if source
+                .invalid_keys
+                .iter()
+                .any(|k| k == "on" || k == "schedule") =>
+        {
             None
         }
         (None, None) => {
@@ -216,6 +227,24 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
     }
 }
 
+/// A hint when a plain (unquoted) YAML value was cut short by ` #`, which
+/// YAML reads as the start of a comment: Rhai's `#{...}` maps trip on it.
+fn comment_hint(source: &RuleSource, origin: &ScriptOrigin) -> &'static str {
+    let Some(line) = source.text.lines().nth(origin.start.line.saturating_sub(1)) else {
+        return "";
+    };
+    let rest: String = line
+        .chars()
+        .skip(origin.start.column.saturating_sub(1))
+        .collect();
+    let plain = !rest.starts_with(['"', '\'', '|', '>']);
+    if plain && rest.contains(" #") && origin.path == source.path {
+        " (in an unquoted YAML value ` #` starts a comment, which cut the script short: quote it or use a `|` block)"
+    } else {
+        ""
+    }
+}
+
 /// Where the text of `key`'s value starts: past an opening quote.
 fn value_origin(source: &RuleSource, key: &str) -> ScriptOrigin {
     let mut start = source
@@ -255,7 +284,11 @@ fn compile_expression(
                 path: source.path.clone(),
                 position: origin.locate(error.line, error.column),
                 rule: source.name.clone(),
-                message: format!("`{key}`: {}", error.message),
+                message: format!(
+                    "`{key}`: {}{}",
+                    error.message,
+                    comment_hint(source, &origin)
+                ),
             });
             None
         }
@@ -269,6 +302,7 @@ fn compile_action(
     errors: &mut Vec<RuleError>,
 ) -> (Option<CompiledScript>, Option<PathBuf>) {
     let (text, origin, file) = match &source.spec.action {
+        None if source.invalid_keys.iter().any(|k| k == "do") => return (None, None),
         None => {
             errors.push(source.error_at(
                 "do",
@@ -304,7 +338,7 @@ fn compile_action(
                 path: origin.path.clone(),
                 position: origin.locate(error.line, error.column),
                 rule: source.name.clone(),
-                message: format!("`do`: {}", error.message),
+                message: format!("`do`: {}{}", error.message, comment_hint(source, &origin)),
             });
             (None, None)
         }

@@ -23,6 +23,9 @@ pub struct RuleSource {
     /// Where each key's value starts.
     pub value_positions: HashMap<String, Position>,
     pub key_positions: HashMap<String, Position>,
+    /// Keys present but invalid (already reported): the rule is compiled only
+    /// to find its other errors, and is never added to a rule set.
+    pub invalid_keys: Vec<String>,
 }
 
 impl RuleSource {
@@ -121,21 +124,21 @@ pub fn parse_rule_file(path: &Path, text: &str) -> (Vec<RuleSource>, Vec<RuleErr
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for yaml_rule in yaml_rules {
-        match check_rule(path, &text, yaml_rule, single) {
-            Ok(source) => sources.push(source),
-            Err(mut rule_errors) => errors.append(&mut rule_errors),
-        }
+        let (source, mut rule_errors) = check_rule(path, &text, yaml_rule, single);
+        errors.append(&mut rule_errors);
+        sources.extend(source);
     }
     (sources, errors)
 }
 
-/// Checks every key of one rule and builds its spec.
+/// Checks every key of one rule and builds its spec from the valid keys, so
+/// that the compiler can still report the rule's other errors.
 fn check_rule(
     path: &Path,
     text: &std::sync::Arc<str>,
     rule: YamlRule,
     single: bool,
-) -> Result<RuleSource, Vec<RuleError>> {
+) -> (Option<RuleSource>, Vec<RuleError>) {
     let name = rule
         .entries
         .iter()
@@ -146,6 +149,7 @@ fn check_rule(
     let mut valid = Map::new();
     let mut value_positions = HashMap::new();
     let mut key_positions = HashMap::new();
+    let mut invalid_keys = Vec::new();
     for entry in rule.entries {
         let error = |position, message| RuleError {
             path: path.to_path_buf(),
@@ -172,18 +176,23 @@ fn check_rule(
         key_positions.insert(entry.key.clone(), entry.key_position);
         valid.insert(entry.key, entry.value.value);
     }
+    let spec = match serde_json::from_value::<RuleSpec>(Value::Object(valid)) {
+        Ok(spec) => spec,
+        Err(e) => {
+            errors.push(RuleError {
+                path: path.to_path_buf(),
+                position: rule.position,
+                rule: name.clone(),
+                message: e.to_string(),
+            });
+            return (None, errors);
+        }
+    };
     if !errors.is_empty() {
-        return Err(errors);
+        // Marks the rule as not to be used, whatever the compiler finds.
+        invalid_keys.push(String::new());
     }
-    let spec = serde_json::from_value::<RuleSpec>(Value::Object(valid)).map_err(|e| {
-        vec![RuleError {
-            path: path.to_path_buf(),
-            position: rule.position,
-            rule: name.clone(),
-            message: e.to_string(),
-        }]
-    })?;
-    Ok(RuleSource {
+    let source = RuleSource {
         path: path.to_path_buf(),
         text: text.clone(),
         position: rule.position,
@@ -191,7 +200,9 @@ fn check_rule(
         spec,
         value_positions,
         key_positions,
-    })
+        invalid_keys,
+    };
+    (Some(source), errors)
 }
 
 fn unknown_key_message(key: &str) -> String {
@@ -209,7 +220,7 @@ fn closest_key(key: &str) -> Option<&'static str> {
     RULE_KEYS
         .iter()
         .map(|known| (edit_distance(key, known), *known))
-        .filter(|(distance, _)| *distance <= 2)
+        .filter(|(distance, known)| *distance <= if known.len() > 3 { 2 } else { 1 })
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, known)| known)
 }

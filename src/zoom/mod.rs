@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod oauth;
+pub mod rest;
 pub mod token;
 pub mod uuid;
 pub mod webhook;

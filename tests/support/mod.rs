@@ -1,0 +1,106 @@
+//! Helpers shared by the `actions_*` end-to-end tests: live effects pointed
+//! at the simulator, effect contexts, and the SMTP sink ([`smtp`]).
+// Each test binary uses a different part of these helpers.
+#![allow(dead_code)]
+
+pub mod smtp;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::Value;
+use url::Url;
+use zoomwire::effects::live::{LiveConfig, LiveEffects, LiveLimits};
+use zoomwire::effects::state::MemoryState;
+use zoomwire::effects::transport::RetryPolicy;
+use zoomwire::effects::{EffectContext, EffectError, EffectRequest, Effects};
+use zoomwire::sim::{self, SimConfig, SimHandle};
+use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire::zoom::token::AccessTokens;
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub async fn start_sim() -> SimHandle {
+    install_crypto();
+    sim::start(SimConfig::default()).await.expect("sim starts")
+}
+
+/// Short backoffs so retry tests stay fast; the 429 pauses stay real.
+pub fn fast_limits() -> LiveLimits {
+    LiveLimits {
+        retry: RetryPolicy {
+            attempts: 4,
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            rate_limit_wait: Duration::from_secs(1),
+            rate_limit_retries: 8,
+        },
+        ..LiveLimits::default()
+    }
+}
+
+/// Everything pointed at the simulator; the archive in `archive`.
+pub fn live_config(sim: &SimHandle, archive: &Path) -> LiveConfig {
+    let mut config = LiveConfig::new(archive);
+    config.archive_dir = archive.to_path_buf();
+    config.zoom_api_base = Url::parse(&sim.api_base()).expect("api base");
+    config.slack_api_base = Url::parse(&sim.slack_api_base()).expect("slack base");
+    config.slack_bot_token = Some(SecretString::from(sim.slack_bot_token().to_string()));
+    config.slack_webhooks.insert(
+        "default".into(),
+        SecretString::from(sim.slack_webhook_url("default")),
+    );
+    config.slack_webhooks.insert(
+        "ops".into(),
+        SecretString::from(sim.slack_webhook_url("ops")),
+    );
+    config.limits = fast_limits();
+    config
+}
+
+/// The real OAuth client against the simulator's token endpoint.
+pub fn oauth(sim: &SimHandle) -> Arc<OAuthClient> {
+    let config = OAuthConfig::new(
+        sim.oauth_base(),
+        sim.account_id(),
+        sim.client_id(),
+        SecretString::from(sim.client_secret().to_string()),
+    );
+    Arc::new(OAuthClient::new(config).expect("oauth client"))
+}
+
+pub fn live(config: LiveConfig, tokens: Arc<dyn AccessTokens>) -> LiveEffects {
+    LiveEffects::new(config, tokens, Arc::new(MemoryState::default())).expect("live effects")
+}
+
+pub fn context(deadline: Duration) -> EffectContext {
+    EffectContext {
+        rule: Arc::from("test-rule"),
+        run_id: Arc::from("run-1"),
+        deadline: Instant::now() + deadline,
+        http_hosts: Arc::from(Vec::<String>::new()),
+        download_token: None,
+    }
+}
+
+pub fn context_with_hosts(deadline: Duration, hosts: &[&str]) -> EffectContext {
+    EffectContext {
+        http_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        ..context(deadline)
+    }
+}
+
+pub async fn perform(
+    effects: &LiveEffects,
+    context: &EffectContext,
+    name: &str,
+    args: Value,
+) -> Result<Value, EffectError> {
+    effects
+        .perform(context, &EffectRequest::new(name, args))
+        .await
+}

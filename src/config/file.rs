@@ -10,7 +10,7 @@
 //! webhook: { secret_token: T, addr: 127.0.0.1:9798, max_body: 1MiB }
 //! slack: { bot_token: xoxb-..., api_base: https://slack.com/api }
 //! slack_webhooks: { default: https://hooks.slack.com/services/... }
-//! email: { smtp_url: smtp://user:pass@host:587, from: zoomwire@example.com }
+//! email: { smtp_url: smtp://user:pass@host:587, from: zoomwire@example.com, ca_file: relay-ca.pem }
 //! data: .zoomwire
 //! admin_addr: 127.0.0.1:9797
 //! rules: rules
@@ -132,6 +132,7 @@ pub struct FileSlack {
 pub struct FileEmail {
     pub smtp_url: Option<Scalar>,
     pub from: Option<Scalar>,
+    pub ca_file: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize)]

@@ -30,6 +30,7 @@ use url::Url;
 pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
 pub use errors::{ConfigError, ConfigErrors};
 
+use crate::effects::live::LiveConfig;
 use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
 use crate::zoom::oauth::OAuthConfig;
@@ -124,6 +125,8 @@ pub struct EmailSettings {
     /// `smtp://user:pass@host:587` or `smtps://...`; holds a password.
     pub smtp_url: Option<SecretString>,
     pub from: Option<String>,
+    /// A PEM file with an extra root certificate for the relay (`SMTP_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Timings and limits of the Zoom WebSocket connection.
@@ -297,6 +300,21 @@ impl Settings {
         })
     }
 
+    /// What the live effects need: endpoints, Slack, mail and the archive
+    /// (`$ZOOMWIRE_DATA/archive`); rates and limits keep their defaults.
+    pub fn live_config(&self) -> LiveConfig {
+        LiveConfig {
+            zoom_api_base: checked_url(&self.zoom.api_base),
+            slack_api_base: checked_url(&self.slack.api_base),
+            slack_bot_token: self.slack.bot_token.clone(),
+            slack_webhooks: self.slack.webhooks.clone(),
+            smtp_url: self.email.smtp_url.clone(),
+            email_from: self.email.from.clone(),
+            smtp_ca_file: self.email.ca_file.clone(),
+            ..LiveConfig::new(&self.data_dir)
+        }
+    }
+
     /// The journal's options: these windows, the daemon's defaults otherwise.
     pub fn journal_options(&self) -> JournalOptions {
         JournalOptions {
@@ -312,6 +330,12 @@ impl Default for Settings {
     fn default() -> Self {
         resolve::build(&Sources::default()).settings
     }
+}
+
+/// A base URL the settings already checked.
+fn checked_url(text: &str) -> Url {
+    // Cannot fail: the text is a parsed URL re-serialized without its trailing `/`.
+    Url::parse(text).expect("settings hold checked URLs")
 }
 
 /// `ZOOMWIRE_CONFIG` from the environment, else from `.env`.
@@ -395,6 +419,7 @@ impl fmt::Debug for EmailSettings {
         f.debug_struct("EmailSettings")
             .field("smtp_url", &relay)
             .field("from", &self.from)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

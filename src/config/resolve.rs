@@ -404,7 +404,7 @@ fn resolve_email(r: &mut Resolver, file: &FileConfig) -> EmailSettings {
     let smtp_key = key("SMTP_URL", "email.smtp_url");
     let from_key = key("EMAIL_FROM", "email.from");
     let smtp_url = r.get(&smtp_key, file.email.smtp_url.as_ref(), |text| {
-        parse_smtp_url(text).map(|_| SecretString::from(text))
+        parse_smtp_url(text).map(|()| SecretString::from(text))
     });
     let from_set = r.raw(&from_key, file.email.from.as_ref()).is_some();
     let from = r.get(&from_key, file.email.from.as_ref(), parse_mailbox);
@@ -415,7 +415,16 @@ fn resolve_email(r: &mut Resolver, file: &FileConfig) -> EmailSettings {
             None,
         );
     }
-    EmailSettings { smtp_url, from }
+    let ca_file = r.get(
+        &key("SMTP_CA_FILE", "email.ca_file"),
+        file.email.ca_file.as_ref(),
+        path,
+    );
+    EmailSettings {
+        smtp_url,
+        from,
+        ca_file,
+    }
 }
 
 fn resolve_websocket(r: &mut Resolver, file: &FileConfig) -> WebsocketSettings {

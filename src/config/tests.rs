@@ -504,6 +504,19 @@ fn builds_the_runtime_configurations() {
         s.websocket_config(s.account("rest-only").unwrap())
             .is_none()
     );
+    let live = s.live_config();
+    assert_eq!(live.zoom_api_base.as_str(), "https://api.zoom.us/v2");
+    assert_eq!(live.slack_api_base.as_str(), "https://slack.com/api");
+    assert_eq!(
+        live.slack_webhooks.keys().collect::<Vec<_>>(),
+        vec!["default"]
+    );
+    assert!(live.slack_bot_token.is_some() && live.smtp_url.is_some());
+    assert_eq!(
+        live.email_from.as_deref(),
+        Some("Zoomwire <zw@example.com>")
+    );
+    assert_eq!(live.archive_dir, PathBuf::from(".zoomwire/archive"));
     let journal = s.journal_options();
     assert_eq!(journal.dedupe_window, Duration::from_secs(3600));
     assert_eq!(journal.max_age, Duration::from_secs(2 * 86_400));

@@ -123,9 +123,19 @@ pub fn parse_mailbox(text: &str) -> Result<String, String> {
         .map_err(|e| format!("`{text}` is not a mail address: {e}"))
 }
 
-/// An SMTP relay URL (`smtp://user:pass@host:587`, `smtps://...`).
-pub fn parse_smtp_url(text: &str) -> Result<Url, String> {
-    parse_secret_url(text, &["smtp", "smtps"])
+/// An SMTP relay URL (`smtp://user:pass@host:587`, `smtps://...`,
+/// `?tls=none|opportunistic|starttls|required`), checked by the mailer's own
+/// parser so that what loads is what sends. Its messages never show the password.
+pub fn parse_smtp_url(text: &str) -> Result<(), String> {
+    crate::effects::email::SmtpSettings::parse(text)
+        .map(|_| ())
+        .map_err(|error| {
+            let message = error.to_string();
+            message
+                .strip_prefix("SMTP_URL ")
+                .map(str::to_string)
+                .unwrap_or(message)
+        })
 }
 
 /// A URL fit for logs: scheme, host and port only (no user, password, path or query).
@@ -160,12 +170,20 @@ mod tests {
         let error =
             parse_secret_url("hooks.slack.com/services/T0/B0/secretpart", &["https"]).unwrap_err();
         assert!(!error.contains("secretpart"), "{error}");
-        let smtp = parse_smtp_url("smtp://user:pass@mail.example.com:587").unwrap();
+        parse_smtp_url("smtp://user:pass@mail.example.com:587?tls=required").unwrap();
+        let smtp = Url::parse("smtp://user:pass@mail.example.com:587").unwrap();
         assert_eq!(
             redacted_url(&smtp),
             "smtp://mail.example.com:587/[redacted]"
         );
-        assert!(parse_smtp_url("https://mail.example.com").is_err());
+        assert_eq!(
+            parse_smtp_url("https://u:pass@mail.example.com").unwrap_err(),
+            "scheme `https` is not smtp or smtps"
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://u:pass@mail.example.com?tls=maybe").unwrap_err(),
+            "option `tls=maybe` is not one of none, opportunistic, starttls, required"
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, RunHistory, serve_admin};
 use crate::config::Settings;
-use crate::effects::live::{LiveConfig, LiveEffects};
-use crate::effects::state::{MemoryState, StateStore};
 use crate::effects::Effects;
+use crate::effects::live::LiveEffects;
+use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::Executor;
 use crate::engine::record::{Journal, MemoryJournal};
 use crate::event::Event;
@@ -110,27 +110,53 @@ impl Daemon {
         let tokens = first_tokens(&settings, options.first_token_timeout).await?;
         let effects = live_effects(&settings, &tokens, state.clone())?;
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
-        let vars = rhai::serde::to_dynamic(&settings.vars).unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()));
+        let vars = rhai::serde::to_dynamic(&settings.vars)
+            .unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()));
         let executor = Executor::new(journal.clone(), effects, pool, vars);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let admin = AdminState::new();
         admin.rules_loaded(rules.current().rules().len());
-        let (admin_addr, _) = serve_admin(settings.admin_addr, admin.clone(), history, shutdown.clone())
-            .await
-            .map_err(|e| DaemonError::Serve(e.to_string()))?;
+        let (admin_addr, _) = serve_admin(
+            settings.admin_addr,
+            admin.clone(),
+            history,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| DaemonError::Serve(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
         let webhook_addr = start_webhook(&settings, events_tx.clone(), &shutdown).await?;
         start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
-        tasks.spawn(intake(events_rx, executor.clone(), rules.clone(), admin.clone(), shutdown.clone()));
+        tasks.spawn(intake(
+            events_rx,
+            executor.clone(),
+            rules.clone(),
+            admin.clone(),
+            shutdown.clone(),
+        ));
         if options.watch_rules {
-            tasks.spawn(watch_and_reload(rules.clone(), shutdown.clone(), Duration::from_millis(200)));
+            tasks.spawn(watch_and_reload(
+                rules.clone(),
+                shutdown.clone(),
+                Duration::from_millis(200),
+            ));
         }
-        tasks.spawn(mirror_rule_status(rules.clone(), admin.clone(), shutdown.clone()));
+        tasks.spawn(mirror_rule_status(
+            rules.clone(),
+            admin.clone(),
+            shutdown.clone(),
+        ));
         if options.scheduler {
-            tasks.spawn(run_scheduler(rules.clone(), executor.clone(), options.clock.clone(), state, shutdown.clone()));
+            tasks.spawn(run_scheduler(
+                rules.clone(),
+                executor.clone(),
+                options.clock.clone(),
+                state,
+                shutdown.clone(),
+            ));
         }
         tracing::info!(admin = %admin_addr, rules = rules.current().rules().len(), accounts = settings.accounts.len(), "zoomwire is running");
         Ok(Daemon {
@@ -160,7 +186,10 @@ impl Daemon {
         if finished {
             tracing::info!("stopped: every run finished");
         } else {
-            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "stopped with runs still in flight: they stay pending and resume on the next start");
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "stopped with runs still in flight: they stay pending and resume on the next start"
+            );
         }
         finished
     }
@@ -177,10 +206,14 @@ fn sandbox_limits(settings: &Settings) -> Result<SandboxLimits, DaemonError> {
     if settings.sandbox.is_null() {
         return Ok(SandboxLimits::default());
     }
-    serde_json::from_value(settings.sandbox.clone()).map_err(|e| DaemonError::Config(format!("`sandbox`: {e}")))
+    serde_json::from_value(settings.sandbox.clone())
+        .map_err(|e| DaemonError::Config(format!("`sandbox`: {e}")))
 }
 
-fn load_rules(settings: &Settings, limits: &SandboxLimits) -> Result<Arc<RuleSetHandle>, DaemonError> {
+fn load_rules(
+    settings: &Settings,
+    limits: &SandboxLimits,
+) -> Result<Arc<RuleSetHandle>, DaemonError> {
     let sources = RuleSources {
         paths: vec![settings.rules_dir.clone()],
         scripts_dir: settings.scripts_dir.clone(),
@@ -197,7 +230,11 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
         JournalMode::Sqlite => {
             let journal = SqliteJournal::open(&settings.data_dir, settings.journal_options())
                 .map_err(|e| DaemonError::Journal(e.to_string()))?;
-            Ok((Arc::new(journal.clone()), Arc::new(journal.clone()), Arc::new(journal)))
+            Ok((
+                Arc::new(journal.clone()),
+                Arc::new(journal.clone()),
+                Arc::new(journal),
+            ))
         }
         JournalMode::Memory => {
             let journal = Arc::new(MemoryJournal::default());
@@ -207,10 +244,14 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
 }
 
 /// One token cache per account, each with its first token in hand.
-async fn first_tokens(settings: &Settings, timeout: Duration) -> Result<Vec<(String, Arc<dyn AccessTokens>)>, DaemonError> {
+async fn first_tokens(
+    settings: &Settings,
+    timeout: Duration,
+) -> Result<Vec<(String, Arc<dyn AccessTokens>)>, DaemonError> {
     let mut tokens = Vec::new();
     for account in &settings.accounts {
-        let client = OAuthClient::new(settings.oauth_config(account)).map_err(|e| DaemonError::Token(e.to_string()))?;
+        let client = OAuthClient::new(settings.oauth_config(account))
+            .map_err(|e| DaemonError::Token(e.to_string()))?;
         let client: Arc<dyn AccessTokens> = Arc::new(client);
         first_token(&account.name, &client, timeout).await?;
         tokens.push((account.name.clone(), client));
@@ -219,7 +260,11 @@ async fn first_tokens(settings: &Settings, timeout: Duration) -> Result<Vec<(Str
 }
 
 /// Waits for a first token with backoff; refused credentials end at once.
-async fn first_token(account: &str, tokens: &Arc<dyn AccessTokens>, timeout: Duration) -> Result<(), DaemonError> {
+async fn first_token(
+    account: &str,
+    tokens: &Arc<dyn AccessTokens>,
+    timeout: Duration,
+) -> Result<(), DaemonError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(250);
     loop {
@@ -249,18 +294,13 @@ fn live_effects(
     tokens: &[(String, Arc<dyn AccessTokens>)],
     state: Arc<dyn StateStore>,
 ) -> Result<Arc<dyn Effects>, DaemonError> {
-    let mut config = LiveConfig::new(&settings.data_dir);
-    config.zoom_api_base = url::Url::parse(&settings.zoom.api_base).map_err(|e| DaemonError::Config(format!("ZOOM_API_BASE: {e}")))?;
-    config.slack_api_base = url::Url::parse(&settings.slack.api_base).map_err(|e| DaemonError::Config(format!("SLACK_API_BASE: {e}")))?;
-    config.slack_bot_token = settings.slack.bot_token.clone();
-    config.slack_webhooks = settings.slack.webhooks.clone();
-    config.smtp_url = settings.email.smtp_url.clone();
-    config.email_from = settings.email.from.clone();
+    let config = settings.live_config();
     let token_source: Arc<dyn AccessTokens> = match tokens.first() {
         Some((_, tokens)) => tokens.clone(),
         None => Arc::new(NoAccount),
     };
-    let effects = LiveEffects::new(config, token_source, state).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let effects = LiveEffects::new(config, token_source, state)
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
     Ok(Arc::new(effects))
 }
 
@@ -268,7 +308,9 @@ fn live_effects(
 struct NoAccount;
 
 impl AccessTokens for NoAccount {
-    fn token(&self) -> crate::effects::BoxFuture<'_, Result<crate::zoom::token::AccessToken, TokenError>> {
+    fn token(
+        &self,
+    ) -> crate::effects::BoxFuture<'_, Result<crate::zoom::token::AccessToken, TokenError>> {
         Box::pin(async {
             Err(TokenError::Refused {
                 reason: "no zoom account is configured".into(),
@@ -289,9 +331,10 @@ async fn start_webhook(
         return Ok(None);
     };
     let router = webhook_router(secret, events, settings.webhook.max_body);
-    let (addr, _) = crate::serve::serve_router("webhook", settings.webhook.addr, router, shutdown.clone())
-        .await
-        .map_err(|e| DaemonError::Serve(e.to_string()))?;
+    let (addr, _) =
+        crate::serve::serve_router("webhook", settings.webhook.addr, router, shutdown.clone())
+            .await
+            .map_err(|e| DaemonError::Serve(e.to_string()))?;
     tracing::info!(addr = %addr, "webhook endpoint listening on /zoom/webhook");
     Ok(Some(addr))
 }
@@ -308,17 +351,31 @@ fn start_subscriptions(
         let Some(config) = settings.websocket_config(account) else {
             continue;
         };
-        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name) else {
+        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name)
+        else {
             continue;
         };
-        let (status_tx, status_rx) = watch::channel(ConnectionStatus { name: account.name.clone(), ..ConnectionStatus::default() });
+        let (status_tx, status_rx) = watch::channel(ConnectionStatus {
+            name: account.name.clone(),
+            ..ConnectionStatus::default()
+        });
         admin.watch_subscription(&account.name, status_rx);
-        tasks.spawn(run_subscription(config, account_tokens.clone(), events.clone(), status_tx, shutdown.clone()));
+        tasks.spawn(run_subscription(
+            config,
+            account_tokens.clone(),
+            events.clone(),
+            status_tx,
+            shutdown.clone(),
+        ));
     }
 }
 
 /// Resumes runs a crash left pending or running.
-async fn resume_unfinished(executor: &Executor, rules: &Arc<RuleSetHandle>, journal: &Arc<dyn Journal>) {
+async fn resume_unfinished(
+    executor: &Executor,
+    rules: &Arc<RuleSetHandle>,
+    journal: &Arc<dyn Journal>,
+) {
     let unfinished = match journal.unfinished_runs().await {
         Ok(unfinished) => unfinished,
         Err(error) => {
@@ -390,7 +447,11 @@ async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
 }
 
 /// Copies the reload status into the health report.
-async fn mirror_rule_status(rules: Arc<RuleSetHandle>, admin: Arc<AdminState>, shutdown: CancellationToken) {
+async fn mirror_rule_status(
+    rules: Arc<RuleSetHandle>,
+    admin: Arc<AdminState>,
+    shutdown: CancellationToken,
+) {
     let mut last = None;
     loop {
         let status = rules.status();
@@ -411,7 +472,8 @@ async fn mirror_rule_status(rules: Arc<RuleSetHandle>, admin: Arc<AdminState>, s
 
 /// Ctrl-C, SIGTERM, or the token.
 async fn wait_for_signal(shutdown: &CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let sigterm = async {
         match terminate.as_mut() {
             Some(stream) => {

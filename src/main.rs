@@ -45,6 +45,8 @@ impl RuleLocation {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: Zoom WebSocket (and webhook, if configured), cron, hot reload, admin API
+    Run,
     /// Validate rules and scripts: every error as file:line:col, exit 1 on any
     Check {
         /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> CommandResult {
     match command {
+        Command::Run => commands::run::run().await,
         Command::Check { paths, scripts } => commands::check::run(&RuleArgs { paths, scripts }),
         Command::Test { paths, scripts } => commands::test::run(&RuleArgs { paths, scripts }).await,
         Command::Fire {

@@ -39,6 +39,7 @@ pub mod fire;
 pub mod output;
 pub mod replay;
 pub mod rules_args;
+pub mod run;
 pub mod schema;
 pub mod sim;
 pub mod test;

@@ -188,38 +188,31 @@ fn dynamic_to_key_part(value: &Dynamic) -> Option<String> {
 
 /// The dedupe key: type, timestamp, object uuid (or id), participant id.
 /// Without an object identity it is a hash of the canonical body.
+/// Reads through references: this runs once per event on the hot path.
 fn dedupe_key(event_type: &str, ts: i64, body: &Map, raw: &str) -> String {
-    let object = body
-        .get("payload")
-        .and_then(|p| p.read_lock::<Map>())
-        .and_then(|p| {
-            p.get("object")
-                .and_then(|o| o.read_lock::<Map>().map(|o| o.clone()))
-        });
-    let object_key = object.as_ref().and_then(|o| {
-        o.get("uuid")
+    if ts != 0
+        && let Some(payload) = body.get("payload")
+        && let Some(payload) = payload.read_lock::<Map>()
+        && let Some(object) = payload.get("object")
+        && let Some(object) = object.read_lock::<Map>()
+        && let Some(object_key) = object
+            .get("uuid")
             .and_then(dynamic_to_key_part)
-            .or_else(|| o.get("id").and_then(dynamic_to_key_part))
-    });
-    match object_key {
-        Some(object_key) if ts != 0 => {
-            let participant = object
-                .as_ref()
-                .and_then(|o| o.get("participant"))
-                .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
-                .and_then(|p| {
-                    p.get("participant_uuid")
-                        .or_else(|| p.get("user_id"))
-                        .or_else(|| p.get("id"))
-                        .and_then(dynamic_to_key_part)
-                });
-            match participant {
-                Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
-                None => format!("{event_type}:{ts}:{object_key}"),
-            }
-        }
-        _ => format!("{event_type}:{}", canonical_hash(raw)),
+            .or_else(|| object.get("id").and_then(dynamic_to_key_part))
+    {
+        let participant = object.get("participant").and_then(|p| {
+            let p = p.read_lock::<Map>()?;
+            p.get("participant_uuid")
+                .or_else(|| p.get("user_id"))
+                .or_else(|| p.get("id"))
+                .and_then(dynamic_to_key_part)
+        });
+        return match participant {
+            Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
+            None => format!("{event_type}:{ts}:{object_key}"),
+        };
     }
+    format!("{event_type}:{}", canonical_hash(raw))
 }
 
 /// SHA-256 of the body with object keys sorted and whitespace removed.

@@ -426,3 +426,25 @@ async fn a_disabled_rule_stops_matching() {
     assert!(took < WITHIN);
     assert_eq!(fx.rule_names(), ["a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_folder_removed_and_made_again_is_watched_again() {
+    let fx = Fixture::new(&[("rules/a.yaml", &rule_returning("v1"))]);
+    fx.watch(DEBOUNCE).await;
+    std::fs::remove_dir_all(fx.path("rules")).unwrap();
+    eventually("folder removed", || async { !fx.handle.status().ok }).await;
+    assert_eq!(output(&fx.outputs().await, "a"), Some(json!("v1")));
+
+    write(&fx.path("rules/a.yaml"), &rule_returning("v2"));
+    eventually("folder made again", || async {
+        output(&fx.outputs().await, "a") == Some(json!("v2"))
+    })
+    .await;
+    // The new folder itself is watched: a later edit is seen too.
+    write(&fx.path("rules/a.yaml"), &rule_returning("v3"));
+    let took = eventually("edit in the new folder", || async {
+        output(&fx.outputs().await, "a") == Some(json!("v3"))
+    })
+    .await;
+    assert!(took < WITHIN, "edit took {took:?}");
+}

@@ -407,3 +407,33 @@ async fn an_overlapping_firing_under_mode_single_is_skipped() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jumping_over_firings_fires_late_ones_only_within_the_grace_or_with_catch_up() {
+    let rules = [
+        ("eager", rule("0 0 * * * *", "catch_up: true\n")),
+        ("lazy", rule("0 0 * * * *", "")),
+    ];
+    let rules: Vec<(&str, &str)> = rules.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let h = Harness::start(
+        &rules,
+        utc(2026, 11, 23, 8, 30),
+        Arc::new(MemoryState::default()),
+    );
+    assert_eq!(h.next_wake().await, utc(2026, 11, 23, 9, 0));
+    // Woken 30 s late: both fire.
+    h.clock
+        .set(utc(2026, 11, 23, 9, 0) + chrono::Duration::seconds(30));
+    assert_eq!(h.next_wake().await, utc(2026, 11, 23, 10, 0));
+    h.executor.wait_idle().await;
+    // The machine sleeps from 09:00:30 to 12:20: 10:00, 11:00 and 12:00 are missed.
+    h.clock.set(utc(2026, 11, 23, 12, 20));
+    assert_eq!(h.next_wake().await, utc(2026, 11, 23, 13, 0));
+    let nine = utc(2026, 11, 23, 9, 0);
+    assert_eq!(
+        fired_at(&h.runs("eager").await),
+        vec![nine, utc(2026, 11, 23, 12, 0)]
+    );
+    assert_eq!(fired_at(&h.runs("lazy").await), vec![nine]);
+    h.stop().await;
+}

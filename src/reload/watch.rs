@@ -60,8 +60,11 @@ pub async fn watch_and_reload(
         if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(%error, "the reload task failed");
         }
-        if let Some(watcher) = watcher.as_mut() {
-            watcher.refresh(handle.sources());
+        // Changes made while a folder was not watched yet need one more look.
+        if let Some(watcher) = watcher.as_mut()
+            && watcher.refresh(handle.sources())
+        {
+            changed.notify_one();
         }
     }
     handle.set_watching(false);
@@ -133,11 +136,12 @@ impl FolderWatcher {
     }
 
     /// Follows folders that appeared or disappeared since the last look.
-    fn refresh(&mut self, sources: &RuleSources) {
+    /// Returns whether the watches changed.
+    fn refresh(&mut self, sources: &RuleSources) -> bool {
         let plan = watch_plan(sources);
         let rewatch = self.root_removed.swap(false, Ordering::Relaxed);
         if plan == self.roots && !rewatch {
-            return;
+            return false;
         }
         for (path, _) in std::mem::take(&mut self.roots) {
             // A root that was deleted has no watch left to remove.
@@ -152,6 +156,7 @@ impl FolderWatcher {
             }
         }
         self.publish_roots();
+        true
     }
 }
 

@@ -112,7 +112,8 @@ impl Daemon {
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
         let vars = rhai::serde::to_dynamic(&settings.vars)
             .unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()));
-        let executor = Executor::new(journal.clone(), effects, pool, vars);
+        let executor =
+            Executor::new(journal.clone(), effects, pool, vars).with_current_rules(rules.clone());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let admin = AdminState::new();

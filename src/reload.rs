@@ -31,6 +31,10 @@ use crate::rules::{RuleError, RuleSet, RuleSources};
 use crate::script::SandboxLimits;
 pub use watch::watch_and_reload;
 
+/// A good `debounce` for [`watch_and_reload`]: an editor's save (write,
+/// rename, chmod) makes one reload, and a change runs about 0.3 s after it.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(250);
+
 /// The state of hot reload, as `/healthz` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReloadStatus {

@@ -10,8 +10,8 @@
 //! triggers itself.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_debouncer_full::notify::{self, EventKind, RecommendedWatcher, RecursiveMode};
@@ -60,8 +60,11 @@ pub async fn watch_and_reload(
         if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload()).await {
             tracing::error!(%error, "the reload task failed");
         }
-        if let Some(watcher) = watcher.as_mut() {
-            watcher.refresh(handle.sources());
+        // Changes made while a folder was not watched yet need one more look.
+        if let Some(watcher) = watcher.as_mut()
+            && watcher.refresh(handle.sources())
+        {
+            changed.notify_one();
         }
     }
     handle.set_watching(false);
@@ -78,6 +81,8 @@ async fn next_hangup(hangup: &mut Option<Signal>) -> Option<()> {
 struct FolderWatcher {
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     roots: Vec<(PathBuf, RecursiveMode)>,
+    /// The roots as absolute paths, as events name them.
+    absolute_roots: Arc<Mutex<Vec<PathBuf>>>,
     /// Set when a watched root itself was removed: its watch is gone and must be made again.
     root_removed: Arc<AtomicBool>,
 }
@@ -89,10 +94,11 @@ impl FolderWatcher {
         changed: Arc<Notify>,
     ) -> notify::Result<FolderWatcher> {
         let root_removed = Arc::new(AtomicBool::new(false));
-        let removed = root_removed.clone();
+        let absolute_roots = Arc::new(Mutex::new(Vec::new()));
+        let (removed, roots) = (root_removed.clone(), absolute_roots.clone());
         let handler = move |result: DebounceEventResult| match result {
             Ok(events) => {
-                if events.iter().any(|e| e.kind.is_remove()) {
+                if events.iter().any(|e| removes_a_root(e, &roots)) {
                     removed.store(true, Ordering::Relaxed);
                 }
                 if events.iter().any(is_relevant) {
@@ -110,21 +116,32 @@ impl FolderWatcher {
         let mut watcher = FolderWatcher {
             debouncer,
             roots: Vec::new(),
+            absolute_roots,
             root_removed,
         };
         for (path, mode) in watch_plan(sources) {
             watcher.debouncer.watch(&path, mode)?;
             watcher.roots.push((path, mode));
         }
+        watcher.publish_roots();
         Ok(watcher)
     }
 
+    fn publish_roots(&self) {
+        let absolute = self.roots.iter().map(|(path, _)| absolute(path)).collect();
+        *self
+            .absolute_roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = absolute;
+    }
+
     /// Follows folders that appeared or disappeared since the last look.
-    fn refresh(&mut self, sources: &RuleSources) {
+    /// Returns whether the watches changed.
+    fn refresh(&mut self, sources: &RuleSources) -> bool {
         let plan = watch_plan(sources);
         let rewatch = self.root_removed.swap(false, Ordering::Relaxed);
         if plan == self.roots && !rewatch {
-            return;
+            return false;
         }
         for (path, _) in std::mem::take(&mut self.roots) {
             // A root that was deleted has no watch left to remove.
@@ -138,6 +155,8 @@ impl FolderWatcher {
                 }
             }
         }
+        self.publish_roots();
+        true
     }
 }
 
@@ -172,6 +191,22 @@ fn existing_parent(path: &Path) -> PathBuf {
         current = dir.parent();
     }
     PathBuf::from(".")
+}
+
+/// `path` made absolute the way the watcher does it.
+fn absolute(path: &Path) -> PathBuf {
+    match std::env::current_dir() {
+        Ok(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+fn removes_a_root(event: &DebouncedEvent, roots: &Mutex<Vec<PathBuf>>) -> bool {
+    if !event.kind.is_remove() && !matches!(event.kind, EventKind::Modify(_)) {
+        return false;
+    }
+    let roots = roots.lock().unwrap_or_else(|e| e.into_inner());
+    event.paths.iter().any(|path| roots.contains(path))
 }
 
 /// Whether an event may change what a reload would load.

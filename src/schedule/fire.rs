@@ -122,6 +122,7 @@ impl Scheduler {
                 Some(known) if known.schedule == id => known,
                 Some(known) => {
                     tracing::info!(rule = %rule.name, schedule = %schedule.expression, "schedule changed");
+                    write_record(&self.store, &rule.name, now, known.fired_at).await;
                     Tracked {
                         schedule: id,
                         cursor: now,
@@ -136,17 +137,19 @@ impl Scheduler {
         self.starting = false;
     }
 
-    /// A rule not tracked yet: from its stored cursor at start, from now otherwise.
+    /// A rule not tracked yet: from its stored cursor at start (the time
+    /// since is downtime), from now otherwise (it is new, or back from being
+    /// removed or disabled: the time since is not downtime, and is forgotten).
     async fn first_sight(&self, name: &str, schedule: String, now: DateTime<Utc>) -> Tracked {
         let stored = read_record(&self.store, name).await;
+        let fired_at = stored.as_ref().and_then(|r| r.fired_at);
         let cursor = match &stored {
             Some(record) if self.starting => record.until.min(now),
-            _ => now,
+            _ => {
+                write_record(&self.store, name, now, fired_at).await;
+                now
+            }
         };
-        let fired_at = stored.as_ref().and_then(|r| r.fired_at);
-        if stored.is_none() {
-            write_record(&self.store, name, now, None).await;
-        }
         Tracked {
             schedule,
             cursor,

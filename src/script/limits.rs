@@ -144,26 +144,17 @@ fn nonzero_duration(value: Duration, default: Duration) -> Duration {
     if value.is_zero() { default } else { value }
 }
 
-/// Parses `250ms`, `2s`, `5m`, `1h`, `1d` or a bare number of seconds.
+/// Parses `250ms`, `2s`, `5m`, `1h`, `1d` (the rule files' format) or a
+/// bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(number * seconds_per_unit).ok()
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    crate::rules::spec::parse_duration(text).ok()
 }
 
-/// Formats a duration the way [`parse_duration`] reads it: `50ms`, `2s`, `1.5s`.
+/// Formats a duration for messages: `50ms`, `2s`, `1.5s`.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis < 1000 {
@@ -294,7 +285,8 @@ mod tests {
     fn parses_and_formats_durations() {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), None, "one format everywhere: whole numbers");
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("5 weeks"), None);

@@ -286,7 +286,11 @@ mod tests {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1.5s"), None, "one format everywhere: whole numbers");
+        assert_eq!(
+            parse_duration("1.5s"),
+            None,
+            "one format everywhere: whole numbers"
+        );
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("5 weeks"), None);

@@ -108,7 +108,9 @@ impl Sandbox {
         meta: &Dynamic,
         vars: &Dynamic,
     ) -> Scope<'static> {
-        run_scope(event, meta, vars)
+        // One plain (unshared) copy per event: property chains in every
+        // condition then read by reference instead of through a lock and a clone.
+        run_scope(&event.flatten_clone(), meta, vars)
     }
 
     /// Evaluates a compiled expression on the calling thread, bounded by

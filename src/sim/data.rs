@@ -115,19 +115,24 @@ const LAST_NAMES: [&str; 28] = [
     "Hoare",
 ];
 
-/// The seeded name of participant `i` (0-based) of a meeting.
+/// The seeded name of participant `i` (0-based) of a meeting. For each
+/// first name the last name shifts by one per round, so names stay distinct.
 fn participant_name(i: usize) -> String {
-    let first = FIRST_NAMES[i % FIRST_NAMES.len()];
-    let last = LAST_NAMES[(i / FIRST_NAMES.len()) % LAST_NAMES.len()];
-    format!("{first} {last}")
+    let round = i / FIRST_NAMES.len();
+    let first = i % FIRST_NAMES.len();
+    let last = (first + round) % LAST_NAMES.len();
+    format!("{} {}", FIRST_NAMES[first], LAST_NAMES[last])
 }
 
-fn participants(count: usize, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
+/// Participants of a meeting of `minutes`: each joins within its first five
+/// minutes and stays between half of it and all of it.
+fn participants(count: usize, start: DateTime<Utc>, minutes: i64, seed: u64) -> Vec<Value> {
+    let meeting_secs = (minutes * 60).max(120);
     (0..count)
         .map(|i| {
             let n = i + 1;
             let join = start + Duration::seconds(i as i64 % 300);
-            let stay = 600 + (i as i64 * 37) % 3000;
+            let stay = meeting_secs - (i as i64 * 397) % (meeting_secs / 2);
             let name = participant_name(i);
             let email = format!("{}.{n}@example.com", name.replace(' ', ".").to_lowercase());
             json!({
@@ -283,7 +288,7 @@ fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u
         uuid: seed.uuid.to_string(),
         host_id: seed.host_id.to_string(),
         object,
-        participants: participants(config.participants_per_meeting, start, index),
+        participants: participants(config.participants_per_meeting, start, seed.duration, index),
         recording,
         deleted: false,
     }
@@ -391,6 +396,7 @@ mod tests {
             "every seeded participant has a distinct name"
         );
         assert_eq!(data.meetings[0].participants[0]["name"], "Ada Lovelace");
+        assert_eq!(data.meetings[0].participants[1]["name"], "Grace Hopper");
     }
 
     #[test]

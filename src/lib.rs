@@ -9,6 +9,7 @@ pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod effects;
 pub mod engine;
 pub mod event;

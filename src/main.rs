@@ -94,6 +94,8 @@ enum Command {
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
     },
+    /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen
+    Demo(commands::demo::DemoArgs),
     /// Run history from the store: `runs [--rule NAME] [--failed] [--json]`, `runs retry ID`
     Runs {
         #[command(subcommand)]
@@ -185,6 +187,7 @@ async fn dispatch(command: Command) -> CommandResult {
         }
         Command::Schema => commands::schema::run(),
         Command::Sim { addr } => commands::sim::run(addr).await,
+        Command::Demo(args) => commands::demo::run(args).await,
         Command::Runs {
             action,
             rule,

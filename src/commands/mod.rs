@@ -35,6 +35,7 @@ impl CommandError {
 pub type CommandResult = Result<ExitCode, CommandError>;
 
 pub mod check;
+pub mod demo;
 pub mod fire;
 pub mod output;
 pub mod replay;

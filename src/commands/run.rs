@@ -19,7 +19,11 @@ pub async fn run() -> CommandResult {
     if let Err(error) = crate::logging::init_logging(settings.log_format) {
         eprintln!("warning: {error}");
     }
-    let daemon = Daemon::start(settings, DaemonOptions::default())
+    let options = DaemonOptions {
+        journal: settings.journal.store,
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(settings, options)
         .await
         .map_err(|e| CommandError::Usage(e.to_string()))?;
     let finished = daemon.run_until_signal().await;

@@ -30,6 +30,7 @@ use url::Url;
 pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
 pub use errors::{ConfigError, ConfigErrors};
 
+use crate::daemon::JournalMode;
 use crate::effects::live::LiveConfig;
 use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
@@ -142,6 +143,9 @@ pub struct WebsocketSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalSettings {
+    /// Where runs are remembered (`ZOOMWIRE_JOURNAL`: `sqlite`, the default,
+    /// or `memory`, which survives nothing and serves benchmarks).
+    pub store: JournalMode,
     /// How long an event id is remembered to drop duplicates.
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.

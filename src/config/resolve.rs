@@ -22,6 +22,7 @@ use super::{
     DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
     SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
 };
+use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
 
 const DEFAULT_OAUTH_BASE: &str = "https://zoom.us";
@@ -490,9 +491,27 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
             retention.unwrap_or(DEFAULT_RETENTION)
         }
     };
+    let store = r
+        .get(
+            &key("ZOOMWIRE_JOURNAL", "journal.store"),
+            journal.store.as_ref(),
+            parse_journal_mode,
+        )
+        .unwrap_or(JournalMode::Sqlite);
     JournalSettings {
+        store,
         dedupe_window,
         retention,
+    }
+}
+
+fn parse_journal_mode(text: &str) -> Result<JournalMode, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "sqlite" => Ok(JournalMode::Sqlite),
+        "memory" => Ok(JournalMode::Memory),
+        _ => Err(format!(
+            "unknown journal store `{text}`, expected `sqlite` or `memory`"
+        )),
     }
 }
 

@@ -551,3 +551,24 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
     assert_eq!(s.vars["archive_channel"], "#recordings");
 }
+
+#[test]
+fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
+    use crate::daemon::JournalMode;
+    assert_eq!(settings(None, None, &[]).journal.store, JournalMode::Sqlite);
+    let s = settings(None, None, &[("ZOOMWIRE_JOURNAL", "Memory")]);
+    assert_eq!(s.journal.store, JournalMode::Memory);
+    let s = settings(Some("journal: { store: memory }"), None, &[]);
+    assert_eq!(s.journal.store, JournalMode::Memory);
+    let lines = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[("ZOOMWIRE_JOURNAL", "redis")],
+    )));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("ZOOMWIRE_JOURNAL"), "{lines:?}");
+    assert!(
+        lines[0].contains("expected `sqlite` or `memory`"),
+        "{lines:?}"
+    );
+}

@@ -77,17 +77,69 @@ fn iso(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn participants(count: usize, start: DateTime<Utc>, seed: u64) -> Vec<Value> {
+/// First and last names of seeded participants: every combination is
+/// distinct for the first `FIRST_NAMES.len() * LAST_NAMES.len()` (672).
+const FIRST_NAMES: [&str; 24] = [
+    "Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Donald", "Hedy", "Ken", "Radia",
+    "Dennis", "Karen", "John", "Margaret", "Niklaus", "Shafi", "Tim", "Lynn", "Linus", "Sophie",
+    "Guido", "Annie", "Bjarne", "Jean",
+];
+const LAST_NAMES: [&str; 28] = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Liskov",
+    "Dijkstra",
+    "Allen",
+    "Knuth",
+    "Lamarr",
+    "Thompson",
+    "Perlman",
+    "Ritchie",
+    "Jones",
+    "McCarthy",
+    "Hamilton",
+    "Wirth",
+    "Goldwasser",
+    "Berners",
+    "Conway",
+    "Torvalds",
+    "Wilson",
+    "Rossum",
+    "Easley",
+    "Stroustrup",
+    "Sammet",
+    "Backus",
+    "Kay",
+    "Cerf",
+    "Hoare",
+];
+
+/// The seeded name of participant `i` (0-based) of a meeting. For each
+/// first name the last name shifts by one per round, so names stay distinct.
+fn participant_name(i: usize) -> String {
+    let round = i / FIRST_NAMES.len();
+    let first = i % FIRST_NAMES.len();
+    let last = (first + round) % LAST_NAMES.len();
+    format!("{} {}", FIRST_NAMES[first], LAST_NAMES[last])
+}
+
+/// Participants of a meeting of `minutes`: each joins within its first five
+/// minutes and stays between half of it and all of it.
+fn participants(count: usize, start: DateTime<Utc>, minutes: i64, seed: u64) -> Vec<Value> {
+    let meeting_secs = (minutes * 60).max(120);
     (0..count)
         .map(|i| {
             let n = i + 1;
             let join = start + Duration::seconds(i as i64 % 300);
-            let stay = 600 + (i as i64 * 37) % 3000;
+            let stay = meeting_secs - (i as i64 * 397) % (meeting_secs / 2);
+            let name = participant_name(i);
+            let email = format!("{}.{n}@example.com", name.replace(' ', ".").to_lowercase());
             json!({
                 "id": format!("pt{seed:x}{n:05}"),
                 "user_id": format!("{}", 16_778_240 + n),
-                "name": format!("Participant {n:03}"),
-                "user_email": format!("participant{n:03}@example.com"),
+                "name": name,
+                "user_email": email,
                 "join_time": iso(join),
                 "leave_time": iso(join + Duration::seconds(stay)),
                 "duration": stay,
@@ -236,7 +288,7 @@ fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u
         uuid: seed.uuid.to_string(),
         host_id: seed.host_id.to_string(),
         object,
-        participants: participants(config.participants_per_meeting, start, index),
+        participants: participants(config.participants_per_meeting, start, seed.duration, index),
         recording,
         deleted: false,
     }
@@ -289,6 +341,11 @@ impl SimData {
         })
     }
 
+    /// A seeded meeting by numeric id, deleted or not.
+    pub fn meeting(&self, id: u64) -> Option<&Meeting> {
+        self.meetings.iter().find(|m| m.id == id)
+    }
+
     /// A live meeting by numeric id or (decoded) UUID.
     pub fn meeting_mut(&mut self, id_or_uuid: &str) -> Option<&mut Meeting> {
         let numeric = id_or_uuid.parse::<u64>().ok();
@@ -328,6 +385,18 @@ mod tests {
         let sizes = data.download_sizes();
         assert_eq!(sizes.get("rec-85512345678-mp4"), Some(&(8 * 1024 * 1024)));
         assert_eq!(data.meetings[0].participants.len(), 650);
+        let names: std::collections::HashSet<_> = data.meetings[0]
+            .participants
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names.len(),
+            650,
+            "every seeded participant has a distinct name"
+        );
+        assert_eq!(data.meetings[0].participants[0]["name"], "Ada Lovelace");
+        assert_eq!(data.meetings[0].participants[1]["name"], "Grace Hopper");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod oauth;
 mod record;
 mod rest;
 mod slack;
+pub mod smtp;
 mod state;
 mod websocket;
 
@@ -35,6 +36,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 pub use faults::{Fault, FaultKind, RateLimitType, RetryAfter};
 pub use record::{RecordedRequest, SlackPost};
+pub use smtp::{ReceivedMail, SmtpSink, start_smtp_sink};
 pub use state::ConnectionRecord;
 
 use state::SimState;
@@ -292,6 +294,13 @@ impl SimHandle {
         self.state.emit_event(subscription, event)
     }
 
+    /// Like [`Self::emit_raw`], but waits while a connection's queue is
+    /// full instead of dropping the frame (for benchmarks that send as fast
+    /// as the WebSocket takes it).
+    pub async fn send_frame(&self, subscription: Option<&str>, text: &str) -> usize {
+        self.state.send_frame(subscription, text).await
+    }
+
     /// Sends `text` verbatim as a text frame (for malformed-frame tests).
     pub fn emit_raw(&self, subscription: Option<&str>, text: &str) -> usize {
         self.state.emit_raw(subscription, text)
@@ -356,6 +365,22 @@ impl SimHandle {
         self.state
             .wait_for_connections(subscription, accepted, timeout)
             .await
+    }
+
+    /// A seeded meeting as `GET /meetings/{id}` answers it.
+    pub fn meeting(&self, meeting_id: u64) -> Option<serde_json::Value> {
+        self.state.meeting_object(meeting_id)
+    }
+
+    /// The seeded participants of a past meeting, as
+    /// `GET /past_meetings/{uuid}/participants` lists them.
+    pub fn past_participants(&self, meeting_id: u64) -> Vec<serde_json::Value> {
+        self.state.past_participants(meeting_id)
+    }
+
+    /// A seeded user by id, email or `me`.
+    pub fn user(&self, user_id: &str) -> Option<serde_json::Value> {
+        self.state.user(user_id)
     }
 
     /// A `recording.completed` event for a seeded meeting, with download URLs

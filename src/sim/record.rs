@@ -71,6 +71,9 @@ pub struct SlackPost {
     pub body: serde_json::Value,
     /// The `ts` the API answered (webhooks have none).
     pub ts: Option<String>,
+    /// When the simulator received it, in microseconds since the Unix epoch
+    /// (for latency measurements).
+    pub received_at_micros: i64,
 }
 
 /// Replaces the values of secret query parameters, keeping the rest raw.

@@ -93,6 +93,7 @@ async fn post_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_at_micros = chrono::Utc::now().timestamp_micros();
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -126,6 +127,7 @@ async fn post_message(
         text: text.clone(),
         body: message.clone(),
         ts: Some(ts.clone()),
+        received_at_micros,
     });
     axum::Json(json!({
         "ok": true,
@@ -146,6 +148,7 @@ async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_at_micros = chrono::Utc::now().timestamp_micros();
     let Some(message) = parse_body(&headers, &body) else {
         return (StatusCode::BAD_REQUEST, "invalid_payload").into_response();
     };
@@ -160,6 +163,7 @@ async fn webhook(
         text,
         body: message,
         ts: None,
+        received_at_micros,
     });
     (StatusCode::OK, "ok").into_response()
 }

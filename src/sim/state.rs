@@ -156,6 +156,23 @@ impl SimState {
         *lock(&self.data) = data;
     }
 
+    pub fn meeting_object(&self, meeting_id: u64) -> Option<serde_json::Value> {
+        lock(&self.data)
+            .meeting(meeting_id)
+            .map(|m| m.object.clone())
+    }
+
+    pub fn past_participants(&self, meeting_id: u64) -> Vec<serde_json::Value> {
+        lock(&self.data)
+            .meeting(meeting_id)
+            .map(|m| m.participants.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn user(&self, user_id: &str) -> Option<serde_json::Value> {
+        lock(&self.data).user(user_id).cloned()
+    }
+
     pub fn recording_completed_event(&self, meeting_id: u64) -> Option<serde_json::Value> {
         lock(&self.data).recording_completed_event(meeting_id, &self.config.download_token)
     }

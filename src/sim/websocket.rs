@@ -21,6 +21,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -129,6 +130,26 @@ impl SimState {
 
     pub fn emit_raw(&self, subscription: Option<&str>, text: &str) -> usize {
         self.command(subscription, || ConnCommand::Send(text.to_string()))
+    }
+
+    pub async fn send_frame(&self, subscription: Option<&str>, text: &str) -> usize {
+        let senders: Vec<mpsc::Sender<ConnCommand>> = lock(&self.connections)
+            .open
+            .values()
+            .filter(|c| subscription.is_none_or(|s| c.subscription_id == s))
+            .map(|c| c.commands.clone())
+            .collect();
+        let mut delivered = 0;
+        for sender in senders {
+            if sender
+                .send(ConnCommand::Send(text.to_string()))
+                .await
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     pub fn emit_event(&self, subscription: Option<&str>, event: &serde_json::Value) -> usize {
@@ -245,18 +266,13 @@ async fn run_connection(
         let silent_deadline = last_inbound + silent_limit.unwrap_or(NEVER);
         tokio::select! {
             _ = sim.shutdown.cancelled() => return End::Close("simulator shutting down"),
-            command = commands.recv() => match command {
-                Some(ConnCommand::Send(text)) if !stalled => {
-                    if !send_text(socket, text).await {
-                        return End::ClientGone;
-                    }
-                    sim.count(id, |r| r.frames_sent += 1);
+            command = commands.recv() => {
+                let Some(command) = command else {
+                    return End::Close("simulator shutting down");
+                };
+                if let Err(end) = obey(sim, socket, id, command, &mut commands, &mut stalled).await {
+                    return end;
                 }
-                Some(ConnCommand::Send(_)) => {}
-                Some(ConnCommand::Stall) => stalled = true,
-                Some(ConnCommand::Drop) => return End::Drop,
-                Some(ConnCommand::Replace) => return End::Close("replaced by a newer connection"),
-                None => return End::Close("simulator shutting down"),
             },
             _ = sleep_until(expires_at), if !stalled => {
                 let frame = json!({
@@ -290,6 +306,77 @@ async fn run_connection(
             },
         }
     }
+}
+
+/// Carries out one command. Text frames already queued behind a `Send` go
+/// out with it under one flush, so a fast sender is not held to one write
+/// per frame.
+async fn obey(
+    sim: &SimState,
+    socket: &mut WebSocket,
+    id: u64,
+    command: ConnCommand,
+    commands: &mut mpsc::Receiver<ConnCommand>,
+    stalled: &mut bool,
+) -> Result<(), End> {
+    let command = match command {
+        ConnCommand::Send(_) if *stalled => return Ok(()),
+        ConnCommand::Send(text) => {
+            let (sent, next) = send_queued(socket, text, commands).await?;
+            sim.count(id, |r| r.frames_sent += sent);
+            match next {
+                Some(next) => next,
+                None => return Ok(()),
+            }
+        }
+        other => other,
+    };
+    match command {
+        // Cannot be a send: `send_queued` hands back only other commands.
+        ConnCommand::Send(_) => Ok(()),
+        ConnCommand::Stall => {
+            *stalled = true;
+            Ok(())
+        }
+        ConnCommand::Drop => Err(End::Drop),
+        ConnCommand::Replace => Err(End::Close("replaced by a newer connection")),
+    }
+}
+
+/// Most frames written under one flush.
+const MAX_FRAMES_PER_FLUSH: u64 = 256;
+
+/// Writes `first` and the text frames queued behind it, then flushes.
+/// Returns how many were sent and the first other command found.
+async fn send_queued(
+    socket: &mut WebSocket,
+    first: String,
+    commands: &mut mpsc::Receiver<ConnCommand>,
+) -> Result<(u64, Option<ConnCommand>), End> {
+    socket
+        .feed(Message::Text(first.into()))
+        .await
+        .map_err(|_| End::ClientGone)?;
+    let mut sent = 1;
+    let mut other = None;
+    while sent < MAX_FRAMES_PER_FLUSH {
+        match commands.try_recv() {
+            Ok(ConnCommand::Send(text)) => {
+                socket
+                    .feed(Message::Text(text.into()))
+                    .await
+                    .map_err(|_| End::ClientGone)?;
+                sent += 1;
+            }
+            Ok(command) => {
+                other = Some(command);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    socket.flush().await.map_err(|_| End::ClientGone)?;
+    Ok((sent, other))
 }
 
 fn is_heartbeat(text: &str) -> bool {

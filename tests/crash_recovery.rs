@@ -278,3 +278,35 @@ do: |
     );
     daemon.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_journaled_before_its_runs_were_recorded_runs_after_a_restart() {
+    use zoomwire::engine::record::Journal;
+    use zoomwire::event::{Event, Source};
+    use zoomwire::journal::{JournalOptions, SqliteJournal};
+
+    let ws = Workspace::new().await;
+    ws.write_rule("announce.yaml", &announce_rule(""));
+    // What a kill right after the event's commit leaves: the event accepted
+    // (so a re-delivery is a duplicate), no run recorded for it.
+    let body = meeting_event("meeting.started", 3, HOST_USER_ID);
+    let event = Event::parse(&body.to_string(), Source::Websocket("default".into())).unwrap();
+    {
+        let journal = SqliteJournal::open(&ws.data_dir(), JournalOptions::for_command()).unwrap();
+        assert!(journal.accept_event(&event).await.unwrap());
+    }
+    assert!(ws.runs().await.is_empty());
+
+    let daemon = ws.start(1).await;
+    // Zoom delivers it again after the outage: still a duplicate.
+    ws.sim.emit_event(None, &body);
+    let runs = wait_all_finished(&ws, 1).await;
+    assert_eq!(status(&runs[0]), "succeeded", "{:?}", runs[0]);
+    assert_eq!(runs[0]["event_id"], event.id.as_str());
+    assert_eq!(ws.slack_texts("#general"), ["started: Meeting 3"]);
+    assert_eq!(
+        ws.slack_texts("#ops"),
+        ["Meeting 3 hosted by host@example.com"]
+    );
+    daemon.kill().await;
+}

@@ -5,16 +5,18 @@
 //!
 //! Events from every source go into one bounded channel, so a slow journal
 //! or a busy executor slows intake instead of filling memory. Each event is
-//! journaled before its rules run; a journal error (a full disk) pauses that
-//! event's intake and retries it, so nothing counts as accepted unless it was
-//! written. On shutdown intake stops first, then runs in flight get the grace
+//! journaled with the records of its runs, in one commit, before its rules
+//! run; a journal error (a full disk) pauses that event's intake and retries
+//! it, so nothing counts as accepted unless it was written. Many events are
+//! journaled at once, but their runs are admitted in the order the events
+//! arrived. On shutdown intake stops first, then runs in flight get the grace
 //! period; whatever is still pending resumes on the next start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -405,6 +407,8 @@ async fn intake(
 ) {
     let in_flight = Arc::new(Semaphore::new(INTAKE_CONCURRENCY));
     let handlers = TaskTracker::new();
+    // Resolves when the previous event's runs have been admitted.
+    let mut previous: Option<oneshot::Receiver<()>> = None;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -421,8 +425,10 @@ async fn intake(
         }
         let executor = executor.clone();
         let rules = rules.clone();
+        let (admitted, next_turn) = oneshot::channel::<()>();
+        let turn = previous.replace(next_turn);
         handlers.spawn(async move {
-            accept(&executor, &rules, event).await;
+            accept(&executor, &rules, event, turn, admitted).await;
             drop(permit);
         });
     }
@@ -430,12 +436,23 @@ async fn intake(
     handlers.wait().await;
 }
 
-/// Hands one event to the executor, retrying while the journal cannot write it.
-async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
+/// Journals one event with its runs (retrying while the journal cannot write
+/// it), then, once the previous event's runs are admitted (`turn`), admits
+/// its own and lets the next event's go (`admitted`). Journaling overlaps
+/// between events, so their commits are shared; admission keeps the order
+/// of arrival, so queued runs of one key start in that order.
+async fn accept(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    event: Event,
+    turn: Option<oneshot::Receiver<()>>,
+    admitted: oneshot::Sender<()>,
+) {
     let mut delay = Duration::from_millis(100);
-    loop {
-        match executor.handle_event(&rules.current(), event.clone()).await {
-            Ok(_) => return,
+    let (prepared, fresh) = loop {
+        let prepared = executor.prepare(&rules.current(), event.clone());
+        match executor.accept(&prepared).await {
+            Ok(fresh) => break (prepared, fresh),
             Err(error) => {
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);
                 tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
@@ -443,6 +460,17 @@ async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    };
+    if let Some(turn) = turn {
+        // An error means the previous handler ended without admitting: its turn is over too.
+        let _ = turn.await;
+    }
+    let runs = fresh.then(|| executor.admit(prepared));
+    drop(admitted);
+    if let Some(runs) = runs
+        && let Err(error) = executor.record_turned_away(runs).await
+    {
+        tracing::error!(event = %event.id, error = %error, "cannot record the runs its rules' modes turned away");
     }
 }
 

@@ -103,7 +103,9 @@ async fn a_run_that_outlasts_the_grace_stays_pending_and_resumes_on_the_next_sta
     );
     assert!(
         !daemon
-            .logged("stopped with runs still in flight: they stay pending and resume on the next start")
+            .logged(
+                "stopped with runs still in flight: they stay pending and resume on the next start"
+            )
             .is_empty(),
         "{}",
         daemon.stderr()
@@ -175,7 +177,10 @@ do: |
         (ws.runs().await.len() == 1).then_some(())
     })
     .await;
-    assert_eq!(post_webhook(&webhook, SECRET, &first.to_string()).await, 200);
+    assert_eq!(
+        post_webhook(&webhook, SECRET, &first.to_string()).await,
+        200
+    );
     let second = meeting_event("meeting.started", 2, HOST_USER_ID);
     assert_eq!(
         post_webhook(&webhook, SECRET, &second.to_string()).await,
@@ -201,6 +206,8 @@ do: |
         (duplicates(&metrics) >= 3.0).then_some(())
     })
     .await;
+    let (_, metrics) = metrics_text(&daemon).await;
+    assert_eq!(duplicates(&metrics), 3.0, "each counted once");
     let runs = wait_finished(&ws, 3).await;
     assert!(runs.iter().all(|r| status(r) == "succeeded"), "{runs:?}");
     let posts = ws.slack_texts("#general");
@@ -271,11 +278,11 @@ async fn bad_credentials_exit_2_naming_the_setting_without_a_retry_storm() {
     let stderr = daemon.stderr();
     assert_eq!(exit.code(), Some(2), "{stderr}");
     assert!(stderr.contains("ZOOM_CLIENT_SECRET"), "{stderr}");
+    assert!(stderr.contains("refused the oauth credentials"), "{stderr}");
     assert!(
-        stderr.contains("refused the oauth credentials"),
-        "{stderr}"
+        !stderr.contains("not-the-secret"),
+        "no secret in the output"
     );
-    assert!(!stderr.contains("not-the-secret"), "no secret in the output");
     assert!(
         token_requests(&ws) <= 2,
         "no retry storm: {} token requests",
@@ -287,7 +294,11 @@ async fn bad_credentials_exit_2_naming_the_setting_without_a_retry_storm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_settings_exit_2_listing_every_one() {
     let mut ws = Workspace::new().await;
-    for name in ["ZOOM_CLIENT_ID", "ZOOM_CLIENT_SECRET", "ZOOM_SUBSCRIPTION_ID"] {
+    for name in [
+        "ZOOM_CLIENT_ID",
+        "ZOOM_CLIENT_SECRET",
+        "ZOOM_SUBSCRIPTION_ID",
+    ] {
         ws.unset_env(name);
     }
     ws.set_env("ZOOMWIRE_SHUTDOWN_GRACE", "soon");
@@ -365,7 +376,10 @@ do: |
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["id"], id.as_str());
     let error = failed[0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("zoom.get"), "the error names the effect: {error}");
+    assert!(
+        error.contains("zoom.get"),
+        "the error names the effect: {error}"
+    );
     let table = ws.zoomwire(&["runs", "--failed"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -401,5 +415,38 @@ do: |
         ws.slack_texts("#ops"),
         ["Meeting 1 hosted by host@example.com"]
     );
+    daemon.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queued_runs_of_one_key_start_in_the_order_their_events_arrived() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "queued.yaml",
+        r##"name: queued
+on: meeting.started
+key: event.payload.object.id
+mode: queued
+max_runs: 20
+allow: [slack, zoom.read]
+do: |
+  let m = event.payload.object;
+  slack::post("#general", `start ${m.topic}`);
+  zoom::get("/users/{userId}", #{ userId: m.host_id });
+  slack::post("#general", `end ${m.topic}`);
+"##,
+    );
+    ws.sim.set_delay("/v2/users/", Duration::from_millis(50));
+    let daemon = ws.start(1).await;
+    for n in 1..=8 {
+        ws.sim
+            .emit_event(None, &meeting_event("meeting.started", n, HOST_USER_ID));
+    }
+    let runs = wait_finished(&ws, 8).await;
+    assert!(runs.iter().all(|r| status(r) == "succeeded"), "{runs:?}");
+    let expected: Vec<String> = (1..=8)
+        .flat_map(|n| [format!("start Meeting {n}"), format!("end Meeting {n}")])
+        .collect();
+    assert_eq!(ws.slack_texts("#general"), expected);
     daemon.kill().await;
 }

@@ -131,10 +131,7 @@ impl Workspace {
 
     /// Runs a command to its end.
     pub async fn zoomwire(&self, args: &[&str]) -> std::process::Output {
-        self.command(args)
-            .output()
-            .await
-            .expect("the binary runs")
+        self.command(args).output().await.expect("the binary runs")
     }
 
     /// `zoomwire runs --json`: every run in the store, newest first.

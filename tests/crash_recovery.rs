@@ -282,3 +282,52 @@ do: |
     );
     daemon.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_while_waiting_to_retry_resumes_with_the_next_attempt() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "fragile.yaml",
+        r##"name: fragile
+on: meeting.started
+allow: [slack, zoom.read]
+timeout: 300ms
+retry: { attempts: 2, backoff: 2m, max_backoff: 2m }
+do: |
+  let m = event.payload.object;
+  slack::post("#general", `started: ${m.topic}`);
+  let host = zoom::get("/users/{userId}", #{ userId: m.host_id });
+  slack::post("#ops", `${m.topic} hosted by ${host.email}`);
+"##,
+    );
+    ws.sim.set_delay("/v2/users/", SLOW);
+    let daemon = ws.start(1).await;
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 4, HOST_USER_ID));
+    let failed = eventually("the first attempt failed, the retry waiting", || async {
+        let runs = ws.runs().await;
+        runs.into_iter()
+            .find(|r| status(r) == "failed" && r["finished_at"].is_null())
+    })
+    .await;
+    assert_eq!(failed["attempt"], 1);
+    daemon.kill().await;
+
+    // Still failing after the restart: the resumed run is the rule's second
+    // and last attempt, so it ends dead instead of trying a third time.
+    let daemon = ws.start(2).await;
+    let runs = wait_all_finished(&ws, 1).await;
+    assert_eq!(status(&runs[0]), "dead", "{:?}", runs[0]);
+    assert_eq!(runs[0]["attempt"], 2);
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("zoom.get"),
+        "{:?}",
+        runs[0]
+    );
+    assert_eq!(ws.slack_texts("#general"), ["started: Meeting 4"]);
+    assert!(ws.slack_texts("#ops").is_empty());
+    daemon.kill().await;
+}

@@ -311,6 +311,10 @@ impl Executor {
     ) -> Result<RunTicket, JournalError> {
         let UnfinishedRun { mut run, event } = unfinished;
         let replay = std::mem::take(&mut run.effects);
+        if run.status == RunStatus::Failed {
+            // The crash came while waiting to retry: that attempt is over.
+            run.attempt += 1;
+        }
         run.status = RunStatus::Pending;
         match rule_set.rule(&run.rule) {
             Some(rule) => {

@@ -397,7 +397,10 @@ async fn resume_unfinished(
     }
 }
 
-/// Journals, matches and starts runs for every event, many at once.
+/// Journals, matches and starts runs for every event, many at once. When
+/// stopping it takes no new events but still journals those already
+/// received (the webhook answered 200 for them, so Zoom will not send them
+/// again); their runs resume on the next start if the grace runs out.
 async fn intake(
     mut events: mpsc::Receiver<Event>,
     executor: Executor,
@@ -405,10 +408,14 @@ async fn intake(
     admin: Arc<AdminState>,
     shutdown: CancellationToken,
 ) {
-    let in_flight = Arc::new(Semaphore::new(INTAKE_CONCURRENCY));
-    let handlers = TaskTracker::new();
-    // Resolves when the previous event's runs have been admitted.
-    let mut previous: Option<oneshot::Receiver<()>> = None;
+    let mut intake = Intake {
+        in_flight: Arc::new(Semaphore::new(INTAKE_CONCURRENCY)),
+        handlers: TaskTracker::new(),
+        previous: None,
+        executor,
+        rules,
+        admin,
+    };
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -417,23 +424,46 @@ async fn intake(
                 None => break,
             },
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
+        intake.dispatch(event).await;
+    }
+    events.close();
+    while let Some(event) = events.recv().await {
+        intake.dispatch(event).await;
+    }
+    intake.handlers.close();
+    intake.handlers.wait().await;
+}
+
+/// The intake's handlers and the order they admit runs in.
+struct Intake {
+    in_flight: Arc<Semaphore>,
+    handlers: TaskTracker,
+    /// Resolves when the previous event's runs have been admitted.
+    previous: Option<oneshot::Receiver<()>>,
+    executor: Executor,
+    rules: Arc<RuleSetHandle>,
+    admin: Arc<AdminState>,
+}
+
+impl Intake {
+    /// Hands one event to a handler, waiting while too many are busy.
+    async fn dispatch(&mut self, event: Event) {
+        // The semaphore is never closed: acquiring only waits.
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
         };
         if let crate::event::Source::Websocket(name) = &event.source {
-            admin.note_event(name, event.received_at);
+            self.admin.note_event(name, event.received_at);
         }
-        let executor = executor.clone();
-        let rules = rules.clone();
+        let executor = self.executor.clone();
+        let rules = self.rules.clone();
         let (admitted, next_turn) = oneshot::channel::<()>();
-        let turn = previous.replace(next_turn);
-        handlers.spawn(async move {
+        let turn = self.previous.replace(next_turn);
+        self.handlers.spawn(async move {
             accept(&executor, &rules, event, turn, admitted).await;
             drop(permit);
         });
     }
-    handlers.close();
-    handlers.wait().await;
 }
 
 /// Journals one event with its runs (retrying while the journal cannot write
@@ -514,5 +544,52 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::recorder::RecordingEffects;
+
+    #[tokio::test]
+    async fn events_already_received_are_journaled_when_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yaml"), "name: r\non: a.b\ndo: \"1\"\n").unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.path().to_path_buf()],
+            scripts_dir: dir.path().join("scripts"),
+        };
+        let rules = Arc::new(RuleSetHandle::load(sources, SandboxLimits::default()).unwrap());
+        let journal = Arc::new(MemoryJournal::default());
+        let executor = Executor::new(
+            journal.clone(),
+            Arc::new(RecordingEffects::default()),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            rhai::Dynamic::from_map(rhai::Map::new()),
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        for n in 0..8 {
+            let body = serde_json::json!({"event": "a.b", "event_ts": n});
+            let event = Event::from_value(&body, crate::event::Source::Webhook).unwrap();
+            sender.send(event).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        intake(
+            receiver,
+            executor.clone(),
+            rules,
+            AdminState::new(),
+            shutdown,
+        )
+        .await;
+        assert_eq!(
+            journal.runs().len(),
+            8,
+            "every received event was journaled"
+        );
+        assert!(sender.is_closed(), "and no more are taken");
+        executor.wait_idle().await;
     }
 }

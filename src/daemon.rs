@@ -10,7 +10,9 @@
 //! it, so nothing counts as accepted unless it was written. Many events are
 //! journaled at once, but their runs are admitted in the order the events
 //! arrived. On shutdown intake stops first, then runs in flight get the grace
-//! period; whatever is still pending resumes on the next start.
+//! period; whatever is still pending resumes on the next start. Runs put
+//! back by `zoomwire runs retry` while the daemon runs are found in the store
+//! within a second or so and resumed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ use crate::zoom::websocket::{ConnectionStatus, run_subscription};
 const INTAKE_CAPACITY: usize = 4096;
 /// Events being journaled and matched at once.
 const INTAKE_CONCURRENCY: usize = 256;
+/// How often the store is checked for runs put back by `zoomwire runs retry`.
+const REQUEUE_POLL: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start. All are configuration problems (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,12 @@ impl Daemon {
         start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
+        tasks.spawn(resume_requeued(
+            executor.clone(),
+            rules.clone(),
+            journal.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(intake(
             events_rx,
             executor.clone(),
@@ -395,6 +405,54 @@ async fn resume_unfinished(
             tracing::error!(run = %id, error = %error, "cannot resume run");
         }
     }
+}
+
+/// Starts the runs `zoomwire runs retry` puts back while the daemon runs:
+/// unfinished in the store, unknown to the executor.
+async fn resume_requeued(
+    executor: Executor,
+    rules: Arc<RuleSetHandle>,
+    journal: Arc<dyn Journal>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REQUEUE_POLL) => {}
+        }
+        if let Err(error) = resume_requeued_once(&executor, &rules, &journal).await {
+            tracing::warn!(error = %error, "cannot look for requeued runs");
+        }
+    }
+}
+
+async fn resume_requeued_once(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    journal: &Arc<dyn Journal>,
+) -> Result<(), crate::engine::record::JournalError> {
+    let candidates: std::collections::HashSet<String> = journal
+        .unfinished_run_ids()
+        .await?
+        .into_iter()
+        .filter(|id| !executor.is_active(id))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A run the executor let go of after the first read had its final
+    // record written before: read again so that it does not run twice.
+    for run in journal.unfinished_runs().await? {
+        let id = run.run.id.clone();
+        if !candidates.contains(&id) || executor.is_active(&id) {
+            continue;
+        }
+        tracing::info!(run = %id, rule = %run.run.rule, "resuming a requeued run");
+        if let Err(error) = executor.resume(&rules.current(), run).await {
+            tracing::error!(run = %id, error = %error, "cannot resume run");
+        }
+    }
+    Ok(())
 }
 
 /// Journals, matches and starts runs for every event, many at once. When

@@ -436,7 +436,9 @@ do: |
   slack::post("#general", `end ${m.topic}`);
 "##,
     );
-    ws.sim.set_delay("/v2/users/", Duration::from_millis(50));
+    // Long enough for the daemon to look for requeued runs while these are
+    // queued: none of them may be taken for one.
+    ws.sim.set_delay("/v2/users/", Duration::from_millis(200));
     let daemon = ws.start(1).await;
     for n in 1..=8 {
         ws.sim
@@ -448,5 +450,63 @@ do: |
         .flat_map(|n| [format!("start Meeting {n}"), format!("end Meeting {n}")])
         .collect();
     assert_eq!(ws.slack_texts("#general"), expected);
+    assert!(daemon.logged("resuming a requeued run").is_empty());
+    daemon.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_run_retried_while_the_daemon_runs_is_picked_up_and_completed() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "fragile.yaml",
+        r##"name: fragile
+on: meeting.started
+allow: [slack, zoom.read]
+timeout: 400ms
+retry: { attempts: 2, backoff: 10ms }
+do: |
+  let m = event.payload.object;
+  slack::post("#general", `started: ${m.topic}`);
+  let host = zoom::get("/users/{userId}", #{ userId: m.host_id });
+  slack::post("#ops", `${m.topic} hosted by ${host.email}`);
+"##,
+    );
+    ws.sim.set_delay("/v2/users/", Duration::from_secs(120));
+    let daemon = ws.start(1).await;
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 1, HOST_USER_ID));
+    let runs = wait_finished(&ws, 1).await;
+    assert_eq!(status(&runs[0]), "dead", "{runs:?}");
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    // Runs the daemon holds (a fresh one, here) are never taken for requeued ones.
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 2, HOST_USER_ID));
+
+    ws.sim.set_delay("/v2/users/", Duration::ZERO);
+    let retry = ws.zoomwire(&["runs", "retry", &id]).await;
+    assert_eq!(
+        retry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    daemon.wait_for_log("resuming a requeued run").await;
+    let runs = wait_finished(&ws, 2).await;
+    assert!(runs.iter().all(|r| status(r) == "succeeded"), "{runs:?}");
+    assert_eq!(
+        ws.slack_texts("#general"),
+        ["started: Meeting 1", "started: Meeting 2"],
+        "each posted once"
+    );
+    let mut ops = ws.slack_texts("#ops");
+    ops.sort();
+    assert_eq!(
+        ops,
+        [
+            "Meeting 1 hosted by host@example.com",
+            "Meeting 2 hosted by host@example.com"
+        ]
+    );
+    assert_eq!(daemon.logged("resuming a requeued run").len(), 1);
     daemon.kill().await;
 }

@@ -16,7 +16,7 @@
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
 //! record saying so. Runs that already started finish with the rule they have.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -103,6 +103,10 @@ struct Inner {
     pool: Arc<ScriptPool>,
     vars: Dynamic,
     slots: Mutex<HashMap<SlotKey, Slot>>,
+    /// Ids of the runs this executor holds: recorded or about to be, and not
+    /// yet recorded finished. A run the journal lists as unfinished that is
+    /// not here was put back by `zoomwire runs retry`.
+    active: Mutex<HashSet<String>>,
     finished: broadcast::Sender<RunRecord>,
     tracker: TaskTracker,
     /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
@@ -156,6 +160,7 @@ impl Executor {
                 pool,
                 vars,
                 slots: Mutex::default(),
+                active: Mutex::default(),
                 finished,
                 tracker: TaskTracker::new(),
                 instant_retries: false,
@@ -217,6 +222,7 @@ impl Executor {
             .into_iter()
             .map(|Matched { rule, key }| {
                 let record = new_record(&rule, &event, key);
+                self.hold(&record.id);
                 (rule, record)
             })
             .collect();
@@ -242,11 +248,16 @@ impl Executor {
             .map(|(_, record)| record.clone())
             .chain(prepared.failures.iter().map(|(record, _)| record.clone()))
             .collect();
-        let fresh = self
+        let written = self
             .inner
             .journal
             .accept_event_with_runs(&prepared.event, &records)
-            .await?;
+            .await;
+        if !matches!(written, Ok(true)) {
+            // Not written: these runs will never be.
+            prepared.runs.iter().for_each(|(_, r)| self.forget(&r.id));
+        }
+        let fresh = written?;
         if fresh {
             metrics::counter!("zoomwire_events_total", "type" => prepared.event.event_type.clone())
                 .increment(1);
@@ -318,8 +329,15 @@ impl Executor {
         run.status = RunStatus::Pending;
         match rule_set.rule(&run.rule) {
             Some(rule) => {
-                self.submit(rule_set.clone(), rule.clone(), event, run, replay)
-                    .await
+                let id = run.id.clone();
+                self.hold(&id);
+                let submitted = self
+                    .submit(rule_set.clone(), rule.clone(), event, run, replay)
+                    .await;
+                if submitted.is_err() {
+                    self.forget(&id);
+                }
+                submitted
             }
             None => {
                 let (done, finished) = oneshot::channel();
@@ -345,6 +363,21 @@ impl Executor {
         tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
             .is_ok()
+    }
+
+    /// Whether this executor holds the run: admitted (running or queued), or
+    /// about to be, and not yet recorded finished.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        lock(&self.inner.active).contains(run_id)
+    }
+
+    fn hold(&self, run_id: &str) {
+        lock(&self.inner.active).insert(run_id.to_string());
+    }
+
+    /// The run's last record is written (or never will be).
+    fn forget(&self, run_id: &str) {
+        lock(&self.inner.active).remove(run_id);
     }
 
     /// Waits until no run is in flight (for tests and `replay`).
@@ -427,7 +460,9 @@ impl Executor {
         record.status = RunStatus::Skipped;
         record.error = Some(reason);
         record.finished_at = Some(Utc::now());
-        self.inner.journal.record_run(&record).await?;
+        let written = self.inner.journal.record_run(&record).await;
+        self.forget(&record.id);
+        written?;
         let _ = self.inner.finished.send(record.clone());
         let _ = run.done.send(record);
         Ok(())
@@ -451,6 +486,7 @@ impl Executor {
                 &cancel,
             )
             .await;
+            executor.forget(&record.id);
             let _ = executor.inner.finished.send(record.clone());
             let _ = done.send(record);
             for removed in executor.release(slot_key, &cancel) {
@@ -842,6 +878,8 @@ mod tests {
         );
         let duplicate = executor.handle_event(&rule_set, event(1)).await.unwrap();
         assert!(duplicate.duplicate && duplicate.runs.is_empty());
+        executor.wait_idle().await;
+        assert!(lock(&executor.inner.active).is_empty(), "nothing held");
     }
 
     #[tokio::test]
@@ -861,10 +899,20 @@ mod tests {
             let admitted = executor.admit(p);
             tickets.extend(executor.record_turned_away(admitted).await.unwrap().runs);
         }
+        let held: Vec<String> = tickets.iter().map(|t| t.run_id.clone()).collect();
+        assert!(
+            held.iter().all(|id| executor.is_active(id)),
+            "queued or running"
+        );
         let mut finished = Vec::new();
         for ticket in tickets {
             finished.push(ticket.wait().await.unwrap());
         }
+        executor.wait_idle().await;
+        assert!(
+            held.iter().all(|id| !executor.is_active(id)),
+            "let go when finished"
+        );
         let order: Vec<_> = finished.iter().map(|r| r.event_id.clone()).collect();
         assert_eq!(order, ids);
         assert!(

@@ -108,6 +108,14 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
     /// Runs left pending or running, in the order their events arrived (the
     /// order the daemon admits runs in), so that queued runs resume in order.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;
+    /// The ids of the runs [`Journal::unfinished_runs`] would return, cheaply
+    /// (polled by the daemon to find runs put back by `zoomwire runs retry`).
+    fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
+        Box::pin(async move {
+            let runs = self.unfinished_runs().await?;
+            Ok(runs.into_iter().map(|r| r.run.id).collect())
+        })
+    }
 }
 
 /// A journal in memory: dedupes and remembers runs for the life of the process.

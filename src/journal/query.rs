@@ -260,6 +260,16 @@ pub(crate) fn unfinished_runs(
     Ok(unfinished)
 }
 
+/// The ids of the unfinished runs, without their details.
+pub(crate) fn unfinished_run_ids(conn: &Connection) -> ReadResult<Vec<String>> {
+    let sql = format!("SELECT id FROM runs WHERE {UNFINISHED}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let ids = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
+}
+
 /// Adds the run's effects (one per position) and logs (all attempts, in order).
 fn fill_run(conn: &Connection, run: &mut RunRecord) -> ReadResult<()> {
     let mut statement = conn.prepare_cached(

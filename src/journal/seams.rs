@@ -95,6 +95,10 @@ impl Journal for SqliteJournal {
             Ok(unfinished)
         })
     }
+
+    fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
+        Box::pin(async move { self.inner.readers.with(query::unfinished_run_ids) })
+    }
 }
 
 impl StateStore for SqliteJournal {

@@ -136,12 +136,15 @@ impl Daemon {
         start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
-        tasks.spawn(resume_requeued(
-            executor.clone(),
-            rules.clone(),
-            journal.clone(),
-            shutdown.clone(),
-        ));
+        if options.journal == JournalMode::Sqlite {
+            // Only the store can be told to retry a run (`zoomwire runs retry`).
+            tasks.spawn(resume_requeued(
+                executor.clone(),
+                rules.clone(),
+                journal.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(intake(
             events_rx,
             executor.clone(),

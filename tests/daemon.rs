@@ -76,10 +76,10 @@ async fn sigterm_lets_the_run_in_flight_finish_within_the_grace_and_exits_0() {
         ws.slack_texts("#ops"),
         ["Meeting 1 hosted by host@example.com"]
     );
-    assert!(
-        ws.sim.connections().iter().all(|c| !c.open),
-        "the WebSocket was closed"
-    );
+    eventually("the WebSocket closed", || async {
+        ws.sim.connections().iter().all(|c| !c.open).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,24 +2,30 @@
 //! temporary folder and the simulator in this process. Each test kills the
 //! daemon with SIGKILL at one point of a run's life, starts it again on the
 //! same data folder, and checks that every run completed and that every
-//! effect with a consequence outside (a Slack post, a Zoom write) happened
-//! exactly once.
+//! effect with a consequence outside (a Slack post, a Zoom write, a rule
+//! state change) happened exactly once.
 //!
 //! Kill points, each reached by waiting on what the daemon or the simulator
 //! reports rather than on a timer:
 //! - a run posted to Slack and waits on a slow Zoom call (the simulator holds
-//!   the request; its effect record is in the store);
+//!   the request; the post's record is in the store), also with rule state
+//!   read and written before the post;
 //! - runs are accepted and recorded pending, queued behind a running one of
-//!   the same key, not started;
+//!   the same key, not started: they resume in their order. A kill right
+//!   after an event is journaled is this point too, since an event is written
+//!   with the records of its runs in one commit (a kill between two separate
+//!   writes used to lose the event's runs for good, its re-delivery being a
+//!   duplicate; see the journal's and the executor's unit tests);
 //! - every effect of the run is done and recorded, the run is not yet
-//!   recorded finished (the script computes after its last effect, which
-//!   holds open the window between the last effect record and the run's
-//!   final record, a single commit in a real run);
+//!   recorded finished. In a real run that window is a single commit; here
+//!   the script computes for about a second after its last effect to hold it
+//!   open, which leaves the store exactly as a kill in the commit window would;
+//! - an attempt failed and the run waits to retry: it resumes as its next
+//!   attempt.
 //!
-//! A kill right after the event is journaled is the second point: an event
-//! is written with the records of its runs in one commit (before, a kill
-//! between the two writes lost the event's runs for good, its re-delivery
-//! being a duplicate; see the journal's unit tests).
+//! Not covered: a kill after an effect reached the world but before its
+//! record was committed repeats that effect on resume (at least once, never
+//! zero times); the window is the one commit after the response arrives.
 
 #[path = "support/daemon.rs"]
 mod support;
@@ -329,5 +335,59 @@ do: |
     );
     assert_eq!(ws.slack_texts("#general"), ["started: Meeting 4"]);
     assert!(ws.slack_texts("#ops").is_empty());
+    daemon.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rule_state_read_and_written_before_a_kill_is_not_counted_twice() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "counter.yaml",
+        r##"name: counter
+on: meeting.started
+allow: [slack, zoom.read]
+timeout: 60s
+do: |
+  let n = (state::get("meetings") ?? 0) + 1;
+  state::set("meetings", n);
+  slack::post("#general", `meeting number ${n}`);
+  let host = zoom::get("/users/{userId}", #{ userId: event.payload.object.host_id });
+  slack::post("#ops", `meeting number ${n} by ${host.email}`);
+"##,
+    );
+    ws.sim.set_delay("/v2/users/", SLOW);
+    let daemon = ws.start(1).await;
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 5, HOST_USER_ID));
+    eventually(
+        "the Slack post and the slow Zoom call in progress",
+        || async {
+            let calling = ws.sim.in_flight().iter().any(|r| r.contains("/v2/users/"));
+            (calling && ws.slack_texts("#general").len() == 1).then_some(())
+        },
+    )
+    .await;
+    daemon.kill().await;
+
+    ws.sim.set_delay("/v2/users/", Duration::ZERO);
+    let daemon = ws.start(2).await;
+    wait_all_finished(&ws, 1).await;
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 6, HOST_USER_ID));
+    let runs = wait_all_finished(&ws, 2).await;
+    assert!(runs.iter().all(|r| status(r) == "succeeded"), "{runs:?}");
+    // The resumed run read the state it had read before the kill (recorded),
+    // so its own write did not count the meeting a second time.
+    assert_eq!(
+        ws.slack_texts("#general"),
+        ["meeting number 1", "meeting number 2"]
+    );
+    assert_eq!(
+        ws.slack_texts("#ops"),
+        [
+            "meeting number 1 by host@example.com",
+            "meeting number 2 by host@example.com"
+        ]
+    );
     daemon.kill().await;
 }

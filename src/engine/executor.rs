@@ -6,11 +6,15 @@
 //! which is the seam where durability fits. Handling an event is split in
 //! [`Executor::prepare`] (match, no I/O), [`Executor::accept`] (one journal
 //! write) and [`Executor::admit`] (no I/O), so that the daemon can journal
-//! many events at once and still admit their runs in arrival order. Modes apply per rule and per concurrency key: `single` drops a run
-//! while one is running, `queued` runs one at a time with up to `max_runs`
-//! waiting or running, `parallel` runs up to `max_runs` at once, `restart`
-//! cancels the running one for the newest. Scripts run on the sandbox's
-//! thread pool; this module only awaits them.
+//! many events at once and still admit their runs in arrival order.
+//!
+//! Modes apply per rule and per concurrency key: `single` drops a run while
+//! one is running, `queued` runs one at a time with up to `max_runs` waiting
+//! or running, `parallel` runs up to `max_runs` at once, `restart` cancels
+//! the running one for the newest. Scripts run on the sandbox's thread pool;
+//! this module only awaits them. The executor knows which runs it holds
+//! ([`Executor::is_active`]), so that the daemon can tell a run put back in
+//! the store by `zoomwire runs retry` from one it is running.
 //!
 //! A queued run is checked when it leaves the queue: if a reload removed its
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a

@@ -5,16 +5,20 @@
 //!
 //! Events from every source go into one bounded channel, so a slow journal
 //! or a busy executor slows intake instead of filling memory. Each event is
-//! journaled before its rules run; a journal error (a full disk) pauses that
-//! event's intake and retries it, so nothing counts as accepted unless it was
-//! written. On shutdown intake stops first, then runs in flight get the grace
-//! period; whatever is still pending resumes on the next start.
+//! journaled with the records of its runs, in one commit, before its rules
+//! run; a journal error (a full disk) pauses that event's intake and retries
+//! it, so nothing counts as accepted unless it was written. Many events are
+//! journaled at once, but their runs are admitted in the order the events
+//! arrived. On shutdown intake stops first, then runs in flight get the grace
+//! period; whatever is still pending resumes on the next start. Runs put
+//! back by `zoomwire runs retry` while the daemon runs are found in the store
+//! within a second or so and resumed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +44,8 @@ use crate::zoom::websocket::{ConnectionStatus, run_subscription};
 const INTAKE_CAPACITY: usize = 4096;
 /// Events being journaled and matched at once.
 const INTAKE_CONCURRENCY: usize = 256;
+/// How often the store is checked for runs put back by `zoomwire runs retry`.
+const REQUEUE_POLL: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start. All are configuration problems (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +137,15 @@ impl Daemon {
         start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
+        if options.journal == JournalMode::Sqlite {
+            // Only the store can be told to retry a run (`zoomwire runs retry`).
+            tasks.spawn(resume_requeued(
+                executor.clone(),
+                rules.clone(),
+                journal.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(intake(
             events_rx,
             executor.clone(),
@@ -396,7 +411,58 @@ async fn resume_unfinished(
     }
 }
 
-/// Journals, matches and starts runs for every event, many at once.
+/// Starts the runs `zoomwire runs retry` puts back while the daemon runs:
+/// unfinished in the store, unknown to the executor.
+async fn resume_requeued(
+    executor: Executor,
+    rules: Arc<RuleSetHandle>,
+    journal: Arc<dyn Journal>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(REQUEUE_POLL) => {}
+        }
+        if let Err(error) = resume_requeued_once(&executor, &rules, &journal).await {
+            tracing::warn!(error = %error, "cannot look for requeued runs");
+        }
+    }
+}
+
+async fn resume_requeued_once(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    journal: &Arc<dyn Journal>,
+) -> Result<(), crate::engine::record::JournalError> {
+    let candidates: std::collections::HashSet<String> = journal
+        .unfinished_run_ids()
+        .await?
+        .into_iter()
+        .filter(|id| !executor.is_active(id))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A run the executor let go of after the first read had its final
+    // record written before: read again so that it does not run twice.
+    for run in journal.unfinished_runs().await? {
+        let id = run.run.id.clone();
+        if !candidates.contains(&id) || executor.is_active(&id) {
+            continue;
+        }
+        tracing::info!(run = %id, rule = %run.run.rule, "resuming a requeued run");
+        if let Err(error) = executor.resume(&rules.current(), run).await {
+            tracing::error!(run = %id, error = %error, "cannot resume run");
+        }
+    }
+    Ok(())
+}
+
+/// Journals, matches and starts runs for every event, many at once. When
+/// stopping it takes no new events but still journals those already
+/// received (the webhook answered 200 for them, so Zoom will not send them
+/// again); their runs resume on the next start if the grace runs out.
 async fn intake(
     mut events: mpsc::Receiver<Event>,
     executor: Executor,
@@ -404,8 +470,14 @@ async fn intake(
     admin: Arc<AdminState>,
     shutdown: CancellationToken,
 ) {
-    let in_flight = Arc::new(Semaphore::new(INTAKE_CONCURRENCY));
-    let handlers = TaskTracker::new();
+    let mut intake = Intake {
+        in_flight: Arc::new(Semaphore::new(INTAKE_CONCURRENCY)),
+        handlers: TaskTracker::new(),
+        previous: None,
+        executor,
+        rules,
+        admin,
+    };
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -414,29 +486,65 @@ async fn intake(
                 None => break,
             },
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
+        intake.dispatch(event).await;
+    }
+    events.close();
+    while let Some(event) = events.recv().await {
+        intake.dispatch(event).await;
+    }
+    intake.handlers.close();
+    intake.handlers.wait().await;
+}
+
+/// The intake's handlers and the order they admit runs in.
+struct Intake {
+    in_flight: Arc<Semaphore>,
+    handlers: TaskTracker,
+    /// Resolves when the previous event's runs have been admitted.
+    previous: Option<oneshot::Receiver<()>>,
+    executor: Executor,
+    rules: Arc<RuleSetHandle>,
+    admin: Arc<AdminState>,
+}
+
+impl Intake {
+    /// Hands one event to a handler, waiting while too many are busy.
+    async fn dispatch(&mut self, event: Event) {
+        // The semaphore is never closed: acquiring only waits.
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
         };
         if let crate::event::Source::Websocket(name) = &event.source {
-            admin.note_event(name, event.received_at);
+            self.admin.note_event(name, event.received_at);
         }
-        let executor = executor.clone();
-        let rules = rules.clone();
-        handlers.spawn(async move {
-            accept(&executor, &rules, event).await;
+        let executor = self.executor.clone();
+        let rules = self.rules.clone();
+        let (admitted, next_turn) = oneshot::channel::<()>();
+        let turn = self.previous.replace(next_turn);
+        self.handlers.spawn(async move {
+            accept(&executor, &rules, event, turn, admitted).await;
             drop(permit);
         });
     }
-    handlers.close();
-    handlers.wait().await;
 }
 
-/// Hands one event to the executor, retrying while the journal cannot write it.
-async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
+/// Journals one event with its runs (retrying while the journal cannot write
+/// it), then, once the previous event's runs are admitted (`turn`), admits
+/// its own and lets the next event's go (`admitted`). Journaling overlaps
+/// between events, so their commits are shared; admission keeps the order
+/// of arrival, so queued runs of one key start in that order.
+async fn accept(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    event: Event,
+    turn: Option<oneshot::Receiver<()>>,
+    admitted: oneshot::Sender<()>,
+) {
     let mut delay = Duration::from_millis(100);
-    loop {
-        match executor.handle_event(&rules.current(), event.clone()).await {
-            Ok(_) => return,
+    let (prepared, fresh) = loop {
+        let prepared = executor.prepare(&rules.current(), event.clone());
+        match executor.accept(&prepared).await {
+            Ok(fresh) => break (prepared, fresh),
             Err(error) => {
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);
                 tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
@@ -444,6 +552,17 @@ async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    };
+    if let Some(turn) = turn {
+        // An error means the previous handler ended without admitting: its turn is over too.
+        let _ = turn.await;
+    }
+    let runs = fresh.then(|| executor.admit(prepared));
+    drop(admitted);
+    if let Some(runs) = runs
+        && let Err(error) = executor.record_turned_away(runs).await
+    {
+        tracing::error!(event = %event.id, error = %error, "cannot record the runs its rules' modes turned away");
     }
 }
 
@@ -487,5 +606,52 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = sigterm => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::recorder::RecordingEffects;
+
+    #[tokio::test]
+    async fn events_already_received_are_journaled_when_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yaml"), "name: r\non: a.b\ndo: \"1\"\n").unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.path().to_path_buf()],
+            scripts_dir: dir.path().join("scripts"),
+        };
+        let rules = Arc::new(RuleSetHandle::load(sources, SandboxLimits::default()).unwrap());
+        let journal = Arc::new(MemoryJournal::default());
+        let executor = Executor::new(
+            journal.clone(),
+            Arc::new(RecordingEffects::default()),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            rhai::Dynamic::from_map(rhai::Map::new()),
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        for n in 0..8 {
+            let body = serde_json::json!({"event": "a.b", "event_ts": n});
+            let event = Event::from_value(&body, crate::event::Source::Webhook).unwrap();
+            sender.send(event).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        intake(
+            receiver,
+            executor.clone(),
+            rules,
+            AdminState::new(),
+            shutdown,
+        )
+        .await;
+        assert_eq!(
+            journal.runs().len(),
+            8,
+            "every received event was journaled"
+        );
+        assert!(sender.is_closed(), "and no more are taken");
+        executor.wait_idle().await;
     }
 }

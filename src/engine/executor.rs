@@ -1,19 +1,26 @@
 //! The executor: turns each (event, rule) match into a run and drives it
 //! under the rule's mode, timeout and retry policy.
 //!
-//! Every step is reported to the [`Journal`] (pending before it starts,
-//! running, each effect, the outcome), which is the seam where durability
-//! fits. Modes apply per rule and per concurrency key: `single` drops a run
-//! while one is running, `queued` runs one at a time with up to `max_runs`
-//! waiting or running, `parallel` runs up to `max_runs` at once, `restart`
-//! cancels the running one for the newest. Scripts run on the sandbox's
-//! thread pool; this module only awaits them.
+//! Every step is reported to the [`Journal`] (the event together with its
+//! runs, pending, before any starts; running; each effect; the outcome),
+//! which is the seam where durability fits. Handling an event is split in
+//! [`Executor::prepare`] (match, no I/O), [`Executor::accept`] (one journal
+//! write) and [`Executor::admit`] (no I/O), so that the daemon can journal
+//! many events at once and still admit their runs in arrival order.
+//!
+//! Modes apply per rule and per concurrency key: `single` drops a run while
+//! one is running, `queued` runs one at a time with up to `max_runs` waiting
+//! or running, `parallel` runs up to `max_runs` at once, `restart` cancels
+//! the running one for the newest. Scripts run on the sandbox's thread pool;
+//! this module only awaits them. The executor knows which runs it holds
+//! ([`Executor::is_active`]), so that the daemon can tell a run put back in
+//! the store by `zoomwire runs retry` from one it is running.
 //!
 //! A queued run is checked when it leaves the queue: if a reload removed its
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
 //! record saying so. Runs that already started finish with the rule they have.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -57,6 +64,29 @@ impl RunTicket {
     }
 }
 
+/// An event matched and its run records built, not yet journaled.
+pub struct PreparedEvent {
+    rule_set: Arc<RuleSet>,
+    event: Event,
+    /// Runs to start, in rule order.
+    runs: Vec<(Arc<Rule>, RunRecord)>,
+    /// Skipped records of rules whose condition failed, with the rule's name.
+    failures: Vec<(RunRecord, Arc<str>)>,
+}
+
+impl PreparedEvent {
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// The runs of one event after admission; those a mode turned away still
+/// need their skipped record ([`Executor::record_turned_away`]).
+pub struct Admitted {
+    outcome: EventOutcome,
+    turned_away: Vec<(PendingRun, String)>,
+}
+
 /// Why a queued run of a removed rule was dropped.
 pub const RULE_REMOVED: &str = "its rule was removed by a reload";
 
@@ -77,6 +107,10 @@ struct Inner {
     pool: Arc<ScriptPool>,
     vars: Dynamic,
     slots: Mutex<HashMap<SlotKey, Slot>>,
+    /// Ids of the runs this executor holds: recorded or about to be, and not
+    /// yet recorded finished. A run the journal lists as unfinished that is
+    /// not here was put back by `zoomwire runs retry`.
+    active: Mutex<HashSet<String>>,
     finished: broadcast::Sender<RunRecord>,
     tracker: TaskTracker,
     /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
@@ -130,6 +164,7 @@ impl Executor {
                 pool,
                 vars,
                 slots: Mutex::default(),
+                active: Mutex::default(),
                 finished,
                 tracker: TaskTracker::new(),
                 instant_retries: false,
@@ -162,38 +197,125 @@ impl Executor {
         &self.inner.journal
     }
 
-    /// Accepts an event into the journal, matches it and starts its runs.
+    /// Accepts an event into the journal, matches it and starts its runs:
+    /// [`Executor::prepare`], [`Executor::accept`], [`Executor::admit`] and
+    /// [`Executor::record_turned_away`] in a row.
     pub async fn handle_event(
         &self,
         rule_set: &Arc<RuleSet>,
         event: Event,
     ) -> Result<EventOutcome, JournalError> {
-        if !self.inner.journal.accept_event(&event).await? {
-            metrics::counter!("zoomwire_events_duplicate_total").increment(1);
+        let prepared = self.prepare(rule_set, event);
+        if !self.accept(&prepared).await? {
             return Ok(EventOutcome {
                 duplicate: true,
                 runs: Vec::new(),
                 condition_failures: 0,
             });
         }
-        metrics::counter!("zoomwire_events_total", "type" => event.event_type.clone()).increment(1);
+        let admitted = self.admit(prepared);
+        self.record_turned_away(admitted).await
+    }
+
+    /// Matches an event and builds the records of its runs (pending, or
+    /// skipped for a condition that failed). No I/O: nothing is written yet.
+    pub fn prepare(&self, rule_set: &Arc<RuleSet>, event: Event) -> PreparedEvent {
         let matched = match_event(rule_set, &event, &self.inner.vars);
-        for failure in &matched.failures {
-            self.record_condition_failure(&event, failure).await?;
-        }
-        let mut runs = Vec::with_capacity(matched.matched.len());
-        for Matched { rule, key } in matched.matched {
-            let record = new_record(&rule, &event, key);
-            runs.push(
-                self.submit(rule_set.clone(), rule, event.clone(), record, Vec::new())
-                    .await?,
-            );
-        }
-        Ok(EventOutcome {
-            duplicate: false,
+        let runs = matched
+            .matched
+            .into_iter()
+            .map(|Matched { rule, key }| {
+                let record = new_record(&rule, &event, key);
+                self.hold(&record.id);
+                (rule, record)
+            })
+            .collect();
+        let failures = matched
+            .failures
+            .iter()
+            .map(|failure| condition_failure_record(&event, failure))
+            .collect();
+        PreparedEvent {
+            rule_set: rule_set.clone(),
+            event,
             runs,
-            condition_failures: matched.failures.len(),
-        })
+            failures,
+        }
+    }
+
+    /// Writes the event and the records of its runs to the journal, in one
+    /// commit. `Ok(false)`: a duplicate, which must not run.
+    pub async fn accept(&self, prepared: &PreparedEvent) -> Result<bool, JournalError> {
+        let records: Vec<RunRecord> = prepared
+            .runs
+            .iter()
+            .map(|(_, record)| record.clone())
+            .chain(prepared.failures.iter().map(|(record, _)| record.clone()))
+            .collect();
+        let written = self
+            .inner
+            .journal
+            .accept_event_with_runs(&prepared.event, &records)
+            .await;
+        if !matches!(written, Ok(true)) {
+            // Not written: these runs will never be.
+            prepared.runs.iter().for_each(|(_, r)| self.forget(&r.id));
+        }
+        let fresh = written?;
+        if fresh {
+            metrics::counter!("zoomwire_events_total", "type" => prepared.event.event_type.clone())
+                .increment(1);
+        }
+        Ok(fresh)
+    }
+
+    /// Starts or queues the runs of an accepted event under their rules'
+    /// modes. No I/O, so that a caller can admit events strictly in the order
+    /// they arrived; the runs a mode turned away are recorded by
+    /// [`Executor::record_turned_away`].
+    pub fn admit(&self, prepared: PreparedEvent) -> Admitted {
+        let PreparedEvent {
+            rule_set,
+            event,
+            runs,
+            failures,
+        } = prepared;
+        for (record, rule) in &failures {
+            tracing::warn!(rule = %rule, event = %event.id, error = %record.error.as_deref().unwrap_or_default(), "condition failed");
+            metrics::counter!("zoomwire_condition_errors_total", "rule" => rule.to_string())
+                .increment(1);
+        }
+        let mut tickets = Vec::with_capacity(runs.len());
+        let mut turned_away = Vec::new();
+        for (rule, record) in runs {
+            let (pending, ticket) =
+                pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
+            tickets.push(ticket);
+            match self.admit_one(pending) {
+                Admission::Start(run, cancel) => self.start(run, cancel),
+                Admission::Queued => {}
+                Admission::Skip(run, reason) => turned_away.push((run, reason)),
+            }
+        }
+        Admitted {
+            outcome: EventOutcome {
+                duplicate: false,
+                runs: tickets,
+                condition_failures: failures.len(),
+            },
+            turned_away,
+        }
+    }
+
+    /// Records the runs a mode turned away as skipped; returns the event's outcome.
+    pub async fn record_turned_away(
+        &self,
+        admitted: Admitted,
+    ) -> Result<EventOutcome, JournalError> {
+        for (run, reason) in admitted.turned_away {
+            self.skip(run, reason).await?;
+        }
+        Ok(admitted.outcome)
     }
 
     /// Resumes a run left unfinished by a crash, replaying its recorded effects.
@@ -204,11 +326,22 @@ impl Executor {
     ) -> Result<RunTicket, JournalError> {
         let UnfinishedRun { mut run, event } = unfinished;
         let replay = std::mem::take(&mut run.effects);
+        if run.status == RunStatus::Failed {
+            // The crash came while waiting to retry: that attempt is over.
+            run.attempt += 1;
+        }
         run.status = RunStatus::Pending;
         match rule_set.rule(&run.rule) {
             Some(rule) => {
-                self.submit(rule_set.clone(), rule.clone(), event, run, replay)
-                    .await
+                let id = run.id.clone();
+                self.hold(&id);
+                let submitted = self
+                    .submit(rule_set.clone(), rule.clone(), event, run, replay)
+                    .await;
+                if submitted.is_err() {
+                    self.forget(&id);
+                }
+                submitted
             }
             None => {
                 let (done, finished) = oneshot::channel();
@@ -236,6 +369,21 @@ impl Executor {
             .is_ok()
     }
 
+    /// Whether this executor holds the run: admitted (running or queued), or
+    /// about to be, and not yet recorded finished.
+    pub fn is_active(&self, run_id: &str) -> bool {
+        lock(&self.inner.active).contains(run_id)
+    }
+
+    fn hold(&self, run_id: &str) {
+        lock(&self.inner.active).insert(run_id.to_string());
+    }
+
+    /// The run's last record is written (or never will be).
+    fn forget(&self, run_id: &str) {
+        lock(&self.inner.active).remove(run_id);
+    }
+
     /// Waits until no run is in flight (for tests and `replay`).
     pub async fn wait_idle(&self) {
         while !self.inner.tracker.is_empty() {
@@ -243,20 +391,7 @@ impl Executor {
         }
     }
 
-    async fn record_condition_failure(
-        &self,
-        event: &Event,
-        failure: &ConditionFailure,
-    ) -> Result<(), JournalError> {
-        tracing::warn!(rule = %failure.rule.name, event = %event.id, error = %failure.error, "condition failed");
-        metrics::counter!("zoomwire_condition_errors_total", "rule" => failure.rule.name.to_string()).increment(1);
-        let mut record = new_record(&failure.rule, event, None);
-        record.status = RunStatus::Skipped;
-        record.error = Some(format!("condition error: {}", failure.error));
-        record.finished_at = Some(Utc::now());
-        self.inner.journal.record_run(&record).await
-    }
-
+    /// Records a run and admits it (a resumed run).
     async fn submit(
         &self,
         rule_set: Arc<RuleSet>,
@@ -266,21 +401,8 @@ impl Executor {
         replay: Vec<EffectRecord>,
     ) -> Result<RunTicket, JournalError> {
         self.inner.journal.record_run(&record).await?;
-        let (done, finished) = oneshot::channel();
-        let ticket = RunTicket {
-            run_id: record.id.clone(),
-            rule: rule.name.clone(),
-            finished,
-        };
-        let pending = PendingRun {
-            rule_set,
-            rule,
-            event,
-            record,
-            replay,
-            done,
-        };
-        match self.admit(pending) {
+        let (pending, ticket) = pending_run(rule_set, rule, event, record, replay);
+        match self.admit_one(pending) {
             Admission::Start(run, cancel) => self.start(run, cancel),
             Admission::Queued => {}
             Admission::Skip(run, reason) => self.skip(run, reason).await?,
@@ -288,7 +410,7 @@ impl Executor {
         Ok(ticket)
     }
 
-    fn admit(&self, run: PendingRun) -> Admission {
+    fn admit_one(&self, run: PendingRun) -> Admission {
         let rule = run.rule.clone();
         let slot_key = SlotKey {
             rule: rule.name.clone(),
@@ -342,7 +464,9 @@ impl Executor {
         record.status = RunStatus::Skipped;
         record.error = Some(reason);
         record.finished_at = Some(Utc::now());
-        self.inner.journal.record_run(&record).await?;
+        let written = self.inner.journal.record_run(&record).await;
+        self.forget(&record.id);
+        written?;
         let _ = self.inner.finished.send(record.clone());
         let _ = run.done.send(record);
         Ok(())
@@ -366,6 +490,7 @@ impl Executor {
                 &cancel,
             )
             .await;
+            executor.forget(&record.id);
             let _ = executor.inner.finished.send(record.clone());
             let _ = done.send(record);
             for removed in executor.release(slot_key, &cancel) {
@@ -412,6 +537,40 @@ impl Executor {
         }
         removed
     }
+}
+
+/// A run ready for admission, and the ticket its caller waits on.
+fn pending_run(
+    rule_set: Arc<RuleSet>,
+    rule: Arc<Rule>,
+    event: Event,
+    record: RunRecord,
+    replay: Vec<EffectRecord>,
+) -> (PendingRun, RunTicket) {
+    let (done, finished) = oneshot::channel();
+    let ticket = RunTicket {
+        run_id: record.id.clone(),
+        rule: rule.name.clone(),
+        finished,
+    };
+    let pending = PendingRun {
+        rule_set,
+        rule,
+        event,
+        record,
+        replay,
+        done,
+    };
+    (pending, ticket)
+}
+
+/// The skipped run recorded for a condition that failed to evaluate.
+fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> (RunRecord, Arc<str>) {
+    let mut record = new_record(&failure.rule, event, None);
+    record.status = RunStatus::Skipped;
+    record.error = Some(format!("condition error: {}", failure.error));
+    record.finished_at = Some(Utc::now());
+    (record, failure.rule.name.clone())
 }
 
 fn start_in(slot: &mut Slot, run: PendingRun) -> Admission {
@@ -628,4 +787,142 @@ fn new_run_id() -> String {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Poisoning only follows a panic in another holder; the map is still consistent.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::BoxFuture;
+    use crate::effects::gateway::EffectObserver;
+    use crate::effects::recorder::RecordingEffects;
+    use crate::engine::record::MemoryJournal;
+    use crate::rules::RuleSources;
+    use crate::rules::compile::load_rule_set;
+    use crate::script::SandboxLimits;
+
+    /// A memory journal that also lists the calls made to it.
+    #[derive(Default)]
+    struct CallLog {
+        journal: MemoryJournal,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl EffectObserver for CallLog {
+        fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
+            self.journal.effect_completed(run_id, record);
+        }
+    }
+
+    impl Journal for CallLog {
+        fn accept_event_with_runs<'a>(
+            &'a self,
+            event: &'a Event,
+            runs: &'a [RunRecord],
+        ) -> BoxFuture<'a, Result<bool, JournalError>> {
+            let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+            lock(&self.calls).push(format!("accept {}", statuses.join(" ")));
+            self.journal.accept_event_with_runs(event, runs)
+        }
+
+        fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
+            lock(&self.calls).push(format!("record {}", run.status.as_str()));
+            self.journal.record_run(run)
+        }
+
+        fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
+            self.journal.unfinished_runs()
+        }
+    }
+
+    fn setup(rules: &str) -> (Executor, Arc<CallLog>, Arc<RuleSet>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.path().join("rules.yaml")],
+            scripts_dir: dir.path().join("scripts"),
+        };
+        let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
+        let journal = Arc::new(CallLog::default());
+        let executor = Executor::new(
+            journal.clone(),
+            Arc::new(RecordingEffects::default()),
+            Arc::new(ScriptPool::new(2, 16 * 1024 * 1024)),
+            Dynamic::from_map(rhai::Map::new()),
+        );
+        (executor, journal, rule_set, dir)
+    }
+
+    fn event(n: u32) -> Event {
+        let body = serde_json::json!({"event": "a.b", "event_ts": n, "payload": {"n": n}});
+        Event::from_value(&body, crate::event::Source::Test).unwrap()
+    }
+
+    const RULES: &str = "- name: runs\n  on: a.b\n  do: \"1\"\n\
+                         - name: broken\n  on: a.b\n  when: 1 / 0 == 1\n  do: \"1\"\n";
+
+    #[tokio::test]
+    async fn an_event_is_journaled_with_its_runs_in_one_write_before_any_starts() {
+        let (executor, journal, rule_set, _dir) = setup(RULES);
+        let outcome = executor.handle_event(&rule_set, event(1)).await.unwrap();
+        assert_eq!(outcome.condition_failures, 1);
+        let record = outcome
+            .runs
+            .into_iter()
+            .next()
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        assert_eq!(record.status, RunStatus::Succeeded);
+        let calls = lock(&journal.calls).clone();
+        assert_eq!(calls[0], "accept pending skipped", "{calls:?}");
+        assert!(
+            calls[1..].iter().all(|c| c.starts_with("record")),
+            "{calls:?}"
+        );
+        let duplicate = executor.handle_event(&rule_set, event(1)).await.unwrap();
+        assert!(duplicate.duplicate && duplicate.runs.is_empty());
+        executor.wait_idle().await;
+        assert!(lock(&executor.inner.active).is_empty(), "nothing held");
+    }
+
+    #[tokio::test]
+    async fn admission_follows_the_order_of_the_calls_not_of_the_journal_writes() {
+        let rules = "name: q\non: a.b\nmode: queued\nmax_runs: 10\ndo: \"meta.id\"\n";
+        let (executor, _journal, rule_set, _dir) = setup(rules);
+        let prepared: Vec<PreparedEvent> = (1..=3)
+            .map(|n| executor.prepare(&rule_set, event(n)))
+            .collect();
+        let ids: Vec<String> = prepared.iter().map(|p| p.event().id.clone()).collect();
+        // Journaled last to first, admitted first to last.
+        for p in prepared.iter().rev() {
+            assert!(executor.accept(p).await.unwrap());
+        }
+        let mut tickets = Vec::new();
+        for p in prepared {
+            let admitted = executor.admit(p);
+            tickets.extend(executor.record_turned_away(admitted).await.unwrap().runs);
+        }
+        let held: Vec<String> = tickets.iter().map(|t| t.run_id.clone()).collect();
+        assert!(
+            held.iter().all(|id| executor.is_active(id)),
+            "queued or running"
+        );
+        let mut finished = Vec::new();
+        for ticket in tickets {
+            finished.push(ticket.wait().await.unwrap());
+        }
+        executor.wait_idle().await;
+        assert!(
+            held.iter().all(|id| !executor.is_active(id)),
+            "let go when finished"
+        );
+        let order: Vec<_> = finished.iter().map(|r| r.event_id.clone()).collect();
+        assert_eq!(order, ids);
+        assert!(
+            finished
+                .windows(2)
+                .all(|w| w[0].finished_at <= w[1].started_at)
+        );
+    }
 }

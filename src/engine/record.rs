@@ -88,13 +88,34 @@ pub struct UnfinishedRun {
 
 /// Where events and runs are remembered.
 pub trait Journal: EffectObserver + Send + Sync + 'static {
-    /// Writes the event before any rule runs for it. `Ok(false)` means it is a
-    /// duplicate of an event already accepted and must not run again.
-    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// Writes the event, with the records of the runs it starts (pending, or
+    /// skipped when their condition failed), in one commit, before any rule
+    /// runs for it: a crash leaves both or neither, so an accepted event never
+    /// lacks its runs. `Ok(false)` means it is a duplicate of an event already
+    /// accepted: nothing was written and nothing may run. Duplicates are
+    /// counted in `zoomwire_events_duplicate_total`.
+    fn accept_event_with_runs<'a>(
+        &'a self,
+        event: &'a Event,
+        runs: &'a [RunRecord],
+    ) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// [`Journal::accept_event_with_runs`] without runs.
+    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
+        self.accept_event_with_runs(event, &[])
+    }
     /// Inserts or updates a run (status, attempt, error, effects, logs, output).
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>>;
-    /// Runs left pending or running, oldest first.
+    /// Runs left pending or running, in the order their events arrived (the
+    /// order the daemon admits runs in), so that queued runs resume in order.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;
+    /// The ids of the runs [`Journal::unfinished_runs`] would return, cheaply
+    /// (polled by the daemon to find runs put back by `zoomwire runs retry`).
+    fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
+        Box::pin(async move {
+            let runs = self.unfinished_runs().await?;
+            Ok(runs.into_iter().map(|r| r.run.id).collect())
+        })
+    }
 }
 
 /// A journal in memory: dedupes and remembers runs for the life of the process.
@@ -109,6 +130,14 @@ impl MemoryJournal {
     /// Every run recorded so far, in order of creation, latest state of each.
     pub fn runs(&self) -> Vec<RunRecord> {
         lock(&self.runs).clone()
+    }
+
+    fn store_run(&self, run: &RunRecord) {
+        let mut runs = lock(&self.runs);
+        match runs.iter_mut().find(|r| r.id == run.id) {
+            Some(existing) => *existing = run.clone(),
+            None => runs.push(run.clone()),
+        }
     }
 
     /// Effects reported through the observer for one run.
@@ -127,21 +156,24 @@ impl EffectObserver for MemoryJournal {
 }
 
 impl Journal for MemoryJournal {
-    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
+    fn accept_event_with_runs<'a>(
+        &'a self,
+        event: &'a Event,
+        runs: &'a [RunRecord],
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
         let mut events = lock(&self.events);
         let fresh = !events.contains_key(&event.id);
         if fresh {
             events.insert(event.id.clone(), event.clone());
+            runs.iter().for_each(|run| self.store_run(run));
+        } else {
+            metrics::counter!("zoomwire_events_duplicate_total").increment(1);
         }
         Box::pin(async move { Ok(fresh) })
     }
 
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
-        let mut runs = lock(&self.runs);
-        match runs.iter_mut().find(|r| r.id == run.id) {
-            Some(existing) => *existing = run.clone(),
-            None => runs.push(run.clone()),
-        }
+        self.store_run(run);
         Box::pin(async { Ok(()) })
     }
 

@@ -266,7 +266,8 @@ impl SqliteJournal {
     }
 
     /// Puts a failed or dead run back to pending (`zoomwire runs retry ID`).
-    /// The running executor sees it when it next reads [`Journal::unfinished_runs`](crate::engine::record::Journal::unfinished_runs).
+    /// A running daemon finds it among the unfinished runs its executor does
+    /// not hold (it polls every second); a stopped one resumes it on start.
     pub async fn requeue_run(&self, id: &str) -> Result<RequeueOutcome, JournalError> {
         match self
             .inner

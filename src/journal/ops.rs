@@ -44,7 +44,12 @@ impl EventRow {
 
 /// One change for the writer.
 pub(crate) enum Op {
-    Accept(EventRow),
+    /// An event and the records of the runs it starts: written together, or
+    /// (a duplicate) neither.
+    Accept {
+        event: EventRow,
+        runs: Vec<RunRecord>,
+    },
     RecordRun(Box<RunRecord>),
     Effect {
         run_id: String,
@@ -86,7 +91,15 @@ pub(crate) fn apply(
     dedupe_window: i64,
 ) -> rusqlite::Result<Outcome> {
     match op {
-        Op::Accept(event) => accept(tx, event, dedupe_window).map(Outcome::Accepted),
+        Op::Accept { event, runs } => {
+            let fresh = accept(tx, event, dedupe_window)?;
+            if fresh {
+                for run in runs {
+                    record_run(tx, run, now)?;
+                }
+            }
+            Ok(Outcome::Accepted(fresh))
+        }
         Op::RecordRun(run) => record_run(tx, run, now).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
             insert_effect(tx, run_id, None, record, now).map(|()| Outcome::Done)
@@ -367,6 +380,19 @@ mod tests {
         }
     }
 
+    fn accept_op(event: EventRow, runs: Vec<RunRecord>) -> Op {
+        Op::Accept { event, runs }
+    }
+
+    fn run_ids(conn: &Connection) -> Vec<(String, String)> {
+        conn.prepare("SELECT id, status FROM runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn accepted(outcome: Outcome) -> bool {
         match outcome {
             Outcome::Accepted(fresh) => fresh,
@@ -386,21 +412,64 @@ mod tests {
     #[test]
     fn an_id_seen_within_the_window_is_a_duplicate_and_after_it_is_new() {
         let (_dir, mut conn) = store();
-        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(0)))));
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(0), vec![])
+        )));
         assert!(!accepted(apply_one(
             &mut conn,
-            &Op::Accept(event_row(HOUR - 1))
+            &accept_op(event_row(HOUR - 1), vec![])
         )));
-        assert!(accepted(apply_one(&mut conn, &Op::Accept(event_row(HOUR)))));
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(HOUR), vec![])
+        )));
         // The window restarts from the last accepted occurrence.
         assert!(!accepted(apply_one(
             &mut conn,
-            &Op::Accept(event_row(HOUR + 5))
+            &accept_op(event_row(HOUR + 5), vec![])
         )));
         let events: i64 = conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 1, "a re-delivery after the window replaces the row");
+    }
+
+    #[test]
+    fn an_event_is_written_with_its_runs_and_a_duplicate_writes_neither() {
+        let (_dir, mut conn) = store();
+        let runs = vec![run("r1", RunStatus::Pending), run("r2", RunStatus::Skipped)];
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(0), runs)
+        )));
+        let pending = |id: &str| (id.to_string(), "pending".to_string());
+        let skipped = |id: &str| (id.to_string(), "skipped".to_string());
+        assert_eq!(run_ids(&conn), vec![pending("r1"), skipped("r2")]);
+        let again = vec![run("r3", RunStatus::Pending)];
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(5), again)
+        )));
+        assert_eq!(run_ids(&conn).len(), 2, "a duplicate starts no run");
+    }
+
+    #[test]
+    fn an_event_whose_run_cannot_be_written_is_not_accepted_either() {
+        let (_dir, mut conn) = store();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON runs
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        let op = accept_op(event_row(0), vec![run("r1", RunStatus::Pending)]);
+        assert!(apply(&tx, &op, to_nanos(Utc::now()), HOUR).is_err());
+        drop(tx);
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 0, "the writer rolls the whole op back");
     }
 
     #[test]
@@ -507,7 +576,7 @@ mod tests {
         dead.finished_at = Some(Utc::now());
         apply_one(&mut conn, &Op::RecordRun(Box::new(dead.clone())));
         assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::EventPruned);
-        apply_one(&mut conn, &Op::Accept(event_row(0)));
+        apply_one(&mut conn, &accept_op(event_row(0), vec![]));
         assert_eq!(requeue(&mut conn, "dead"), RequeueOutcome::Requeued);
         let (status, attempt, error): (String, u32, Option<String>) = conn
             .query_row(

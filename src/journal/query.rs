@@ -234,7 +234,8 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetai
     Ok(Some(RunDetail { run, event }))
 }
 
-/// Unfinished runs (see [`UNFINISHED`]), oldest first, with their effects, logs and events.
+/// Unfinished runs (see [`UNFINISHED`]) with their effects, logs and events,
+/// in the order their events arrived, then oldest first.
 pub(crate) fn unfinished_runs(
     conn: &Connection,
 ) -> ReadResult<Vec<(RunRecord, Option<StoredEvent>)>> {
@@ -252,7 +253,21 @@ pub(crate) fn unfinished_runs(
         let event = stored_event(conn, &run.event_id)?;
         unfinished.push((run, event));
     }
+    // In the order their events arrived, which is the order the daemon admits
+    // runs in (runs of events journaled together may have been created in
+    // another order); runs of one event stay in their order.
+    unfinished.sort_by_key(|(_, event)| event.as_ref().map(|e| e.received_at));
     Ok(unfinished)
+}
+
+/// The ids of the unfinished runs, without their details.
+pub(crate) fn unfinished_run_ids(conn: &Connection) -> ReadResult<Vec<String>> {
+    let sql = format!("SELECT id FROM runs WHERE {UNFINISHED}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let ids = statement
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
 }
 
 /// Adds the run's effects (one per position) and logs (all attempts, in order).

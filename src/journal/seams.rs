@@ -52,10 +52,17 @@ impl EffectObserver for SqliteJournal {
 }
 
 impl Journal for SqliteJournal {
-    fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let row = EventRow::new(event);
+    fn accept_event_with_runs<'a>(
+        &'a self,
+        event: &'a Event,
+        runs: &'a [RunRecord],
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let op = Op::Accept {
+            event: EventRow::new(event),
+            runs: runs.to_vec(),
+        };
         Box::pin(async move {
-            match self.inner.writer.submit(Op::Accept(row)).await? {
+            match self.inner.writer.submit(op).await? {
                 Outcome::Accepted(true) => Ok(true),
                 Outcome::Accepted(false) => {
                     metrics::counter!("zoomwire_events_duplicate_total").increment(1);
@@ -87,6 +94,10 @@ impl Journal for SqliteJournal {
             }
             Ok(unfinished)
         })
+    }
+
+    fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
+        Box::pin(async move { self.inner.readers.with(query::unfinished_run_ids) })
     }
 }
 

@@ -344,6 +344,13 @@ impl SimHandle {
         self.state.requests()
     }
 
+    /// Requests being served now, as `METHOD /raw/path`, oldest first
+    /// (control API excluded); a request leaves the list when it is answered
+    /// or its client goes away.
+    pub fn in_flight(&self) -> Vec<String> {
+        self.state.in_flight()
+    }
+
     /// Every accepted Slack message, API and webhook.
     pub fn slack_posts(&self) -> Vec<SlackPost> {
         self.state.slack_posts()

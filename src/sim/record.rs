@@ -5,7 +5,9 @@
 //! The raw path is taken from the request's original URI before any
 //! decoding, so a test can check that a meeting UUID was encoded twice.
 //! Credentials are replaced by a description that names them without
-//! showing them (`basic client_id=...`, `bearer token#3`).
+//! showing them (`basic client_id=...`, `bearer token#3`). Requests still
+//! being served are listed too (`in_flight`), so that a test can act while a
+//! slowed call is in progress.
 
 use std::sync::Arc;
 
@@ -116,6 +118,31 @@ impl SimState {
     }
 }
 
+/// A request being served; forgotten when answered or abandoned (the client
+/// went away and the handler's future was dropped).
+struct InFlight<'a> {
+    sim: &'a SimState,
+    number: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(sim: &'a SimState, request: String) -> InFlight<'a> {
+        let number = {
+            let mut next = lock(&sim.next_request);
+            *next += 1;
+            *next
+        };
+        lock(&sim.in_flight).insert(number, request);
+        InFlight { sim, number }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.sim.in_flight).remove(&self.number);
+    }
+}
+
 /// Middleware: reads the body, runs the request, records both.
 pub(crate) async fn record_request(
     State(sim): State<Arc<SimState>>,
@@ -150,9 +177,11 @@ pub(crate) async fn record_request(
         body: String::from_utf8_lossy(&bytes[..body_len]).into_owned(),
         status: 0,
     };
+    let in_flight = InFlight::start(&sim, format!("{} {}", record.method, record.raw_path));
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    drop(in_flight);
     record.status = response.status().as_u16();
     lock(&sim.requests).push(record);
     response

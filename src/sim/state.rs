@@ -97,6 +97,9 @@ pub(crate) struct SimState {
     pub token_epoch: watch::Sender<u64>,
     pub data: Mutex<SimData>,
     pub requests: Mutex<Vec<RecordedRequest>>,
+    /// Requests being served now (`METHOD /raw/path`), by a per-request number.
+    pub in_flight: Mutex<HashMap<u64, String>>,
+    pub next_request: Mutex<u64>,
     pub slack_posts: Mutex<Vec<SlackPost>>,
     pub faults: Mutex<Vec<Fault>>,
     pub delays: Mutex<Vec<(String, Duration)>>,
@@ -122,6 +125,8 @@ impl SimState {
             token_epoch: watch::Sender::new(0),
             data: Mutex::new(data),
             requests: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            next_request: Mutex::new(0),
             slack_posts: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             delays: Mutex::new(Vec::new()),
@@ -136,6 +141,15 @@ impl SimState {
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.requests).clone()
+    }
+
+    pub fn in_flight(&self) -> Vec<String> {
+        let mut requests: Vec<(u64, String)> = lock(&self.in_flight)
+            .iter()
+            .map(|(n, r)| (*n, r.clone()))
+            .collect();
+        requests.sort();
+        requests.into_iter().map(|(_, r)| r).collect()
     }
 
     pub fn slack_posts(&self) -> Vec<SlackPost> {

@@ -6,6 +6,7 @@
 //! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
 
 pub mod admin;
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -96,6 +96,8 @@ enum Command {
     },
     /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen
     Demo(commands::demo::DemoArgs),
+    /// End-to-end throughput, latency and memory of the daemon against the simulator (build with --release)
+    Bench(commands::bench::BenchArgs),
     /// Run history from the store: `runs [--rule NAME] [--failed] [--json]`, `runs retry ID`
     Runs {
         #[command(subcommand)]
@@ -188,6 +190,7 @@ async fn dispatch(command: Command) -> CommandResult {
         Command::Schema => commands::schema::run(),
         Command::Sim { addr } => commands::sim::run(addr).await,
         Command::Demo(args) => commands::demo::run(args).await,
+        Command::Bench(args) => commands::bench::run(args).await,
         Command::Runs {
             action,
             rule,

@@ -34,6 +34,7 @@ impl CommandError {
 
 pub type CommandResult = Result<ExitCode, CommandError>;
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod fire;

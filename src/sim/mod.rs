@@ -297,7 +297,7 @@ impl SimHandle {
     /// Like [`Self::emit_raw`], but waits while a connection's queue is
     /// full instead of dropping the frame (for benchmarks that send as fast
     /// as the WebSocket takes it).
-    pub async fn send_frame(&self, subscription: Option<&str>, text: &str) -> usize {
+    pub async fn send_frame(&self, subscription: Option<&str>, text: String) -> usize {
         self.state.send_frame(subscription, text).await
     }
 
@@ -354,6 +354,11 @@ impl SimHandle {
     /// Every accepted Slack message, API and webhook.
     pub fn slack_posts(&self) -> Vec<SlackPost> {
         self.state.slack_posts()
+    }
+
+    /// How many Slack messages were accepted so far (cheaper than [`Self::slack_posts`]).
+    pub fn slack_post_count(&self) -> usize {
+        state::lock(&self.state.slack_posts).len()
     }
 
     /// Every WebSocket connection attempt, open or closed.

@@ -132,22 +132,24 @@ impl SimState {
         self.command(subscription, || ConnCommand::Send(text.to_string()))
     }
 
-    pub async fn send_frame(&self, subscription: Option<&str>, text: &str) -> usize {
+    pub async fn send_frame(&self, subscription: Option<&str>, text: String) -> usize {
         let senders: Vec<mpsc::Sender<ConnCommand>> = lock(&self.connections)
             .open
             .values()
             .filter(|c| subscription.is_none_or(|s| c.subscription_id == s))
             .map(|c| c.commands.clone())
             .collect();
+        let Some((last, others)) = senders.split_last() else {
+            return 0;
+        };
         let mut delivered = 0;
-        for sender in senders {
-            if sender
-                .send(ConnCommand::Send(text.to_string()))
-                .await
-                .is_ok()
-            {
+        for sender in others {
+            if sender.send(ConnCommand::Send(text.clone())).await.is_ok() {
                 delivered += 1;
             }
+        }
+        if last.send(ConnCommand::Send(text)).await.is_ok() {
+            delivered += 1;
         }
         delivered
     }

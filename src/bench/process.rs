@@ -1,0 +1,197 @@
+//! The daemon under test as a separate process: `zoomwire run` (this same
+//! executable) with its settings in the environment, so that its memory is
+//! its own. The bench reads its peak memory from `/proc/<pid>/status`, its
+//! counters from the admin API's `/metrics`, and kills it at the end.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `zoomwire run`.
+pub struct DaemonProcess {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+/// Memory figures of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Peak resident set size (`VmHWM`).
+    pub peak_kib: u64,
+    /// Resident set size now (`VmRSS`).
+    pub now_kib: u64,
+}
+
+impl DaemonProcess {
+    /// Starts `exe run` in `dir` with exactly `env` (nothing inherited, so
+    /// no stray `.env` or `ZOOMWIRE_*` of the caller applies); its logs go
+    /// to `dir/daemon.log`.
+    pub fn spawn(
+        exe: &Path,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        admin: SocketAddr,
+    ) -> std::io::Result<DaemonProcess> {
+        let log = dir.join("daemon.log");
+        let child = Command::new(exe)
+            .arg("run")
+            .current_dir(dir)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(DaemonProcess {
+            child,
+            admin,
+            log,
+            http,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has ended (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Its memory now, from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Option<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        parse_status(&status)
+    }
+
+    /// Resets the peak (`VmHWM`) to the current RSS, so the next reading is
+    /// the peak of what follows. False where the kernel does not allow it.
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+
+    /// The admin API's `/metrics` text.
+    pub async fn metrics(&self) -> Option<String> {
+        let url = format!("http://{}/metrics", self.admin);
+        let response = self.http.get(url).send().await.ok()?;
+        response.text().await.ok()
+    }
+
+    /// Kills the process and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_status(status: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some(Memory {
+        peak_kib: field("VmHWM:")?,
+        now_kib: field("VmRSS:")?,
+    })
+}
+
+/// The sum of a counter over all its label sets, from Prometheus text.
+pub fn counter_sum(metrics: &str, name: &str) -> f64 {
+    counter_by(metrics, name, None).values().sum()
+}
+
+/// A counter's values by one label (all under `""` when `label` is `None`).
+pub fn counter_by(metrics: &str, name: &str, label: Option<&str>) -> BTreeMap<String, f64> {
+    let mut values = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once('}') {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let key = label
+            .and_then(|label| label_value(labels, label))
+            .unwrap_or_default();
+        *values.entry(key).or_insert(0.0) += value;
+    }
+    values
+}
+
+fn label_value(labels: &str, name: &str) -> Option<String> {
+    labels.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_read_from_proc_status() {
+        let status =
+            "Name:\tzoomwire\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   20000 kB\n";
+        assert_eq!(
+            parse_status(status),
+            Some(Memory {
+                peak_kib: 23456,
+                now_kib: 20000
+            })
+        );
+        assert_eq!(parse_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn counters_are_summed_and_split_by_label() {
+        let text = "# TYPE zoomwire_events_total counter\n\
+            zoomwire_events_total{type=\"meeting.started\"} 10\n\
+            zoomwire_events_total{type=\"meeting.ended\"} 5\n\
+            zoomwire_events_total_other 99\n\
+            zoomwire_runs_total{rule=\"a\",outcome=\"succeeded\"} 3\n\
+            zoomwire_runs_total{rule=\"b\",outcome=\"succeeded\"} 4\n\
+            zoomwire_runs_total{rule=\"b\",outcome=\"failed\"} 1\n";
+        assert_eq!(counter_sum(text, "zoomwire_events_total"), 15.0);
+        let runs = counter_by(text, "zoomwire_runs_total", Some("outcome"));
+        assert_eq!(runs["succeeded"], 7.0);
+        assert_eq!(runs["failed"], 1.0);
+    }
+}

@@ -1,0 +1,67 @@
+//! `zoomwire bench`: end-to-end throughput, latency and memory of the daemon
+//! driven from the simulator's WebSocket (see [`crate::bench`]).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{CommandError, CommandResult, EXIT_FAILED};
+use crate::bench::{BenchOptions, complete, format_report, run_bench};
+
+/// The journal the daemon under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JournalSwitch {
+    /// SQLite in WAL mode with synchronous=FULL, as `zoomwire run` by default
+    On,
+    /// In memory (`ZOOMWIRE_JOURNAL=memory`)
+    Off,
+}
+
+/// The bench's command-line arguments (`main.rs` flattens these into its
+/// `Bench` variant).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Events of the throughput phase, sent as fast as the WebSocket takes them
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    /// Events per second of the latency phase
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Seconds of the latency phase
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The daemon's journal
+    #[arg(long, value_enum, default_value_t = JournalSwitch::On)]
+    pub journal: JournalSwitch,
+}
+
+/// Runs the bench and prints the report; exit 1 when events or posts went
+/// missing. Build in release first (`cargo run --release -- bench`): the
+/// daemon is this same executable.
+pub async fn run(args: BenchArgs) -> CommandResult {
+    if args.events == 0 || args.rate == 0 || args.seconds == 0 {
+        return Err(CommandError::Usage(
+            "--events, --rate and --seconds must be at least 1".into(),
+        ));
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; measure with `cargo run --release -- bench`");
+    }
+    let daemon_exe = std::env::current_exe()
+        .map_err(|e| CommandError::Other(anyhow::anyhow!("cannot find this executable: {e}")))?;
+    let options = BenchOptions {
+        events: args.events,
+        rate: args.rate,
+        duration: Duration::from_secs(args.seconds),
+        journal: args.journal == JournalSwitch::On,
+        daemon_exe,
+    };
+    let report = run_bench(&options)
+        .await
+        .map_err(|e| CommandError::Other(e.into()))?;
+    print!("{}", format_report(&report, &options));
+    Ok(if complete(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}

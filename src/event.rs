@@ -189,35 +189,32 @@ fn dynamic_to_key_part(value: &Dynamic) -> Option<String> {
 /// The dedupe key: type, timestamp, object uuid (or id), participant id.
 /// Without an object identity it is a hash of the canonical body.
 fn dedupe_key(event_type: &str, ts: i64, body: &Map, raw: &str) -> String {
-    let object = body
+    // Read in place: cloning the object (a deep copy) would cost more than the rest.
+    let identity = body
         .get("payload")
         .and_then(|p| p.read_lock::<Map>())
-        .and_then(|p| {
-            p.get("object")
-                .and_then(|o| o.read_lock::<Map>().map(|o| o.clone()))
-        });
-    let object_key = object.as_ref().and_then(|o| {
-        o.get("uuid")
-            .and_then(dynamic_to_key_part)
-            .or_else(|| o.get("id").and_then(dynamic_to_key_part))
-    });
-    match object_key {
-        Some(object_key) if ts != 0 => {
+        .and_then(|payload| {
+            let object = payload.get("object")?.read_lock::<Map>()?;
+            let object_key = object
+                .get("uuid")
+                .and_then(dynamic_to_key_part)
+                .or_else(|| object.get("id").and_then(dynamic_to_key_part))?;
             let participant = object
-                .as_ref()
-                .and_then(|o| o.get("participant"))
-                .and_then(|p| p.read_lock::<Map>().map(|p| p.clone()))
+                .get("participant")
+                .and_then(|p| p.read_lock::<Map>())
                 .and_then(|p| {
                     p.get("participant_uuid")
                         .or_else(|| p.get("user_id"))
                         .or_else(|| p.get("id"))
                         .and_then(dynamic_to_key_part)
                 });
-            match participant {
-                Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
-                None => format!("{event_type}:{ts}:{object_key}"),
-            }
-        }
+            Some((object_key, participant))
+        });
+    match identity {
+        Some((object_key, participant)) if ts != 0 => match participant {
+            Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
+            None => format!("{event_type}:{ts}:{object_key}"),
+        },
         _ => format!("{event_type}:{}", canonical_hash(raw)),
     }
 }

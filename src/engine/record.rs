@@ -138,7 +138,8 @@ impl Journal for MemoryJournal {
 
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
         let mut runs = lock(&self.runs);
-        match runs.iter_mut().find(|r| r.id == run.id) {
+        // From the newest: a run is updated soon after it is created.
+        match runs.iter_mut().rev().find(|r| r.id == run.id) {
             Some(existing) => *existing = run.clone(),
             None => runs.push(run.clone()),
         }

@@ -142,6 +142,7 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
     std::fs::create_dir_all(&rules)?;
     std::fs::create_dir_all(scratch.path().join("scripts"))?;
     std::fs::write(rules.join("bench.yaml"), workload::rules_yaml())?;
+
     let admin = free_port()?;
     let env = daemon_env(&sim, scratch.path(), admin, options.journal);
     let mut daemon = DaemonProcess::spawn(&options.daemon_exe, scratch.path(), &env, admin)?;

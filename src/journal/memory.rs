@@ -12,16 +12,16 @@
 //! [`MemoryJournal`]: crate::engine::record::MemoryJournal
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::admin::{RunHistory, is_failed, run_summary};
 use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
-use crate::event::Event;
+use crate::event::{Event, Source};
 use crate::journal::RunDetail;
 
 /// How much a [`BoundedMemoryJournal`] remembers.
@@ -49,13 +49,20 @@ pub struct BoundedMemoryJournal {
     state: Mutex<State>,
 }
 
+/// What is kept of an event.
+struct KeptEvent {
+    raw: Arc<str>,
+    source: Source,
+}
+
 #[derive(Default)]
 struct State {
     seen: HashSet<u128>,
     seen_order: VecDeque<u128>,
     /// Events accepted whose runs may not have finished, by event id, with
-    /// how many unfinished runs hold them.
-    events: HashMap<String, (Event, usize)>,
+    /// how many unfinished runs hold them. Only the text is kept: a decoded
+    /// event is many times larger, and is rebuilt only to resume a run.
+    events: HashMap<String, (KeptEvent, usize)>,
     /// Events accepted but with no run recorded yet, oldest first; trimmed
     /// to the dedupe window so events that matched no rule do not pile up.
     unclaimed: VecDeque<String>,
@@ -86,11 +93,12 @@ impl BoundedMemoryJournal {
     }
 }
 
+/// Two SipHash keys of this process: 128 bits make a collision between
+/// the ids of one window (100,000) about 2^-94 likely.
 fn id_hash(id: &str) -> u128 {
-    let digest = Sha256::digest(id.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    u128::from_le_bytes(bytes)
+    static KEYS: std::sync::OnceLock<(RandomState, RandomState)> = std::sync::OnceLock::new();
+    let (low, high) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    (u128::from(high.hash_one(id)) << 64) | u128::from(low.hash_one(id))
 }
 
 impl State {
@@ -110,7 +118,11 @@ impl State {
     }
 
     fn keep_event(&mut self, event: &Event, limits: &MemoryLimits) {
-        self.events.insert(event.id.clone(), (event.clone(), 0));
+        let kept = KeptEvent {
+            raw: event.raw.clone(),
+            source: event.source.clone(),
+        };
+        self.events.insert(event.id.clone(), (kept, 0));
         self.unclaimed.push_back(event.id.clone());
         // Events no run claimed (most of them: no rule matched) go once the
         // window is full; claimed ones stay while their runs are unfinished.
@@ -187,10 +199,11 @@ impl Journal for BoundedMemoryJournal {
             runs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
             runs.into_iter()
                 .filter_map(|run| {
-                    let (event, _) = state.events.get(&run.event_id)?;
+                    let (kept, _) = state.events.get(&run.event_id)?;
+                    let event = Event::parse(&kept.raw, kept.source.clone()).ok()?;
                     Some(UnfinishedRun {
                         run: run.clone(),
-                        event: event.clone(),
+                        event,
                     })
                 })
                 .collect()
@@ -231,7 +244,6 @@ impl RunHistory for BoundedMemoryJournal {
 mod tests {
     use super::*;
     use crate::engine::record::RunStatus;
-    use crate::event::Source;
 
     fn event(n: usize) -> Event {
         let body = serde_json::json!({

@@ -28,9 +28,10 @@ use crate::effects::Effects;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::Executor;
-use crate::engine::record::{Journal, MemoryJournal};
+use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
+use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
 use crate::reload::{RuleSetHandle, watch_and_reload};
 use crate::rules::RuleSources;
 use crate::schedule::{Clock, SystemClock, run_scheduler};
@@ -253,7 +254,7 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             ))
         }
         JournalMode::Memory => {
-            let journal = Arc::new(MemoryJournal::default());
+            let journal = Arc::new(BoundedMemoryJournal::new(MemoryLimits::default()));
             Ok((journal.clone(), journal, Arc::new(MemoryState::default())))
         }
     }
@@ -613,6 +614,7 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
 mod tests {
     use super::*;
     use crate::effects::recorder::RecordingEffects;
+    use crate::engine::record::MemoryJournal;
 
     #[tokio::test]
     async fn events_already_received_are_journaled_when_stopping() {

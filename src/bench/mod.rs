@@ -33,8 +33,8 @@ use workload::{BenchEvent, Generator};
 
 /// How long the daemon may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for the last events and posts after sending.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the counts may stand still before the bench gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often completion is checked.
 const POLL: Duration = Duration::from_millis(5);
 /// Events sent (and processed) before measuring.
@@ -80,6 +80,8 @@ pub struct BenchReport {
     /// The daemon's runs by outcome at the end.
     pub runs: BTreeMap<String, f64>,
     pub events_counted: f64,
+    /// The end of the daemon's log (warnings and errors).
+    pub log_tail: String,
 }
 
 /// The throughput phase.
@@ -140,6 +142,7 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
     std::fs::create_dir_all(&rules)?;
     std::fs::create_dir_all(scratch.path().join("scripts"))?;
     std::fs::write(rules.join("bench.yaml"), workload::rules_yaml())?;
+
     let admin = free_port()?;
     let env = daemon_env(&sim, scratch.path(), admin, options.journal);
     let mut daemon = DaemonProcess::spawn(&options.daemon_exe, scratch.path(), &env, admin)?;
@@ -187,6 +190,7 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
         report.runs = counter_by(&metrics, "zoomwire_runs_total", Some("outcome"));
         report.events_counted = counter_sum(&metrics, "zoomwire_events_total");
     }
+    report.log_tail = daemon.log_tail(30);
     daemon.stop();
     let _ = sim.shutdown().await;
     Ok(report)
@@ -317,22 +321,37 @@ impl Bench<'_> {
 
     /// Waits until the daemon counted every event sent and the simulator
     /// got every post expected; the moment it saw both, or `None`.
+    /// Gives up when nothing moved for [`STALL_TIMEOUT`].
     async fn wait_processed(&self) -> Option<Instant> {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut events_done = false;
-        while Instant::now() < deadline {
-            if !events_done {
-                events_done = self.daemon.metrics().await.is_some_and(|m| {
-                    counter_sum(&m, "zoomwire_events_total") >= self.events_sent as f64
-                });
-            }
-            let posts_done = self.sim.slack_post_count() >= self.posts_expected;
-            if events_done && posts_done {
+        let mut last_progress = Instant::now();
+        let mut seen = (0.0, 0);
+        loop {
+            let events = if events_done {
+                self.events_sent as f64
+            } else {
+                self.daemon
+                    .metrics()
+                    .await
+                    .map_or(0.0, |m| counter_sum(&m, "zoomwire_events_total"))
+            };
+            events_done = events >= self.events_sent as f64;
+            let posts = self.sim.slack_post_count();
+            if events_done && posts >= self.posts_expected {
                 return Some(Instant::now());
+            }
+            if (events, posts) != seen {
+                seen = (events, posts);
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > STALL_TIMEOUT {
+                eprintln!(
+                    "bench: stalled at {events} of {} events and {posts} of {} Slack posts",
+                    self.events_sent, self.posts_expected
+                );
+                return None;
             }
             tokio::time::sleep(POLL).await;
         }
-        None
     }
 }
 

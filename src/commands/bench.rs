@@ -59,9 +59,12 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         .await
         .map_err(|e| CommandError::Other(e.into()))?;
     print!("{}", format_report(&report, &options));
-    Ok(if complete(&report) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    if complete(&report) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "events or Slack posts went missing; the daemon's log ends with:\n{}",
+        report.log_tail
+    );
+    Ok(ExitCode::from(EXIT_FAILED))
 }

@@ -134,7 +134,8 @@ impl MemoryJournal {
 
     fn store_run(&self, run: &RunRecord) {
         let mut runs = lock(&self.runs);
-        match runs.iter_mut().find(|r| r.id == run.id) {
+        // From the newest: a run is updated soon after it is created.
+        match runs.iter_mut().rev().find(|r| r.id == run.id) {
             Some(existing) => *existing = run.clone(),
             None => runs.push(run.clone()),
         }

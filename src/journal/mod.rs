@@ -13,6 +13,7 @@
 //! pruned in the background (see `prune.rs`).
 
 mod codec;
+pub mod memory;
 mod ops;
 mod prune;
 mod query;

@@ -125,11 +125,14 @@ impl SandboxLimits {
     }
 }
 
+/// Script threads spend most of a run waiting (an effect's HTTP call, its
+/// record's commit to the journal), not computing, so there are several per
+/// core: with two per core, a burst of runs queues behind a few commits.
 fn default_pool_threads() -> usize {
-    std::thread::available_parallelism()
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 16)
+        .unwrap_or(2);
+    (cores * 16).clamp(16, 64)
 }
 
 fn nonzero<T: PartialEq + Default>(value: T, default: T) -> T {

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::task::JoinHandle;
 
 /// How long [`SimHandle::shutdown`] lets open responses finish.
@@ -140,6 +141,13 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         addr: config.addr,
         source,
     })?;
+    // Without TCP_NODELAY a frame written while the previous one is not yet
+    // acknowledged waits for the peer's delayed ACK (tens of milliseconds).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %error, "simulator cannot set TCP_NODELAY");
+        }
+    });
     let state = Arc::new(SimState::new(config, addr));
     let router = router(state.clone());
     let shutdown = state.shutdown.clone();

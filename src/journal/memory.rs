@@ -1,0 +1,337 @@
+//! The daemon's journal without a store (`ZOOMWIRE_JOURNAL=memory`): the
+//! same seams as the SQLite journal, in bounded memory, for benchmarks and
+//! demos where nothing needs to survive the process.
+//!
+//! Unlike [`MemoryJournal`] (the fake behind `fire`, `replay` and tests,
+//! which keeps everything), it forgets: event ids are remembered for
+//! deduplication as 128-bit hashes, the newest `max_event_ids` of them;
+//! events are kept only while a run of theirs is unfinished; finished runs
+//! are kept for the admin API up to `max_finished_runs`, oldest dropped
+//! first. Every operation is O(1) under one short lock.
+//!
+//! [`MemoryJournal`]: crate::engine::record::MemoryJournal
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::admin::{RunHistory, is_failed, run_summary};
+use crate::effects::BoxFuture;
+use crate::effects::gateway::{EffectObserver, EffectRecord};
+use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::event::{Event, Source};
+use crate::journal::RunDetail;
+
+/// How much a [`BoundedMemoryJournal`] remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Event ids remembered to drop duplicates.
+    pub max_event_ids: usize,
+    /// Finished runs kept for the admin API.
+    pub max_finished_runs: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_event_ids: 100_000,
+            max_finished_runs: 1_000,
+        }
+    }
+}
+
+/// A journal in bounded memory. See the module documentation.
+#[derive(Default)]
+pub struct BoundedMemoryJournal {
+    limits: MemoryLimits,
+    state: Mutex<State>,
+}
+
+/// What is kept of an event.
+struct KeptEvent {
+    raw: Arc<str>,
+    source: Source,
+}
+
+#[derive(Default)]
+struct State {
+    seen: HashSet<u128>,
+    seen_order: VecDeque<u128>,
+    /// Events accepted whose runs may not have finished, by event id, with
+    /// how many unfinished runs hold them. Only the text is kept: a decoded
+    /// event is many times larger, and is rebuilt only to resume a run.
+    events: HashMap<String, (KeptEvent, usize)>,
+    /// Events accepted but with no run recorded yet, oldest first; trimmed
+    /// to the dedupe window so events that matched no rule do not pile up.
+    unclaimed: VecDeque<String>,
+    unfinished: HashMap<String, RunRecord>,
+    finished: VecDeque<RunRecord>,
+}
+
+impl BoundedMemoryJournal {
+    pub fn new(limits: MemoryLimits) -> BoundedMemoryJournal {
+        BoundedMemoryJournal {
+            limits,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Poisoning only follows a panic in another holder; the maps stay consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs kept, newest first: unfinished ones, then finished ones.
+    fn newest_first(&self) -> Vec<RunRecord> {
+        let state = self.lock();
+        let mut unfinished: Vec<RunRecord> = state.unfinished.values().cloned().collect();
+        unfinished.sort_by_key(|run| std::cmp::Reverse(run.created_at));
+        unfinished.extend(state.finished.iter().rev().cloned());
+        unfinished
+    }
+}
+
+/// Two SipHash keys of this process: 128 bits make a collision between
+/// the ids of one window (100,000) about 2^-94 likely.
+fn id_hash(id: &str) -> u128 {
+    static KEYS: std::sync::OnceLock<(RandomState, RandomState)> = std::sync::OnceLock::new();
+    let (low, high) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    (u128::from(high.hash_one(id)) << 64) | u128::from(low.hash_one(id))
+}
+
+impl State {
+    /// Remembers `id`; false when it was already seen.
+    fn remember(&mut self, id: &str, limits: &MemoryLimits) -> bool {
+        let hash = id_hash(id);
+        if !self.seen.insert(hash) {
+            return false;
+        }
+        self.seen_order.push_back(hash);
+        while self.seen_order.len() > limits.max_event_ids.max(1) {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn keep_event(&mut self, event: &Event, limits: &MemoryLimits) {
+        let kept = KeptEvent {
+            raw: event.raw.clone(),
+            source: event.source.clone(),
+        };
+        self.events.insert(event.id.clone(), (kept, 0));
+        self.unclaimed.push_back(event.id.clone());
+        // Events no run claimed (most of them: no rule matched) go once the
+        // window is full; claimed ones stay while their runs are unfinished.
+        while self.unclaimed.len() > limits.max_finished_runs.max(1) {
+            if let Some(old) = self.unclaimed.pop_front()
+                && self.events.get(&old).is_some_and(|(_, runs)| *runs == 0)
+            {
+                self.events.remove(&old);
+            }
+        }
+    }
+
+    fn record(&mut self, run: &RunRecord, limits: &MemoryLimits) {
+        let known = self.unfinished.contains_key(&run.id);
+        if run.status.is_finished() {
+            if known {
+                self.unfinished.remove(&run.id);
+                self.release_event(&run.event_id);
+            } else if let Some(position) = self.finished.iter().rposition(|r| r.id == run.id) {
+                // A finished run recorded again (a retry from the admin API).
+                self.finished[position] = run.clone();
+                return;
+            }
+            self.finished.push_back(run.clone());
+            while self.finished.len() > limits.max_finished_runs {
+                self.finished.pop_front();
+            }
+            return;
+        }
+        if !known && let Some((_, runs)) = self.events.get_mut(&run.event_id) {
+            *runs += 1;
+        }
+        self.unfinished.insert(run.id.clone(), run.clone());
+    }
+
+    fn release_event(&mut self, event_id: &str) {
+        let Some((_, runs)) = self.events.get_mut(event_id) else {
+            return;
+        };
+        *runs = runs.saturating_sub(1);
+        if *runs == 0 {
+            self.events.remove(event_id);
+        }
+    }
+}
+
+impl EffectObserver for BoundedMemoryJournal {
+    /// Effects are kept with their run's record, not on their own.
+    fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+}
+
+impl Journal for BoundedMemoryJournal {
+    fn accept_event_with_runs<'a>(
+        &'a self,
+        event: &'a Event,
+        runs: &'a [RunRecord],
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let fresh = {
+            let mut state = self.lock();
+            let fresh = state.remember(&event.id, &self.limits);
+            if fresh {
+                state.keep_event(event, &self.limits);
+                for run in runs {
+                    state.record(run, &self.limits);
+                }
+            } else {
+                metrics::counter!("zoomwire_events_duplicate_total").increment(1);
+            }
+            fresh
+        };
+        Box::pin(async move { Ok(fresh) })
+    }
+
+    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.lock().record(run, &self.limits);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
+        let unfinished = {
+            let state = self.lock();
+            let mut runs: Vec<&RunRecord> = state.unfinished.values().collect();
+            runs.sort_by_key(|run| run.created_at);
+            runs.into_iter()
+                .filter_map(|run| {
+                    let (kept, _) = state.events.get(&run.event_id)?;
+                    let event = Event::parse(&kept.raw, kept.source.clone()).ok()?;
+                    Some(UnfinishedRun {
+                        run: run.clone(),
+                        event,
+                    })
+                })
+                .collect()
+        };
+        Box::pin(async move { Ok(unfinished) })
+    }
+}
+
+impl RunHistory for BoundedMemoryJournal {
+    fn list_runs(
+        &self,
+        rule: Option<String>,
+        failed_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Value>, String> {
+        self.newest_first()
+            .iter()
+            .filter(|run| rule.as_ref().is_none_or(|rule| run.rule == *rule))
+            .filter(|run| !failed_only || is_failed(run.status))
+            .take(limit)
+            .map(|run| serde_json::to_value(run_summary(run)).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// The trigger is not shown: `event` is null.
+    fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
+        self.newest_first()
+            .into_iter()
+            .find(|run| run.id == id)
+            .map(|run| {
+                serde_json::to_value(RunDetail { run, event: None }).map_err(|e| e.to_string())
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::record::RunStatus;
+
+    fn event(n: usize) -> Event {
+        let body = serde_json::json!({
+            "event": "meeting.started",
+            "event_ts": 1_732_000_000_000i64 + n as i64,
+            "payload": { "object": { "uuid": format!("u{n}") } },
+        });
+        Event::from_value(&body, Source::Test).unwrap()
+    }
+
+    fn run(id: &str, event: &Event, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            rule: "r".into(),
+            event_id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            key: None,
+            status,
+            attempt: 1,
+            error: None,
+            effects: Vec::new(),
+            logs: Vec::new(),
+            output: None,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn limits() -> MemoryLimits {
+        MemoryLimits {
+            max_event_ids: 3,
+            max_finished_runs: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_dropped_within_the_window_and_forgotten_after() {
+        let journal = BoundedMemoryJournal::new(limits());
+        let events: Vec<Event> = (0..4).map(event).collect();
+        assert!(journal.accept_event(&events[0]).await.unwrap());
+        assert!(!journal.accept_event(&events[0]).await.unwrap());
+        for e in &events[1..] {
+            assert!(journal.accept_event(e).await.unwrap());
+        }
+        // Four ids seen with room for three: the first is forgotten.
+        assert!(journal.accept_event(&events[0]).await.unwrap());
+        let state = journal.lock();
+        assert_eq!(state.seen.len(), 3);
+        assert!(state.events.len() <= 2, "unclaimed events are trimmed");
+    }
+
+    #[tokio::test]
+    async fn unfinished_runs_keep_their_event_and_finished_ones_are_capped() {
+        let journal = BoundedMemoryJournal::new(limits());
+        let first = event(1);
+        journal.accept_event(&first).await.unwrap();
+        journal
+            .record_run(&run("a", &first, RunStatus::Pending))
+            .await
+            .unwrap();
+        for n in 2..10 {
+            journal.accept_event(&event(n)).await.unwrap();
+        }
+        let unfinished = journal.unfinished_runs().await.unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].event.id, first.id);
+        for id in ["a", "b", "c"] {
+            journal
+                .record_run(&run(id, &first, RunStatus::Succeeded))
+                .await
+                .unwrap();
+        }
+        assert!(journal.unfinished_runs().await.unwrap().is_empty());
+        let listed = journal.list_runs(None, false, 10).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["c", "b"], "newest first, at most two");
+        assert!(journal.get_run("b").unwrap().is_some());
+        assert!(journal.get_run("a").unwrap().is_none());
+        assert!(journal.lock().events.is_empty(), "no run holds an event");
+    }
+}

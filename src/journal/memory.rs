@@ -87,7 +87,7 @@ impl BoundedMemoryJournal {
     fn newest_first(&self) -> Vec<RunRecord> {
         let state = self.lock();
         let mut unfinished: Vec<RunRecord> = state.unfinished.values().cloned().collect();
-        unfinished.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        unfinished.sort_by_key(|run| std::cmp::Reverse(run.created_at));
         unfinished.extend(state.finished.iter().rev().cloned());
         unfinished
     }
@@ -196,7 +196,7 @@ impl Journal for BoundedMemoryJournal {
         let unfinished = {
             let state = self.lock();
             let mut runs: Vec<&RunRecord> = state.unfinished.values().collect();
-            runs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            runs.sort_by_key(|run| run.created_at);
             runs.into_iter()
                 .filter_map(|run| {
                     let (kept, _) = state.events.get(&run.event_id)?;

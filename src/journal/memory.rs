@@ -323,6 +323,14 @@ mod tests {
         assert_eq!(ids, ["c", "b"], "newest first, at most two");
         assert!(journal.get_run("b").unwrap().is_some());
         assert!(journal.get_run("a").unwrap().is_none());
-        assert!(journal.lock().events.is_empty(), "no run holds an event");
+        let state = journal.lock();
+        assert!(
+            !state.events.contains_key(&first.id),
+            "an event goes once its last run finished"
+        );
+        assert!(
+            state.events.len() <= 2,
+            "only the newest unclaimed events stay"
+        );
     }
 }

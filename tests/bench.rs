@@ -1,0 +1,35 @@
+//! `zoomwire bench` end to end at a tiny scale: the real binary hosts the
+//! simulator and runs itself as the daemon, and the report has every figure.
+//! (The figures themselves are measured with a release build, by hand.)
+
+use std::process::Command;
+
+#[test]
+fn a_small_bench_reports_throughput_latency_and_memory() {
+    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+        .args([
+            "bench",
+            "--events",
+            "300",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+            "--journal",
+            "off",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("zoomwire runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for figure in ["events/s", "p50", "p99", "VmHWM", "MiB"] {
+        assert!(stdout.contains(figure), "{figure} in:\n{stdout}");
+    }
+    assert!(stdout.contains("journal memory"), "{stdout}");
+    assert!(!stdout.contains("did not finish"), "{stdout}");
+}

@@ -123,7 +123,6 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
 pub struct MemoryJournal {
     events: Mutex<HashMap<String, Event>>,
     runs: Mutex<Vec<RunRecord>>,
-    effects: Mutex<HashMap<String, Vec<EffectRecord>>>,
 }
 
 impl MemoryJournal {
@@ -140,20 +139,11 @@ impl MemoryJournal {
             None => runs.push(run.clone()),
         }
     }
-
-    /// Effects reported through the observer for one run.
-    pub fn observed_effects(&self, run_id: &str) -> Vec<EffectRecord> {
-        lock(&self.effects).get(run_id).cloned().unwrap_or_default()
-    }
 }
 
 impl EffectObserver for MemoryJournal {
-    fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
-        lock(&self.effects)
-            .entry(run_id.to_string())
-            .or_default()
-            .push(record.clone());
-    }
+    /// Nothing to make durable: the run's record carries its effects.
+    fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 }
 
 impl Journal for MemoryJournal {

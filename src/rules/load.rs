@@ -22,7 +22,6 @@ pub struct RuleSource {
     pub spec: RuleSpec,
     /// Where each key's value starts.
     pub value_positions: HashMap<String, Position>,
-    pub key_positions: HashMap<String, Position>,
     /// Keys present but invalid (already reported): the rule is compiled only
     /// to find its other errors, and is never added to a rule set.
     pub invalid_keys: Vec<String>,
@@ -148,7 +147,6 @@ fn check_rule(
     let mut errors = Vec::new();
     let mut valid = Map::new();
     let mut value_positions = HashMap::new();
-    let mut key_positions = HashMap::new();
     let mut invalid_keys = Vec::new();
     for entry in rule.entries {
         let error = |position, message| RuleError {
@@ -173,7 +171,6 @@ fn check_rule(
             continue;
         }
         value_positions.insert(entry.key.clone(), entry.value.position);
-        key_positions.insert(entry.key.clone(), entry.key_position);
         valid.insert(entry.key, entry.value.value);
     }
     let spec = match serde_json::from_value::<RuleSpec>(Value::Object(valid)) {
@@ -199,7 +196,6 @@ fn check_rule(
         name,
         spec,
         value_positions,
-        key_positions,
         invalid_keys,
     };
     (Some(source), errors)

@@ -199,11 +199,6 @@ impl RuleSet {
         }
     }
 
-    /// An empty set, as the engine holds before the first load.
-    pub fn empty(sandbox: Arc<Sandbox>) -> RuleSet {
-        RuleSet::new(Vec::new(), sandbox, Vec::new())
-    }
-
     pub fn rules(&self) -> &[Arc<Rule>] {
         &self.rules
     }

@@ -8,6 +8,8 @@
 //! object's uuid or id and the participant's id when present, or else a hash
 //! of the canonical body.
 
+pub mod tree;
+
 use std::fmt;
 use std::sync::Arc;
 

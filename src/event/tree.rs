@@ -176,8 +176,8 @@ mod tests {
     fn the_last_of_duplicate_keys_wins_as_in_a_map() {
         let tree = Json::parse(r#"{"k":1,"k":2}"#).unwrap();
         assert_eq!(tree.get("k"), Some(&Json::Int(2)));
-        let map: rhai::Map = serde_json::from_str(r#"{"k":1,"k":2}"#).unwrap();
-        assert_eq!(map["k"].as_int(), Ok(2));
+        let map: rhai::Dynamic = serde_json::from_str(r#"{"k":1,"k":2}"#).unwrap();
+        assert_eq!(map.cast::<rhai::Map>()["k"].as_int(), Ok(2));
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn benches(c: &mut Criterion) {
         .rule("started-2")
         .and_then(|r| r.condition.clone())
         .expect("has a condition");
-    let mut scope = sandbox.expression_scope(&event.body, &event.meta(), &vars);
+    let mut scope = sandbox.expression_scope(event.body(), &event.meta(), &vars);
     let mut group = c.benchmark_group("condition");
     group.bench_function("eval_compiled_when", |b| {
         b.iter(|| {

@@ -1,9 +1,11 @@
 //! The engine's view of one Zoom event: the body exactly as Zoom sent it, plus
 //! the envelope the engine adds (`id`, `source`, `received_at`).
 //!
-//! Decoding happens once per event and produces both the raw JSON text (what
-//! the journal stores) and a read-only Rhai value (what conditions and scripts
-//! read), so that no rule ever converts the event again. The `id` is the
+//! Decoding reads the text once as a borrowed tree ([`tree::Json`]) for the
+//! type, timestamp and dedupe key, and keeps the raw JSON text (what the
+//! journal stores). The read-only Rhai value that scripts and Rhai-evaluated
+//! conditions read is made from the text on first use and shared by every
+//! rule of the event, so no rule converts the event again. The `id` is the
 //! dedupe key described in `design.md`: the event type, its timestamp, the
 //! object's uuid or id and the participant's id when present, or else a hash
 //! of the canonical body.
@@ -11,11 +13,13 @@
 pub mod tree;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use rhai::{Dynamic, Map};
 use sha2::{Digest, Sha256};
+
+use tree::Json;
 
 /// Largest event body accepted at intake. Values injected into the sandbox
 /// bypass Rhai's size limits, so the cap is enforced here.
@@ -65,7 +69,8 @@ pub enum EventError {
     MissingType,
 }
 
-/// One event as the engine keeps it. Cheap to clone: the body is shared.
+/// One event as the engine keeps it. Cheap to clone: the raw text and the
+/// Rhai value (built on first use) are shared between clones.
 #[derive(Clone)]
 pub struct Event {
     /// Stable dedupe key.
@@ -78,8 +83,10 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
     /// The body as received, compact JSON text.
     pub raw: Arc<str>,
-    /// The body as a shared, read-only Rhai value: cloning it is cheap.
-    pub body: Dynamic,
+    /// The body as a shared, read-only Rhai value, made from `raw` the
+    /// first time a condition or a run needs it: most events are settled by
+    /// fast conditions on [`tree::Json`] and never need it.
+    body: Arc<OnceLock<Dynamic>>,
 }
 
 impl fmt::Debug for Event {
@@ -102,9 +109,26 @@ impl Event {
                 limit: MAX_EVENT_BYTES,
             });
         }
-        let body: Dynamic =
-            serde_json::from_str(body_json).map_err(|e| EventError::Json(e.to_string()))?;
-        Event::from_dynamic(body, Arc::from(body_json), source)
+        let tree = Json::parse(body_json).map_err(|e| EventError::Json(e.to_string()))?;
+        if !tree.is_object() {
+            return Err(EventError::NotAnObject);
+        }
+        let event_type = tree
+            .get("event")
+            .and_then(Json::as_str)
+            .ok_or(EventError::MissingType)?
+            .to_string();
+        let ts = tree.get("event_ts").map(json_to_i64).unwrap_or(0);
+        let id = dedupe_key(&event_type, ts, &tree, body_json);
+        Ok(Event {
+            id,
+            event_type,
+            ts,
+            source,
+            received_at: Utc::now(),
+            raw: Arc::from(body_json),
+            body: Arc::new(OnceLock::new()),
+        })
     }
 
     /// Builds an event from a JSON value, as the scheduler and tests do.
@@ -112,28 +136,20 @@ impl Event {
         Event::parse(&body.to_string(), source)
     }
 
-    fn from_dynamic(body: Dynamic, raw: Arc<str>, source: Source) -> Result<Event, EventError> {
-        let map = body.read_lock::<Map>().ok_or(EventError::NotAnObject)?;
-        let event_type = map
-            .get("event")
-            .and_then(|v| {
-                v.read_lock::<rhai::ImmutableString>()
-                    .map(|s| s.to_string())
-            })
-            .ok_or(EventError::MissingType)?;
-        let ts = map.get("event_ts").map(dynamic_to_i64).unwrap_or(0);
-        let id = dedupe_key(&event_type, ts, &map, &raw);
-        drop(map);
-        Ok(Event {
-            id,
-            event_type,
-            ts,
-            source,
-            received_at: Utc::now(),
-            raw,
-            // Shared: every rule of this event gets the same value for an `Arc` clone.
-            body: body.into_read_only().into_shared(),
+    /// The body as a shared, read-only Rhai value (made on first use).
+    pub fn body(&self) -> &Dynamic {
+        self.body.get_or_init(|| {
+            // Cannot fail: `raw` parsed as a JSON object when the event was built.
+            let body: Dynamic = serde_json::from_str(&self.raw).unwrap_or(Dynamic::UNIT);
+            // Shared: every run of this event gets the same value for an `Arc` clone.
+            body.into_read_only().into_shared()
         })
+    }
+
+    /// The body read as a borrowed tree, for the hot path.
+    pub fn tree(&self) -> Json<'_> {
+        // Cannot fail: `raw` parsed when the event was built.
+        Json::parse(&self.raw).unwrap_or(Json::Null)
     }
 
     /// The body as a `serde_json::Value`, for code off the hot path.
@@ -153,61 +169,55 @@ impl Event {
         Dynamic::from_map(meta)
     }
 
+    /// A top-level string field of the body (`download_token`, a schedule
+    /// event's `rule`).
+    pub fn top_level_str(&self, key: &str) -> Option<String> {
+        self.tree().get(key).and_then(Json::as_str).map(str::to_string)
+    }
+
     /// The `download_token` Zoom sends with recording events, if any.
     pub fn download_token(&self) -> Option<String> {
-        let map = self.body.read_lock::<Map>()?;
-        map.get("download_token").and_then(|v| {
-            v.read_lock::<rhai::ImmutableString>()
-                .map(|s| s.to_string())
-        })
+        self.top_level_str("download_token")
     }
 }
 
-fn dynamic_to_i64(value: &Dynamic) -> i64 {
-    if let Ok(n) = value.as_int() {
-        n
-    } else if let Ok(f) = value.as_float() {
-        f as i64
-    } else if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
-        s.parse().unwrap_or(0)
-    } else {
-        0
+/// A number (or a numeric string) as `i64`, else 0.
+fn json_to_i64(value: &Json<'_>) -> i64 {
+    match value {
+        Json::Int(n) => *n,
+        Json::Float(f) => *f as i64,
+        Json::Str(s) => s.parse().unwrap_or(0),
+        _ => 0,
     }
 }
 
-fn dynamic_to_key_part(value: &Dynamic) -> Option<String> {
-    if value.is_unit() {
-        return None;
+/// A scalar as it goes into the dedupe key (as Rhai would print it).
+fn json_to_key_part(value: &Json<'_>) -> Option<String> {
+    match value {
+        Json::Str(s) => Some(s.to_string()),
+        Json::Int(n) => Some(n.to_string()),
+        Json::Float(f) => Some(Dynamic::from_float(*f).to_string()),
+        Json::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
-    if let Some(s) = value.read_lock::<rhai::ImmutableString>() {
-        return Some(s.to_string());
-    }
-    if value.is_int() || value.is_float() || value.is_bool() {
-        return Some(value.to_string());
-    }
-    None
 }
 
 /// The dedupe key: type, timestamp, object uuid (or id), participant id.
 /// Without an object identity it is a hash of the canonical body.
 /// Reads through references: this runs once per event on the hot path.
-fn dedupe_key(event_type: &str, ts: i64, body: &Map, raw: &str) -> String {
+fn dedupe_key(event_type: &str, ts: i64, body: &Json<'_>, raw: &str) -> String {
     if ts != 0
-        && let Some(payload) = body.get("payload")
-        && let Some(payload) = payload.read_lock::<Map>()
-        && let Some(object) = payload.get("object")
-        && let Some(object) = object.read_lock::<Map>()
+        && let Some(object) = body.get("payload").and_then(|p| p.get("object"))
         && let Some(object_key) = object
             .get("uuid")
-            .and_then(dynamic_to_key_part)
-            .or_else(|| object.get("id").and_then(dynamic_to_key_part))
+            .and_then(json_to_key_part)
+            .or_else(|| object.get("id").and_then(json_to_key_part))
     {
         let participant = object.get("participant").and_then(|p| {
-            let p = p.read_lock::<Map>()?;
             p.get("participant_uuid")
                 .or_else(|| p.get("user_id"))
                 .or_else(|| p.get("id"))
-                .and_then(dynamic_to_key_part)
+                .and_then(json_to_key_part)
         });
         return match participant {
             Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
@@ -293,6 +303,6 @@ mod tests {
     #[test]
     fn the_body_is_read_only_for_scripts() {
         let event = Event::parse(ENDED, Source::Fire).unwrap();
-        assert!(event.body.is_read_only());
+        assert!(event.body().is_read_only());
     }
 }

@@ -102,7 +102,7 @@ impl Harness {
         let job = ScriptJob {
             sandbox: self.sandbox.clone(),
             ast: Arc::new(ast),
-            event: self.event.body.clone(),
+            event: self.event.body().clone(),
             meta: self.event.meta(),
             vars: Dynamic::from_map(rhai::Map::from([("team".into(), "ops".into())])),
             effects: effects.clone(),
@@ -967,7 +967,7 @@ fn conditions_are_pure() {
         Source::Test,
     )
     .unwrap();
-    let mut scope = sandbox.expression_scope(&event.body, &event.meta(), &Dynamic::UNIT);
+    let mut scope = sandbox.expression_scope(event.body(), &event.meta(), &Dynamic::UNIT);
     for source in [
         r##"slack::post("#a", "x")"##,
         r#"zoom::get("/users/me")"#,
@@ -1125,7 +1125,7 @@ async fn the_event_cannot_be_mutated() {
     assert_eq!(after.result.unwrap().to_string(), topic);
     let sandbox = &harness.sandbox;
     let mut scope =
-        sandbox.expression_scope(&harness.event.body, &harness.event.meta(), &Dynamic::UNIT);
+        sandbox.expression_scope(harness.event.body(), &harness.event.meta(), &Dynamic::UNIT);
     let ast = sandbox
         .compile_expression("event.payload.object.topic")
         .unwrap();

@@ -679,7 +679,7 @@ async fn run_attempt(
     let job = ScriptJob {
         sandbox: rule_set.sandbox().clone(),
         ast: rule.action.ast.clone(),
-        event: event.body.clone(),
+        event: event.body().clone(),
         meta: run_meta(event, record),
         vars: inner.vars.clone(),
         effects: effects.clone(),

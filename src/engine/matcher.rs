@@ -93,10 +93,7 @@ pub fn explain_event(
 /// The rules listening for this event. A schedule event fires only its own rule.
 fn candidates(rule_set: &RuleSet, event: &Event) -> Vec<Arc<Rule>> {
     if event.event_type == "schedule" {
-        let target = event
-            .body
-            .read_lock::<rhai::Map>()
-            .and_then(|body| body.get("rule").map(|r| r.to_string()));
+        let target = event.top_level_str("rule");
         return rule_set
             .rules()
             .iter()
@@ -115,7 +112,7 @@ fn candidates(rule_set: &RuleSet, event: &Event) -> Vec<Arc<Rule>> {
 }
 
 fn expression_scope(sandbox: &Sandbox, event: &Event, vars: &Dynamic) -> Scope<'static> {
-    sandbox.expression_scope(&event.body, &event.meta(), vars)
+    sandbox.expression_scope(event.body(), &event.meta(), vars)
 }
 
 /// `Ok(Some(key))` when the rule fires (key empty when it has none),

@@ -8,8 +8,8 @@
 //! journaled with the records of its runs, in one commit, before its rules
 //! run; a journal error (a full disk) pauses that event's intake and retries
 //! it, so nothing counts as accepted unless it was written. Many events are
-//! journaled at once, but their runs are admitted in the order the events
-//! arrived. On shutdown intake stops first, then runs in flight get the grace
+//! journaled at once (taken from the channel in batches), but their runs are
+//! admitted in the order the events arrived. On shutdown intake stops first, then runs in flight get the grace
 //! period; whatever is still pending resumes on the next start. Runs put
 //! back by `zoomwire runs retry` while the daemon runs are found in the store
 //! within a second or so and resumed.
@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::effects::Effects;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
-use crate::engine::executor::Executor;
+use crate::engine::executor::{Executor, PreparedEvent};
 use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
@@ -45,6 +45,8 @@ use crate::zoom::websocket::{ConnectionStatus, run_subscription};
 const INTAKE_CAPACITY: usize = 4096;
 /// Events being journaled and matched at once.
 const INTAKE_CONCURRENCY: usize = 256;
+/// Most events one intake handler takes (at most `INTAKE_CONCURRENCY`).
+const INTAKE_BATCH: usize = 64;
 /// How often the store is checked for runs put back by `zoomwire runs retry`.
 const REQUEUE_POLL: Duration = Duration::from_secs(1);
 
@@ -464,6 +466,11 @@ async fn resume_requeued_once(
 /// stopping it takes no new events but still journals those already
 /// received (the webhook answered 200 for them, so Zoom will not send them
 /// again); their runs resume on the next start if the grace runs out.
+///
+/// Events are taken in batches of what has queued up (at most
+/// [`INTAKE_BATCH`]): one task per batch instead of one per event, so a busy
+/// stream pays the hand-offs once per batch while a quiet one still handles
+/// each event as it comes.
 async fn intake(
     mut events: mpsc::Receiver<Event>,
     executor: Executor,
@@ -480,18 +487,23 @@ async fn intake(
         admin,
     };
     loop {
-        let event = tokio::select! {
+        let mut batch = Vec::with_capacity(INTAKE_BATCH);
+        let taken = tokio::select! {
             _ = shutdown.cancelled() => break,
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
+            taken = events.recv_many(&mut batch, INTAKE_BATCH) => taken,
         };
-        intake.dispatch(event).await;
+        if taken == 0 {
+            break;
+        }
+        intake.dispatch(batch).await;
     }
     events.close();
-    while let Some(event) = events.recv().await {
-        intake.dispatch(event).await;
+    loop {
+        let mut batch = Vec::with_capacity(INTAKE_BATCH);
+        if events.recv_many(&mut batch, INTAKE_BATCH).await == 0 {
+            break;
+        }
+        intake.dispatch(batch).await;
     }
     intake.handlers.close();
     intake.handlers.wait().await;
@@ -501,7 +513,7 @@ async fn intake(
 struct Intake {
     in_flight: Arc<Semaphore>,
     handlers: TaskTracker,
-    /// Resolves when the previous event's runs have been admitted.
+    /// Resolves when the previous batch's runs have been admitted.
     previous: Option<oneshot::Receiver<()>>,
     executor: Executor,
     rules: Arc<RuleSetHandle>,
@@ -509,43 +521,76 @@ struct Intake {
 }
 
 impl Intake {
-    /// Hands one event to a handler, waiting while too many are busy.
-    async fn dispatch(&mut self, event: Event) {
-        // The semaphore is never closed: acquiring only waits.
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+    /// Hands a batch of events to a handler, waiting while too many are busy.
+    async fn dispatch(&mut self, batch: Vec<Event>) {
+        // A batch never holds more than the semaphore has (`INTAKE_BATCH`
+        // <= `INTAKE_CONCURRENCY`) and it is never closed: acquiring only waits.
+        let Ok(permit) = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(batch.len() as u32)
+            .await
+        else {
             return;
         };
-        if let crate::event::Source::Websocket(name) = &event.source {
-            self.admin.note_event(name, event.received_at);
+        for event in &batch {
+            if let crate::event::Source::Websocket(name) = &event.source {
+                self.admin.note_event(name, event.received_at);
+            }
         }
         let executor = self.executor.clone();
         let rules = self.rules.clone();
         let (admitted, next_turn) = oneshot::channel::<()>();
         let turn = self.previous.replace(next_turn);
         self.handlers.spawn(async move {
-            accept(&executor, &rules, event, turn, admitted).await;
+            accept_batch(&executor, &rules, batch, turn, admitted).await;
             drop(permit);
         });
     }
 }
 
-/// Journals one event with its runs (retrying while the journal cannot write
-/// it), then, once the previous event's runs are admitted (`turn`), admits
-/// its own and lets the next event's go (`admitted`). Journaling overlaps
-/// between events, so their commits are shared; admission keeps the order
-/// of arrival, so queued runs of one key start in that order.
-async fn accept(
+/// Journals a batch of events with their runs (all at once, so they share
+/// the journal's commits), then, once the previous batch's runs are admitted
+/// (`turn`), admits its own in arrival order and lets the next batch's go
+/// (`admitted`). Admission keeps the order of arrival, so queued runs of one
+/// key start in that order.
+async fn accept_batch(
     executor: &Executor,
     rules: &RuleSetHandle,
-    event: Event,
+    batch: Vec<Event>,
     turn: Option<oneshot::Receiver<()>>,
     admitted: oneshot::Sender<()>,
 ) {
+    let accepted = futures_util::future::join_all(
+        batch
+            .into_iter()
+            .map(|event| accept(executor, rules, event)),
+    )
+    .await;
+    if let Some(turn) = turn {
+        // An error means the previous handler ended without admitting: its turn is over too.
+        let _ = turn.await;
+    }
+    let runs: Vec<_> = accepted
+        .into_iter()
+        .filter_map(|(prepared, fresh)| fresh.then(|| executor.admit(prepared)))
+        .collect();
+    drop(admitted);
+    for runs in runs {
+        if let Err(error) = executor.record_turned_away(runs).await {
+            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
+        }
+    }
+}
+
+/// Matches one event and journals it with its runs, retrying while the
+/// journal cannot write it. `fresh` is false for a duplicate.
+async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) -> (PreparedEvent, bool) {
     let mut delay = Duration::from_millis(100);
-    let (prepared, fresh) = loop {
+    loop {
         let prepared = executor.prepare(&rules.current(), event.clone());
         match executor.accept(&prepared).await {
-            Ok(fresh) => break (prepared, fresh),
+            Ok(fresh) => return (prepared, fresh),
             Err(error) => {
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);
                 tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
@@ -553,17 +598,6 @@ async fn accept(
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
-    };
-    if let Some(turn) = turn {
-        // An error means the previous handler ended without admitting: its turn is over too.
-        let _ = turn.await;
-    }
-    let runs = fresh.then(|| executor.admit(prepared));
-    drop(admitted);
-    if let Some(runs) = runs
-        && let Err(error) = executor.record_turned_away(runs).await
-    {
-        tracing::error!(event = %event.id, error = %error, "cannot record the runs its rules' modes turned away");
     }
 }
 

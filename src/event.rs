@@ -172,7 +172,10 @@ impl Event {
     /// A top-level string field of the body (`download_token`, a schedule
     /// event's `rule`).
     pub fn top_level_str(&self, key: &str) -> Option<String> {
-        self.tree().get(key).and_then(Json::as_str).map(str::to_string)
+        self.tree()
+            .get(key)
+            .and_then(Json::as_str)
+            .map(str::to_string)
     }
 
     /// The `download_token` Zoom sends with recording events, if any.

@@ -36,11 +36,7 @@ impl<'a> Json<'a> {
     /// when the key repeats).
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
-            Json::Object(entries) => entries
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v),
+            Json::Object(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -154,9 +150,13 @@ mod tests {
 
     #[test]
     fn strings_without_escapes_are_borrowed() {
-        let text = r#"{"a":"plain","b":"tab\there","c":[1,-2,2.5,1e2,18446744073709551615,null,true]}"#;
+        let text =
+            r#"{"a":"plain","b":"tab\there","c":[1,-2,2.5,1e2,18446744073709551615,null,true]}"#;
         let tree = Json::parse(text).unwrap();
-        assert!(matches!(tree.get("a"), Some(Json::Str(Cow::Borrowed("plain")))));
+        assert!(matches!(
+            tree.get("a"),
+            Some(Json::Str(Cow::Borrowed("plain")))
+        ));
         assert!(matches!(tree.get("b"), Some(Json::Str(Cow::Owned(s))) if s == "tab\there"));
         assert_eq!(
             tree.get("c"),

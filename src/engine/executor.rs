@@ -596,7 +596,8 @@ async fn execute(
         record.status = RunStatus::Running;
         record.started_at.get_or_insert_with(Utc::now);
         record.error = None;
-        persist(inner, &record).await;
+        // Not waited for: written before the effects the attempt records.
+        inner.journal.queue_run(&record);
         let (result, effects) =
             run_attempt(inner, rule_set, rule, event, &record, replay, cancel).await;
         record.effects = effects.records();
@@ -827,6 +828,11 @@ mod tests {
         fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
             lock(&self.calls).push(format!("record {}", run.status.as_str()));
             self.journal.record_run(run)
+        }
+
+        fn queue_run(&self, run: &RunRecord) {
+            lock(&self.calls).push(format!("record {}", run.status.as_str()));
+            self.journal.queue_run(run)
         }
 
         fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {

@@ -105,6 +105,12 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
     }
     /// Inserts or updates a run (status, attempt, error, effects, logs, output).
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>>;
+    /// Queues the same change without waiting for its commit: it is written
+    /// in order with everything queued after it (so before the effects the
+    /// run then records), and a failure is logged by the journal. For
+    /// records nothing depends on having reached the disk, such as a run
+    /// turning `running` (a crash resumes pending and running runs alike).
+    fn queue_run(&self, run: &RunRecord);
     /// Runs left pending or running, in the order their events arrived (the
     /// order the daemon admits runs in), so that queued runs resume in order.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;
@@ -166,6 +172,10 @@ impl Journal for MemoryJournal {
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
         self.store_run(run);
         Box::pin(async { Ok(()) })
+    }
+
+    fn queue_run(&self, run: &RunRecord) {
+        self.store_run(run);
     }
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {

@@ -201,6 +201,10 @@ impl Journal for BoundedMemoryJournal {
         Box::pin(async { Ok(()) })
     }
 
+    fn queue_run(&self, run: &RunRecord) {
+        self.lock().record(run, &self.limits);
+    }
+
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         let unfinished = {
             let state = self.lock();

@@ -78,6 +78,14 @@ impl Journal for SqliteJournal {
         Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
     }
 
+    fn queue_run(&self, run: &RunRecord) {
+        // Only fails when the writer has stopped, which the next awaited write reports.
+        let _ = self
+            .inner
+            .writer
+            .submit_queued(Op::RecordRun(Box::new(run.clone())));
+    }
+
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
             let stored = self.inner.readers.with(query::unfinished_runs)?;

@@ -38,6 +38,8 @@ pub(crate) struct WriterSettings {
 enum Reply {
     Async(oneshot::Sender<Result<Outcome, JournalError>>),
     Blocking(SyncSender<Result<Outcome, JournalError>>),
+    /// Nobody waits (the writer logs a failure).
+    Nobody,
 }
 
 impl Reply {
@@ -50,6 +52,7 @@ impl Reply {
             Reply::Blocking(sender) => {
                 let _ = sender.send(result);
             }
+            Reply::Nobody => {}
         }
     }
 }
@@ -99,6 +102,15 @@ impl WriterHandle {
             reply: Reply::Blocking(sender),
         })?;
         receiver.recv().map_err(|_| self.stopped())?
+    }
+
+    /// Queues `op` without waiting for its commit. Writes keep the order
+    /// they were queued in, whoever waits for them.
+    pub fn submit_queued(&self, op: Op) -> Result<(), JournalError> {
+        self.send(Job {
+            op,
+            reply: Reply::Nobody,
+        })
     }
 
     fn send(&self, job: Job) -> Result<(), JournalError> {

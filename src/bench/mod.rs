@@ -49,10 +49,42 @@ pub struct BenchOptions {
     pub rate: u32,
     /// Length of the latency phase.
     pub duration: Duration,
-    /// `true`: the SQLite journal; `false`: the in-memory one.
-    pub journal: bool,
+    /// The daemon's journal.
+    pub journal: BenchJournal,
     /// The executable to run as the daemon (this one by default).
     pub daemon_exe: PathBuf,
+}
+
+/// The journal the daemon under test uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BenchJournal {
+    /// SQLite with `synchronous=FULL` (the daemon's default).
+    #[default]
+    Full,
+    /// SQLite with `synchronous=NORMAL`.
+    Normal,
+    /// In memory.
+    Memory,
+}
+
+impl BenchJournal {
+    /// As the report describes it.
+    fn describe(self) -> &'static str {
+        match self {
+            BenchJournal::Full => "sqlite (synchronous=FULL)",
+            BenchJournal::Normal => "sqlite (synchronous=NORMAL)",
+            BenchJournal::Memory => "memory",
+        }
+    }
+
+    /// As `--journal` takes it.
+    fn flag(self) -> &'static str {
+        match self {
+            BenchJournal::Full => "full",
+            BenchJournal::Normal => "normal",
+            BenchJournal::Memory => "off",
+        }
+    }
 }
 
 /// Why the bench could not run.
@@ -72,7 +104,7 @@ pub enum BenchError {
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
     pub pid: u32,
-    pub journal: bool,
+    pub journal: BenchJournal,
     pub throughput: Option<Throughput>,
     pub latency: Option<Latency>,
     pub memory_throughput: Option<Memory>,
@@ -206,7 +238,7 @@ fn daemon_env(
     sim: &SimHandle,
     dir: &std::path::Path,
     admin: SocketAddr,
-    journal: bool,
+    journal: BenchJournal,
 ) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = sim
         .env_lines()
@@ -226,7 +258,21 @@ fn daemon_env(
         ("ZOOMWIRE_ADMIN_ADDR", admin.to_string()),
         (
             "ZOOMWIRE_JOURNAL",
-            if journal { "sqlite" } else { "memory" }.to_string(),
+            if journal == BenchJournal::Memory {
+                "memory"
+            } else {
+                "sqlite"
+            }
+            .to_string(),
+        ),
+        (
+            "ZOOMWIRE_JOURNAL_SYNC",
+            if journal == BenchJournal::Normal {
+                "normal"
+            } else {
+                "full"
+            }
+            .to_string(),
         ),
         ("RUST_LOG", rust_log),
     ] {
@@ -367,11 +413,7 @@ fn sent_time(text: &str) -> Option<i64> {
 /// The report as printed, with the command that reproduces it.
 pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
     let mut out = String::new();
-    let journal = if report.journal {
-        "sqlite (synchronous=FULL)"
-    } else {
-        "memory"
-    };
+    let journal = report.journal.describe();
     let _ = writeln!(
         out,
         "zoomwire bench: daemon pid {} ({} build), journal {journal}, 20 rules, {:.0}% of events post to Slack",
@@ -453,7 +495,7 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
         options.events,
         options.rate,
         options.duration.as_secs(),
-        if options.journal { "on" } else { "off" }
+        options.journal.flag()
     );
     out
 }

@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::bench::{BenchOptions, complete, format_report, run_bench};
+use crate::bench::{BenchJournal, BenchOptions, complete, format_report, run_bench};
 
 /// The journal the daemon under test uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JournalSwitch {
     /// SQLite in WAL mode with synchronous=FULL, as `zoomwire run` by default
-    On,
+    #[value(alias = "on")]
+    Full,
+    /// SQLite in WAL mode with synchronous=NORMAL (`ZOOMWIRE_JOURNAL_SYNC=normal`)
+    Normal,
     /// In memory (`ZOOMWIRE_JOURNAL=memory`)
     Off,
 }
@@ -30,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// The daemon's journal
-    #[arg(long, value_enum, default_value_t = JournalSwitch::On)]
+    #[arg(long, value_enum, default_value_t = JournalSwitch::Full)]
     pub journal: JournalSwitch,
 }
 
@@ -52,7 +55,11 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         events: args.events,
         rate: args.rate,
         duration: Duration::from_secs(args.seconds),
-        journal: args.journal == JournalSwitch::On,
+        journal: match args.journal {
+            JournalSwitch::Full => BenchJournal::Full,
+            JournalSwitch::Normal => BenchJournal::Normal,
+            JournalSwitch::Off => BenchJournal::Memory,
+        },
         daemon_exe,
     };
     let report = run_bench(&options)

@@ -146,6 +146,9 @@ pub struct JournalSettings {
     /// Where runs are remembered (`ZOOMWIRE_JOURNAL`: `sqlite`, the default,
     /// or `memory`, which survives nothing and serves benchmarks).
     pub store: JournalMode,
+    /// When SQLite syncs to disk (`ZOOMWIRE_JOURNAL_SYNC`: `full`, the
+    /// default, or `normal`).
+    pub sync: crate::journal::JournalSync,
     /// How long an event id is remembered to drop duplicates.
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.
@@ -324,6 +327,7 @@ impl Settings {
         JournalOptions {
             dedupe_window: self.journal.dedupe_window,
             max_age: self.journal.retention,
+            sync: self.journal.sync,
             ..JournalOptions::default()
         }
     }

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
+use crate::journal::JournalSync;
 
 const DEFAULT_OAUTH_BASE: &str = "https://zoom.us";
 const DEFAULT_API_BASE: &str = "https://api.zoom.us/v2";
@@ -498,8 +499,16 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
             parse_journal_mode,
         )
         .unwrap_or(JournalMode::Sqlite);
+    let sync = r
+        .get(
+            &key("ZOOMWIRE_JOURNAL_SYNC", "journal.sync"),
+            journal.sync.as_ref(),
+            parse_journal_sync,
+        )
+        .unwrap_or(JournalSync::Full);
     JournalSettings {
         store,
+        sync,
         dedupe_window,
         retention,
     }
@@ -511,6 +520,16 @@ fn parse_journal_mode(text: &str) -> Result<JournalMode, String> {
         "memory" => Ok(JournalMode::Memory),
         _ => Err(format!(
             "unknown journal store `{text}`, expected `sqlite` or `memory`"
+        )),
+    }
+}
+
+fn parse_journal_sync(text: &str) -> Result<JournalSync, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "full" => Ok(JournalSync::Full),
+        "normal" => Ok(JournalSync::Normal),
+        _ => Err(format!(
+            "unknown journal sync `{text}`, expected `full` or `normal`"
         )),
     }
 }

@@ -553,6 +553,29 @@ fn the_example_file_loads_and_shows_the_defaults() {
 }
 
 #[test]
+fn the_journal_syncs_every_commit_unless_normal_is_asked_for() {
+    use crate::journal::JournalSync;
+    let s = settings(None, None, &[]);
+    assert_eq!(s.journal.sync, JournalSync::Full);
+    assert_eq!(s.journal_options().sync, JournalSync::Full);
+    let s = settings(None, None, &[("ZOOMWIRE_JOURNAL_SYNC", "normal")]);
+    assert_eq!(s.journal_options().sync, JournalSync::Normal);
+    let s = settings(Some("journal: { sync: NORMAL }"), None, &[]);
+    assert_eq!(s.journal.sync, JournalSync::Normal);
+    let lines = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[("ZOOMWIRE_JOURNAL_SYNC", "off")],
+    )));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("ZOOMWIRE_JOURNAL_SYNC"), "{lines:?}");
+    assert!(
+        lines[0].contains("expected `full` or `normal`"),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
     use crate::daemon::JournalMode;
     assert_eq!(settings(None, None, &[]).journal.store, JournalMode::Sqlite);

@@ -67,6 +67,32 @@ pub struct JournalOptions {
     pub max_size_bytes: Option<u64>,
     /// How long to wait for another process holding the store's lock.
     pub busy_timeout: Duration,
+    /// When commits reach the disk.
+    pub sync: JournalSync,
+}
+
+/// When SQLite syncs the write-ahead log (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JournalSync {
+    /// Every commit is on disk before it counts: nothing accepted is lost
+    /// even to a power cut or an OS crash. Each commit costs a sync.
+    #[default]
+    Full,
+    /// Commits reach the OS at once and the disk at checkpoints: a process
+    /// crash (`kill -9` included) loses nothing, and the store is never
+    /// corrupted, but a power cut or OS crash can roll back the last
+    /// commits. No sync on the way of each event, so much faster.
+    Normal,
+}
+
+impl JournalSync {
+    /// The `PRAGMA synchronous` value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            JournalSync::Full => "FULL",
+            JournalSync::Normal => "NORMAL",
+        }
+    }
 }
 
 impl Default for JournalOptions {
@@ -82,6 +108,7 @@ impl Default for JournalOptions {
             verify_on_open: true,
             max_size_bytes: None,
             busy_timeout: Duration::from_secs(5),
+            sync: JournalSync::Full,
         }
     }
 }
@@ -220,6 +247,7 @@ impl SqliteJournal {
             options.busy_timeout,
             options.verify_on_open,
             options.max_size_bytes,
+            options.sync,
         )?;
         restrict_permissions(&path);
         let settings = WriterSettings {

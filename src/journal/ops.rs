@@ -329,6 +329,7 @@ mod tests {
             Duration::from_secs(1),
             false,
             None,
+            crate::journal::JournalSync::Full,
         )
         .unwrap();
         (dir, conn)

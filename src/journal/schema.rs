@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use super::JournalOpenError;
+use super::{JournalOpenError, JournalSync};
 
 /// `application_id` of a zoomwire store ("zwir").
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
@@ -97,13 +97,14 @@ CREATE TABLE state (
 CREATE INDEX state_expires ON state(expires_at) WHERE expires_at IS NOT NULL;
 ";
 
-/// Opens (creating when absent) the writer's connection: WAL, `synchronous=FULL`,
-/// schema migrated, and the file checked when `verify` is set.
+/// Opens (creating when absent) the writer's connection: WAL, `synchronous`
+/// as `sync` says, schema migrated, and the file checked when `verify` is set.
 pub(crate) fn open_writer(
     path: &Path,
     busy_timeout: Duration,
     verify: bool,
     max_size_bytes: Option<u64>,
+    sync: JournalSync,
 ) -> Result<Connection, JournalOpenError> {
     let fail = |e: rusqlite::Error| open_error(path, e);
     let mut conn = Connection::open(path).map_err(fail)?;
@@ -117,8 +118,8 @@ pub(crate) fn open_writer(
             detail: format!("the file system refused WAL mode (journal_mode is `{mode}`)"),
         });
     }
-    // Durability per committed batch: the WAL is synced on every commit.
-    conn.pragma_update(None, "synchronous", "FULL")
+    // FULL: durability per committed batch, the WAL is synced on every commit.
+    conn.pragma_update(None, "synchronous", sync.pragma())
         .map_err(fail)?;
     check_identity(&conn, path)?;
     migrate(&mut conn, path)?;
@@ -243,7 +244,7 @@ mod tests {
     use super::*;
 
     fn writer(path: &Path) -> Result<Connection, JournalOpenError> {
-        open_writer(path, Duration::from_secs(1), true, None)
+        open_writer(path, Duration::from_secs(1), true, None, JournalSync::Full)
     }
 
     #[test]
@@ -266,6 +267,24 @@ mod tests {
         drop(conn);
         // Reopening applies nothing twice.
         writer(&path).unwrap();
+    }
+
+    #[test]
+    fn sync_normal_is_asked_of_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        let conn = open_writer(
+            &path,
+            Duration::from_secs(1),
+            false,
+            None,
+            JournalSync::Normal,
+        )
+        .unwrap();
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 1, "NORMAL");
     }
 
     #[test]
@@ -306,7 +325,14 @@ mod tests {
     fn a_size_cap_limits_the_page_count() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zoomwire.db");
-        let conn = open_writer(&path, Duration::from_secs(1), false, Some(64 * 4096)).unwrap();
+        let conn = open_writer(
+            &path,
+            Duration::from_secs(1),
+            false,
+            Some(64 * 4096),
+            JournalSync::Full,
+        )
+        .unwrap();
         let pages: i64 = conn
             .pragma_query_value(None, "max_page_count", |r| r.get(0))
             .unwrap();

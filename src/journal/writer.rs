@@ -262,9 +262,14 @@ mod tests {
     fn one_failing_job_does_not_fail_the_others_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let mut conn =
-            super::super::schema::open_writer(&settings.path, Duration::from_secs(1), false, None)
-                .unwrap();
+        let mut conn = super::super::schema::open_writer(
+            &settings.path,
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Full,
+        )
+        .unwrap();
         conn.execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
              BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
@@ -300,8 +305,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
         let path = settings.path.clone();
-        let conn =
-            super::super::schema::open_writer(&path, Duration::from_secs(1), false, None).unwrap();
+        let conn = super::super::schema::open_writer(
+            &path,
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Full,
+        )
+        .unwrap();
         let (handle, thread) = spawn(conn, settings).unwrap();
         handle.submit_blocking(set("k")).unwrap();
         // A separate connection sees the change as soon as the answer came.

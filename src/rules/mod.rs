@@ -6,6 +6,7 @@
 //! `compile.rs` builds [`Rule`]s, `index.rs` finds the rules for an event type.
 
 pub mod compile;
+pub mod fast;
 pub mod index;
 pub mod load;
 pub mod spec;

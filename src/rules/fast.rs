@@ -1,0 +1,1378 @@
+//! Fast conditions: the common simple shapes of a `when` expression, compiled
+//! into a native predicate that reads the borrowed event tree ([`Json`])
+//! instead of a Rhai value of the event.
+//!
+//! Converting every event body to a Rhai value is the biggest cost of
+//! matching. Most conditions only compare a few fields of the body with
+//! literals, so [`FastCondition::compile`] recognises that subset (paths from
+//! `event`, literals, comparisons, `&&`, `||`, `!`, parentheses and a few
+//! string methods) and [`FastCondition::eval`] answers on the tree directly.
+//!
+//! The invariant: whenever [`FastCondition::eval`] gives `Some(b)`, the
+//! engine's Rhai evaluation of the same source on the same event gives
+//! `Ok(b)`. Anything uncertain gives `None` and the caller asks Rhai: an
+//! expression outside the subset does not compile, and a missing field, a
+//! mix of types, a non-bool operand of `&&`, `||` or `!`, or a non-bool
+//! result does not evaluate. Rhai's rules mirrored here (checked by the
+//! differential tests below):
+//!
+//! - `map.key` and `map["key"]` read the key (the last of duplicate keys);
+//!   a missing key would give `()`, so it gives `None` here.
+//! - `==`, `!=`, `<`, `<=`, `>`, `>=` compare two integers, two floats or two
+//!   strings (as `str` does); booleans only with `==` and `!=`. A mix (an
+//!   integer and a float included), `()`, arrays and maps give `None`.
+//! - Rhai compares floats with a relative tolerance of `f64::EPSILON`
+//!   (`0.30000000000000004 == 0.3` is true); a float comparison answers only
+//!   when that and the exact comparison agree.
+//! - `&&` and `||` short-circuit: `false && x` is false whatever `x` is.
+//! - `.len()` counts a string's chars, an array's items or a map's keys.
+//! - After every method call Rhai measures the receiver, nested items
+//!   included, and fails when it is larger than the condition engine's
+//!   limits (`max_string_size`, and `max_array_size` and `max_map_size`
+//!   capped at [`CONDITION_MAX_COLLECTION_SIZE`]): `.len()` of an event's
+//!   array of 1001 numbers is an error, not 1001. A method call answers only
+//!   when the receiver is within the limits the condition was compiled for:
+//!   compile with [`FastCondition::compile_with_limits`] and the sandbox's
+//!   limits when they are not the defaults.
+
+use std::collections::HashSet;
+
+use crate::event::tree::Json;
+use crate::script::SandboxLimits;
+use crate::script::limits::CONDITION_MAX_COLLECTION_SIZE;
+
+/// Deepest nesting of parentheses and `!` accepted (Rhai's own limit for
+/// conditions is 32 levels; a deeper expression is left to Rhai).
+const MAX_DEPTH: usize = 24;
+/// Longest expression accepted, in tokens: far below any operation limit.
+const MAX_TOKENS: usize = 1024;
+
+/// Words Rhai reserves (keywords and reserved words of its tokenizer):
+/// never taken as property names, even where Rhai might accept them.
+const RESERVED: &str = "
+    Fn _ as async await break call case catch const continue curry debug
+    default do else eval exit export false fn for global go goto if import
+    in is is_def_fn is_def_var is_shared let loop match module new nil
+    no_closure no_function no_index no_module no_object null package print
+    private protected public return shared spawn static super switch sync
+    this thread throw true try type_of until use var void while with yield
+";
+
+/// A `when` expression in the subset the engine evaluates natively.
+#[derive(Debug, Clone)]
+pub struct FastCondition {
+    expr: Expr,
+    limits: ReceiverLimits,
+}
+
+impl FastCondition {
+    /// `Some` when the whole expression is within the subset, else `None`
+    /// (Rhai evaluates it). For a sandbox with the default limits; see
+    /// [`FastCondition::compile_with_limits`].
+    pub fn compile(source: &str) -> Option<FastCondition> {
+        FastCondition::compile_with_limits(source, &SandboxLimits::default())
+    }
+
+    /// As [`FastCondition::compile`], for a sandbox built with `limits` (the
+    /// answers of method calls depend on them).
+    pub fn compile_with_limits(source: &str, limits: &SandboxLimits) -> Option<FastCondition> {
+        let tokens = tokenize(source)?;
+        if tokens.len() > MAX_TOKENS {
+            return None;
+        }
+        let mut parser = Parser {
+            tokens: &tokens,
+            at: 0,
+            depth: 0,
+        };
+        let expr = parser.or_expr()?;
+        parser.finished().then_some(FastCondition {
+            expr,
+            limits: ReceiverLimits::of(limits),
+        })
+    }
+
+    /// `Some(answer)` only when the answer is certainly what Rhai would give;
+    /// `None` means "not sure, ask Rhai" (the caller then evaluates the Rhai
+    /// AST on the full event).
+    pub fn eval(&self, event: &Json<'_>) -> Option<bool> {
+        self.expr.truth(&Context {
+            event,
+            limits: self.limits,
+        })
+    }
+}
+
+/// What an evaluation reads: the event, and the limits of method receivers.
+struct Context<'v, 'a> {
+    event: &'v Json<'a>,
+    limits: ReceiverLimits,
+}
+
+// ---------------------------------------------------------------------------
+// The compiled expression and its evaluation
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    Literal(Literal),
+    /// A value read from the event.
+    Path(Vec<Step>),
+    /// A method called on a value read from the event.
+    Method(Vec<Step>, Method),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Compare(CompareOp, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Literal {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// One step of a path from `event`.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// `.key` or `["key"]`: the value of a key of an object.
+    Key(String),
+    /// `[n]`: an item of an array.
+    Index(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Method {
+    StartsWith(String),
+    EndsWith(String),
+    Contains(String),
+    Len,
+    IsEmpty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A value an expression gives: the scalars the subset can compare.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value<'v> {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'v str),
+}
+
+impl Expr {
+    /// The value of a condition that must be a bool.
+    fn truth(&self, context: &Context<'_, '_>) -> Option<bool> {
+        match self.value(context)? {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn value<'v>(&'v self, context: &Context<'v, '_>) -> Option<Value<'v>> {
+        match self {
+            Expr::Literal(literal) => Some(literal.value()),
+            Expr::Path(steps) => scalar(resolve(steps, context.event)?),
+            Expr::Method(steps, method) => {
+                let receiver = resolve(steps, context.event)?;
+                if !context.limits.admit(receiver) {
+                    return None;
+                }
+                method.call(receiver)
+            }
+            Expr::Not(operand) => Some(Value::Bool(!operand.truth(context)?)),
+            // Short-circuit as Rhai does: the right side is not evaluated.
+            Expr::And(lhs, rhs) => Some(Value::Bool(lhs.truth(context)? && rhs.truth(context)?)),
+            Expr::Or(lhs, rhs) => Some(Value::Bool(lhs.truth(context)? || rhs.truth(context)?)),
+            Expr::Compare(op, lhs, rhs) => {
+                compare(*op, lhs.value(context)?, rhs.value(context)?).map(Value::Bool)
+            }
+        }
+    }
+}
+
+impl Literal {
+    fn value(&self) -> Value<'_> {
+        match self {
+            Literal::Bool(b) => Value::Bool(*b),
+            Literal::Int(n) => Value::Int(*n),
+            Literal::Float(x) => Value::Float(*x),
+            Literal::Str(s) => Value::Str(s),
+        }
+    }
+}
+
+/// The value at `steps` from `root`; `None` when a step is missing (Rhai
+/// would give `()` or fail) or does not apply to the value it reads.
+fn resolve<'v, 'a>(steps: &[Step], root: &'v Json<'a>) -> Option<&'v Json<'a>> {
+    steps
+        .iter()
+        .try_fold(root, |value, step| match (step, value) {
+            (Step::Key(key), Json::Object(_)) => value.get(key),
+            (Step::Index(index), Json::Array(items)) => items.get(*index),
+            _ => None,
+        })
+}
+
+/// A value read from the event as a comparable scalar; `()`, arrays and
+/// maps are not.
+fn scalar<'v>(value: &'v Json<'_>) -> Option<Value<'v>> {
+    match value {
+        Json::Bool(b) => Some(Value::Bool(*b)),
+        Json::Int(n) => Some(Value::Int(*n)),
+        Json::Float(x) => Some(Value::Float(*x)),
+        Json::Str(s) => Some(Value::Str(s)),
+        Json::Null | Json::Array(_) | Json::Object(_) => None,
+    }
+}
+
+impl Method {
+    fn call(&self, receiver: &Json<'_>) -> Option<Value<'static>> {
+        match (self, receiver) {
+            (Method::StartsWith(part), Json::Str(s)) => Some(Value::Bool(s.starts_with(&**part))),
+            (Method::EndsWith(part), Json::Str(s)) => Some(Value::Bool(s.ends_with(&**part))),
+            (Method::Contains(part), Json::Str(s)) => Some(Value::Bool(s.contains(&**part))),
+            (Method::Len, _) => length(receiver).map(Value::Int),
+            (Method::IsEmpty, _) => length(receiver).map(|n| Value::Bool(n == 0)),
+            _ => None,
+        }
+    }
+}
+
+/// Rhai's `len()`: chars of a string, items of an array, keys of a map (a
+/// key repeated in the text is one key of the map).
+fn length(value: &Json<'_>) -> Option<i64> {
+    let count = match value {
+        Json::Str(s) => s.chars().count(),
+        Json::Array(items) => items.len(),
+        Json::Object(entries) => {
+            let mut keys = HashSet::with_capacity(entries.len());
+            entries
+                .iter()
+                .filter(|(key, _)| keys.insert(&**key))
+                .count()
+        }
+        _ => return None,
+    };
+    i64::try_from(count).ok()
+}
+
+/// A comparison Rhai makes with a built-in operator on two values of one
+/// type; `None` for any other pair.
+fn compare(op: CompareOp, lhs: Value<'_>, rhs: Value<'_>) -> Option<bool> {
+    match (lhs, rhs) {
+        (Value::Int(a), Value::Int(b)) => Some(op.exact(&a, &b)),
+        (Value::Float(a), Value::Float(b)) => compare_floats(op, a, b),
+        (Value::Str(a), Value::Str(b)) => Some(op.exact(a, b)),
+        (Value::Bool(a), Value::Bool(b)) if op.is_equality() => Some(op.exact(&a, &b)),
+        _ => None,
+    }
+}
+
+/// Rhai (built without `unchecked`) compares floats with a tolerance; the
+/// answer is given only when the tolerant and the exact comparison agree,
+/// so it is right whichever one Rhai makes.
+fn compare_floats(op: CompareOp, x: f64, y: f64) -> Option<bool> {
+    let exact = op.exact(&x, &y);
+    (exact == op.tolerant(x, y)).then_some(exact)
+}
+
+impl CompareOp {
+    fn is_equality(self) -> bool {
+        matches!(self, CompareOp::Eq | CompareOp::Ne)
+    }
+
+    fn exact<T: PartialOrd + ?Sized>(self, a: &T, b: &T) -> bool {
+        match self {
+            CompareOp::Eq => a == b,
+            CompareOp::Ne => a != b,
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a <= b,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a >= b,
+        }
+    }
+
+    /// Rhai's float comparison (`rhai::func::builtin`, checked build): the
+    /// difference relative to the larger magnitude (to 1 when either is 0)
+    /// against `f64::EPSILON`.
+    fn tolerant(self, x: f64, y: f64) -> bool {
+        let max = if x * y == 0.0 {
+            1.0
+        } else {
+            x.abs().max(y.abs())
+        };
+        let (diff, eps) = (x - y, f64::EPSILON);
+        match self {
+            CompareOp::Eq => diff.abs() / max <= eps,
+            CompareOp::Ne => diff.abs() / max > eps,
+            CompareOp::Gt => diff / max > eps,
+            CompareOp::Ge => diff / max > -eps,
+            CompareOp::Lt => (y - x) / max > eps,
+            CompareOp::Le => (y - x) / max > -eps,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Receiver sizes
+
+/// The sizes past which the condition engine fails a method call: it
+/// measures the receiver after the call (`rhai::Engine::check_data_size`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ReceiverLimits {
+    /// Bytes of the strings in the receiver.
+    string: usize,
+    /// Items of the arrays in the receiver.
+    array: usize,
+    /// Keys of the maps in the receiver.
+    map: usize,
+}
+
+impl ReceiverLimits {
+    /// The limits the condition engine applies (see `script::engine`).
+    fn of(limits: &SandboxLimits) -> ReceiverLimits {
+        let limits = limits.effective();
+        ReceiverLimits {
+            string: limits.max_string_size,
+            array: limits.max_array_size.min(CONDITION_MAX_COLLECTION_SIZE),
+            map: limits.max_map_size.min(CONDITION_MAX_COLLECTION_SIZE),
+        }
+    }
+
+    /// Whether Rhai's measure of `value` is within the limits. A key repeated
+    /// in the text is counted each time: more than Rhai's map holds, so the
+    /// answer errs towards "no".
+    fn admit(&self, value: &Json<'_>) -> bool {
+        let measured = Sizes::of(value);
+        measured.string <= self.string && measured.array <= self.array && measured.map <= self.map
+    }
+}
+
+/// What `rhai::Engine::check_data_size` adds up: string bytes, array items
+/// and map keys, through every level of nesting.
+#[derive(Debug, Default)]
+struct Sizes {
+    string: usize,
+    array: usize,
+    map: usize,
+}
+
+impl Sizes {
+    fn of(value: &Json<'_>) -> Sizes {
+        let mut sizes = Sizes::default();
+        sizes.add(value);
+        sizes
+    }
+
+    fn add(&mut self, value: &Json<'_>) {
+        match value {
+            Json::Str(s) => self.string += s.len(),
+            Json::Array(items) => {
+                for item in items {
+                    self.array += 1;
+                    self.add(item);
+                }
+            }
+            Json::Object(entries) => {
+                for (_, item) in entries {
+                    self.map += 1;
+                    self.add(item);
+                }
+            }
+            Json::Null | Json::Bool(_) | Json::Int(_) | Json::Float(_) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token<'s> {
+    Ident(&'s str),
+    Int(i64),
+    Float(f64),
+    Str(&'s str),
+    Dot,
+    LeftParen,
+    RightParen,
+    LeftBracket,
+    RightBracket,
+    Bang,
+    And,
+    Or,
+    Compare(CompareOp),
+}
+
+/// Splits `source` into tokens; `None` at anything outside the subset.
+fn tokenize(source: &str) -> Option<Vec<Token<'_>>> {
+    let mut tokens = Vec::new();
+    let mut rest = source;
+    while let Some(first) = rest.bytes().next() {
+        if matches!(first, b' ' | b'\t' | b'\n' | b'\r') {
+            rest = &rest[1..];
+            continue;
+        }
+        let (token, len) = match first {
+            b'"' => string(rest)?,
+            b'0'..=b'9' => number(rest)?,
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' => identifier(rest),
+            _ => symbol(rest.as_bytes())?,
+        };
+        tokens.push(token);
+        rest = &rest[len..];
+    }
+    Some(tokens)
+}
+
+/// A double-quoted string without escapes, line breaks or control chars.
+fn string(text: &str) -> Option<(Token<'_>, usize)> {
+    let end = 1 + text[1..].find('"')?;
+    let content = &text[1..end];
+    if content.chars().any(|c| c == '\\' || c.is_control()) {
+        return None;
+    }
+    Some((Token::Str(content), end + 1))
+}
+
+/// `[0-9]+` fitting `i64`, or `[0-9]+.[0-9]+`; nothing that Rhai would read
+/// as more of a number (`_`, `e`, `x`, a second `.`) may follow.
+fn number(text: &str) -> Option<(Token<'_>, usize)> {
+    let bytes = text.as_bytes();
+    let digits = |from: usize| {
+        bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let mut len = digits(0);
+    let is_float =
+        bytes.get(len) == Some(&b'.') && bytes.get(len + 1).is_some_and(u8::is_ascii_digit);
+    if is_float {
+        len += 1 + digits(len + 1);
+    }
+    if bytes
+        .get(len)
+        .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
+        return None;
+    }
+    let text = &text[..len];
+    let token = if is_float {
+        Token::Float(text.parse().ok()?)
+    } else {
+        Token::Int(text.parse().ok()?)
+    };
+    Some((token, len))
+}
+
+fn identifier(text: &str) -> (Token<'_>, usize) {
+    let len = text
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .count();
+    (Token::Ident(&text[..len]), len)
+}
+
+fn symbol(bytes: &[u8]) -> Option<(Token<'static>, usize)> {
+    let second = bytes.get(1).copied();
+    let token = match (bytes[0], second) {
+        (b'!', Some(b'=')) => (Token::Compare(CompareOp::Ne), 2),
+        (b'=', Some(b'=')) => (Token::Compare(CompareOp::Eq), 2),
+        (b'<', Some(b'=')) => (Token::Compare(CompareOp::Le), 2),
+        (b'>', Some(b'=')) => (Token::Compare(CompareOp::Ge), 2),
+        (b'&', Some(b'&')) => (Token::And, 2),
+        (b'|', Some(b'|')) => (Token::Or, 2),
+        (b'<', _) => (Token::Compare(CompareOp::Lt), 1),
+        (b'>', _) => (Token::Compare(CompareOp::Gt), 1),
+        (b'!', _) => (Token::Bang, 1),
+        (b'.', _) => (Token::Dot, 1),
+        (b'(', _) => (Token::LeftParen, 1),
+        (b')', _) => (Token::RightParen, 1),
+        (b'[', _) => (Token::LeftBracket, 1),
+        (b']', _) => (Token::RightBracket, 1),
+        _ => return None,
+    };
+    Some(token)
+}
+
+/// An identifier Rhai reads as a property name: valid (a letter before any
+/// digit) and not reserved.
+fn is_property_name(name: &str) -> bool {
+    let first_letter = name.bytes().find(|&b| b != b'_');
+    first_letter.is_some_and(|b| b.is_ascii_alphabetic())
+        && !RESERVED.split_ascii_whitespace().any(|word| word == name)
+}
+
+// ---------------------------------------------------------------------------
+// Parser
+//
+//   or         := and ("||" and)*
+//   and        := comparison ("&&" comparison)*
+//   comparison := unary (op unary)?          no chains: `a < b == c` is refused
+//   unary      := "!" unary | primary
+//   primary    := "(" or ")" | literal | path | path "." method "(" arg? ")"
+//   path       := "event" ("." name | "[" string "]" | "[" integer "]")*
+//
+// This is Rhai's precedence (|| 30, && 60, == != 90, < <= > >= 130, unary
+// `!` above every binary operator, `.` and `[]` above `!`) restricted to
+// expressions whose comparisons are not chained.
+
+struct Parser<'t, 's> {
+    tokens: &'t [Token<'s>],
+    at: usize,
+    depth: usize,
+}
+
+impl<'s> Parser<'_, 's> {
+    fn finished(&self) -> bool {
+        self.at == self.tokens.len()
+    }
+
+    fn peek(&self) -> Option<&Token<'s>> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<&Token<'s>> {
+        let token = self.tokens.get(self.at)?;
+        self.at += 1;
+        Some(token)
+    }
+
+    fn eat(&mut self, token: &Token<'_>) -> bool {
+        let found = self.peek() == Some(token);
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn expect(&mut self, token: &Token<'_>) -> Option<()> {
+        self.eat(token).then_some(())
+    }
+
+    fn or_expr(&mut self) -> Option<Expr> {
+        let mut lhs = self.and_expr()?;
+        while self.eat(&Token::Or) {
+            lhs = Expr::Or(Box::new(lhs), Box::new(self.and_expr()?));
+        }
+        Some(lhs)
+    }
+
+    fn and_expr(&mut self) -> Option<Expr> {
+        let mut lhs = self.comparison()?;
+        while self.eat(&Token::And) {
+            lhs = Expr::And(Box::new(lhs), Box::new(self.comparison()?));
+        }
+        Some(lhs)
+    }
+
+    fn comparison(&mut self) -> Option<Expr> {
+        let lhs = self.unary()?;
+        let Some(&Token::Compare(op)) = self.peek() else {
+            return Some(lhs);
+        };
+        self.at += 1;
+        let rhs = self.unary()?;
+        if matches!(self.peek(), Some(Token::Compare(_))) {
+            return None;
+        }
+        Some(Expr::Compare(op, Box::new(lhs), Box::new(rhs)))
+    }
+
+    fn unary(&mut self) -> Option<Expr> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        let expr = if self.eat(&Token::Bang) {
+            Expr::Not(Box::new(self.unary()?))
+        } else {
+            self.primary()?
+        };
+        self.depth -= 1;
+        Some(expr)
+    }
+
+    fn primary(&mut self) -> Option<Expr> {
+        let expr = match self.next()? {
+            Token::LeftParen => {
+                let inner = self.or_expr()?;
+                self.expect(&Token::RightParen)?;
+                inner
+            }
+            Token::Int(n) => Expr::Literal(Literal::Int(*n)),
+            Token::Float(x) => Expr::Literal(Literal::Float(*x)),
+            Token::Str(s) => Expr::Literal(Literal::Str((*s).to_owned())),
+            Token::Ident("true") => Expr::Literal(Literal::Bool(true)),
+            Token::Ident("false") => Expr::Literal(Literal::Bool(false)),
+            Token::Ident("event") => self.path()?,
+            _ => return None,
+        };
+        Some(expr)
+    }
+
+    /// The steps after `event`, and the method call that may end them.
+    fn path(&mut self) -> Option<Expr> {
+        let mut steps = Vec::new();
+        loop {
+            if self.eat(&Token::Dot) {
+                let &Token::Ident(name) = self.next()? else {
+                    return None;
+                };
+                if !is_property_name(name) {
+                    return None;
+                }
+                if self.peek() == Some(&Token::LeftParen) {
+                    let method = self.method(name)?;
+                    // Nothing is read from a method's result.
+                    if matches!(self.peek(), Some(Token::Dot | Token::LeftBracket)) {
+                        return None;
+                    }
+                    return Some(Expr::Method(steps, method));
+                }
+                steps.push(Step::Key(name.to_owned()));
+            } else if self.eat(&Token::LeftBracket) {
+                let step = match self.next()? {
+                    Token::Str(key) => Step::Key((*key).to_owned()),
+                    Token::Int(index) => Step::Index(usize::try_from(*index).ok()?),
+                    _ => return None,
+                };
+                self.expect(&Token::RightBracket)?;
+                steps.push(step);
+            } else {
+                return Some(Expr::Path(steps));
+            }
+        }
+    }
+
+    /// `(...)` after a method name: none or one string literal.
+    fn method(&mut self, name: &str) -> Option<Method> {
+        self.expect(&Token::LeftParen)?;
+        let method = match name {
+            "len" => Method::Len,
+            "is_empty" => Method::IsEmpty,
+            "starts_with" | "ends_with" | "contains" => {
+                let &Token::Str(part) = self.next()? else {
+                    return None;
+                };
+                let part = part.to_owned();
+                match name {
+                    "starts_with" => Method::StartsWith(part),
+                    "ends_with" => Method::EndsWith(part),
+                    _ => Method::Contains(part),
+                }
+            }
+            _ => return None,
+        };
+        self.expect(&Token::RightParen)?;
+        Some(method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rhai::{AST, Dynamic, Scope};
+
+    use super::*;
+    use crate::bench::workload::{Generator, rules_yaml};
+    use crate::script::{Sandbox, SandboxLimits, ScriptModules};
+
+    fn accepts(source: &str) -> bool {
+        FastCondition::compile(source).is_some()
+    }
+
+    fn eval(source: &str, body: &str) -> Option<bool> {
+        let condition = FastCondition::compile(source).expect(source);
+        condition.eval(&Json::parse(body).unwrap())
+    }
+
+    #[test]
+    fn compiles_the_simple_shapes() {
+        for source in [
+            "event.payload.object.duration > 240",
+            "event.payload.object.type == 8 && !event.payload.object.settings.waiting_room",
+            r#"event.payload.object.participant.email.ends_with("@rival.example")"#,
+            "event.payload.object.recording_files.len() == 0",
+            r#"(event.a == 1 || event.b == "x") && event.c != true"#,
+            r#"event["payload"]["object"].topic.starts_with("Inc")"#,
+            "event.payload.object.recording_files[0].file_size >= 2.5",
+            "event . a\n  == 1\t&&\r\nevent.b",
+            "!!event.a",
+            "true",
+            r#""x" < event.s"#,
+            "event.s.is_empty() || event.s.contains(\"é\")",
+            "event.type == 2 && event.is_empty_room && event._id == event.id2",
+            "event.s.len ( ) == 3",
+        ] {
+            assert!(accepts(source), "{source}");
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        let deep = format!("{}event.a{}", "(".repeat(30), ")".repeat(30));
+        let negated = format!("{}event.a", "!".repeat(30));
+        for source in [
+            "",
+            "vars.x == 1",
+            "meta.type == \"x\"",
+            "event.a + 1 > 2",
+            "event.a == -1",
+            r#"event.a == "x\"y""#,
+            "event.a == \"line\nbreak\"",
+            "event.a // comment",
+            "event.a /* comment */",
+            "event.a == 1; event.b",
+            "event.a == `x`",
+            "event.a == 'x'",
+            "1_000 == event.a",
+            "event.a == 0x10",
+            "event.a == 1e3",
+            "event.a == 1.",
+            "event.a == .5",
+            "event.a == 99999999999999999999",
+            "event.a?.b",
+            "event.a ?? 1",
+            r#""x" in event.a"#,
+            r#""x" !in event.a"#,
+            "event.a < event.b < event.c",
+            "event.a == event.b == true",
+            "event.a < 1 == true",
+            "event.a == 1 < 2",
+            "event.a.b()",
+            "event.a.len(1)",
+            "event.a.ends_with(event.b)",
+            "event.a.ends_with('x')",
+            r#"event.a.contains("x", "y")"#,
+            "event.a.len().b",
+            "event.a.len()[0]",
+            "(event.a).len() == 1",
+            r#""x".len() == 1"#,
+            "event.if == 1",
+            "event.type_of == 1",
+            "event._1 == 1",
+            "event.__ == 1",
+            "event.a[-1]",
+            "event.a[1.5]",
+            "event.a[event.b]",
+            r#"event.a["x""#,
+            "(event.a",
+            "event.a)",
+            "()",
+            "event.a = 1",
+            "event.a === 1",
+            "event.a !== 1",
+            "event.a => 1",
+            "event.a & event.b",
+            "event.a | event.b",
+            "event.a ||| event.b",
+            "event.a..event.b",
+            "event.a !.b",
+            "if event.a { true } else { false }",
+            "#{a: 1}.a == 1",
+            "[1].len() == 1",
+            "event.ä == 1",
+            r#"zoom::uuid(event.a) == "x""#,
+            "event!",
+            "event(1)",
+            "event.a.b.c.",
+            "let x = 1",
+            "|| true",
+            &deep,
+            &negated,
+        ] {
+            assert!(!accepts(source), "accepted {source:?}");
+        }
+    }
+
+    #[test]
+    fn parses_with_rhai_precedence() {
+        let path = |key: &str| Expr::Path(vec![Step::Key(key.to_owned())]);
+        let parsed = |source| FastCondition::compile(source).unwrap().expr;
+        assert_eq!(
+            parsed("event.a || event.b && event.c"),
+            Expr::Or(
+                Box::new(path("a")),
+                Box::new(Expr::And(Box::new(path("b")), Box::new(path("c"))))
+            )
+        );
+        // `!` binds tighter than `==`: this is `(!event.a) == event.b`.
+        assert_eq!(
+            parsed("!event.a == event.b"),
+            Expr::Compare(
+                CompareOp::Eq,
+                Box::new(Expr::Not(Box::new(path("a")))),
+                Box::new(path("b"))
+            )
+        );
+        assert_eq!(
+            parsed(r#"event["a"][2].len()"#),
+            Expr::Method(vec![Step::Key("a".into()), Step::Index(2)], Method::Len)
+        );
+    }
+
+    #[test]
+    fn answers_only_when_certain() {
+        let body = r#"{"i": 1, "f": 0.30000000000000004, "z": 1e-300, "s": "é!", "t": true,
+            "n": null, "d": {"k": 1, "k": 2}, "l": [1, [2]], "o": {"k": "v"}, "big": [BIG]}"#;
+        let big = vec!["0"; 1001].join(",");
+        let body = &body.replace("BIG", &big);
+        let cases = [
+            ("event.i == 1", Some(true)),
+            ("event.i > 1 || event.t", Some(true)),
+            ("false && event.missing.x == 1", Some(false)),
+            ("true || event.i.x", Some(true)),
+            (
+                "event.s.len() == 2 && event.s.starts_with(\"é\")",
+                Some(true),
+            ),
+            ("event.d.len() == 1 && event.d.k == 2", Some(true)),
+            ("event.l[1][0] == 2 && event.l.len() == 2", Some(true)),
+            ("event[\"o\"][\"k\"] != \"w\"", Some(true)),
+            ("event.f > 0.3", None),  // Rhai: equal within EPSILON
+            ("event.z == 0.0", None), // Rhai: 1e-300 == 0.0
+            ("event.f > 0.2", Some(true)),
+            ("event.i == 1.0", None),     // int and float
+            ("event.i == \"1\"", None),   // int and string
+            ("event.n == 1", None),       // null
+            ("event.missing == 1", None), // missing key
+            ("event.l[2] == 1", None),    // out of bounds
+            ("event.i.x == 1", None),     // property of an int
+            ("event.o.len() == event.i", Some(true)),
+            ("event.i.len() == 1", None),       // len of an int
+            ("event.o.ends_with(\"v\")", None), // string method on a map
+            ("event.big.len() == 1001", None),  // Rhai: array too large
+            ("event.t < false", None),          // ordering of bools
+            ("event.i", None),                  // not a bool
+            ("event.t && event.s", None),       // non-bool operand
+            ("event.i && true", None),
+            ("!event.s", None),
+        ];
+        for (source, expected) in cases {
+            assert_eq!(eval(source, body), expected, "{source}");
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Differential tests: the answers given agree with the engine's Rhai.
+
+    /// Evaluates conditions as the matcher does: compiled by the sandbox's
+    /// condition engine, run in the scope built once per event.
+    struct RhaiConditions {
+        sandbox: Sandbox,
+    }
+
+    impl RhaiConditions {
+        fn new() -> RhaiConditions {
+            RhaiConditions::with_limits(&SandboxLimits::default())
+        }
+
+        fn with_limits(limits: &SandboxLimits) -> RhaiConditions {
+            RhaiConditions {
+                sandbox: Sandbox::new(limits.clone(), ScriptModules::empty()),
+            }
+        }
+
+        fn compile(&self, source: &str) -> Option<AST> {
+            self.sandbox.compile_expression(source).ok()
+        }
+
+        /// The scope of one event, its body converted as `Event::parse` does.
+        fn scope(&self, body: &str) -> Scope<'static> {
+            let event = serde_json::from_str::<Dynamic>(body)
+                .unwrap()
+                .into_read_only()
+                .into_shared();
+            let vars = Dynamic::from_map(rhai::Map::new());
+            self.sandbox.expression_scope(&event, &Dynamic::UNIT, &vars)
+        }
+
+        fn eval(&self, scope: &mut Scope<'static>, ast: &AST) -> Result<Dynamic, String> {
+            self.sandbox
+                .eval_expression(scope, ast)
+                .map_err(|error| error.to_string())
+        }
+    }
+
+    /// What a differential run saw.
+    #[derive(Debug, Default)]
+    struct Tally {
+        sources: usize,
+        /// Sources Rhai does not compile (their rules would not load).
+        refused_by_rhai: usize,
+        compiled: usize,
+        pairs: usize,
+        answered: usize,
+        answered_true: usize,
+    }
+
+    /// Evaluates every source on every body both ways, in a sandbox with
+    /// `limits`, and asserts the invariant: a `Some(b)` is Rhai's `Ok(b)`.
+    fn differential(limits: &SandboxLimits, sources: &[String], bodies: &[String]) -> Tally {
+        let rhai = RhaiConditions::with_limits(limits);
+        let trees: Vec<Json<'_>> = bodies.iter().map(|b| Json::parse(b).unwrap()).collect();
+        let mut scopes: Vec<Scope<'static>> = bodies.iter().map(|b| rhai.scope(b)).collect();
+        let mut tally = Tally {
+            sources: sources.len(),
+            ..Tally::default()
+        };
+        for source in sources {
+            let fast = FastCondition::compile_with_limits(source, limits);
+            let Some(ast) = rhai.compile(source) else {
+                tally.refused_by_rhai += 1;
+                continue;
+            };
+            let Some(fast) = fast else { continue };
+            tally.compiled += 1;
+            for ((body, tree), scope) in bodies.iter().zip(&trees).zip(&mut scopes) {
+                tally.pairs += 1;
+                let Some(answer) = fast.eval(tree) else {
+                    continue;
+                };
+                tally.answered += 1;
+                tally.answered_true += usize::from(answer);
+                let engine = rhai.eval(scope, &ast);
+                assert!(
+                    matches!(&engine, Ok(value) if value.as_bool() == Ok(answer)),
+                    "fast gave {answer}, Rhai gave {engine:?}\n  when: {source}\n  body: {body}"
+                );
+            }
+        }
+        tally
+    }
+
+    /// The bench's 20 rules as (on, when), read from the YAML it writes.
+    fn bench_rules() -> Vec<(String, String)> {
+        let mut rules = Vec::new();
+        let mut on = None;
+        for line in rules_yaml().lines() {
+            if let Some(value) = line.strip_prefix("  on: ") {
+                on = Some(value.to_owned());
+            }
+            if let Some(when) = line
+                .strip_prefix("  when: '")
+                .and_then(|rest| rest.strip_suffix('\''))
+            {
+                rules.push((on.take().unwrap(), when.replace("''", "'")));
+            }
+        }
+        assert_eq!(rules.len(), 20);
+        rules
+    }
+
+    fn listens(on: &str, event_type: &str) -> bool {
+        on.strip_suffix('*')
+            .map_or(on == event_type, |prefix| event_type.starts_with(prefix))
+    }
+
+    /// Bodies of events the bench generates.
+    fn bench_bodies(count: usize) -> Vec<String> {
+        Generator::new(11, 1_732_000_000_000)
+            .take(count)
+            .iter()
+            .map(|event| {
+                let frame: serde_json::Value = serde_json::from_str(&event.frame).unwrap();
+                frame["content"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    fn sample_bodies() -> Vec<String> {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/events");
+        let mut paths: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        assert!(paths.len() >= 9, "{paths:?}");
+        paths
+            .iter()
+            .map(|path| std::fs::read_to_string(path).unwrap())
+            .collect()
+    }
+
+    /// Hand-made bodies: missing fields, nulls, mixed numbers, big numbers,
+    /// unicode, duplicate keys, escapes, nested and large arrays.
+    fn odd_bodies() -> Vec<String> {
+        let many: Vec<String> = (0..1500).map(|n| n.to_string()).collect();
+        let mut bodies: Vec<String> = [
+            "{}",
+            r#"{"payload": null}"#,
+            r#"{"payload": {"object": null}}"#,
+            r#"{"payload": {"object": {}}}"#,
+            r#"{"payload": {"object": {"duration": 240.5, "type": 8.0, "topic": "Incident 🔥",
+                "settings": {"waiting_room": null, "use_pmi": "false"}, "total_size": 18446744073709551615}}}"#,
+            r#"{"payload": {"object": {"duration": "300", "type": "8", "topic": "",
+                "settings": {"waiting_room": 0, "use_pmi": true}, "total_size": 9223372036854775807}}}"#,
+            r#"{"payload": {"object": {"duration": 1e3, "type": 8, "topic": "incident",
+                "settings": {"waiting_room": false}, "total_size": 2000000000.5, "recording_count": 21}}}"#,
+            r#"{"payload": {"object": {"duration": -9223372036854775808, "type": 5, "topic": "Incidentally",
+                "settings": {}, "total_size": 2000000001, "host_id": ""}}}"#,
+            r#"{"payload": {"object": {"duration": 10, "duration": 300, "type": 8, "type": "8",
+                "settings": {"waiting_room": true, "waiting_room": false, "use_pmi": true}}}}"#,
+            r#"{"payload": {"object": {"topic": "Board Review", "topic": "Board Review", "duration": 601}}}"#,
+            r#"{"payload": {"object": {"participant": {"email": "ÅSA@rival.example", "user_name": "The CEO",
+                "phone_number": null, "leave_reason": "was removed by the host", "id": "h1"}, "host_id": "h1"}}}"#,
+            r#"{"payload": {"object": {"participant": {"email": 123, "user_name": "The CEO ",
+                "phone_number": "+15550100", "leave_reason": "connection lost", "id": 7}, "host_id": "7"}}}"#,
+            r#"{"payload": {"object": {"participant": {"email": "x@rival.example\n", "phone_number": "",
+                "leave_reason": "Connection Lost"}, "host_id": null}}}"#,
+            r#"{"payload": {"object": {"participant": "not an object"}}}"#,
+            r#"{"payload": {"object": {"topic": "Incident \"quoted\"\ttab \u00e9", "email": "a@contractor.example"}}}"#,
+            r#"{"payload": {"object": {"recording_files": [], "recording_count": 0}}}"#,
+            r#"{"payload": {"object": {"recording_files": [[]], "recording_count": 1.0}}}"#,
+            r#"{"payload": {"object": {"recording_files": [1, [2, 3], {"file_type": "MP4", "file_size": 2.5}]}}}"#,
+            r#"{"payload": {"object": {"recording_files": {}, "settings": {"len": 3, "contains": true}}}}"#,
+            r#"{"payload": {"object": {"recording_files": "abc", "settings": []}}}"#,
+            r#"{"payload": {"object": {"recording_files": null, "settings": "abc"}}}"#,
+            r#"{"f": 0.1, "g": 0.30000000000000004, "tiny": 1e-300, "nz": -0.0, "big": 18446744073709551615,
+                "m": {"len": 3, "contains": true, "is_empty": 1}, "s": "a${b}", "u": "é!"}"#,
+            r#"{"f": 0.2, "g": 0.3, "tiny": 0.0, "nz": 0.0, "big": 1.8446744073709552e19,
+                "m": {}, "s": "", "u": "日本"}"#,
+            r#"{"f": 1, "g": "0.3", "tiny": 1e-15, "nz": 0, "big": -1.5, "m": [], "s": null, "u": "e\u0301"}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        bodies.push(format!(
+            r#"{{"payload": {{"object": {{"recording_files": [{}], "duration": 241}}}}}}"#,
+            many.join(",")
+        ));
+        bodies.push("[]".to_owned());
+        bodies
+    }
+
+    /// Conditions covering every operator, method and precedence level.
+    fn hand_sources() -> Vec<String> {
+        let own = [
+            "event.payload.object.duration >= 240.5",
+            "event.payload.object.duration < 60",
+            "event.payload.object.duration <= 60",
+            "event.payload.object.duration == 60",
+            "event.payload.object.duration != 60",
+            "event.payload.object.duration == 60.0",
+            "60 == event.payload.object.duration",
+            "!event.payload.object.settings.waiting_room || event.payload.object.type == 2",
+            "event.payload.object.type == 2 || event.payload.object.type == 8 && event.payload.object.settings.use_pmi",
+            "(event.payload.object.type == 2 || event.payload.object.type == 8) && event.payload.object.settings.use_pmi",
+            "!event.payload.object.settings.use_pmi == false",
+            "!(event.payload.object.settings.use_pmi == false)",
+            "!!event.payload.object.settings.use_pmi",
+            "event.payload.object.settings.use_pmi == event.payload.object.settings.join_before_host",
+            "event.payload.object.settings.use_pmi != true",
+            "false && event.payload.object.nothing.deeper == 1",
+            "true || event.payload.object.nothing.deeper == 1",
+            "event.payload.object.missing == 1 || true",
+            "event.payload.object.type == 2 && event.payload.object.topic",
+            "event.payload.object.topic && true",
+            "event.payload.object.topic",
+            "event.payload.object.duration",
+            r#"event.payload.object.topic == "Weekly Sync""#,
+            r#"event.payload.object.topic != """#,
+            r#"event.payload.object.topic < "X""#,
+            r#"event.payload.object.topic >= "Weekly""#,
+            r#"event.payload.object.topic > "Ä""#,
+            r#"event.payload.object.topic <= "Incident 🔥""#,
+            r#"event.payload.object.topic.ends_with("Sync")"#,
+            r#"event.payload.object.topic.contains("")"#,
+            r#"event.payload.object.topic.contains("ee") && event.payload.object.topic.len() == 11"#,
+            "event.payload.object.topic.len() > 3",
+            "event.payload.object.topic.len ( ) == 12",
+            "event.payload.object.topic.is_empty()",
+            "!event.payload.object.topic.is_empty()",
+            "event.payload.object.recording_files.len() >= 2",
+            "event.payload.object.recording_files.len() == 1500",
+            "event.payload.object.recording_files.is_empty()",
+            r#"event.payload.object.recording_files[0].file_type == "MP4""#,
+            r#"event.payload.object.recording_files[1]["file_size"] < 5000000"#,
+            "event.payload.object.recording_files[1][1] == 3",
+            "event.payload.object.recording_files[1499] == 1499",
+            r#"event.payload.object.recording_files[5].file_type == "MP4""#,
+            r#"event["payload"]["object"].settings.use_pmi"#,
+            "event.payload.object.settings.len() == 4",
+            "event.payload.object.settings.len() == 2",
+            "event.payload.object.settings.is_empty()",
+            "event.payload.object.settings.len == 3",
+            "event.payload.object.settings.contains == true",
+            "event.payload.len() > 2",
+            "event.payload.object.participant.email.len() == 17",
+            r#"event.payload.object.participant.email.ends_with ( "@rival.example" )"#,
+            r#"event.payload.object.participant.phone_number != "" && event.payload.object.participant.phone_number.starts_with("+1")"#,
+            "event.payload.object.total_size > 2000000000.0",
+            "event.payload.object.total_size == 18446744073709551615.0",
+            "event.payload.object.id == 85512345678",
+            r#"event.payload.object.id == "85512345678""#,
+            "event.event_ts >= 1732000000000 && event.event_ts < 1732010000000",
+            r#"event.event == "meeting.started" || event.event == "meeting.ended""#,
+            "(event.payload.object.type == 2) == (event.payload.object.duration > 30)",
+            "(((event.payload.object.type == 2)))",
+            "1 == 1",
+            "1 < 2.5",
+            r#""a" < "b""#,
+            "true",
+            "!true",
+            "true != false",
+            "event.f == 0.1",
+            "event.f < 0.2",
+            "event.f >= 0.2",
+            "event.g == 0.3",
+            "event.g != 0.3",
+            "event.g > 0.3",
+            "event.g <= 0.3",
+            "event.tiny == 0.0",
+            "event.tiny > 0.0",
+            "event.nz == 0.0",
+            "event.nz < 0.0",
+            "event.big > 9223372036854775807",
+            "event.big >= 18446744073709551615.0",
+            "event.m.len == 3",
+            "event.m.len() == 3",
+            "event.m.contains == true",
+            "event.m.is_empty()",
+            r#"event.s == "a${b}""#,
+            r#"event.s.contains("${")"#,
+            "event.u.len() == 2",
+            r#"event.u > "é""#,
+        ];
+        let mut sources: Vec<String> = own.map(str::to_owned).to_vec();
+        sources.extend(bench_rules().into_iter().map(|(_, when)| when));
+        sources
+    }
+
+    #[test]
+    fn agrees_with_rhai_on_hand_made_conditions_and_events() {
+        let sources = hand_sources();
+        let mut bodies = sample_bodies();
+        bodies.extend(odd_bodies());
+        bodies.extend(bench_bodies(12));
+        let tally = differential(&SandboxLimits::default(), &sources, &bodies);
+        eprintln!("hand-made: {tally:?}");
+        assert!(tally.sources >= 100, "{tally:?}");
+        assert_eq!(tally.compiled, tally.sources, "{tally:?}");
+        assert_eq!(tally.refused_by_rhai, 0, "{tally:?}");
+        assert!(tally.answered * 5 > tally.pairs, "{tally:?}");
+        assert!(tally.answered_true * 10 > tally.answered, "{tally:?}");
+    }
+
+    #[test]
+    fn bench_conditions_are_answered_natively_on_bench_events() {
+        let rules = bench_rules();
+        let rhai = RhaiConditions::new();
+        let (mut checked, mut fired) = (0, 0);
+        for body in bench_bodies(400) {
+            let tree = Json::parse(&body).unwrap();
+            let event_type = tree.get("event").and_then(Json::as_str).unwrap().to_owned();
+            let mut scope = rhai.scope(&body);
+            for (on, when) in rules.iter().filter(|(on, _)| listens(on, &event_type)) {
+                let fast = FastCondition::compile(when).expect(when);
+                let answer = fast.eval(&tree);
+                let engine = rhai.eval(&mut scope, &rhai.compile(when).unwrap());
+                assert_eq!(
+                    answer,
+                    Some(engine.unwrap().as_bool().unwrap()),
+                    "{on}: {when}\n{body}"
+                );
+                checked += 1;
+                fired += usize::from(answer == Some(true));
+            }
+        }
+        eprintln!("bench: {checked} conditions on their events, all answered, {fired} true");
+        assert!(fired > 10, "{fired}");
+    }
+
+    /// Random conditions of the subset on random bodies whose fields take
+    /// every type.
+    struct Random {
+        rng: fastrand::Rng,
+    }
+
+    const PATHS: [&str; 12] = [
+        "event.a",
+        "event.b",
+        "event.s",
+        "event.o.a",
+        "event.o.s",
+        r#"event.o["b"]"#,
+        r#"event["a"]"#,
+        "event.l[0]",
+        "event.l[1]",
+        "event.missing",
+        "event.o",
+        "event.l",
+    ];
+    const LITERALS: [&str; 16] = [
+        "0",
+        "1",
+        "5",
+        "2.5",
+        "1.0",
+        "0.0",
+        "0.3",
+        "9223372036854775807",
+        r#""""#,
+        r#""abc""#,
+        r#""b""#,
+        r#""é""#,
+        r#""Abc""#,
+        "true",
+        "false",
+        "100.0",
+    ];
+    const VALUES: [&str; 27] = [
+        "0",
+        "1",
+        "5",
+        "-3",
+        "2.5",
+        "1.0",
+        "0.0",
+        "-0.0",
+        "1e2",
+        "1e-300",
+        "0.30000000000000004",
+        "18446744073709551615",
+        "9223372036854775807",
+        r#""""#,
+        r#""abc""#,
+        r#""b""#,
+        r#""é""#,
+        r#""Abc""#,
+        r#""a\"b""#,
+        "true",
+        "false",
+        "null",
+        "[]",
+        r#"[1, "abc"]"#,
+        "{}",
+        r#"{"a": 1, "a": true}"#,
+        r#"{"s": "abc"}"#,
+    ];
+    const COMPARISONS: [&str; 6] = ["==", "!=", "<", "<=", ">", ">="];
+    const ARGUMENTS: [&str; 5] = [r#""""#, r#""a""#, r#""b""#, r#""é""#, r#""abc""#];
+
+    impl Random {
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.rng.usize(0..items.len())]
+        }
+
+        fn value(&mut self) -> String {
+            self.pick(&VALUES).to_owned()
+        }
+
+        /// Fields `a`, `b`, `s`, object `o` and array `l`, each sometimes
+        /// missing, repeated or of another type.
+        fn body(&mut self) -> String {
+            let mut fields = Vec::new();
+            for key in ["a", "b", "s", "a"] {
+                if self.rng.u32(0..4) > 0 {
+                    fields.push(format!("\"{key}\": {}", self.value()));
+                }
+            }
+            let mut inner = Vec::new();
+            for key in ["a", "b", "s"] {
+                if self.rng.bool() {
+                    inner.push(format!("\"{key}\": {}", self.value()));
+                }
+            }
+            fields.push(format!("\"o\": {{{}}}", inner.join(", ")));
+            let items: Vec<String> = (0..self.rng.usize(0..4)).map(|_| self.value()).collect();
+            fields.push(format!("\"l\": [{}]", items.join(", ")));
+            if self.rng.u32(0..5) == 0 {
+                fields.push(format!("\"o\": {}", self.value()));
+            }
+            format!("{{{}}}", fields.join(", "))
+        }
+
+        fn operand(&mut self, depth: u32) -> String {
+            match self.rng.u32(0..7) {
+                0..=2 => self.pick(&PATHS).to_owned(),
+                3 | 4 => self.pick(&LITERALS).to_owned(),
+                5 => format!("{}.len()", self.pick(&PATHS)),
+                _ if depth > 0 => format!("({})", self.condition(depth - 1)),
+                _ => self.pick(&LITERALS).to_owned(),
+            }
+        }
+
+        fn condition(&mut self, depth: u32) -> String {
+            let choices = if depth == 0 { 4 } else { 8 };
+            match self.rng.u32(0..choices) {
+                0 | 1 => {
+                    let lhs = self.operand(depth);
+                    let op = self.pick(&COMPARISONS);
+                    format!("{lhs} {op} {}", self.operand(depth))
+                }
+                2 => {
+                    let path = self.pick(&PATHS);
+                    let method = self.pick(&["starts_with", "ends_with", "contains"]);
+                    match self.rng.u32(0..4) {
+                        0 => format!("{path}.is_empty()"),
+                        _ => format!("{path}.{method}({})", self.pick(&ARGUMENTS)),
+                    }
+                }
+                3 => self.pick(&PATHS[..5]).to_owned(),
+                4 => format!("!{}", self.condition(depth - 1)),
+                5 => format!("({})", self.condition(depth - 1)),
+                6 => {
+                    let lhs = self.condition(depth - 1);
+                    format!("{lhs} && {}", self.condition(depth - 1))
+                }
+                _ => {
+                    let lhs = self.condition(depth - 1);
+                    format!("{lhs} || {}", self.condition(depth - 1))
+                }
+            }
+        }
+    }
+
+    fn random_case(seed: u64, sources: usize, bodies: usize) -> (Vec<String>, Vec<String>) {
+        let mut random = Random {
+            rng: fastrand::Rng::with_seed(seed),
+        };
+        let bodies = (0..bodies).map(|_| random.body()).collect();
+        let sources = (0..sources).map(|_| random.condition(3)).collect();
+        (sources, bodies)
+    }
+
+    #[test]
+    fn agrees_with_rhai_on_random_conditions_and_events() {
+        let (sources, bodies) = random_case(20_241_119, 4000, 60);
+        let tally = differential(&SandboxLimits::default(), &sources, &bodies);
+        eprintln!("random: {tally:?}");
+        assert_eq!(tally.compiled, tally.sources, "{tally:?}");
+        assert_eq!(tally.refused_by_rhai, 0, "{tally:?}");
+        assert!(tally.answered * 20 > tally.pairs, "{tally:?}");
+        assert!(tally.answered_true * 5 > tally.answered, "{tally:?}");
+    }
+
+    /// Tiny limits make Rhai fail method calls on small receivers: the fast
+    /// answers must follow the limits the condition was compiled for.
+    #[test]
+    fn agrees_with_rhai_under_tiny_limits() {
+        let limits = SandboxLimits {
+            max_string_size: 4,
+            max_array_size: 2,
+            max_map_size: 3,
+            ..SandboxLimits::default()
+        };
+        let (mut sources, mut bodies) = random_case(7, 3000, 40);
+        sources.extend(hand_sources());
+        bodies.extend(sample_bodies());
+        bodies.extend(odd_bodies());
+        let tally = differential(&limits, &sources, &bodies);
+        eprintln!("tiny limits: {tally:?}");
+        assert!(tally.answered > 5_000, "{tally:?}");
+        assert!(tally.refused_by_rhai * 2 < tally.sources, "{tally:?}");
+    }
+}

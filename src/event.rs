@@ -146,6 +146,11 @@ impl Event {
         })
     }
 
+    /// Whether the Rhai value has been made yet (the hot path avoids it).
+    pub fn body_is_built(&self) -> bool {
+        self.body.get().is_some()
+    }
+
     /// The body read as a borrowed tree, for the hot path.
     pub fn tree(&self) -> Json<'_> {
         // Cannot fail: `raw` parsed when the event was built.

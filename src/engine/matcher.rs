@@ -1,15 +1,18 @@
 //! Matching: which rules an event fires. Pure and without I/O.
 //!
-//! The index gives the rules for the event's type; each one's `when` runs on
-//! its compiled AST in a scope built once per event (the event is converted
-//! to a Rhai value once, when it is decoded). A condition that errors counts
-//! as not matched and is reported with its error.
+//! The index gives the rules for the event's type. Each one's `when` is
+//! answered natively on the event's borrowed JSON tree when it is simple
+//! enough ([`crate::rules::fast`]); otherwise (or when the fast answer is
+//! unsure) it runs on its compiled AST in a scope built once per event, the
+//! first time one is needed. A condition that errors counts as not matched
+//! and is reported with its error.
 
 use std::sync::Arc;
 
 use rhai::{Dynamic, Scope};
 
 use crate::event::Event;
+use crate::event::tree::Json;
 use crate::rules::{CompiledScript, Rule, RuleSet, Trigger};
 use crate::script::Sandbox;
 
@@ -47,18 +50,23 @@ pub enum Verdict {
 /// Matches one event against a rule set.
 pub fn match_event(rule_set: &RuleSet, event: &Event, vars: &Dynamic) -> MatchResult {
     let mut result = MatchResult::default();
-    let mut scope: Option<Scope<'static>> = None;
-    for rule in candidates(rule_set, event) {
+    let mut conditions = Conditions::new(rule_set.sandbox(), event, vars);
+    for_each_candidate(rule_set, event, |rule| {
         if !rule.enabled {
-            continue;
+            return;
         }
-        let scope = scope.get_or_insert_with(|| expression_scope(rule_set.sandbox(), event, vars));
-        match evaluate(rule_set.sandbox(), scope, &rule) {
-            Ok(Some(key)) => result.matched.push(Matched { rule, key }),
+        match conditions.evaluate(rule) {
+            Ok(Some(key)) => result.matched.push(Matched {
+                rule: rule.clone(),
+                key,
+            }),
             Ok(None) => {}
-            Err(error) => result.failures.push(ConditionFailure { rule, error }),
+            Err(error) => result.failures.push(ConditionFailure {
+                rule: rule.clone(),
+                error,
+            }),
         }
-    }
+    });
     result
 }
 
@@ -68,8 +76,9 @@ pub fn explain_event(
     event: &Event,
     vars: &Dynamic,
 ) -> Vec<(Arc<Rule>, Verdict)> {
-    let listening = candidates(rule_set, event);
-    let mut scope = expression_scope(rule_set.sandbox(), event, vars);
+    let mut listening = Vec::new();
+    for_each_candidate(rule_set, event, |rule| listening.push(rule.clone()));
+    let mut conditions = Conditions::new(rule_set.sandbox(), event, vars);
     rule_set
         .rules()
         .iter()
@@ -79,7 +88,7 @@ pub fn explain_event(
             } else if !rule.enabled {
                 Verdict::Disabled
             } else {
-                match evaluate(rule_set.sandbox(), &mut scope, rule) {
+                match conditions.evaluate(rule) {
                     Ok(Some(_)) => Verdict::Fired,
                     Ok(None) => Verdict::ConditionFalse,
                     Err(error) => Verdict::ConditionError(error),
@@ -90,56 +99,83 @@ pub fn explain_event(
         .collect()
 }
 
-/// The rules listening for this event. A schedule event fires only its own rule.
-fn candidates(rule_set: &RuleSet, event: &Event) -> Vec<Arc<Rule>> {
+/// Calls `f` with each rule listening for this event, in rule-set order. A
+/// schedule event fires only its own rule.
+fn for_each_candidate(rule_set: &RuleSet, event: &Event, mut f: impl FnMut(&Arc<Rule>)) {
+    let rules = rule_set.rules();
     if event.event_type == "schedule" {
         let target = event.top_level_str("rule");
-        return rule_set
-            .rules()
+        rules
             .iter()
             .filter(|r| matches!(r.trigger, Trigger::Schedule(_)))
             .filter(|r| target.as_deref() == Some(&*r.name))
-            .cloned()
-            .collect();
+            .for_each(f);
+        return;
     }
-    let rules = rule_set.rules();
-    rule_set
-        .index()
-        .candidates(&event.event_type)
-        .iter()
-        .map(|&position| rules[position as usize].clone())
-        .collect()
+    for &position in rule_set.index().candidates(&event.event_type).iter() {
+        f(&rules[position as usize]);
+    }
 }
 
-fn expression_scope(sandbox: &Sandbox, event: &Event, vars: &Dynamic) -> Scope<'static> {
-    sandbox.expression_scope(event.body(), &event.meta(), vars)
+/// What the conditions of one event read, each made on first use: the
+/// borrowed tree for fast conditions, the Rhai scope for the others.
+struct Conditions<'a> {
+    sandbox: &'a Sandbox,
+    event: &'a Event,
+    vars: &'a Dynamic,
+    tree: Option<Json<'a>>,
+    scope: Option<Scope<'static>>,
 }
 
-/// `Ok(Some(key))` when the rule fires (key empty when it has none),
-/// `Ok(None)` when its condition is false.
-fn evaluate(
-    sandbox: &Sandbox,
-    scope: &mut Scope<'static>,
-    rule: &Rule,
-) -> Result<Option<Option<String>>, String> {
-    if let Some(condition) = &rule.condition {
-        let value = eval(sandbox, scope, condition, "when")?;
-        match value.as_bool() {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(type_name) => {
-                return Err(format!(
-                    "`when` must give true or false, it gave a value of type {type_name}"
-                ));
+impl<'a> Conditions<'a> {
+    fn new(sandbox: &'a Sandbox, event: &'a Event, vars: &'a Dynamic) -> Conditions<'a> {
+        Conditions {
+            sandbox,
+            event,
+            vars,
+            tree: None,
+            scope: None,
+        }
+    }
+
+    /// `Ok(Some(key))` when the rule fires (key `None` when it has none),
+    /// `Ok(None)` when its condition is false.
+    fn evaluate(&mut self, rule: &Rule) -> Result<Option<Option<String>>, String> {
+        if !self.condition_holds(rule)? {
+            return Ok(None);
+        }
+        match &rule.key {
+            None => Ok(Some(None)),
+            Some(key) => {
+                let value = eval(self.sandbox, self.scope(), key, "key")?;
+                Ok(Some(Some(value.to_string())))
             }
         }
     }
-    match &rule.key {
-        None => Ok(Some(None)),
-        Some(key) => {
-            let value = eval(sandbox, scope, key, "key")?;
-            Ok(Some(Some(value.to_string())))
+
+    /// The fast condition's answer when it is sure, else Rhai's.
+    fn condition_holds(&mut self, rule: &Rule) -> Result<bool, String> {
+        let Some(condition) = &rule.condition else {
+            return Ok(true);
+        };
+        if let Some(fast) = &rule.fast_condition {
+            let event = self.event;
+            let tree = self.tree.get_or_insert_with(|| event.tree());
+            if let Some(answer) = fast.eval(tree) {
+                return Ok(answer);
+            }
         }
+        let value = eval(self.sandbox, self.scope(), condition, "when")?;
+        value.as_bool().map_err(|type_name| {
+            format!("`when` must give true or false, it gave a value of type {type_name}")
+        })
+    }
+
+    fn scope(&mut self) -> &mut Scope<'static> {
+        self.scope.get_or_insert_with(|| {
+            self.sandbox
+                .expression_scope(self.event.body(), &self.event.meta(), self.vars)
+        })
     }
 }
 
@@ -152,4 +188,135 @@ fn eval(
     sandbox
         .eval_expression(scope, &script.ast)
         .map_err(|error| format!("`{what}` ({}): {error}", script.origin.path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+    use crate::rules::RuleSources;
+    use crate::rules::compile::load_rule_set;
+    use crate::script::SandboxLimits;
+
+    const RULES: &str = r#"
+- name: long
+  on: meeting.ended
+  when: event.payload.object.duration > 60
+  do: 'log::info("long")'
+- name: named
+  on: meeting.*
+  when: event.payload.object.topic.starts_with("Incident")
+  do: 'log::info("named")'
+- name: by-var
+  on: meeting.ended
+  when: event.payload.object.topic == vars.topic
+  do: 'log::info("var")'
+- name: keyed
+  on: meeting.ended
+  when: event.payload.object.duration > 60
+  key: event.payload.object.uuid
+  do: 'log::info("keyed")'
+- name: always
+  on: meeting.ended
+  do: 'log::info("always")'
+- name: broken
+  on: meeting.ended
+  when: event.payload.object.missing.len() > 0
+  do: 'log::info("broken")'
+"#;
+
+    fn rule_set() -> (RuleSet, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.path().join("rules.yaml")],
+            scripts_dir: dir.path().join("scripts"),
+        };
+        let rules = load_rule_set(&sources, &SandboxLimits::default()).unwrap();
+        (rules, dir)
+    }
+
+    fn ended(duration: i64, topic: &str) -> Event {
+        let body = serde_json::json!({
+            "event": "meeting.ended",
+            "event_ts": 1,
+            "payload": {"object": {"uuid": "u1", "duration": duration, "topic": topic}}
+        });
+        Event::from_value(&body, Source::Test).unwrap()
+    }
+
+    fn names(result: &MatchResult) -> Vec<&str> {
+        result.matched.iter().map(|m| &*m.rule.name).collect()
+    }
+
+    fn vars(topic: &str) -> Dynamic {
+        let mut vars = rhai::Map::new();
+        vars.insert("topic".into(), topic.into());
+        Dynamic::from_map(vars)
+    }
+
+    #[test]
+    fn simple_conditions_are_answered_without_making_the_rhai_value() {
+        let (rules, _dir) = rule_set();
+        let by_name = |name: &str| {
+            rules
+                .rules()
+                .iter()
+                .find(|r| &*r.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert!(by_name("long").fast_condition.is_some());
+        assert!(by_name("named").fast_condition.is_some());
+        assert!(by_name("by-var").fast_condition.is_none(), "reads vars");
+
+        let fast_rules = rules
+            .rules()
+            .iter()
+            .filter(|r| ["long", "named"].contains(&&*r.name))
+            .cloned()
+            .collect();
+        let only_fast = RuleSet::new(fast_rules, rules.sandbox().clone(), Vec::new());
+        let event = ended(90, "Incident review");
+        let result = match_event(&only_fast, &event, &vars("x"));
+        assert_eq!(names(&result), ["long", "named"]);
+        assert!(!event.body_is_built(), "the fast path made the Rhai value");
+    }
+
+    #[test]
+    fn fast_and_rhai_conditions_agree_in_one_rule_set() {
+        let (rules, _dir) = rule_set();
+        let event = ended(90, "Incident review");
+        let result = match_event(&rules, &event, &vars("Incident review"));
+        assert_eq!(
+            names(&result),
+            ["long", "named", "by-var", "keyed", "always"]
+        );
+        assert_eq!(result.matched[3].key.as_deref(), Some("u1"));
+        assert_eq!(result.failures.len(), 1, "{:?}", result.failures);
+        assert!(
+            result.failures[0].error.starts_with("`when`"),
+            "{:?}",
+            result.failures
+        );
+
+        let event = ended(30, "Weekly");
+        let result = match_event(&rules, &event, &vars("Other"));
+        assert_eq!(names(&result), ["always"]);
+    }
+
+    #[test]
+    fn an_unsure_fast_answer_falls_back_to_rhai() {
+        let (rules, _dir) = rule_set();
+        // A float duration: the fast path does not compare it with an integer.
+        let body = serde_json::json!({
+            "event": "meeting.ended",
+            "event_ts": 1,
+            "payload": {"object": {"uuid": "u1", "duration": 90.5, "topic": "x"}}
+        });
+        let event = Event::from_value(&body, Source::Test).unwrap();
+        let result = match_event(&rules, &event, &vars("y"));
+        assert_eq!(names(&result), ["long", "keyed", "always"]);
+        assert!(event.body_is_built());
+    }
 }

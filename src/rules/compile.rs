@@ -111,6 +111,10 @@ pub fn compile_rule(
         .when
         .as_ref()
         .and_then(|text| compile_expression(source, "when", text, sandbox, &mut errors));
+    let fast_condition = condition
+        .as_ref()
+        .and(spec.when.as_ref())
+        .and_then(|text| super::fast::FastCondition::compile_with_limits(text, sandbox.limits()));
     let key = spec
         .key
         .as_ref()
@@ -145,6 +149,7 @@ pub fn compile_rule(
         position: source.position,
         trigger,
         condition,
+        fast_condition,
         key,
         action,
         script_file,

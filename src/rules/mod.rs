@@ -133,6 +133,9 @@ pub struct Rule {
     pub position: Position,
     pub trigger: Trigger,
     pub condition: Option<CompiledScript>,
+    /// The condition evaluated natively when it is simple enough (most
+    /// are); Rhai evaluates it whenever this is absent or unsure.
+    pub fast_condition: Option<fast::FastCondition>,
     pub key: Option<CompiledScript>,
     pub action: CompiledScript,
     /// Script files this rule's action loads (its `do: {script}` file).

@@ -10,6 +10,7 @@
 //! object's uuid or id and the participant's id when present, or else a hash
 //! of the canonical body.
 
+pub mod head;
 pub mod tree;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use rhai::{Dynamic, Map};
 use sha2::{Digest, Sha256};
 
+use head::{Head, Scalar};
 use tree::Json;
 
 /// Largest event body accepted at intake. Values injected into the sandbox
@@ -109,17 +111,10 @@ impl Event {
                 limit: MAX_EVENT_BYTES,
             });
         }
-        let tree = Json::parse(body_json).map_err(|e| EventError::Json(e.to_string()))?;
-        if !tree.is_object() {
-            return Err(EventError::NotAnObject);
-        }
-        let event_type = tree
-            .get("event")
-            .and_then(Json::as_str)
-            .ok_or(EventError::MissingType)?
-            .to_string();
-        let ts = tree.get("event_ts").map(json_to_i64).unwrap_or(0);
-        let id = dedupe_key(&event_type, ts, &tree, body_json);
+        let (event_type, ts, id) = match Head::read(body_json) {
+            Some(head) => identity_from_head(head, body_json)?,
+            None => identity_from_tree(body_json)?,
+        };
         Ok(Event {
             id,
             event_type,
@@ -185,7 +180,80 @@ impl Event {
 
     /// The `download_token` Zoom sends with recording events, if any.
     pub fn download_token(&self) -> Option<String> {
+        // Most events have none: no need to read the body for them.
+        if !self.raw.contains("download_token") {
+            return None;
+        }
         self.top_level_str("download_token")
+    }
+}
+
+/// Type, timestamp and dedupe key from the fields read in one pass.
+fn identity_from_head(head: Head<'_>, raw: &str) -> Result<(String, i64, String), EventError> {
+    let event_type = head.event.ok_or(EventError::MissingType)?.into_owned();
+    let ts = scalar_to_i64(&head.event_ts);
+    let object = head.payload.and_then(|p| p.0.object).map(|o| o.0);
+    let object_key = object.as_ref().and_then(|object| {
+        scalar_to_key_part(&object.uuid).or_else(|| scalar_to_key_part(&object.id))
+    });
+    let participant = object.as_ref().and_then(|object| {
+        let p = &object.participant.as_ref()?.0;
+        // The first field present decides, as on the tree.
+        [&p.participant_uuid, &p.user_id, &p.id]
+            .into_iter()
+            .find(|part| part.is_present())
+            .and_then(scalar_to_key_part)
+    });
+    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
+    Ok((event_type, ts, id))
+}
+
+/// The same from the full tree, for bodies [`Head::read`] leaves to it.
+fn identity_from_tree(raw: &str) -> Result<(String, i64, String), EventError> {
+    let tree = Json::parse(raw).map_err(|e| EventError::Json(e.to_string()))?;
+    if !tree.is_object() {
+        return Err(EventError::NotAnObject);
+    }
+    let event_type = tree
+        .get("event")
+        .and_then(Json::as_str)
+        .ok_or(EventError::MissingType)?
+        .to_string();
+    let ts = tree.get("event_ts").map(json_to_i64).unwrap_or(0);
+    let object = tree.get("payload").and_then(|p| p.get("object"));
+    let object_key = object.and_then(|object| {
+        object
+            .get("uuid")
+            .and_then(json_to_key_part)
+            .or_else(|| object.get("id").and_then(json_to_key_part))
+    });
+    let participant = object.and_then(|object| {
+        let p = object.get("participant")?;
+        p.get("participant_uuid")
+            .or_else(|| p.get("user_id"))
+            .or_else(|| p.get("id"))
+            .and_then(json_to_key_part)
+    });
+    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
+    Ok((event_type, ts, id))
+}
+
+fn scalar_to_i64(value: &Scalar<'_>) -> i64 {
+    match value {
+        Scalar::Int(n) => *n,
+        Scalar::Float(f) => *f as i64,
+        Scalar::Str(s) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn scalar_to_key_part(value: &Scalar<'_>) -> Option<String> {
+    match value {
+        Scalar::Str(s) => Some(s.to_string()),
+        Scalar::Int(n) => Some(n.to_string()),
+        Scalar::Float(f) => Some(Dynamic::from_float(*f).to_string()),
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Absent | Scalar::Other => None,
     }
 }
 
@@ -212,21 +280,16 @@ fn json_to_key_part(value: &Json<'_>) -> Option<String> {
 
 /// The dedupe key: type, timestamp, object uuid (or id), participant id.
 /// Without an object identity it is a hash of the canonical body.
-/// Reads through references: this runs once per event on the hot path.
-fn dedupe_key(event_type: &str, ts: i64, body: &Json<'_>, raw: &str) -> String {
+fn dedupe_key(
+    event_type: &str,
+    ts: i64,
+    object_key: Option<String>,
+    participant: Option<String>,
+    raw: &str,
+) -> String {
     if ts != 0
-        && let Some(object) = body.get("payload").and_then(|p| p.get("object"))
-        && let Some(object_key) = object
-            .get("uuid")
-            .and_then(json_to_key_part)
-            .or_else(|| object.get("id").and_then(json_to_key_part))
+        && let Some(object_key) = object_key
     {
-        let participant = object.get("participant").and_then(|p| {
-            p.get("participant_uuid")
-                .or_else(|| p.get("user_id"))
-                .or_else(|| p.get("id"))
-                .and_then(json_to_key_part)
-        });
         return match participant {
             Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
             None => format!("{event_type}:{ts}:{object_key}"),
@@ -306,6 +369,99 @@ mod tests {
             Event::parse(&huge, Source::Fire).unwrap_err(),
             EventError::TooLarge { .. }
         ));
+    }
+
+    #[test]
+    fn the_one_pass_head_and_the_full_tree_give_the_same_identity() {
+        let bodies = [
+            ENDED.to_string(),
+            JOINED.to_string(),
+            r#"{"event":"a.b","event_ts":"1732000000000","payload":{"object":{"id":1.5}}}"#.into(),
+            r#"{"event":"a.b","event_ts":12.9,"payload":{"object":{"uuid":null,"id":true}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"payload":{"object":{"uuid":{"x":1},"id":18446744073709551615}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"payload":{"object":{"id":"o","participant":{"participant_uuid":[],"id":7}}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"payload":{"object":{"id":"o","participant":"p"}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"payload":{"object":{"id":"o","participant":{"participant_uuid":null,"id":7}}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"payload":{"object":{"id":"o","participant":{"user_id":"u","id":7}}}}"#.into(),
+            r#"{"event":"a.b","event_ts":null,"payload":{"object":null}}"#.into(),
+            r#"{"event":"a.b","event_ts":3,"payload":{"object":["u",1,{"id":2}]}}"#.into(),
+            r#"{"event":"a.b","event_ts":3,"payload":{"object":{"id":1,"participant":[5]}}}"#.into(),
+            r#"{"event":"a.b","event_ts":5,"payload":{"object":{"participant":null,"uuid":"x"}}}"#.into(),
+            r#"{"event":"a.b","event_ts":0,"payload":{"object":{"id":"o"}}}"#.into(),
+            r#"{"event":"a.b","event_ts":1,"event_ts":2,"payload":{"object":{"id":"o"}}}"#.into(),
+            r#"{"event":"a\u002eb","event_ts":1,"payload":{"object":{"id":"o\"q"}}}"#.into(),
+        ];
+        for body in &bodies {
+            let via_head = Head::read(body).map(|h| identity_from_head(h, body).unwrap());
+            let via_tree = identity_from_tree(body).unwrap();
+            if let Some(via_head) = via_head {
+                assert_eq!(via_head, via_tree, "{body}");
+            }
+            assert_eq!(
+                Event::parse(body, Source::Fire).unwrap().id,
+                via_tree.2,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_head_and_the_tree_agree_on_every_shape_of_the_key_fields() {
+        let values = [
+            None,
+            Some("null"),
+            Some(r#""s""#),
+            Some("7"),
+            Some("2.5"),
+            Some("[1]"),
+        ];
+        let field = |name: &str, value: Option<&str>| value.map(|v| format!(r#""{name}":{v},"#));
+        let mut checked = 0;
+        for ts in values {
+            for uuid in values {
+                for id in values {
+                    for p_uuid in values {
+                        for user_id in values {
+                            let participant: String = [
+                                field("participant_uuid", p_uuid),
+                                field("user_id", user_id),
+                                field("id", Some("9")),
+                            ]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                            let object: String = [field("uuid", uuid), field("id", id)]
+                                .into_iter()
+                                .flatten()
+                                .collect();
+                            let body = format!(
+                                r#"{{{}"event":"a.b","payload":{{"object":{{{object}"participant":{{{}}}}}}}}}"#,
+                                field("event_ts", ts).unwrap_or_default(),
+                                participant.trim_end_matches(',')
+                            );
+                            let via_tree = identity_from_tree(&body).unwrap();
+                            let head = Head::read(&body).unwrap_or_else(|| panic!("{body}"));
+                            assert_eq!(
+                                identity_from_head(head, &body).unwrap(),
+                                via_tree,
+                                "{body}"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6usize.pow(5));
+    }
+
+    #[test]
+    fn the_download_token_is_read_when_there_is_one() {
+        let with = r#"{"event":"recording.completed","download_token":"abc","payload":{}}"#;
+        let event = Event::parse(with, Source::Fire).unwrap();
+        assert_eq!(event.download_token().as_deref(), Some("abc"));
+        let event = Event::parse(ENDED, Source::Fire).unwrap();
+        assert_eq!(event.download_token(), None);
     }
 
     #[test]

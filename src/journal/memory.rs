@@ -12,7 +12,7 @@
 //! [`MemoryJournal`]: crate::engine::record::MemoryJournal
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -55,17 +55,41 @@ struct KeptEvent {
     source: Source,
 }
 
+/// Sets and maps keyed by an id's [`id_hash`], which is already a keyed
+/// hash: hashing it again would only cost time.
+type IdBuild = BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed; this covers any other use correctly.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
 #[derive(Default)]
 struct State {
-    seen: HashSet<u128>,
+    seen: HashSet<u128, IdBuild>,
     seen_order: VecDeque<u128>,
-    /// Events accepted whose runs may not have finished, by event id, with
-    /// how many unfinished runs hold them. Only the text is kept: a decoded
-    /// event is many times larger, and is rebuilt only to resume a run.
-    events: HashMap<String, (KeptEvent, usize)>,
+    /// Events accepted whose runs may not have finished, by [`id_hash`],
+    /// with how many unfinished runs hold them. Only the text is kept: a
+    /// decoded event is many times larger, and is rebuilt only to resume a run.
+    events: HashMap<u128, (KeptEvent, usize), IdBuild>,
     /// Events accepted but with no run recorded yet, oldest first; trimmed
-    /// to the dedupe window so events that matched no rule do not pile up.
-    unclaimed: VecDeque<String>,
+    /// so events that matched no rule do not pile up.
+    unclaimed: VecDeque<u128>,
     unfinished: HashMap<String, RunRecord>,
     finished: VecDeque<RunRecord>,
 }
@@ -102,9 +126,8 @@ fn id_hash(id: &str) -> u128 {
 }
 
 impl State {
-    /// Remembers `id`; false when it was already seen.
-    fn remember(&mut self, id: &str, limits: &MemoryLimits) -> bool {
-        let hash = id_hash(id);
+    /// Remembers the id of `hash`; false when it was already seen.
+    fn remember(&mut self, hash: u128, limits: &MemoryLimits) -> bool {
         if !self.seen.insert(hash) {
             return false;
         }
@@ -117,13 +140,13 @@ impl State {
         true
     }
 
-    fn keep_event(&mut self, event: &Event, limits: &MemoryLimits) {
+    fn keep_event(&mut self, hash: u128, event: &Event, limits: &MemoryLimits) {
         let kept = KeptEvent {
             raw: event.raw.clone(),
             source: event.source.clone(),
         };
-        self.events.insert(event.id.clone(), (kept, 0));
-        self.unclaimed.push_back(event.id.clone());
+        self.events.insert(hash, (kept, 0));
+        self.unclaimed.push_back(hash);
         // Events no run claimed (most of them: no rule matched) go once the
         // window is full; claimed ones stay while their runs are unfinished.
         while self.unclaimed.len() > limits.max_finished_runs.max(1) {
@@ -152,19 +175,20 @@ impl State {
             }
             return;
         }
-        if !known && let Some((_, runs)) = self.events.get_mut(&run.event_id) {
+        if !known && let Some((_, runs)) = self.events.get_mut(&id_hash(&run.event_id)) {
             *runs += 1;
         }
         self.unfinished.insert(run.id.clone(), run.clone());
     }
 
     fn release_event(&mut self, event_id: &str) {
-        let Some((_, runs)) = self.events.get_mut(event_id) else {
+        let hash = id_hash(event_id);
+        let Some((_, runs)) = self.events.get_mut(&hash) else {
             return;
         };
         *runs = runs.saturating_sub(1);
         if *runs == 0 {
-            self.events.remove(event_id);
+            self.events.remove(&hash);
         }
     }
 }
@@ -182,9 +206,10 @@ impl Journal for BoundedMemoryJournal {
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
         let fresh = {
             let mut state = self.lock();
-            let fresh = state.remember(&event.id, &self.limits);
+            let hash = id_hash(&event.id);
+            let fresh = state.remember(hash, &self.limits);
             if fresh {
-                state.keep_event(event, &self.limits);
+                state.keep_event(hash, event, &self.limits);
                 for run in runs {
                     state.record(run, &self.limits);
                 }
@@ -212,7 +237,7 @@ impl Journal for BoundedMemoryJournal {
             runs.sort_by_key(|run| run.created_at);
             runs.into_iter()
                 .filter_map(|run| {
-                    let (kept, _) = state.events.get(&run.event_id)?;
+                    let (kept, _) = state.events.get(&id_hash(&run.event_id))?;
                     let event = Event::parse(&kept.raw, kept.source.clone()).ok()?;
                     Some(UnfinishedRun {
                         run: run.clone(),
@@ -338,7 +363,7 @@ mod tests {
         assert!(journal.get_run("a").unwrap().is_none());
         let state = journal.lock();
         assert!(
-            !state.events.contains_key(&first.id),
+            !state.events.contains_key(&id_hash(&first.id)),
             "an event goes once its last run finished"
         );
         assert!(

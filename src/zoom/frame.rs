@@ -97,13 +97,65 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
 /// `content` as text: a JSON string is unescaped, anything else is kept as JSON.
 fn content_text(content: &RawValue) -> Result<Cow<'_, str>, FrameError> {
     let raw = content.get();
-    if raw.starts_with('"') {
-        let text: Cow<'_, str> =
-            serde_json::from_str(raw).map_err(|e| FrameError::Envelope(e.to_string()))?;
-        Ok(text)
-    } else {
-        Ok(Cow::Borrowed(raw))
+    if !raw.starts_with('"') {
+        return Ok(Cow::Borrowed(raw));
     }
+    if let Some(text) = unescape(raw) {
+        return Ok(Cow::Owned(text));
+    }
+    let text: String =
+        serde_json::from_str(raw).map_err(|e| FrameError::Envelope(e.to_string()))?;
+    Ok(Cow::Owned(text))
+}
+
+/// Unescapes a JSON string literal that serde_json has already checked (a
+/// `RawValue`), into a string sized once: an event's content is one long
+/// string full of escaped quotes, and this is on the path of every event.
+/// `None` for anything it does not handle (a lone surrogate), which
+/// serde_json then reads (and reports).
+fn unescape(literal: &str) -> Option<String> {
+    let mut rest = literal.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(rest.len());
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = rest.as_bytes().get(at + 1)?;
+        rest = &rest[at + 2..];
+        match escape {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let (c, after) = unicode_escape(rest)?;
+                out.push(c);
+                rest = after;
+            }
+            _ => return None,
+        }
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The character of `XXXX` (after `\u`), with the low half of a surrogate
+/// pair when it is one; and the text after it.
+fn unicode_escape(text: &str) -> Option<(char, &str)> {
+    let hex = |s: &str| u32::from_str_radix(s.get(..4)?, 16).ok();
+    let first = hex(text)?;
+    let rest = &text[4..];
+    if !(0xD800..0xDC00).contains(&first) {
+        return Some((char::from_u32(first)?, rest));
+    }
+    let low = hex(rest.strip_prefix("\\u")?)?;
+    if !(0xDC00..0xE000).contains(&low) {
+        return None;
+    }
+    let c = 0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00);
+    Some((char::from_u32(c)?, &rest[6..]))
 }
 
 /// Reads either a WebSocket frame or a bare event, as `zoomwire fire` does.
@@ -125,6 +177,40 @@ pub const HEARTBEAT_FRAME: &str = r#"{"module":"heartbeat"}"#;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn content_is_unescaped_as_serde_json_would() {
+        let texts = [
+            "plain",
+            "",
+            r#"{"event":"meeting.started","payload":{"object":{"topic":"a \"quoted\" topic"}}}"#,
+            "tabs\tand\nnew lines\r\u{8}\u{c}/slash\\back \u{1}",
+            "caf\u{e9} \u{20ac} \u{1F600} ascii",
+            "raw unicode é € 😀",
+        ];
+        for text in texts {
+            let literal = serde_json::to_string(text).unwrap();
+            assert_eq!(unescape(&literal).as_deref(), Some(text), "{literal}");
+        }
+        for literal in [r#""a\/b""#, r#""\u00e9\ud83d\ude00""#, r#""x\u0041y""#] {
+            let expected: String = serde_json::from_str(literal).unwrap();
+            assert_eq!(unescape(literal), Some(expected), "{literal}");
+        }
+        // Lone surrogates are left to serde_json, which refuses them.
+        for literal in [
+            r#""\ud83d""#,
+            r#""\ud83dx""#,
+            r#""\ude00""#,
+            r#""\ud83d\u0041""#,
+        ] {
+            assert_eq!(unescape(literal), None, "{literal}");
+            assert!(
+                serde_json::from_str::<String>(literal).is_err(),
+                "{literal}"
+            );
+        }
+    }
+
     use super::*;
 
     const MESSAGE: &str = include_str!("../../examples/frames/ws_frame_message.json");

@@ -52,9 +52,23 @@ pub struct LogLine {
     pub at: DateTime<Utc>,
 }
 
+/// Waits until an effect's record is saved.
+pub type SavedWait = Box<dyn FnOnce() + Send>;
+
 /// Sees every effect of a run as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
+    /// Saves the record before returning.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord);
+
+    /// Starts saving the record and returns a wait that ends once it is
+    /// saved. The run waits on it before its next effect, so a crash can
+    /// still repeat at most the one effect whose record was not saved, as
+    /// with [`EffectObserver::effect_completed`], but the script goes on
+    /// while the write commits (and a run's last effect never waits).
+    fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
+        self.effect_completed(run_id, record);
+        Box::new(|| {})
+    }
 }
 
 /// The effect side of one run attempt.
@@ -66,6 +80,8 @@ pub struct RunEffects {
     /// Records of earlier attempts (or of the run before a crash), replayed by position.
     replay: Vec<EffectRecord>,
     records: Mutex<Vec<EffectRecord>>,
+    /// The save of the last effect's record, waited for before the next effect.
+    saving: Mutex<Option<SavedWait>>,
     logs: Mutex<Vec<LogLine>>,
     observer: Option<Arc<dyn EffectObserver>>,
     transient_failure: AtomicBool,
@@ -85,6 +101,7 @@ impl RunEffects {
             runtime,
             replay: Vec::new(),
             records: Mutex::default(),
+            saving: Mutex::default(),
             logs: Mutex::default(),
             observer: None,
             transient_failure: AtomicBool::new(false),
@@ -114,6 +131,7 @@ impl RunEffects {
         if let Some(earlier) = self.replayed(seq, name, &redacted_args) {
             return self.finish(earlier);
         }
+        self.wait_saved();
         let started_at = Utc::now();
         let started = Instant::now();
         let request = EffectRequest::new(name, args);
@@ -155,11 +173,20 @@ impl RunEffects {
         if let Some(observer) = &self.observer
             && !record.replayed
         {
-            observer.effect_completed(&self.context.run_id, &record);
+            let saved = observer.effect_completed_later(&self.context.run_id, &record);
+            *lock(&self.saving) = Some(saved);
         }
         let result = record.result.clone();
         lock(&self.records).push(record);
         result
+    }
+
+    /// Waits until the previous effect's record is saved.
+    fn wait_saved(&self) {
+        let saving = lock(&self.saving).take();
+        if let Some(wait) = saving {
+            wait();
+        }
     }
 
     fn check_capability(&self, name: &str, args: &Value) -> Result<(), EffectError> {
@@ -314,6 +341,69 @@ mod tests {
             Arc::new(RecordingEffects::default()),
             runtime.handle().clone(),
         )
+    }
+
+    /// Logs what happens in order: effects performed, saves started and waited for.
+    #[derive(Default)]
+    struct Ledger(Arc<Mutex<Vec<String>>>);
+
+    impl Effects for Ledger {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a EffectContext,
+            request: &'a EffectRequest,
+        ) -> crate::effects::BoxFuture<'a, Result<Value, EffectError>> {
+            lock(&self.0).push(format!("perform {}", request.args["text"]));
+            Box::pin(async { Ok(json!({"ok": true})) })
+        }
+    }
+
+    impl EffectObserver for Ledger {
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {
+            unreachable!("the gateway saves without blocking")
+        }
+
+        fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
+            lock(&self.0).push(format!("save {}", record.seq));
+            let (log, seq) = (self.0.clone(), record.seq);
+            Box::new(move || lock(&log).push(format!("saved {seq}")))
+        }
+    }
+
+    #[test]
+    fn an_effect_waits_for_the_previous_record_to_be_saved_but_the_last_does_not() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let capabilities = CapabilitySet::new(vec![Capability::Slack]);
+        let context = EffectContext {
+            rule: Arc::from("rule-a"),
+            run_id: Arc::from("run-1"),
+            deadline: Instant::now() + Duration::from_secs(5),
+            http_hosts: capabilities.http_hosts(),
+            download_token: None,
+        };
+        let gateway = RunEffects::new(
+            context,
+            capabilities,
+            Arc::new(Ledger(log.clone())),
+            runtime.handle().clone(),
+        )
+        .with_observer(Arc::new(Ledger(log.clone())));
+        for text in ["one", "two"] {
+            gateway
+                .call("slack.post", json!({"channel": "#a", "text": text}))
+                .unwrap();
+        }
+        assert_eq!(
+            *lock(&log),
+            [
+                r#"perform "one""#,
+                "save 1",
+                "saved 1",
+                r#"perform "two""#,
+                "save 2"
+            ]
+        );
     }
 
     #[test]

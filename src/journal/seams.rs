@@ -16,7 +16,7 @@ use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord};
+use crate::effects::gateway::{EffectObserver, EffectRecord, SavedWait};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
@@ -37,17 +37,25 @@ impl SqliteJournal {
 impl EffectObserver for SqliteJournal {
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
+        self.effect_completed_later(run_id, record)();
+    }
+
+    fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
         let op = Op::Effect {
             run_id: run_id.to_string(),
             record: Box::new(record.clone()),
         };
-        if let Err(error) = self.inner.writer.submit_blocking(op) {
-            metrics::counter!("zoomwire_journal_errors_total").increment(1);
-            tracing::error!(
-                run = %run_id, effect = %record.name, seq = record.seq, error = %error,
-                "effect record not saved: a crash before the run is recorded would perform it again"
-            );
-        }
+        let saving = self.inner.writer.submit_deferred(op);
+        let (run_id, name, seq) = (run_id.to_string(), record.name.clone(), record.seq);
+        Box::new(move || {
+            if let Err(error) = saving.and_then(|wait| wait()) {
+                metrics::counter!("zoomwire_journal_errors_total").increment(1);
+                tracing::error!(
+                    run = %run_id, effect = %name, seq, error = %error,
+                    "effect record not saved: a crash before the run is recorded would perform it again"
+                );
+            }
+        })
     }
 }
 

@@ -57,6 +57,9 @@ impl Reply {
     }
 }
 
+/// Waits for the commit of a job queued with [`WriterHandle::submit_deferred`].
+pub(crate) type CommitWait = Box<dyn FnOnce() -> Result<Outcome, JournalError> + Send>;
+
 /// One request to the writer.
 struct Job {
     op: Op,
@@ -102,6 +105,18 @@ impl WriterHandle {
             reply: Reply::Blocking(sender),
         })?;
         receiver.recv().map_err(|_| self.stopped())?
+    }
+
+    /// Queues `op` now and returns the wait for its commit, for a caller
+    /// with something to do meanwhile. Blocks the thread that waits.
+    pub fn submit_deferred(&self, op: Op) -> Result<CommitWait, JournalError> {
+        let (sender, receiver) = sync_channel(1);
+        self.send(Job {
+            op,
+            reply: Reply::Blocking(sender),
+        })?;
+        let stopped = self.stopped();
+        Ok(Box::new(move || receiver.recv().map_err(|_| stopped)?))
     }
 
     /// Queues `op` without waiting for its commit. Writes keep the order

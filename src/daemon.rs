@@ -44,7 +44,7 @@ use crate::zoom::websocket::{ConnectionStatus, run_subscription};
 /// Events waiting between the sources and the executor.
 const INTAKE_CAPACITY: usize = 4096;
 /// Events being journaled and matched at once.
-const INTAKE_CONCURRENCY: usize = 256;
+const INTAKE_CONCURRENCY: usize = 1024;
 /// Most events one intake handler takes (at most `INTAKE_CONCURRENCY`).
 const INTAKE_BATCH: usize = 64;
 /// How often the store is checked for runs put back by `zoomwire runs retry`.

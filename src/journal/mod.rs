@@ -12,6 +12,7 @@
 //! write with a [`JournalError`] and nothing counts as accepted. Old rows are
 //! pruned in the background (see `prune.rs`).
 
+mod checkpoint;
 mod codec;
 pub mod memory;
 mod ops;
@@ -206,6 +207,7 @@ struct Inner {
     writer: WriterHandle,
     _writer_thread: JoinOnDrop,
     _stop_pruner: Option<Sender<()>>,
+    _stop_checkpoints: Sender<()>,
 }
 
 /// Waits for the writer to finish its queue when the journal is dropped.
@@ -257,6 +259,8 @@ impl SqliteJournal {
             queue_capacity: options.queue_capacity,
         };
         let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
+        let stop_checkpoints = checkpoint::spawn(path.clone(), options.busy_timeout, options.sync)
+            .map_err(JournalOpenError::Thread)?;
         let (stop_pruner, stop_receiver) = std::sync::mpsc::channel();
         let interval = options.prune_interval;
         let inner = Arc::new(Inner {
@@ -266,6 +270,7 @@ impl SqliteJournal {
             writer,
             _writer_thread: JoinOnDrop(Some(thread)),
             _stop_pruner: interval.map(|_| stop_pruner),
+            _stop_checkpoints: stop_checkpoints,
         });
         if let Some(interval) = interval {
             let weak = Arc::downgrade(&inner);

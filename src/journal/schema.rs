@@ -121,6 +121,13 @@ pub(crate) fn open_writer(
     // FULL: durability per committed batch, the WAL is synced on every commit.
     conn.pragma_update(None, "synchronous", sync.pragma())
         .map_err(fail)?;
+    // Checkpoints run on their own thread (`checkpoint`); this is the backstop.
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
+    )
+    .map_err(fail)?;
     check_identity(&conn, path)?;
     migrate(&mut conn, path)?;
     if verify {

@@ -7,7 +7,8 @@
 //! - `match/*`: decoding and matching one event against 20 rules, and
 //!   matching against 10,000 rules spread over 100 event types (the event's
 //!   own type has the same 4 rules in both sets).
-//! - `condition/*`: one compiled `when` evaluated in a prepared scope.
+//! - `condition/*`: one `when` evaluated by Rhai on its compiled AST in a
+//!   prepared scope, and by its fast form on the event's tree.
 //!
 //! Run with `cargo bench --bench hot_paths`; `ZOOMWIRE_BENCH_QUICK=1` shortens it.
 
@@ -124,10 +125,10 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let sandbox = small.sandbox();
-    let condition = small
-        .rule("started-2")
-        .and_then(|r| r.condition.clone())
-        .expect("has a condition");
+    let rule = small.rule("started-2").expect("the rule is there");
+    let condition = rule.condition.clone().expect("has a condition");
+    let fast = rule.fast_condition.clone().expect("a simple condition");
+    let tree = event.tree();
     let mut scope = sandbox.expression_scope(event.body(), &event.meta(), &vars);
     let mut group = c.benchmark_group("condition");
     group.bench_function("eval_compiled_when", |b| {
@@ -136,6 +137,9 @@ fn benches(c: &mut Criterion) {
                 .eval_expression(&mut scope, black_box(&condition.ast))
                 .expect("evaluates")
         })
+    });
+    group.bench_function("eval_fast_when", |b| {
+        b.iter(|| fast.eval(black_box(&tree)).expect("a sure answer"))
     });
     group.finish();
 }

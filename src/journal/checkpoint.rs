@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -24,18 +25,37 @@ pub(crate) const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 /// How often the background thread checkpoints.
 const INTERVAL: Duration = Duration::from_millis(250);
 
-/// Starts the checkpoint thread for the store at `path`; it stops when the
-/// returned sender is dropped.
+/// The checkpoint thread: stopped and joined when dropped, so that its
+/// connection is closed before the writer's (the last connection to close
+/// checkpoints everything and removes the log).
+pub(crate) struct Checkpointer {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the checkpoint thread for the store at `path`.
 pub(crate) fn spawn(
     path: PathBuf,
     busy_timeout: Duration,
     sync: JournalSync,
-) -> std::io::Result<Sender<()>> {
+) -> std::io::Result<Checkpointer> {
     let (stop, stopped) = channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("zoomwire-checkpoint".into())
         .spawn(move || checkpoint_loop(path, busy_timeout, sync, stopped))?;
-    Ok(stop)
+    Ok(Checkpointer {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 fn checkpoint_loop(path: PathBuf, busy_timeout: Duration, sync: JournalSync, stop: Receiver<()>) {

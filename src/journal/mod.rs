@@ -203,11 +203,13 @@ struct Inner {
     path: PathBuf,
     options: JournalOptions,
     readers: Readers,
-    // Field order matters: the writer's sender drops first, then its thread is joined.
+    // Field order matters: the checkpoint thread stops first, then the
+    // writer's sender drops, then its thread is joined (its connection, the
+    // last, checkpoints what is left and removes the log).
+    _checkpoints: checkpoint::Checkpointer,
     writer: WriterHandle,
     _writer_thread: JoinOnDrop,
     _stop_pruner: Option<Sender<()>>,
-    _stop_checkpoints: Sender<()>,
 }
 
 /// Waits for the writer to finish its queue when the journal is dropped.
@@ -259,7 +261,7 @@ impl SqliteJournal {
             queue_capacity: options.queue_capacity,
         };
         let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
-        let stop_checkpoints = checkpoint::spawn(path.clone(), options.busy_timeout, options.sync)
+        let checkpoints = checkpoint::spawn(path.clone(), options.busy_timeout, options.sync)
             .map_err(JournalOpenError::Thread)?;
         let (stop_pruner, stop_receiver) = std::sync::mpsc::channel();
         let interval = options.prune_interval;
@@ -267,10 +269,10 @@ impl SqliteJournal {
             readers: Readers::new(&path, options.busy_timeout),
             path,
             options,
+            _checkpoints: checkpoints,
             writer,
             _writer_thread: JoinOnDrop(Some(thread)),
             _stop_pruner: interval.map(|_| stop_pruner),
-            _stop_checkpoints: stop_checkpoints,
         });
         if let Some(interval) = interval {
             let weak = Arc::downgrade(&inner);

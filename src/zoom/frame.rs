@@ -116,7 +116,7 @@ fn content_text(content: &RawValue) -> Result<Cow<'_, str>, FrameError> {
 fn unescape(literal: &str) -> Option<String> {
     let mut rest = literal.strip_prefix('"')?.strip_suffix('"')?;
     let mut out = String::with_capacity(rest.len());
-    while let Some(at) = rest.find('\\') {
+    while let Some(at) = rest.bytes().position(|b| b == b'\\') {
         out.push_str(&rest[..at]);
         let escape = rest.as_bytes().get(at + 1)?;
         rest = &rest[at + 2..];

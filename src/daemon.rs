@@ -9,8 +9,9 @@
 //! run; a journal error (a full disk) pauses that event's intake and retries
 //! it, so nothing counts as accepted unless it was written. Many events are
 //! journaled at once (taken from the channel in batches), but their runs are
-//! admitted in the order the events arrived. On shutdown intake stops first, then runs in flight get the grace
-//! period; whatever is still pending resumes on the next start. Runs put
+//! admitted in the order the events arrived. On shutdown intake stops first,
+//! then runs in flight get the grace period; whatever is still pending
+//! resumes on the next start. Runs put
 //! back by `zoomwire runs retry` while the daemon runs are found in the store
 //! within a second or so and resumed.
 

@@ -1,9 +1,9 @@
 //! The engine's view of one Zoom event: the body exactly as Zoom sent it, plus
 //! the envelope the engine adds (`id`, `source`, `received_at`).
 //!
-//! Decoding reads the text once as a borrowed tree ([`tree::Json`]) for the
-//! type, timestamp and dedupe key, and keeps the raw JSON text (what the
-//! journal stores). The read-only Rhai value that scripts and Rhai-evaluated
+//! Decoding reads the type, timestamp and dedupe key's fields in one pass
+//! that skips the rest ([`head::Head`]; unusual bodies go through the full
+//! [`tree::Json`]), and keeps the raw JSON text (what the journal stores). The read-only Rhai value that scripts and Rhai-evaluated
 //! conditions read is made from the text on first use and shared by every
 //! rule of the event, so no rule converts the event again. The `id` is the
 //! dedupe key described in `design.md`: the event type, its timestamp, the
@@ -188,24 +188,36 @@ impl Event {
     }
 }
 
+/// The fields an event's identity is made of, from either road.
+struct KeyFields<'a> {
+    ts: Scalar<'a>,
+    uuid: Scalar<'a>,
+    id: Scalar<'a>,
+    /// `participant_uuid`, `user_id` and `id`, when there is a participant.
+    participant: Option<[Scalar<'a>; 3]>,
+}
+
 /// Type, timestamp and dedupe key from the fields read in one pass.
 fn identity_from_head(head: Head<'_>, raw: &str) -> Result<(String, i64, String), EventError> {
     let event_type = head.event.ok_or(EventError::MissingType)?.into_owned();
-    let ts = scalar_to_i64(&head.event_ts);
     let object = head.payload.and_then(|p| p.0.object).map(|o| o.0);
-    let object_key = object.as_ref().and_then(|object| {
-        scalar_to_key_part(&object.uuid).or_else(|| scalar_to_key_part(&object.id))
-    });
-    let participant = object.as_ref().and_then(|object| {
-        let p = &object.participant.as_ref()?.0;
-        // The first field present decides, as on the tree.
-        [&p.participant_uuid, &p.user_id, &p.id]
-            .into_iter()
-            .find(|part| part.is_present())
-            .and_then(scalar_to_key_part)
-    });
-    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
-    Ok((event_type, ts, id))
+    let fields = match object {
+        None => KeyFields {
+            ts: head.event_ts,
+            uuid: Scalar::Absent,
+            id: Scalar::Absent,
+            participant: None,
+        },
+        Some(object) => KeyFields {
+            ts: head.event_ts,
+            uuid: object.uuid,
+            id: object.id,
+            participant: object
+                .participant
+                .map(|p| [p.0.participant_uuid, p.0.user_id, p.0.id]),
+        },
+    };
+    Ok(identity(event_type, fields, raw))
 }
 
 /// The same from the full tree, for bodies [`Head::read`] leaves to it.
@@ -219,25 +231,34 @@ fn identity_from_tree(raw: &str) -> Result<(String, i64, String), EventError> {
         .and_then(Json::as_str)
         .ok_or(EventError::MissingType)?
         .to_string();
-    let ts = tree.get("event_ts").map(json_to_i64).unwrap_or(0);
     let object = tree.get("payload").and_then(|p| p.get("object"));
-    let object_key = object.and_then(|object| {
-        object
-            .get("uuid")
-            .and_then(json_to_key_part)
-            .or_else(|| object.get("id").and_then(json_to_key_part))
-    });
-    let participant = object.and_then(|object| {
-        let p = object.get("participant")?;
-        p.get("participant_uuid")
-            .or_else(|| p.get("user_id"))
-            .or_else(|| p.get("id"))
-            .and_then(json_to_key_part)
-    });
-    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
-    Ok((event_type, ts, id))
+    let field = |key: &str| Scalar::of(object.and_then(|o| o.get(key)));
+    let fields = KeyFields {
+        ts: Scalar::of(tree.get("event_ts")),
+        uuid: field("uuid"),
+        id: field("id"),
+        participant: object
+            .and_then(|o| o.get("participant"))
+            .map(|p| ["participant_uuid", "user_id", "id"].map(|key| Scalar::of(p.get(key)))),
+    };
+    Ok(identity(event_type, fields, raw))
 }
 
+fn identity(event_type: String, fields: KeyFields<'_>, raw: &str) -> (String, i64, String) {
+    let ts = scalar_to_i64(&fields.ts);
+    let object_key = scalar_to_key_part(&fields.uuid).or_else(|| scalar_to_key_part(&fields.id));
+    // The first participant field present decides.
+    let participant = fields.participant.and_then(|parts| {
+        parts
+            .iter()
+            .find(|part| part.is_present())
+            .and_then(scalar_to_key_part)
+    });
+    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
+    (event_type, ts, id)
+}
+
+/// A number (or a numeric string) as `i64`, else 0.
 fn scalar_to_i64(value: &Scalar<'_>) -> i64 {
     match value {
         Scalar::Int(n) => *n,
@@ -247,6 +268,7 @@ fn scalar_to_i64(value: &Scalar<'_>) -> i64 {
     }
 }
 
+/// A scalar as it goes into the dedupe key (as Rhai would print it).
 fn scalar_to_key_part(value: &Scalar<'_>) -> Option<String> {
     match value {
         Scalar::Str(s) => Some(s.to_string()),
@@ -254,27 +276,6 @@ fn scalar_to_key_part(value: &Scalar<'_>) -> Option<String> {
         Scalar::Float(f) => Some(Dynamic::from_float(*f).to_string()),
         Scalar::Bool(b) => Some(b.to_string()),
         Scalar::Absent | Scalar::Other => None,
-    }
-}
-
-/// A number (or a numeric string) as `i64`, else 0.
-fn json_to_i64(value: &Json<'_>) -> i64 {
-    match value {
-        Json::Int(n) => *n,
-        Json::Float(f) => *f as i64,
-        Json::Str(s) => s.parse().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// A scalar as it goes into the dedupe key (as Rhai would print it).
-fn json_to_key_part(value: &Json<'_>) -> Option<String> {
-    match value {
-        Json::Str(s) => Some(s.to_string()),
-        Json::Int(n) => Some(n.to_string()),
-        Json::Float(f) => Some(Dynamic::from_float(*f).to_string()),
-        Json::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
 }
 

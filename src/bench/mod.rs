@@ -55,15 +55,17 @@ pub struct BenchOptions {
     pub daemon_exe: PathBuf,
 }
 
-/// The journal the daemon under test uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The journal the daemon under test uses (`--journal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchJournal {
-    /// SQLite with `synchronous=FULL` (the daemon's default).
+    /// SQLite in WAL mode with synchronous=FULL, as `zoomwire run` by default
     #[default]
+    #[value(alias = "on")]
     Full,
-    /// SQLite with `synchronous=NORMAL`.
+    /// SQLite in WAL mode with synchronous=NORMAL (`ZOOMWIRE_JOURNAL_SYNC=normal`)
     Normal,
-    /// In memory.
+    /// In memory (`ZOOMWIRE_JOURNAL=memory`)
+    #[value(name = "off")]
     Memory,
 }
 

@@ -43,7 +43,7 @@ pub fn rules_yaml() -> String {
 }
 
 /// (name, on, when, posts to Slack)
-const RULES: [(&str, &str, &str, bool); 20] = [
+pub(crate) const RULES: [(&str, &str, &str, bool); 20] = [
     (
         "outside-participant-joined",
         "meeting.participant_joined",

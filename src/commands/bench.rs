@@ -7,18 +7,6 @@ use std::time::Duration;
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::bench::{BenchJournal, BenchOptions, complete, format_report, run_bench};
 
-/// The journal the daemon under test uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum JournalSwitch {
-    /// SQLite in WAL mode with synchronous=FULL, as `zoomwire run` by default
-    #[value(alias = "on")]
-    Full,
-    /// SQLite in WAL mode with synchronous=NORMAL (`ZOOMWIRE_JOURNAL_SYNC=normal`)
-    Normal,
-    /// In memory (`ZOOMWIRE_JOURNAL=memory`)
-    Off,
-}
-
 /// The bench's command-line arguments (`main.rs` flattens these into its
 /// `Bench` variant).
 #[derive(Debug, Clone, clap::Args)]
@@ -33,8 +21,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// The daemon's journal
-    #[arg(long, value_enum, default_value_t = JournalSwitch::Full)]
-    pub journal: JournalSwitch,
+    #[arg(long, value_enum, default_value_t = BenchJournal::Full)]
+    pub journal: BenchJournal,
 }
 
 /// Runs the bench and prints the report; exit 1 when events or posts went
@@ -55,11 +43,7 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         events: args.events,
         rate: args.rate,
         duration: Duration::from_secs(args.seconds),
-        journal: match args.journal {
-            JournalSwitch::Full => BenchJournal::Full,
-            JournalSwitch::Normal => BenchJournal::Normal,
-            JournalSwitch::Off => BenchJournal::Memory,
-        },
+        journal: args.journal,
         daemon_exe,
     };
     let report = run_bench(&options)

@@ -13,6 +13,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::tree::Json;
+
 /// `{"event", "event_ts", "payload": {"object": {...}}}`.
 #[derive(Deserialize)]
 pub struct Head<'a> {
@@ -85,9 +87,21 @@ pub enum Scalar<'a> {
     Other,
 }
 
-impl Scalar<'_> {
+impl<'a> Scalar<'a> {
     pub fn is_present(&self) -> bool {
         *self != Scalar::Absent
+    }
+
+    /// A field of the full tree as this pass would have read it.
+    pub fn of(value: Option<&Json<'a>>) -> Scalar<'a> {
+        match value {
+            None => Scalar::Absent,
+            Some(Json::Str(s)) => Scalar::Str(s.clone()),
+            Some(Json::Int(n)) => Scalar::Int(*n),
+            Some(Json::Float(f)) => Scalar::Float(*f),
+            Some(Json::Bool(b)) => Scalar::Bool(*b),
+            Some(Json::Null | Json::Array(_) | Json::Object(_)) => Scalar::Other,
+        }
     }
 }
 

@@ -48,7 +48,7 @@ impl EffectObserver for SqliteJournal {
         let saving = self.inner.writer.submit_deferred(op);
         let (run_id, name, seq) = (run_id.to_string(), record.name.clone(), record.seq);
         Box::new(move || {
-            if let Err(error) = saving.and_then(|wait| wait()) {
+            if let Err(error) = saving.and_then(|commit| commit.wait()) {
                 metrics::counter!("zoomwire_journal_errors_total").increment(1);
                 tracing::error!(
                     run = %run_id, effect = %name, seq, error = %error,

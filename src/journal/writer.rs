@@ -57,8 +57,20 @@ impl Reply {
     }
 }
 
-/// Waits for the commit of a job queued with [`WriterHandle::submit_deferred`].
-pub(crate) type CommitWait = Box<dyn FnOnce() -> Result<Outcome, JournalError> + Send>;
+/// The commit of a job queued with [`WriterHandle::submit_deferred`], to wait for.
+pub(crate) struct CommitWait {
+    receiver: Receiver<Result<Outcome, JournalError>>,
+    path: Arc<Path>,
+}
+
+impl CommitWait {
+    /// Blocks the calling thread until the job is committed.
+    pub fn wait(self) -> Result<Outcome, JournalError> {
+        self.receiver
+            .recv()
+            .map_err(|_| stopped_error(&self.path))?
+    }
+}
 
 /// One request to the writer.
 struct Job {
@@ -74,11 +86,18 @@ pub(crate) struct WriterCounters {
     pub largest_batch: AtomicU64,
 }
 
+fn stopped_error(path: &Path) -> JournalError {
+    JournalError(format!(
+        "the writer of the store {} has stopped",
+        path.display()
+    ))
+}
+
 /// The sending side of the writer.
 pub(crate) struct WriterHandle {
     sender: Sender<Job>,
     permits: Semaphore,
-    path: PathBuf,
+    path: Arc<Path>,
     pub counters: Arc<WriterCounters>,
 }
 
@@ -99,12 +118,7 @@ impl WriterHandle {
     /// Sync callers are bounded by the threads that can block here, so they
     /// do not take a permit.
     pub fn submit_blocking(&self, op: Op) -> Result<Outcome, JournalError> {
-        let (sender, receiver) = sync_channel(1);
-        self.send(Job {
-            op,
-            reply: Reply::Blocking(sender),
-        })?;
-        receiver.recv().map_err(|_| self.stopped())?
+        self.submit_deferred(op)?.wait()
     }
 
     /// Queues `op` now and returns the wait for its commit, for a caller
@@ -115,8 +129,10 @@ impl WriterHandle {
             op,
             reply: Reply::Blocking(sender),
         })?;
-        let stopped = self.stopped();
-        Ok(Box::new(move || receiver.recv().map_err(|_| stopped)?))
+        Ok(CommitWait {
+            receiver,
+            path: self.path.clone(),
+        })
     }
 
     /// Queues `op` without waiting for its commit. Writes keep the order
@@ -133,10 +149,7 @@ impl WriterHandle {
     }
 
     fn stopped(&self) -> JournalError {
-        JournalError(format!(
-            "the writer of the store {} has stopped",
-            self.path.display()
-        ))
+        stopped_error(&self.path)
     }
 }
 
@@ -150,7 +163,7 @@ pub(crate) fn spawn(
     let handle = WriterHandle {
         sender,
         permits: Semaphore::new(settings.queue_capacity.max(1)),
-        path: settings.path.clone(),
+        path: settings.path.as_path().into(),
         counters: counters.clone(),
     };
     let thread = std::thread::Builder::new()

@@ -686,7 +686,8 @@ mod tests {
     use rhai::{AST, Dynamic, Scope};
 
     use super::*;
-    use crate::bench::workload::{Generator, rules_yaml};
+    use crate::bench::workload::{Generator, RULES};
+    use crate::rules::index::EventPattern;
     use crate::script::{Sandbox, SandboxLimits, ScriptModules};
 
     fn accepts(source: &str) -> bool {
@@ -953,28 +954,18 @@ mod tests {
         tally
     }
 
-    /// The bench's 20 rules as (on, when), read from the YAML it writes.
+    /// The bench's 20 rules as (on, when).
     fn bench_rules() -> Vec<(String, String)> {
-        let mut rules = Vec::new();
-        let mut on = None;
-        for line in rules_yaml().lines() {
-            if let Some(value) = line.strip_prefix("  on: ") {
-                on = Some(value.to_owned());
-            }
-            if let Some(when) = line
-                .strip_prefix("  when: '")
-                .and_then(|rest| rest.strip_suffix('\''))
-            {
-                rules.push((on.take().unwrap(), when.replace("''", "'")));
-            }
-        }
+        let rules: Vec<(String, String)> = RULES
+            .iter()
+            .map(|(_, on, when, _)| (on.to_string(), when.to_string()))
+            .collect();
         assert_eq!(rules.len(), 20);
         rules
     }
 
     fn listens(on: &str, event_type: &str) -> bool {
-        on.strip_suffix('*')
-            .map_or(on == event_type, |prefix| event_type.starts_with(prefix))
+        EventPattern::parse(on).unwrap().matches(event_type)
     }
 
     /// Bodies of events the bench generates.

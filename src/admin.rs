@@ -404,6 +404,7 @@ impl RunHistory for SqliteJournal {
             rule,
             failed_only,
             limit,
+            ..RunFilter::default()
         };
         let runs = SqliteJournal::list_runs(self, filter).map_err(|e| e.to_string())?;
         runs.iter().map(to_json).collect()

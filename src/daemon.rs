@@ -152,9 +152,12 @@ impl Daemon {
         }
         tasks.spawn(intake(
             events_rx,
-            executor.clone(),
-            rules.clone(),
-            admin.clone(),
+            Intake::new(
+                executor.clone(),
+                rules.clone(),
+                admin.clone(),
+                settings.max_waiting_runs,
+            ),
             shutdown.clone(),
         ));
         if options.watch_rules {
@@ -471,27 +474,24 @@ async fn resume_requeued_once(
 /// Events are taken in batches of what has queued up (at most
 /// [`INTAKE_BATCH`]): one task per batch instead of one per event, so a busy
 /// stream pays the hand-offs once per batch while a quiet one still handles
-/// each event as it comes.
+/// each event as it comes. Before each batch it waits while
+/// `max_waiting_runs` runs wait their turn: the channel then fills, the
+/// WebSocket is no longer read and webhooks answer 503, and nothing is
+/// dropped. (The bound can be passed by the runs of the events already
+/// being journaled, at most [`INTAKE_CONCURRENCY`] events' worth.)
 async fn intake(
     mut events: mpsc::Receiver<Event>,
-    executor: Executor,
-    rules: Arc<RuleSetHandle>,
-    admin: Arc<AdminState>,
+    mut intake: Intake,
     shutdown: CancellationToken,
 ) {
-    let mut intake = Intake {
-        in_flight: Arc::new(Semaphore::new(INTAKE_CONCURRENCY)),
-        handlers: TaskTracker::new(),
-        previous: None,
-        executor,
-        rules,
-        admin,
-    };
     loop {
         let mut batch = Vec::with_capacity(INTAKE_BATCH);
         let taken = tokio::select! {
             _ = shutdown.cancelled() => break,
-            taken = events.recv_many(&mut batch, INTAKE_BATCH) => taken,
+            taken = async {
+                intake.executor.wait_for_room(intake.max_waiting_runs).await;
+                events.recv_many(&mut batch, INTAKE_BATCH).await
+            } => taken,
         };
         if taken == 0 {
             break;
@@ -519,9 +519,28 @@ struct Intake {
     executor: Executor,
     rules: Arc<RuleSetHandle>,
     admin: Arc<AdminState>,
+    /// Runs waiting their turn at which intake stops taking events.
+    max_waiting_runs: usize,
 }
 
 impl Intake {
+    fn new(
+        executor: Executor,
+        rules: Arc<RuleSetHandle>,
+        admin: Arc<AdminState>,
+        max_waiting_runs: usize,
+    ) -> Intake {
+        Intake {
+            in_flight: Arc::new(Semaphore::new(INTAKE_CONCURRENCY)),
+            handlers: TaskTracker::new(),
+            previous: None,
+            executor,
+            rules,
+            admin,
+            max_waiting_runs,
+        }
+    }
+
     /// Hands a batch of events to a handler, waiting while too many are busy.
     async fn dispatch(&mut self, batch: Vec<Event>) {
         // A batch never holds more than the semaphore has (`INTAKE_BATCH`
@@ -677,9 +696,7 @@ mod tests {
         shutdown.cancel();
         intake(
             receiver,
-            executor.clone(),
-            rules,
-            AdminState::new(),
+            Intake::new(executor.clone(), rules, AdminState::new(), 100),
             shutdown,
         )
         .await;

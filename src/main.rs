@@ -98,7 +98,7 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// End-to-end throughput, latency and memory of the daemon against the simulator (build with --release)
     Bench(commands::bench::BenchArgs),
-    /// Run history from the store: `runs [--rule NAME] [--failed] [--json]`, `runs retry ID`
+    /// Run history from the store: `runs [--rule NAME] [--failed|--skipped] [--json]`, `runs retry ID`
     Runs {
         #[command(subcommand)]
         action: Option<RunsAction>,
@@ -106,8 +106,11 @@ enum Command {
         #[arg(long)]
         rule: Option<String>,
         /// Only failed and dead runs (dead letters)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "skipped")]
         failed: bool,
+        /// Only runs that were dropped (mode single or restart, `max_queued`) or whose condition failed
+        #[arg(long)]
+        skipped: bool,
         /// One JSON object per line
         #[arg(long)]
         json: bool,
@@ -195,11 +198,12 @@ async fn dispatch(command: Command) -> CommandResult {
             action,
             rule,
             failed,
+            skipped,
             json,
             data,
         } => match action {
             Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
-            None => commands::runs::list(&data, rule, failed, json).await,
+            None => commands::runs::list(&data, rule, failed, skipped, json).await,
         },
     }
 }

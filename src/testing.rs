@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::effects::gateway::EffectRecord;
 use crate::effects::recorder::{CannedAnswer, RecordingEffects, json_contains};
 use crate::effects::{EffectError, EffectErrorKind};
+use crate::engine::attempt::RetryWaits;
 use crate::engine::executor::Executor;
 use crate::engine::record::{MemoryJournal, RunRecord, RunStatus};
 use crate::event::{Event, Source};
@@ -72,7 +73,7 @@ async fn run_test(
         pool.clone(),
         rhai::Dynamic::from_map(rhai::Map::new()),
     )
-    .with_instant_retries();
+    .with_retry_waits(RetryWaits::Skipped);
     let only_this_rule = Arc::new(rule_set.only(&rule.name));
     let outcome = executor
         .handle_event(&only_this_rule, event)

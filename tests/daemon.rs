@@ -510,3 +510,127 @@ do: |
     assert_eq!(daemon.logged("resuming a requeued run").len(), 1);
     daemon.kill().await;
 }
+
+/// A rule as the README teaches it: default mode (parallel) and `max_runs`.
+const POST_RECORDING: &str = r##"name: post-recording
+on: meeting.started
+allow: [slack]
+do: |
+  slack::post("#recordings", `ready: ${event.payload.object.topic}`);
+"##;
+
+/// The WebSocket frame carrying `event`.
+fn frame_of(event: &Value) -> String {
+    serde_json::json!({"module": "message", "content": event.to_string()}).to_string()
+}
+
+/// Waits until Slack has `count` posts on `#recordings`; returns their texts.
+async fn wait_posts(ws: &Workspace, count: usize, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let texts = ws.slack_texts("#recordings");
+        if texts.len() >= count {
+            return texts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} posts after {within:?}",
+            texts.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_each_once(texts: &[String], count: u64) {
+    let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
+    assert_eq!(texts.len() as u64, count, "no post doubled");
+    assert_eq!(distinct.len() as u64, count, "every post once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_on_a_rule_with_default_settings_delivers_every_post_once() {
+    let ws = Workspace::new().await;
+    ws.write_rule("post-recording.yaml", POST_RECORDING);
+    ws.sim
+        .set_delay("/slack/api/chat.postMessage", Duration::from_millis(30));
+    let daemon = ws.start(1).await;
+    const BURST: u64 = 2_000;
+    for n in 0..BURST {
+        let frame = frame_of(&meeting_event("meeting.started", n, HOST_USER_ID));
+        assert_eq!(ws.sim.send_frame(None, frame).await, 1, "sent");
+    }
+    // max_runs 10 at 30 ms a post: about 6 s of work.
+    let texts = wait_posts(&ws, BURST as usize, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&ws.slack_texts("#recordings"), BURST);
+    assert_eq!(texts.len() as u64, BURST);
+    assert!(daemon.logged("run dropped").is_empty(), "nothing dropped");
+    assert!(ws.runs_with(&["--skipped"]).await.is_empty());
+    let (_, metrics) = metrics_text(&daemon).await;
+    assert!(
+        !metrics.contains("outcome=\"skipped\""),
+        "no skipped run counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_bound_of_waiting_runs_intake_pauses_and_drops_nothing() {
+    let mut ws = Workspace::new().await;
+    ws.set_env("ZOOMWIRE_MAX_WAITING_RUNS", "10");
+    ws.write_rule("post-recording.yaml", POST_RECORDING);
+    ws.sim
+        .set_delay("/slack/api/chat.postMessage", Duration::from_millis(20));
+    let daemon = ws.start(1).await;
+    // More than the events intake journals at once (1,024) before their runs
+    // are admitted, and ten posts at a time: runs pile up past the bound.
+    const BURST: u64 = 1_500;
+    for n in 0..BURST {
+        let frame = frame_of(&meeting_event("meeting.started", n, HOST_USER_ID));
+        assert_eq!(ws.sim.send_frame(None, frame).await, 1, "sent");
+    }
+    wait_posts(&ws, BURST as usize, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_each_once(&ws.slack_texts("#recordings"), BURST);
+    assert!(
+        !daemon
+            .logged("intake paused: too many runs waiting their turn")
+            .is_empty(),
+        "intake paused at the bound"
+    );
+    assert!(ws.runs_with(&["--skipped"]).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_a_mode_drops_is_logged_at_warn_counted_and_listed() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "single.yaml",
+        &POST_RECORDING.replace("allow: [slack]", "allow: [slack]\nmode: single"),
+    );
+    ws.sim
+        .set_delay("/slack/api/chat.postMessage", Duration::from_millis(500));
+    let daemon = ws.start(1).await;
+    for n in 0..2 {
+        ws.sim
+            .emit_event(None, &meeting_event("meeting.started", n, HOST_USER_ID));
+    }
+    let dropped = daemon.wait_for_log("run dropped").await;
+    assert_eq!(dropped["level"], "WARN", "{dropped}");
+    assert_eq!(dropped["rule"], "post-recording", "{dropped}");
+    assert!(
+        dropped["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mode single"),
+        "{dropped}"
+    );
+    wait_posts(&ws, 1, Duration::from_secs(10)).await;
+    let skipped = ws.runs_with(&["--skipped"]).await;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0]["status"], "skipped");
+    let (_, metrics) = metrics_text(&daemon).await;
+    assert!(
+        metrics.contains("outcome=\"skipped\""),
+        "the drop is counted: {metrics}"
+    );
+}

@@ -174,29 +174,21 @@ async fn modes_apply_per_key() {
 }
 
 #[tokio::test]
-async fn queued_runs_one_at_a_time_up_to_max_runs() {
+async fn queued_runs_one_at_a_time_and_the_rest_wait_their_turn() {
     let h = harness(
-        &format!("- name: q\n  on: meeting.ended\n  mode: queued\n  max_runs: 2\n  {SLOW}"),
+        &format!("- name: q\n  on: meeting.ended\n  mode: queued\n  {SLOW}"),
         TestEffects::default(),
     );
-    let runs = h
-        .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
-        .await;
-    assert_eq!(
-        statuses(&runs),
-        [
-            RunStatus::Succeeded,
-            RunStatus::Succeeded,
-            RunStatus::Skipped
-        ]
-    );
-    assert!(runs[2].error.as_deref().unwrap().contains("queue full"));
-    // One at a time: the second started after the first finished.
-    assert!(runs[1].started_at.unwrap() >= runs[0].finished_at.unwrap());
+    let runs = h.fire_all((1..=4).map(|n| event(n, "a")).collect()).await;
+    assert_eq!(statuses(&runs), [RunStatus::Succeeded; 4]);
+    // One at a time, in arrival order.
+    for pair in runs.windows(2) {
+        assert!(pair[1].started_at.unwrap() >= pair[0].finished_at.unwrap());
+    }
 }
 
 #[tokio::test]
-async fn parallel_runs_up_to_max_runs_at_once() {
+async fn parallel_runs_up_to_max_runs_at_once_and_the_rest_wait_their_turn() {
     let h = harness(
         &format!("- name: p\n  on: meeting.ended\n  mode: parallel\n  max_runs: 2\n  {SLOW}"),
         TestEffects::default(),
@@ -205,6 +197,31 @@ async fn parallel_runs_up_to_max_runs_at_once() {
     let runs = h
         .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
         .await;
+    assert_eq!(statuses(&runs), [RunStatus::Succeeded; 3]);
+    let first_two_done = runs[0]
+        .finished_at
+        .unwrap()
+        .min(runs[1].finished_at.unwrap());
+    assert!(
+        runs[2].started_at.unwrap() >= first_two_done,
+        "the third waited for a place"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(850),
+        "two ran concurrently: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn max_queued_is_the_explicit_choice_to_drop_and_says_so() {
+    let h = harness(
+        &format!("- name: q\n  on: meeting.ended\n  mode: queued\n  max_queued: 1\n  {SLOW}"),
+        TestEffects::default(),
+    );
+    let runs = h
+        .fire_all(vec![event(1, "a"), event(2, "a"), event(3, "a")])
+        .await;
     assert_eq!(
         statuses(&runs),
         [
@@ -213,11 +230,66 @@ async fn parallel_runs_up_to_max_runs_at_once() {
             RunStatus::Skipped
         ]
     );
-    assert!(
-        started.elapsed() < Duration::from_millis(550),
-        "ran concurrently: {:?}",
-        started.elapsed()
+    assert_eq!(
+        runs[2].error.as_deref(),
+        Some("its waiting line is full (mode queued, max_queued 1)")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_default_settings_waits_and_runs_every_run_once() {
+    // The default mode (parallel, max_runs 10) and a slow effect: every run
+    // waits its turn, none is dropped, none times out while it waits.
+    let h = harness(
+        "- name: p\n  on: meeting.ended\n  timeout: 1s\n  do: 'zoom::get(\"/x\", #{ms: 30})'\n  allow: [zoom.read]\n",
+        TestEffects::default(),
+    );
+    let runs = h.fire_all((1..=400).map(|n| event(n, "a")).collect()).await;
+    assert!(
+        runs.iter().all(|r| r.status == RunStatus::Succeeded),
+        "{:?}",
+        runs.iter().find(|r| r.status != RunStatus::Succeeded)
+    );
+    assert_eq!(h.effects.count("zoom.get"), 400, "each once");
+    assert_eq!(h.executor.waiting_runs(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_timeout_starts_when_its_script_does_not_while_it_waits_for_a_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "- name: p\n  on: meeting.ended\n  max_runs: 100\n  timeout: 300ms\n  do: 'zoom::get(\"/x\", #{ms: 200})'\n  allow: [zoom.read]\n",
+    )
+    .unwrap();
+    let sources = RuleSources {
+        paths: vec![dir.path().join("rules.yaml")],
+        scripts_dir: dir.path().join("scripts"),
+    };
+    let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
+    let effects = Arc::new(TestEffects::default());
+    // One script thread: ten 200 ms runs take two seconds, far past each one's 300 ms.
+    let executor = Executor::new(
+        Arc::new(MemoryJournal::default()),
+        effects.clone(),
+        Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+        rhai::Dynamic::from_map(rhai::Map::new()),
+    );
+    let mut tickets = Vec::new();
+    for n in 1..=10 {
+        tickets.extend(
+            executor
+                .handle_event(&rule_set, event(n, "a"))
+                .await
+                .unwrap()
+                .runs,
+        );
+    }
+    for ticket in tickets {
+        let run = ticket.wait().await.unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+    }
+    assert_eq!(effects.count("zoom.get"), 10);
 }
 
 #[tokio::test]

@@ -438,7 +438,11 @@ async fn the_runs_command_lists_and_retries() {
     use zoomwire::commands::runs;
     let dir = tempfile::tempdir().unwrap();
     let nowhere = dir.path().join("none");
-    assert!(runs::list(&nowhere, None, false, false).await.is_ok());
+    assert!(
+        runs::list(&nowhere, None, false, false, false)
+            .await
+            .is_ok()
+    );
     assert!(!nowhere.join(DB_FILE).exists(), "listing creates no store");
 
     let journal = open(dir.path());
@@ -448,7 +452,11 @@ async fn the_runs_command_lists_and_retries() {
     dead.error = Some("boom".into());
     journal.record_run(&dead).await.unwrap();
     // The daemon keeps its journal open while the command runs.
-    assert!(runs::list(dir.path(), None, true, true).await.is_ok());
+    assert!(
+        runs::list(dir.path(), None, true, false, true)
+            .await
+            .is_ok()
+    );
     assert!(runs::retry(dir.path(), "run-dead").await.is_ok());
     let again = runs::retry(dir.path(), "run-dead").await.unwrap_err();
     assert!(again.to_string().contains("not over yet"), "{again}");

@@ -95,10 +95,18 @@ fn a_broken_rule_folder_reports_every_error_in_one_pass() {
         "f.yaml",
         "name: f\non: meeting.ended\nwhen: event.payload.object.duration >\ndo: x\n",
     );
+    write(
+        &rules,
+        "g.yaml",
+        "name: g\non: meeting.ended\nmode: single\nmax_queued: 5\ndo: \"1\"\n",
+    );
     let errors = load(&[rules.to_str().unwrap()], &scripts).unwrap_err();
     let text = errors.join("\n");
     let root = rules.display().to_string();
     let expected = [
+        format!(
+            "{root}/g.yaml:4:13: rule \"g\": `max_queued` applies to modes parallel and queued; mode single never lets a run wait behind another"
+        ),
         format!("{root}/a.yaml:3:1: rule \"a\": unknown key `whne` (did you mean `when`?)"),
         format!("{root}/b.yaml:3:5: rule \"a\": script file `missing.rhai` not found"),
         format!("{root}/c.yaml:3:11: rule \"c\": `max_runs`: invalid type: string \"lots\""),

@@ -1216,16 +1216,12 @@ async fn a_panicking_job_does_not_kill_its_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_makes_callers_wait_until_their_deadline() {
+async fn a_busy_pool_makes_callers_wait_for_a_thread_until_their_deadline() {
     let harness = Harness::new(SandboxLimits {
         max_operations: u64::MAX / 2,
         ..SandboxLimits::default()
     });
-    let pool = Arc::new(ScriptPool::with_queue(
-        1,
-        SandboxLimits::default().stack_size,
-        1,
-    ));
+    let pool = Arc::new(ScriptPool::new(1, SandboxLimits::default().stack_size));
     let (busy, _) = harness.job("loop {}", &[], Duration::from_secs(30));
     let stop_busy = busy.cancel.clone();
     let (queued, _) = harness.job("1", &[], Duration::from_secs(30));
@@ -1239,7 +1235,7 @@ async fn a_full_queue_makes_callers_wait_until_their_deadline() {
         async move { pool.run(queued).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // The thread is busy and the queue holds one job: this one cannot get in.
+    // The thread is busy and one job waits for it first: this one cannot get in.
     let (late, _) = harness.job("2", &[], Duration::from_millis(300));
     let started = Instant::now();
     let error = pool.run(late).await.unwrap_err();

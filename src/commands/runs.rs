@@ -1,4 +1,4 @@
-//! `zoomwire runs [--rule NAME] [--failed] [--json]`: run history from the
+//! `zoomwire runs [--rule NAME] [--failed|--skipped] [--json]`: run history from the
 //! store, as a table or JSON lines; `zoomwire runs retry ID`: a failed or dead
 //! run queued again.
 //!
@@ -27,6 +27,7 @@ pub async fn list(
     data_dir: &Path,
     rule: Option<String>,
     failed: bool,
+    skipped: bool,
     json: bool,
 ) -> CommandResult {
     let Some(journal) = open_existing(data_dir)? else {
@@ -39,6 +40,7 @@ pub async fn list(
     let filter = RunFilter {
         rule,
         failed_only: failed,
+        skipped_only: skipped,
         limit: LIST_LIMIT,
     };
     let runs = journal

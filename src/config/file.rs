@@ -90,6 +90,7 @@ pub struct FileConfig {
     pub websocket: FileWebsocket,
     pub journal: FileJournal,
     pub shutdown_grace: Option<Scalar>,
+    pub max_waiting_runs: Option<Scalar>,
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub sandbox: Option<serde_json::Value>,
 }

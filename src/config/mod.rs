@@ -68,6 +68,9 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// How long runs in flight may take to finish after Ctrl-C or SIGTERM.
     pub shutdown_grace: Duration,
+    /// Runs that may wait their turn in all (`ZOOMWIRE_MAX_WAITING_RUNS`); at
+    /// the bound intake stops reading events (backpressure), it drops none.
+    pub max_waiting_runs: usize,
     /// Free values scripts see as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Sandbox limits as written (`sandbox:`), an object; typed by the sandbox.

@@ -38,6 +38,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(75);
 /// Room for a maximal event escaped inside a frame, as `WsConfig::new` has it,
 /// so that the frame decoder (not the transport) refuses an oversized event.
+/// Runs that may wait their turn before intake stops reading.
+const DEFAULT_MAX_WAITING_RUNS: usize = 100_000;
 const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
 const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -250,6 +252,13 @@ pub(super) fn build(sources: &Sources) -> Built {
                 parse_duration,
             )
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        max_waiting_runs: resolver
+            .get(
+                &key("ZOOMWIRE_MAX_WAITING_RUNS", "max_waiting_runs"),
+                file.max_waiting_runs.as_ref(),
+                parse_positive_count,
+            )
+            .unwrap_or(DEFAULT_MAX_WAITING_RUNS),
         vars: file.vars.clone(),
         sandbox: resolve_sandbox(&mut resolver, &file),
         loaded_from: LoadedFrom {
@@ -269,6 +278,15 @@ pub(super) fn build(sources: &Sources) -> Built {
         } else {
             declared_accounts
         },
+    }
+}
+
+fn parse_positive_count(text: &str) -> Result<usize, String> {
+    match text.trim().replace('_', "").parse::<usize>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(format!(
+            "expected a whole number of at least 1, got `{text}`"
+        )),
     }
 }
 

@@ -89,6 +89,7 @@ fn defaults_are_the_design_defaults() {
     assert_eq!(s.journal.dedupe_window, Duration::from_secs(86_400));
     assert_eq!(s.journal.retention, Duration::from_secs(30 * 86_400));
     assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(s.max_waiting_runs, 100_000);
     assert!(s.vars.is_empty());
     assert_eq!(s.sandbox, serde_json::json!({}));
     assert_eq!(s.loaded_from, LoadedFrom::default());
@@ -155,6 +156,7 @@ fn reads_every_setting_from_the_environment() {
         ("ZOOMWIRE_DEDUPE_WINDOW", "1h"),
         ("ZOOMWIRE_RETENTION", "7d"),
         ("ZOOMWIRE_SHUTDOWN_GRACE", "0s"),
+        ("ZOOMWIRE_MAX_WAITING_RUNS", "5_000"),
     ]);
     let s = settings(None, None, &pairs);
     let account = s.account(DEFAULT_ACCOUNT).unwrap();
@@ -175,6 +177,7 @@ fn reads_every_setting_from_the_environment() {
     assert_eq!(s.websocket.max_frame, 2 << 20);
     assert_eq!(s.journal.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(s.shutdown_grace, Duration::ZERO);
+    assert_eq!(s.max_waiting_runs, 5_000);
     assert!(s.require_daemon().is_ok());
 }
 

@@ -1,5 +1,6 @@
 //! The executor: turns each (event, rule) match into a run and drives it
-//! under the rule's mode, timeout and retry policy.
+//! under the rule's mode ([`super::admission`]) and its attempts
+//! ([`super::attempt`]).
 //!
 //! Every step is reported to the [`Journal`] (the event together with its
 //! runs, pending, before any starts; running; each effect; the outcome),
@@ -8,35 +9,36 @@
 //! write) and [`Executor::admit`] (no I/O), so that the daemon can journal
 //! many events at once and still admit their runs in arrival order.
 //!
-//! Modes apply per rule and per concurrency key: `single` drops a run while
-//! one is running, `queued` runs one at a time with up to `max_runs` waiting
-//! or running, `parallel` runs up to `max_runs` at once, `restart` cancels
-//! the running one for the newest. Scripts run on the sandbox's thread pool;
-//! this module only awaits them. The executor knows which runs it holds
+//! A run the mode does not start now waits its turn; only `single`,
+//! `restart` and an explicit `max_queued` drop runs, each with a WARN line, a
+//! skipped record and a count. The number of waiting runs is published
+//! ([`Executor::wait_for_room`]) so that intake can stop reading at a bound
+//! instead of dropping. The executor knows which runs it holds
 //! ([`Executor::is_active`]), so that the daemon can tell a run put back in
 //! the store by `zoomwire runs retry` from one it is running.
 //!
-//! A queued run is checked when it leaves the queue: if a reload removed its
+//! A waiting run is checked when its turn comes: if a reload removed its
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
 //! record saying so. Runs that already started finish with the rule they have.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use chrono::Utc;
 use rhai::Dynamic;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
+use super::admission::{CancelFlag, Decision, Policy, SlotKey, Slots};
+use super::attempt::{RetryWaits, Run, Runner};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
-use crate::effects::gateway::{EffectRecord, RunEffects};
-use crate::effects::{EffectContext, Effects};
+use crate::effects::Effects;
+use crate::effects::gateway::EffectRecord;
 use crate::event::Event;
-use crate::rules::{Mode, Rule, RuleSet};
-use crate::script::{ScriptError, ScriptJob, ScriptPool};
+use crate::rules::{Rule, RuleSet};
+use crate::script::ScriptPool;
 
 /// What happened to one event.
 #[derive(Debug)]
@@ -87,8 +89,11 @@ pub struct Admitted {
     turned_away: Vec<(PendingRun, String)>,
 }
 
-/// Why a queued run of a removed rule was dropped.
+/// Why a waiting run of a removed rule was dropped.
 pub const RULE_REMOVED: &str = "its rule was removed by a reload";
+
+/// Why `restart` dropped a waiting run.
+const REPLACED: &str = "replaced by a newer run (mode restart)";
 
 /// The names of the rules running now (the reloadable rule set).
 pub trait RuleNames: Send + Sync {
@@ -102,34 +107,20 @@ pub struct Executor {
 }
 
 struct Inner {
-    journal: Arc<dyn Journal>,
-    effects: Arc<dyn Effects>,
-    pool: Arc<ScriptPool>,
-    vars: Dynamic,
-    slots: Mutex<HashMap<SlotKey, Slot>>,
+    runner: Runner,
+    slots: Mutex<Slots<PendingRun>>,
+    /// How many runs wait their turn, for intake's backpressure.
+    waiting: watch::Sender<usize>,
+    /// How many runs are started and not finished, for [`Executor::wait_idle`].
+    started: watch::Sender<usize>,
     /// Ids of the runs this executor holds: recorded or about to be, and not
     /// yet recorded finished. A run the journal lists as unfinished that is
     /// not here was put back by `zoomwire runs retry`.
     active: Mutex<HashSet<String>>,
     finished: broadcast::Sender<RunRecord>,
     tracker: TaskTracker,
-    /// Retries without waiting (rule tests): the backoff is the rule's business, not the test's.
-    instant_retries: bool,
-    /// Asked before a queued run starts; none: queued runs always start.
+    /// Asked before a waiting run starts; none: waiting runs always start.
     current_rules: OnceLock<Arc<dyn RuleNames>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct SlotKey {
-    rule: Arc<str>,
-    key: Option<String>,
-}
-
-/// Runs of one rule and key.
-#[derive(Default)]
-struct Slot {
-    running: Vec<Arc<AtomicBool>>,
-    queue: VecDeque<PendingRun>,
 }
 
 /// Everything needed to start a run later.
@@ -142,11 +133,13 @@ struct PendingRun {
     done: oneshot::Sender<RunRecord>,
 }
 
-/// What admission decided.
-enum Admission {
-    Start(PendingRun, Arc<AtomicBool>),
-    Queued,
-    Skip(PendingRun, String),
+impl PendingRun {
+    fn slot_key(&self) -> SlotKey {
+        SlotKey {
+            rule: self.rule.name.clone(),
+            key: self.record.key.clone(),
+        }
+    }
 }
 
 impl Executor {
@@ -159,30 +152,34 @@ impl Executor {
         let (finished, _) = broadcast::channel(1024);
         Executor {
             inner: Arc::new(Inner {
-                journal,
-                effects,
-                pool,
-                vars,
+                runner: Runner {
+                    journal,
+                    effects,
+                    pool,
+                    vars,
+                    retry_waits: RetryWaits::Backoff,
+                },
                 slots: Mutex::default(),
+                waiting: watch::Sender::new(0),
+                started: watch::Sender::new(0),
                 active: Mutex::default(),
                 finished,
                 tracker: TaskTracker::new(),
-                instant_retries: false,
                 current_rules: OnceLock::new(),
             }),
         }
     }
 
-    /// Retries failed runs at once instead of after the rule's backoff (for rule tests).
-    pub fn with_instant_retries(mut self) -> Executor {
+    /// How runs wait before a retry (before any run is handled).
+    pub fn with_retry_waits(mut self, waits: RetryWaits) -> Executor {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.instant_retries = true;
+            inner.runner.retry_waits = waits;
         }
         self
     }
 
-    /// Drops queued runs whose rule `rules` no longer has when their turn comes
-    /// (set once; later calls are ignored).
+    /// Drops waiting runs whose rule `rules` no longer has when their turn
+    /// comes (set once; later calls are ignored).
     pub fn with_current_rules(self, rules: Arc<dyn RuleNames>) -> Executor {
         let _ = self.inner.current_rules.set(rules);
         self
@@ -194,7 +191,7 @@ impl Executor {
     }
 
     pub fn journal(&self) -> &Arc<dyn Journal> {
-        &self.inner.journal
+        &self.inner.runner.journal
     }
 
     /// Accepts an event into the journal, matches it and starts its runs:
@@ -220,7 +217,7 @@ impl Executor {
     /// Matches an event and builds the records of its runs (pending, or
     /// skipped for a condition that failed). No I/O: nothing is written yet.
     pub fn prepare(&self, rule_set: &Arc<RuleSet>, event: Event) -> PreparedEvent {
-        let matched = match_event(rule_set, &event, &self.inner.vars);
+        let matched = match_event(rule_set, &event, &self.inner.runner.vars);
         let runs = matched
             .matched
             .into_iter()
@@ -253,8 +250,7 @@ impl Executor {
             .chain(prepared.failures.iter().map(|(record, _)| record.clone()))
             .collect();
         let written = self
-            .inner
-            .journal
+            .journal()
             .accept_event_with_runs(&prepared.event, &records)
             .await;
         if !matches!(written, Ok(true)) {
@@ -269,9 +265,9 @@ impl Executor {
         Ok(fresh)
     }
 
-    /// Starts or queues the runs of an accepted event under their rules'
-    /// modes. No I/O, so that a caller can admit events strictly in the order
-    /// they arrived; the runs a mode turned away are recorded by
+    /// Starts the runs of an accepted event, or lets them wait, under their
+    /// rules' modes. No I/O, so that a caller can admit events strictly in
+    /// the order they arrived; the runs a mode dropped are recorded by
     /// [`Executor::record_turned_away`].
     pub fn admit(&self, prepared: PreparedEvent) -> Admitted {
         let PreparedEvent {
@@ -291,11 +287,7 @@ impl Executor {
             let (pending, ticket) =
                 pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
             tickets.push(ticket);
-            match self.admit_one(pending) {
-                Admission::Start(run, cancel) => self.start(run, cancel),
-                Admission::Queued => {}
-                Admission::Skip(run, reason) => turned_away.push((run, reason)),
-            }
+            turned_away.extend(self.admit_one(pending));
         }
         Admitted {
             outcome: EventOutcome {
@@ -307,7 +299,7 @@ impl Executor {
         }
     }
 
-    /// Records the runs a mode turned away as skipped; returns the event's outcome.
+    /// Records the runs a mode dropped as skipped; returns the event's outcome.
     pub async fn record_turned_away(
         &self,
         admitted: Admitted,
@@ -353,7 +345,7 @@ impl Executor {
                 run.status = RunStatus::Skipped;
                 run.error = Some("its rule no longer exists".into());
                 run.finished_at = Some(Utc::now());
-                self.inner.journal.record_run(&run).await?;
+                self.journal().record_run(&run).await?;
                 let _ = done.send(run);
                 Ok(ticket)
             }
@@ -369,10 +361,42 @@ impl Executor {
             .is_ok()
     }
 
-    /// Whether this executor holds the run: admitted (running or queued), or
+    /// Whether this executor holds the run: admitted (running or waiting), or
     /// about to be, and not yet recorded finished.
     pub fn is_active(&self, run_id: &str) -> bool {
         lock(&self.inner.active).contains(run_id)
+    }
+
+    /// Runs waiting their turn now, over every rule and key.
+    pub fn waiting_runs(&self) -> usize {
+        *self.inner.waiting.borrow()
+    }
+
+    /// Returns once fewer than `bound` runs wait their turn: intake calls it
+    /// before taking more events, so that at the bound it stops reading
+    /// instead of dropping anything.
+    pub async fn wait_for_room(&self, bound: usize) {
+        let mut waiting = self.inner.waiting.subscribe();
+        let mut paused = false;
+        // Cannot fail: the sender lives in `self`.
+        let _ = waiting
+            .wait_for(|&n| {
+                if n >= bound && !paused {
+                    paused = true;
+                    tracing::warn!(
+                        waiting = n,
+                        bound,
+                        "intake paused: too many runs waiting their turn"
+                    );
+                    metrics::counter!("zoomwire_intake_paused_total", "reason" => "runs_waiting")
+                        .increment(1);
+                }
+                n < bound
+            })
+            .await;
+        if paused {
+            tracing::info!(bound, "intake resumed");
+        }
     }
 
     fn hold(&self, run_id: &str) {
@@ -384,11 +408,11 @@ impl Executor {
         lock(&self.inner.active).remove(run_id);
     }
 
-    /// Waits until no run is in flight (for tests and `replay`).
+    /// Waits until no run is started or waiting (for tests and `replay`).
     pub async fn wait_idle(&self) {
-        while !self.inner.tracker.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        // Cannot fail: the sender lives in `self`. A waiting run always
+        // waits behind a started one, so none started means none waiting.
+        let _ = self.inner.started.subscribe().wait_for(|&n| n == 0).await;
     }
 
     /// Records a run and admits it (a resumed run).
@@ -400,71 +424,55 @@ impl Executor {
         record: RunRecord,
         replay: Vec<EffectRecord>,
     ) -> Result<RunTicket, JournalError> {
-        self.inner.journal.record_run(&record).await?;
+        self.journal().record_run(&record).await?;
         let (pending, ticket) = pending_run(rule_set, rule, event, record, replay);
-        match self.admit_one(pending) {
-            Admission::Start(run, cancel) => self.start(run, cancel),
-            Admission::Queued => {}
-            Admission::Skip(run, reason) => self.skip(run, reason).await?,
+        for (run, reason) in self.admit_one(pending) {
+            self.skip(run, reason).await?;
         }
         Ok(ticket)
     }
 
-    fn admit_one(&self, run: PendingRun) -> Admission {
-        let rule = run.rule.clone();
-        let slot_key = SlotKey {
-            rule: rule.name.clone(),
-            key: run.record.key.clone(),
+    /// Starts the run, lets it wait, or returns it (with older waiting runs
+    /// a `restart` replaced) to be recorded as skipped.
+    fn admit_one(&self, run: PendingRun) -> Vec<(PendingRun, String)> {
+        let slot_key = run.slot_key();
+        let policy = Policy::of(&run.rule);
+        let admission = {
+            let mut slots = lock(&self.inner.slots);
+            let admission = slots.admit(slot_key, policy, run);
+            self.publish_waiting(&slots);
+            admission
         };
-        let mut slots = lock(&self.inner.slots);
-        let slot = slots.entry(slot_key).or_default();
-        let max = rule.max_runs as usize;
-        let running = slot.running.len();
-        match rule.mode {
-            Mode::Parallel if running < max => start_in(slot, run),
-            Mode::Parallel => Admission::Skip(
-                run,
-                format!("{max} runs already in flight (mode parallel, max_runs {max})"),
-            ),
-            Mode::Single if running == 0 => start_in(slot, run),
-            Mode::Single => Admission::Skip(run, "a run is already in flight (mode single)".into()),
-            Mode::Queued if running == 0 => start_in(slot, run),
-            Mode::Queued if running + slot.queue.len() < max => {
-                slot.queue.push_back(run);
-                Admission::Queued
-            }
-            Mode::Queued => {
-                Admission::Skip(run, format!("queue full (mode queued, max_runs {max})"))
-            }
-            Mode::Restart if running == 0 => start_in(slot, run),
-            Mode::Restart => {
-                for cancel in &slot.running {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-                let replaced: Vec<PendingRun> = slot.queue.drain(..).collect();
-                slot.queue.push_back(run);
-                drop(slots);
-                for old in replaced {
-                    let executor = self.clone();
-                    tokio::spawn(async move {
-                        let _ = executor
-                            .skip(old, "replaced by a newer run (mode restart)".into())
-                            .await;
-                    });
-                }
-                Admission::Queued
-            }
+        let mut turned_away: Vec<_> = admission
+            .replaced
+            .into_iter()
+            .map(|older| (older, REPLACED.to_string()))
+            .collect();
+        match admission.decision {
+            Decision::Start(run, cancel) => self.start(run, cancel),
+            Decision::Wait => {}
+            Decision::Drop(run, reason) => turned_away.push((run, reason)),
         }
+        turned_away
+    }
+
+    fn publish_waiting(&self, slots: &Slots<PendingRun>) {
+        let now = slots.waiting();
+        self.inner.waiting.send_if_modified(|waiting| {
+            let changed = *waiting != now;
+            *waiting = now;
+            changed
+        });
     }
 
     async fn skip(&self, run: PendingRun, reason: String) -> Result<(), JournalError> {
-        tracing::info!(rule = %run.rule.name, run = %run.record.id, reason = %reason, "run skipped");
+        tracing::warn!(rule = %run.rule.name, key = run.record.key.as_deref().unwrap_or_default(), run = %run.record.id, event = %run.record.event_id, reason = %reason, "run dropped");
         metrics::counter!("zoomwire_runs_total", "rule" => run.rule.name.to_string(), "outcome" => "skipped").increment(1);
         let mut record = run.record;
         record.status = RunStatus::Skipped;
         record.error = Some(reason);
         record.finished_at = Some(Utc::now());
-        let written = self.inner.journal.record_run(&record).await;
+        let written = self.journal().record_run(&record).await;
         self.forget(&record.id);
         written?;
         let _ = self.inner.finished.send(record.clone());
@@ -472,30 +480,38 @@ impl Executor {
         Ok(())
     }
 
-    fn start(&self, run: PendingRun, cancel: Arc<AtomicBool>) {
+    fn start(&self, run: PendingRun, cancel: CancelFlag) {
         let executor = self.clone();
+        self.inner.started.send_modify(|n| *n += 1);
         self.inner.tracker.spawn(async move {
-            let slot_key = SlotKey {
-                rule: run.rule.name.clone(),
-                key: run.record.key.clone(),
-            };
-            let done = run.done;
-            let record = execute(
-                &executor.inner,
-                &run.rule_set,
-                &run.rule,
-                &run.event,
-                run.record,
-                run.replay,
-                &cancel,
-            )
-            .await;
+            let slot_key = run.slot_key();
+            let PendingRun {
+                rule_set,
+                rule,
+                event,
+                record,
+                replay,
+                done,
+            } = run;
+            let record = executor
+                .inner
+                .runner
+                .execute(Run {
+                    rule_set: &rule_set,
+                    rule: &rule,
+                    event: &event,
+                    record,
+                    replay,
+                    cancel: &cancel,
+                })
+                .await;
             executor.forget(&record.id);
             let _ = executor.inner.finished.send(record.clone());
             let _ = done.send(record);
-            for removed in executor.release(slot_key, &cancel) {
+            for removed in executor.release(&slot_key, &cancel) {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
             }
+            executor.inner.started.send_modify(|n| *n -= 1);
         });
     }
 
@@ -507,35 +523,20 @@ impl Executor {
             .is_some_and(|rules| !rules.has_rule(rule))
     }
 
-    /// A run ended: free its place and start the next queued one. Returns
-    /// the queued runs passed over because their rule was removed.
-    fn release(&self, slot_key: SlotKey, cancel: &Arc<AtomicBool>) -> Vec<PendingRun> {
-        let mut removed = Vec::new();
-        let next = {
+    /// A run ended: free its place and start the waiting runs whose turn
+    /// came. Returns the waiting runs passed over because their rule was
+    /// removed.
+    fn release(&self, slot_key: &SlotKey, cancel: &CancelFlag) -> Vec<PendingRun> {
+        let released = {
             let mut slots = lock(&self.inner.slots);
-            let Some(slot) = slots.get_mut(&slot_key) else {
-                return removed;
-            };
-            slot.running.retain(|c| !Arc::ptr_eq(c, cancel));
-            let mut next = None;
-            while slot.running.is_empty()
-                && let Some(run) = slot.queue.pop_front()
-            {
-                if self.rule_removed(&run.rule.name) {
-                    removed.push(run);
-                } else {
-                    next = Some(start_in(slot, run));
-                }
-            }
-            if slot.running.is_empty() && slot.queue.is_empty() {
-                slots.remove(&slot_key);
-            }
-            next
+            let released = slots.release(slot_key, cancel, |run| self.rule_removed(&run.rule.name));
+            self.publish_waiting(&slots);
+            released
         };
-        if let Some(Admission::Start(run, cancel)) = next {
+        for (run, cancel) in released.start {
             self.start(run, cancel);
         }
-        removed
+        released.removed
     }
 }
 
@@ -571,186 +572,6 @@ fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> (RunRe
     record.error = Some(format!("condition error: {}", failure.error));
     record.finished_at = Some(Utc::now());
     (record, failure.rule.name.clone())
-}
-
-fn start_in(slot: &mut Slot, run: PendingRun) -> Admission {
-    let cancel = Arc::new(AtomicBool::new(false));
-    slot.running.push(cancel.clone());
-    Admission::Start(run, cancel)
-}
-
-/// Runs the attempts of one run and returns its final record.
-async fn execute(
-    inner: &Inner,
-    rule_set: &Arc<RuleSet>,
-    rule: &Arc<Rule>,
-    event: &Event,
-    mut record: RunRecord,
-    mut replay: Vec<EffectRecord>,
-    cancel: &Arc<AtomicBool>,
-) -> RunRecord {
-    let first_attempt = record.attempt.max(1);
-    let started = Instant::now();
-    for attempt in first_attempt.. {
-        record.attempt = attempt;
-        record.status = RunStatus::Running;
-        record.started_at.get_or_insert_with(Utc::now);
-        record.error = None;
-        // Not waited for: written before the effects the attempt records.
-        inner.journal.queue_run(&record);
-        let (result, effects) =
-            run_attempt(inner, rule_set, rule, event, &record, replay, cancel).await;
-        record.effects = effects.records();
-        record.logs = effects.logs();
-        match result {
-            Ok(output) => {
-                record.status = RunStatus::Succeeded;
-                record.output = rhai::serde::from_dynamic::<serde_json::Value>(&output)
-                    .ok()
-                    .filter(|v| !v.is_null());
-                break;
-            }
-            Err(ScriptError::Cancelled) => {
-                record.status = RunStatus::Skipped;
-                record.error = Some("cancelled: a newer run replaced it (mode restart)".into());
-                break;
-            }
-            Err(error) => {
-                record.error = Some(describe_error(rule, &error));
-                let retryable = is_retryable(&error, &effects) && !cancel.load(Ordering::Relaxed);
-                if retryable && attempt < rule.retry.attempts {
-                    record.status = RunStatus::Failed;
-                    persist(inner, &record).await;
-                    let delay = if inner.instant_retries {
-                        std::time::Duration::ZERO
-                    } else {
-                        rule.retry.delay_before(attempt + 1)
-                    };
-                    tracing::warn!(rule = %rule.name, run = %record.id, attempt, error = %record.error.as_deref().unwrap_or_default(), delay_ms = delay.as_millis() as u64, "run failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    replay = record.effects.clone();
-                    continue;
-                }
-                // Dead: a transient failure that outlasted every retry the rule allows.
-                record.status = if retryable && rule.retry.attempts > 1 {
-                    RunStatus::Dead
-                } else {
-                    RunStatus::Failed
-                };
-                break;
-            }
-        }
-    }
-    record.finished_at = Some(Utc::now());
-    persist(inner, &record).await;
-    log_outcome(rule, &record, started);
-    record
-}
-
-async fn run_attempt(
-    inner: &Inner,
-    rule_set: &Arc<RuleSet>,
-    rule: &Arc<Rule>,
-    event: &Event,
-    record: &RunRecord,
-    replay: Vec<EffectRecord>,
-    cancel: &Arc<AtomicBool>,
-) -> (Result<Dynamic, ScriptError>, Arc<RunEffects>) {
-    let deadline = Instant::now() + rule.timeout;
-    let context = EffectContext {
-        rule: rule.name.clone(),
-        run_id: record.id.as_str().into(),
-        deadline,
-        http_hosts: rule.capabilities.http_hosts(),
-        download_token: event
-            .download_token()
-            .map(|t| Arc::new(secrecy::SecretString::from(t))),
-    };
-    let observer: Arc<dyn crate::effects::gateway::EffectObserver> = inner.journal.clone();
-    let effects = Arc::new(
-        RunEffects::new(
-            context,
-            rule.capabilities.clone(),
-            inner.effects.clone(),
-            tokio::runtime::Handle::current(),
-        )
-        .with_replay(replay)
-        .with_observer(observer),
-    );
-    let job = ScriptJob {
-        sandbox: rule_set.sandbox().clone(),
-        ast: rule.action.ast.clone(),
-        event: event.body().clone(),
-        meta: run_meta(event, record),
-        vars: inner.vars.clone(),
-        effects: effects.clone(),
-        deadline,
-        cancel: cancel.clone(),
-    };
-    (inner.pool.run(job).await, effects)
-}
-
-/// `meta` as a script sees it: the event's envelope plus the run's identity.
-fn run_meta(event: &Event, record: &RunRecord) -> Dynamic {
-    let mut meta = event.meta();
-    if let Some(mut map) = meta.write_lock::<rhai::Map>() {
-        map.insert("rule".into(), record.rule.clone().into());
-        map.insert("run_id".into(), record.id.clone().into());
-        map.insert("attempt".into(), (record.attempt as rhai::INT).into());
-    }
-    meta
-}
-
-/// Whether the failure came from an effect that may succeed next time.
-fn is_retryable(error: &ScriptError, effects: &RunEffects) -> bool {
-    match error {
-        ScriptError::Effect(effect_error) => effect_error.is_transient(),
-        ScriptError::Runtime { .. } | ScriptError::Timeout { .. } => {
-            effects.had_transient_failure()
-        }
-        ScriptError::Limit { .. } | ScriptError::Cancelled => false,
-    }
-}
-
-/// The error as a user reads it, with the script position moved into the file.
-fn describe_error(rule: &Rule, error: &ScriptError) -> String {
-    match error {
-        ScriptError::Runtime {
-            message,
-            line: Some(line),
-            column,
-        } => {
-            let at = rule.action.origin.locate(*line, column.unwrap_or(1));
-            format!(
-                "{}:{}:{}: {message}",
-                rule.action.origin.path.display(),
-                at.line,
-                at.column
-            )
-        }
-        other => other.to_string(),
-    }
-}
-
-async fn persist(inner: &Inner, record: &RunRecord) {
-    if let Err(error) = inner.journal.record_run(record).await {
-        tracing::error!(run = %record.id, error = %error, "could not record run");
-    }
-}
-
-fn log_outcome(rule: &Rule, record: &RunRecord, started: Instant) {
-    let outcome = record.status.as_str();
-    metrics::counter!("zoomwire_runs_total", "rule" => rule.name.to_string(), "outcome" => outcome)
-        .increment(1);
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match &record.error {
-        None => {
-            tracing::info!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, effects = record.effects.len(), "run finished")
-        }
-        Some(error) => {
-            tracing::warn!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, error = %error, "run finished")
-        }
-    }
 }
 
 /// A new pending run of `rule` for `event`.

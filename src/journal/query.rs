@@ -39,6 +39,8 @@ pub struct RunFilter {
     pub rule: Option<String>,
     /// Only failed and dead runs.
     pub failed_only: bool,
+    /// Only runs a mode dropped or a failing condition skipped.
+    pub skipped_only: bool,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -48,6 +50,7 @@ impl Default for RunFilter {
         RunFilter {
             rule: None,
             failed_only: false,
+            skipped_only: false,
             limit: 100,
         }
     }
@@ -205,11 +208,17 @@ pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> ReadResult<Vec
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs
          WHERE (?1 IS NULL OR rule = ?1) AND (?2 = 0 OR status IN ('failed', 'dead'))
+           AND (?4 = 0 OR status = 'skipped')
          ORDER BY created_at DESC, rowid DESC LIMIT ?3"
     );
     let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
     let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query(params![filter.rule, filter.failed_only, limit])?;
+    let mut rows = statement.query(params![
+        filter.rule,
+        filter.failed_only,
+        limit,
+        filter.skipped_only
+    ])?;
     let mut runs = Vec::new();
     while let Some(row) = rows.next()? {
         runs.push(RunSummary::from(run_row(row)?));

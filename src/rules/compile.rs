@@ -142,6 +142,12 @@ pub fn compile_rule(
         Trigger::Schedule(_) => Mode::Single,
         Trigger::Events(_) => Mode::Parallel,
     });
+    if spec.max_queued.is_some() && matches!(mode, Mode::Single | Mode::Restart) {
+        let error = format!(
+            "`max_queued` applies to modes parallel and queued; mode {mode} never lets a run wait behind another"
+        );
+        return Err(vec![source.error_at("max_queued", &error)]);
+    }
     Ok(Rule {
         name: name.into(),
         description: spec.description.clone(),
@@ -156,6 +162,7 @@ pub fn compile_rule(
         capabilities,
         mode,
         max_runs,
+        max_queued: spec.max_queued,
         timeout,
         retry,
         enabled: spec.enabled.unwrap_or(true),

@@ -142,7 +142,11 @@ pub struct Rule {
     pub script_file: Option<PathBuf>,
     pub capabilities: CapabilitySet,
     pub mode: Mode,
+    /// Runs at once per key (`parallel`).
     pub max_runs: u32,
+    /// Waiting runs per key beyond which new ones are dropped (`parallel`,
+    /// `queued`); none: every run waits its turn.
+    pub max_queued: Option<u32>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub enabled: bool,

@@ -38,8 +38,11 @@ pub struct RuleSpec {
     /// Capabilities: zoom.read, zoom.write, zoom.download, slack, email, http:<host>.
     pub allow: Option<Vec<String>>,
     pub mode: Option<Mode>,
-    /// Concurrent (parallel) or concurrent plus queued (queued) runs per key.
+    /// Runs at once per key in `parallel` mode (the rest wait their turn).
     pub max_runs: Option<u32>,
+    /// `parallel` and `queued` only: drop runs beyond this many waiting per
+    /// key (by default none is dropped: they all wait their turn).
+    pub max_queued: Option<u32>,
     /// Whole run, effects included, such as `30s`.
     pub timeout: Option<DurationText>,
     pub retry: Option<RetrySpec>,
@@ -62,6 +65,7 @@ pub const RULE_KEYS: &[&str] = &[
     "allow",
     "mode",
     "max_runs",
+    "max_queued",
     "timeout",
     "retry",
     "enabled",
@@ -106,10 +110,10 @@ pub struct ScriptRef {
 pub enum Mode {
     /// Drop the new run while one runs.
     Single,
-    /// Run one at a time, queueing up to `max_runs`.
+    /// Run one at a time; the rest wait their turn in arrival order.
     #[default]
     Queued,
-    /// Run up to `max_runs` at once.
+    /// Run up to `max_runs` at once; the rest wait their turn in arrival order.
     Parallel,
     /// Cancel the running one and start the new one.
     Restart,

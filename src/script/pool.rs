@@ -1,10 +1,12 @@
 //! The threads scripts run on: a fixed number of std threads with a large
-//! native stack, fed by a bounded queue, answering through a oneshot.
+//! native stack, each job answering through a oneshot.
 //!
 //! Scripts block (an effect waits on the runtime) and recurse (Rhai evaluates
 //! by recursion, and a deep value is cloned and dropped by recursion), so they
-//! never run on the async reactor and never on a default-sized stack. A full
-//! queue makes `run` wait, which slows intake instead of filling memory. Each
+//! never run on the async reactor and never on a default-sized stack. A job
+//! first takes a free thread ([`ScriptPool::reserve`], first come first
+//! served), so that its deadline can start when its script does: a burst of
+//! runs waits for threads instead of timing out in a queue. Each
 //! job installs its run (deadline, cancel flag, effects) in the worker's
 //! thread-locals; a panic in a job is caught, becomes that job's error, and
 //! leaves the worker serving the next job.
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 pub use super::error::ScriptError;
 use super::error::{Evaluation, script_error};
@@ -24,8 +26,6 @@ use super::run::{ActiveRun, enter_run, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
 
-/// Jobs that may wait in the queue, per thread.
-const QUEUE_PER_THREAD: usize = 4;
 /// How long `run` waits past a job's deadline for the worker to notice it.
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 
@@ -50,13 +50,26 @@ struct Work {
     /// Set when `run` stopped waiting for the answer.
     abandoned: Arc<AtomicBool>,
     reply: oneshot::Sender<Result<Dynamic, ScriptError>>,
+    /// The thread's place, given back when the worker is done with the job
+    /// (not when its caller stops waiting).
+    _thread: OwnedSemaphorePermit,
 }
 
 /// A bounded pool of script threads.
 pub struct ScriptPool {
     sender: mpsc::Sender<Work>,
+    /// One permit per thread: a job holds one from before it is sent until
+    /// its worker is done with it, so the channel never holds more jobs
+    /// than there are threads.
+    free_threads: Arc<Semaphore>,
     threads: usize,
     spawn_error: Option<String>,
+}
+
+/// A script thread taken for one job ([`ScriptPool::reserve`]).
+pub struct ReservedThread<'a> {
+    pool: &'a ScriptPool,
+    permit: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for ScriptPool {
@@ -69,15 +82,9 @@ impl std::fmt::Debug for ScriptPool {
 
 impl ScriptPool {
     /// Starts `threads` threads (at least one) with `stack_size` bytes of
-    /// stack each (at least 16 MiB), and a queue of four jobs per thread.
+    /// stack each (at least 16 MiB).
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
-        let threads = threads.max(1);
-        ScriptPool::with_queue(threads, stack_size, threads * QUEUE_PER_THREAD)
-    }
-
-    /// Like [`ScriptPool::new`] with an explicit queue capacity.
-    pub fn with_queue(threads: usize, stack_size: usize, queue: usize) -> ScriptPool {
-        let (sender, receiver) = mpsc::channel(queue.max(1));
+        let (sender, receiver) = mpsc::channel(threads.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let mut started = 0;
         let mut spawn_error = None;
@@ -97,6 +104,7 @@ impl ScriptPool {
         }
         ScriptPool {
             sender,
+            free_threads: Arc::new(Semaphore::new(started)),
             threads: started,
             spawn_error,
         }
@@ -107,15 +115,45 @@ impl ScriptPool {
         self.threads
     }
 
-    /// Runs a job on a script thread and waits for its result. Waits for
-    /// room in the queue at most until the job's deadline.
-    pub async fn run(&self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
-        if self.threads == 0 {
-            let why = self.spawn_error.as_deref().unwrap_or("none was started");
-            return Err(ScriptError::runtime(format!(
-                "no script thread is running: {why}"
-            )));
+    /// Waits for a free thread, first come first served, for as long as it
+    /// takes. The caller then starts its job's clock and runs it there.
+    pub async fn reserve(&self) -> Result<ReservedThread<'_>, ScriptError> {
+        self.check_started()?;
+        match self.free_threads.clone().acquire_owned().await {
+            Ok(permit) => Ok(ReservedThread { pool: self, permit }),
+            Err(_) => Err(ScriptError::runtime("the script pool has shut down")),
         }
+    }
+
+    /// Runs a job on a script thread and waits for its result. Waits for a
+    /// free thread at most until the job's deadline.
+    pub async fn run(&self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
+        self.check_started()?;
+        let timeout = round_timeout(job.deadline.saturating_duration_since(Instant::now()));
+        let deadline = tokio::time::Instant::from_std(job.deadline);
+        let free = self.free_threads.clone().acquire_owned();
+        match tokio::time::timeout_at(deadline, free).await {
+            Err(_) => Err(ScriptError::Timeout { after: timeout }),
+            Ok(Err(_)) => Err(ScriptError::runtime("the script pool has shut down")),
+            Ok(Ok(permit)) => ReservedThread { pool: self, permit }.run(job).await,
+        }
+    }
+
+    fn check_started(&self) -> Result<(), ScriptError> {
+        if self.threads > 0 {
+            return Ok(());
+        }
+        let why = self.spawn_error.as_deref().unwrap_or("none was started");
+        Err(ScriptError::runtime(format!(
+            "no script thread is running: {why}"
+        )))
+    }
+}
+
+impl ReservedThread<'_> {
+    /// Runs the job on the reserved thread and waits for its result, at
+    /// most until a little past its deadline.
+    pub async fn run(self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
         let deadline = job.deadline;
         let timeout = round_timeout(deadline.saturating_duration_since(Instant::now()));
         let abandoned = Arc::new(AtomicBool::new(false));
@@ -126,14 +164,14 @@ impl ScriptPool {
             timeout,
             abandoned,
             reply,
+            _thread: self.permit,
         };
-        let queue_deadline = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(queue_deadline, self.sender.send(work)).await {
-            Err(_) => return Err(ScriptError::Timeout { after: timeout }),
-            Ok(Err(_)) => return Err(ScriptError::runtime("the script pool has shut down")),
-            Ok(Ok(())) => {}
+        // Never waits: the channel holds as many jobs as there are threads,
+        // and this job holds one of their permits.
+        if self.pool.sender.send(work).await.is_err() {
+            return Err(ScriptError::runtime("the script pool has shut down"));
         }
-        let answer_deadline = queue_deadline + DEADLINE_GRACE;
+        let answer_deadline = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
         match tokio::time::timeout_at(answer_deadline, answer).await {
             Ok(Ok(result)) => {
                 abandon_on_drop.disarm();

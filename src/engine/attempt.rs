@@ -1,0 +1,279 @@
+//! One run's attempts: each takes a script thread, starts its clock (the
+//! rule's `timeout` covers the script and its effects, not the wait for a
+//! thread), runs the script with the run's effects, and records the outcome.
+//! A failure caused by a transient effect error is retried after the rule's
+//! backoff, replaying the effects that completed; a cancelled run (`restart`)
+//! stops at once, even while it waits to retry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rhai::Dynamic;
+
+use super::admission::CancelFlag;
+use super::record::{Journal, RunRecord, RunStatus};
+use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
+use crate::effects::{EffectContext, Effects};
+use crate::event::Event;
+use crate::rules::{Rule, RuleSet};
+use crate::script::{ScriptError, ScriptJob, ScriptPool};
+
+/// How a run waits before its next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryWaits {
+    /// The rule's backoff (the daemon).
+    Backoff,
+    /// None: `zoomwire test` checks what a rule does on its retries, not
+    /// how long it waits for them.
+    Skipped,
+}
+
+/// What every run needs: where it is recorded, the effects it makes, the
+/// threads it runs on.
+pub struct Runner {
+    pub journal: Arc<dyn Journal>,
+    pub effects: Arc<dyn Effects>,
+    pub pool: Arc<ScriptPool>,
+    pub vars: Dynamic,
+    pub retry_waits: RetryWaits,
+}
+
+/// The run to execute, with what it replays.
+pub struct Run<'a> {
+    pub rule_set: &'a Arc<RuleSet>,
+    pub rule: &'a Arc<Rule>,
+    pub event: &'a Event,
+    pub record: RunRecord,
+    pub replay: Vec<EffectRecord>,
+    pub cancel: &'a CancelFlag,
+}
+
+const CANCELLED: &str = "cancelled: a newer run replaced it (mode restart)";
+
+impl Runner {
+    /// Runs the attempts of one run and returns its final record.
+    pub async fn execute(&self, run: Run<'_>) -> RunRecord {
+        let Run {
+            rule_set,
+            rule,
+            event,
+            mut record,
+            mut replay,
+            cancel,
+        } = run;
+        let started = Instant::now();
+        for attempt in record.attempt.max(1).. {
+            record.attempt = attempt;
+            record.status = RunStatus::Running;
+            record.error = None;
+            let (result, effects) = self
+                .run_attempt(rule_set, rule, event, &mut record, replay, cancel)
+                .await;
+            record.effects = effects.records();
+            record.logs = effects.logs();
+            let error = match result {
+                Ok(output) => {
+                    record.status = RunStatus::Succeeded;
+                    record.output = rhai::serde::from_dynamic::<serde_json::Value>(&output)
+                        .ok()
+                        .filter(|v| !v.is_null());
+                    break;
+                }
+                Err(ScriptError::Cancelled) => {
+                    record.status = RunStatus::Skipped;
+                    record.error = Some(CANCELLED.into());
+                    break;
+                }
+                Err(error) => error,
+            };
+            record.error = Some(describe_error(rule, &error));
+            let retryable = is_retryable(&error, &effects) && !cancel.is_cancelled();
+            if !retryable || attempt >= rule.retry.attempts {
+                // Dead: a transient failure that outlasted every retry the rule allows.
+                record.status = if retryable && rule.retry.attempts > 1 {
+                    RunStatus::Dead
+                } else {
+                    RunStatus::Failed
+                };
+                break;
+            }
+            record.status = RunStatus::Failed;
+            self.persist(&record).await;
+            let delay = match self.retry_waits {
+                RetryWaits::Backoff => rule.retry.delay_before(attempt + 1),
+                RetryWaits::Skipped => Duration::ZERO,
+            };
+            tracing::warn!(rule = %rule.name, run = %record.id, attempt, error = %record.error.as_deref().unwrap_or_default(), delay_ms = delay.as_millis() as u64, "run failed, retrying");
+            if !wait_before_retry(delay, cancel).await {
+                record.status = RunStatus::Skipped;
+                record.error = Some(CANCELLED.into());
+                break;
+            }
+            replay = record.effects.clone();
+        }
+        record.finished_at = Some(Utc::now());
+        self.persist(&record).await;
+        log_outcome(rule, &record, started);
+        record
+    }
+
+    /// One attempt: waits for a script thread, then starts the clock.
+    async fn run_attempt(
+        &self,
+        rule_set: &Arc<RuleSet>,
+        rule: &Arc<Rule>,
+        event: &Event,
+        record: &mut RunRecord,
+        replay: Vec<EffectRecord>,
+        cancel: &CancelFlag,
+    ) -> (Result<Dynamic, ScriptError>, Arc<RunEffects>) {
+        let thread = self.pool.reserve().await;
+        let deadline = Instant::now() + rule.timeout;
+        record.started_at.get_or_insert_with(Utc::now);
+        // Not waited for: written before the effects the attempt records.
+        self.journal.queue_run(record);
+        let effects = Arc::new(self.run_effects(rule, event, record, replay, deadline));
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(error) => return (Err(error), effects),
+        };
+        let job = ScriptJob {
+            sandbox: rule_set.sandbox().clone(),
+            ast: rule.action.ast.clone(),
+            event: event.body().clone(),
+            meta: run_meta(event, record),
+            vars: self.vars.clone(),
+            effects: effects.clone(),
+            deadline,
+            cancel: cancel.flag().clone(),
+        };
+        (thread.run(job).await, effects)
+    }
+
+    fn run_effects(
+        &self,
+        rule: &Rule,
+        event: &Event,
+        record: &RunRecord,
+        replay: Vec<EffectRecord>,
+        deadline: Instant,
+    ) -> RunEffects {
+        let context = EffectContext {
+            rule: rule.name.clone(),
+            run_id: record.id.as_str().into(),
+            deadline,
+            http_hosts: rule.capabilities.http_hosts(),
+            download_token: event
+                .download_token()
+                .map(|t| Arc::new(secrecy::SecretString::from(t))),
+        };
+        let observer: Arc<dyn EffectObserver> = self.journal.clone();
+        RunEffects::new(
+            context,
+            rule.capabilities.clone(),
+            self.effects.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .with_replay(replay)
+        .with_observer(observer)
+    }
+
+    async fn persist(&self, record: &RunRecord) {
+        if let Err(error) = self.journal.record_run(record).await {
+            tracing::error!(run = %record.id, error = %error, "could not record run");
+        }
+    }
+}
+
+/// Sleeps before the next attempt; false when the run was cancelled meanwhile.
+async fn wait_before_retry(delay: Duration, cancel: &CancelFlag) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => !cancel.is_cancelled(),
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// `meta` as a script sees it: the event's envelope plus the run's identity.
+fn run_meta(event: &Event, record: &RunRecord) -> Dynamic {
+    let mut meta = event.meta();
+    if let Some(mut map) = meta.write_lock::<rhai::Map>() {
+        map.insert("rule".into(), record.rule.clone().into());
+        map.insert("run_id".into(), record.id.clone().into());
+        map.insert("attempt".into(), (record.attempt as rhai::INT).into());
+    }
+    meta
+}
+
+/// Whether the failure came from an effect that may succeed next time.
+fn is_retryable(error: &ScriptError, effects: &RunEffects) -> bool {
+    match error {
+        ScriptError::Effect(effect_error) => effect_error.is_transient(),
+        ScriptError::Runtime { .. } | ScriptError::Timeout { .. } => {
+            effects.had_transient_failure()
+        }
+        ScriptError::Limit { .. } | ScriptError::Cancelled => false,
+    }
+}
+
+/// The error as a user reads it, with the script position moved into the file.
+fn describe_error(rule: &Rule, error: &ScriptError) -> String {
+    match error {
+        ScriptError::Runtime {
+            message,
+            line: Some(line),
+            column,
+        } => {
+            let at = rule.action.origin.locate(*line, column.unwrap_or(1));
+            format!(
+                "{}:{}:{}: {message}",
+                rule.action.origin.path.display(),
+                at.line,
+                at.column
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn log_outcome(rule: &Rule, record: &RunRecord, started: Instant) {
+    let outcome = record.status.as_str();
+    metrics::counter!("zoomwire_runs_total", "rule" => rule.name.to_string(), "outcome" => outcome)
+        .increment(1);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &record.error {
+        None => {
+            tracing::info!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, effects = record.effects.len(), "run finished")
+        }
+        Some(error) => {
+            tracing::warn!(rule = %rule.name, run = %record.id, outcome, elapsed_ms, error = %error, "run finished")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_before_a_retry_lasts_the_backoff() {
+        let cancel = CancelFlag::default();
+        let started = tokio::time::Instant::now();
+        assert!(wait_before_retry(Duration::from_secs(300), &cancel).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_run_stops_waiting_to_retry_at_once() {
+        let cancel = CancelFlag::default();
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { wait_before_retry(Duration::from_secs(300), &cancel).await }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cancel.cancel();
+        assert!(!waiting.await.unwrap(), "cancelled");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -27,7 +27,16 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    for figure in ["events/s", "p50", "p99", "VmHWM", "MiB"] {
+    for figure in [
+        "events/s",
+        "µs CPU per event",
+        "p50",
+        "p99",
+        "VmHWM",
+        "MiB",
+        "fdatasync",
+        "every expected post arrived exactly once",
+    ] {
         assert!(stdout.contains(figure), "{figure} in:\n{stdout}");
     }
     assert!(stdout.contains("journal memory"), "{stdout}");

@@ -1,33 +1,41 @@
 //! `zoomwire bench`: drives a real daemon from the simulator's WebSocket and
-//! measures it end to end.
+//! measures what a user gets, for each journal asked for (by default the
+//! durable default, SQLite with `synchronous=FULL`, and the memory journal).
 //!
 //! This process hosts the simulator; the daemon is `zoomwire run` (this
 //! same executable) in a separate process pointed at it, with the 20 rules
-//! of [`workload`] in a scratch folder, so its peak memory is its own.
-//! Three figures come out:
+//! of [`workload`] (default settings, conditions as users write them) in a
+//! scratch folder, so its CPU time and memory are its own. For each journal:
 //!
-//! - throughput: N events of the mix sent as fast as the WebSocket takes
-//!   them, from the first frame sent until the daemon counted all of them
-//!   (`zoomwire_events_total` on `/metrics`) and the simulator received
-//!   every Slack post they cause;
+//! - throughput: N events of the mix, bursts included, sent as fast as the
+//!   WebSocket takes them, from the first frame sent until the daemon counted
+//!   all of them (`zoomwire_events_total` on `/metrics`) and the simulator
+//!   received every Slack post they cause; with the daemon's CPU time per
+//!   event (`/proc/<pid>/stat`);
 //! - latency: events at a fixed rate, each carrying its send time, which the
 //!   posting rules copy into the message; the simulator stamps each post
 //!   when it arrives, so latency is frame sent to Slack post received;
-//! - memory: the daemon's `VmHWM` from `/proc/<pid>/status`, reset between
-//!   the phases so each has its own peak.
+//! - memory: the daemon's RSS when idle and its peak (`VmHWM`) per phase;
+//! - delivery: every expected post exactly once ([`ledger`]); a missing or
+//!   doubled post fails the bench (exit 1) instead of giving figures.
+//!
+//! The disk's `fdatasync` latency is measured in the same run, in the same
+//! folder, as the floor under the durable journal's latency.
 
+pub mod ledger;
 pub mod process;
 pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::sim::{SimConfig, SimError, SimHandle};
+use ledger::{Delivery, Ledger, sent_time};
 use process::{DaemonProcess, Memory, counter_by, counter_sum};
 use workload::{BenchEvent, Generator};
 
@@ -39,6 +47,10 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(5);
 /// Events sent (and processed) before measuring.
 const WARM_UP: usize = 2_000;
+/// How long to wait after the last expected post for a doubled one.
+const SETTLE: Duration = Duration::from_millis(500);
+/// `fdatasync` calls timed on the disk.
+const FSYNC_SAMPLES: usize = 500;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -49,13 +61,13 @@ pub struct BenchOptions {
     pub rate: u32,
     /// Length of the latency phase.
     pub duration: Duration,
-    /// The daemon's journal.
-    pub journal: BenchJournal,
+    /// The journals to measure, one daemon each, in this order.
+    pub journals: Vec<BenchJournal>,
     /// The executable to run as the daemon (this one by default).
     pub daemon_exe: PathBuf,
 }
 
-/// The journal the daemon under test uses (`--journal`).
+/// A journal the daemon under test uses (`--journal`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchJournal {
     /// SQLite in WAL mode with synchronous=FULL, as `zoomwire run` by default
@@ -65,7 +77,7 @@ pub enum BenchJournal {
     /// SQLite in WAL mode with synchronous=NORMAL (`ZOOMWIRE_JOURNAL_SYNC=normal`)
     Normal,
     /// In memory (`ZOOMWIRE_JOURNAL=memory`)
-    #[value(name = "off")]
+    #[value(alias = "off")]
     Memory,
 }
 
@@ -73,8 +85,8 @@ impl BenchJournal {
     /// As the report describes it.
     fn describe(self) -> &'static str {
         match self {
-            BenchJournal::Full => "sqlite (synchronous=FULL)",
-            BenchJournal::Normal => "sqlite (synchronous=NORMAL)",
+            BenchJournal::Full => "sqlite, synchronous=FULL (the default)",
+            BenchJournal::Normal => "sqlite, synchronous=NORMAL",
             BenchJournal::Memory => "memory",
         }
     }
@@ -84,7 +96,25 @@ impl BenchJournal {
         match self {
             BenchJournal::Full => "full",
             BenchJournal::Normal => "normal",
-            BenchJournal::Memory => "off",
+            BenchJournal::Memory => "memory",
+        }
+    }
+
+    /// The daemon's settings for it.
+    fn settings(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            BenchJournal::Full => [
+                ("ZOOMWIRE_JOURNAL", "sqlite"),
+                ("ZOOMWIRE_JOURNAL_SYNC", "full"),
+            ],
+            BenchJournal::Normal => [
+                ("ZOOMWIRE_JOURNAL", "sqlite"),
+                ("ZOOMWIRE_JOURNAL_SYNC", "normal"),
+            ],
+            BenchJournal::Memory => [
+                ("ZOOMWIRE_JOURNAL", "memory"),
+                ("ZOOMWIRE_JOURNAL_SYNC", "full"),
+            ],
         }
     }
 }
@@ -102,20 +132,46 @@ pub enum BenchError {
     NotConnected { timeout: Duration, log: String },
 }
 
-/// The measured figures.
+/// The measured figures of every journal, and the disk's.
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
+    pub fsync: Option<Fsync>,
+    pub journals: Vec<JournalReport>,
+}
+
+/// The figures of one daemon, on one journal.
+#[derive(Debug, Clone, Default)]
+pub struct JournalReport {
     pub pid: u32,
     pub journal: BenchJournal,
+    /// RSS once connected, before any event.
+    pub idle: Option<Memory>,
     pub throughput: Option<Throughput>,
     pub latency: Option<Latency>,
     pub memory_throughput: Option<Memory>,
     pub memory_latency: Option<Memory>,
+    pub delivery: Delivery,
     /// The daemon's runs by outcome at the end.
     pub runs: BTreeMap<String, f64>,
     pub events_counted: f64,
     /// The end of the daemon's log (warnings and errors).
     pub log_tail: String,
+}
+
+impl JournalReport {
+    /// Everything expected happened: both phases finished and every post
+    /// arrived exactly once.
+    pub fn complete(&self) -> bool {
+        let throughput = self
+            .throughput
+            .as_ref()
+            .is_some_and(|t| t.elapsed.is_some());
+        let latency = self
+            .latency
+            .as_ref()
+            .is_some_and(|l| l.micros.len() == l.posts_expected);
+        throughput && latency && self.delivery.exact()
+    }
 }
 
 /// The throughput phase.
@@ -127,12 +183,20 @@ pub struct Throughput {
     pub sending: Duration,
     /// First frame sent to everything processed; `None` if it never was.
     pub elapsed: Option<Duration>,
+    /// The daemon's CPU time over the phase.
+    pub cpu: Option<Duration>,
 }
 
 impl Throughput {
     pub fn events_per_second(&self) -> Option<f64> {
         self.elapsed
             .map(|elapsed| self.events as f64 / elapsed.as_secs_f64())
+    }
+
+    /// The daemon's CPU time per event, in microseconds.
+    pub fn cpu_micros_per_event(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64)
     }
 }
 
@@ -153,6 +217,18 @@ impl Latency {
     }
 }
 
+/// The disk's `fdatasync` after a 4 KiB append, in microseconds, sorted.
+#[derive(Debug, Clone, Default)]
+pub struct Fsync {
+    pub micros: Vec<i64>,
+}
+
+impl Fsync {
+    pub fn percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.micros, p).map(|us| us as f64 / 1000.0)
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
     if sorted.is_empty() {
@@ -164,26 +240,68 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
 
 /// Runs the whole bench, printing progress to stderr.
 pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("zoomwire-bench-")
+        .tempdir()?;
+    eprintln!("bench: timing {FSYNC_SAMPLES} fdatasync calls of 4 KiB appends");
+    let mut report = BenchReport {
+        fsync: measure_fsync(scratch.path(), FSYNC_SAMPLES).ok(),
+        journals: Vec::new(),
+    };
+    for (index, &journal) in options.journals.iter().enumerate() {
+        let dir = scratch.path().join(format!("{index}-{}", journal.flag()));
+        report
+            .journals
+            .push(bench_journal(options, journal, &dir).await?);
+    }
+    Ok(report)
+}
+
+/// Times `samples` appends of 4 KiB, each followed by `fdatasync`, in `dir`.
+fn measure_fsync(dir: &Path, samples: usize) -> std::io::Result<Fsync> {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let block = [0x5au8; 4096];
+    let mut micros = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = std::time::Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        micros.push(started.elapsed().as_micros() as i64);
+    }
+    drop(file);
+    std::fs::remove_file(path)?;
+    micros.sort_unstable();
+    Ok(Fsync { micros })
+}
+
+/// One daemon on one journal through every phase.
+async fn bench_journal(
+    options: &BenchOptions,
+    journal: BenchJournal,
+    dir: &Path,
+) -> Result<JournalReport, BenchError> {
     let sim = crate::sim::start(SimConfig {
         participants_per_meeting: 10,
         ..SimConfig::default()
     })
     .await?;
-    let scratch = tempfile::Builder::new()
-        .prefix("zoomwire-bench-")
-        .tempdir()?;
-    let rules = scratch.path().join("rules");
+    let rules = dir.join("rules");
     std::fs::create_dir_all(&rules)?;
-    std::fs::create_dir_all(scratch.path().join("scripts"))?;
+    std::fs::create_dir_all(dir.join("scripts"))?;
     std::fs::write(rules.join("bench.yaml"), workload::rules_yaml())?;
 
     let admin = free_port()?;
-    let env = daemon_env(&sim, scratch.path(), admin, options.journal);
-    let mut daemon = DaemonProcess::spawn(&options.daemon_exe, scratch.path(), &env, admin)?;
-    let mut report = BenchReport {
+    let env = daemon_env(&sim, dir, admin, journal);
+    let mut daemon = DaemonProcess::spawn(&options.daemon_exe, dir, &env, admin)?;
+    let mut report = JournalReport {
         pid: daemon.pid(),
-        journal: options.journal,
-        ..BenchReport::default()
+        journal,
+        ..JournalReport::default()
     };
     if !wait_connected(&sim, &mut daemon).await {
         let log = daemon.log_tail(20);
@@ -193,21 +311,24 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
             log,
         });
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    report.idle = daemon.memory();
     let mut generator = Generator::new(42, chrono::Utc::now().timestamp_millis());
     let mut bench = Bench {
         sim: &sim,
         daemon: &daemon,
         events_sent: 0,
-        posts_expected: 0,
+        ledger: Ledger::default(),
     };
     eprintln!(
-        "bench: daemon pid {} connected; warming up with {WARM_UP} events",
+        "bench: journal {}: daemon pid {} connected; warming up with {WARM_UP} events",
+        journal.flag(),
         daemon.pid()
     );
     bench.throughput(generator.take(WARM_UP)).await;
     daemon.reset_peak();
     eprintln!(
-        "bench: throughput, {} events as fast as the WebSocket takes them",
+        "bench: throughput, {} events (with bursts) as fast as the WebSocket takes them",
         options.events
     );
     report.throughput = Some(bench.throughput(generator.take(options.events)).await);
@@ -218,8 +339,14 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
         options.rate,
         options.duration.as_secs()
     );
+    generator.with_bursts(false);
     report.latency = Some(bench.latency(&mut generator, options).await);
     report.memory_latency = daemon.memory();
+    tokio::time::sleep(SETTLE).await;
+    let posts = sim.slack_posts();
+    report.delivery = bench
+        .ledger
+        .check(posts.iter().filter_map(|post| post.text.as_deref()));
     if let Some(metrics) = daemon.metrics().await {
         report.runs = counter_by(&metrics, "zoomwire_runs_total", Some("outcome"));
         report.events_counted = counter_sum(&metrics, "zoomwire_events_total");
@@ -238,7 +365,7 @@ fn free_port() -> std::io::Result<SocketAddr> {
 
 fn daemon_env(
     sim: &SimHandle,
-    dir: &std::path::Path,
+    dir: &Path,
     admin: SocketAddr,
     journal: BenchJournal,
 ) -> BTreeMap<String, String> {
@@ -258,27 +385,12 @@ fn daemon_env(
         ("ZOOMWIRE_SCRIPTS", path("scripts")),
         ("ZOOMWIRE_DATA", path("data")),
         ("ZOOMWIRE_ADMIN_ADDR", admin.to_string()),
-        (
-            "ZOOMWIRE_JOURNAL",
-            if journal == BenchJournal::Memory {
-                "memory"
-            } else {
-                "sqlite"
-            }
-            .to_string(),
-        ),
-        (
-            "ZOOMWIRE_JOURNAL_SYNC",
-            if journal == BenchJournal::Normal {
-                "normal"
-            } else {
-                "full"
-            }
-            .to_string(),
-        ),
         ("RUST_LOG", rust_log),
     ] {
         env.insert(name.to_string(), value);
+    }
+    for (name, value) in journal.settings() {
+        env.insert(name.to_string(), value.to_string());
     }
     env
 }
@@ -304,30 +416,44 @@ struct Bench<'a> {
     sim: &'a SimHandle,
     daemon: &'a DaemonProcess,
     events_sent: usize,
-    posts_expected: usize,
+    ledger: Ledger,
 }
 
 impl Bench<'_> {
+    /// Notes what the events must cause.
+    fn expect(&mut self, events: &[BenchEvent]) -> usize {
+        self.events_sent += events.len();
+        for event in events {
+            self.ledger.expect(event.ts, event.posts.iter().copied());
+        }
+        events.iter().map(|e| e.posts.len()).sum()
+    }
+
     /// Sends `events` as fast as they are taken and waits until all are processed.
     async fn throughput(&mut self, events: Vec<BenchEvent>) -> Throughput {
         let count = events.len();
-        let posts = events.iter().filter(|e| e.posts).count();
+        let posts = self.expect(&events);
         let sent_us = chrono::Utc::now().timestamp_micros();
         let frames: Vec<String> = events.iter().map(|e| e.frame_sent_at(sent_us)).collect();
         drop(events);
+        let cpu_before = self.daemon.cpu_time();
         let started = Instant::now();
         for frame in frames {
             self.sim.send_frame(None, frame).await;
         }
         let sending = started.elapsed();
-        self.events_sent += count;
-        self.posts_expected += posts;
         let done = self.wait_processed().await;
+        let cpu = self
+            .daemon
+            .cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
         Throughput {
             events: count,
             posts,
             sending,
             elapsed: done.map(|at| at - started),
+            cpu,
         }
     }
 
@@ -336,7 +462,7 @@ impl Bench<'_> {
     async fn latency(&mut self, generator: &mut Generator, options: &BenchOptions) -> Latency {
         let count = (options.rate as u64 * options.duration.as_secs()).max(1) as usize;
         let events = generator.take(count);
-        let posts = events.iter().filter(|e| e.posts).count();
+        let posts = self.expect(&events);
         let first_post = self.sim.slack_post_count();
         let period = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
         let started = Instant::now();
@@ -348,8 +474,6 @@ impl Bench<'_> {
             let frame = event.frame_sent_at(chrono::Utc::now().timestamp_micros());
             self.sim.send_frame(None, frame).await;
         }
-        self.events_sent += count;
-        self.posts_expected += posts;
         self.wait_processed().await;
         let mut micros: Vec<i64> = self.sim.slack_posts()[first_post..]
             .iter()
@@ -374,6 +498,7 @@ impl Bench<'_> {
         let mut events_done = false;
         let mut last_progress = Instant::now();
         let mut seen = (0.0, 0);
+        let posts_expected = self.ledger.expected();
         loop {
             let events = if events_done {
                 self.events_sent as f64
@@ -385,7 +510,7 @@ impl Bench<'_> {
             };
             events_done = events >= self.events_sent as f64;
             let posts = self.sim.slack_post_count();
-            if events_done && posts >= self.posts_expected {
+            if events_done && posts >= posts_expected {
                 return Some(Instant::now());
             }
             if (events, posts) != seen {
@@ -393,8 +518,8 @@ impl Bench<'_> {
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > STALL_TIMEOUT {
                 eprintln!(
-                    "bench: stalled at {events} of {} events and {posts} of {} Slack posts",
-                    self.events_sent, self.posts_expected
+                    "bench: stalled at {events} of {} events and {posts} of {posts_expected} Slack posts",
+                    self.events_sent
                 );
                 return None;
             }
@@ -403,79 +528,114 @@ impl Bench<'_> {
     }
 }
 
-/// The `t=<micros>` a posting rule put in its message.
-fn sent_time(text: &str) -> Option<i64> {
-    let rest = text.strip_prefix("t=")?;
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 /// The report as printed, with the command that reproduces it.
 pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
     let mut out = String::new();
-    let journal = report.journal.describe();
     let _ = writeln!(
         out,
-        "zoomwire bench: daemon pid {} ({} build), journal {journal}, 20 rules, {:.0}% of events post to Slack",
-        report.pid,
+        "zoomwire bench ({} build): 20 rules with default settings (10 post to Slack), {} events with bursts, then {} events/s for {} s",
         if cfg!(debug_assertions) {
             "DEBUG"
         } else {
             "release"
         },
-        workload::POST_SHARE * 100.0
+        options.events,
+        options.rate,
+        options.duration.as_secs()
+    );
+    let fsync_p99 = report.fsync.as_ref().and_then(|f| f.percentile_ms(99.0));
+    if let Some(fsync) = &report.fsync {
+        let _ = writeln!(
+            out,
+            "  disk        fdatasync of a 4 KiB append: p50 {}, p99 {} (the floor under the durable journal's latency)",
+            ms(fsync.percentile_ms(50.0)),
+            ms(fsync_p99)
+        );
+    }
+    for journal in &report.journals {
+        format_journal(&mut out, journal, fsync_p99);
+    }
+    let flags: String = options
+        .journals
+        .iter()
+        .map(|j| format!(" --journal {}", j.flag()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  command     zoomwire bench --events {} --rate {} --seconds {}{flags}",
+        options.events,
+        options.rate,
+        options.duration.as_secs(),
+    );
+    out
+}
+
+fn ms(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.2} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f64>) {
+    let _ = writeln!(
+        out,
+        "  journal {} (daemon pid {}){}",
+        report.journal.describe(),
+        report.pid,
+        if report.complete() { "" } else { ": FAILED" }
     );
     if let Some(t) = &report.throughput {
         let rate = t
             .events_per_second()
             .map(|r| format!("{r:.0} events/s"))
             .unwrap_or_else(|| "did not finish".into());
-        let elapsed = t
-            .elapsed
-            .map(|e| format!("{:.3} s", e.as_secs_f64()))
-            .unwrap_or_else(|| "-".into());
+        let cpu = t
+            .cpu_micros_per_event()
+            .map(|us| format!("{us:.1} µs CPU per event"))
+            .unwrap_or_else(|| "CPU time unknown".into());
         let _ = writeln!(
             out,
-            "  throughput  {rate}: {} events processed in {elapsed} (frames taken by the WebSocket in {:.3} s), {} Slack posts",
+            "    throughput  {rate}, {cpu}: {} events in {}, {} Slack posts",
             t.events,
-            t.sending.as_secs_f64(),
+            t.elapsed
+                .map(|e| format!("{:.3} s", e.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
             t.posts
         );
     }
     if let Some(l) = &report.latency {
-        let ms = |p: f64| {
-            l.percentile_ms(p)
-                .map(|v| format!("{v:.2} ms"))
-                .unwrap_or_else(|| "-".into())
-        };
+        let over_disk = l
+            .percentile_ms(99.0)
+            .zip(fsync_p99)
+            .filter(|(_, disk)| *disk > 0.0)
+            .map(|(p99, disk)| format!("; p99 is {:.1}x the disk's fdatasync p99", p99 / disk))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  latency     frame sent -> Slack post received at {} events/s: p50 {}, p90 {}, p99 {}, max {} ({} of {} posts)",
+            "    latency     frame sent -> Slack post received at {} events/s: p50 {}, p99 {}, max {} ({} of {} posts){over_disk}",
             l.rate,
-            ms(50.0),
-            ms(90.0),
-            ms(99.0),
-            ms(100.0),
+            ms(l.percentile_ms(50.0)),
+            ms(l.percentile_ms(99.0)),
+            ms(l.percentile_ms(100.0)),
             l.micros.len(),
             l.posts_expected
         );
     }
-    let mib = |m: &Option<Memory>| {
-        m.map(|m| format!("{:.1} MiB", m.peak_kib as f64 / 1024.0))
-            .unwrap_or_else(|| "-".into())
+    let mib = |m: Option<Memory>, peak: bool| {
+        m.map(|m| {
+            let kib = if peak { m.peak_kib } else { m.now_kib };
+            format!("{:.1} MiB", kib as f64 / 1024.0)
+        })
+        .unwrap_or_else(|| "-".into())
     };
     let _ = writeln!(
         out,
-        "  memory      daemon peak RSS (VmHWM): {} in the throughput phase, {} in the latency phase; RSS at the end {}",
-        mib(&report.memory_throughput),
-        mib(&report.memory_latency),
-        report
-            .memory_latency
-            .map(|m| format!("{:.1} MiB", m.now_kib as f64 / 1024.0))
-            .unwrap_or_else(|| "-".into())
+        "    memory      RSS idle {}; peak (VmHWM) {} in the throughput phase, {} in the latency phase",
+        mib(report.idle, false),
+        mib(report.memory_throughput, true),
+        mib(report.memory_latency, true),
     );
+    let _ = writeln!(out, "    delivery    {}", report.delivery);
     let runs: Vec<String> = report
         .runs
         .iter()
@@ -483,7 +643,7 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "  daemon      {:.0} events counted, runs: {}",
+        "    daemon      {:.0} events counted, runs: {}",
         report.events_counted,
         if runs.is_empty() {
             "none".into()
@@ -491,28 +651,11 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
             runs.join(", ")
         }
     );
-    let _ = writeln!(
-        out,
-        "  command     zoomwire bench --events {} --rate {} --seconds {} --journal {}",
-        options.events,
-        options.rate,
-        options.duration.as_secs(),
-        options.journal.flag()
-    );
-    out
 }
 
-/// Whether the bench saw everything it expected.
+/// Whether every journal saw everything it expected, exactly once.
 pub fn complete(report: &BenchReport) -> bool {
-    let throughput = report
-        .throughput
-        .as_ref()
-        .is_some_and(|t| t.elapsed.is_some());
-    let latency = report
-        .latency
-        .as_ref()
-        .is_some_and(|l| l.micros.len() == l.posts_expected);
-    throughput && latency
+    report.journals.iter().all(JournalReport::complete)
 }
 
 #[cfg(test)]
@@ -530,11 +673,10 @@ mod tests {
     }
 
     #[test]
-    fn the_send_time_is_read_from_the_message() {
-        assert_eq!(
-            sent_time("t=1732000000123456 outside-participant-joined: x"),
-            Some(1_732_000_000_123_456)
-        );
-        assert_eq!(sent_time("hello"), None);
+    fn the_disk_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let fsync = measure_fsync(dir.path(), 20).unwrap();
+        assert_eq!(fsync.micros.len(), 20);
+        assert!(fsync.percentile_ms(99.0).unwrap() > 0.0);
     }
 }

@@ -81,6 +81,13 @@ impl DaemonProcess {
         parse_status(&status)
     }
 
+    /// CPU time it has used so far, user and system, over all its threads
+    /// (`/proc/<pid>/stat`, in clock ticks of 10 ms: Linux's `USER_HZ` is 100).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        parse_cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 10))
+    }
+
     /// Resets the peak (`VmHWM`) to the current RSS, so the next reading is
     /// the peak of what follows. False where the kernel does not allow it.
     pub fn reset_peak(&self) -> bool {
@@ -122,6 +129,17 @@ fn parse_status(status: &str) -> Option<Memory> {
         peak_kib: field("VmHWM:")?,
         now_kib: field("VmRSS:")?,
     })
+}
+
+/// `utime + stime` from a `/proc/<pid>/stat` line, in clock ticks.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name, in parentheses, may hold spaces: fields count from after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the line are the 12th and 13th after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The sum of a counter over all its label sets, from Prometheus text.
@@ -178,6 +196,14 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat() {
+        let stat = "4242 (zoomwire run) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 25 0 0 20 0 40 0 1000 100000 2000";
+        assert_eq!(parse_cpu_ticks(stat), Some(175));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_cpu_ticks(&own).is_some(), "{own}");
     }
 
     #[test]

@@ -20,13 +20,13 @@ pub struct BenchArgs {
     /// Seconds of the latency phase
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// The daemon's journal
-    #[arg(long, value_enum, default_value_t = BenchJournal::Full)]
-    pub journal: BenchJournal,
+    /// The daemon's journal, repeatable [default: full and memory]
+    #[arg(long, value_enum)]
+    pub journal: Vec<BenchJournal>,
 }
 
 /// Runs the bench and prints the report; exit 1 when events or posts went
-/// missing. Build in release first (`cargo run --release -- bench`): the
+/// missing or a post arrived twice. Build in release first (`cargo run --release -- bench`): the
 /// daemon is this same executable.
 pub async fn run(args: BenchArgs) -> CommandResult {
     if args.events == 0 || args.rate == 0 || args.seconds == 0 {
@@ -43,7 +43,11 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         events: args.events,
         rate: args.rate,
         duration: Duration::from_secs(args.seconds),
-        journal: args.journal,
+        journals: if args.journal.is_empty() {
+            vec![BenchJournal::Full, BenchJournal::Memory]
+        } else {
+            args.journal
+        },
         daemon_exe,
     };
     let report = run_bench(&options)
@@ -53,9 +57,11 @@ pub async fn run(args: BenchArgs) -> CommandResult {
     if complete(&report) {
         return Ok(ExitCode::SUCCESS);
     }
-    eprintln!(
-        "events or Slack posts went missing; the daemon's log ends with:\n{}",
-        report.log_tail
-    );
+    for journal in report.journals.iter().filter(|j| !j.complete()) {
+        eprintln!(
+            "events or Slack posts went missing or were doubled; the daemon's log ends with:\n{}",
+            journal.log_tail
+        );
+    }
     Ok(ExitCode::from(EXIT_FAILED))
 }

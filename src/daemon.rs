@@ -34,7 +34,7 @@ use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
 use crate::reload::{RuleSetHandle, watch_and_reload};
-use crate::rules::RuleSources;
+use crate::rules::{RuleSet, RuleSources};
 use crate::schedule::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool};
 use crate::zoom::oauth::OAuthClient;
@@ -48,6 +48,8 @@ const INTAKE_CAPACITY: usize = 4096;
 const INTAKE_CONCURRENCY: usize = 1024;
 /// Most events one intake handler takes (at most `INTAKE_CONCURRENCY`).
 const INTAKE_BATCH: usize = 64;
+/// Matching time a batch may spend on an async worker (see [`prepare_batch`]).
+const MATCH_BUDGET: Duration = Duration::from_millis(1);
 /// How often the store is checked for runs put back by `zoomwire runs retry`.
 const REQUEUE_POLL: Duration = Duration::from_secs(1);
 
@@ -581,10 +583,11 @@ async fn accept_batch(
     turn: Option<oneshot::Receiver<()>>,
     admitted: oneshot::Sender<()>,
 ) {
+    let prepared = prepare_batch(executor, &rules.current(), batch);
     let accepted = futures_util::future::join_all(
-        batch
+        prepared
             .into_iter()
-            .map(|event| accept(executor, rules, event)),
+            .map(|prepared| accept(executor, rules, prepared)),
     )
     .await;
     if let Some(turn) = turn {
@@ -603,19 +606,58 @@ async fn accept_batch(
     }
 }
 
-/// Matches one event and journals it with its runs, retrying while the
-/// journal cannot write it. `fresh` is false for a duplicate.
-async fn accept(executor: &Executor, rules: &RuleSetHandle, event: Event) -> (PreparedEvent, bool) {
+/// Matches a batch's events. Conditions are pure but not free: Rhai may
+/// take up to a condition's timeout. Once a batch has spent
+/// [`MATCH_BUDGET`] matching, the rest is matched with this worker marked
+/// as blocking, so that the WebSocket, webhooks and admin API keep theirs.
+fn prepare_batch(
+    executor: &Executor,
+    rule_set: &Arc<RuleSet>,
+    batch: Vec<Event>,
+) -> Vec<PreparedEvent> {
+    let started = std::time::Instant::now();
+    let mut events = batch.into_iter();
+    let mut prepared = Vec::with_capacity(events.len());
+    for event in events.by_ref() {
+        prepared.push(executor.prepare(rule_set, event));
+        if started.elapsed() > MATCH_BUDGET {
+            break;
+        }
+    }
+    if events.len() > 0 {
+        let rest = || {
+            events
+                .map(|event| executor.prepare(rule_set, event))
+                .collect()
+        };
+        let rest: Vec<PreparedEvent> = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(rest),
+            _ => rest(),
+        };
+        prepared.extend(rest);
+    }
+    prepared
+}
+
+/// Journals one matched event with its runs, retrying (matched again with
+/// the rules of the moment) while the journal cannot write it. `fresh` is
+/// false for a duplicate.
+async fn accept(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    mut prepared: PreparedEvent,
+) -> (PreparedEvent, bool) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let prepared = executor.prepare(&rules.current(), event.clone());
         match executor.accept(&prepared).await {
             Ok(fresh) => return (prepared, fresh),
             Err(error) => {
+                let event = prepared.event().clone();
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);
                 tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
+                prepared = executor.prepare(&rules.current(), event);
             }
         }
     }

@@ -1121,8 +1121,7 @@ mod tests {
             "event.u.len() == 2",
             r#"event.u > "é""#,
         ];
-        let mut sources: Vec<String> = own.map(str::to_owned).to_vec();
-        sources
+        own.map(str::to_owned).to_vec()
     }
 
     #[test]

@@ -29,7 +29,7 @@ const TOKEN: &str = "browser-test-admin-token-42";
 
 const NOTIFY: &str = r##"
 name: notify
-description: Tell #ops when a meeting ends
+description: "Tell #ops when a meeting ends"
 on: meeting.ended
 allow: [slack]
 do: |
@@ -163,12 +163,30 @@ async fn assert_live_and_clean(browser: &Client, what: &str) {
     assert_eq!(htmx, "object", "{what}: htmx did not load");
 }
 
-/// Waits until `script` (a JS expression) is truthy.
+/// Opens `url`. Each page holds an event stream: a page left must close
+/// its stream, or after a few pages the browser runs out of connections to
+/// the server and the next page waits (the back/forward cache keeps pages
+/// alive), hence the bound.
+async fn visit(browser: &Client, url: &str) {
+    let started = Instant::now();
+    browser.goto(url).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "{url} took {took:?} to load: are streams of pages left still open?"
+    );
+}
+
+/// Waits until `script` (a JS expression) is truthy; a script error (the
+/// page is changing) counts as not yet.
 async fn until(browser: &Client, what: &str, script: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let value = browser
-            .execute(&format!("return !!({script});"), vec![])
+            .execute(
+                &format!("try {{ return !!({script}); }} catch (e) {{ return false; }}"),
+                vec![],
+            )
             .await
             .unwrap();
         if value == json!(true) {
@@ -176,7 +194,10 @@ async fn until(browser: &Client, what: &str, script: &str) {
         }
         if Instant::now() > deadline {
             let text = browser
-                .execute("return document.body.innerText;", vec![])
+                .execute(
+                    "return document.body ? document.body.innerText : '';",
+                    vec![],
+                )
                 .await
                 .unwrap();
             panic!("timed out waiting for {what}; the page says:\n{text}");
@@ -187,7 +208,10 @@ async fn until(browser: &Client, what: &str, script: &str) {
 
 async fn body_text(browser: &Client) -> String {
     browser
-        .execute("return document.body.innerText;", vec![])
+        .execute(
+            "return document.body ? document.body.innerText : '';",
+            vec![],
+        )
         .await
         .unwrap()
         .as_str()
@@ -209,7 +233,7 @@ async fn screenshot(browser: &Client, name: &str) {
 async fn run_id_of(browser: &Client, rule: &str) -> String {
     let script = format!(
         "const row = [...document.querySelectorAll('tr[data-run]')]
-           .find(r => r.children[1].innerText.trim() === '{rule}');
+           .find(r => r.children[1] && r.children[1].innerText.trim() === '{rule}');
          return row ? row.dataset.run : null;"
     );
     browser
@@ -226,6 +250,7 @@ async fn the_page_in_a_real_browser() {
     let Some((chromium, driver_path)) = browser_programs() else {
         return;
     };
+    let t0 = Instant::now();
     let mut ws = Workspace::new().await;
     ws.set_env("ZOOMWIRE_ADMIN_TOKEN", TOKEN);
     ws.write_rule("notify.yaml", NOTIFY);
@@ -235,9 +260,10 @@ async fn the_page_in_a_real_browser() {
     let driver = start_driver(&driver_path).await;
     let profile = tempfile::tempdir().unwrap();
     let browser = open_browser(&driver, &chromium, profile.path()).await;
+    eprintln!("browser open {:?}", t0.elapsed());
 
     // Refused without the token: the page asks for it, the API says 401.
-    browser.goto(&format!("{base}/ui/runs")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/runs")).await;
     browser
         .wait()
         .at_most(WAIT)
@@ -287,7 +313,7 @@ async fn the_page_in_a_real_browser() {
     .await;
 
     // A run appears live on /ui/runs; its trace shows the Slack effect.
-    browser.goto(&format!("{base}/ui/runs")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/runs")).await;
     watch_page(&browser).await;
     ws.sim
         .emit_event(None, &meeting_event("meeting.ended", 1, "host-1"));
@@ -336,7 +362,7 @@ async fn the_page_in_a_real_browser() {
     screenshot(&browser, "trace").await;
 
     // A failing run appears live on /ui/dead; Retry runs it again, to success.
-    browser.goto(&format!("{base}/ui/dead")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/dead")).await;
     watch_page(&browser).await;
     ws.sim.inject_fault(Fault {
         path_prefix: "/slack/api/chat.postMessage".into(),
@@ -376,10 +402,7 @@ async fn the_page_in_a_real_browser() {
     )
     .await;
     assert_live_and_clean(&browser, "/ui/dead after Retry").await;
-    browser
-        .goto(&format!("{base}/ui/runs/{flaky_run}"))
-        .await
-        .unwrap();
+    visit(&browser, &format!("{base}/ui/runs/{flaky_run}")).await;
     watch_page(&browser).await;
     until(
         &browser,
@@ -393,7 +416,7 @@ async fn the_page_in_a_real_browser() {
     );
 
     // The other pages, with what happened.
-    browser.goto(&format!("{base}/ui/events")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/events")).await;
     let events = body_text(&browser).await;
     assert!(
         events.contains("meeting.ended") && events.contains("meeting.started"),
@@ -404,24 +427,24 @@ async fn the_page_in_a_real_browser() {
         "{events}"
     );
     screenshot(&browser, "events").await;
-    browser.goto(&format!("{base}/ui/rules")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/rules")).await;
     let rules = body_text(&browser).await;
     assert!(rules.contains("Tell #ops when a meeting ends"), "{rules}");
     assert!(rules.contains("1 succeeded"), "{rules}");
     screenshot(&browser, "rules").await;
-    browser.goto(&format!("{base}/ui/")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/")).await;
     watch_page(&browser).await;
     let overview = body_text(&browser).await;
     assert!(overview.contains("connected"), "{overview}");
     assert!(overview.contains("Reconciliation"), "{overview}");
     screenshot(&browser, "overview").await;
-    browser.goto(&format!("{base}/ui/dead")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/dead")).await;
     let dead = body_text(&browser).await;
     assert!(dead.contains("No failed or dead runs."), "{dead}");
 
     // Logged out (cookie gone): refused again.
     browser.delete_all_cookies().await.unwrap();
-    browser.goto(&format!("{base}/ui/runs")).await.unwrap();
+    visit(&browser, &format!("{base}/ui/runs")).await;
     browser
         .wait()
         .at_most(WAIT)
@@ -429,7 +452,16 @@ async fn the_page_in_a_real_browser() {
         .await
         .unwrap();
 
+    let t = Instant::now();
     browser.close().await.unwrap();
+    eprintln!("close {:?}", t.elapsed());
     drop(driver);
     daemon.terminate().await;
+    eprintln!("terminate {:?}", t.elapsed());
+    drop(daemon);
+    eprintln!("daemon dropped {:?}", t.elapsed());
+    drop(ws);
+    eprintln!("ws dropped {:?}", t.elapsed());
+    drop(profile);
+    eprintln!("profile dropped {:?}", t.elapsed());
 }

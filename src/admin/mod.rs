@@ -116,7 +116,9 @@ pub fn admin_router(context: AdminContext) -> Router {
 
 /// Headers on every answer: a strict Content-Security-Policy (scripts,
 /// styles and connections from this server only, no inline code, no
-/// framing), no MIME sniffing, no referrer.
+/// framing), no MIME sniffing, referrers to this server only (with
+/// `no-referrer` browsers send `Origin: null` on form posts, which the
+/// origin check must refuse).
 async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
     let headers = response.headers_mut();
     headers.insert(
@@ -132,7 +134,7 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response

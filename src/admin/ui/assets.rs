@@ -1,5 +1,6 @@
-//! The page's static files, compiled into the binary: the stylesheet and the
-//! vendored htmx 2.0 and its Server-Sent Events extension (see
+//! The page's static files, compiled into the binary: the stylesheet, our
+//! one small script (`zoomwire.js`: closes the event stream when the page is
+//! hidden), and the vendored htmx 2.0 and its Server-Sent Events extension (see
 //! `assets/vendor/README.md` for where they come from). The script names
 //! carry their versions, so browsers may cache them for good.
 
@@ -28,6 +29,12 @@ const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         versioned: true,
         body: include_bytes!("../../../assets/vendor/htmx-ext-sse-2.2.4.min.js"),
+    },
+    Asset {
+        name: "zoomwire.js",
+        content_type: "text/javascript; charset=utf-8",
+        versioned: false,
+        body: include_bytes!("../../../assets/zoomwire.js"),
     },
     Asset {
         name: "zoomwire.css",

@@ -1,8 +1,8 @@
 //! The operator's page under `/ui/`: server-rendered askama templates
 //! (`templates/admin/`), htmx for the interactive parts and Server-Sent
 //! Events (`stream.rs`) for live updates, with its assets compiled into the
-//! binary (`assets.rs`). No script of our own and nothing inline, so the
-//! Content-Security-Policy can forbid inline code.
+//! binary (`assets.rs`). Nothing inline (one small script file of our own,
+//! `assets/zoomwire.js`), so the Content-Security-Policy forbids inline code.
 //!
 //! Pages: the overview (`/ui/`), the rules, the events tail, the runs list
 //! with filters and pages, a run's trace, and the dead letters with Retry.

@@ -678,3 +678,36 @@ async fn retry_over_the_api_requeues_a_dead_run_in_the_store() {
 async fn admin_for_memory() -> Admin {
     admin(journal_with_runs().await).await
 }
+
+#[test]
+fn the_daemon_will_not_serve_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+            .arg("run")
+            .env_clear()
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let output = run(&[("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:0")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`0.0.0.0:0` is beyond loopback and ZOOMWIRE_ADMIN_TOKEN is not set"),
+        "{stderr}"
+    );
+    let short = "secret-short";
+    let output = run(&[
+        ("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:0"),
+        ("ZOOMWIRE_ADMIN_TOKEN", short),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ZOOMWIRE_ADMIN_TOKEN / admin_token: too short"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short), "the token never shows: {stderr}");
+}

@@ -211,6 +211,44 @@ async fn a_run_with_ten_thousand_log_lines_is_read_a_page_at_a_time() {
     assert_eq!(effects_page.effects.first().map(|e| e.seq), Some(251));
     assert_eq!(effects_page.effects.len(), 50);
     assert_eq!(effects_page.effects_next, None);
+
+    // The API and the trace page answer with one page too.
+    let shutdown = CancellationToken::new();
+    let (addr, _) = serve_admin(
+        AdminOptions::loopback("127.0.0.1:0".parse().unwrap()),
+        AdminState::new(),
+        Arc::new(journal.clone()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let get = |path: String| async move {
+        let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.text().await.unwrap()
+    };
+    let api = get("/api/runs/big".into()).await;
+    assert!(
+        api.len() < 100_000,
+        "GET /api/runs/big: {} bytes",
+        api.len()
+    );
+    let body: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert_eq!(body["logs"].as_array().unwrap().len(), 100);
+    assert_eq!(body["logs_total"], 10_000);
+    assert_eq!(body["logs_next"], "1.99");
+    let next = get("/api/runs/big?logs_after=1.99&effects_after=300".into()).await;
+    let body: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(
+        body["logs"][0]["message"].as_str().unwrap()[..10],
+        *"line 00100"
+    );
+    assert_eq!(body["effects"], json!([]));
+    let page = get("/ui/runs/big".into()).await;
+    assert!(page.len() < 200_000, "the trace page: {} bytes", page.len());
+    assert!(page.contains("10000 log lines"), "the total is shown");
+    assert!(page.contains("Show more"), "and the rest a page at a time");
+    shutdown.cancel();
 }
 
 const RULES: [&str; 10] = [

@@ -210,16 +210,22 @@ pub(super) fn build(sources: &Sources) -> Built {
         errors,
     };
     let (accounts, declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
+    // Resolved in the order errors are listed.
+    let zoom = resolve_zoom(&mut resolver, &file);
+    let webhook = resolve_webhook(&mut resolver, &file);
+    let slack = resolve_slack(&mut resolver, &file);
+    let email = resolve_email(&mut resolver, &file);
+    let data_dir = resolver
+        .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
+        .unwrap_or_else(|| ".zoomwire".into());
     let (admin_addr, admin_token) = resolve_admin(&mut resolver, &file);
     let settings = Settings {
         accounts,
-        zoom: resolve_zoom(&mut resolver, &file),
-        webhook: resolve_webhook(&mut resolver, &file),
-        slack: resolve_slack(&mut resolver, &file),
-        email: resolve_email(&mut resolver, &file),
-        data_dir: resolver
-            .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
-            .unwrap_or_else(|| ".zoomwire".into()),
+        zoom,
+        webhook,
+        slack,
+        email,
+        data_dir,
         admin_addr,
         admin_token,
         rules_dir: resolver

@@ -116,6 +116,30 @@ fn message(
     render(status, &template)
 }
 
+/// Why a page cannot be shown; [`Failure::page`] says so to the user.
+enum Failure {
+    /// The request asked for something malformed (a bad filter or cursor).
+    Bad(String),
+    /// No run with this id.
+    NoRun(String),
+    History(HistoryError),
+}
+
+impl Failure {
+    fn page(self, context: &AdminContext) -> Response {
+        match self {
+            Failure::Bad(error) => message(context, StatusCode::BAD_REQUEST, "Bad request", error),
+            Failure::NoRun(id) => message(
+                context,
+                StatusCode::NOT_FOUND,
+                "No such run",
+                format!("There is no run with id `{id}` (it may have been pruned)."),
+            ),
+            Failure::History(error) => history_failed(context, &error),
+        }
+    }
+}
+
 fn history_failed(context: &AdminContext, error: &HistoryError) -> Response {
     tracing::error!(error = %error, "run history unavailable");
     message(
@@ -275,19 +299,17 @@ async fn runs_list(
     place: &ListPlace<'_>,
     with_retry: bool,
     empty: &'static str,
-) -> Result<RunsList, Response> {
+) -> Result<RunsList, Failure> {
     let paged = query.before.is_some();
     let history = context.history.clone();
-    match blocking(move || history.list_runs(&query)).await {
-        Ok(runs) => Ok(RunsList::new(&runs, place, paged, with_retry, empty)),
-        Err(error) => Err(history_failed(context, &error)),
-    }
+    let runs = blocking(move || history.list_runs(&query))
+        .await
+        .map_err(Failure::History)?;
+    Ok(RunsList::new(&runs, place, paged, with_retry, empty))
 }
 
-fn runs_query(context: &AdminContext, params: &RunsParams) -> Result<RunQuery, Response> {
-    let mut query = params
-        .to_query(RUNS_PAGE)
-        .map_err(|error| message(context, StatusCode::BAD_REQUEST, "Bad filter", error))?;
+fn runs_query(params: &RunsParams) -> Result<RunQuery, Failure> {
+    let mut query = params.to_query(RUNS_PAGE).map_err(Failure::Bad)?;
     query.limit = query.limit.min(RUNS_PAGE);
     Ok(query)
 }
@@ -303,9 +325,9 @@ fn runs_place(params: &RunsParams) -> (Option<String>, Option<String>) {
 }
 
 async fn runs(State(context): State<AdminContext>, Query(params): Query<RunsParams>) -> Response {
-    let query = match runs_query(&context, &params) {
+    let query = match runs_query(&params) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(failure) => return failure.page(&context),
     };
     let (rule, status) = runs_place(&params);
     let place = ListPlace {
@@ -316,7 +338,7 @@ async fn runs(State(context): State<AdminContext>, Query(params): Query<RunsPara
     };
     let list = match runs_list(&context, query, &place, false, "No runs match.").await {
         Ok(list) => list,
-        Err(response) => return response,
+        Err(failure) => return failure.page(&context),
     };
     let mut rule_names: Vec<String> = context
         .state
@@ -353,9 +375,9 @@ async fn runs_part(
     State(context): State<AdminContext>,
     Query(params): Query<RunsParams>,
 ) -> Response {
-    let query = match runs_query(&context, &params) {
+    let query = match runs_query(&params) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(failure) => return failure.page(&context),
     };
     let (rule, status) = runs_place(&params);
     let place = ListPlace {
@@ -366,7 +388,7 @@ async fn runs_part(
     };
     match runs_list(&context, query, &place, false, "No runs match.").await {
         Ok(list) => page(&RunsPart { list }),
-        Err(response) => response,
+        Err(failure) => failure.page(&context),
     }
 }
 
@@ -386,13 +408,13 @@ const DEAD_PLACE: ListPlace<'static> = ListPlace {
 
 const NO_DEAD: &str = "No failed or dead runs.";
 
-async fn dead_list(context: &AdminContext, params: DeadParams) -> Result<RunsList, Response> {
+async fn dead_list(context: &AdminContext, params: DeadParams) -> Result<RunsList, Failure> {
     let params = RunsParams {
         status: Some("failed,dead".into()),
         before: params.before,
         ..RunsParams::default()
     };
-    let query = runs_query(context, &params)?;
+    let query = runs_query(&params)?;
     runs_list(context, query, &DEAD_PLACE, true, NO_DEAD).await
 }
 
@@ -402,7 +424,7 @@ async fn dead(State(context): State<AdminContext>, Query(params): Query<DeadPara
             chrome: chrome(&context, "Dead letters", "dead"),
             list,
         }),
-        Err(response) => response,
+        Err(failure) => failure.page(&context),
     }
 }
 
@@ -412,7 +434,7 @@ async fn dead_part(
 ) -> Response {
     match dead_list(&context, params).await {
         Ok(list) => page(&RunsPart { list }),
-        Err(response) => response,
+        Err(failure) => failure.page(&context),
     }
 }
 
@@ -483,7 +505,7 @@ fn condition_answer(context: &AdminContext, run: &RunSummary) -> String {
     }
 }
 
-async fn load_trace(context: &AdminContext, id: &str) -> Result<TraceView, Response> {
+async fn load_trace(context: &AdminContext, id: &str) -> Result<TraceView, Failure> {
     let history = context.history.clone();
     let lookup = id.to_string();
     let query = TraceQuery {
@@ -495,13 +517,8 @@ async fn load_trace(context: &AdminContext, id: &str) -> Result<TraceView, Respo
             let condition = condition_answer(context, &trace.summary);
             Ok(TraceView::new(&trace, condition, TRACE_PAGE))
         }
-        Ok(None) => Err(message(
-            context,
-            StatusCode::NOT_FOUND,
-            "No such run",
-            format!("There is no run with id `{id}` (it may have been pruned)."),
-        )),
-        Err(error) => Err(history_failed(context, &error)),
+        Ok(None) => Err(Failure::NoRun(id.to_string())),
+        Err(error) => Err(Failure::History(error)),
     }
 }
 
@@ -511,14 +528,14 @@ async fn trace(State(context): State<AdminContext>, Path(id): Path<String>) -> R
             chrome: chrome(&context, format!("Run {id}"), "runs"),
             trace,
         }),
-        Err(response) => response,
+        Err(failure) => failure.page(&context),
     }
 }
 
 async fn trace_part(State(context): State<AdminContext>, Path(id): Path<String>) -> Response {
     match load_trace(&context, &id).await {
         Ok(trace) => page(&TracePart { trace }),
-        Err(response) => response,
+        Err(failure) => failure.page(&context),
     }
 }
 
@@ -530,7 +547,7 @@ async fn timeline_part(
 ) -> Response {
     let mut query = match params.to_query(TRACE_PAGE) {
         Ok(query) => query,
-        Err(error) => return message(&context, StatusCode::BAD_REQUEST, "Bad page", error),
+        Err(error) => return Failure::Bad(error).page(&context),
     };
     query.limit = TRACE_PAGE;
     let history = context.history.clone();
@@ -546,12 +563,7 @@ async fn timeline_part(
             );
             page(&TimelinePart { timeline })
         }
-        Ok(None) => message(
-            &context,
-            StatusCode::NOT_FOUND,
-            "No such run",
-            format!("There is no run with id `{id}`."),
-        ),
-        Err(error) => history_failed(&context, &error),
+        Ok(None) => Failure::NoRun(id).page(&context),
+        Err(error) => Failure::History(error).page(&context),
     }
 }

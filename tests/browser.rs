@@ -324,7 +324,6 @@ async fn the_page_in_a_real_browser() {
     )
     .await;
     assert_live_and_clean(&browser, "/ui/runs").await;
-    screenshot(&browser, "runs").await;
     let notify_run = run_id_of(&browser, "notify").await;
     browser
         .find(Locator::Css(&format!("tr[data-run='{notify_run}'] a")))
@@ -347,6 +346,7 @@ async fn the_page_in_a_real_browser() {
         "the log line: {trace}"
     );
     assert_eq!(ws.slack_texts("#ops"), vec!["Meeting ended: Meeting 1"]);
+    screenshot(&browser, "trace").await;
     browser
         .execute(
             "document.querySelectorAll('details').forEach(d => d.open = true);",
@@ -359,7 +359,6 @@ async fn the_page_in_a_real_browser() {
         args.contains("\"channel\": \"#ops\""),
         "the effect's arguments: {args}"
     );
-    screenshot(&browser, "trace").await;
 
     // A failing run appears live on /ui/dead; Retry runs it again, to success.
     visit(&browser, &format!("{base}/ui/dead")).await;
@@ -415,7 +414,15 @@ async fn the_page_in_a_real_browser() {
             .contains(&"Meeting started: Meeting 2".to_string())
     );
 
-    // The other pages, with what happened.
+    // A few more meetings end; then the other pages, with what happened.
+    for n in 3..=7 {
+        ws.sim
+            .emit_event(None, &meeting_event("meeting.ended", n, "host-3"));
+    }
+    daemon::eventually("six notify runs", || async {
+        (ws.slack_texts("#ops").len() == 6).then_some(())
+    })
+    .await;
     visit(&browser, &format!("{base}/ui/events")).await;
     let events = body_text(&browser).await;
     assert!(
@@ -430,7 +437,7 @@ async fn the_page_in_a_real_browser() {
     visit(&browser, &format!("{base}/ui/rules")).await;
     let rules = body_text(&browser).await;
     assert!(rules.contains("Tell #ops when a meeting ends"), "{rules}");
-    assert!(rules.contains("1 succeeded"), "{rules}");
+    assert!(rules.contains("6 succeeded"), "{rules}");
     screenshot(&browser, "rules").await;
     visit(&browser, &format!("{base}/ui/")).await;
     watch_page(&browser).await;
@@ -438,6 +445,8 @@ async fn the_page_in_a_real_browser() {
     assert!(overview.contains("connected"), "{overview}");
     assert!(overview.contains("Reconciliation"), "{overview}");
     screenshot(&browser, "overview").await;
+    visit(&browser, &format!("{base}/ui/runs")).await;
+    screenshot(&browser, "runs").await;
     visit(&browser, &format!("{base}/ui/dead")).await;
     let dead = body_text(&browser).await;
     assert!(dead.contains("No failed or dead runs."), "{dead}");

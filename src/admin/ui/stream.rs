@@ -5,49 +5,50 @@
 //! carries no data of its own, and what a page shows always comes from the
 //! same handlers as its first load.
 //!
-//! Changes are coalesced: after sending, the stream waits [`THROTTLE`]
-//! before looking again, so a busy daemon costs each open page at most a
-//! couple of reloads a second. The stream ends when the server stops.
+//! The stream looks at the activity counts every [`LOOK_EVERY`]: changes in
+//! between are coalesced, so a busy daemon costs each open page at most two
+//! reloads a second, and the daemon's hot path never wakes anyone. The
+//! stream ends when the server stops.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminContext;
-use crate::admin::activity::Ticks;
+use crate::admin::activity::{Activity, Ticks};
 
-/// Least time between two rounds of events on one stream.
-pub const THROTTLE: Duration = Duration::from_millis(500);
+/// How often a stream looks for changes.
+pub const LOOK_EVERY: Duration = Duration::from_millis(500);
 
 pub async fn stream(
     State(context): State<AdminContext>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut ticks = context.state.activity().subscribe();
-    let seen = *ticks.borrow_and_update();
+    let activity = context.state.activity().clone();
+    let mut looks = tokio::time::interval(LOOK_EVERY);
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let follow = Follow {
-        ticks,
-        seen,
+        seen: activity.ticks(),
+        activity,
+        looks,
         shutdown: context.shutdown.clone(),
         queue: VecDeque::new(),
-        rested: true,
     };
     let events = futures_util::stream::unfold(follow, Follow::next);
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
 struct Follow {
-    ticks: watch::Receiver<Ticks>,
+    activity: Arc<Activity>,
     seen: Ticks,
+    looks: tokio::time::Interval,
     shutdown: CancellationToken,
     queue: VecDeque<Event>,
-    /// False right after sending: wait [`THROTTLE`] first.
-    rested: bool,
 }
 
 impl Follow {
@@ -56,17 +57,11 @@ impl Follow {
             if let Some(event) = self.queue.pop_front() {
                 return Some((Ok(event), self));
             }
-            if !self.rested {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(THROTTLE) => self.rested = true,
-                }
-            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                changed = self.ticks.changed() => changed.ok()?,
+                _ = self.looks.tick() => {}
             }
-            let now = *self.ticks.borrow_and_update();
+            let now = self.activity.ticks();
             if now.events != self.seen.events {
                 self.queue.push_back(
                     Event::default()
@@ -79,7 +74,6 @@ impl Follow {
                     .push_back(Event::default().event("runs").data(now.runs.to_string()));
             }
             self.seen = now;
-            self.rested = false;
         }
     }
 }

@@ -144,21 +144,32 @@ async fn watch_page(browser: &Client) {
         .unwrap();
 }
 
-async fn page_state(browser: &Client) -> (Value, Value, Value) {
+async fn page_state(browser: &Client) -> (Value, Value, Value, Value) {
     let state = browser
         .execute(
-            "return [window.zwMarker || null, window.zwViolations || [], typeof window.htmx];",
+            "return [window.zwMarker || null, window.zwViolations || [], typeof window.htmx,
+                     document.querySelectorAll('style, [style]').length];",
             vec![],
         )
         .await
         .unwrap();
-    (state[0].clone(), state[1].clone(), state[2].clone())
+    (
+        state[0].clone(),
+        state[1].clone(),
+        state[2].clone(),
+        state[3].clone(),
+    )
 }
 
-/// Asserts the page was not reloaded, htmx runs, and nothing broke the CSP.
+/// Asserts the page was not reloaded, htmx runs, nothing broke the CSP and
+/// nothing put inline styles in the page (htmx's own are switched off).
 async fn assert_live_and_clean(browser: &Client, what: &str) {
-    let (marker, violations, htmx) = page_state(browser).await;
+    let (marker, violations, htmx, inline_styles) = page_state(browser).await;
     assert_eq!(marker, "not reloaded", "{what}: the page reloaded");
+    assert_eq!(
+        inline_styles, 0,
+        "{what}: inline styles (the CSP blocks them)"
+    );
     assert_eq!(violations, json!([]), "{what}: CSP violations");
     assert_eq!(htmx, "object", "{what}: htmx did not load");
 }

@@ -261,7 +261,6 @@ async fn the_page_in_a_real_browser() {
     let Some((chromium, driver_path)) = browser_programs() else {
         return;
     };
-    let t0 = Instant::now();
     let mut ws = Workspace::new().await;
     ws.set_env("ZOOMWIRE_ADMIN_TOKEN", TOKEN);
     ws.write_rule("notify.yaml", NOTIFY);
@@ -271,7 +270,6 @@ async fn the_page_in_a_real_browser() {
     let driver = start_driver(&driver_path).await;
     let profile = tempfile::tempdir().unwrap();
     let browser = open_browser(&driver, &chromium, profile.path()).await;
-    eprintln!("browser open {:?}", t0.elapsed());
 
     // Refused without the token: the page asks for it, the API says 401.
     visit(&browser, &format!("{base}/ui/runs")).await;
@@ -472,16 +470,7 @@ async fn the_page_in_a_real_browser() {
         .await
         .unwrap();
 
-    let t = Instant::now();
     browser.close().await.unwrap();
-    eprintln!("close {:?}", t.elapsed());
     drop(driver);
     daemon.terminate().await;
-    eprintln!("terminate {:?}", t.elapsed());
-    drop(daemon);
-    eprintln!("daemon dropped {:?}", t.elapsed());
-    drop(ws);
-    eprintln!("ws dropped {:?}", t.elapsed());
-    drop(profile);
-    eprintln!("profile dropped {:?}", t.elapsed());
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::activity::ObservedJournal;
 use crate::admin::{AdminState, RunHistory, serve_admin};
 use crate::config::Settings;
 use crate::effects::Effects;
@@ -119,6 +120,10 @@ impl Daemon {
         let limits = sandbox_limits(&settings)?;
         let rules = load_rules(&settings, &limits)?;
         let (journal, history, state) = open_journal(&settings, options.journal)?;
+        let admin = AdminState::new();
+        // The page follows what the journal records.
+        let journal: Arc<dyn Journal> =
+            Arc::new(ObservedJournal::new(journal, admin.activity().clone()));
         let tokens = first_tokens(&settings, options.first_token_timeout).await?;
         let effects = live_effects(&settings, &tokens, state.clone())?;
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
@@ -128,10 +133,10 @@ impl Daemon {
             Executor::new(journal.clone(), effects, pool, vars).with_current_rules(rules.clone());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let admin = AdminState::new();
         admin.rules_loaded(rules.current().rules().len());
+        admin.show_rules(rules.clone());
         let (admin_addr, _) = serve_admin(
-            settings.admin_addr,
+            settings.admin_options(),
             admin.clone(),
             history,
             shutdown.clone(),

@@ -1,17 +1,26 @@
 //! The admin API over loopback: `/healthz` follows what the daemon reports,
-//! `/metrics` shows what was recorded, `/api/runs` lists and finds runs.
+//! `/metrics` shows what was recorded, `/api/runs` lists, pages and finds
+//! runs, `POST /api/runs/{id}/retry` requeues one; and the guard: loopback
+//! host names only without a token, Bearer tokens and session cookies with
+//! one, same-origin POSTs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zoomwire::admin::{AdminState, ConnectionState, RunHistory, SubscriptionHealth, serve_admin};
-use zoomwire::engine::record::{Journal, MemoryJournal, RunRecord, RunStatus};
+use zoomwire::admin::{
+    AdminOptions, AdminState, AdminToken, ConnectionState, RunHistory, SubscriptionHealth,
+    serve_admin,
+};
+use zoomwire::engine::record::{Journal, JournalError, MemoryJournal, RunRecord, RunStatus};
 use zoomwire::event::{Event, Source};
+use zoomwire::journal::history::{
+    HistoryError, RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery,
+};
 use zoomwire::journal::{JournalOptions, SqliteJournal};
 use zoomwire::zoom::websocket::{ConnectionStatus, Gap};
 
@@ -32,9 +41,14 @@ async fn admin(history: Arc<dyn RunHistory>) -> Admin {
     let state = AdminState::new();
     let shutdown = CancellationToken::new();
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (addr, _task) = serve_admin(loopback, state.clone(), history, shutdown.clone())
-        .await
-        .unwrap();
+    let (addr, _task) = serve_admin(
+        AdminOptions::loopback(loopback),
+        state.clone(),
+        history,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     Admin {
         base: format!("http://{addr}"),
         state,
@@ -220,13 +234,26 @@ async fn api_finds_one_run_and_404s_unknown_ids() {
 
 struct BrokenHistory;
 
+fn locked() -> HistoryError {
+    HistoryError::Journal(JournalError("database is locked".into()))
+}
+
 impl RunHistory for BrokenHistory {
-    fn list_runs(&self, _: Option<String>, _: bool, _: usize) -> Result<Vec<Value>, String> {
-        Err("database is locked".into())
+    fn list_runs(&self, _: &RunQuery) -> Result<RunPage, HistoryError> {
+        Err(locked())
     }
 
-    fn get_run(&self, _: &str) -> Result<Option<Value>, String> {
-        Err("database is locked".into())
+    fn run_trace(&self, _: &str, _: &TraceQuery) -> Result<Option<RunTrace>, HistoryError> {
+        Err(locked())
+    }
+
+    fn rule_activity(
+        &self,
+        _: &str,
+        _: DateTime<Utc>,
+        _: usize,
+    ) -> Result<RuleActivity, HistoryError> {
+        Err(locked())
     }
 }
 
@@ -235,7 +262,10 @@ async fn history_errors_are_500_with_the_reason() {
     let admin = admin(Arc::new(BrokenHistory)).await;
     let (status, body) = admin.get_json("/api/runs").await;
     assert_eq!(status, 500);
-    assert_eq!(body["error"], "run history unavailable: database is locked");
+    assert_eq!(
+        body["error"],
+        "run history unavailable: journal: database is locked"
+    );
     let (status, _) = admin.get_json("/api/runs/r1").await;
     assert_eq!(status, 500);
 }
@@ -245,7 +275,7 @@ async fn a_taken_address_is_an_error() {
     let first = admin(Arc::new(MemoryJournal::default())).await;
     let taken: SocketAddr = first.base.trim_start_matches("http://").parse().unwrap();
     let error = serve_admin(
-        taken,
+        AdminOptions::loopback(taken),
         AdminState::new(),
         Arc::new(MemoryJournal::default()),
         CancellationToken::new(),
@@ -255,7 +285,7 @@ async fn a_taken_address_is_an_error() {
     assert!(
         error
             .to_string()
-            .starts_with(&format!("cannot listen on {taken} for the admin api")),
+            .starts_with(&format!("cannot listen on {taken} for the admin server")),
         "{error}"
     );
 }
@@ -339,4 +369,349 @@ async fn api_serves_the_sqlite_journal() {
     assert_eq!(body["event"]["type"], "meeting.ended");
     let (status, _) = admin.get_json("/api/runs/nope").await;
     assert_eq!(status, 404);
+}
+
+/// A raw HTTP/1.1 request over loopback, with exactly these headers: the
+/// status line's code and the whole answer.
+async fn raw_request(addr: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_host_names_are_answered() {
+    let admin = admin(Arc::new(MemoryJournal::default())).await;
+    let addr = admin.base.trim_start_matches("http://").to_string();
+    let port = addr.rsplit(':').next().unwrap();
+    for host in [
+        addr.clone(),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (code, text) = raw_request(
+            &addr,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(code, 503, "{host} is loopback: {text}");
+    }
+    // A page served from attacker.example whose name now points at 127.0.0.1.
+    for path in ["/healthz", "/api/runs", "/ui/", "/metrics"] {
+        let (code, text) = raw_request(
+            &addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: attacker.example:{port}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(code, 403, "{path}: {text}");
+        assert!(text.contains("loopback"), "{text}");
+    }
+    let (code, _) = raw_request(&addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(code, 403, "no Host at all");
+}
+
+#[tokio::test]
+async fn binding_beyond_loopback_without_a_token_is_refused() {
+    let error = serve_admin(
+        AdminOptions::loopback("0.0.0.0:0".parse().unwrap()),
+        AdminState::new(),
+        Arc::new(MemoryJournal::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("without ZOOMWIRE_ADMIN_TOKEN"),
+        "{error}"
+    );
+}
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+async fn guarded_admin(history: Arc<dyn RunHistory>) -> Admin {
+    let state = AdminState::new();
+    let shutdown = CancellationToken::new();
+    let options = AdminOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: Some(AdminToken::new(TOKEN).unwrap()),
+    };
+    let (addr, _task) = serve_admin(options, state.clone(), history, shutdown.clone())
+        .await
+        .unwrap();
+    Admin {
+        base: format!("http://{addr}"),
+        state,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        shutdown,
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_everything_but_healthz_needs_it() {
+    let admin = guarded_admin(journal_with_runs().await).await;
+    let (status, _) = admin.get("/healthz").await;
+    assert_eq!(status, 503, "open, and honest about having no rules");
+    for path in ["/api/runs", "/api/runs/r2", "/metrics"] {
+        let response = admin
+            .client
+            .get(format!("{}{path}", admin.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"zoomwire\""
+        );
+        for wrong in ["Bearer nope", "Bearer test-admin-token-012345678", TOKEN] {
+            let response = admin
+                .client
+                .get(format!("{}{path}", admin.base))
+                .header("authorization", wrong)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 401, "{path} with `{wrong}`");
+        }
+        let response = admin
+            .client
+            .get(format!("{}{path}", admin.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} with the token");
+    }
+    // The page answers 401 with its login form.
+    let response = admin
+        .client
+        .get(format!("{}/ui/runs", admin.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.text().await.unwrap().contains("name=\"token\""));
+}
+
+#[tokio::test]
+async fn the_login_form_trades_the_token_for_a_strict_session_cookie() {
+    let admin = guarded_admin(journal_with_runs().await).await;
+    let origin = admin.base.clone();
+    let login = |token: &'static str| {
+        admin
+            .client
+            .post(format!("{}/ui/login", admin.base))
+            .header("origin", origin.clone())
+            .form(&[("token", token)])
+            .send()
+    };
+    let refused = login("wrong-token-wrong-token").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("That is not the admin token.")
+    );
+
+    let accepted = login(TOKEN).await.unwrap();
+    assert_eq!(accepted.status(), 303);
+    assert_eq!(accepted.headers()["location"], "/ui/");
+    let cookie = accepted.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains(TOKEN), "the cookie is not the token");
+    let session = cookie.split(';').next().unwrap().to_string();
+
+    let page = admin
+        .client
+        .get(format!("{}/ui/runs", admin.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Log out"));
+
+    // A cross-site form posting with the cookie is refused before anything runs.
+    let forged = admin
+        .client
+        .post(format!("{}/ui/runs/r2/retry", admin.base))
+        .header("cookie", &session)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let no_origin = admin
+        .client
+        .post(format!("{}/api/runs/r2/retry", admin.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_origin.status(), 403, "a cookie needs an Origin");
+
+    let logout = admin
+        .client
+        .post(format!("{}/ui/logout", admin.base))
+        .header("cookie", &session)
+        .header("origin", origin.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 303);
+    let after = admin
+        .client
+        .get(format!("{}/api/runs", admin.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401, "the session ended");
+}
+
+#[tokio::test]
+async fn api_pages_through_runs_with_cursors_and_statuses() {
+    let admin = admin(journal_with_runs().await).await;
+    let (_, first) = admin.get_json("/api/runs?limit=3").await;
+    assert_eq!(ids(&first), vec!["r4", "r3", "r2"]);
+    let next = first["next"].as_str().expect("a next page");
+    let (_, second) = admin
+        .get_json(&format!("/api/runs?limit=3&before={next}"))
+        .await;
+    assert_eq!(ids(&second), vec!["r1"]);
+    assert_eq!(second["next"], Value::Null);
+    let (_, dead) = admin.get_json("/api/runs?status=dead").await;
+    assert_eq!(ids(&dead), vec!["r2"]);
+    let (status, body) = admin.get_json("/api/runs?status=gone").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown status `gone`")
+    );
+    let (status, _) = admin.get_json("/api/runs?before=garbage").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn retry_over_the_api_requeues_a_dead_run_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(SqliteJournal::open(dir.path(), JournalOptions::for_command()).unwrap());
+    let body = serde_json::json!({"event": "meeting.ended", "event_ts": 7});
+    let event = Event::from_value(&body, Source::Webhook).unwrap();
+    assert!(journal.accept_event(&event).await.unwrap());
+    let mut dead = run("r2", "notify", RunStatus::Dead, 2);
+    dead.event_id = event.id.clone();
+    dead.finished_at = Some(Utc::now());
+    journal.record_run(&dead).await.unwrap();
+    let admin = admin(journal.clone()).await;
+    let before = admin.state.activity().ticks();
+
+    let retry = |id: &'static str| {
+        admin
+            .client
+            .post(format!("{}/api/runs/{id}/retry", admin.base))
+            .send()
+    };
+    let response = retry("r2").await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outcome"], "requeued");
+    assert_eq!(
+        journal.get_run("r2").unwrap().unwrap().run.status,
+        RunStatus::Pending,
+        "the same change as `zoomwire runs retry`"
+    );
+    assert_ne!(
+        admin.state.activity().ticks(),
+        before,
+        "open pages hear of it"
+    );
+    let again = retry("r2").await.unwrap();
+    assert_eq!(again.status(), 409);
+    let body: Value = again.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("not over yet"));
+    assert_eq!(retry("nope").await.unwrap().status(), 404);
+
+    // From another site: refused, and nothing changes.
+    let forged = admin
+        .client
+        .post(format!("{}/api/runs/r2/retry", admin.base))
+        .header("origin", "http://attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
+    let memory = admin_for_memory().await;
+    let response = memory
+        .client
+        .post(format!("{}/api/runs/r2/retry", memory.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 501, "the memory journal cannot retry");
+}
+
+async fn admin_for_memory() -> Admin {
+    admin(journal_with_runs().await).await
+}
+
+#[test]
+fn the_daemon_will_not_serve_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+            .arg("run")
+            .env_clear()
+            .envs(vars.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let output = run(&[("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:0")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`0.0.0.0:0` is beyond loopback and ZOOMWIRE_ADMIN_TOKEN is not set"),
+        "{stderr}"
+    );
+    let short = "secret-short";
+    let output = run(&[
+        ("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:0"),
+        ("ZOOMWIRE_ADMIN_TOKEN", short),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ZOOMWIRE_ADMIN_TOKEN / admin_token: too short"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short), "the token never shows: {stderr}");
 }

@@ -13,6 +13,7 @@
 //! email: { smtp_url: smtp://user:pass@host:587, from: zoomwire@example.com, ca_file: relay-ca.pem }
 //! data: .zoomwire
 //! admin_addr: 127.0.0.1:9797
+//! admin_token: T
 //! rules: rules
 //! scripts: scripts
 //! log_format: text
@@ -84,6 +85,7 @@ pub struct FileConfig {
     pub email: FileEmail,
     pub data: Option<Scalar>,
     pub admin_addr: Option<Scalar>,
+    pub admin_token: Option<Scalar>,
     pub rules: Option<Scalar>,
     pub scripts: Option<Scalar>,
     pub log_format: Option<Scalar>,

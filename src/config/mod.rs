@@ -30,6 +30,7 @@ use url::Url;
 pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
 pub use errors::{ConfigError, ConfigErrors};
 
+use crate::admin::{AdminOptions, AdminToken};
 use crate::daemon::JournalMode;
 use crate::effects::live::LiveConfig;
 use crate::journal::JournalOptions;
@@ -57,8 +58,11 @@ pub struct Settings {
     pub email: EmailSettings,
     /// Store and archive folder (`ZOOMWIRE_DATA`).
     pub data_dir: PathBuf,
-    /// Admin API address (`ZOOMWIRE_ADMIN_ADDR`).
+    /// Admin server address (`ZOOMWIRE_ADMIN_ADDR`).
     pub admin_addr: SocketAddr,
+    /// Guards the admin server (`ZOOMWIRE_ADMIN_TOKEN`); without it the
+    /// server is loopback-only. Its `Debug` is redacted.
+    pub admin_token: Option<AdminToken>,
     /// Rules folder (`ZOOMWIRE_RULES`).
     pub rules_dir: PathBuf,
     /// Scripts folder (`ZOOMWIRE_SCRIPTS`).
@@ -322,6 +326,14 @@ impl Settings {
             email_from: self.email.from.clone(),
             smtp_ca_file: self.email.ca_file.clone(),
             ..LiveConfig::new(&self.data_dir)
+        }
+    }
+
+    /// Where the admin server listens and its token.
+    pub fn admin_options(&self) -> AdminOptions {
+        AdminOptions {
+            addr: self.admin_addr,
+            token: self.admin_token.clone(),
         }
     }
 

@@ -22,6 +22,8 @@ use super::{
     DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
     SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
 };
+use crate::admin::AdminToken;
+use crate::admin::guard::check_bind;
 use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
 use crate::journal::JournalSync;
@@ -210,22 +212,24 @@ pub(super) fn build(sources: &Sources) -> Built {
         errors,
     };
     let (accounts, declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
+    // Resolved in the order errors are listed.
+    let zoom = resolve_zoom(&mut resolver, &file);
+    let webhook = resolve_webhook(&mut resolver, &file);
+    let slack = resolve_slack(&mut resolver, &file);
+    let email = resolve_email(&mut resolver, &file);
+    let data_dir = resolver
+        .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
+        .unwrap_or_else(|| ".zoomwire".into());
+    let (admin_addr, admin_token) = resolve_admin(&mut resolver, &file);
     let settings = Settings {
         accounts,
-        zoom: resolve_zoom(&mut resolver, &file),
-        webhook: resolve_webhook(&mut resolver, &file),
-        slack: resolve_slack(&mut resolver, &file),
-        email: resolve_email(&mut resolver, &file),
-        data_dir: resolver
-            .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
-            .unwrap_or_else(|| ".zoomwire".into()),
-        admin_addr: resolver
-            .get(
-                &key("ZOOMWIRE_ADMIN_ADDR", "admin_addr"),
-                file.admin_addr.as_ref(),
-                parse_socket_addr,
-            )
-            .unwrap_or(DEFAULT_ADMIN_ADDR),
+        zoom,
+        webhook,
+        slack,
+        email,
+        data_dir,
+        admin_addr,
+        admin_token,
         rules_dir: resolver
             .get(&key("ZOOMWIRE_RULES", "rules"), file.rules.as_ref(), path)
             .unwrap_or_else(|| "rules".into()),
@@ -288,6 +292,28 @@ fn parse_positive_count(text: &str) -> Result<usize, String> {
             "expected a whole number of at least 1, got `{text}`"
         )),
     }
+}
+
+/// The admin server's address and token. Listening beyond loopback needs a
+/// token: that is a configuration error, not a warning.
+fn resolve_admin(r: &mut Resolver, file: &FileConfig) -> (SocketAddr, Option<AdminToken>) {
+    let addr_key = key("ZOOMWIRE_ADMIN_ADDR", "admin_addr");
+    let token_key = key("ZOOMWIRE_ADMIN_TOKEN", "admin_token");
+    let addr = r
+        .get(&addr_key, file.admin_addr.as_ref(), parse_socket_addr)
+        .unwrap_or(DEFAULT_ADMIN_ADDR);
+    let token_given = r.raw(&token_key, file.admin_token.as_ref()).is_some();
+    let token = r.get(&token_key, file.admin_token.as_ref(), AdminToken::new);
+    if !token_given && check_bind(addr, None).is_err() {
+        let origin = r
+            .raw(&addr_key, file.admin_addr.as_ref())
+            .map(|raw| raw.origin);
+        let message = format!(
+            "`{addr}` is beyond loopback and ZOOMWIRE_ADMIN_TOKEN is not set: set a token, or bind a loopback address such as 127.0.0.1:9797"
+        );
+        r.fail(&addr_key, message, origin);
+    }
+    (addr, token)
 }
 
 fn name_of(path: Option<&PathBuf>, default: &str) -> String {

@@ -58,6 +58,7 @@ const FULL_ENV: &[(&str, &str)] = &[
         "smtp://mailer:smtp-password-value@mail.example.com:587",
     ),
     ("EMAIL_FROM", "Zoomwire <zw@example.com>"),
+    ("ZOOMWIRE_ADMIN_TOKEN", "admin-token-secret-value"),
 ];
 
 #[test]
@@ -441,6 +442,7 @@ fn secrets_stay_out_of_debug_output_and_errors() {
         "ops-hook-secret",
         "smtp-password-value",
         "mailer",
+        "admin-token-secret-value",
     ] {
         assert!(!shown.contains(secret), "{secret} shown in {shown}");
     }
@@ -597,4 +599,46 @@ fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
         lines[0].contains("expected `sqlite` or `memory`"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn the_admin_server_beyond_loopback_needs_a_token_which_never_shows() {
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some("admin_addr: 0.0.0.0:9797\n"),
+        None,
+        &[],
+    )));
+    assert_eq!(
+        lines,
+        vec![
+            "ZOOMWIRE_ADMIN_ADDR / admin_addr: `0.0.0.0:9797` is beyond loopback and ZOOMWIRE_ADMIN_TOKEN is not set: set a token, or bind a loopback address such as 127.0.0.1:9797 (from zoomwire.yaml)"
+        ]
+    );
+    let token = "admin-token-of-some-length";
+    let s = settings(
+        None,
+        None,
+        &[
+            ("ZOOMWIRE_ADMIN_ADDR", "0.0.0.0:9797"),
+            ("ZOOMWIRE_ADMIN_TOKEN", token),
+        ],
+    );
+    let options = s.admin_options();
+    assert!(options.token.as_ref().unwrap().matches(token));
+    assert!(!format!("{s:?}").contains(token), "Debug is redacted");
+    assert!(settings(None, None, &[]).admin_token.is_none());
+
+    let short = "short-token";
+    let lines = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[("ZOOMWIRE_ADMIN_TOKEN", short)],
+    )));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("ZOOMWIRE_ADMIN_TOKEN / admin_token: too short"),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[0].contains(short), "the value is never repeated");
 }

@@ -241,7 +241,7 @@ fn print_header(
     );
     println!("  store      {}", store.display());
     println!(
-        "  engine     subscribed to the simulator's WebSocket; admin API on http://{}",
+        "  engine     subscribed to the simulator's WebSocket; the page on http://{}/ui/",
         daemon.admin_addr
     );
     println!();

@@ -117,6 +117,15 @@ impl CapabilitySet {
     pub fn is_empty(&self) -> bool {
         self.named.is_empty() && self.http_hosts.is_empty()
     }
+
+    /// Every capability held, as `allow:` names it (`http:<host>` per host).
+    pub fn names(&self) -> Vec<String> {
+        self.named
+            .iter()
+            .map(Capability::name)
+            .chain(self.http_hosts.iter().map(|host| format!("http:{host}")))
+            .collect()
+    }
 }
 
 /// Whether `host` matches one of `allowed` (exact, or `*.suffix`).

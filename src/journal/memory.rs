@@ -15,14 +15,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use chrono::{DateTime, Utc};
 
-use crate::admin::{RunHistory, is_failed, run_summary};
 use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::{Event, Source};
-use crate::journal::RunDetail;
+use crate::journal::history::{
+    HistoryError, RuleActivity, RunHistory, RunPage, RunQuery, RunTrace, TraceQuery,
+    list_in_memory, rule_activity_in_memory, trace_in_memory,
+};
 
 /// How much a [`BoundedMemoryJournal`] remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,13 +109,15 @@ impl BoundedMemoryJournal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs kept, newest first: unfinished ones, then finished ones.
-    fn newest_first(&self) -> Vec<RunRecord> {
+    /// Every run kept, unfinished and finished, in no order.
+    fn kept_runs(&self) -> Vec<RunRecord> {
         let state = self.lock();
-        let mut unfinished: Vec<RunRecord> = state.unfinished.values().cloned().collect();
-        unfinished.sort_by_key(|run| std::cmp::Reverse(run.created_at));
-        unfinished.extend(state.finished.iter().rev().cloned());
-        unfinished
+        state
+            .unfinished
+            .values()
+            .chain(state.finished.iter())
+            .cloned()
+            .collect()
     }
 }
 
@@ -251,30 +255,31 @@ impl Journal for BoundedMemoryJournal {
 }
 
 impl RunHistory for BoundedMemoryJournal {
-    fn list_runs(
-        &self,
-        rule: Option<String>,
-        failed_only: bool,
-        limit: usize,
-    ) -> Result<Vec<Value>, String> {
-        self.newest_first()
-            .iter()
-            .filter(|run| rule.as_ref().is_none_or(|rule| run.rule == *rule))
-            .filter(|run| !failed_only || is_failed(run.status))
-            .take(limit)
-            .map(|run| serde_json::to_value(run_summary(run)).map_err(|e| e.to_string()))
-            .collect()
+    fn list_runs(&self, query: &RunQuery) -> Result<RunPage, HistoryError> {
+        Ok(list_in_memory(&self.kept_runs(), query))
     }
 
-    /// The trigger is not shown: `event` is null.
-    fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
-        self.newest_first()
-            .into_iter()
+    /// The trigger is not shown: `event` is `None`.
+    fn run_trace(&self, id: &str, query: &TraceQuery) -> Result<Option<RunTrace>, HistoryError> {
+        Ok(self
+            .kept_runs()
+            .iter()
             .find(|run| run.id == id)
-            .map(|run| {
-                serde_json::to_value(RunDetail { run, event: None }).map_err(|e| e.to_string())
-            })
-            .transpose()
+            .map(|run| trace_in_memory(run, query)))
+    }
+
+    fn rule_activity(
+        &self,
+        rule: &str,
+        since: DateTime<Utc>,
+        recent: usize,
+    ) -> Result<RuleActivity, HistoryError> {
+        Ok(rule_activity_in_memory(
+            &self.kept_runs(),
+            rule,
+            since,
+            recent,
+        ))
     }
 }
 
@@ -356,11 +361,16 @@ mod tests {
                 .unwrap();
         }
         assert!(journal.unfinished_runs().await.unwrap().is_empty());
-        let listed = journal.list_runs(None, false, 10).unwrap();
-        let ids: Vec<&str> = listed.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        let query = RunQuery {
+            limit: 10,
+            ..RunQuery::default()
+        };
+        let listed = journal.list_runs(&query).unwrap();
+        let ids: Vec<&str> = listed.runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["c", "b"], "newest first, at most two");
-        assert!(journal.get_run("b").unwrap().is_some());
-        assert!(journal.get_run("a").unwrap().is_none());
+        let trace = TraceQuery::default();
+        assert!(journal.run_trace("b", &trace).unwrap().is_some());
+        assert!(journal.run_trace("a", &trace).unwrap().is_none());
         let state = journal.lock();
         assert!(
             !state.events.contains_key(&id_hash(&first.id)),

@@ -14,8 +14,10 @@
 
 mod checkpoint;
 mod codec;
+pub mod history;
 pub mod memory;
 mod ops;
+mod pages;
 mod prune;
 mod query;
 mod schema;
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::record::{JournalError, RunStatus};
 use crate::event::Event;
 use codec::{duration_nanos, to_nanos};
+use history::{RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery};
 use ops::{Op, Outcome};
 use prune::{CHUNK, PruneStep};
 use query::Readers;
@@ -289,14 +292,53 @@ impl SqliteJournal {
         &self.inner.path
     }
 
-    /// Run history, newest first (`zoomwire runs`, `/api/runs`).
+    /// Run history, newest first (`zoomwire runs`).
     pub fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>, JournalError> {
-        self.inner
-            .readers
-            .with(|conn| query::list_runs(conn, &filter))
+        let statuses = match (filter.failed_only, filter.skipped_only) {
+            (true, _) => vec![RunStatus::Failed, RunStatus::Dead],
+            (false, true) => vec![RunStatus::Skipped],
+            (false, false) => Vec::new(),
+        };
+        let query = RunQuery {
+            rule: filter.rule,
+            statuses,
+            before: None,
+            limit: filter.limit,
+        };
+        Ok(self.runs_page(&query)?.runs)
     }
 
-    /// One run with its effects, logs and trigger (`/api/runs/{id}`).
+    /// One page of run history, newest first (`/api/runs`, the page).
+    pub fn runs_page(&self, query: &RunQuery) -> Result<RunPage, JournalError> {
+        self.inner
+            .readers
+            .with(|conn| pages::runs_page(conn, query))
+    }
+
+    /// One run with a page of its effects and log lines (`/api/runs/{id}`).
+    pub fn run_trace(
+        &self,
+        id: &str,
+        query: &TraceQuery,
+    ) -> Result<Option<RunTrace>, JournalError> {
+        self.inner
+            .readers
+            .with(|conn| pages::run_trace(conn, id, query))
+    }
+
+    /// A rule's latest runs, and its runs since `since` by status.
+    pub fn rule_activity(
+        &self,
+        rule: &str,
+        since: chrono::DateTime<Utc>,
+        recent: usize,
+    ) -> Result<RuleActivity, JournalError> {
+        self.inner
+            .readers
+            .with(|conn| pages::rule_activity(conn, rule, since, recent))
+    }
+
+    /// One run with all its effects, logs and trigger.
     pub fn get_run(&self, id: &str) -> Result<Option<RunDetail>, JournalError> {
         self.inner.readers.with(|conn| query::get_run(conn, id))
     }

@@ -1,5 +1,5 @@
-//! Reading the store: run history for the CLI and the admin API, the runs
-//! to resume after a restart, events and rule state.
+//! Reading the store: the runs to resume after a restart, whole runs,
+//! events and rule state (run history a page at a time is in `pages.rs`).
 //!
 //! Reads use their own connections (WAL lets them run beside the writer), kept
 //! in a small pool. Every query is indexed and bounded, so they are quick
@@ -127,7 +127,7 @@ impl StoredEvent {
         Ok(event)
     }
 
-    fn summary(&self) -> Result<EventSummary, JournalError> {
+    pub(crate) fn summary(&self) -> Result<EventSummary, JournalError> {
         let source: Source = from_json(&self.source, "events.source")?;
         let body: Value = from_json(&self.raw, "events.raw")?;
         Ok(EventSummary {
@@ -159,7 +159,7 @@ impl From<JournalError> for ReadError {
     }
 }
 
-type ReadResult<T> = Result<T, ReadError>;
+pub(crate) type ReadResult<T> = Result<T, ReadError>;
 
 /// A pool of read connections.
 pub(crate) struct Readers {
@@ -202,29 +202,6 @@ impl Readers {
 
 const RUN_COLUMNS: &str = "id, rule, event_id, event_type, key, status, attempt, error, output, \
                            created_at, started_at, finished_at";
-
-/// Newest runs first, filtered.
-pub(crate) fn list_runs(conn: &Connection, filter: &RunFilter) -> ReadResult<Vec<RunSummary>> {
-    let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM runs
-         WHERE (?1 IS NULL OR rule = ?1) AND (?2 = 0 OR status IN ('failed', 'dead'))
-           AND (?4 = 0 OR status = 'skipped')
-         ORDER BY created_at DESC, rowid DESC LIMIT ?3"
-    );
-    let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
-    let mut statement = conn.prepare_cached(&sql)?;
-    let mut rows = statement.query(params![
-        filter.rule,
-        filter.failed_only,
-        limit,
-        filter.skipped_only
-    ])?;
-    let mut runs = Vec::new();
-    while let Some(row) = rows.next()? {
-        runs.push(RunSummary::from(run_row(row)?));
-    }
-    Ok(runs)
-}
 
 /// One run with effects, logs and its (redacted) event.
 pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetail>> {
@@ -377,7 +354,7 @@ fn run_row(row: &Row<'_>) -> ReadResult<RunRecord> {
     })
 }
 
-fn effect_row(row: &Row<'_>) -> ReadResult<EffectRecord> {
+pub(crate) fn effect_row(row: &Row<'_>) -> ReadResult<EffectRecord> {
     let args: String = row.get(2)?;
     let result: String = row.get(3)?;
     Ok(EffectRecord {

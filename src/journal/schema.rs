@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -95,6 +95,12 @@ CREATE TABLE state (
     PRIMARY KEY (rule, key)
 ) WITHOUT ROWID;
 CREATE INDEX state_expires ON state(expires_at) WHERE expires_at IS NOT NULL;
+";
+
+/// The run history's filters by rule and status together (the admin page's
+/// runs list, and its counts per rule and outcome), read from one index.
+const V2: &str = "
+CREATE INDEX runs_rule_status ON runs(rule, status, created_at);
 ";
 
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`

@@ -1,58 +1,26 @@
-//! The admin HTTP server on `ZOOMWIRE_ADMIN_ADDR`: `/healthz`, `/metrics`
-//! (Prometheus text) and the run history (`/api/runs`, `/api/runs/{id}`).
+//! What the daemon knows about its own health, shared with the admin
+//! server: each WebSocket subscription's [`ConnectionStatus`] watch (read
+//! when asked, so nothing is done per event), or for other sources a state
+//! the daemon sets; the rule set's status and the running set itself (for the
+//! page's rules list); and the live [`Activity`] the page shows.
 //!
-//! The daemon reports into a shared [`AdminState`]: each WebSocket
-//! subscription's [`ConnectionStatus`] watch (read when `/healthz` is asked,
-//! so nothing is done per event), or for other sources a state it sets, and
-//! the rule set's status. The server only reads it. `/healthz` answers 200 when every subscription is
-//! connected and a rule set is loaded, 503 otherwise; a failed reload that
-//! left the last good rule set running is `degraded` but still 200, since
-//! restarting would not help. Run history comes through the [`RunHistory`]
-//! seam, implemented here for [`SqliteJournal`] and [`MemoryJournal`] with
-//! the same shapes ([`RunSummary`] in lists, [`RunDetail`] for one run).
-//!
-//! The API has no authentication: keep it on loopback (the default) or
-//! behind a proxy. Binding elsewhere logs a warning.
+//! `/healthz` answers 200 when every subscription is connected and a rule
+//! set is loaded, 503 otherwise; a failed reload that left the last good
+//! rule set running is `degraded` but still 200, since restarting would not
+//! help.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, RwLock};
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, TimeZone, Utc};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::engine::record::{MemoryJournal, RunRecord, RunStatus};
-use crate::journal::{RunDetail, RunFilter, RunSummary, SqliteJournal};
-use crate::serve::{ServeError, serve_router};
+use super::activity::Activity;
+use crate::reload::RuleSetHandle;
+use crate::rules::RuleSet;
 use crate::zoom::websocket::ConnectionStatus;
-
-/// Runs listed when the request names no limit.
-pub const DEFAULT_RUNS_LIMIT: usize = 100;
-/// The most runs one request lists.
-pub const MAX_RUNS_LIMIT: usize = 1000;
-/// How often histogram data is folded in (the exporter leaves it to us).
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-
-/// Why the admin server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("cannot install the metrics recorder: {0}")]
-    Metrics(String),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
 
 /// Where a subscription's connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +172,9 @@ pub struct AdminState {
     started_at: DateTime<Utc>,
     subscriptions: RwLock<BTreeMap<String, SubscriptionSlot>>,
     rules: RwLock<RulesHealth>,
+    /// The running rule set, once the daemon shows it.
+    rule_set: OnceLock<Arc<RuleSetHandle>>,
+    activity: Arc<Activity>,
 }
 
 impl Default for AdminState {
@@ -212,6 +183,8 @@ impl Default for AdminState {
             started_at: Utc::now(),
             subscriptions: RwLock::new(BTreeMap::new()),
             rules: RwLock::new(RulesHealth::default()),
+            rule_set: OnceLock::new(),
+            activity: Arc::new(Activity::default()),
         }
     }
 }
@@ -219,6 +192,26 @@ impl Default for AdminState {
 impl AdminState {
     pub fn new() -> Arc<AdminState> {
         Arc::new(AdminState::default())
+    }
+
+    /// When the process started.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// The live feed of events and runs (fed by an `ObservedJournal`).
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// Shows the running rule set (and its reloads) on the page; set once.
+    pub fn show_rules(&self, rules: Arc<RuleSetHandle>) {
+        let _ = self.rule_set.set(rules);
+    }
+
+    /// The rule set running now, when the daemon showed it.
+    pub fn rule_set(&self) -> Option<Arc<RuleSet>> {
+        self.rule_set.get().map(|handle| handle.current())
     }
 
     /// Reports a WebSocket subscription from the status channel its client
@@ -322,239 +315,6 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The run history the API serves. Blocking calls: the server runs them off
-/// the async reactor.
-pub trait RunHistory: Send + Sync {
-    /// Runs, newest first; only `rule`'s when given; only failed and dead
-    /// runs when `failed_only`; at most `limit`. Each as [`run_summary`].
-    fn list_runs(
-        &self,
-        rule: Option<String>,
-        failed_only: bool,
-        limit: usize,
-    ) -> Result<Vec<Value>, String>;
-    /// One run in full (the `RunRecord` as JSON), `None` when unknown.
-    fn get_run(&self, id: &str) -> Result<Option<Value>, String>;
-}
-
-/// A run as `/api/runs` lists it: the journal's [`RunSummary`].
-pub fn run_summary(run: &RunRecord) -> RunSummary {
-    RunSummary {
-        id: run.id.clone(),
-        rule: run.rule.clone(),
-        status: run.status,
-        attempt: run.attempt,
-        event_id: run.event_id.clone(),
-        event_type: run.event_type.clone(),
-        key: run.key.clone(),
-        error: run.error.clone(),
-        created_at: run.created_at,
-        started_at: run.started_at,
-        finished_at: run.finished_at,
-    }
-}
-
-fn to_json<T: Serialize>(value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
-}
-
-/// Whether a run counts as failed for `--failed` and `?failed=true`.
-pub fn is_failed(status: RunStatus) -> bool {
-    matches!(status, RunStatus::Failed | RunStatus::Dead)
-}
-
-impl RunHistory for MemoryJournal {
-    /// Newest first means latest created here: the journal keeps creation order.
-    fn list_runs(
-        &self,
-        rule: Option<String>,
-        failed_only: bool,
-        limit: usize,
-    ) -> Result<Vec<Value>, String> {
-        self.runs()
-            .iter()
-            .rev()
-            .filter(|run| rule.as_ref().is_none_or(|rule| run.rule == *rule))
-            .filter(|run| !failed_only || is_failed(run.status))
-            .take(limit)
-            .map(|run| to_json(&run_summary(run)))
-            .collect()
-    }
-
-    /// The memory journal does not show the trigger: `event` is null.
-    fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
-        self.runs()
-            .into_iter()
-            .find(|run| run.id == id)
-            .map(|run| to_json(&RunDetail { run, event: None }))
-            .transpose()
-    }
-}
-
-impl RunHistory for SqliteJournal {
-    fn list_runs(
-        &self,
-        rule: Option<String>,
-        failed_only: bool,
-        limit: usize,
-    ) -> Result<Vec<Value>, String> {
-        let filter = RunFilter {
-            rule,
-            failed_only,
-            limit,
-            ..RunFilter::default()
-        };
-        let runs = SqliteJournal::list_runs(self, filter).map_err(|e| e.to_string())?;
-        runs.iter().map(to_json).collect()
-    }
-
-    fn get_run(&self, id: &str) -> Result<Option<Value>, String> {
-        let run = SqliteJournal::get_run(self, id).map_err(|e| e.to_string())?;
-        run.as_ref().map(to_json).transpose()
-    }
-}
-
-static METRICS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-
-/// Installs the process-wide Prometheus recorder once and returns its handle
-/// (the same handle on every later call). Call it early in `run`, before
-/// anything records a metric; [`serve_admin`] calls it too.
-pub fn install_metrics() -> Result<PrometheusHandle, AdminError> {
-    // Poisoning only follows a panic while installing; the Option is still valid.
-    let mut installed = METRICS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(handle) = installed.as_ref() {
-        return Ok(handle.clone());
-    }
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| AdminError::Metrics(e.to_string()))?;
-    *installed = Some(handle.clone());
-    Ok(handle)
-}
-
-#[derive(Clone)]
-struct AdminContext {
-    state: Arc<AdminState>,
-    history: Arc<dyn RunHistory>,
-    metrics: PrometheusHandle,
-}
-
-/// The admin routes, for embedding; [`serve_admin`] serves them.
-pub fn admin_router(
-    state: Arc<AdminState>,
-    history: Arc<dyn RunHistory>,
-    metrics: PrometheusHandle,
-) -> Router {
-    let context = AdminContext {
-        state,
-        history,
-        metrics,
-    };
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(get_run))
-        .with_state(context)
-}
-
-/// Serves the admin API on `addr` until `shutdown`; returns the bound address
-/// (useful with port 0) and the server task. Also keeps the metrics tidy.
-pub async fn serve_admin(
-    addr: SocketAddr,
-    state: Arc<AdminState>,
-    history: Arc<dyn RunHistory>,
-    shutdown: CancellationToken,
-) -> Result<(SocketAddr, JoinHandle<()>), AdminError> {
-    let metrics = install_metrics()?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(addr = %addr, "the admin api has no authentication and listens beyond loopback");
-    }
-    let router = admin_router(state, history, metrics.clone());
-    let (local_addr, server) = serve_router("admin api", addr, router, shutdown.clone()).await?;
-    tokio::spawn(metrics_upkeep(metrics, shutdown));
-    Ok((local_addr, server))
-}
-
-async fn metrics_upkeep(metrics: PrometheusHandle, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => metrics.run_upkeep(),
-        }
-    }
-}
-
-async fn healthz(State(context): State<AdminContext>) -> Response {
-    let report = context.state.report();
-    let status = match report.status {
-        HealthStatus::Ok | HealthStatus::Degraded => StatusCode::OK,
-        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    (status, axum::Json(report)).into_response()
-}
-
-async fn metrics_text(State(context): State<AdminContext>) -> Response {
-    let text = context.metrics.render();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct RunsQuery {
-    rule: Option<String>,
-    #[serde(default)]
-    failed: bool,
-    limit: Option<usize>,
-}
-
-async fn list_runs(
-    State(context): State<AdminContext>,
-    Query(query): Query<RunsQuery>,
-) -> Response {
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_RUNS_LIMIT)
-        .min(MAX_RUNS_LIMIT);
-    let history = context.history.clone();
-    let listed =
-        tokio::task::spawn_blocking(move || history.list_runs(query.rule, query.failed, limit))
-            .await;
-    match listed {
-        Ok(Ok(runs)) => axum::Json(json!({ "runs": runs })).into_response(),
-        Ok(Err(error)) => history_error(&error),
-        Err(error) => history_error(&error.to_string()),
-    }
-}
-
-async fn get_run(State(context): State<AdminContext>, Path(id): Path<String>) -> Response {
-    let history = context.history.clone();
-    let lookup_id = id.clone();
-    let found = tokio::task::spawn_blocking(move || history.get_run(&lookup_id)).await;
-    match found {
-        Ok(Ok(Some(run))) => axum::Json(run).into_response(),
-        Ok(Ok(None)) => {
-            let body = json!({ "error": format!("no run with id `{id}`") });
-            (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
-        }
-        Ok(Err(error)) => history_error(&error),
-        Err(error) => history_error(&error.to_string()),
-    }
-}
-
-fn history_error(error: &str) -> Response {
-    tracing::error!(error, "run history unavailable");
-    let body = json!({ "error": format!("run history unavailable: {error}") });
-    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]

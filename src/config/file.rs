@@ -17,7 +17,7 @@
 //! scripts: scripts
 //! log_format: text
 //! websocket: { heartbeat: 30s, dead_after: 75s, max_frame: 1MiB }
-//! journal: { store: sqlite, sync: full, dedupe_window: 24h, retention: 30d }
+//! journal: { store: sqlite, sync: full, dedupe_window: 72h, retention: 30d }
 //! shutdown_grace: 30s
 //! vars: { archive_channel: "#recordings" }
 //! sandbox: { max_operations: 1000000 }

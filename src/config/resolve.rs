@@ -39,7 +39,8 @@ const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(75);
 /// Room for a maximal event escaped inside a frame, as `WsConfig::new` has it,
 /// so that the frame decoder (not the transport) refuses an oversized event.
 const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
-const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Covers the reconciliation lookback (48 h) and the lag of a late delivery.
+const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(72 * 3600);
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

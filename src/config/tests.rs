@@ -86,7 +86,7 @@ fn defaults_are_the_design_defaults() {
             max_frame: 1 << 20 | 1 << 19,
         }
     );
-    assert_eq!(s.journal.dedupe_window, Duration::from_secs(86_400));
+    assert_eq!(s.journal.dedupe_window, Duration::from_secs(3 * 86_400));
     assert_eq!(s.journal.retention, Duration::from_secs(30 * 86_400));
     assert_eq!(s.shutdown_grace, Duration::from_secs(30));
     assert!(s.vars.is_empty());

@@ -99,7 +99,7 @@ impl JournalSync {
 impl Default for JournalOptions {
     fn default() -> JournalOptions {
         JournalOptions {
-            dedupe_window: Duration::from_secs(24 * 3600),
+            dedupe_window: Duration::from_secs(72 * 3600),
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_runs: 1_000_000,
             max_events: 250_000,

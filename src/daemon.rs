@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{AdminState, RunHistory, serve_admin};
 use crate::config::Settings;
 use crate::effects::Effects;
+use crate::effects::accounts::ZoomAccountClient;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::{Executor, PreparedEvent};
@@ -308,38 +309,28 @@ async fn first_token(
     }
 }
 
-/// The real effects; REST calls use the first account's token.
+/// The real effects; each account's Zoom calls use its own token cache
+/// (the one its WebSocket uses) and limits.
 fn live_effects(
     settings: &Settings,
     tokens: &[(String, Arc<dyn AccessTokens>)],
     state: Arc<dyn StateStore>,
 ) -> Result<Arc<dyn Effects>, DaemonError> {
-    let config = settings.live_config();
-    let token_source: Arc<dyn AccessTokens> = match tokens.first() {
-        Some((_, tokens)) => tokens.clone(),
-        None => Arc::new(NoAccount),
-    };
-    let effects = LiveEffects::new(config, token_source, state)
-        .map_err(|e| DaemonError::Config(e.to_string()))?;
-    Ok(Arc::new(effects))
-}
-
-/// Token source when no Zoom account is configured (webhook-only setups).
-struct NoAccount;
-
-impl AccessTokens for NoAccount {
-    fn token(
-        &self,
-    ) -> crate::effects::BoxFuture<'_, Result<crate::zoom::token::AccessToken, TokenError>> {
-        Box::pin(async {
-            Err(TokenError::Refused {
-                reason: "no zoom account is configured".into(),
-                setting: "ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID, ZOOM_CLIENT_SECRET".into(),
+    let accounts = settings
+        .accounts
+        .iter()
+        .filter_map(|account| {
+            let (_, tokens) = tokens.iter().find(|(name, _)| *name == account.name)?;
+            Some(ZoomAccountClient {
+                name: account.name.clone(),
+                account_id: account.account_id.clone(),
+                tokens: tokens.clone(),
             })
         })
-    }
-
-    fn invalidate(&self, _rejected: &crate::zoom::token::AccessToken) {}
+        .collect();
+    let effects = LiveEffects::new(settings.live_config(), accounts, state)
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    Ok(Arc::new(effects))
 }
 
 async fn start_webhook(

@@ -94,7 +94,11 @@ pub struct ZoomAccount {
 pub struct ZoomEndpoints {
     pub oauth_base: String,
     pub api_base: String,
+    /// Without any `subscriptionId` a pasted endpoint URL carried.
     pub ws_base: String,
+    /// The `subscriptionId` of an endpoint URL pasted as `ZOOM_WS_BASE`;
+    /// the only account uses it when it has none of its own.
+    pub ws_subscription_id: Option<String>,
 }
 
 /// The webhook endpoint, enabled by its secret token.

@@ -208,8 +208,8 @@ pub(super) fn build(sources: &Sources) -> Built {
         yaml_name,
         errors,
     };
-    let (accounts, declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
-    let settings = Settings {
+    let (accounts, mut declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
+    let mut settings = Settings {
         accounts,
         zoom: resolve_zoom(&mut resolver, &file),
         webhook: resolve_webhook(&mut resolver, &file),
@@ -258,6 +258,7 @@ pub(super) fn build(sources: &Sources) -> Built {
             dotenv_file: sources.dotenv.as_ref().map(|s| s.path.clone()),
         },
     };
+    use_pasted_subscription(&mut settings, &mut declared_accounts);
     Built {
         settings,
         errors: resolver.errors,
@@ -270,6 +271,20 @@ pub(super) fn build(sources: &Sources) -> Built {
         } else {
             declared_accounts
         },
+    }
+}
+
+/// The only account takes the subscription of a pasted `ZOOM_WS_BASE` when
+/// it has none of its own.
+fn use_pasted_subscription(settings: &mut Settings, declared: &mut [DeclaredAccount]) {
+    let Some(pasted) = settings.zoom.ws_subscription_id.clone() else {
+        return;
+    };
+    if let ([account], [declared]) = (settings.accounts.as_mut_slice(), declared)
+        && account.subscription_id.is_none()
+    {
+        account.subscription_id = Some(pasted);
+        declared.has_subscription = true;
     }
 }
 
@@ -315,13 +330,30 @@ fn resolve_zoom(r: &mut Resolver, file: &FileConfig) -> ZoomEndpoints {
                 http,
             )
             .unwrap_or_else(|| DEFAULT_API_BASE.into()),
-        ws_base: r
-            .get(
-                &key("ZOOM_WS_BASE", "zoom.ws_base"),
-                zoom.ws_base.as_ref(),
-                |t| base_url(t, WS),
-            )
-            .unwrap_or_else(|| DEFAULT_WS_BASE.into()),
+        ..ws_endpoint(r, zoom)
+    }
+}
+
+/// `ZOOM_WS_BASE`, which may be the whole endpoint URL the Marketplace
+/// shows (its `subscriptionId` is kept apart, never sent twice).
+fn ws_endpoint(r: &mut Resolver, zoom: &super::file::FileZoom) -> ZoomEndpoints {
+    let endpoint = r.get(
+        &key("ZOOM_WS_BASE", "zoom.ws_base"),
+        zoom.ws_base.as_ref(),
+        |text| {
+            base_url(text, WS)?;
+            crate::zoom::websocket::parse_endpoint(text).map_err(|e| e.to_string())
+        },
+    );
+    let (ws_base, ws_subscription_id) = match endpoint {
+        Some(endpoint) => (endpoint.base, endpoint.subscription_id),
+        None => (DEFAULT_WS_BASE.into(), None),
+    };
+    ZoomEndpoints {
+        oauth_base: String::new(),
+        api_base: String::new(),
+        ws_base,
+        ws_subscription_id,
     }
 }
 

@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use super::matcher::{ConditionFailure, Matched, match_event};
 use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::effects::gateway::{EffectRecord, RunEffects};
-use crate::effects::{EffectContext, Effects};
+use crate::effects::{EffectContext, Effects, ZoomAccountRef};
 use crate::event::Event;
 use crate::rules::{Mode, Rule, RuleSet};
 use crate::script::{ScriptError, ScriptJob, ScriptPool};
@@ -665,6 +665,7 @@ async fn run_attempt(
         download_token: event
             .download_token()
             .map(|t| Arc::new(secrecy::SecretString::from(t))),
+        zoom_account: ZoomAccountRef::for_run(rule.account.as_ref(), || event.zoom_account()),
     };
     let observer: Arc<dyn crate::effects::gateway::EffectObserver> = inner.journal.clone();
     let effects = Arc::new(

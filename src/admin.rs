@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::record::{MemoryJournal, RunRecord, RunStatus};
+use crate::reconcile::ReconcileStatus;
 use crate::journal::{RunDetail, RunFilter, RunSummary, SqliteJournal};
 use crate::serve::{ServeError, serve_router};
 use crate::zoom::websocket::ConnectionStatus;
@@ -161,6 +162,9 @@ pub struct HealthReport {
     pub started_at: DateTime<Utc>,
     pub subscriptions: BTreeMap<String, SubscriptionReport>,
     pub rules: RulesHealth,
+    /// Each account's reconciliation: its last pass, events found, errors.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reconciliation: BTreeMap<String, ReconcileStatus>,
 }
 
 /// Where a subscription's health comes from.
@@ -204,6 +208,7 @@ pub struct AdminState {
     started_at: DateTime<Utc>,
     subscriptions: RwLock<BTreeMap<String, SubscriptionSlot>>,
     rules: RwLock<RulesHealth>,
+    reconciliation: RwLock<BTreeMap<String, watch::Receiver<ReconcileStatus>>>,
 }
 
 impl Default for AdminState {
@@ -212,6 +217,7 @@ impl Default for AdminState {
             started_at: Utc::now(),
             subscriptions: RwLock::new(BTreeMap::new()),
             rules: RwLock::new(RulesHealth::default()),
+            reconciliation: RwLock::new(BTreeMap::new()),
         }
     }
 }
@@ -225,6 +231,11 @@ impl AdminState {
     /// (`run_subscription`) updates; replaces anything reported for `name`.
     pub fn watch_subscription(&self, name: &str, status: watch::Receiver<ConnectionStatus>) {
         write(&self.subscriptions).insert(name.to_string(), SubscriptionSlot::Watched(status));
+    }
+
+    /// Reports an account's reconciliation from the status its reconciler updates.
+    pub fn watch_reconciliation(&self, account: &str, status: watch::Receiver<ReconcileStatus>) {
+        write(&self.reconciliation).insert(account.to_string(), status);
     }
 
     /// Records a subscription's state by hand (adding it if new), for
@@ -289,12 +300,17 @@ impl AdminState {
             .map(|(name, slot)| (name.clone(), slot.report()))
             .collect();
         let rules = read(&self.rules).clone();
+        let reconciliation = read(&self.reconciliation)
+            .iter()
+            .map(|(account, status)| (account.clone(), status.borrow().clone()))
+            .collect();
         HealthReport {
             status: overall_status(&subscriptions, &rules),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at,
             subscriptions,
             rules,
+            reconciliation,
         }
     }
 }

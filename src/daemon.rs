@@ -1,7 +1,10 @@
 //! The daemon behind `zoomwire run` (and `zoomwire demo`): wires the sources
-//! (one WebSocket subscription per account, the webhook, cron), the journal,
-//! the rule set with hot reload, the executor with the real effects, and the
-//! admin API, then runs until told to stop.
+//! (one WebSocket subscription per account, the webhook, cron, and one
+//! reconciler per account that finds again through REST what Zoom sent
+//! while no connection was up), the journal, the rule set with hot reload,
+//! the executor with the real effects (each account's Zoom calls on its own
+//! token cache, the one its WebSocket uses), and the admin API, then runs
+//! until told to stop.
 //!
 //! Events from every source go into one bounded channel, so a slow journal
 //! or a busy executor slows intake instead of filling memory. Each event is
@@ -34,10 +37,14 @@ use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
+use crate::reconcile::{
+    EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts,
+};
 use crate::reload::{RuleSetHandle, watch_and_reload};
 use crate::rules::RuleSources;
 use crate::schedule::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool};
+use crate::zoom::missed::MissedFinder;
 use crate::zoom::oauth::OAuthClient;
 use crate::zoom::token::{AccessTokens, TokenError};
 use crate::zoom::webhook::webhook_router;
@@ -117,7 +124,7 @@ impl Daemon {
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let limits = sandbox_limits(&settings)?;
         let rules = load_rules(&settings, &limits)?;
-        let (journal, history, state) = open_journal(&settings, options.journal)?;
+        let (journal, history, state, known) = open_journal(&settings, options.journal)?;
         let tokens = first_tokens(&settings, options.first_token_timeout).await?;
         let effects = live_effects(&settings, &tokens, state.clone())?;
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
@@ -139,7 +146,17 @@ impl Daemon {
         .map_err(|e| DaemonError::Serve(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
         let webhook_addr = start_webhook(&settings, events_tx.clone(), &shutdown).await?;
-        start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
+        let connections =
+            start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
+        if settings.reconcile.enabled {
+            let wiring = ReconcileWiring {
+                rules: rules.clone(),
+                known,
+                state: state.clone(),
+                events: events_tx.clone(),
+            };
+            start_reconcilers(&settings, &tokens, connections, wiring, &admin, &shutdown, &tasks);
+        }
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
         if options.journal == JournalMode::Sqlite {
@@ -244,7 +261,12 @@ fn load_rules(
         .map_err(|errors| DaemonError::Rules(errors.iter().map(ToString::to_string).collect()))
 }
 
-type Stores = (Arc<dyn Journal>, Arc<dyn RunHistory>, Arc<dyn StateStore>);
+type Stores = (
+    Arc<dyn Journal>,
+    Arc<dyn RunHistory>,
+    Arc<dyn StateStore>,
+    Arc<dyn KnownEvents>,
+);
 
 fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, DaemonError> {
     match mode {
@@ -254,12 +276,18 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             Ok((
                 Arc::new(journal.clone()),
                 Arc::new(journal.clone()),
+                Arc::new(journal.clone()),
                 Arc::new(journal),
             ))
         }
         JournalMode::Memory => {
             let journal = Arc::new(BoundedMemoryJournal::new(MemoryLimits::default()));
-            Ok((journal.clone(), journal, Arc::new(MemoryState::default())))
+            Ok((
+                journal.clone(),
+                journal.clone(),
+                Arc::new(MemoryState::default()),
+                journal,
+            ))
         }
     }
 }
@@ -350,6 +378,7 @@ async fn start_webhook(
     Ok(Some(addr))
 }
 
+/// Starts each account's subscription; returns each one's status, by account.
 fn start_subscriptions(
     settings: &Settings,
     tokens: &[(String, Arc<dyn AccessTokens>)],
@@ -357,7 +386,8 @@ fn start_subscriptions(
     admin: &Arc<AdminState>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
-) {
+) -> Vec<(String, watch::Receiver<ConnectionStatus>)> {
+    let mut connections = Vec::new();
     for account in &settings.accounts {
         let Some(config) = settings.websocket_config(account) else {
             continue;
@@ -370,7 +400,8 @@ fn start_subscriptions(
             name: account.name.clone(),
             ..ConnectionStatus::default()
         });
-        admin.watch_subscription(&account.name, status_rx);
+        admin.watch_subscription(&account.name, status_rx.clone());
+        connections.push((account.name.clone(), status_rx));
         tasks.spawn(run_subscription(
             config,
             account_tokens.clone(),
@@ -378,6 +409,60 @@ fn start_subscriptions(
             status_tx,
             shutdown.clone(),
         ));
+    }
+    connections
+}
+
+/// What every account's reconciler shares.
+struct ReconcileWiring {
+    rules: Arc<RuleSetHandle>,
+    known: Arc<dyn KnownEvents>,
+    state: Arc<dyn StateStore>,
+    events: mpsc::Sender<Event>,
+}
+
+/// Starts one reconciler per account, on the account's token cache, fed
+/// into the intake like any source.
+fn start_reconcilers(
+    settings: &Settings,
+    tokens: &[(String, Arc<dyn AccessTokens>)],
+    connections: Vec<(String, watch::Receiver<ConnectionStatus>)>,
+    wiring: ReconcileWiring,
+    admin: &Arc<AdminState>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let api_base = settings.live_config().zoom_api_base;
+    let feed: Arc<dyn EventFeed> = Arc::new(wiring.events);
+    for account in &settings.accounts {
+        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name)
+        else {
+            continue;
+        };
+        let finder =
+            match MissedFinder::connect(api_base.clone(), account_tokens.clone(), &account.account_id) {
+                Ok(finder) => finder,
+                Err(error) => {
+                    tracing::error!(account = %account.name, error = %error, "cannot start reconciliation");
+                    continue;
+                }
+            };
+        let (status_tx, status_rx) = watch::channel(ReconcileStatus::new(&account.name));
+        admin.watch_reconciliation(&account.name, status_rx);
+        let parts = ReconcilerParts {
+            source: Arc::new(finder),
+            known: wiring.known.clone(),
+            feed: feed.clone(),
+            rules: wiring.rules.clone(),
+            state: wiring.state.clone(),
+        };
+        let reconciler =
+            Reconciler::new(&account.name, settings.reconcile_config(), parts, status_tx);
+        let connection = connections
+            .iter()
+            .find(|(name, _)| *name == account.name)
+            .map(|(_, status)| status.clone());
+        tasks.spawn(reconciler.run(connection, shutdown.clone()));
     }
 }
 

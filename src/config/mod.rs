@@ -66,6 +66,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub websocket: WebsocketSettings,
     pub journal: JournalSettings,
+    pub reconcile: ReconcileSettings,
     /// How long runs in flight may take to finish after Ctrl-C or SIGTERM.
     pub shutdown_grace: Duration,
     /// Free values scripts see as `vars`.
@@ -157,6 +158,18 @@ pub struct JournalSettings {
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.
     pub retention: Duration,
+}
+
+/// Finding through REST what Zoom sent while no connection was up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// `ZOOMWIRE_RECONCILE`: on by default.
+    pub enabled: bool,
+    /// Time between sweeps (`ZOOMWIRE_RECONCILE_INTERVAL`).
+    pub interval: Duration,
+    /// How far back each pass looks (`ZOOMWIRE_RECONCILE_LOOKBACK`); at most
+    /// the dedupe window.
+    pub lookback: Duration,
 }
 
 /// Which files were read.
@@ -323,6 +336,17 @@ impl Settings {
             email_from: self.email.from.clone(),
             smtp_ca_file: self.email.ca_file.clone(),
             ..LiveConfig::new(&self.data_dir)
+        }
+    }
+
+    /// When and how far back reconciliation looks; never past the dedupe
+    /// window, beyond which a duplicate would not be recognised.
+    pub fn reconcile_config(&self) -> crate::reconcile::ReconcileConfig {
+        crate::reconcile::ReconcileConfig {
+            sweep_interval: self.reconcile.interval,
+            lookback: self.reconcile.lookback,
+            max_reach: self.journal.dedupe_window,
+            ..crate::reconcile::ReconcileConfig::default()
         }
     }
 

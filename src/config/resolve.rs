@@ -16,10 +16,11 @@ use super::errors::ConfigError;
 use super::file::{FileConfig, Scalar, parse_file};
 use super::values::{
     parse_duration, parse_mailbox, parse_name, parse_positive_duration, parse_secret_url,
-    parse_size, parse_smtp_url, parse_socket_addr, parse_url,
+    parse_size, parse_smtp_url, parse_socket_addr, parse_switch, parse_url,
 };
 use super::{
-    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
+    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, ReconcileSettings,
+    Settings,
     SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
 };
 use crate::daemon::JournalMode;
@@ -43,6 +44,9 @@ const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
 const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(72 * 3600);
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Recordings can finish processing a day after their meeting; deliveries lag.
+const DEFAULT_RECONCILE_LOOKBACK: Duration = Duration::from_secs(48 * 3600);
 
 const HTTP: &[&str] = &["http", "https"];
 const WS: &[&str] = &["ws", "wss"];
@@ -244,6 +248,11 @@ pub(super) fn build(sources: &Sources) -> Built {
             .unwrap_or_default(),
         websocket: resolve_websocket(&mut resolver, &file),
         journal: resolve_journal(&mut resolver, &file),
+        reconcile: ReconcileSettings {
+            enabled: true,
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            lookback: DEFAULT_RECONCILE_LOOKBACK,
+        },
         shutdown_grace: resolver
             .get(
                 &key("ZOOMWIRE_SHUTDOWN_GRACE", "shutdown_grace"),
@@ -258,6 +267,7 @@ pub(super) fn build(sources: &Sources) -> Built {
             dotenv_file: sources.dotenv.as_ref().map(|s| s.path.clone()),
         },
     };
+    settings.reconcile = resolve_reconcile(&mut resolver, &file, settings.journal.dedupe_window);
     use_pasted_subscription(&mut settings, &mut declared_accounts);
     Built {
         settings,
@@ -544,6 +554,53 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
         sync,
         dedupe_window,
         retention,
+    }
+}
+
+fn resolve_reconcile(
+    r: &mut Resolver,
+    file: &FileConfig,
+    dedupe_window: Duration,
+) -> ReconcileSettings {
+    let reconcile = &file.reconcile;
+    let enabled = r
+        .get(
+            &key("ZOOMWIRE_RECONCILE", "reconcile.enabled"),
+            reconcile.enabled.as_ref(),
+            parse_switch,
+        )
+        .unwrap_or(true);
+    let interval = r
+        .get(
+            &key("ZOOMWIRE_RECONCILE_INTERVAL", "reconcile.interval"),
+            reconcile.interval.as_ref(),
+            parse_positive_duration,
+        )
+        .unwrap_or(DEFAULT_RECONCILE_INTERVAL);
+    let lookback_key = key("ZOOMWIRE_RECONCILE_LOOKBACK", "reconcile.lookback");
+    let lookback = match r.raw(&lookback_key, reconcile.lookback.as_ref()) {
+        None => DEFAULT_RECONCILE_LOOKBACK.min(dedupe_window),
+        Some(raw) => {
+            let lookback = r.get(
+                &lookback_key,
+                reconcile.lookback.as_ref(),
+                parse_positive_duration,
+            );
+            if let Some(lookback) = lookback.filter(|l| *l > dedupe_window) {
+                let message = format!(
+                    "{} is longer than the dedupe window ({}): an event found again after its id was forgotten would run twice",
+                    show(lookback),
+                    show(dedupe_window)
+                );
+                r.fail(&lookback_key, message, Some(raw.origin));
+            }
+            lookback.unwrap_or(DEFAULT_RECONCILE_LOOKBACK.min(dedupe_window))
+        }
+    };
+    ReconcileSettings {
+        enabled,
+        interval,
+        lookback,
     }
 }
 

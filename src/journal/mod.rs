@@ -325,6 +325,21 @@ impl SqliteJournal {
         stored.map(query::StoredEvent::into_event).transpose()
     }
 
+    /// Whether an event with this id would be dropped as a duplicate now
+    /// (its id is within the dedupe window). Reconciliation asks before
+    /// spending REST calls on something already seen.
+    pub fn is_duplicate(&self, id: &str) -> Result<bool, JournalError> {
+        let now = codec::to_nanos(chrono::Utc::now());
+        self.inner.readers.with(|conn| {
+            use rusqlite::OptionalExtension;
+            let expires_at: Option<i64> = conn
+                .prepare_cached("SELECT expires_at FROM dedupe WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            Ok(expires_at.is_some_and(|expires_at| expires_at > now))
+        })
+    }
+
     /// Rows held per table.
     pub fn counts(&self) -> Result<StoreCounts, JournalError> {
         self.inner.readers.with(query::counts)

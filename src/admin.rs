@@ -34,8 +34,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::record::{MemoryJournal, RunRecord, RunStatus};
-use crate::reconcile::ReconcileStatus;
 use crate::journal::{RunDetail, RunFilter, RunSummary, SqliteJournal};
+use crate::reconcile::ReconcileStatus;
 use crate::serve::{ServeError, serve_router};
 use crate::zoom::websocket::ConnectionStatus;
 

@@ -37,9 +37,7 @@ use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
-use crate::reconcile::{
-    EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts,
-};
+use crate::reconcile::{EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts};
 use crate::reload::{RuleSetHandle, watch_and_reload};
 use crate::rules::RuleSources;
 use crate::schedule::{Clock, SystemClock, run_scheduler};
@@ -155,7 +153,15 @@ impl Daemon {
                 state: state.clone(),
                 events: events_tx.clone(),
             };
-            start_reconcilers(&settings, &tokens, connections, wiring, &admin, &shutdown, &tasks);
+            start_reconcilers(
+                &settings,
+                &tokens,
+                connections,
+                wiring,
+                &admin,
+                &shutdown,
+                &tasks,
+            );
         }
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
@@ -439,14 +445,17 @@ fn start_reconcilers(
         else {
             continue;
         };
-        let finder =
-            match MissedFinder::connect(api_base.clone(), account_tokens.clone(), &account.account_id) {
-                Ok(finder) => finder,
-                Err(error) => {
-                    tracing::error!(account = %account.name, error = %error, "cannot start reconciliation");
-                    continue;
-                }
-            };
+        let finder = match MissedFinder::connect(
+            api_base.clone(),
+            account_tokens.clone(),
+            &account.account_id,
+        ) {
+            Ok(finder) => finder,
+            Err(error) => {
+                tracing::error!(account = %account.name, error = %error, "cannot start reconciliation");
+                continue;
+            }
+        };
         let (status_tx, status_rx) = watch::channel(ReconcileStatus::new(&account.name));
         admin.watch_reconciliation(&account.name, status_rx);
         let parts = ReconcilerParts {

@@ -250,7 +250,13 @@ fn identity_from_head(head: Head<'_>, raw: &str) -> Result<(String, i64, String)
             id: object.id,
             participant: object.participant.map(|p| {
                 let p = p.0;
-                [p.participant_uuid, p.user_id, p.id, p.join_time, p.leave_time]
+                [
+                    p.participant_uuid,
+                    p.user_id,
+                    p.id,
+                    p.join_time,
+                    p.leave_time,
+                ]
             }),
             file_ids: object
                 .recording_files
@@ -287,8 +293,14 @@ fn identity_from_tree(raw: &str) -> Result<(String, i64, String), EventError> {
         uuid: field("uuid"),
         id: field("id"),
         participant: object.and_then(|o| o.get("participant")).map(|p| {
-            ["participant_uuid", "user_id", "id", "join_time", "leave_time"]
-                .map(|key| Scalar::of(p.get(key)))
+            [
+                "participant_uuid",
+                "user_id",
+                "id",
+                "join_time",
+                "leave_time",
+            ]
+            .map(|key| Scalar::of(p.get(key)))
         }),
         file_ids,
     };
@@ -481,13 +493,16 @@ mod tests {
     fn a_second_delivery_of_the_same_thing_shares_its_key() {
         for body in [RECORDING, ENDED, USER, JOINED] {
             let first = Event::parse(body, Source::Websocket("default".into())).unwrap();
-            let again = Event::from_value(&redelivered(body), Source::Reconcile("x".into())).unwrap();
+            let again =
+                Event::from_value(&redelivered(body), Source::Reconcile("x".into())).unwrap();
             assert_eq!(first.id, again.id, "{body}");
             assert!(!first.id.contains("1799999999999"), "{}", first.id);
         }
         let first = Event::parse(RECORDING, Source::Fire).unwrap();
         assert!(
-            first.id.starts_with("recording.completed:pE3zGv9tRkyZ1mWqf0b2Kw==:"),
+            first
+                .id
+                .starts_with("recording.completed:pE3zGv9tRkyZ1mWqf0b2Kw==:"),
             "{}",
             first.id
         );
@@ -659,7 +674,9 @@ mod tests {
             Some(r#"[{"id":"a"},"x"]"#),
         ];
         let field = |name: &str, value: Option<&str>| {
-            value.map(|v| format!(r#""{name}":{v},"#)).unwrap_or_default()
+            value
+                .map(|v| format!(r#""{name}":{v},"#))
+                .unwrap_or_default()
         };
         let types = [
             "recording.completed",
@@ -686,7 +703,11 @@ mod tests {
                             );
                             let via_tree = identity_from_tree(&body).unwrap();
                             if let Some(head) = Head::read(&body) {
-                                assert_eq!(identity_from_head(head, &body).unwrap(), via_tree, "{body}");
+                                assert_eq!(
+                                    identity_from_head(head, &body).unwrap(),
+                                    via_tree,
+                                    "{body}"
+                                );
                             }
                         }
                     }

@@ -31,6 +31,8 @@
 
 mod seams;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -82,7 +84,9 @@ impl Default for ReconcileConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// The engine started; the account was last watched at `since`.
-    Startup { since: DateTime<Utc> },
+    Startup {
+        since: DateTime<Utc>,
+    },
     /// The subscription was down from `start` to `end`.
     Gap {
         start: DateTime<Utc>,
@@ -130,6 +134,9 @@ pub struct PassContext<'a> {
     pub source: &'a dyn MissedSource,
     pub known: &'a dyn KnownEvents,
     pub feed: &'a dyn EventFeed,
+    /// Fetch what costs another call (a recording's download token) before
+    /// feeding; a dry run skips it.
+    pub complete: bool,
 }
 
 /// One pass over `window` for `kinds`: lists, skips what is known, completes
@@ -186,12 +193,16 @@ pub async fn reconcile_window(
                     continue;
                 }
             }
-            let body = match context.source.complete(candidate).await {
-                Ok(body) => body,
-                Err(error) => {
-                    report.errors.push(format!("completing {id}: {error}"));
-                    continue;
+            let body = if context.complete {
+                match context.source.complete(candidate).await {
+                    Ok(body) => body,
+                    Err(error) => {
+                        report.errors.push(format!("completing {id}: {error}"));
+                        continue;
+                    }
                 }
+            } else {
+                candidate.body
             };
             let event = match Event::from_value(&body, source) {
                 Ok(event) => event,
@@ -324,7 +335,12 @@ impl Reconciler {
     }
 
     /// The window a pass looks at now.
-    pub fn window(&self, trigger: Trigger, watching_since: DateTime<Utc>, now: DateTime<Utc>) -> Window {
+    pub fn window(
+        &self,
+        trigger: Trigger,
+        watching_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Window {
         let ago = |duration: Duration| {
             chrono::Duration::from_std(duration)
                 .map(|d| now - d)
@@ -351,6 +367,7 @@ impl Reconciler {
             source: self.source.as_ref(),
             known: self.known.as_ref(),
             feed: self.feed.as_ref(),
+            complete: true,
         };
         let report = reconcile_window(&context, trigger.label(), &kinds, window).await;
         log_pass(&self.account, &report);

@@ -20,8 +20,8 @@ use super::values::{
 };
 use super::{
     DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, ReconcileSettings,
-    Settings,
-    SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
+    Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints,
+    parse_dotenv,
 };
 use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;

@@ -612,7 +612,10 @@ fn a_pasted_endpoint_url_gives_the_subscription_once() {
             ),
         ],
     );
-    assert_eq!(s.accounts[0].subscription_id.as_deref(), Some("pasted-sub-1"));
+    assert_eq!(
+        s.accounts[0].subscription_id.as_deref(),
+        Some("pasted-sub-1")
+    );
     assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
 
     // Pasted as the base, with no subscription id of its own.
@@ -621,7 +624,10 @@ fn a_pasted_endpoint_url_gives_the_subscription_once() {
             ("ZOOM_ACCOUNT_ID", "acc-1"),
             ("ZOOM_CLIENT_ID", "client-1"),
             ("ZOOM_CLIENT_SECRET", "secret"),
-            ("ZOOM_WS_BASE", "wss://ws.zoom.us/ws?subscriptionId=pasted-sub-2"),
+            (
+                "ZOOM_WS_BASE",
+                "wss://ws.zoom.us/ws?subscriptionId=pasted-sub-2",
+            ),
         ]),
         base_dir: std::env::temp_dir().join("zoomwire-no-such-folder"),
         require_daemon: true,
@@ -629,9 +635,15 @@ fn a_pasted_endpoint_url_gives_the_subscription_once() {
     };
     let s = Settings::load(&options).unwrap();
     assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
-    assert_eq!(s.accounts[0].subscription_id.as_deref(), Some("pasted-sub-2"));
+    assert_eq!(
+        s.accounts[0].subscription_id.as_deref(),
+        Some("pasted-sub-2")
+    );
     let ws = s.websocket_config(&s.accounts[0]).unwrap();
-    assert_eq!((ws.ws_base.as_str(), ws.subscription_id.as_str()), ("wss://ws.zoom.us/ws", "pasted-sub-2"));
+    assert_eq!(
+        (ws.ws_base.as_str(), ws.subscription_id.as_str()),
+        ("wss://ws.zoom.us/ws", "pasted-sub-2")
+    );
 
     // A URL without the parameter is a clear error.
     let errors = error_lines(Settings::from_sources(&sources(
@@ -645,7 +657,9 @@ fn a_pasted_endpoint_url_gives_the_subscription_once() {
         ],
     )));
     assert!(
-        errors.iter().any(|e| e.contains("ZOOM_SUBSCRIPTION_ID") && e.contains("no `subscriptionId`")),
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOM_SUBSCRIPTION_ID") && e.contains("no `subscriptionId`")),
         "{errors:?}"
     );
 }

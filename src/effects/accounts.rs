@@ -203,12 +203,19 @@ mod tests {
         assert!(
             pick(None, ZoomAccountRef::Unspecified)
                 .unwrap_err()
-                .starts_with("this run does not say which zoom account to use (configured: default, sales)")
+                .starts_with(
+                    "this run does not say which zoom account to use (configured: default, sales)"
+                )
         );
         let one = accounts(&[("default", "acc-a")]);
-        let only = one.pick("zoom.get", None, &ZoomAccountRef::Unspecified).unwrap();
+        let only = one
+            .pick("zoom.get", None, &ZoomAccountRef::Unspecified)
+            .unwrap();
         assert_eq!(only.name, "default");
-        assert!(one.pick("zoom.get", None, &zoom_id("acc-b")).is_err(), "no fallback to the only account");
+        assert!(
+            one.pick("zoom.get", None, &zoom_id("acc-b")).is_err(),
+            "no fallback to the only account"
+        );
         let none = accounts(&[]);
         let error = none
             .pick("zoom.get", None, &ZoomAccountRef::Unspecified)

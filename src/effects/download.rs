@@ -317,9 +317,9 @@ impl Downloader {
     }
 
     async fn oauth_credential(&self, oauth: &OAuthFallback) -> Result<Credential, EffectError> {
-        let tokens = oauth.as_ref().map_err(|error| {
-            EffectError::new(EFFECT, error.kind, error.message.clone())
-        })?;
+        let tokens = oauth
+            .as_ref()
+            .map_err(|error| EffectError::new(EFFECT, error.kind, error.message.clone()))?;
         let token = tokens.token().await.map_err(|e| {
             let kind = match e {
                 crate::zoom::token::TokenError::Refused { .. } => EffectErrorKind::Permanent,

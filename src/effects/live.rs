@@ -186,7 +186,11 @@ impl LiveEffects {
             accounts
                 .into_iter()
                 .map(|account| AccountEntry {
-                    rest: ZoomRest::new(client.clone(), rest_config(&config), account.tokens.clone()),
+                    rest: ZoomRest::new(
+                        client.clone(),
+                        rest_config(&config),
+                        account.tokens.clone(),
+                    ),
                     name: account.name,
                     account_id: account.account_id,
                     tokens: account.tokens,
@@ -264,7 +268,10 @@ impl LiveEffects {
     ) -> Result<Value, EffectError> {
         let path = string_arg(effect, args, "path")?;
         let (account, params) = account_and_params(effect, args)?;
-        let rest = &self.zoom.pick(effect, account.as_deref(), &context.zoom_account)?.rest;
+        let rest = &self
+            .zoom
+            .pick(effect, account.as_deref(), &context.zoom_account)?
+            .rest;
         let body = match args.get("body") {
             None | Some(Value::Null) => None,
             Some(body) => Some(body),
@@ -283,7 +290,10 @@ impl LiveEffects {
         let path = string_arg(EFFECT, args, "path")?;
         let items_key = string_arg(EFFECT, args, "items_key")?;
         let (account, params) = account_and_params(EFFECT, args)?;
-        let rest = &self.zoom.pick(EFFECT, account.as_deref(), &context.zoom_account)?.rest;
+        let rest = &self
+            .zoom
+            .pick(EFFECT, account.as_deref(), &context.zoom_account)?
+            .rest;
         rest.paginate(path, items_key, &params, context.deadline)
             .await
             .map(Value::Array)
@@ -478,7 +488,9 @@ mod tests {
     }
 
     fn only_account() -> Vec<ZoomAccountClient> {
-        vec![ZoomAccountClient::only(Arc::new(StaticToken(AccessToken::new("t"))))]
+        vec![ZoomAccountClient::only(Arc::new(StaticToken(
+            AccessToken::new("t"),
+        )))]
     }
 
     fn live(config: LiveConfig) -> LiveEffects {
@@ -511,8 +523,8 @@ mod tests {
         let mut config = config();
         config.email_from = None;
         let error = LiveEffects::new(config, only_account(), Arc::new(MemoryState::default()))
-        .err()
-        .unwrap();
+            .err()
+            .unwrap();
         assert!(matches!(error, LiveError::NoSender));
     }
 

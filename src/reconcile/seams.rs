@@ -61,13 +61,21 @@ impl EventFeed for mpsc::Sender<Event> {
 
 /// What Zoom may have missed, by kind and window.
 pub trait MissedSource: Send + Sync + 'static {
-    fn find(&self, kind: MissedKind, window: Window) -> BoxFuture<'_, Result<Vec<Candidate>, FindError>>;
+    fn find(
+        &self,
+        kind: MissedKind,
+        window: Window,
+    ) -> BoxFuture<'_, Result<Vec<Candidate>, FindError>>;
     /// The candidate's whole body (a recording's download token...).
     fn complete(&self, candidate: Candidate) -> BoxFuture<'_, Result<Value, FindError>>;
 }
 
 impl MissedSource for MissedFinder {
-    fn find(&self, kind: MissedKind, window: Window) -> BoxFuture<'_, Result<Vec<Candidate>, FindError>> {
+    fn find(
+        &self,
+        kind: MissedKind,
+        window: Window,
+    ) -> BoxFuture<'_, Result<Vec<Candidate>, FindError>> {
         Box::pin(MissedFinder::find(self, kind, window))
     }
 
@@ -116,7 +124,8 @@ impl Marks {
         let store = self.store.clone();
         let key = self.key(name);
         let value = Value::String(at.to_rfc3339());
-        let saved = tokio::task::spawn_blocking(move || store.set(MARKS_RULE, &key, value, None)).await;
+        let saved =
+            tokio::task::spawn_blocking(move || store.set(MARKS_RULE, &key, value, None)).await;
         if let Ok(Err(error)) = saved {
             tracing::warn!(account = %self.account, error = %error, "cannot save a reconciliation mark");
         }

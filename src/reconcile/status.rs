@@ -114,7 +114,11 @@ impl ReconcileStatus {
         }
         self.last_pass = Some(report.clone());
         let account = self.account.clone();
-        let outcome = if report.errors.is_empty() { "ok" } else { "error" };
+        let outcome = if report.errors.is_empty() {
+            "ok"
+        } else {
+            "error"
+        };
         metrics::counter!("zoomwire_reconcile_passes_total", "account" => account.clone(), "trigger" => report.trigger, "outcome" => outcome)
             .increment(1);
         metrics::counter!("zoomwire_reconcile_events_total", "account" => account.clone(), "outcome" => "known")

@@ -163,7 +163,9 @@ struct UuidBody {
 
 async fn complete_recording(State(sim): State<Arc<SimState>>, body: String) -> Response {
     match serde_json::from_str::<UuidBody>(&body) {
-        Ok(target) if sim.complete_recording(&target.uuid) => StatusCode::NO_CONTENT.into_response(),
+        Ok(target) if sim.complete_recording(&target.uuid) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(_) => bad_request("no recording has that uuid"),
         Err(error) => bad_request(format!("expected {{uuid}}: {error}")),
     }

@@ -507,7 +507,13 @@ impl SimData {
     /// Adds a user created now; returns it.
     pub fn add_user(&mut self, spec: &NewUser) -> Value {
         let id = random_uuid().trim_end_matches('=').replace(['/', '+'], "x");
-        let mut user = user(&id, &spec.email, &spec.first_name, &spec.last_name, "Member");
+        let mut user = user(
+            &id,
+            &spec.email,
+            &spec.first_name,
+            &spec.last_name,
+            "Member",
+        );
         user["status"] = json!(spec.status);
         user["created_at"] = json!(iso(Utc::now()));
         self.users.push(user.clone());

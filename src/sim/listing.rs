@@ -73,7 +73,10 @@ impl DateRange {
                 "The `to` date must not be before the `from` date.",
             ));
         }
-        if from.checked_add_months(Months::new(1)).is_some_and(|cap| to > cap) {
+        if from
+            .checked_add_months(Months::new(1))
+            .is_some_and(|cap| to > cap)
+        {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 300,
@@ -98,7 +101,12 @@ fn today() -> NaiveDate {
 }
 
 /// A page of `items` with the range and the paging fields, under `key`.
-fn listing(items: &[Value], range: &DateRange, query: &PageQuery, key: &str) -> Result<Response, ApiError> {
+fn listing(
+    items: &[Value],
+    range: &DateRange,
+    query: &PageQuery,
+    key: &str,
+) -> Result<Response, ApiError> {
     let page = page(items, query)?;
     Ok(axum::Json(json!({
         "from": range.from.to_string(),
@@ -113,7 +121,12 @@ fn listing(items: &[Value], range: &DateRange, query: &PageQuery, key: &str) -> 
 }
 
 /// Recordings of meetings in `range` hosted by `host` (every host when `None`).
-fn recordings(data: &SimData, range: &DateRange, host: Option<&str>, with_email: bool) -> Vec<Value> {
+fn recordings(
+    data: &SimData,
+    range: &DateRange,
+    host: Option<&str>,
+    with_email: bool,
+) -> Vec<Value> {
     data.meetings
         .iter()
         .filter(|m| !m.deleted && range.contains(m.start))
@@ -142,7 +155,9 @@ async fn account_recordings(
         ));
     }
     let range = DateRange::parse(&query, today())?;
-    let items = with_data(&sim, &caller, |data| Ok(recordings(data, &range, None, true)))?;
+    let items = with_data(&sim, &caller, |data| {
+        Ok(recordings(data, &range, None, true))
+    })?;
     listing(&items, &range, &query, "meetings")
 }
 
@@ -155,7 +170,9 @@ async fn user_recordings(
     let user = find_user(&sim, &caller, &user_id)?;
     let range = DateRange::parse(&query, today())?;
     let host = user["id"].as_str().unwrap_or_default();
-    let items = with_data(&sim, &caller, |data| Ok(recordings(data, &range, Some(host), false)))?;
+    let items = with_data(&sim, &caller, |data| {
+        Ok(recordings(data, &range, Some(host), false))
+    })?;
     listing(&items, &range, &query, "meetings")
 }
 
@@ -329,7 +346,8 @@ mod tests {
         let range = DateRange::parse(&query(None, None), today).unwrap();
         assert_eq!(range.from.to_string(), "2024-11-19");
         assert_eq!(range.to.to_string(), "2024-11-20");
-        let range = DateRange::parse(&query(Some("2024-10-19"), Some("2024-11-19")), today).unwrap();
+        let range =
+            DateRange::parse(&query(Some("2024-10-19"), Some("2024-11-19")), today).unwrap();
         assert_eq!(range.from.to_string(), "2024-10-19");
         for (from, to) in [
             (Some("2024-10-18"), Some("2024-11-19")),
@@ -337,7 +355,10 @@ mod tests {
             (Some("19/11/2024"), None),
             (Some("2024-11-19T00:00:00Z"), None),
         ] {
-            assert!(DateRange::parse(&query(from, to), today).is_err(), "{from:?} {to:?}");
+            assert!(
+                DateRange::parse(&query(from, to), today).is_err(),
+                "{from:?} {to:?}"
+            );
         }
     }
 }

@@ -153,9 +153,9 @@ pub(crate) fn with_data<R>(
     f: impl FnOnce(&mut SimData) -> Result<R, ApiError>,
 ) -> Result<R, ApiError> {
     let mut all = lock(&sim.data);
-    let data = all.get_mut(&caller.account_id).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, 124, "Invalid access token.")
-    })?;
+    let data = all
+        .get_mut(&caller.account_id)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, 124, "Invalid access token."))?;
     f(data)
 }
 

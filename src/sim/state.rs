@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::data::{NewMeeting, NewUser, SimData};
-use super::{SimAccount, SimConfig};
 use super::faults::Fault;
 use super::record::{RecordedRequest, SlackPost};
+use super::{SimAccount, SimConfig};
 
 /// Locks a mutex, ignoring poisoning: a panicked test handler must not take
 /// the whole simulator down with it.
@@ -244,7 +244,9 @@ impl SimState {
 
     pub fn add_user(&self, account: Option<&str>, user: &NewUser) -> Option<serde_json::Value> {
         let account = self.account_id(account);
-        lock(&self.data).get_mut(&account).map(|data| data.add_user(user))
+        lock(&self.data)
+            .get_mut(&account)
+            .map(|data| data.add_user(user))
     }
 }
 
@@ -258,7 +260,10 @@ fn seed(
     let downloads = primary.download_sizes();
     let mut data = HashMap::new();
     for account in accounts.iter().skip(1) {
-        data.insert(account.account_id.clone(), SimData::empty(&account.account_id));
+        data.insert(
+            account.account_id.clone(),
+            SimData::empty(&account.account_id),
+        );
     }
     data.insert(config.account_id.clone(), primary);
     (data, downloads)

@@ -272,7 +272,10 @@ mod tests {
             r#"{"module":"notice","content":"  INVALID TOKEN, please reconnect"}"#,
         ] {
             assert!(
-                matches!(decode_frame(wording, &source()).unwrap(), Frame::InvalidToken),
+                matches!(
+                    decode_frame(wording, &source()).unwrap(),
+                    Frame::InvalidToken
+                ),
                 "{wording}"
             );
         }

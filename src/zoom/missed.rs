@@ -108,9 +108,13 @@ impl Window {
 enum Completion {
     Done,
     /// A recording's `download_token`.
-    DownloadToken { uuid: String },
+    DownloadToken {
+        uuid: String,
+    },
     /// A dashboard meeting's host and type, from `/past_meetings/{uuid}`.
-    MeetingDetails { uuid: String },
+    MeetingDetails {
+        uuid: String,
+    },
 }
 
 /// An event found through REST. Its body already has the fields of its
@@ -123,7 +127,8 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn done(kind: MissedKind, body: Value) -> Candidate {
+    /// A candidate whose body is already whole.
+    pub fn new(kind: MissedKind, body: Value) -> Candidate {
         Candidate {
             kind,
             body,
@@ -180,7 +185,8 @@ impl MissedFinder {
             .map_err(|e| format!("cannot build an http client: {e}"))?;
         let mut config = super::rest::RestConfig::new(api_base);
         // The limiter spaces the calls; the finder handles 429s for the account.
-        config.requests_per_second = std::num::NonZeroU32::new(1000).unwrap_or(std::num::NonZeroU32::MIN);
+        config.requests_per_second =
+            std::num::NonZeroU32::new(1000).unwrap_or(std::num::NonZeroU32::MIN);
         config.retry.rate_limit_retries = 0;
         let rest = ZoomRest::new(client, config, tokens);
         let rates = super::ratelimit::CategoryRates::PRO.share(RECONCILE_SHARE);
@@ -193,7 +199,11 @@ impl MissedFinder {
 
     /// `rest` should not wait out 429s itself (`rate_limit_retries: 0`): the
     /// finder pauses the whole account's calls instead.
-    pub fn new(rest: ZoomRest, limiter: Arc<CategoryLimiter>, zoom_account_id: &str) -> MissedFinder {
+    pub fn new(
+        rest: ZoomRest,
+        limiter: Arc<CategoryLimiter>,
+        zoom_account_id: &str,
+    ) -> MissedFinder {
         MissedFinder {
             rest,
             limiter,
@@ -208,7 +218,11 @@ impl MissedFinder {
     }
 
     /// Events of `kind` that happened within `window`.
-    pub async fn find(&self, kind: MissedKind, window: Window) -> Result<Vec<Candidate>, FindError> {
+    pub async fn find(
+        &self,
+        kind: MissedKind,
+        window: Window,
+    ) -> Result<Vec<Candidate>, FindError> {
         match kind {
             MissedKind::RecordingCompleted => self.recordings(window).await,
             MissedKind::MeetingEnded => self.ended_meetings(window).await,
@@ -241,7 +255,14 @@ impl MissedFinder {
                     .get(Category::Light, "/past_meetings/{uuid}", &params)
                     .await?;
                 let object = &mut body["payload"]["object"];
-                for field in ["host_id", "type", "topic", "duration", "start_time", "end_time"] {
+                for field in [
+                    "host_id",
+                    "type",
+                    "topic",
+                    "duration",
+                    "start_time",
+                    "end_time",
+                ] {
                     if let Some(value) = details.get(field).filter(|v| !v.is_null()) {
                         object[field] = value.clone();
                     }
@@ -259,8 +280,16 @@ impl MissedFinder {
                 if started.is_none_or(|at| !window.contains(at)) || !is_completed(&item) {
                     continue;
                 }
-                let uuid = item.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
-                if uuid.is_empty() || found.iter().any(|c: &Candidate| c.body["payload"]["object"]["uuid"] == uuid.as_str()) {
+                let uuid = item
+                    .get("uuid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if uuid.is_empty()
+                    || found
+                        .iter()
+                        .any(|c: &Candidate| c.body["payload"]["object"]["uuid"] == uuid.as_str())
+                {
                     continue;
                 }
                 found.push(Candidate {
@@ -274,11 +303,23 @@ impl MissedFinder {
     }
 
     /// One month of recordings: the account's, else every active user's.
-    async fn list_recordings(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<Value>, FindError> {
-        let dates = params(&[("from", json!(from.to_string())), ("to", json!(to.to_string()))]);
+    async fn list_recordings(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Value>, FindError> {
+        let dates = params(&[
+            ("from", json!(from.to_string())),
+            ("to", json!(to.to_string())),
+        ]);
         if !self.account_listing_refused.load(Ordering::Relaxed) {
             match self
-                .pages(Category::Medium, "/accounts/me/recordings", &dates, "meetings")
+                .pages(
+                    Category::Medium,
+                    "/accounts/me/recordings",
+                    &dates,
+                    "meetings",
+                )
                 .await
             {
                 Ok(items) => return Ok(items),
@@ -300,7 +341,12 @@ impl MissedFinder {
             let mut query = dates.clone();
             query.insert("userId".into(), json!(user_id));
             for mut item in self
-                .pages(Category::Medium, "/users/{userId}/recordings", &query, "meetings")
+                .pages(
+                    Category::Medium,
+                    "/users/{userId}/recordings",
+                    &query,
+                    "meetings",
+                )
                 .await?
             {
                 if item.get("host_email").is_none_or(Value::is_null) {
@@ -351,7 +397,11 @@ impl MissedFinder {
     }
 
     /// One month of past meetings: the dashboard's, else each user's report.
-    async fn list_ended(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<Candidate>, FindError> {
+    async fn list_ended(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Candidate>, FindError> {
         let dates = params(&[
             ("type", json!("past")),
             ("from", json!(from.to_string())),
@@ -359,7 +409,12 @@ impl MissedFinder {
         ]);
         if !self.dashboard_refused.load(Ordering::Relaxed) {
             match self
-                .pages(Category::ResourceIntensive, "/metrics/meetings", &dates, "meetings")
+                .pages(
+                    Category::ResourceIntensive,
+                    "/metrics/meetings",
+                    &dates,
+                    "meetings",
+                )
                 .await
             {
                 Ok(items) => {
@@ -386,9 +441,18 @@ impl MissedFinder {
             let mut query = dates.clone();
             query.insert("userId".into(), json!(user_id));
             let items = self
-                .pages(Category::Heavy, "/report/users/{userId}/meetings", &query, "meetings")
+                .pages(
+                    Category::Heavy,
+                    "/report/users/{userId}/meetings",
+                    &query,
+                    "meetings",
+                )
                 .await?;
-            found.extend(items.iter().filter_map(|item| self.meeting_event(item, false)));
+            found.extend(
+                items
+                    .iter()
+                    .filter_map(|item| self.meeting_event(item, false)),
+            );
         }
         Ok(found)
     }
@@ -399,7 +463,15 @@ impl MissedFinder {
         let uuid = item.get("uuid").and_then(Value::as_str)?.to_string();
         let end_time = item.get("end_time").and_then(parse_time)?;
         let mut object = Map::new();
-        for field in ["id", "uuid", "host_id", "topic", "type", "start_time", "end_time"] {
+        for field in [
+            "id",
+            "uuid",
+            "host_id",
+            "topic",
+            "type",
+            "start_time",
+            "end_time",
+        ] {
             if let Some(value) = item.get(field).filter(|v| !v.is_null()) {
                 object.insert(field.into(), value.clone());
             }
@@ -434,7 +506,14 @@ impl MissedFinder {
                     continue;
                 }
                 let mut object = Map::new();
-                for field in ["id", "first_name", "last_name", "display_name", "email", "type"] {
+                for field in [
+                    "id",
+                    "first_name",
+                    "last_name",
+                    "display_name",
+                    "email",
+                    "type",
+                ] {
                     if let Some(value) = user.get(field).filter(|v| !v.is_null()) {
                         object.insert(field.into(), value.clone());
                     }
@@ -444,7 +523,7 @@ impl MissedFinder {
                     "event_ts": created.timestamp_millis(),
                     "payload": { "account_id": self.zoom_account_id, "object": object },
                 });
-                found.push(Candidate::done(MissedKind::UserCreated, body));
+                found.push(Candidate::new(MissedKind::UserCreated, body));
             }
         }
         Ok(found)
@@ -452,7 +531,8 @@ impl MissedFinder {
 
     async fn users(&self, status: &str) -> Result<Vec<Value>, FindError> {
         let query = params(&[("status", json!(status))]);
-        self.pages(Category::Medium, "/users", &query, "users").await
+        self.pages(Category::Medium, "/users", &query, "users")
+            .await
     }
 
     /// Every item of a listing, page after page.
@@ -476,7 +556,9 @@ impl MissedFinder {
                 .and_then(Value::as_str)
                 .filter(|token| !token.is_empty());
             match next {
-                Some(token) if query.get("next_page_token").and_then(Value::as_str) != Some(token) => {
+                Some(token)
+                    if query.get("next_page_token").and_then(Value::as_str) != Some(token) =>
+                {
                     query.insert("next_page_token".into(), json!(token));
                 }
                 _ => return Ok(items),
@@ -487,12 +569,21 @@ impl MissedFinder {
 
     /// One GET within the account's limits; a 429 pauses the account and the
     /// call is repeated, a few times at most.
-    async fn get(&self, category: Category, path: &str, query: &Map<String, Value>) -> Result<Value, FindError> {
+    async fn get(
+        &self,
+        category: Category,
+        path: &str,
+        query: &Map<String, Value>,
+    ) -> Result<Value, FindError> {
         let mut rate_limited = 0;
         loop {
             self.limiter.acquire(category).await?;
             let deadline = Instant::now() + CALL_DEADLINE;
-            match self.rest.request(Method::GET, path, query, None, deadline).await {
+            match self
+                .rest
+                .request(Method::GET, path, query, None, deadline)
+                .await
+            {
                 Ok(answer) => {
                     self.limiter.succeeded();
                     return Ok(answer);
@@ -546,7 +637,9 @@ mod tests {
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -562,7 +655,11 @@ mod tests {
             .collect();
         assert_eq!(
             ranges,
-            ["2024-10-05..2024-11-05", "2024-11-06..2024-12-06", "2024-12-07..2024-12-20"]
+            [
+                "2024-10-05..2024-11-05",
+                "2024-11-06..2024-12-06",
+                "2024-12-07..2024-12-20"
+            ]
         );
         let day = Window {
             start: at("2024-11-19T01:00:00Z"),
@@ -573,9 +670,7 @@ mod tests {
 
     #[test]
     fn a_recording_counts_only_when_every_file_completed() {
-        let files = |statuses: &[&str]| {
-            json!({"recording_files": statuses.iter().map(|s| json!({"status": s})).collect::<Vec<_>>()})
-        };
+        let files = |statuses: &[&str]| json!({"recording_files": statuses.iter().map(|s| json!({"status": s})).collect::<Vec<_>>()});
         assert!(is_completed(&files(&["completed", "completed"])));
         assert!(!is_completed(&files(&["completed", "processing"])));
         assert!(!is_completed(&files(&[])));

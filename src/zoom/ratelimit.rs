@@ -260,7 +260,9 @@ mod tests {
         let limiter = CategoryLimiter::new(CategoryRates::PRO);
         let pauses: Vec<Duration> = (0..9).map(|_| limiter.back_off(None)).collect();
         // About 1 s, 2 s, 4 s ... (±25% jitter), never past a minute and a quarter.
-        assert!(pauses[0] >= Duration::from_millis(750) && pauses[0] <= Duration::from_millis(1250));
+        assert!(
+            pauses[0] >= Duration::from_millis(750) && pauses[0] <= Duration::from_millis(1250)
+        );
         assert!(pauses[3] >= Duration::from_secs(6) && pauses[3] <= Duration::from_secs(10));
         assert!(pauses.iter().all(|p| *p <= Duration::from_secs(75)));
         limiter.succeeded();

@@ -324,8 +324,8 @@ impl Subscription {
                     self.disconnected(&end, session.last_inbound_at);
                     // A working connection whose token ran out, or a handover:
                     // the next one can be opened at once.
-                    let at_once = session.proved_alive
-                        && matches!(end, End::InvalidToken | End::Handover);
+                    let at_once =
+                        session.proved_alive && matches!(end, End::InvalidToken | End::Handover);
                     let delay = if at_once {
                         Duration::ZERO
                     } else {
@@ -852,8 +852,7 @@ fn connection_url(
     token: &AccessToken,
 ) -> Result<url::Url, ConnectError> {
     let base = parse_endpoint(ws_base).map_err(|_| ConnectError::BadBase(ws_base.into()))?;
-    let mut url =
-        url::Url::parse(&base.base).map_err(|_| ConnectError::BadBase(ws_base.into()))?;
+    let mut url = url::Url::parse(&base.base).map_err(|_| ConnectError::BadBase(ws_base.into()))?;
     url.query_pairs_mut()
         .append_pair("subscriptionId", subscription_id)
         .append_pair("access_token", token.expose());

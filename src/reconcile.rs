@@ -265,8 +265,16 @@ impl Reconciler {
     ) {
         let watching_since = self.marks.watching_since().await;
         let mut startup = self.marks.watched_until().await;
-        self.status
-            .send_modify(|s| s.watching_since = Some(watching_since));
+        tracing::debug!(
+            account = %self.account,
+            watching_since = %watching_since.to_rfc3339(),
+            last_watched = ?startup.map(|at| at.to_rfc3339()),
+            "reconciliation started"
+        );
+        self.status.send_modify(|s| {
+            s.watching_since = Some(watching_since);
+            s.watched_until = startup;
+        });
         let interval = self.config.sweep_interval;
         let mut sweeps = interval_at(Instant::now() + interval, interval);
         sweeps.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -281,7 +289,7 @@ impl Reconciler {
                 _ = sweeps.tick() => Some(Trigger::Sweep),
                 _ = mark_ticks.tick() => {
                     if watching {
-                        self.marks.save_watched_until(Utc::now()).await;
+                        self.save_mark(true).await;
                     }
                     // Without a subscription the account is watched from the start.
                     if watching { startup.take().map(|since| Trigger::Startup { since }) } else { None }
@@ -294,8 +302,10 @@ impl Reconciler {
                     Some(link) => {
                         let was_watching = watching;
                         watching = link.connected;
-                        if was_watching && !watching {
-                            self.marks.save_watched_until(Utc::now()).await;
+                        if was_watching != watching {
+                            // Connected or lost: the mark says so at once (a crash
+                            // later still knows from when to reconcile).
+                            self.save_mark(watching).await;
                         }
                         if !link.connected {
                             None
@@ -323,8 +333,18 @@ impl Reconciler {
             }
         }
         if watching {
-            self.marks.save_watched_until(Utc::now()).await;
+            self.save_mark(false).await;
         }
+    }
+
+    /// Saves now as the watched-until mark; `watching` is whether it goes on.
+    async fn save_mark(&self, watching: bool) {
+        let now = Utc::now();
+        self.marks.save_watched_until(now).await;
+        self.status.send_modify(|s| {
+            s.watching = watching;
+            s.watched_until = Some(now);
+        });
     }
 
     fn note_next_sweep(&self) {

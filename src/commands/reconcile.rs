@@ -79,8 +79,16 @@ pub async fn run(args: ReconcileArgs) -> CommandResult {
     let store = open_store(&settings, args.dry_run)?;
     let mut failed = false;
     for account in accounts {
-        let report =
-            reconcile_account(&settings, account, &store, &rule_set, &kinds, window).await?;
+        let report = reconcile_account(
+            &settings,
+            account,
+            &store,
+            &rule_set,
+            &kinds,
+            window,
+            args.dry_run,
+        )
+        .await?;
         failed |= !report.errors.is_empty();
         print_report(&account.name, &report, args.dry_run);
     }
@@ -177,6 +185,7 @@ async fn reconcile_account(
     rule_set: &Arc<RuleSet>,
     kinds: &[crate::zoom::missed::MissedKind],
     window: Window,
+    dry_run: bool,
 ) -> Result<PassReport, CommandError> {
     let tokens = OAuthClient::new(settings.oauth_config(account))
         .map_err(|e| CommandError::Usage(format!("account `{}`: {e}", account.name)))?;
@@ -194,6 +203,7 @@ async fn reconcile_account(
         account: account.name.clone(),
         into: store
             .as_ref()
+            .filter(|_| !dry_run)
             .map(|journal| Journaled::new(journal, rule_set)),
     };
     let context = PassContext {

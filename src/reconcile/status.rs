@@ -83,6 +83,11 @@ pub struct ReconcileStatus {
     /// Reconciliation never reaches back before this: when the engine first
     /// watched the account (so a new installation is not flooded with history).
     pub watching_since: Option<DateTime<Utc>>,
+    /// Whether the account is watched now (its subscription connected, or
+    /// the engine running for an account without one).
+    pub watching: bool,
+    /// The last time saved as watched, from which a restart reconciles.
+    pub watched_until: Option<DateTime<Utc>>,
     pub passes: u64,
     /// Missed events found, over every pass.
     pub events_found: u64,

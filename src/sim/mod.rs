@@ -458,6 +458,12 @@ impl SimHandle {
         self.state.drop_connections(subscription)
     }
 
+    /// An outage: drops every connection and refuses new ones (HTTP 503)
+    /// for `duration`. Events emitted meanwhile reach nobody, as on Zoom.
+    pub fn outage(&self, duration: Duration) -> usize {
+        self.state.outage(duration)
+    }
+
     /// Stops answering and sending on the connections but keeps TCP open.
     pub fn stall(&self, subscription: Option<&str>) -> usize {
         self.state.stall(subscription)

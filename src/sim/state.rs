@@ -116,6 +116,8 @@ pub(crate) struct SimState {
     pub connections: Mutex<Connections>,
     /// Bumped on every connection change, so tests can wait for one.
     pub connection_changes: watch::Sender<u64>,
+    /// Until then the WebSocket endpoint refuses upgrades with 503 (an outage).
+    pub outage_until: Mutex<Option<Instant>>,
     /// Signs the redirect target of downloads.
     pub stream_key: String,
     pub shutdown: CancellationToken,
@@ -142,6 +144,7 @@ impl SimState {
             downloads: Mutex::new(downloads),
             connections: Mutex::new(Connections::default()),
             connection_changes: watch::Sender::new(0),
+            outage_until: Mutex::new(None),
             stream_key: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             shutdown: CancellationToken::new(),
             accounts,

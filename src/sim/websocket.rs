@@ -53,10 +53,22 @@ async fn upgrade(
 ) -> Response {
     let subscription = query.get("subscriptionId").cloned().unwrap_or_default();
     let token = query.get("access_token").cloned().unwrap_or_default();
+    if sim.in_outage() {
+        sim.refused_at_upgrade(
+            &subscription,
+            sim.token_serial(&token),
+            "refused during an outage",
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
     if let Some(status) = sim.config.upgrade_refusal_status
         && !matches!(sim.check_token(&token), TokenCheck::Valid(_))
     {
-        sim.refused_at_upgrade(&subscription, sim.token_serial(&token));
+        sim.refused_at_upgrade(
+            &subscription,
+            sim.token_serial(&token),
+            "refused at upgrade",
+        );
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
         return (status, "Invalid access token").into_response();
     }
@@ -130,8 +142,29 @@ impl SimState {
         (id, accepted, receiver)
     }
 
+    /// Drops every connection and refuses new ones for `duration`: no
+    /// connection is open, so events sent meanwhile are lost, as on Zoom.
+    pub fn outage(&self, duration: Duration) -> usize {
+        *lock(&self.outage_until) = Some(Instant::now() + duration);
+        // Out of the routing table at once, so nothing emitted from now on is delivered.
+        let dropped: Vec<OpenConnection> = lock(&self.connections)
+            .open
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        self.connection_changes.send_modify(|n| *n += 1);
+        dropped
+            .iter()
+            .filter(|c| c.commands.try_send(ConnCommand::Drop).is_ok())
+            .count()
+    }
+
+    fn in_outage(&self) -> bool {
+        lock(&self.outage_until).is_some_and(|until| until > Instant::now())
+    }
+
     /// Records a connection refused at the HTTP upgrade.
-    fn refused_at_upgrade(&self, subscription: &str, token_serial: Option<u64>) {
+    fn refused_at_upgrade(&self, subscription: &str, token_serial: Option<u64>, reason: &str) {
         let mut connections = lock(&self.connections);
         connections.next_id += 1;
         let id = connections.next_id;
@@ -144,7 +177,7 @@ impl SimState {
             open: false,
             heartbeats_received: 0,
             frames_sent: 0,
-            close_reason: Some("refused at upgrade".into()),
+            close_reason: Some(reason.into()),
         });
         drop(connections);
         self.connection_changes.send_modify(|n| *n += 1);

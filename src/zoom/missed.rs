@@ -80,8 +80,10 @@ pub struct Window {
 }
 
 impl Window {
+    /// Whether `at` is in the window, to the second (Zoom's times have no fraction).
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        self.start <= at && at <= self.end
+        use chrono::SubsecRound;
+        self.start.trunc_subsecs(0) <= at && at <= self.end
     }
 
     /// `from`..`to` pairs of UTC dates covering the window, each at most one month.

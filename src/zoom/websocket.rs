@@ -629,7 +629,7 @@ impl Subscription {
                                 "zoom refused the renewal connection while this one is open; handing over"
                             );
                             let _ = timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
-                            return SessionEnd { end: End::Handover, last_inbound_at, proved_alive };
+                            break End::Handover;
                         }
                         Err(error) => {
                             tracing::warn!(
@@ -681,6 +681,10 @@ impl Subscription {
             // The server may keep such a socket open: close it on our side.
             let _ = timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
         }
+        if matches!(end, End::Handover) {
+            // Events already on their way on the old connection still count.
+            self.drain(&mut stream, &token).await;
+        }
         drop(sink);
         drop(stream);
         // The old connection ended while its successor was being opened: wait for it.
@@ -704,6 +708,31 @@ impl Subscription {
             last_inbound_at,
             proved_alive,
         }
+    }
+
+    /// After our close frame: handles what the server still sends until it
+    /// closes too (the closing handshake), for a short while at most.
+    async fn drain(
+        &self,
+        stream: &mut futures_util::stream::SplitStream<Socket>,
+        token: &AccessToken,
+    ) {
+        let drained = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(message)) = stream.next().await {
+                match message {
+                    Message::Text(text) => {
+                        if let Some(End::Shutdown | End::EventsClosed) =
+                            self.handle_text(&text, token).await
+                        {
+                            return;
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        });
+        let _ = drained.await;
     }
 
     /// Acts on one inbound message; `Some` ends the connection.

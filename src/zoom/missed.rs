@@ -592,7 +592,7 @@ impl MissedFinder {
                 }
                 Err(error) if error.status == Some(429) && rate_limited < MAX_RATE_LIMITED => {
                     rate_limited += 1;
-                    let pause = self.limiter.back_off(error.rate_limit.as_ref());
+                    let pause = self.limiter.back_off(error.rate_limit.as_deref());
                     metrics::counter!("zoomwire_reconcile_rate_limited_total", "category" => category.as_str())
                         .increment(1);
                     tracing::info!(

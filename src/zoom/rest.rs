@@ -103,8 +103,8 @@ pub struct RestError {
     pub code: Option<Value>,
     pub status: Option<u16>,
     pub tracking_id: Option<String>,
-    /// What a 429's headers said.
-    pub rate_limit: Option<RateLimitHit>,
+    /// What a 429's headers said (boxed: most errors have none).
+    pub rate_limit: Option<Box<RateLimitHit>>,
 }
 
 /// A 429's rate-limit headers: `X-RateLimit-Category`, `X-RateLimit-Type`
@@ -428,7 +428,7 @@ impl ZoomRest {
         let status = response.status();
         let tracking_id = tracking_id(response.headers());
         let rate_limit = (status == StatusCode::TOO_MANY_REQUESTS)
-            .then(|| RateLimitHit::from_headers(response.headers()));
+            .then(|| Box::new(RateLimitHit::from_headers(response.headers())));
         let body = read_body_capped(response, 64 << 10)
             .await
             .unwrap_or_default();

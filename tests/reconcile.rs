@@ -558,3 +558,63 @@ async fn zoomwire_reconcile_lists_then_feeds_what_the_store_has_not_seen() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since: `yesterday` is not a time"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_listings_fall_back_to_each_users_recordings_and_reports() {
+    // A Pro account has no dashboard; the account's recording listing is refused too.
+    let ws = Workspace::with_sim(SimConfig {
+        plan: zoomwire::sim::SimPlan::Pro,
+        ..SimConfig::default()
+    })
+    .await;
+    ws.write_rule("archive.yaml", ARCHIVE);
+    ws.write_rule("ended.yaml", ENDED);
+    ws.sim.inject_fault(Fault {
+        path_prefix: "/v2/accounts/".into(),
+        count: 1000,
+        kind: zoomwire::sim::FaultKind::Status {
+            status: 400,
+            body: Some(r#"{"code":200,"message":"No permission."}"#.into()),
+        },
+    });
+    let hour_ago = Utc::now() - chrono::Duration::hours(1);
+    let recorded = NewMeeting {
+        start: hour_ago,
+        ..recording("Recorded one", RecordingState::Completed)
+    };
+    ws.sim.add_meeting(None, &recorded).expect("meeting added");
+    let output = ws
+        .zoomwire(&["reconcile", "--since", "3h", "--dry-run"])
+        .await;
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("recording.completed") && text.contains("Recorded one"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meeting.ended") && text.contains("zoom listed 2"),
+        "{text}"
+    );
+    // The account listing was refused once; each user's listing and report were read instead.
+    assert_eq!(ws.answered("/v2/accounts/me/recordings").len(), 1);
+    assert_eq!(ws.answered("/v2/metrics/meetings").len(), 1);
+    assert!(
+        !ws.answered(&format!(
+            "/v2/users/{}/recordings",
+            zoomwire::sim::data::HOST_USER_ID
+        ))
+        .is_empty()
+    );
+    assert!(
+        !ws.answered(&format!(
+            "/v2/report/users/{}/meetings",
+            zoomwire::sim::data::HOST_USER_ID
+        ))
+        .is_empty()
+    );
+}

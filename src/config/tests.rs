@@ -663,3 +663,44 @@ fn a_pasted_endpoint_url_gives_the_subscription_once() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn reconciliation_settings_and_a_lookback_no_longer_than_the_dedupe_window() {
+    let s = Settings::default();
+    assert!(s.reconcile.enabled);
+    assert_eq!(s.reconcile.interval, Duration::from_secs(15 * 60));
+    assert_eq!(s.reconcile.lookback, Duration::from_secs(48 * 3600));
+    let config = s.reconcile_config();
+    assert_eq!(config.max_reach, s.journal.dedupe_window);
+
+    let s = settings(
+        Some("reconcile: { enabled: false, interval: 5m, lookback: 24h }\n"),
+        None,
+        &[],
+    );
+    assert!(!s.reconcile.enabled);
+    assert_eq!(s.reconcile.interval, Duration::from_secs(300));
+    assert_eq!(s.reconcile.lookback, Duration::from_secs(24 * 3600));
+
+    let errors = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[
+            ("ZOOMWIRE_RECONCILE_LOOKBACK", "96h"),
+            ("ZOOMWIRE_RECONCILE", "maybe"),
+        ],
+    )));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOMWIRE_RECONCILE_LOOKBACK")
+                && e.contains("longer than the dedupe window")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOMWIRE_RECONCILE ") || e.contains("`maybe` is not a switch")),
+        "{errors:?}"
+    );
+}

@@ -53,6 +53,9 @@ use crate::rules::RuleSet;
 use crate::zoom::missed::{FindError, MissedKind, Window};
 use crate::zoom::websocket::ConnectionStatus;
 
+/// How often the subscription's status is looked at.
+const LINK_POLL: Duration = Duration::from_secs(1);
+
 /// When and how far back reconciliation looks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconcileConfig {
@@ -280,6 +283,10 @@ impl Reconciler {
         sweeps.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut mark_ticks = tokio::time::interval(self.config.mark_interval);
         mark_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The subscription's status changes with every frame: look at it once
+        // a second instead of waking for each.
+        let mut link_ticks = tokio::time::interval(LINK_POLL);
+        link_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut watching = connection.is_none();
         let mut handled_gaps_until: Option<DateTime<Utc>> = None;
         self.note_next_sweep();
@@ -294,7 +301,7 @@ impl Reconciler {
                     // Without a subscription the account is watched from the start.
                     if watching { startup.take().map(|since| Trigger::Startup { since }) } else { None }
                 }
-                changed = next_link(&mut connection, handled_gaps_until) => match changed {
+                _ = link_ticks.tick(), if connection.is_some() => match read_link(&connection, handled_gaps_until) {
                     None => {
                         connection = None;
                         None
@@ -443,17 +450,15 @@ struct Link {
     new_gap: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
-/// The subscription's next status (read in place: it changes with every
-/// frame); `None` when its client is gone, and then never again.
-async fn next_link(
-    connection: &mut Option<watch::Receiver<ConnectionStatus>>,
+/// The subscription's status as the reconciler needs it; `None` once its
+/// client is gone.
+fn read_link(
+    connection: &Option<watch::Receiver<ConnectionStatus>>,
     handled_until: Option<DateTime<Utc>>,
 ) -> Option<Link> {
-    let Some(receiver) = connection else {
-        return std::future::pending().await;
-    };
-    receiver.changed().await.ok()?;
-    let status = receiver.borrow_and_update();
+    let receiver = connection.as_ref()?;
+    receiver.has_changed().ok()?;
+    let status = receiver.borrow();
     let closed = status
         .gaps
         .iter()

@@ -67,6 +67,7 @@ pub async fn run(args: ReconcileArgs) -> CommandResult {
     let settings = Settings::load(&LoadOptions::from_process_env())
         .map_err(|errors| CommandError::Usage(errors.to_string()))?;
     let window = window(&args)?;
+    warn_past_dedupe_window(&settings, &window);
     let accounts = accounts(&settings, args.account.as_deref())?;
     let rule_set = rule_set(&settings)?;
     let kinds = listened_kinds(&rule_set);
@@ -125,6 +126,19 @@ fn window(args: &ReconcileArgs) -> Result<Window, CommandError> {
         start: since,
         end: until,
     })
+}
+
+/// Beyond the dedupe window the store no longer knows what already ran.
+fn warn_past_dedupe_window(settings: &Settings, window: &Window) {
+    let remembered = chrono::Duration::from_std(settings.journal.dedupe_window)
+        .map(|window| Utc::now() - window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    if window.start < remembered {
+        eprintln!(
+            "warning: --since reaches back before the dedupe window ({}): an event seen before then is not recognised and would run again",
+            remembered.to_rfc3339()
+        );
+    }
 }
 
 fn accounts<'a>(

@@ -1,7 +1,10 @@
 //! The daemon behind `zoomwire run` (and `zoomwire demo`): wires the sources
-//! (one WebSocket subscription per account, the webhook, cron), the journal,
-//! the rule set with hot reload, the executor with the real effects, and the
-//! admin API, then runs until told to stop.
+//! (one WebSocket subscription per account, the webhook, cron, and one
+//! reconciler per account that finds again through REST what Zoom sent
+//! while no connection was up), the journal, the rule set with hot reload,
+//! the executor with the real effects (each account's Zoom calls on its own
+//! token cache, the one its WebSocket uses), and the admin API, then runs
+//! until told to stop.
 //!
 //! Events from every source go into one bounded channel, so a slow journal
 //! or a busy executor slows intake instead of filling memory. Each event is
@@ -27,6 +30,7 @@ use crate::admin::activity::ObservedJournal;
 use crate::admin::{AdminState, RunHistory, serve_admin};
 use crate::config::Settings;
 use crate::effects::Effects;
+use crate::effects::accounts::ZoomAccountClient;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::{Executor, PreparedEvent};
@@ -34,10 +38,12 @@ use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
+use crate::reconcile::{EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts};
 use crate::reload::{RuleSetHandle, watch_and_reload};
 use crate::rules::{RuleSet, RuleSources};
 use crate::schedule::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool};
+use crate::zoom::missed::MissedFinder;
 use crate::zoom::oauth::OAuthClient;
 use crate::zoom::token::{AccessTokens, TokenError};
 use crate::zoom::webhook::webhook_router;
@@ -119,7 +125,7 @@ impl Daemon {
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let limits = sandbox_limits(&settings)?;
         let rules = load_rules(&settings, &limits)?;
-        let (journal, history, state) = open_journal(&settings, options.journal)?;
+        let (journal, history, state, known) = open_journal(&settings, options.journal)?;
         let admin = AdminState::new();
         // The page follows what the journal records.
         let journal: Arc<dyn Journal> =
@@ -145,7 +151,25 @@ impl Daemon {
         .map_err(|e| DaemonError::Serve(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
         let webhook_addr = start_webhook(&settings, events_tx.clone(), &shutdown).await?;
-        start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
+        let connections =
+            start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
+        if settings.reconcile.enabled {
+            let wiring = ReconcileWiring {
+                rules: rules.clone(),
+                known,
+                state: state.clone(),
+                events: events_tx.clone(),
+            };
+            start_reconcilers(
+                &settings,
+                &tokens,
+                connections,
+                wiring,
+                &admin,
+                &shutdown,
+                &tasks,
+            );
+        }
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
         if options.journal == JournalMode::Sqlite {
@@ -253,7 +277,12 @@ fn load_rules(
         .map_err(|errors| DaemonError::Rules(errors.iter().map(ToString::to_string).collect()))
 }
 
-type Stores = (Arc<dyn Journal>, Arc<dyn RunHistory>, Arc<dyn StateStore>);
+type Stores = (
+    Arc<dyn Journal>,
+    Arc<dyn RunHistory>,
+    Arc<dyn StateStore>,
+    Arc<dyn KnownEvents>,
+);
 
 fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, DaemonError> {
     match mode {
@@ -263,12 +292,18 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             Ok((
                 Arc::new(journal.clone()),
                 Arc::new(journal.clone()),
+                Arc::new(journal.clone()),
                 Arc::new(journal),
             ))
         }
         JournalMode::Memory => {
             let journal = Arc::new(BoundedMemoryJournal::new(MemoryLimits::default()));
-            Ok((journal.clone(), journal, Arc::new(MemoryState::default())))
+            Ok((
+                journal.clone(),
+                journal.clone(),
+                Arc::new(MemoryState::default()),
+                journal,
+            ))
         }
     }
 }
@@ -318,38 +353,28 @@ async fn first_token(
     }
 }
 
-/// The real effects; REST calls use the first account's token.
+/// The real effects; each account's Zoom calls use its own token cache
+/// (the one its WebSocket uses) and limits.
 fn live_effects(
     settings: &Settings,
     tokens: &[(String, Arc<dyn AccessTokens>)],
     state: Arc<dyn StateStore>,
 ) -> Result<Arc<dyn Effects>, DaemonError> {
-    let config = settings.live_config();
-    let token_source: Arc<dyn AccessTokens> = match tokens.first() {
-        Some((_, tokens)) => tokens.clone(),
-        None => Arc::new(NoAccount),
-    };
-    let effects = LiveEffects::new(config, token_source, state)
-        .map_err(|e| DaemonError::Config(e.to_string()))?;
-    Ok(Arc::new(effects))
-}
-
-/// Token source when no Zoom account is configured (webhook-only setups).
-struct NoAccount;
-
-impl AccessTokens for NoAccount {
-    fn token(
-        &self,
-    ) -> crate::effects::BoxFuture<'_, Result<crate::zoom::token::AccessToken, TokenError>> {
-        Box::pin(async {
-            Err(TokenError::Refused {
-                reason: "no zoom account is configured".into(),
-                setting: "ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID, ZOOM_CLIENT_SECRET".into(),
+    let accounts = settings
+        .accounts
+        .iter()
+        .filter_map(|account| {
+            let (_, tokens) = tokens.iter().find(|(name, _)| *name == account.name)?;
+            Some(ZoomAccountClient {
+                name: account.name.clone(),
+                account_id: account.account_id.clone(),
+                tokens: tokens.clone(),
             })
         })
-    }
-
-    fn invalidate(&self, _rejected: &crate::zoom::token::AccessToken) {}
+        .collect();
+    let effects = LiveEffects::new(settings.live_config(), accounts, state)
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    Ok(Arc::new(effects))
 }
 
 async fn start_webhook(
@@ -369,6 +394,7 @@ async fn start_webhook(
     Ok(Some(addr))
 }
 
+/// Starts each account's subscription; returns each one's status, by account.
 fn start_subscriptions(
     settings: &Settings,
     tokens: &[(String, Arc<dyn AccessTokens>)],
@@ -376,7 +402,8 @@ fn start_subscriptions(
     admin: &Arc<AdminState>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
-) {
+) -> Vec<(String, watch::Receiver<ConnectionStatus>)> {
+    let mut connections = Vec::new();
     for account in &settings.accounts {
         let Some(config) = settings.websocket_config(account) else {
             continue;
@@ -389,7 +416,8 @@ fn start_subscriptions(
             name: account.name.clone(),
             ..ConnectionStatus::default()
         });
-        admin.watch_subscription(&account.name, status_rx);
+        admin.watch_subscription(&account.name, status_rx.clone());
+        connections.push((account.name.clone(), status_rx));
         tasks.spawn(run_subscription(
             config,
             account_tokens.clone(),
@@ -397,6 +425,63 @@ fn start_subscriptions(
             status_tx,
             shutdown.clone(),
         ));
+    }
+    connections
+}
+
+/// What every account's reconciler shares.
+struct ReconcileWiring {
+    rules: Arc<RuleSetHandle>,
+    known: Arc<dyn KnownEvents>,
+    state: Arc<dyn StateStore>,
+    events: mpsc::Sender<Event>,
+}
+
+/// Starts one reconciler per account, on the account's token cache, fed
+/// into the intake like any source.
+fn start_reconcilers(
+    settings: &Settings,
+    tokens: &[(String, Arc<dyn AccessTokens>)],
+    connections: Vec<(String, watch::Receiver<ConnectionStatus>)>,
+    wiring: ReconcileWiring,
+    admin: &Arc<AdminState>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let api_base = settings.live_config().zoom_api_base;
+    let feed: Arc<dyn EventFeed> = Arc::new(wiring.events);
+    for account in &settings.accounts {
+        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name)
+        else {
+            continue;
+        };
+        let finder = match MissedFinder::connect(
+            api_base.clone(),
+            account_tokens.clone(),
+            &account.account_id,
+        ) {
+            Ok(finder) => finder,
+            Err(error) => {
+                tracing::error!(account = %account.name, error = %error, "cannot start reconciliation");
+                continue;
+            }
+        };
+        let (status_tx, status_rx) = watch::channel(ReconcileStatus::new(&account.name));
+        admin.watch_reconciliation(&account.name, status_rx);
+        let parts = ReconcilerParts {
+            source: Arc::new(finder),
+            known: wiring.known.clone(),
+            feed: feed.clone(),
+            rules: wiring.rules.clone(),
+            state: wiring.state.clone(),
+        };
+        let reconciler =
+            Reconciler::new(&account.name, settings.reconcile_config(), parts, status_tx);
+        let connection = connections
+            .iter()
+            .find(|(name, _)| *name == account.name)
+            .map(|(_, status)| status.clone());
+        tasks.spawn(reconciler.run(connection, shutdown.clone()));
     }
 }
 

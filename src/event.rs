@@ -5,10 +5,18 @@
 //! that skips the rest ([`head::Head`]; unusual bodies go through the full
 //! [`tree::Json`]), and keeps the raw JSON text (what the journal stores). The read-only Rhai value that scripts and Rhai-evaluated
 //! conditions read is made from the text on first use and shared by every
-//! rule of the event, so no rule converts the event again. The `id` is the
-//! dedupe key described in `design.md`: the event type, its timestamp, the
-//! object's uuid or id and the participant's id when present, or else a hash
-//! of the canonical body.
+//! rule of the event, so no rule converts the event again.
+//!
+//! The `id` is the dedupe key described in `design.md`. Where the thing an
+//! event is about has an identity of its own, the key is that identity and
+//! not the delivery's `event_ts`, so that a late second delivery and the same
+//! event found again through REST (reconciliation) share it: a
+//! `recording.completed` is its meeting uuid and the sorted ids of its files,
+//! a `meeting.ended` its meeting uuid, a `user.created` its user id, a
+//! participant joining or leaving the meeting uuid, the participant and the
+//! join or leave time. Other events keep the type, timestamp, object uuid (or
+//! id) and participant; an event without any of these is a hash of its
+//! canonical body.
 
 pub mod head;
 pub mod tree;
@@ -43,6 +51,9 @@ pub enum Source {
     Replay,
     /// A rule test.
     Test,
+    /// Found again through the REST API of the named account after Zoom sent
+    /// it while no connection was up (`meta.source` is `reconcile`).
+    Reconcile(String),
 }
 
 impl fmt::Display for Source {
@@ -54,6 +65,7 @@ impl fmt::Display for Source {
             Source::Fire => f.write_str("fire"),
             Source::Replay => f.write_str("replay"),
             Source::Test => f.write_str("test"),
+            Source::Reconcile(_) => f.write_str("reconcile"),
         }
     }
 }
@@ -178,6 +190,26 @@ impl Event {
             .map(str::to_string)
     }
 
+    /// The Zoom account the event belongs to: the subscription (or
+    /// reconciliation) it came through, else its `payload.account_id`.
+    pub fn zoom_account(&self) -> crate::effects::ZoomAccountRef {
+        use crate::effects::ZoomAccountRef;
+        match &self.source {
+            Source::Websocket(name) | Source::Reconcile(name) => {
+                ZoomAccountRef::Named(Arc::from(name.as_str()))
+            }
+            _ => self
+                .tree()
+                .get("payload")
+                .and_then(|p| p.get("account_id"))
+                .and_then(Json::as_str)
+                .filter(|id| !id.is_empty())
+                .map_or(ZoomAccountRef::Unspecified, |id| {
+                    ZoomAccountRef::ZoomId(Arc::from(id))
+                }),
+        }
+    }
+
     /// The `download_token` Zoom sends with recording events, if any.
     pub fn download_token(&self) -> Option<String> {
         // Most events have none: no need to read the body for them.
@@ -193,8 +225,11 @@ struct KeyFields<'a> {
     ts: Scalar<'a>,
     uuid: Scalar<'a>,
     id: Scalar<'a>,
-    /// `participant_uuid`, `user_id` and `id`, when there is a participant.
-    participant: Option<[Scalar<'a>; 3]>,
+    /// `participant_uuid`, `user_id`, `id`, `join_time` and `leave_time`,
+    /// when there is a participant.
+    participant: Option<[Scalar<'a>; 5]>,
+    /// The ids of `recording_files`, when it is a list of objects.
+    file_ids: Option<Vec<Scalar<'a>>>,
 }
 
 /// Type, timestamp and dedupe key from the fields read in one pass.
@@ -207,14 +242,25 @@ fn identity_from_head(head: Head<'_>, raw: &str) -> Result<(String, i64, String)
             uuid: Scalar::Absent,
             id: Scalar::Absent,
             participant: None,
+            file_ids: None,
         },
         Some(object) => KeyFields {
             ts: head.event_ts,
             uuid: object.uuid,
             id: object.id,
-            participant: object
-                .participant
-                .map(|p| [p.0.participant_uuid, p.0.user_id, p.0.id]),
+            participant: object.participant.map(|p| {
+                let p = p.0;
+                [
+                    p.participant_uuid,
+                    p.user_id,
+                    p.id,
+                    p.join_time,
+                    p.leave_time,
+                ]
+            }),
+            file_ids: object
+                .recording_files
+                .map(|files| files.into_iter().map(|file| file.0.id).collect()),
         },
     };
     Ok(identity(event_type, fields, raw))
@@ -233,29 +279,90 @@ fn identity_from_tree(raw: &str) -> Result<(String, i64, String), EventError> {
         .to_string();
     let object = tree.get("payload").and_then(|p| p.get("object"));
     let field = |key: &str| Scalar::of(object.and_then(|o| o.get(key)));
+    let file_ids = match object.and_then(|o| o.get("recording_files")) {
+        Some(Json::Array(files)) if files.iter().all(Json::is_object) => Some(
+            files
+                .iter()
+                .map(|file| Scalar::of(file.get("id")))
+                .collect(),
+        ),
+        _ => None,
+    };
     let fields = KeyFields {
         ts: Scalar::of(tree.get("event_ts")),
         uuid: field("uuid"),
         id: field("id"),
-        participant: object
-            .and_then(|o| o.get("participant"))
-            .map(|p| ["participant_uuid", "user_id", "id"].map(|key| Scalar::of(p.get(key)))),
+        participant: object.and_then(|o| o.get("participant")).map(|p| {
+            [
+                "participant_uuid",
+                "user_id",
+                "id",
+                "join_time",
+                "leave_time",
+            ]
+            .map(|key| Scalar::of(p.get(key)))
+        }),
+        file_ids,
     };
     Ok(identity(event_type, fields, raw))
 }
 
 fn identity(event_type: String, fields: KeyFields<'_>, raw: &str) -> (String, i64, String) {
     let ts = scalar_to_i64(&fields.ts);
-    let object_key = scalar_to_key_part(&fields.uuid).or_else(|| scalar_to_key_part(&fields.id));
-    // The first participant field present decides.
-    let participant = fields.participant.and_then(|parts| {
-        parts
-            .iter()
-            .find(|part| part.is_present())
-            .and_then(scalar_to_key_part)
-    });
-    let id = dedupe_key(&event_type, ts, object_key, participant, raw);
+    let id = match thing_key(&event_type, &fields) {
+        Some(id) => id,
+        None => {
+            let object_key =
+                scalar_to_key_part(&fields.uuid).or_else(|| scalar_to_key_part(&fields.id));
+            let participant = fields.participant.as_ref().and_then(participant_key);
+            dedupe_key(&event_type, ts, object_key, participant, raw)
+        }
+    };
     (event_type, ts, id)
+}
+
+/// The first participant id present decides (`participant_uuid`, `user_id`, `id`).
+fn participant_key(parts: &[Scalar<'_>; 5]) -> Option<String> {
+    parts[..3]
+        .iter()
+        .find(|part| part.is_present())
+        .and_then(scalar_to_key_part)
+}
+
+/// The key of the thing itself, for the types whose thing has an identity
+/// that does not change between deliveries (see the module doc).
+fn thing_key(event_type: &str, fields: &KeyFields<'_>) -> Option<String> {
+    let uuid = || scalar_to_key_part(&fields.uuid);
+    if event_type == "recording.completed" {
+        let files = fields.file_ids.as_ref().filter(|ids| !ids.is_empty())?;
+        let mut ids = files
+            .iter()
+            .map(scalar_to_key_part)
+            .collect::<Option<Vec<String>>>()?;
+        ids.sort_unstable();
+        return Some(format!(
+            "{event_type}:{}:{}",
+            uuid()?,
+            short_hash(&ids.join("\n"))
+        ));
+    }
+    if event_type == "meeting.ended" {
+        return Some(format!("{event_type}:{}", uuid()?));
+    }
+    if event_type == "user.created" {
+        return Some(format!("{event_type}:{}", scalar_to_key_part(&fields.id)?));
+    }
+    let time_index = if event_type.ends_with(".participant_joined") {
+        3
+    } else if event_type.ends_with(".participant_left") {
+        4
+    } else {
+        return None;
+    };
+    let parts = fields.participant.as_ref()?;
+    let participant = participant_key(parts)?;
+    let time = scalar_to_key_part(&parts[time_index])?;
+    Some(format!("{event_type}:{}:{participant}:{time}", uuid()?))
 }
 
 /// A number (or a numeric string) as `i64`, else 0.
@@ -306,7 +413,12 @@ pub fn canonical_hash(raw: &str) -> String {
         Ok(value) => value.to_string(),
         Err(_) => raw.to_string(),
     };
-    let digest = Sha256::digest(canonical.as_bytes());
+    short_hash(&canonical)
+}
+
+/// The first 16 bytes of the text's SHA-256, in hex.
+fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..16])
 }
 
@@ -317,26 +429,105 @@ mod tests {
     const ENDED: &str = include_str!("../examples/events/meeting.ended.json");
     const JOINED: &str = include_str!("../examples/events/meeting.participant_joined.json");
 
+    const RECORDING: &str = include_str!("../examples/events/recording.completed.json");
+    const USER: &str = include_str!("../examples/events/user.created.json");
+
     #[test]
     fn parses_a_zoom_event_into_type_ts_and_key() {
         let event = Event::parse(ENDED, Source::Fire).unwrap();
         assert_eq!(event.event_type, "meeting.ended");
         assert_eq!(event.ts, 1732003600456);
+        assert_eq!(event.id, "meeting.ended:pE3zGv9tRkyZ1mWqf0b2Kw==");
+    }
+
+    #[test]
+    fn participant_events_are_keyed_by_meeting_participant_and_time() {
+        let event = Event::parse(JOINED, Source::Fire).unwrap();
         assert_eq!(
             event.id,
-            "meeting.ended:1732003600456:pE3zGv9tRkyZ1mWqf0b2Kw=="
+            "meeting.participant_joined:pE3zGv9tRkyZ1mWqf0b2Kw==:Zx8Cv6Bn4Mq2Wd0Ef3Rg5T:2024-11-19T07:07:45Z"
+        );
+        let mut left = serde_json::from_str::<serde_json::Value>(JOINED).unwrap();
+        left["event"] = "meeting.participant_left".into();
+        left["event_ts"] = 1732000999000u64.into();
+        let participant = &mut left["payload"]["object"]["participant"];
+        participant["leave_time"] = "2024-11-19T07:30:00Z".into();
+        let event = Event::from_value(&left, Source::Fire).unwrap();
+        assert_eq!(
+            event.id,
+            "meeting.participant_left:pE3zGv9tRkyZ1mWqf0b2Kw==:Zx8Cv6Bn4Mq2Wd0Ef3Rg5T:2024-11-19T07:30:00Z"
+        );
+        // Without the time the delivery's timestamp stays in the key, as before.
+        left["payload"]["object"]["participant"]
+            .as_object_mut()
+            .unwrap()
+            .remove("leave_time");
+        let event = Event::from_value(&left, Source::Fire).unwrap();
+        assert!(
+            event
+                .id
+                .starts_with("meeting.participant_left:1732000999000:"),
+            "{}",
+            event.id
+        );
+    }
+
+    /// A body as another delivery (or the REST API) would give it: another
+    /// `event_ts`, download token and URLs, the files in another order.
+    fn redelivered(body: &str) -> serde_json::Value {
+        let mut body: serde_json::Value = serde_json::from_str(body).unwrap();
+        body["event_ts"] = 1799999999999u64.into();
+        if body.get("download_token").is_some() {
+            body["download_token"] = "another-token".into();
+        }
+        if let Some(files) = body["payload"]["object"]["recording_files"].as_array_mut() {
+            files.reverse();
+            for file in files {
+                file["download_url"] = "https://zoom.example/other".into();
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn a_second_delivery_of_the_same_thing_shares_its_key() {
+        for body in [RECORDING, ENDED, USER, JOINED] {
+            let first = Event::parse(body, Source::Websocket("default".into())).unwrap();
+            let again =
+                Event::from_value(&redelivered(body), Source::Reconcile("x".into())).unwrap();
+            assert_eq!(first.id, again.id, "{body}");
+            assert!(!first.id.contains("1799999999999"), "{}", first.id);
+        }
+        let first = Event::parse(RECORDING, Source::Fire).unwrap();
+        assert!(
+            first
+                .id
+                .starts_with("recording.completed:pE3zGv9tRkyZ1mWqf0b2Kw==:"),
+            "{}",
+            first.id
+        );
+        // Another set of files (a recording stopped and restarted) is another recording.
+        let mut fewer: serde_json::Value = serde_json::from_str(RECORDING).unwrap();
+        fewer["payload"]["object"]["recording_files"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        let fewer = Event::from_value(&fewer, Source::Fire).unwrap();
+        assert_ne!(first.id, fewer.id);
+        // Other types keep the delivery's timestamp in the key.
+        let started = ENDED.replace("meeting.ended", "meeting.started");
+        let started = Event::parse(&started, Source::Fire).unwrap();
+        assert_eq!(
+            started.id,
+            "meeting.started:1732003600456:pE3zGv9tRkyZ1mWqf0b2Kw=="
         );
     }
 
     #[test]
-    fn participant_events_include_the_participant_in_the_key() {
-        let event = Event::parse(JOINED, Source::Fire).unwrap();
-        assert!(
-            event
-                .id
-                .starts_with("meeting.participant_joined:1732000065000:")
-        );
-        assert_eq!(event.id.split(':').count(), 4, "{}", event.id);
+    fn reconciled_events_say_so_in_meta() {
+        let event = Event::parse(ENDED, Source::Reconcile("sales".into())).unwrap();
+        let meta = event.meta().cast::<rhai::Map>();
+        assert_eq!(meta["source"].clone().into_string().unwrap(), "reconcile");
     }
 
     #[test]
@@ -391,6 +582,21 @@ mod tests {
             r#"{"event":"a.b","event_ts":0,"payload":{"object":{"id":"o"}}}"#.into(),
             r#"{"event":"a.b","event_ts":1,"event_ts":2,"payload":{"object":{"id":"o"}}}"#.into(),
             r#"{"event":"a\u002eb","event_ts":1,"payload":{"object":{"id":"o\"q"}}}"#.into(),
+            RECORDING.to_string(),
+            USER.to_string(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":[{"id":"b"},{"id":2}]}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":[{"id":"b"},{"x":2}]}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":[{"id":"b"},3]}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":[]}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":null}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"uuid":"u","recording_files":"x"}}}"#.into(),
+            r#"{"event":"recording.completed","event_ts":1,"payload":{"object":{"id":5,"recording_files":[{"id":"a"}]}}}"#.into(),
+            r#"{"event":"meeting.ended","event_ts":1,"payload":{"object":{"id":5}}}"#.into(),
+            r#"{"event":"meeting.ended","event_ts":1,"payload":{"object":{"uuid":7}}}"#.into(),
+            r#"{"event":"user.created","event_ts":1,"payload":{"object":{"uuid":"x"}}}"#.into(),
+            r#"{"event":"webinar.participant_left","event_ts":1,"payload":{"object":{"uuid":"u","participant":{"id":"p","leave_time":"t"}}}}"#.into(),
+            r#"{"event":"meeting.participant_joined","event_ts":1,"payload":{"object":{"uuid":"u","participant":{"id":"p","join_time":null}}}}"#.into(),
+            r#"{"event":"meeting.participant_joined","event_ts":1,"payload":{"object":{"uuid":"u","participant":{"join_time":"t"}}}}"#.into(),
         ];
         for body in &bodies {
             let via_head = Head::read(body).map(|h| identity_from_head(h, body).unwrap());
@@ -454,6 +660,60 @@ mod tests {
             }
         }
         assert_eq!(checked, 6usize.pow(5));
+    }
+
+    #[test]
+    fn the_head_and_the_tree_agree_on_the_keys_of_things() {
+        let values = [None, Some("null"), Some(r#""s""#), Some("7"), Some("[1]")];
+        let files = [
+            None,
+            Some("null"),
+            Some("[]"),
+            Some(r#"[{"id":"b"},{"id":"a"}]"#),
+            Some(r#"[{"id":1},{"id":null}]"#),
+            Some(r#"[{"id":"a"},"x"]"#),
+        ];
+        let field = |name: &str, value: Option<&str>| {
+            value
+                .map(|v| format!(r#""{name}":{v},"#))
+                .unwrap_or_default()
+        };
+        let types = [
+            "recording.completed",
+            "meeting.ended",
+            "user.created",
+            "meeting.participant_joined",
+            "webinar.participant_left",
+        ];
+        for event_type in types {
+            for uuid in values {
+                for id in values {
+                    for time in values {
+                        for recording_files in files {
+                            let participant = format!(
+                                r#"{{"id":"p",{}{}"x":1}}"#,
+                                field("join_time", time),
+                                field("leave_time", time)
+                            );
+                            let body = format!(
+                                r#"{{"event":"{event_type}","event_ts":5,"payload":{{"object":{{{}{}{}"participant":{participant}}}}}}}"#,
+                                field("uuid", uuid),
+                                field("id", id),
+                                field("recording_files", recording_files),
+                            );
+                            let via_tree = identity_from_tree(&body).unwrap();
+                            if let Some(head) = Head::read(&body) {
+                                assert_eq!(
+                                    identity_from_head(head, &body).unwrap(),
+                                    via_tree,
+                                    "{body}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod event;
 pub mod journal;
 pub mod logging;
+pub mod reconcile;
 pub mod reload;
 pub mod rules;
 pub mod schedule;

@@ -86,6 +86,21 @@ enum Command {
         #[command(flatten)]
         location: RuleLocation,
     },
+    /// Find through Zoom's REST API what Zoom sent in a window that the store has not seen, and feed it
+    Reconcile {
+        /// Start of the window: 2024-11-19T08:00:00Z, 2024-11-19 (UTC) or a duration ago (2h)
+        #[arg(long)]
+        since: String,
+        /// End of the window, in the same forms [default: now]
+        #[arg(long)]
+        until: Option<String>,
+        /// List what was missed without feeding it
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this configured account [default: every one]
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Print the JSON Schema of the rule file, for editor completion
     Schema,
     /// The Zoom simulator alone: OAuth, WebSocket, REST, Slack, downloads, on loopback
@@ -189,6 +204,20 @@ async fn dispatch(command: Command) -> CommandResult {
                 rules: location.into_args(),
             };
             commands::replay::run(args, effects).await
+        }
+        Command::Reconcile {
+            since,
+            until,
+            dry_run,
+            account,
+        } => {
+            let args = commands::reconcile::ReconcileArgs {
+                since,
+                until,
+                dry_run,
+                account,
+            };
+            commands::reconcile::run(args).await
         }
         Command::Schema => commands::schema::run(),
         Command::Sim { addr } => commands::sim::run(addr).await,

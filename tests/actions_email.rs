@@ -26,7 +26,9 @@ fn mail_effects(smtp_url: &str, ca_file: Option<&std::path::Path>) -> LiveEffect
     config.limits.request_timeout = Duration::from_secs(10);
     LiveEffects::new(
         config,
-        std::sync::Arc::new(StaticToken(AccessToken::new("unused"))),
+        vec![zoomwire::effects::accounts::ZoomAccountClient::only(
+            std::sync::Arc::new(StaticToken(AccessToken::new("unused"))),
+        )],
         std::sync::Arc::new(MemoryState::default()),
     )
     .expect("live effects")

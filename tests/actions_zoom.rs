@@ -504,3 +504,125 @@ async fn the_gateway_refuses_a_missing_capability_before_any_request() {
     let methods: Vec<String> = api_requests(&s.sim).into_iter().map(|r| r.0).collect();
     assert_eq!(methods, ["GET"]);
 }
+
+#[tokio::test]
+async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
+    use secrecy::SecretString;
+    use zoomwire::effects::ZoomAccountRef;
+    use zoomwire::effects::accounts::ZoomAccountClient;
+    use zoomwire::sim::{SimAccount, SimConfig};
+    use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
+
+    support::install_crypto();
+    let sim = zoomwire::sim::start(SimConfig {
+        extra_accounts: vec![SimAccount::named("sales")],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let sales = sim.accounts()[1].clone();
+    let sales_tokens = Arc::new(
+        OAuthClient::new(OAuthConfig::new(
+            sim.oauth_base(),
+            &sales.account_id,
+            &sales.client_id,
+            SecretString::from(sales.client_secret.clone()),
+        ))
+        .unwrap(),
+    );
+    let archive = tempfile::tempdir().unwrap();
+    let effects = support::live_accounts(
+        live_config(&sim, archive.path()),
+        vec![
+            ZoomAccountClient {
+                name: "default".into(),
+                account_id: sim.account_id().into(),
+                tokens: oauth(&sim),
+            },
+            ZoomAccountClient {
+                name: "sales".into(),
+                account_id: sales.account_id.clone(),
+                tokens: sales_tokens,
+            },
+        ],
+    );
+    let with = |account: ZoomAccountRef| zoomwire::effects::EffectContext {
+        zoom_account: account,
+        ..context(Duration::from_secs(10))
+    };
+    let from_sales_webhook = with(ZoomAccountRef::ZoomId(Arc::from("sales")));
+    let me = json!({"path": "/users/me"});
+
+    let answer = perform(&effects, &from_sales_webhook, "zoom.get", me.clone())
+        .await
+        .unwrap();
+    assert_eq!(answer["email"], "owner@sales.example");
+    let named = json!({"path": "/users/me", "params": {"account": "default"}});
+    let answer = perform(&effects, &from_sales_webhook, "zoom.get", named)
+        .await
+        .unwrap();
+    assert_eq!(answer["email"], data::HOST_EMAIL);
+    let calls: Vec<(Option<String>, Option<String>)> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.raw_path == "/v2/users/me")
+        .map(|r| (r.account, r.query))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (Some("sales".into()), None),
+            (Some("sim-account".into()), None)
+        ],
+        "each on its own token; `account` never goes to Zoom"
+    );
+
+    // An account that is not configured: a permanent error, and no call at all.
+    let stranger = with(ZoomAccountRef::ZoomId(Arc::from("stranger")));
+    let error = perform(&effects, &stranger, "zoom.get", me.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Permanent);
+    assert!(
+        error.message.contains("never use another account's token"),
+        "{}",
+        error.message
+    );
+    let unnamed = with(ZoomAccountRef::Unspecified);
+    let error = perform(
+        &effects,
+        &unnamed,
+        "zoom.paginate",
+        json!({"path": "/users", "items_key": "users"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.message.contains("add `account:` to the rule"),
+        "{}",
+        error.message
+    );
+    let requests = sim.requests().len();
+    let file = json!({"file": sim.download_url("rec-85512345678-m4a"), "dest": "x.m4a"});
+    let error = perform(&effects, &stranger, "zoom.download", file.clone())
+        .await
+        .unwrap_err();
+    assert!(error.message.contains("stranger"), "{}", error.message);
+    assert_eq!(
+        sim.requests().len(),
+        requests,
+        "no download without the account's token"
+    );
+
+    // The download's OAuth fallback is the run's account's token.
+    let sales_run = with(ZoomAccountRef::Named(Arc::from("sales")));
+    perform(&effects, &sales_run, "zoom.download", file)
+        .await
+        .unwrap();
+    let download = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.raw_path.starts_with("/rec/download/"))
+        .unwrap();
+    assert_eq!(download.account.as_deref(), Some("sales"));
+}

@@ -103,7 +103,8 @@ fn harness(rules: &str, effects: TestEffects) -> Harness {
 
 fn event(n: u32, key: &str) -> Event {
     Event::from_value(
-        &json!({"event": "meeting.ended", "event_ts": 1000 + n, "payload": {"object": {"uuid": key, "n": n}}}),
+        // A meeting's uuid is its dedupe key: each event ends another meeting of `key`.
+        &json!({"event": "meeting.ended", "event_ts": 1000 + n, "payload": {"object": {"uuid": format!("{key}-{n}"), "key": key, "n": n}}}),
         Source::Test,
     )
     .unwrap()
@@ -155,7 +156,7 @@ async fn single_drops_runs_while_one_is_in_flight() {
 async fn modes_apply_per_key() {
     let h = harness(
         &format!(
-            "- name: s\n  on: meeting.ended\n  mode: single\n  key: event.payload.object.uuid\n  {SLOW}"
+            "- name: s\n  on: meeting.ended\n  mode: single\n  key: event.payload.object.key\n  {SLOW}"
         ),
         TestEffects::default(),
     );

@@ -51,6 +51,8 @@ fn recording_completed(n: u64) -> Event {
     let mut body: serde_json::Value =
         serde_json::from_str(include_str!("../examples/events/recording.completed.json")).unwrap();
     body["event_ts"] = json!(1_732_000_000_000u64 + n);
+    // Another meeting each time: a recording's dedupe key is its meeting and files.
+    body["payload"]["object"]["uuid"] = json!(format!("meeting-{n}=="));
     Event::from_value(&body, Source::Websocket("default".into())).unwrap()
 }
 

@@ -92,6 +92,7 @@ impl Harness {
             deadline,
             http_hosts: capabilities.http_hosts(),
             download_token: None,
+            zoom_account: Default::default(),
         };
         let effects = Arc::new(RunEffects::new(
             context,

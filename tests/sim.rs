@@ -1,6 +1,8 @@
 //! End-to-end tests of the Zoom simulator over loopback: OAuth, REST with
 //! pagination, faults and the double-encoding rule, Slack, downloads and the
-//! control API. The OAuth client's cache is tested here too, since it is the
+//! control API; several accounts kept apart; the listings reconciliation
+//! reads (Zoom's date rules, recordings still processing, plans); late and
+//! repeated deliveries. The OAuth client's cache is tested here too, since it is the
 //! simulator's first customer.
 
 use std::sync::Arc;
@@ -10,7 +12,10 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use zoomwire::sim::{self, Fault, SimConfig, SimHandle, data, download::download_byte};
+use zoomwire::sim::{
+    self, Fault, NewMeeting, NewUser, RecordingState, SimAccount, SimConfig, SimHandle, SimPlan,
+    data, download::download_byte,
+};
 use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
 use zoomwire::zoom::token::{AccessTokens, TokenError};
 
@@ -200,7 +205,7 @@ async fn rest_meeting_recording_and_user_endpoints() {
     );
 
     let listing: Value = get(format!(
-        "/users/{}/recordings?page_size=1",
+        "/users/{}/recordings?page_size=1&from=2024-11-01&to=2024-11-30",
         data::HOST_USER_ID
     ))
     .await
@@ -811,5 +816,300 @@ async fn zoomwire_sim_serves_on_the_given_address_and_reports_a_busy_one() {
     assert!(
         answered,
         "the simulator answered on {free} with the default credentials"
+    );
+}
+
+async fn token_for(client: &reqwest::Client, sim: &SimHandle, account: &SimAccount) -> String {
+    let response = client
+        .post(format!("{}/oauth/token", sim.oauth_base()))
+        .basic_auth(&account.client_id, Some(&account.client_secret))
+        .form(&[
+            ("grant_type", "account_credentials"),
+            ("account_id", account.account_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+async fn get_json(client: &reqwest::Client, url: String, token: &str) -> (StatusCode, Value) {
+    let response = client.get(url).bearer_auth(token).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn accounts_are_kept_apart_and_every_call_records_its_tokens_account() {
+    let sim = sim::start(SimConfig {
+        extra_accounts: vec![SimAccount::named("sales")],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let primary = sim.accounts()[0].clone();
+    let sales = sim.accounts()[1].clone();
+    let primary_token = token_for(&client, &sim, &primary).await;
+    let sales_token = token_for(&client, &sim, &sales).await;
+    let api = sim.api_base();
+
+    let (_, me) = get_json(&client, format!("{api}/users/me"), &sales_token).await;
+    assert_eq!(me["email"], "owner@sales.example");
+    // The primary account's meeting and user are not the sales token's.
+    let (status, body) = get_json(
+        &client,
+        format!("{api}/meetings/{}", data::WEEKLY_SYNC_ID),
+        &sales_token,
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["code"].clone()), (404, json!(3001)));
+    let (status, body) = get_json(
+        &client,
+        format!("{api}/users/{}", data::HOST_USER_ID),
+        &sales_token,
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["code"].clone()), (400, json!(1010)));
+    let (status, _) = get_json(&client, format!("{api}/users/me"), &primary_token).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let accounts: Vec<Option<String>> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.raw_path.starts_with("/v2/"))
+        .map(|r| r.account)
+        .collect();
+    assert_eq!(
+        accounts,
+        [
+            Some("sales".into()),
+            Some("sales".into()),
+            Some("sales".into()),
+            Some("sim-account".into())
+        ]
+    );
+    // A subscription takes only its own account's token.
+    let refused = format!(
+        "{}?subscriptionId={}&access_token={}",
+        sim.ws_base(),
+        sales.subscription_ids[0],
+        primary_token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(refused).await.unwrap();
+    use futures_util::StreamExt;
+    let first = socket.next().await.unwrap().unwrap().into_text().unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["success"], false);
+}
+
+#[tokio::test]
+async fn recording_listings_follow_zooms_dates_and_list_recordings_still_processing() {
+    let sim = sim().await;
+    let client = http();
+    let token = fetch_token(&client, &sim).await;
+    let api = sim.api_base();
+    let now = chrono::Utc::now();
+    let today = now.date_naive();
+    let meeting = |topic: &str, days_ago: i64, state: RecordingState| NewMeeting {
+        topic: topic.into(),
+        host_id: None,
+        start: now - chrono::Duration::days(days_ago),
+        minutes: 30,
+        participants: 3,
+        recording: Some(state),
+    };
+    let processing = sim
+        .add_meeting(
+            None,
+            &meeting("Today, processing", 0, RecordingState::Processing),
+        )
+        .unwrap();
+    sim.add_meeting(
+        None,
+        &meeting("Three days ago", 3, RecordingState::Completed),
+    )
+    .unwrap();
+
+    // Without dates: today to tomorrow (UTC); recordings still processing are listed.
+    let (_, listing) = get_json(&client, format!("{api}/accounts/me/recordings"), &token).await;
+    assert_eq!(listing["from"], today.to_string());
+    assert_eq!(listing["to"], today.succ_opt().unwrap().to_string());
+    let meetings = listing["meetings"].as_array().unwrap();
+    assert_eq!(meetings.len(), 1, "{listing}");
+    assert_eq!(
+        meetings[0]["host_email"],
+        data::HOST_EMAIL,
+        "the account listing names the host"
+    );
+    assert!(
+        meetings[0]["recording_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["status"] == "processing")
+    );
+    assert!(sim.complete_recording(&processing));
+    let (_, listing) = get_json(&client, format!("{api}/accounts/me/recordings"), &token).await;
+    assert!(
+        listing["meetings"][0]["recording_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["status"] == "completed")
+    );
+
+    // A range: by the meeting's start date; the per-user listing too, without host_email.
+    let from = (today - chrono::Duration::days(4)).to_string();
+    let url = format!("{api}/users/me/recordings?from={from}&to={today}");
+    let (_, listing) = get_json(&client, url, &token).await;
+    assert_eq!(listing["total_records"], 2, "{listing}");
+    assert!(listing["meetings"][0].get("host_email").is_none());
+
+    // At most one month, UTC dates only.
+    for bad in [
+        "from=2024-01-01&to=2024-03-01",
+        "from=2024-11-20&to=2024-11-19",
+        "from=19-11-2024",
+    ] {
+        let (status, body) = get_json(
+            &client,
+            format!("{api}/accounts/me/recordings?{bad}"),
+            &token,
+        )
+        .await;
+        assert_eq!(
+            (status.as_u16(), body["code"].clone()),
+            (400, json!(300)),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn past_meetings_and_users_are_listed_as_reconciliation_reads_them() {
+    let sim = sim::start(SimConfig {
+        extra_accounts: vec![SimAccount {
+            plan: SimPlan::Pro,
+            ..SimAccount::named("pro")
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let token = fetch_token(&client, &sim).await;
+    let pro = sim.accounts()[1].clone();
+    let pro_token = token_for(&client, &sim, &pro).await;
+    let api = sim.api_base();
+    let mut ended = NewMeeting::ended_now("Retro");
+    ended.participants = 4;
+    let uuid = sim.add_meeting(None, &ended).unwrap();
+    let mut alone = NewMeeting::ended_now("Alone");
+    alone.participants = 1;
+    sim.add_meeting(None, &alone).unwrap();
+    sim.add_meeting(Some("pro"), &ended).unwrap();
+    let user = NewUser {
+        email: "new@example.com".into(),
+        first_name: "New".into(),
+        last_name: "Person".into(),
+        status: "pending".into(),
+    };
+    sim.add_user(None, &user).unwrap();
+
+    // The dashboard lists every past meeting; the report only those of two or more.
+    let (_, dashboard) =
+        get_json(&client, format!("{api}/metrics/meetings?type=past"), &token).await;
+    assert_eq!(
+        dashboard["meetings"].as_array().unwrap().len(),
+        2,
+        "{dashboard}"
+    );
+    let (_, report) = get_json(
+        &client,
+        format!("{api}/report/users/me/meetings?type=past"),
+        &token,
+    )
+    .await;
+    let reported = report["meetings"].as_array().unwrap();
+    assert_eq!(reported.len(), 1, "{report}");
+    assert_eq!(reported[0]["topic"], "Retro");
+    assert!(reported[0]["end_time"].is_string());
+    // A Pro account has the report but not the dashboard.
+    let (status, body) = get_json(
+        &client,
+        format!("{api}/metrics/meetings?type=past"),
+        &pro_token,
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["code"].clone()), (400, json!(200)));
+    let (status, _) = get_json(
+        &client,
+        format!("{api}/report/users/me/meetings?type=past"),
+        &pro_token,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // One past meeting's details, by its (double-encoded) uuid.
+    let segment = encode(&encode(&uuid));
+    let (status, details) =
+        get_json(&client, format!("{api}/past_meetings/{segment}"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{details}");
+    assert_eq!(details["host_id"], data::HOST_USER_ID);
+    assert_eq!(details["participants_count"], 4);
+
+    // Users by status, with when they were created.
+    let (_, pending) = get_json(&client, format!("{api}/users?status=pending"), &token).await;
+    let pending = pending["users"].as_array().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["email"], "new@example.com");
+    assert!(pending[0]["created_at"].is_string());
+    let (_, active) = get_json(&client, format!("{api}/users"), &token).await;
+    assert_eq!(active["users"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn events_can_be_delivered_late_and_twice() {
+    let sim = sim().await;
+    let sub = sim.subscription_id().to_string();
+    let token = sim.issue_token();
+    let url = format!(
+        "{}?subscriptionId={sub}&access_token={token}",
+        sim.ws_base()
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures_util::StreamExt;
+    let _build = socket.next().await.unwrap().unwrap();
+    let event =
+        json!({"event": "meeting.ended", "event_ts": 1, "payload": {"object": {"uuid": "late=="}}});
+    let sent = std::time::Instant::now();
+    sim.emit_event_later(None, &event, Duration::from_millis(300));
+    sim.emit_event_later(None, &event, Duration::from_millis(300));
+    for _ in 0..2 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap();
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(frame["module"], "message");
+    }
+    assert!(sent.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn the_silent_client_timeout_is_finite_by_default() {
+    assert_eq!(
+        SimConfig::default().silent_client_timeout,
+        Some(sim::DEFAULT_SILENT_CLIENT_TIMEOUT)
+    );
+    assert!(
+        sim::DEFAULT_SILENT_CLIENT_TIMEOUT > Duration::from_secs(30),
+        "longer than a heartbeat interval"
     );
 }

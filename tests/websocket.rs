@@ -1,7 +1,12 @@
 //! End-to-end tests of the WebSocket subscription client against the
 //! simulator over loopback, with millisecond intervals: heartbeats, dropped
 //! and stalled connections, invalid-token frames, malformed frames, renewal
-//! before the token expires, refusals, and two subscriptions at once.
+//! before the token expires, refusals, and two subscriptions at once; and
+//! each variant of Zoom's unconfirmed behaviour the simulator offers (the
+//! socket closed or kept after the invalid-token frame, a refusal at the
+//! upgrade, a failed heartbeat, a second connection replacing, refused or
+//! beside the first, a new token invalidating the previous one, a pasted
+//! endpoint URL).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,8 +16,12 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use zoomwire::effects::accounts::ZoomAccountClient;
+use zoomwire::effects::live::{LiveConfig, LiveEffects};
+use zoomwire::effects::state::MemoryState;
+use zoomwire::effects::{EffectContext, EffectErrorKind, EffectRequest, Effects};
 use zoomwire::event::{Event, Source};
-use zoomwire::sim::{self, SimConfig, SimHandle};
+use zoomwire::sim::{self, Fault, FaultKind, SecondConnection, SimConfig, SimHandle};
 use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
 use zoomwire::zoom::token::{AccessTokens, StaticToken};
 use zoomwire::zoom::websocket::{ConnectionStatus, WsConfig, run_subscription};
@@ -547,4 +556,313 @@ async fn the_server_closes_a_silent_client_and_keeps_a_heartbeating_one() {
     assert_eq!(chatty_connections, 1, "heartbeats keep the connection");
     quiet.stop().await;
     chatty.stop().await;
+}
+
+// --- Closer to Zoom: the variants Zoom leaves unconfirmed --------------------
+
+#[tokio::test]
+async fn the_invalid_token_frame_is_handled_whether_the_server_closes_the_socket_or_keeps_it() {
+    logs();
+    for closes in [true, false] {
+        let sim = sim::start(SimConfig {
+            invalid_token_closes: closes,
+            invalid_token_text: "Token is invalid or has expired".into(),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let sub = sim.subscription_id().to_string();
+        let tokens = oauth(&sim, Duration::from_secs(60));
+        let mut client = Client::start(fast_config(&sim, &sub, "main"), tokens.clone());
+        wait_connections(&sim, &sub, 1).await;
+        sim.expire_tokens();
+        wait_connections(&sim, &sub, 2).await;
+        let records = sim.connections();
+        let expected = if closes {
+            "token expired"
+        } else {
+            "client closed"
+        };
+        // The client closes a socket the server kept open.
+        tokio::time::timeout(WAIT, async {
+            while sim.connections()[0].open {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the old socket is closed");
+        assert_eq!(
+            sim.connections()[0].close_reason.as_deref(),
+            Some(expected),
+            "closes: {closes}"
+        );
+        assert_ne!(records[0].token_serial, records[1].token_serial);
+        assert_eq!(tokens.fetch_count(), 2, "one new token");
+        sim.emit_event(None, &event("meeting.started", 40));
+        assert_eq!(client.next_event().await.ts, 1_732_000_000_040);
+        client
+            .wait_status("the gap recorded", |s| {
+                s.gaps.len() == 1 && s.gaps[0].reason.contains("access token is invalid")
+            })
+            .await;
+        client.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_refused_with_401_or_403_drops_the_token_before_retrying() {
+    logs();
+    for status in [401, 403] {
+        let sim = sim::start(SimConfig {
+            upgrade_refusal_status: Some(status),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let sub = sim.subscription_id().to_string();
+        let tokens = oauth(&sim, Duration::from_secs(60));
+        // The cache holds a token Zoom no longer accepts.
+        tokens.token().await.unwrap();
+        sim.expire_tokens();
+        let mut client = Client::start(fast_config(&sim, &sub, "main"), tokens.clone());
+        client.wait_status("connected", |s| s.connected).await;
+        let records = sim.connections();
+        assert_eq!(
+            records[0].close_reason.as_deref(),
+            Some("refused at upgrade")
+        );
+        assert_eq!(records[0].token_serial, Some(1));
+        let accepted: Vec<_> = records.iter().filter(|r| r.accepted).collect();
+        assert_eq!(accepted.len(), 1, "{records:?}");
+        assert_eq!(
+            accepted[0].token_serial,
+            Some(2),
+            "a new token after the refusal"
+        );
+        assert_eq!(tokens.fetch_count(), 2);
+        client.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_answered_with_success_false_is_a_failure() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, &sub, 1).await;
+    client
+        .wait_status("a heartbeat answered", |s| s.heartbeat_replies > 0)
+        .await;
+    assert_eq!(sim.fail_heartbeats(None), 1);
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("a gap for the failed heartbeat", |s| {
+            s.connected && s.gaps.iter().any(|g| g.reason.contains("success:false"))
+        })
+        .await;
+    assert_eq!(
+        sim.connections()[0].close_reason.as_deref(),
+        Some("client closed")
+    );
+    sim.emit_event(None, &event("meeting.started", 41));
+    client.next_event().await;
+    client.stop().await;
+}
+
+/// Emits an event every 10 ms for `span`, returning the ts of those
+/// delivered to a connection and of those that found none.
+async fn emit_for(sim: &SimHandle, span: Duration, from: u64) -> (Vec<i64>, Vec<i64>) {
+    let (mut delivered, mut lost) = (Vec::new(), Vec::new());
+    let end = tokio::time::Instant::now() + span;
+    let mut n = from;
+    while tokio::time::Instant::now() < end {
+        let ts = 1_732_000_000_000 + n as i64;
+        if sim.emit_event(None, &event("meeting.started", n)) > 0 {
+            delivered.push(ts);
+        } else {
+            lost.push(ts);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (delivered, lost)
+}
+
+#[tokio::test]
+async fn renewal_works_whichever_way_zoom_treats_a_second_connection() {
+    logs();
+    for second in [
+        SecondConnection::Replace,
+        SecondConnection::Both,
+        SecondConnection::RejectNew,
+    ] {
+        let sim = sim::start(SimConfig {
+            token_lifetime: Duration::from_secs(2),
+            second_connection: second,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let sub = sim.subscription_id().to_string();
+        let (events_tx, mut events) = mpsc::channel(10_000);
+        let (status_tx, status) = watch::channel(ConnectionStatus::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_subscription(
+            fast_config(&sim, &sub, "main"),
+            oauth(&sim, Duration::from_millis(1500)),
+            events_tx,
+            status_tx,
+            shutdown.clone(),
+        ));
+        wait_connections(&sim, &sub, 1).await;
+        // Through the renewal, about 1.5 s after the first connection.
+        let (delivered, lost) = emit_for(&sim, Duration::from_millis(2500), 1000).await;
+        let accepted = sim.connections().iter().filter(|r| r.accepted).count();
+        assert!(
+            accepted >= 2,
+            "{second:?}: renewed: {:?}",
+            sim.connections()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shutdown.cancel();
+        task.await.unwrap();
+        let mut received = std::collections::BTreeSet::new();
+        while let Ok(event) = events.try_recv() {
+            received.insert(event.ts);
+        }
+        let missing: Vec<_> = delivered
+            .iter()
+            .filter(|ts| !received.contains(ts))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{second:?}: delivered but not received: {missing:?}"
+        );
+        let status = status.borrow().clone();
+        match second {
+            SecondConnection::Replace | SecondConnection::Both => {
+                assert!(
+                    lost.is_empty(),
+                    "{second:?}: a moment without a connection: {lost:?}"
+                );
+                assert!(status.gaps.is_empty(), "{second:?}: {status:?}");
+            }
+            SecondConnection::RejectNew => {
+                let refused = sim.connections().iter().any(|r| {
+                    r.close_reason.as_deref() == Some("refused: the subscription has a connection")
+                });
+                assert!(refused, "{:?}", sim.connections());
+                // The handover: a recorded gap of a moment, for reconciliation to cover.
+                let handover: Vec<_> = status
+                    .gaps
+                    .iter()
+                    .filter(|g| g.reason.starts_with("handover"))
+                    .collect();
+                assert!(!handover.is_empty(), "{status:?}");
+                for gap in handover {
+                    let end = gap.end.expect("the handover ended");
+                    assert!((end - gap.start).num_milliseconds() < 1000, "{gap:?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pasted_endpoint_url_connects_with_its_subscription_id_once() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let pasted = format!("{}?subscriptionId={sub}", sim.ws_base());
+    let mut config = fast_config(&sim, &sub, "main");
+    config.ws_base = pasted;
+    let mut client = Client::start(config, oauth(&sim, Duration::from_secs(60)));
+    client.wait_status("connected", |s| s.connected).await;
+    let upgrade = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.raw_path == "/ws")
+        .expect("the upgrade request");
+    let query = upgrade.query.unwrap_or_default();
+    assert_eq!(query.matches("subscriptionId=").count(), 1, "{query}");
+    assert!(query.contains("access_token=[redacted]"), "{query}");
+    client.stop().await;
+}
+
+#[tokio::test]
+async fn one_token_per_account_serves_socket_and_rest_and_only_code_124_mints_a_new_one() {
+    logs();
+    // Where a new token invalidates the one before, a needless one would cut the socket.
+    let sim = sim::start(SimConfig {
+        new_token_revokes_previous: true,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let sub = sim.subscription_id().to_string();
+    let tokens = oauth(&sim, Duration::from_secs(60));
+    let mut client = Client::start(fast_config(&sim, &sub, "main"), tokens.clone());
+    wait_connections(&sim, &sub, 1).await;
+    let effects = LiveEffects::new(
+        LiveConfig {
+            zoom_api_base: url::Url::parse(&sim.api_base()).unwrap(),
+            ..LiveConfig::new(std::path::Path::new("/tmp/zoomwire-ws-test"))
+        },
+        vec![ZoomAccountClient::only(tokens.clone())],
+        Arc::new(MemoryState::default()),
+    )
+    .unwrap();
+    let context = EffectContext {
+        rule: Arc::from("r"),
+        run_id: Arc::from("run"),
+        deadline: std::time::Instant::now() + Duration::from_secs(10),
+        http_hosts: Arc::from(Vec::<String>::new()),
+        download_token: None,
+        zoom_account: Default::default(),
+    };
+    let get_me = EffectRequest::new("zoom.get", json!({"path": "/users/me"}));
+    effects.perform(&context, &get_me).await.unwrap();
+    assert_eq!(tokens.fetch_count(), 1, "the socket's token serves REST");
+
+    // A scope error (4700) is not a token problem: no new token, the socket stays.
+    sim.inject_fault(Fault {
+        path_prefix: "/v2/users/".into(),
+        count: 1,
+        kind: FaultKind::Status {
+            status: 401,
+            body: Some(r#"{"code":4700,"message":"Invalid access token, does not contain scopes:[user:read:admin]."}"#.into()),
+        },
+    });
+    let error = effects.perform(&context, &get_me).await.unwrap_err();
+    assert_eq!(error.code, Some(json!(4700)));
+    assert_eq!(error.kind, EffectErrorKind::Permanent);
+    assert_eq!(tokens.fetch_count(), 1);
+    assert_eq!(sim.connections().len(), 1, "the socket was left alone");
+
+    // Code 124: one new token, and the call goes through; the socket follows
+    // with the same new token (no third mint).
+    sim.inject_fault(Fault {
+        path_prefix: "/v2/users/".into(),
+        count: 1,
+        kind: FaultKind::Status {
+            status: 401,
+            body: Some(r#"{"code":124,"message":"Invalid access token."}"#.into()),
+        },
+    });
+    effects.perform(&context, &get_me).await.unwrap();
+    assert_eq!(tokens.fetch_count(), 2);
+    wait_connections(&sim, &sub, 2).await;
+    client
+        .wait_status("reconnected", |s| s.connected && s.gaps.len() == 1)
+        .await;
+    assert_eq!(tokens.fetch_count(), 2, "the socket reuses the new token");
+    let records = sim.connections();
+    assert_eq!(records[1].token_serial, Some(2), "{records:?}");
+    sim.emit_event(None, &event("meeting.started", 42));
+    client.next_event().await;
+    client.stop().await;
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::activity::Activity;
+use crate::reconcile::ReconcileStatus;
 use crate::reload::RuleSetHandle;
 use crate::rules::RuleSet;
 use crate::zoom::websocket::ConnectionStatus;
@@ -129,6 +130,9 @@ pub struct HealthReport {
     pub started_at: DateTime<Utc>,
     pub subscriptions: BTreeMap<String, SubscriptionReport>,
     pub rules: RulesHealth,
+    /// Each account's reconciliation: its last pass, events found, errors.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub reconciliation: BTreeMap<String, ReconcileStatus>,
 }
 
 /// Where a subscription's health comes from.
@@ -175,6 +179,7 @@ pub struct AdminState {
     /// The running rule set, once the daemon shows it.
     rule_set: OnceLock<Arc<RuleSetHandle>>,
     activity: Arc<Activity>,
+    reconciliation: RwLock<BTreeMap<String, watch::Receiver<ReconcileStatus>>>,
 }
 
 impl Default for AdminState {
@@ -185,6 +190,7 @@ impl Default for AdminState {
             rules: RwLock::new(RulesHealth::default()),
             rule_set: OnceLock::new(),
             activity: Arc::new(Activity::default()),
+            reconciliation: RwLock::new(BTreeMap::new()),
         }
     }
 }
@@ -218,6 +224,11 @@ impl AdminState {
     /// (`run_subscription`) updates; replaces anything reported for `name`.
     pub fn watch_subscription(&self, name: &str, status: watch::Receiver<ConnectionStatus>) {
         write(&self.subscriptions).insert(name.to_string(), SubscriptionSlot::Watched(status));
+    }
+
+    /// Reports an account's reconciliation from the status its reconciler updates.
+    pub fn watch_reconciliation(&self, account: &str, status: watch::Receiver<ReconcileStatus>) {
+        write(&self.reconciliation).insert(account.to_string(), status);
     }
 
     /// Records a subscription's state by hand (adding it if new), for
@@ -282,12 +293,17 @@ impl AdminState {
             .map(|(name, slot)| (name.clone(), slot.report()))
             .collect();
         let rules = read(&self.rules).clone();
+        let reconciliation = read(&self.reconciliation)
+            .iter()
+            .map(|(account, status)| (account.clone(), status.borrow().clone()))
+            .collect();
         HealthReport {
             status: overall_status(&subscriptions, &rules),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at,
             subscriptions,
             rules,
+            reconciliation,
         }
     }
 }

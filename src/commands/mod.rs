@@ -39,6 +39,7 @@ pub mod check;
 pub mod demo;
 pub mod fire;
 pub mod output;
+pub mod reconcile;
 pub mod replay;
 pub mod rules_args;
 pub mod run;

@@ -10,7 +10,7 @@ use super::ZoomAccount;
 use super::errors::ConfigError;
 use super::file::FileAccount;
 use super::resolve::{Key, Resolver, yaml_key};
-use super::values::{parse_identifier, parse_name};
+use super::values::{parse_identifier, parse_name, parse_subscription_id};
 
 /// An account as declared, complete or not (for the daemon's checks).
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ fn resolve_account(
     let subscription_id = r.get(
         &subscription_key,
         file.subscription_id.as_ref(),
-        parse_identifier,
+        parse_subscription_id,
     );
     let account = match (account_id, client_id, client_secret) {
         (Some(account_id), Some(client_id), Some(client_secret)) => Some(ZoomAccount {

@@ -18,7 +18,8 @@
 //! scripts: scripts
 //! log_format: text
 //! websocket: { heartbeat: 30s, dead_after: 75s, max_frame: 1MiB }
-//! journal: { store: sqlite, sync: full, dedupe_window: 24h, retention: 30d }
+//! journal: { store: sqlite, sync: full, dedupe_window: 72h, retention: 30d }
+//! reconcile: { enabled: true, interval: 15m, lookback: 48h }
 //! shutdown_grace: 30s
 //! vars: { archive_channel: "#recordings" }
 //! sandbox: { max_operations: 1000000 }
@@ -91,6 +92,7 @@ pub struct FileConfig {
     pub log_format: Option<Scalar>,
     pub websocket: FileWebsocket,
     pub journal: FileJournal,
+    pub reconcile: FileReconcile,
     pub shutdown_grace: Option<Scalar>,
     pub max_waiting_runs: Option<Scalar>,
     pub vars: serde_json::Map<String, serde_json::Value>,
@@ -153,6 +155,14 @@ pub struct FileJournal {
     pub sync: Option<Scalar>,
     pub dedupe_window: Option<Scalar>,
     pub retention: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileReconcile {
+    pub enabled: Option<Scalar>,
+    pub interval: Option<Scalar>,
+    pub lookback: Option<Scalar>,
 }
 
 /// Reads the file's text. An empty file (or only comments) is an empty configuration.

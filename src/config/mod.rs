@@ -70,6 +70,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub websocket: WebsocketSettings,
     pub journal: JournalSettings,
+    pub reconcile: ReconcileSettings,
     /// How long runs in flight may take to finish after Ctrl-C or SIGTERM.
     pub shutdown_grace: Duration,
     /// Runs that may wait their turn in all (`ZOOMWIRE_MAX_WAITING_RUNS`); at
@@ -101,7 +102,11 @@ pub struct ZoomAccount {
 pub struct ZoomEndpoints {
     pub oauth_base: String,
     pub api_base: String,
+    /// Without any `subscriptionId` a pasted endpoint URL carried.
     pub ws_base: String,
+    /// The `subscriptionId` of an endpoint URL pasted as `ZOOM_WS_BASE`;
+    /// the only account uses it when it has none of its own.
+    pub ws_subscription_id: Option<String>,
 }
 
 /// The webhook endpoint, enabled by its secret token.
@@ -160,6 +165,18 @@ pub struct JournalSettings {
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.
     pub retention: Duration,
+}
+
+/// Finding through REST what Zoom sent while no connection was up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// `ZOOMWIRE_RECONCILE`: on by default.
+    pub enabled: bool,
+    /// Time between sweeps (`ZOOMWIRE_RECONCILE_INTERVAL`).
+    pub interval: Duration,
+    /// How far back each pass looks (`ZOOMWIRE_RECONCILE_LOOKBACK`); at most
+    /// the dedupe window.
+    pub lookback: Duration,
 }
 
 /// Which files were read.
@@ -334,6 +351,17 @@ impl Settings {
         AdminOptions {
             addr: self.admin_addr,
             token: self.admin_token.clone(),
+        }
+    }
+
+    /// When and how far back reconciliation looks; never past the dedupe
+    /// window, beyond which a duplicate would not be recognised.
+    pub fn reconcile_config(&self) -> crate::reconcile::ReconcileConfig {
+        crate::reconcile::ReconcileConfig {
+            sweep_interval: self.reconcile.interval,
+            lookback: self.reconcile.lookback,
+            max_reach: self.journal.dedupe_window,
+            ..crate::reconcile::ReconcileConfig::default()
         }
     }
 

@@ -16,11 +16,12 @@ use super::errors::ConfigError;
 use super::file::{FileConfig, Scalar, parse_file};
 use super::values::{
     parse_duration, parse_mailbox, parse_name, parse_positive_duration, parse_secret_url,
-    parse_size, parse_smtp_url, parse_socket_addr, parse_url,
+    parse_size, parse_smtp_url, parse_socket_addr, parse_switch, parse_url,
 };
 use super::{
-    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, Settings,
-    SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints, parse_dotenv,
+    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, ReconcileSettings,
+    Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints,
+    parse_dotenv,
 };
 use crate::admin::AdminToken;
 use crate::admin::guard::check_bind;
@@ -43,9 +44,13 @@ const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(75);
 /// Runs that may wait their turn before intake stops reading.
 const DEFAULT_MAX_WAITING_RUNS: usize = 100_000;
 const DEFAULT_MAX_FRAME: usize = MAX_EVENT_BYTES + MAX_EVENT_BYTES / 2;
-const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Covers the reconciliation lookback (48 h) and the lag of a late delivery.
+const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(72 * 3600);
 const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Recordings can finish processing a day after their meeting; deliveries lag.
+const DEFAULT_RECONCILE_LOOKBACK: Duration = Duration::from_secs(48 * 3600);
 
 const HTTP: &[&str] = &["http", "https"];
 const WS: &[&str] = &["ws", "wss"];
@@ -211,7 +216,7 @@ pub(super) fn build(sources: &Sources) -> Built {
         yaml_name,
         errors,
     };
-    let (accounts, declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
+    let (accounts, mut declared_accounts) = resolve_accounts(&mut resolver, &file.accounts);
     // Resolved in the order errors are listed.
     let zoom = resolve_zoom(&mut resolver, &file);
     let webhook = resolve_webhook(&mut resolver, &file);
@@ -221,7 +226,7 @@ pub(super) fn build(sources: &Sources) -> Built {
         .get(&key("ZOOMWIRE_DATA", "data"), file.data.as_ref(), path)
         .unwrap_or_else(|| ".zoomwire".into());
     let (admin_addr, admin_token) = resolve_admin(&mut resolver, &file);
-    let settings = Settings {
+    let mut settings = Settings {
         accounts,
         zoom,
         webhook,
@@ -249,6 +254,11 @@ pub(super) fn build(sources: &Sources) -> Built {
             .unwrap_or_default(),
         websocket: resolve_websocket(&mut resolver, &file),
         journal: resolve_journal(&mut resolver, &file),
+        reconcile: ReconcileSettings {
+            enabled: true,
+            interval: DEFAULT_RECONCILE_INTERVAL,
+            lookback: DEFAULT_RECONCILE_LOOKBACK,
+        },
         shutdown_grace: resolver
             .get(
                 &key("ZOOMWIRE_SHUTDOWN_GRACE", "shutdown_grace"),
@@ -270,6 +280,8 @@ pub(super) fn build(sources: &Sources) -> Built {
             dotenv_file: sources.dotenv.as_ref().map(|s| s.path.clone()),
         },
     };
+    settings.reconcile = resolve_reconcile(&mut resolver, &file, settings.journal.dedupe_window);
+    use_pasted_subscription(&mut settings, &mut declared_accounts);
     Built {
         settings,
         errors: resolver.errors,
@@ -316,6 +328,20 @@ fn resolve_admin(r: &mut Resolver, file: &FileConfig) -> (SocketAddr, Option<Adm
     (addr, token)
 }
 
+/// The only account takes the subscription of a pasted `ZOOM_WS_BASE` when
+/// it has none of its own.
+fn use_pasted_subscription(settings: &mut Settings, declared: &mut [DeclaredAccount]) {
+    let Some(pasted) = settings.zoom.ws_subscription_id.clone() else {
+        return;
+    };
+    if let ([account], [declared]) = (settings.accounts.as_mut_slice(), declared)
+        && account.subscription_id.is_none()
+    {
+        account.subscription_id = Some(pasted);
+        declared.has_subscription = true;
+    }
+}
+
 fn name_of(path: Option<&PathBuf>, default: &str) -> String {
     path.map(|p| p.display().to_string())
         .unwrap_or_else(|| default.to_string())
@@ -358,13 +384,30 @@ fn resolve_zoom(r: &mut Resolver, file: &FileConfig) -> ZoomEndpoints {
                 http,
             )
             .unwrap_or_else(|| DEFAULT_API_BASE.into()),
-        ws_base: r
-            .get(
-                &key("ZOOM_WS_BASE", "zoom.ws_base"),
-                zoom.ws_base.as_ref(),
-                |t| base_url(t, WS),
-            )
-            .unwrap_or_else(|| DEFAULT_WS_BASE.into()),
+        ..ws_endpoint(r, zoom)
+    }
+}
+
+/// `ZOOM_WS_BASE`, which may be the whole endpoint URL the Marketplace
+/// shows (its `subscriptionId` is kept apart, never sent twice).
+fn ws_endpoint(r: &mut Resolver, zoom: &super::file::FileZoom) -> ZoomEndpoints {
+    let endpoint = r.get(
+        &key("ZOOM_WS_BASE", "zoom.ws_base"),
+        zoom.ws_base.as_ref(),
+        |text| {
+            base_url(text, WS)?;
+            crate::zoom::websocket::parse_endpoint(text).map_err(|e| e.to_string())
+        },
+    );
+    let (ws_base, ws_subscription_id) = match endpoint {
+        Some(endpoint) => (endpoint.base, endpoint.subscription_id),
+        None => (DEFAULT_WS_BASE.into(), None),
+    };
+    ZoomEndpoints {
+        oauth_base: String::new(),
+        api_base: String::new(),
+        ws_base,
+        ws_subscription_id,
     }
 }
 
@@ -555,6 +598,53 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
         sync,
         dedupe_window,
         retention,
+    }
+}
+
+fn resolve_reconcile(
+    r: &mut Resolver,
+    file: &FileConfig,
+    dedupe_window: Duration,
+) -> ReconcileSettings {
+    let reconcile = &file.reconcile;
+    let enabled = r
+        .get(
+            &key("ZOOMWIRE_RECONCILE", "reconcile.enabled"),
+            reconcile.enabled.as_ref(),
+            parse_switch,
+        )
+        .unwrap_or(true);
+    let interval = r
+        .get(
+            &key("ZOOMWIRE_RECONCILE_INTERVAL", "reconcile.interval"),
+            reconcile.interval.as_ref(),
+            parse_positive_duration,
+        )
+        .unwrap_or(DEFAULT_RECONCILE_INTERVAL);
+    let lookback_key = key("ZOOMWIRE_RECONCILE_LOOKBACK", "reconcile.lookback");
+    let lookback = match r.raw(&lookback_key, reconcile.lookback.as_ref()) {
+        None => DEFAULT_RECONCILE_LOOKBACK.min(dedupe_window),
+        Some(raw) => {
+            let lookback = r.get(
+                &lookback_key,
+                reconcile.lookback.as_ref(),
+                parse_positive_duration,
+            );
+            if let Some(lookback) = lookback.filter(|l| *l > dedupe_window) {
+                let message = format!(
+                    "{} is longer than the dedupe window ({}): an event found again after its id was forgotten would run twice",
+                    show(lookback),
+                    show(dedupe_window)
+                );
+                r.fail(&lookback_key, message, Some(raw.origin));
+            }
+            lookback.unwrap_or(DEFAULT_RECONCILE_LOOKBACK.min(dedupe_window))
+        }
+    };
+    ReconcileSettings {
+        enabled,
+        interval,
+        lookback,
     }
 }
 

@@ -87,7 +87,7 @@ fn defaults_are_the_design_defaults() {
             max_frame: 1 << 20 | 1 << 19,
         }
     );
-    assert_eq!(s.journal.dedupe_window, Duration::from_secs(86_400));
+    assert_eq!(s.journal.dedupe_window, Duration::from_secs(3 * 86_400));
     assert_eq!(s.journal.retention, Duration::from_secs(30 * 86_400));
     assert_eq!(s.shutdown_grace, Duration::from_secs(30));
     assert_eq!(s.max_waiting_runs, 100_000);
@@ -641,4 +641,113 @@ fn the_admin_server_beyond_loopback_needs_a_token_which_never_shows() {
         lines[0]
     );
     assert!(!lines[0].contains(short), "the value is never repeated");
+}
+
+#[test]
+fn a_pasted_endpoint_url_gives_the_subscription_once() {
+    // Pasted as the subscription id.
+    let s = settings(
+        None,
+        None,
+        &[
+            ("ZOOM_ACCOUNT_ID", "acc-1"),
+            ("ZOOM_CLIENT_ID", "client-1"),
+            ("ZOOM_CLIENT_SECRET", "secret"),
+            (
+                "ZOOM_SUBSCRIPTION_ID",
+                "wss://ws.zoom.us/ws?subscriptionId=pasted-sub-1",
+            ),
+        ],
+    );
+    assert_eq!(
+        s.accounts[0].subscription_id.as_deref(),
+        Some("pasted-sub-1")
+    );
+    assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
+
+    // Pasted as the base, with no subscription id of its own.
+    let options = LoadOptions {
+        env: env(&[
+            ("ZOOM_ACCOUNT_ID", "acc-1"),
+            ("ZOOM_CLIENT_ID", "client-1"),
+            ("ZOOM_CLIENT_SECRET", "secret"),
+            (
+                "ZOOM_WS_BASE",
+                "wss://ws.zoom.us/ws?subscriptionId=pasted-sub-2",
+            ),
+        ]),
+        base_dir: std::env::temp_dir().join("zoomwire-no-such-folder"),
+        require_daemon: true,
+        ..LoadOptions::default()
+    };
+    let s = Settings::load(&options).unwrap();
+    assert_eq!(s.zoom.ws_base, "wss://ws.zoom.us/ws");
+    assert_eq!(
+        s.accounts[0].subscription_id.as_deref(),
+        Some("pasted-sub-2")
+    );
+    let ws = s.websocket_config(&s.accounts[0]).unwrap();
+    assert_eq!(
+        (ws.ws_base.as_str(), ws.subscription_id.as_str()),
+        ("wss://ws.zoom.us/ws", "pasted-sub-2")
+    );
+
+    // A URL without the parameter is a clear error.
+    let errors = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[
+            ("ZOOM_ACCOUNT_ID", "acc-1"),
+            ("ZOOM_CLIENT_ID", "client-1"),
+            ("ZOOM_CLIENT_SECRET", "secret"),
+            ("ZOOM_SUBSCRIPTION_ID", "wss://ws.zoom.us/ws"),
+        ],
+    )));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOM_SUBSCRIPTION_ID") && e.contains("no `subscriptionId`")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn reconciliation_settings_and_a_lookback_no_longer_than_the_dedupe_window() {
+    let s = Settings::default();
+    assert!(s.reconcile.enabled);
+    assert_eq!(s.reconcile.interval, Duration::from_secs(15 * 60));
+    assert_eq!(s.reconcile.lookback, Duration::from_secs(48 * 3600));
+    let config = s.reconcile_config();
+    assert_eq!(config.max_reach, s.journal.dedupe_window);
+
+    let s = settings(
+        Some("reconcile: { enabled: false, interval: 5m, lookback: 24h }\n"),
+        None,
+        &[],
+    );
+    assert!(!s.reconcile.enabled);
+    assert_eq!(s.reconcile.interval, Duration::from_secs(300));
+    assert_eq!(s.reconcile.lookback, Duration::from_secs(24 * 3600));
+
+    let errors = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[
+            ("ZOOMWIRE_RECONCILE_LOOKBACK", "96h"),
+            ("ZOOMWIRE_RECONCILE", "maybe"),
+        ],
+    )));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOMWIRE_RECONCILE_LOOKBACK")
+                && e.contains("longer than the dedupe window")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ZOOMWIRE_RECONCILE ") || e.contains("`maybe` is not a switch")),
+        "{errors:?}"
+    );
 }

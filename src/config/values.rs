@@ -116,6 +116,28 @@ pub fn parse_identifier(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// `true`/`false` (also `on`/`off`, `yes`/`no`, `1`/`0`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("`{text}` is not a switch, expected true or false")),
+    }
+}
+
+/// A WebSocket subscription id, or the whole endpoint URL the Marketplace
+/// shows once a subscription is saved (its `subscriptionId` is taken).
+pub fn parse_subscription_id(text: &str) -> Result<String, String> {
+    if text.contains("://") {
+        let endpoint = crate::zoom::websocket::parse_endpoint(text)
+            .map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+        return endpoint
+            .subscription_id
+            .ok_or_else(|| "the URL has no `subscriptionId` parameter".to_string());
+    }
+    parse_identifier(text)
+}
+
 /// A sender such as `zoomwire@example.com` or `Zoomwire <zoomwire@example.com>`.
 pub fn parse_mailbox(text: &str) -> Result<String, String> {
     text.parse::<lettre::message::Mailbox>()

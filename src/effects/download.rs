@@ -3,7 +3,8 @@
 //!
 //! `file` is a URL or a recording-file map (`download_url`, `file_size`).
 //! The request carries the event's `download_token` (or, without one or when
-//! it is refused, the account's OAuth token) only to a Zoom host and only
+//! it is refused, the OAuth token of the run's own account, never another
+//! account's) only to a Zoom host and only
 //! while redirects stay on the same origin; redirects are followed one hop at
 //! a time, each target checked against the Zoom hosts and the rule's
 //! `http:<host>` list. The body is streamed chunk by chunk into a temporary
@@ -211,26 +212,21 @@ impl Credential {
     }
 }
 
+/// The OAuth token source of the run's account, or why there is none (the
+/// error is returned only if the download token alone does not do).
+pub type OAuthFallback = Result<Arc<dyn AccessTokens>, EffectError>;
+
 /// The `zoom.download` effect.
 pub struct Downloader {
     client: reqwest::Client,
     config: DownloadConfig,
-    tokens: Arc<dyn AccessTokens>,
 }
 
 impl Downloader {
     /// `client` must not follow redirects on its own and should have a read
     /// timeout (a stalled transfer) but no overall one.
-    pub fn new(
-        client: reqwest::Client,
-        config: DownloadConfig,
-        tokens: Arc<dyn AccessTokens>,
-    ) -> Downloader {
-        Downloader {
-            client,
-            config,
-            tokens,
-        }
+    pub fn new(client: reqwest::Client, config: DownloadConfig) -> Downloader {
+        Downloader { client, config }
     }
 
     pub fn archive_dir(&self) -> &Path {
@@ -241,6 +237,7 @@ impl Downloader {
         &self,
         context: &EffectContext,
         args: &Value,
+        oauth: &OAuthFallback,
     ) -> Result<Value, EffectError> {
         let source = parse_source(args.get("file").unwrap_or(&Value::Null))?;
         let dest_text = args
@@ -260,7 +257,7 @@ impl Downloader {
                 .await
                 .map_err(|e| EffectError::transient(EFFECT, e.to_string()))?
                 .map_err(|e| EffectError::permanent(EFFECT, e.to_string()))?;
-        let response = self.fetch_with_retries(&source.url, context).await?;
+        let response = self.fetch_with_retries(&source.url, context, oauth).await?;
         let bytes = self
             .stream_to_file(response, &destination.path, source.expected_size)
             .await?;
@@ -308,15 +305,22 @@ impl Downloader {
     }
 
     /// The first credential to try: the event's download token, else OAuth.
-    async fn first_credential(&self, context: &EffectContext) -> Result<Credential, EffectError> {
+    async fn first_credential(
+        &self,
+        context: &EffectContext,
+        oauth: &OAuthFallback,
+    ) -> Result<Credential, EffectError> {
         match &context.download_token {
             Some(token) => Ok(Credential::DownloadToken(token.clone())),
-            None => self.oauth_credential().await,
+            None => self.oauth_credential(oauth).await,
         }
     }
 
-    async fn oauth_credential(&self) -> Result<Credential, EffectError> {
-        let token = self.tokens.token().await.map_err(|e| {
+    async fn oauth_credential(&self, oauth: &OAuthFallback) -> Result<Credential, EffectError> {
+        let tokens = oauth
+            .as_ref()
+            .map_err(|error| EffectError::new(EFFECT, error.kind, error.message.clone()))?;
+        let token = tokens.token().await.map_err(|e| {
             let kind = match e {
                 crate::zoom::token::TokenError::Refused { .. } => EffectErrorKind::Permanent,
                 crate::zoom::token::TokenError::Unavailable(_) => EffectErrorKind::Transient,
@@ -331,11 +335,12 @@ impl Downloader {
         &self,
         url: &Url,
         context: &EffectContext,
+        oauth: &OAuthFallback,
     ) -> Result<reqwest::Response, EffectError> {
         let deadline = context.deadline;
         let policy = &self.config.retry;
         let mut backoff = policy.backoff();
-        let mut credential = self.first_credential(context).await?;
+        let mut credential = self.first_credential(context, oauth).await?;
         let mut oauth_refreshed = false;
         let mut rate_limited = 0;
         loop {
@@ -355,13 +360,15 @@ impl Downloader {
                 match &credential {
                     Credential::DownloadToken(_) => {
                         tracing::info!(rule = %context.rule, "download token refused, trying the oauth token");
-                        credential = self.oauth_credential().await?;
+                        credential = self.oauth_credential(oauth).await?;
                         continue;
                     }
                     Credential::OAuth(token) if !oauth_refreshed => {
                         oauth_refreshed = true;
-                        self.tokens.invalidate(token);
-                        credential = self.oauth_credential().await?;
+                        if let Ok(tokens) = oauth {
+                            tokens.invalidate(token);
+                        }
+                        credential = self.oauth_credential(oauth).await?;
                         continue;
                     }
                     Credential::OAuth(_) => {}

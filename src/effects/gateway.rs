@@ -334,6 +334,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             http_hosts: capabilities.http_hosts(),
             download_token: None,
+            zoom_account: Default::default(),
         };
         RunEffects::new(
             context,
@@ -381,6 +382,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             http_hosts: capabilities.http_hosts(),
             download_token: None,
+            zoom_account: Default::default(),
         };
         let gateway = RunEffects::new(
             context,

@@ -4,7 +4,9 @@
 //!
 //! Capability checks, numbering, replay, redaction and recording happen in
 //! the gateway before a request gets here; this layer checks arguments,
-//! talks to the peer and maps its failures onto [`EffectError`] kinds.
+//! picks the run's Zoom account (its own token, REST client and rate
+//! limiter, see [`super::accounts`]), talks to the peer and maps its
+//! failures onto [`EffectError`] kinds.
 //! Everything it needs comes in through [`LiveConfig`], a plain struct the
 //! daemon fills from its settings (secrets wrapped, hidden from `Debug`).
 
@@ -13,14 +15,15 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::download::{DEFAULT_ZOOM_HOSTS, DownloadConfig, Downloader};
+use super::accounts::{AccountEntry, ZoomAccountClient, ZoomAccounts};
+use super::download::{DEFAULT_ZOOM_HOSTS, DownloadConfig, Downloader, OAuthFallback};
 use super::email::{EmailConfigError, Mailer, SmtpSettings};
 use super::http::{HttpEffect, HttpLimits};
 use super::slack::{SlackClient, SlackConfig};
@@ -28,7 +31,6 @@ use super::state::StateStore;
 use super::transport::RetryPolicy;
 use super::{BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects};
 use crate::zoom::rest::{RestConfig, ZoomRest};
-use crate::zoom::token::AccessTokens;
 
 /// Size and time limits shared by the live effects.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +70,7 @@ impl Default for LiveLimits {
 pub struct LiveConfig {
     /// `ZOOM_API_BASE`, default `https://api.zoom.us/v2`.
     pub zoom_api_base: Url,
-    /// Client-side request rate for the Zoom account.
+    /// Client-side request rate, per Zoom account.
     pub zoom_requests_per_second: NonZeroU32,
     /// `zoom::paginate` fails rather than follow more pages.
     pub zoom_max_pages: u32,
@@ -156,7 +158,7 @@ pub enum LiveError {
 
 /// The real effects.
 pub struct LiveEffects {
-    zoom: ZoomRest,
+    zoom: ZoomAccounts,
     slack: SlackClient,
     mailer: Option<Mailer>,
     http: HttpEffect,
@@ -165,9 +167,11 @@ pub struct LiveEffects {
 }
 
 impl LiveEffects {
+    /// The effects for these Zoom accounts, each with its own REST client
+    /// and limiter over its token cache.
     pub fn new(
         config: LiveConfig,
-        tokens: Arc<dyn AccessTokens>,
+        accounts: Vec<ZoomAccountClient>,
         state: Arc<dyn StateStore>,
     ) -> Result<LiveEffects, LiveError> {
         let limits = &config.limits;
@@ -178,7 +182,21 @@ impl LiveEffects {
             .user_agent(concat!("zoomwire/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| LiveError::Client(e.to_string()))?;
-        let zoom = ZoomRest::new(client.clone(), rest_config(&config), tokens.clone());
+        let zoom = ZoomAccounts::new(
+            accounts
+                .into_iter()
+                .map(|account| AccountEntry {
+                    rest: ZoomRest::new(
+                        client.clone(),
+                        rest_config(&config),
+                        account.tokens.clone(),
+                    ),
+                    name: account.name,
+                    account_id: account.account_id,
+                    tokens: account.tokens,
+                })
+                .collect(),
+        );
         let slack = SlackClient::new(client.clone(), slack_config(&config));
         let http = HttpEffect::new(
             client.clone(),
@@ -189,7 +207,7 @@ impl LiveEffects {
                 max_redirects: limits.max_redirects,
             },
         );
-        let downloads = Downloader::new(client, download_config(&config), tokens);
+        let downloads = Downloader::new(client, download_config(&config));
         Ok(LiveEffects {
             zoom,
             slack,
@@ -209,13 +227,19 @@ impl LiveEffects {
         let args = &request.args;
         let deadline = context.deadline;
         match name {
-            "zoom.get" => self.zoom_call(name, Method::GET, args, deadline).await,
-            "zoom.post" => self.zoom_call(name, Method::POST, args, deadline).await,
-            "zoom.patch" => self.zoom_call(name, Method::PATCH, args, deadline).await,
-            "zoom.put" => self.zoom_call(name, Method::PUT, args, deadline).await,
-            "zoom.delete" => self.zoom_call(name, Method::DELETE, args, deadline).await,
-            "zoom.paginate" => self.zoom_paginate(args, deadline).await,
-            "zoom.download" => self.downloads.download(context, args).await,
+            "zoom.get" => self.zoom_call(name, Method::GET, context, args).await,
+            "zoom.post" => self.zoom_call(name, Method::POST, context, args).await,
+            "zoom.patch" => self.zoom_call(name, Method::PATCH, context, args).await,
+            "zoom.put" => self.zoom_call(name, Method::PUT, context, args).await,
+            "zoom.delete" => self.zoom_call(name, Method::DELETE, context, args).await,
+            "zoom.paginate" => self.zoom_paginate(context, args).await,
+            "zoom.download" => {
+                let oauth: OAuthFallback = self
+                    .zoom
+                    .pick(name, None, &context.zoom_account)
+                    .map(|account| account.tokens.clone());
+                self.downloads.download(context, args, &oauth).await
+            }
             "slack.post" => self.slack.post(args, deadline).await,
             "slack.webhook" => self.slack.webhook(args, deadline).await,
             "email.send" => match &self.mailer {
@@ -239,28 +263,38 @@ impl LiveEffects {
         &self,
         effect: &str,
         method: Method,
+        context: &EffectContext,
         args: &Value,
-        deadline: Instant,
     ) -> Result<Value, EffectError> {
         let path = string_arg(effect, args, "path")?;
-        let params = params_arg(effect, args)?;
+        let (account, params) = account_and_params(effect, args)?;
+        let rest = &self
+            .zoom
+            .pick(effect, account.as_deref(), &context.zoom_account)?
+            .rest;
         let body = match args.get("body") {
             None | Some(Value::Null) => None,
             Some(body) => Some(body),
         };
-        self.zoom
-            .request(method, path, &params, body, deadline)
+        rest.request(method, path, &params, body, context.deadline)
             .await
             .map_err(|e| e.into_effect_error(effect))
     }
 
-    async fn zoom_paginate(&self, args: &Value, deadline: Instant) -> Result<Value, EffectError> {
+    async fn zoom_paginate(
+        &self,
+        context: &EffectContext,
+        args: &Value,
+    ) -> Result<Value, EffectError> {
         const EFFECT: &str = "zoom.paginate";
         let path = string_arg(EFFECT, args, "path")?;
         let items_key = string_arg(EFFECT, args, "items_key")?;
-        let params = params_arg(EFFECT, args)?;
-        self.zoom
-            .paginate(path, items_key, &params, deadline)
+        let (account, params) = account_and_params(EFFECT, args)?;
+        let rest = &self
+            .zoom
+            .pick(EFFECT, account.as_deref(), &context.zoom_account)?
+            .rest;
+        rest.paginate(path, items_key, &params, context.deadline)
             .await
             .map(Value::Array)
             .map_err(|e| e.into_effect_error(EFFECT))
@@ -350,6 +384,26 @@ fn params_arg(effect: &str, args: &Value) -> Result<Map<String, Value>, EffectEr
     }
 }
 
+/// The params without `account`, which names the Zoom account to call as
+/// and never goes to Zoom.
+fn account_and_params(
+    effect: &str,
+    args: &Value,
+) -> Result<(Option<String>, Map<String, Value>), EffectError> {
+    let mut params = params_arg(effect, args)?;
+    let account = match params.remove("account") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(name),
+        Some(_) => {
+            return Err(EffectError::permanent(
+                effect,
+                "`account` must be the name of a configured zoom account",
+            ));
+        }
+    };
+    Ok((account, params))
+}
+
 fn rest_config(config: &LiveConfig) -> RestConfig {
     RestConfig {
         requests_per_second: config.zoom_requests_per_second,
@@ -419,6 +473,7 @@ mod tests {
     use crate::effects::state::MemoryState;
     use crate::zoom::token::{AccessToken, StaticToken};
     use serde_json::json;
+    use std::time::Instant;
 
     fn config() -> LiveConfig {
         let mut config = LiveConfig::new(Path::new("/tmp/zoomwire-test"));
@@ -432,13 +487,14 @@ mod tests {
         config
     }
 
+    fn only_account() -> Vec<ZoomAccountClient> {
+        vec![ZoomAccountClient::only(Arc::new(StaticToken(
+            AccessToken::new("t"),
+        )))]
+    }
+
     fn live(config: LiveConfig) -> LiveEffects {
-        LiveEffects::new(
-            config,
-            Arc::new(StaticToken(AccessToken::new("t"))),
-            Arc::new(MemoryState::default()),
-        )
-        .unwrap()
+        LiveEffects::new(config, only_account(), Arc::new(MemoryState::default())).unwrap()
     }
 
     fn context() -> EffectContext {
@@ -448,6 +504,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             http_hosts: Arc::from(vec![]),
             download_token: None,
+            zoom_account: Default::default(),
         }
     }
 
@@ -465,13 +522,9 @@ mod tests {
     fn needs_a_sender_when_mail_is_configured() {
         let mut config = config();
         config.email_from = None;
-        let error = LiveEffects::new(
-            config,
-            Arc::new(StaticToken(AccessToken::new("t"))),
-            Arc::new(MemoryState::default()),
-        )
-        .err()
-        .unwrap();
+        let error = LiveEffects::new(config, only_account(), Arc::new(MemoryState::default()))
+            .err()
+            .unwrap();
         assert!(matches!(error, LiveError::NoSender));
     }
 

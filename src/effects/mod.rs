@@ -8,6 +8,7 @@
 //! the daemon. Arguments and results are JSON so that the same request can be
 //! recorded, replayed on a retry and matched in a test.
 
+pub mod accounts;
 pub mod capability;
 pub mod download;
 pub mod email;
@@ -69,6 +70,35 @@ pub struct EffectContext {
     pub http_hosts: Arc<[String]>,
     /// The event's `download_token`, for recording downloads. Never logged.
     pub download_token: Option<Arc<secrecy::SecretString>>,
+    /// The Zoom account whose token and limits the run's Zoom calls use
+    /// (a call may name another with `#{account: ...}`).
+    pub zoom_account: ZoomAccountRef,
+}
+
+/// Which Zoom account a run belongs to (see [`accounts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ZoomAccountRef {
+    /// Nothing says: the only configured account, if there is just one.
+    #[default]
+    Unspecified,
+    /// A configured account by name: the rule's `account:`, or the
+    /// subscription (or reconciliation) an event came through.
+    Named(Arc<str>),
+    /// Zoom's account id from an event's `payload.account_id` (webhooks).
+    ZoomId(Arc<str>),
+}
+
+impl ZoomAccountRef {
+    /// The rule's account when it names one, else the event's.
+    pub fn for_run(
+        rule_account: Option<&Arc<str>>,
+        event_account: impl FnOnce() -> ZoomAccountRef,
+    ) -> ZoomAccountRef {
+        match rule_account {
+            Some(name) => ZoomAccountRef::Named(name.clone()),
+            None => event_account(),
+        }
+    }
 }
 
 /// How an effect failed, which decides whether the run is retried.

@@ -141,6 +141,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(1),
             http_hosts: Arc::from(Vec::new()),
             download_token: None,
+            zoom_account: Default::default(),
         }
     }
 

@@ -14,7 +14,7 @@ use rhai::Dynamic;
 use super::admission::CancelFlag;
 use super::record::{Journal, RunRecord, RunStatus};
 use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
-use crate::effects::{EffectContext, Effects};
+use crate::effects::{EffectContext, Effects, ZoomAccountRef};
 use crate::event::Event;
 use crate::rules::{Rule, RuleSet};
 use crate::script::{ScriptError, ScriptJob, ScriptPool};
@@ -167,6 +167,7 @@ impl Runner {
             download_token: event
                 .download_token()
                 .map(|t| Arc::new(secrecy::SecretString::from(t))),
+            zoom_account: ZoomAccountRef::for_run(rule.account.as_ref(), || event.zoom_account()),
         };
         let observer: Arc<dyn EffectObserver> = self.journal.clone();
         RunEffects::new(

@@ -1,6 +1,7 @@
 //! The few fields of an event body the intake needs (type, timestamp and
-//! the parts of the dedupe key), read in one pass that skips everything
-//! else without building it.
+//! the parts of the dedupe key: the object's uuid and id, the participant's
+//! ids and join or leave time, the recording files' ids), read in one pass
+//! that skips everything else without building it.
 //!
 //! This is only a faster road to what [`super::tree::Json`] gives: any body
 //! it is not sure about (not an object, a repeated field, a field of an
@@ -40,6 +41,9 @@ pub struct ObjectHead<'a> {
     pub id: Scalar<'a>,
     #[serde(borrow)]
     pub participant: Option<Object<ParticipantHead<'a>>>,
+    /// A recording's files: only their ids are read.
+    #[serde(borrow)]
+    pub recording_files: Option<Vec<Object<FileHead<'a>>>>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +52,16 @@ pub struct ParticipantHead<'a> {
     pub participant_uuid: Scalar<'a>,
     #[serde(borrow, default)]
     pub user_id: Scalar<'a>,
+    #[serde(borrow, default)]
+    pub id: Scalar<'a>,
+    #[serde(borrow, default)]
+    pub join_time: Scalar<'a>,
+    #[serde(borrow, default)]
+    pub leave_time: Scalar<'a>,
+}
+
+#[derive(Deserialize)]
+pub struct FileHead<'a> {
     #[serde(borrow, default)]
     pub id: Scalar<'a>,
 }

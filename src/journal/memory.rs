@@ -104,6 +104,11 @@ impl BoundedMemoryJournal {
         }
     }
 
+    /// Whether an event with this id would be dropped as a duplicate now.
+    pub fn is_duplicate(&self, id: &str) -> bool {
+        self.lock().seen.contains(&id_hash(id))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Poisoning only follows a panic in another holder; the maps stay consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())

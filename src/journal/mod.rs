@@ -102,7 +102,7 @@ impl JournalSync {
 impl Default for JournalOptions {
     fn default() -> JournalOptions {
         JournalOptions {
-            dedupe_window: Duration::from_secs(24 * 3600),
+            dedupe_window: Duration::from_secs(72 * 3600),
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_runs: 1_000_000,
             max_events: 250_000,
@@ -365,6 +365,21 @@ impl SqliteJournal {
             .readers
             .with(|conn| Ok(query::stored_event(conn, id)?))?;
         stored.map(query::StoredEvent::into_event).transpose()
+    }
+
+    /// Whether an event with this id would be dropped as a duplicate now
+    /// (its id is within the dedupe window). Reconciliation asks before
+    /// spending REST calls on something already seen.
+    pub fn is_duplicate(&self, id: &str) -> Result<bool, JournalError> {
+        let now = codec::to_nanos(chrono::Utc::now());
+        self.inner.readers.with(|conn| {
+            use rusqlite::OptionalExtension;
+            let expires_at: Option<i64> = conn
+                .prepare_cached("SELECT expires_at FROM dedupe WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            Ok(expires_at.is_some_and(|expires_at| expires_at > now))
+        })
     }
 
     /// Rows held per table.

@@ -121,6 +121,7 @@ pub fn compile_rule(
         .and_then(|text| compile_expression(source, "key", text, sandbox, &mut errors));
     let (action, script_file) = compile_action(source, sandbox, scripts_dir, &mut errors);
     let capabilities = compile_capabilities(source, &mut errors);
+    let account = compile_account(source, &mut errors);
     let max_runs = spec.max_runs.unwrap_or(DEFAULT_MAX_RUNS);
     if max_runs == 0 {
         errors.push(source.error_at("max_runs", "`max_runs` must be at least 1"));
@@ -160,6 +161,7 @@ pub fn compile_rule(
         action,
         script_file,
         capabilities,
+        account,
         mode,
         max_runs,
         max_queued: spec.max_queued,
@@ -387,6 +389,24 @@ fn read_script_file(scripts_dir: &Path, name: &str) -> Result<(PathBuf, String),
     std::fs::read_to_string(&path)
         .map(|text| (path.clone(), text))
         .map_err(|e| format!("cannot read script `{}`: {e}", path.display()))
+}
+
+/// `account:` names a configured account; whether it exists is checked when
+/// a call uses it (rules load without the settings).
+fn compile_account(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<Arc<str>> {
+    let name = source.spec.account.as_deref()?;
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        errors.push(source.error_at(
+            "account",
+            format!("`account` must be the name of a configured zoom account (letters, digits, `-`, `_`), not `{name}`"),
+        ));
+        return None;
+    }
+    Some(Arc::from(name))
 }
 
 fn compile_capabilities(source: &RuleSource, errors: &mut Vec<RuleError>) -> CapabilitySet {

@@ -141,6 +141,8 @@ pub struct Rule {
     /// Script files this rule's action loads (its `do: {script}` file).
     pub script_file: Option<PathBuf>,
     pub capabilities: CapabilitySet,
+    /// The Zoom account the rule's Zoom calls use (`account:`), when it names one.
+    pub account: Option<Arc<str>>,
     pub mode: Mode,
     /// Runs at once per key (`parallel`).
     pub max_runs: u32,

@@ -37,6 +37,10 @@ pub struct RuleSpec {
     pub action: Option<ActionSpec>,
     /// Capabilities: zoom.read, zoom.write, zoom.download, slack, email, http:<host>.
     pub allow: Option<Vec<String>>,
+    /// The configured Zoom account whose token the rule's Zoom calls use;
+    /// by default the account the event came from (schedule rules name one
+    /// when several accounts are configured).
+    pub account: Option<String>,
     pub mode: Option<Mode>,
     /// Runs at once per key in `parallel` mode (the rest wait their turn).
     pub max_runs: Option<u32>,
@@ -63,6 +67,7 @@ pub const RULE_KEYS: &[&str] = &[
     "key",
     "do",
     "allow",
+    "account",
     "mode",
     "max_runs",
     "max_queued",

@@ -3,10 +3,14 @@
 //!
 //! | request | effect |
 //! | --- | --- |
-//! | `POST /_sim/events[?subscription=ID]` body = event JSON | emit a `message` frame |
+//! | `POST /_sim/events[?subscription=ID&delay_ms=N&times=N]` body = event JSON | emit a `message` frame (later, several times) |
 //! | `POST /_sim/frames[?subscription=ID]` body = raw text | send the text frame as is |
 //! | `POST /_sim/drop[?subscription=ID]` | drop connections without a close handshake |
 //! | `POST /_sim/stall[?subscription=ID]` | stop replying and sending, keep TCP open |
+//! | `POST /_sim/fail_heartbeats[?subscription=ID]` | answer heartbeats with `success:false` |
+//! | `POST /_sim/meetings[?account=ID]` body = [`NewMeeting`] JSON | add an ended meeting, answers `{uuid}` |
+//! | `POST /_sim/recordings/complete` body = `{"uuid"}` | a processing recording completes |
+//! | `POST /_sim/users[?account=ID]` body = [`NewUser`] JSON | add a user created now |
 //! | `POST /_sim/expire_tokens` | expire every issued token now |
 //! | `POST /_sim/faults` body = [`Fault`] JSON | fail the next N requests to a path prefix |
 //! | `POST /_sim/delays` body = `{"path_prefix", "delay_ms"}` | slow a path prefix down |
@@ -17,6 +21,8 @@
 //! Control requests are neither recorded nor subject to faults.
 //!
 //! [`SimHandle`]: super::SimHandle
+//! [`NewMeeting`]: super::NewMeeting
+//! [`NewUser`]: super::NewUser
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::data::{NewMeeting, NewUser};
 use super::faults::Fault;
 use super::state::SimState;
 
@@ -38,6 +45,10 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
         .route("/frames", post(emit_frame))
         .route("/drop", post(drop_connections))
         .route("/stall", post(stall))
+        .route("/fail_heartbeats", post(fail_heartbeats))
+        .route("/meetings", post(add_meeting))
+        .route("/recordings/complete", post(complete_recording))
+        .route("/users", post(add_user))
         .route("/expire_tokens", post(expire_tokens))
         .route("/faults", post(inject_fault))
         .route("/delays", post(set_delay))
@@ -51,6 +62,15 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
 #[derive(Debug, Deserialize)]
 struct Target {
     subscription: Option<String>,
+    /// Deliver this much later (events only).
+    delay_ms: Option<u64>,
+    /// Deliver this many times (events only; 2 for a double delivery).
+    times: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -70,8 +90,25 @@ async fn emit_event(
         Ok(event @ Value::Object(_)) => event,
         _ => return bad_request("body must be a Zoom event JSON object"),
     };
-    let delivered = sim.emit_event(target.subscription.as_deref(), &event);
-    axum::Json(json!({ "delivered": delivered })).into_response()
+    let times = target.times.unwrap_or(1);
+    match target.delay_ms {
+        Some(delay_ms) => {
+            for _ in 0..times {
+                sim.clone().emit_event_later(
+                    target.subscription.clone(),
+                    event.clone(),
+                    Duration::from_millis(delay_ms),
+                );
+            }
+            axum::Json(json!({ "scheduled": times })).into_response()
+        }
+        None => {
+            let delivered: usize = (0..times)
+                .map(|_| sim.emit_event(target.subscription.as_deref(), &event))
+                .sum();
+            axum::Json(json!({ "delivered": delivered })).into_response()
+        }
+    }
 }
 
 async fn emit_frame(
@@ -94,6 +131,59 @@ async fn drop_connections(
 async fn stall(State(sim): State<Arc<SimState>>, Query(target): Query<Target>) -> Response {
     let stalled = sim.stall(target.subscription.as_deref());
     axum::Json(json!({ "stalled": stalled })).into_response()
+}
+
+async fn fail_heartbeats(
+    State(sim): State<Arc<SimState>>,
+    Query(target): Query<Target>,
+) -> Response {
+    let failing = sim.fail_heartbeats(target.subscription.as_deref());
+    axum::Json(json!({ "failing": failing })).into_response()
+}
+
+async fn add_meeting(
+    State(sim): State<Arc<SimState>>,
+    Query(query): Query<AccountQuery>,
+    body: String,
+) -> Response {
+    let meeting: NewMeeting = match serde_json::from_str(&body) {
+        Ok(meeting) => meeting,
+        Err(error) => return bad_request(format!("not a meeting: {error}")),
+    };
+    match sim.add_meeting(query.account.as_deref(), &meeting) {
+        Some(uuid) => axum::Json(json!({ "uuid": uuid })).into_response(),
+        None => bad_request("unknown account or host"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UuidBody {
+    uuid: String,
+}
+
+async fn complete_recording(State(sim): State<Arc<SimState>>, body: String) -> Response {
+    match serde_json::from_str::<UuidBody>(&body) {
+        Ok(target) if sim.complete_recording(&target.uuid) => {
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => bad_request("no recording has that uuid"),
+        Err(error) => bad_request(format!("expected {{uuid}}: {error}")),
+    }
+}
+
+async fn add_user(
+    State(sim): State<Arc<SimState>>,
+    Query(query): Query<AccountQuery>,
+    body: String,
+) -> Response {
+    let user: NewUser = match serde_json::from_str(&body) {
+        Ok(user) => user,
+        Err(error) => return bad_request(format!("not a user: {error}")),
+    };
+    match sim.add_user(query.account.as_deref(), &user) {
+        Some(user) => axum::Json(user).into_response(),
+        None => bad_request("unknown account"),
+    }
 }
 
 async fn expire_tokens(State(sim): State<Arc<SimState>>) -> StatusCode {

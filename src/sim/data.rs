@@ -1,7 +1,10 @@
-//! The simulator's seeded Zoom account: users, past meetings (one with a
-//! UUID that begins with `/`, one that contains `//`), their participants
-//! (enough for several pages) and cloud recordings whose download URLs point
-//! back at the simulator.
+//! The simulator's Zoom accounts and what they hold. The primary account is
+//! seeded: users, past meetings (one with a UUID that begins with `/`, one
+//! that contains `//`), their participants (enough for several pages) and
+//! cloud recordings whose download URLs point back at the simulator. Other
+//! accounts start with their owner only. Tests add meetings (ended, with a
+//! recording still processing or completed) and users as they need them,
+//! with [`NewMeeting`] and [`NewUser`].
 //!
 //! The seed is deterministic, so tests can name what they expect through the
 //! constants below. Objects are kept as JSON in Zoom's shapes; the REST
@@ -32,12 +35,15 @@ pub const DOUBLE_SLASH_UUID: &str = "Zx8//yW6vU4tS2rQ0pO8nM==";
 /// A meeting without a cloud recording.
 pub const NO_RECORDING_MEETING_ID: u64 = 85544455566;
 
-/// One seeded meeting and everything hanging off it.
+/// One meeting and everything hanging off it.
 #[derive(Debug, Clone)]
 pub(crate) struct Meeting {
     pub id: u64,
     pub uuid: String,
     pub host_id: String,
+    pub start: DateTime<Utc>,
+    /// When it ended (every meeting here is a past one).
+    pub end: DateTime<Utc>,
     /// What `GET /meetings/{id}` answers.
     pub object: Value,
     pub participants: Vec<Value>,
@@ -46,12 +52,71 @@ pub(crate) struct Meeting {
     pub deleted: bool,
 }
 
-/// The seeded account, mutable through PATCH and DELETE.
+/// One account's data, mutable through PATCH and DELETE.
 #[derive(Debug, Clone)]
 pub(crate) struct SimData {
     pub account_id: String,
     pub users: Vec<Value>,
     pub meetings: Vec<Meeting>,
+}
+
+/// A meeting a test adds: it has ended; it may have a cloud recording.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewMeeting {
+    pub topic: String,
+    /// A user of the account; its owner when `None`.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    pub start: DateTime<Utc>,
+    pub minutes: i64,
+    /// Participants the reports list (Zoom's report lists meetings with 2 or more).
+    #[serde(default)]
+    pub participants: usize,
+    #[serde(default)]
+    pub recording: Option<RecordingState>,
+}
+
+impl NewMeeting {
+    /// A 30-minute meeting of three that ended a minute ago, without a recording.
+    pub fn ended_now(topic: &str) -> NewMeeting {
+        NewMeeting {
+            topic: topic.into(),
+            host_id: None,
+            start: Utc::now() - Duration::minutes(31),
+            minutes: 30,
+            participants: 3,
+            recording: None,
+        }
+    }
+
+    pub fn with_recording(mut self, state: RecordingState) -> NewMeeting {
+        self.recording = Some(state);
+        self
+    }
+}
+
+/// Where a cloud recording is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Its files are still being processed (`status: processing`).
+    Processing,
+    Completed,
+}
+
+/// A user a test adds, created now.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewUser {
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// `active`, `pending` or `inactive`.
+    #[serde(default = "active")]
+    pub status: String,
+}
+
+fn active() -> String {
+    "active".into()
 }
 
 fn user(id: &str, email: &str, first: &str, last: &str, role: &str) -> Value {
@@ -234,6 +299,7 @@ fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u
     let start = DateTime::parse_from_rfc3339(seed.start)
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default();
+    let end = start + Duration::minutes(seed.duration);
     let object = json!({
         "uuid": seed.uuid,
         "id": seed.id,
@@ -287,6 +353,8 @@ fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u
         id: seed.id,
         uuid: seed.uuid.to_string(),
         host_id: seed.host_id.to_string(),
+        start,
+        end,
         object,
         participants: participants(config.participants_per_meeting, start, seed.duration, index),
         recording,
@@ -315,6 +383,141 @@ impl SimData {
                 .map(|(i, seed)| seed_meeting(seed, config, base_url, i as u64 + 1))
                 .collect(),
         }
+    }
+
+    /// Another account: its owner and nothing else.
+    pub fn empty(account_id: &str) -> SimData {
+        let owner_id = owner_id(account_id);
+        let email = format!("owner@{}.example", account_id.to_ascii_lowercase());
+        SimData {
+            account_id: account_id.to_string(),
+            users: vec![user(&owner_id, &email, "Olga", "Owner", "Owner")],
+            meetings: Vec::new(),
+        }
+    }
+
+    /// The account owner's id (the host of added meetings by default).
+    pub fn owner_id(&self) -> String {
+        self.users
+            .first()
+            .and_then(|u| u["id"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Adds an ended meeting (and its recording) and returns its uuid; its
+    /// recording files become downloadable through `downloads`.
+    pub fn add_meeting(
+        &mut self,
+        spec: &NewMeeting,
+        base_url: &str,
+        file_size: u64,
+        downloads: &mut HashMap<String, u64>,
+    ) -> Option<String> {
+        let host_id = spec.host_id.clone().unwrap_or_else(|| self.owner_id());
+        let host = self.user(&host_id)?.clone();
+        let id = 86_000_000_000 + fastrand::u64(..1_000_000_000);
+        let uuid = random_uuid();
+        let end = spec.start + Duration::minutes(spec.minutes);
+        let object = json!({
+            "uuid": uuid,
+            "id": id,
+            "host_id": host_id,
+            "host_email": host["email"],
+            "topic": spec.topic,
+            "type": 2,
+            "status": "finished",
+            "start_time": iso(spec.start),
+            "duration": spec.minutes,
+            "timezone": "Europe/Berlin",
+            "created_at": iso(spec.start - Duration::hours(1)),
+            "join_url": format!("{base_url}/j/{id}"),
+        });
+        let recording = spec.recording.map(|state| {
+            let files: Vec<Value> = ["MP4", "M4A"]
+                .iter()
+                .map(|kind| {
+                    let file_id = format!("rec-{id}-{}", kind.to_ascii_lowercase());
+                    let size = if *kind == "MP4" { file_size } else { (file_size / 8).max(1) };
+                    downloads.insert(file_id.clone(), size);
+                    json!({
+                        "id": file_id,
+                        "meeting_id": uuid,
+                        "recording_start": iso(spec.start),
+                        "recording_end": iso(end),
+                        "file_type": kind,
+                        "file_extension": kind,
+                        "file_size": size,
+                        "play_url": format!("{base_url}/rec/play/{file_id}"),
+                        "download_url": format!("{base_url}/rec/download/{file_id}"),
+                        "status": if state == RecordingState::Completed { "completed" } else { "processing" },
+                        "recording_type": if *kind == "MP4" { "shared_screen_with_speaker_view" } else { "audio_only" },
+                    })
+                })
+                .collect();
+            let total: u64 = files.iter().filter_map(|f| f["file_size"].as_u64()).sum();
+            json!({
+                "uuid": uuid,
+                "id": id,
+                "account_id": self.account_id,
+                "host_id": host_id,
+                "topic": spec.topic,
+                "type": 2,
+                "start_time": iso(spec.start),
+                "timezone": "Europe/Berlin",
+                "duration": spec.minutes,
+                "total_size": total,
+                "recording_count": files.len(),
+                "share_url": format!("{base_url}/rec/share/{id}"),
+                "recording_play_passcode": "sim-passcode",
+                "recording_files": files,
+            })
+        });
+        self.meetings.push(Meeting {
+            id,
+            uuid: uuid.clone(),
+            host_id,
+            start: spec.start,
+            end,
+            object,
+            participants: participants(spec.participants, spec.start, spec.minutes, id),
+            recording,
+            deleted: false,
+        });
+        Some(uuid)
+    }
+
+    /// Marks every file of a meeting's recording completed; false when it has none.
+    pub fn complete_recording(&mut self, uuid: &str) -> bool {
+        let Some(files) = self
+            .meetings
+            .iter_mut()
+            .find(|m| m.uuid == uuid)
+            .and_then(|m| m.recording.as_mut())
+            .and_then(|r| r["recording_files"].as_array_mut())
+        else {
+            return false;
+        };
+        for file in files {
+            file["status"] = json!("completed");
+        }
+        true
+    }
+
+    /// Adds a user created now; returns it.
+    pub fn add_user(&mut self, spec: &NewUser) -> Value {
+        let id = random_uuid().trim_end_matches('=').replace(['/', '+'], "x");
+        let mut user = user(
+            &id,
+            &spec.email,
+            &spec.first_name,
+            &spec.last_name,
+            "Member",
+        );
+        user["status"] = json!(spec.status);
+        user["created_at"] = json!(iso(Utc::now()));
+        self.users.push(user.clone());
+        user
     }
 
     /// File id -> size of every seeded recording file.
@@ -360,7 +563,14 @@ impl SimData {
         meeting_id: u64,
         download_token: &str,
     ) -> Option<Value> {
-        let meeting = self.meetings.iter().find(|m| m.id == meeting_id)?;
+        let uuid = &self.meetings.iter().find(|m| m.id == meeting_id)?.uuid;
+        self.recording_event(uuid, download_token)
+    }
+
+    /// The `recording.completed` event of a meeting's recording, as Zoom
+    /// would deliver it now.
+    pub fn recording_event(&self, uuid: &str, download_token: &str) -> Option<Value> {
+        let meeting = self.meetings.iter().find(|m| m.uuid == uuid)?;
         let mut object = meeting.recording.clone()?;
         object["host_email"] = meeting.object["host_email"].clone();
         Some(json!({
@@ -370,6 +580,21 @@ impl SimData {
             "payload": { "account_id": self.account_id, "object": object },
         }))
     }
+}
+
+/// The id of another account's owner.
+pub fn owner_id(account_id: &str) -> String {
+    format!("owner-{account_id}")
+}
+
+/// A meeting uuid as Zoom makes them: 22 base64 characters and `==`.
+fn random_uuid() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut uuid: String = (0..22)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect();
+    uuid.push_str("==");
+    uuid
 }
 
 #[cfg(test)]

@@ -4,17 +4,28 @@
 //!
 //! It serves the Server-to-Server OAuth token endpoint (`oauth`), the
 //! WebSocket event subscription (`websocket`), the REST API under `/v2`
-//! (`rest`, seeded from `data`), Slack's Web API and incoming webhooks
-//! (`slack`) and recording downloads (`download`). Tests steer it either
-//! in-process through [`SimHandle`] or over HTTP through the control API under
-//! `/_sim/` (`control`): emit events, drop or stall connections, expire
-//! tokens, inject 429/5xx faults and delays (`faults`), and read back every
+//! (`rest`, seeded from `data`; the listings reconciliation reads are in
+//! `listing`), Slack's Web API and incoming webhooks (`slack`) and recording
+//! downloads (`download`). Several accounts can be simulated, each with its
+//! own credentials, tokens, subscriptions and data: a token sees only its
+//! own account, as on Zoom. Tests steer it either in-process through
+//! [`SimHandle`] or over HTTP through the control API under `/_sim/`
+//! (`control`): emit events (now, later, twice), drop or stall connections,
+//! fail heartbeats, expire tokens, inject 429/5xx faults and delays
+//! (`faults`), add meetings, recordings and users, and read back every
 //! request it saw (`record`).
+//!
+//! Where Zoom's behaviour is unconfirmed, [`SimConfig`] offers each
+//! plausible variant: whether a new token invalidates the previous one,
+//! whether the socket closes after the invalid-token frame, whether a bad
+//! token is refused at the upgrade or in `build_connection`, and what a
+//! second connection on one subscription does ([`SecondConnection`]).
 
 mod control;
 pub mod data;
 pub mod download;
 mod faults;
+mod listing;
 mod oauth;
 mod record;
 mod rest;
@@ -35,6 +46,7 @@ use tokio::task::JoinHandle;
 /// How long [`SimHandle::shutdown`] lets open responses finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+pub use data::{NewMeeting, NewUser, RecordingState};
 pub use faults::{Fault, FaultKind, RateLimitType, RetryAfter};
 pub use record::{RecordedRequest, SlackPost};
 pub use smtp::{ReceivedMail, SmtpSink, start_smtp_sink};
@@ -42,24 +54,103 @@ pub use state::ConnectionRecord;
 
 use state::SimState;
 
+/// What a second connection on a subscription that already has one does
+/// (unconfirmed for Zoom: its own skill text says the new one closes the
+/// existing one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondConnection {
+    /// The new connection is accepted and the old one closed.
+    #[default]
+    Replace,
+    /// The new connection is refused (`build_connection` success false)
+    /// while the old one is open.
+    RejectNew,
+    /// Both stay open and both get every event.
+    Both,
+}
+
+/// Zoom's plans, as far as the simulator tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimPlan {
+    /// Reports (`/report/...`) but not the dashboard (`/metrics/...`).
+    Pro,
+    /// Both.
+    #[default]
+    Business,
+}
+
+/// One more simulated account, with its own credentials and data (it starts
+/// with its owner only).
+#[derive(Clone)]
+pub struct SimAccount {
+    pub account_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub subscription_ids: Vec<String>,
+    pub plan: SimPlan,
+}
+
+impl SimAccount {
+    /// An account named `account_id`, with a client, a secret and one subscription named after it.
+    pub fn named(account_id: &str) -> SimAccount {
+        SimAccount {
+            account_id: account_id.into(),
+            client_id: format!("{account_id}-client-id"),
+            client_secret: format!("{account_id}-client-secret"),
+            subscription_ids: vec![format!("{account_id}-subscription")],
+            plan: SimPlan::default(),
+        }
+    }
+}
+
+impl fmt::Debug for SimAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimAccount")
+            .field("account_id", &self.account_id)
+            .field("client_id", &self.client_id)
+            .field("subscription_ids", &self.subscription_ids)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the simulator accepts and how it behaves. `Default` gives fixed,
 /// documented credentials and Zoom's real lifetimes.
 #[derive(Clone)]
 pub struct SimConfig {
     /// Where to listen; `127.0.0.1:0` picks a free port.
     pub addr: SocketAddr,
+    /// The primary account (seeded with data).
     pub account_id: String,
     pub client_id: String,
     /// A test credential, not a secret; still kept out of `Debug`.
     pub client_secret: String,
+    /// Subscriptions of the primary account the WebSocket endpoint accepts.
+    pub subscription_ids: Vec<String>,
+    /// The primary account's plan.
+    pub plan: SimPlan,
+    /// More accounts.
+    pub extra_accounts: Vec<SimAccount>,
     /// How long an issued access token stays valid (Zoom: one hour).
     pub token_lifetime: Duration,
-    /// Subscriptions the WebSocket endpoint accepts.
-    pub subscription_ids: Vec<String>,
+    /// Whether issuing a token invalidates the account's earlier ones (Zoom
+    /// staff said so in 2022; today's documentation says several can be valid).
+    pub new_token_revokes_previous: bool,
     /// Content of the frame sent when a connection's token expires.
     pub invalid_token_text: String,
     /// Module of that frame (unconfirmed in Zoom's documentation).
     pub invalid_token_module: String,
+    /// Whether the server closes the socket after that frame (else it keeps
+    /// it open but delivers nothing more).
+    pub invalid_token_closes: bool,
+    /// A bad or expired token at connection time: `None` answers
+    /// `build_connection` with success false; `Some(401 or 403)` refuses the
+    /// HTTP upgrade with that status.
+    pub upgrade_refusal_status: Option<u16>,
+    /// What a second connection on a subscription does.
+    pub second_connection: SecondConnection,
     /// Close a connection whose client sent nothing for this long.
     pub silent_client_timeout: Option<Duration>,
     pub slack_bot_token: String,
@@ -73,6 +164,10 @@ pub struct SimConfig {
     pub participants_per_meeting: usize,
 }
 
+/// The silent-client timeout by default: Zoom's is unconfirmed; a client
+/// that heartbeats every 30 s is never silent this long.
+pub const DEFAULT_SILENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
@@ -80,11 +175,17 @@ impl Default for SimConfig {
             account_id: "sim-account".into(),
             client_id: "sim-client-id".into(),
             client_secret: "sim-client-secret".into(),
-            token_lifetime: Duration::from_secs(3600),
             subscription_ids: vec!["sim-subscription".into()],
+            plan: SimPlan::default(),
+            extra_accounts: Vec::new(),
+            token_lifetime: Duration::from_secs(3600),
+            new_token_revokes_previous: false,
             invalid_token_text: "Invalid Token".into(),
             invalid_token_module: "message".into(),
-            silent_client_timeout: None,
+            invalid_token_closes: true,
+            upgrade_refusal_status: None,
+            second_connection: SecondConnection::default(),
+            silent_client_timeout: Some(DEFAULT_SILENT_CLIENT_TIMEOUT),
             slack_bot_token: "xoxb-sim-bot-token".into(),
             slack_channels: ["general", "recordings", "ops", "alerts", "random"]
                 .map(String::from)
@@ -93,6 +194,22 @@ impl Default for SimConfig {
             recording_file_size: 8 * 1024 * 1024,
             participants_per_meeting: 650,
         }
+    }
+}
+
+impl SimConfig {
+    /// Every account: the primary one first, then the extra ones.
+    pub fn accounts(&self) -> Vec<SimAccount> {
+        let primary = SimAccount {
+            account_id: self.account_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            subscription_ids: self.subscription_ids.clone(),
+            plan: self.plan,
+        };
+        std::iter::once(primary)
+            .chain(self.extra_accounts.iter().cloned())
+            .collect()
     }
 }
 
@@ -105,6 +222,8 @@ impl fmt::Debug for SimConfig {
             .field("client_secret", &"[redacted]")
             .field("token_lifetime", &self.token_lifetime)
             .field("subscription_ids", &self.subscription_ids)
+            .field("extra_accounts", &self.extra_accounts)
+            .field("second_connection", &self.second_connection)
             .field("silent_client_timeout", &self.silent_client_timeout)
             .finish_non_exhaustive()
     }
@@ -170,7 +289,7 @@ pub async fn serve_forever(config: SimConfig) -> Result<(), SimError> {
     println!("# paste these lines into .env or your shell, then run zoomwire");
     println!("{}", sim.env_lines());
     println!(
-        "# control API: {}/_sim/ (events, frames, drop, stall, expire_tokens, faults, delays, requests, slack_posts, reset)",
+        "# control API: {}/_sim/ (events, frames, drop, stall, fail_heartbeats, expire_tokens, faults, delays, meetings, recordings/complete, users, requests, slack_posts, connections, reset)",
         sim.base_url()
     );
     if let Err(error) = tokio::signal::ctrl_c().await {
@@ -302,6 +421,26 @@ impl SimHandle {
         self.state.emit_event(subscription, event)
     }
 
+    /// Sends `event` after `delay`, as Zoom's late deliveries do (events two
+    /// hours late have been seen on healthy sockets); call it twice for a
+    /// double delivery. The send happens in the background.
+    pub fn emit_event_later(
+        &self,
+        subscription: Option<&str>,
+        event: &serde_json::Value,
+        delay: Duration,
+    ) {
+        self.state
+            .clone()
+            .emit_event_later(subscription.map(str::to_string), event.clone(), delay)
+    }
+
+    /// Answers the heartbeats of the open connections with `success:false`
+    /// from now on.
+    pub fn fail_heartbeats(&self, subscription: Option<&str>) -> usize {
+        self.state.fail_heartbeats(subscription)
+    }
+
     /// Like [`Self::emit_raw`], but waits while a connection's queue is
     /// full instead of dropping the frame (for benchmarks that send as fast
     /// as the WebSocket takes it).
@@ -317,6 +456,12 @@ impl SimHandle {
     /// Drops the TCP connections without a closing handshake.
     pub fn drop_connections(&self, subscription: Option<&str>) -> usize {
         self.state.drop_connections(subscription)
+    }
+
+    /// An outage: drops every connection and refuses new ones (HTTP 503)
+    /// for `duration`. Events emitted meanwhile reach nobody, as on Zoom.
+    pub fn outage(&self, duration: Duration) -> usize {
+        self.state.outage(duration)
     }
 
     /// Stops answering and sending on the connections but keeps TCP open.
@@ -401,6 +546,33 @@ impl SimHandle {
     /// A seeded user by id, email or `me`.
     pub fn user(&self, user_id: &str) -> Option<serde_json::Value> {
         self.state.user(user_id)
+    }
+
+    /// Adds an ended meeting to `account` (the primary one when `None`) and
+    /// returns its uuid; `None` when the account or the host is unknown.
+    pub fn add_meeting(&self, account: Option<&str>, meeting: &NewMeeting) -> Option<String> {
+        self.state.add_meeting(account, meeting)
+    }
+
+    /// Marks a meeting's recording files completed; false when there is none.
+    pub fn complete_recording(&self, uuid: &str) -> bool {
+        self.state.complete_recording(uuid)
+    }
+
+    /// The `recording.completed` event of any account's meeting, as Zoom
+    /// would deliver it now (a fresh `event_ts`, the download token).
+    pub fn recording_event(&self, uuid: &str) -> Option<serde_json::Value> {
+        self.state.recording_event(uuid)
+    }
+
+    /// Adds a user created now to `account` (the primary one when `None`).
+    pub fn add_user(&self, account: Option<&str>, user: &NewUser) -> Option<serde_json::Value> {
+        self.state.add_user(account, user)
+    }
+
+    /// The accounts the simulator serves, the primary one first.
+    pub fn accounts(&self) -> &[SimAccount] {
+        &self.state.accounts
     }
 
     /// A `recording.completed` event for a seeded meeting, with download URLs

@@ -26,7 +26,7 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
 }
 
 /// What a presented access token turned out to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TokenCheck {
     Valid(IssuedToken),
     Expired,
@@ -34,8 +34,14 @@ pub(crate) enum TokenCheck {
 }
 
 impl SimState {
-    /// Issues a new token valid for the configured lifetime.
+    /// Issues a new token for the primary account.
     pub fn issue_token(&self) -> (String, IssuedToken) {
+        self.issue_token_for(&self.config.account_id)
+    }
+
+    /// Issues a new token for `account_id`, valid for the configured
+    /// lifetime (revoking the account's earlier ones when so configured).
+    pub fn issue_token_for(&self, account_id: &str) -> (String, IssuedToken) {
         let serial = {
             let mut next = lock(&self.next_token_serial);
             *next += 1;
@@ -46,17 +52,39 @@ impl SimState {
             fastrand::u64(..),
             fastrand::u64(..)
         );
+        let now = Instant::now();
         let issued = IssuedToken {
             serial,
-            expires_at: Instant::now() + self.config.token_lifetime,
+            expires_at: now + self.config.token_lifetime,
+            account_id: account_id.to_string(),
         };
-        lock(&self.tokens).insert(text.clone(), issued);
+        let mut tokens = lock(&self.tokens);
+        let revoke = self.config.new_token_revokes_previous;
+        let mut revoked = false;
+        if revoke {
+            for earlier in tokens.values_mut() {
+                if earlier.account_id == account_id && earlier.expires_at > now {
+                    earlier.expires_at = now;
+                    revoked = true;
+                }
+            }
+        }
+        tokens.insert(text.clone(), issued.clone());
+        drop(tokens);
+        if revoked {
+            self.token_epoch.send_modify(|epoch| *epoch += 1);
+        }
         (text, issued)
+    }
+
+    /// Which account a token was issued for, expired or not.
+    pub fn token_account(&self, text: &str) -> Option<String> {
+        lock(&self.tokens).get(text).map(|t| t.account_id.clone())
     }
 
     pub fn check_token(&self, text: &str) -> TokenCheck {
         match lock(&self.tokens).get(text) {
-            Some(issued) if issued.expires_at > Instant::now() => TokenCheck::Valid(*issued),
+            Some(issued) if issued.expires_at > Instant::now() => TokenCheck::Valid(issued.clone()),
             Some(_) => TokenCheck::Expired,
             None => TokenCheck::Unknown,
         }
@@ -127,17 +155,20 @@ async fn token_endpoint(
         );
     }
     let config = &sim.config;
-    let credentials_ok = basic_credentials(&headers)
-        .is_some_and(|(id, secret)| id == config.client_id && secret == config.client_secret);
-    if !credentials_ok {
+    let credentials = basic_credentials(&headers);
+    let Some(account) = sim.accounts.iter().find(|a| {
+        credentials
+            .as_ref()
+            .is_some_and(|(id, secret)| *id == a.client_id && *secret == a.client_secret)
+    }) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "Invalid client_id or client_secret",
             "invalid_client",
         );
-    }
+    };
     match form_value(&body, "account_id") {
-        Some(account) if account == config.account_id => {}
+        Some(account_id) if account_id == account.account_id => {}
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -153,7 +184,7 @@ async fn token_endpoint(
             );
         }
     }
-    let (token, _) = sim.issue_token();
+    let (token, _) = sim.issue_token_for(&account.account_id);
     // Zoom counts in whole seconds; round up so a sub-second test lifetime is not 0.
     let lifetime = config.token_lifetime;
     let expires_in = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);

@@ -42,6 +42,10 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The credentials presented, described without their secret part.
     pub auth: Option<String>,
+    /// The account of the access token presented, if the simulator issued it.
+    pub account: Option<String>,
+    /// When it arrived, in microseconds since the Unix epoch.
+    pub received_at_micros: i64,
     /// The body as text (lossy), cut at 64 KiB.
     pub body: String,
     /// The status the simulator answered.
@@ -91,6 +95,16 @@ pub(crate) fn redact_query(query: &str) -> String {
 }
 
 impl SimState {
+    /// The account of a bearer token the simulator issued.
+    fn token_account_of(&self, headers: &HeaderMap) -> Option<String> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, credential) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        self.token_account(credential.trim())
+    }
+
     /// Names the presented credentials without showing them.
     fn describe_auth(&self, headers: &HeaderMap) -> Option<String> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -174,6 +188,8 @@ pub(crate) async fn record_request(
         query: parts.uri.query().map(redact_query),
         headers,
         auth: sim.describe_auth(&parts.headers),
+        account: sim.token_account_of(&parts.headers),
+        received_at_micros: chrono::Utc::now().timestamp_micros(),
         body: String::from_utf8_lossy(&bytes[..body_len]).into_owned(),
         status: 0,
     };

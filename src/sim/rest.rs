@@ -1,7 +1,10 @@
 //! The simulated REST API under `/v2`: Bearer auth against the issued-token
 //! table, Zoom's `{"code","message"}` errors, `page_size`/`next_page_token`
 //! pagination, and the endpoints automations use (meetings, recordings, past
-//! meeting and report participants, users) over the seeded [`SimData`].
+//! meeting and report participants, users) over the [`SimData`] of the
+//! token's account: another account's meeting is 404 `3001`, another
+//! account's user 400 `1010`, as on Zoom. The listings reconciliation reads
+//! live in `listing.rs`.
 //!
 //! Meeting UUIDs follow Zoom's encoding rule: the router decodes a path
 //! segment once; a segment that then begins with `/` or contains `//` was
@@ -14,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +26,7 @@ use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::data::SimData;
 use super::oauth::TokenCheck;
 use super::state::{SimState, lock};
 
@@ -54,7 +58,7 @@ pub(crate) fn routes(state: Arc<SimState>) -> Router<Arc<SimState>> {
             get(report_participants),
         )
         .route("/users/{user_id}", get(get_user))
-        .route("/users/{user_id}/recordings", get(user_recordings))
+        .merge(super::listing::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state, bearer_auth))
 }
@@ -68,7 +72,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: u32, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -76,7 +80,7 @@ impl ApiError {
         }
     }
 
-    fn meeting_not_found(id: &str) -> ApiError {
+    pub(crate) fn meeting_not_found(id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             3001,
@@ -84,7 +88,7 @@ impl ApiError {
         )
     }
 
-    fn recording_not_found() -> ApiError {
+    pub(crate) fn recording_not_found() -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             3301,
@@ -107,8 +111,18 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, 404, "Not Found")
 }
 
+/// The account whose token called: handlers see only its data.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub account_id: String,
+}
+
 /// Middleware: a valid, unexpired Bearer token or 401 code 124.
-async fn bearer_auth(State(sim): State<Arc<SimState>>, request: Request, next: Next) -> Response {
+async fn bearer_auth(
+    State(sim): State<Arc<SimState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -119,7 +133,12 @@ async fn bearer_auth(State(sim): State<Arc<SimState>>, request: Request, next: N
         })
         .map(str::trim);
     match token.map(|t| sim.check_token(t)) {
-        Some(TokenCheck::Valid(_)) => next.run(request).await,
+        Some(TokenCheck::Valid(issued)) => {
+            request.extensions_mut().insert(Caller {
+                account_id: issued.account_id,
+            });
+            next.run(request).await
+        }
         Some(TokenCheck::Expired) => {
             ApiError::new(StatusCode::UNAUTHORIZED, 124, "Access token is expired.").into_response()
         }
@@ -127,8 +146,21 @@ async fn bearer_auth(State(sim): State<Arc<SimState>>, request: Request, next: N
     }
 }
 
+/// Runs `f` on the caller's account data.
+pub(crate) fn with_data<R>(
+    sim: &SimState,
+    caller: &Caller,
+    f: impl FnOnce(&mut SimData) -> Result<R, ApiError>,
+) -> Result<R, ApiError> {
+    let mut all = lock(&sim.data);
+    let data = all
+        .get_mut(&caller.account_id)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, 124, "Invalid access token."))?;
+    f(data)
+}
+
 /// The meeting id or UUID from a path segment the router decoded once.
-fn meeting_key(segment: &str) -> Result<String, ApiError> {
+pub(crate) fn meeting_key(segment: &str) -> Result<String, ApiError> {
     if segment.starts_with('/') || segment.contains("//") {
         // Encoded once only: Zoom's router sees another path and answers 404.
         return Err(ApiError::meeting_not_found(segment));
@@ -138,24 +170,27 @@ fn meeting_key(segment: &str) -> Result<String, ApiError> {
 
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PageQuery {
-    page_size: Option<String>,
-    next_page_token: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    action: Option<String>,
-    include_fields: Option<String>,
+    pub page_size: Option<String>,
+    pub next_page_token: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub action: Option<String>,
+    pub include_fields: Option<String>,
+    pub status: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
 }
 
 /// One page of `items` and the fields Zoom sends beside it.
-struct Page {
-    items: Vec<Value>,
-    page_size: usize,
-    page_count: usize,
-    total_records: usize,
-    next_page_token: String,
+pub(crate) struct Page {
+    pub items: Vec<Value>,
+    pub page_size: usize,
+    pub page_count: usize,
+    pub total_records: usize,
+    pub next_page_token: String,
 }
 
-fn page(items: &[Value], query: &PageQuery) -> Result<Page, ApiError> {
+pub(crate) fn page(items: &[Value], query: &PageQuery) -> Result<Page, ApiError> {
     let page_size = query
         .page_size
         .as_deref()
@@ -194,14 +229,16 @@ fn page(items: &[Value], query: &PageQuery) -> Result<Page, ApiError> {
 
 async fn get_meeting(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = meeting_key(&meeting_id)?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    Ok(axum::Json(meeting.object.clone()).into_response())
+    with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        Ok(axum::Json(meeting.object.clone()).into_response())
+    })
 }
 
 /// Fields `PATCH /meetings/{id}` may change.
@@ -217,6 +254,7 @@ const PATCHABLE: [&str; 7] = [
 
 async fn patch_meeting(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
@@ -228,50 +266,55 @@ async fn patch_meeting(
             "Request Body should be a valid JSON object.",
         )
     })?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    for (field, value) in patch {
-        if PATCHABLE.contains(&field.as_str()) {
-            meeting.object[field.as_str()] = value;
-        } else if field == "settings"
-            && let (Some(settings), Value::Object(changes)) =
-                (meeting.object["settings"].as_object_mut(), value)
-        {
-            settings.extend(changes);
+    with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        for (field, value) in patch {
+            if PATCHABLE.contains(&field.as_str()) {
+                meeting.object[field.as_str()] = value;
+            } else if field == "settings"
+                && let (Some(settings), Value::Object(changes)) =
+                    (meeting.object["settings"].as_object_mut(), value)
+            {
+                settings.extend(changes);
+            }
         }
-    }
-    Ok(StatusCode::NO_CONTENT)
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 async fn delete_meeting(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let key = meeting_key(&meeting_id)?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    meeting.deleted = true;
-    Ok(StatusCode::NO_CONTENT)
+    with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        meeting.deleted = true;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 async fn get_recordings(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let key = meeting_key(&meeting_id)?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    let mut recording = meeting
-        .recording
-        .clone()
-        .ok_or_else(ApiError::recording_not_found)?;
+    let mut recording = with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        meeting
+            .recording
+            .clone()
+            .ok_or_else(ApiError::recording_not_found)
+    })?;
     let wants_token = query
         .include_fields
         .as_deref()
@@ -284,6 +327,7 @@ async fn get_recordings(
 
 async fn delete_recordings(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<StatusCode, ApiError> {
@@ -298,82 +342,89 @@ async fn delete_recordings(
             ));
         }
     }
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    meeting
-        .recording
-        .take()
-        .ok_or_else(ApiError::recording_not_found)?;
-    Ok(StatusCode::NO_CONTENT)
+    with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        meeting
+            .recording
+            .take()
+            .ok_or_else(ApiError::recording_not_found)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 async fn delete_recording_file(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path((meeting_id, recording_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let key = meeting_key(&meeting_id)?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    let recording = meeting
-        .recording
-        .as_mut()
-        .ok_or_else(ApiError::recording_not_found)?;
-    let files = recording["recording_files"]
-        .as_array_mut()
-        .ok_or_else(ApiError::recording_not_found)?;
-    let before = files.len();
-    files.retain(|f| f["id"] != recording_id.as_str());
-    if files.len() == before {
-        return Err(ApiError::recording_not_found());
-    }
-    if files.is_empty() {
-        meeting.recording = None;
-    }
-    Ok(StatusCode::NO_CONTENT)
+    with_data(&sim, &caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        let recording = meeting
+            .recording
+            .as_mut()
+            .ok_or_else(ApiError::recording_not_found)?;
+        let files = recording["recording_files"]
+            .as_array_mut()
+            .ok_or_else(ApiError::recording_not_found)?;
+        let before = files.len();
+        files.retain(|f| f["id"] != recording_id.as_str());
+        if files.len() == before {
+            return Err(ApiError::recording_not_found());
+        }
+        if files.is_empty() {
+            meeting.recording = None;
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
 }
 
 fn participants_page(
     sim: &SimState,
+    caller: &Caller,
     meeting_id: &str,
     query: &PageQuery,
 ) -> Result<Response, ApiError> {
     let key = meeting_key(meeting_id)?;
-    let mut data = lock(&sim.data);
-    let meeting = data
-        .meeting_mut(&key)
-        .ok_or_else(|| ApiError::meeting_not_found(&key))?;
-    let page = page(&meeting.participants, query)?;
-    Ok(axum::Json(json!({
-        "page_count": page.page_count,
-        "page_size": page.page_size,
-        "total_records": page.total_records,
-        "next_page_token": page.next_page_token,
-        "participants": page.items,
-    }))
-    .into_response())
+    with_data(sim, caller, |data| {
+        let meeting = data
+            .meeting_mut(&key)
+            .ok_or_else(|| ApiError::meeting_not_found(&key))?;
+        let page = page(&meeting.participants, query)?;
+        Ok(axum::Json(json!({
+            "page_count": page.page_count,
+            "page_size": page.page_size,
+            "total_records": page.total_records,
+            "next_page_token": page.next_page_token,
+            "participants": page.items,
+        }))
+        .into_response())
+    })
 }
 
 async fn past_participants(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_uuid): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    participants_page(&sim, &meeting_uuid, &query)
+    participants_page(&sim, &caller, &meeting_uuid, &query)
 }
 
 async fn report_participants(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(meeting_id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    participants_page(&sim, &meeting_id, &query)
+    participants_page(&sim, &caller, &meeting_id, &query)
 }
 
-fn user_not_found(user_id: &str) -> ApiError {
+pub(crate) fn user_not_found(user_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         1001,
@@ -381,49 +432,33 @@ fn user_not_found(user_id: &str) -> ApiError {
     )
 }
 
-async fn get_user(
-    State(sim): State<Arc<SimState>>,
-    Path(user_id): Path<String>,
-) -> Result<Response, ApiError> {
-    let data = lock(&sim.data);
-    let user = data
-        .user(&user_id)
-        .ok_or_else(|| user_not_found(&user_id))?;
-    Ok(axum::Json(user.clone()).into_response())
+/// A user of the caller's account; another account's user is Zoom's 1010.
+pub(crate) fn find_user(sim: &SimState, caller: &Caller, user_id: &str) -> Result<Value, ApiError> {
+    let all = lock(&sim.data);
+    if let Some(user) = all.get(&caller.account_id).and_then(|d| d.user(user_id)) {
+        return Ok(user.clone());
+    }
+    let elsewhere = user_id != "me"
+        && all
+            .iter()
+            .any(|(account, data)| *account != caller.account_id && data.user(user_id).is_some());
+    if elsewhere {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            1010,
+            "User does not belong to this account.",
+        ));
+    }
+    Err(user_not_found(user_id))
 }
 
-async fn user_recordings(
+async fn get_user(
     State(sim): State<Arc<SimState>>,
+    Extension(caller): Extension<Caller>,
     Path(user_id): Path<String>,
-    Query(query): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let data = lock(&sim.data);
-    let user = data
-        .user(&user_id)
-        .ok_or_else(|| user_not_found(&user_id))?;
-    let host_id = user["id"].as_str().unwrap_or_default();
-    let recordings: Vec<Value> = data
-        .meetings
-        .iter()
-        .filter(|m| !m.deleted && m.host_id == host_id)
-        .filter_map(|m| m.recording.clone())
-        .collect();
-    let page = page(&recordings, &query)?;
-    let today = chrono::Utc::now().date_naive();
-    let from = query
-        .from
-        .clone()
-        .unwrap_or_else(|| (today - chrono::Duration::days(1)).to_string());
-    Ok(axum::Json(json!({
-        "from": from,
-        "to": query.to.clone().unwrap_or_else(|| today.to_string()),
-        "page_count": page.page_count,
-        "page_size": page.page_size,
-        "total_records": page.total_records,
-        "next_page_token": page.next_page_token,
-        "meetings": page.items,
-    }))
-    .into_response())
+    let user = find_user(&sim, &caller, &user_id)?;
+    Ok(axum::Json(user).into_response())
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::SimConfig;
-use super::data::SimData;
+use super::data::{NewMeeting, NewUser, SimData};
 use super::faults::Fault;
 use super::record::{RecordedRequest, SlackPost};
+use super::{SimAccount, SimConfig};
 
 /// Locks a mutex, ignoring poisoning: a panicked test handler must not take
 /// the whole simulator down with it.
@@ -31,11 +31,13 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One access token the simulator issued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IssuedToken {
     /// 1, 2, 3... in issue order: tests compare these instead of token text.
     pub serial: u64,
     pub expires_at: Instant,
+    /// The account it was issued for: it sees only that account.
+    pub account_id: String,
 }
 
 /// What an instruction to one open connection says.
@@ -49,6 +51,8 @@ pub(crate) enum ConnCommand {
     Stall,
     /// Close with a close frame (a newer connection replaced this one).
     Replace,
+    /// Answer heartbeats with `success:false` from now on.
+    FailHeartbeats,
 }
 
 /// An open WebSocket connection, as the registry sees it.
@@ -62,6 +66,8 @@ pub(crate) struct OpenConnection {
 pub struct ConnectionRecord {
     pub id: u64,
     pub subscription_id: String,
+    /// When it was attempted.
+    pub opened_at: chrono::DateTime<chrono::Utc>,
     /// Serial of the access token it presented, if the simulator issued it.
     pub token_serial: Option<u64>,
     /// Whether build_connection answered success:true.
@@ -88,6 +94,8 @@ impl Connections {
 
 pub(crate) struct SimState {
     pub config: SimConfig,
+    /// Every account, the primary one first.
+    pub accounts: Vec<SimAccount>,
     pub addr: SocketAddr,
     /// `http://addr`
     pub base_url: String,
@@ -95,7 +103,8 @@ pub(crate) struct SimState {
     pub next_token_serial: Mutex<u64>,
     /// Bumped whenever tokens are expired on demand, so connections recheck theirs.
     pub token_epoch: watch::Sender<u64>,
-    pub data: Mutex<SimData>,
+    /// Each account's data, by account id.
+    pub data: Mutex<HashMap<String, SimData>>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     /// Requests being served now (`METHOD /raw/path`), by a per-request number.
     pub in_flight: Mutex<HashMap<u64, String>>,
@@ -107,6 +116,8 @@ pub(crate) struct SimState {
     pub connections: Mutex<Connections>,
     /// Bumped on every connection change, so tests can wait for one.
     pub connection_changes: watch::Sender<u64>,
+    /// Until then the WebSocket endpoint refuses upgrades with 503 (an outage).
+    pub outage_until: Mutex<Option<Instant>>,
     /// Signs the redirect target of downloads.
     pub stream_key: String,
     pub shutdown: CancellationToken,
@@ -115,8 +126,8 @@ pub(crate) struct SimState {
 impl SimState {
     pub fn new(config: SimConfig, addr: SocketAddr) -> SimState {
         let base_url = format!("http://{addr}");
-        let data = SimData::seed(&config, &base_url);
-        let downloads = data.download_sizes();
+        let accounts = config.accounts();
+        let (data, downloads) = seed(&config, &accounts, &base_url);
         SimState {
             addr,
             base_url,
@@ -133,10 +144,26 @@ impl SimState {
             downloads: Mutex::new(downloads),
             connections: Mutex::new(Connections::default()),
             connection_changes: watch::Sender::new(0),
+            outage_until: Mutex::new(None),
             stream_key: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             shutdown: CancellationToken::new(),
+            accounts,
             config,
         }
+    }
+
+    /// The account a subscription belongs to.
+    pub fn account_of_subscription(&self, subscription: &str) -> Option<&SimAccount> {
+        self.accounts
+            .iter()
+            .find(|a| a.subscription_ids.iter().any(|s| s == subscription))
+    }
+
+    /// The account id `account` names, the primary one for `None`.
+    fn account_id(&self, account: Option<&str>) -> String {
+        account
+            .map(str::to_string)
+            .unwrap_or_else(|| self.config.account_id.clone())
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -165,29 +192,82 @@ impl SimState {
         lock(&self.slack_posts).clear();
         lock(&self.faults).clear();
         lock(&self.delays).clear();
-        let data = SimData::seed(&self.config, &self.base_url);
-        *lock(&self.downloads) = data.download_sizes();
+        let (data, downloads) = seed(&self.config, &self.accounts, &self.base_url);
+        *lock(&self.downloads) = downloads;
         *lock(&self.data) = data;
     }
 
+    /// The primary account's data, read by `f`.
+    fn primary<R>(&self, f: impl FnOnce(&SimData) -> R) -> Option<R> {
+        lock(&self.data).get(&self.config.account_id).map(f)
+    }
+
     pub fn meeting_object(&self, meeting_id: u64) -> Option<serde_json::Value> {
-        lock(&self.data)
-            .meeting(meeting_id)
-            .map(|m| m.object.clone())
+        self.primary(|data| data.meeting(meeting_id).map(|m| m.object.clone()))
+            .flatten()
     }
 
     pub fn past_participants(&self, meeting_id: u64) -> Vec<serde_json::Value> {
-        lock(&self.data)
-            .meeting(meeting_id)
-            .map(|m| m.participants.clone())
+        self.primary(|data| data.meeting(meeting_id).map(|m| m.participants.clone()))
+            .flatten()
             .unwrap_or_default()
     }
 
     pub fn user(&self, user_id: &str) -> Option<serde_json::Value> {
-        lock(&self.data).user(user_id).cloned()
+        self.primary(|data| data.user(user_id).cloned()).flatten()
     }
 
     pub fn recording_completed_event(&self, meeting_id: u64) -> Option<serde_json::Value> {
-        lock(&self.data).recording_completed_event(meeting_id, &self.config.download_token)
+        self.primary(|data| data.recording_completed_event(meeting_id, &self.config.download_token))
+            .flatten()
     }
+
+    pub fn add_meeting(&self, account: Option<&str>, meeting: &NewMeeting) -> Option<String> {
+        let account = self.account_id(account);
+        let mut downloads = lock(&self.downloads);
+        lock(&self.data).get_mut(&account)?.add_meeting(
+            meeting,
+            &self.base_url,
+            self.config.recording_file_size,
+            &mut downloads,
+        )
+    }
+
+    pub fn complete_recording(&self, uuid: &str) -> bool {
+        lock(&self.data)
+            .values_mut()
+            .any(|data| data.complete_recording(uuid))
+    }
+
+    pub fn recording_event(&self, uuid: &str) -> Option<serde_json::Value> {
+        lock(&self.data)
+            .values()
+            .find_map(|data| data.recording_event(uuid, &self.config.download_token))
+    }
+
+    pub fn add_user(&self, account: Option<&str>, user: &NewUser) -> Option<serde_json::Value> {
+        let account = self.account_id(account);
+        lock(&self.data)
+            .get_mut(&account)
+            .map(|data| data.add_user(user))
+    }
+}
+
+/// Every account's data (the primary one seeded) and the downloadable files.
+fn seed(
+    config: &SimConfig,
+    accounts: &[SimAccount],
+    base_url: &str,
+) -> (HashMap<String, SimData>, HashMap<String, u64>) {
+    let primary = SimData::seed(config, base_url);
+    let downloads = primary.download_sizes();
+    let mut data = HashMap::new();
+    for account in accounts.iter().skip(1) {
+        data.insert(
+            account.account_id.clone(),
+            SimData::empty(&account.account_id),
+        );
+    }
+    data.insert(config.account_id.clone(), primary);
+    (data, downloads)
 }

@@ -2,15 +2,21 @@
 //! `/ws?subscriptionId=..&access_token=..`.
 //!
 //! Each connection answers its first frame `build_connection` (success false
-//! for an unknown subscription or a bad token, then closes), replies to the
-//! client's `{"module":"heartbeat"}` and forwards events as `message` frames
-//! whose content is the event JSON as a string. When its token expires (by
-//! time or on demand) it sends the invalid-token frame and closes. Only one
-//! connection per subscription stays open: a new one replaces the old.
+//! for an unknown subscription, a bad token or another account's token, then
+//! closes; or, when so configured, a bad token is refused at the HTTP
+//! upgrade with 401 or 403), replies to the client's
+//! `{"module":"heartbeat"}` and forwards events as `message` frames whose
+//! content is the event JSON as a string. When its token expires (by time
+//! or on demand) it sends the invalid-token frame and then closes, or keeps
+//! the socket open delivering nothing more. A second connection on a
+//! subscription replaces the first, is refused, or both get every event, as
+//! [`SecondConnection`] says. A client silent for longer than the
+//! configured timeout is closed.
 //!
 //! A connection obeys [`ConnCommand`]s from the control side: send a frame,
-//! drop TCP without a closing handshake, or stall (stop replying and sending
-//! but keep TCP open, the half-open connection a client must detect).
+//! drop TCP without a closing handshake, stall (stop replying and sending
+//! but keep TCP open, the half-open connection a client must detect), or
+//! answer heartbeats with `success:false`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,13 +25,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use super::SecondConnection;
 use super::oauth::TokenCheck;
 use super::state::{ConnCommand, ConnectionRecord, OpenConnection, SimState, lock};
 
@@ -45,6 +53,25 @@ async fn upgrade(
 ) -> Response {
     let subscription = query.get("subscriptionId").cloned().unwrap_or_default();
     let token = query.get("access_token").cloned().unwrap_or_default();
+    if sim.in_outage() {
+        sim.refused_at_upgrade(
+            &subscription,
+            sim.token_serial(&token),
+            "refused during an outage",
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    if let Some(status) = sim.config.upgrade_refusal_status
+        && !matches!(sim.check_token(&token), TokenCheck::Valid(_))
+    {
+        sim.refused_at_upgrade(
+            &subscription,
+            sim.token_serial(&token),
+            "refused at upgrade",
+        );
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+        return (status, "Invalid access token").into_response();
+    }
     ws.on_upgrade(move |socket| serve_connection(sim, socket, subscription, token))
 }
 
@@ -59,21 +86,31 @@ enum End {
 }
 
 impl SimState {
-    /// Registers a new connection; an open one for the same subscription is replaced.
+    /// Registers a new connection. An open one for the same subscription is
+    /// replaced, refuses it, or stays beside it ([`SecondConnection`]);
+    /// `accepted` is then whether it was accepted.
     fn open_connection(
         &self,
         subscription: &str,
         token_serial: Option<u64>,
-        accepted: bool,
-    ) -> (u64, mpsc::Receiver<ConnCommand>) {
+        wanted: bool,
+    ) -> (u64, bool, mpsc::Receiver<ConnCommand>) {
         let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
         let mut connections = lock(&self.connections);
         connections.next_id += 1;
         let id = connections.next_id;
+        let held = connections
+            .open
+            .values()
+            .any(|open| open.subscription_id == subscription);
+        let second = self.config.second_connection;
+        let accepted = wanted && !(held && second == SecondConnection::RejectNew);
         if accepted {
-            for open in connections.open.values() {
-                if open.subscription_id == subscription {
-                    let _ = open.commands.try_send(ConnCommand::Replace);
+            if second == SecondConnection::Replace {
+                for open in connections.open.values() {
+                    if open.subscription_id == subscription {
+                        let _ = open.commands.try_send(ConnCommand::Replace);
+                    }
                 }
             }
             connections.open.insert(
@@ -84,19 +121,73 @@ impl SimState {
                 },
             );
         }
+        let close_reason = match (wanted, accepted) {
+            (false, _) => Some("refused".to_string()),
+            (true, false) => Some("refused: the subscription has a connection".to_string()),
+            _ => None,
+        };
         connections.history.push(ConnectionRecord {
             id,
             subscription_id: subscription.to_string(),
+            opened_at: chrono::Utc::now(),
             token_serial,
             accepted,
             open: accepted,
             heartbeats_received: 0,
             frames_sent: 0,
-            close_reason: (!accepted).then(|| "refused".to_string()),
+            close_reason,
         });
         drop(connections);
         self.connection_changes.send_modify(|n| *n += 1);
-        (id, receiver)
+        (id, accepted, receiver)
+    }
+
+    /// Drops every connection and refuses new ones for `duration`: no
+    /// connection is open, so events sent meanwhile are lost, as on Zoom.
+    pub fn outage(&self, duration: Duration) -> usize {
+        *lock(&self.outage_until) = Some(Instant::now() + duration);
+        // Out of the routing table at once, so nothing emitted from now on is delivered.
+        let dropped: Vec<OpenConnection> = lock(&self.connections)
+            .open
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        self.connection_changes.send_modify(|n| *n += 1);
+        dropped
+            .iter()
+            .filter(|c| c.commands.try_send(ConnCommand::Drop).is_ok())
+            .count()
+    }
+
+    fn in_outage(&self) -> bool {
+        lock(&self.outage_until).is_some_and(|until| until > Instant::now())
+    }
+
+    /// Records a connection refused at the HTTP upgrade.
+    fn refused_at_upgrade(&self, subscription: &str, token_serial: Option<u64>, reason: &str) {
+        let mut connections = lock(&self.connections);
+        connections.next_id += 1;
+        let id = connections.next_id;
+        connections.history.push(ConnectionRecord {
+            id,
+            subscription_id: subscription.to_string(),
+            opened_at: chrono::Utc::now(),
+            token_serial,
+            accepted: false,
+            open: false,
+            heartbeats_received: 0,
+            frames_sent: 0,
+            close_reason: Some(reason.into()),
+        });
+        drop(connections);
+        self.connection_changes.send_modify(|n| *n += 1);
+    }
+
+    /// Takes a connection out of the routing table but leaves it running (a
+    /// socket kept open after its token became invalid).
+    fn stop_routing(&self, id: u64) {
+        lock(&self.connections).open.remove(&id);
+        self.connection_changes.send_modify(|n| *n += 1);
     }
 
     fn close_connection(&self, id: u64, reason: &str) {
@@ -167,6 +258,26 @@ impl SimState {
         self.command(subscription, || ConnCommand::Stall)
     }
 
+    pub fn fail_heartbeats(&self, subscription: Option<&str>) -> usize {
+        self.command(subscription, || ConnCommand::FailHeartbeats)
+    }
+
+    pub fn emit_event_later(
+        self: Arc<Self>,
+        subscription: Option<String>,
+        event: serde_json::Value,
+        delay: Duration,
+    ) {
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {
+                    self.emit_event(subscription.as_deref(), &event);
+                }
+                _ = self.shutdown.cancelled() => {}
+            }
+        });
+    }
+
     pub fn connections(&self) -> Vec<ConnectionRecord> {
         lock(&self.connections).history.clone()
     }
@@ -218,13 +329,22 @@ async fn serve_connection(
     token: String,
 ) {
     let check = sim.check_token(&token);
-    let known_subscription = sim.config.subscription_ids.contains(&subscription);
-    let (accepted, content) = match (known_subscription, check) {
-        (false, _) => (false, "Invalid subscriptionId"),
-        (true, TokenCheck::Valid(_)) => (true, "connected"),
-        (true, _) => (false, "Invalid access_token"),
+    let owner = sim
+        .account_of_subscription(&subscription)
+        .map(|a| a.account_id.clone());
+    let (wanted, mut content) = match (&owner, &check) {
+        (None, _) => (false, "Invalid subscriptionId"),
+        (Some(owner), TokenCheck::Valid(issued)) if *owner == issued.account_id => {
+            (true, "connected")
+        }
+        (Some(_), TokenCheck::Valid(_)) => (false, "The subscription belongs to another account"),
+        (Some(_), _) => (false, "Invalid access_token"),
     };
-    let (id, commands) = sim.open_connection(&subscription, sim.token_serial(&token), accepted);
+    let (id, accepted, commands) =
+        sim.open_connection(&subscription, sim.token_serial(&token), wanted);
+    if wanted && !accepted {
+        content = "The subscription already has a connection";
+    }
     let first = json!({ "module": "build_connection", "success": accepted, "content": content });
     if !send_text(&mut socket, first.to_string()).await || !accepted {
         let _ = socket.send(Message::Close(None)).await;
@@ -251,6 +371,17 @@ async fn serve_connection(
     sim.close_connection(id, reason);
 }
 
+/// What one connection is doing besides serving.
+#[derive(Default)]
+struct Mode {
+    /// Stopped replying and sending.
+    stalled: bool,
+    /// Answers heartbeats with `success:false`.
+    failing_heartbeats: bool,
+    /// Its token became invalid and the socket was kept open: nothing more is sent.
+    token_invalid: bool,
+}
+
 /// Serves one accepted connection until it ends.
 async fn run_connection(
     sim: &SimState,
@@ -263,34 +394,38 @@ async fn run_connection(
     let mut token_epoch = sim.token_epoch.subscribe();
     let silent_limit = sim.config.silent_client_timeout;
     let mut last_inbound = Instant::now();
-    let mut stalled = false;
+    let mut mode = Mode::default();
     loop {
         let silent_deadline = last_inbound + silent_limit.unwrap_or(NEVER);
         tokio::select! {
             _ = sim.shutdown.cancelled() => return End::Close("simulator shutting down"),
-            command = commands.recv() => {
+            command = commands.recv(), if !mode.token_invalid => {
                 let Some(command) = command else {
                     return End::Close("simulator shutting down");
                 };
-                if let Err(end) = obey(sim, socket, id, command, &mut commands, &mut stalled).await {
+                if let Err(end) = obey(sim, socket, id, command, &mut commands, &mut mode).await {
                     return end;
                 }
             },
-            _ = sleep_until(expires_at), if !stalled => {
+            _ = sleep_until(expires_at), if !mode.stalled && !mode.token_invalid => {
                 let frame = json!({
                     "module": sim.config.invalid_token_module,
                     "success": false,
                     "content": sim.config.invalid_token_text,
                 });
                 let _ = send_text(socket, frame.to_string()).await;
-                return End::Close("token expired");
+                if sim.config.invalid_token_closes {
+                    return End::Close("token expired");
+                }
+                mode.token_invalid = true;
+                sim.stop_routing(id);
             }
             changed = token_epoch.changed() => {
                 if changed.is_ok() && !matches!(sim.check_token(token), TokenCheck::Valid(_)) {
-                    expires_at = Instant::now();
+                    expires_at = expires_at.min(Instant::now());
                 }
             }
-            _ = sleep_until(silent_deadline), if !stalled && silent_limit.is_some() => {
+            _ = sleep_until(silent_deadline), if !mode.stalled && silent_limit.is_some() => {
                 return End::Close("client silent too long");
             }
             inbound = socket.recv() => match inbound {
@@ -298,7 +433,8 @@ async fn run_connection(
                     last_inbound = Instant::now();
                     if is_heartbeat(&text) {
                         sim.count(id, |r| r.heartbeats_received += 1);
-                        if !stalled && !send_text(socket, heartbeat_reply()).await {
+                        let reply = heartbeat_reply(!mode.failing_heartbeats);
+                        if !mode.stalled && !send_text(socket, reply).await {
                             return End::ClientGone;
                         }
                     }
@@ -319,10 +455,10 @@ async fn obey(
     id: u64,
     command: ConnCommand,
     commands: &mut mpsc::Receiver<ConnCommand>,
-    stalled: &mut bool,
+    mode: &mut Mode,
 ) -> Result<(), End> {
     let command = match command {
-        ConnCommand::Send(_) if *stalled => return Ok(()),
+        ConnCommand::Send(_) if mode.stalled => return Ok(()),
         ConnCommand::Send(text) => {
             let (sent, next) = send_queued(socket, text, commands).await?;
             sim.count(id, |r| r.frames_sent += sent);
@@ -337,7 +473,11 @@ async fn obey(
         // Cannot be a send: `send_queued` hands back only other commands.
         ConnCommand::Send(_) => Ok(()),
         ConnCommand::Stall => {
-            *stalled = true;
+            mode.stalled = true;
+            Ok(())
+        }
+        ConnCommand::FailHeartbeats => {
+            mode.failing_heartbeats = true;
             Ok(())
         }
         ConnCommand::Drop => Err(End::Drop),
@@ -386,6 +526,8 @@ fn is_heartbeat(text: &str) -> bool {
         .is_ok_and(|frame| frame["module"] == "heartbeat")
 }
 
-fn heartbeat_reply() -> String {
-    json!({ "module": "heartbeat", "success": true, "content": "live", "header": {} }).to_string()
+fn heartbeat_reply(success: bool) -> String {
+    let content = if success { "live" } else { "heartbeat failed" };
+    json!({ "module": "heartbeat", "success": success, "content": content, "header": {} })
+        .to_string()
 }

@@ -3,8 +3,11 @@
 //!
 //! A `message` frame carries the event as a JSON *string* in `content` (an
 //! object is accepted too). A token that expired shows up as a frame whose
-//! content is `Invalid Token` or `Token is invalid`, in whichever module Zoom
-//! puts it, so the text is checked on every frame.
+//! content says `Invalid Token` or `Token is invalid` (the wording changed
+//! once; other errors say `Invalid Token!`), in whichever module Zoom puts
+//! it, so every frame whose content is not a JSON object is checked for
+//! those words by containment, ignoring case. An event's content is a JSON
+//! object, so a topic that happens to say "invalid token" is still an event.
 
 use std::borrow::Cow;
 
@@ -50,10 +53,16 @@ struct RawFrame<'a> {
     content: Option<&'a RawValue>,
 }
 
-/// Texts that mean the access token was refused (the wording changed once).
+/// Texts that mean the access token was refused, by containment: the
+/// wording changed once and may again around the same words. Only for
+/// content that is not a JSON object (an event is one).
 fn is_invalid_token_text(text: &str) -> bool {
-    let text = text.trim();
-    text.eq_ignore_ascii_case("invalid token") || text.eq_ignore_ascii_case("token is invalid")
+    let text = text.trim_start();
+    if text.starts_with('{') {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    lower.contains("invalid token") || lower.contains("token is invalid")
 }
 
 /// Decodes one text frame. `source` is recorded on the event it carries.
@@ -255,10 +264,26 @@ mod tests {
             decode_frame(INVALID, &source()).unwrap(),
             Frame::InvalidToken
         ));
-        let other_wording = r#"{"module":"heartbeat","content":"Invalid Token"}"#;
+        for wording in [
+            r#"{"module":"heartbeat","content":"Invalid Token"}"#,
+            r#"{"module":"message","success":false,"content":"Token is invalid"}"#,
+            r#"{"module":"message","content":"Invalid Token!"}"#,
+            r#"{"module":"build_connection","success":false,"content":"Error: token is invalid or expired"}"#,
+            r#"{"module":"notice","content":"  INVALID TOKEN, please reconnect"}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode_frame(wording, &source()).unwrap(),
+                    Frame::InvalidToken
+                ),
+                "{wording}"
+            );
+        }
+        // An event about an invalid token is still an event.
+        let event = r#"{"module":"message","content":"{\"event\":\"meeting.started\",\"payload\":{\"object\":{\"topic\":\"Invalid token review\"}}}"}"#;
         assert!(matches!(
-            decode_frame(other_wording, &source()).unwrap(),
-            Frame::InvalidToken
+            decode_frame(event, &source()).unwrap(),
+            Frame::Event(_)
         ));
         assert!(matches!(
             decode_frame(r#"{"module":"mystery"}"#, &source()).unwrap(),

@@ -2,7 +2,9 @@
 //! webhooks, REST paths and meeting UUID encoding.
 
 pub mod frame;
+pub mod missed;
 pub mod oauth;
+pub mod ratelimit;
 pub mod rest;
 pub mod token;
 pub mod uuid;

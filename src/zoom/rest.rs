@@ -4,11 +4,15 @@
 //! filled from params, each encoded as one path segment (meeting UUIDs that
 //! Zoom wants encoded twice are, see [`crate::zoom::uuid`]); params that fill
 //! no placeholder become the query string. Requests pass a client-side rate
-//! limiter for the account, carry a bearer token from [`AccessTokens`] (a 401
-//! drops it and retries once with a fresh one), wait out 429s as
-//! `Retry-After` says (or about a second for per-second limits), and retry
-//! 5xx and timeouts with backoff, never past the run's deadline. Errors keep
-//! Zoom's `code`, `message` and `x-zm-trackingid`.
+//! limiter for the account and carry a bearer token from the account's
+//! [`AccessTokens`]. A 401 with Zoom's code 124 (invalid or expired token)
+//! drops the token and retries once with a fresh one; other 401s (code 4700,
+//! a missing scope) are errors, since minting a token nobody needed may
+//! invalidate the one the WebSocket uses. 429s are waited out as
+//! `Retry-After` says (or about a second for per-second limits), and 5xx and
+//! timeouts retried with backoff, never past the run's deadline. Errors keep
+//! Zoom's `code`, `message`, `x-zm-trackingid` and, for a 429, what the
+//! rate-limit headers said.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -33,6 +37,10 @@ pub const TRACKING_ID_HEADER: &str = "x-zm-trackingid";
 
 /// Zoom's largest `page_size`; `paginate` asks for it unless params say otherwise.
 pub const MAX_PAGE_SIZE: u32 = 300;
+
+/// Zoom's code for an invalid or expired access token, the only 401 that a
+/// new token can fix.
+pub const INVALID_TOKEN_CODE: i64 = 124;
 
 /// Settings of the REST client.
 #[derive(Debug, Clone)]
@@ -95,6 +103,40 @@ pub struct RestError {
     pub code: Option<Value>,
     pub status: Option<u16>,
     pub tracking_id: Option<String>,
+    /// What a 429's headers said (boxed: most errors have none).
+    pub rate_limit: Option<Box<RateLimitHit>>,
+}
+
+/// A 429's rate-limit headers: `X-RateLimit-Category`, `X-RateLimit-Type`
+/// (`QPS` or `Daily-limit`) and `Retry-After` as a delay from when it came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitHit {
+    pub category: Option<String>,
+    pub limit_type: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl RateLimitHit {
+    fn from_headers(headers: &HeaderMap) -> RateLimitHit {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        RateLimitHit {
+            category: header("x-ratelimit-category"),
+            limit_type: header("x-ratelimit-type"),
+            retry_after: transport::retry_after(headers),
+        }
+    }
+
+    /// Whether the account's daily limit (not a per-second one) was hit.
+    pub fn is_daily(&self) -> bool {
+        self.limit_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("daily-limit"))
+    }
 }
 
 fn tracking_suffix(tracking_id: &Option<String>) -> String {
@@ -112,7 +154,18 @@ impl RestError {
             code: None,
             status: None,
             tracking_id: None,
+            rate_limit: None,
         }
+    }
+
+    /// Whether Zoom said the token is invalid or expired (401 code 124).
+    pub fn is_invalid_token(&self) -> bool {
+        self.status == Some(401)
+            && self
+                .code
+                .as_ref()
+                .and_then(Value::as_i64)
+                .is_some_and(|code| code == INVALID_TOKEN_CODE)
     }
 
     fn deadline() -> RestError {
@@ -285,10 +338,14 @@ impl ZoomRest {
             if status.is_success() {
                 return self.read_answer(response).await;
             }
-            if status == StatusCode::UNAUTHORIZED && !refreshed {
-                refreshed = true;
-                self.tokens.invalidate(&token);
-                continue;
+            if status == StatusCode::UNAUTHORIZED {
+                let error = self.api_error(response).await;
+                if error.is_invalid_token() && !refreshed {
+                    refreshed = true;
+                    self.tokens.invalidate(&token);
+                    continue;
+                }
+                return Err(error);
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 rate_limited += 1;
@@ -370,6 +427,8 @@ impl ZoomRest {
     async fn api_error(&self, response: reqwest::Response) -> RestError {
         let status = response.status();
         let tracking_id = tracking_id(response.headers());
+        let rate_limit = (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| Box::new(RateLimitHit::from_headers(response.headers())));
         let body = read_body_capped(response, 64 << 10)
             .await
             .unwrap_or_default();
@@ -401,6 +460,7 @@ impl ZoomRest {
             code,
             status: Some(status.as_u16()),
             tracking_id,
+            rate_limit,
         }
     }
 }
@@ -783,6 +843,7 @@ mod tests {
             code: Some(json!(3001)),
             status: Some(404),
             tracking_id: Some("v=2.0;clid=us06;rid=abc".into()),
+            rate_limit: None,
         };
         let effect_error = error.into_effect_error("zoom.get");
         assert_eq!(effect_error.code, Some(json!(3001)));

@@ -2,15 +2,28 @@
 //! connection open for as long as the engine runs and hands every event to
 //! the journal's channel.
 //!
-//! Each connection gets a fresh token in its URL
-//! (`{ws_base}?subscriptionId=..&access_token=..`) and must open with
-//! `build_connection` success. The client sends Zoom's heartbeat frame every
-//! interval and treats a silence of `dead_after` (no inbound frame at all) as
-//! a dead, half-open connection. It reconnects on close, error, death, a
-//! refused handshake or an invalid-token frame (after dropping that token),
-//! with capped exponential backoff and full jitter; and before the token's
-//! hour is up it opens the next connection first and only then lets the old
-//! one go (make before break), so a planned renewal loses nothing.
+//! Each connection gets the account's token in its URL
+//! (`{ws_base}?subscriptionId=..&access_token=..`; a `subscriptionId` already
+//! in a pasted endpoint URL is replaced, never repeated) and must open with
+//! `build_connection` success. The token comes from the account's one token
+//! cache, shared with REST: a new one is minted only when it nears expiry or
+//! Zoom refused it (an invalid-token frame, matched by containment; an
+//! upgrade refused with HTTP 401 or 403; `build_connection` success false),
+//! since minting may invalidate the token in use.
+//!
+//! The client sends Zoom's heartbeat frame every interval and treats a
+//! silence of `dead_after` (no inbound frame at all) as a dead, half-open
+//! connection; a heartbeat answered with `success:false` is a failure, not a
+//! sign of life. It reconnects on close, error, death, a refused handshake
+//! or an invalid-token frame (whether the server then closes the socket or
+//! keeps it open), with capped exponential backoff and full jitter. Before
+//! the token's hour is up it opens the next connection first and only then
+//! lets the old one go (make before break), which works whichever way Zoom
+//! treats a second connection on one subscription: if the new one replaces
+//! the old, or both receive events (duplicates are dropped by the journal),
+//! nothing is lost; if the new one is refused while the old holds the
+//! subscription, the client hands over instead (closes the old and connects
+//! at once), and the short handover is recorded as a gap like any other.
 //!
 //! Zoom does not replay events sent while no connection was open, so every
 //! period without a connection is logged and kept in [`ConnectionStatus`] as a
@@ -158,6 +171,11 @@ enum End {
     Error(String),
     Dead,
     InvalidToken,
+    /// Zoom answered a heartbeat with `success:false`.
+    HeartbeatFailed,
+    /// Zoom refused the renewal connection while this one held the
+    /// subscription: close this one and connect again at once.
+    Handover,
 }
 
 impl End {
@@ -170,6 +188,8 @@ impl End {
             End::Error(_) => "error",
             End::Dead => "dead",
             End::InvalidToken => "invalid_token",
+            End::HeartbeatFailed => "heartbeat_failed",
+            End::Handover => "handover",
         }
     }
 
@@ -179,6 +199,11 @@ impl End {
             End::Error(error) => format!("connection error: {error}"),
             End::Dead => "no inbound frame within the dead-after limit".into(),
             End::InvalidToken => "zoom said the access token is invalid".into(),
+            End::HeartbeatFailed => "zoom answered a heartbeat with success:false".into(),
+            End::Handover => {
+                "handover: zoom refused a second connection while the first held the subscription"
+                    .into()
+            }
             other => other.label().into(),
         }
     }
@@ -265,7 +290,7 @@ impl Subscription {
             let connection = match next.take() {
                 Some(connection) => Ok(connection),
                 None => tokio::select! {
-                    result = self.clone().connect() => result,
+                    result = self.clone().connect(false) => result,
                     _ = self.shutdown.cancelled() => break,
                 },
             };
@@ -297,11 +322,19 @@ impl Subscription {
                         attempt.saturating_add(1)
                     };
                     self.disconnected(&end, session.last_inbound_at);
-                    let delay = backoff_delay(
-                        attempt,
-                        self.config.backoff_initial,
-                        self.config.backoff_max,
-                    );
+                    // A working connection whose token ran out, or a handover:
+                    // the next one can be opened at once.
+                    let at_once =
+                        session.proved_alive && matches!(end, End::InvalidToken | End::Handover);
+                    let delay = if at_once {
+                        Duration::ZERO
+                    } else {
+                        backoff_delay(
+                            attempt,
+                            self.config.backoff_initial,
+                            self.config.backoff_max,
+                        )
+                    };
                     if !self.pause(delay).await {
                         break;
                     }
@@ -462,23 +495,23 @@ impl Subscription {
     }
 
     /// Opens a connection and waits for its successful `build_connection`.
-    async fn connect(self: Arc<Self>) -> Result<Connection, ConnectError> {
+    /// A refused `build_connection` drops the token, unless this is a
+    /// `renewal` (the token is fresh; Zoom may be refusing a second
+    /// connection instead).
+    async fn connect(self: Arc<Self>, renewal: bool) -> Result<Connection, ConnectError> {
         let (token, expiry) = self.fresh_token().await?;
-        let mut url = url::Url::parse(&self.config.ws_base)
-            .map_err(|_| ConnectError::BadBase(self.config.ws_base.clone()))?;
-        url.query_pairs_mut()
-            .append_pair("subscriptionId", &self.config.subscription_id)
-            .append_pair("access_token", token.expose());
+        let url = connection_url(&self.config.ws_base, &self.config.subscription_id, &token)?;
         let limits = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_frame_bytes))
             .max_frame_size(Some(self.config.max_frame_bytes));
         let limit = self.config.connect_timeout;
         let handshake =
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(limits), true);
-        let (mut socket, _) = timeout(limit, handshake)
-            .await
-            .map_err(|_| ConnectError::Timeout(limit))?
-            .map_err(|e| ConnectError::Transport(redact(&e.to_string(), &token)))?;
+        let (mut socket, _) = match timeout(limit, handshake).await {
+            Err(_) => return Err(ConnectError::Timeout(limit)),
+            Ok(Ok(connected)) => connected,
+            Ok(Err(error)) => return Err(self.handshake_error(error, &token)),
+        };
         match timeout(limit, self.first_frame(&mut socket, &token)).await {
             Ok(Ok(())) => Ok(Connection {
                 socket,
@@ -486,11 +519,34 @@ impl Subscription {
                 token,
             }),
             Ok(Err(error)) => {
+                if !renewal && matches!(error, ConnectError::Refused(_)) {
+                    // The token or the subscription was refused; a new token rules out the first.
+                    self.tokens.invalidate(&token);
+                }
                 let _ = socket.close(None).await;
                 Err(error)
             }
             Err(_) => Err(ConnectError::Timeout(limit)),
         }
+    }
+
+    /// A failed handshake; an upgrade refused with 401 or 403 drops the token.
+    fn handshake_error(
+        &self,
+        error: tokio_tungstenite::tungstenite::Error,
+        token: &AccessToken,
+    ) -> ConnectError {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        if let WsError::Http(response) = &error {
+            let status = response.status().as_u16();
+            if matches!(status, 401 | 403) {
+                self.tokens.invalidate(token);
+                return ConnectError::Refused(format!(
+                    "the websocket upgrade was refused with HTTP {status}"
+                ));
+            }
+        }
+        ConnectError::Transport(redact(&error.to_string(), token))
     }
 
     /// Reads up to the first text frame, which must be a successful `build_connection`.
@@ -520,11 +576,7 @@ impl Subscription {
                 Ok(Frame::BuildConnection {
                     success: false,
                     content,
-                }) => {
-                    // The token or the subscription was refused; a new token rules out the first.
-                    self.tokens.invalidate(token);
-                    Err(ConnectError::Refused(redact(&content, token)))
-                }
+                }) => Err(ConnectError::Refused(redact(&content, token))),
                 Ok(Frame::InvalidToken) => {
                     self.tokens.invalidate(token);
                     Err(ConnectError::InvalidToken)
@@ -570,6 +622,15 @@ impl Subscription {
                             let end = End::Renewed(Box::new(next));
                             return SessionEnd { end, last_inbound_at, proved_alive };
                         }
+                        Err(ConnectError::Refused(reason)) => {
+                            tracing::info!(
+                                subscription = %self.name(),
+                                reason = %reason,
+                                "zoom refused the renewal connection while this one is open; handing over"
+                            );
+                            let _ = timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+                            break End::Handover;
+                        }
                         Err(error) => {
                             tracing::warn!(
                                 subscription = %self.name(),
@@ -587,7 +648,7 @@ impl Subscription {
                         "token expires soon; opening the next connection"
                     );
                     renew_at = None;
-                    renewal = Some(Box::pin(self.clone().connect()));
+                    renewal = Some(Box::pin(self.clone().connect(true)));
                 }
                 _ = heartbeat.tick() => {
                     if let Err(error) = sink.send(Message::text(HEARTBEAT_FRAME)).await {
@@ -602,17 +663,28 @@ impl Subscription {
                         None => break End::Closed("connection closed".into()),
                     };
                     last_inbound_at = Utc::now();
-                    proved_alive |= matches!(message, Message::Text(_));
+                    let is_text = matches!(message, Message::Text(_));
                     self.status.send_modify(|s| s.last_frame_at = Some(last_inbound_at));
                     if let Some(end) = self.on_message(message, &token).await {
+                        // A failed heartbeat proves nothing about the connection.
+                        proved_alive |= is_text && !matches!(end, End::HeartbeatFailed);
                         break end;
                     }
+                    proved_alive |= is_text;
                     // Measured after handling: time spent waiting for the engine
                     // to take an event is not server silence.
                     last_inbound = Instant::now();
                 }
             }
         };
+        if matches!(end, End::InvalidToken | End::HeartbeatFailed) {
+            // The server may keep such a socket open: close it on our side.
+            let _ = timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+        }
+        if matches!(end, End::Handover) {
+            // Events already on their way on the old connection still count.
+            self.drain(&mut stream, &token).await;
+        }
         drop(sink);
         drop(stream);
         // The old connection ended while its successor was being opened: wait for it.
@@ -636,6 +708,31 @@ impl Subscription {
             last_inbound_at,
             proved_alive,
         }
+    }
+
+    /// After our close frame: handles what the server still sends until it
+    /// closes too (the closing handshake), for a short while at most.
+    async fn drain(
+        &self,
+        stream: &mut futures_util::stream::SplitStream<Socket>,
+        token: &AccessToken,
+    ) {
+        let drained = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(message)) = stream.next().await {
+                match message {
+                    Message::Text(text) => {
+                        if let Some(End::Shutdown | End::EventsClosed) =
+                            self.handle_text(&text, token).await
+                        {
+                            return;
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        });
+        let _ = drained.await;
     }
 
     /// Acts on one inbound message; `Some` ends the connection.
@@ -691,9 +788,16 @@ impl Subscription {
                     _ = self.shutdown.cancelled() => Some(End::Shutdown),
                 }
             }
-            Ok(Frame::Heartbeat { .. }) => {
+            Ok(Frame::Heartbeat { success: true }) => {
                 self.status.send_modify(|s| s.heartbeat_replies += 1);
                 None
+            }
+            Ok(Frame::Heartbeat { success: false }) => {
+                tracing::warn!(
+                    subscription = %self.name(),
+                    "zoom answered a heartbeat with success:false; reconnecting"
+                );
+                Some(End::HeartbeatFailed)
             }
             Ok(Frame::InvalidToken) => {
                 self.tokens.invalidate(token);
@@ -730,6 +834,60 @@ impl Subscription {
     }
 }
 
+/// Query parameters the client sets itself; a pasted endpoint URL may carry them.
+const OWN_PARAMS: [&str; 2] = ["subscriptionId", "access_token"];
+
+/// An endpoint URL as a user may paste it from the Marketplace, split into
+/// the base (without `subscriptionId` or `access_token`) and the
+/// subscription id it carried, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub base: String,
+    pub subscription_id: Option<String>,
+}
+
+/// Splits a WebSocket endpoint URL (`wss://ws.zoom.us/ws?subscriptionId=X`).
+pub fn parse_endpoint(text: &str) -> Result<Endpoint, url::ParseError> {
+    let mut url = url::Url::parse(text.trim())?;
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let subscription_id = pairs
+        .iter()
+        .find(|(k, v)| k == "subscriptionId" && !v.is_empty())
+        .map(|(_, v)| v.clone());
+    let kept: Vec<&(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| !OWN_PARAMS.contains(&k.as_str()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept.iter().map(|(k, v)| (k, v)));
+    }
+    Ok(Endpoint {
+        base: url.as_str().trim_end_matches('/').to_string(),
+        subscription_id,
+    })
+}
+
+/// The URL of one connection: the base's own parameters kept, ours set once.
+fn connection_url(
+    ws_base: &str,
+    subscription_id: &str,
+    token: &AccessToken,
+) -> Result<url::Url, ConnectError> {
+    let base = parse_endpoint(ws_base).map_err(|_| ConnectError::BadBase(ws_base.into()))?;
+    let mut url = url::Url::parse(&base.base).map_err(|_| ConnectError::BadBase(ws_base.into()))?;
+    url.query_pairs_mut()
+        .append_pair("subscriptionId", subscription_id)
+        .append_pair("access_token", token.expose());
+    Ok(url)
+}
+
 fn frame_kind(frame: &Frame) -> &'static str {
     match frame {
         Frame::BuildConnection { .. } => "build_connection",
@@ -758,6 +916,26 @@ mod tests {
         let spread: std::collections::HashSet<_> =
             (0..20).map(|_| backoff_delay(10, initial, max)).collect();
         assert!(spread.len() > 1, "full jitter varies the delay");
+    }
+
+    #[test]
+    fn a_pasted_endpoint_url_gives_its_subscription_once() {
+        let pasted = parse_endpoint("wss://ws.zoom.us/ws?subscriptionId=abc-123").unwrap();
+        assert_eq!(pasted.base, "wss://ws.zoom.us/ws");
+        assert_eq!(pasted.subscription_id.as_deref(), Some("abc-123"));
+        let plain = parse_endpoint("ws://127.0.0.1:9/ws").unwrap();
+        assert_eq!(plain.base, "ws://127.0.0.1:9/ws");
+        assert_eq!(plain.subscription_id, None);
+        let url = connection_url(
+            "wss://ws.zoom.us/ws?subscriptionId=abc&region=eu&access_token=old",
+            "abc",
+            &AccessToken::new("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "wss://ws.zoom.us/ws?region=eu&subscriptionId=abc&access_token=t"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
+use zoomwire::effects::accounts::ZoomAccountClient;
 use zoomwire::effects::live::{LiveConfig, LiveEffects, LiveLimits};
 use zoomwire::effects::state::MemoryState;
 use zoomwire::effects::transport::RetryPolicy;
@@ -73,8 +74,14 @@ pub fn oauth(sim: &SimHandle) -> Arc<OAuthClient> {
     Arc::new(OAuthClient::new(config).expect("oauth client"))
 }
 
+/// The live effects with one Zoom account on `tokens`.
 pub fn live(config: LiveConfig, tokens: Arc<dyn AccessTokens>) -> LiveEffects {
-    LiveEffects::new(config, tokens, Arc::new(MemoryState::default())).expect("live effects")
+    live_accounts(config, vec![ZoomAccountClient::only(tokens)])
+}
+
+/// The live effects with these Zoom accounts.
+pub fn live_accounts(config: LiveConfig, accounts: Vec<ZoomAccountClient>) -> LiveEffects {
+    LiveEffects::new(config, accounts, Arc::new(MemoryState::default())).expect("live effects")
 }
 
 pub fn context(deadline: Duration) -> EffectContext {
@@ -84,6 +91,7 @@ pub fn context(deadline: Duration) -> EffectContext {
         deadline: Instant::now() + deadline,
         http_hosts: Arc::from(Vec::<String>::new()),
         download_token: None,
+        zoom_account: Default::default(),
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use zoomwire::commands::rules_args::RuleArgs;
 use zoomwire::commands::{self, CommandError, CommandResult};
-use zoomwire::effects::Effects;
-use zoomwire::effects::recorder::RecordingEffects;
+use zoomwire_engine::effects::Effects;
+use zoomwire_engine::effects::recorder::RecordingEffects;
 
 #[derive(Parser)]
 #[command(

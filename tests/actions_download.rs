@@ -16,10 +16,10 @@ use axum::routing::get;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::{context, live, live_config, oauth, perform, start_sim};
-use zoomwire::effects::live::LiveEffects;
-use zoomwire::effects::{EffectContext, EffectError, EffectErrorKind};
-use zoomwire::sim::download::download_byte;
-use zoomwire::sim::{Fault, SimHandle, data};
+use zoomwire_engine::effects::live::LiveEffects;
+use zoomwire_engine::effects::{EffectContext, EffectError, EffectErrorKind};
+use zoomwire_sim::sim::download::download_byte;
+use zoomwire_sim::sim::{Fault, SimHandle, data};
 
 struct Setup {
     sim: SimHandle,
@@ -27,7 +27,7 @@ struct Setup {
     archive: tempfile::TempDir,
 }
 
-async fn setup_with(tweak: impl FnOnce(&mut zoomwire::effects::live::LiveConfig)) -> Setup {
+async fn setup_with(tweak: impl FnOnce(&mut zoomwire_engine::effects::live::LiveConfig)) -> Setup {
     let sim = start_sim().await;
     let archive = tempfile::tempdir().unwrap();
     let mut config = live_config(&sim, archive.path());

@@ -36,7 +36,7 @@ fn spot_check(path: &std::path::Path) {
             let at = offset + i as u64;
             assert_eq!(
                 *byte,
-                zoomwire::sim::download::download_byte(at),
+                zoomwire_sim::sim::download::download_byte(at),
                 "offset {at}"
             );
         }

@@ -11,10 +11,10 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::smtp::{SinkTls, SmtpSink};
 use support::{context, install_crypto, perform};
-use zoomwire::effects::EffectErrorKind;
-use zoomwire::effects::live::{LiveConfig, LiveEffects};
-use zoomwire::effects::state::MemoryState;
-use zoomwire::zoom::token::{AccessToken, StaticToken};
+use zoomwire_engine::effects::EffectErrorKind;
+use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
+use zoomwire_engine::effects::state::MemoryState;
+use zoomwire_engine::zoom::token::{AccessToken, StaticToken};
 
 fn mail_effects(smtp_url: &str, ca_file: Option<&std::path::Path>) -> LiveEffects {
     install_crypto();
@@ -26,7 +26,7 @@ fn mail_effects(smtp_url: &str, ca_file: Option<&std::path::Path>) -> LiveEffect
     config.limits.request_timeout = Duration::from_secs(10);
     LiveEffects::new(
         config,
-        vec![zoomwire::effects::accounts::ZoomAccountClient::only(
+        vec![zoomwire_engine::effects::accounts::ZoomAccountClient::only(
             std::sync::Arc::new(StaticToken(AccessToken::new("unused"))),
         )],
         std::sync::Arc::new(MemoryState::default()),
@@ -34,7 +34,10 @@ fn mail_effects(smtp_url: &str, ca_file: Option<&std::path::Path>) -> LiveEffect
     .expect("live effects")
 }
 
-async fn send(effects: &LiveEffects, args: Value) -> Result<Value, zoomwire::effects::EffectError> {
+async fn send(
+    effects: &LiveEffects,
+    args: Value,
+) -> Result<Value, zoomwire_engine::effects::EffectError> {
     perform(
         effects,
         &context(Duration::from_secs(20)),

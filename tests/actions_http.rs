@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::{Value, json};
 use support::{context_with_hosts, install_crypto, live, perform};
-use zoomwire::effects::EffectErrorKind;
-use zoomwire::effects::gateway::RunEffects;
-use zoomwire::effects::live::{LiveConfig, LiveEffects};
-use zoomwire::effects::{Capability, CapabilitySet};
-use zoomwire::zoom::token::{AccessToken, StaticToken};
+use zoomwire_engine::effects::EffectErrorKind;
+use zoomwire_engine::effects::gateway::RunEffects;
+use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
+use zoomwire_engine::effects::{Capability, CapabilitySet};
+use zoomwire_engine::zoom::token::{AccessToken, StaticToken};
 
 /// Requests a test server saw, as "METHOD path".
 type Seen = Arc<Mutex<Vec<String>>>;
@@ -123,7 +123,7 @@ async fn request(
     effects: &LiveEffects,
     hosts: &[&str],
     args: Value,
-) -> Result<Value, zoomwire::effects::EffectError> {
+) -> Result<Value, zoomwire_engine::effects::EffectError> {
     perform(
         effects,
         &context_with_hosts(Duration::from_secs(10), hosts),
@@ -338,10 +338,10 @@ async fn refuses_an_oversized_request_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_checks_the_rules_hosts_too() {
     let a = server().await;
-    let fx: Arc<dyn zoomwire::effects::Effects> = Arc::new(effects(|_| {}));
+    let fx: Arc<dyn zoomwire_engine::effects::Effects> = Arc::new(effects(|_| {}));
     let capabilities = CapabilitySet::new([Capability::Http("127.0.0.1".into())]);
     let gateway = RunEffects::new(
-        zoomwire::effects::EffectContext {
+        zoomwire_engine::effects::EffectContext {
             http_hosts: capabilities.http_hosts(),
             ..support::context(Duration::from_secs(10))
         },

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::json;
 use support::{context, live, live_config, oauth, perform, start_sim};
-use zoomwire::effects::EffectErrorKind;
-use zoomwire::effects::live::LiveEffects;
-use zoomwire::sim::{Fault, SimHandle};
+use zoomwire_engine::effects::EffectErrorKind;
+use zoomwire_engine::effects::live::LiveEffects;
+use zoomwire_sim::sim::{Fault, SimHandle};
 
 struct Setup {
     sim: SimHandle,
@@ -19,7 +19,7 @@ struct Setup {
     _archive: tempfile::TempDir,
 }
 
-async fn setup_with(tweak: impl FnOnce(&mut zoomwire::effects::live::LiveConfig)) -> Setup {
+async fn setup_with(tweak: impl FnOnce(&mut zoomwire_engine::effects::live::LiveConfig)) -> Setup {
     let sim = start_sim().await;
     let archive = tempfile::tempdir().unwrap();
     let mut config = live_config(&sim, archive.path());

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{context, live, live_config, oauth, perform, start_sim};
-use zoomwire::effects::gateway::RunEffects;
-use zoomwire::effects::{Capability, CapabilitySet, EffectErrorKind};
-use zoomwire::sim::{Fault, RateLimitType, RetryAfter, SimHandle, data};
-use zoomwire::zoom::token::AccessTokens;
+use zoomwire_engine::effects::gateway::RunEffects;
+use zoomwire_engine::effects::{Capability, CapabilitySet, EffectErrorKind};
+use zoomwire_engine::zoom::token::AccessTokens;
+use zoomwire_sim::sim::{Fault, RateLimitType, RetryAfter, SimHandle, data};
 
 struct Setup {
     sim: SimHandle,
-    effects: zoomwire::effects::live::LiveEffects,
+    effects: zoomwire_engine::effects::live::LiveEffects,
     _archive: tempfile::TempDir,
 }
 
@@ -27,7 +27,7 @@ async fn setup() -> Setup {
     setup_with(|_| {}).await
 }
 
-async fn setup_with(tweak: impl FnOnce(&mut zoomwire::effects::live::LiveConfig)) -> Setup {
+async fn setup_with(tweak: impl FnOnce(&mut zoomwire_engine::effects::live::LiveConfig)) -> Setup {
     let sim = start_sim().await;
     let archive = tempfile::tempdir().unwrap();
     let mut config = live_config(&sim, archive.path());
@@ -296,14 +296,18 @@ struct Rejected;
 impl AccessTokens for Rejected {
     fn token(
         &self,
-    ) -> zoomwire::effects::BoxFuture<
+    ) -> zoomwire_engine::effects::BoxFuture<
         '_,
-        Result<zoomwire::zoom::token::AccessToken, zoomwire::zoom::token::TokenError>,
+        Result<zoomwire_engine::zoom::token::AccessToken, zoomwire_engine::zoom::token::TokenError>,
     > {
-        Box::pin(async { Ok(zoomwire::zoom::token::AccessToken::new("not-a-zoom-token")) })
+        Box::pin(async {
+            Ok(zoomwire_engine::zoom::token::AccessToken::new(
+                "not-a-zoom-token",
+            ))
+        })
     }
 
-    fn invalidate(&self, _rejected: &zoomwire::zoom::token::AccessToken) {}
+    fn invalidate(&self, _rejected: &zoomwire_engine::zoom::token::AccessToken) {}
 }
 
 #[tokio::test]
@@ -479,7 +483,7 @@ async fn refuses_paths_that_leave_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_refuses_a_missing_capability_before_any_request() {
     let s = setup().await;
-    let effects: Arc<dyn zoomwire::effects::Effects> = Arc::new(s.effects);
+    let effects: Arc<dyn zoomwire_engine::effects::Effects> = Arc::new(s.effects);
     let runtime = tokio::runtime::Handle::current();
     let gateway = RunEffects::new(
         context(Duration::from_secs(10)),
@@ -508,13 +512,13 @@ async fn the_gateway_refuses_a_missing_capability_before_any_request() {
 #[tokio::test]
 async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
     use secrecy::SecretString;
-    use zoomwire::effects::ZoomAccountRef;
-    use zoomwire::effects::accounts::ZoomAccountClient;
-    use zoomwire::sim::{SimAccount, SimConfig};
-    use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
+    use zoomwire_engine::effects::ZoomAccountRef;
+    use zoomwire_engine::effects::accounts::ZoomAccountClient;
+    use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
+    use zoomwire_sim::sim::{SimAccount, SimConfig};
 
     support::install_crypto();
-    let sim = zoomwire::sim::start(SimConfig {
+    let sim = zoomwire_sim::sim::start(SimConfig {
         extra_accounts: vec![SimAccount::named("sales")],
         ..SimConfig::default()
     })
@@ -546,7 +550,7 @@ async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
             },
         ],
     );
-    let with = |account: ZoomAccountRef| zoomwire::effects::EffectContext {
+    let with = |account: ZoomAccountRef| zoomwire_engine::effects::EffectContext {
         zoom_account: account,
         ..context(Duration::from_secs(10))
     };

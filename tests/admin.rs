@@ -12,17 +12,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zoomwire::admin::{
+use zoomwire_engine::admin::{
     AdminOptions, AdminState, AdminToken, ConnectionState, RunHistory, SubscriptionHealth,
     serve_admin,
 };
-use zoomwire::engine::record::{Journal, JournalError, MemoryJournal, RunRecord, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::journal::history::{
+use zoomwire_engine::engine::record::{Journal, JournalError, MemoryJournal, RunRecord, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::journal::history::{
     HistoryError, RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery,
 };
-use zoomwire::journal::{JournalOptions, SqliteJournal};
-use zoomwire::zoom::websocket::{ConnectionStatus, Gap};
+use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
+use zoomwire_engine::zoom::websocket::{ConnectionStatus, Gap};
 
 struct Admin {
     base: String,

@@ -11,16 +11,16 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use zoomwire::admin::activity::ObservedJournal;
-use zoomwire::admin::{AdminOptions, AdminState, RunHistory, serve_admin};
-use zoomwire::effects::gateway::{EffectRecord, LogLine};
-use zoomwire::effects::redact;
-use zoomwire::engine::record::{Journal, RunRecord, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::journal::{JournalOptions, SqliteJournal};
-use zoomwire::reload::RuleSetHandle;
-use zoomwire::rules::RuleSources;
-use zoomwire::script::SandboxLimits;
+use zoomwire_engine::admin::activity::ObservedJournal;
+use zoomwire_engine::admin::{AdminOptions, AdminState, RunHistory, serve_admin};
+use zoomwire_engine::effects::gateway::{EffectRecord, LogLine};
+use zoomwire_engine::effects::redact;
+use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
+use zoomwire_engine::reload::RuleSetHandle;
+use zoomwire_engine::rules::RuleSources;
+use zoomwire_engine::script::SandboxLimits;
 
 const HOSTILE: &str = "<script>alert('x')</script><img src=x onerror=alert(1)>";
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use daemon::{WAIT, Workspace, meeting_event};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use zoomwire::sim::{Fault, FaultKind};
+use zoomwire_sim::sim::{Fault, FaultKind};
 
 const TOKEN: &str = "browser-test-admin-token-42";
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{Daemon, Workspace, eventually, meeting_event, runs_of};
-use zoomwire::sim::data::HOST_USER_ID;
+use zoomwire_sim::sim::data::HOST_USER_ID;
 
 /// The script: a Slack post, a Zoom read (made slow by the test), a Zoom
 /// write and a second Slack post. `tail` runs after the last effect.

@@ -15,8 +15,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::Value;
 use support::{Workspace, eventually, meeting_event, runs_of};
-use zoomwire::sim::data::HOST_USER_ID;
-use zoomwire::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use zoomwire_engine::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use zoomwire_sim::sim::data::HOST_USER_ID;
 
 /// A Slack post, a Zoom read the tests can slow down, a second Slack post.
 const NOTIFY: &str = r##"name: notify

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zoomwire::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
-use zoomwire::engine::executor::Executor;
-use zoomwire::engine::record::{MemoryJournal, RunRecord, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::rules::compile::load_rule_set;
-use zoomwire::rules::{RuleSet, RuleSources};
-use zoomwire::script::{SandboxLimits, ScriptPool};
+use zoomwire_engine::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
+use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::engine::record::{MemoryJournal, RunRecord, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::rules::compile::load_rule_set;
+use zoomwire_engine::rules::{RuleSet, RuleSources};
+use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
 /// Effects for these tests: `zoom.get {ms}` sleeps that long; `zoom.post`
 /// fails transiently for its first `fail_first` calls; every call is counted.

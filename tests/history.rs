@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use zoomwire::admin::{AdminOptions, AdminState, serve_admin};
-use zoomwire::effects::gateway::{EffectObserver, EffectRecord, LogLine};
-use zoomwire::engine::record::{Journal, RunRecord, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::journal::history::{RunHistory, RunQuery, TraceQuery};
-use zoomwire::journal::{JournalOptions, JournalSync, SqliteJournal};
-use zoomwire::reload::RuleSetHandle;
-use zoomwire::rules::RuleSources;
-use zoomwire::script::SandboxLimits;
+use zoomwire_engine::admin::{AdminOptions, AdminState, serve_admin};
+use zoomwire_engine::effects::gateway::{EffectObserver, EffectRecord, LogLine};
+use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::journal::history::{RunHistory, RunQuery, TraceQuery};
+use zoomwire_engine::journal::{JournalOptions, JournalSync, SqliteJournal};
+use zoomwire_engine::reload::RuleSetHandle;
+use zoomwire_engine::rules::RuleSources;
+use zoomwire_engine::script::SandboxLimits;
 
 fn open(dir: &Path) -> SqliteJournal {
     let options = JournalOptions {
@@ -58,7 +58,7 @@ fn run(id: &str, rule: &str, event: &Event, status: RunStatus, at: DateTime<Utc>
     }
 }
 
-fn ids(runs: &[zoomwire::journal::RunSummary]) -> Vec<&str> {
+fn ids(runs: &[zoomwire_engine::journal::RunSummary]) -> Vec<&str> {
     runs.iter().map(|r| r.id.as_str()).collect()
 }
 

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use zoomwire::effects::EffectError;
-use zoomwire::effects::gateway::{EffectObserver, EffectRecord, LogLine};
-use zoomwire::effects::state::StateStore;
-use zoomwire::engine::record::{Journal, RunRecord, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::journal::{
+use zoomwire_engine::effects::EffectError;
+use zoomwire_engine::effects::gateway::{EffectObserver, EffectRecord, LogLine};
+use zoomwire_engine::effects::state::StateStore;
+use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::journal::{
     DB_FILE, JournalOpenError, JournalOptions, RequeueOutcome, RunFilter, SqliteJournal,
 };
 

@@ -2,7 +2,7 @@
 //! is refused without panicking. In its own test binary because the logger
 //! is process-wide.
 
-use zoomwire::logging::{LogFormat, LoggingError, init_logging};
+use zoomwire_engine::logging::{LogFormat, LoggingError, init_logging};
 
 #[test]
 fn installs_once_and_refuses_a_second_logger() {

@@ -16,10 +16,10 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::{Daemon, Workspace};
-use zoomwire::sim::{
+use zoomwire_engine::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use zoomwire_sim::sim::{
     Fault, NewMeeting, NewUser, RateLimitType, RecordingState, RetryAfter, SimAccount, SimConfig,
 };
-use zoomwire::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 
 /// Posts each recording with where the event came from.
 const ARCHIVE: &str = r##"name: archive
@@ -563,7 +563,7 @@ async fn zoomwire_reconcile_lists_then_feeds_what_the_store_has_not_seen() {
 async fn refused_listings_fall_back_to_each_users_recordings_and_reports() {
     // A Pro account has no dashboard; the account's recording listing is refused too.
     let ws = Workspace::with_sim(SimConfig {
-        plan: zoomwire::sim::SimPlan::Pro,
+        plan: zoomwire_sim::sim::SimPlan::Pro,
         ..SimConfig::default()
     })
     .await;
@@ -572,7 +572,7 @@ async fn refused_listings_fall_back_to_each_users_recordings_and_reports() {
     ws.sim.inject_fault(Fault {
         path_prefix: "/v2/accounts/".into(),
         count: 1000,
-        kind: zoomwire::sim::FaultKind::Status {
+        kind: zoomwire_sim::sim::FaultKind::Status {
             status: 400,
             body: Some(r#"{"code":200,"message":"No permission."}"#.into()),
         },
@@ -606,14 +606,14 @@ async fn refused_listings_fall_back_to_each_users_recordings_and_reports() {
     assert!(
         !ws.answered(&format!(
             "/v2/users/{}/recordings",
-            zoomwire::sim::data::HOST_USER_ID
+            zoomwire_sim::sim::data::HOST_USER_ID
         ))
         .is_empty()
     );
     assert!(
         !ws.answered(&format!(
             "/v2/report/users/{}/meetings",
-            zoomwire::sim::data::HOST_USER_ID
+            zoomwire_sim::sim::data::HOST_USER_ID
         ))
         .is_empty()
     );

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use zoomwire::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
-use zoomwire::engine::executor::{Executor, RULE_REMOVED};
-use zoomwire::engine::record::{MemoryJournal, RunStatus};
-use zoomwire::event::{Event, Source};
-use zoomwire::reload::{RuleSetHandle, watch_and_reload};
-use zoomwire::rules::RuleSources;
-use zoomwire::script::{SandboxLimits, ScriptPool};
+use zoomwire_engine::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
+use zoomwire_engine::engine::executor::{Executor, RULE_REMOVED};
+use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::reload::{RuleSetHandle, watch_and_reload};
+use zoomwire_engine::rules::RuleSources;
+use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
 /// Longest a change may take to be running.
 const WITHIN: Duration = Duration::from_secs(2);
@@ -402,7 +402,7 @@ async fn a_reload_drops_queued_runs_of_a_removed_rule_and_lets_running_ones_fini
         .handle_event(&fx.handle.current(), ping())
         .await
         .unwrap();
-    let ticket = |outcome: zoomwire::engine::executor::EventOutcome| {
+    let ticket = |outcome: zoomwire_engine::engine::executor::EventOutcome| {
         outcome.runs.into_iter().find(|t| &*t.rule == "q").unwrap()
     };
     let (first, second) = (ticket(first), ticket(second));

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use rhai::Dynamic;
 use serde_json::{Value, json};
 
-use zoomwire::effects::gateway::RunEffects;
-use zoomwire::effects::recorder::{CannedAnswer, RecordingEffects};
-use zoomwire::effects::{
+use zoomwire_engine::effects::gateway::RunEffects;
+use zoomwire_engine::effects::recorder::{CannedAnswer, RecordingEffects};
+use zoomwire_engine::effects::{
     BoxFuture, Capability, CapabilitySet, EffectContext, EffectError, EffectErrorKind,
     EffectRequest, Effects,
 };
-use zoomwire::event::{Event, Source};
-use zoomwire::script::{Sandbox, SandboxLimits, ScriptError, ScriptJob, ScriptModules, ScriptPool};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::script::{
+    Sandbox, SandboxLimits, ScriptError, ScriptJob, ScriptModules, ScriptPool,
+};
 
 /// How far past its timeout a hostile run may end.
 const MARGIN: Duration = Duration::from_millis(1000);

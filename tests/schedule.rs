@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use zoomwire::effects::state::{MemoryState, StateStore};
-use zoomwire::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
-use zoomwire::engine::executor::Executor;
-use zoomwire::engine::record::{MemoryJournal, RunRecord, RunStatus};
-use zoomwire::reload::RuleSetHandle;
-use zoomwire::rules::RuleSources;
-use zoomwire::schedule::{Clock, ManualClock, SCHEDULE_STATE_RULE, run_scheduler};
-use zoomwire::script::{SandboxLimits, ScriptPool};
+use zoomwire_engine::effects::state::{MemoryState, StateStore};
+use zoomwire_engine::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
+use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::engine::record::{MemoryJournal, RunRecord, RunStatus};
+use zoomwire_engine::reload::RuleSetHandle;
+use zoomwire_engine::rules::RuleSources;
+use zoomwire_engine::schedule::{Clock, ManualClock, SCHEDULE_STATE_RULE, run_scheduler};
+use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
 /// `slack.post` waits for a permit of `gate`; everything else answers at once.
 struct GateEffects {

@@ -12,12 +12,12 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use zoomwire::sim::{
+use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire_engine::zoom::token::{AccessTokens, TokenError};
+use zoomwire_sim::sim::{
     self, Fault, NewMeeting, NewUser, RecordingState, SimAccount, SimConfig, SimHandle, SimPlan,
     data, download::download_byte,
 };
-use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
-use zoomwire::zoom::token::{AccessTokens, TokenError};
 
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

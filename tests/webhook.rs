@@ -10,9 +10,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use zoomwire::event::{Event, Source};
-use zoomwire::serve::serve_router;
-use zoomwire::zoom::webhook::{
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::serve::serve_router;
+use zoomwire_engine::zoom::webhook::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, webhook_router_with_clock,
 };
 

@@ -16,15 +16,15 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use zoomwire::effects::accounts::ZoomAccountClient;
-use zoomwire::effects::live::{LiveConfig, LiveEffects};
-use zoomwire::effects::state::MemoryState;
-use zoomwire::effects::{EffectContext, EffectErrorKind, EffectRequest, Effects};
-use zoomwire::event::{Event, Source};
-use zoomwire::sim::{self, Fault, FaultKind, SecondConnection, SimConfig, SimHandle};
-use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
-use zoomwire::zoom::token::{AccessTokens, StaticToken};
-use zoomwire::zoom::websocket::{ConnectionStatus, WsConfig, run_subscription};
+use zoomwire_engine::effects::accounts::ZoomAccountClient;
+use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
+use zoomwire_engine::effects::state::MemoryState;
+use zoomwire_engine::effects::{EffectContext, EffectErrorKind, EffectRequest, Effects};
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire_engine::zoom::token::{AccessTokens, StaticToken};
+use zoomwire_engine::zoom::websocket::{ConnectionStatus, WsConfig, run_subscription};
+use zoomwire_sim::sim::{self, Fault, FaultKind, SecondConnection, SimConfig, SimHandle};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -481,7 +481,7 @@ async fn two_subscriptions_run_side_by_side_on_one_token_cache() {
 async fn a_static_token_source_works_and_shutdown_closes_the_connection() {
     logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
-    let token = zoomwire::zoom::token::AccessToken::new(sim.issue_token());
+    let token = zoomwire_engine::zoom::token::AccessToken::new(sim.issue_token());
     let mut client = Client::start(
         fast_config(&sim, sim.subscription_id(), "main"),
         Arc::new(StaticToken(token)),

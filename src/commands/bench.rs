@@ -1,11 +1,11 @@
 //! `zoomwire bench`: end-to-end throughput, latency and memory of the daemon
-//! driven from the simulator's WebSocket (see [`crate::bench`]).
+//! driven from the simulator's WebSocket (see [`zoomwire_sim::bench`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::bench::{BenchJournal, BenchOptions, complete, format_report, run_bench};
+use zoomwire_sim::bench::{BenchJournal, BenchOptions, complete, format_report, run_bench};
 
 /// The bench's command-line arguments (`main.rs` flattens these into its
 /// `Bench` variant).

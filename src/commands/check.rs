@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::rules_args::{RuleArgs, load_rules, print_rule_errors};
 use super::{CommandResult, EXIT_FAILED};
-use crate::script::SandboxLimits;
+use zoomwire_engine::script::SandboxLimits;
 
 pub fn run(args: &RuleArgs) -> CommandResult {
     match load_rules(args, &SandboxLimits::default()) {

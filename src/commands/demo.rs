@@ -1,11 +1,11 @@
 //! `zoomwire demo`: the engine against the built-in Zoom simulator, with
-//! every run and its effects shown as they happen (see [`crate::demo`]).
+//! every run and its effects shown as they happen (see [`zoomwire_sim::demo`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::demo::{DemoError, DemoOptions, Pace, run_demo};
+use zoomwire_sim::demo::{DemoError, DemoOptions, Pace, run_demo};
 
 /// The demo's command-line arguments (`main.rs` flattens these into its
 /// `Demo` variant).
@@ -48,13 +48,14 @@ fn install_quiet_logging() {
     let rust_log = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let filter = match crate::logging::filter_from(Some(rust_log.as_deref().unwrap_or("warn"))) {
-        Ok(filter) => filter,
-        Err(error) => {
-            eprintln!("warning: {error}; logging at warn");
-            tracing_subscriber::EnvFilter::new("warn")
-        }
-    };
+    let filter =
+        match zoomwire_engine::logging::filter_from(Some(rust_log.as_deref().unwrap_or("warn"))) {
+            Ok(filter) => filter,
+            Err(error) => {
+                eprintln!("warning: {error}; logging at warn");
+                tracing_subscriber::EnvFilter::new("warn")
+            }
+        };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -5,17 +5,17 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::output::format_run;
 use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::effects::Effects;
-use crate::engine::executor::Executor;
-use crate::engine::matcher::{Verdict, explain_event};
-use crate::engine::record::{MemoryJournal, RunStatus};
-use crate::event::Source;
-use crate::rules::{RuleSet, Trigger};
-use crate::script::SandboxLimits;
-use crate::zoom::frame::decode_event_or_frame;
+use zoomwire_engine::effects::Effects;
+use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::engine::matcher::{Verdict, explain_event};
+use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
+use zoomwire_engine::event::Source;
+use zoomwire_engine::rules::{RuleSet, Trigger};
+use zoomwire_engine::script::SandboxLimits;
+use zoomwire_engine::terminal::format_run;
+use zoomwire_engine::zoom::frame::decode_event_or_frame;
 
 pub struct FireArgs {
     /// A file holding the event, or `-` for standard input.
@@ -88,7 +88,11 @@ fn read_input(input: &str) -> Result<String, CommandError> {
     }
 }
 
-fn print_explanation(rule_set: &RuleSet, event: &crate::event::Event, vars: &rhai::Dynamic) {
+fn print_explanation(
+    rule_set: &RuleSet,
+    event: &zoomwire_engine::event::Event,
+    vars: &rhai::Dynamic,
+) {
     for (rule, verdict) in explain_event(rule_set, event, vars) {
         let why = match verdict {
             Verdict::Fired => "fires".to_string(),

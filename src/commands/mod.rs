@@ -38,7 +38,6 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod fire;
-pub mod output;
 pub mod reconcile;
 pub mod replay;
 pub mod rules_args;

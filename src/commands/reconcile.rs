@@ -19,21 +19,21 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::rules_args::{RuleArgs, load_rules, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::config::{LoadOptions, Settings, ZoomAccount};
-use crate::daemon::JournalMode;
-use crate::effects::BoxFuture;
-use crate::effects::recorder::RecordingEffects;
-use crate::engine::executor::Executor;
-use crate::event::Event;
-use crate::journal::{JournalOptions, SqliteJournal};
-use crate::reconcile::{
+use zoomwire_engine::config::{LoadOptions, Settings, ZoomAccount};
+use zoomwire_engine::daemon::JournalMode;
+use zoomwire_engine::effects::BoxFuture;
+use zoomwire_engine::effects::recorder::RecordingEffects;
+use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::event::Event;
+use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
+use zoomwire_engine::reconcile::{
     EventFeed, KnownEvents, PassContext, PassReport, listened_kinds, reconcile_window,
 };
-use crate::rules::RuleSet;
-use crate::rules::spec::parse_duration;
-use crate::script::{SandboxLimits, ScriptPool};
-use crate::zoom::missed::{MissedFinder, Window};
-use crate::zoom::oauth::OAuthClient;
+use zoomwire_engine::rules::RuleSet;
+use zoomwire_engine::rules::spec::parse_duration;
+use zoomwire_engine::script::{SandboxLimits, ScriptPool};
+use zoomwire_engine::zoom::missed::{MissedFinder, Window};
+use zoomwire_engine::zoom::oauth::OAuthClient;
 
 pub struct ReconcileArgs {
     /// `2024-11-19T08:00:00Z`, `2024-11-19` (UTC midnight) or a duration ago (`2h`).
@@ -197,7 +197,7 @@ async fn reconcile_account(
     account: &ZoomAccount,
     store: &Option<SqliteJournal>,
     rule_set: &Arc<RuleSet>,
-    kinds: &[crate::zoom::missed::MissedKind],
+    kinds: &[zoomwire_engine::zoom::missed::MissedKind],
     window: Window,
     dry_run: bool,
 ) -> Result<PassReport, CommandError> {

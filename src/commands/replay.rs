@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::effects::Effects;
-use crate::engine::executor::Executor;
-use crate::engine::record::{MemoryJournal, RunStatus};
-use crate::event::Source;
-use crate::script::SandboxLimits;
-use crate::zoom::frame::decode_event_or_frame;
+use zoomwire_engine::effects::Effects;
+use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
+use zoomwire_engine::event::Source;
+use zoomwire_engine::script::SandboxLimits;
+use zoomwire_engine::zoom::frame::decode_event_or_frame;
 
 pub struct ReplayArgs {
     pub input: std::path::PathBuf,

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::rules::compile::load_rule_set;
-use crate::rules::{RuleError, RuleSet, RuleSources};
-use crate::script::{SandboxLimits, ScriptPool};
+use zoomwire_engine::rules::compile::load_rule_set;
+use zoomwire_engine::rules::{RuleError, RuleSet, RuleSources};
+use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
 /// Rule files or folders, and the scripts folder.
 #[derive(Debug, Clone)]

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::config::{LoadOptions, Settings};
-use crate::daemon::{Daemon, DaemonOptions};
+use zoomwire_engine::config::{LoadOptions, Settings};
+use zoomwire_engine::daemon::{Daemon, DaemonOptions};
 
 /// Reads the settings (zoomwire.yaml, .env, the environment), starts the
 /// daemon and runs it until a signal. Configuration problems exit 2, listed
@@ -16,7 +16,7 @@ pub async fn run() -> CommandResult {
     };
     let settings =
         Settings::load(&options).map_err(|errors| CommandError::Usage(errors.to_string()))?;
-    if let Err(error) = crate::logging::init_logging(settings.log_format) {
+    if let Err(error) = zoomwire_engine::logging::init_logging(settings.log_format) {
         eprintln!("warning: {error}");
     }
     let options = DaemonOptions {

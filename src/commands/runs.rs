@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 
 use super::{CommandError, CommandResult};
-use crate::journal::{
+use zoomwire_engine::journal::{
     DB_FILE, JournalOptions, RequeueOutcome, RunFilter, RunSummary, SqliteJournal,
 };
 
@@ -176,8 +176,8 @@ fn one_line(error: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::RunStatus;
     use chrono::{TimeZone, Utc};
+    use zoomwire_engine::engine::record::RunStatus;
 
     fn summary(id: &str, status: RunStatus, error: Option<&str>) -> RunSummary {
         RunSummary {

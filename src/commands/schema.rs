@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::CommandResult;
-use crate::rules::spec::RuleSpec;
+use zoomwire_engine::rules::spec::RuleSpec;
 
 /// The schema of a rule file: one rule or a list of rules.
 pub fn rule_file_schema() -> serde_json::Value {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use super::{CommandError, CommandResult};
-use crate::sim::{SimConfig, SimError};
+use zoomwire_sim::sim::{SimConfig, SimError};
 
 /// Runs the simulator on `addr` (default `127.0.0.1:0`, a free port).
 pub async fn run(addr: Option<SocketAddr>) -> CommandResult {
@@ -13,7 +13,7 @@ pub async fn run(addr: Option<SocketAddr>) -> CommandResult {
     if let Some(addr) = addr {
         config.addr = addr;
     }
-    match crate::sim::serve_forever(config).await {
+    match zoomwire_sim::sim::serve_forever(config).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error @ SimError::Bind { .. }) => Err(CommandError::Usage(error.to_string())),
         Err(error) => Err(CommandError::Other(error.into())),

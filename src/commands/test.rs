@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
 use super::{CommandResult, EXIT_FAILED};
-use crate::script::SandboxLimits;
-use crate::testing::run_tests;
+use zoomwire_engine::script::SandboxLimits;
+use zoomwire_engine::testing::run_tests;
 
 pub async fn run(args: &RuleArgs) -> CommandResult {
     let limits = SandboxLimits::default();

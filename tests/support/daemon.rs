@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use zoomwire::sim::{self, SimConfig, SimHandle};
+use zoomwire_sim::sim::{self, SimConfig, SimHandle};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_zoomwire");

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::Value;
 use url::Url;
-use zoomwire::effects::accounts::ZoomAccountClient;
-use zoomwire::effects::live::{LiveConfig, LiveEffects, LiveLimits};
-use zoomwire::effects::state::MemoryState;
-use zoomwire::effects::transport::RetryPolicy;
-use zoomwire::effects::{EffectContext, EffectError, EffectRequest, Effects};
-use zoomwire::sim::{self, SimConfig, SimHandle};
-use zoomwire::zoom::oauth::{OAuthClient, OAuthConfig};
-use zoomwire::zoom::token::AccessTokens;
+use zoomwire_engine::effects::accounts::ZoomAccountClient;
+use zoomwire_engine::effects::live::{LiveConfig, LiveEffects, LiveLimits};
+use zoomwire_engine::effects::state::MemoryState;
+use zoomwire_engine::effects::transport::RetryPolicy;
+use zoomwire_engine::effects::{EffectContext, EffectError, EffectRequest, Effects};
+use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
+use zoomwire_engine::zoom::token::AccessTokens;
+use zoomwire_sim::sim::{self, SimConfig, SimHandle};
 
 pub fn install_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -17,14 +17,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use zoomwire::engine::matcher::match_event;
-use zoomwire::event::Source;
-use zoomwire::rules::compile::load_rule_set;
-use zoomwire::rules::{RuleSet, RuleSources};
-use zoomwire::script::SandboxLimits;
-use zoomwire::zoom::frame::{Frame, decode_frame};
+use zoomwire_engine::engine::matcher::match_event;
+use zoomwire_engine::event::Source;
+use zoomwire_engine::rules::compile::load_rule_set;
+use zoomwire_engine::rules::{RuleSet, RuleSources};
+use zoomwire_engine::script::SandboxLimits;
+use zoomwire_engine::zoom::frame::{Frame, decode_frame};
 
-const FRAME: &str = include_str!("../examples/frames/ws_frame_message.json");
+const FRAME: &str = include_str!("../../../examples/frames/ws_frame_message.json");
 
 /// The four rules that listen to `meeting.started`, in both sets.
 const STARTED_RULES: &[&str] = &[
@@ -82,7 +82,7 @@ fn bare_parse(frame: &str) -> serde_json::Value {
     serde_json::from_str(content).expect("valid event")
 }
 
-fn decode(frame: &str) -> zoomwire::event::Event {
+fn decode(frame: &str) -> zoomwire_engine::event::Event {
     match decode_frame(frame, &Source::Websocket("bench".into())) {
         Ok(Frame::Event(event)) => *event,
         _ => panic!("the sample frame is an event"),

@@ -426,11 +426,11 @@ fn short_hash(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const ENDED: &str = include_str!("../examples/events/meeting.ended.json");
-    const JOINED: &str = include_str!("../examples/events/meeting.participant_joined.json");
+    const ENDED: &str = include_str!("../../../examples/events/meeting.ended.json");
+    const JOINED: &str = include_str!("../../../examples/events/meeting.participant_joined.json");
 
-    const RECORDING: &str = include_str!("../examples/events/recording.completed.json");
-    const USER: &str = include_str!("../examples/events/user.created.json");
+    const RECORDING: &str = include_str!("../../../examples/events/recording.completed.json");
+    const USER: &str = include_str!("../../../examples/events/user.created.json");
 
     #[test]
     fn parses_a_zoom_event_into_type_ts_and_key() {

@@ -1,16 +1,15 @@
-//! zoomwire: a rule-based automation engine for Zoom.
+//! zoomwire's engine: a rule-based automation engine for Zoom.
 //!
 //! Events arrive from Zoom's WebSocket subscription (or a webhook, a cron
 //! schedule, `fire` and `replay`), are matched against a compiled rule set,
 //! and run each matching rule's Rhai script in a sandbox whose only way out
 //! is the [`effects::Effects`] interface. See `ARCHITECTURE.md` for the map.
+//! The simulator, the demo and the bench are the `zoomwire-sim` crate; the
+//! command line is the `zoomwire` package.
 
 pub mod admin;
-pub mod bench;
-pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod effects;
 pub mod engine;
 pub mod event;
@@ -22,6 +21,6 @@ pub mod rules;
 pub mod schedule;
 pub mod script;
 pub mod serve;
-pub mod sim;
+pub mod terminal;
 pub mod testing;
 pub mod zoom;

@@ -529,7 +529,7 @@ fn builds_the_runtime_configurations() {
 
 #[test]
 fn the_example_file_loads_and_shows_the_defaults() {
-    let example = include_str!("../../zoomwire.example.yaml");
+    let example = include_str!("../../../../zoomwire.example.yaml");
     let s = settings(Some(example), None, &[]);
     let defaults = Settings::default();
     assert_eq!(s.zoom.api_base, defaults.zoom.api_base);

@@ -201,7 +201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
         let event = Event::parse(
-            include_str!("../../examples/events/meeting.ended.json"),
+            include_str!("../../../../examples/events/meeting.ended.json"),
             Source::Fire,
         )
         .unwrap();

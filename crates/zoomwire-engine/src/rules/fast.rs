@@ -965,7 +965,7 @@ mod tests {
     ];
 
     fn sample_bodies() -> Vec<String> {
-        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/events");
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/events");
         let mut paths: Vec<_> = std::fs::read_dir(folder)
             .unwrap()
             .map(|entry| entry.unwrap().path())

@@ -222,11 +222,12 @@ mod tests {
 
     use super::*;
 
-    const MESSAGE: &str = include_str!("../../examples/frames/ws_frame_message.json");
+    const MESSAGE: &str = include_str!("../../../../examples/frames/ws_frame_message.json");
     const BUILD: &str =
-        include_str!("../../examples/frames/ws_frame_build_connection_success.json");
-    const HEARTBEAT: &str = include_str!("../../examples/frames/ws_frame_heartbeat_response.json");
-    const INVALID: &str = include_str!("../../examples/frames/ws_frame_token_invalid.json");
+        include_str!("../../../../examples/frames/ws_frame_build_connection_success.json");
+    const HEARTBEAT: &str =
+        include_str!("../../../../examples/frames/ws_frame_heartbeat_response.json");
+    const INVALID: &str = include_str!("../../../../examples/frames/ws_frame_token_invalid.json");
 
     fn source() -> Source {
         Source::Websocket("default".into())

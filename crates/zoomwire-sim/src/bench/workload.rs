@@ -625,8 +625,8 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Source};
-    use crate::zoom::frame::{Frame, decode_frame};
+    use zoomwire_engine::event::{Event, Source};
+    use zoomwire_engine::zoom::frame::{Frame, decode_frame};
 
     #[test]
     fn the_rules_keep_every_default_and_fire_exactly_the_expected_posts() {
@@ -636,13 +636,13 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bench.yaml"), yaml).unwrap();
-        let sources = crate::rules::RuleSources {
+        let sources = zoomwire_engine::rules::RuleSources {
             paths: vec![dir.path().to_path_buf()],
             scripts_dir: dir.path().join("scripts"),
         };
-        let rule_set = crate::rules::compile::load_rule_set(
+        let rule_set = zoomwire_engine::rules::compile::load_rule_set(
             &sources,
-            &crate::script::SandboxLimits::default(),
+            &zoomwire_engine::script::SandboxLimits::default(),
         )
         .unwrap_or_else(|errors| panic!("{errors:?}"));
         assert_eq!(rule_set.rules().len(), 20);
@@ -659,7 +659,7 @@ mod tests {
             };
             let event: Event = *event;
             assert!(ids.insert(event.id.clone()), "dedupe keys differ");
-            let matched = crate::engine::matcher::match_event(&rule_set, &event, &vars);
+            let matched = zoomwire_engine::engine::matcher::match_event(&rule_set, &event, &vars);
             assert!(matched.failures.is_empty(), "{:?}", matched.failures);
             let posting: Vec<&'static str> = matched
                 .matched

@@ -12,7 +12,7 @@
 //! follows the story, so the weekly schedule fires through the real
 //! scheduler when the story reaches Monday morning.
 //!
-//! [`Executor::subscribe`]: crate::engine::executor::Executor::subscribe
+//! [`Executor::subscribe`]: zoomwire_engine::engine::executor::Executor::subscribe
 
 pub mod show;
 pub mod story;
@@ -26,15 +26,15 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::broadcast;
 
-use crate::config::{DEFAULT_ACCOUNT, Settings, Sources};
-use crate::daemon::{Daemon, DaemonError, DaemonOptions, JournalMode};
-use crate::engine::matcher::{Verdict, explain_event};
-use crate::engine::record::RunRecord;
-use crate::event::{Event, Source};
-use crate::schedule::ManualClock;
 use crate::sim::{SimConfig, SimError, SimHandle, SmtpSink, start_smtp_sink};
 use show::Tally;
 use story::{Action, MissingSeed, Step};
+use zoomwire_engine::config::{DEFAULT_ACCOUNT, Settings, Sources};
+use zoomwire_engine::daemon::{Daemon, DaemonError, DaemonOptions, JournalMode};
+use zoomwire_engine::engine::matcher::{Verdict, explain_event};
+use zoomwire_engine::engine::record::RunRecord;
+use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::schedule::ManualClock;
 
 /// How long the demo waits for the runs of one event.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,7 +130,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         .tempdir()
         .map_err(DemoError::DataDir)?;
     let settings = demo_settings(&sim, &sink, data.path(), &options)?;
-    let store = settings.data_dir.join(crate::journal::DB_FILE);
+    let store = settings.data_dir.join(zoomwire_engine::journal::DB_FILE);
     let story_start = steps.first().map_or_else(Utc::now, |s| s.at) - chrono::Duration::minutes(5);
     let clock = Arc::new(ManualClock::new(story_start));
     let daemon = start_daemon(settings, clock.clone()).await?;
@@ -442,7 +442,7 @@ fn tail<T>(items: &[T], from: usize) -> &[T] {
 }
 
 /// Says why no rule fired, or which listening rules' conditions were false.
-fn unfired_note(verdicts: &[(Arc<crate::rules::Rule>, Verdict)], fired: usize) -> String {
+fn unfired_note(verdicts: &[(Arc<zoomwire_engine::rules::Rule>, Verdict)], fired: usize) -> String {
     let skipped: Vec<String> = verdicts
         .iter()
         .filter_map(|(rule, verdict)| match verdict {

@@ -7,9 +7,9 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use crate::commands::output::format_run;
-use crate::engine::record::RunRecord;
 use crate::sim::{ReceivedMail, RecordedRequest, SlackPost};
+use zoomwire_engine::engine::record::RunRecord;
+use zoomwire_engine::terminal::format_run;
 
 /// The account's time zone, in which the story's times are shown.
 const ACCOUNT_ZONE: chrono_tz::Tz = chrono_tz::Europe::Berlin;

@@ -299,7 +299,7 @@ fn short_clip(sim: &SimHandle, time: DateTime<Utc>) -> Result<Step, MissingSeed>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Source};
+    use zoomwire_engine::event::{Event, Source};
 
     #[tokio::test]
     async fn the_story_is_in_order_with_distinct_events() {

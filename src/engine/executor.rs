@@ -675,7 +675,8 @@ async fn run_attempt(
             tokio::runtime::Handle::current(),
         )
         .with_replay(replay)
-        .with_observer(observer),
+        .with_observer(observer)
+        .with_output_limits(rule_set.sandbox().limits().output_limits()),
     );
     let job = ScriptJob {
         sandbox: rule_set.sandbox().clone(),

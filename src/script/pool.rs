@@ -5,9 +5,9 @@
 //! by recursion, and a deep value is cloned and dropped by recursion), so they
 //! never run on the async reactor and never on a default-sized stack. A full
 //! queue makes `run` wait, which slows intake instead of filling memory. Each
-//! job installs its run (deadline, cancel flag, effects) in the worker's
-//! thread-locals; a panic in a job is caught, becomes that job's error, and
-//! leaves the worker serving the next job.
+//! job installs its run (deadline, cancel flag, effects, memory budget) in
+//! the worker's thread-locals; a panic in a job is caught, becomes that job's
+//! error, and leaves the worker serving the next job.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,9 @@ use rhai::{AST, Dynamic};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::error::ScriptError;
-use super::error::{Evaluation, script_error};
+use super::error::{Evaluation, memory_limit, script_error};
 use super::limits::MIN_STACK_SIZE;
+use super::memory::{budget_exceeded, enter_budget};
 use super::run::{ActiveRun, enter_run, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
@@ -214,6 +215,9 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
             after: work.timeout,
         });
     }
+    let limits = job.sandbox.limits();
+    let evaluation = Evaluation::script(work.timeout, limits);
+    let _budget = enter_budget(limits.max_memory);
     let _run = enter_run(ActiveRun::new(
         job.deadline,
         job.cancel.clone(),
@@ -225,14 +229,14 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
     let outcome = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast);
     drop(scope);
     let thrown = take_thrown();
+    // A native call that passed the budget as the script's last step ends
+    // it without another operation to notice.
+    if budget_exceeded() {
+        return Err(memory_limit(evaluation));
+    }
     match outcome {
-        Ok(value) => job.sandbox.check_result_depth(value),
-        Err(error) => Err(script_error(
-            engine,
-            error,
-            Evaluation::script(work.timeout, job.sandbox.limits().max_value_depth),
-            &thrown,
-        )),
+        Ok(value) => job.sandbox.check_result(value),
+        Err(error) => Err(script_error(engine, error, evaluation, &thrown)),
     }
 }
 

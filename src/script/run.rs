@@ -7,6 +7,10 @@
 //! lighter deadline cell: they must not pay for a clock read unless they run
 //! long enough for it to matter.
 //!
+//! The memory budget is checked here as well, before every operation: the
+//! allocator raises a flag when the thread passes its budget
+//! ([`super::memory`]), and reading it costs one thread-local load.
+//!
 //! Operations are counted here too, not taken from Rhai: when a native
 //! function calls back into the script (`array.all(|x| ...)`, `map`, `sort`
 //! with a comparator), Rhai runs the callback on a copy of its counter and
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rhai::Dynamic;
 
+use super::memory::budget_exceeded;
 use crate::effects::EffectError;
 use crate::effects::gateway::RunEffects;
 
@@ -29,6 +34,13 @@ pub(crate) const TIMEOUT_TOKEN: &str = "zoomwire:timeout";
 pub(crate) const CANCEL_TOKEN: &str = "zoomwire:cancelled";
 /// The termination token `on_progress` returns past `max_operations`.
 pub(crate) const OPERATIONS_TOKEN: &str = "zoomwire:operations";
+/// The termination token once the thread passed its memory budget.
+pub(crate) const MEMORY_TOKEN: &str = "zoomwire:memory";
+/// The termination token once the run asked for an effect past `max_effects`.
+pub(crate) const EFFECTS_TOKEN: &str = "zoomwire:effects";
+/// The termination token once a native function was asked to build a
+/// string longer than `max_string_size` (see [`super::guards`]).
+pub(crate) const STRING_TOKEN: &str = "zoomwire:string";
 
 /// Scripts read the clock every this many operations (a power of two).
 pub(crate) const SCRIPT_CHECK_INTERVAL: u64 = 32;
@@ -124,15 +136,17 @@ fn count(cell: &'static std::thread::LocalKey<Cell<u64>>) -> u64 {
     })
 }
 
-/// `on_progress` of scripts: counts operations against `max_operations`,
-/// reads the clock every `SCRIPT_CHECK_INTERVAL` of them, and once the run
-/// is terminated fails every operation that follows.
+/// `on_progress` of scripts: checks the memory budget, counts operations
+/// against `max_operations`, reads the clock every `SCRIPT_CHECK_INTERVAL`
+/// of them, and once the run is terminated fails every operation that follows.
 pub(crate) fn script_progress(max_operations: u64) -> Option<Dynamic> {
     if let Some(token) = RUN_TERMINATED.with(Cell::get) {
         return Some(Dynamic::from(token));
     }
     let operations = count(&RUN_OPERATIONS);
-    let token = if operations > max_operations {
+    let token = if budget_exceeded() {
+        MEMORY_TOKEN
+    } else if operations > max_operations {
         OPERATIONS_TOKEN
     } else if !operations.is_multiple_of(SCRIPT_CHECK_INTERVAL) {
         return None;
@@ -161,6 +175,13 @@ fn check_active_run() -> Option<&'static str> {
         }
         None
     })
+}
+
+/// Ends the evaluation running on this thread (a script run, or a condition)
+/// at its next operation, and every operation after it, with `token`.
+pub(crate) fn terminate(token: &'static str) {
+    RUN_TERMINATED.with(|cell| cell.set(Some(token)));
+    CONDITION_TERMINATED.with(|cell| cell.set(Some(token)));
 }
 
 /// Whether the script's variables are due to be measured (and clears it).
@@ -201,15 +222,17 @@ pub(crate) fn reset_condition_clock() {
     CONDITION_OPERATIONS.with(|cell| cell.set(0));
 }
 
-/// `on_progress` of conditions: counts operations against `max_operations`;
-/// the clock starts at the first check; once the condition is terminated
-/// every operation fails.
+/// `on_progress` of conditions: checks the memory budget, counts operations
+/// against `max_operations`; the clock starts at the first check; once the
+/// condition is terminated every operation fails.
 pub(crate) fn condition_progress(max_operations: u64, timeout: Duration) -> Option<Dynamic> {
     if let Some(token) = CONDITION_TERMINATED.with(Cell::get) {
         return Some(Dynamic::from(token));
     }
     let operations = count(&CONDITION_OPERATIONS);
-    let token = if operations > max_operations {
+    let token = if budget_exceeded() {
+        MEMORY_TOKEN
+    } else if operations > max_operations {
         OPERATIONS_TOKEN
     } else if !operations.is_multiple_of(CONDITION_CHECK_INTERVAL) {
         return None;

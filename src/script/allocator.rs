@@ -18,7 +18,11 @@
 //!
 //! The count is one `const`-initialised thread-local of a `Copy` type, so
 //! touching it never allocates and never runs a destructor, on any thread at
-//! any time; it costs a few instructions per allocation.
+//! any time; it costs a few instructions per allocation. Each thread's peak
+//! is kept too, so that after a run that held much the sandbox can give the
+//! freed pages back to the system ([`release_free_memory`]): glibc keeps them
+//! in the thread's arena otherwise, and a daemon whose runs take turns on
+//! many threads would stay as large as all their peaks together.
 
 #![allow(
     unsafe_code,
@@ -39,6 +43,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 struct Account {
     /// Bytes allocated by this thread minus bytes freed by it.
     live: isize,
+    /// The highest `live` since [`set_limit`].
+    peak: isize,
     /// `live` above this raises `exceeded`.
     limit: isize,
     exceeded: bool,
@@ -46,7 +52,7 @@ struct Account {
 
 thread_local! {
     static ACCOUNT: Cell<Account> = const {
-        Cell::new(Account { live: 0, limit: isize::MAX, exceeded: false })
+        Cell::new(Account { live: 0, peak: 0, limit: isize::MAX, exceeded: false })
     };
 }
 
@@ -56,6 +62,7 @@ fn count(change: isize) {
     let _ = ACCOUNT.try_with(|cell| {
         let mut account = cell.get();
         account.live = account.live.wrapping_add(change);
+        account.peak = account.peak.max(account.live);
         if account.live > account.limit {
             account.exceeded = true;
         }
@@ -125,14 +132,45 @@ pub(crate) fn limit() -> isize {
         .unwrap_or(isize::MAX)
 }
 
-/// Sets the calling thread's limit on live bytes, and whether it is already passed.
+/// Sets the calling thread's limit on live bytes, and whether it is already
+/// passed; the peak starts again from what the thread holds now.
 pub(crate) fn set_limit(limit: isize) {
     let _ = ACCOUNT.try_with(|cell| {
         let mut account = cell.get();
         account.limit = limit;
         account.exceeded = account.live > limit;
+        account.peak = account.live;
         cell.set(account);
     });
+}
+
+/// The most the calling thread held since its limit was last set.
+pub(crate) fn peak_bytes() -> isize {
+    ACCOUNT.try_with(|cell| cell.get().peak).unwrap_or(0)
+}
+
+/// Raises the calling thread's peak to at least `peak` (an outer budget's,
+/// when an inner one ends).
+pub(crate) fn keep_peak(peak: isize) {
+    let _ = ACCOUNT.try_with(|cell| {
+        let mut account = cell.get();
+        account.peak = account.peak.max(peak);
+        cell.set(account);
+    });
+}
+
+/// Gives the pages of freed memory in every arena back to the system.
+/// Takes a few milliseconds after a large run; it frees nothing in use.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            /// glibc: releases free memory at the top of the heap and, since
+            /// 2.8, the free pages inside every arena; takes no pointer.
+            safe fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        malloc_trim(0);
+    }
 }
 
 /// Whether the calling thread's live bytes passed its limit since it was set.

@@ -20,15 +20,26 @@
 
 use super::allocator;
 
-/// Restores the thread's previous limit when dropped.
+/// A budget's use past which its end gives freed pages back to the system.
+const RELEASE_AFTER: isize = 8 << 20;
+
+/// Restores the thread's previous limit when dropped, and gives the freed
+/// memory back to the system when the budget's peak use was large.
 #[must_use = "the budget ends when the guard is dropped"]
 pub(crate) struct BudgetGuard {
     previous_limit: isize,
+    previous_peak: isize,
+    start: isize,
 }
 
 impl Drop for BudgetGuard {
     fn drop(&mut self) {
+        let used = allocator::peak_bytes() - self.start;
         allocator::set_limit(self.previous_limit);
+        allocator::keep_peak(self.previous_peak);
+        if used > RELEASE_AFTER {
+            allocator::release_free_memory();
+        }
     }
 }
 
@@ -36,15 +47,23 @@ impl Drop for BudgetGuard {
 /// guard is dropped.
 pub(crate) fn enter_budget(max_bytes: usize) -> BudgetGuard {
     let previous_limit = allocator::limit();
+    let previous_peak = allocator::peak_bytes();
+    let start = allocator::live_bytes();
     let max_bytes = isize::try_from(max_bytes).unwrap_or(isize::MAX);
-    allocator::set_limit(allocator::live_bytes().saturating_add(max_bytes));
-    BudgetGuard { previous_limit }
+    allocator::set_limit(start.saturating_add(max_bytes));
+    BudgetGuard {
+        previous_limit,
+        previous_peak,
+        start,
+    }
 }
 
 /// Starts counting the current budget's excess afresh from what the thread
 /// holds now (for the next module of a load, after one that failed).
 pub(crate) fn rearm_budget() {
+    let peak = allocator::peak_bytes();
     allocator::set_limit(allocator::limit());
+    allocator::keep_peak(peak);
 }
 
 /// Whether the calling thread passed its budget since the budget began.

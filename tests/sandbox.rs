@@ -1249,7 +1249,7 @@ fn a_condition_is_held_to_the_budget() {
     let small = sandbox
         .compile_expression(&format!(
             "{}.map(|i| event.payload.big + i).len() > 0",
-            zeros(3)
+            zeros(1)
         ))
         .unwrap();
     assert!(

@@ -77,9 +77,8 @@ fn bombs() -> Vec<(&'static str, String, &'static [&'static str])> {
         ),
         (
             "closures-capturing-big-values",
-            format!(
-                "let fs = []; for i in 0..1000 {{ let t = \"y\"; t.pad(1000000, \"z\"); fs.push(|| t); }} fs.len()"
-            ),
+            r#"let fs = []; for i in 0..1000 { let t = "y"; t.pad(1000000, "z"); fs.push(|| t); } fs.len()"#
+                .into(),
             &["max_string_size", "max_memory"],
         ),
         (

@@ -552,6 +552,42 @@ mod tests {
     }
 
     #[test]
+    fn bounds_the_log_and_the_effect_calls() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gateway = run_effects(vec![], &runtime).with_output_limits(OutputLimits {
+            max_log_lines: 2,
+            max_log_bytes: 10,
+            max_effects: 3,
+        });
+        for message in ["abcd", "efgh", "ij", "klmnopqrstuvwxyz"] {
+            gateway.log("info", message.to_string());
+        }
+        let logs: Vec<String> = gateway.logs().into_iter().map(|l| l.message).collect();
+        assert_eq!(
+            logs,
+            [
+                "abcd",
+                "efgh",
+                "log truncated: 2 more lines (18 bytes) dropped (max_log_lines = 2, max_log_bytes = 10)"
+            ]
+        );
+        gateway.now().unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        gateway.now().unwrap();
+        assert!(!gateway.effects_exhausted());
+        let refused = gateway.now().unwrap_err();
+        assert_eq!(
+            refused.message,
+            "the run already made 3 effect calls (max_effects = 3)"
+        );
+        assert!(gateway.effects_exhausted());
+        assert!(gateway.call("state.get", json!({"key": "k"})).is_err());
+        assert_eq!(gateway.records().len(), 3);
+    }
+
+    #[test]
     fn refuses_a_missing_capability_naming_it() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let gateway = run_effects(vec![], &runtime);

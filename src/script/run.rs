@@ -307,6 +307,21 @@ mod tests {
     }
 
     #[test]
+    fn passing_the_memory_budget_ends_the_run_at_its_next_operation() {
+        std::thread::spawn(|| {
+            let _guard = enter_run(run(Instant::now() + Duration::from_secs(60)));
+            let _budget = super::super::memory::enter_budget(1 << 20);
+            assert!(operate(1, MANY).is_none());
+            let held = vec![0u8; 2 << 20];
+            assert_eq!(operate(1, MANY).unwrap(), MEMORY_TOKEN);
+            drop(held);
+            assert_eq!(operate(1, MANY).unwrap(), MEMORY_TOKEN, "the end is final");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn scans_are_due_every_interval() {
         let _guard = enter_run(run(Instant::now() + Duration::from_secs(60)));
         assert!(operate(SCRIPT_CHECK_INTERVAL, MANY).is_none());

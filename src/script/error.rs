@@ -15,7 +15,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, LexError, ParseError, ParseErrorType,
 use super::limits::{SandboxLimits, format_duration};
 use super::memory::format_bytes;
 use super::run::{
-    CANCEL_TOKEN, EFFECTS_TOKEN, MEMORY_TOKEN, OPERATIONS_TOKEN, STRING_TOKEN, TIMEOUT_TOKEN,
+    CANCEL_TOKEN, EFFECTS_TOKEN, MEMORY_TOKEN, OPERATIONS_TOKEN, TIMEOUT_TOKEN, TOO_LARGE_TOKEN,
 };
 use super::value::{SizeLimits, exceeds_depth, oversized};
 use crate::effects::EffectError;
@@ -304,7 +304,9 @@ fn terminated(engine: &Engine, token: &Dynamic, evaluation: Evaluation) -> Optio
         CANCEL_TOKEN => Some(ScriptError::Cancelled),
         OPERATIONS_TOKEN => Some(operation_limit(engine, evaluation)),
         MEMORY_TOKEN => Some(memory_limit(evaluation)),
-        STRING_TOKEN => data_too_large(engine, "Length of string", evaluation),
+        token if token.starts_with(TOO_LARGE_TOKEN) => {
+            data_too_large(engine, &token[TOO_LARGE_TOKEN.len()..], evaluation)
+        }
         EFFECTS_TOKEN => Some(ScriptError::limit(
             "max_effects",
             format!(

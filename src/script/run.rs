@@ -38,9 +38,22 @@ pub(crate) const OPERATIONS_TOKEN: &str = "zoomwire:operations";
 pub(crate) const MEMORY_TOKEN: &str = "zoomwire:memory";
 /// The termination token once the run asked for an effect past `max_effects`.
 pub(crate) const EFFECTS_TOKEN: &str = "zoomwire:effects";
-/// The termination token once a native function was asked to build a
-/// string longer than `max_string_size` (see [`super::guards`]).
-pub(crate) const STRING_TOKEN: &str = "zoomwire:string";
+/// The start of the termination token once a value too large to print was
+/// about to be printed (see [`super::guards`]); the rest names the limit it
+/// breaks as Rhai does ("Length of string").
+pub(crate) const TOO_LARGE_TOKEN: &str = "zoomwire:too large:";
+
+/// The termination token for a value that breaks `what` (as
+/// [`super::value::oversized`] names it).
+pub(crate) fn too_large_token(what: &str) -> &'static str {
+    match what {
+        "Length of string" => "zoomwire:too large:Length of string",
+        "Size of array/BLOB" => "zoomwire:too large:Size of array/BLOB",
+        "Size of object map" => "zoomwire:too large:Size of object map",
+        "Length of map key" => "zoomwire:too large:Length of map key",
+        _ => "zoomwire:too large:Depth of value",
+    }
+}
 
 /// Scripts read the clock every this many operations (a power of two).
 pub(crate) const SCRIPT_CHECK_INTERVAL: u64 = 32;

@@ -87,8 +87,10 @@ fn bombs() -> Vec<(&'static str, String, &'static [&'static str])> {
             &["max_string_size", "max_memory"],
         ),
         (
-            "printing-a-shared-string-2000-times",
-            format!("{BIG} let a = []; a.pad(2000, 0); for i in 0..2000 {{ a[i] = s; }} a.to_string().len()"),
+            "to-json-of-one-string-curried-1000-times",
+            format!(
+                "{BIG} let f = Fn(\"x\"); for i in 0..1000 {{ f = f.curry(s); }} #{{f: f}}.to_json().len()"
+            ),
             &["max_string_size"],
         ),
         (

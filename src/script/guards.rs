@@ -6,11 +6,12 @@
 //! (`pad`, `blob`, `+`) or by their input. These are not:
 //!
 //! - printing an array or map (`to_string`, `to_debug`, `print`, `debug`,
-//!   `${...}`, `s + a`) and `to_json`: a string is shared, not copied, when
-//!   it is put in an array, so `[s, s, ...]` holds one copy of `s` but prints
-//!   as many as it has items. Rhai checks a container's size when a function
-//!   returns it, not when an item is assigned into it (`a[i] = s`), so such
-//!   an array can be built between two checks;
+//!   `${...}`, `s + a`) and `to_json`: Rhai checks a value's size only after
+//!   its text is built, and the text can be far larger than what is held. A
+//!   string is shared, not copied, when it is put in a value, and Rhai's own
+//!   size check counts neither map keys nor the arguments curried into a
+//!   function pointer: `Fn("f").curry(s)` a thousand times holds `s` once
+//!   and prints it a thousand times in `to_json`;
 //! - `replace` with a longer substitute (`s.replace("", t)` inserts `t`
 //!   between every two characters);
 //! - `split`, `split_rev` and `to_chars`: an item per piece, tens of bytes
@@ -19,10 +20,14 @@
 //! Each guard is registered on the engine under the same name and types as
 //! the function it replaces (registered functions are found before the
 //! standard packages) and checks, before allocating, that the result stays
-//! within Rhai's limits. The printers cannot fail (Rhai prints a value whose
-//! printer failed with its own `Display`, which would build the very string
-//! refused), so they return a short placeholder and end the run at its next
-//! operation; the others fail with Rhai's own "data too large" error.
+//! within Rhai's limits. The printers cannot fail, and must not leave the
+//! value as it was: where Rhai prints a value for `${...}` or `+`, it checks
+//! the value's size after the printer returns and, if that check or the
+//! printer fails, prints the value with its own `Display`, which would build
+//! the very string refused. So a refused value is emptied (the run ends at
+//! its next operation, when nothing can read it any more), and the printer
+//! returns a short placeholder; the others fail with Rhai's own "data too
+//! large" error.
 
 use std::fmt::Write as _;
 
@@ -93,6 +98,7 @@ fn size_limits(engine: &Engine, key: usize, depth: usize) -> SizeLimits {
 /// `[a, b]`, each item printed with `to_debug`, as Rhai prints arrays.
 fn print_array(ctx: &NativeCallContext, array: &mut Array, key: usize, depth: usize) -> String {
     if let Some(broken) = oversized_array(array, &size_limits(ctx.engine(), key, depth)) {
+        array.clear();
         return refuse(broken);
     }
     let mut text = String::from("[");
@@ -110,6 +116,7 @@ fn print_array(ctx: &NativeCallContext, array: &mut Array, key: usize, depth: us
 /// `#{"a": 1}`, each value printed with `to_debug`, as Rhai prints maps.
 fn print_map(ctx: &NativeCallContext, map: &mut Map, key: usize, depth: usize) -> String {
     if let Some(broken) = oversized_map(map, &size_limits(ctx.engine(), key, depth)) {
+        map.clear();
         return refuse(broken);
     }
     let mut text = String::from("#{");
@@ -375,55 +382,101 @@ mod tests {
         );
     }
 
-    fn refused(source: &str) -> String {
-        let limits = SandboxLimits {
-            max_string_size: 1000,
-            max_array_size: 100,
-            ..SandboxLimits::default()
-        };
-        let engine = build_engine(&limits, &ScriptModules::empty(), EngineKind::Script);
-        crate::script::run::reset_condition_clock();
+    /// Runs `source` with `m` (a map holding one megabyte string under 1,000
+    /// keys: one copy held, a thousand printed) and `f` (a function pointer
+    /// with the string curried 1,000 times: Rhai counts neither), under an
+    /// 8 MiB budget. Returns the error and whether the budget was passed.
+    fn refused(source: &str) -> (String, bool) {
+        let engine = build_engine(
+            &SandboxLimits::default(),
+            &ScriptModules::empty(),
+            EngineKind::Script,
+        );
+        let big = ImmutableString::from("y".repeat(1_000_000));
+        let mut scope = rhai::Scope::new();
+        let shared: Map = (0..1000)
+            .map(|i| (i.to_string().into(), Dynamic::from(big.clone())))
+            .collect();
+        scope.push_constant("m", shared);
+        let mut curried = rhai::FnPtr::new("f").unwrap();
+        for _ in 0..1000 {
+            curried.add_curry(Dynamic::from(big.clone()));
+        }
+        scope.push_constant("f", curried);
         let _run = crate::script::run::enter_run(crate::script::run::ActiveRun::new(
             std::time::Instant::now() + std::time::Duration::from_secs(10),
             Default::default(),
             Default::default(),
             None,
         ));
-        match engine.run(source) {
-            Ok(()) => panic!("{source} should fail"),
-            Err(error) => error.to_string(),
+        // Compiled as the sandbox compiles: the names exist, their values do
+        // not, so the optimizer cannot print them ahead of the run.
+        let mut names = rhai::Scope::new();
+        names.push_dynamic("m", Dynamic::UNIT);
+        names.push_dynamic("f", Dynamic::UNIT);
+        let ast = engine.compile_with_scope(&names, source).unwrap();
+        let budget = crate::script::memory::enter_budget(8 << 20);
+        let outcome = engine.run_ast_with_scope(&mut scope, &ast);
+        let exceeded = crate::script::memory::budget_exceeded();
+
+        drop(budget);
+        let outcome = crate::script::ended_early(
+            outcome.map(|()| Dynamic::UNIT),
+            crate::script::run::run_terminated(),
+        );
+        let evaluation = crate::script::error::Evaluation::script(
+            std::time::Duration::from_secs(10),
+            &SandboxLimits::default(),
+        );
+        match outcome {
+            Ok(_) => panic!("{source} should fail"),
+            Err(error) => {
+                let error = crate::script::error::script_error(&engine, error, evaluation, &[]);
+                (error.to_string(), exceeded)
+            }
         }
     }
 
     #[test]
     fn refuse_before_building_more_than_the_limits_allow() {
-        // 100 references to one 900-byte string: 90,000 bytes if printed.
-        let shared = r#"let s = "x"; s.pad(900, "x"); let a = []; a.pad(100, 0); for i in 0..100 { a[i] = s; }"#;
         for print in [
-            "a.to_string()",
-            "`${a}`",
-            r#""" + a"#,
-            "let t = \"\"; t += a;",
-            "#{a: a}.to_json()",
-            "print(a)",
+            "m.to_string()",
+            "`${m}`",
+            r#""" + m"#,
+            "let t = \"\"; t += [m];",
+            "print(m)",
+            "m.to_json()",
+            "#{f: f}.to_json()",
         ] {
-            let error = refused(&format!("{shared} {print}; 1"));
-            assert!(error.contains("Length of string"), "{print}: {error}");
+            let (error, exceeded) = refused(&format!("{print}; 1"));
+            assert_eq!(
+                error, "string too large (max_string_size = 1048576)",
+                "{print}"
+            );
+            assert!(!exceeded, "{print} built its text before refusing it");
         }
-        let error = refused(r#"let s = "x"; s.pad(500, "x"); s.replace("", "yy"); s"#);
-        assert!(error.contains("Length of string"), "{error}");
-        let error = refused(r#"let s = "x"; s.pad(500, "x"); s.replace('x', "yyy"); s"#);
-        assert!(error.contains("Length of string"), "{error}");
+        // 10,000 characters, each followed by 1,000 bytes: 10 MB.
+        let replace = r#"let s = "y"; s.pad(10000, "y"); let t = "z"; t.pad(1000, "z");"#;
+        for call in [r#"s.replace("", t)"#, "s.replace('y', t)"] {
+            let (error, exceeded) = refused(&format!("{replace} {call}; s"));
+            assert_eq!(
+                error, "string too large (max_string_size = 1048576)",
+                "{call}"
+            );
+            assert!(!exceeded, "{call} built its string before refusing it");
+        }
+        // A megabyte of "a a a ...": half a million to a million array items if made.
+        let pieces = r#"let s = "a "; for i in 0..19 { s += s; }"#;
         for split in [
-            "s.split(\"\")",
-            "s.split(',')",
-            "s.split_rev(\",\")",
+            r#"s.split("")"#,
+            "s.split(' ')",
+            r#"s.split_rev(" ")"#,
             "s.to_chars()",
             "s.split()",
         ] {
-            let source = format!(r#"let s = ""; for i in 0..300 {{ s += "a, "; }} {split}"#);
-            let error = refused(&source);
-            assert!(error.contains("Size of array"), "{split}: {error}");
+            let (error, exceeded) = refused(&format!("{pieces} {split}"));
+            assert_eq!(error, "array too large (max_array_size = 50000)", "{split}");
+            assert!(!exceeded, "{split} made its pieces before refusing them");
         }
     }
 }

@@ -40,7 +40,7 @@ pub use pool::{ScriptJob, ScriptPool};
 
 use error::{Evaluation, memory_limit, result_too_large, script_error, syntax_error};
 use memory::{budget_exceeded, enter_budget};
-use run::reset_condition_clock;
+use run::{condition_terminated, reset_condition_clock};
 use value::{SizeLimits, oversized};
 
 pub use memory::format_bytes;
@@ -132,7 +132,8 @@ impl Sandbox {
         reset_condition_clock();
         let budget = enter_budget(self.limits.max_memory);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            engine.eval_ast_with_scope::<Dynamic>(scope, ast)
+            let outcome = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+            ended_early(outcome, condition_terminated())
         }));
         scope.rewind(scope_len);
         let evaluation = Evaluation::condition(&self.limits);
@@ -200,6 +201,20 @@ pub(crate) fn run_scope(event: &Dynamic, meta: &Dynamic, vars: &Dynamic) -> Scop
         scope.push_constant_dynamic(name, value.clone());
     }
     scope
+}
+
+/// The evaluation's outcome, or the end a native function gave it as its
+/// last step (with no operation after it to fail).
+pub(crate) fn ended_early(
+    outcome: Result<Dynamic, Box<EvalAltResult>>,
+    terminated: Option<&'static str>,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    match (outcome, terminated) {
+        (Ok(_), Some(token)) => {
+            Err(EvalAltResult::ErrorTerminated(token.into(), Position::NONE).into())
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 /// Where `import "path"` is written in `source` (Rhai does not say).

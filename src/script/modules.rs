@@ -22,13 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rhai::module_resolvers::ModuleResolver;
-use rhai::{AST, Engine, EvalAltResult, Module, Position, Scope, Shared};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Position, Scope, Shared};
 
+use super::ended_early;
 use super::engine::{EngineKind, build_engine_with_resolver};
 use super::error::{Evaluation, ScriptError, parse_error_message, script_error};
 use super::limits::{SandboxLimits, format_duration};
 use super::memory::{budget_exceeded, enter_budget, format_bytes, rearm_budget};
-use super::run::{ActiveRun, enter_run};
+use super::run::{ActiveRun, enter_run, run_terminated};
 use super::value::exceeds_depth;
 
 /// Largest script file accepted.
@@ -531,6 +532,7 @@ impl LoadResolver {
             ));
         }
         let module = Module::eval_ast_as_new(Scope::new(), ast, engine)
+            .and_then(|module| ended_early(Ok(Dynamic::UNIT), run_terminated()).map(|_| module))
             .map_err(|error| module_error(engine, error, &self.limits))?;
         if budget_exceeded() {
             return Err((memory_message(&self.limits), 1, 1));

@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ended_early;
 pub use super::error::ScriptError;
 use super::error::{Evaluation, memory_limit, script_error};
 use super::limits::MIN_STACK_SIZE;
 use super::memory::{budget_exceeded, enter_budget};
-use super::run::{ActiveRun, enter_run, take_thrown};
+use super::run::{ActiveRun, enter_run, run_terminated, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
 
@@ -226,7 +227,10 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
     ));
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);
-    let outcome = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast);
+    let outcome = ended_early(
+        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast),
+        run_terminated(),
+    );
     drop(scope);
     let thrown = take_thrown();
     // A native call that passed the budget as the script's last step ends

@@ -197,6 +197,17 @@ pub(crate) fn terminate(token: &'static str) {
     CONDITION_TERMINATED.with(|cell| cell.set(Some(token)));
 }
 
+/// What ended the script run on this thread, if it was ended (a native
+/// function may end it as its last step, with no operation after it).
+pub(crate) fn run_terminated() -> Option<&'static str> {
+    RUN_TERMINATED.with(Cell::get)
+}
+
+/// What ended the condition on this thread, likewise.
+pub(crate) fn condition_terminated() -> Option<&'static str> {
+    CONDITION_TERMINATED.with(Cell::get)
+}
+
 /// Whether the script's variables are due to be measured (and clears it).
 pub(crate) fn take_scan_due() -> bool {
     SCAN_DUE.with(|due| due.replace(false))

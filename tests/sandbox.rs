@@ -1191,6 +1191,17 @@ async fn memory_bombs_end_at_the_budget_in_callbacks_frames_and_variables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_to_record_fails_its_run() {
+    // One string held, a thousand times in the result: converting it to JSON
+    // for the run record would build a gigabyte.
+    let harness = Harness::new(SandboxLimits::default());
+    let source =
+        format!("{BIG} let f = Fn(\"x\"); for i in 0..1000 {{ f = f.curry(s); }} #{{f: f}}");
+    let error = harness.hostile(&source).await;
+    assert_eq!(limit_name(&error), "max_string_size", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effect_answers_count_once_against_the_run_that_keeps_them() {
     // Each answer is made on the runtime's threads; the run keeps its own copy
     // (in its record and its variables). Were the copy made elsewhere and freed

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::output::format_run;
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::effects::Effects;
 use crate::engine::executor::Executor;
@@ -14,7 +14,6 @@ use crate::engine::matcher::{Verdict, explain_event};
 use crate::engine::record::{MemoryJournal, RunStatus};
 use crate::event::Source;
 use crate::rules::{RuleSet, Trigger};
-use crate::script::SandboxLimits;
 use crate::zoom::frame::decode_event_or_frame;
 
 pub struct FireArgs {
@@ -29,7 +28,7 @@ pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
     let text = read_input(&args.input)?;
     let event = decode_event_or_frame(&text, Source::Fire)
         .map_err(|e| CommandError::Usage(format!("{}: {e}", args.input)))?;
-    let limits = SandboxLimits::default();
+    let limits = configured_limits()?;
     let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())

@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors};
+use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors};
 use super::{CommandResult, EXIT_FAILED};
-use zoomwire_engine::script::SandboxLimits;
 
 pub fn run(args: &RuleArgs) -> CommandResult {
-    match load_rules(args, &SandboxLimits::default()) {
+    match load_rules(args, &configured_limits()?) {
         Ok(rule_set) => {
             let schedules = rule_set
                 .rules()

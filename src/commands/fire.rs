@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::effects::Effects;
 use zoomwire_engine::engine::executor::Executor;
@@ -13,7 +13,6 @@ use zoomwire_engine::engine::matcher::{Verdict, explain_event};
 use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
 use zoomwire_engine::event::Source;
 use zoomwire_engine::rules::{RuleSet, Trigger};
-use zoomwire_engine::script::SandboxLimits;
 use zoomwire_engine::terminal::format_run;
 use zoomwire_engine::zoom::frame::decode_event_or_frame;
 
@@ -29,7 +28,7 @@ pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
     let text = read_input(&args.input)?;
     let event = decode_event_or_frame(&text, Source::Fire)
         .map_err(|e| CommandError::Usage(format!("{}: {e}", args.input)))?;
-    let limits = SandboxLimits::default();
+    let limits = configured_limits()?;
     let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())

@@ -7,13 +7,12 @@ use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::effects::Effects;
 use zoomwire_engine::engine::executor::Executor;
 use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
 use zoomwire_engine::event::Source;
-use zoomwire_engine::script::SandboxLimits;
 use zoomwire_engine::zoom::frame::decode_event_or_frame;
 
 pub struct ReplayArgs {
@@ -39,7 +38,7 @@ pub async fn run(args: ReplayArgs, effects: Arc<dyn Effects>) -> CommandResult {
         .lines()
         .collect::<Result<_, _>>()
         .map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", args.input.display())))?;
-    let limits = SandboxLimits::default();
+    let limits = configured_limits()?;
     let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())

@@ -1,9 +1,12 @@
-//! What every rule-reading command shares: where rules and scripts are, and
-//! loading them with every error printed as `path:line:col: message`.
+//! What every rule-reading command shares: where rules and scripts are, the
+//! sandbox limits of the configuration, and loading the rules with every
+//! error printed as `path:line:col: message`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::CommandError;
+use zoomwire_engine::config::{LoadOptions, Settings};
 use zoomwire_engine::rules::compile::load_rule_set;
 use zoomwire_engine::rules::{RuleError, RuleSet, RuleSources};
 use zoomwire_engine::script::{SandboxLimits, ScriptPool};
@@ -33,6 +36,19 @@ impl RuleArgs {
             scripts_dir: self.scripts.clone(),
         }
     }
+}
+
+/// The sandbox limits the configuration sets (`sandbox:` in `zoomwire.yaml`),
+/// so that `check`, `test`, `fire` and `replay` hold scripts to the limits
+/// the daemon uses; the defaults where it sets none.
+pub fn configured_limits() -> Result<SandboxLimits, CommandError> {
+    let settings = Settings::load(&LoadOptions::from_process_env())
+        .map_err(|errors| CommandError::Usage(errors.to_string()))?;
+    if settings.sandbox.is_null() {
+        return Ok(SandboxLimits::default());
+    }
+    serde_json::from_value(settings.sandbox)
+        .map_err(|error| CommandError::Usage(format!("`sandbox`: {error}")))
 }
 
 /// Loads the rule set, or prints every error and returns them.

@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
 use super::{CommandResult, EXIT_FAILED};
-use zoomwire_engine::script::SandboxLimits;
 use zoomwire_engine::testing::run_tests;
 
 pub async fn run(args: &RuleArgs) -> CommandResult {
-    let limits = SandboxLimits::default();
+    let limits = configured_limits()?;
     let rule_set = match load_rules(args, &limits) {
         Ok(rule_set) => rule_set,
         Err(errors) => {

@@ -555,6 +555,9 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert!(s.webhook.enabled());
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
     assert_eq!(s.vars["archive_channel"], "#recordings");
+    let sandbox: crate::script::SandboxLimits =
+        serde_json::from_value(s.sandbox.clone()).expect("the example's sandbox limits");
+    assert_eq!(sandbox, crate::script::SandboxLimits::default());
 }
 
 #[test]

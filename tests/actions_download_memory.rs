@@ -4,6 +4,7 @@
 //! 100 MiB. This file holds only this test so that nothing else shares the
 //! process and its peak.
 
+#[path = "e2e/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The reconciler's decisions with a scripted source of missed events and
 //! paused time: which windows passes look at, what is fed and what is
 //! known, and when passes run (start-up, gaps, sweeps). The REST side is
-//! tested against the simulator in `tests/reconcile.rs`.
+//! tested against the simulator in `tests/e2e/reconcile.rs`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

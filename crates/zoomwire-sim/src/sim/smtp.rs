@@ -4,11 +4,12 @@
 //! It speaks the plain core of RFC 5321 that a client such as lettre needs:
 //! the greeting, `EHLO`/`HELO`, `MAIL FROM`, `RCPT TO`, `DATA` (with the
 //! end-of-data dot and dot-unstuffing), `RSET`, `NOOP` and `QUIT`, answering
-//! out-of-order commands with 503 and unknown ones with 500. No TLS and no
-//! AUTH are offered, so it is only for `SMTP_URL=smtp://127.0.0.1:PORT?tls=none`.
-//! Every accepted message is kept as a [`ReceivedMail`]. Tests of real
-//! delivery use a full server (aiosmtpd) instead; this sink only has to be
-//! correct for what the demo sends.
+//! out-of-order commands with 503 and unknown ones with 500; the recipients
+//! `reject-permanent@...` and `reject-temporary@...` are refused (550, 451).
+//! No TLS and no AUTH are offered, so it is only for
+//! `SMTP_URL=smtp://127.0.0.1:PORT?tls=none`. Every accepted message is kept
+//! as a [`ReceivedMail`]. The demo sends through it, and so do the plain
+//! email tests; the tests of TLS and AUTH use a full server (aiosmtpd).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -76,20 +77,15 @@ impl ReceivedMail {
 fn decode_words(value: &str) -> String {
     let mut out = String::new();
     let mut previous_was_word = false;
-    for token in value.split(' ') {
-        match decode_word(token) {
-            Some(text) => {
-                out.push_str(&text);
-                previous_was_word = true;
-            }
-            None => {
-                if !out.is_empty() || previous_was_word {
-                    out.push(' ');
-                }
-                out.push_str(token);
-                previous_was_word = false;
-            }
+    for (index, token) in value.split(' ').enumerate() {
+        let decoded = decode_word(token);
+        // The space between two encoded words is not part of the text
+        // (RFC 2047 section 6.2); every other space is.
+        if index > 0 && !(previous_was_word && decoded.is_some()) {
+            out.push(' ');
         }
+        previous_was_word = decoded.is_some();
+        out.push_str(decoded.as_deref().unwrap_or(token));
     }
     out
 }
@@ -430,10 +426,13 @@ impl Session {
             },
             "RCPT" if self.from.is_none() => reply("503 need MAIL before RCPT"),
             "RCPT" => match path_argument(argument, "TO:").filter(|to| !to.is_empty()) {
-                Some(to) => {
-                    self.to.push(to);
-                    reply("250 ok")
-                }
+                Some(to) => match refusal(&to) {
+                    Some(refused) => reply(refused),
+                    None => {
+                        self.to.push(to);
+                        reply("250 ok")
+                    }
+                },
                 None => reply("501 syntax: RCPT TO:<address>"),
             },
             "DATA" if self.to.is_empty() => reply("503 need RCPT before DATA"),
@@ -462,6 +461,17 @@ impl Session {
         };
         self.reset();
         mail
+    }
+}
+
+/// The answer to a recipient the sink refuses, as a relay would: the local
+/// part `reject-permanent` is refused for good (550), `reject-temporary` for
+/// now (451), so that tests see both kinds of refusal over real SMTP.
+fn refusal(to: &str) -> Option<&'static str> {
+    match to.split('@').next() {
+        Some("reject-permanent") => Some("550 5.1.1 no such user here"),
+        Some("reject-temporary") => Some("451 4.3.0 mailbox busy, try again later"),
+        _ => None,
     }
 }
 
@@ -512,6 +522,25 @@ mod tests {
     }
 
     #[test]
+    fn the_reject_recipients_are_refused_and_not_kept() {
+        let mut session = Session::default();
+        session.command("EHLO client");
+        session.command("MAIL FROM:<a@x>");
+        assert!(
+            matches!(session.command("RCPT TO:<reject-permanent@x>"), Step::Reply(r) if r.starts_with("550"))
+        );
+        assert!(
+            matches!(session.command("RCPT TO:<reject-temporary@x>"), Step::Reply(r) if r.starts_with("451"))
+        );
+        assert!(matches!(session.command("DATA"), Step::Reply(r) if r.starts_with("503")));
+        assert_eq!(
+            session.command("RCPT TO:<b@x>"),
+            Step::Reply("250 ok".into())
+        );
+        assert_eq!(session.to, ["b@x"]);
+    }
+
+    #[test]
     fn addresses_are_read_from_the_angle_brackets() {
         assert_eq!(
             path_argument("FROM:<a@x> SIZE=10", "FROM:"),
@@ -532,6 +561,12 @@ mod tests {
         };
         assert_eq!(mail.subject().as_deref(), Some("März report and more"));
         assert_eq!(mail.header("x-q").as_deref(), Some("a b=c"));
+        let mail = ReceivedMail {
+            data: "Subject: Weekly Sync =?utf-8?q?=E2=80=93_M?= =?utf-8?q?=C3=A4rz?= ok\r\n\r\n"
+                .into(),
+            ..mail
+        };
+        assert_eq!(mail.subject().as_deref(), Some("Weekly Sync – März ok"));
         assert_eq!(mail.header("to"), None);
     }
 

@@ -1,13 +1,12 @@
-//! A real SMTP server for the email tests: `smtp_sink.py` on aiosmtpd, run
-//! with the machine's `python3`.
+//! A real SMTP server for the email tests of TLS and AUTH: `smtp_sink.py` on
+//! aiosmtpd, the distribution's package (`python3-aiosmtpd`, which `.ci/run`
+//! installs), run with the first `python3` that has it. The plain tests use
+//! the simulator's SMTP sink instead.
 //!
-//! aiosmtpd is installed on first use into `target/pydeps` with pip (under a
-//! file lock, so parallel tests install it once). TLS certificates (a test
-//! CA and a server certificate for 127.0.0.1) are made with `openssl`. The
-//! server is killed when the [`SmtpSink`] is dropped; it also exits when
-//! the test process closes its standard input.
+//! TLS certificates (a test CA and a server certificate for 127.0.0.1) are
+//! made with `openssl`. The server is killed when the [`SmtpSink`] is
+//! dropped; it also exits when the test process closes its standard input.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,15 +36,14 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts a sink; `auth` makes AUTH mandatory with that user and password.
     pub fn start(tls: SinkTls, auth: Option<(&str, &str)>) -> SmtpSink {
-        let pydeps = ensure_aiosmtpd();
+        let python = python_with_aiosmtpd();
         let out = tempfile::tempdir().expect("temp dir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
-        let mut command = Command::new("python3");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/support/smtp_sink.py");
+        let mut command = Command::new(python);
         command
             .arg(&script)
             .arg("--out")
             .arg(out.path())
-            .env("PYTHONPATH", &pydeps)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -141,44 +139,19 @@ fn read_ready_port(stdout: std::process::ChildStdout, child: &mut Child) -> u16 
     }
 }
 
-/// `target/pydeps`, holding aiosmtpd (installed there with pip when missing).
-fn ensure_aiosmtpd() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let pydeps = target.join("pydeps");
-    if importable(&pydeps) {
-        return pydeps;
-    }
-    std::fs::create_dir_all(&target).expect("target folder");
-    let lock = File::create(target.join("pydeps.lock")).expect("lock file");
-    lock.lock().expect("lock pydeps");
-    if !importable(&pydeps) {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&pydeps)
-            .arg("aiosmtpd")
-            .status()
-            .expect("python3 -m pip runs");
-        assert!(status.success(), "pip could not install aiosmtpd");
-    }
-    lock.unlock().expect("unlock pydeps");
-    assert!(importable(&pydeps), "aiosmtpd is still not importable");
-    pydeps
-}
-
-fn importable(pydeps: &Path) -> bool {
-    Command::new("python3")
-        .args(["-c", "import aiosmtpd.smtp"])
-        .env("PYTHONPATH", pydeps)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The first Python that can import aiosmtpd: `python3` on the `PATH`, or
+/// the system's when that is another one (pyenv, a virtualenv).
+fn python_with_aiosmtpd() -> &'static str {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import aiosmtpd.smtp"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("no python3 with aiosmtpd: install the package python3-aiosmtpd (.ci/run does)")
 }
 
 /// A test CA and a server certificate for 127.0.0.1 and localhost, signed by it.

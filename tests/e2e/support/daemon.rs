@@ -5,11 +5,6 @@
 //! settings, the folders, free loopback ports, a short shutdown grace, JSON
 //! logs) and starts [`Daemon`]s on it. The daemon's log lines are collected
 //! as they come, so tests wait on what it says instead of sleeping.
-//!
-//! Shared by `tests/crash_recovery.rs` and `tests/daemon.rs` through
-//! `#[path]`, so that other test binaries do not compile it.
-// Each test binary uses a different part of these helpers.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

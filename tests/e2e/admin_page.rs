@@ -3,7 +3,7 @@
 //! came from outside (event bodies, script logs, effect arguments, rule
 //! descriptions) is escaped, the Content-Security-Policy forbids inline
 //! code, and the page's scripts are its own files. The same
-//! page in a real browser is `tests/browser.rs`.
+//! page in a real browser is `tests/e2e/browser.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,13 +2,11 @@
 //! token, Slack's `ok:false` codes, the 429 `Retry-After` seconds form
 //! delivering exactly once, deadlines, 5xx handling and named webhooks.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{context, live, live_config, oauth, perform, start_sim};
 use secrecy::SecretString;
 use serde_json::json;
-use support::{context, live, live_config, oauth, perform, start_sim};
 use zoomwire_engine::effects::EffectErrorKind;
 use zoomwire_engine::effects::live::LiveEffects;
 use zoomwire_sim::sim::{Fault, SimHandle};

@@ -65,7 +65,7 @@ impl Harness {
     fn build(limits: SandboxLimits, modules: ScriptModules, effects: Arc<dyn Effects>) -> Harness {
         let pool = ScriptPool::new(2, limits.effective().stack_size);
         let event = Event::parse(
-            include_str!("../examples/events/recording.completed.json"),
+            include_str!("../../examples/events/recording.completed.json"),
             Source::Test,
         )
         .expect("sample event parses");
@@ -969,7 +969,7 @@ async fn effect_errors_are_catchable_maps() {
 fn conditions_are_pure() {
     let sandbox = Sandbox::new(SandboxLimits::default(), ScriptModules::empty());
     let event = Event::parse(
-        include_str!("../examples/events/recording.completed.json"),
+        include_str!("../../examples/events/recording.completed.json"),
         Source::Test,
     )
     .unwrap();

@@ -1,20 +1,20 @@
-//! `email.send` end to end: the live effects talk to a real SMTP server
-//! (aiosmtpd, installed and started by `support::smtp`) over loopback, and
-//! each test checks what that server received: envelope, headers, MIME
-//! parts, AUTH and TLS.
-
-mod support;
+//! `email.send` end to end: the live effects talk SMTP over loopback, and
+//! each test checks what the server received: envelope, headers and MIME
+//! parts from the simulator's SMTP sink (plain SMTP), AUTH and TLS from a
+//! full server (aiosmtpd, started by `support::smtp`).
 
 use std::time::Duration;
 
+use crate::support::smtp::{SinkTls, SmtpSink};
+use crate::support::{context, install_crypto, perform};
+use mail_parser::{MessageParser, MimeHeaders};
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::smtp::{SinkTls, SmtpSink};
-use support::{context, install_crypto, perform};
 use zoomwire_engine::effects::EffectErrorKind;
 use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
 use zoomwire_engine::effects::state::MemoryState;
 use zoomwire_engine::zoom::token::{AccessToken, StaticToken};
+use zoomwire_sim::sim::{ReceivedMail, SmtpSink as PlainSink, start_smtp_sink};
 
 fn mail_effects(smtp_url: &str, ca_file: Option<&std::path::Path>) -> LiveEffects {
     install_crypto();
@@ -47,14 +47,36 @@ async fn send(
     .await
 }
 
-fn header<'a>(message: &'a Value, name: &str) -> &'a str {
-    message["headers"][name].as_str().unwrap_or("")
+/// The simulator's SMTP sink on a free loopback port: plain SMTP, no AUTH.
+async fn plain_sink() -> PlainSink {
+    start_smtp_sink("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the SMTP sink starts")
+}
+
+/// The messages the sink accepted once there are `count` of them.
+async fn received(sink: &PlainSink, count: usize) -> Vec<ReceivedMail> {
+    assert!(
+        sink.wait_for(count, Duration::from_secs(10)).await,
+        "{count} messages did not arrive"
+    );
+    sink.messages()
+}
+
+/// A MIME type as `type/subtype`.
+fn mime_type<'x>(part: &impl MimeHeaders<'x>) -> String {
+    let content_type = part.content_type().expect("a Content-Type");
+    format!(
+        "{}/{}",
+        content_type.ctype(),
+        content_type.subtype().unwrap_or_default()
+    )
 }
 
 #[tokio::test]
 async fn sends_multipart_alternative_with_cc_bcc_and_reply_to_over_plain_smtp() {
-    let sink = SmtpSink::start(SinkTls::None, None);
-    let effects = mail_effects(&format!("smtp://127.0.0.1:{}?tls=none", sink.port), None);
+    let sink = plain_sink().await;
+    let effects = mail_effects(&sink.url(), None);
     let answer = send(
         &effects,
         json!({
@@ -71,16 +93,11 @@ async fn sends_multipart_alternative_with_cc_bcc_and_reply_to_over_plain_smtp() 
     .unwrap();
     assert_eq!(answer["recipients"], 4);
 
-    let messages = sink.wait_for_messages(1);
+    let messages = received(&sink, 1).await;
     assert_eq!(messages.len(), 1);
-    let message = &messages[0];
-    assert_eq!(message["mail_from"], "zoomwire@example.com");
-    let mut recipients: Vec<&str> = message["rcpt_tos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap())
-        .collect();
+    let mail = &messages[0];
+    assert_eq!(mail.from, "zoomwire@example.com");
+    let mut recipients = mail.to.clone();
     recipients.sort();
     assert_eq!(
         recipients,
@@ -91,54 +108,48 @@ async fn sends_multipart_alternative_with_cc_bcc_and_reply_to_over_plain_smtp() 
             "ops@example.com"
         ]
     );
+    let header = |name: &str| mail.header(name).unwrap_or_default();
     assert_eq!(
-        header(message, "to"),
-        "host@example.com, Alice Example <alice@example.com>"
+        header("to"),
+        "host@example.com, \"Alice Example\" <alice@example.com>"
     );
-    assert_eq!(header(message, "cc"), "ops@example.com");
-    assert!(message["headers"].get("bcc").is_none(), "{message}");
-    assert!(
-        !message["raw"]
-            .as_str()
-            .unwrap()
-            .contains("audit@example.com")
-    );
-    assert_eq!(header(message, "reply-to"), "noreply@example.com");
-    assert_eq!(header(message, "from"), "Zoomwire <zoomwire@example.com>");
+    assert_eq!(header("cc"), "ops@example.com");
+    assert!(mail.header("bcc").is_none(), "{}", mail.data);
+    assert!(!mail.data.contains("audit@example.com"));
+    assert_eq!(header("reply-to"), "noreply@example.com");
+    assert_eq!(header("from"), "Zoomwire <zoomwire@example.com>");
+    assert_eq!(header("subject"), "Participants of Weekly Sync – März");
+    assert_eq!(header("message-id"), answer["message_id"]);
+
+    let message = MessageParser::default()
+        .parse(mail.data.as_bytes())
+        .expect("a MIME message");
+    assert_eq!(mime_type(&message), "multipart/alternative");
+    let parts: Vec<String> = message.parts[1..].iter().map(mime_type).collect();
+    assert_eq!(parts, ["text/plain", "text/html"]);
+    assert_eq!(message.body_text(0).unwrap().trim(), "3 participants");
     assert_eq!(
-        header(message, "subject"),
-        "Participants of Weekly Sync – März"
-    );
-    assert_eq!(header(message, "message-id"), answer["message_id"]);
-    assert_eq!(message["content_type"], "multipart/alternative");
-    let parts = message["parts"].as_array().unwrap();
-    assert_eq!(parts.len(), 2);
-    assert_eq!(parts[0]["content_type"], "text/plain");
-    assert_eq!(
-        parts[0]["content"].as_str().unwrap().trim(),
-        "3 participants"
-    );
-    assert_eq!(parts[1]["content_type"], "text/html");
-    assert_eq!(
-        parts[1]["content"].as_str().unwrap().trim(),
+        message.body_html(0).unwrap().trim(),
         "<p><b>3</b> participants</p>"
     );
-    assert_eq!(message["tls"], false);
 }
 
 #[tokio::test]
 async fn sends_a_single_html_part() {
-    let sink = SmtpSink::start(SinkTls::None, None);
-    let effects = mail_effects(&format!("smtp://127.0.0.1:{}", sink.port), None);
+    let sink = plain_sink().await;
+    let effects = mail_effects(&sink.url(), None);
     send(
         &effects,
         json!({"to": "host@example.com", "subject": "Report", "html": "<h1>Report</h1>"}),
     )
     .await
     .unwrap();
-    let message = &sink.wait_for_messages(1)[0];
-    assert_eq!(message["content_type"], "text/html");
-    assert_eq!(message["parts"].as_array().unwrap().len(), 1);
+    let mail = &received(&sink, 1).await[0];
+    let message = MessageParser::default()
+        .parse(mail.data.as_bytes())
+        .expect("a MIME message");
+    assert_eq!(mime_type(&message), "text/html");
+    assert_eq!(message.parts.len(), 1);
 }
 
 #[tokio::test]
@@ -192,8 +203,8 @@ async fn a_wrong_password_or_no_credentials_is_a_permanent_error() {
 
 #[tokio::test]
 async fn refused_recipients_map_to_permanent_and_transient_errors() {
-    let sink = SmtpSink::start(SinkTls::None, None);
-    let effects = mail_effects(&format!("smtp://127.0.0.1:{}?tls=none", sink.port), None);
+    let sink = plain_sink().await;
+    let effects = mail_effects(&sink.url(), None);
     let error = send(
         &effects,
         json!({"to": "reject-permanent@example.com", "subject": "x", "text": "y"}),
@@ -217,8 +228,8 @@ async fn refused_recipients_map_to_permanent_and_transient_errors() {
 
 #[tokio::test]
 async fn bad_addresses_are_refused_before_connecting() {
-    let sink = SmtpSink::start(SinkTls::None, None);
-    let effects = mail_effects(&format!("smtp://127.0.0.1:{}?tls=none", sink.port), None);
+    let sink = plain_sink().await;
+    let effects = mail_effects(&sink.url(), None);
     let error = send(
         &effects,
         json!({"to": ["host@example.com", "not an address"], "subject": "x", "text": "y"}),

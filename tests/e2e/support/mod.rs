@@ -1,8 +1,12 @@
-//! Helpers shared by the `actions_*` end-to-end tests: live effects pointed
-//! at the simulator, effect contexts, and the SMTP sink ([`smtp`]).
-// Each test binary uses a different part of these helpers.
+//! Helpers shared by the end-to-end tests: live effects pointed at the
+//! simulator and effect contexts (here), the `zoomwire` binary as a daemon
+//! in a scratch workspace and the one `eventually` poll ([`daemon`]), and a
+//! real SMTP server ([`smtp`]).
+// `tests/actions_download_memory.rs` includes this module too and uses only
+// a few of its helpers.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod smtp;
 
 use std::path::Path;

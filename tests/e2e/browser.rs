@@ -13,14 +13,11 @@
 //! `chromium-driver`; `.ci/run` installs them). Without them this test says
 //! so and passes, except in CI (`CI=true`), where it fails.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use daemon::{WAIT, Workspace, meeting_event};
+use crate::support::daemon::{WAIT, Workspace, meeting_event};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use zoomwire_sim::sim::{Fault, FaultKind};
@@ -428,7 +425,7 @@ async fn the_page_in_a_real_browser() {
         ws.sim
             .emit_event(None, &meeting_event("meeting.ended", n, "host-3"));
     }
-    daemon::eventually("six notify runs", || async {
+    crate::support::daemon::eventually("six notify runs", || async {
         (ws.slack_texts("#ops").len() == 6).then_some(())
     })
     .await;

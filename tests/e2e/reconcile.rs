@@ -7,15 +7,12 @@
 //! is not configured never borrows another's; a 429 with `Retry-After` is
 //! waited out; `zoomwire reconcile` lists and feeds by hand.
 
-#[path = "support/daemon.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, Workspace};
 use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{Daemon, Workspace};
 use zoomwire_engine::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use zoomwire_sim::sim::{
     Fault, NewMeeting, NewUser, RateLimitType, RecordingState, RetryAfter, SimAccount, SimConfig,

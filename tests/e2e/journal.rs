@@ -48,8 +48,10 @@ fn event(n: u64) -> Event {
 
 /// A realistic event: the sample `recording.completed` (about 2.4 KB) with its own timestamp.
 fn recording_completed(n: u64) -> Event {
-    let mut body: serde_json::Value =
-        serde_json::from_str(include_str!("../examples/events/recording.completed.json")).unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(include_str!(
+        "../../examples/events/recording.completed.json"
+    ))
+    .unwrap();
     body["event_ts"] = json!(1_732_000_000_000u64 + n);
     // Another meeting each time: a recording's dedupe key is its meeting and files.
     body["payload"]["object"]["uuid"] = json!(format!("meeting-{n}=="));
@@ -246,7 +248,7 @@ async fn effect_records_survive_a_killed_process() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "crash_child_records_effects",
+            "journal::crash_child_records_effects",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -411,7 +413,7 @@ async fn run_details_show_the_trigger_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let journal = open(dir.path());
     let trigger = Event::parse(
-        include_str!("../examples/events/recording.completed.json"),
+        include_str!("../../examples/events/recording.completed.json"),
         Source::Webhook,
     )
     .unwrap();

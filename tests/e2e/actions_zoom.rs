@@ -5,13 +5,11 @@
 //! code and tracking id, the client-side limiter, deadlines, body caps and
 //! a capability refusal through the run gateway.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{context, live, live_config, oauth, perform, start_sim};
 use serde_json::{Value, json};
-use support::{context, live, live_config, oauth, perform, start_sim};
 use zoomwire_engine::effects::gateway::RunEffects;
 use zoomwire_engine::effects::{Capability, CapabilitySet, EffectErrorKind};
 use zoomwire_engine::zoom::token::AccessTokens;
@@ -517,7 +515,7 @@ async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
     use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
     use zoomwire_sim::sim::{SimAccount, SimConfig};
 
-    support::install_crypto();
+    crate::support::install_crypto();
     let sim = zoomwire_sim::sim::start(SimConfig {
         extra_accounts: vec![SimAccount::named("sales")],
         ..SimConfig::default()
@@ -535,7 +533,7 @@ async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
         .unwrap(),
     );
     let archive = tempfile::tempdir().unwrap();
-    let effects = support::live_accounts(
+    let effects = crate::support::live_accounts(
         live_config(&sim, archive.path()),
         vec![
             ZoomAccountClient {

@@ -3,13 +3,12 @@
 //! (another name for the same server, userinfo tricks), redirect method
 //! rules, credentials dropped across origins, and the size and time limits.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{context_with_hosts, install_crypto, live, perform};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -17,7 +16,6 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::{Value, json};
-use support::{context_with_hosts, install_crypto, live, perform};
 use zoomwire_engine::effects::EffectErrorKind;
 use zoomwire_engine::effects::gateway::RunEffects;
 use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
@@ -343,7 +341,7 @@ async fn the_gateway_checks_the_rules_hosts_too() {
     let gateway = RunEffects::new(
         zoomwire_engine::effects::EffectContext {
             http_hosts: capabilities.http_hosts(),
-            ..support::context(Duration::from_secs(10))
+            ..crate::support::context(Duration::from_secs(10))
         },
         capabilities,
         fx,

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::support::daemon::eventually;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use zoomwire_engine::effects::{BoxFuture, EffectContext, EffectError, EffectRequest, Effects};
@@ -169,28 +171,25 @@ fn rule_returning(value: &str) -> String {
     format!("on: test.ping\ndo: |\n  \"{value}\"\n")
 }
 
-/// Polls `check` until it holds and returns how long that took; fails after 5 s.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
+/// Polls `check` with the shared [`eventually`] until it holds, and returns
+/// how long after the change that was.
+async fn took_effect<F, Fut>(what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let started = Instant::now();
-    loop {
-        if check().await {
-            let took = started.elapsed();
-            eprintln!(
-                "{what}: took effect {} ms after the change",
-                took.as_millis()
-            );
-            return took;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{what}: never happened"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!(
+        "{what}: took effect {} ms after the change",
+        took.as_millis()
+    );
+    took
 }
 
 fn output(outputs: &[(String, Value)], rule: &str) -> Option<Value> {
@@ -208,33 +207,33 @@ async fn edits_adds_deletes_and_renames_take_effect_within_two_seconds() {
     assert_eq!(output(&fx.outputs().await, "a"), Some(json!("v1")));
 
     write(&fx.path("rules/a.yaml"), &rule_returning("v2"));
-    let took = eventually("edit", || async {
+    let took = took_effect("edit", || async {
         output(&fx.outputs().await, "a") == Some(json!("v2"))
     })
     .await;
     assert!(took < WITHIN, "edit took {took:?}");
 
     save_by_rename(&fx.path("rules/a.yaml"), &rule_returning("v3"));
-    let took = eventually("edit saved by rename", || async {
+    let took = took_effect("edit saved by rename", || async {
         output(&fx.outputs().await, "a") == Some(json!("v3"))
     })
     .await;
     assert!(took < WITHIN, "edit by rename took {took:?}");
 
     write(&fx.path("rules/sub/b.yaml"), &rule_returning("b1"));
-    let took = eventually("add in a new sub-folder", || async {
+    let took = took_effect("add in a new sub-folder", || async {
         output(&fx.outputs().await, "b") == Some(json!("b1"))
     })
     .await;
     assert!(took < WITHIN, "add took {took:?}");
 
     std::fs::rename(fx.path("rules/a.yaml"), fx.path("rules/renamed.yaml")).unwrap();
-    let took = eventually("rename", || async { fx.rule_names() == ["b", "renamed"] }).await;
+    let took = took_effect("rename", || async { fx.rule_names() == ["b", "renamed"] }).await;
     assert!(took < WITHIN, "rename took {took:?}");
     assert_eq!(output(&fx.outputs().await, "renamed"), Some(json!("v3")));
 
     std::fs::remove_file(fx.path("rules/sub/b.yaml")).unwrap();
-    let took = eventually("delete", || async { fx.rule_names() == ["renamed"] }).await;
+    let took = took_effect("delete", || async { fx.rule_names() == ["renamed"] }).await;
     assert!(took < WITHIN, "delete took {took:?}");
     assert_eq!(fx.outputs().await.len(), 1);
 
@@ -255,7 +254,7 @@ async fn invalid_yaml_keeps_the_running_set_and_reports_path_line_col() {
         &fx.path("rules/a.yaml"),
         "on: test.ping\ndo: |\n  \"bad\"\nwhne: true\n",
     );
-    let took = eventually("invalid YAML refused", || async { !fx.handle.status().ok }).await;
+    let took = took_effect("invalid YAML refused", || async { !fx.handle.status().ok }).await;
     assert!(took < WITHIN, "refusal took {took:?}");
     let status = fx.handle.status();
     assert!(status.failures >= 1, "{status:?}");
@@ -269,7 +268,7 @@ async fn invalid_yaml_keeps_the_running_set_and_reports_path_line_col() {
     assert_eq!(output(&fx.outputs().await, "a"), Some(json!("good")));
 
     write(&fx.path("rules/a.yaml"), "on: [test.ping\n");
-    eventually("unclosed YAML refused", || async {
+    took_effect("unclosed YAML refused", || async {
         fx.handle
             .status()
             .errors
@@ -281,7 +280,7 @@ async fn invalid_yaml_keeps_the_running_set_and_reports_path_line_col() {
     assert_eq!(output(&fx.outputs().await, "a"), Some(json!("good")));
 
     write(&fx.path("rules/a.yaml"), &rule_returning("fixed"));
-    let took = eventually("fixed", || async {
+    let took = took_effect("fixed", || async {
         output(&fx.outputs().await, "a") == Some(json!("fixed"))
     })
     .await;
@@ -303,7 +302,7 @@ async fn invalid_rhai_in_a_rule_or_a_script_keeps_the_running_set() {
         &fx.path("rules/a.yaml"),
         "on: test.ping\ndo: |\n  let x = ;\n",
     );
-    let took = eventually("invalid rule script refused", || async {
+    let took = took_effect("invalid rule script refused", || async {
         !fx.handle.status().ok
     })
     .await;
@@ -317,14 +316,14 @@ async fn invalid_rhai_in_a_rule_or_a_script_keeps_the_running_set() {
     assert_eq!(output(&fx.outputs().await, "a"), Some(json!("good")));
 
     write(&fx.path("rules/a.yaml"), &rule_returning("good2"));
-    eventually("rule fixed", || async {
+    took_effect("rule fixed", || async {
         output(&fx.outputs().await, "a") == Some(json!("good2"))
     })
     .await;
     let failures = fx.handle.status().failures;
 
     write(&fx.path("scripts/lib.rhai"), "fn one() {\n  1 +\n}\n");
-    let took = eventually("invalid script module refused", || async {
+    let took = took_effect("invalid script module refused", || async {
         fx.handle.status().failures > failures
     })
     .await;
@@ -356,7 +355,7 @@ async fn editing_the_end_of_an_import_chain_changes_the_rule() {
     assert_eq!(output(&fx.outputs().await, "chain"), Some(json!(2)));
 
     write(&fx.path("scripts/lib/b.rhai"), "fn base() { 41 }\n");
-    let took = eventually("edit two imports away", || async {
+    let took = took_effect("edit two imports away", || async {
         output(&fx.outputs().await, "chain") == Some(json!(42))
     })
     .await;
@@ -378,7 +377,7 @@ async fn sighup_reloads() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let took = eventually("SIGHUP", || async {
+    let took = took_effect("SIGHUP", || async {
         output(&fx.outputs().await, "a") == Some(json!("after"))
     })
     .await;
@@ -438,7 +437,7 @@ async fn a_disabled_rule_stops_matching() {
         &fx.path("rules/a.yaml"),
         &format!("{}enabled: false\n", rule_returning("on")),
     );
-    let took = eventually("disable", || async { fx.outputs().await.is_empty() }).await;
+    let took = took_effect("disable", || async { fx.outputs().await.is_empty() }).await;
     assert!(took < WITHIN);
     assert_eq!(fx.rule_names(), ["a"]);
 }
@@ -449,17 +448,17 @@ async fn a_rules_folder_removed_and_made_again_is_watched_again() {
     let _alone = SIGNALS.read().await;
     fx.watch(DEBOUNCE).await;
     std::fs::remove_dir_all(fx.path("rules")).unwrap();
-    eventually("folder removed", || async { !fx.handle.status().ok }).await;
+    took_effect("folder removed", || async { !fx.handle.status().ok }).await;
     assert_eq!(output(&fx.outputs().await, "a"), Some(json!("v1")));
 
     write(&fx.path("rules/a.yaml"), &rule_returning("v2"));
-    eventually("folder made again", || async {
+    took_effect("folder made again", || async {
         output(&fx.outputs().await, "a") == Some(json!("v2"))
     })
     .await;
     // The new folder itself is watched: a later edit is seen too.
     write(&fx.path("rules/a.yaml"), &rule_returning("v3"));
-    let took = eventually("edit in the new folder", || async {
+    let took = took_effect("edit in the new folder", || async {
         output(&fx.outputs().await, "a") == Some(json!("v3"))
     })
     .await;

@@ -7,14 +7,11 @@
 //! that exit 2 with a clear message, and dead letters retried with
 //! `zoomwire runs retry`.
 
-#[path = "support/daemon.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{Workspace, eventually, meeting_event, runs_of};
 use secrecy::SecretString;
 use serde_json::Value;
-use support::{Workspace, eventually, meeting_event, runs_of};
 use zoomwire_engine::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use zoomwire_sim::sim::data::HOST_USER_ID;
 
@@ -218,7 +215,7 @@ do: |
     daemon.kill().await;
 }
 
-async fn metrics_text(daemon: &support::Daemon) -> (u16, String) {
+async fn metrics_text(daemon: &crate::support::daemon::Daemon) -> (u16, String) {
     let admin = daemon.admin.expect("running");
     let response = reqwest::get(format!("http://{admin}/metrics"))
         .await
@@ -249,7 +246,7 @@ async fn after_the_server_drops_the_connection_the_daemon_handles_the_next_event
     let subscription = ws.sim.subscription_id().to_string();
     assert!(
         ws.sim
-            .wait_for_connections(&subscription, 2, support::WAIT)
+            .wait_for_connections(&subscription, 2, crate::support::daemon::WAIT)
             .await,
         "reconnected:\n{}",
         daemon.stderr()

@@ -3,19 +3,17 @@
 //! fallback, the bytes that land in the archive, size checks, retries, and
 //! every refusal: path escapes, symlinks, hosts and redirects.
 
-mod support;
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{context, live, live_config, oauth, perform, start_sim};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use support::{context, live, live_config, oauth, perform, start_sim};
 use zoomwire_engine::effects::live::LiveEffects;
 use zoomwire_engine::effects::{EffectContext, EffectError, EffectErrorKind};
 use zoomwire_sim::sim::download::download_byte;

@@ -27,13 +27,10 @@
 //! record was committed repeats that effect on resume (at least once, never
 //! zero times); the window is the one commit after the response arrives.
 
-#[path = "support/daemon.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{Daemon, Workspace, eventually, meeting_event, runs_of};
 use serde_json::Value;
-use support::{Daemon, Workspace, eventually, meeting_event, runs_of};
 use zoomwire_sim::sim::data::HOST_USER_ID;
 
 /// The script: a Slack post, a Zoom read (made slow by the test), a Zoom

@@ -9,13 +9,10 @@
 //!
 //! Run with `--nocapture` to see each bomb's figures.
 
-#[path = "support/daemon.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{Daemon, WAIT, Workspace};
 use serde_json::{Value, json};
-use support::{Daemon, WAIT, Workspace};
 use zoomwire_engine::script::SandboxLimits;
 
 /// Allowed growth past the budget: allocator overhead, the operation that

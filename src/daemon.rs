@@ -123,7 +123,7 @@ impl Daemon {
     /// Starts every part; returns once the admin API listens and every
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let limits = sandbox_limits(&settings)?;
+        let limits = settings.sandbox.effective();
         let rules = load_rules(&settings, &limits)?;
         let (journal, history, state, known) = open_journal(&settings, options.journal)?;
         let admin = AdminState::new();
@@ -254,14 +254,6 @@ impl Daemon {
         tracing::info!("stopping: intake closed, waiting for runs in flight");
         self.stop().await
     }
-}
-
-fn sandbox_limits(settings: &Settings) -> Result<SandboxLimits, DaemonError> {
-    if settings.sandbox.is_null() {
-        return Ok(SandboxLimits::default());
-    }
-    serde_json::from_value(settings.sandbox.clone())
-        .map_err(|e| DaemonError::Config(format!("`sandbox`: {e}")))
 }
 
 fn load_rules(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use zoomwire::commands::rules_args::RuleArgs;
 use zoomwire::commands::{self, CommandError, CommandResult};
 use zoomwire::effects::Effects;
@@ -23,21 +23,25 @@ struct Cli {
     command: Command,
 }
 
-/// Where rules and scripts are, for commands that take event files as arguments.
+/// Where rules and scripts are; unset, the configured folders (as `run`
+/// reads them: $ZOOMWIRE_RULES/$ZOOMWIRE_SCRIPTS, `.env`, `zoomwire.yaml`,
+/// else `rules` and `scripts`).
 #[derive(clap::Args)]
 struct RuleLocation {
-    /// Rule file or folder (repeatable) [default: $ZOOMWIRE_RULES or `rules`]
-    #[arg(long = "rules")]
+    /// Rule file or folder (repeatable) [default: the configured rules folder]
+    #[arg(long = "rules", value_name = "PATH")]
     rules: Vec<PathBuf>,
-    /// Folder of Rhai modules that rules import
-    #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-    scripts: PathBuf,
+    /// Folder of Rhai modules that rules import [default: the configured scripts folder]
+    #[arg(long, value_name = "DIR")]
+    scripts: Option<PathBuf>,
 }
 
 impl RuleLocation {
-    fn into_args(self) -> RuleArgs {
+    /// These folders, with rule paths given as arguments before them.
+    fn into_args(self, mut paths: Vec<PathBuf>) -> RuleArgs {
+        paths.extend(self.rules);
         RuleArgs {
-            paths: self.rules,
+            paths,
             scripts: self.scripts,
         }
     }
@@ -47,27 +51,25 @@ impl RuleLocation {
 enum Command {
     /// The daemon: Zoom WebSocket (and webhook, if configured), cron, hot reload, admin API
     Run,
-    /// Validate rules and scripts: every error as file:line:col, exit 1 on any
+    /// Validate settings, rules and scripts: every problem as file:line:col, exit 1 on any error
     Check {
-        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        /// Rule files or folders [default: the configured rules folder]
         paths: Vec<PathBuf>,
-        /// Folder of Rhai modules that rules import
-        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-        scripts: PathBuf,
+        #[command(flatten)]
+        location: RuleLocation,
     },
     /// Run the `tests:` of every rule; ends with `N passed, N failed`
     Test {
-        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        /// Rule files or folders [default: the configured rules folder]
         paths: Vec<PathBuf>,
-        /// Folder of Rhai modules that rules import
-        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-        scripts: PathBuf,
+        #[command(flatten)]
+        location: RuleLocation,
     },
-    /// Run one event (a Zoom event or a WebSocket frame; `-` for stdin) through the rules
+    /// Run one event (a Zoom event or a WebSocket frame; `-` for stdin) through the rules, effects recorded
     Fire {
         /// Event file, or `-` for standard input
         input: String,
-        /// Record effects instead of performing them
+        /// Record effects instead of performing them (required: fire does not perform effects)
         #[arg(long)]
         dry_run: bool,
         /// Say for every rule why it fired or did not
@@ -76,11 +78,11 @@ enum Command {
         #[command(flatten)]
         location: RuleLocation,
     },
-    /// Run a recorded stream of events (JSON lines) through the rules
+    /// Run a recorded stream of events (JSON lines) through the rules, effects recorded
     Replay {
         /// File with one event or frame per line
         input: PathBuf,
-        /// Record effects instead of performing them
+        /// Record effects instead of performing them (required: replay does not perform effects)
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -101,8 +103,22 @@ enum Command {
         #[arg(long)]
         account: Option<String>,
     },
-    /// Print the JSON Schema of the rule file, for editor completion
-    Schema,
+    /// Print the JSON Schema of the rule file (or with --config of zoomwire.yaml), for editor completion
+    Schema {
+        /// The schema of zoomwire.yaml instead of the rule file's
+        #[arg(long)]
+        config: bool,
+    },
+    /// Write a starting project: zoomwire.yaml, .env.example, starter rules with their tests, scripts
+    Init {
+        /// Folder to write into (created if missing) [default: the working directory]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `source <(zoomwire completions bash)`
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// The Zoom simulator alone: OAuth, WebSocket, REST, Slack, downloads, on loopback
     Sim {
         /// Address to listen on [default: 127.0.0.1 on a free port]
@@ -175,8 +191,8 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> CommandResult {
     match command {
         Command::Run => commands::run::run().await,
-        Command::Check { paths, scripts } => commands::check::run(&RuleArgs { paths, scripts }),
-        Command::Test { paths, scripts } => commands::test::run(&RuleArgs { paths, scripts }).await,
+        Command::Check { paths, location } => commands::check::run(&location.into_args(paths)),
+        Command::Test { paths, location } => commands::test::run(&location.into_args(paths)).await,
         Command::Fire {
             input,
             dry_run,
@@ -188,7 +204,7 @@ async fn dispatch(command: Command) -> CommandResult {
                 input,
                 dry_run,
                 explain,
-                rules: location.into_args(),
+                rules: location.into_args(Vec::new()),
             };
             commands::fire::run(args, effects).await
         }
@@ -201,7 +217,7 @@ async fn dispatch(command: Command) -> CommandResult {
             let args = commands::replay::ReplayArgs {
                 input,
                 dry_run,
-                rules: location.into_args(),
+                rules: location.into_args(Vec::new()),
             };
             commands::replay::run(args, effects).await
         }
@@ -219,7 +235,17 @@ async fn dispatch(command: Command) -> CommandResult {
             };
             commands::reconcile::run(args).await
         }
-        Command::Schema => commands::schema::run(),
+        Command::Schema { config } => commands::schema::run(config),
+        Command::Init { dir } => commands::init::run(dir.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "zoomwire",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sim { addr } => commands::sim::run(addr).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
@@ -237,13 +263,15 @@ async fn dispatch(command: Command) -> CommandResult {
     }
 }
 
-/// The recording fake for `--dry-run`, else the real effects from the configuration.
+/// The recording fake: `fire` and `replay` record effects and never perform
+/// them, and say so by asking for `--dry-run` (a bare `fire` is kept free to
+/// mean performing them, should that come).
 fn effects_for(dry_run: bool) -> Result<Arc<dyn Effects>, CommandError> {
     if dry_run {
         return Ok(Arc::new(RecordingEffects::default()));
     }
     Err(CommandError::Usage(
-        "performing effects needs the live configuration; use --dry-run to record them instead"
+        "fire and replay record effects and never perform them: add --dry-run (the daemon, `zoomwire run`, is what performs effects)"
             .into(),
     ))
 }

@@ -1,22 +1,24 @@
 //! `zoomwire demo`: the engine against the built-in Zoom simulator, with
-//! every run and its effects shown as they happen (see [`crate::demo`]).
+//! every run and its effects shown as they happen (see [`crate::demo`]),
+//! with the rules of `--rules`, else of `./rules`, else the starter rules
+//! built into the binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::demo::{DemoError, DemoOptions, Pace, run_demo};
+use crate::demo::{DemoError, DemoOptions, DemoRules, Pace, run_demo};
 
 /// The demo's command-line arguments (`main.rs` flattens these into its
 /// `Demo` variant).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Rules folder
-    #[arg(long, default_value = "rules")]
-    pub rules: PathBuf,
-    /// Folder of Rhai modules that rules import
-    #[arg(long, default_value = "scripts")]
-    pub scripts: PathBuf,
+    /// Rules folder [default: `rules` when it exists, else the starter rules built into zoomwire]
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Folder of Rhai modules that rules import [default: `scripts`]
+    #[arg(long, value_name = "DIR")]
+    pub scripts: Option<PathBuf>,
     /// No pauses between events (for tests and the impatient)
     #[arg(long)]
     pub fast: bool,
@@ -27,8 +29,7 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> CommandResult {
     install_quiet_logging();
     let options = DemoOptions {
-        rules_dir: args.rules,
-        scripts_dir: args.scripts,
+        rules: demo_rules(args.rules, args.scripts),
         pace: if args.fast {
             Pace::fast()
         } else {
@@ -40,6 +41,20 @@ pub async fn run(args: DemoArgs) -> CommandResult {
         Ok(_) => Ok(ExitCode::from(EXIT_FAILED)),
         Err(DemoError::Usage(message)) => Err(CommandError::Usage(message)),
         Err(other) => Err(CommandError::Other(other.into())),
+    }
+}
+
+/// `--rules` if given; else `./rules` if it is a folder; else the built-in
+/// starter (whose scripts go with it).
+fn demo_rules(rules: Option<PathBuf>, scripts: Option<PathBuf>) -> DemoRules {
+    let rules_dir = match rules {
+        Some(dir) => dir,
+        None if Path::new("rules").is_dir() => PathBuf::from("rules"),
+        None => return DemoRules::BuiltIn,
+    };
+    DemoRules::Folders {
+        rules_dir,
+        scripts_dir: scripts.unwrap_or_else(|| PathBuf::from("scripts")),
     }
 }
 

@@ -38,6 +38,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod fire;
+pub mod init;
 pub mod output;
 pub mod reconcile;
 pub mod replay;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors};
+use super::rules_args::{RuleArgs, print_rule_errors, script_vars};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::config::{LoadOptions, Settings, ZoomAccount};
 use crate::daemon::JournalMode;
@@ -31,7 +31,7 @@ use crate::reconcile::{
 };
 use crate::rules::RuleSet;
 use crate::rules::spec::parse_duration;
-use crate::script::{SandboxLimits, ScriptPool};
+use crate::script::ScriptPool;
 use crate::zoom::missed::{MissedFinder, Window};
 use crate::zoom::oauth::OAuthClient;
 
@@ -162,12 +162,13 @@ fn accounts<'a>(
     }
 }
 
+/// The rules the daemon runs: the configured folders and sandbox limits.
 fn rule_set(settings: &Settings) -> Result<Arc<RuleSet>, CommandError> {
-    let args = RuleArgs {
-        paths: vec![settings.rules_dir.clone()],
-        scripts: settings.scripts_dir.clone(),
+    let loaded = super::rules_args::CommandSettings {
+        sources: RuleArgs::default().sources(settings),
+        settings: settings.clone(),
     };
-    load_rules(&args, &SandboxLimits::default()).map_err(|errors| {
+    loaded.load_rules().map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())
     })
@@ -218,7 +219,7 @@ async fn reconcile_account(
         into: store
             .as_ref()
             .filter(|_| !dry_run)
-            .map(|journal| Journaled::new(journal, rule_set)),
+            .map(|journal| Journaled::new(journal, rule_set, script_vars(&settings.vars))),
     };
     let context = PassContext {
         account: &account.name,
@@ -301,12 +302,14 @@ struct Journaled {
 }
 
 impl Journaled {
-    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>) -> Journaled {
+    /// `vars` are the configured ones: conditions read them to decide
+    /// which runs are journaled, as in the daemon.
+    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>, vars: rhai::Dynamic) -> Journaled {
         let executor = Executor::new(
             Arc::new(journal.clone()),
             Arc::new(RecordingEffects::default()),
             Arc::new(ScriptPool::new(1, 1 << 20)),
-            rhai::Dynamic::from_map(rhai::Map::new()),
+            vars,
         );
         Journaled {
             executor,

@@ -12,6 +12,10 @@
 //! follows the story, so the weekly schedule fires through the real
 //! scheduler when the story reaches Monday morning.
 //!
+//! It runs the rules of a rules folder, or, when there is none (a binary
+//! installed with `cargo install` run anywhere), the starter rules built
+//! into the binary ([`crate::starter`]), written into its scratch folder.
+//!
 //! [`Executor::subscribe`]: crate::engine::executor::Executor::subscribe
 
 pub mod show;
@@ -46,9 +50,20 @@ const EMAIL_FROM: &str = "zoomwire demo <zoomwire@example.com>";
 /// What to run the demo with.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    pub rules_dir: PathBuf,
-    pub scripts_dir: PathBuf,
+    pub rules: DemoRules,
     pub pace: Pace,
+}
+
+/// Which rules the demo runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DemoRules {
+    /// These folders, which must exist.
+    Folders {
+        rules_dir: PathBuf,
+        scripts_dir: PathBuf,
+    },
+    /// The starter rules and scripts built into the binary.
+    BuiltIn,
 }
 
 /// Pauses that let a human follow.
@@ -116,8 +131,14 @@ impl DemoOutcome {
 
 /// Runs the demo to its end, printing as it goes.
 pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
-    check_folder(&options.rules_dir, "rules", "--rules")?;
-    check_folder(&options.scripts_dir, "scripts", "--scripts")?;
+    if let DemoRules::Folders {
+        rules_dir,
+        scripts_dir,
+    } = &options.rules
+    {
+        check_folder(rules_dir, "rules", "--rules")?;
+        check_folder(scripts_dir, "scripts", "--scripts")?;
+    }
     let sim = crate::sim::start(SimConfig {
         participants_per_meeting: story::PARTICIPANTS_PER_MEETING,
         ..SimConfig::default()
@@ -129,7 +150,8 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         .prefix("zoomwire-demo-")
         .tempdir()
         .map_err(DemoError::DataDir)?;
-    let settings = demo_settings(&sim, &sink, data.path(), &options)?;
+    let (rules_dir, scripts_dir) = rule_folders(&options.rules, data.path())?;
+    let settings = demo_settings(&sim, &sink, data.path(), &rules_dir, &scripts_dir)?;
     let store = settings.data_dir.join(crate::journal::DB_FILE);
     let story_start = steps.first().map_or_else(Utc::now, |s| s.at) - chrono::Duration::minutes(5);
     let clock = Arc::new(ManualClock::new(story_start));
@@ -164,9 +186,29 @@ fn check_folder(path: &Path, what: &str, flag: &str) -> Result<(), DemoError> {
         return Ok(());
     }
     Err(DemoError::Usage(format!(
-        "the {what} folder {} does not exist: run the demo from the repository, or point {flag} at one",
+        "the {what} folder {} does not exist: point {flag} at one, or leave --rules out for the built-in starter rules",
         path.display()
     )))
+}
+
+/// The folders the engine loads: the chosen ones, or the built-in starter
+/// written under the scratch folder.
+fn rule_folders(rules: &DemoRules, scratch: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
+    match rules {
+        DemoRules::Folders {
+            rules_dir,
+            scripts_dir,
+        } => Ok((rules_dir.clone(), scripts_dir.clone())),
+        DemoRules::BuiltIn => {
+            let starter = scratch.join("starter");
+            crate::starter::write_files(&starter, crate::starter::RULE_FILES)
+                .map_err(|error| DemoError::DataDir(std::io::Error::other(error.to_string())))?;
+            Ok((
+                starter.join(crate::starter::RULES_DIR),
+                starter.join(crate::starter::SCRIPTS_DIR),
+            ))
+        }
+    }
 }
 
 /// Ordinary settings pointing the engine at the simulator and the sink.
@@ -174,7 +216,8 @@ fn demo_settings(
     sim: &SimHandle,
     sink: &SmtpSink,
     data_dir: &Path,
-    options: &DemoOptions,
+    rules_dir: &Path,
+    scripts_dir: &Path,
 ) -> Result<Settings, DemoError> {
     let mut env: BTreeMap<String, String> = sim
         .env_lines()
@@ -188,8 +231,8 @@ fn demo_settings(
         ("EMAIL_FROM", EMAIL_FROM.to_string()),
         ("ZOOMWIRE_DATA", path(data_dir)),
         ("ZOOMWIRE_ADMIN_ADDR", loopback().to_string()),
-        ("ZOOMWIRE_RULES", path(&options.rules_dir)),
-        ("ZOOMWIRE_SCRIPTS", path(&options.scripts_dir)),
+        ("ZOOMWIRE_RULES", path(rules_dir)),
+        ("ZOOMWIRE_SCRIPTS", path(scripts_dir)),
     ] {
         env.insert(name.to_string(), value);
     }
@@ -234,11 +277,11 @@ fn print_header(
         sim.base_url()
     );
     println!("  mail sink  {}", sink.url());
-    println!(
-        "  rules      {}: {}",
-        options.rules_dir.display(),
-        names.join(", ")
-    );
+    let origin = match &options.rules {
+        DemoRules::Folders { rules_dir, .. } => format!("{}/", rules_dir.display()),
+        DemoRules::BuiltIn => "the starter rules built into zoomwire (no rules folder here; `zoomwire init` writes them out)".into(),
+    };
+    println!("  rules      {origin}: {}", names.join(", "));
     println!("  store      {}", store.display());
     println!(
         "  engine     subscribed to the simulator's WebSocket; the page on http://{}/ui/",

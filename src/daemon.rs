@@ -39,7 +39,7 @@ use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
 use crate::reconcile::{EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts};
-use crate::reload::{RuleSetHandle, watch_and_reload};
+use crate::reload::{RuleSetHandle, Watching, reload_on_change};
 use crate::rules::{RuleSet, RuleSources};
 use crate::schedule::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool};
@@ -55,6 +55,8 @@ const INTAKE_CAPACITY: usize = 4096;
 const INTAKE_CONCURRENCY: usize = 1024;
 /// Most events one intake handler takes (at most `INTAKE_CONCURRENCY`).
 const INTAKE_BATCH: usize = 64;
+/// A burst of file changes within this makes one reload.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Matching time a batch may spend on an async worker (see [`prepare_batch`]).
 const MATCH_BUDGET: Duration = Duration::from_millis(1);
 /// How often the store is checked for runs put back by `zoomwire runs retry`.
@@ -124,7 +126,12 @@ impl Daemon {
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let limits = settings.sandbox.effective();
-        let rules = load_rules(&settings, &limits)?;
+        let sources = rule_sources(&settings);
+        // Watched before the rules load, so that a change made meanwhile is seen.
+        let watching = options
+            .watch_rules
+            .then(|| Watching::start(&sources, RELOAD_DEBOUNCE));
+        let rules = load_rules(sources, &limits)?;
         let (journal, history, state, known) = open_journal(&settings, options.journal)?;
         let admin = AdminState::new();
         // The page follows what the journal records.
@@ -191,12 +198,8 @@ impl Daemon {
             ),
             shutdown.clone(),
         ));
-        if options.watch_rules {
-            tasks.spawn(watch_and_reload(
-                rules.clone(),
-                shutdown.clone(),
-                Duration::from_millis(200),
-            ));
+        if let Some(watching) = watching {
+            tasks.spawn(reload_on_change(rules.clone(), watching, shutdown.clone()));
         }
         tasks.spawn(mirror_rule_status(
             rules.clone(),
@@ -256,14 +259,17 @@ impl Daemon {
     }
 }
 
-fn load_rules(
-    settings: &Settings,
-    limits: &SandboxLimits,
-) -> Result<Arc<RuleSetHandle>, DaemonError> {
-    let sources = RuleSources {
+fn rule_sources(settings: &Settings) -> RuleSources {
+    RuleSources {
         paths: vec![settings.rules_dir.clone()],
         scripts_dir: settings.scripts_dir.clone(),
-    };
+    }
+}
+
+fn load_rules(
+    sources: RuleSources,
+    limits: &SandboxLimits,
+) -> Result<Arc<RuleSetHandle>, DaemonError> {
     RuleSetHandle::load(sources, limits.clone())
         .map(Arc::new)
         .map_err(|errors| DaemonError::Rules(errors.iter().map(ToString::to_string).collect()))

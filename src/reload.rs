@@ -29,7 +29,7 @@ use crate::engine::executor::RuleNames;
 use crate::rules::compile::load_rule_set;
 use crate::rules::{RuleError, RuleSet, RuleSources};
 use crate::script::SandboxLimits;
-pub use watch::watch_and_reload;
+pub use watch::{Watching, reload_on_change, watch_and_reload};
 
 /// A good `debounce` for [`watch_and_reload`]: an editor's save (write,
 /// rename, chmod) makes one reload, and a change runs about 0.3 s after it.

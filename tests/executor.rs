@@ -414,12 +414,11 @@ async fn a_condition_error_counts_as_not_matched_and_is_recorded() {
     let recorded = h.journal.runs();
     let bad = recorded.iter().find(|r| r.rule == "bad").unwrap();
     assert_eq!(bad.status, RunStatus::Skipped);
+    let error = bad.error.as_deref().unwrap();
     assert!(
-        bad.error
-            .as_deref()
-            .unwrap()
-            .starts_with("condition error: `when`"),
-        "{:?}",
+        error.starts_with("condition error: ")
+            && error.contains("rules.yaml:3:32: `when`: Unknown property 'nope'"),
+        "the position points into the rule file: {:?}",
         bad.error
     );
 }

@@ -94,12 +94,15 @@ impl Harness {
             download_token: None,
             zoom_account: Default::default(),
         };
-        let effects = Arc::new(RunEffects::new(
-            context,
-            capabilities,
-            self.effects.clone(),
-            tokio::runtime::Handle::current(),
-        ));
+        let effects = Arc::new(
+            RunEffects::new(
+                context,
+                capabilities,
+                self.effects.clone(),
+                tokio::runtime::Handle::current(),
+            )
+            .with_output_limits(self.sandbox.limits().output_limits()),
+        );
         let job = ScriptJob {
             sandbox: self.sandbox.clone(),
             ast: Arc::new(ast),
@@ -1152,6 +1155,179 @@ async fn the_event_cannot_be_mutated() {
             .unwrap(),
         count as i64
     );
+}
+
+// ---------------------------------------------------------------- memory and output
+
+/// A small memory budget, so that bombs reach it at once.
+fn budget(mib: usize) -> SandboxLimits {
+    SandboxLimits {
+        max_memory: mib << 20,
+        ..SandboxLimits::default()
+    }
+}
+
+/// A megabyte string in `s`.
+const BIG: &str = r#"let s = "y"; s.pad(1000000, "y");"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bombs_end_at_the_budget_in_callbacks_frames_and_variables() {
+    let harness = Harness::new(budget(16));
+    let many_variables: String = (0..100)
+        .map(|i| format!("let v{i} = []; v{i}.pad(45000, {i});\n"))
+        .collect();
+    for source in [
+        format!("{BIG} let a = []; a.pad(2000, 0); a.map(|i| s + i)"),
+        format!("fn grow(n) {{ {BIG} grow(n + 1) }} grow(0)"),
+        many_variables,
+    ] {
+        let error = harness.hostile(&source).await;
+        assert_eq!(
+            error.to_string(),
+            "script exceeded its memory budget (max_memory = 16MiB)",
+            "{source}"
+        );
+        assert_eq!(limit_name(&error), "max_memory");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_to_record_fails_its_run() {
+    // One string held, a thousand times in the result: converting it to JSON
+    // for the run record would build a gigabyte.
+    let harness = Harness::new(SandboxLimits::default());
+    let source =
+        format!("{BIG} let f = Fn(\"x\"); for i in 0..1000 {{ f = f.curry(s); }} #{{f: f}}");
+    let error = harness.hostile(&source).await;
+    assert_eq!(limit_name(&error), "max_string_size", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effect_answers_count_once_against_the_run_that_keeps_them() {
+    // Each answer is made on the runtime's threads; the run keeps its own copy
+    // (in its record and its variables). Were the copy made elsewhere and freed
+    // on the script thread, every answer would give the run room to spare.
+    let effects = RecordingEffects::new(vec![CannedAnswer {
+        effect: "zoom.get".into(),
+        args: json!({"path": "/big"}),
+        answer: Ok(json!({"text": "x".repeat(200_000)})),
+    }]);
+    let harness = Harness::build(budget(32), ScriptModules::empty(), Arc::new(effects));
+    let fetch = r#"for i in 0..100 { let answer = zoom::get("/big"); }"#;
+    let fetched = harness
+        .run(
+            &format!("{fetch} 1"),
+            &["zoom.read"],
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(fetched.result.unwrap().as_int().unwrap(), 1);
+    assert_eq!(fetched.effects.records().len(), 100);
+    // The records hold 20 MB; 20 MB more does not fit in 32.
+    let grow = format!("fn grow(n) {{ {BIG} if n < 20 {{ grow(n + 1) }} else {{ 0 }} }} grow(0)");
+    let alone = harness.run(&grow, &[], Duration::from_secs(10)).await;
+    assert_eq!(
+        alone.result.unwrap().as_int().unwrap(),
+        0,
+        "20 MB alone fits"
+    );
+    let both = harness
+        .run(
+            &format!("{fetch} {grow}"),
+            &["zoom.read"],
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(limit_name(&both.result.unwrap_err()), "max_memory");
+}
+
+#[test]
+fn a_condition_is_held_to_the_budget() {
+    let sandbox = Sandbox::new(budget(8), ScriptModules::empty());
+    let body = json!({"event": "x", "payload": {"big": "y".repeat(500_000)}}).to_string();
+    let event = Event::parse(&body, Source::Test).unwrap();
+    let mut scope = sandbox.expression_scope(event.body(), &event.meta(), &Dynamic::UNIT);
+    let ast = sandbox
+        .compile_expression(&format!(
+            "{}.map(|i| event.payload.big + i).len() > 0",
+            zeros(999)
+        ))
+        .unwrap();
+    let error = sandbox.eval_expression(&mut scope, &ast).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "condition exceeded its memory budget (max_memory = 8MiB)"
+    );
+    let small = sandbox
+        .compile_expression(&format!(
+            "{}.map(|i| event.payload.big + i).len() > 0",
+            zeros(1)
+        ))
+        .unwrap();
+    assert!(
+        sandbox
+            .eval_expression(&mut scope, &small)
+            .unwrap()
+            .as_bool()
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_keeps_a_bounded_log_and_makes_a_bounded_number_of_effects() {
+    let harness = Harness::new(SandboxLimits {
+        max_log_lines: 50,
+        max_log_bytes: 4096,
+        max_effects: 20,
+        ..SandboxLimits::default()
+    });
+    let chatty = harness
+        .run(
+            "for i in 0..1000 { log::info(`line ${i}`) } 7",
+            &[],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(chatty.result.unwrap().as_int().unwrap(), 7);
+    let logs = chatty.effects.logs();
+    assert_eq!(logs.len(), 51);
+    assert_eq!(logs[49].message, "line 49");
+    assert_eq!(logs[50].level, "warn");
+    assert_eq!(
+        logs[50].message,
+        "log truncated: 950 more lines (7550 bytes) dropped (max_log_lines = 50, max_log_bytes = 4096)"
+    );
+    let wordy = harness
+        .run(
+            r#"let l = "x"; l.pad(1000, "x"); for i in 0..10 { print(l) }"#,
+            &[],
+            Duration::from_secs(5),
+        )
+        .await;
+    let logs = wordy.effects.logs();
+    assert_eq!(logs.len(), 5, "four lines of 1000 bytes fit in 4096");
+    assert!(
+        logs[4]
+            .message
+            .starts_with("log truncated: 6 more lines (6000 bytes)"),
+        "{}",
+        logs[4].message
+    );
+
+    for source in [
+        "loop { now(); }",
+        "let i = 0; loop { state::set(`k${i}`, i); i += 1; }",
+        "loop { try { now(); } catch { } }",
+    ] {
+        let run = harness.run(source, &[], Duration::from_secs(5)).await;
+        let error = run.result.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "script made too many effect calls (max_effects = 20)",
+            "{source}"
+        );
+        assert_eq!(run.effects.records().len(), 20, "{source}");
+    }
 }
 
 // ---------------------------------------------------------------- the pool

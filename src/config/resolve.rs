@@ -670,7 +670,8 @@ fn parse_journal_sync(text: &str) -> Result<JournalSync, String> {
 }
 
 /// The sandbox limits as written; each key is read on its own so that every
-/// bad one is reported, each under its own name (`sandbox.max_ops`).
+/// bad one is reported, each under its own name (`sandbox.max_ops`), in the
+/// order of their names.
 fn resolve_sandbox(r: &mut Resolver, file: &FileConfig) -> SandboxLimits {
     let origin = r.yaml_name.clone();
     let entries = match &file.sandbox {

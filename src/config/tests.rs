@@ -328,19 +328,20 @@ fn every_bad_sandbox_limit_joins_the_report() {
         "{}",
         lines[0]
     );
+    // The limits are read in the order of their names.
     assert!(
-        lines[1].starts_with(
-            "sandbox.max_ops: unknown limit `max_ops`, expected one of: max_operations, max_call_levels,"
-        ),
+        lines[1].starts_with("sandbox.condition_timeout: invalid duration `soon`"),
         "{}",
         lines[1]
     );
-    assert!(lines[1].ends_with("(from zoomwire.yaml)"), "{}", lines[1]);
     assert!(
-        lines[2].starts_with("sandbox.condition_timeout: invalid duration `soon`"),
+        lines[2].starts_with(
+            "sandbox.max_ops: unknown limit `max_ops`, expected one of: max_operations, max_call_levels,"
+        ),
         "{}",
         lines[2]
     );
+    assert!(lines[2].ends_with("(from zoomwire.yaml)"), "{}", lines[2]);
     let valid = settings(
         Some("sandbox: { max_modules: 4, stack_size: 32MiB }\n"),
         None,
@@ -598,6 +599,7 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert!(s.webhook.enabled());
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
     assert_eq!(s.vars["archive_channel"], "#recordings");
+    assert_eq!(s.sandbox, SandboxLimits::default());
 }
 
 #[test]

@@ -7,6 +7,17 @@
 //! it on the runtime within the run's deadline, and records it with its
 //! arguments redacted. Observers (the journal) see each record as soon as it
 //! completes, so a crash after an effect does not repeat it on resume.
+//!
+//! A run's output is bounded ([`OutputLimits`]): it keeps at most
+//! `max_log_lines` log lines and `max_log_bytes` of log text, then drops
+//! the rest and ends its log with a line saying how much it dropped; its
+//! effect calls (`now()` and `state::` included) stop at `max_effects`, and
+//! the sandbox fails the run that asks for one more.
+//!
+//! Effects are performed on the runtime's threads, not the script's, and the
+//! run keeps its own copy of each answer: the script thread's memory budget
+//! counts what the thread allocates and frees, so memory made elsewhere must
+//! not be freed there (see `crate::script::memory`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +63,33 @@ pub struct LogLine {
     pub at: DateTime<Utc>,
 }
 
+/// How much one run may log and how many effects it may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub max_log_lines: usize,
+    pub max_log_bytes: usize,
+    pub max_effects: usize,
+}
+
+impl Default for OutputLimits {
+    fn default() -> OutputLimits {
+        OutputLimits {
+            max_log_lines: 1_000,
+            max_log_bytes: 1024 * 1024,
+            max_effects: 1_000,
+        }
+    }
+}
+
+/// The run's log: the lines kept, and what was dropped past the limits.
+#[derive(Debug, Default)]
+struct LogBook {
+    lines: Vec<LogLine>,
+    bytes: usize,
+    dropped_lines: usize,
+    dropped_bytes: usize,
+}
+
 /// Waits until an effect's record is saved.
 pub type SavedWait = Box<dyn FnOnce() + Send>;
 
@@ -82,9 +120,12 @@ pub struct RunEffects {
     records: Mutex<Vec<EffectRecord>>,
     /// The save of the last effect's record, waited for before the next effect.
     saving: Mutex<Option<SavedWait>>,
-    logs: Mutex<Vec<LogLine>>,
+    logs: Mutex<LogBook>,
     observer: Option<Arc<dyn EffectObserver>>,
     transient_failure: AtomicBool,
+    limits: OutputLimits,
+    /// Set when a call was refused for `max_effects`.
+    effects_exhausted: AtomicBool,
 }
 
 impl RunEffects {
@@ -105,7 +146,19 @@ impl RunEffects {
             logs: Mutex::default(),
             observer: None,
             transient_failure: AtomicBool::new(false),
+            limits: OutputLimits::default(),
+            effects_exhausted: AtomicBool::new(false),
         }
+    }
+
+    /// Bounds the run's log and effect calls (else [`OutputLimits::default`]).
+    pub fn with_output_limits(mut self, limits: OutputLimits) -> RunEffects {
+        self.limits = limits;
+        self
+    }
+
+    pub fn output_limits(&self) -> OutputLimits {
+        self.limits
     }
 
     /// Answers calls from these records first, by position, while name and arguments agree.
@@ -125,6 +178,7 @@ impl RunEffects {
 
     /// Performs one effect for the script. Blocks the calling (sandbox) thread.
     pub fn call(&self, name: &str, args: Value) -> Result<Value, EffectError> {
+        self.check_room(name)?;
         self.check_capability(name, &args)?;
         let seq = self.next_seq();
         let redacted_args = redact(&args);
@@ -134,8 +188,7 @@ impl RunEffects {
         self.wait_saved();
         let started_at = Utc::now();
         let started = Instant::now();
-        let request = EffectRequest::new(name, args);
-        let result = self.perform(&request);
+        let result = self.perform(EffectRequest::new(name, args));
         let record = EffectRecord {
             seq,
             name: name.to_string(),
@@ -150,18 +203,58 @@ impl RunEffects {
         self.finish(record)
     }
 
-    fn perform(&self, request: &EffectRequest) -> Result<Value, EffectError> {
+    /// Performs the request on the runtime's threads, waiting at most until
+    /// the run's deadline, and answers with a copy made on this thread.
+    fn perform(&self, request: EffectRequest) -> Result<Value, EffectError> {
         let remaining = self
             .context
             .deadline
             .saturating_duration_since(Instant::now());
+        let name = request.name.clone();
         if remaining.is_zero() {
-            return Err(timeout_error(&request.name));
+            return Err(timeout_error(&name));
         }
-        let future = self.effects.perform(&self.context, request);
-        self.runtime
-            .block_on(async { tokio::time::timeout(remaining, future).await })
-            .unwrap_or_else(|_| Err(timeout_error(&request.name)))
+        let (effects, context) = (self.effects.clone(), self.context.clone());
+        let task = self.runtime.spawn(async move {
+            tokio::time::timeout(remaining, effects.perform(&context, &request)).await
+        });
+        let answer = match self.runtime.block_on(task) {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_elapsed)) => return Err(timeout_error(&name)),
+            // A bug in an effect fails the run as if it had happened here.
+            Err(join_error) if join_error.is_panic() => {
+                std::panic::resume_unwind(join_error.into_panic())
+            }
+            Err(_cancelled) => {
+                return Err(EffectError::transient(
+                    &name,
+                    "the runtime stopped while performing this effect",
+                ));
+            }
+        };
+        // The copy is the run's (its thread allocates it); the answer made on
+        // the runtime's threads is freed there.
+        let copy = answer.clone();
+        self.runtime.spawn(async move { drop(answer) });
+        copy
+    }
+
+    /// Refuses a call past `max_effects`.
+    fn check_room(&self, name: &str) -> Result<(), EffectError> {
+        let max = self.limits.max_effects;
+        if lock(&self.records).len() < max {
+            return Ok(());
+        }
+        self.effects_exhausted.store(true, Ordering::Relaxed);
+        Err(EffectError::permanent(
+            name,
+            format!("the run already made {max} effect calls (max_effects = {max})"),
+        ))
+    }
+
+    /// Whether a call was refused because the run made `max_effects` calls.
+    pub fn effects_exhausted(&self) -> bool {
+        self.effects_exhausted.load(Ordering::Relaxed)
     }
 
     fn finish(&self, record: EffectRecord) -> Result<Value, EffectError> {
@@ -245,8 +338,20 @@ impl RunEffects {
         })
     }
 
-    /// Records a script log line (also sent to tracing).
+    /// Records a script log line (also sent to tracing), or counts it as
+    /// dropped past `max_log_lines` or `max_log_bytes`.
     pub fn log(&self, level: &str, message: String) {
+        let mut book = lock(&self.logs);
+        let full = book.lines.len() >= self.limits.max_log_lines
+            || book.bytes + message.len() > self.limits.max_log_bytes;
+        if full {
+            if book.dropped_lines == 0 {
+                tracing::warn!(rule = %self.context.rule, run = %self.context.run_id, max_log_lines = self.limits.max_log_lines, max_log_bytes = self.limits.max_log_bytes, "script log truncated: later lines are dropped");
+            }
+            book.dropped_lines += 1;
+            book.dropped_bytes += message.len();
+            return;
+        }
         match level {
             "error" => {
                 tracing::error!(rule = %self.context.rule, run = %self.context.run_id, "{message}")
@@ -256,15 +361,18 @@ impl RunEffects {
             }
             _ => tracing::info!(rule = %self.context.rule, run = %self.context.run_id, "{message}"),
         }
-        lock(&self.logs).push(LogLine {
+        book.bytes += message.len();
+        book.lines.push(LogLine {
             level: level.to_string(),
             message,
             at: Utc::now(),
         });
     }
 
-    /// The current time, recorded as an effect so that a resumed run sees the same clock.
-    pub fn now(&self) -> DateTime<Utc> {
+    /// The current time, recorded as an effect so that a resumed run sees the
+    /// same clock (and so counted against `max_effects`).
+    pub fn now(&self) -> Result<DateTime<Utc>, EffectError> {
+        self.check_room("now")?;
         let seq = self.next_seq();
         if let Some(earlier) = self.replayed(seq, "now", &Value::Null)
             && let Some(at) = earlier
@@ -276,7 +384,7 @@ impl RunEffects {
         {
             let at = at.with_timezone(&Utc);
             let _ = self.finish(earlier);
-            return at;
+            return Ok(at);
         }
         let now = Utc::now();
         let _ = self.finish(EffectRecord {
@@ -288,7 +396,7 @@ impl RunEffects {
             latency_ms: 0.0,
             replayed: false,
         });
-        now
+        Ok(now)
     }
 
     /// Whether any effect failed in a way worth retrying the run for.
@@ -300,8 +408,25 @@ impl RunEffects {
         lock(&self.records).clone()
     }
 
+    /// The log lines kept, then, if any were dropped, a last line saying how many.
     pub fn logs(&self) -> Vec<LogLine> {
-        lock(&self.logs).clone()
+        let book = lock(&self.logs);
+        let mut lines = book.lines.clone();
+        if book.dropped_lines > 0 {
+            lines.push(LogLine {
+                level: "warn".into(),
+                message: format!(
+                    "log truncated: {} more line{} ({} bytes) dropped (max_log_lines = {}, max_log_bytes = {})",
+                    book.dropped_lines,
+                    if book.dropped_lines == 1 { "" } else { "s" },
+                    book.dropped_bytes,
+                    self.limits.max_log_lines,
+                    self.limits.max_log_bytes
+                ),
+                at: Utc::now(),
+            });
+        }
+        lines
     }
 }
 
@@ -426,6 +551,42 @@ mod tests {
         assert_eq!(records[0].seq, 1);
         assert_eq!(records[0].args["token"], "[redacted]");
         assert_eq!(records[1].name, "state.set");
+    }
+
+    #[test]
+    fn bounds_the_log_and_the_effect_calls() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gateway = run_effects(vec![], &runtime).with_output_limits(OutputLimits {
+            max_log_lines: 2,
+            max_log_bytes: 10,
+            max_effects: 3,
+        });
+        for message in ["abcd", "efgh", "ij", "klmnopqrstuvwxyz"] {
+            gateway.log("info", message.to_string());
+        }
+        let logs: Vec<String> = gateway.logs().into_iter().map(|l| l.message).collect();
+        assert_eq!(
+            logs,
+            [
+                "abcd",
+                "efgh",
+                "log truncated: 2 more lines (18 bytes) dropped (max_log_lines = 2, max_log_bytes = 10)"
+            ]
+        );
+        gateway.now().unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        gateway.now().unwrap();
+        assert!(!gateway.effects_exhausted());
+        let refused = gateway.now().unwrap_err();
+        assert_eq!(
+            refused.message,
+            "the run already made 3 effect calls (max_effects = 3)"
+        );
+        assert!(gateway.effects_exhausted());
+        assert!(gateway.call("state.get", json!({"key": "k"})).is_err());
+        assert_eq!(gateway.records().len(), 3);
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Runner {
         record.started_at.get_or_insert_with(Utc::now);
         // Not waited for: written before the effects the attempt records.
         self.journal.queue_run(record);
-        let effects = Arc::new(self.run_effects(rule, event, record, replay, deadline));
+        let effects = Arc::new(self.run_effects(rule_set, rule, event, record, replay, deadline));
         let thread = match thread {
             Ok(thread) => thread,
             Err(error) => return (Err(error), effects),
@@ -153,6 +153,7 @@ impl Runner {
 
     fn run_effects(
         &self,
+        rule_set: &RuleSet,
         rule: &Rule,
         event: &Event,
         record: &RunRecord,
@@ -178,6 +179,7 @@ impl Runner {
         )
         .with_replay(replay)
         .with_observer(observer)
+        .with_output_limits(rule_set.sandbox().limits().output_limits())
     }
 
     async fn persist(&self, record: &RunRecord) {

@@ -14,7 +14,7 @@ use rhai::{Dynamic, Scope};
 use crate::event::Event;
 use crate::event::tree::Json;
 use crate::rules::{CompiledScript, Rule, RuleSet, Trigger};
-use crate::script::Sandbox;
+use crate::script::{Sandbox, ScriptError};
 
 /// A rule the event fires, with its concurrency key.
 #[derive(Debug, Clone)]
@@ -187,7 +187,29 @@ fn eval(
 ) -> Result<Dynamic, String> {
     sandbox
         .eval_expression(scope, &script.ast)
-        .map_err(|error| format!("`{what}` ({}): {error}", script.origin.path.display()))
+        .map_err(|error| describe_failure(script, what, &error))
+}
+
+/// `path:line:col: `when`: message`, the position in the rule file: where the
+/// error happened when Rhai says, else where the expression starts.
+fn describe_failure(script: &CompiledScript, what: &str, error: &ScriptError) -> String {
+    let (at, message) = match error {
+        ScriptError::Runtime {
+            message,
+            line: Some(line),
+            column,
+        } => (
+            script.origin.locate(*line, column.unwrap_or(1)),
+            message.clone(),
+        ),
+        other => (script.origin.start, other.to_string()),
+    };
+    format!(
+        "{}:{}:{}: `{what}`: {message}",
+        script.origin.path.display(),
+        at.line,
+        at.column
+    )
 }
 
 #[cfg(test)]
@@ -294,10 +316,12 @@ mod tests {
         );
         assert_eq!(result.matched[3].key.as_deref(), Some("u1"));
         assert_eq!(result.failures.len(), 1, "{:?}", result.failures);
-        assert!(
-            result.failures[0].error.starts_with("`when`"),
-            "{:?}",
-            result.failures
+        // Where in the rule file: the condition starts at 24:9 and fails at its column 30.
+        let error = &result.failures[0].error;
+        let file = rules.rules()[0].path.display().to_string();
+        assert_eq!(
+            error,
+            &format!("{file}:24:38: `when`: Function not found: len (())"),
         );
 
         let event = ended(30, "Weekly");

@@ -25,29 +25,65 @@ use tokio_util::sync::CancellationToken;
 use super::RuleSetHandle;
 use crate::rules::RuleSources;
 
+/// The rule and script folders and SIGHUP, watched from the moment this is
+/// made: the daemon makes it before it loads the rules, so that a file
+/// changed while they load is seen (it costs at most one extra reload).
+pub struct Watching {
+    changed: Arc<Notify>,
+    watcher: Option<FolderWatcher>,
+    hangup: Option<Signal>,
+}
+
+impl Watching {
+    /// Starts watching `sources`; a burst of changes within `debounce`
+    /// makes one reload. If the folders cannot be watched (inotify
+    /// limits), SIGHUP still works.
+    pub fn start(sources: &RuleSources, debounce: Duration) -> Watching {
+        let hangup = match signal(SignalKind::hangup()) {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                tracing::warn!(%error, "cannot handle SIGHUP: reloads follow file changes only");
+                None
+            }
+        };
+        let changed = Arc::new(Notify::new());
+        let watcher = match FolderWatcher::start(sources, debounce, changed.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the rule folders: reload with SIGHUP");
+                None
+            }
+        };
+        Watching {
+            changed,
+            watcher,
+            hangup,
+        }
+    }
+}
+
 /// Watches the folders of `handle` and SIGHUP, and reloads on either until
 /// `shutdown`. A burst of changes within `debounce` makes one reload.
-/// If the folders cannot be watched (inotify limits), SIGHUP still works.
 pub async fn watch_and_reload(
     handle: Arc<RuleSetHandle>,
     shutdown: CancellationToken,
     debounce: Duration,
 ) {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            tracing::warn!(%error, "cannot handle SIGHUP: reloads follow file changes only");
-            None
-        }
-    };
-    let changed = Arc::new(Notify::new());
-    let mut watcher = match FolderWatcher::start(handle.sources(), debounce, changed.clone()) {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch the rule folders: reload with SIGHUP");
-            None
-        }
-    };
+    let watching = Watching::start(handle.sources(), debounce);
+    reload_on_change(handle, watching, shutdown).await;
+}
+
+/// Reloads `handle` on every change `watching` sees, until `shutdown`.
+pub async fn reload_on_change(
+    handle: Arc<RuleSetHandle>,
+    watching: Watching,
+    shutdown: CancellationToken,
+) {
+    let Watching {
+        changed,
+        mut watcher,
+        mut hangup,
+    } = watching;
     handle.set_watching(watcher.is_some());
     loop {
         let reason = tokio::select! {

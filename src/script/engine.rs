@@ -2,9 +2,11 @@
 //!
 //! [`build_engine`] starts from Rhai's standard library and then closes every
 //! door a script could use to harm the process or other runs: every limit Rhai
-//! has is set to a non-zero value (0 means unlimited), a wall-clock deadline
-//! and a cancel flag are checked in `on_progress`, `eval` is disabled, `sleep`
-//! is replaced by a function that fails, `print` goes to the run's log, and
+//! has is set to a non-zero value (0 means unlimited), a wall-clock deadline,
+//! a cancel flag and the memory budget are checked in `on_progress`, the
+//! standard functions that could build more in one call than the limits
+//! allow are guarded ([`super::guards`]), `eval` is disabled, `sleep` is
+//! replaced by a function that fails, `print` goes to the run's log, and
 //! `import` resolves only among the modules compiled from the scripts folder.
 //! Variables are strict, so a typo is a compile error.
 //!
@@ -16,6 +18,7 @@
 use rhai::module_resolvers::ModuleResolver;
 use rhai::{Engine, EvalAltResult, FuncRegistration};
 
+use super::guards::register_guards;
 use super::host::{register_condition_functions, register_script_functions};
 use super::limits::{
     CONDITION_MAX_CALL_LEVELS, CONDITION_MAX_COLLECTION_SIZE, CONDITION_MAX_EXPR_DEPTH,
@@ -56,12 +59,14 @@ pub(crate) fn build_engine_with_resolver(
     engine.disable_symbol("eval");
     engine.set_strict_variables(true);
     forbid_sleep(&mut engine);
+    register_guards(&mut engine, limits.max_key_size, limits.max_value_depth);
     match kind {
         EngineKind::Script => {
             let max_operations = limits.max_operations;
             engine.on_progress(move |_| script_progress(max_operations));
-            measure_variables(&mut engine, &limits);
-            register_script_functions(&mut engine, limits.max_value_depth);
+            let sizes = SizeLimits::of_script(&limits);
+            measure_variables(&mut engine, sizes);
+            register_script_functions(&mut engine, sizes);
         }
         EngineKind::Condition => {
             let (max_operations, timeout) = (limits.max_operations, limits.condition_timeout);
@@ -108,7 +113,8 @@ fn set_limits(engine: &mut Engine, limits: &SandboxLimits, kind: EngineKind) {
 }
 
 /// Measures the script's variables every few milliseconds, failing the run
-/// when one is larger or deeper than the limits allow.
+/// when one is larger or deeper than the limits allow (map keys included,
+/// which Rhai does not count).
 ///
 /// Rhai checks sizes when a function returns and when an indexed item is
 /// assigned, but not the container an item is assigned into: `m[key] = v` in a
@@ -118,13 +124,7 @@ fn set_limits(engine: &mut Engine, limits: &SandboxLimits, kind: EngineKind) {
 /// `SCAN_INTERVAL` of growth. It runs when a variable is read (Rhai gives its
 /// scope to the variable resolver only), at most once per interval, and
 /// measures the variables of the running function and its `this`.
-fn measure_variables(engine: &mut Engine, limits: &SandboxLimits) {
-    let sizes = SizeLimits {
-        array: limits.max_array_size,
-        map: limits.max_map_size,
-        string: limits.max_string_size,
-        depth: limits.max_value_depth,
-    };
+fn measure_variables(engine: &mut Engine, sizes: SizeLimits) {
     // `on_var` is marked deprecated as "volatile", not as going away.
     #[allow(deprecated)]
     engine.on_var(move |_, _, context| {

@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use rhai::{Dynamic, Engine, EvalAltResult, LexError, ParseError, ParseErrorType, Position};
 
-use super::limits::format_duration;
-use super::run::{CANCEL_TOKEN, OPERATIONS_TOKEN, TIMEOUT_TOKEN};
-use super::value::exceeds_depth;
+use super::limits::{SandboxLimits, format_duration};
+use super::memory::format_bytes;
+use super::run::{
+    CANCEL_TOKEN, EFFECTS_TOKEN, MEMORY_TOKEN, OPERATIONS_TOKEN, TIMEOUT_TOKEN, TOO_LARGE_TOKEN,
+};
+use super::value::{SizeLimits, exceeds_depth, oversized};
 use crate::effects::EffectError;
 
 /// The longest message a runtime error keeps.
@@ -99,22 +102,30 @@ pub(crate) struct Evaluation {
     /// The run's timeout, or `condition_timeout`.
     pub timeout: Duration,
     pub max_value_depth: usize,
+    pub max_key_size: usize,
+    pub max_memory: usize,
+    pub max_effects: usize,
 }
 
 impl Evaluation {
-    pub(crate) fn script(timeout: Duration, max_value_depth: usize) -> Evaluation {
+    /// A script run (or module code at load) that had `timeout`.
+    pub(crate) fn script(timeout: Duration, limits: &SandboxLimits) -> Evaluation {
         Evaluation {
             condition: false,
             timeout,
-            max_value_depth,
+            max_value_depth: limits.max_value_depth,
+            max_key_size: limits.max_key_size,
+            max_memory: limits.max_memory,
+            max_effects: limits.max_effects,
         }
     }
 
-    pub(crate) fn condition(timeout: Duration, max_value_depth: usize) -> Evaluation {
+    /// A `when:` or `key:` expression.
+    pub(crate) fn condition(limits: &SandboxLimits) -> Evaluation {
         Evaluation {
             condition: true,
-            timeout,
-            max_value_depth,
+            timeout: limits.condition_timeout,
+            ..Evaluation::script(limits.condition_timeout, limits)
         }
     }
 
@@ -218,26 +229,63 @@ fn operation_limit(engine: &Engine, evaluation: Evaluation) -> ScriptError {
 }
 
 fn data_too_large(engine: &Engine, what: &str, evaluation: Evaluation) -> Option<ScriptError> {
-    if what.contains("Depth") {
-        let max = evaluation.max_value_depth;
-        return Some(ScriptError::limit(
-            "max_value_depth",
-            format!("value nested too deeply (max_value_depth = {max})"),
-        ));
-    }
-    let (limit, noun, max) = if what.contains("string") {
-        ("max_string_size", "string", engine.max_string_size())
-    } else if what.contains("array") {
-        ("max_array_size", "array", engine.max_array_size())
-    } else if what.contains("map") {
-        ("max_map_size", "object map", engine.max_map_size())
-    } else {
-        return None;
+    let limit = size_limit(what)?;
+    let (noun, max) = match limit {
+        "max_value_depth" => {
+            let max = evaluation.max_value_depth;
+            return Some(ScriptError::limit(
+                limit,
+                format!("value nested too deeply (max_value_depth = {max})"),
+            ));
+        }
+        "max_key_size" => ("object map key", evaluation.max_key_size),
+        "max_string_size" => ("string", engine.max_string_size()),
+        "max_array_size" => ("array", engine.max_array_size()),
+        _ => ("object map", engine.max_map_size()),
     };
     Some(ScriptError::limit(
         limit,
         format!("{noun} too large ({limit} = {max})"),
     ))
+}
+
+/// The setting that bounds what Rhai's `ErrorDataTooLarge` names (and
+/// [`super::value::oversized`], which names keys and depth too).
+fn size_limit(what: &str) -> Option<&'static str> {
+    if what.contains("Depth") {
+        Some("max_value_depth")
+    } else if what.contains("key") {
+        Some("max_key_size")
+    } else if what.contains("string") {
+        Some("max_string_size")
+    } else if what.contains("array") || what.contains("BLOB") {
+        Some("max_array_size")
+    } else if what.contains("map") {
+        Some("max_map_size")
+    } else {
+        None
+    }
+}
+
+/// The error of a result that breaks the size limit `what` names.
+pub(crate) fn result_too_large(what: &str, limits: &SandboxLimits) -> ScriptError {
+    let limit = size_limit(what).unwrap_or("max_string_size");
+    let max = match limit {
+        "max_value_depth" => {
+            return ScriptError::limit(
+                limit,
+                format!(
+                    "result nested too deeply (max_value_depth = {})",
+                    limits.max_value_depth
+                ),
+            );
+        }
+        "max_key_size" => limits.max_key_size,
+        "max_array_size" => limits.max_array_size,
+        "max_map_size" => limits.max_map_size,
+        _ => limits.max_string_size,
+    };
+    ScriptError::limit(limit, format!("result too large ({limit} = {max})"))
 }
 
 fn terminated(engine: &Engine, token: &Dynamic, evaluation: Evaluation) -> Option<ScriptError> {
@@ -255,8 +303,31 @@ fn terminated(engine: &Engine, token: &Dynamic, evaluation: Evaluation) -> Optio
         TIMEOUT_TOKEN => Some(ScriptError::Timeout { after: timeout }),
         CANCEL_TOKEN => Some(ScriptError::Cancelled),
         OPERATIONS_TOKEN => Some(operation_limit(engine, evaluation)),
+        MEMORY_TOKEN => Some(memory_limit(evaluation)),
+        token if token.starts_with(TOO_LARGE_TOKEN) => {
+            data_too_large(engine, &token[TOO_LARGE_TOKEN.len()..], evaluation)
+        }
+        EFFECTS_TOKEN => Some(ScriptError::limit(
+            "max_effects",
+            format!(
+                "script made too many effect calls (max_effects = {})",
+                evaluation.max_effects
+            ),
+        )),
         _ => None,
     }
+}
+
+/// The error of an evaluation that passed its memory budget.
+pub(crate) fn memory_limit(evaluation: Evaluation) -> ScriptError {
+    let max = format_bytes(evaluation.max_memory);
+    ScriptError::limit(
+        "max_memory",
+        format!(
+            "{} exceeded its memory budget (max_memory = {max})",
+            evaluation.noun()
+        ),
+    )
 }
 
 /// The effect error whose map the script let escape, if `value` is one.
@@ -293,12 +364,29 @@ fn runtime_error(engine: &Engine, mut error: Box<EvalAltResult>) -> ScriptError 
         {
             "the script threw a value nested too deeply to show".to_string()
         }
+        EvalAltResult::ErrorRuntime(value, _) | EvalAltResult::ErrorIndexNotFound(value, _)
+            if oversized(value, &shown_sizes(engine)).is_some() =>
+        {
+            "the script threw a value too large to show".to_string()
+        }
         _ => error.to_string(),
     };
     ScriptError::Runtime {
         message: truncate(message),
         line: position.line(),
         column: position.position(),
+    }
+}
+
+/// How large a thrown value may be for its text to appear in a message:
+/// printing it must not build more than the string limit.
+fn shown_sizes(engine: &Engine) -> SizeLimits {
+    SizeLimits {
+        array: engine.max_array_size(),
+        map: engine.max_map_size(),
+        string: engine.max_string_size(),
+        key: engine.max_string_size(),
+        depth: MAX_SHOWN_DEPTH,
     }
 }
 
@@ -324,7 +412,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::script(Duration::from_secs(1), 64),
+            Evaluation::script(Duration::from_secs(1), &SandboxLimits::default()),
             &[],
         );
         assert_eq!(
@@ -335,7 +423,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::condition(Duration::from_millis(5), 64),
+            Evaluation::condition(&SandboxLimits::default()),
             &[],
         );
         assert_eq!(
@@ -354,7 +442,7 @@ mod tests {
         let error = script_error(
             &engine,
             error,
-            Evaluation::script(Duration::from_secs(1), 64),
+            Evaluation::script(Duration::from_secs(1), &SandboxLimits::default()),
             &[],
         );
         assert_eq!(error.to_string(), "2:3: boom");

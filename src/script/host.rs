@@ -6,14 +6,18 @@
 //! thread-local the pool worker sets. The gateway checks capabilities, records
 //! and replays; this module only translates. An effect's failure is thrown
 //! into the script as a catchable map `#{effect, kind, message, code,
-//! status}`. Conditions get the pure functions only (`zoom::uuid`).
+//! status}`, except a call past `max_effects`, which ends the run like any
+//! other limit. Arguments are measured before they are converted to JSON or
+//! text (a shared string counts once per place it appears), so a value that
+//! breaks the size limits fails the run instead of being copied out in full.
+//! Conditions get the pure functions only (`zoom::uuid`).
 
 use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module};
 use serde_json::{Value, json};
 
 use super::limits::parse_duration;
-use super::run::{current_effects, note_thrown};
-use super::value::{exceeds_depth, from_json, to_json};
+use super::run::{EFFECTS_TOKEN, current_effects, note_thrown, terminate};
+use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
 use crate::effects::EffectError;
 
 type HostResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -21,14 +25,15 @@ type HostResult = Result<Dynamic, Box<EvalAltResult>>;
 /// The longest log line a script may write, in characters.
 const MAX_LOG_CHARS: usize = 10_000;
 
-/// Registers every host function of the Script engine.
-pub(crate) fn register_script_functions(engine: &mut Engine, max_value_depth: usize) {
-    engine.register_static_module("zoom", zoom_module(max_value_depth, true).into());
-    engine.register_static_module("slack", slack_module(max_value_depth).into());
-    engine.register_static_module("email", email_module(max_value_depth).into());
-    engine.register_static_module("http", http_module(max_value_depth).into());
-    engine.register_static_module("log", log_module().into());
-    engine.register_static_module("state", state_module(max_value_depth).into());
+/// Registers every host function of the Script engine; `sizes` bounds
+/// their arguments.
+pub(crate) fn register_script_functions(engine: &mut Engine, sizes: SizeLimits) {
+    engine.register_static_module("zoom", zoom_module(sizes, true).into());
+    engine.register_static_module("slack", slack_module(sizes).into());
+    engine.register_static_module("email", email_module(sizes).into());
+    engine.register_static_module("http", http_module(sizes).into());
+    engine.register_static_module("log", log_module(sizes).into());
+    engine.register_static_module("state", state_module(sizes).into());
     FuncRegistration::new("now")
         .with_volatility(true)
         .register_into_engine(engine, now);
@@ -38,7 +43,14 @@ pub(crate) fn register_script_functions(engine: &mut Engine, max_value_depth: us
 
 /// Registers the pure host functions of the Condition engine.
 pub(crate) fn register_condition_functions(engine: &mut Engine) {
-    engine.register_static_module("zoom", zoom_module(0, false).into());
+    let unused = SizeLimits {
+        array: 0,
+        map: 0,
+        string: 0,
+        key: 0,
+        depth: 0,
+    };
+    engine.register_static_module("zoom", zoom_module(unused, false).into());
     engine.on_print(|_| {});
     engine.on_debug(|_, _, _| {});
 }
@@ -53,7 +65,7 @@ macro_rules! effect_fn {
     };
 }
 
-fn zoom_module(depth: usize, with_effects: bool) -> Module {
+fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
     let mut module = Module::new();
     FuncRegistration::new("uuid")
         .in_internal_namespace()
@@ -68,7 +80,7 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         perform("zoom.get", json!({"path": path.as_str(), "params": {}}))
     });
     effect_fn!(m, "get", move |path: ImmutableString, params: Map| {
-        let params = arg(&params.into(), depth, "params")?;
+        let params = arg(&params.into(), &sizes, "params")?;
         perform("zoom.get", json!({"path": path.as_str(), "params": params}))
     });
     effect_fn!(
@@ -85,7 +97,7 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         m,
         "paginate",
         move |path: ImmutableString, items_key: ImmutableString, params: Map| {
-            let params = arg(&params.into(), depth, "params")?;
+            let params = arg(&params.into(), &sizes, "params")?;
             perform(
                 "zoom.paginate",
                 json!({"path": path.as_str(), "items_key": items_key.as_str(), "params": params}),
@@ -98,7 +110,7 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         ("put", "zoom.put"),
     ] {
         effect_fn!(m, name, move |path: ImmutableString, body: Dynamic| {
-            let body = arg(&body, depth, "body")?;
+            let body = arg(&body, &sizes, "body")?;
             perform(
                 effect,
                 json!({"path": path.as_str(), "params": {}, "body": body}),
@@ -107,8 +119,8 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         effect_fn!(m, name, move |path: ImmutableString,
                                   params: Map,
                                   body: Dynamic| {
-            let params = arg(&params.into(), depth, "params")?;
-            let body = arg(&body, depth, "body")?;
+            let params = arg(&params.into(), &sizes, "params")?;
+            let body = arg(&body, &sizes, "body")?;
             perform(
                 effect,
                 json!({"path": path.as_str(), "params": params, "body": body}),
@@ -119,7 +131,7 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         perform("zoom.delete", json!({"path": path.as_str(), "params": {}}))
     });
     effect_fn!(m, "delete", move |path: ImmutableString, params: Map| {
-        let params = arg(&params.into(), depth, "params")?;
+        let params = arg(&params.into(), &sizes, "params")?;
         perform(
             "zoom.delete",
             json!({"path": path.as_str(), "params": params}),
@@ -129,7 +141,7 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
         m,
         "download",
         move |file: Dynamic, dest: ImmutableString| {
-            let file = arg(&file, depth, "file")?;
+            let file = arg(&file, &sizes, "file")?;
             perform(
                 "zoom.download",
                 json!({"file": file, "dest": dest.as_str()}),
@@ -139,17 +151,17 @@ fn zoom_module(depth: usize, with_effects: bool) -> Module {
     module
 }
 
-fn slack_module(depth: usize) -> Module {
+fn slack_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     let m = &mut module;
     effect_fn!(m, "post", move |channel: ImmutableString, text: Dynamic| {
         perform(
             "slack.post",
-            json!({"channel": channel.as_str(), "text": text_of(&text)}),
+            json!({"channel": channel.as_str(), "text": text_of(&text, &sizes)?}),
         )
     });
     effect_fn!(m, "post", move |message: Map| {
-        let message = arg(&message.into(), depth, "message")?;
+        let message = arg(&message.into(), &sizes, "message")?;
         perform("slack.post", message)
     });
     effect_fn!(
@@ -157,9 +169,9 @@ fn slack_module(depth: usize) -> Module {
         "webhook",
         move |name: ImmutableString, message: Dynamic| {
             let args = if message.is_map() {
-                json!({"name": name.as_str(), "payload": arg(&message, depth, "payload")?})
+                json!({"name": name.as_str(), "payload": arg(&message, &sizes, "payload")?})
             } else {
-                json!({"name": name.as_str(), "text": text_of(&message)})
+                json!({"name": name.as_str(), "text": text_of(&message, &sizes)?})
             };
             perform("slack.webhook", args)
         }
@@ -167,48 +179,49 @@ fn slack_module(depth: usize) -> Module {
     module
 }
 
-fn email_module(depth: usize) -> Module {
+fn email_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     effect_fn!(&mut module, "send", move |message: Map| {
-        let message = arg(&message.into(), depth, "message")?;
+        let message = arg(&message.into(), &sizes, "message")?;
         perform("email.send", message)
     });
     module
 }
 
-fn http_module(depth: usize) -> Module {
+fn http_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     effect_fn!(&mut module, "request", move |request: Map| {
-        let request = arg(&request.into(), depth, "request")?;
+        let request = arg(&request.into(), &sizes, "request")?;
         perform("http.request", request)
     });
     module
 }
 
-fn log_module() -> Module {
+fn log_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     for level in ["info", "warn", "error"] {
         effect_fn!(&mut module, level, move |message: Dynamic| {
-            write_log(level, text_of(&message));
+            write_log(level, text_of(&message, &sizes)?);
+            Ok::<(), Box<EvalAltResult>>(())
         });
     }
     module
 }
 
-fn state_module(depth: usize) -> Module {
+fn state_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     let m = &mut module;
     effect_fn!(m, "get", move |key: ImmutableString| {
         perform("state.get", json!({"key": key.as_str()}))
     });
     effect_fn!(m, "set", move |key: ImmutableString, value: Dynamic| {
-        let value = arg(&value, depth, "value")?;
+        let value = arg(&value, &sizes, "value")?;
         perform("state.set", json!({"key": key.as_str(), "value": value}))
     });
     effect_fn!(m, "set", move |key: ImmutableString,
                                value: Dynamic,
                                ttl: Dynamic| {
-        let value = arg(&value, depth, "value")?;
+        let value = arg(&value, &sizes, "value")?;
         let ttl = ttl_seconds(&ttl)?;
         perform(
             "state.set",
@@ -220,7 +233,11 @@ fn state_module(depth: usize) -> Module {
 
 fn now() -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run("now"))?;
-    Ok(effects.now().to_rfc3339().into())
+    match effects.now() {
+        Ok(now) => Ok(now.to_rfc3339().into()),
+        Err(_) if effects.effects_exhausted() => Err(end_run(EFFECTS_TOKEN)),
+        Err(error) => Err(runtime(error.to_string())),
+    }
 }
 
 /// Performs one effect for the current run, throwing its error into the script.
@@ -228,6 +245,7 @@ fn perform(effect: &str, args: Value) -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
     match effects.call(effect, args) {
         Ok(answer) => from_json(&answer).map_err(|message| runtime(format!("{effect}: {message}"))),
+        Err(_) if effects.effects_exhausted() => Err(end_run(EFFECTS_TOKEN)),
         Err(error) => {
             let thrown = effect_error_value(&error);
             note_thrown(error);
@@ -262,8 +280,30 @@ pub(crate) fn effect_error_value(error: &EffectError) -> Dynamic {
     Dynamic::from_map(map)
 }
 
-fn arg(value: &Dynamic, depth: usize, what: &str) -> Result<Value, Box<EvalAltResult>> {
-    to_json(value, depth, what).map_err(runtime)
+/// Ends the run at once, and at every operation after this one.
+fn end_run(token: &'static str) -> Box<EvalAltResult> {
+    terminate(token);
+    EvalAltResult::ErrorTerminated(token.into(), rhai::Position::NONE).into()
+}
+
+/// An argument as JSON, once it is known to be within the limits.
+fn arg(value: &Dynamic, sizes: &SizeLimits, what: &str) -> Result<Value, Box<EvalAltResult>> {
+    check_size(value, sizes, what)?;
+    to_json(value, sizes.depth, what).map_err(runtime)
+}
+
+/// Refuses a value that breaks a size limit, before it is copied out.
+fn check_size(value: &Dynamic, sizes: &SizeLimits, what: &str) -> Result<(), Box<EvalAltResult>> {
+    match oversized(value, sizes) {
+        None => Ok(()),
+        Some("Depth of value") => Err(runtime(format!(
+            "{what} is nested too deeply (max_value_depth = {})",
+            sizes.depth
+        ))),
+        Some(broken) => {
+            Err(EvalAltResult::ErrorDataTooLarge(broken.into(), rhai::Position::NONE).into())
+        }
+    }
 }
 
 fn ttl_seconds(ttl: &Dynamic) -> Result<u64, Box<EvalAltResult>> {
@@ -284,14 +324,15 @@ fn ttl_seconds(ttl: &Dynamic) -> Result<u64, Box<EvalAltResult>> {
 }
 
 /// A value as log or message text: strings as they are, others printed.
-fn text_of(value: &Dynamic) -> String {
+fn text_of(value: &Dynamic, sizes: &SizeLimits) -> Result<String, Box<EvalAltResult>> {
     if let Some(text) = value.read_lock::<ImmutableString>() {
-        return text.to_string();
+        return Ok(text.to_string());
     }
     if exceeds_depth(value, 32) {
-        return "[a value nested too deeply to print]".to_string();
+        return Ok("[a value nested too deeply to print]".to_string());
     }
-    value.to_string()
+    check_size(value, sizes, "the text")?;
+    Ok(value.to_string())
 }
 
 fn write_log(level: &str, mut message: String) {
@@ -348,7 +389,14 @@ mod tests {
     #[test]
     fn host_functions_refuse_to_run_outside_a_run() {
         let mut engine = Engine::new();
-        register_script_functions(&mut engine, 8);
+        let sizes = SizeLimits {
+            array: 100,
+            map: 100,
+            string: 100,
+            key: 10,
+            depth: 8,
+        };
+        register_script_functions(&mut engine, sizes);
         let error = engine.run(r##"slack::post("#a", "hi")"##).unwrap_err();
         assert!(
             error

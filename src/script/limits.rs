@@ -1,5 +1,7 @@
 //! The sandbox's limits: how much a script may compute, nest, allocate and
-//! import, how long a condition may take, and the threads scripts run on.
+//! import, how much memory it may hold, how much it may log and how many
+//! effects it may make, how long a condition may take, and the threads
+//! scripts run on.
 //!
 //! These are configuration (read by serde, unknown keys refused); the engine
 //! constructor reads them through [`SandboxLimits::effective`], which replaces
@@ -10,6 +12,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::effects::gateway::OutputLimits;
 
 /// The deepest script call stack allowed, whatever the configuration says.
 pub const MAX_CALL_LEVELS_CAP: usize = 32;
@@ -58,11 +62,31 @@ pub struct SandboxLimits {
     pub max_variables: usize,
     /// Nesting depth of a value given to a host function or returned by a script.
     pub max_value_depth: usize,
+    /// Bytes in one object map key (keys also count towards `max_string_size`).
+    #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
+    pub max_key_size: usize,
+    /// Bytes one run may hold at once: its values, what native functions and
+    /// callbacks build, effect answers and records. Each condition and the
+    /// scripts folder's top-level code at load get the same budget.
+    #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
+    pub max_memory: usize,
+    /// Log lines one run keeps; later lines are dropped and a last line says how many.
+    pub max_log_lines: usize,
+    /// Bytes of log text one run keeps, likewise.
+    #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
+    pub max_log_bytes: usize,
+    /// Effect calls one run may make (`now()` and `state::` included); the
+    /// next one fails the run.
+    pub max_effects: usize,
     /// Wall-clock time one `when:` or `key:` expression may take.
     #[serde(deserialize_with = "deserialize_duration")]
     #[schemars(schema_with = "duration_schema")]
     pub condition_timeout: Duration,
-    /// Wall-clock time for evaluating one module's top-level code at load.
+    /// Wall-clock time for evaluating the scripts folder's top-level code at
+    /// load, all modules together.
     #[serde(deserialize_with = "deserialize_duration")]
     #[schemars(schema_with = "duration_schema")]
     pub load_timeout: Duration,
@@ -87,6 +111,11 @@ impl Default for SandboxLimits {
             max_modules: 32,
             max_variables: 1_000,
             max_value_depth: 64,
+            max_key_size: 1024,
+            max_memory: 64 * 1024 * 1024,
+            max_log_lines: OutputLimits::default().max_log_lines,
+            max_log_bytes: OutputLimits::default().max_log_bytes,
+            max_effects: OutputLimits::default().max_effects,
             condition_timeout: Duration::from_millis(50),
             load_timeout: Duration::from_secs(5),
             stack_size: 64 * 1024 * 1024,
@@ -119,11 +148,27 @@ impl SandboxLimits {
             max_modules: nonzero(self.max_modules, default.max_modules),
             max_variables: nonzero(self.max_variables, default.max_variables),
             max_value_depth: nonzero(self.max_value_depth, default.max_value_depth),
+            max_key_size: nonzero(self.max_key_size, default.max_key_size),
+            max_memory: nonzero(self.max_memory, default.max_memory),
+            max_log_lines: nonzero(self.max_log_lines, default.max_log_lines),
+            max_log_bytes: nonzero(self.max_log_bytes, default.max_log_bytes),
+            max_effects: nonzero(self.max_effects, default.max_effects),
             condition_timeout: nonzero_duration(self.condition_timeout, default.condition_timeout),
             load_timeout: nonzero_duration(self.load_timeout, default.load_timeout),
             stack_size: nonzero(self.stack_size, default.stack_size)
                 .clamp(MIN_STACK_SIZE, MAX_STACK_SIZE),
             pool_threads: nonzero(self.pool_threads, default.pool_threads),
+        }
+    }
+}
+
+impl SandboxLimits {
+    /// What one run may log and how many effects it may make.
+    pub fn output_limits(&self) -> OutputLimits {
+        OutputLimits {
+            max_log_lines: self.max_log_lines,
+            max_log_bytes: self.max_log_bytes,
+            max_effects: self.max_effects,
         }
     }
 }
@@ -252,6 +297,11 @@ mod tests {
             max_modules: 0,
             max_variables: 0,
             max_value_depth: 0,
+            max_key_size: 0,
+            max_memory: 0,
+            max_log_lines: 0,
+            max_log_bytes: 0,
+            max_effects: 0,
             condition_timeout: Duration::ZERO,
             load_timeout: Duration::ZERO,
             stack_size: 1,
@@ -272,6 +322,9 @@ mod tests {
         assert_eq!(effective.max_modules, default.max_modules);
         assert_eq!(effective.max_variables, default.max_variables);
         assert_eq!(effective.max_value_depth, default.max_value_depth);
+        assert_eq!(effective.max_memory, default.max_memory);
+        assert_eq!(effective.max_key_size, default.max_key_size);
+        assert_eq!(effective.output_limits(), OutputLimits::default());
         assert_eq!(effective.condition_timeout, Duration::from_millis(50));
         assert_eq!(effective.stack_size, MIN_STACK_SIZE);
         assert!(effective.pool_threads >= 1);
@@ -287,13 +340,15 @@ mod tests {
     #[test]
     fn reads_durations_and_sizes_and_refuses_unknown_keys() {
         let limits: SandboxLimits = serde_json::from_str(
-            r#"{"condition_timeout": "20ms", "load_timeout": 3, "stack_size": "32MiB", "max_operations": 10}"#,
+            r#"{"condition_timeout": "20ms", "load_timeout": 3, "stack_size": "32MiB", "max_operations": 10, "max_memory": "16MiB", "max_log_bytes": 4096}"#,
         )
         .unwrap();
         assert_eq!(limits.condition_timeout, Duration::from_millis(20));
         assert_eq!(limits.load_timeout, Duration::from_secs(3));
         assert_eq!(limits.stack_size, 32 * 1024 * 1024);
         assert_eq!(limits.max_operations, 10);
+        assert_eq!(limits.max_memory, 16 * 1024 * 1024);
+        assert_eq!(limits.max_log_bytes, 4096);
         assert_eq!(limits.max_map_size, SandboxLimits::default().max_map_size);
 
         let unknown = serde_json::from_str::<SandboxLimits>(r#"{"max_ops": 1}"#).unwrap_err();

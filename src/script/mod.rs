@@ -15,10 +15,13 @@
 //! `meta` and `vars` beside it: a script can copy and change a copy, never the
 //! value other rules see.
 
+mod allocator;
 pub mod engine;
 mod error;
+mod guards;
 mod host;
 pub mod limits;
+mod memory;
 pub mod modules;
 pub mod pool;
 mod run;
@@ -35,9 +38,12 @@ pub use limits::SandboxLimits;
 pub use modules::{ScriptFileError, ScriptModules};
 pub use pool::{ScriptJob, ScriptPool};
 
-use error::{Evaluation, script_error, syntax_error};
-use run::reset_condition_clock;
-use value::exceeds_depth;
+use error::{Evaluation, memory_limit, result_too_large, script_error, syntax_error};
+use memory::{budget_exceeded, enter_budget};
+use run::{condition_terminated, reset_condition_clock};
+use value::{SizeLimits, oversized};
+
+pub use memory::format_bytes;
 
 /// The names scripts and conditions read, pushed as constants.
 pub(crate) const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
@@ -114,7 +120,8 @@ impl Sandbox {
     }
 
     /// Evaluates a compiled expression on the calling thread, bounded by
-    /// `max_operations` and `condition_timeout`. The scope is left as found.
+    /// `max_operations`, `condition_timeout` and `max_memory`. The scope is
+    /// left as found.
     pub fn eval_expression(
         &self,
         scope: &mut Scope<'static>,
@@ -123,14 +130,20 @@ impl Sandbox {
         let engine = &self.condition_engine;
         let scope_len = scope.len();
         reset_condition_clock();
+        let budget = enter_budget(self.limits.max_memory);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            engine.eval_ast_with_scope::<Dynamic>(scope, ast)
+            let outcome = engine.eval_ast_with_scope::<Dynamic>(scope, ast);
+            ended_early(outcome, condition_terminated())
         }));
         scope.rewind(scope_len);
-        let evaluation =
-            Evaluation::condition(self.limits.condition_timeout, self.limits.max_value_depth);
+        let evaluation = Evaluation::condition(&self.limits);
+        let exceeded = budget_exceeded();
+        drop(budget);
+        if exceeded {
+            return Err(memory_limit(evaluation));
+        }
         match outcome {
-            Ok(Ok(value)) => self.check_result_depth(value),
+            Ok(Ok(value)) => self.check_result(value),
             Ok(Err(error)) => Err(script_error(engine, error, evaluation, &[])),
             Err(panic) => Err(ScriptError::runtime(format!(
                 "internal error: the condition panicked: {}",
@@ -144,16 +157,13 @@ impl Sandbox {
         &self.script_engine
     }
 
-    /// Refuses a value too deep to leave the thread that built it.
-    pub(crate) fn check_result_depth(&self, value: Dynamic) -> Result<Dynamic, ScriptError> {
-        let max = self.limits.max_value_depth;
-        if exceeds_depth(&value, max) {
-            return Err(ScriptError::Limit {
-                limit: "max_value_depth".into(),
-                message: format!("result nested too deeply (max_value_depth = {max})"),
-            });
+    /// Refuses a result too deep to leave the thread that built it, or too
+    /// large to convert and record (a shared string counts once per place).
+    pub(crate) fn check_result(&self, value: Dynamic) -> Result<Dynamic, ScriptError> {
+        match oversized(&value, &SizeLimits::of_script(&self.limits)) {
+            None => Ok(value),
+            Some(broken) => Err(result_too_large(broken, &self.limits)),
         }
-        Ok(value)
     }
 
     fn script_compile_error(&self, source: &str, error: EvalAltResult) -> ScriptSyntaxError {
@@ -191,6 +201,20 @@ pub(crate) fn run_scope(event: &Dynamic, meta: &Dynamic, vars: &Dynamic) -> Scop
         scope.push_constant_dynamic(name, value.clone());
     }
     scope
+}
+
+/// The evaluation's outcome, or the end a native function gave it as its
+/// last step (with no operation after it to fail).
+pub(crate) fn ended_early(
+    outcome: Result<Dynamic, Box<EvalAltResult>>,
+    terminated: Option<&'static str>,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    match (outcome, terminated) {
+        (Ok(_), Some(token)) => {
+            Err(EvalAltResult::ErrorTerminated(token.into(), Position::NONE).into())
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 /// Where `import "path"` is written in `source` (Rhai does not say).

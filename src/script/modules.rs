@@ -11,7 +11,9 @@
 //! paths and anything it did not load, with a message that says why.
 //!
 //! Module top-level code runs at load, on a thread with the sandbox's stack
-//! size and under the load deadline, like any other script.
+//! size, like any other script: all modules together within one deadline
+//! (`load_timeout`) and one memory budget (`max_memory`), so a check, a
+//! start or a hot reload cannot be held up or blown up by the scripts folder.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -20,12 +22,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rhai::module_resolvers::ModuleResolver;
-use rhai::{AST, Engine, EvalAltResult, Module, Position, Scope, Shared};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Position, Scope, Shared};
 
+use super::ended_early;
 use super::engine::{EngineKind, build_engine_with_resolver};
 use super::error::{Evaluation, ScriptError, parse_error_message, script_error};
 use super::limits::{SandboxLimits, format_duration};
-use super::run::{ActiveRun, enter_run};
+use super::memory::{budget_exceeded, enter_budget, format_bytes, rearm_budget};
+use super::run::{ActiveRun, enter_run, run_terminated};
 use super::value::exceeds_depth;
 
 /// Largest script file accepted.
@@ -397,6 +401,7 @@ fn build_modules(
         state: state.clone(),
         refused: Arc::new(refused.clone()),
         limits: limits.clone(),
+        deadline: Instant::now() + limits.load_timeout,
     };
     let engine = build_engine_with_resolver(limits, resolver.clone(), EngineKind::Script);
     let mut errors = Vec::new();
@@ -421,10 +426,14 @@ fn build_modules(
         }
     }
     let names: Vec<String> = lock(&state).sources.keys().cloned().collect();
+    let _budget = enter_budget(limits.max_memory);
     for name in names {
-        // Each module (with the modules it imports) has its own deadline.
-        let _deadline = enter_run(ActiveRun::new(
-            Instant::now() + limits.load_timeout,
+        // One deadline and one budget for the folder; each module (with the
+        // modules it imports) is a run of its own, so that one module's end
+        // is not the next one's.
+        rearm_budget();
+        let _run = enter_run(ActiveRun::new(
+            resolver.deadline,
             Arc::default(),
             Arc::default(),
             None,
@@ -452,6 +461,8 @@ struct LoadResolver {
     state: Arc<Mutex<LoadState>>,
     refused: Arc<BTreeMap<String, String>>,
     limits: SandboxLimits,
+    /// When the whole folder's load must be done.
+    deadline: Instant,
 }
 
 impl LoadResolver {
@@ -486,9 +497,7 @@ impl LoadResolver {
             (file, ast)
         };
         // The lock is released: evaluating the module may import others.
-        let result = Module::eval_ast_as_new(Scope::new(), &ast, engine)
-            .map_err(|error| module_error(engine, error, &self.limits))
-            .and_then(|module| self.check_variables(module));
+        let result = self.evaluate(engine, &ast);
         let mut state = lock(&self.state);
         state.in_progress.retain(|n| *n != name);
         match result {
@@ -508,6 +517,27 @@ impl LoadResolver {
                 Err(failed_import(path, &name, position))
             }
         }
+    }
+
+    /// Runs a module's top-level code, unless the folder's load time is spent.
+    fn evaluate(&self, engine: &Engine, ast: &AST) -> Result<Module, (String, usize, usize)> {
+        if Instant::now() >= self.deadline {
+            let timeout = format_duration(self.limits.load_timeout);
+            return Err((
+                format!(
+                    "not loaded: the scripts folder used up its {timeout} load timeout before this module's turn (load_timeout = {timeout})"
+                ),
+                1,
+                1,
+            ));
+        }
+        let module = Module::eval_ast_as_new(Scope::new(), ast, engine)
+            .and_then(|module| ended_early(Ok(Dynamic::UNIT), run_terminated()).map(|_| module))
+            .map_err(|error| module_error(engine, error, &self.limits))?;
+        if budget_exceeded() {
+            return Err((memory_message(&self.limits), 1, 1));
+        }
+        self.check_variables(module)
     }
 
     /// Refuses module variables too deep to share safely between runs.
@@ -565,17 +595,25 @@ fn module_error(
     {
         return (message.to_string(), line, column);
     }
-    let evaluation = Evaluation::script(limits.load_timeout, limits.max_value_depth);
+    let evaluation = Evaluation::script(limits.load_timeout, limits);
     let message = match script_error(engine, error, evaluation, &[]) {
         ScriptError::Timeout { after } => format!(
-            "the module's top-level code exceeded its {} load timeout (load_timeout = {})",
+            "the module's top-level code exceeded the {} load timeout of the scripts folder (load_timeout = {})",
             format_duration(after),
             format_duration(after)
         ),
         ScriptError::Runtime { message, .. } => message,
+        ScriptError::Limit { limit, .. } if limit == "max_memory" => memory_message(limits),
         other => other.to_string(),
     };
     (message, line, column)
+}
+
+fn memory_message(limits: &SandboxLimits) -> String {
+    format!(
+        "the module's top-level code exceeded the memory budget of the scripts folder (max_memory = {})",
+        format_bytes(limits.max_memory)
+    )
 }
 
 fn file_error(path: &Path, message: &str) -> ScriptFileError {
@@ -738,8 +776,9 @@ mod tests {
         // in a fast release build), an endless module stops with its name.
         let endless = find("endless.rhai");
         assert!(
-            endless.contains("exceeded its 200ms load timeout (load_timeout = 200ms)")
-                || endless.contains("exceeded the operation limit (max_operations = "),
+            endless.contains(
+                "exceeded the 200ms load timeout of the scripts folder (load_timeout = 200ms)"
+            ) || endless.contains("exceeded the operation limit (max_operations = "),
             "{text:#?}"
         );
     }

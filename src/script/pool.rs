@@ -7,9 +7,9 @@
 //! first takes a free thread ([`ScriptPool::reserve`], first come first
 //! served), so that its deadline can start when its script does: a burst of
 //! runs waits for threads instead of timing out in a queue. Each
-//! job installs its run (deadline, cancel flag, effects) in the worker's
-//! thread-locals; a panic in a job is caught, becomes that job's error, and
-//! leaves the worker serving the next job.
+//! job installs its run (deadline, cancel flag, effects, memory budget) in
+//! the worker's thread-locals; a panic in a job is caught, becomes that
+//! job's error, and leaves the worker serving the next job.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::ended_early;
 pub use super::error::ScriptError;
-use super::error::{Evaluation, script_error};
+use super::error::{Evaluation, memory_limit, script_error};
 use super::limits::MIN_STACK_SIZE;
-use super::run::{ActiveRun, enter_run, take_thrown};
+use super::memory::{budget_exceeded, enter_budget};
+use super::run::{ActiveRun, enter_run, run_terminated, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
 
@@ -252,6 +254,9 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
             after: work.timeout,
         });
     }
+    let limits = job.sandbox.limits();
+    let evaluation = Evaluation::script(work.timeout, limits);
+    let _budget = enter_budget(limits.max_memory);
     let _run = enter_run(ActiveRun::new(
         job.deadline,
         job.cancel.clone(),
@@ -260,17 +265,20 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
     ));
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);
-    let outcome = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast);
+    let outcome = ended_early(
+        engine.eval_ast_with_scope::<Dynamic>(&mut scope, &job.ast),
+        run_terminated(),
+    );
     drop(scope);
     let thrown = take_thrown();
+    // A native call that passed the budget as the script's last step ends
+    // it without another operation to notice.
+    if budget_exceeded() {
+        return Err(memory_limit(evaluation));
+    }
     match outcome {
-        Ok(value) => job.sandbox.check_result_depth(value),
-        Err(error) => Err(script_error(
-            engine,
-            error,
-            Evaluation::script(work.timeout, job.sandbox.limits().max_value_depth),
-            &thrown,
-        )),
+        Ok(value) => job.sandbox.check_result(value),
+        Err(error) => Err(script_error(engine, error, evaluation, &thrown)),
     }
 }
 

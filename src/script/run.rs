@@ -7,6 +7,10 @@
 //! lighter deadline cell: they must not pay for a clock read unless they run
 //! long enough for it to matter.
 //!
+//! The memory budget is checked here as well, before every operation: the
+//! allocator raises a flag when the thread passes its budget
+//! ([`super::memory`]), and reading it costs one thread-local load.
+//!
 //! Operations are counted here too, not taken from Rhai: when a native
 //! function calls back into the script (`array.all(|x| ...)`, `map`, `sort`
 //! with a comparator), Rhai runs the callback on a copy of its counter and
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use rhai::Dynamic;
 
+use super::memory::budget_exceeded;
 use crate::effects::EffectError;
 use crate::effects::gateway::RunEffects;
 
@@ -29,6 +34,26 @@ pub(crate) const TIMEOUT_TOKEN: &str = "zoomwire:timeout";
 pub(crate) const CANCEL_TOKEN: &str = "zoomwire:cancelled";
 /// The termination token `on_progress` returns past `max_operations`.
 pub(crate) const OPERATIONS_TOKEN: &str = "zoomwire:operations";
+/// The termination token once the thread passed its memory budget.
+pub(crate) const MEMORY_TOKEN: &str = "zoomwire:memory";
+/// The termination token once the run asked for an effect past `max_effects`.
+pub(crate) const EFFECTS_TOKEN: &str = "zoomwire:effects";
+/// The start of the termination token once a value too large to print was
+/// about to be printed (see [`super::guards`]); the rest names the limit it
+/// breaks as Rhai does ("Length of string").
+pub(crate) const TOO_LARGE_TOKEN: &str = "zoomwire:too large:";
+
+/// The termination token for a value that breaks `what` (as
+/// [`super::value::oversized`] names it).
+pub(crate) fn too_large_token(what: &str) -> &'static str {
+    match what {
+        "Length of string" => "zoomwire:too large:Length of string",
+        "Size of array/BLOB" => "zoomwire:too large:Size of array/BLOB",
+        "Size of object map" => "zoomwire:too large:Size of object map",
+        "Length of map key" => "zoomwire:too large:Length of map key",
+        _ => "zoomwire:too large:Depth of value",
+    }
+}
 
 /// Scripts read the clock every this many operations (a power of two).
 pub(crate) const SCRIPT_CHECK_INTERVAL: u64 = 32;
@@ -124,15 +149,17 @@ fn count(cell: &'static std::thread::LocalKey<Cell<u64>>) -> u64 {
     })
 }
 
-/// `on_progress` of scripts: counts operations against `max_operations`,
-/// reads the clock every `SCRIPT_CHECK_INTERVAL` of them, and once the run
-/// is terminated fails every operation that follows.
+/// `on_progress` of scripts: checks the memory budget, counts operations
+/// against `max_operations`, reads the clock every `SCRIPT_CHECK_INTERVAL`
+/// of them, and once the run is terminated fails every operation that follows.
 pub(crate) fn script_progress(max_operations: u64) -> Option<Dynamic> {
     if let Some(token) = RUN_TERMINATED.with(Cell::get) {
         return Some(Dynamic::from(token));
     }
     let operations = count(&RUN_OPERATIONS);
-    let token = if operations > max_operations {
+    let token = if budget_exceeded() {
+        MEMORY_TOKEN
+    } else if operations > max_operations {
         OPERATIONS_TOKEN
     } else if !operations.is_multiple_of(SCRIPT_CHECK_INTERVAL) {
         return None;
@@ -161,6 +188,24 @@ fn check_active_run() -> Option<&'static str> {
         }
         None
     })
+}
+
+/// Ends the evaluation running on this thread (a script run, or a condition)
+/// at its next operation, and every operation after it, with `token`.
+pub(crate) fn terminate(token: &'static str) {
+    RUN_TERMINATED.with(|cell| cell.set(Some(token)));
+    CONDITION_TERMINATED.with(|cell| cell.set(Some(token)));
+}
+
+/// What ended the script run on this thread, if it was ended (a native
+/// function may end it as its last step, with no operation after it).
+pub(crate) fn run_terminated() -> Option<&'static str> {
+    RUN_TERMINATED.with(Cell::get)
+}
+
+/// What ended the condition on this thread, likewise.
+pub(crate) fn condition_terminated() -> Option<&'static str> {
+    CONDITION_TERMINATED.with(Cell::get)
 }
 
 /// Whether the script's variables are due to be measured (and clears it).
@@ -201,15 +246,17 @@ pub(crate) fn reset_condition_clock() {
     CONDITION_OPERATIONS.with(|cell| cell.set(0));
 }
 
-/// `on_progress` of conditions: counts operations against `max_operations`;
-/// the clock starts at the first check; once the condition is terminated
-/// every operation fails.
+/// `on_progress` of conditions: checks the memory budget, counts operations
+/// against `max_operations`; the clock starts at the first check; once the
+/// condition is terminated every operation fails.
 pub(crate) fn condition_progress(max_operations: u64, timeout: Duration) -> Option<Dynamic> {
     if let Some(token) = CONDITION_TERMINATED.with(Cell::get) {
         return Some(Dynamic::from(token));
     }
     let operations = count(&CONDITION_OPERATIONS);
-    let token = if operations > max_operations {
+    let token = if budget_exceeded() {
+        MEMORY_TOKEN
+    } else if operations > max_operations {
         OPERATIONS_TOKEN
     } else if !operations.is_multiple_of(CONDITION_CHECK_INTERVAL) {
         return None;
@@ -281,6 +328,21 @@ mod tests {
         assert!(operate(100, 100).is_none());
         assert_eq!(operate(1, 100).unwrap(), OPERATIONS_TOKEN);
         assert_eq!(operate(1, MANY).unwrap(), OPERATIONS_TOKEN);
+    }
+
+    #[test]
+    fn passing_the_memory_budget_ends_the_run_at_its_next_operation() {
+        std::thread::spawn(|| {
+            let _guard = enter_run(run(Instant::now() + Duration::from_secs(60)));
+            let _budget = super::super::memory::enter_budget(1 << 20);
+            assert!(operate(1, MANY).is_none());
+            let held = vec![0u8; 2 << 20];
+            assert_eq!(operate(1, MANY).unwrap(), MEMORY_TOKEN);
+            drop(held);
+            assert_eq!(operate(1, MANY).unwrap(), MEMORY_TOKEN, "the end is final");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use zoomwire::commands::rules_args::RuleArgs;
+use zoomwire::commands::rules_args::RuleLocation;
 use zoomwire::commands::{self, CommandError, CommandResult};
 use zoomwire::effects::Effects;
 use zoomwire::effects::recorder::RecordingEffects;
@@ -23,34 +23,13 @@ struct Cli {
     command: Command,
 }
 
-/// Where rules and scripts are; unset, the configured folders (as `run`
-/// reads them: $ZOOMWIRE_RULES/$ZOOMWIRE_SCRIPTS, `.env`, `zoomwire.yaml`,
-/// else `rules` and `scripts`).
-#[derive(clap::Args)]
-struct RuleLocation {
-    /// Rule file or folder (repeatable) [default: the configured rules folder]
-    #[arg(long = "rules", value_name = "PATH")]
-    rules: Vec<PathBuf>,
-    /// Folder of Rhai modules that rules import [default: the configured scripts folder]
-    #[arg(long, value_name = "DIR")]
-    scripts: Option<PathBuf>,
-}
-
-impl RuleLocation {
-    /// These folders, with rule paths given as arguments before them.
-    fn into_args(self, mut paths: Vec<PathBuf>) -> RuleArgs {
-        paths.extend(self.rules);
-        RuleArgs {
-            paths,
-            scripts: self.scripts,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// The daemon: Zoom WebSocket (and webhook, if configured), cron, hot reload, admin API
-    Run,
+    Run {
+        #[command(flatten)]
+        location: RuleLocation,
+    },
     /// Validate settings, rules and scripts: every problem as file:line:col, exit 1 on any error
     Check {
         /// Rule files or folders [default: the configured rules folder]
@@ -102,6 +81,9 @@ enum Command {
         /// Only this configured account [default: every one]
         #[arg(long)]
         account: Option<String>,
+        /// The daemon's rules: those whose runs are journaled
+        #[command(flatten)]
+        location: RuleLocation,
     },
     /// Print the JSON Schema of the rule file (or with --config of zoomwire.yaml), for editor completion
     Schema {
@@ -145,9 +127,9 @@ enum Command {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
-        /// Data folder holding the store
-        #[arg(long, env = "ZOOMWIRE_DATA", default_value = ".zoomwire")]
-        data: PathBuf,
+        /// Data folder holding the store [default: the configured one, as `run` reads it]
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
     },
 }
 
@@ -190,7 +172,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> CommandResult {
     match command {
-        Command::Run => commands::run::run().await,
+        Command::Run { location } => commands::run::run(&location.into_args(Vec::new())).await,
         Command::Check { paths, location } => commands::check::run(&location.into_args(paths)),
         Command::Test { paths, location } => commands::test::run(&location.into_args(paths)).await,
         Command::Fire {
@@ -226,12 +208,14 @@ async fn dispatch(command: Command) -> CommandResult {
             until,
             dry_run,
             account,
+            location,
         } => {
             let args = commands::reconcile::ReconcileArgs {
                 since,
                 until,
                 dry_run,
                 account,
+                rules: location.into_args(Vec::new()),
             };
             commands::reconcile::run(args).await
         }
@@ -256,10 +240,13 @@ async fn dispatch(command: Command) -> CommandResult {
             skipped,
             json,
             data,
-        } => match action {
-            Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
-            None => commands::runs::list(&data, rule, failed, skipped, json).await,
-        },
+        } => {
+            let data = commands::runs::data_dir(data)?;
+            match action {
+                Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
+                None => commands::runs::list(&data, rule, failed, skipped, json).await,
+            }
+        }
     }
 }
 

@@ -1,35 +1,39 @@
 //! `zoomwire demo`: the engine against the built-in Zoom simulator, with
-//! every run and its effects shown as they happen (see [`crate::demo`]),
-//! with the rules of `--rules`, else of `./rules`, else the starter rules
-//! built into the binary.
+//! every run and its effects shown as they happen (see [`crate::demo`]).
+//! It reads the project's settings as `zoomwire run` does: the rules of
+//! `--rules`, else of the configured rules folder when it exists, else the
+//! starter rules built into the binary; the configured `vars` and sandbox
+//! limits. Zoom, Slack and mail settings are the simulator's and the sink's.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::rules_args::RuleLocation;
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::demo::{DemoError, DemoOptions, DemoRules, Pace, run_demo};
+use crate::rules::RuleSources;
 
 /// The demo's command-line arguments (`main.rs` flattens these into its
 /// `Demo` variant).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Rules folder [default: `rules` when it exists, else the starter rules built into zoomwire]
-    #[arg(long, value_name = "DIR")]
-    pub rules: Option<PathBuf>,
-    /// Folder of Rhai modules that rules import [default: `scripts`]
-    #[arg(long, value_name = "DIR")]
-    pub scripts: Option<PathBuf>,
+    /// [default: the configured rules folder when it exists, else the starter rules built into zoomwire]
+    #[command(flatten)]
+    pub location: RuleLocation,
     /// No pauses between events (for tests and the impatient)
     #[arg(long)]
     pub fast: bool,
 }
 
 /// Runs the demo. Exit 0 when every run succeeded, 1 when one failed or
-/// did not finish, 2 when the rules are missing or invalid.
+/// did not finish, 2 when the settings or the rules are missing or invalid.
 pub async fn run(args: DemoArgs) -> CommandResult {
     install_quiet_logging();
+    let given = !args.location.rules.is_empty();
+    let loaded = args.location.into_args(Vec::new()).load_settings()?;
     let options = DemoOptions {
-        rules: demo_rules(args.rules, args.scripts),
+        rules: demo_rules(loaded.sources, given),
+        vars: loaded.settings.vars,
+        sandbox: loaded.settings.sandbox,
         pace: if args.fast {
             Pace::fast()
         } else {
@@ -44,17 +48,13 @@ pub async fn run(args: DemoArgs) -> CommandResult {
     }
 }
 
-/// `--rules` if given; else `./rules` if it is a folder; else the built-in
-/// starter (whose scripts go with it).
-fn demo_rules(rules: Option<PathBuf>, scripts: Option<PathBuf>) -> DemoRules {
-    let rules_dir = match rules {
-        Some(dir) => dir,
-        None if Path::new("rules").is_dir() => PathBuf::from("rules"),
-        None => return DemoRules::BuiltIn,
-    };
-    DemoRules::Folders {
-        rules_dir,
-        scripts_dir: scripts.unwrap_or_else(|| PathBuf::from("scripts")),
+/// The rules given with `--rules` (which must exist); else the configured
+/// folder if it exists; else the built-in starter (whose scripts go with it).
+fn demo_rules(sources: RuleSources, given: bool) -> DemoRules {
+    if given || sources.paths.iter().all(|path| path.is_dir()) {
+        DemoRules::Given(sources)
+    } else {
+        DemoRules::BuiltIn
     }
 }
 

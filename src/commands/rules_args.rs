@@ -8,11 +8,34 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::CommandError;
+use super::{CommandError, load_settings};
 use crate::config::{LoadOptions, Settings};
 use crate::rules::compile::load_rule_set;
 use crate::rules::{RuleError, RuleSet, RuleSources};
-use crate::script::{SandboxLimits, ScriptPool};
+use crate::script::{SandboxLimits, ScriptPool, vars_value};
+
+/// `--rules PATH` (repeatable) and `--scripts DIR`, the flags of every
+/// command that reads rules; unset, the configured folders.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuleLocation {
+    /// Rule file or folder (repeatable) [default: the configured rules folder]
+    #[arg(long = "rules", value_name = "PATH")]
+    pub rules: Vec<PathBuf>,
+    /// Folder of Rhai modules that rules import [default: the configured scripts folder]
+    #[arg(long, value_name = "DIR")]
+    pub scripts: Option<PathBuf>,
+}
+
+impl RuleLocation {
+    /// The rule paths given as arguments (`check`'s and `test`'s), then these.
+    pub fn into_args(self, mut paths: Vec<PathBuf>) -> RuleArgs {
+        paths.extend(self.rules);
+        RuleArgs {
+            paths,
+            scripts: self.scripts,
+        }
+    }
+}
 
 /// Rule files or folders, and the scripts folder, as given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +66,7 @@ impl RuleArgs {
         &self,
         options: &LoadOptions,
     ) -> Result<CommandSettings, CommandError> {
-        let settings =
-            Settings::load(options).map_err(|errors| CommandError::Usage(errors.to_string()))?;
+        let settings = load_settings(options)?;
         let sources = self.sources(&settings);
         Ok(CommandSettings { settings, sources })
     }
@@ -78,14 +100,8 @@ impl CommandSettings {
 
     /// The configured `vars`, as scripts and conditions see them.
     pub fn vars(&self) -> rhai::Dynamic {
-        script_vars(&self.settings.vars)
+        vars_value(&self.settings.vars)
     }
-}
-
-/// `vars` as a Rhai value: the map as configured (an empty one if it
-/// cannot be converted, which a JSON object always can).
-pub fn script_vars(vars: &serde_json::Map<String, serde_json::Value>) -> rhai::Dynamic {
-    rhai::serde::to_dynamic(vars).unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()))
 }
 
 /// Prints load errors to stderr, one per line, and a count.

@@ -12,9 +12,10 @@
 //! follows the story, so the weekly schedule fires through the real
 //! scheduler when the story reaches Monday morning.
 //!
-//! It runs the rules of a rules folder, or, when there is none (a binary
-//! installed with `cargo install` run anywhere), the starter rules built
-//! into the binary ([`crate::starter`]), written into its scratch folder.
+//! It runs the rules it is given, with the project's `vars` and sandbox
+//! limits, or, when there is no rules folder (a binary installed with `cargo
+//! install` run anywhere), the starter rules built into the binary
+//! ([`crate::starter`]), written into its scratch folder.
 //!
 //! [`Executor::subscribe`]: crate::engine::executor::Executor::subscribe
 
@@ -23,7 +24,7 @@ pub mod story;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +36,9 @@ use crate::daemon::{Daemon, DaemonError, DaemonOptions, JournalMode};
 use crate::engine::matcher::{Verdict, explain_event};
 use crate::engine::record::RunRecord;
 use crate::event::{Event, Source};
+use crate::rules::RuleSources;
 use crate::schedule::ManualClock;
+use crate::script::{SandboxLimits, vars_value};
 use crate::sim::{SimConfig, SimError, SimHandle, SmtpSink, start_smtp_sink};
 use show::Tally;
 use story::{Action, MissingSeed, Step};
@@ -51,17 +54,17 @@ const EMAIL_FROM: &str = "zoomwire demo <zoomwire@example.com>";
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub rules: DemoRules,
+    /// The values scripts and conditions read as `vars`.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub sandbox: SandboxLimits,
     pub pace: Pace,
 }
 
 /// Which rules the demo runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum DemoRules {
-    /// These folders, which must exist.
-    Folders {
-        rules_dir: PathBuf,
-        scripts_dir: PathBuf,
-    },
+    /// These rule files and folders, which must exist.
+    Given(RuleSources),
     /// The starter rules and scripts built into the binary.
     BuiltIn,
 }
@@ -131,13 +134,8 @@ impl DemoOutcome {
 
 /// Runs the demo to its end, printing as it goes.
 pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
-    if let DemoRules::Folders {
-        rules_dir,
-        scripts_dir,
-    } = &options.rules
-    {
-        check_folder(rules_dir, "rules", "--rules")?;
-        check_folder(scripts_dir, "scripts", "--scripts")?;
+    if let DemoRules::Given(sources) = &options.rules {
+        check_sources(sources)?;
     }
     let sim = crate::sim::start(SimConfig {
         participants_per_meeting: story::PARTICIPANTS_PER_MEETING,
@@ -150,12 +148,16 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         .prefix("zoomwire-demo-")
         .tempdir()
         .map_err(DemoError::DataDir)?;
-    let (rules_dir, scripts_dir) = rule_folders(&options.rules, data.path())?;
-    let settings = demo_settings(&sim, &sink, data.path(), &rules_dir, &scripts_dir)?;
+    let sources = rule_sources(&options.rules, data.path())?;
+    let settings = Settings {
+        vars: options.vars.clone(),
+        sandbox: options.sandbox.clone(),
+        ..demo_settings(&sim, &sink, data.path())?
+    };
     let store = settings.data_dir.join(crate::journal::DB_FILE);
     let story_start = steps.first().map_or_else(Utc::now, |s| s.at) - chrono::Duration::minutes(5);
     let clock = Arc::new(ManualClock::new(story_start));
-    let daemon = start_daemon(settings, clock.clone()).await?;
+    let daemon = start_daemon(settings, sources, clock.clone()).await?;
     let runs = daemon.executor.subscribe();
     if !sim
         .wait_for_connections(sim.subscription_id(), 1, CONNECT_TIMEOUT)
@@ -165,7 +167,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         return Err(DemoError::NotConnected(CONNECT_TIMEOUT));
     }
     print_header(&sim, &sink, &daemon, &store, &options);
-    let mut player = Player::new(&sim, &sink, &daemon, clock, runs, options.pace);
+    let mut player = Player::new(&sim, &sink, &daemon, clock, runs, &options);
     for step in &steps {
         player.play(step).await;
     }
@@ -181,44 +183,36 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn check_folder(path: &Path, what: &str, flag: &str) -> Result<(), DemoError> {
-    if path.is_dir() {
-        return Ok(());
+/// Every rule path must exist; a scripts folder is optional, as for `zoomwire run`.
+fn check_sources(sources: &RuleSources) -> Result<(), DemoError> {
+    match sources.paths.iter().find(|path| !path.exists()) {
+        None => Ok(()),
+        Some(path) => Err(DemoError::Usage(format!(
+            "the rules folder {} does not exist: point --rules at one, or run the demo where there is no rules folder for the built-in starter rules",
+            path.display()
+        ))),
     }
-    Err(DemoError::Usage(format!(
-        "the {what} folder {} does not exist: point {flag} at one, or leave --rules out for the built-in starter rules",
-        path.display()
-    )))
 }
 
-/// The folders the engine loads: the chosen ones, or the built-in starter
+/// The rules the engine loads: the given ones, or the built-in starter
 /// written under the scratch folder.
-fn rule_folders(rules: &DemoRules, scratch: &Path) -> Result<(PathBuf, PathBuf), DemoError> {
+fn rule_sources(rules: &DemoRules, scratch: &Path) -> Result<RuleSources, DemoError> {
     match rules {
-        DemoRules::Folders {
-            rules_dir,
-            scripts_dir,
-        } => Ok((rules_dir.clone(), scripts_dir.clone())),
+        DemoRules::Given(sources) => Ok(sources.clone()),
         DemoRules::BuiltIn => {
             let starter = scratch.join("starter");
             crate::starter::write_files(&starter, crate::starter::RULE_FILES)
                 .map_err(|error| DemoError::DataDir(std::io::Error::other(error.to_string())))?;
-            Ok((
-                starter.join(crate::starter::RULES_DIR),
-                starter.join(crate::starter::SCRIPTS_DIR),
-            ))
+            Ok(RuleSources {
+                paths: vec![starter.join(crate::starter::RULES_DIR)],
+                scripts_dir: starter.join(crate::starter::SCRIPTS_DIR),
+            })
         }
     }
 }
 
 /// Ordinary settings pointing the engine at the simulator and the sink.
-fn demo_settings(
-    sim: &SimHandle,
-    sink: &SmtpSink,
-    data_dir: &Path,
-    rules_dir: &Path,
-    scripts_dir: &Path,
-) -> Result<Settings, DemoError> {
+fn demo_settings(sim: &SimHandle, sink: &SmtpSink, data_dir: &Path) -> Result<Settings, DemoError> {
     let mut env: BTreeMap<String, String> = sim
         .env_lines()
         .lines()
@@ -231,8 +225,6 @@ fn demo_settings(
         ("EMAIL_FROM", EMAIL_FROM.to_string()),
         ("ZOOMWIRE_DATA", path(data_dir)),
         ("ZOOMWIRE_ADMIN_ADDR", loopback().to_string()),
-        ("ZOOMWIRE_RULES", path(rules_dir)),
-        ("ZOOMWIRE_SCRIPTS", path(scripts_dir)),
     ] {
         env.insert(name.to_string(), value);
     }
@@ -243,10 +235,15 @@ fn demo_settings(
     Settings::from_sources(&sources).map_err(|errors| DemoError::Usage(errors.to_string()))
 }
 
-async fn start_daemon(settings: Settings, clock: Arc<ManualClock>) -> Result<Daemon, DemoError> {
+async fn start_daemon(
+    settings: Settings,
+    rules: RuleSources,
+    clock: Arc<ManualClock>,
+) -> Result<Daemon, DemoError> {
     let options = DaemonOptions {
         journal: JournalMode::Sqlite,
         watch_rules: false,
+        rules: Some(rules),
         scheduler: true,
         clock,
         first_token_timeout: Duration::from_secs(10),
@@ -278,7 +275,12 @@ fn print_header(
     );
     println!("  mail sink  {}", sink.url());
     let origin = match &options.rules {
-        DemoRules::Folders { rules_dir, .. } => format!("{}/", rules_dir.display()),
+        DemoRules::Given(sources) => sources
+            .paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         DemoRules::BuiltIn => "the starter rules built into zoomwire (no rules folder here; `zoomwire init` writes them out)".into(),
     };
     println!("  rules      {origin}: {}", names.join(", "));
@@ -314,7 +316,7 @@ impl<'a> Player<'a> {
         daemon: &'a Daemon,
         clock: Arc<ManualClock>,
         runs: broadcast::Receiver<RunRecord>,
-        pace: Pace,
+        options: &DemoOptions,
     ) -> Player<'a> {
         let seen = (sim.requests().len(), sim.slack_posts().len(), 0);
         Player {
@@ -323,9 +325,9 @@ impl<'a> Player<'a> {
             daemon,
             clock,
             runs,
-            pace,
+            pace: options.pace,
             tally: Tally::default(),
-            vars: rhai::Dynamic::from_map(rhai::Map::new()),
+            vars: vars_value(&options.vars),
             seen,
             last_was_block: true,
         }

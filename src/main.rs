@@ -107,7 +107,7 @@ enum Command {
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
     },
-    /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen
+    /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen; without a rules folder, the starter rules built into zoomwire
     Demo(commands::demo::DemoArgs),
     /// End-to-end throughput, latency and memory of the daemon against the simulator (build with --release)
     Bench(commands::bench::BenchArgs),
@@ -221,15 +221,7 @@ async fn dispatch(command: Command) -> CommandResult {
         }
         Command::Schema { config } => commands::schema::run(config),
         Command::Init { dir } => commands::init::run(dir.as_deref()),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "zoomwire",
-                &mut std::io::stdout(),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => commands::completions::run(shell, Cli::command()),
         Command::Sim { addr } => commands::sim::run(addr).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,

@@ -53,11 +53,11 @@ fn summary(rule_set: &RuleSet, warnings: usize) -> String {
         .count();
     let tests: usize = rule_set.rules().iter().map(|r| r.tests.len()).sum();
     let mut line = format!(
-        "ok: {} rules ({} scheduled, {} tests) in {} files",
-        rule_set.rules().len(),
+        "ok: {} ({} scheduled, {}) in {}",
+        plural(rule_set.rules().len(), "rule"),
         schedules,
-        tests,
-        rule_set.files().len()
+        plural(tests, "test"),
+        plural(rule_set.files().len(), "file")
     );
     if warnings > 0 {
         line.push_str(&format!(", {}", plural(warnings, "warning")));

@@ -16,7 +16,7 @@ use crate::rules::RuleSources;
 /// `Demo` variant).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// [default: the configured rules folder when it exists, else the starter rules built into zoomwire]
+    // Without a rules folder, the starter rules built into zoomwire.
     #[command(flatten)]
     pub location: RuleLocation,
     /// No pauses between events (for tests and the impatient)

@@ -25,14 +25,21 @@ pub fn run(dir: Option<&Path>) -> CommandResult {
     };
     println!();
     println!("next:");
-    println!(
-        "  {cd}zoomwire check && zoomwire test     # the starter rules load and pass their tests"
-    );
-    println!(
-        "  cp .env.example .env                      # then fill in the Zoom app's credentials"
-    );
-    println!(
-        "  zoomwire run                              # the daemon; its page is on http://127.0.0.1:9797/ui/"
-    );
+    for (command, what) in [
+        (
+            format!("{cd}zoomwire check && zoomwire test"),
+            "the starter rules load and pass their tests",
+        ),
+        (
+            "cp .env.example .env".into(),
+            "then fill in the Zoom app's credentials",
+        ),
+        (
+            "zoomwire run".into(),
+            "the daemon; its page is on http://127.0.0.1:9797/ui/",
+        ),
+    ] {
+        println!("  {command:<44} # {what}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -45,6 +45,7 @@ pub fn load_settings(options: &LoadOptions) -> Result<Settings, CommandError> {
 
 pub mod bench;
 pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod fire;
 pub mod init;

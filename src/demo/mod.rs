@@ -188,7 +188,7 @@ fn check_sources(sources: &RuleSources) -> Result<(), DemoError> {
     match sources.paths.iter().find(|path| !path.exists()) {
         None => Ok(()),
         Some(path) => Err(DemoError::Usage(format!(
-            "the rules folder {} does not exist: point --rules at one, or run the demo where there is no rules folder for the built-in starter rules",
+            "the rules folder {} does not exist: point --rules at one, or leave --rules out (where there is no rules folder the demo runs the starter rules built into zoomwire)",
             path.display()
         ))),
     }

@@ -640,7 +640,7 @@ async fn run_loads_the_rules_and_scripts_its_flags_name_with_the_configured_vars
     let ws = Workspace::new().await;
     ws.write_rule(
         "configured.yaml",
-        "name: configured\non: meeting.started\nallow: [slack]\ndo: slack::post(\"#configured\", \"no\")\n",
+        "name: configured\non: meeting.started\nallow: [slack]\ndo: slack::post(\"#general\", \"no\")\n",
     );
     let root = ws.root();
     std::fs::create_dir_all(root.join("alt-rules")).unwrap();
@@ -655,11 +655,7 @@ async fn run_loads_the_rules_and_scripts_its_flags_name_with_the_configured_vars
         "fn text(topic) { `hello ${topic}` }\n",
     )
     .unwrap();
-    std::fs::write(
-        root.join("zoomwire.yaml"),
-        "vars: { channel: \"#flagged\" }\n",
-    )
-    .unwrap();
+    std::fs::write(root.join("zoomwire.yaml"), "vars: { channel: \"#ops\" }\n").unwrap();
 
     let daemon = ws
         .start_with(&["--rules", "alt-rules", "--scripts", "alt-scripts"], 1)
@@ -667,13 +663,13 @@ async fn run_loads_the_rules_and_scripts_its_flags_name_with_the_configured_vars
     ws.sim
         .emit_event(None, &meeting_event("meeting.started", 1, HOST_USER_ID));
     let posts = eventually("the post", || async {
-        let posts = ws.slack_texts("#flagged");
+        let posts = ws.slack_texts("#ops");
         (!posts.is_empty()).then_some(posts)
     })
     .await;
     assert_eq!(posts, ["hello Meeting 1"]);
     let runs = wait_finished(&ws, 1).await;
     assert_eq!(runs[0]["rule"], "flagged", "{runs:?}");
-    assert!(ws.slack_texts("#configured").is_empty());
+    assert!(ws.slack_texts("#general").is_empty());
     daemon.kill().await;
 }

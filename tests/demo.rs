@@ -142,8 +142,5 @@ fn the_demo_runs_the_configured_rules_with_the_configured_vars() {
         run_zoomwire_in(dir.path(), &["demo", "--fast"], Duration::from_secs(120));
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("rules      mine: hello"), "{stdout}");
-    assert!(
-        stdout.contains("Slack #ops got: hello"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Slack #ops got: hello"), "{stdout}");
 }

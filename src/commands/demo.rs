@@ -1,34 +1,45 @@
 //! `zoomwire demo`: the engine against the built-in Zoom simulator, with
 //! every run and its effects shown as they happen (see [`zoomwire_sim::demo`]).
+//! It reads the project's settings as `zoomwire run` does: the rules of
+//! `--rules`, else of the configured rules folder when it exists, else the
+//! starter rules built into the binary; the configured `vars` and sandbox
+//! limits. Zoom, Slack and mail settings are the simulator's and the sink's.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::anyhow;
+use tempfile::TempDir;
+
+use super::rules_args::RuleLocation;
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use zoomwire_sim::demo::{DemoError, DemoOptions, Pace, run_demo};
+use crate::starter;
+use zoomwire_engine::rules::RuleSources;
+use zoomwire_sim::demo::{DemoError, DemoOptions, DemoRules, Pace, run_demo};
 
 /// The demo's command-line arguments (`main.rs` flattens these into its
 /// `Demo` variant).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Rules folder
-    #[arg(long, default_value = "rules")]
-    pub rules: PathBuf,
-    /// Folder of Rhai modules that rules import
-    #[arg(long, default_value = "scripts")]
-    pub scripts: PathBuf,
+    // Without a rules folder, the starter rules built into zoomwire.
+    #[command(flatten)]
+    pub location: RuleLocation,
     /// No pauses between events (for tests and the impatient)
     #[arg(long)]
     pub fast: bool,
 }
 
 /// Runs the demo. Exit 0 when every run succeeded, 1 when one failed or
-/// did not finish, 2 when the rules are missing or invalid.
+/// did not finish, 2 when the settings or the rules are missing or invalid.
 pub async fn run(args: DemoArgs) -> CommandResult {
     install_quiet_logging();
+    let given = !args.location.rules.is_empty();
+    let loaded = args.location.into_args(Vec::new()).load_settings()?;
+    // `_starter` holds the built-in starter's folder until the demo ends.
+    let (rules, _starter) = demo_rules(loaded.sources, given)?;
     let options = DemoOptions {
-        rules_dir: args.rules,
-        scripts_dir: args.scripts,
+        rules,
+        vars: loaded.settings.vars,
+        sandbox: loaded.settings.sandbox,
         pace: if args.fast {
             Pace::fast()
         } else {
@@ -41,6 +52,28 @@ pub async fn run(args: DemoArgs) -> CommandResult {
         Err(DemoError::Usage(message)) => Err(CommandError::Usage(message)),
         Err(other) => Err(CommandError::Other(other.into())),
     }
+}
+
+/// The rules given with `--rules` (which must exist); else the configured
+/// folder if it exists; else the built-in starter (whose scripts go with it),
+/// written into a temporary folder that is removed when it is dropped.
+fn demo_rules(
+    sources: RuleSources,
+    given: bool,
+) -> Result<(DemoRules, Option<TempDir>), CommandError> {
+    if given || sources.paths.iter().all(|path| path.is_dir()) {
+        return Ok((DemoRules::Given(sources), None));
+    }
+    let folder = tempfile::Builder::new()
+        .prefix("zoomwire-demo-starter-")
+        .tempdir()
+        .map_err(|error| anyhow!("cannot make a folder for the starter rules: {error}"))?;
+    starter::write_files(folder.path(), starter::RULE_FILES).map_err(anyhow::Error::from)?;
+    let rules = DemoRules::BuiltIn(RuleSources {
+        paths: vec![folder.path().join(starter::RULES_DIR)],
+        scripts_dir: folder.path().join(starter::SCRIPTS_DIR),
+    });
+    Ok((rules, Some(folder)))
 }
 
 /// Logs at `warn` unless `RUST_LOG` asks for more: the runs are the output.

@@ -123,6 +123,14 @@ pub struct FileWebhook {
     pub secret_token: Option<Scalar>,
     pub addr: Option<Scalar>,
     pub max_body: Option<Scalar>,
+    pub header_timeout: Option<Scalar>,
+    pub body_timeout: Option<Scalar>,
+    pub request_timeout: Option<Scalar>,
+    pub max_connections: Option<Scalar>,
+    pub max_requests: Option<Scalar>,
+    pub per_address_connections: Option<Scalar>,
+    pub per_address_rate: Option<Scalar>,
+    pub per_address_burst: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize)]

@@ -35,7 +35,7 @@ use super::attempt::{RetryWaits, Run, Runner};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::effects::Effects;
-use crate::effects::gateway::EffectRecord;
+use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::event::Event;
 use crate::rules::{Rule, RuleSet};
 use crate::script::ScriptPool;
@@ -310,46 +310,74 @@ impl Executor {
         Ok(admitted.outcome)
     }
 
-    /// Resumes a run left unfinished by a crash, replaying its recorded effects.
+    /// Resumes a run left unfinished by a crash, replaying its recorded
+    /// effects. An effect the crash left in doubt is recorded as such; unless
+    /// the rule may repeat it ([`Rule::may_repeat`]), the run goes to the
+    /// dead letters naming it instead of risking it twice (`zoomwire runs
+    /// retry` performs it again, by the operator's choice).
     pub async fn resume(
         &self,
         rule_set: &Arc<RuleSet>,
         unfinished: UnfinishedRun,
     ) -> Result<RunTicket, JournalError> {
-        let UnfinishedRun { mut run, event } = unfinished;
-        let replay = std::mem::take(&mut run.effects);
+        let UnfinishedRun {
+            mut run,
+            event,
+            in_doubt,
+        } = unfinished;
+        let mut replay = std::mem::take(&mut run.effects);
+        let in_doubt = mark_in_doubt(&run, &mut replay, in_doubt);
         if run.status == RunStatus::Failed {
             // The crash came while waiting to retry: that attempt is over.
             run.attempt += 1;
         }
         run.status = RunStatus::Pending;
-        match rule_set.rule(&run.rule) {
-            Some(rule) => {
-                let id = run.id.clone();
-                self.hold(&id);
-                let submitted = self
-                    .submit(rule_set.clone(), rule.clone(), event, run, replay)
-                    .await;
-                if submitted.is_err() {
-                    self.forget(&id);
-                }
-                submitted
-            }
-            None => {
-                let (done, finished) = oneshot::channel();
-                let ticket = RunTicket {
-                    run_id: run.id.clone(),
-                    rule: run.rule.clone().into(),
-                    finished,
-                };
-                run.status = RunStatus::Skipped;
-                run.error = Some("its rule no longer exists".into());
-                run.finished_at = Some(Utc::now());
-                self.journal().record_run(&run).await?;
-                let _ = done.send(run);
-                Ok(ticket)
-            }
+        let Some(rule) = rule_set.rule(&run.rule) else {
+            let why = "its rule no longer exists".to_string();
+            return self
+                .end_unresumed(run, replay, RunStatus::Skipped, why)
+                .await;
+        };
+        if let Some(effect) = in_doubt.iter().find(|e| !rule.may_repeat(&e.name)) {
+            let why = in_doubt_error(effect);
+            return self.end_unresumed(run, replay, RunStatus::Dead, why).await;
         }
+        let id = run.id.clone();
+        self.hold(&id);
+        let submitted = self
+            .submit(rule_set.clone(), rule.clone(), event, run, replay)
+            .await;
+        if submitted.is_err() {
+            self.forget(&id);
+        }
+        submitted
+    }
+
+    /// Records a run that cannot resume as finished with `status` and why.
+    async fn end_unresumed(
+        &self,
+        mut run: RunRecord,
+        effects: Vec<EffectRecord>,
+        status: RunStatus,
+        error: String,
+    ) -> Result<RunTicket, JournalError> {
+        let (done, finished) = oneshot::channel();
+        let ticket = RunTicket {
+            run_id: run.id.clone(),
+            rule: run.rule.clone().into(),
+            finished,
+        };
+        tracing::warn!(run = %run.id, rule = %run.rule, status = status.as_str(), error = %error, "run not resumed");
+        metrics::counter!("zoomwire_runs_total", "rule" => run.rule.clone(), "outcome" => status.as_str())
+            .increment(1);
+        run.status = status;
+        run.error = Some(error);
+        run.effects = effects;
+        run.finished_at = Some(Utc::now());
+        self.journal().record_run(&run).await?;
+        let _ = self.inner.finished.send(run.clone());
+        let _ = done.send(run);
+        Ok(ticket)
     }
 
     /// Stops accepting runs and waits for those in flight, at most `grace`.
@@ -540,6 +568,39 @@ impl Executor {
     }
 }
 
+/// Puts the effects a crash left in doubt among the run's records, at their
+/// positions, and returns them (logged and counted).
+fn mark_in_doubt(
+    run: &RunRecord,
+    records: &mut Vec<EffectRecord>,
+    in_doubt: Vec<EffectStart>,
+) -> Vec<EffectRecord> {
+    let marked: Vec<EffectRecord> = in_doubt
+        .into_iter()
+        .map(EffectStart::into_in_doubt_record)
+        .collect();
+    for record in &marked {
+        tracing::warn!(run = %run.id, rule = %run.rule, effect = %record.name, seq = record.seq, "effect in doubt: the process stopped while it was being performed");
+        metrics::counter!("zoomwire_effects_in_doubt_total", "effect" => record.name.clone())
+            .increment(1);
+        records.retain(|r| r.seq != record.seq);
+        records.push(record.clone());
+    }
+    records.sort_by_key(|r| r.seq);
+    marked
+}
+
+/// Why a run with this effect in doubt goes to the dead letters.
+fn in_doubt_error(effect: &EffectRecord) -> String {
+    format!(
+        "effect #{seq} `{name}` is in doubt: zoomwire stopped while performing it, so it may or \
+         may not have happened; the rule does not mark `{name}` idempotent, so the run stopped \
+         rather than risk doing it twice (`zoomwire runs retry` performs it again)",
+        seq = effect.seq,
+        name = effect.name
+    )
+}
+
 /// A run ready for admission, and the ticket its caller waits on.
 fn pending_run(
     rule_set: Arc<RuleSet>,
@@ -630,6 +691,14 @@ mod tests {
     }
 
     impl EffectObserver for CallLog {
+        fn effect_starting(
+            &self,
+            run_id: &str,
+            start: &crate::effects::gateway::EffectStart,
+        ) -> Result<(), String> {
+            self.journal.effect_starting(run_id, start)
+        }
+
         fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
             self.journal.effect_completed(run_id, record);
         }

@@ -16,7 +16,7 @@ use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
@@ -35,6 +35,19 @@ impl SqliteJournal {
 }
 
 impl EffectObserver for SqliteJournal {
+    /// Durable on `Ok`: blocks the sandbox thread until the mark is committed.
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
+        let op = Op::EffectStart {
+            run_id: run_id.to_string(),
+            start: Box::new(start.clone()),
+        };
+        self.inner
+            .writer
+            .submit_blocking(op)
+            .map(|_| ())
+            .map_err(|error| error.0)
+    }
+
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
         self.effect_completed_later(run_id, record)();
@@ -98,9 +111,13 @@ impl Journal for SqliteJournal {
         Box::pin(async move {
             let stored = self.inner.readers.with(query::unfinished_runs)?;
             let mut unfinished = Vec::with_capacity(stored.len());
-            for (run, event) in stored {
+            for (run, in_doubt, event) in stored {
                 match event.map(query::StoredEvent::into_event) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
+                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
+                        run,
+                        event,
+                        in_doubt,
+                    }),
                     Some(Err(error)) => self.give_up(&run, &error.0).await?,
                     None => {
                         self.give_up(&run, "its event is no longer in the store")

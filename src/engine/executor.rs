@@ -782,6 +782,95 @@ mod tests {
         assert!(lock(&executor.inner.active).is_empty(), "nothing held");
     }
 
+    /// Effects that note each Slack text they are asked to post.
+    #[derive(Default)]
+    struct Posted(Mutex<Vec<String>>);
+
+    impl Effects for Posted {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a crate::effects::EffectContext,
+            request: &'a crate::effects::EffectRequest,
+        ) -> BoxFuture<'a, Result<serde_json::Value, crate::effects::EffectError>> {
+            let text = request.args["text"].as_str().unwrap_or_default();
+            lock(&self.0).push(text.to_string());
+            Box::pin(async { Ok(serde_json::json!({"ok": true})) })
+        }
+    }
+
+    /// A run of `rules` for `event(1)` resumed as a crash left it: its first
+    /// post recorded, its second started and never recorded.
+    async fn resume_with_a_post_in_doubt(rules: &str) -> (RunRecord, Vec<String>) {
+        let (executor, _journal, rule_set, _dir) = setup(rules);
+        let effects = Arc::new(Posted::default());
+        let executor = Executor::new(
+            executor.journal().clone(),
+            effects.clone(),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            Dynamic::from_map(rhai::Map::new()),
+        );
+        let event = event(1);
+        let mut run = new_record(rule_set.rule("posts").unwrap(), &event, None);
+        run.status = RunStatus::Running;
+        let post = |text: &str| serde_json::json!({"channel": "#a", "text": text});
+        let mut first = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: post("one"),
+            started_at: Utc::now(),
+        }
+        .into_in_doubt_record();
+        (first.result, first.in_doubt) = (Ok(serde_json::json!({"ok": true})), false);
+        run.effects = vec![first];
+        let in_doubt = vec![EffectStart {
+            seq: 2,
+            name: "slack.post".into(),
+            args: post("two"),
+            started_at: Utc::now(),
+        }];
+        let ticket = executor
+            .resume(
+                &rule_set,
+                UnfinishedRun {
+                    run,
+                    event,
+                    in_doubt,
+                },
+            )
+            .await
+            .unwrap();
+        let record = ticket.wait().await.unwrap();
+        executor.wait_idle().await;
+        let performed = lock(&effects.0).clone();
+        (record, performed)
+    }
+
+    const POSTS: &str = "name: posts\non: a.b\nallow: [slack]\ndo: |\n  slack::post(\"#a\", \"one\");\n  slack::post(\"#a\", \"two\");\n  slack::post(\"#a\", \"three\");\n";
+
+    #[tokio::test]
+    async fn a_resumed_run_with_an_effect_in_doubt_goes_to_the_dead_letters_naming_it() {
+        let (record, performed) = resume_with_a_post_in_doubt(POSTS).await;
+        assert_eq!(record.status, RunStatus::Dead);
+        let error = record.error.unwrap();
+        assert!(
+            error.contains("effect #2 `slack.post` is in doubt"),
+            "{error}"
+        );
+        assert!(performed.is_empty(), "nothing performed: {performed:?}");
+        assert_eq!(record.effects.len(), 2);
+        assert!(record.effects[1].in_doubt && record.effects[1].result.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_effect_the_rule_marks_idempotent_is_performed_again_and_marked() {
+        let rules = format!("{POSTS}idempotent: [slack.post]\n");
+        let (record, performed) = resume_with_a_post_in_doubt(&rules).await;
+        assert_eq!(record.status, RunStatus::Succeeded, "{:?}", record.error);
+        assert_eq!(performed, ["two", "three"], "the first is replayed");
+        let doubts: Vec<bool> = record.effects.iter().map(|e| e.in_doubt).collect();
+        assert_eq!(doubts, [false, true, false]);
+    }
+
     #[tokio::test]
     async fn admission_follows_the_order_of_the_calls_not_of_the_journal_writes() {
         let rules = "name: q\non: a.b\nmode: queued\nmax_runs: 10\ndo: \"meta.id\"\n";

@@ -630,6 +630,63 @@ mod tests {
         );
     }
 
+    /// An observer whose store cannot write the start marks.
+    struct FullStore(Arc<Mutex<Vec<String>>>);
+
+    impl EffectObserver for FullStore {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.0).push(format!("refused {}", start.name));
+            Err("the store is full".into())
+        }
+
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+    }
+
+    #[test]
+    fn an_effect_whose_start_cannot_be_recorded_is_not_performed_and_reads_need_no_mark() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let gateway = run_effects(vec![Capability::Slack, Capability::ZoomRead], &runtime)
+            .with_observer(Arc::new(FullStore(log.clone())));
+        let error = gateway
+            .call("slack.post", json!({"channel": "#a", "text": "hi"}))
+            .unwrap_err();
+        assert!(error.is_transient(), "retried later: {error}");
+        assert!(error.message.contains("not performed"), "{}", error.message);
+        gateway
+            .call("zoom.get", json!({"path": "/users/me", "params": {}}))
+            .unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        assert_eq!(
+            *lock(&log),
+            ["refused slack.post"],
+            "reads and state need no mark"
+        );
+    }
+
+    #[test]
+    fn an_effect_left_in_doubt_and_performed_again_stays_marked() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let args = json!({"channel": "#a", "text": "hi"});
+        let earlier = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: args.clone(),
+            started_at: Utc::now(),
+        }
+        .into_in_doubt_record();
+        let gateway = run_effects(vec![Capability::Slack], &runtime).with_replay(vec![earlier]);
+        gateway.call("slack.post", args).unwrap();
+        gateway
+            .call("slack.post", json!({"channel": "#a", "text": "next"}))
+            .unwrap();
+        let records = gateway.records();
+        assert!(records[0].in_doubt && !records[0].replayed && records[0].result.is_ok());
+        assert!(!records[1].in_doubt);
+    }
+
     #[test]
     fn records_numbered_calls_with_redacted_arguments() {
         let runtime = tokio::runtime::Runtime::new().unwrap();

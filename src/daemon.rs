@@ -42,7 +42,7 @@ use crate::reconcile::{EventFeed, KnownEvents, ReconcileStatus, Reconciler, Reco
 use crate::reload::{RuleSetHandle, Watching, reload_on_change};
 use crate::rules::{RuleSet, RuleSources};
 use crate::schedule::{Clock, SystemClock, run_scheduler};
-use crate::script::{SandboxLimits, ScriptPool};
+use crate::script::{SandboxLimits, ScriptPool, vars_value};
 use crate::zoom::missed::MissedFinder;
 use crate::zoom::oauth::OAuthClient;
 use crate::zoom::token::{AccessTokens, TokenError};
@@ -91,6 +91,9 @@ pub struct DaemonOptions {
     pub journal: JournalMode,
     /// Watch the rule and script folders (and SIGHUP) for hot reload.
     pub watch_rules: bool,
+    /// The rule files and folders to load (`zoomwire run --rules`); `None`
+    /// means the configured folders.
+    pub rules: Option<RuleSources>,
     pub scheduler: bool,
     pub clock: Arc<dyn Clock>,
     /// How long to keep trying for the first OAuth token of each account.
@@ -102,6 +105,7 @@ impl Default for DaemonOptions {
         DaemonOptions {
             journal: JournalMode::Sqlite,
             watch_rules: true,
+            rules: None,
             scheduler: true,
             clock: Arc::new(SystemClock),
             first_token_timeout: Duration::from_secs(30),
@@ -125,11 +129,14 @@ impl Daemon {
     /// Starts every part; returns once the admin API listens and every
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let limits = sandbox_limits(&settings)?;
+        let limits = settings.sandbox.effective();
         // Many webhook connections must not starve the store, the WebSocket
         // and the admin server of file descriptors.
         let open_files = crate::serve::limits::raise_open_files_limit();
-        let sources = rule_sources(&settings);
+        let sources = options
+            .rules
+            .clone()
+            .unwrap_or_else(|| rule_sources(&settings));
         // Watched before the rules load, so that a change made meanwhile is seen.
         let watching = options
             .watch_rules
@@ -143,8 +150,7 @@ impl Daemon {
         let tokens = first_tokens(&settings, options.first_token_timeout).await?;
         let effects = live_effects(&settings, &tokens, state.clone())?;
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
-        let vars = rhai::serde::to_dynamic(&settings.vars)
-            .unwrap_or_else(|_| rhai::Dynamic::from_map(rhai::Map::new()));
+        let vars = vars_value(&settings.vars);
         let executor =
             Executor::new(journal.clone(), effects, pool, vars).with_current_rules(rules.clone());
         let shutdown = CancellationToken::new();
@@ -261,14 +267,6 @@ impl Daemon {
         tracing::info!("stopping: intake closed, waiting for runs in flight");
         self.stop().await
     }
-}
-
-fn sandbox_limits(settings: &Settings) -> Result<SandboxLimits, DaemonError> {
-    if settings.sandbox.is_null() {
-        return Ok(SandboxLimits::default());
-    }
-    serde_json::from_value(settings.sandbox.clone())
-        .map_err(|e| DaemonError::Config(format!("`sandbox`: {e}")))
 }
 
 fn rule_sources(settings: &Settings) -> RuleSources {

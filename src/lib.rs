@@ -23,5 +23,6 @@ pub mod schedule;
 pub mod script;
 pub mod serve;
 pub mod sim;
+pub mod starter;
 pub mod testing;
 pub mod zoom;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use zoomwire::commands::rules_args::RuleArgs;
+use clap::{CommandFactory, Parser, Subcommand};
+use zoomwire::commands::rules_args::RuleLocation;
 use zoomwire::commands::{self, CommandError, CommandResult};
 use zoomwire::effects::Effects;
 use zoomwire::effects::recorder::RecordingEffects;
@@ -23,51 +23,32 @@ struct Cli {
     command: Command,
 }
 
-/// Where rules and scripts are, for commands that take event files as arguments.
-#[derive(clap::Args)]
-struct RuleLocation {
-    /// Rule file or folder (repeatable) [default: $ZOOMWIRE_RULES or `rules`]
-    #[arg(long = "rules")]
-    rules: Vec<PathBuf>,
-    /// Folder of Rhai modules that rules import
-    #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-    scripts: PathBuf,
-}
-
-impl RuleLocation {
-    fn into_args(self) -> RuleArgs {
-        RuleArgs {
-            paths: self.rules,
-            scripts: self.scripts,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// The daemon: Zoom WebSocket (and webhook, if configured), cron, hot reload, admin API
-    Run,
-    /// Validate rules and scripts: every error as file:line:col, exit 1 on any
+    Run {
+        #[command(flatten)]
+        location: RuleLocation,
+    },
+    /// Validate settings, rules and scripts: every problem as file:line:col, exit 1 on any error
     Check {
-        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        /// Rule files or folders [default: the configured rules folder]
         paths: Vec<PathBuf>,
-        /// Folder of Rhai modules that rules import
-        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-        scripts: PathBuf,
+        #[command(flatten)]
+        location: RuleLocation,
     },
     /// Run the `tests:` of every rule; ends with `N passed, N failed`
     Test {
-        /// Rule files or folders [default: $ZOOMWIRE_RULES or `rules`]
+        /// Rule files or folders [default: the configured rules folder]
         paths: Vec<PathBuf>,
-        /// Folder of Rhai modules that rules import
-        #[arg(long, env = "ZOOMWIRE_SCRIPTS", default_value = "scripts")]
-        scripts: PathBuf,
+        #[command(flatten)]
+        location: RuleLocation,
     },
-    /// Run one event (a Zoom event or a WebSocket frame; `-` for stdin) through the rules
+    /// Run one event (a Zoom event or a WebSocket frame; `-` for stdin) through the rules, effects recorded
     Fire {
         /// Event file, or `-` for standard input
         input: String,
-        /// Record effects instead of performing them
+        /// Record effects instead of performing them (required: fire does not perform effects)
         #[arg(long)]
         dry_run: bool,
         /// Say for every rule why it fired or did not
@@ -76,11 +57,11 @@ enum Command {
         #[command(flatten)]
         location: RuleLocation,
     },
-    /// Run a recorded stream of events (JSON lines) through the rules
+    /// Run a recorded stream of events (JSON lines) through the rules, effects recorded
     Replay {
         /// File with one event or frame per line
         input: PathBuf,
-        /// Record effects instead of performing them
+        /// Record effects instead of performing them (required: replay does not perform effects)
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -100,16 +81,33 @@ enum Command {
         /// Only this configured account [default: every one]
         #[arg(long)]
         account: Option<String>,
+        /// The daemon's rules: those whose runs are journaled
+        #[command(flatten)]
+        location: RuleLocation,
     },
-    /// Print the JSON Schema of the rule file, for editor completion
-    Schema,
+    /// Print the JSON Schema of the rule file (or with --config of zoomwire.yaml), for editor completion
+    Schema {
+        /// The schema of zoomwire.yaml instead of the rule file's
+        #[arg(long)]
+        config: bool,
+    },
+    /// Write a starting project: zoomwire.yaml, .env.example, starter rules with their tests, scripts
+    Init {
+        /// Folder to write into (created if missing) [default: the working directory]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `source <(zoomwire completions bash)`
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// The Zoom simulator alone: OAuth, WebSocket, REST, Slack, downloads, on loopback
     Sim {
         /// Address to listen on [default: 127.0.0.1 on a free port]
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
     },
-    /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen
+    /// The whole engine against the built-in Zoom simulator: no credentials, effects shown as they happen; without a rules folder, the starter rules built into zoomwire
     Demo(commands::demo::DemoArgs),
     /// End-to-end throughput, latency and memory of the daemon against the simulator (build with --release)
     Bench(commands::bench::BenchArgs),
@@ -129,9 +127,9 @@ enum Command {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
-        /// Data folder holding the store
-        #[arg(long, env = "ZOOMWIRE_DATA", default_value = ".zoomwire")]
-        data: PathBuf,
+        /// Data folder holding the store [default: the configured one, as `run` reads it]
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
     },
 }
 
@@ -179,9 +177,9 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> CommandResult {
     match command {
-        Command::Run => commands::run::run().await,
-        Command::Check { paths, scripts } => commands::check::run(&RuleArgs { paths, scripts }),
-        Command::Test { paths, scripts } => commands::test::run(&RuleArgs { paths, scripts }).await,
+        Command::Run { location } => commands::run::run(&location.into_args(Vec::new())).await,
+        Command::Check { paths, location } => commands::check::run(&location.into_args(paths)),
+        Command::Test { paths, location } => commands::test::run(&location.into_args(paths)).await,
         Command::Fire {
             input,
             dry_run,
@@ -193,7 +191,7 @@ async fn dispatch(command: Command) -> CommandResult {
                 input,
                 dry_run,
                 explain,
-                rules: location.into_args(),
+                rules: location.into_args(Vec::new()),
             };
             commands::fire::run(args, effects).await
         }
@@ -206,7 +204,7 @@ async fn dispatch(command: Command) -> CommandResult {
             let args = commands::replay::ReplayArgs {
                 input,
                 dry_run,
-                rules: location.into_args(),
+                rules: location.into_args(Vec::new()),
             };
             commands::replay::run(args, effects).await
         }
@@ -215,16 +213,20 @@ async fn dispatch(command: Command) -> CommandResult {
             until,
             dry_run,
             account,
+            location,
         } => {
             let args = commands::reconcile::ReconcileArgs {
                 since,
                 until,
                 dry_run,
                 account,
+                rules: location.into_args(Vec::new()),
             };
             commands::reconcile::run(args).await
         }
-        Command::Schema => commands::schema::run(),
+        Command::Schema { config } => commands::schema::run(config),
+        Command::Init { dir } => commands::init::run(dir.as_deref()),
+        Command::Completions { shell } => commands::completions::run(shell, Cli::command()),
         Command::Sim { addr } => commands::sim::run(addr).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Bench(args) => commands::bench::run(args).await,
@@ -235,21 +237,26 @@ async fn dispatch(command: Command) -> CommandResult {
             skipped,
             json,
             data,
-        } => match action {
-            Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
-            Some(RunsAction::Show { id }) => commands::runs::show(&data, &id, json).await,
-            None => commands::runs::list(&data, rule, failed, skipped, json).await,
-        },
+        } => {
+            let data = commands::runs::data_dir(data)?;
+            match action {
+                Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
+                Some(RunsAction::Show { id }) => commands::runs::show(&data, &id, json).await,
+                None => commands::runs::list(&data, rule, failed, skipped, json).await,
+            }
+        }
     }
 }
 
-/// The recording fake for `--dry-run`, else the real effects from the configuration.
+/// The recording fake: `fire` and `replay` record effects and never perform
+/// them, and say so by asking for `--dry-run` (a bare `fire` is kept free to
+/// mean performing them, should that come).
 fn effects_for(dry_run: bool) -> Result<Arc<dyn Effects>, CommandError> {
     if dry_run {
         return Ok(Arc::new(RecordingEffects::default()));
     }
     Err(CommandError::Usage(
-        "performing effects needs the live configuration; use --dry-run to record them instead"
+        "fire and replay record effects and never perform them: add --dry-run (the daemon, `zoomwire run`, is what performs effects)"
             .into(),
     ))
 }

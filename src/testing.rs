@@ -36,12 +36,17 @@ impl TestReport {
     }
 }
 
-/// Runs every test of every rule in the set, in order.
-pub async fn run_tests(rule_set: &Arc<RuleSet>, pool: &Arc<ScriptPool>) -> Vec<TestReport> {
+/// Runs every test of every rule in the set, in order, with `vars` as the
+/// configured variables scripts and conditions read.
+pub async fn run_tests(
+    rule_set: &Arc<RuleSet>,
+    pool: &Arc<ScriptPool>,
+    vars: &rhai::Dynamic,
+) -> Vec<TestReport> {
     let mut reports = Vec::new();
     for rule in rule_set.rules() {
         for test in &rule.tests {
-            let failures = match run_test(rule_set, pool, rule, test).await {
+            let failures = match run_test(rule_set, pool, vars, rule, test).await {
                 Ok(failures) => failures,
                 Err(error) => vec![error],
             };
@@ -58,6 +63,7 @@ pub async fn run_tests(rule_set: &Arc<RuleSet>, pool: &Arc<ScriptPool>) -> Vec<T
 async fn run_test(
     rule_set: &Arc<RuleSet>,
     pool: &Arc<ScriptPool>,
+    vars: &rhai::Dynamic,
     rule: &Arc<Rule>,
     test: &RuleTest,
 ) -> Result<Vec<String>, String> {
@@ -67,13 +73,8 @@ async fn run_test(
         effects.set_state(&rule.name, key, value.clone());
     }
     let journal = Arc::new(MemoryJournal::default());
-    let executor = Executor::new(
-        journal.clone(),
-        effects.clone(),
-        pool.clone(),
-        rhai::Dynamic::from_map(rhai::Map::new()),
-    )
-    .with_retry_waits(RetryWaits::Skipped);
+    let executor = Executor::new(journal.clone(), effects.clone(), pool.clone(), vars.clone())
+        .with_retry_waits(RetryWaits::Skipped);
     let only_this_rule = Arc::new(rule_set.only(&rule.name));
     let outcome = executor
         .handle_event(&only_this_rule, event)

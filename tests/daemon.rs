@@ -4,8 +4,8 @@
 //! grace, or left pending and resumed on the next start), one run for an
 //! event that arrives by WebSocket and by webhook, a dropped connection,
 //! configuration errors (bad credentials, missing settings, a corrupt store)
-//! that exit 2 with a clear message, and dead letters retried with
-//! `zoomwire runs retry`.
+//! that exit 2 with a clear message, dead letters retried with
+//! `zoomwire runs retry`, and `--rules`/`--scripts` over the configured folders.
 
 #[path = "support/daemon.rs"]
 mod support;
@@ -633,4 +633,43 @@ async fn a_run_a_mode_drops_is_logged_at_warn_counted_and_listed() {
         metrics.contains("outcome=\"skipped\""),
         "the drop is counted: {metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_loads_the_rules_and_scripts_its_flags_name_with_the_configured_vars() {
+    let ws = Workspace::new().await;
+    ws.write_rule(
+        "configured.yaml",
+        "name: configured\non: meeting.started\nallow: [slack]\ndo: slack::post(\"#general\", \"no\")\n",
+    );
+    let root = ws.root();
+    std::fs::create_dir_all(root.join("alt-rules")).unwrap();
+    std::fs::create_dir_all(root.join("alt-scripts")).unwrap();
+    std::fs::write(
+        root.join("alt-rules/flagged.yaml"),
+        "name: flagged\non: meeting.started\nallow: [slack]\ndo: |\n  import \"hello\" as hello;\n  slack::post(vars.channel, hello::text(event.payload.object.topic));\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("alt-scripts/hello.rhai"),
+        "fn text(topic) { `hello ${topic}` }\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("zoomwire.yaml"), "vars: { channel: \"#ops\" }\n").unwrap();
+
+    let daemon = ws
+        .start_with(&["--rules", "alt-rules", "--scripts", "alt-scripts"], 1)
+        .await;
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.started", 1, HOST_USER_ID));
+    let posts = eventually("the post", || async {
+        let posts = ws.slack_texts("#ops");
+        (!posts.is_empty()).then_some(posts)
+    })
+    .await;
+    assert_eq!(posts, ["hello Meeting 1"]);
+    let runs = wait_finished(&ws, 1).await;
+    assert_eq!(runs[0]["rule"], "flagged", "{runs:?}");
+    assert!(ws.slack_texts("#general").is_empty());
+    daemon.kill().await;
 }

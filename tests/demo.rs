@@ -1,15 +1,23 @@
 //! `zoomwire demo --fast` as a user runs it: the real binary, the simulator,
-//! the mail sink and the engine on loopback, ending by itself with a summary.
+//! the mail sink and the engine on loopback, ending by itself with a summary;
+//! from the repository and from a folder without rules (the starter rules
+//! built into the binary).
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs the binary with `args` from the repository root; fails after `limit`.
 fn run_zoomwire(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    run_zoomwire_in(Path::new(env!("CARGO_MANIFEST_DIR")), args, limit)
+}
+
+/// Runs the binary with `args` in `dir`; fails after `limit`.
+fn run_zoomwire_in(dir: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,4 +100,47 @@ fn a_missing_rules_folder_is_a_usage_error() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no-such-folder"), "{stderr}");
+}
+
+#[test]
+fn without_a_rules_folder_the_demo_runs_the_starter_rules_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) =
+        run_zoomwire_in(dir.path(), &["demo", "--fast"], Duration::from_secs(120));
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("rules      the starter rules built into zoomwire (no rules folder here; `zoomwire init` writes them out): meeting-ended-email, recording-to-slack, weekly-report"),
+        "{stdout}"
+    );
+    for rule in ["meeting-ended-email", "recording-to-slack", "weekly-report"] {
+        assert!(stdout.contains(&format!("✓ {rule}")), "{rule}: {stdout}");
+    }
+    assert!(summary_count(&stdout, "emails received:") >= 1, "{stdout}");
+    assert!(!stdout.contains("failed"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written where it ran"
+    );
+}
+
+#[test]
+fn the_demo_runs_the_configured_rules_with_the_configured_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mine")).unwrap();
+    std::fs::write(
+        dir.path().join("zoomwire.yaml"),
+        "rules: mine\nvars: { channel: \"#ops\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mine/hello.yaml"),
+        "name: hello\non: meeting.started\nallow: [slack]\ndo: slack::post(vars.channel, \"hello\")\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        run_zoomwire_in(dir.path(), &["demo", "--fast"], Duration::from_secs(120));
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("rules      mine: hello"), "{stdout}");
+    assert!(stdout.contains("Slack #ops got: hello"), "{stdout}");
 }

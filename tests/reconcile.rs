@@ -618,3 +618,49 @@ async fn refused_listings_fall_back_to_each_users_recordings_and_reports() {
         .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_lists_for_the_rules_its_flags_name() {
+    let ws = Workspace::new().await;
+    ws.write_rule("archive.yaml", ARCHIVE);
+    let other = ws.root().join("other-rules");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("started.yaml"),
+        "name: started\non: meeting.started\ndo: log::info(\"started\")\n",
+    )
+    .unwrap();
+    let earlier = NewMeeting {
+        start: Utc::now() - chrono::Duration::hours(1),
+        ..recording("Board prep", RecordingState::Completed)
+    };
+    ws.sim.add_meeting(None, &earlier).expect("meeting added");
+
+    let configured = ws
+        .zoomwire(&["reconcile", "--since", "2h", "--dry-run"])
+        .await;
+    assert!(
+        stdout(&configured).contains("Board prep"),
+        "{}",
+        stdout(&configured)
+    );
+    let flagged = ws
+        .zoomwire(&[
+            "reconcile",
+            "--since",
+            "2h",
+            "--dry-run",
+            "--rules",
+            "other-rules",
+        ])
+        .await;
+    assert!(
+        flagged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flagged.stderr)
+    );
+    assert_eq!(
+        stdout(&flagged).trim(),
+        "no enabled rule listens to recording.completed, meeting.ended or user.created: nothing to reconcile"
+    );
+}

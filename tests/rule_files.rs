@@ -22,7 +22,8 @@ fn load(paths: &[&str], scripts: &Path) -> Result<RuleSet, Vec<String>> {
 async fn run_all_tests(dir: &str) -> usize {
     let rule_set = Arc::new(load(&[dir], Path::new("scripts")).expect("the shipped rules load"));
     let pool = Arc::new(ScriptPool::new(2, 16 * 1024 * 1024));
-    let reports = run_tests(&rule_set, &pool).await;
+    let no_vars = rhai::Dynamic::from_map(rhai::Map::new());
+    let reports = run_tests(&rule_set, &pool, &no_vars).await;
     let failed: Vec<_> = reports
         .iter()
         .filter(|r| !r.passed())

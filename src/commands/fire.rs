@@ -1,12 +1,13 @@
 //! `zoomwire fire`: one event (a bare Zoom event or a WebSocket frame)
-//! through the rules, printing each run with its outcome and effects.
+//! through the rules, printing each run with its outcome and effects. The
+//! rules run under the configured sandbox limits and `vars`, as in the daemon.
 
 use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::output::format_run;
-use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::effects::Effects;
 use crate::engine::executor::Executor;
@@ -28,19 +29,19 @@ pub async fn run(args: FireArgs, effects: Arc<dyn Effects>) -> CommandResult {
     let text = read_input(&args.input)?;
     let event = decode_event_or_frame(&text, Source::Fire)
         .map_err(|e| CommandError::Usage(format!("{}: {e}", args.input)))?;
-    let limits = configured_limits()?;
-    let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
+    let loaded = args.rules.load_settings()?;
+    let rule_set = loaded.load_rules().map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())
     })?;
-    let vars = rhai::Dynamic::from_map(rhai::Map::new());
+    let vars = loaded.vars();
     if args.explain {
         print_explanation(&rule_set, &event, &vars);
     }
     let executor = Executor::new(
         Arc::new(MemoryJournal::default()),
         effects,
-        script_pool(&limits),
+        loaded.script_pool(),
         vars,
     );
     println!(

@@ -5,6 +5,8 @@ pub mod runs;
 
 use std::process::ExitCode;
 
+use crate::config::{LoadOptions, Settings};
+
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
 /// Exit status when a check or a test failed.
@@ -34,10 +36,19 @@ impl CommandError {
 
 pub type CommandResult = Result<ExitCode, CommandError>;
 
+/// The settings as `zoomwire run` reads them (`zoomwire.yaml` < `.env` <
+/// the environment, from `options`); problems are a usage error (exit 2)
+/// that lists them all.
+pub fn load_settings(options: &LoadOptions) -> Result<Settings, CommandError> {
+    Settings::load(options).map_err(|errors| CommandError::Usage(errors.to_string()))
+}
+
 pub mod bench;
 pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod fire;
+pub mod init;
 pub mod output;
 pub mod reconcile;
 pub mod replay;

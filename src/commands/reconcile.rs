@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::rules_args::{RuleArgs, load_rules, print_rule_errors};
+use super::rules_args::{CommandSettings, RuleArgs, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::config::{LoadOptions, Settings, ZoomAccount};
+use crate::config::{Settings, ZoomAccount};
 use crate::daemon::JournalMode;
 use crate::effects::BoxFuture;
 use crate::effects::recorder::RecordingEffects;
@@ -31,7 +31,7 @@ use crate::reconcile::{
 };
 use crate::rules::RuleSet;
 use crate::rules::spec::parse_duration;
-use crate::script::{SandboxLimits, ScriptPool};
+use crate::script::{ScriptPool, vars_value};
 use crate::zoom::missed::{MissedFinder, Window};
 use crate::zoom::oauth::OAuthClient;
 
@@ -42,6 +42,9 @@ pub struct ReconcileArgs {
     pub dry_run: bool,
     /// Only this account; every configured one by default.
     pub account: Option<String>,
+    /// The rules to journal runs for: those the daemon loads (`--rules`,
+    /// `--scripts` as given to `zoomwire run`).
+    pub rules: RuleArgs,
 }
 
 /// A moment as the operator writes it: RFC 3339, a UTC date, or a duration ago.
@@ -64,12 +67,12 @@ pub fn parse_moment(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Str
 }
 
 pub async fn run(args: ReconcileArgs) -> CommandResult {
-    let settings = Settings::load(&LoadOptions::from_process_env())
-        .map_err(|errors| CommandError::Usage(errors.to_string()))?;
+    let loaded = args.rules.load_settings()?;
+    let settings = &loaded.settings;
     let window = window(&args)?;
-    warn_past_dedupe_window(&settings, &window);
-    let accounts = accounts(&settings, args.account.as_deref())?;
-    let rule_set = rule_set(&settings)?;
+    warn_past_dedupe_window(settings, &window);
+    let accounts = accounts(settings, args.account.as_deref())?;
+    let rule_set = rule_set(&loaded)?;
     let kinds = listened_kinds(&rule_set);
     if kinds.is_empty() {
         println!(
@@ -77,11 +80,11 @@ pub async fn run(args: ReconcileArgs) -> CommandResult {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let store = open_store(&settings, args.dry_run)?;
+    let store = open_store(settings, args.dry_run)?;
     let mut failed = false;
     for account in accounts {
         let report = reconcile_account(
-            &settings,
+            settings,
             account,
             &store,
             &rule_set,
@@ -162,12 +165,9 @@ fn accounts<'a>(
     }
 }
 
-fn rule_set(settings: &Settings) -> Result<Arc<RuleSet>, CommandError> {
-    let args = RuleArgs {
-        paths: vec![settings.rules_dir.clone()],
-        scripts: settings.scripts_dir.clone(),
-    };
-    load_rules(&args, &SandboxLimits::default()).map_err(|errors| {
+/// The rules the daemon runs, under the configured sandbox limits.
+fn rule_set(loaded: &CommandSettings) -> Result<Arc<RuleSet>, CommandError> {
+    loaded.load_rules().map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())
     })
@@ -218,7 +218,7 @@ async fn reconcile_account(
         into: store
             .as_ref()
             .filter(|_| !dry_run)
-            .map(|journal| Journaled::new(journal, rule_set)),
+            .map(|journal| Journaled::new(journal, rule_set, vars_value(&settings.vars))),
     };
     let context = PassContext {
         account: &account.name,
@@ -301,12 +301,14 @@ struct Journaled {
 }
 
 impl Journaled {
-    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>) -> Journaled {
+    /// `vars` are the configured ones: conditions read them to decide
+    /// which runs are journaled, as in the daemon.
+    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>, vars: rhai::Dynamic) -> Journaled {
         let executor = Executor::new(
             Arc::new(journal.clone()),
             Arc::new(RecordingEffects::default()),
             Arc::new(ScriptPool::new(1, 1 << 20)),
-            rhai::Dynamic::from_map(rhai::Map::new()),
+            vars,
         );
         Journaled {
             executor,

@@ -1,13 +1,13 @@
 //! `zoomwire replay`: a recorded stream of events (one JSON event or frame
-//! per line) through the rules, with a progress bar on a terminal and a
-//! summary at the end.
+//! per line) through the rules, under the configured sandbox limits and
+//! `vars`, with a progress bar on a terminal and a summary at the end.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use crate::effects::Effects;
 use crate::engine::executor::Executor;
@@ -38,16 +38,16 @@ pub async fn run(args: ReplayArgs, effects: Arc<dyn Effects>) -> CommandResult {
         .lines()
         .collect::<Result<_, _>>()
         .map_err(|e| CommandError::Usage(format!("cannot read {}: {e}", args.input.display())))?;
-    let limits = configured_limits()?;
-    let rule_set = load_rules(&args.rules, &limits).map_err(|errors| {
+    let loaded = args.rules.load_settings()?;
+    let rule_set = loaded.load_rules().map_err(|errors| {
         print_rule_errors(&errors);
         CommandError::Usage("the rules did not load".into())
     })?;
     let executor = Executor::new(
         Arc::new(MemoryJournal::default()),
         effects,
-        script_pool(&limits),
-        rhai::Dynamic::from_map(rhai::Map::new()),
+        loaded.script_pool(),
+        loaded.vars(),
     );
     let progress = progress_bar(lines.len() as u64);
     let mut summary = Summary::default();

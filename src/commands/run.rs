@@ -2,25 +2,27 @@
 
 use std::process::ExitCode;
 
+use super::rules_args::RuleArgs;
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use crate::config::{LoadOptions, Settings};
+use crate::config::LoadOptions;
 use crate::daemon::{Daemon, DaemonOptions};
 
-/// Reads the settings (zoomwire.yaml, .env, the environment), starts the
-/// daemon and runs it until a signal. Configuration problems exit 2, listed
-/// together.
-pub async fn run() -> CommandResult {
+/// Reads the settings (zoomwire.yaml, .env, the environment, then
+/// `--rules`/`--scripts`), starts the daemon and runs it until a signal.
+/// Configuration problems exit 2, listed together.
+pub async fn run(rules: &RuleArgs) -> CommandResult {
     let options = LoadOptions {
         require_daemon: true,
         ..LoadOptions::from_process_env()
     };
-    let settings =
-        Settings::load(&options).map_err(|errors| CommandError::Usage(errors.to_string()))?;
+    let loaded = rules.load_settings_with(&options)?;
+    let settings = loaded.settings;
     if let Err(error) = crate::logging::init_logging(settings.log_format) {
         eprintln!("warning: {error}");
     }
     let options = DaemonOptions {
         journal: settings.journal.store,
+        rules: Some(loaded.sources),
         ..DaemonOptions::default()
     };
     let daemon = Daemon::start(settings, options)

@@ -5,14 +5,17 @@
 //!
 //! Both open the store beside a running daemon (WAL allows it) without
 //! pruning or a full check, and never create a store where there is none.
+//! The store is the one `zoomwire run` uses: `--data`, else the configured
+//! data folder (`ZOOMWIRE_DATA`, `.env`, `zoomwire.yaml`, else `.zoomwire`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
 
-use super::{CommandError, CommandResult};
+use super::{CommandError, CommandResult, load_settings};
+use crate::config::LoadOptions;
 use crate::journal::{
     DB_FILE, JournalOptions, RequeueOutcome, RunFilter, RunSummary, SqliteJournal,
 };
@@ -22,6 +25,14 @@ pub const LIST_LIMIT: usize = 200;
 
 /// Longest error shown in a table cell.
 const ERROR_WIDTH: usize = 60;
+
+/// The store's folder: `flag` (`--data`), else the configured one.
+pub fn data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CommandError> {
+    match flag {
+        Some(dir) => Ok(dir),
+        None => Ok(load_settings(&LoadOptions::from_process_env())?.data_dir),
+    }
+}
 
 /// Lists runs, newest first: a table, or one JSON object per line.
 pub async fn list(

@@ -1,4 +1,5 @@
-//! `zoomwire schema`: the JSON Schema of a rule file, from the Rust types.
+//! `zoomwire schema [--config]`: the JSON Schema of a rule file, or with
+//! `--config` of `zoomwire.yaml`, from the Rust types serde reads them into.
 
 use std::process::ExitCode;
 
@@ -32,8 +33,18 @@ pub fn rule_file_schema() -> serde_json::Value {
     })
 }
 
-pub fn run() -> CommandResult {
-    let text = serde_json::to_string_pretty(&rule_file_schema()).map_err(anyhow::Error::from)?;
+/// The schema of `zoomwire.yaml`.
+pub fn config_file_schema() -> serde_json::Value {
+    serde_json::to_value(crate::config::file_schema()).unwrap_or_default()
+}
+
+pub fn run(config: bool) -> CommandResult {
+    let schema = if config {
+        config_file_schema()
+    } else {
+        rule_file_schema()
+    };
+    let text = serde_json::to_string_pretty(&schema).map_err(anyhow::Error::from)?;
     println!("{text}");
     Ok(ExitCode::SUCCESS)
 }
@@ -52,5 +63,50 @@ mod tests {
         assert_eq!(schema["oneOf"][1]["type"], "array");
         let text = schema.to_string();
         assert!(text.contains("\"single\""), "modes are listed");
+    }
+
+    #[test]
+    fn the_config_schema_has_every_key_and_refuses_unknown_ones() {
+        let schema = config_file_schema();
+        assert_eq!(schema["title"], "zoomwire.yaml");
+        assert_eq!(schema["additionalProperties"], false);
+        let keys: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "zoom",
+            "accounts",
+            "webhook",
+            "slack",
+            "slack_webhooks",
+            "email",
+            "data",
+            "admin_addr",
+            "admin_token",
+            "rules",
+            "scripts",
+            "log_format",
+            "websocket",
+            "journal",
+            "reconcile",
+            "shutdown_grace",
+            "max_waiting_runs",
+            "vars",
+            "sandbox",
+        ] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+        let text = schema.to_string();
+        assert!(
+            text.contains("ZOOMWIRE_DATA"),
+            "descriptions name the variables"
+        );
+        assert!(
+            text.contains("max_operations"),
+            "sandbox limits are described"
+        );
     }
 }

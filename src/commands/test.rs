@@ -1,15 +1,15 @@
-//! `zoomwire test`: runs every rule's `tests:`, one line per test, and ends
-//! with `N passed, N failed`.
+//! `zoomwire test`: runs every rule's `tests:` under the configured sandbox
+//! limits and `vars`, one line per test, and ends with `N passed, N failed`.
 
 use std::process::ExitCode;
 
-use super::rules_args::{RuleArgs, configured_limits, load_rules, print_rule_errors, script_pool};
+use super::rules_args::{RuleArgs, print_rule_errors};
 use super::{CommandResult, EXIT_FAILED};
 use crate::testing::run_tests;
 
 pub async fn run(args: &RuleArgs) -> CommandResult {
-    let limits = configured_limits()?;
-    let rule_set = match load_rules(args, &limits) {
+    let loaded = args.load_settings()?;
+    let rule_set = match loaded.load_rules() {
         Ok(rule_set) => rule_set,
         Err(errors) => {
             print_rule_errors(&errors);
@@ -17,7 +17,7 @@ pub async fn run(args: &RuleArgs) -> CommandResult {
             return Ok(ExitCode::from(EXIT_FAILED));
         }
     };
-    let reports = run_tests(&rule_set, &script_pool(&limits)).await;
+    let reports = run_tests(&rule_set, &loaded.script_pool(), &loaded.vars()).await;
     let mut failed = 0;
     for report in &reports {
         if report.passed() {

@@ -26,14 +26,29 @@
 //! ```
 //!
 //! No type here derives `Debug`: they hold secrets as plain text for the
-//! moment between reading the file and wrapping them.
+//! moment between reading the file and wrapping them. They derive
+//! `JsonSchema` for `zoomwire schema --config`: the doc comments below are
+//! the descriptions an editor shows.
+
+use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 /// A scalar (string, number or boolean) kept as its text.
 pub struct Scalar(pub String);
+
+impl JsonSchema for Scalar {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scalar".into()
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -75,101 +90,164 @@ impl Visitor<'_> for ScalarVisitor {
     }
 }
 
-#[derive(Default, Deserialize)]
+/// `zoomwire.yaml`. Every key is optional; environment variables (and a
+/// `.env` file) override the file.
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+#[schemars(title = "zoomwire.yaml")]
 pub struct FileConfig {
+    /// Base URLs of Zoom's endpoints.
     pub zoom: FileZoom,
+    /// Zoom accounts (Server-to-Server OAuth apps), each with its own token,
+    /// WebSocket subscription and rate limits. ZOOM_ACCOUNT_ID, ZOOM_CLIENT_ID,
+    /// ZOOM_CLIENT_SECRET and ZOOM_SUBSCRIPTION_ID define the account named `default`.
     pub accounts: Vec<FileAccount>,
+    /// Zoom's webhook endpoint, enabled by its secret token.
     pub webhook: FileWebhook,
+    /// The Slack Web API.
     pub slack: FileSlack,
+    /// Slack incoming webhooks by name, for slack::webhook(name, text);
+    /// SLACK_WEBHOOK_URL is `default`.
+    #[schemars(with = "BTreeMap<String, Scalar>")]
     pub slack_webhooks: IndexMap<String, Scalar>,
+    /// The mail relay.
     pub email: FileEmail,
+    /// ZOOMWIRE_DATA: store and archive folder (default `.zoomwire`).
     pub data: Option<Scalar>,
+    /// ZOOMWIRE_ADMIN_ADDR: the admin page and API (default 127.0.0.1:9797).
     pub admin_addr: Option<Scalar>,
+    /// ZOOMWIRE_ADMIN_TOKEN: Bearer token for the admin server (16+ characters);
+    /// without it the server binds loopback only.
     pub admin_token: Option<Scalar>,
+    /// ZOOMWIRE_RULES: rules folder (default `rules`).
     pub rules: Option<Scalar>,
+    /// ZOOMWIRE_SCRIPTS: folder of Rhai modules that rules import (default `scripts`).
     pub scripts: Option<Scalar>,
+    /// ZOOMWIRE_LOG_FORMAT: `text` (default) or `json`.
     pub log_format: Option<Scalar>,
+    /// The Zoom WebSocket connection.
     pub websocket: FileWebsocket,
+    /// Where runs are remembered.
     pub journal: FileJournal,
+    /// Finding through Zoom's REST API what Zoom sent while no connection was up.
     pub reconcile: FileReconcile,
+    /// ZOOMWIRE_SHUTDOWN_GRACE: time for runs in flight at Ctrl-C (default 30s).
     pub shutdown_grace: Option<Scalar>,
+    /// ZOOMWIRE_MAX_WAITING_RUNS: runs waiting their turn before intake stops
+    /// reading events (default 100000).
     pub max_waiting_runs: Option<Scalar>,
+    /// Free values scripts and conditions read as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
+    /// Limits of the script sandbox; zeros mean the safe default.
+    #[schemars(with = "Option<crate::script::SandboxLimits>")]
     pub sandbox: Option<serde_json::Value>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileZoom {
+    /// ZOOM_OAUTH_BASE (default https://zoom.us).
     pub oauth_base: Option<Scalar>,
+    /// ZOOM_API_BASE (default https://api.zoom.us/v2).
     pub api_base: Option<Scalar>,
+    /// ZOOM_WS_BASE (default wss://ws.zoom.us/ws); may be the whole endpoint
+    /// URL the Marketplace shows.
     pub ws_base: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAccount {
+    /// The account's name, for rules' `account:` (the environment's is `default`).
     pub name: Option<Scalar>,
     pub account_id: Option<Scalar>,
     pub client_id: Option<Scalar>,
+    /// A secret: better kept in the environment or `.env`.
     pub client_secret: Option<Scalar>,
+    /// The WebSocket event subscription; without it the account serves REST calls only.
     pub subscription_id: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileWebhook {
+    /// ZOOM_WEBHOOK_SECRET_TOKEN: enables POST /zoom/webhook.
     pub secret_token: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_ADDR (default 127.0.0.1:9798).
     pub addr: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_BODY (default 1MiB).
     pub max_body: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_HEADER_TIMEOUT (default 10s): the request head must
+    /// arrive within it; also how long an idle connection stays open.
     pub header_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_BODY_TIMEOUT (default 10s): the whole body, after the head.
     pub body_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_REQUEST_TIMEOUT (default 15s): the whole request.
     pub request_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS (default 4096, within the open-files limit).
     pub max_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_REQUESTS (default 256): in flight; beyond it 503.
     pub max_requests: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_CONNECTIONS (default 64; 0: no limit, behind a proxy).
     pub per_address_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE (default 50 requests a second; 0: no limit).
     pub per_address_rate: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_BURST (default 100).
     pub per_address_burst: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSlack {
+    /// SLACK_BOT_TOKEN.
     pub bot_token: Option<Scalar>,
+    /// SLACK_API_BASE (default https://slack.com/api).
     pub api_base: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileEmail {
+    /// SMTP_URL: smtp://user:pass@host:587 or smtps://...
     pub smtp_url: Option<Scalar>,
+    /// EMAIL_FROM: the sender, required with smtp_url.
     pub from: Option<Scalar>,
+    /// SMTP_CA_FILE: an extra root certificate (PEM) for the relay.
     pub ca_file: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileWebsocket {
+    /// ZOOMWIRE_WS_HEARTBEAT (default 30s).
     pub heartbeat: Option<Scalar>,
+    /// ZOOMWIRE_WS_DEAD_AFTER: silence that means a dead connection (default 75s).
     pub dead_after: Option<Scalar>,
+    /// ZOOMWIRE_WS_MAX_FRAME (default 1536KiB).
     pub max_frame: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
+    /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable) or `memory`.
     pub store: Option<Scalar>,
+    /// ZOOMWIRE_JOURNAL_SYNC: `full` (default) or `normal`.
     pub sync: Option<Scalar>,
+    /// ZOOMWIRE_DEDUPE_WINDOW: how long an event id is remembered (default 72h).
     pub dedupe_window: Option<Scalar>,
+    /// ZOOMWIRE_RETENTION: how long runs and events are kept (default 30d).
     pub retention: Option<Scalar>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileReconcile {
+    /// ZOOMWIRE_RECONCILE (default true).
     pub enabled: Option<Scalar>,
+    /// ZOOMWIRE_RECONCILE_INTERVAL: time between sweeps (default 15m).
     pub interval: Option<Scalar>,
+    /// ZOOMWIRE_RECONCILE_LOOKBACK: how far back each pass looks (default 48h).
     pub lookback: Option<Scalar>,
 }
 

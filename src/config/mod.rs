@@ -36,6 +36,7 @@ use crate::daemon::JournalMode;
 use crate::effects::live::LiveConfig;
 use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
+use crate::script::SandboxLimits;
 use crate::zoom::oauth::OAuthConfig;
 use crate::zoom::websocket::WsConfig;
 
@@ -79,8 +80,9 @@ pub struct Settings {
     pub max_waiting_runs: usize,
     /// Free values scripts see as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
-    /// Sandbox limits as written (`sandbox:`), an object; typed by the sandbox.
-    pub sandbox: serde_json::Value,
+    /// Sandbox limits as written (`sandbox:`); the sandbox replaces zeros and
+    /// out-of-range values with safe ones (`SandboxLimits::effective`).
+    pub sandbox: SandboxLimits,
     /// The files these settings were read from.
     pub loaded_from: LoadedFrom,
 }
@@ -375,6 +377,11 @@ impl Settings {
             ..JournalOptions::default()
         }
     }
+}
+
+/// The JSON Schema of `zoomwire.yaml`, from the types serde reads it into.
+pub fn file_schema() -> schemars::Schema {
+    schemars::schema_for!(file::FileConfig)
 }
 
 impl Default for Settings {

@@ -28,6 +28,7 @@ use crate::admin::guard::check_bind;
 use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
 use crate::journal::JournalSync;
+use crate::script::SandboxLimits;
 use crate::serve::limits::EndpointLimits;
 
 const DEFAULT_OAUTH_BASE: &str = "https://zoom.us";
@@ -753,15 +754,50 @@ fn parse_journal_sync(text: &str) -> Result<JournalSync, String> {
     }
 }
 
-fn resolve_sandbox(r: &mut Resolver, file: &FileConfig) -> serde_json::Value {
-    match &file.sandbox {
-        None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
-        Some(value @ serde_json::Value::Object(_)) => value.clone(),
+/// The sandbox limits as written; each key is read on its own so that every
+/// bad one is reported, each under its own name (`sandbox.max_ops`), in the
+/// order of their names.
+fn resolve_sandbox(r: &mut Resolver, file: &FileConfig) -> SandboxLimits {
+    let origin = r.yaml_name.clone();
+    let entries = match &file.sandbox {
+        None | Some(serde_json::Value::Null) => return SandboxLimits::default(),
+        Some(serde_json::Value::Object(entries)) => entries,
         Some(_) => {
             let key = yaml_key("sandbox".into());
-            let origin = r.yaml_name.clone();
             r.fail(&key, "expected a mapping of limits".into(), Some(origin));
-            serde_json::Value::Object(Default::default())
+            return SandboxLimits::default();
         }
+    };
+    let mut valid = serde_json::Map::new();
+    for (name, value) in entries {
+        let one = serde_json::Value::Object([(name.clone(), value.clone())].into_iter().collect());
+        match serde_json::from_value::<SandboxLimits>(one) {
+            Ok(_) => {
+                valid.insert(name.clone(), value.clone());
+            }
+            Err(error) => {
+                let key = yaml_key(format!("sandbox.{name}"));
+                r.fail(
+                    &key,
+                    sandbox_message(&error.to_string()),
+                    Some(origin.clone()),
+                );
+            }
+        }
+    }
+    // Every key read on its own above: together they read too.
+    serde_json::from_value(serde_json::Value::Object(valid)).unwrap_or_default()
+}
+
+/// serde's message for an unknown limit lists the known ones in backticks;
+/// say it in the settings' words.
+fn sandbox_message(serde_message: &str) -> String {
+    match serde_message.split_once(", expected one of ") {
+        Some((unknown, known)) if unknown.starts_with("unknown field") => format!(
+            "{}, expected one of: {}",
+            unknown.replacen("unknown field", "unknown limit", 1),
+            known.replace('`', "")
+        ),
+        _ => serde_message.to_string(),
     }
 }

@@ -92,7 +92,7 @@ fn defaults_are_the_design_defaults() {
     assert_eq!(s.shutdown_grace, Duration::from_secs(30));
     assert_eq!(s.max_waiting_runs, 100_000);
     assert!(s.vars.is_empty());
-    assert_eq!(s.sandbox, serde_json::json!({}));
+    assert_eq!(s.sandbox, SandboxLimits::default());
     assert_eq!(s.loaded_from, LoadedFrom::default());
 }
 
@@ -197,7 +197,7 @@ slack_webhooks:
   default: https://hooks.slack.com/services/T/B/yaml-default
 websocket: { max_frame: 4096 }
 vars: { archive_channel: "#recordings", retries: 3 }
-sandbox: { max_operations: 1000 }
+sandbox: { max_operations: 1000, condition_timeout: 20ms }
 "##;
     let s = settings(Some(yaml), None, FULL_ENV);
     let names: Vec<&str> = s.accounts.iter().map(|a| a.name.as_str()).collect();
@@ -219,7 +219,14 @@ sandbox: { max_operations: 1000 }
     assert_eq!(s.websocket.max_frame, 4096);
     assert_eq!(s.vars["archive_channel"], "#recordings");
     assert_eq!(s.vars["retries"], 3);
-    assert_eq!(s.sandbox, serde_json::json!({"max_operations": 1000}));
+    assert_eq!(
+        s.sandbox,
+        SandboxLimits {
+            max_operations: 1000,
+            condition_timeout: Duration::from_millis(20),
+            ..SandboxLimits::default()
+        }
+    );
     assert_eq!(
         s.loaded_from.config_file,
         Some(PathBuf::from("zoomwire.yaml"))
@@ -305,6 +312,43 @@ fn file_errors_name_the_position() {
             "sandbox: expected a mapping of limits (from zoomwire.yaml)",
         ]
     );
+}
+
+#[test]
+fn every_bad_sandbox_limit_joins_the_report() {
+    let yaml = "sandbox:\n  max_ops: 10\n  condition_timeout: soon\n  max_modules: 4\n";
+    let lines = error_lines(Settings::from_sources(&sources(
+        Some(yaml),
+        None,
+        &[("ZOOMWIRE_WS_HEARTBEAT", "often")],
+    )));
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("ZOOMWIRE_WS_HEARTBEAT / websocket.heartbeat: invalid duration"),
+        "{}",
+        lines[0]
+    );
+    // The limits are read in the order of their names.
+    assert!(
+        lines[1].starts_with("sandbox.condition_timeout: invalid duration `soon`"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(
+            "sandbox.max_ops: unknown limit `max_ops`, expected one of: max_operations, max_call_levels,"
+        ),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[2].ends_with("(from zoomwire.yaml)"), "{}", lines[2]);
+    let valid = settings(
+        Some("sandbox: { max_modules: 4, stack_size: 32MiB }\n"),
+        None,
+        &[],
+    );
+    assert_eq!(valid.sandbox.max_modules, 4);
+    assert_eq!(valid.sandbox.stack_size, 32 * 1024 * 1024);
 }
 
 #[test]
@@ -555,9 +599,7 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert!(s.webhook.enabled());
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["ops"]);
     assert_eq!(s.vars["archive_channel"], "#recordings");
-    let sandbox: crate::script::SandboxLimits =
-        serde_json::from_value(s.sandbox.clone()).expect("the example's sandbox limits");
-    assert_eq!(sandbox, crate::script::SandboxLimits::default());
+    assert_eq!(s.sandbox, SandboxLimits::default());
 }
 
 #[test]

@@ -12,6 +12,11 @@
 //! follows the story, so the weekly schedule fires through the real
 //! scheduler when the story reaches Monday morning.
 //!
+//! It runs the rules it is given, with the project's `vars` and sandbox
+//! limits, or, when there is no rules folder (a binary installed with `cargo
+//! install` run anywhere), the starter rules built into the binary
+//! ([`crate::starter`]), written into its scratch folder.
+//!
 //! [`Executor::subscribe`]: crate::engine::executor::Executor::subscribe
 
 pub mod show;
@@ -19,7 +24,7 @@ pub mod story;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +36,9 @@ use crate::daemon::{Daemon, DaemonError, DaemonOptions, JournalMode};
 use crate::engine::matcher::{Verdict, explain_event};
 use crate::engine::record::RunRecord;
 use crate::event::{Event, Source};
+use crate::rules::RuleSources;
 use crate::schedule::ManualClock;
+use crate::script::{SandboxLimits, vars_value};
 use crate::sim::{SimConfig, SimError, SimHandle, SmtpSink, start_smtp_sink};
 use show::Tally;
 use story::{Action, MissingSeed, Step};
@@ -46,9 +53,20 @@ const EMAIL_FROM: &str = "zoomwire demo <zoomwire@example.com>";
 /// What to run the demo with.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    pub rules_dir: PathBuf,
-    pub scripts_dir: PathBuf,
+    pub rules: DemoRules,
+    /// The values scripts and conditions read as `vars`.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub sandbox: SandboxLimits,
     pub pace: Pace,
+}
+
+/// Which rules the demo runs.
+#[derive(Debug, Clone)]
+pub enum DemoRules {
+    /// These rule files and folders, which must exist.
+    Given(RuleSources),
+    /// The starter rules and scripts built into the binary.
+    BuiltIn,
 }
 
 /// Pauses that let a human follow.
@@ -116,8 +134,9 @@ impl DemoOutcome {
 
 /// Runs the demo to its end, printing as it goes.
 pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
-    check_folder(&options.rules_dir, "rules", "--rules")?;
-    check_folder(&options.scripts_dir, "scripts", "--scripts")?;
+    if let DemoRules::Given(sources) = &options.rules {
+        check_sources(sources)?;
+    }
     let sim = crate::sim::start(SimConfig {
         participants_per_meeting: story::PARTICIPANTS_PER_MEETING,
         ..SimConfig::default()
@@ -129,11 +148,16 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         .prefix("zoomwire-demo-")
         .tempdir()
         .map_err(DemoError::DataDir)?;
-    let settings = demo_settings(&sim, &sink, data.path(), &options)?;
+    let sources = rule_sources(&options.rules, data.path())?;
+    let settings = Settings {
+        vars: options.vars.clone(),
+        sandbox: options.sandbox.clone(),
+        ..demo_settings(&sim, &sink, data.path())?
+    };
     let store = settings.data_dir.join(crate::journal::DB_FILE);
     let story_start = steps.first().map_or_else(Utc::now, |s| s.at) - chrono::Duration::minutes(5);
     let clock = Arc::new(ManualClock::new(story_start));
-    let daemon = start_daemon(settings, clock.clone()).await?;
+    let daemon = start_daemon(settings, sources, clock.clone()).await?;
     let runs = daemon.executor.subscribe();
     if !sim
         .wait_for_connections(sim.subscription_id(), 1, CONNECT_TIMEOUT)
@@ -143,7 +167,7 @@ pub async fn run_demo(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         return Err(DemoError::NotConnected(CONNECT_TIMEOUT));
     }
     print_header(&sim, &sink, &daemon, &store, &options);
-    let mut player = Player::new(&sim, &sink, &daemon, clock, runs, options.pace);
+    let mut player = Player::new(&sim, &sink, &daemon, clock, runs, &options);
     for step in &steps {
         player.play(step).await;
     }
@@ -159,23 +183,36 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn check_folder(path: &Path, what: &str, flag: &str) -> Result<(), DemoError> {
-    if path.is_dir() {
-        return Ok(());
+/// Every rule path must exist; a scripts folder is optional, as for `zoomwire run`.
+fn check_sources(sources: &RuleSources) -> Result<(), DemoError> {
+    match sources.paths.iter().find(|path| !path.exists()) {
+        None => Ok(()),
+        Some(path) => Err(DemoError::Usage(format!(
+            "the rules folder {} does not exist: point --rules at one, or leave --rules out (where there is no rules folder the demo runs the starter rules built into zoomwire)",
+            path.display()
+        ))),
     }
-    Err(DemoError::Usage(format!(
-        "the {what} folder {} does not exist: run the demo from the repository, or point {flag} at one",
-        path.display()
-    )))
+}
+
+/// The rules the engine loads: the given ones, or the built-in starter
+/// written under the scratch folder.
+fn rule_sources(rules: &DemoRules, scratch: &Path) -> Result<RuleSources, DemoError> {
+    match rules {
+        DemoRules::Given(sources) => Ok(sources.clone()),
+        DemoRules::BuiltIn => {
+            let starter = scratch.join("starter");
+            crate::starter::write_files(&starter, crate::starter::RULE_FILES)
+                .map_err(|error| DemoError::DataDir(std::io::Error::other(error.to_string())))?;
+            Ok(RuleSources {
+                paths: vec![starter.join(crate::starter::RULES_DIR)],
+                scripts_dir: starter.join(crate::starter::SCRIPTS_DIR),
+            })
+        }
+    }
 }
 
 /// Ordinary settings pointing the engine at the simulator and the sink.
-fn demo_settings(
-    sim: &SimHandle,
-    sink: &SmtpSink,
-    data_dir: &Path,
-    options: &DemoOptions,
-) -> Result<Settings, DemoError> {
+fn demo_settings(sim: &SimHandle, sink: &SmtpSink, data_dir: &Path) -> Result<Settings, DemoError> {
     let mut env: BTreeMap<String, String> = sim
         .env_lines()
         .lines()
@@ -188,8 +225,6 @@ fn demo_settings(
         ("EMAIL_FROM", EMAIL_FROM.to_string()),
         ("ZOOMWIRE_DATA", path(data_dir)),
         ("ZOOMWIRE_ADMIN_ADDR", loopback().to_string()),
-        ("ZOOMWIRE_RULES", path(&options.rules_dir)),
-        ("ZOOMWIRE_SCRIPTS", path(&options.scripts_dir)),
     ] {
         env.insert(name.to_string(), value);
     }
@@ -200,10 +235,15 @@ fn demo_settings(
     Settings::from_sources(&sources).map_err(|errors| DemoError::Usage(errors.to_string()))
 }
 
-async fn start_daemon(settings: Settings, clock: Arc<ManualClock>) -> Result<Daemon, DemoError> {
+async fn start_daemon(
+    settings: Settings,
+    rules: RuleSources,
+    clock: Arc<ManualClock>,
+) -> Result<Daemon, DemoError> {
     let options = DaemonOptions {
         journal: JournalMode::Sqlite,
         watch_rules: false,
+        rules: Some(rules),
         scheduler: true,
         clock,
         first_token_timeout: Duration::from_secs(10),
@@ -234,11 +274,16 @@ fn print_header(
         sim.base_url()
     );
     println!("  mail sink  {}", sink.url());
-    println!(
-        "  rules      {}: {}",
-        options.rules_dir.display(),
-        names.join(", ")
-    );
+    let origin = match &options.rules {
+        DemoRules::Given(sources) => sources
+            .paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        DemoRules::BuiltIn => "the starter rules built into zoomwire (no rules folder here; `zoomwire init` writes them out)".into(),
+    };
+    println!("  rules      {origin}: {}", names.join(", "));
     println!("  store      {}", store.display());
     println!(
         "  engine     subscribed to the simulator's WebSocket; the page on http://{}/ui/",
@@ -271,7 +316,7 @@ impl<'a> Player<'a> {
         daemon: &'a Daemon,
         clock: Arc<ManualClock>,
         runs: broadcast::Receiver<RunRecord>,
-        pace: Pace,
+        options: &DemoOptions,
     ) -> Player<'a> {
         let seen = (sim.requests().len(), sim.slack_posts().len(), 0);
         Player {
@@ -280,9 +325,9 @@ impl<'a> Player<'a> {
             daemon,
             clock,
             runs,
-            pace,
+            pace: options.pace,
             tally: Tally::default(),
-            vars: rhai::Dynamic::from_map(rhai::Map::new()),
+            vars: vars_value(&options.vars),
             seen,
             last_was_block: true,
         }

@@ -150,11 +150,16 @@ pub fn compile_rule(
         );
         return Err(vec![source.error_at("max_queued", &error)]);
     }
+    let trigger_key = match trigger {
+        Trigger::Schedule(_) => "schedule",
+        Trigger::Events(_) => "on",
+    };
     Ok(Rule {
         name: name.into(),
         description: spec.description.clone(),
         path: source.path.clone(),
         position: source.position,
+        trigger_position: value_origin(source, trigger_key).start,
         trigger,
         condition,
         fast_condition,

@@ -4,10 +4,15 @@
 //!
 //! `spec.rs` holds what the file says, `load.rs` reads files and checks keys,
 //! `compile.rs` builds [`Rule`]s, `index.rs` finds the rules for an event type.
+//! `lint.rs` holds the checks `zoomwire check` adds to loading (event types
+//! that are not Zoom's, host functions called without their capability, found
+//! in the compiled AST by `host_calls.rs`).
 
 pub mod compile;
 pub mod fast;
+pub mod host_calls;
 pub mod index;
+pub mod lint;
 pub mod load;
 pub mod spec;
 pub mod yaml;
@@ -132,6 +137,8 @@ pub struct Rule {
     pub path: PathBuf,
     pub position: Position,
     pub trigger: Trigger,
+    /// Where the trigger (`on:` or `schedule:`) is written.
+    pub trigger_position: Position,
     pub condition: Option<CompiledScript>,
     /// The condition evaluated natively when it is simple enough (most
     /// are); Rhai evaluates it whenever this is absent or unsure.

@@ -39,7 +39,7 @@ pub const MIN_STACK_SIZE: usize = 16 * 1024 * 1024;
 pub const MAX_STACK_SIZE: usize = 1024 * 1024 * 1024;
 
 /// Limits of the script sandbox. Every field has a safe default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxLimits {
     /// Rhai operations per run (each statement, expression and call counts).
@@ -64,29 +64,35 @@ pub struct SandboxLimits {
     pub max_value_depth: usize,
     /// Bytes in one object map key (keys also count towards `max_string_size`).
     #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
     pub max_key_size: usize,
     /// Bytes one run may hold at once: its values, what native functions and
     /// callbacks build, effect answers and records. Each condition and the
     /// scripts folder's top-level code at load get the same budget.
     #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
     pub max_memory: usize,
     /// Log lines one run keeps; later lines are dropped and a last line says how many.
     pub max_log_lines: usize,
     /// Bytes of log text one run keeps, likewise.
     #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
     pub max_log_bytes: usize,
     /// Effect calls one run may make (`now()` and `state::` included); the
     /// next one fails the run.
     pub max_effects: usize,
     /// Wall-clock time one `when:` or `key:` expression may take.
     #[serde(deserialize_with = "deserialize_duration")]
+    #[schemars(schema_with = "duration_schema")]
     pub condition_timeout: Duration,
     /// Wall-clock time for evaluating the scripts folder's top-level code at
     /// load, all modules together.
     #[serde(deserialize_with = "deserialize_duration")]
+    #[schemars(schema_with = "duration_schema")]
     pub load_timeout: Duration,
     /// Native stack of each script thread, in bytes (or "64MiB").
     #[serde(deserialize_with = "deserialize_bytes")]
+    #[schemars(schema_with = "bytes_schema")]
     pub stack_size: usize,
     /// Script threads.
     pub pool_threads: usize,
@@ -209,6 +215,22 @@ pub fn format_duration(duration: Duration) -> String {
     } else {
         format!("{}s", duration.as_secs_f64())
     }
+}
+
+/// What `deserialize_duration` reads, for the settings' JSON Schema.
+fn duration_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["integer", "string"],
+        "description": "seconds, or a duration such as 50ms, 2s or 5m"
+    })
+}
+
+/// What `deserialize_bytes` reads, for the settings' JSON Schema.
+fn bytes_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["integer", "string"],
+        "description": "bytes, or a size such as 512KiB or 64MiB"
+    })
 }
 
 #[derive(Deserialize)]

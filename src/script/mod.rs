@@ -48,6 +48,13 @@ pub use memory::format_bytes;
 /// The names scripts and conditions read, pushed as constants.
 pub(crate) const SCOPE_NAMES: [&str; 3] = ["event", "meta", "vars"];
 
+/// The configured `vars` as scripts and conditions read them: the map as
+/// configured (an empty one if it cannot be converted, which a JSON object
+/// always can).
+pub fn vars_value(vars: &serde_json::Map<String, serde_json::Value>) -> Dynamic {
+    rhai::serde::to_dynamic(vars).unwrap_or_else(|_| Dynamic::from_map(rhai::Map::new()))
+}
+
 /// Compiles and evaluates scripts and conditions under one set of limits.
 pub struct Sandbox {
     limits: SandboxLimits,

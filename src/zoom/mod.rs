@@ -1,6 +1,7 @@
 //! The only code that knows Zoom's wire formats: WebSocket frames, OAuth,
-//! webhooks, REST paths and meeting UUID encoding.
+//! webhooks, REST paths, meeting UUID encoding and the event types Zoom sends.
 
+pub mod event_types;
 pub mod frame;
 pub mod missed;
 pub mod oauth;

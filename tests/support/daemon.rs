@@ -157,8 +157,15 @@ impl Workspace {
 
     /// Starts `zoomwire run` without waiting for it.
     pub fn spawn(&self) -> Daemon {
+        self.spawn_with(&[])
+    }
+
+    /// Starts `zoomwire run ARGS` without waiting for it.
+    pub fn spawn_with(&self, args: &[&str]) -> Daemon {
+        let mut command = vec!["run"];
+        command.extend_from_slice(args);
         let mut child = self
-            .command(&["run"])
+            .command(&command)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -178,7 +185,12 @@ impl Workspace {
     /// WebSocket connection number `connections` (counting earlier daemons')
     /// is open at the simulator.
     pub async fn start(&self, connections: usize) -> Daemon {
-        let mut daemon = self.spawn();
+        self.start_with(&[], connections).await
+    }
+
+    /// As [`Workspace::start`], for `zoomwire run ARGS`.
+    pub async fn start_with(&self, args: &[&str], connections: usize) -> Daemon {
+        let mut daemon = self.spawn_with(args);
         daemon.wait_running().await;
         let subscription = self.sim.subscription_id().to_string();
         assert!(

@@ -136,6 +136,7 @@ async fn page() -> Page {
         started_at: now,
         latency_ms: 3.5,
         replayed: false,
+        in_doubt: false,
     }];
     journal.record_run(&ok).await.unwrap();
     let dead = RunRecord {

@@ -91,6 +91,7 @@ fn effect(seq: u32, text: &str) -> EffectRecord {
         started_at: Utc::now(),
         latency_ms: 12.5,
         replayed: false,
+        in_doubt: false,
     }
 }
 

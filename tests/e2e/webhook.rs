@@ -1,7 +1,9 @@
 //! The webhook endpoint over loopback, as Zoom would call it: signatures
 //! good, bad and stale, the URL challenge (with the published test vector),
 //! body size and malformed bodies, and events arriving on the channel
-//! without the answer waiting for the engine.
+//! without the answer waiting for the engine; then the public server's
+//! limits one by one (request rate, requests in flight, connections, body
+//! time). The daemon under 2,000 slow clients is in `webhook_abuse.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zoomwire_engine::event::{Event, Source};
-use zoomwire_engine::serve::serve_router;
+use zoomwire_engine::serve::limits::EndpointLimits;
+use zoomwire_engine::serve::public::serve_public;
 use zoomwire_engine::zoom::webhook::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, webhook_router_with_clock,
 };
@@ -25,6 +28,7 @@ const VECTOR_SIGNATURE: &str =
 const BODY_LIMIT: usize = 4096;
 
 struct Endpoint {
+    addr: SocketAddr,
     url: String,
     events: mpsc::Receiver<Event>,
     client: reqwest::Client,
@@ -37,17 +41,30 @@ impl Drop for Endpoint {
     }
 }
 
+fn limits() -> EndpointLimits {
+    EndpointLimits {
+        max_body: BODY_LIMIT,
+        ..EndpointLimits::default()
+    }
+}
+
 /// An endpoint whose clock says it is the vector's time plus 10 seconds.
 async fn endpoint(queue: usize) -> Endpoint {
+    endpoint_with(queue, limits()).await
+}
+
+async fn endpoint_with(queue: usize, limits: EndpointLimits) -> Endpoint {
     let (sender, events) = mpsc::channel(queue);
     let clock = Arc::new(|| VECTOR_TIMESTAMP + 10);
-    let router = webhook_router_with_clock(SecretString::from(SECRET), sender, BODY_LIMIT, clock);
+    let router =
+        webhook_router_with_clock(SecretString::from(SECRET), sender, limits.max_body, clock);
     let shutdown = CancellationToken::new();
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (addr, _task) = serve_router("webhook", loopback, router, shutdown.clone())
+    let (addr, _task) = serve_public("webhook", loopback, router, &limits, None, shutdown.clone())
         .await
         .unwrap();
     Endpoint {
+        addr,
         url: format!("http://{addr}/zoom/webhook"),
         events,
         client: reqwest::Client::builder()
@@ -267,4 +284,153 @@ async fn shutdown_stops_the_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the server still answers after shutdown");
+}
+
+/// A connection that sent a complete head for a body it sends slowly.
+async fn slow_body(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /zoom/webhook HTTP/1.1\r\nHost: zoomwire\r\nContent-Length: 100\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection.
+async fn read_to_close(mut stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_address_past_its_rate_gets_429_with_retry_after() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            per_address_rate: 1,
+            per_address_burst: 3,
+            ..limits()
+        },
+    )
+    .await;
+    for n in 0..3 {
+        let status = endpoint
+            .post_signed(VECTOR_TIMESTAMP, &meeting_started(10 + n))
+            .await
+            .status();
+        assert_eq!(status, 200);
+    }
+    let refused = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(13))
+        .await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn requests_beyond_max_requests_in_flight_are_shed_with_503() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            max_requests: 2,
+            ..limits()
+        },
+    )
+    .await;
+    // Two requests reading their bodies hold both places.
+    let held = [
+        slow_body(endpoint.addr).await,
+        slow_body(endpoint.addr).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shed = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(20))
+        .await;
+    assert_eq!(shed.status(), 503);
+    assert!(shed.headers().contains_key("retry-after"));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(21))
+        .await
+        .status();
+    assert_eq!(status, 200, "the places came back when they closed");
+}
+
+#[tokio::test]
+async fn a_body_slower_than_body_timeout_gets_408_and_is_closed() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            body_timeout: Duration::from_millis(300),
+            ..limits()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answer = read_to_close(slow_body(endpoint.addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the body did not arrive within"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_head_slower_than_header_timeout_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            header_timeout: Duration::from_millis(300),
+            ..limits()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(endpoint.addr).await.unwrap();
+    stream
+        .write_all(b"POST /zoom/webhook HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    read_to_close(stream).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    // An idle connection too.
+    let started = std::time::Instant::now();
+    read_to_close(tokio::net::TcpStream::connect(endpoint.addr).await.unwrap()).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            max_connections: 3,
+            ..limits()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(endpoint.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let extra = tokio::net::TcpStream::connect(endpoint.addr).await.unwrap();
+    assert_eq!(read_to_close(extra).await, "", "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(30))
+        .await
+        .status();
+    assert_eq!(status, 200);
 }

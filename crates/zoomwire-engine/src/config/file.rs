@@ -177,6 +177,23 @@ pub struct FileWebhook {
     pub addr: Option<Scalar>,
     /// ZOOMWIRE_WEBHOOK_MAX_BODY (default 1MiB).
     pub max_body: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_HEADER_TIMEOUT (default 10s): the request head must
+    /// arrive within it; also how long an idle connection stays open.
+    pub header_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_BODY_TIMEOUT (default 10s): the whole body, after the head.
+    pub body_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_REQUEST_TIMEOUT (default 15s): the whole request.
+    pub request_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS (default 4096, within the open-files limit).
+    pub max_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_REQUESTS (default 256): in flight; beyond it 503.
+    pub max_requests: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_CONNECTIONS (default 64; 0: no limit, behind a proxy).
+    pub per_address_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE (default 50 requests a second; 0: no limit).
+    pub per_address_rate: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_BURST (default 100).
+    pub per_address_burst: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::serve::limits::EndpointLimits;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -116,8 +117,8 @@ pub struct ZoomEndpoints {
 pub struct WebhookSettings {
     pub secret_token: Option<SecretString>,
     pub addr: SocketAddr,
-    /// Largest accepted body, in bytes.
-    pub max_body: usize,
+    /// Timeouts, body size and connection and request limits of the endpoint.
+    pub limits: EndpointLimits,
 }
 
 impl WebhookSettings {
@@ -452,7 +453,7 @@ impl fmt::Debug for WebhookSettings {
         f.debug_struct("WebhookSettings")
             .field("secret_token", &redacted(&self.secret_token))
             .field("addr", &self.addr)
-            .field("max_body", &self.max_body)
+            .field("limits", &self.limits)
             .finish()
     }
 }

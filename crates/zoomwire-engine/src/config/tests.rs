@@ -73,7 +73,7 @@ fn defaults_are_the_design_defaults() {
     assert!(s.email.smtp_url.is_none() && s.email.from.is_none());
     assert!(!s.webhook.enabled());
     assert_eq!(s.webhook.addr.to_string(), "127.0.0.1:9798");
-    assert_eq!(s.webhook.max_body, 1 << 20);
+    assert_eq!(s.webhook.limits.max_body, 1 << 20);
     assert_eq!(s.data_dir, PathBuf::from(".zoomwire"));
     assert_eq!(s.admin_addr.to_string(), "127.0.0.1:9797");
     assert_eq!(s.rules_dir, PathBuf::from("rules"));
@@ -165,7 +165,7 @@ fn reads_every_setting_from_the_environment() {
     assert_eq!(account.client_id, "client-1");
     assert_eq!(account.subscription_id.as_deref(), Some("sub-1"));
     assert!(s.webhook.enabled());
-    assert_eq!(s.webhook.max_body, 64 << 10);
+    assert_eq!(s.webhook.limits.max_body, 64 << 10);
     assert_eq!(s.zoom.ws_base, "ws://127.0.0.1:1/ws");
     assert_eq!(s.zoom.oauth_base, "http://127.0.0.1:1", "no trailing slash");
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["default"]);
@@ -581,7 +581,7 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert_eq!(s.zoom.ws_base, defaults.zoom.ws_base);
     assert_eq!(s.slack.api_base, defaults.slack.api_base);
     assert_eq!(s.webhook.addr, defaults.webhook.addr);
-    assert_eq!(s.webhook.max_body, defaults.webhook.max_body);
+    assert_eq!(s.webhook.limits.max_body, defaults.webhook.limits.max_body);
     assert_eq!(s.admin_addr, defaults.admin_addr);
     assert_eq!(
         (&s.data_dir, &s.rules_dir, &s.scripts_dir),

@@ -14,6 +14,14 @@
 //! effect calls (`now()` and `state::` included) stop at `max_effects`, and
 //! the sandbox fails the run that asks for one more.
 //!
+//! An effect that is not harmless to repeat ([`is_repeatable`]) is written
+//! as started ([`EffectObserver::effect_starting`], durable) before it is
+//! performed, and its record replaces that mark once it completes. A crash
+//! in between leaves the mark: the run that resumes finds the effect in
+//! doubt (see `crate::engine::executor`). When a resumed run performs such
+//! an effect again (the rule marks it idempotent), its new record says
+//! `in_doubt` too: it may have happened twice.
+//!
 //! Effects are performed on the runtime's threads, not the script's, and the
 //! run keeps its own copy of each answer: the script thread's memory budget
 //! counts what the thread allocates and frees, so memory made elsewhere must
@@ -29,7 +37,7 @@ use serde_json::Value;
 
 use super::{
     CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
-    is_external, redact, required_capability,
+    is_external, is_repeatable, redact, required_capability,
 };
 
 /// One effect call of a run, as recorded.
@@ -46,6 +54,41 @@ pub struct EffectRecord {
     /// True when the result came from an earlier attempt instead of being performed.
     #[serde(default)]
     pub replayed: bool,
+    /// True when a crash came while this effect was being performed, so it
+    /// may not have happened (an error of kind `in_doubt`), or, performed
+    /// again after that, may have happened twice.
+    #[serde(default)]
+    pub in_doubt: bool,
+}
+
+/// An effect about to be performed, as written before it is (arguments redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectStart {
+    pub seq: u32,
+    pub name: String,
+    pub args: Value,
+    pub started_at: DateTime<Utc>,
+}
+
+impl EffectStart {
+    /// The record of this effect when a crash left it unfinished.
+    pub fn into_in_doubt_record(self) -> EffectRecord {
+        let message = "zoomwire stopped while this effect was being performed: it may or may not have happened";
+        EffectRecord {
+            seq: self.seq,
+            result: Err(EffectError::new(
+                &self.name,
+                EffectErrorKind::InDoubt,
+                message,
+            )),
+            name: self.name,
+            args: self.args,
+            started_at: self.started_at,
+            latency_ms: 0.0,
+            replayed: false,
+            in_doubt: true,
+        }
+    }
 }
 
 impl EffectRecord {
@@ -93,8 +136,14 @@ struct LogBook {
 /// Waits until an effect's record is saved.
 pub type SavedWait = Box<dyn FnOnce() + Send>;
 
-/// Sees every effect of a run as soon as it completes (the journal).
+/// Sees every effect of a run as it starts and as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
+    /// Saves that the effect is about to be performed, before it is:
+    /// durable on `Ok`. Its record, when it completes, replaces the mark; a
+    /// mark left without one after a crash means the effect is in doubt.
+    /// On `Err` (the store cannot write) the effect is not performed.
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String>;
+
     /// Saves the record before returning.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord);
 
@@ -186,9 +235,13 @@ impl RunEffects {
             return self.finish(earlier);
         }
         self.wait_saved();
+        let in_doubt = self.was_in_doubt(seq, name, &redacted_args);
         let started_at = Utc::now();
         let started = Instant::now();
-        let result = self.perform(EffectRequest::new(name, args));
+        let result = match self.mark_started(seq, name, &redacted_args, started_at) {
+            Ok(()) => self.perform(EffectRequest::new(name, args)),
+            Err(error) => Err(error),
+        };
         let record = EffectRecord {
             seq,
             name: name.to_string(),
@@ -197,10 +250,46 @@ impl RunEffects {
             started_at,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             replayed: false,
+            in_doubt,
         };
         metrics::histogram!("zoomwire_effect_seconds", "effect" => name.to_string())
             .record(started.elapsed().as_secs_f64());
         self.finish(record)
+    }
+
+    /// Writes that an effect which is not harmless to repeat is starting, and
+    /// refuses to perform it when that cannot be written.
+    fn mark_started(
+        &self,
+        seq: u32,
+        name: &str,
+        redacted_args: &Value,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), EffectError> {
+        let Some(observer) = self.observer.as_ref().filter(|_| !is_repeatable(name)) else {
+            return Ok(());
+        };
+        let start = EffectStart {
+            seq,
+            name: name.to_string(),
+            args: redacted_args.clone(),
+            started_at,
+        };
+        observer
+            .effect_starting(&self.context.run_id, &start)
+            .map_err(|error| {
+                EffectError::transient(
+                    name,
+                    format!("not performed: cannot record in the store that it starts: {error}"),
+                )
+            })
+    }
+
+    /// Whether the earlier attempt left this same call in doubt.
+    fn was_in_doubt(&self, seq: u32, name: &str, redacted_args: &Value) -> bool {
+        self.replay
+            .get(seq as usize - 1)
+            .is_some_and(|e| e.in_doubt && e.name == name && e.args == *redacted_args)
     }
 
     /// Performs the request on the runtime's threads, waiting at most until
@@ -395,6 +484,7 @@ impl RunEffects {
             started_at: now,
             latency_ms: 0.0,
             replayed: false,
+            in_doubt: false,
         });
         Ok(now)
     }
@@ -485,6 +575,11 @@ mod tests {
     }
 
     impl EffectObserver for Ledger {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.0).push(format!("start {}", start.seq));
+            Ok(())
+        }
+
         fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {
             unreachable!("the gateway saves without blocking")
         }
@@ -524,13 +619,72 @@ mod tests {
         assert_eq!(
             *lock(&log),
             [
+                "start 1",
                 r#"perform "one""#,
                 "save 1",
                 "saved 1",
+                "start 2",
                 r#"perform "two""#,
                 "save 2"
             ]
         );
+    }
+
+    /// An observer whose store cannot write the start marks.
+    struct FullStore(Arc<Mutex<Vec<String>>>);
+
+    impl EffectObserver for FullStore {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.0).push(format!("refused {}", start.name));
+            Err("the store is full".into())
+        }
+
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+    }
+
+    #[test]
+    fn an_effect_whose_start_cannot_be_recorded_is_not_performed_and_reads_need_no_mark() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let gateway = run_effects(vec![Capability::Slack, Capability::ZoomRead], &runtime)
+            .with_observer(Arc::new(FullStore(log.clone())));
+        let error = gateway
+            .call("slack.post", json!({"channel": "#a", "text": "hi"}))
+            .unwrap_err();
+        assert!(error.is_transient(), "retried later: {error}");
+        assert!(error.message.contains("not performed"), "{}", error.message);
+        gateway
+            .call("zoom.get", json!({"path": "/users/me", "params": {}}))
+            .unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        assert_eq!(
+            *lock(&log),
+            ["refused slack.post"],
+            "reads and state need no mark"
+        );
+    }
+
+    #[test]
+    fn an_effect_left_in_doubt_and_performed_again_stays_marked() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let args = json!({"channel": "#a", "text": "hi"});
+        let earlier = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: args.clone(),
+            started_at: Utc::now(),
+        }
+        .into_in_doubt_record();
+        let gateway = run_effects(vec![Capability::Slack], &runtime).with_replay(vec![earlier]);
+        gateway.call("slack.post", args).unwrap();
+        gateway
+            .call("slack.post", json!({"channel": "#a", "text": "next"}))
+            .unwrap();
+        let records = gateway.records();
+        assert!(records[0].in_doubt && !records[0].replayed && records[0].result.is_ok());
+        assert!(!records[1].in_doubt);
     }
 
     #[test]

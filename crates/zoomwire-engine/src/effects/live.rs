@@ -350,6 +350,7 @@ impl Effects for LiveEffects {
                     EffectErrorKind::Permanent => "permanent",
                     EffectErrorKind::Denied => "denied",
                     EffectErrorKind::Timeout => "timeout",
+                    EffectErrorKind::InDoubt => "in_doubt",
                 },
             };
             metrics::counter!("zoomwire_effects_total", "effect" => request.name.clone(), "outcome" => outcome)

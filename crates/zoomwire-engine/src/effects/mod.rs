@@ -113,6 +113,8 @@ pub enum EffectErrorKind {
     Denied,
     /// The run's deadline passed while waiting.
     Timeout,
+    /// A crash came while it was being performed: it may or may not have happened.
+    InDoubt,
 }
 
 /// An effect's failure, as the script sees it (a catchable error map).
@@ -173,6 +175,37 @@ pub trait Effects: Send + Sync + 'static {
 /// Reads of state and the clock do not.
 pub fn is_external(name: &str) -> bool {
     !matches!(name, "state.get" | "now" | "log")
+}
+
+/// Every effect a script can call, by name.
+pub const EFFECT_NAMES: &[&str] = &[
+    "zoom.get",
+    "zoom.paginate",
+    "zoom.post",
+    "zoom.patch",
+    "zoom.put",
+    "zoom.delete",
+    "zoom.download",
+    "slack.post",
+    "slack.webhook",
+    "email.send",
+    "http.request",
+    "state.get",
+    "state.set",
+    "now",
+];
+
+/// Whether performing this effect again, after a crash left it unknown
+/// whether it happened, does no harm whatever the rule says: reads of Zoom,
+/// rule state and the clock; writing rule state (the resumed run writes what
+/// it read again); a download (the file is written again in place). Every
+/// other effect is written as started before it is performed, so that a
+/// crash leaves it marked in doubt (see `gateway`).
+pub fn is_repeatable(name: &str) -> bool {
+    matches!(
+        name,
+        "zoom.get" | "zoom.paginate" | "zoom.download" | "state.get" | "state.set" | "now" | "log"
+    )
 }
 
 /// Names of the effects a script can call, and the capability each needs.

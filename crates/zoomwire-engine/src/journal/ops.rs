@@ -14,7 +14,7 @@ use super::RequeueOutcome;
 use super::codec::{parse_status, to_json, to_nanos};
 use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
-use crate::effects::gateway::EffectRecord;
+use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::engine::record::{RunRecord, RunStatus};
 use crate::event::Event;
 
@@ -54,6 +54,11 @@ pub(crate) enum Op {
     Effect {
         run_id: String,
         record: Box<EffectRecord>,
+    },
+    /// An effect about to be performed (see `effect_starts` in the schema).
+    EffectStart {
+        run_id: String,
+        start: Box<EffectStart>,
     },
     StateSet {
         rule: String,
@@ -103,6 +108,9 @@ pub(crate) fn apply(
         Op::RecordRun(run) => record_run(tx, run, now).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
             insert_effect(tx, run_id, None, record, now).map(|()| Outcome::Done)
+        }
+        Op::EffectStart { run_id, start } => {
+            insert_start(tx, run_id, start).map(|()| Outcome::Done)
         }
         Op::StateSet {
             rule,
@@ -200,19 +208,23 @@ fn insert_effect(
     record: &EffectRecord,
     now: i64,
 ) -> rusqlite::Result<()> {
+    // The record replaces the mark written when the effect started.
+    tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
+        .execute(params![run_id, record.seq])?;
     tx.prepare_cached(
         "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
-                              latency_ms, replayed, recorded_at)
+                              latency_ms, replayed, recorded_at, in_doubt)
          VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
-                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT(run_id, seq) DO UPDATE SET attempt = excluded.attempt,
              name = excluded.name, args = excluded.args, ok = excluded.ok,
              result = excluded.result, started_at = excluded.started_at,
              latency_ms = excluded.latency_ms, replayed = excluded.replayed,
-             recorded_at = excluded.recorded_at
+             recorded_at = excluded.recorded_at, in_doubt = excluded.in_doubt
          WHERE excluded.replayed = 0
            AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
-                OR effects.args != excluded.args OR effects.result != excluded.result)",
+                OR effects.args != excluded.args OR effects.result != excluded.result
+                OR effects.in_doubt != excluded.in_doubt)",
     )?
     .execute(params![
         run_id,
@@ -226,6 +238,23 @@ fn insert_effect(
         record.latency_ms,
         record.replayed,
         now,
+        record.in_doubt,
+    ])?;
+    Ok(())
+}
+
+/// Marks an effect as started (a performed-again effect marks its position again).
+fn insert_start(tx: &Transaction<'_>, run_id: &str, start: &EffectStart) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO effect_starts (run_id, seq, name, args, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        run_id,
+        start.seq,
+        start.name,
+        to_json(&start.args),
+        to_nanos(start.started_at),
     ])?;
     Ok(())
 }
@@ -359,6 +388,7 @@ mod tests {
             started_at: Utc::now(),
             latency_ms: 1.5,
             replayed,
+            in_doubt: false,
         }
     }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::codec::{from_json, from_nanos, parse_status};
 use super::schema::open_reader;
 use super::writer::journal_error;
-use crate::effects::gateway::{EffectRecord, LogLine};
+use crate::effects::gateway::{EffectRecord, EffectStart, LogLine};
 use crate::effects::redact;
 use crate::engine::record::{JournalError, RunRecord, RunStatus};
 use crate::event::{Event, Source};
@@ -220,11 +220,12 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetai
     Ok(Some(RunDetail { run, event }))
 }
 
-/// Unfinished runs (see [`UNFINISHED`]) with their effects, logs and events,
-/// in the order their events arrived, then oldest first.
-pub(crate) fn unfinished_runs(
-    conn: &Connection,
-) -> ReadResult<Vec<(RunRecord, Option<StoredEvent>)>> {
+/// An unfinished run as stored: its record, its effects left in doubt, its event.
+pub(crate) type StoredUnfinished = (RunRecord, Vec<EffectStart>, Option<StoredEvent>);
+
+/// Unfinished runs (see [`UNFINISHED`]) with their effects, logs, effects
+/// in doubt and events, in the order their events arrived, then oldest first.
+pub(crate) fn unfinished_runs(conn: &Connection) -> ReadResult<Vec<StoredUnfinished>> {
     let sql =
         format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} ORDER BY created_at, rowid");
     let mut statement = conn.prepare_cached(&sql)?;
@@ -236,14 +237,34 @@ pub(crate) fn unfinished_runs(
     let mut unfinished = Vec::with_capacity(runs.len());
     for mut run in runs {
         fill_run(conn, &mut run)?;
+        let in_doubt = effect_starts(conn, &run.id)?;
         let event = stored_event(conn, &run.event_id)?;
-        unfinished.push((run, event));
+        unfinished.push((run, in_doubt, event));
     }
     // In the order their events arrived, which is the order the daemon admits
     // runs in (runs of events journaled together may have been created in
     // another order); runs of one event stay in their order.
-    unfinished.sort_by_key(|(_, event)| event.as_ref().map(|e| e.received_at));
+    unfinished.sort_by_key(|(_, _, event)| event.as_ref().map(|e| e.received_at));
     Ok(unfinished)
+}
+
+/// The run's effects written as started and never as done.
+fn effect_starts(conn: &Connection, run_id: &str) -> ReadResult<Vec<EffectStart>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, name, args, started_at FROM effect_starts WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = statement.query([run_id])?;
+    let mut starts = Vec::new();
+    while let Some(row) = rows.next()? {
+        let args: String = row.get(2)?;
+        starts.push(EffectStart {
+            seq: row.get(0)?,
+            name: row.get(1)?,
+            args: from_json(&args, "effect_starts.args")?,
+            started_at: from_nanos(row.get(3)?),
+        });
+    }
+    Ok(starts)
 }
 
 /// The ids of the unfinished runs, without their details.
@@ -259,7 +280,7 @@ pub(crate) fn unfinished_run_ids(conn: &Connection) -> ReadResult<Vec<String>> {
 /// Adds the run's effects (one per position) and logs (all attempts, in order).
 fn fill_run(conn: &Connection, run: &mut RunRecord) -> ReadResult<()> {
     let mut statement = conn.prepare_cached(
-        "SELECT seq, name, args, result, started_at, latency_ms, replayed
+        "SELECT seq, name, args, result, started_at, latency_ms, replayed, in_doubt
          FROM effects WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = statement.query([&run.id])?;
@@ -365,6 +386,7 @@ pub(crate) fn effect_row(row: &Row<'_>) -> ReadResult<EffectRecord> {
         started_at: from_nanos(row.get(4)?),
         latency_ms: row.get(5)?,
         replayed: row.get(6)?,
+        in_doubt: row.get(7)?,
     })
 }
 

@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -101,6 +101,21 @@ CREATE INDEX state_expires ON state(expires_at) WHERE expires_at IS NOT NULL;
 /// runs list, and its counts per rule and outcome), read from one index.
 const V2: &str = "
 CREATE INDEX runs_rule_status ON runs(rule, status, created_at);
+";
+
+/// Effects written as started before they are performed: the record of the
+/// effect, when it completes, replaces its row; a row left behind by a crash
+/// is an effect in doubt. `in_doubt` marks the effect records that say so.
+const V3: &str = "
+CREATE TABLE effect_starts (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+ALTER TABLE effects ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`

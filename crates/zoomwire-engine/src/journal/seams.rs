@@ -16,7 +16,7 @@ use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
@@ -35,6 +35,19 @@ impl SqliteJournal {
 }
 
 impl EffectObserver for SqliteJournal {
+    /// Durable on `Ok`: blocks the sandbox thread until the mark is committed.
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
+        let op = Op::EffectStart {
+            run_id: run_id.to_string(),
+            start: Box::new(start.clone()),
+        };
+        self.inner
+            .writer
+            .submit_blocking(op)
+            .map(|_| ())
+            .map_err(|error| error.0)
+    }
+
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
         self.effect_completed_later(run_id, record)();
@@ -52,7 +65,7 @@ impl EffectObserver for SqliteJournal {
                 metrics::counter!("zoomwire_journal_errors_total").increment(1);
                 tracing::error!(
                     run = %run_id, effect = %name, seq, error = %error,
-                    "effect record not saved: a crash before the run is recorded would perform it again"
+                    "effect record not saved: a crash before the run is recorded would leave it in doubt"
                 );
             }
         })
@@ -98,9 +111,13 @@ impl Journal for SqliteJournal {
         Box::pin(async move {
             let stored = self.inner.readers.with(query::unfinished_runs)?;
             let mut unfinished = Vec::with_capacity(stored.len());
-            for (run, event) in stored {
+            for (run, in_doubt, event) in stored {
                 match event.map(query::StoredEvent::into_event) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
+                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
+                        run,
+                        event,
+                        in_doubt,
+                    }),
                     Some(Err(error)) => self.give_up(&run, &error.0).await?,
                     None => {
                         self.give_up(&run, "its event is no longer in the store")
@@ -220,6 +237,91 @@ mod tests {
         });
         assert_eq!(answers, vec![true, false, false]);
         assert_eq!(counters.get("zoomwire_events_duplicate_total"), 2);
+    }
+
+    #[test]
+    fn an_effect_started_and_never_recorded_comes_back_in_doubt_until_recorded() {
+        use crate::effects::gateway::EffectStart;
+        use crate::engine::record::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
+        let mut run = RunRecord {
+            id: "r1".into(),
+            rule: "rule".into(),
+            event_id: event.id.clone(),
+            event_type: "a.b".into(),
+            key: None,
+            status: RunStatus::Running,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+        };
+        let start = |seq| EffectStart {
+            seq,
+            name: "slack.post".into(),
+            args: serde_json::json!({"channel": "#a", "text": seq}),
+            started_at: Utc::now(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(
+                journal
+                    .accept_event_with_runs(&event, std::slice::from_ref(&run))
+                    .await
+                    .unwrap()
+            );
+        });
+        // Effect 1 started and done; effect 2 started when the crash came.
+        journal.effect_starting("r1", &start(1)).unwrap();
+        let mut done = start(1).into_in_doubt_record();
+        (done.result, done.in_doubt) = (Ok(serde_json::json!({"ok": true})), false);
+        journal.effect_completed("r1", &done);
+        journal.effect_starting("r1", &start(2)).unwrap();
+        let unfinished = runtime.block_on(journal.unfinished_runs()).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].run.effects.len(), 1, "effect 1 is replayed");
+        assert_eq!(
+            unfinished[0].in_doubt,
+            vec![start(2)]
+                .into_iter()
+                .map(|mut s| {
+                    s.started_at = unfinished[0].in_doubt[0].started_at;
+                    s
+                })
+                .collect::<Vec<_>>()
+        );
+        // Recorded in doubt with the run: the mark is gone, the record says so.
+        run.effects = vec![done, start(2).into_in_doubt_record()];
+        run.status = RunStatus::Dead;
+        run.finished_at = Some(Utc::now());
+        runtime.block_on(journal.record_run(&run)).unwrap();
+        assert!(
+            runtime
+                .block_on(journal.unfinished_runs())
+                .unwrap()
+                .is_empty()
+        );
+        let stored = journal.get_run("r1").unwrap().unwrap().run;
+        assert!(!stored.effects[0].in_doubt);
+        assert!(stored.effects[1].in_doubt);
+        let error = stored.effects[1].result.as_ref().unwrap_err();
+        assert_eq!(error.kind, crate::effects::EffectErrorKind::InDoubt);
+        let marks: i64 = journal
+            .inner
+            .readers
+            .with(
+                |conn| Ok(conn.query_row("SELECT count(*) FROM effect_starts", [], |r| r.get(0))?),
+            )
+            .unwrap();
+        assert_eq!(marks, 0);
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! being lost; the journal drops the duplicate if the first delivery did get
 //! through. The same event arriving by the WebSocket too is dropped the same
 //! way: both paths make the same [`Event`] id.
+//!
+//! Every answer carries an [`Answered`] mark: the public server
+//! (`crate::serve::public`), which also bounds time, size and numbers,
+//! counts it and logs refusals at a rate, so that a flood of forged requests
+//! does not flood the log.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +38,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use crate::event::{Event, EventError, Source};
+use crate::serve::refusals::Answered;
 
 /// Where Zoom posts events.
 pub const WEBHOOK_PATH: &str = "/zoom/webhook";
@@ -292,9 +298,8 @@ async fn receive(
         Ok(body) => body,
         Err(rejection) => {
             let status = rejection.status();
-            tracing::warn!(status = status.as_u16(), error = %rejection.body_text(), "webhook body refused");
-            count("too_large");
-            return status.into_response();
+            let why = rejection.body_text();
+            return answer(status.into_response(), Answered::refused("too_large", why));
         }
     };
     let message = UnverifiedWebhook::new(&headers, body)
@@ -304,17 +309,21 @@ async fn receive(
         Err(error) => refuse(&error),
         Ok(WebhookMessage::UrlValidation { plain_token }) => {
             tracing::info!("answered zoom's webhook url validation");
-            count("url_validation");
-            axum::Json(url_validation_answer(&state.secret, &plain_token)).into_response()
+            let response =
+                axum::Json(url_validation_answer(&state.secret, &plain_token)).into_response();
+            answer(response, Answered::ok("url_validation"))
         }
         Ok(WebhookMessage::Event(event)) => hand_over(&state.events, *event),
     }
 }
 
+/// The refusal, marked for the server, which counts it and logs it at a rate.
 fn refuse(error: &WebhookError) -> Response {
-    tracing::warn!(error = %error, "webhook refused");
-    count(error.outcome());
-    (error.status(), error.to_string()).into_response()
+    let response = (error.status(), error.to_string()).into_response();
+    answer(
+        response,
+        Answered::refused(error.outcome(), error.to_string()),
+    )
 }
 
 /// Queues the event without waiting: 200, or 503 when the engine cannot take it now.
@@ -323,33 +332,29 @@ fn hand_over(events: &mpsc::Sender<Event>, event: Event) -> Response {
     match events.try_send(event) {
         Ok(()) => {
             tracing::debug!(event_type, event_id, "webhook event accepted");
-            count("accepted");
-            StatusCode::OK.into_response()
+            answer(StatusCode::OK.into_response(), Answered::ok("accepted"))
         }
         Err(error) => {
             let reason = match error {
                 mpsc::error::TrySendError::Full(_) => "engine queue full",
                 mpsc::error::TrySendError::Closed(_) => "engine stopping",
             };
-            tracing::warn!(
-                event_type,
-                event_id,
-                reason,
-                "webhook event refused with 503, zoom will retry"
-            );
-            count("busy");
             let mut response = (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
-            response
+            let why = format!(
+                "{reason}: event {event_type} {event_id} refused with 503, zoom will retry"
+            );
+            answer(response, Answered::refused("busy", why))
         }
     }
 }
 
-fn count(outcome: &'static str) {
-    metrics::counter!("zoomwire_webhook_requests_total", "outcome" => outcome).increment(1);
+fn answer(mut response: Response, answered: Answered) -> Response {
+    response.extensions_mut().insert(answered);
+    response
 }
 
 #[cfg(test)]

@@ -125,6 +125,9 @@ impl Daemon {
     /// Starts every part; returns once the admin API listens and every
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        for setting in settings.register_secrets(crate::secrets::Secrets::global()) {
+            tracing::warn!(setting = %setting, min_chars = crate::secrets::MIN_SECRET_CHARS, "this secret is too short to be scrubbed from logs and records by value: use a longer one");
+        }
         let limits = sandbox_limits(&settings)?;
         let sources = rule_sources(&settings);
         // Watched before the rules load, so that a change made meanwhile is seen.

@@ -346,6 +346,56 @@ impl Settings {
         }
     }
 
+    /// Registers every secret these settings hold for redaction by value
+    /// (the client secrets, the webhook secret, the Slack token and webhook
+    /// URLs, the SMTP password, the admin token); answers the settings whose
+    /// secret is too short to be scrubbed that way.
+    pub fn register_secrets(&self, secrets: &crate::secrets::Secrets) -> Vec<String> {
+        let mut too_short = Vec::new();
+        let mut add = |setting: &str, secret: &str| {
+            if secrets.add(secret).is_err() {
+                too_short.push(setting.to_string());
+            }
+        };
+        for account in &self.accounts {
+            add(
+                &format!("accounts.{}.client_secret", account.name),
+                account.client_secret.expose_secret(),
+            );
+        }
+        if let Some(secret) = &self.webhook.secret_token {
+            add("ZOOM_WEBHOOK_SECRET_TOKEN", secret.expose_secret());
+        }
+        if let Some(token) = &self.slack.bot_token {
+            add("SLACK_BOT_TOKEN", token.expose_secret());
+        }
+        for (name, url) in &self.slack.webhooks {
+            let setting = format!("slack_webhooks.{name}");
+            add(&setting, url.expose_secret());
+            // The path is the secret part, and what a request line shows.
+            if let Ok(parsed) = Url::parse(url.expose_secret())
+                && parsed.path().len() > 1
+            {
+                add(&setting, parsed.path());
+            }
+        }
+        if let Some(smtp_url) = &self.email.smtp_url {
+            add("SMTP_URL", smtp_url.expose_secret());
+            if let Ok(parsed) = Url::parse(smtp_url.expose_secret())
+                && let Some(password) = parsed.password()
+            {
+                let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+                add("SMTP_URL (its password)", &decoded);
+            }
+        }
+        if let Some(token) = &self.admin_token
+            && !token.register_secret(secrets)
+        {
+            too_short.push("ZOOMWIRE_ADMIN_TOKEN".into());
+        }
+        too_short
+    }
+
     /// Where the admin server listens and its token.
     pub fn admin_options(&self) -> AdminOptions {
         AdminOptions {

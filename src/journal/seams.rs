@@ -96,10 +96,14 @@ impl Journal for SqliteJournal {
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
-            let stored = self.inner.readers.with(query::unfinished_runs)?;
+            let seal = &self.inner.seal;
+            let stored = self
+                .inner
+                .readers
+                .with(|conn| query::unfinished_runs(conn, seal))?;
             let mut unfinished = Vec::with_capacity(stored.len());
             for (run, event) in stored {
-                match event.map(query::StoredEvent::into_event) {
+                match event.map(|event| event.into_event(seal)) {
                     Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
                     Some(Err(error)) => self.give_up(&run, &error.0).await?,
                     None => {

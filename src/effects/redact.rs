@@ -121,7 +121,7 @@ fn redact_url_secrets(text: &str) -> Cow<'_, str> {
         while let Some(found) = out[search_from..].find(param) {
             let start = search_from + found + param.len();
             let end = out[start..]
-                .find(['&', '#', ' ', '"', '\''])
+                .find(['&', '#', ' ', '"', '\'', '`', '>', ')', ',', ';', '\n'])
                 .map_or(out.len(), |e| start + e);
             if &out[start..end] != REDACTED {
                 out.to_mut().replace_range(start..end, REDACTED);

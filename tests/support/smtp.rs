@@ -99,6 +99,16 @@ impl SmtpSink {
             .collect()
     }
 
+    /// The AUTH mechanisms clients used so far: one line per attempt that
+    /// reached the server with credentials.
+    pub fn auth_attempts(&self) -> Vec<String> {
+        std::fs::read_to_string(self.out.path().join("auth-attempts.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Waits until `count` messages arrived (the sink writes them after answering).
     pub fn wait_for_messages(&self, count: usize) -> Vec<Value> {
         let until = Instant::now() + Duration::from_secs(10);

@@ -310,7 +310,7 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             Ok((
                 journal.clone(),
                 journal.clone(),
-                Arc::new(MemoryState::default()),
+                Arc::new(MemoryState::with_max_keys(settings.effects.state_max_keys)),
                 journal,
             ))
         }

@@ -787,7 +787,14 @@ mod tests {
             r#"{"event":"recording.completed","payload":{"object":{"download_token":"nested","b":[1, 2]}},"z":1}"#,
             "the order and every other value kept"
         );
-        assert!(event.body().as_map_ref().unwrap().get("download_token").is_none());
+        assert!(
+            event
+                .body()
+                .as_map_ref()
+                .unwrap()
+                .get("download_token")
+                .is_none()
+        );
         assert_eq!(
             Secrets::global().scrub("x event-test-download-token"),
             "x [redacted]"

@@ -90,7 +90,11 @@ mod tests {
         assert_eq!(mode(&root.path().join("a")), 0o700);
         assert_eq!(mode(&deep), 0o700);
         let file = deep.join("f");
-        file_options().write(true).create_new(true).open(&file).unwrap();
+        file_options()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+            .unwrap();
         assert_eq!(mode(&file), 0o600);
     }
 

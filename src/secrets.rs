@@ -40,7 +40,9 @@ pub const MAX_SEEN_TOKENS: usize = 1024;
 
 /// Why a secret was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shorter than {MIN_SECRET_CHARS} characters, so it cannot be scrubbed from output by value")]
+#[error(
+    "shorter than {MIN_SECRET_CHARS} characters, so it cannot be scrubbed from output by value"
+)]
 pub struct TooShort;
 
 /// The secrets of this process.
@@ -134,10 +136,7 @@ impl Secrets {
             .ok();
         if matcher.is_none() {
             // Only on patterns too large for any automaton, which the caps exclude.
-            tracing::error!(
-                secrets = patterns.len(),
-                "cannot build the secret matcher"
-            );
+            tracing::error!(secrets = patterns.len(), "cannot build the secret matcher");
         }
         self.matcher.store(matcher.map(Arc::new));
     }
@@ -199,7 +198,10 @@ impl Secrets {
                 .fold(false, |changed, item| self.scrub_json_walk(item) || changed),
             Value::Object(map) => {
                 let mut changed = false;
-                if map.keys().any(|key| matches!(self.scrub(key), Cow::Owned(_))) {
+                if map
+                    .keys()
+                    .any(|key| matches!(self.scrub(key), Cow::Owned(_)))
+                {
                     let entries = std::mem::take(map);
                     *map = entries
                         .into_iter()

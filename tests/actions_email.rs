@@ -177,12 +177,22 @@ async fn a_password_is_never_sent_to_a_relay_without_starttls() {
     .unwrap_err();
     assert_eq!(error.kind, EffectErrorKind::Permanent, "{error}");
     assert!(
-        error.message.contains("offers no STARTTLS, so nothing was sent"),
+        error
+            .message
+            .contains("offers no STARTTLS, so nothing was sent"),
         "{}",
         error.message
     );
-    assert!(!error.message.contains("never-sent-pw"), "{}", error.message);
-    assert_eq!(sink.auth_attempts(), Vec::<String>::new(), "no AUTH reached the relay");
+    assert!(
+        !error.message.contains("never-sent-pw"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        sink.auth_attempts(),
+        Vec::<String>::new(),
+        "no AUTH reached the relay"
+    );
     assert!(sink.messages().is_empty());
 }
 

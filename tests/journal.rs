@@ -432,7 +432,10 @@ async fn run_details_show_the_trigger_with_secrets_redacted() {
     let event = detail.event.as_ref().unwrap();
     assert_eq!(event.event_type, "recording.completed");
     assert_eq!(event.source, "webhook");
-    assert!(event.body.get("download_token").is_none(), "taken out at intake");
+    assert!(
+        event.body.get("download_token").is_none(),
+        "taken out at intake"
+    );
     let json = serde_json::to_value(&detail).unwrap();
     assert_eq!(json["id"], "r");
     assert_eq!(json["event"]["type"], "recording.completed");
@@ -471,10 +474,9 @@ async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
     }
     let body_with_token = {
         let mut body: serde_json::Value = serde_json::from_str(&trigger.raw).unwrap();
-        body.as_object_mut().unwrap().insert(
-            "download_token".into(),
-            json!("old-store-download-token"),
-        );
+        body.as_object_mut()
+            .unwrap()
+            .insert("download_token".into(), json!("old-store-download-token"));
         body.to_string()
     };
     {
@@ -526,8 +528,15 @@ async fn a_resumed_run_replays_the_unredacted_result_which_the_store_keeps_seale
     }];
     journal.record_run(&pending).await.unwrap();
     let shown = journal.get_run("resumed").unwrap().unwrap();
-    assert_eq!(shown.run.effects[0].unredacted, None, "history never opens it");
-    assert!(!serde_json::to_string(&shown).unwrap().contains("sealed-meeting-pwd"));
+    assert_eq!(
+        shown.run.effects[0].unredacted, None,
+        "history never opens it"
+    );
+    assert!(
+        !serde_json::to_string(&shown)
+            .unwrap()
+            .contains("sealed-meeting-pwd")
+    );
     drop(journal);
     assert_no_token_in_store_files(dir.path(), "sealed-meeting-pwd");
     let journal = open(dir.path());

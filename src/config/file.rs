@@ -95,6 +95,9 @@ pub struct FileConfig {
     pub reconcile: FileReconcile,
     pub shutdown_grace: Option<Scalar>,
     pub max_waiting_runs: Option<Scalar>,
+    pub ca_file: Option<Scalar>,
+    pub downloads: FileDownloads,
+    pub state: FileState,
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub sandbox: Option<serde_json::Value>,
 }
@@ -150,11 +153,25 @@ pub struct FileWebsocket {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct FileDownloads {
+    pub max_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileState {
+    pub max_keys: Option<Scalar>,
+    pub max_value_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
     pub store: Option<Scalar>,
     pub sync: Option<Scalar>,
     pub dedupe_window: Option<Scalar>,
     pub retention: Option<Scalar>,
+    pub warn_size: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize)]

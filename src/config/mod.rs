@@ -71,6 +71,8 @@ pub struct Settings {
     pub websocket: WebsocketSettings,
     pub journal: JournalSettings,
     pub reconcile: ReconcileSettings,
+    /// What effects may reach and keep.
+    pub effects: EffectSettings,
     /// How long runs in flight may take to finish after Ctrl-C or SIGTERM.
     pub shutdown_grace: Duration,
     /// Runs that may wait their turn in all (`ZOOMWIRE_MAX_WAITING_RUNS`); at
@@ -165,6 +167,22 @@ pub struct JournalSettings {
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.
     pub retention: Duration,
+    /// Past this size the store is warned about (`ZOOMWIRE_STORE_WARN_SIZE`).
+    pub warn_size: u64,
+}
+
+/// What effects may reach and keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectSettings {
+    /// Extra root certificates (PEM) for Zoom, Slack, downloads and
+    /// `http::request` (`ZOOMWIRE_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// Largest recording download (`ZOOMWIRE_MAX_DOWNLOAD`).
+    pub max_download: u64,
+    /// Live state keys one rule may hold (`ZOOMWIRE_STATE_MAX_KEYS`).
+    pub state_max_keys: usize,
+    /// Bytes of one state value as JSON (`ZOOMWIRE_STATE_MAX_VALUE`).
+    pub state_max_value: usize,
 }
 
 /// Finding through REST what Zoom sent while no connection was up.
@@ -334,7 +352,7 @@ impl Settings {
     /// What the live effects need: endpoints, Slack, mail and the archive
     /// (`$ZOOMWIRE_DATA/archive`); rates and limits keep their defaults.
     pub fn live_config(&self) -> LiveConfig {
-        LiveConfig {
+        let mut config = LiveConfig {
             zoom_api_base: checked_url(&self.zoom.api_base),
             slack_api_base: checked_url(&self.slack.api_base),
             slack_bot_token: self.slack.bot_token.clone(),
@@ -342,8 +360,12 @@ impl Settings {
             smtp_url: self.email.smtp_url.clone(),
             email_from: self.email.from.clone(),
             smtp_ca_file: self.email.ca_file.clone(),
+            ca_file: self.effects.ca_file.clone(),
             ..LiveConfig::new(&self.data_dir)
-        }
+        };
+        config.limits.max_download_bytes = Some(self.effects.max_download);
+        config.limits.max_state_value_bytes = self.effects.state_max_value;
+        config
     }
 
     /// Registers every secret these settings hold for redaction by value
@@ -421,6 +443,8 @@ impl Settings {
             dedupe_window: self.journal.dedupe_window,
             max_age: self.journal.retention,
             sync: self.journal.sync,
+            warn_size_bytes: Some(self.journal.warn_size),
+            max_state_keys: self.effects.state_max_keys,
             ..JournalOptions::default()
         }
     }

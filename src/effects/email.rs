@@ -440,7 +440,11 @@ mod tests {
             EmailConfigError::OpportunisticWithPassword
         );
         let s = SmtpSettings::parse("smtp://mail.test?tls=opportunistic").unwrap();
-        assert_eq!(s.security, SmtpSecurity::Opportunistic, "no password to protect");
+        assert_eq!(
+            s.security,
+            SmtpSecurity::Opportunistic,
+            "no password to protect"
+        );
     }
 
     #[test]

@@ -326,17 +326,30 @@ impl RunEffects {
             ));
         }
         if name == "http.request" {
-            let host = args["url"]
-                .as_str()
-                .and_then(|u| url::Url::parse(u).ok())
+            let url = args["url"].as_str().and_then(|u| url::Url::parse(u).ok());
+            let host = url
+                .as_ref()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_default();
+            let port = url.as_ref().and_then(url::Url::port_or_known_default);
             if !self.capabilities.allows_host(&host) {
                 return Err(EffectError::new(
                     name,
                     EffectErrorKind::Denied,
                     format!(
                         "rule `{}` may not reach host `{host}`: add `http:{host}` to the rule's `allow:` list",
+                        self.context.rule
+                    ),
+                ));
+            }
+            if let Some(port) = port
+                && !self.capabilities.allows_target(&host, port)
+            {
+                return Err(EffectError::new(
+                    name,
+                    EffectErrorKind::Denied,
+                    format!(
+                        "rule `{}` may not reach port {port} of `{host}` (`http:{host}` allows ports 80 and 443): add `http:{host}:{port}` to the rule's `allow:` list",
                         self.context.rule
                     ),
                 ));

@@ -9,6 +9,7 @@
 //! recorded, replayed on a retry and matched in a test.
 
 pub mod accounts;
+pub mod address;
 pub mod capability;
 pub mod download;
 pub mod email;

@@ -113,7 +113,11 @@ fn redact_url_secrets(text: &str) -> Cow<'_, str> {
         let rest = &text[scheme_end + 3..];
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {
-            out = Cow::Owned(format!("{}{REDACTED}{}", &text[..scheme_end + 3], &rest[at..]));
+            out = Cow::Owned(format!(
+                "{}{REDACTED}{}",
+                &text[..scheme_end + 3],
+                &rest[at..]
+            ));
         }
     }
     for param in SECRET_PARAMS {
@@ -173,10 +177,14 @@ mod tests {
     #[test]
     fn redacts_every_secret_the_process_holds_by_value() {
         Secrets::global().add("redact-test-bearer-4242").unwrap();
-        let result = json!({"echo": "got redact-test-bearer-4242 back", "redact-test-bearer-4242": 1});
+        let result =
+            json!({"echo": "got redact-test-bearer-4242 back", "redact-test-bearer-4242": 1});
         let (shown, changed) = redact_tracked(&result);
         assert!(changed);
-        assert_eq!(shown, json!({"echo": "got [redacted] back", "[redacted]": 1}));
+        assert_eq!(
+            shown,
+            json!({"echo": "got [redacted] back", "[redacted]": 1})
+        );
         let error = redact_error(EffectError::permanent(
             "http.request",
             "answered 302 with a malformed Location `https://x/?access_token=abc` and redact-test-bearer-4242",

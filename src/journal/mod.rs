@@ -56,6 +56,9 @@ pub use schema::SCHEMA_VERSION;
 /// The store's file name inside the data directory.
 pub const DB_FILE: &str = "zoomwire.db";
 
+/// The store size past which the daemon warns: 1 GiB.
+pub const DEFAULT_WARN_SIZE_BYTES: u64 = 1 << 30;
+
 /// How the journal behaves; [`Default`] suits the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalOptions {
@@ -77,6 +80,11 @@ pub struct JournalOptions {
     pub verify_on_open: bool,
     /// Cap on the file's size: writes beyond it fail as on a full disk.
     pub max_size_bytes: Option<u64>,
+    /// Past this size (the store and its log together) each pruning pass
+    /// logs a warning; `None` never does.
+    pub warn_size_bytes: Option<u64>,
+    /// Live state keys one rule may hold; a new one past it is refused.
+    pub max_state_keys: usize,
     /// How long to wait for another process holding the store's lock.
     pub busy_timeout: Duration,
     /// When commits reach the disk.
@@ -119,6 +127,8 @@ impl Default for JournalOptions {
             queue_capacity: 8192,
             verify_on_open: true,
             max_size_bytes: None,
+            warn_size_bytes: Some(DEFAULT_WARN_SIZE_BYTES),
+            max_state_keys: crate::effects::state::DEFAULT_MAX_KEYS,
             busy_timeout: Duration::from_secs(5),
             sync: JournalSync::Full,
         }
@@ -281,7 +291,10 @@ impl SqliteJournal {
         if upgrade::needs_token_sealing(version_before) {
             let sealed = upgrade::seal_stored_tokens(&mut conn, &seal)
                 .map_err(|e| schema::open_error(&path, e))?;
-            tracing::info!(events = sealed, "download tokens taken out of the stored event bodies");
+            tracing::info!(
+                events = sealed,
+                "download tokens taken out of the stored event bodies"
+            );
         }
         let settings = WriterSettings {
             path: path.clone(),
@@ -305,6 +318,7 @@ impl SqliteJournal {
             _writer_thread: JoinOnDrop(Some(thread)),
             _stop_pruner: interval.map(|_| stop_pruner),
         });
+        inner.check_size();
         if let Some(interval) = interval {
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new()
@@ -436,6 +450,21 @@ impl SqliteJournal {
 }
 
 impl Inner {
+    /// Reports the store's size (`zoomwire_store_bytes`) and warns past
+    /// `warn_size_bytes`.
+    fn check_size(&self) {
+        let bytes = store_size(&self.path);
+        metrics::gauge!("zoomwire_store_bytes").set(bytes as f64);
+        if let Some(limit) = self.options.warn_size_bytes
+            && bytes > limit
+        {
+            tracing::warn!(
+                path = %self.path.display(), bytes, warn_size = limit,
+                "the store is larger than journal.warn_size: shorten journal.retention, give rule state a ttl, or raise the limit"
+            );
+        }
+    }
+
     fn prune(&self) -> Result<PruneReport, JournalError> {
         let cutoff = to_nanos(Utc::now()).saturating_sub(duration_nanos(self.options.max_age));
         let report = PruneReport {
@@ -485,6 +514,7 @@ fn prune_loop(inner: Weak<Inner>, stop: std::sync::mpsc::Receiver<()>, interval:
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "journal pruning failed"),
         }
+        inner.check_size();
         drop(inner);
         if !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout)) {
             return;
@@ -496,6 +526,17 @@ pub(crate) fn unexpected(outcome: &Outcome) -> JournalError {
     JournalError(format!(
         "the journal writer answered unexpectedly: {outcome:?}"
     ))
+}
+
+/// The bytes of the store and its write-ahead log.
+fn store_size(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)]
+        .iter()
+        .filter_map(|file| std::fs::metadata(file).ok())
+        .map(|meta| meta.len())
+        .sum()
 }
 
 /// Creates the store's file 0600 before SQLite opens it, so that the `-wal`

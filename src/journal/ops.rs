@@ -77,6 +77,8 @@ pub(crate) enum Op {
         key: String,
         value: String,
         expires_at: Option<i64>,
+        /// A new key is refused when the rule holds this many live ones.
+        max_keys: usize,
     },
     Requeue {
         id: String,
@@ -96,6 +98,8 @@ pub(crate) enum Outcome {
     Accepted(bool),
     Done,
     Requeued(RequeueOutcome),
+    /// A new state key refused: the rule holds as many as it may.
+    StateFull,
     /// Rows deleted by a pruning step.
     Pruned(u64),
 }
@@ -122,7 +126,16 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             key,
             value,
             expires_at,
-        } => set_state(tx, rule, key, value, *expires_at, now).map(|()| Outcome::Done),
+            max_keys,
+        } => {
+            let entry = StateEntry {
+                rule,
+                key,
+                value,
+                expires_at: *expires_at,
+            };
+            set_state(tx, &entry, *max_keys, now)
+        }
         Op::Requeue { id } => requeue(tx, id, now).map(Outcome::Requeued),
         Op::MarkDead { id, error } => mark_dead(tx, id, error, now).map(|()| Outcome::Done),
         Op::Prune(step) => apply_prune_step(tx, step, now).map(Outcome::Pruned),
@@ -152,10 +165,8 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
         event.received_at.saturating_add(window)
     ])?;
     let sealed_token = event.download_token.as_ref().and_then(|token| {
-        at.seal.seal(
-            &event_context(&event.id),
-            token.expose_secret().as_bytes(),
-        )
+        at.seal
+            .seal(&event_context(&event.id), token.expose_secret().as_bytes())
     });
     tx.prepare_cached(
         "INSERT INTO events (id, type, ts, source, received_at, raw, sealed_token)
@@ -279,21 +290,49 @@ fn replace_logs(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// One rule state value to set.
+struct StateEntry<'a> {
+    rule: &'a str,
+    key: &'a str,
+    value: &'a str,
+    expires_at: Option<i64>,
+}
+
+/// Sets a state value; a new key is refused once the rule holds `max_keys`
+/// live ones (expired keys not yet pruned do not count).
 fn set_state(
     tx: &Transaction<'_>,
-    rule: &str,
-    key: &str,
-    value: &str,
-    expires_at: Option<i64>,
+    entry: &StateEntry<'_>,
+    max_keys: usize,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Outcome> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM state WHERE rule = ?1 AND key = ?2")?
+        .exists(params![entry.rule, entry.key])?;
+    if !exists {
+        let held: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM state WHERE rule = ?1
+                     AND (expires_at IS NULL OR expires_at > ?2)",
+            )?
+            .query_row(params![entry.rule, now], |row| row.get(0))?;
+        if usize::try_from(held).unwrap_or(usize::MAX) >= max_keys {
+            return Ok(Outcome::StateFull);
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO state (rule, key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(rule, key) DO UPDATE SET value = excluded.value,
              expires_at = excluded.expires_at, updated_at = excluded.updated_at",
     )?
-    .execute(params![rule, key, value, expires_at, now])?;
-    Ok(())
+    .execute(params![
+        entry.rule,
+        entry.key,
+        entry.value,
+        entry.expires_at,
+        now
+    ])?;
+    Ok(Outcome::Done)
 }
 
 /// Puts a failed or dead run back to pending as a fresh first attempt,

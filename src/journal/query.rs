@@ -283,7 +283,8 @@ fn fill_run(conn: &Connection, run: &mut RunRecord, seal: Option<&SealKey>) -> R
         let mut effect = effect_row(row)?;
         if let Some(seal) = seal {
             let sealed: Option<Vec<u8>> = row.get(7)?;
-            effect.unredacted = sealed.and_then(|sealed| open_result(seal, &run.id, &effect, &sealed));
+            effect.unredacted =
+                sealed.and_then(|sealed| open_result(seal, &run.id, &effect, &sealed));
         }
         run.effects.push(effect);
     }
@@ -304,7 +305,12 @@ fn fill_run(conn: &Connection, run: &mut RunRecord, seal: Option<&SealKey>) -> R
 
 /// An effect's sealed result, opened; `None` (the redacted result is
 /// replayed instead) when it does not open.
-fn open_result(seal: &SealKey, run_id: &str, effect: &EffectRecord, sealed: &[u8]) -> Option<Value> {
+fn open_result(
+    seal: &SealKey,
+    run_id: &str,
+    effect: &EffectRecord,
+    sealed: &[u8],
+) -> Option<Value> {
     let opened = seal
         .open(&effect_context(run_id, effect.seq), sealed)
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());

@@ -150,9 +150,9 @@ fn create_key(path: &Path) -> Result<Vec<u8>, SealKeyError> {
         .create_new(true)
         .open(path)
         .and_then(|mut file| {
-        file.write_all(&bytes)?;
-        file.sync_all()
-    });
+            file.write_all(&bytes)?;
+            file.sync_all()
+        });
     match written {
         Ok(()) => Ok(bytes.to_vec()),
         Err(error) if error.kind() == ErrorKind::AlreadyExists => {
@@ -185,7 +185,10 @@ mod tests {
         let other = SealKey::ephemeral().unwrap();
         assert!(other.open("effect:r1:1", &sealed).is_none(), "another key");
         assert!(key.open("effect:r1:1", &sealed[..5]).is_none(), "truncated");
-        assert_ne!(sealed, key.seal("effect:r1:1", b"next_page_token=abc").unwrap());
+        assert_ne!(
+            sealed,
+            key.seal("effect:r1:1", b"next_page_token=abc").unwrap()
+        );
     }
 
     #[test]

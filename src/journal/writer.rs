@@ -291,6 +291,7 @@ mod tests {
             key: key.into(),
             value: "1".into(),
             expires_at: None,
+            max_keys: usize::MAX,
         }
     }
 

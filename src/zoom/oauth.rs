@@ -296,8 +296,8 @@ fn register_credentials(config: &OAuthConfig) {
     let secrets = crate::secrets::Secrets::global();
     let secret = config.client_secret.expose_secret();
     let _ = secrets.add(secret);
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{secret}", config.client_id));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{secret}", config.client_id));
     let _ = secrets.add(&basic);
 }
 

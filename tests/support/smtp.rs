@@ -191,8 +191,9 @@ fn importable(pydeps: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A test CA and a server certificate for 127.0.0.1 and localhost, signed by it.
-fn make_certificates() -> tempfile::TempDir {
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 and
+/// localhost signed by it (`server.pem`, `server.key`).
+pub fn make_certificates() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = |name: &str| dir.path().join(name);
     std::fs::write(

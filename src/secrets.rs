@@ -193,9 +193,13 @@ impl Secrets {
                     true
                 }
             },
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| self.scrub_json_walk(item) || changed),
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.scrub_json_walk(item);
+                }
+                changed
+            }
             Value::Object(map) => {
                 let mut changed = false;
                 if map

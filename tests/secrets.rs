@@ -255,7 +255,7 @@ async fn no_secret_reaches_any_output_the_store_or_the_admin_server_at_trace_lev
         ),
         ("RUST_LOG", "trace".into()),
     ] {
-        ws.set_env(&name, &value);
+        ws.set_env(name, &value);
     }
     ws.write_rule("leaky.yaml", LEAKY);
 

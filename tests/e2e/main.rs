@@ -36,6 +36,7 @@ mod rule_files;
 mod sandbox;
 mod sandbox_memory;
 mod schedule;
+mod secrets;
 mod sim;
 mod webhook;
 mod webhook_abuse;

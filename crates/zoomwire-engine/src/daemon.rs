@@ -129,6 +129,9 @@ impl Daemon {
     /// Starts every part; returns once the admin API listens and every
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        for setting in settings.register_secrets(crate::secrets::Secrets::global()) {
+            tracing::warn!(setting = %setting, min_chars = crate::secrets::MIN_SECRET_CHARS, "this secret is too short to be scrubbed from logs and records by value: use a longer one");
+        }
         let limits = settings.sandbox.effective();
         // Many webhook connections must not starve the store, the WebSocket
         // and the admin server of file descriptors.
@@ -309,7 +312,7 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             Ok((
                 journal.clone(),
                 journal.clone(),
-                Arc::new(MemoryState::default()),
+                Arc::new(MemoryState::with_max_keys(settings.effects.state_max_keys)),
                 journal,
             ))
         }

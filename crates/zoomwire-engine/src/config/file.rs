@@ -136,6 +136,12 @@ pub struct FileConfig {
     /// ZOOMWIRE_MAX_WAITING_RUNS: runs waiting their turn before intake stops
     /// reading events (default 100000).
     pub max_waiting_runs: Option<Scalar>,
+    /// ZOOMWIRE_CA_FILE: an extra root certificate (PEM) for outgoing HTTPS.
+    pub ca_file: Option<Scalar>,
+    /// Recording downloads.
+    pub downloads: FileDownloads,
+    /// Rule state (`state::set`).
+    pub state: FileState,
     /// Free values scripts and conditions read as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Limits of the script sandbox; zeros mean the safe default.
@@ -229,6 +235,22 @@ pub struct FileWebsocket {
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+pub struct FileDownloads {
+    /// ZOOMWIRE_MAX_DOWNLOAD: the largest recording file a download writes.
+    pub max_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileState {
+    /// ZOOMWIRE_STATE_MAX_KEYS: keys of state one rule may hold.
+    pub max_keys: Option<Scalar>,
+    /// ZOOMWIRE_STATE_MAX_VALUE: the largest value `state::set` stores.
+    pub max_value_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
     /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable) or `memory`.
     pub store: Option<Scalar>,
@@ -238,6 +260,8 @@ pub struct FileJournal {
     pub dedupe_window: Option<Scalar>,
     /// ZOOMWIRE_RETENTION: how long runs and events are kept (default 30d).
     pub retention: Option<Scalar>,
+    /// ZOOMWIRE_STORE_WARN_SIZE: a store larger than this is warned about.
+    pub warn_size: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]

@@ -19,9 +19,9 @@ use super::values::{
     parse_size, parse_smtp_url, parse_socket_addr, parse_switch, parse_url,
 };
 use super::{
-    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, ReconcileSettings,
-    Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints,
-    parse_dotenv,
+    DEFAULT_ACCOUNT, DotenvValue, EffectSettings, EmailSettings, JournalSettings, LoadedFrom,
+    ReconcileSettings, Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings,
+    ZoomEndpoints, parse_dotenv,
 };
 use crate::admin::AdminToken;
 use crate::admin::guard::check_bind;
@@ -261,6 +261,7 @@ pub(super) fn build(sources: &Sources) -> Built {
             interval: DEFAULT_RECONCILE_INTERVAL,
             lookback: DEFAULT_RECONCILE_LOOKBACK,
         },
+        effects: resolve_effects(&mut resolver, &file),
         shutdown_grace: resolver
             .get(
                 &key("ZOOMWIRE_SHUTDOWN_GRACE", "shutdown_grace"),
@@ -640,6 +641,39 @@ fn resolve_websocket(r: &mut Resolver, file: &FileConfig) -> WebsocketSettings {
     }
 }
 
+fn resolve_effects(r: &mut Resolver, file: &FileConfig) -> EffectSettings {
+    use crate::effects::live::{DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_STATE_VALUE_BYTES};
+    use crate::effects::state::DEFAULT_MAX_KEYS;
+    EffectSettings {
+        ca_file: r.get(
+            &key("ZOOMWIRE_CA_FILE", "ca_file"),
+            file.ca_file.as_ref(),
+            path,
+        ),
+        max_download: r
+            .get(
+                &key("ZOOMWIRE_MAX_DOWNLOAD", "downloads.max_size"),
+                file.downloads.max_size.as_ref(),
+                parse_size,
+            )
+            .map_or(DEFAULT_MAX_DOWNLOAD_BYTES, |size| size as u64),
+        state_max_keys: r
+            .get(
+                &key("ZOOMWIRE_STATE_MAX_KEYS", "state.max_keys"),
+                file.state.max_keys.as_ref(),
+                parse_positive_count,
+            )
+            .unwrap_or(DEFAULT_MAX_KEYS),
+        state_max_value: r
+            .get(
+                &key("ZOOMWIRE_STATE_MAX_VALUE", "state.max_value_size"),
+                file.state.max_value_size.as_ref(),
+                parse_size,
+            )
+            .unwrap_or(DEFAULT_MAX_STATE_VALUE_BYTES),
+    }
+}
+
 fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
     let journal = &file.journal;
     let dedupe_window = r
@@ -679,11 +713,19 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
             parse_journal_sync,
         )
         .unwrap_or(JournalSync::Full);
+    let warn_size = r
+        .get(
+            &key("ZOOMWIRE_STORE_WARN_SIZE", "journal.warn_size"),
+            journal.warn_size.as_ref(),
+            parse_size,
+        )
+        .map_or(crate::journal::DEFAULT_WARN_SIZE_BYTES, |size| size as u64);
     JournalSettings {
         store,
         sync,
         dedupe_window,
         retention,
+        warn_size,
     }
 }
 

@@ -4,9 +4,13 @@
 //! arguments. The gateway checks the rule's capabilities, numbers the call,
 //! answers from the run's earlier attempts when the same call was already
 //! made (so a retried run does not post to Slack twice), otherwise performs
-//! it on the runtime within the run's deadline, and records it with its
-//! arguments redacted. Observers (the journal) see each record as soon as it
-//! completes, so a crash after an effect does not repeat it on resume.
+//! it on the runtime within the run's deadline, and records it redacted
+//! (`redact.rs`). The script gets the answer with only the process's own
+//! secrets scrubbed; the record keeps that answer apart (`unredacted`,
+//! sealed in the store) when redaction changed it, so a replay gives the
+//! script what the first attempt got. Log lines and errors are redacted
+//! too. Observers (the journal) see each record as soon as it completes, so
+//! a crash after an effect does not repeat it on resume.
 //!
 //! A run's output is bounded ([`OutputLimits`]): it keeps at most
 //! `max_log_lines` log lines and `max_log_bytes` of log text, then drops
@@ -35,10 +39,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::redact::{redact, redact_error, redact_text, redact_tracked};
 use super::{
     CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
-    is_external, is_repeatable, redact, required_capability,
+    is_external, is_repeatable, required_capability,
 };
+use crate::secrets::Secrets;
 
 /// One effect call of a run, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +54,12 @@ pub struct EffectRecord {
     pub name: String,
     /// Arguments with secrets redacted.
     pub args: Value,
+    /// The result with secrets redacted: what records and the page show.
     pub result: Result<Value, EffectError>,
+    /// The result the script got, when redaction changed it: what a replay
+    /// answers. Never serialized (the journal keeps it sealed).
+    #[serde(skip)]
+    pub unredacted: Option<Value>,
     pub started_at: DateTime<Utc>,
     pub latency_ms: f64,
     /// True when the result came from an earlier attempt instead of being performed.
@@ -87,6 +98,7 @@ impl EffectStart {
             latency_ms: 0.0,
             replayed: false,
             in_doubt: true,
+            unredacted: None,
         }
     }
 }
@@ -242,13 +254,23 @@ impl RunEffects {
             Ok(()) => self.perform(EffectRequest::new(name, args)),
             Err(error) => Err(error),
         };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (result, unredacted) = match result {
+            Ok(mut answer) => {
+                Secrets::global().scrub_json(&mut answer);
+                let (shown, changed) = redact_tracked(&answer);
+                (Ok(shown), changed.then_some(answer))
+            }
+            Err(error) => (Err(redact_error(error)), None),
+        };
         let record = EffectRecord {
             seq,
             name: name.to_string(),
             args: redacted_args,
-            result: result.map(|v| redact(&v)),
+            result,
+            unredacted,
             started_at,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms,
             replayed: false,
             in_doubt,
         };
@@ -358,7 +380,10 @@ impl RunEffects {
             let saved = observer.effect_completed_later(&self.context.run_id, &record);
             *lock(&self.saving) = Some(saved);
         }
-        let result = record.result.clone();
+        let result = match (&record.result, &record.unredacted) {
+            (Ok(_), Some(answer)) => Ok(answer.clone()),
+            (result, _) => result.clone(),
+        };
         lock(&self.records).push(record);
         result
     }
@@ -391,17 +416,30 @@ impl RunEffects {
             ));
         }
         if name == "http.request" {
-            let host = args["url"]
-                .as_str()
-                .and_then(|u| url::Url::parse(u).ok())
+            let url = args["url"].as_str().and_then(|u| url::Url::parse(u).ok());
+            let host = url
+                .as_ref()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_default();
+            let port = url.as_ref().and_then(url::Url::port_or_known_default);
             if !self.capabilities.allows_host(&host) {
                 return Err(EffectError::new(
                     name,
                     EffectErrorKind::Denied,
                     format!(
                         "rule `{}` may not reach host `{host}`: add `http:{host}` to the rule's `allow:` list",
+                        self.context.rule
+                    ),
+                ));
+            }
+            if let Some(port) = port
+                && !self.capabilities.allows_target(&host, port)
+            {
+                return Err(EffectError::new(
+                    name,
+                    EffectErrorKind::Denied,
+                    format!(
+                        "rule `{}` may not reach port {port} of `{host}` (`http:{host}` allows ports 80 and 443): add `http:{host}:{port}` to the rule's `allow:` list",
                         self.context.rule
                     ),
                 ));
@@ -430,6 +468,10 @@ impl RunEffects {
     /// Records a script log line (also sent to tracing), or counts it as
     /// dropped past `max_log_lines` or `max_log_bytes`.
     pub fn log(&self, level: &str, message: String) {
+        let message = match redact_text(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(shown) => shown,
+        };
         let mut book = lock(&self.logs);
         let full = book.lines.len() >= self.limits.max_log_lines
             || book.bytes + message.len() > self.limits.max_log_bytes;
@@ -481,6 +523,7 @@ impl RunEffects {
             name: "now".into(),
             args: Value::Null,
             result: Ok(Value::String(now.to_rfc3339())),
+            unredacted: None,
             started_at: now,
             latency_ms: 0.0,
             replayed: false,

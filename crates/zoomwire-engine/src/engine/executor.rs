@@ -630,7 +630,8 @@ fn pending_run(
 fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> (RunRecord, Arc<str>) {
     let mut record = new_record(&failure.rule, event, None);
     record.status = RunStatus::Skipped;
-    record.error = Some(format!("condition error: {}", failure.error));
+    let error = format!("condition error: {}", failure.error);
+    record.error = Some(crate::effects::redact::redact_text(&error).into_owned());
     record.finished_at = Some(Utc::now());
     (record, failure.rule.name.clone())
 }

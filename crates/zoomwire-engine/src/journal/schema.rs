@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -117,6 +117,17 @@ CREATE TABLE effect_starts (
 ) WITHOUT ROWID;
 ALTER TABLE effects ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
 ";
+
+/// What the store keeps sealed (`seal.rs`): an event's download token, taken
+/// out of its body, and an effect's result before redaction, for replay.
+const V4: &str = "
+ALTER TABLE events ADD COLUMN sealed_token BLOB;
+ALTER TABLE effects ADD COLUMN sealed_result BLOB;
+";
+
+/// The version that took download tokens out of stored bodies: a store
+/// migrated from before it has its bodies cleaned once (`tokens.rs`).
+pub(crate) const SEALED_TOKENS_VERSION: i64 = 4;
 
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`
 /// as `sync` says, schema migrated, and the file checked when `verify` is set.

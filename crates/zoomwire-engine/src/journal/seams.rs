@@ -109,10 +109,14 @@ impl Journal for SqliteJournal {
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
-            let stored = self.inner.readers.with(query::unfinished_runs)?;
+            let seal = &self.inner.seal;
+            let stored = self
+                .inner
+                .readers
+                .with(|conn| query::unfinished_runs(conn, seal))?;
             let mut unfinished = Vec::with_capacity(stored.len());
             for (run, in_doubt, event) in stored {
-                match event.map(query::StoredEvent::into_event) {
+                match event.map(|event| event.into_event(seal)) {
                     Some(Ok(event)) => unfinished.push(UnfinishedRun {
                         run,
                         event,
@@ -140,7 +144,7 @@ impl StateStore for SqliteJournal {
         self.inner
             .readers
             .with(|conn| query::state_value(conn, rule, key, now))
-            .map_err(|e| StateError(e.0))
+            .map_err(|e| StateError::Store(e.0))
     }
 
     /// Durable on return, like effect records.
@@ -152,17 +156,22 @@ impl StateStore for SqliteJournal {
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
         let expires_at = ttl.map(|ttl| to_nanos(Utc::now()).saturating_add(duration_nanos(ttl)));
+        let max_keys = self.inner.options.max_state_keys;
         let op = Op::StateSet {
             rule: rule.to_string(),
             key: key.to_string(),
             value: to_json(&value),
             expires_at,
+            max_keys,
         };
-        self.inner
-            .writer
-            .submit_blocking(op)
-            .map(|_| ())
-            .map_err(|e| StateError(e.0))
+        match self.inner.writer.submit_blocking(op) {
+            Ok(Outcome::StateFull) => Err(StateError::Full {
+                rule: rule.to_string(),
+                max_keys,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(StateError::Store(e.0)),
+        }
     }
 }
 

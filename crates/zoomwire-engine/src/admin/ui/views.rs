@@ -730,6 +730,7 @@ mod tests {
                     name: "slack.post".into(),
                     args: serde_json::json!({"channel": "#ops"}),
                     result: Ok(Value::Null),
+                    unredacted: None,
                     started_at: at(second),
                     latency_ms: 1.0,
                     replayed: false,

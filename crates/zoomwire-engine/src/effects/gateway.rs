@@ -145,8 +145,8 @@ struct LogBook {
     dropped_bytes: usize,
 }
 
-/// Waits until an effect's record is saved.
-pub type SavedWait = Box<dyn FnOnce() + Send>;
+/// Waits until an effect's record is saved; `Err` when it could not be.
+pub type SavedWait = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// Sees every effect of a run as it starts and as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
@@ -166,7 +166,7 @@ pub trait EffectObserver: Send + Sync {
     /// while the write commits (and a run's last effect never waits).
     fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
         self.effect_completed(run_id, record);
-        Box::new(|| {})
+        Box::new(|| Ok(()))
     }
 }
 
@@ -246,11 +246,12 @@ impl RunEffects {
         if let Some(earlier) = self.replayed(seq, name, &redacted_args) {
             return self.finish(earlier);
         }
-        self.wait_saved();
+        let saved = self.wait_saved(name);
         let in_doubt = self.was_in_doubt(seq, name, &redacted_args);
         let started_at = Utc::now();
         let started = Instant::now();
-        let result = match self.mark_started(seq, name, &redacted_args, started_at) {
+        let marked = saved.and_then(|()| self.mark_started(seq, name, &redacted_args, started_at));
+        let result = match marked {
             Ok(()) => self.perform(EffectRequest::new(name, args)),
             Err(error) => Err(error),
         };
@@ -388,11 +389,19 @@ impl RunEffects {
         result
     }
 
-    /// Waits until the previous effect's record is saved.
-    fn wait_saved(&self) {
+    /// Waits until the previous effect's record is saved. When it could not
+    /// be (a full disk), the next effect is refused: made anyway, a crash
+    /// would leave two effects of the run in doubt, not one.
+    fn wait_saved(&self, name: &str) -> Result<(), EffectError> {
         let saving = lock(&self.saving).take();
-        if let Some(wait) = saving {
-            wait();
+        match saving {
+            Some(wait) => wait().map_err(|error| {
+                EffectError::transient(
+                    name,
+                    format!("not performed: the previous effect's record was not saved: {error}"),
+                )
+            }),
+            None => Ok(()),
         }
     }
 
@@ -630,7 +639,10 @@ mod tests {
         fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
             lock(&self.0).push(format!("save {}", record.seq));
             let (log, seq) = (self.0.clone(), record.seq);
-            Box::new(move || lock(&log).push(format!("saved {seq}")))
+            Box::new(move || {
+                lock(&log).push(format!("saved {seq}"));
+                Ok(())
+            })
         }
     }
 

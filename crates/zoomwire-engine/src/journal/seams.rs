@@ -50,7 +50,9 @@ impl EffectObserver for SqliteJournal {
 
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
-        self.effect_completed_later(run_id, record)();
+        // A failed write is logged by the wait; a caller that waits here has no
+        // next effect of its own to refuse.
+        let _ = self.effect_completed_later(run_id, record)();
     }
 
     fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
@@ -61,13 +63,17 @@ impl EffectObserver for SqliteJournal {
         let saving = self.inner.writer.submit_deferred(op);
         let (run_id, name, seq) = (run_id.to_string(), record.name.clone(), record.seq);
         Box::new(move || {
-            if let Err(error) = saving.and_then(|commit| commit.wait()) {
-                metrics::counter!("zoomwire_journal_errors_total").increment(1);
-                tracing::error!(
-                    run = %run_id, effect = %name, seq, error = %error,
-                    "effect record not saved: a crash before the run is recorded would leave it in doubt"
-                );
-            }
+            saving
+                .and_then(|commit| commit.wait())
+                .map(|_| ())
+                .map_err(|error| {
+                    metrics::counter!("zoomwire_journal_errors_total").increment(1);
+                    tracing::error!(
+                        run = %run_id, effect = %name, seq, error = %error,
+                        "effect record not saved: the run makes no further effect"
+                    );
+                    error.to_string()
+                })
         })
     }
 }

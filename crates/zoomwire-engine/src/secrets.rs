@@ -17,10 +17,13 @@
 //! at run time (OAuth and download tokens) are kept among the latest
 //! [`MAX_SEEN_TOKENS`]; settings' secrets for the life of the process.
 //!
-//! Matching uses one Aho-Corasick automaton over every form of every secret
-//! (rebuilt when a new secret arrives, which is rare: at start, hourly per
-//! account, once per recording), so scrubbing costs one linear scan of the
-//! text however many secrets there are.
+//! Matching uses an Aho-Corasick automaton over every form of every secret,
+//! so scrubbing costs a linear scan of the text however many secrets there
+//! are. Settings' secrets arrive at start and rebuild it; tokens arrive one
+//! by one (hourly per account, once per recording, a burst when
+//! reconciliation finds many): they go to a small automaton of the latest
+//! [`RECENT_BATCH`] first, and the big one is rebuilt once per batch, so a
+//! burst of a thousand recordings costs tens of rebuilds, not a thousand.
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
@@ -37,6 +40,16 @@ pub const REDACTED: &str = "[redacted]";
 pub const MIN_SECRET_CHARS: usize = 6;
 /// OAuth and download tokens seen at run time that stay scrubbed.
 pub const MAX_SEEN_TOKENS: usize = 1024;
+/// Tokens kept in the small automaton before the big one is rebuilt.
+pub const RECENT_BATCH: usize = 32;
+
+/// What a percent-encoded secret escapes: all but RFC 3986's unreserved
+/// characters (so base64url tokens have one form only).
+const URL_ESCAPED: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Why a secret was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +62,15 @@ pub struct TooShort;
 #[derive(Default)]
 pub struct Secrets {
     registry: Mutex<Registry>,
-    /// Every form of every secret; `None` while there is none.
-    matcher: ArcSwapOption<AhoCorasick>,
+    matchers: ArcSwapOption<Matchers>,
+}
+
+/// The automata scrubbing applies, in turn.
+struct Matchers {
+    /// Every secret but the latest tokens.
+    settled: Option<AhoCorasick>,
+    /// The tokens seen since `settled` was built (at most [`RECENT_BATCH`]).
+    recent: Option<AhoCorasick>,
 }
 
 #[derive(Default)]
@@ -60,23 +80,54 @@ struct Registry {
     /// Seen at run time, oldest first, at most [`MAX_SEEN_TOKENS`].
     seen: VecDeque<String>,
     seen_set: HashSet<String>,
+    /// The tokens of `seen` that the settled automaton lacks.
+    recent: Vec<String>,
+    /// The settled automaton, kept while only recent tokens change.
+    settled: Option<AhoCorasick>,
 }
 
 impl Registry {
-    fn patterns(&self) -> Vec<String> {
-        let mut forms: HashSet<String> = HashSet::new();
-        for secret in self.fixed.iter().chain(self.seen.iter()) {
-            forms.extend(forms_of(secret));
-        }
-        forms.into_iter().collect()
+    /// Rebuilds the settled automaton from every secret.
+    fn settle(&mut self) {
+        self.recent.clear();
+        self.settled = automaton(self.fixed.iter().chain(self.seen.iter()));
     }
+
+    fn matchers(&self) -> Option<Arc<Matchers>> {
+        let recent = automaton(self.recent.iter());
+        (self.settled.is_some() || recent.is_some()).then(|| {
+            Arc::new(Matchers {
+                settled: self.settled.clone(),
+                recent,
+            })
+        })
+    }
+}
+
+/// One automaton over every form of `secrets`; `None` when there is none.
+fn automaton<'a>(secrets: impl Iterator<Item = &'a String>) -> Option<AhoCorasick> {
+    let mut forms: HashSet<String> = HashSet::new();
+    for secret in secrets {
+        forms.extend(forms_of(secret));
+    }
+    if forms.is_empty() {
+        return None;
+    }
+    let built = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(&forms);
+    if let Err(error) = &built {
+        // Only for patterns too large for any automaton, which the caps exclude.
+        tracing::error!(error = %error, secrets = forms.len(), "cannot build the secret matcher");
+    }
+    built.ok()
 }
 
 /// The ways a secret can appear in text: as written, percent-encoded (in a
 /// URL), JSON-escaped (in a JSON log line or a stored body).
 fn forms_of(secret: &str) -> Vec<String> {
     let mut forms = vec![secret.to_string()];
-    let encoded = utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string();
+    let encoded = utf8_percent_encode(secret, URL_ESCAPED).to_string();
     if encoded != secret {
         forms.push(encoded);
     }
@@ -104,7 +155,8 @@ impl Secrets {
         check_length(secret)?;
         let mut registry = lock(&self.registry);
         if registry.fixed.insert(secret.to_string()) {
-            self.rebuild(&registry);
+            registry.settle();
+            self.matchers.store(registry.matchers());
         }
         Ok(())
     }
@@ -124,61 +176,44 @@ impl Secrets {
                 registry.seen_set.remove(&oldest);
             }
         }
-        self.rebuild(&registry);
-        Ok(())
-    }
-
-    fn rebuild(&self, registry: &Registry) {
-        let patterns = registry.patterns();
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .ok();
-        if matcher.is_none() {
-            // Only on patterns too large for any automaton, which the caps exclude.
-            tracing::error!(secrets = patterns.len(), "cannot build the secret matcher");
+        registry.recent.push(token.to_string());
+        if registry.recent.len() > RECENT_BATCH {
+            registry.settle();
         }
-        self.matcher.store(matcher.map(Arc::new));
+        self.matchers.store(registry.matchers());
+        Ok(())
     }
 
     /// `text` with every secret replaced by `[redacted]` (borrowed when it holds none).
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let guard = self.matcher.load();
-        let Some(matcher) = guard.as_deref() else {
+        let guard = self.matchers.load();
+        let Some(matchers) = guard.as_deref() else {
             return Cow::Borrowed(text);
         };
-        if !matcher.is_match(text) {
-            return Cow::Borrowed(text);
+        let settled = replace_str(matchers.settled.as_ref(), text);
+        match replace_str(matchers.recent.as_ref(), &settled) {
+            Cow::Borrowed(_) => settled,
+            Cow::Owned(clean) => Cow::Owned(clean),
         }
-        let mut out = String::with_capacity(text.len());
-        matcher.replace_all_with(text, &mut out, |_, _, out| {
-            out.push_str(REDACTED);
-            true
-        });
-        Cow::Owned(out)
     }
 
     /// The same for bytes (log output, which is not always UTF-8).
     pub fn scrub_bytes<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
-        let guard = self.matcher.load();
-        let Some(matcher) = guard.as_deref() else {
+        let guard = self.matchers.load();
+        let Some(matchers) = guard.as_deref() else {
             return Cow::Borrowed(bytes);
         };
-        if !matcher.is_match(bytes) {
-            return Cow::Borrowed(bytes);
+        let settled = replace_bytes(matchers.settled.as_ref(), bytes);
+        match replace_bytes(matchers.recent.as_ref(), &settled) {
+            Cow::Borrowed(_) => settled,
+            Cow::Owned(clean) => Cow::Owned(clean),
         }
-        let mut out = Vec::with_capacity(bytes.len());
-        matcher.replace_all_with_bytes(bytes, &mut out, |_, _, out| {
-            out.extend_from_slice(REDACTED.as_bytes());
-            true
-        });
-        Cow::Owned(out)
     }
 
     /// Scrubs every string (and object key) of a JSON value in place;
     /// whether anything changed.
     pub fn scrub_json(&self, value: &mut Value) -> bool {
-        if self.matcher.load().is_none() {
+        if self.matchers.load().is_none() {
             return false;
         }
         self.scrub_json_walk(value)
@@ -224,8 +259,32 @@ impl Secrets {
 
     /// Whether any secret is registered.
     pub fn is_empty(&self) -> bool {
-        self.matcher.load().is_none()
+        self.matchers.load().is_none()
     }
+}
+
+fn replace_str<'a>(matcher: Option<&AhoCorasick>, text: &'a str) -> Cow<'a, str> {
+    let Some(matcher) = matcher.filter(|m| m.is_match(text)) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len());
+    matcher.replace_all_with(text, &mut out, |_, _, out| {
+        out.push_str(REDACTED);
+        true
+    });
+    Cow::Owned(out)
+}
+
+fn replace_bytes<'a>(matcher: Option<&AhoCorasick>, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+    let Some(matcher) = matcher.filter(|m| m.is_match(bytes)) else {
+        return Cow::Borrowed(bytes);
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    matcher.replace_all_with_bytes(bytes, &mut out, |_, _, out| {
+        out.extend_from_slice(REDACTED.as_bytes());
+        true
+    });
+    Cow::Owned(out)
 }
 
 fn check_length(secret: &str) -> Result<(), TooShort> {
@@ -279,14 +338,43 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_scrubbed_at_once_and_settled_in_batches() {
+        let secrets = Secrets::new();
+        secrets.add("fixed-secret").unwrap();
+        for n in 0..(RECENT_BATCH * 3 + 5) {
+            let token = format!("batch-token-{n:04}");
+            secrets.add_seen(&token).unwrap();
+            assert_eq!(secrets.scrub(&format!("<{token}>")), "<[redacted]>", "{n}");
+            assert_eq!(
+                secrets.scrub("batch-token-0000 fixed-secret"),
+                "[redacted] [redacted]"
+            );
+            assert!(lock(&secrets.registry).recent.len() <= RECENT_BATCH);
+        }
+        assert_eq!(
+            &*secrets.scrub_bytes(b"batch-token-0100"),
+            REDACTED.as_bytes()
+        );
+    }
+
+    #[test]
     fn keeps_the_latest_seen_tokens_and_every_fixed_secret() {
         let secrets = Secrets::new();
         secrets.add("fixed-secret").unwrap();
-        for n in 0..=MAX_SEEN_TOKENS {
+        let total = MAX_SEEN_TOKENS + RECENT_BATCH + 1;
+        for n in 0..total {
             secrets.add_seen(&format!("token-{n:06}")).unwrap();
         }
-        assert_eq!(secrets.scrub("token-000000"), "token-000000", "forgotten");
-        assert_eq!(secrets.scrub("token-000001"), REDACTED);
+        assert_eq!(
+            secrets.scrub("token-000000"),
+            "token-000000",
+            "forgotten once a batch settles without it"
+        );
+        assert_eq!(secrets.scrub(&format!("token-{:06}", total - 1)), REDACTED);
+        assert_eq!(
+            secrets.scrub(&format!("token-{:06}", total - MAX_SEEN_TOKENS)),
+            REDACTED
+        );
         assert_eq!(secrets.scrub("fixed-secret"), REDACTED);
     }
 

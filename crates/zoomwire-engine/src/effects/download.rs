@@ -98,6 +98,8 @@ pub fn prepare_destination(root: &Path, relative: &str) -> Result<Destination, D
     let parts = relative_parts(relative)?;
     let io = |e: std::io::Error| DestError::Io(e.to_string());
     crate::private_fs::create_dir_all(root).map_err(io)?;
+    // An archive made by an older zoomwire was world-readable.
+    crate::private_fs::restrict_dir(root);
     let root = root.canonicalize().map_err(io)?;
     let (file_name, folders) = parts.split_last().ok_or(DestError::Empty)?;
     let mut folder = root;

@@ -133,7 +133,9 @@ impl StoredEvent {
             let token = String::from_utf8(opened?).ok()?;
             Some(std::sync::Arc::new(secrecy::SecretString::from(token)))
         });
-        event = event.with_download_token(token);
+        if token.is_some() {
+            event = event.with_download_token(token);
+        }
         event.id = self.id;
         event.received_at = from_nanos(self.received_at);
         Ok(event)

@@ -366,4 +366,46 @@ mod tests {
         assert_eq!(state.get("b", "kept").unwrap(), Some(serde_json::json!(3)));
         assert_eq!(state.get("a", "other").unwrap(), None);
     }
+
+    #[test]
+    fn a_rule_holds_at_most_its_cap_of_live_state_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(
+            dir.path(),
+            JournalOptions {
+                max_state_keys: 2,
+                ..options()
+            },
+        )
+        .unwrap();
+        let state: &dyn StateStore = &journal;
+        let one = serde_json::json!(1);
+        state.set("a", "k1", one.clone(), None).unwrap();
+        state
+            .set("a", "k2", one.clone(), Some(Duration::from_secs(3600)))
+            .unwrap();
+        let error = state.set("a", "k3", one.clone(), None).unwrap_err();
+        assert!(
+            matches!(error, StateError::Full { max_keys: 2, .. }),
+            "{error}"
+        );
+        assert_eq!(state.get("a", "k3").unwrap(), None, "nothing written");
+        state.set("a", "k1", serde_json::json!(2), None).unwrap();
+        state.set("b", "k3", one.clone(), None).unwrap();
+        // An expired key frees its place before pruning removes it.
+        state
+            .set("a", "k2", one.clone(), Some(Duration::ZERO))
+            .unwrap();
+        state.set("a", "k3", one, None).unwrap();
+    }
+
+    #[test]
+    fn the_store_size_counts_the_log_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let db = std::fs::metadata(journal.path()).unwrap().len();
+        let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(super::super::store_size(journal.path()), db + wal);
+        assert!(db > 0);
+    }
 }

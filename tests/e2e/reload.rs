@@ -19,7 +19,7 @@ use zoomwire_engine::effects::{BoxFuture, EffectContext, EffectError, EffectRequ
 use zoomwire_engine::engine::executor::{Executor, RULE_REMOVED};
 use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
 use zoomwire_engine::event::{Event, Source};
-use zoomwire_engine::reload::{RuleSetHandle, watch_and_reload};
+use zoomwire_engine::reload::{RuleSetHandle, Watching, reload_on_change};
 use zoomwire_engine::rules::RuleSources;
 use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
@@ -99,10 +99,11 @@ impl Fixture {
 
     /// Starts the watcher and waits until it watches.
     async fn watch(&self, debounce: Duration) {
-        tokio::spawn(watch_and_reload(
+        let watching = Watching::start(self.handle.sources(), debounce);
+        tokio::spawn(reload_on_change(
             self.handle.clone(),
+            watching,
             self.shutdown.clone(),
-            debounce,
         ));
         let started = Instant::now();
         while !self.handle.status().watching {

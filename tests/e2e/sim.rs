@@ -1019,9 +1019,14 @@ async fn past_meetings_and_users_are_listed_as_reconciliation_reads_them() {
     };
     sim.add_user(None, &user).unwrap();
 
+    // The meetings started 31 minutes ago: yesterday (UTC) just after midnight,
+    // so the range starts yesterday rather than at Zoom's default of today.
+    let past = format!(
+        "type=past&from={}",
+        (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+    );
     // The dashboard lists every past meeting; the report only those of two or more.
-    let (_, dashboard) =
-        get_json(&client, format!("{api}/metrics/meetings?type=past"), &token).await;
+    let (_, dashboard) = get_json(&client, format!("{api}/metrics/meetings?{past}"), &token).await;
     assert_eq!(
         dashboard["meetings"].as_array().unwrap().len(),
         2,
@@ -1029,7 +1034,7 @@ async fn past_meetings_and_users_are_listed_as_reconciliation_reads_them() {
     );
     let (_, report) = get_json(
         &client,
-        format!("{api}/report/users/me/meetings?type=past"),
+        format!("{api}/report/users/me/meetings?{past}"),
         &token,
     )
     .await;
@@ -1040,14 +1045,14 @@ async fn past_meetings_and_users_are_listed_as_reconciliation_reads_them() {
     // A Pro account has the report but not the dashboard.
     let (status, body) = get_json(
         &client,
-        format!("{api}/metrics/meetings?type=past"),
+        format!("{api}/metrics/meetings?{past}"),
         &pro_token,
     )
     .await;
     assert_eq!((status.as_u16(), body["code"].clone()), (400, json!(200)));
     let (status, _) = get_json(
         &client,
-        format!("{api}/report/users/me/meetings?type=past"),
+        format!("{api}/report/users/me/meetings?{past}"),
         &pro_token,
     )
     .await;

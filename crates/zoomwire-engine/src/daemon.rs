@@ -55,8 +55,6 @@ const INTAKE_CAPACITY: usize = 4096;
 const INTAKE_CONCURRENCY: usize = 1024;
 /// Most events one intake handler takes (at most `INTAKE_CONCURRENCY`).
 const INTAKE_BATCH: usize = 64;
-/// A burst of file changes within this makes one reload.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Matching time a batch may spend on an async worker (see [`prepare_batch`]).
 const MATCH_BUDGET: Duration = Duration::from_millis(1);
 /// How often the store is checked for runs put back by `zoomwire runs retry`.
@@ -143,7 +141,7 @@ impl Daemon {
         // Watched before the rules load, so that a change made meanwhile is seen.
         let watching = options
             .watch_rules
-            .then(|| Watching::start(&sources, RELOAD_DEBOUNCE));
+            .then(|| Watching::start(&sources, crate::reload::DEFAULT_DEBOUNCE));
         let rules = load_rules(sources, &limits)?;
         let (journal, history, state, known) = open_journal(&settings, options.journal)?;
         let admin = AdminState::new();

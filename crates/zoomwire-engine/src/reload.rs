@@ -12,7 +12,7 @@
 //! set, so a full rebuild is also what reloads every rule importing a
 //! changed script. Runs keep the `Arc<RuleSet>` they started with.
 //!
-//! [`watch_and_reload`] (in `reload/watch.rs`) drives it from the file system and SIGHUP.
+//! [`Watching`] and [`reload_on_change`] (in `reload/watch.rs`) drive it from the file system and SIGHUP.
 
 mod watch;
 
@@ -29,11 +29,11 @@ use crate::engine::executor::RuleNames;
 use crate::rules::compile::load_rule_set;
 use crate::rules::{RuleError, RuleSet, RuleSources};
 use crate::script::SandboxLimits;
-pub use watch::{Watching, reload_on_change, watch_and_reload};
+pub use watch::{Watching, reload_on_change};
 
-/// A good `debounce` for [`watch_and_reload`]: an editor's save (write,
-/// rename, chmod) makes one reload, and a change runs about 0.3 s after it.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(250);
+/// The daemon's `debounce` for [`Watching`]: an editor's save (write,
+/// rename, chmod) makes one reload, and a change runs about 0.2 s after it.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The state of hot reload, as `/healthz` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,7 +50,7 @@ pub struct ReloadStatus {
     pub reloads: u64,
     /// Failed reload attempts since start.
     pub failures: u64,
-    /// Whether [`watch_and_reload`] watches the folders and handles SIGHUP.
+    /// Whether [`reload_on_change`] watches the folders and handles SIGHUP.
     pub watching: bool,
 }
 

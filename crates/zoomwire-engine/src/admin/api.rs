@@ -86,32 +86,19 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// Every status, in the order lists offer them.
-pub const STATUSES: [RunStatus; 6] = [
-    RunStatus::Pending,
-    RunStatus::Running,
-    RunStatus::Succeeded,
-    RunStatus::Failed,
-    RunStatus::Dead,
-    RunStatus::Skipped,
-];
-
 fn parse_statuses(text: &str) -> Result<Vec<RunStatus>, String> {
     text.split(',')
         .map(str::trim)
         .filter(|name| !name.is_empty())
         .map(|name| {
-            STATUSES
-                .into_iter()
-                .find(|status| status.as_str() == name)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
-                    format!(
-                        "unknown status `{}`, expected one of: {}",
-                        name.chars().take(40).collect::<String>(),
-                        known.join(", ")
-                    )
-                })
+            RunStatus::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown status `{}`, expected one of: {}",
+                    name.chars().take(40).collect::<String>(),
+                    known.join(", ")
+                )
+            })
         })
         .collect()
 }

@@ -34,6 +34,23 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status, in the order lists offer them.
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Dead,
+        RunStatus::Skipped,
+    ];
+
+    /// The status [`RunStatus::as_str`] names.
+    pub fn from_name(name: &str) -> Option<RunStatus> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+    }
+
     pub fn is_finished(self) -> bool {
         !matches!(self, RunStatus::Pending | RunStatus::Running)
     }

@@ -31,19 +31,8 @@ pub(crate) fn duration_nanos(duration: std::time::Duration) -> i64 {
 
 /// The status named in the `status` column.
 pub(crate) fn parse_status(name: &str) -> Result<RunStatus, JournalError> {
-    Ok(match name {
-        "pending" => RunStatus::Pending,
-        "running" => RunStatus::Running,
-        "succeeded" => RunStatus::Succeeded,
-        "failed" => RunStatus::Failed,
-        "dead" => RunStatus::Dead,
-        "skipped" => RunStatus::Skipped,
-        other => {
-            return Err(JournalError(format!(
-                "unknown run status `{other}` in the store"
-            )));
-        }
-    })
+    RunStatus::from_name(name)
+        .ok_or_else(|| JournalError(format!("unknown run status `{name}` in the store")))
 }
 
 /// JSON text of a serializable value.
@@ -82,14 +71,7 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_by_name() {
-        for status in [
-            RunStatus::Pending,
-            RunStatus::Running,
-            RunStatus::Succeeded,
-            RunStatus::Failed,
-            RunStatus::Dead,
-            RunStatus::Skipped,
-        ] {
+        for status in RunStatus::ALL {
             assert_eq!(parse_status(status.as_str()).unwrap(), status);
         }
         assert!(parse_status("lost").is_err());

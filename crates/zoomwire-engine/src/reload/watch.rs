@@ -62,17 +62,6 @@ impl Watching {
     }
 }
 
-/// Watches the folders of `handle` and SIGHUP, and reloads on either until
-/// `shutdown`. A burst of changes within `debounce` makes one reload.
-pub async fn watch_and_reload(
-    handle: Arc<RuleSetHandle>,
-    shutdown: CancellationToken,
-    debounce: Duration,
-) {
-    let watching = Watching::start(handle.sources(), debounce);
-    reload_on_change(handle, watching, shutdown).await;
-}
-
 /// Reloads `handle` on every change `watching` sees, until `shutdown`.
 pub async fn reload_on_change(
     handle: Arc<RuleSetHandle>,

@@ -27,7 +27,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::AdminContext;
-use super::api::{RunsParams, STATUSES, TraceParams, blocking};
+use super::api::{RunsParams, TraceParams, blocking};
 use crate::engine::record::RunStatus;
 use crate::journal::RunSummary;
 use crate::journal::history::{HistoryError, RunQuery, TraceQuery};
@@ -359,7 +359,7 @@ async fn runs(State(context): State<AdminContext>, Query(params): Query<RunsPara
                 (name, selected)
             })
             .collect(),
-        statuses: STATUSES
+        statuses: RunStatus::ALL
             .iter()
             .map(|s| (s.as_str(), status.as_deref() == Some(s.as_str())))
             .collect(),

@@ -218,7 +218,7 @@ impl RuleView {
             mode: format!("{} (max_runs {})", rule.mode, rule.max_runs),
             capabilities: rule.capabilities.names(),
             enabled: rule.enabled,
-            counts: super::super::api::STATUSES
+            counts: RunStatus::ALL
                 .iter()
                 .filter_map(|status| {
                     let count = activity.counts.get(status.as_str())?;

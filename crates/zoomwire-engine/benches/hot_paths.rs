@@ -167,7 +167,7 @@ fn slack_answer() -> serde_json::Value {
 }
 
 fn redaction(c: &mut Criterion) {
-    use zoomwire::secrets::Secrets;
+    use zoomwire_engine::secrets::Secrets;
     let secrets = Secrets::global();
     for n in 0..10 {
         secrets

@@ -258,26 +258,6 @@ impl Event {
             .map(str::to_string)
     }
 
-    /// The Zoom account the event belongs to: the subscription (or
-    /// reconciliation) it came through, else its `payload.account_id`.
-    pub fn zoom_account(&self) -> crate::effects::ZoomAccountRef {
-        use crate::effects::ZoomAccountRef;
-        match &self.source {
-            Source::Websocket(name) | Source::Reconcile(name) => {
-                ZoomAccountRef::Named(Arc::from(name.as_str()))
-            }
-            _ => self
-                .tree()
-                .get("payload")
-                .and_then(|p| p.get("account_id"))
-                .and_then(Json::as_str)
-                .filter(|id| !id.is_empty())
-                .map_or(ZoomAccountRef::Unspecified, |id| {
-                    ZoomAccountRef::ZoomId(Arc::from(id))
-                }),
-        }
-    }
-
     /// The `download_token` Zoom sent with the event, if any: only
     /// `zoom::download` uses it, scripts never see it.
     pub fn download_token(&self) -> Option<&Arc<SecretString>> {

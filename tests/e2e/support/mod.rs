@@ -19,7 +19,7 @@ use url::Url;
 use zoomwire_engine::effects::accounts::ZoomAccountClient;
 use zoomwire_engine::effects::live::{LiveConfig, LiveEffects, LiveLimits};
 use zoomwire_engine::effects::state::MemoryState;
-use zoomwire_engine::effects::transport::RetryPolicy;
+use zoomwire_engine::http_retry::RetryPolicy;
 use zoomwire_engine::effects::{EffectContext, EffectError, EffectRequest, Effects};
 use zoomwire_engine::zoom::oauth::{OAuthClient, OAuthConfig};
 use zoomwire_engine::zoom::token::AccessTokens;

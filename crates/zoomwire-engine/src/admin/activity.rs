@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::Event;

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::admin::AdminToken;
 use crate::admin::guard::check_bind;
-use crate::daemon::JournalMode;
+use crate::journal::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
 use crate::journal::JournalSync;
 use crate::script::SandboxLimits;

@@ -28,7 +28,7 @@ use url::Url;
 
 use super::address::{GuardedResolver, refused_address_in};
 use super::capability::{host_allowed, target_allowed};
-use super::transport::{BodyError, describe_error, is_json_content_type, read_body_capped};
+use crate::http_retry::{BodyError, describe_error, is_json_content_type, read_body_capped};
 use super::{EffectContext, EffectError, EffectErrorKind};
 
 const EFFECT: &str = "http.request";

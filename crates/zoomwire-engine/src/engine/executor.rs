@@ -676,7 +676,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::BoxFuture;
+    use futures_util::future::BoxFuture;
     use crate::effects::gateway::EffectObserver;
     use crate::effects::recorder::RecordingEffects;
     use crate::engine::record::MemoryJournal;

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
 use crate::event::Event;
 

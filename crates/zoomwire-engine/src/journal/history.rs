@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::query::{EventSummary, RunSummary};
 use super::{RequeueOutcome, SqliteJournal};
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::gateway::{EffectRecord, LogLine};
 use crate::engine::record::{JournalError, MemoryJournal, RunRecord, RunStatus};
 

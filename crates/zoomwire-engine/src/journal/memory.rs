@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::{Event, Source};

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::state::StateStore;
 use crate::event::Event;
 use crate::journal::SqliteJournal;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::effects::state::MemoryState;
 use crate::rules::RuleSources;
 use crate::script::SandboxLimits;

@@ -27,7 +27,8 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Position, Scope, Shared}
 use super::ended_early;
 use super::engine::{EngineKind, build_engine_with_resolver};
 use super::error::{Evaluation, ScriptError, parse_error_message, script_error};
-use super::limits::{SandboxLimits, format_duration};
+use super::limits::SandboxLimits;
+use crate::duration::format_duration;
 use super::memory::{budget_exceeded, enter_budget, format_bytes, rearm_budget};
 use super::run::{ActiveRun, enter_run, run_terminated};
 use super::value::exceeds_depth;

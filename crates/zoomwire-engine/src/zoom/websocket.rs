@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, HEARTBEAT_FRAME, decode_frame};
 use super::token::{AccessToken, AccessTokens, TokenError};
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 use crate::event::{Event, MAX_EVENT_BYTES, Source};
 
 /// Gaps kept in the status; older ones are only in the log.

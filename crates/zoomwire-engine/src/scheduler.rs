@@ -22,6 +22,10 @@
 //! same way; one found less late fires. A reload is seen at once: new rules
 //! start from now, a changed schedule starts from now, removed rules stop.
 
+pub mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -29,7 +33,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Clock, CronSchedule};
+use crate::schedule::CronSchedule;
 use crate::effects::state::StateStore;
 use crate::engine::executor::Executor;
 use crate::event::{Event, Source};

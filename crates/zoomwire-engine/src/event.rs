@@ -126,7 +126,7 @@ pub struct Event {
 
 /// The sending half of [`Event::with_receipt`]'s receiver, fired once.
 #[derive(Debug, Default)]
-struct Receipt(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+struct Receipt(parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -176,7 +176,7 @@ impl Event {
     /// (new or a duplicate); dropped unresolved when it never does.
     pub fn with_receipt(mut self) -> (Event, tokio::sync::oneshot::Receiver<()>) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.journaled = Some(Arc::new(Receipt(std::sync::Mutex::new(Some(sender)))));
+        self.journaled = Some(Arc::new(Receipt(parking_lot::Mutex::new(Some(sender)))));
         (self, receiver)
     }
 
@@ -186,12 +186,7 @@ impl Event {
         let Some(receipt) = &self.journaled else {
             return;
         };
-        let sender = receipt
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(sender) = sender {
+        if let Some(sender) = receipt.0.lock().take() {
             let _ = sender.send(());
         }
     }

@@ -11,7 +11,13 @@ use std::path::Path;
 /// Bottom first. Modules of one layer do not use each other either.
 const LAYERS: &[&[&str]] = &[
     // Leaves: no module of the crate.
-    &["duration", "secrets", "private_fs", "schedule", "http_retry"],
+    &[
+        "duration",
+        "secrets",
+        "private_fs",
+        "schedule",
+        "http_retry",
+    ],
     &["event", "logging"],
     // A public HTTP server with limits (the webhook's).
     &["serve"],
@@ -38,7 +44,7 @@ fn layer_of(module: &str) -> Option<usize> {
 /// (a `#[cfg(test)] mod tests;` line, or the `#[cfg(test)]` module that
 /// ends a file).
 fn used_modules(source: &str) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
+    let mut code = String::new();
     let mut lines = source.lines();
     while let Some(line) = lines.next() {
         let line = line.trim_start();
@@ -48,22 +54,49 @@ fn used_modules(source: &str) -> BTreeSet<String> {
                 _ => break,
             }
         }
-        if line.starts_with("//") {
-            continue;
+        if !line.starts_with("//") {
+            code.push_str(line);
+            code.push('\n');
         }
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            if rest.starts_with('{') {
-                // `use crate::{a, b::c}`: the names up to the closing brace.
-                let inner = rest[1..].split('}').next().unwrap_or_default();
-                used.extend(inner.split(',').filter_map(|path| first_name(path.trim())));
-            } else if let Some(name) = first_name(rest) {
-                used.insert(name);
-            }
+    }
+    let mut used = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        match rest.strip_prefix('{') {
+            // `use crate::{a, b::{c, d}}`: the first name of each top-level path.
+            Some(group) => used.extend(top_level_paths(group).filter_map(first_name)),
+            None => used.extend(first_name(rest)),
         }
     }
     used
+}
+
+/// The comma-separated paths of a `{...}` group (its text after the `{`).
+fn top_level_paths(group: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0;
+    let mut end = group.len();
+    let mut starts = vec![0];
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                end = at;
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => starts.push(at + 1),
+            _ => {}
+        }
+    }
+    let bounds: Vec<(usize, usize)> = starts
+        .iter()
+        .zip(starts.iter().skip(1).map(|s| s - 1).chain([end]))
+        .map(|(&start, stop)| (start, stop))
+        .collect();
+    bounds
+        .into_iter()
+        .map(move |(start, stop)| group[start..stop].trim())
 }
 
 fn first_name(path: &str) -> Option<String> {
@@ -121,9 +154,13 @@ fn modules_use_only_lower_layers() {
 #[test]
 fn reads_the_modules_a_file_uses() {
     let source = "//! about crate::daemon\nuse crate::{event::Event, zoom};\n\
+                  use crate::{\n    journal::{a, b},\n    reload,\n};\n\
                   use crate::effects::BoxFuture;\nfn f() -> crate::rules::Rule {}\n\
                   #[cfg(test)]\nmod tests;\nuse crate::zoom::rest;\n\
                   #[cfg(test)]\nmod more { use crate::admin; }\nuse crate::daemon;\n";
     let used: Vec<String> = used_modules(source).into_iter().collect();
-    assert_eq!(used, ["effects", "event", "rules", "zoom"]);
+    assert_eq!(
+        used,
+        ["effects", "event", "journal", "reload", "rules", "zoom"]
+    );
 }

@@ -33,12 +33,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::schedule::CronSchedule;
 use crate::effects::state::StateStore;
 use crate::engine::executor::Executor;
 use crate::event::{Event, Source};
 use crate::reload::RuleSetHandle;
 use crate::rules::{Rule, RuleSet};
+use crate::schedule::CronSchedule;
 
 /// The reserved rule name under which firing times are kept in the state store.
 pub const SCHEDULE_STATE_RULE: &str = "__schedule__";

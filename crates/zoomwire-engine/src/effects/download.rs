@@ -29,8 +29,8 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use super::capability::{host_allowed, target_allowed};
-use crate::http_retry::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
 use super::{EffectContext, EffectError, EffectErrorKind};
+use crate::http_retry::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
 use crate::zoom::token::{AccessToken, AccessTokens};
 
 const EFFECT: &str = "zoom.download";

@@ -28,8 +28,8 @@ use super::email::{EmailConfigError, Mailer, SmtpSettings};
 use super::http::{ClientFactory, HttpEffect, HttpLimits};
 use super::slack::{SlackClient, SlackConfig};
 use super::state::{StateError, StateStore};
-use crate::http_retry::RetryPolicy;
 use super::{BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects};
+use crate::http_retry::RetryPolicy;
 use crate::zoom::rest::{RestConfig, ZoomRest};
 
 /// The default cap of one recording download: 16 GiB, more than a long

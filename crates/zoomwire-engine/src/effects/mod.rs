@@ -30,9 +30,9 @@ use serde_json::Value;
 pub use capability::{Capability, CapabilitySet};
 
 use crate::event::tree::Json;
+use crate::event::{Event, Source};
 use crate::http_retry::FailureKind;
 use crate::zoom::rest::RestError;
-use crate::event::{Event, Source};
 pub use redact::redact;
 
 /// A boxed future, so that `Effects` stays object-safe (futures' own, which

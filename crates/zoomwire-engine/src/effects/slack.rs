@@ -18,11 +18,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use super::{EffectError, EffectErrorKind};
 use crate::http_retry::{
     self, RetryPolicy, describe_error, read_body_capped, request_timeout, retry_safe_error,
     retry_safe_status, wait_within,
 };
-use super::{EffectError, EffectErrorKind};
 
 /// Slack error codes that are worth another try later.
 const TRANSIENT_CODES: &[&str] = &[

@@ -15,9 +15,9 @@
 use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module};
 use serde_json::{Value, json};
 
-use crate::duration::parse_seconds_or_duration;
 use super::run::{EFFECTS_TOKEN, current_effects, note_thrown, terminate};
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
+use crate::duration::parse_seconds_or_duration;
 use crate::effects::EffectError;
 
 type HostResult = Result<Dynamic, Box<EvalAltResult>>;

@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::http_retry::{
-    self, FailureKind, RetryPolicy, describe_error, read_body_capped, request_timeout, retry_safe_error,
-    retry_safe_status, wait_within,
+    self, FailureKind, RetryPolicy, describe_error, read_body_capped, request_timeout,
+    retry_safe_error, retry_safe_status, wait_within,
 };
 use crate::zoom::token::{AccessToken, AccessTokens, TokenError};
 use crate::zoom::uuid::encode_uuid;

@@ -668,7 +668,10 @@ mod tests {
             assert!(ids.insert(event.id.clone()), "dedupe keys differ");
             let matched = zoomwire_engine::engine::matcher::match_event(&rule_set, &event, &vars);
             assert!(matched.failures.is_empty(), "{:?}", matched.failures);
-            assert!(!event.body_is_built(), "matching made the Rhai value: {frame}");
+            assert!(
+                !event.body_is_built(),
+                "matching made the Rhai value: {frame}"
+            );
             let posting: Vec<&'static str> = matched
                 .matched
                 .iter()

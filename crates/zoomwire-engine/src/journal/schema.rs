@@ -129,6 +129,10 @@ ALTER TABLE effects ADD COLUMN sealed_result BLOB;
 /// migrated from before it has its bodies cleaned once (`tokens.rs`).
 pub(crate) const SEALED_TOKENS_VERSION: i64 = 4;
 
+/// The writer connection's page cache, in KiB (negative: SQLite's unit for
+/// a size rather than a page count).
+const WRITER_CACHE_KIB: i64 = -8192;
+
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`
 /// as `sync` says, schema migrated, and the file checked when `verify` is set.
 pub(crate) fn open_writer(
@@ -152,6 +156,11 @@ pub(crate) fn open_writer(
     }
     // FULL: durability per committed batch, the WAL is synced on every commit.
     conn.pragma_update(None, "synchronous", sync.pragma())
+        .map_err(fail)?;
+    // The writer's page cache: SQLite's default (2 MiB) spills dirty pages of
+    // a large batch to the WAL mid-transaction and reads index pages back
+    // from the file on every batch (random event ids touch a page each).
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
         .map_err(fail)?;
     // Checkpoints run on their own thread (`checkpoint`); this is the backstop.
     conn.pragma_update(

@@ -646,6 +646,13 @@ mod tests {
         )
         .unwrap_or_else(|errors| panic!("{errors:?}"));
         assert_eq!(rule_set.rules().len(), 20);
+        let slow: Vec<&str> = rule_set
+            .rules()
+            .iter()
+            .filter(|r| r.condition.is_some() && r.fast_condition.is_none())
+            .map(|r| &*r.name)
+            .collect();
+        assert!(slow.is_empty(), "conditions left to Rhai: {slow:?}");
         let vars = rhai::Dynamic::from_map(rhai::Map::new());
         let mut generator = Generator::new(7, 1_732_000_000_000);
         let events = generator.take(20_000);
@@ -661,6 +668,10 @@ mod tests {
             assert!(ids.insert(event.id.clone()), "dedupe keys differ");
             let matched = zoomwire_engine::engine::matcher::match_event(&rule_set, &event, &vars);
             assert!(matched.failures.is_empty(), "{:?}", matched.failures);
+            assert!(
+                !event.body_is_built(),
+                "matching made the Rhai value: {frame}"
+            );
             let posting: Vec<&'static str> = matched
                 .matched
                 .iter()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::rules_args::{RuleArgs, print_rule_errors};
 use super::{CommandResult, EXIT_FAILED};
-use zoomwire_engine::testing::run_tests;
+use zoomwire_engine::rule_tests::run_tests;
 
 pub async fn run(args: &RuleArgs) -> CommandResult {
     let loaded = args.load_settings()?;

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use zoomwire_engine::rule_tests::run_tests;
 use zoomwire_engine::rules::compile::load_rule_set;
 use zoomwire_engine::rules::{RuleSet, RuleSources};
 use zoomwire_engine::script::{SandboxLimits, ScriptPool};
-use zoomwire_engine::testing::run_tests;
 
 fn load(paths: &[&str], scripts: &Path) -> Result<RuleSet, Vec<String>> {
     let sources = RuleSources {

@@ -13,7 +13,7 @@
 //! scripts, conditions, the journal's copy of the body and the page never
 //! see it.
 //!
-//! The `id` is the dedupe key described in `design.md`. Where the thing an
+//! The `id` is the dedupe key (see the README on reconciliation). Where the thing an
 //! event is about has an identity of its own, the key is that identity and
 //! not the delivery's `event_ts`, so that a late second delivery and the same
 //! event found again through REST (reconciliation) share it: a

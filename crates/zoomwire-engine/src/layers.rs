@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     &["rules"],
     &["engine"],
     // What the engine's seams are given, and what drives it.
-    &["journal", "reload", "testing", "terminal"],
+    &["journal", "reload", "rule_tests", "terminal"],
     &["reconcile", "scheduler"],
     &["admin"],
     &["config"],

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::Event;
-use futures_util::future::BoxFuture;
 
 /// Events kept for the events tail.
 pub const RECENT_EVENTS: usize = 200;

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
 use crate::event::Event;
-use futures_util::future::BoxFuture;
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,7 +22,6 @@ use super::query::{EventSummary, RunSummary};
 use super::{RequeueOutcome, SqliteJournal};
 use crate::effects::gateway::{EffectRecord, LogLine};
 use crate::engine::record::{JournalError, MemoryJournal, RunRecord, RunStatus};
-use futures_util::future::BoxFuture;
 
 /// The most rows one page holds.
 pub const MAX_PAGE: usize = 500;

@@ -2,9 +2,11 @@
 //! the reliability promises hold. It keeps accepted events (deduplicated),
 //! runs with their effects and logs, and rule state.
 //!
-//! The file is `<data_dir>/zoomwire.db`, in WAL mode with `synchronous=FULL`:
-//! every answer that says "written" comes after the commit holding the change
-//! has been synced. All writes go through one writer thread that commits
+//! The file is `<data_dir>/zoomwire.db`, in WAL mode with `synchronous=FULL`
+//! by default: every answer that says "written" comes after the commit
+//! holding the change has been synced (`ZOOMWIRE_JOURNAL_SYNC=normal`,
+//! [`JournalSync::Normal`], trades the last commits before a power loss for
+//! speed; a process crash still loses nothing). All writes go through one writer thread that commits
 //! requests in batches (see `writer.rs`), so many concurrent events share one
 //! sync; reads use a small pool of their own connections. A store that is
 //! damaged, unreadable, foreign or from a newer zoomwire is refused at open

@@ -3,13 +3,17 @@
 //! state).
 //!
 //! Event intake and run records are async and share the writer's batches.
-//! Effect records and state writes come from sandbox threads: they block
-//! until their commit, so an effect that returned to the script is on disk,
-//! and a resumed run replays it instead of performing it again.
+//! Effect start marks and state writes come from sandbox threads and block
+//! them until their commit. An effect's record is written while the script
+//! goes on; the run's next effect waits until it is on disk (and is refused
+//! when it could not be written), so a crash leaves at most the one effect
+//! in flight unknown, and a resumed run replays the others instead of
+//! performing them again.
 
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use super::codec::{duration_nanos, to_json, to_nanos};
@@ -19,7 +23,6 @@ use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWa
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
-use futures_util::future::BoxFuture;
 
 impl SqliteJournal {
     /// Ends a run that cannot resume, so it shows as dead instead of vanishing.

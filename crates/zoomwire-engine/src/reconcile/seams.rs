@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -16,7 +17,6 @@ use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::BoundedMemoryJournal;
 use crate::zoom::missed::{Candidate, FindError, MissedFinder, MissedKind, Window};
-use futures_util::future::BoxFuture;
 
 /// Whether the engine has already accepted an event with this id.
 pub trait KnownEvents: Send + Sync + 'static {

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::*;
@@ -15,7 +16,6 @@ use crate::script::SandboxLimits;
 use crate::zoom::missed::Candidate;
 use crate::zoom::ratelimit::LimitError;
 use crate::zoom::websocket::Gap;
-use futures_util::future::BoxFuture;
 
 /// One recording, listed by every call for it; the other kinds find nothing.
 #[derive(Default)]

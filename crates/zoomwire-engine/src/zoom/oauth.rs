@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use futures_util::future::Shared;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::token::{AccessToken, AccessTokens, TokenError};
-use futures_util::future::BoxFuture;
 
 /// Fetch a new token this long before the cached one expires.
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);

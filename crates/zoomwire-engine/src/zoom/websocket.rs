@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -48,7 +49,6 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{Frame, HEARTBEAT_FRAME, decode_frame};
 use super::token::{AccessToken, AccessTokens, TokenError};
 use crate::event::{Event, MAX_EVENT_BYTES, Source};
-use futures_util::future::BoxFuture;
 
 /// Gaps kept in the status; older ones are only in the log.
 const MAX_GAPS: usize = 100;

@@ -43,8 +43,11 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// One target's check: returns on an input handled as promised, panics otherwise.
+pub type Check = fn(&[u8]);
+
 /// The targets, by name, as the corpus folders are named.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Check); 5] = [
     ("frame_decoder", frame_decoder),
     ("webhook_verifier", webhook_verifier),
     ("rule_loader", rule_loader),

@@ -27,6 +27,7 @@ mod crash_recovery;
 mod daemon;
 mod demo;
 mod executor;
+mod fuzz_corpus;
 mod history;
 mod journal;
 mod reconcile;

@@ -111,7 +111,7 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// End-to-end throughput, latency and memory of the daemon against the simulator (build with --release)
     Bench(commands::bench::BenchArgs),
-    /// Run history from the store: `runs [--rule NAME] [--failed|--skipped] [--json]`, `runs retry ID`
+    /// Run history from the store: `runs [--rule NAME] [--failed|--skipped] [--json]`, `runs show ID`, `runs retry ID`
     Runs {
         #[command(subcommand)]
         action: Option<RunsAction>,
@@ -135,6 +135,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RunsAction {
+    /// One run with its effects (replayed or in doubt), log lines and error
+    Show {
+        /// The run's id
+        id: String,
+    },
     /// Queue a failed or dead run again
     Retry {
         /// The run's id
@@ -236,6 +241,7 @@ async fn dispatch(command: Command) -> CommandResult {
             let data = commands::runs::data_dir(data)?;
             match action {
                 Some(RunsAction::Retry { id }) => commands::runs::retry(&data, &id).await,
+                Some(RunsAction::Show { id }) => commands::runs::show(&data, &id, json).await,
                 None => commands::runs::list(&data, rule, failed, skipped, json).await,
             }
         }

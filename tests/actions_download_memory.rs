@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{context, live, live_config, oauth, perform, start_sim};
+use support::{context, live, live_config, oauth, perform, start_sim_tls};
 
 const SIZE: u64 = 1 << 30;
 const PEAK_LIMIT_KIB: u64 = 100 * 1024;
@@ -46,10 +46,12 @@ fn spot_check(path: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_a_gibibyte_with_flat_memory() {
-    let sim = start_sim().await;
+    let (sim, certs) = start_sim_tls().await;
     sim.add_download("big-recording", SIZE);
     let archive = tempfile::tempdir().unwrap();
-    let effects = live(live_config(&sim, archive.path()), oauth(&sim));
+    let mut config = live_config(&sim, archive.path());
+    config.ca_file = Some(certs.path().join("ca.pem"));
+    let effects = live(config, oauth(&sim));
     let before = status_kib("VmHWM:");
 
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! `zoomwire runs [--rule NAME] [--failed|--skipped] [--json]`: run history from the
-//! store, as a table or JSON lines; `zoomwire runs retry ID`: a failed or dead
-//! run queued again.
+//! store, as a table or JSON lines; `zoomwire runs show ID [--json]`: one run
+//! with its effects (replayed, in doubt) and log lines; `zoomwire runs retry
+//! ID`: a failed or dead run queued again.
 //!
 //! Both open the store beside a running daemon (WAL allows it) without
 //! pruning or a full check, and never create a store where there is none.
@@ -66,6 +67,32 @@ pub async fn list(
     if runs.len() == LIST_LIMIT {
         eprintln!("showing the latest {LIST_LIMIT} runs");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows one run: its summary, each effect and log line, and its error.
+pub async fn show(data_dir: &Path, id: &str, json: bool) -> CommandResult {
+    let path = data_dir.join(DB_FILE);
+    let no_run = || CommandError::Usage(format!("no run `{id}` in {}", path.display()));
+    let journal = open_existing(data_dir)?.ok_or_else(no_run)?;
+    let detail = journal
+        .get_run(id)
+        .map_err(|e| CommandError::Other(e.into()))?
+        .ok_or_else(no_run)?;
+    let text = if json {
+        format!("{}\n", serde_json::to_string(&detail).unwrap_or_default())
+    } else {
+        let run = &detail.run;
+        format!(
+            "run {} of rule {} for event {} ({})\n{}",
+            run.id,
+            run.rule,
+            run.event_id,
+            run.event_type,
+            zoomwire_engine::terminal::format_run(run)
+        )
+    };
+    print(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

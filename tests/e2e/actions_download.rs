@@ -1,13 +1,14 @@
 //! `zoom.download` end to end against the simulator's recording downloads
-//! (a 302 to a signed stream URL): the download token and the OAuth
-//! fallback, the bytes that land in the archive, size checks, retries, and
-//! every refusal: path escapes, symlinks, hosts and redirects.
+//! (a 302 to a signed stream URL, over TLS): the download token and the
+//! OAuth fallback, the bytes that land in the archive (owner-only), size
+//! checks and the download cap, retries, and every refusal: path escapes,
+//! symlinks, hosts, redirects, and plain http for a token.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{context, live, live_config, oauth, perform, start_sim};
+use crate::support::{context, live, live_config, oauth, perform, start_sim, start_sim_tls};
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
@@ -23,19 +24,35 @@ struct Setup {
     sim: SimHandle,
     effects: LiveEffects,
     archive: tempfile::TempDir,
+    /// The test CA and the server certificate the simulator's TLS port uses.
+    certs: tempfile::TempDir,
 }
 
 async fn setup_with(tweak: impl FnOnce(&mut zoomwire_engine::effects::live::LiveConfig)) -> Setup {
-    let sim = start_sim().await;
+    let (sim, certs) = start_sim_tls().await;
     let archive = tempfile::tempdir().unwrap();
     let mut config = live_config(&sim, archive.path());
+    config.ca_file = Some(certs.path().join("ca.pem"));
     tweak(&mut config);
     let effects = live(config, oauth(&sim));
     Setup {
         sim,
         effects,
         archive,
+        certs,
     }
+}
+
+/// A server for `app` over TLS with the test certificate: `https://127.0.0.1:PORT`.
+async fn tls_host(app: Router, certs: &Path) -> String {
+    let tls =
+        zoomwire_sim::sim::SimTls::from_files(&certs.join("server.pem"), &certs.join("server.key"))
+            .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = zoomwire_sim::sim::tls::TlsListener::new(tcp, &tls).unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("https://{addr}")
 }
 
 async fn setup() -> Setup {
@@ -81,6 +98,19 @@ fn assert_pattern(path: &Path, size: u64) {
     }
 }
 
+/// The archive's folders on the way to `file` are 0700, the file 0600.
+fn assert_owner_only(archive: &Path, file: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut path = archive.to_path_buf();
+    let parts: Vec<&str> = file.split('/').collect();
+    for folder in &parts[..parts.len() - 1] {
+        path.push(folder);
+        assert_eq!(mode(&path), 0o700, "{}", path.display());
+    }
+    assert_eq!(mode(&archive.join(file)), 0o600, "{file}");
+}
+
 /// Every file under `dir`, relative, sorted.
 fn files(dir: &Path) -> Vec<String> {
     fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
@@ -124,6 +154,7 @@ async fn downloads_a_recording_file_with_the_events_download_token() {
         size,
     );
     assert_eq!(files(s.archive.path()), ["weekly/2024-11-19/meeting.mp4"]);
+    assert_owner_only(s.archive.path(), "weekly/2024-11-19/meeting.mp4");
     let requests = download_requests(&s.sim);
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert!(requests[0].0.starts_with("/rec/download/"));
@@ -315,9 +346,9 @@ async fn refuses_a_host_that_is_not_zoom() {
     assert!(download_requests(&s.sim).is_empty());
 }
 
-/// A download host that redirects to the simulator's stream under another
-/// name, and remembers whether it was sent a token.
-async fn redirecting_host(target: String) -> (String, Arc<Mutex<Vec<bool>>>) {
+/// A download host (over TLS) that redirects to the simulator's stream
+/// under another name, and remembers whether it was sent a token.
+async fn redirecting_host(target: String, certs: &Path) -> (String, Arc<Mutex<Vec<bool>>>) {
     let authorised: Arc<Mutex<Vec<bool>>> = Arc::default();
     let seen = authorised.clone();
     let app = Router::new().route(
@@ -333,10 +364,8 @@ async fn redirecting_host(target: String) -> (String, Arc<Mutex<Vec<bool>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/rec/download/f"), authorised)
+    let base = tls_host(app, certs).await;
+    (format!("{base}/rec/download/f"), authorised)
 }
 
 #[tokio::test]
@@ -344,8 +373,10 @@ async fn redirects_are_checked_and_tokens_stay_on_their_origin() {
     let s = setup().await;
     s.sim.add_download("f", 1000);
     // Where the simulator's own redirect would go, but named `localhost`.
+    let ca = std::fs::read(s.certs.path().join("ca.pem")).unwrap();
     let location = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_merge([reqwest::Certificate::from_pem(&ca).unwrap()])
         .build()
         .unwrap()
         .get(s.sim.download_url("f"))
@@ -357,7 +388,7 @@ async fn redirects_are_checked_and_tokens_stay_on_their_origin() {
         .to_str()
         .unwrap()
         .replace("127.0.0.1", "localhost");
-    let (url, authorised) = redirecting_host(location).await;
+    let (url, authorised) = redirecting_host(location, s.certs.path()).await;
     let ctx = with_download_token(s.sim.download_token());
 
     let error = download(&s, &ctx, json!(url), "f.bin").await.unwrap_err();
@@ -371,9 +402,9 @@ async fn redirects_are_checked_and_tokens_stay_on_their_origin() {
     );
     assert_eq!(download_requests(&s.sim).len(), 1, "only the manual probe");
 
-    // Allowed by the rule's `http:localhost`: followed, without the token.
+    // Allowed by the rule's `http:localhost:*`: followed, without the token.
     let ctx = EffectContext {
-        http_hosts: Arc::from(vec!["localhost".to_string()]),
+        http_hosts: Arc::from(vec!["localhost:*".to_string()]),
         ..ctx
     };
     let answer = download(&s, &ctx, json!(url), "f.bin").await.unwrap();
@@ -382,4 +413,75 @@ async fn redirects_are_checked_and_tokens_stay_on_their_origin() {
     let stream = s.sim.requests().pop().unwrap();
     assert!(stream.raw_path.starts_with("/rec/stream/"));
     assert_eq!(stream.auth, None, "no token crossed to another origin");
+}
+
+#[tokio::test]
+async fn never_sends_a_token_over_plain_http() {
+    // A simulator without TLS: its files are plain http URLs of a Zoom host.
+    let sim = start_sim().await;
+    let archive = tempfile::tempdir().unwrap();
+    let effects = live(live_config(&sim, archive.path()), oauth(&sim));
+    sim.add_download("f", 1000);
+    let ctx = with_download_token(sim.download_token());
+    let answer = perform(
+        &effects,
+        &ctx,
+        "zoom.download",
+        json!({"file": sim.download_url("f"), "dest": "f.bin"}),
+    )
+    .await;
+    let error = answer.unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Permanent);
+    assert_eq!(
+        error.message,
+        "the download url is plain http: zoomwire sends Zoom's download token only over https"
+    );
+    assert!(download_requests(&sim).is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn refuses_a_redirect_from_https_to_http() {
+    let s = setup().await;
+    s.sim.add_download("f", 1000);
+    let plain = format!("{}/rec/stream/f", s.sim.base_url());
+    let (url, authorised) = redirecting_host(plain, s.certs.path()).await;
+    let ctx = with_download_token(s.sim.download_token());
+    let error = download(&s, &ctx, json!(url), "f.bin").await.unwrap_err();
+    assert_eq!(error.message, "a redirect from https to http is refused");
+    assert_eq!(*authorised.lock().unwrap(), [true]);
+    assert!(download_requests(&s.sim).is_empty());
+    assert!(files(s.archive.path()).is_empty());
+}
+
+#[tokio::test]
+async fn the_download_cap_stops_a_stream_that_announces_no_size() {
+    let s = setup_with(|config| config.limits.max_download_bytes = Some(100_000)).await;
+    // A Zoom host (the API's) streaming 300 kB in chunks, without Content-Length.
+    let app = Router::new().route(
+        "/rec/download/{file}",
+        get(|| async {
+            let chunks = futures_util::stream::iter(
+                (0..30).map(|_| Ok::<_, std::io::Error>(vec![7u8; 10_000])),
+            );
+            axum::body::Body::from_stream(chunks)
+        }),
+    );
+    let base = tls_host(app, s.certs.path()).await;
+    let error = download(
+        &s,
+        &with_download_token(s.sim.download_token()),
+        json!(format!("{base}/rec/download/f")),
+        "f.bin",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Permanent);
+    assert_eq!(
+        error.message,
+        "the file is larger than the 100000 byte download limit"
+    );
+    assert!(
+        files(s.archive.path()).is_empty(),
+        "the partial file is gone"
+    );
 }

@@ -171,6 +171,43 @@ async fn authenticates_when_the_server_requires_it() {
     let messages = sink.wait_for_messages(1);
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["authenticated"], true);
+    // `?tls=none` said so explicitly: the password went in cleartext.
+    assert_eq!(sink.auth_attempts().len(), 1);
+}
+
+#[tokio::test]
+async fn a_password_is_never_sent_to_a_relay_without_starttls() {
+    let sink = SmtpSink::start(SinkTls::None, Some(("mailer", "never-sent-pw")));
+    // No `tls` option: with a password, STARTTLS is required.
+    let effects = mail_effects(
+        &format!("smtp://mailer:never-sent-pw@127.0.0.1:{}", sink.port),
+        None,
+    );
+    let error = send(
+        &effects,
+        json!({"to": "host@example.com", "subject": "Hi", "text": "hello"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Permanent, "{error}");
+    assert!(
+        error
+            .message
+            .contains("offers no STARTTLS, so nothing was sent"),
+        "{}",
+        error.message
+    );
+    assert!(
+        !error.message.contains("never-sent-pw"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        sink.auth_attempts(),
+        Vec::<String>::new(),
+        "no AUTH reached the relay"
+    );
+    assert!(sink.messages().is_empty());
 }
 
 #[tokio::test]

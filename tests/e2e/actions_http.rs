@@ -1,7 +1,9 @@
 //! `http.request` end to end against two small local servers (127.0.0.1 on
-//! two ports): answers and their shapes, refused hosts and redirects
-//! (another name for the same server, userinfo tricks), redirect method
-//! rules, credentials dropped across origins, and the size and time limits.
+//! two ports, allowed as `http:127.0.0.1:*`: loopback only when the rule
+//! names the address), and one over TLS: answers and their shapes, refused
+//! hosts, ports and redirects (another name for the same server, userinfo
+//! tricks, https to http), a name resolving to loopback, redirect method
+//! rules, headers dropped across origins, and the size and time limits.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -139,17 +141,17 @@ fn encode(url: &str) -> String {
 async fn answers_status_headers_and_a_parsed_body() {
     let a = server().await;
     let fx = effects(|_| {});
-    let answer = request(&fx, &["127.0.0.1"], json!({"url": a.url("/json")}))
+    let answer = request(&fx, &["127.0.0.1:*"], json!({"url": a.url("/json")}))
         .await
         .unwrap();
     assert_eq!(answer["status"], 200);
     assert_eq!(answer["body"], json!({"hello": "world"}));
     assert_eq!(answer["headers"]["content-type"], "application/json");
-    let answer = request(&fx, &["127.0.0.1"], json!({"url": a.url("/text")}))
+    let answer = request(&fx, &["127.0.0.1:*"], json!({"url": a.url("/text")}))
         .await
         .unwrap();
     assert_eq!(answer["body"], "plain text");
-    let answer = request(&fx, &["127.0.0.1"], json!({"url": a.url("/status/404")}))
+    let answer = request(&fx, &["127.0.0.1:*"], json!({"url": a.url("/status/404")}))
         .await
         .unwrap();
     assert_eq!(answer["status"], 404, "any status is an answer");
@@ -162,7 +164,7 @@ async fn sends_method_headers_and_a_json_body() {
     let fx = effects(|_| {});
     let answer = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"method": "PUT", "url": a.url("/echo"),
                "headers": {"X-Custom": "yes"}, "body": {"n": 1}}),
     )
@@ -188,14 +190,14 @@ async fn refuses_hosts_the_rule_does_not_allow_and_sends_nothing() {
         format!("http://127.0.0.1@localhost:{port}/json"),
         format!("http://[::1]:{port}/json"),
     ] {
-        let error = request(&fx, &["127.0.0.1"], json!({"url": url}))
+        let error = request(&fx, &["127.0.0.1:*"], json!({"url": url}))
             .await
             .unwrap_err();
         assert_eq!(error.kind, EffectErrorKind::Denied, "{url}: {error}");
     }
     let error = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"url": format!("http://user:pw@127.0.0.1:{port}/json")}),
     )
     .await
@@ -213,7 +215,7 @@ async fn refuses_a_redirect_to_another_host() {
     let target = format!("http://localhost:{}/json", b.addr.port());
     let error = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"url": a.url(&format!("/redirect?to={}", encode(&target)))}),
     )
     .await
@@ -231,29 +233,35 @@ async fn refuses_a_redirect_to_another_host() {
 }
 
 #[tokio::test]
-async fn follows_allowed_redirects_dropping_credentials_across_origins() {
+async fn follows_allowed_redirects_keeping_only_harmless_headers_across_origins() {
     let a = server().await;
     let b = server().await;
     let fx = effects(|_| {});
     let target = b.url("/echo");
     let answer = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"url": a.url(&format!("/redirect?to={}", encode(&target))),
-               "headers": {"Authorization": "Bearer abc", "X-Keep": "1"}}),
+               "headers": {"Authorization": "Bearer abc", "X-Api-Key": "k-123",
+                           "Cookie": "s=1", "X-Custom": "1", "Accept": "application/json"}}),
     )
     .await
     .unwrap();
     assert_eq!(answer["status"], 200);
     let headers = &answer["body"]["headers"];
-    assert!(headers.get("authorization").is_none(), "{headers}");
-    assert_eq!(headers["x-keep"], "1");
+    for dropped in ["authorization", "x-api-key", "cookie", "x-custom"] {
+        assert!(headers.get(dropped).is_none(), "{dropped}: {headers}");
+    }
+    assert_eq!(
+        headers["accept"], "application/json",
+        "harmless ones are kept"
+    );
     assert_eq!(b.seen(), ["GET /echo"]);
 
     // Same origin keeps it.
     let answer = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"url": a.url("/redirect?to=/echo"),
                "headers": {"Authorization": "Bearer abc"}}),
     )
@@ -270,10 +278,10 @@ async fn redirect_methods_follow_the_status() {
         json!({"method": "POST", "url": a.url(&format!("/redirect?status={status}&to=/echo")),
                "body": "payload"})
     };
-    let kept = request(&fx, &["127.0.0.1"], post(307)).await.unwrap();
+    let kept = request(&fx, &["127.0.0.1:*"], post(307)).await.unwrap();
     assert_eq!(kept["body"]["method"], "POST");
     assert_eq!(kept["body"]["body"], "payload");
-    let changed = request(&fx, &["127.0.0.1"], post(303)).await.unwrap();
+    let changed = request(&fx, &["127.0.0.1:*"], post(303)).await.unwrap();
     assert_eq!(changed["body"]["method"], "GET");
     assert_eq!(changed["body"]["body"], "");
 }
@@ -282,7 +290,7 @@ async fn redirect_methods_follow_the_status() {
 async fn stops_a_redirect_loop() {
     let a = server().await;
     let fx = effects(|config| config.limits.max_redirects = 3);
-    let error = request(&fx, &["127.0.0.1"], json!({"url": a.url("/loop")}))
+    let error = request(&fx, &["127.0.0.1:*"], json!({"url": a.url("/loop")}))
         .await
         .unwrap_err();
     assert_eq!(error.kind, EffectErrorKind::Permanent);
@@ -294,7 +302,7 @@ async fn stops_a_redirect_loop() {
 async fn caps_the_response_size_and_the_time() {
     let a = server().await;
     let fx = effects(|config| config.limits.max_response_bytes = 10_000);
-    let error = request(&fx, &["127.0.0.1"], json!({"url": a.url("/big")}))
+    let error = request(&fx, &["127.0.0.1:*"], json!({"url": a.url("/big")}))
         .await
         .unwrap_err();
     assert_eq!(error.kind, EffectErrorKind::Permanent);
@@ -305,7 +313,7 @@ async fn caps_the_response_size_and_the_time() {
     let started = Instant::now();
     let error = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"url": a.url("/slow"), "timeout": 0.3}),
     )
     .await
@@ -321,7 +329,7 @@ async fn refuses_an_oversized_request_body() {
     let fx = effects(|config| config.limits.max_request_bytes = 10);
     let error = request(
         &fx,
-        &["127.0.0.1"],
+        &["127.0.0.1:*"],
         json!({"method": "POST", "url": a.url("/echo"), "body": "01234567890"}),
     )
     .await
@@ -337,7 +345,7 @@ async fn refuses_an_oversized_request_body() {
 async fn the_gateway_checks_the_rules_hosts_too() {
     let a = server().await;
     let fx: Arc<dyn zoomwire_engine::effects::Effects> = Arc::new(effects(|_| {}));
-    let capabilities = CapabilitySet::new([Capability::Http("127.0.0.1".into())]);
+    let capabilities = CapabilitySet::new([Capability::Http("127.0.0.1:*".into())]);
     let gateway = RunEffects::new(
         zoomwire_engine::effects::EffectContext {
             http_hosts: capabilities.http_hosts(),
@@ -360,4 +368,95 @@ async fn the_gateway_checks_the_rules_hosts_too() {
     assert_eq!(allowed.unwrap()["body"]["hello"], "world");
     assert_eq!(refused.unwrap_err().kind, EffectErrorKind::Denied);
     assert_eq!(a.seen(), ["GET /json"]);
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_loopback_needs_the_address_itself_allowed() {
+    let a = server().await;
+    let fx = effects(|_| {});
+    let url = format!("http://localhost:{}/json", a.addr.port());
+    let error = request(&fx, &["localhost:*"], json!({"url": url}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Denied, "{error}");
+    assert!(
+        error
+            .message
+            .starts_with("host `localhost` resolves only to addresses scripts may not reach"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("(loopback)"), "{}", error.message);
+    assert!(a.seen().is_empty());
+    // Naming the address is the explicit choice to reach it.
+    let answer = request(
+        &fx,
+        &["localhost:*", "127.0.0.1", "[::1]"],
+        json!({"url": url}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["body"]["hello"], "world");
+}
+
+#[tokio::test]
+async fn a_host_is_allowed_on_ports_80_and_443_unless_the_rule_names_another() {
+    let a = server().await;
+    let fx = effects(|_| {});
+    let error = request(&fx, &["127.0.0.1"], json!({"url": a.url("/json")}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Denied);
+    let port = a.addr.port();
+    assert!(
+        error
+            .message
+            .contains(&format!("allow this one with http:127.0.0.1:{port}")),
+        "{}",
+        error.message
+    );
+    let named = format!("127.0.0.1:{port}");
+    let answer = request(&fx, &[named.as_str()], json!({"url": a.url("/json")}))
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], 200);
+    assert_eq!(a.seen(), ["GET /json"]);
+}
+
+#[tokio::test]
+async fn refuses_a_redirect_from_https_to_http() {
+    let plain = server().await;
+    let certs = crate::support::smtp::make_certificates();
+    let tls = zoomwire_sim::sim::SimTls::from_files(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    )
+    .unwrap();
+    let target = plain.url("/json");
+    let app = Router::new().route(
+        "/go",
+        get(move || {
+            let target = target.clone();
+            async move { (StatusCode::FOUND, [(header::LOCATION, target)]) }
+        }),
+    );
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = zoomwire_sim::sim::tls::TlsListener::new(tcp, &tls).unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ca = certs.path().join("ca.pem");
+    let fx = effects(|config| config.ca_file = Some(ca));
+    let error = request(
+        &fx,
+        &["127.0.0.1:*"],
+        json!({"url": format!("https://{addr}/go"), "headers": {"Authorization": "Bearer abc"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.kind, EffectErrorKind::Permanent);
+    assert_eq!(
+        error.message,
+        "answered 302 Found with a redirect from https to http, which is refused"
+    );
+    assert!(plain.seen().is_empty());
 }

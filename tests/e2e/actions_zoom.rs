@@ -523,8 +523,16 @@ async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
     use zoomwire_sim::sim::{SimAccount, SimConfig};
 
     crate::support::install_crypto();
+    // Files over TLS: a download sends its token only over https.
+    let certs = crate::support::smtp::make_certificates();
+    let tls = zoomwire_sim::sim::SimTls::from_files(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    )
+    .unwrap();
     let sim = zoomwire_sim::sim::start(SimConfig {
         extra_accounts: vec![SimAccount::named("sales")],
+        tls: Some(tls),
         ..SimConfig::default()
     })
     .await
@@ -540,8 +548,10 @@ async fn each_call_uses_its_own_accounts_token_and_an_unknown_account_none() {
         .unwrap(),
     );
     let archive = tempfile::tempdir().unwrap();
+    let mut config = live_config(&sim, archive.path());
+    config.ca_file = Some(certs.path().join("ca.pem"));
     let effects = crate::support::live_accounts(
-        live_config(&sim, archive.path()),
+        config,
         vec![
             ZoomAccountClient {
                 name: "default".into(),

@@ -133,9 +133,11 @@ async fn page() -> Page {
         // Recorded as the effect gateway records arguments: redacted.
         args: redact(&json!({"channel": "#ops", "text": HOSTILE, "token": "xoxb-secret"})),
         result: Ok(json!({"ok": true, "ts": "1.2"})),
+        unredacted: None,
         started_at: now,
         latency_ms: 3.5,
         replayed: false,
+        in_doubt: false,
     }];
     journal.record_run(&ok).await.unwrap();
     let dead = RunRecord {

@@ -157,9 +157,11 @@ async fn a_run_with_ten_thousand_log_lines_is_read_a_page_at_a_time() {
             name: "slack.post".into(),
             args: json!({"channel": "#ops", "text": format!("post {seq}")}),
             result: Ok(json!({"ok": true})),
+            unredacted: None,
             started_at: start + chrono::TimeDelta::milliseconds(i64::from(seq) * 30),
             latency_ms: 2.0,
             replayed: false,
+            in_doubt: false,
         };
         journal.effect_completed("big", &effect);
     }

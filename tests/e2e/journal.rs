@@ -88,9 +88,11 @@ fn effect(seq: u32, text: &str) -> EffectRecord {
         name: "slack.post".into(),
         args: json!({"channel": "#ops", "text": text}),
         result: Ok(json!({"ok": true, "ts": format!("1.{seq}")})),
+        unredacted: None,
         started_at: Utc::now(),
         latency_ms: 12.5,
         replayed: false,
+        in_doubt: false,
     }
 }
 
@@ -119,16 +121,23 @@ async fn duplicates_within_the_window_are_dropped_and_later_copies_accepted() {
         "past the window"
     );
     assert!(journal.accept_event(&event(2)).await.unwrap());
-    drop(journal);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(DB_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "event bodies hold download tokens");
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        // Checked while open: the log and the shared memory exist now.
+        for file in [DB_FILE, "zoomwire.db-wal", "zoomwire.db-shm", "seal.key"] {
+            assert_eq!(mode(file), 0o600, "{file} holds event bodies or secrets");
+        }
+        assert_eq!(mode("."), 0o700, "the data folder is its owner's");
     }
+    drop(journal);
 
     // The window holds across a restart.
     let journal = open(dir.path());
@@ -426,14 +435,127 @@ async fn run_details_show_the_trigger_with_secrets_redacted() {
     let event = detail.event.as_ref().unwrap();
     assert_eq!(event.event_type, "recording.completed");
     assert_eq!(event.source, "webhook");
-    assert_eq!(event.body["download_token"], "[redacted]");
+    assert!(
+        event.body.get("download_token").is_none(),
+        "taken out at intake"
+    );
     let json = serde_json::to_value(&detail).unwrap();
     assert_eq!(json["id"], "r");
     assert_eq!(json["event"]["type"], "recording.completed");
     assert!(!json.to_string().contains("eyJ0eXAi"), "no download token");
-    // The store keeps the token: a resumed download needs it.
+    // The store keeps the token sealed, apart from the body: a resumed
+    // download needs it, a reader of the files does not find it.
+    drop(journal);
+    let journal = open(dir.path());
     let stored = journal.get_event(&trigger.id).unwrap().unwrap();
-    assert!(stored.download_token().is_some());
+    let token = stored.download_token().expect("kept sealed");
+    assert!(secrecy::ExposeSecret::expose_secret(&**token).starts_with("eyJ0eXAi"));
+    assert_no_token_in_store_files(dir.path(), "eyJ0eXAi");
+}
+
+/// No file of the data folder (the store, its log, the key) holds `needle`.
+fn assert_no_token_in_store_files(dir: &Path, needle: &str) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{} holds it",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = recording_completed(7);
+    {
+        // A store as zoomwire wrote it before schema version 4 (version 3 has the
+        // effects in doubt): the token in the body.
+        let journal = open(dir.path());
+        journal.accept_event(&trigger).await.unwrap();
+    }
+    let body_with_token = {
+        let mut body: serde_json::Value = serde_json::from_str(&trigger.raw).unwrap();
+        body.as_object_mut()
+            .unwrap()
+            .insert("download_token".into(), json!("old-store-download-token"));
+        body.to_string()
+    };
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE events SET raw = ?1, sealed_token = NULL",
+            [&body_with_token],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE events DROP COLUMN sealed_token;
+             ALTER TABLE effects DROP COLUMN sealed_result;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let journal = open(dir.path());
+    let stored = journal.get_event(&trigger.id).unwrap().unwrap();
+    assert!(!stored.raw.contains("download_token"), "{}", stored.raw);
+    let token = stored.download_token().expect("sealed apart");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&**token),
+        "old-store-download-token"
+    );
+    drop(journal);
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    drop(conn);
+    assert_no_token_in_store_files(dir.path(), "old-store-download-token");
+}
+
+#[tokio::test]
+async fn a_resumed_run_replays_the_unredacted_result_which_the_store_keeps_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = event(9);
+    let journal = open(dir.path());
+    journal.accept_event(&trigger).await.unwrap();
+    let mut pending = run("resumed", &trigger, RunStatus::Running, Utc::now());
+    pending.effects = vec![EffectRecord {
+        seq: 1,
+        name: "zoom.get".into(),
+        args: json!({"path": "/meetings/1"}),
+        result: Ok(json!({"join_url": "https://zoom.us/j/1?pwd=[redacted]"})),
+        unredacted: Some(json!({"join_url": "https://zoom.us/j/1?pwd=sealed-meeting-pwd"})),
+        started_at: Utc::now(),
+        latency_ms: 1.0,
+        replayed: false,
+        in_doubt: false,
+    }];
+    journal.record_run(&pending).await.unwrap();
+    let shown = journal.get_run("resumed").unwrap().unwrap();
+    assert_eq!(
+        shown.run.effects[0].unredacted, None,
+        "history never opens it"
+    );
+    assert!(
+        !serde_json::to_string(&shown)
+            .unwrap()
+            .contains("sealed-meeting-pwd")
+    );
+    drop(journal);
+    assert_no_token_in_store_files(dir.path(), "sealed-meeting-pwd");
+    let journal = open(dir.path());
+    let unfinished = journal.unfinished_runs().await.unwrap();
+    assert_eq!(
+        unfinished[0].run.effects[0].unredacted,
+        Some(json!({"join_url": "https://zoom.us/j/1?pwd=sealed-meeting-pwd"}))
+    );
+    drop(journal);
+    // Without its key, the sealed result reads as absent: the redacted copy is replayed.
+    std::fs::write(dir.path().join("seal.key"), [7u8; 32]).unwrap();
+    let journal = open(dir.path());
+    let unfinished = journal.unfinished_runs().await.unwrap();
+    assert_eq!(unfinished[0].run.effects[0].unredacted, None);
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@ mod bench;
 mod browser;
 mod cli;
 mod crash_recovery;
+mod crash_torture;
 mod daemon;
 mod demo;
 mod executor;
@@ -36,8 +37,10 @@ mod rule_files;
 mod sandbox;
 mod sandbox_memory;
 mod schedule;
+mod secrets;
 mod sim;
 mod webhook;
+mod webhook_abuse;
 
 /// Every file in this folder is a module above: a file added without its
 /// `mod` line would compile nowhere, and its tests would never run.

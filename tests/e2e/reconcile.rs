@@ -24,8 +24,7 @@ on: recording.completed
 allow: [slack]
 do: |
   let r = event.payload.object;
-  let token = if event.download_token == () { "no token" } else { "with token" };
-  slack::post("#recordings", `${r.topic} (${meta.source}, ${token})`);
+  slack::post("#recordings", `${r.topic} (${meta.source})`);
 "##;
 
 const ENDED: &str = r##"name: ended
@@ -41,6 +40,28 @@ allow: [slack]
 do: |
   slack::post("#general", `welcome ${event.payload.object.email} (${meta.source})`);
 "##;
+
+/// For each run of the `archive` rule, whether its event carries Zoom's
+/// download token: kept sealed beside the stored body, never in it, and
+/// never shown to the script.
+fn archived_events_carry_a_token(ws: &Workspace) -> Vec<bool> {
+    use zoomwire_engine::journal::{JournalOptions, RunFilter, SqliteJournal};
+    let journal = SqliteJournal::open(&ws.data_dir(), JournalOptions::for_command()).unwrap();
+    let filter = RunFilter {
+        rule: Some("archive".into()),
+        ..RunFilter::default()
+    };
+    journal
+        .list_runs(filter)
+        .unwrap()
+        .iter()
+        .map(|run| {
+            let event = journal.get_event(&run.event_id).unwrap().unwrap();
+            assert!(!event.raw.contains("download_token"), "{}", event.raw);
+            event.download_token().is_some()
+        })
+        .collect()
+}
 
 /// Polls `check` every 50 ms for at most `limit`; the daemon's log tells why not.
 async fn within<T, F, Fut>(limit: Duration, what: &str, daemon: Option<&Daemon>, mut check: F) -> T
@@ -145,7 +166,8 @@ async fn a_recording_completed_during_an_outage_is_posted_once_soon_after_the_re
     )
     .await;
     assert!(reconnected.elapsed() < Duration::from_secs(60));
-    assert_eq!(posts, ["Outage review (reconcile, with token)"]);
+    assert_eq!(posts, ["Outage review (reconcile)"]);
+    assert_eq!(archived_events_carry_a_token(&ws), [true]);
 
     // Zoom delivers it after all, late: a counted duplicate, no second post.
     let late = ws.sim.recording_event(&uuid).expect("event");
@@ -241,8 +263,9 @@ async fn a_restart_after_downtime_finds_what_completed_ended_and_was_created_mea
     .await;
     assert_eq!(
         ws.slack_texts("#recordings"),
-        ["Quarterly plan (reconcile, with token)"]
+        ["Quarterly plan (reconcile)"]
     );
+    assert_eq!(archived_events_carry_a_token(&ws), [true]);
     assert_eq!(ws.slack_texts("#ops"), ["Standup ended (reconcile)"]);
     assert_eq!(
         ws.slack_texts("#general"),
@@ -458,7 +481,8 @@ async fn reconciliation_waits_out_a_429_with_retry_after() {
         },
     )
     .await;
-    assert_eq!(posts, ["Rate limited (reconcile, with token)"]);
+    assert_eq!(posts, ["Rate limited (reconcile)"]);
+    assert_eq!(archived_events_carry_a_token(&ws), [true]);
     let calls: Vec<(u16, i64)> = ws
         .sim
         .requests()
@@ -548,7 +572,8 @@ async fn zoomwire_reconcile_lists_then_feeds_what_the_store_has_not_seen() {
         },
     )
     .await;
-    assert_eq!(posts, ["Board prep (reconcile, with token)"]);
+    assert_eq!(posts, ["Board prep (reconcile)"]);
+    assert_eq!(archived_events_carry_a_token(&ws), [true]);
     daemon.kill().await;
 
     let bad = ws.zoomwire(&["reconcile", "--since", "yesterday"]).await;

@@ -101,10 +101,18 @@ fn a_broken_rule_folder_reports_every_error_in_one_pass() {
         "g.yaml",
         "name: g\non: meeting.ended\nmode: single\nmax_queued: 5\ndo: \"1\"\n",
     );
+    write(
+        &rules,
+        "h.yaml",
+        "name: h\non: meeting.ended\nallow: [slack]\nidempotent: [slack.post, slak.post]\ndo: x\n",
+    );
     let errors = load(&[rules.to_str().unwrap()], &scripts).unwrap_err();
     let text = errors.join("\n");
     let root = rules.display().to_string();
     let expected = [
+        format!(
+            "{root}/h.yaml:4:13: rule \"h\": unknown effect `slak.post` in `idempotent`, expected one of: zoom.get, "
+        ),
         format!(
             "{root}/g.yaml:4:13: rule \"g\": `max_queued` applies to modes parallel and queued; mode single never lets a run wait behind another"
         ),

@@ -1,7 +1,10 @@
 //! The webhook endpoint over loopback, as Zoom would call it: signatures
 //! good, bad and stale, the URL challenge (with the published test vector),
-//! body size and malformed bodies, and events arriving on the channel
-//! without the answer waiting for the engine.
+//! body size and malformed bodies, and events arriving on the channel with
+//! the answer waiting until the engine has journaled them (200), or 503 when
+//! it cannot take them or does not in time; then the public server's
+//! limits one by one (request rate, requests in flight, connections, body
+//! time). The daemon under 2,000 slow clients is in `webhook_abuse.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zoomwire_engine::event::{Event, Source};
-use zoomwire_engine::serve::serve_router;
+use zoomwire_engine::serve::limits::EndpointLimits;
+use zoomwire_engine::serve::public::serve_public;
 use zoomwire_engine::zoom::webhook::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, webhook_router_with_clock,
 };
@@ -25,8 +29,11 @@ const VECTOR_SIGNATURE: &str =
 const BODY_LIMIT: usize = 4096;
 
 struct Endpoint {
+    addr: SocketAddr,
     url: String,
-    events: mpsc::Receiver<Event>,
+    /// What the engine's intake reads (behind a lock, so that a test can
+    /// post and journal at once).
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -37,19 +44,50 @@ impl Drop for Endpoint {
     }
 }
 
-/// An endpoint whose clock says it is the vector's time plus 10 seconds.
+fn limits() -> EndpointLimits {
+    EndpointLimits {
+        max_body: BODY_LIMIT,
+        ..EndpointLimits::default()
+    }
+}
+
+/// An endpoint whose clock says it is the vector's time plus 10 seconds;
+/// the test takes (and journals) its events.
 async fn endpoint(queue: usize) -> Endpoint {
+    build(queue, limits()).await
+}
+
+/// An endpoint with these limits whose events are journaled as they come,
+/// as the daemon's intake does.
+async fn endpoint_with(queue: usize, limits: EndpointLimits) -> Arc<Endpoint> {
+    let endpoint = Arc::new(build(queue, limits).await);
+    tokio::spawn({
+        // Ends with the test's runtime.
+        let endpoint = endpoint.clone();
+        async move {
+            let mut events = endpoint.events.lock().await;
+            while let Some(event) = events.recv().await {
+                event.mark_journaled();
+            }
+        }
+    });
+    endpoint
+}
+
+async fn build(queue: usize, limits: EndpointLimits) -> Endpoint {
     let (sender, events) = mpsc::channel(queue);
     let clock = Arc::new(|| VECTOR_TIMESTAMP + 10);
-    let router = webhook_router_with_clock(SecretString::from(SECRET), sender, BODY_LIMIT, clock);
+    let router =
+        webhook_router_with_clock(SecretString::from(SECRET), sender, limits.max_body, clock);
     let shutdown = CancellationToken::new();
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (addr, _task) = serve_router("webhook", loopback, router, shutdown.clone())
+    let (addr, _task) = serve_public("webhook", loopback, router, &limits, None, shutdown.clone())
         .await
         .unwrap();
     Endpoint {
+        addr,
         url: format!("http://{addr}/zoom/webhook"),
-        events,
+        events: tokio::sync::Mutex::new(events),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -83,9 +121,29 @@ impl Endpoint {
 
     fn assert_no_event(&mut self) {
         assert!(
-            self.events.try_recv().is_err(),
+            self.events.get_mut().try_recv().is_err(),
             "no event should have been queued"
         );
+    }
+
+    /// Takes the next event as the engine's intake does and tells the
+    /// endpoint it is journaled.
+    async fn journal_next(&self) -> Event {
+        let mut events = self.events.lock().await;
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the event arrives")
+            .expect("the channel is open");
+        event.mark_journaled();
+        event
+    }
+
+    /// Posts a signed event and journals it meanwhile.
+    async fn post_journaled(&self, body: &str) -> (reqwest::Response, Event) {
+        tokio::join!(
+            self.post_signed(VECTOR_TIMESTAMP, body),
+            self.journal_next()
+        )
     }
 }
 
@@ -115,14 +173,10 @@ async fn answers_the_url_validation_vector() {
 
 #[tokio::test]
 async fn a_signed_event_is_acknowledged_and_arrives_on_the_channel() {
-    let mut endpoint = endpoint(4).await;
+    let endpoint = endpoint(4).await;
     let body = meeting_started(1);
-    let response = endpoint.post_signed(VECTOR_TIMESTAMP, &body).await;
+    let (response, event) = endpoint.post_journaled(&body).await;
     assert_eq!(response.status(), 200);
-    let event = tokio::time::timeout(Duration::from_secs(5), endpoint.events.recv())
-        .await
-        .expect("the event arrives")
-        .expect("the channel is open");
     assert_eq!(event.event_type, "meeting.started");
     assert_eq!(event.source, Source::Webhook);
     assert_eq!(&*event.raw, body.as_str());
@@ -216,35 +270,55 @@ async fn a_signed_malformed_body_is_400() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_so_zoom_retries() {
-    let mut endpoint = endpoint(1).await;
-    assert_eq!(
-        endpoint
-            .post_signed(VECTOR_TIMESTAMP, &meeting_started(4))
-            .await
-            .status(),
-        200
-    );
+    let endpoint = Arc::new(endpoint(1).await);
+    // The first waits in the queue for the engine to journal it...
+    let first = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move {
+            endpoint
+                .post_signed(VECTOR_TIMESTAMP, &meeting_started(4))
+                .await
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so the second finds the queue full.
     let response = endpoint
         .post_signed(VECTOR_TIMESTAMP, &meeting_started(5))
         .await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "60");
-    // Once the engine catches up, the retry is accepted.
-    assert_eq!(endpoint.events.recv().await.unwrap().ts, 1_732_030_000_004);
-    assert_eq!(
-        endpoint
-            .post_signed(VECTOR_TIMESTAMP, &meeting_started(5))
-            .await
-            .status(),
-        200
+    // Once the engine catches up, the first is answered and the retry accepted.
+    assert_eq!(endpoint.journal_next().await.ts, 1_732_030_000_004);
+    assert_eq!(first.await.unwrap(), 200);
+    let (retry, event) = endpoint.post_journaled(&meeting_started(5)).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(event.ts, 1_732_030_000_005);
+}
+
+#[tokio::test]
+async fn an_event_not_journaled_in_time_answers_503_and_is_still_queued() {
+    // A 200 promises the event is kept: one that may not be is refused, so
+    // Zoom sends it again (the journal drops the duplicate if it was kept).
+    let endpoint = endpoint(4).await;
+    let started = std::time::Instant::now();
+    let response = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(7))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.text().await.unwrap(), "not journaled in time");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "answered within Zoom's 3 seconds: {waited:?}"
     );
-    assert_eq!(endpoint.events.recv().await.unwrap().ts, 1_732_030_000_005);
+    assert_eq!(endpoint.journal_next().await.ts, 1_732_030_000_007);
 }
 
 #[tokio::test]
 async fn a_closed_queue_answers_503() {
-    let mut endpoint = endpoint(4).await;
-    endpoint.events.close();
+    let endpoint = endpoint(4).await;
+    endpoint.events.lock().await.close();
     assert_eq!(
         endpoint
             .post_signed(VECTOR_TIMESTAMP, &meeting_started(6))
@@ -267,4 +341,153 @@ async fn shutdown_stops_the_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the server still answers after shutdown");
+}
+
+/// A connection that sent a complete head for a body it sends slowly.
+async fn slow_body(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /zoom/webhook HTTP/1.1\r\nHost: zoomwire\r\nContent-Length: 100\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection.
+async fn read_to_close(mut stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_address_past_its_rate_gets_429_with_retry_after() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            per_address_rate: 1,
+            per_address_burst: 3,
+            ..limits()
+        },
+    )
+    .await;
+    for n in 0..3 {
+        let status = endpoint
+            .post_signed(VECTOR_TIMESTAMP, &meeting_started(10 + n))
+            .await
+            .status();
+        assert_eq!(status, 200);
+    }
+    let refused = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(13))
+        .await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn requests_beyond_max_requests_in_flight_are_shed_with_503() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            max_requests: 2,
+            ..limits()
+        },
+    )
+    .await;
+    // Two requests reading their bodies hold both places.
+    let held = [
+        slow_body(endpoint.addr).await,
+        slow_body(endpoint.addr).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shed = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(20))
+        .await;
+    assert_eq!(shed.status(), 503);
+    assert!(shed.headers().contains_key("retry-after"));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(21))
+        .await
+        .status();
+    assert_eq!(status, 200, "the places came back when they closed");
+}
+
+#[tokio::test]
+async fn a_body_slower_than_body_timeout_gets_408_and_is_closed() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            body_timeout: Duration::from_millis(300),
+            ..limits()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answer = read_to_close(slow_body(endpoint.addr).await).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("the body did not arrive within"),
+        "{answer}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_head_slower_than_header_timeout_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            header_timeout: Duration::from_millis(300),
+            ..limits()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(endpoint.addr).await.unwrap();
+    stream
+        .write_all(b"POST /zoom/webhook HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    read_to_close(stream).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    // An idle connection too.
+    let started = std::time::Instant::now();
+    read_to_close(tokio::net::TcpStream::connect(endpoint.addr).await.unwrap()).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let endpoint = endpoint_with(
+        64,
+        EndpointLimits {
+            max_connections: 3,
+            ..limits()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(endpoint.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let extra = tokio::net::TcpStream::connect(endpoint.addr).await.unwrap();
+    assert_eq!(read_to_close(extra).await, "", "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(30))
+        .await
+        .status();
+    assert_eq!(status, 200);
 }

@@ -10,6 +10,11 @@
 //! - `condition/*`: one `when` evaluated by Rhai on its compiled AST in a
 //!   prepared scope, and by its fast form on the event's tree.
 //!
+//! - `redact/*`: what recording one effect answer costs (a Slack
+//!   `chat.postMessage` answer, redacted by name and by value) with the
+//!   settings' secrets and with 1,024 download tokens held, against a plain
+//!   clone of it; scrubbing a log line; registering one more token.
+//!
 //! Run with `cargo bench --bench hot_paths`; `ZOOMWIRE_BENCH_QUICK=1` shortens it.
 
 use std::hint::black_box;
@@ -17,6 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use zoomwire_engine::effects::redact::redact_tracked;
 use zoomwire_engine::engine::matcher::match_event;
 use zoomwire_engine::event::Source;
 use zoomwire_engine::rules::compile::load_rule_set;
@@ -140,6 +146,66 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("eval_fast_when", |b| {
         b.iter(|| fast.eval(black_box(&tree)).expect("a sure answer"))
+    });
+    group.finish();
+    redaction(c);
+}
+
+/// A Slack `chat.postMessage` answer, as the gateway records one per post.
+fn slack_answer() -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "channel": "C0123456789",
+        "ts": "1732030000.000100",
+        "message": {
+            "type": "message", "subtype": "bot_message", "bot_id": "B0123456789",
+            "text": "Recording ready: Weekly sync (48 min) https://zoom.us/rec/share/abcdefghijklmnop",
+            "user": "U0123456789", "ts": "1732030000.000100", "team": "T0123456789",
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*Weekly sync* is ready"}}]
+        }
+    })
+}
+
+fn redaction(c: &mut Criterion) {
+    use zoomwire_engine::secrets::Secrets;
+    let secrets = Secrets::global();
+    for n in 0..10 {
+        secrets
+            .add(&format!("setting-secret-{n}-{:016x}", n * 7919))
+            .unwrap();
+    }
+    let answer = slack_answer();
+    let line = "2026-12-03T23:21:16.034831Z  INFO zoomwire::engine::attempt: run finished rule=recording-to-slack run=01JEXAMPLE outcome=succeeded elapsed_ms=3 effects=1";
+    let mut group = c.benchmark_group("redact");
+    group.bench_function("baseline_clone_answer", |b| {
+        b.iter(|| black_box(&answer).clone())
+    });
+    group.bench_function("answer_10_secrets", |b| {
+        b.iter(|| redact_tracked(black_box(&answer)))
+    });
+    for n in 0..1024 {
+        let token = format!(
+            "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzUxMiJ9.{n:08}.{}",
+            "x".repeat(400)
+        );
+        secrets.add_seen(&token).unwrap();
+    }
+    group.bench_function("answer_10_secrets_1024_tokens", |b| {
+        b.iter(|| redact_tracked(black_box(&answer)))
+    });
+    group.bench_function("log_line_1024_tokens", |b| {
+        b.iter(|| secrets.scrub(black_box(line)).len())
+    });
+    let mut next = 0u64;
+    group.bench_function("register_a_token_1024_held", |b| {
+        b.iter(|| {
+            next += 1;
+            let token = format!(
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzUxMiJ9.new{next:08}.{}",
+                "y".repeat(400)
+            );
+            secrets.add_seen(&token).unwrap();
+        })
     });
     group.finish();
 }

@@ -127,7 +127,13 @@ impl Daemon {
     /// Starts every part; returns once the admin API listens and every
     /// account has its first token.
     pub async fn start(settings: Settings, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        for setting in settings.register_secrets(crate::secrets::Secrets::global()) {
+            tracing::warn!(setting = %setting, min_chars = crate::secrets::MIN_SECRET_CHARS, "this secret is too short to be scrubbed from logs and records by value: use a longer one");
+        }
         let limits = settings.sandbox.effective();
+        // Many webhook connections must not starve the store, the WebSocket
+        // and the admin server of file descriptors.
+        let open_files = crate::serve::limits::raise_open_files_limit();
         let sources = options
             .rules
             .clone()
@@ -161,7 +167,8 @@ impl Daemon {
         .await
         .map_err(|e| DaemonError::Serve(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
-        let webhook_addr = start_webhook(&settings, events_tx.clone(), &shutdown).await?;
+        let webhook_addr =
+            start_webhook(&settings, events_tx.clone(), open_files, &shutdown).await?;
         let connections =
             start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
         if settings.reconcile.enabled {
@@ -303,7 +310,7 @@ fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, Daemon
             Ok((
                 journal.clone(),
                 journal.clone(),
-                Arc::new(MemoryState::default()),
+                Arc::new(MemoryState::with_max_keys(settings.effects.state_max_keys)),
                 journal,
             ))
         }
@@ -379,19 +386,28 @@ fn live_effects(
     Ok(Arc::new(effects))
 }
 
+/// The webhook endpoint behind its limits (see `crate::serve::public`).
 async fn start_webhook(
     settings: &Settings,
     events: mpsc::Sender<Event>,
+    open_files: Option<u64>,
     shutdown: &CancellationToken,
 ) -> Result<Option<SocketAddr>, DaemonError> {
     let Some(secret) = settings.webhook.secret_token.clone() else {
         return Ok(None);
     };
-    let router = webhook_router(secret, events, settings.webhook.max_body);
-    let (addr, _) =
-        crate::serve::serve_router("webhook", settings.webhook.addr, router, shutdown.clone())
-            .await
-            .map_err(|e| DaemonError::Serve(e.to_string()))?;
+    let limits = &settings.webhook.limits;
+    let router = webhook_router(secret, events, limits.max_body);
+    let (addr, _) = crate::serve::public::serve_public(
+        "webhook",
+        settings.webhook.addr,
+        router,
+        limits,
+        open_files,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| DaemonError::Serve(e.to_string()))?;
     tracing::info!(addr = %addr, "webhook endpoint listening on /zoom/webhook");
     Ok(Some(addr))
 }
@@ -742,7 +758,10 @@ async fn accept(
     let mut delay = Duration::from_millis(100);
     loop {
         match executor.accept(&prepared).await {
-            Ok(fresh) => return (prepared, fresh),
+            Ok(fresh) => {
+                prepared.event().mark_journaled();
+                return (prepared, fresh);
+            }
             Err(error) => {
                 let event = prepared.event().clone();
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);

@@ -7,6 +7,12 @@
 //! conditions read is made from the text on first use and shared by every
 //! rule of the event, so no rule converts the event again.
 //!
+//! Zoom's `download_token` (sent with recording events) is taken out of the
+//! body at once: it is kept beside it as a secret (for `zoom::download`, and
+//! registered with [`Secrets::global`] so it is scrubbed from any output), so
+//! scripts, conditions, the journal's copy of the body and the page never
+//! see it.
+//!
 //! The `id` is the dedupe key described in `design.md`. Where the thing an
 //! event is about has an identity of its own, the key is that identity and
 //! not the delivery's `event_ts`, so that a late second delivery and the same
@@ -25,11 +31,21 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
 use rhai::{Dynamic, Map};
+use secrecy::SecretString;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
+
+use crate::secrets::Secrets;
 
 use head::{Head, Scalar};
 use tree::Json;
+
+/// The body's field that holds Zoom's download token.
+pub const DOWNLOAD_TOKEN_FIELD: &str = "download_token";
+/// The same as it appears in JSON text.
+const QUOTED_TOKEN_FIELD: &str = "\"download_token\"";
 
 /// Largest event body accepted at intake. Values injected into the sandbox
 /// bypass Rhai's size limits, so the cap is enforced here.
@@ -95,13 +111,22 @@ pub struct Event {
     pub ts: i64,
     pub source: Source,
     pub received_at: DateTime<Utc>,
-    /// The body as received, compact JSON text.
+    /// The body as received, compact JSON text, without `download_token`.
     pub raw: Arc<str>,
+    /// The `download_token` Zoom sent with the event, taken out of `raw`.
+    download_token: Option<Arc<SecretString>>,
     /// The body as a shared, read-only Rhai value, made from `raw` the
     /// first time a condition or a run needs it: most events are settled by
     /// fast conditions on [`tree::Json`] and never need it.
     body: Arc<OnceLock<Dynamic>>,
+    /// Told once the event is journaled, for a source that answers only
+    /// then (the webhook: Zoom does not send again what got a 200).
+    journaled: Option<Arc<Receipt>>,
 }
+
+/// The sending half of [`Event::with_receipt`]'s receiver, fired once.
+#[derive(Debug, Default)]
+struct Receipt(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,7 +140,8 @@ impl fmt::Debug for Event {
 }
 
 impl Event {
-    /// Parses a bare Zoom event body (`{"event", "event_ts", "payload"}`).
+    /// Parses a bare Zoom event body (`{"event", "event_ts", "payload"}`),
+    /// taking its `download_token` out (see the module's documentation).
     pub fn parse(body_json: &str, source: Source) -> Result<Event, EventError> {
         if body_json.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge {
@@ -123,10 +149,16 @@ impl Event {
                 limit: MAX_EVENT_BYTES,
             });
         }
-        let (event_type, ts, id) = match Head::read(body_json) {
-            Some(head) => identity_from_head(head, body_json)?,
-            None => identity_from_tree(body_json)?,
+        let (body_json, download_token) = take_download_token(body_json)?;
+        let (event_type, ts, id) = match Head::read(&body_json) {
+            Some(head) => identity_from_head(head, &body_json)?,
+            None => identity_from_tree(&body_json)?,
         };
+        if let Some(token) = &download_token {
+            use secrecy::ExposeSecret;
+            // A short token is still kept out of the body; it just cannot be scrubbed by value.
+            let _ = Secrets::global().add_seen(token.expose_secret());
+        }
         Ok(Event {
             id,
             event_type,
@@ -134,8 +166,44 @@ impl Event {
             source,
             received_at: Utc::now(),
             raw: Arc::from(body_json),
+            download_token,
             body: Arc::new(OnceLock::new()),
+            journaled: None,
         })
+    }
+
+    /// The event with a receiver that resolves once the journal holds it
+    /// (new or a duplicate); dropped unresolved when it never does.
+    pub fn with_receipt(mut self) -> (Event, tokio::sync::oneshot::Receiver<()>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.journaled = Some(Arc::new(Receipt(std::sync::Mutex::new(Some(sender)))));
+        (self, receiver)
+    }
+
+    /// Tells the source, if it asked ([`Event::with_receipt`]), that the
+    /// journal holds the event.
+    pub fn mark_journaled(&self) {
+        let Some(receipt) = &self.journaled else {
+            return;
+        };
+        let sender = receipt
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+
+    /// The event with this download token (one stored apart from its body).
+    pub fn with_download_token(mut self, token: Option<Arc<SecretString>>) -> Event {
+        if let Some(token) = &token {
+            use secrecy::ExposeSecret;
+            let _ = Secrets::global().add_seen(token.expose_secret());
+        }
+        self.download_token = token;
+        self
     }
 
     /// Builds an event from a JSON value, as the scheduler and tests do.
@@ -210,14 +278,37 @@ impl Event {
         }
     }
 
-    /// The `download_token` Zoom sends with recording events, if any.
-    pub fn download_token(&self) -> Option<String> {
-        // Most events have none: no need to read the body for them.
-        if !self.raw.contains("download_token") {
-            return None;
-        }
-        self.top_level_str("download_token")
+    /// The `download_token` Zoom sent with the event, if any: only
+    /// `zoom::download` uses it, scripts never see it.
+    pub fn download_token(&self) -> Option<&Arc<SecretString>> {
+        self.download_token.as_ref()
     }
+}
+
+/// The body without its top-level `download_token`, and the token. Most
+/// bodies have none and come back borrowed; the others keep their fields'
+/// order and every other value byte for byte.
+pub fn take_download_token(
+    body_json: &str,
+) -> Result<(std::borrow::Cow<'_, str>, Option<Arc<SecretString>>), EventError> {
+    use std::borrow::Cow;
+    if !body_json.contains(QUOTED_TOKEN_FIELD) {
+        return Ok((Cow::Borrowed(body_json), None));
+    }
+    let Ok(mut fields) = serde_json::from_str::<IndexMap<String, Box<RawValue>>>(body_json) else {
+        // Not an object, or the name only appears nested: nothing to take.
+        return Ok((Cow::Borrowed(body_json), None));
+    };
+    let Some(token) = fields.shift_remove(DOWNLOAD_TOKEN_FIELD) else {
+        return Ok((Cow::Borrowed(body_json), None));
+    };
+    let token = serde_json::from_str::<Option<String>>(token.get())
+        .ok()
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .map(|t| Arc::new(SecretString::from(t)));
+    let without = serde_json::to_string(&fields).map_err(|e| EventError::Json(e.to_string()))?;
+    Ok((Cow::Owned(without), token))
 }
 
 /// The fields an event's identity is made of, from either road.
@@ -717,12 +808,35 @@ mod tests {
     }
 
     #[test]
-    fn the_download_token_is_read_when_there_is_one() {
-        let with = r#"{"event":"recording.completed","download_token":"abc","payload":{}}"#;
+    fn the_download_token_is_taken_out_of_the_body() {
+        use secrecy::ExposeSecret;
+        let with = r#"{"event":"recording.completed","download_token":"event-test-download-token","payload":{"object":{"download_token":"nested","b":[1, 2]}},"z":1}"#;
         let event = Event::parse(with, Source::Fire).unwrap();
-        assert_eq!(event.download_token().as_deref(), Some("abc"));
+        let token = event.download_token().unwrap().expose_secret().to_string();
+        assert_eq!(token, "event-test-download-token");
+        assert_eq!(
+            &*event.raw,
+            r#"{"event":"recording.completed","payload":{"object":{"download_token":"nested","b":[1, 2]}},"z":1}"#,
+            "the order and every other value kept"
+        );
+        assert!(
+            event
+                .body()
+                .as_map_ref()
+                .unwrap()
+                .get("download_token")
+                .is_none()
+        );
+        assert_eq!(
+            Secrets::global().scrub("x event-test-download-token"),
+            "x [redacted]"
+        );
         let event = Event::parse(ENDED, Source::Fire).unwrap();
-        assert_eq!(event.download_token(), None);
+        assert!(event.download_token().is_none());
+        let null = r#"{"event":"x","download_token":null}"#;
+        let event = Event::parse(null, Source::Fire).unwrap();
+        assert!(event.download_token().is_none());
+        assert_eq!(&*event.raw, r#"{"event":"x"}"#);
     }
 
     #[test]

@@ -3,13 +3,25 @@
 //! shippers), filtered by `RUST_LOG` (default `info,zoomwire=info`).
 //!
 //! Logs go to standard error so that commands can keep standard output for
-//! their results. Nothing here knows about secrets: the rule is that no code
-//! ever puts one in a log field (types holding secrets print `[redacted]`).
+//! their results. No code puts a secret in a log field (types holding secrets
+//! print `[redacted]`), and the writer scrubs every line by value through
+//! [`Secrets::global`] besides, which also catches what libraries log. The
+//! WebSocket libraries log each frame and the upgrade request (with its
+//! `access_token`) at trace level: `tungstenite` and `tokio_tungstenite` are
+//! capped at debug whatever `RUST_LOG` says.
 
 use std::fmt;
+use std::io::{self, Write};
 use std::str::FromStr;
 
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::secrets::Secrets;
 
 /// The filter used when `RUST_LOG` is unset or empty.
 pub const DEFAULT_FILTER: &str = "info,zoomwire=info";
@@ -61,18 +73,56 @@ pub enum LoggingError {
 /// fails with [`LoggingError::AlreadyInstalled`] and changes nothing.
 pub fn init_logging(format: LogFormat) -> Result<(), LoggingError> {
     let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let lines = tracing_subscriber::fmt::layer().with_writer(ScrubbedStderr);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .boxed(),
     };
-    installed.map_err(|_| LoggingError::AlreadyInstalled)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(library_caps())
+        .with(lines)
+        .try_init()
+        .map_err(|_| LoggingError::AlreadyInstalled)
+}
+
+/// Libraries that log secrets or event content below debug, capped at debug.
+pub fn library_caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+}
+
+/// Standard error, each line scrubbed of every registered secret.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScrubbedStderr;
+
+impl<'a> MakeWriter<'a> for ScrubbedStderr {
+    type Writer = Scrubbed<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Scrubbed(io::stderr())
+    }
+}
+
+/// A writer that scrubs what passes through it. The log formatter writes
+/// each line in one call, so a secret is never split between two writes.
+pub struct Scrubbed<W>(pub W);
+
+impl<W: Write> Write for Scrubbed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(&Secrets::global().scrub_bytes(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// The filter for a `RUST_LOG` value, [`DEFAULT_FILTER`] when unset or blank.
@@ -111,6 +161,25 @@ mod tests {
             "zoomwire=info,info"
         );
         assert_eq!(filter_from(Some("debug")).unwrap().to_string(), "debug");
+    }
+
+    #[test]
+    fn caps_the_websocket_libraries_at_debug() {
+        use tracing::Level;
+        let caps = library_caps();
+        assert!(!caps.would_enable("tungstenite::handshake::client", &Level::TRACE));
+        assert!(caps.would_enable("tungstenite::handshake::client", &Level::DEBUG));
+        assert!(!caps.would_enable("tokio_tungstenite", &Level::TRACE));
+        assert!(caps.would_enable("zoomwire::zoom", &Level::TRACE));
+    }
+
+    #[test]
+    fn the_writer_scrubs_registered_secrets() {
+        Secrets::global().add("log-writer-test-secret").unwrap();
+        let mut out = Scrubbed(Vec::new());
+        let line = b"token=log-writer-test-secret ok\n";
+        assert_eq!(out.write(line).unwrap(), line.len());
+        assert_eq!(out.0, b"token=[redacted] ok\n");
     }
 
     #[test]

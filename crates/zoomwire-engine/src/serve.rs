@@ -1,9 +1,16 @@
 //! Binding an axum router to an address and serving it until a shutdown
-//! token fires: shared by the admin API and the webhook endpoint.
+//! token fires: [`serve_router`] for the admin server (loopback, or behind
+//! its token), [`public::serve_public`] for the webhook endpoint, which
+//! anyone can reach and which therefore bounds what each client may hold
+//! (`limits.rs`) and counts and logs what it refuses (`refusals.rs`).
 //!
 //! Binding happens before the function returns, so a caller learns at once
 //! that an address is taken, and gets the actual address when it asked for
 //! port 0 (as tests do).
+
+pub mod limits;
+pub mod public;
+pub mod refusals;
 
 use std::net::SocketAddr;
 

@@ -52,8 +52,9 @@ pub fn format_effect(effect: &EffectRecord) -> String {
         Err(error) => format!("error {error}"),
     };
     let replayed = if effect.replayed { " (replayed)" } else { "" };
+    let in_doubt = if effect.in_doubt { " (in doubt)" } else { "" };
     format!(
-        "{}. {} {} -> {result}{replayed}",
+        "{}. {} {} -> {result}{replayed}{in_doubt}",
         effect.seq,
         effect.name,
         truncate(&effect.args.to_string(), 200)

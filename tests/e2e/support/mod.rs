@@ -34,6 +34,24 @@ pub async fn start_sim() -> SimHandle {
     sim::start(SimConfig::default()).await.expect("sim starts")
 }
 
+/// A simulator whose recording files are served over TLS (downloads send
+/// their token only over https), and the folder holding its test CA
+/// (`ca.pem`), which the client must trust.
+pub async fn start_sim_tls() -> (SimHandle, tempfile::TempDir) {
+    install_crypto();
+    let certs = smtp::make_certificates();
+    let tls = sim::SimTls::from_files(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    )
+    .expect("test certificate");
+    let config = SimConfig {
+        tls: Some(tls),
+        ..SimConfig::default()
+    };
+    (sim::start(config).await.expect("sim starts"), certs)
+}
+
 /// Short backoffs so retry tests stay fast; the 429 pauses stay real.
 pub fn fast_limits() -> LiveLimits {
     LiveLimits {

@@ -97,6 +97,16 @@ impl SmtpSink {
             .collect()
     }
 
+    /// The AUTH mechanisms clients used so far: one line per attempt that
+    /// reached the server with credentials.
+    pub fn auth_attempts(&self) -> Vec<String> {
+        std::fs::read_to_string(self.out.path().join("auth-attempts.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Waits until `count` messages arrived (the sink writes them after answering).
     pub fn wait_for_messages(&self, count: usize) -> Vec<Value> {
         let until = Instant::now() + Duration::from_secs(10);
@@ -154,8 +164,9 @@ fn python_with_aiosmtpd() -> &'static str {
         .expect("no python3 with aiosmtpd: install the package python3-aiosmtpd (.ci/run does)")
 }
 
-/// A test CA and a server certificate for 127.0.0.1 and localhost, signed by it.
-fn make_certificates() -> tempfile::TempDir {
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 and
+/// localhost signed by it (`server.pem`, `server.key`).
+pub fn make_certificates() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = |name: &str| dir.path().join(name);
     std::fs::write(

@@ -7,8 +7,9 @@ session was authenticated and encrypted). Recipients whose local part is
 `reject-permanent` or `reject-temporary` are refused with 550 or 451. It
 stops when its standard input closes (the test process ended) or when killed.
 
-Options: --out DIR, --auth USER:PASS (AUTH required), --tls none|starttls|implicit
-with --cert and --key (PEM files).
+Options: --out DIR, --auth USER:PASS (AUTH required; each attempt is logged to
+DIR/auth-attempts.log), --tls none|starttls|implicit with --cert and --key
+(PEM files).
 """
 
 import argparse
@@ -71,8 +72,11 @@ class Sink:
         return "250 2.0.0 message accepted"
 
 
-def authenticator(user, password):
+def authenticator(user, password, out_dir):
     def check(server, session, envelope, mechanism, auth_data):
+        # Every AUTH that reached the server, so a test can show none did.
+        with open(os.path.join(out_dir, "auth-attempts.log"), "a", encoding="utf-8") as log:
+            log.write("%s\n" % mechanism)
         ok = (
             isinstance(auth_data, LoginPassword)
             and auth_data.login == user.encode()
@@ -108,7 +112,7 @@ async def main():
         if args.auth:
             user, password = args.auth.split(":", 1)
             options.update(
-                authenticator=authenticator(user, password),
+                authenticator=authenticator(user, password, args.out),
                 auth_required=True,
                 # With implicit TLS aiosmtpd does not know the socket is
                 # encrypted, so it would never offer AUTH.

@@ -21,7 +21,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::Event;
 
@@ -242,6 +242,10 @@ impl ObservedJournal {
 }
 
 impl EffectObserver for ObservedJournal {
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
+        self.inner.effect_starting(run_id, start)
+    }
+
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
         self.inner.effect_completed(run_id, record);
     }

@@ -54,6 +54,11 @@ impl AdminToken {
         Ok(AdminToken(SecretString::from(token)))
     }
 
+    /// Registers the token for redaction by value.
+    pub fn register_secret(&self, secrets: &crate::secrets::Secrets) -> bool {
+        secrets.add(self.0.expose_secret()).is_ok()
+    }
+
     /// Whether `candidate` is this token, in constant time.
     pub fn matches(&self, candidate: &str) -> bool {
         let expected = Sha256::digest(self.0.expose_secret().as_bytes());

@@ -136,6 +136,12 @@ pub struct FileConfig {
     /// ZOOMWIRE_MAX_WAITING_RUNS: runs waiting their turn before intake stops
     /// reading events (default 100000).
     pub max_waiting_runs: Option<Scalar>,
+    /// ZOOMWIRE_CA_FILE: an extra root certificate (PEM) for outgoing HTTPS.
+    pub ca_file: Option<Scalar>,
+    /// Recording downloads.
+    pub downloads: FileDownloads,
+    /// Rule state (`state::set`).
+    pub state: FileState,
     /// Free values scripts and conditions read as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Limits of the script sandbox; zeros mean the safe default.
@@ -177,6 +183,23 @@ pub struct FileWebhook {
     pub addr: Option<Scalar>,
     /// ZOOMWIRE_WEBHOOK_MAX_BODY (default 1MiB).
     pub max_body: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_HEADER_TIMEOUT (default 10s): the request head must
+    /// arrive within it; also how long an idle connection stays open.
+    pub header_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_BODY_TIMEOUT (default 10s): the whole body, after the head.
+    pub body_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_REQUEST_TIMEOUT (default 15s): the whole request.
+    pub request_timeout: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS (default 4096, within the open-files limit).
+    pub max_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_MAX_REQUESTS (default 256): in flight; beyond it 503.
+    pub max_requests: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_CONNECTIONS (default 64; 0: no limit, behind a proxy).
+    pub per_address_connections: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE (default 50 requests a second; 0: no limit).
+    pub per_address_rate: Option<Scalar>,
+    /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_BURST (default 100).
+    pub per_address_burst: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
@@ -212,6 +235,22 @@ pub struct FileWebsocket {
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
+pub struct FileDownloads {
+    /// ZOOMWIRE_MAX_DOWNLOAD: the largest recording file a download writes.
+    pub max_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileState {
+    /// ZOOMWIRE_STATE_MAX_KEYS: keys of state one rule may hold.
+    pub max_keys: Option<Scalar>,
+    /// ZOOMWIRE_STATE_MAX_VALUE: the largest value `state::set` stores.
+    pub max_value_size: Option<Scalar>,
+}
+
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
     /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable) or `memory`.
     pub store: Option<Scalar>,
@@ -221,6 +260,8 @@ pub struct FileJournal {
     pub dedupe_window: Option<Scalar>,
     /// ZOOMWIRE_RETENTION: how long runs and events are kept (default 30d).
     pub retention: Option<Scalar>,
+    /// ZOOMWIRE_STORE_WARN_SIZE: a store larger than this is warned about.
+    pub warn_size: Option<Scalar>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::serve::limits::EndpointLimits;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -72,6 +73,8 @@ pub struct Settings {
     pub websocket: WebsocketSettings,
     pub journal: JournalSettings,
     pub reconcile: ReconcileSettings,
+    /// What effects may reach and keep.
+    pub effects: EffectSettings,
     /// How long runs in flight may take to finish after Ctrl-C or SIGTERM.
     pub shutdown_grace: Duration,
     /// Runs that may wait their turn in all (`ZOOMWIRE_MAX_WAITING_RUNS`); at
@@ -116,8 +119,8 @@ pub struct ZoomEndpoints {
 pub struct WebhookSettings {
     pub secret_token: Option<SecretString>,
     pub addr: SocketAddr,
-    /// Largest accepted body, in bytes.
-    pub max_body: usize,
+    /// Timeouts, body size and connection and request limits of the endpoint.
+    pub limits: EndpointLimits,
 }
 
 impl WebhookSettings {
@@ -167,6 +170,22 @@ pub struct JournalSettings {
     pub dedupe_window: Duration,
     /// How long finished runs and events are kept.
     pub retention: Duration,
+    /// Past this size the store is warned about (`ZOOMWIRE_STORE_WARN_SIZE`).
+    pub warn_size: u64,
+}
+
+/// What effects may reach and keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectSettings {
+    /// Extra root certificates (PEM) for Zoom, Slack, downloads and
+    /// `http::request` (`ZOOMWIRE_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// Largest recording download (`ZOOMWIRE_MAX_DOWNLOAD`).
+    pub max_download: u64,
+    /// Live state keys one rule may hold (`ZOOMWIRE_STATE_MAX_KEYS`).
+    pub state_max_keys: usize,
+    /// Bytes of one state value as JSON (`ZOOMWIRE_STATE_MAX_VALUE`).
+    pub state_max_value: usize,
 }
 
 /// Finding through REST what Zoom sent while no connection was up.
@@ -336,7 +355,7 @@ impl Settings {
     /// What the live effects need: endpoints, Slack, mail and the archive
     /// (`$ZOOMWIRE_DATA/archive`); rates and limits keep their defaults.
     pub fn live_config(&self) -> LiveConfig {
-        LiveConfig {
+        let mut config = LiveConfig {
             zoom_api_base: checked_url(&self.zoom.api_base),
             slack_api_base: checked_url(&self.slack.api_base),
             slack_bot_token: self.slack.bot_token.clone(),
@@ -344,8 +363,62 @@ impl Settings {
             smtp_url: self.email.smtp_url.clone(),
             email_from: self.email.from.clone(),
             smtp_ca_file: self.email.ca_file.clone(),
+            ca_file: self.effects.ca_file.clone(),
             ..LiveConfig::new(&self.data_dir)
+        };
+        config.limits.max_download_bytes = Some(self.effects.max_download);
+        config.limits.max_state_value_bytes = self.effects.state_max_value;
+        config
+    }
+
+    /// Registers every secret these settings hold for redaction by value
+    /// (the client secrets, the webhook secret, the Slack token and webhook
+    /// URLs, the SMTP password, the admin token); answers the settings whose
+    /// secret is too short to be scrubbed that way.
+    pub fn register_secrets(&self, secrets: &crate::secrets::Secrets) -> Vec<String> {
+        let mut too_short = Vec::new();
+        let mut add = |setting: &str, secret: &str| {
+            if secrets.add(secret).is_err() {
+                too_short.push(setting.to_string());
+            }
+        };
+        for account in &self.accounts {
+            add(
+                &format!("accounts.{}.client_secret", account.name),
+                account.client_secret.expose_secret(),
+            );
         }
+        if let Some(secret) = &self.webhook.secret_token {
+            add("ZOOM_WEBHOOK_SECRET_TOKEN", secret.expose_secret());
+        }
+        if let Some(token) = &self.slack.bot_token {
+            add("SLACK_BOT_TOKEN", token.expose_secret());
+        }
+        for (name, url) in &self.slack.webhooks {
+            let setting = format!("slack_webhooks.{name}");
+            add(&setting, url.expose_secret());
+            // The path is the secret part, and what a request line shows.
+            if let Ok(parsed) = Url::parse(url.expose_secret())
+                && parsed.path().len() > 1
+            {
+                add(&setting, parsed.path());
+            }
+        }
+        if let Some(smtp_url) = &self.email.smtp_url {
+            add("SMTP_URL", smtp_url.expose_secret());
+            if let Ok(parsed) = Url::parse(smtp_url.expose_secret())
+                && let Some(password) = parsed.password()
+            {
+                let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+                add("SMTP_URL (its password)", &decoded);
+            }
+        }
+        if let Some(token) = &self.admin_token
+            && !token.register_secret(secrets)
+        {
+            too_short.push("ZOOMWIRE_ADMIN_TOKEN".into());
+        }
+        too_short
     }
 
     /// Where the admin server listens and its token.
@@ -373,6 +446,8 @@ impl Settings {
             dedupe_window: self.journal.dedupe_window,
             max_age: self.journal.retention,
             sync: self.journal.sync,
+            warn_size_bytes: Some(self.journal.warn_size),
+            max_state_keys: self.effects.state_max_keys,
             ..JournalOptions::default()
         }
     }
@@ -452,7 +527,7 @@ impl fmt::Debug for WebhookSettings {
         f.debug_struct("WebhookSettings")
             .field("secret_token", &redacted(&self.secret_token))
             .field("addr", &self.addr)
-            .field("max_body", &self.max_body)
+            .field("limits", &self.limits)
             .finish()
     }
 }

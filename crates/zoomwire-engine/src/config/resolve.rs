@@ -19,9 +19,9 @@ use super::values::{
     parse_size, parse_smtp_url, parse_socket_addr, parse_switch, parse_url,
 };
 use super::{
-    DEFAULT_ACCOUNT, DotenvValue, EmailSettings, JournalSettings, LoadedFrom, ReconcileSettings,
-    Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings, ZoomEndpoints,
-    parse_dotenv,
+    DEFAULT_ACCOUNT, DotenvValue, EffectSettings, EmailSettings, JournalSettings, LoadedFrom,
+    ReconcileSettings, Settings, SlackSettings, Sources, WebhookSettings, WebsocketSettings,
+    ZoomEndpoints, parse_dotenv,
 };
 use crate::admin::AdminToken;
 use crate::admin::guard::check_bind;
@@ -29,6 +29,7 @@ use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
 use crate::journal::JournalSync;
 use crate::script::SandboxLimits;
+use crate::serve::limits::EndpointLimits;
 
 const DEFAULT_OAUTH_BASE: &str = "https://zoom.us";
 const DEFAULT_API_BASE: &str = "https://api.zoom.us/v2";
@@ -260,6 +261,7 @@ pub(super) fn build(sources: &Sources) -> Built {
             interval: DEFAULT_RECONCILE_INTERVAL,
             lookback: DEFAULT_RECONCILE_LOOKBACK,
         },
+        effects: resolve_effects(&mut resolver, &file),
         shutdown_grace: resolver
             .get(
                 &key("ZOOMWIRE_SHUTDOWN_GRACE", "shutdown_grace"),
@@ -296,6 +298,14 @@ pub(super) fn build(sources: &Sources) -> Built {
             declared_accounts
         },
     }
+}
+
+/// A whole number, 0 included (0 turns a per-address limit off).
+fn parse_count(text: &str) -> Result<usize, String> {
+    text.trim()
+        .replace('_', "")
+        .parse::<usize>()
+        .map_err(|_| format!("expected a whole number (0 for no limit), got `{text}`"))
 }
 
 fn parse_positive_count(text: &str) -> Result<usize, String> {
@@ -423,6 +433,88 @@ fn resolve_webhook(r: &mut Resolver, file: &FileConfig) -> WebhookSettings {
         }
         Ok(size)
     };
+    let defaults = EndpointLimits::default();
+    let mut duration = |env, yaml, value: &Option<Scalar>, default| {
+        r.get(&key(env, yaml), value.as_ref(), parse_positive_duration)
+            .unwrap_or(default)
+    };
+    let header_timeout = duration(
+        "ZOOMWIRE_WEBHOOK_HEADER_TIMEOUT",
+        "webhook.header_timeout",
+        &webhook.header_timeout,
+        defaults.header_timeout,
+    );
+    let body_timeout = duration(
+        "ZOOMWIRE_WEBHOOK_BODY_TIMEOUT",
+        "webhook.body_timeout",
+        &webhook.body_timeout,
+        defaults.body_timeout,
+    );
+    let request_timeout = duration(
+        "ZOOMWIRE_WEBHOOK_REQUEST_TIMEOUT",
+        "webhook.request_timeout",
+        &webhook.request_timeout,
+        defaults.request_timeout,
+    );
+    let mut count =
+        |env, yaml, value: &Option<Scalar>, parse: fn(&str) -> Result<usize, String>, default| {
+            r.get(&key(env, yaml), value.as_ref(), parse)
+                .unwrap_or(default)
+        };
+    let max_connections = count(
+        "ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS",
+        "webhook.max_connections",
+        &webhook.max_connections,
+        parse_positive_count,
+        defaults.max_connections,
+    );
+    let max_requests = count(
+        "ZOOMWIRE_WEBHOOK_MAX_REQUESTS",
+        "webhook.max_requests",
+        &webhook.max_requests,
+        parse_positive_count,
+        defaults.max_requests,
+    );
+    let per_address_connections = count(
+        "ZOOMWIRE_WEBHOOK_PER_ADDRESS_CONNECTIONS",
+        "webhook.per_address_connections",
+        &webhook.per_address_connections,
+        parse_count,
+        defaults.per_address_connections,
+    );
+    let per_address_rate = count(
+        "ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE",
+        "webhook.per_address_rate",
+        &webhook.per_address_rate,
+        parse_count,
+        defaults.per_address_rate as usize,
+    );
+    let per_address_burst = count(
+        "ZOOMWIRE_WEBHOOK_PER_ADDRESS_BURST",
+        "webhook.per_address_burst",
+        &webhook.per_address_burst,
+        parse_count,
+        defaults.per_address_burst as usize,
+    );
+    let limits = EndpointLimits {
+        max_body: r
+            .get(
+                &key("ZOOMWIRE_WEBHOOK_MAX_BODY", "webhook.max_body"),
+                webhook.max_body.as_ref(),
+                max_body,
+            )
+            .unwrap_or(MAX_EVENT_BYTES),
+        header_timeout,
+        body_timeout,
+        request_timeout,
+        max_connections,
+        max_requests,
+        per_address_connections,
+        per_address_rate: u32::try_from(per_address_rate).unwrap_or(u32::MAX),
+        // A burst below the rate would refuse within the rate.
+        per_address_burst: u32::try_from(per_address_burst.max(per_address_rate))
+            .unwrap_or(u32::MAX),
+    };
     WebhookSettings {
         secret_token: r.secret(
             &key("ZOOM_WEBHOOK_SECRET_TOKEN", "webhook.secret_token"),
@@ -435,13 +527,7 @@ fn resolve_webhook(r: &mut Resolver, file: &FileConfig) -> WebhookSettings {
                 parse_socket_addr,
             )
             .unwrap_or(DEFAULT_WEBHOOK_ADDR),
-        max_body: r
-            .get(
-                &key("ZOOMWIRE_WEBHOOK_MAX_BODY", "webhook.max_body"),
-                webhook.max_body.as_ref(),
-                max_body,
-            )
-            .unwrap_or(MAX_EVENT_BYTES),
+        limits,
     }
 }
 
@@ -555,6 +641,39 @@ fn resolve_websocket(r: &mut Resolver, file: &FileConfig) -> WebsocketSettings {
     }
 }
 
+fn resolve_effects(r: &mut Resolver, file: &FileConfig) -> EffectSettings {
+    use crate::effects::live::{DEFAULT_MAX_DOWNLOAD_BYTES, DEFAULT_MAX_STATE_VALUE_BYTES};
+    use crate::effects::state::DEFAULT_MAX_KEYS;
+    EffectSettings {
+        ca_file: r.get(
+            &key("ZOOMWIRE_CA_FILE", "ca_file"),
+            file.ca_file.as_ref(),
+            path,
+        ),
+        max_download: r
+            .get(
+                &key("ZOOMWIRE_MAX_DOWNLOAD", "downloads.max_size"),
+                file.downloads.max_size.as_ref(),
+                parse_size,
+            )
+            .map_or(DEFAULT_MAX_DOWNLOAD_BYTES, |size| size as u64),
+        state_max_keys: r
+            .get(
+                &key("ZOOMWIRE_STATE_MAX_KEYS", "state.max_keys"),
+                file.state.max_keys.as_ref(),
+                parse_positive_count,
+            )
+            .unwrap_or(DEFAULT_MAX_KEYS),
+        state_max_value: r
+            .get(
+                &key("ZOOMWIRE_STATE_MAX_VALUE", "state.max_value_size"),
+                file.state.max_value_size.as_ref(),
+                parse_size,
+            )
+            .unwrap_or(DEFAULT_MAX_STATE_VALUE_BYTES),
+    }
+}
+
 fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
     let journal = &file.journal;
     let dedupe_window = r
@@ -594,11 +713,19 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
             parse_journal_sync,
         )
         .unwrap_or(JournalSync::Full);
+    let warn_size = r
+        .get(
+            &key("ZOOMWIRE_STORE_WARN_SIZE", "journal.warn_size"),
+            journal.warn_size.as_ref(),
+            parse_size,
+        )
+        .map_or(crate::journal::DEFAULT_WARN_SIZE_BYTES, |size| size as u64);
     JournalSettings {
         store,
         sync,
         dedupe_window,
         retention,
+        warn_size,
     }
 }
 

@@ -73,7 +73,7 @@ fn defaults_are_the_design_defaults() {
     assert!(s.email.smtp_url.is_none() && s.email.from.is_none());
     assert!(!s.webhook.enabled());
     assert_eq!(s.webhook.addr.to_string(), "127.0.0.1:9798");
-    assert_eq!(s.webhook.max_body, 1 << 20);
+    assert_eq!(s.webhook.limits.max_body, 1 << 20);
     assert_eq!(s.data_dir, PathBuf::from(".zoomwire"));
     assert_eq!(s.admin_addr.to_string(), "127.0.0.1:9797");
     assert_eq!(s.rules_dir, PathBuf::from("rules"));
@@ -165,7 +165,7 @@ fn reads_every_setting_from_the_environment() {
     assert_eq!(account.client_id, "client-1");
     assert_eq!(account.subscription_id.as_deref(), Some("sub-1"));
     assert!(s.webhook.enabled());
-    assert_eq!(s.webhook.max_body, 64 << 10);
+    assert_eq!(s.webhook.limits.max_body, 64 << 10);
     assert_eq!(s.zoom.ws_base, "ws://127.0.0.1:1/ws");
     assert_eq!(s.zoom.oauth_base, "http://127.0.0.1:1", "no trailing slash");
     assert_eq!(s.slack.webhooks.keys().collect::<Vec<_>>(), vec!["default"]);
@@ -581,7 +581,7 @@ fn the_example_file_loads_and_shows_the_defaults() {
     assert_eq!(s.zoom.ws_base, defaults.zoom.ws_base);
     assert_eq!(s.slack.api_base, defaults.slack.api_base);
     assert_eq!(s.webhook.addr, defaults.webhook.addr);
-    assert_eq!(s.webhook.max_body, defaults.webhook.max_body);
+    assert_eq!(s.webhook.limits.max_body, defaults.webhook.limits.max_body);
     assert_eq!(s.admin_addr, defaults.admin_addr);
     assert_eq!(
         (&s.data_dir, &s.rules_dir, &s.scripts_dir),
@@ -593,6 +593,7 @@ fn the_example_file_loads_and_shows_the_defaults() {
     );
     assert_eq!(s.websocket, defaults.websocket);
     assert_eq!(s.journal, defaults.journal);
+    assert_eq!(s.effects, defaults.effects);
     assert_eq!(s.shutdown_grace, defaults.shutdown_grace);
     assert_eq!(s.log_format, defaults.log_format);
     assert_eq!(s.accounts[0].name, "sales");
@@ -794,5 +795,65 @@ fn reconciliation_settings_and_a_lookback_no_longer_than_the_dedupe_window() {
             .iter()
             .any(|e| e.contains("ZOOMWIRE_RECONCILE ") || e.contains("`maybe` is not a switch")),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn effect_limits_and_the_ca_file_are_settings() {
+    let s = settings(
+        Some(
+            "downloads: { max_size: 2GiB }\nstate: { max_keys: 50, max_value_size: 1KiB }\njournal: { warn_size: 10MiB }\n",
+        ),
+        None,
+        &[("ZOOMWIRE_CA_FILE", "corp.pem")],
+    );
+    assert_eq!(s.effects.max_download, 2 << 30);
+    assert_eq!(
+        (s.effects.state_max_keys, s.effects.state_max_value),
+        (50, 1024)
+    );
+    assert_eq!(s.effects.ca_file, Some(PathBuf::from("corp.pem")));
+    assert_eq!(s.journal.warn_size, 10 << 20);
+    let live = s.live_config();
+    assert_eq!(live.limits.max_download_bytes, Some(2 << 30));
+    assert_eq!(live.limits.max_state_value_bytes, 1024);
+    assert_eq!(live.ca_file, Some(PathBuf::from("corp.pem")));
+    let journal = s.journal_options();
+    assert_eq!(journal.max_state_keys, 50);
+    assert_eq!(journal.warn_size_bytes, Some(10 << 20));
+}
+
+#[test]
+fn every_secret_of_the_settings_is_registered_for_redaction() {
+    let s = settings(
+        None,
+        None,
+        &[
+            ("ZOOM_ACCOUNT_ID", "acc"),
+            ("ZOOM_CLIENT_ID", "cid"),
+            ("ZOOM_CLIENT_SECRET", "register-client-secret"),
+            ("ZOOM_WEBHOOK_SECRET_TOKEN", "register-webhook-secret"),
+            ("SLACK_BOT_TOKEN", "xoxb-register-bot"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.test/services/T/B/register-hook",
+            ),
+            ("SMTP_URL", "smtps://u:register%20pw@mail.test"),
+            ("EMAIL_FROM", "zw@example.com"),
+            ("ZOOMWIRE_ADMIN_TOKEN", "register-admin-token-0123456789"),
+        ],
+    );
+    let secrets = crate::secrets::Secrets::new();
+    assert_eq!(s.register_secrets(&secrets), Vec::<String>::new());
+    let text = "register-client-secret register-webhook-secret xoxb-register-bot \
+                /services/T/B/register-hook register pw register-admin-token-0123456789";
+    assert_eq!(
+        secrets.scrub(text),
+        "[redacted] [redacted] [redacted] [redacted] [redacted] [redacted]"
+    );
+    let short = settings(None, None, &[("ZOOM_WEBHOOK_SECRET_TOKEN", "abc")]);
+    assert_eq!(
+        short.register_secrets(&crate::secrets::Secrets::new()),
+        vec!["ZOOM_WEBHOOK_SECRET_TOKEN".to_string()]
     );
 }

@@ -2,7 +2,11 @@
 //!
 //! A capability is checked on every host-function call, so a rule that did
 //! not ask for `slack` cannot post, whatever its script says. `http:<host>`
-//! grants one host (exact, lowercase; `*.example.com` grants its subdomains).
+//! grants one host (exact, lowercase; `*.example.com` grants its subdomains)
+//! on ports 80 and 443; `http:<host>:<port>` grants another port instead,
+//! `http:<host>:*` any. An IP address is written as such (`http:10.0.0.5`,
+//! `http:[::1]:8080`): only then may a script reach a loopback, private or
+//! link-local address (see `address.rs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,9 +35,16 @@ pub enum CapabilityError {
     Unknown(String),
     #[error("capability `{0}` needs a host name, such as http:api.example.com")]
     EmptyHost(String),
-    #[error("capability `{0}` must name a host only, without scheme, port, path or user")]
+    #[error(
+        "capability `{0}` must name a host and at most a port (http:api.example.com:8443), without scheme, path or user"
+    )]
     NotAHost(String),
+    #[error("capability `{0}` names an invalid port: use a number from 1 to 65535, or *")]
+    BadPort(String),
 }
+
+/// Ports `http:<host>` grants without naming one.
+pub const DEFAULT_HTTP_PORTS: [u16; 2] = [80, 443];
 
 impl Capability {
     pub fn parse(text: &str) -> Result<Capability, CapabilityError> {
@@ -45,10 +56,7 @@ impl Capability {
             "email" => Ok(Capability::Email),
             _ => match text.strip_prefix("http:") {
                 Some("") => Err(CapabilityError::EmptyHost(text.into())),
-                Some(host) if host.contains(['/', ':', '@', '?', '#', ' ']) => {
-                    Err(CapabilityError::NotAHost(text.into()))
-                }
-                Some(host) => Ok(Capability::Http(host.to_ascii_lowercase())),
+                Some(target) => parse_http_target(text, target),
                 None => Err(CapabilityError::Unknown(text.into())),
             },
         }
@@ -105,9 +113,14 @@ impl CapabilitySet {
         self.named.iter().any(|c| c.name() == capability)
     }
 
-    /// Whether `host` is one the rule allows.
+    /// Whether `host` is one the rule allows, on some port.
     pub fn allows_host(&self, host: &str) -> bool {
         host_allowed(&self.http_hosts, host)
+    }
+
+    /// Whether `host` on `port` is one the rule allows.
+    pub fn allows_target(&self, host: &str, port: u16) -> bool {
+        target_allowed(&self.http_hosts, host, port)
     }
 
     pub fn http_hosts(&self) -> Arc<[String]> {
@@ -128,15 +141,76 @@ impl CapabilitySet {
     }
 }
 
-/// Whether `host` matches one of `allowed` (exact, or `*.suffix`).
+/// `host`, `host:port`, `host:*`, `[v6]` or `[v6]:port`, checked and lowercased.
+fn parse_http_target(text: &str, target: &str) -> Result<Capability, CapabilityError> {
+    let not_a_host = || CapabilityError::NotAHost(text.into());
+    if target.contains(['/', '@', '?', '#', ' ', '\\']) {
+        return Err(not_a_host());
+    }
+    let (host, port) = split_target(target).ok_or_else(not_a_host)?;
+    let bracketed = host.starts_with('[');
+    if host.is_empty() || host == "[]" || (!bracketed && host.contains(':')) {
+        return Err(not_a_host());
+    }
+    if let Some(port) = port
+        && port != "*"
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(CapabilityError::BadPort(text.into()));
+    }
+    Ok(Capability::Http(target.to_ascii_lowercase()))
+}
+
+/// An allow-list entry's host and port (`None` when it names none).
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    if target.starts_with('[') {
+        let end = target.find(']')?;
+        let (host, rest) = target.split_at(end + 1);
+        return match rest {
+            "" => Some((host, None)),
+            _ => Some((host, Some(rest.strip_prefix(':')?))),
+        };
+    }
+    match target.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port))),
+        None => Some((target, None)),
+    }
+}
+
+/// Whether `host` matches one of `allowed` (exact, or `*.suffix`), whatever
+/// the port.
 pub fn host_allowed(allowed: &[String], host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     allowed
         .iter()
-        .any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-            None => *pattern == host,
-        })
+        .any(|pattern| pattern_host_matches(pattern, &host))
+}
+
+/// Whether `host` on `port` is allowed by one of `allowed`: its host, and
+/// the port it names (80 and 443 when it names none, any for `*`).
+pub fn target_allowed(allowed: &[String], host: &str, port: u16) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|pattern| {
+        let Some((_, port_rule)) = split_target(pattern) else {
+            return false;
+        };
+        let port_ok = match port_rule {
+            None => DEFAULT_HTTP_PORTS.contains(&port),
+            Some("*") => true,
+            Some(named) => named.parse::<u16>() == Ok(port),
+        };
+        port_ok && pattern_host_matches(pattern, &host)
+    })
+}
+
+fn pattern_host_matches(pattern: &str, host: &str) -> bool {
+    let Some((pattern, _)) = split_target(pattern) else {
+        return false;
+    };
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => pattern == host,
+    }
 }
 
 #[cfg(test)]
@@ -164,10 +238,53 @@ mod tests {
             Capability::parse("http:"),
             Err(CapabilityError::EmptyHost(_))
         ));
-        assert!(matches!(
-            Capability::parse("http:https://x.com/"),
-            Err(CapabilityError::NotAHost(_))
-        ));
+        for bad in [
+            "http:https://x.com/",
+            "http:a:b:c",
+            "http:u@x.com",
+            "http:[::1",
+        ] {
+            assert!(
+                matches!(Capability::parse(bad), Err(CapabilityError::NotAHost(_))),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "http:x.com:0",
+            "http:x.com:99999",
+            "http:x.com:",
+            "http:[::1]:x",
+        ] {
+            assert!(
+                matches!(Capability::parse(bad), Err(CapabilityError::BadPort(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ports_are_80_and_443_unless_named() {
+        for text in [
+            "http:api.test",
+            "http:api.test:8443",
+            "http:api.test:*",
+            "http:[::1]:8080",
+            "http:[::1]",
+        ] {
+            assert!(Capability::parse(text).is_ok(), "{text}");
+        }
+        let allowed: Vec<String> = ["api.test", "ops.test:8443", "any.test:*", "[::1]:8080"]
+            .map(String::from)
+            .to_vec();
+        assert!(target_allowed(&allowed, "api.test", 443));
+        assert!(target_allowed(&allowed, "api.test", 80));
+        assert!(!target_allowed(&allowed, "api.test", 8080));
+        assert!(target_allowed(&allowed, "ops.test", 8443));
+        assert!(!target_allowed(&allowed, "ops.test", 443));
+        assert!(target_allowed(&allowed, "any.test", 22));
+        assert!(target_allowed(&allowed, "[::1]", 8080));
+        assert!(!target_allowed(&allowed, "[::1]", 80));
+        assert!(host_allowed(&allowed, "ops.test"));
     }
 
     #[test]

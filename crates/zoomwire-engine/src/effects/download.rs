@@ -4,14 +4,18 @@
 //! `file` is a URL or a recording-file map (`download_url`, `file_size`).
 //! The request carries the event's `download_token` (or, without one or when
 //! it is refused, the OAuth token of the run's own account, never another
-//! account's) only to a Zoom host and only
-//! while redirects stay on the same origin; redirects are followed one hop at
-//! a time, each target checked against the Zoom hosts and the rule's
-//! `http:<host>` list. The body is streamed chunk by chunk into a temporary
-//! file beside the destination, checked against `file_size`, synced and
-//! renamed into place, so memory stays flat and a half-written file never
-//! carries the final name. The destination is a relative path inside the
-//! archive folder: `..`, absolute paths and symlinks on the way are refused.
+//! account's) only to a Zoom host, only over https, and only while redirects
+//! stay on the same origin: a plain `http://` URL of a Zoom host is refused
+//! rather than sent a token, and so is a redirect from https to http.
+//! Redirects are followed one hop at a time, each target checked against
+//! the Zoom hosts and the rule's `http:<host>` list. The body is streamed
+//! chunk by chunk into a temporary file beside the destination, checked
+//! against `file_size` and the size cap (`max_bytes`, also when nothing
+//! announces a size), synced and renamed into place, so memory stays flat
+//! and a half-written file never carries the final name. The destination
+//! is a relative path inside the archive folder: `..`, absolute paths and
+//! symlinks on the way are refused. Folders are made 0700 and files 0600:
+//! recordings are their owner's only.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use super::capability::host_allowed;
+use super::capability::{host_allowed, target_allowed};
 use super::transport::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
 use super::{EffectContext, EffectError, EffectErrorKind};
 use crate::zoom::token::{AccessToken, AccessTokens};
@@ -93,7 +97,9 @@ pub struct Destination {
 pub fn prepare_destination(root: &Path, relative: &str) -> Result<Destination, DestError> {
     let parts = relative_parts(relative)?;
     let io = |e: std::io::Error| DestError::Io(e.to_string());
-    std::fs::create_dir_all(root).map_err(io)?;
+    crate::private_fs::create_dir_all(root).map_err(io)?;
+    // An archive made by an older zoomwire was world-readable.
+    crate::private_fs::restrict_dir(root);
     let root = root.canonicalize().map_err(io)?;
     let (file_name, folders) = parts.split_last().ok_or(DestError::Empty)?;
     let mut folder = root;
@@ -153,7 +159,7 @@ fn ensure_folder(folder: &Path, relative: &str, so_far: &str) -> Result<(), Dest
         }
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(DestError::NotAFolder(relative.into(), so_far.into())),
-        Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::create_dir(folder) {
+        Err(e) if e.kind() == ErrorKind::NotFound => match crate::private_fs::create_dir(folder) {
             Ok(()) => Ok(()),
             // Created meanwhile by a parallel download: check what it is.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -246,6 +252,17 @@ impl Downloader {
             .ok_or_else(|| EffectError::permanent(EFFECT, "`dest` must be a relative path"))?
             .to_string();
         self.check_url(&source.url, context, false)?;
+        if source.url.scheme() != "https"
+            && host_allowed(
+                &self.config.zoom_hosts,
+                source.url.host_str().unwrap_or_default(),
+            )
+        {
+            return Err(EffectError::permanent(
+                EFFECT,
+                "the download url is plain http: zoomwire sends Zoom's download token only over https",
+            ));
+        }
         if let (Some(max), Some(size)) = (self.config.max_bytes, source.expected_size)
             && size > max
         {
@@ -285,13 +302,15 @@ impl Downloader {
             ));
         }
         let host = url.host_str().unwrap_or_default();
-        if !host_allowed(&self.config.zoom_hosts, host) && !host_allowed(&context.http_hosts, host)
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !host_allowed(&self.config.zoom_hosts, host)
+            && !target_allowed(&context.http_hosts, host, port)
         {
             return Err(EffectError::new(
                 EFFECT,
                 EffectErrorKind::Denied,
                 format!(
-                    "{prefix}host `{host}` is refused: downloads go to Zoom's hosts or to hosts the rule allows with `http:<host>`"
+                    "{prefix}host `{host}` is refused: downloads go to Zoom's hosts or to hosts (and ports) the rule allows with `http:<host>`"
                 ),
             ));
         }
@@ -399,10 +418,11 @@ impl Downloader {
         context: &EffectContext,
     ) -> Result<reqwest::Response, EffectError> {
         let origin = start.origin();
-        let send_token = host_allowed(
-            &self.config.zoom_hosts,
-            start.host_str().unwrap_or_default(),
-        );
+        let send_token = start.scheme() == "https"
+            && host_allowed(
+                &self.config.zoom_hosts,
+                start.host_str().unwrap_or_default(),
+            );
         let mut url = start.clone();
         for hop in 0..=self.config.max_redirects {
             self.check_url(&url, context, hop > 0)?;
@@ -433,9 +453,16 @@ impl Downloader {
             let Some(location) = location else {
                 return Ok(response);
             };
-            url = url.join(&location).map_err(|_| {
+            let next = url.join(&location).map_err(|_| {
                 EffectError::permanent(EFFECT, "a redirect named a malformed location")
             })?;
+            if url.scheme() == "https" && next.scheme() == "http" {
+                return Err(EffectError::permanent(
+                    EFFECT,
+                    "a redirect from https to http is refused",
+                ));
+            }
+            url = next;
         }
         Err(EffectError::permanent(
             EFFECT,
@@ -454,7 +481,12 @@ impl Downloader {
         let announced = response.content_length();
         check_announced(announced, expected, max)?;
         let partial = partial_path(dest);
-        let bytes = match write_body(response, &partial, expected.or(max)).await {
+        let limit = match (expected, max) {
+            (Some(expected), _) => Some(SizeLimit::Expected(expected)),
+            (None, Some(max)) => Some(SizeLimit::Cap(max)),
+            (None, None) => None,
+        };
+        let bytes = match write_body(response, &partial, limit).await {
             Ok(bytes) => bytes,
             Err((error, created)) => {
                 if created {
@@ -472,6 +504,33 @@ impl Downloader {
             return Err(io_error("renaming the download", error));
         }
         Ok(bytes)
+    }
+}
+
+/// What a transfer may not pass.
+#[derive(Debug, Clone, Copy)]
+enum SizeLimit {
+    /// The recording file's `file_size`.
+    Expected(u64),
+    /// The download cap, when nothing says how large the file is.
+    Cap(u64),
+}
+
+impl SizeLimit {
+    fn bytes(self) -> u64 {
+        match self {
+            SizeLimit::Expected(bytes) | SizeLimit::Cap(bytes) => bytes,
+        }
+    }
+
+    fn exceeded(self) -> EffectError {
+        match self {
+            SizeLimit::Expected(bytes) => EffectError::permanent(
+                EFFECT,
+                format!("the file is larger than the expected {bytes} bytes"),
+            ),
+            SizeLimit::Cap(max) => too_large(max),
+        }
     }
 }
 
@@ -502,9 +561,9 @@ fn check_announced(
 async fn write_body(
     mut response: reqwest::Response,
     partial: &Path,
-    limit: Option<u64>,
+    limit: Option<SizeLimit>,
 ) -> Result<u64, (EffectError, bool)> {
-    let mut file = tokio::fs::OpenOptions::new()
+    let mut file = crate::private_fs::async_file_options()
         .write(true)
         .create_new(true)
         .open(partial)
@@ -530,15 +589,9 @@ async fn write_body(
         };
         bytes += chunk.len() as u64;
         if let Some(limit) = limit
-            && bytes > limit
+            && bytes > limit.bytes()
         {
-            return Err((
-                EffectError::permanent(
-                    EFFECT,
-                    format!("the file is larger than the expected {limit} bytes"),
-                ),
-                true,
-            ));
+            return Err((limit.exceeded(), true));
         }
         file.write_all(&chunk)
             .await

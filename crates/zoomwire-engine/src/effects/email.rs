@@ -4,7 +4,11 @@
 //! `SMTP_URL` forms: `smtp://host[:port]` (STARTTLS when the server offers
 //! it), `smtp://host?tls=starttls` (STARTTLS required, port 587 by default),
 //! `smtp://host?tls=none` (plain, for a local relay), `smtps://host` (implicit
-//! TLS, port 465), each with optional `user:pass@` (percent-encoded). Both
+//! TLS, port 465), each with optional `user:pass@` (percent-encoded).
+//! Credentials go only over TLS: with a password, `smtp://` requires
+//! STARTTLS (a relay that does not offer it fails the send before AUTH),
+//! `?tls=opportunistic` is refused, and only an explicit `?tls=none` sends
+//! the password in cleartext, with a warning when the mailer starts. Both
 //! `text` and `html` make a multipart/alternative message. `bcc` goes to the
 //! envelope only. SMTP 4xx answers, timeouts and connection failures are
 //! transient; 5xx answers, TLS failures and bad addresses are permanent.
@@ -73,6 +77,10 @@ pub enum EmailConfigError {
     TlsOption(String),
     #[error("SMTP_URL option `{0}` is unknown (only `tls` is understood)")]
     UnknownOption(String),
+    #[error(
+        "SMTP_URL holds a password and says tls=opportunistic, which would send it in cleartext to a relay without STARTTLS: use tls=starttls (or smtps://), or tls=none to accept cleartext"
+    )]
+    OpportunisticWithPassword,
     #[error("EMAIL_FROM `{0}` is not a valid address: {1}")]
     From(String, String),
     #[error("the SMTP CA certificate: {0}")]
@@ -89,6 +97,7 @@ impl SmtpSettings {
             "smtps" => SmtpSecurity::Implicit,
             other => return Err(EmailConfigError::Scheme(other.into())),
         };
+        let mut explicit_opportunistic = false;
         for (key, value) in url.query_pairs() {
             if key != "tls" {
                 return Err(EmailConfigError::UnknownOption(key.into_owned()));
@@ -103,6 +112,7 @@ impl SmtpSettings {
                 "implicit" | "wrapper" => SmtpSecurity::Implicit,
                 _ => return Err(EmailConfigError::TlsOption(value.into_owned())),
             };
+            explicit_opportunistic = security == SmtpSecurity::Opportunistic;
         }
         let host = url
             .host_str()
@@ -119,6 +129,13 @@ impl SmtpSettings {
         let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
         let username = Some(decode(url.username())).filter(|u| !u.is_empty());
         let password = url.password().map(|p| SecretString::from(decode(p)));
+        if password.is_some() && security == SmtpSecurity::Opportunistic {
+            if explicit_opportunistic {
+                return Err(EmailConfigError::OpportunisticWithPassword);
+            }
+            // Credentials only over TLS: the port stays as written or defaulted.
+            security = SmtpSecurity::StartTls;
+        }
         Ok(SmtpSettings {
             host,
             port,
@@ -155,6 +172,9 @@ impl Mailer {
             SmtpSecurity::StartTls => Tls::Required(tls),
             SmtpSecurity::Implicit => Tls::Wrapper(tls),
         };
+        if settings.security == SmtpSecurity::None && settings.password.is_some() {
+            tracing::warn!(host = %settings.host, port = settings.port, "SMTP_URL says tls=none: the mail password goes to the relay in cleartext");
+        }
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
             .port(settings.port)
             .tls(tls)
@@ -323,16 +343,30 @@ fn message_id(from: &Mailbox) -> String {
 }
 
 fn smtp_error(error: lettre::transport::smtp::Error) -> EffectError {
-    let kind = if error.is_permanent() || error.is_tls() || is_certificate_problem(&error) {
+    // A client error is a protocol or configuration mismatch: STARTTLS
+    // required but not offered, no common AUTH mechanism.
+    let kind = if error.is_permanent()
+        || error.is_tls()
+        || error.is_client()
+        || is_certificate_problem(&error)
+    {
         EffectErrorKind::Permanent
     } else {
         EffectErrorKind::Transient
     };
     let code = error.status().map(|code| Value::from(code.to_string()));
+    let text = error.to_string();
+    let message = if error.is_client() && text.contains("STARTTLS") {
+        format!(
+            "smtp: {text}: the relay offers no STARTTLS, so nothing was sent (the password goes only over TLS: use smtps://, a relay with STARTTLS, or ?tls=none to accept cleartext)"
+        )
+    } else {
+        format!("smtp: {text}")
+    };
     EffectError {
         effect: EFFECT.into(),
         kind,
-        message: format!("smtp: {error}"),
+        message,
         code,
         status: None,
     }
@@ -380,7 +414,7 @@ mod tests {
         let s = SmtpSettings::parse("smtp://user%40x:p%3Ass@mail.test:587").unwrap();
         assert_eq!(
             (s.host.as_str(), s.port, s.security),
-            ("mail.test", 587, SmtpSecurity::Opportunistic)
+            ("mail.test", 587, SmtpSecurity::StartTls)
         );
         assert_eq!(s.username.as_deref(), Some("user@x"));
         assert_eq!(s.password.as_ref().unwrap().expose_secret(), "p:ss");
@@ -391,6 +425,26 @@ mod tests {
         let s = SmtpSettings::parse("smtp://127.0.0.1:2525?tls=none").unwrap();
         assert_eq!((s.port, s.security), (2525, SmtpSecurity::None));
         assert!(s.username.is_none());
+    }
+
+    #[test]
+    fn a_password_goes_only_over_tls_unless_the_url_says_tls_none() {
+        let s = SmtpSettings::parse("smtp://u:pw@mail.test:587").unwrap();
+        assert_eq!((s.port, s.security), (587, SmtpSecurity::StartTls));
+        let s = SmtpSettings::parse("smtp://u:pw@mail.test").unwrap();
+        assert_eq!((s.port, s.security), (25, SmtpSecurity::StartTls));
+        let s = SmtpSettings::parse("smtp://u:pw@mail.test?tls=none").unwrap();
+        assert_eq!(s.security, SmtpSecurity::None);
+        assert_eq!(
+            SmtpSettings::parse("smtp://u:pw@mail.test?tls=opportunistic").unwrap_err(),
+            EmailConfigError::OpportunisticWithPassword
+        );
+        let s = SmtpSettings::parse("smtp://mail.test?tls=opportunistic").unwrap();
+        assert_eq!(
+            s.security,
+            SmtpSecurity::Opportunistic,
+            "no password to protect"
+        );
     }
 
     #[test]

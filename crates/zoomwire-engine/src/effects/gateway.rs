@@ -4,15 +4,27 @@
 //! arguments. The gateway checks the rule's capabilities, numbers the call,
 //! answers from the run's earlier attempts when the same call was already
 //! made (so a retried run does not post to Slack twice), otherwise performs
-//! it on the runtime within the run's deadline, and records it with its
-//! arguments redacted. Observers (the journal) see each record as soon as it
-//! completes, so a crash after an effect does not repeat it on resume.
+//! it on the runtime within the run's deadline, and records it redacted
+//! (`redact.rs`). The script gets the answer with only the process's own
+//! secrets scrubbed; the record keeps that answer apart (`unredacted`,
+//! sealed in the store) when redaction changed it, so a replay gives the
+//! script what the first attempt got. Log lines and errors are redacted
+//! too. Observers (the journal) see each record as soon as it completes, so
+//! a crash after an effect does not repeat it on resume.
 //!
 //! A run's output is bounded ([`OutputLimits`]): it keeps at most
 //! `max_log_lines` log lines and `max_log_bytes` of log text, then drops
 //! the rest and ends its log with a line saying how much it dropped; its
 //! effect calls (`now()` and `state::` included) stop at `max_effects`, and
 //! the sandbox fails the run that asks for one more.
+//!
+//! An effect that is not harmless to repeat ([`is_repeatable`]) is written
+//! as started ([`EffectObserver::effect_starting`], durable) before it is
+//! performed, and its record replaces that mark once it completes. A crash
+//! in between leaves the mark: the run that resumes finds the effect in
+//! doubt (see `crate::engine::executor`). When a resumed run performs such
+//! an effect again (the rule marks it idempotent), its new record says
+//! `in_doubt` too: it may have happened twice.
 //!
 //! Effects are performed on the runtime's threads, not the script's, and the
 //! run keeps its own copy of each answer: the script thread's memory budget
@@ -27,10 +39,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::redact::{redact, redact_error, redact_text, redact_tracked};
 use super::{
     CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
-    is_external, redact, required_capability,
+    is_external, is_repeatable, required_capability,
 };
+use crate::secrets::Secrets;
 
 /// One effect call of a run, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,12 +54,53 @@ pub struct EffectRecord {
     pub name: String,
     /// Arguments with secrets redacted.
     pub args: Value,
+    /// The result with secrets redacted: what records and the page show.
     pub result: Result<Value, EffectError>,
+    /// The result the script got, when redaction changed it: what a replay
+    /// answers. Never serialized (the journal keeps it sealed).
+    #[serde(skip)]
+    pub unredacted: Option<Value>,
     pub started_at: DateTime<Utc>,
     pub latency_ms: f64,
     /// True when the result came from an earlier attempt instead of being performed.
     #[serde(default)]
     pub replayed: bool,
+    /// True when a crash came while this effect was being performed, so it
+    /// may not have happened (an error of kind `in_doubt`), or, performed
+    /// again after that, may have happened twice.
+    #[serde(default)]
+    pub in_doubt: bool,
+}
+
+/// An effect about to be performed, as written before it is (arguments redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectStart {
+    pub seq: u32,
+    pub name: String,
+    pub args: Value,
+    pub started_at: DateTime<Utc>,
+}
+
+impl EffectStart {
+    /// The record of this effect when a crash left it unfinished.
+    pub fn into_in_doubt_record(self) -> EffectRecord {
+        let message = "zoomwire stopped while this effect was being performed: it may or may not have happened";
+        EffectRecord {
+            seq: self.seq,
+            result: Err(EffectError::new(
+                &self.name,
+                EffectErrorKind::InDoubt,
+                message,
+            )),
+            name: self.name,
+            args: self.args,
+            started_at: self.started_at,
+            latency_ms: 0.0,
+            replayed: false,
+            in_doubt: true,
+            unredacted: None,
+        }
+    }
 }
 
 impl EffectRecord {
@@ -90,11 +145,17 @@ struct LogBook {
     dropped_bytes: usize,
 }
 
-/// Waits until an effect's record is saved.
-pub type SavedWait = Box<dyn FnOnce() + Send>;
+/// Waits until an effect's record is saved; `Err` when it could not be.
+pub type SavedWait = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
-/// Sees every effect of a run as soon as it completes (the journal).
+/// Sees every effect of a run as it starts and as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
+    /// Saves that the effect is about to be performed, before it is:
+    /// durable on `Ok`. Its record, when it completes, replaces the mark; a
+    /// mark left without one after a crash means the effect is in doubt.
+    /// On `Err` (the store cannot write) the effect is not performed.
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String>;
+
     /// Saves the record before returning.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord);
 
@@ -105,7 +166,7 @@ pub trait EffectObserver: Send + Sync {
     /// while the write commits (and a run's last effect never waits).
     fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
         self.effect_completed(run_id, record);
-        Box::new(|| {})
+        Box::new(|| Ok(()))
     }
 }
 
@@ -185,22 +246,73 @@ impl RunEffects {
         if let Some(earlier) = self.replayed(seq, name, &redacted_args) {
             return self.finish(earlier);
         }
-        self.wait_saved();
+        let saved = self.wait_saved(name);
+        let in_doubt = self.was_in_doubt(seq, name, &redacted_args);
         let started_at = Utc::now();
         let started = Instant::now();
-        let result = self.perform(EffectRequest::new(name, args));
+        let marked = saved.and_then(|()| self.mark_started(seq, name, &redacted_args, started_at));
+        let result = match marked {
+            Ok(()) => self.perform(EffectRequest::new(name, args)),
+            Err(error) => Err(error),
+        };
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (result, unredacted) = match result {
+            Ok(mut answer) => {
+                Secrets::global().scrub_json(&mut answer);
+                let (shown, changed) = redact_tracked(&answer);
+                (Ok(shown), changed.then_some(answer))
+            }
+            Err(error) => (Err(redact_error(error)), None),
+        };
         let record = EffectRecord {
             seq,
             name: name.to_string(),
             args: redacted_args,
-            result: result.map(|v| redact(&v)),
+            result,
+            unredacted,
             started_at,
-            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms,
             replayed: false,
+            in_doubt,
         };
         metrics::histogram!("zoomwire_effect_seconds", "effect" => name.to_string())
             .record(started.elapsed().as_secs_f64());
         self.finish(record)
+    }
+
+    /// Writes that an effect which is not harmless to repeat is starting, and
+    /// refuses to perform it when that cannot be written.
+    fn mark_started(
+        &self,
+        seq: u32,
+        name: &str,
+        redacted_args: &Value,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), EffectError> {
+        let Some(observer) = self.observer.as_ref().filter(|_| !is_repeatable(name)) else {
+            return Ok(());
+        };
+        let start = EffectStart {
+            seq,
+            name: name.to_string(),
+            args: redacted_args.clone(),
+            started_at,
+        };
+        observer
+            .effect_starting(&self.context.run_id, &start)
+            .map_err(|error| {
+                EffectError::transient(
+                    name,
+                    format!("not performed: cannot record in the store that it starts: {error}"),
+                )
+            })
+    }
+
+    /// Whether the earlier attempt left this same call in doubt.
+    fn was_in_doubt(&self, seq: u32, name: &str, redacted_args: &Value) -> bool {
+        self.replay
+            .get(seq as usize - 1)
+            .is_some_and(|e| e.in_doubt && e.name == name && e.args == *redacted_args)
     }
 
     /// Performs the request on the runtime's threads, waiting at most until
@@ -263,22 +375,52 @@ impl RunEffects {
         {
             self.transient_failure.store(true, Ordering::Relaxed);
         }
-        if let Some(observer) = &self.observer
-            && !record.replayed
-        {
-            let saved = observer.effect_completed_later(&self.context.run_id, &record);
-            *lock(&self.saving) = Some(saved);
+        if let Some(observer) = &self.observer {
+            self.save(observer.as_ref(), &record);
         }
-        let result = record.result.clone();
+        let result = match (&record.result, &record.unredacted) {
+            (Ok(_), Some(answer)) => Ok(answer.clone()),
+            (result, _) => result.clone(),
+        };
         lock(&self.records).push(record);
         result
     }
 
-    /// Waits until the previous effect's record is saved.
-    fn wait_saved(&self) {
+    /// Starts saving the record; the next effect waits for it. A replayed
+    /// record is saved again too (a no-op when the store has it): the attempt
+    /// that made it may have failed to save it (a full disk), and a crash
+    /// after this attempt's next effect would then leave two in doubt.
+    fn save(&self, observer: &dyn EffectObserver, record: &EffectRecord) {
+        let saved = if record.replayed {
+            let as_made = EffectRecord {
+                replayed: false,
+                ..record.clone()
+            };
+            observer.effect_completed_later(&self.context.run_id, &as_made)
+        } else {
+            observer.effect_completed_later(&self.context.run_id, record)
+        };
+        let mut saving = lock(&self.saving);
+        *saving = Some(match saving.take() {
+            // Replayed records follow one another without a wait between them.
+            Some(earlier) => Box::new(move || earlier().and_then(|()| saved())),
+            None => saved,
+        });
+    }
+
+    /// Waits until the previous effect's record is saved. When it could not
+    /// be (a full disk), the next effect is refused: made anyway, a crash
+    /// would leave two effects of the run in doubt, not one.
+    fn wait_saved(&self, name: &str) -> Result<(), EffectError> {
         let saving = lock(&self.saving).take();
-        if let Some(wait) = saving {
-            wait();
+        match saving {
+            Some(wait) => wait().map_err(|error| {
+                EffectError::transient(
+                    name,
+                    format!("not performed: the previous effect's record was not saved: {error}"),
+                )
+            }),
+            None => Ok(()),
         }
     }
 
@@ -302,17 +444,30 @@ impl RunEffects {
             ));
         }
         if name == "http.request" {
-            let host = args["url"]
-                .as_str()
-                .and_then(|u| url::Url::parse(u).ok())
+            let url = args["url"].as_str().and_then(|u| url::Url::parse(u).ok());
+            let host = url
+                .as_ref()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .unwrap_or_default();
+            let port = url.as_ref().and_then(url::Url::port_or_known_default);
             if !self.capabilities.allows_host(&host) {
                 return Err(EffectError::new(
                     name,
                     EffectErrorKind::Denied,
                     format!(
                         "rule `{}` may not reach host `{host}`: add `http:{host}` to the rule's `allow:` list",
+                        self.context.rule
+                    ),
+                ));
+            }
+            if let Some(port) = port
+                && !self.capabilities.allows_target(&host, port)
+            {
+                return Err(EffectError::new(
+                    name,
+                    EffectErrorKind::Denied,
+                    format!(
+                        "rule `{}` may not reach port {port} of `{host}` (`http:{host}` allows ports 80 and 443): add `http:{host}:{port}` to the rule's `allow:` list",
                         self.context.rule
                     ),
                 ));
@@ -341,6 +496,10 @@ impl RunEffects {
     /// Records a script log line (also sent to tracing), or counts it as
     /// dropped past `max_log_lines` or `max_log_bytes`.
     pub fn log(&self, level: &str, message: String) {
+        let message = match redact_text(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(shown) => shown,
+        };
         let mut book = lock(&self.logs);
         let full = book.lines.len() >= self.limits.max_log_lines
             || book.bytes + message.len() > self.limits.max_log_bytes;
@@ -392,9 +551,11 @@ impl RunEffects {
             name: "now".into(),
             args: Value::Null,
             result: Ok(Value::String(now.to_rfc3339())),
+            unredacted: None,
             started_at: now,
             latency_ms: 0.0,
             replayed: false,
+            in_doubt: false,
         });
         Ok(now)
     }
@@ -485,6 +646,11 @@ mod tests {
     }
 
     impl EffectObserver for Ledger {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.0).push(format!("start {}", start.seq));
+            Ok(())
+        }
+
         fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {
             unreachable!("the gateway saves without blocking")
         }
@@ -492,7 +658,10 @@ mod tests {
         fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
             lock(&self.0).push(format!("save {}", record.seq));
             let (log, seq) = (self.0.clone(), record.seq);
-            Box::new(move || lock(&log).push(format!("saved {seq}")))
+            Box::new(move || {
+                lock(&log).push(format!("saved {seq}"));
+                Ok(())
+            })
         }
     }
 
@@ -524,13 +693,153 @@ mod tests {
         assert_eq!(
             *lock(&log),
             [
+                "start 1",
                 r#"perform "one""#,
                 "save 1",
                 "saved 1",
+                "start 2",
                 r#"perform "two""#,
                 "save 2"
             ]
         );
+    }
+
+    /// A store whose saves of the records listed in `failing` fail (a full disk).
+    struct ShakyStore {
+        log: Arc<Mutex<Vec<String>>>,
+        failing: Mutex<Vec<u32>>,
+    }
+
+    impl EffectObserver for ShakyStore {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.log).push(format!("start {}", start.seq));
+            Ok(())
+        }
+
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+
+        fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
+            let fails = lock(&self.failing).contains(&record.seq);
+            let (log, seq) = (self.log.clone(), record.seq);
+            lock(&log).push(format!("save {seq}"));
+            Box::new(move || match fails {
+                true => Err("disk full".into()),
+                false => {
+                    lock(&log).push(format!("saved {seq}"));
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn a_retry_saves_the_records_it_replays_before_its_next_effect() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(ShakyStore {
+            log: log.clone(),
+            failing: Mutex::new(vec![2]),
+        });
+        let post = |text: &str| json!({"channel": "#a", "text": text});
+        let first = run_effects(vec![Capability::Slack], &runtime).with_observer(store.clone());
+        first.call("slack.post", post("one")).unwrap();
+        first.call("slack.post", post("two")).unwrap();
+        let refused = first.call("slack.post", post("three")).unwrap_err();
+        assert!(refused.message.contains("not saved"), "{}", refused.message);
+        assert!(refused.is_transient());
+
+        // The retry replays one and two; two's record is saved before three.
+        lock(&log).clear();
+        let retry = run_effects(vec![Capability::Slack], &runtime)
+            .with_replay(first.records())
+            .with_observer(store.clone());
+        retry.call("slack.post", post("one")).unwrap();
+        retry.call("slack.post", post("two")).unwrap();
+        let still_full = retry.call("slack.post", post("three")).unwrap_err();
+        assert!(
+            still_full.message.contains("not saved"),
+            "{}",
+            still_full.message
+        );
+        assert_eq!(
+            *lock(&log),
+            ["save 1", "save 2", "saved 1", "save 3"],
+            "three not started (its refusal is recorded)"
+        );
+
+        lock(&store.failing).clear();
+        lock(&log).clear();
+        let last = run_effects(vec![Capability::Slack], &runtime)
+            .with_replay(retry.records())
+            .with_observer(store.clone());
+        for text in ["one", "two", "three"] {
+            last.call("slack.post", post(text)).unwrap();
+        }
+        assert_eq!(
+            *lock(&log),
+            [
+                "save 1", "save 2", "saved 1", "saved 2", "start 3", "save 3"
+            ]
+        );
+        let records = last.records();
+        assert!(records[0].replayed && records[1].replayed && !records[2].replayed);
+    }
+
+    /// An observer whose store cannot write the start marks.
+    struct FullStore(Arc<Mutex<Vec<String>>>);
+
+    impl EffectObserver for FullStore {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.0).push(format!("refused {}", start.name));
+            Err("the store is full".into())
+        }
+
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+    }
+
+    #[test]
+    fn an_effect_whose_start_cannot_be_recorded_is_not_performed_and_reads_need_no_mark() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let gateway = run_effects(vec![Capability::Slack, Capability::ZoomRead], &runtime)
+            .with_observer(Arc::new(FullStore(log.clone())));
+        let error = gateway
+            .call("slack.post", json!({"channel": "#a", "text": "hi"}))
+            .unwrap_err();
+        assert!(error.is_transient(), "retried later: {error}");
+        assert!(error.message.contains("not performed"), "{}", error.message);
+        gateway
+            .call("zoom.get", json!({"path": "/users/me", "params": {}}))
+            .unwrap();
+        gateway
+            .call("state.set", json!({"key": "k", "value": 1}))
+            .unwrap();
+        assert_eq!(
+            *lock(&log),
+            ["refused slack.post"],
+            "reads and state need no mark"
+        );
+    }
+
+    #[test]
+    fn an_effect_left_in_doubt_and_performed_again_stays_marked() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let args = json!({"channel": "#a", "text": "hi"});
+        let earlier = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: args.clone(),
+            started_at: Utc::now(),
+        }
+        .into_in_doubt_record();
+        let gateway = run_effects(vec![Capability::Slack], &runtime).with_replay(vec![earlier]);
+        gateway.call("slack.post", args).unwrap();
+        gateway
+            .call("slack.post", json!({"channel": "#a", "text": "next"}))
+            .unwrap();
+        let records = gateway.records();
+        assert!(records[0].in_doubt && !records[0].replayed && records[0].result.is_ok());
+        assert!(!records[1].in_doubt);
     }
 
     #[test]

@@ -1,29 +1,49 @@
 //! `http::request(#{method, url, headers, body, timeout})`: a plain HTTP call
-//! to a host the rule allows (`http:<host>`), answered with
+//! to a host the rule allows (`http:<host>[:port]`), answered with
 //! `{status, headers, body}`.
 //!
 //! The gateway checks the first URL; this module checks it again and every
 //! redirect target, because it follows redirects itself (one hop at a time,
-//! each target against the same allow-list). URLs with credentials are
-//! refused, hop-by-hop and `Host` headers cannot be set, and request and
-//! response bodies and the time taken are capped. Any status is an answer,
-//! not an error: the script looks at `status`.
+//! each target against the same allow-list, host and port). A redirect from
+//! https to http is refused, and one to another origin keeps only the
+//! harmless headers ([`CROSS_ORIGIN_HEADERS`]): no `Authorization`, cookie
+//! or API key follows the script's request elsewhere. Names are resolved by
+//! the connecting client itself through [`GuardedResolver`], so a name that
+//! points (or is rebound) at loopback, a private network or a metadata
+//! address is refused unless the rule allows that address (`address.rs`);
+//! each allow-list has its own client (and connection pool) for that reason,
+//! and no proxy is used. URLs with credentials are refused, hop-by-hop and
+//! `Host` headers cannot be set, and request and response bodies and the
+//! time taken are capped. Any status is an answer, not an error: the script
+//! looks at `status`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderMap, HeaderName, HeaderValue, LOCATION,
-    PROXY_AUTHORIZATION,
-};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::capability::host_allowed;
+use super::address::{GuardedResolver, refused_address_in};
+use super::capability::{host_allowed, target_allowed};
 use super::transport::{BodyError, describe_error, is_json_content_type, read_body_capped};
 use super::{EffectContext, EffectError, EffectErrorKind};
 
 const EFFECT: &str = "http.request";
+
+/// Headers a request keeps when a redirect leads to another origin.
+pub const CROSS_ORIGIN_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-language",
+    "content-type",
+    "user-agent",
+];
+
+/// Clients kept, one per allow-list; beyond this the cache starts afresh.
+const MAX_CLIENTS: usize = 256;
 
 /// Headers a script may not set: they would let it address another host or
 /// break the framing of the request.
@@ -61,9 +81,16 @@ impl Default for HttpLimits {
     }
 }
 
+/// Builds a client that resolves names with the given resolver; it must
+/// not follow redirects or use a proxy.
+pub type ClientFactory =
+    Arc<dyn Fn(GuardedResolver) -> reqwest::Result<reqwest::Client> + Send + Sync>;
+
 /// The `http.request` effect.
 pub struct HttpEffect {
-    client: reqwest::Client,
+    factory: ClientFactory,
+    /// A client per allow-list (its resolver keeps that list's addresses).
+    clients: Mutex<HashMap<Arc<[String]>, reqwest::Client>>,
     limits: HttpLimits,
 }
 
@@ -77,9 +104,28 @@ struct HttpCall {
 }
 
 impl HttpEffect {
-    /// `client` must not follow redirects on its own.
-    pub fn new(client: reqwest::Client, limits: HttpLimits) -> HttpEffect {
-        HttpEffect { client, limits }
+    pub fn new(factory: ClientFactory, limits: HttpLimits) -> HttpEffect {
+        HttpEffect {
+            factory,
+            clients: Mutex::default(),
+            limits,
+        }
+    }
+
+    /// The client for a rule's allow-list.
+    fn client(&self, allowed: &Arc<[String]>) -> Result<reqwest::Client, EffectError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(allowed) {
+            return Ok(client.clone());
+        }
+        let client = (self.factory)(GuardedResolver::new(allowed.clone())).map_err(|e| {
+            EffectError::transient(EFFECT, format!("building the http client: {e}"))
+        })?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(allowed.clone(), client.clone());
+        Ok(client)
     }
 
     pub async fn request(
@@ -87,6 +133,7 @@ impl HttpEffect {
         context: &EffectContext,
         args: &Value,
     ) -> Result<Value, EffectError> {
+        let client = self.client(&context.http_hosts)?;
         let call = parse_call(args, &self.limits)?;
         let until = context.deadline.min(Instant::now() + call.timeout);
         let HttpCall {
@@ -102,18 +149,14 @@ impl HttpEffect {
             if left.is_zero() {
                 return Err(timed_out());
             }
-            let mut request = self
-                .client
+            let mut request = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone())
                 .timeout(left);
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|error| EffectError::transient(EFFECT, describe_error(error)))?;
+            let response = request.send().await.map_err(send_error)?;
             let status = response.status();
             let location = redirect_location(&response);
             let Some(location) = location else {
@@ -125,15 +168,21 @@ impl HttpEffect {
                     format!("answered {status} with a malformed Location `{location}`"),
                 )
             })?;
+            if url.scheme() == "https" && next.scheme() == "http" {
+                return Err(EffectError::permanent(
+                    EFFECT,
+                    format!(
+                        "answered {status} with a redirect from https to http, which is refused"
+                    ),
+                ));
+            }
             if changes_to_get(status, &method) {
                 method = Method::GET;
                 body = None;
                 headers.remove(CONTENT_TYPE);
             }
             if next.origin() != url.origin() {
-                for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION] {
-                    headers.remove(name);
-                }
+                keep_cross_origin_headers(&mut headers);
             }
             url = next;
         }
@@ -167,7 +216,28 @@ impl HttpEffect {
     }
 }
 
-/// Refuses a URL that is not plain http(s) to an allowed host.
+/// A failed send: a refused address is the rule's configuration (denied),
+/// anything else may pass (transient).
+fn send_error(error: reqwest::Error) -> EffectError {
+    if let Some(refused) = refused_address_in(&error) {
+        return EffectError::new(EFFECT, EffectErrorKind::Denied, refused.to_string());
+    }
+    EffectError::transient(EFFECT, describe_error(error))
+}
+
+/// Drops every header but [`CROSS_ORIGIN_HEADERS`].
+fn keep_cross_origin_headers(headers: &mut HeaderMap) {
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| !CROSS_ORIGIN_HEADERS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+}
+
+/// Refuses a URL that is not plain http(s) to an allowed host and port.
 pub fn check_url(url: &Url, allowed: &[String], redirected: bool) -> Result<(), EffectError> {
     let prefix = if redirected { "redirect to " } else { "" };
     if !matches!(url.scheme(), "http" | "https") {
@@ -185,6 +255,16 @@ pub fn check_url(url: &Url, allowed: &[String], redirected: bool) -> Result<(), 
             EFFECT,
             EffectErrorKind::Denied,
             format!("{prefix}host `{host}` is refused: the rule allows only {allowed:?}"),
+        ));
+    }
+    let port = url.port_or_known_default().unwrap_or(0);
+    if !target_allowed(allowed, host, port) {
+        return Err(EffectError::new(
+            EFFECT,
+            EffectErrorKind::Denied,
+            format!(
+                "{prefix}port {port} of `{host}` is refused: http:<host> allows ports 80 and 443; allow this one with http:{host}:{port}"
+            ),
         ));
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -336,11 +416,46 @@ mod tests {
     }
 
     #[test]
-    fn allows_listed_hosts_on_any_port_and_scheme() {
+    fn allows_listed_hosts_on_their_ports() {
         assert!(check("https://api.example.com/x").is_ok());
-        assert!(check("http://API.EXAMPLE.COM:8080/x").is_ok());
+        assert!(check("http://API.EXAMPLE.COM/x").is_ok());
         assert!(check("https://a.corp.test/").is_ok());
         assert!(check("https://api.example.com./x").is_ok());
+        assert!(check("http://api.example.com:443/x").is_ok());
+        let error = check("http://api.example.com:8080/x").unwrap_err();
+        assert_eq!(error.kind, EffectErrorKind::Denied);
+        assert!(
+            error
+                .message
+                .contains("allow this one with http:api.example.com:8080"),
+            "{}",
+            error.message
+        );
+        let allowed = vec!["api.example.com:8080".to_string()];
+        let url = Url::parse("http://api.example.com:8080/").unwrap();
+        assert!(check_url(&url, &allowed, false).is_ok());
+    }
+
+    #[test]
+    fn a_redirect_to_another_origin_keeps_only_harmless_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer x"),
+            ("x-api-key", "k"),
+            ("cookie", "c=1"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("x-request-id", "7"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        keep_cross_origin_headers(&mut headers);
+        let mut kept: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["accept", "content-type"]);
     }
 
     #[test]
@@ -371,7 +486,7 @@ mod tests {
 
     #[test]
     fn ip_literals_pass_only_when_listed() {
-        let allowed = vec!["127.0.0.1".to_string()];
+        let allowed = vec!["127.0.0.1:*".to_string()];
         let url = Url::parse("http://127.0.0.1:8080/").unwrap();
         assert!(check_url(&url, &allowed, false).is_ok());
         let url = Url::parse("http://localhost:8080/").unwrap();

@@ -25,12 +25,19 @@ use url::Url;
 use super::accounts::{AccountEntry, ZoomAccountClient, ZoomAccounts};
 use super::download::{DEFAULT_ZOOM_HOSTS, DownloadConfig, Downloader, OAuthFallback};
 use super::email::{EmailConfigError, Mailer, SmtpSettings};
-use super::http::{HttpEffect, HttpLimits};
+use super::http::{ClientFactory, HttpEffect, HttpLimits};
 use super::slack::{SlackClient, SlackConfig};
-use super::state::StateStore;
+use super::state::{StateError, StateStore};
 use super::transport::RetryPolicy;
 use super::{BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects};
 use crate::zoom::rest::{RestConfig, ZoomRest};
+
+/// The default cap of one recording download: 16 GiB, more than a long
+/// meeting's video.
+pub const DEFAULT_MAX_DOWNLOAD_BYTES: u64 = 16 << 30;
+
+/// The default cap of one rule state value (as JSON).
+pub const DEFAULT_MAX_STATE_VALUE_BYTES: usize = 64 << 10;
 
 /// Size and time limits shared by the live effects.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +51,10 @@ pub struct LiveLimits {
     pub max_response_bytes: usize,
     /// HTTP request bodies and email bodies.
     pub max_request_bytes: usize,
-    /// Largest recording download; `None` for no limit but the disk.
+    /// One rule state value, as JSON.
+    pub max_state_value_bytes: usize,
+    /// Largest recording download, whatever `file_size` says or the
+    /// server announces; `None` for no limit but the disk.
     pub max_download_bytes: Option<u64>,
     pub max_redirects: u32,
     pub retry: RetryPolicy,
@@ -58,7 +68,8 @@ impl Default for LiveLimits {
             stall_timeout: Duration::from_secs(60),
             max_response_bytes: 8 << 20,
             max_request_bytes: 4 << 20,
-            max_download_bytes: None,
+            max_state_value_bytes: DEFAULT_MAX_STATE_VALUE_BYTES,
+            max_download_bytes: Some(DEFAULT_MAX_DOWNLOAD_BYTES),
             max_redirects: 10,
             retry: RetryPolicy::default(),
         }
@@ -89,6 +100,9 @@ pub struct LiveConfig {
     pub email_from: Option<String>,
     /// A PEM file with an extra root certificate for the SMTP relay.
     pub smtp_ca_file: Option<PathBuf>,
+    /// A PEM file with extra root certificates for Zoom's REST API and
+    /// downloads, Slack and `http::request` (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// Where `zoom::download` writes, default `$ZOOMWIRE_DATA/archive`.
     pub archive_dir: PathBuf,
     pub limits: LiveLimits,
@@ -109,6 +123,7 @@ impl LiveConfig {
             smtp_url: None,
             email_from: None,
             smtp_ca_file: None,
+            ca_file: None,
             archive_dir: data_dir.join("archive"),
             limits: LiveLimits::default(),
         }
@@ -137,6 +152,7 @@ impl fmt::Debug for LiveConfig {
             .field("smtp_url", &hidden(self.smtp_url.is_some()))
             .field("email_from", &self.email_from)
             .field("smtp_ca_file", &self.smtp_ca_file)
+            .field("ca_file", &self.ca_file)
             .field("archive_dir", &self.archive_dir)
             .field("limits", &self.limits)
             .finish()
@@ -152,6 +168,8 @@ pub enum LiveError {
     NoSender,
     #[error("reading the SMTP CA certificate {path}: {error}")]
     CaFile { path: PathBuf, error: String },
+    #[error("reading the CA certificates {path}: {error}")]
+    Roots { path: PathBuf, error: String },
     #[error("building the http client: {0}")]
     Client(String),
 }
@@ -164,6 +182,7 @@ pub struct LiveEffects {
     http: HttpEffect,
     downloads: Downloader,
     state: Arc<dyn StateStore>,
+    max_state_value_bytes: usize,
 }
 
 impl LiveEffects {
@@ -175,11 +194,8 @@ impl LiveEffects {
         state: Arc<dyn StateStore>,
     ) -> Result<LiveEffects, LiveError> {
         let limits = &config.limits;
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(limits.connect_timeout)
-            .read_timeout(limits.stall_timeout)
-            .user_agent(concat!("zoomwire/", env!("CARGO_PKG_VERSION")))
+        let roots = extra_roots(config.ca_file.as_deref())?;
+        let client = client_builder(limits, &roots)
             .build()
             .map_err(|e| LiveError::Client(e.to_string()))?;
         let zoom = ZoomAccounts::new(
@@ -198,8 +214,15 @@ impl LiveEffects {
                 .collect(),
         );
         let slack = SlackClient::new(client.clone(), slack_config(&config));
+        let (http_limits, http_roots) = (limits.clone(), roots.clone());
+        let factory: ClientFactory = Arc::new(move |resolver| {
+            client_builder(&http_limits, &http_roots)
+                .dns_resolver(Arc::new(resolver))
+                .no_proxy()
+                .build()
+        });
         let http = HttpEffect::new(
-            client.clone(),
+            factory,
             HttpLimits {
                 max_request_bytes: limits.max_request_bytes,
                 max_response_bytes: limits.max_response_bytes,
@@ -215,6 +238,7 @@ impl LiveEffects {
             http,
             downloads,
             state,
+            max_state_value_bytes: limits.max_state_value_bytes,
         })
     }
 
@@ -313,6 +337,16 @@ impl LiveEffects {
         const EFFECT: &str = "state.set";
         let key = string_arg(EFFECT, args, "key")?.to_string();
         let value = args.get("value").cloned().unwrap_or(Value::Null);
+        let max = self.max_state_value_bytes;
+        let size = serde_json::to_string(&value).map_or(0, |text| text.len());
+        if size > max {
+            return Err(EffectError::permanent(
+                EFFECT,
+                format!(
+                    "the value is {size} bytes as JSON, larger than the {max} byte limit (state.max_value_size)"
+                ),
+            ));
+        }
         let ttl = match args.get("ttl") {
             None | Some(Value::Null) => None,
             Some(ttl) => match ttl.as_f64() {
@@ -350,6 +384,7 @@ impl Effects for LiveEffects {
                     EffectErrorKind::Permanent => "permanent",
                     EffectErrorKind::Denied => "denied",
                     EffectErrorKind::Timeout => "timeout",
+                    EffectErrorKind::InDoubt => "in_doubt",
                 },
             };
             metrics::counter!("zoomwire_effects_total", "effect" => request.name.clone(), "outcome" => outcome)
@@ -359,15 +394,47 @@ impl Effects for LiveEffects {
     }
 }
 
+/// The clients' common settings: no redirects followed (each effect checks
+/// every hop), timeouts, the extra roots.
+fn client_builder(limits: &LiveLimits, roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(limits.connect_timeout)
+        .read_timeout(limits.stall_timeout)
+        .user_agent(concat!("zoomwire/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_merge(roots.iter().cloned())
+}
+
+/// The certificates of `ca_file`, if one is set.
+fn extra_roots(ca_file: Option<&Path>) -> Result<Vec<reqwest::Certificate>, LiveError> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    let roots_error = |error: String| LiveError::Roots {
+        path: path.to_path_buf(),
+        error,
+    };
+    let pem = std::fs::read(path).map_err(|e| roots_error(e.to_string()))?;
+    let roots =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| roots_error(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(roots_error("no certificate in the file".into()));
+    }
+    Ok(roots)
+}
+
 /// Runs a state-store call off the reactor (the journal's store is SQLite).
 async fn run_blocking<T: Send + 'static>(
     effect: &'static str,
-    call: impl FnOnce() -> Result<T, super::state::StateError> + Send + 'static,
+    call: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, EffectError> {
     tokio::task::spawn_blocking(call)
         .await
         .map_err(|e| EffectError::transient(effect, e.to_string()))?
-        .map_err(|e| EffectError::transient(effect, e.to_string()))
+        .map_err(|e| match e {
+            StateError::Full { .. } => EffectError::permanent(effect, e.to_string()),
+            StateError::Store(_) => EffectError::transient(effect, e.to_string()),
+        })
 }
 
 fn string_arg<'a>(effect: &str, args: &'a Value, key: &str) -> Result<&'a str, EffectError> {
@@ -578,6 +645,11 @@ mod tests {
                 "state.set",
                 json!({"key": "k", "value": 1, "ttl": -1}),
                 "`ttl` must be a positive number of seconds",
+            ),
+            (
+                "state.set",
+                json!({"key": "k", "value": "x".repeat(DEFAULT_MAX_STATE_VALUE_BYTES)}),
+                "the value is 65538 bytes as JSON, larger than the 65536 byte limit (state.max_value_size)",
             ),
         ] {
             let error = effects

@@ -9,6 +9,7 @@
 //! recorded, replayed on a retry and matched in a test.
 
 pub mod accounts;
+pub mod address;
 pub mod capability;
 pub mod download;
 pub mod email;
@@ -16,6 +17,7 @@ pub mod gateway;
 pub mod http;
 pub mod live;
 pub mod recorder;
+pub mod redact;
 pub mod slack;
 pub mod state;
 pub mod transport;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use capability::{Capability, CapabilitySet};
+pub use redact::redact;
 
 /// A boxed future, so that `Effects` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -113,6 +116,8 @@ pub enum EffectErrorKind {
     Denied,
     /// The run's deadline passed while waiting.
     Timeout,
+    /// A crash came while it was being performed: it may or may not have happened.
+    InDoubt,
 }
 
 /// An effect's failure, as the script sees it (a catchable error map).
@@ -175,6 +180,37 @@ pub fn is_external(name: &str) -> bool {
     !matches!(name, "state.get" | "now" | "log")
 }
 
+/// Every effect a script can call, by name.
+pub const EFFECT_NAMES: &[&str] = &[
+    "zoom.get",
+    "zoom.paginate",
+    "zoom.post",
+    "zoom.patch",
+    "zoom.put",
+    "zoom.delete",
+    "zoom.download",
+    "slack.post",
+    "slack.webhook",
+    "email.send",
+    "http.request",
+    "state.get",
+    "state.set",
+    "now",
+];
+
+/// Whether performing this effect again, after a crash left it unknown
+/// whether it happened, does no harm whatever the rule says: reads of Zoom,
+/// rule state and the clock; writing rule state (the resumed run writes what
+/// it read again); a download (the file is written again in place). Every
+/// other effect is written as started before it is performed, so that a
+/// crash leaves it marked in doubt (see `gateway`).
+pub fn is_repeatable(name: &str) -> bool {
+    matches!(
+        name,
+        "zoom.get" | "zoom.paginate" | "zoom.download" | "state.get" | "state.set" | "now" | "log"
+    )
+}
+
 /// Names of the effects a script can call, and the capability each needs.
 pub fn required_capability(name: &str) -> Option<&'static str> {
     match name {
@@ -188,90 +224,9 @@ pub fn required_capability(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Replaces secret-looking values in effect arguments before they are
-/// recorded or logged: any key that names a credential, and userinfo in URLs.
-pub fn redact(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, v)| {
-                    if is_secret_key(key) {
-                        (key.clone(), Value::String("[redacted]".into()))
-                    } else {
-                        (key.clone(), redact(v))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        Value::String(s) => Value::String(redact_url_secrets(s)),
-        other => other.clone(),
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "authorization",
-        "api_key",
-        "apikey",
-        "cookie",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-}
-
-/// Hides `user:pass@` in URLs and `access_token=` query values.
-fn redact_url_secrets(text: &str) -> String {
-    let mut out = text.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = &out[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            out = format!("{}[redacted]{}", &out[..scheme_end + 3], &rest[at..]);
-        }
-    }
-    for param in ["access_token=", "token=", "password=", "pwd="] {
-        let mut search_from = 0;
-        while let Some(found) = out[search_from..].find(param) {
-            let start = search_from + found + param.len();
-            let end = out[start..]
-                .find(['&', '#', ' '])
-                .map_or(out.len(), |e| start + e);
-            out.replace_range(start..end, "[redacted]");
-            search_from = start + "[redacted]".len();
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn redacts_secret_keys_and_url_credentials() {
-        let args = json!({
-            "url": "https://user:pw@example.com/x?access_token=abc&page=2",
-            "headers": {"Authorization": "Bearer abc", "X-Ok": "1"},
-            "join_url": "https://zoom.us/j/1?pwd=hunter2",
-        });
-        let redacted = redact(&args);
-        let text = redacted.to_string();
-        assert!(!text.contains("abc"), "{text}");
-        assert!(!text.contains("pw@"), "{text}");
-        assert!(!text.contains("hunter2"), "{text}");
-        assert_eq!(redacted["headers"]["X-Ok"], "1");
-        assert_eq!(
-            redacted["url"],
-            "https://[redacted]@example.com/x?access_token=[redacted]&page=2"
-        );
-    }
 
     #[test]
     fn maps_effects_to_capabilities() {

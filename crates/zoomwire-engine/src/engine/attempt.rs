@@ -14,6 +14,7 @@ use rhai::Dynamic;
 use super::admission::CancelFlag;
 use super::record::{Journal, RunRecord, RunStatus};
 use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
+use crate::effects::redact::{redact, redact_text};
 use crate::effects::{EffectContext, Effects, ZoomAccountRef};
 use crate::event::Event;
 use crate::rules::{Rule, RuleSet};
@@ -77,7 +78,8 @@ impl Runner {
                     record.status = RunStatus::Succeeded;
                     record.output = rhai::serde::from_dynamic::<serde_json::Value>(&output)
                         .ok()
-                        .filter(|v| !v.is_null());
+                        .filter(|v| !v.is_null())
+                        .map(|v| redact(&v));
                     break;
                 }
                 Err(ScriptError::Cancelled) => {
@@ -87,7 +89,7 @@ impl Runner {
                 }
                 Err(error) => error,
             };
-            record.error = Some(describe_error(rule, &error));
+            record.error = Some(redact_text(&describe_error(rule, &error)).into_owned());
             let retryable = is_retryable(&error, &effects) && !cancel.is_cancelled();
             if !retryable || attempt >= rule.retry.attempts {
                 // Dead: a transient failure that outlasted every retry the rule allows.
@@ -165,9 +167,7 @@ impl Runner {
             run_id: record.id.as_str().into(),
             deadline,
             http_hosts: rule.capabilities.http_hosts(),
-            download_token: event
-                .download_token()
-                .map(|t| Arc::new(secrecy::SecretString::from(t))),
+            download_token: event.download_token().cloned(),
             zoom_account: ZoomAccountRef::for_run(rule.account.as_ref(), || event.zoom_account()),
         };
         let observer: Arc<dyn EffectObserver> = self.journal.clone();

@@ -35,7 +35,7 @@ use super::attempt::{RetryWaits, Run, Runner};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::effects::Effects;
-use crate::effects::gateway::EffectRecord;
+use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::event::Event;
 use crate::rules::{Rule, RuleSet};
 use crate::script::ScriptPool;
@@ -310,46 +310,74 @@ impl Executor {
         Ok(admitted.outcome)
     }
 
-    /// Resumes a run left unfinished by a crash, replaying its recorded effects.
+    /// Resumes a run left unfinished by a crash, replaying its recorded
+    /// effects. An effect the crash left in doubt is recorded as such; unless
+    /// the rule may repeat it ([`Rule::may_repeat`]), the run goes to the
+    /// dead letters naming it instead of risking it twice (`zoomwire runs
+    /// retry` performs it again, by the operator's choice).
     pub async fn resume(
         &self,
         rule_set: &Arc<RuleSet>,
         unfinished: UnfinishedRun,
     ) -> Result<RunTicket, JournalError> {
-        let UnfinishedRun { mut run, event } = unfinished;
-        let replay = std::mem::take(&mut run.effects);
+        let UnfinishedRun {
+            mut run,
+            event,
+            in_doubt,
+        } = unfinished;
+        let mut replay = std::mem::take(&mut run.effects);
+        let in_doubt = mark_in_doubt(&run, &mut replay, in_doubt);
         if run.status == RunStatus::Failed {
             // The crash came while waiting to retry: that attempt is over.
             run.attempt += 1;
         }
         run.status = RunStatus::Pending;
-        match rule_set.rule(&run.rule) {
-            Some(rule) => {
-                let id = run.id.clone();
-                self.hold(&id);
-                let submitted = self
-                    .submit(rule_set.clone(), rule.clone(), event, run, replay)
-                    .await;
-                if submitted.is_err() {
-                    self.forget(&id);
-                }
-                submitted
-            }
-            None => {
-                let (done, finished) = oneshot::channel();
-                let ticket = RunTicket {
-                    run_id: run.id.clone(),
-                    rule: run.rule.clone().into(),
-                    finished,
-                };
-                run.status = RunStatus::Skipped;
-                run.error = Some("its rule no longer exists".into());
-                run.finished_at = Some(Utc::now());
-                self.journal().record_run(&run).await?;
-                let _ = done.send(run);
-                Ok(ticket)
-            }
+        let Some(rule) = rule_set.rule(&run.rule) else {
+            let why = "its rule no longer exists".to_string();
+            return self
+                .end_unresumed(run, replay, RunStatus::Skipped, why)
+                .await;
+        };
+        if let Some(effect) = in_doubt.iter().find(|e| !rule.may_repeat(&e.name)) {
+            let why = in_doubt_error(effect);
+            return self.end_unresumed(run, replay, RunStatus::Dead, why).await;
         }
+        let id = run.id.clone();
+        self.hold(&id);
+        let submitted = self
+            .submit(rule_set.clone(), rule.clone(), event, run, replay)
+            .await;
+        if submitted.is_err() {
+            self.forget(&id);
+        }
+        submitted
+    }
+
+    /// Records a run that cannot resume as finished with `status` and why.
+    async fn end_unresumed(
+        &self,
+        mut run: RunRecord,
+        effects: Vec<EffectRecord>,
+        status: RunStatus,
+        error: String,
+    ) -> Result<RunTicket, JournalError> {
+        let (done, finished) = oneshot::channel();
+        let ticket = RunTicket {
+            run_id: run.id.clone(),
+            rule: run.rule.clone().into(),
+            finished,
+        };
+        tracing::warn!(run = %run.id, rule = %run.rule, status = status.as_str(), error = %error, "run not resumed");
+        metrics::counter!("zoomwire_runs_total", "rule" => run.rule.clone(), "outcome" => status.as_str())
+            .increment(1);
+        run.status = status;
+        run.error = Some(error);
+        run.effects = effects;
+        run.finished_at = Some(Utc::now());
+        self.journal().record_run(&run).await?;
+        let _ = self.inner.finished.send(run.clone());
+        let _ = done.send(run);
+        Ok(ticket)
     }
 
     /// Stops accepting runs and waits for those in flight, at most `grace`.
@@ -540,6 +568,39 @@ impl Executor {
     }
 }
 
+/// Puts the effects a crash left in doubt among the run's records, at their
+/// positions, and returns them (logged and counted).
+fn mark_in_doubt(
+    run: &RunRecord,
+    records: &mut Vec<EffectRecord>,
+    in_doubt: Vec<EffectStart>,
+) -> Vec<EffectRecord> {
+    let marked: Vec<EffectRecord> = in_doubt
+        .into_iter()
+        .map(EffectStart::into_in_doubt_record)
+        .collect();
+    for record in &marked {
+        tracing::warn!(run = %run.id, rule = %run.rule, effect = %record.name, seq = record.seq, "effect in doubt: the process stopped while it was being performed");
+        metrics::counter!("zoomwire_effects_in_doubt_total", "effect" => record.name.clone())
+            .increment(1);
+        records.retain(|r| r.seq != record.seq);
+        records.push(record.clone());
+    }
+    records.sort_by_key(|r| r.seq);
+    marked
+}
+
+/// Why a run with this effect in doubt goes to the dead letters.
+fn in_doubt_error(effect: &EffectRecord) -> String {
+    format!(
+        "effect #{seq} `{name}` is in doubt: zoomwire stopped while performing it, so it may or \
+         may not have happened; the rule does not mark `{name}` idempotent, so the run stopped \
+         rather than risk doing it twice (`zoomwire runs retry` performs it again)",
+        seq = effect.seq,
+        name = effect.name
+    )
+}
+
 /// A run ready for admission, and the ticket its caller waits on.
 fn pending_run(
     rule_set: Arc<RuleSet>,
@@ -569,7 +630,8 @@ fn pending_run(
 fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> (RunRecord, Arc<str>) {
     let mut record = new_record(&failure.rule, event, None);
     record.status = RunStatus::Skipped;
-    record.error = Some(format!("condition error: {}", failure.error));
+    let error = format!("condition error: {}", failure.error);
+    record.error = Some(crate::effects::redact::redact_text(&error).into_owned());
     record.finished_at = Some(Utc::now());
     (record, failure.rule.name.clone())
 }
@@ -630,6 +692,14 @@ mod tests {
     }
 
     impl EffectObserver for CallLog {
+        fn effect_starting(
+            &self,
+            run_id: &str,
+            start: &crate::effects::gateway::EffectStart,
+        ) -> Result<(), String> {
+            self.journal.effect_starting(run_id, start)
+        }
+
         fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
             self.journal.effect_completed(run_id, record);
         }
@@ -711,6 +781,95 @@ mod tests {
         assert!(duplicate.duplicate && duplicate.runs.is_empty());
         executor.wait_idle().await;
         assert!(lock(&executor.inner.active).is_empty(), "nothing held");
+    }
+
+    /// Effects that note each Slack text they are asked to post.
+    #[derive(Default)]
+    struct Posted(Mutex<Vec<String>>);
+
+    impl Effects for Posted {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a crate::effects::EffectContext,
+            request: &'a crate::effects::EffectRequest,
+        ) -> BoxFuture<'a, Result<serde_json::Value, crate::effects::EffectError>> {
+            let text = request.args["text"].as_str().unwrap_or_default();
+            lock(&self.0).push(text.to_string());
+            Box::pin(async { Ok(serde_json::json!({"ok": true})) })
+        }
+    }
+
+    /// A run of `rules` for `event(1)` resumed as a crash left it: its first
+    /// post recorded, its second started and never recorded.
+    async fn resume_with_a_post_in_doubt(rules: &str) -> (RunRecord, Vec<String>) {
+        let (executor, _journal, rule_set, _dir) = setup(rules);
+        let effects = Arc::new(Posted::default());
+        let executor = Executor::new(
+            executor.journal().clone(),
+            effects.clone(),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            Dynamic::from_map(rhai::Map::new()),
+        );
+        let event = event(1);
+        let mut run = new_record(rule_set.rule("posts").unwrap(), &event, None);
+        run.status = RunStatus::Running;
+        let post = |text: &str| serde_json::json!({"channel": "#a", "text": text});
+        let mut first = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: post("one"),
+            started_at: Utc::now(),
+        }
+        .into_in_doubt_record();
+        (first.result, first.in_doubt) = (Ok(serde_json::json!({"ok": true})), false);
+        run.effects = vec![first];
+        let in_doubt = vec![EffectStart {
+            seq: 2,
+            name: "slack.post".into(),
+            args: post("two"),
+            started_at: Utc::now(),
+        }];
+        let ticket = executor
+            .resume(
+                &rule_set,
+                UnfinishedRun {
+                    run,
+                    event,
+                    in_doubt,
+                },
+            )
+            .await
+            .unwrap();
+        let record = ticket.wait().await.unwrap();
+        executor.wait_idle().await;
+        let performed = lock(&effects.0).clone();
+        (record, performed)
+    }
+
+    const POSTS: &str = "name: posts\non: a.b\nallow: [slack]\ndo: |\n  slack::post(\"#a\", \"one\");\n  slack::post(\"#a\", \"two\");\n  slack::post(\"#a\", \"three\");\n";
+
+    #[tokio::test]
+    async fn a_resumed_run_with_an_effect_in_doubt_goes_to_the_dead_letters_naming_it() {
+        let (record, performed) = resume_with_a_post_in_doubt(POSTS).await;
+        assert_eq!(record.status, RunStatus::Dead);
+        let error = record.error.unwrap();
+        assert!(
+            error.contains("effect #2 `slack.post` is in doubt"),
+            "{error}"
+        );
+        assert!(performed.is_empty(), "nothing performed: {performed:?}");
+        assert_eq!(record.effects.len(), 2);
+        assert!(record.effects[1].in_doubt && record.effects[1].result.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_effect_the_rule_marks_idempotent_is_performed_again_and_marked() {
+        let rules = format!("{POSTS}idempotent: [slack.post]\n");
+        let (record, performed) = resume_with_a_post_in_doubt(&rules).await;
+        assert_eq!(record.status, RunStatus::Succeeded, "{:?}", record.error);
+        assert_eq!(performed, ["two", "three"], "the first is replayed");
+        let doubts: Vec<bool> = record.effects.iter().map(|e| e.in_doubt).collect();
+        assert_eq!(doubts, [false, true, false]);
     }
 
     #[tokio::test]

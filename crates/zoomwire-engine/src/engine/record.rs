@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord, LogLine};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
 use crate::event::Event;
 
 /// Where a run is in its life.
@@ -101,9 +101,20 @@ pub struct JournalError(pub String);
 pub struct UnfinishedRun {
     pub run: RunRecord,
     pub event: Event,
+    /// Effects written as started and never as done: a crash came while
+    /// they were being performed (at most one per run, the one in flight).
+    pub in_doubt: Vec<EffectStart>,
 }
 
 /// Where events and runs are remembered.
+///
+/// Effects that are not harmless to repeat are written as started
+/// ([`EffectObserver::effect_starting`]) before they are performed, and the
+/// record of each replaces its mark; [`Journal::unfinished_runs`] returns
+/// the marks left without a record as the run's `in_doubt` effects, and
+/// recording an effect at a position clears that position's mark. The
+/// executor decides what a resumed run does with them (see `executor.rs`):
+/// every journal, one process or several nodes, keeps the same rule.
 pub trait Journal: EffectObserver + Send + Sync + 'static {
     /// Writes the event, with the records of the runs it starts (pending, or
     /// skipped when their condition failed), in one commit, before any rule
@@ -165,6 +176,11 @@ impl MemoryJournal {
 }
 
 impl EffectObserver for MemoryJournal {
+    /// Nothing survives the process, so nothing is ever in doubt.
+    fn effect_starting(&self, _run_id: &str, _start: &EffectStart) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Nothing to make durable: the run's record carries its effects.
     fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 }
@@ -204,6 +220,7 @@ impl Journal for MemoryJournal {
                 events.get(&run.event_id).map(|event| UnfinishedRun {
                     run: run.clone(),
                     event: event.clone(),
+                    in_doubt: Vec::new(),
                 })
             })
             .collect();

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::{Event, Source};
 use crate::journal::history::{
@@ -203,6 +203,11 @@ impl State {
 }
 
 impl EffectObserver for BoundedMemoryJournal {
+    /// Nothing survives the process, so nothing is ever in doubt.
+    fn effect_starting(&self, _run_id: &str, _start: &EffectStart) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Effects are kept with their run's record, not on their own.
     fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 }
@@ -251,6 +256,7 @@ impl Journal for BoundedMemoryJournal {
                     Some(UnfinishedRun {
                         run: run.clone(),
                         event,
+                        in_doubt: Vec::new(),
                     })
                 })
                 .collect()

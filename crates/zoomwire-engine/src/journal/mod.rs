@@ -11,6 +11,11 @@
 //! with an error naming the file, and never rewritten. A full disk fails the
 //! write with a [`JournalError`] and nothing counts as accepted. Old rows are
 //! pruned in the background (see `prune.rs`).
+//!
+//! The data directory is its owner's only (0700), and so are the store, its
+//! `-wal` and `-shm` files (0600: SQLite gives those the store's mode) and
+//! the seal key (`seal.rs`), which seals what the store keeps but never
+//! shows: effects' unredacted results, for replay, and download tokens.
 
 mod checkpoint;
 mod codec;
@@ -21,7 +26,9 @@ mod pages;
 mod prune;
 mod query;
 mod schema;
+pub mod seal;
 mod seams;
+mod upgrade;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +47,7 @@ use history::{RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery};
 use ops::{Op, Outcome};
 use prune::{CHUNK, PruneStep};
 use query::Readers;
+use seal::{SealKey, SealKeyError};
 use writer::{WriterHandle, WriterSettings};
 
 pub use query::{EventSummary, RunDetail, RunFilter, RunSummary, StoreCounts};
@@ -47,6 +55,9 @@ pub use schema::SCHEMA_VERSION;
 
 /// The store's file name inside the data directory.
 pub const DB_FILE: &str = "zoomwire.db";
+
+/// The store size past which the daemon warns: 1 GiB.
+pub const DEFAULT_WARN_SIZE_BYTES: u64 = 1 << 30;
 
 /// How the journal behaves; [`Default`] suits the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +80,11 @@ pub struct JournalOptions {
     pub verify_on_open: bool,
     /// Cap on the file's size: writes beyond it fail as on a full disk.
     pub max_size_bytes: Option<u64>,
+    /// Past this size (the store and its log together) each pruning pass
+    /// logs a warning; `None` never does.
+    pub warn_size_bytes: Option<u64>,
+    /// Live state keys one rule may hold; a new one past it is refused.
+    pub max_state_keys: usize,
     /// How long to wait for another process holding the store's lock.
     pub busy_timeout: Duration,
     /// When commits reach the disk.
@@ -111,6 +127,8 @@ impl Default for JournalOptions {
             queue_capacity: 8192,
             verify_on_open: true,
             max_size_bytes: None,
+            warn_size_bytes: Some(DEFAULT_WARN_SIZE_BYTES),
+            max_state_keys: crate::effects::state::DEFAULT_MAX_KEYS,
             busy_timeout: Duration::from_secs(5),
             sync: JournalSync::Full,
         }
@@ -160,6 +178,8 @@ pub enum JournalOpenError {
     Locked { path: PathBuf },
     #[error("cannot start the journal's threads: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    SealKey(#[from] SealKeyError),
 }
 
 /// What `requeue_run` did.
@@ -206,6 +226,8 @@ struct Inner {
     path: PathBuf,
     options: JournalOptions,
     readers: Readers,
+    /// Seals unredacted effect results and download tokens.
+    seal: Arc<SealKey>,
     // Field order matters: the checkpoint thread stops first, then the
     // writer's sender drops, then its thread is joined (its connection, the
     // last, checkpoints what is left and removes the log).
@@ -244,21 +266,39 @@ impl SqliteJournal {
         data_dir: &Path,
         options: JournalOptions,
     ) -> Result<SqliteJournal, JournalOpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| JournalOpenError::DataDir {
-            path: data_dir.to_path_buf(),
+        crate::private_fs::create_dir_all(data_dir).map_err(|source| {
+            JournalOpenError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        crate::private_fs::restrict_dir(data_dir);
+        let path = data_dir.join(DB_FILE);
+        create_private_store(&path).map_err(|source| JournalOpenError::DataDir {
+            path: path.clone(),
             source,
         })?;
-        let path = data_dir.join(DB_FILE);
-        let conn = schema::open_writer(
+        let seal = Arc::new(SealKey::load_or_create(data_dir)?);
+        let version_before = upgrade::version_before_open(&path);
+        let mut conn = schema::open_writer(
             &path,
             options.busy_timeout,
             options.verify_on_open,
             options.max_size_bytes,
             options.sync,
         )?;
-        restrict_permissions(&path);
+        restrict_store_files(&path);
+        if upgrade::needs_token_sealing(version_before) {
+            let sealed = upgrade::seal_stored_tokens(&mut conn, &seal)
+                .map_err(|e| schema::open_error(&path, e))?;
+            tracing::info!(
+                events = sealed,
+                "download tokens taken out of the stored event bodies"
+            );
+        }
         let settings = WriterSettings {
             path: path.clone(),
+            seal: seal.clone(),
             dedupe_window_nanos: duration_nanos(options.dedupe_window),
             max_batch: options.max_batch.max(1),
             queue_capacity: options.queue_capacity,
@@ -270,6 +310,7 @@ impl SqliteJournal {
         let interval = options.prune_interval;
         let inner = Arc::new(Inner {
             readers: Readers::new(&path, options.busy_timeout),
+            seal,
             path,
             options,
             _checkpoints: checkpoints,
@@ -277,6 +318,7 @@ impl SqliteJournal {
             _writer_thread: JoinOnDrop(Some(thread)),
             _stop_pruner: interval.map(|_| stop_pruner),
         });
+        inner.check_size();
         if let Some(interval) = interval {
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new()
@@ -364,7 +406,9 @@ impl SqliteJournal {
             .inner
             .readers
             .with(|conn| Ok(query::stored_event(conn, id)?))?;
-        stored.map(query::StoredEvent::into_event).transpose()
+        stored
+            .map(|stored| stored.into_event(&self.inner.seal))
+            .transpose()
     }
 
     /// Whether an event with this id would be dropped as a duplicate now
@@ -406,6 +450,21 @@ impl SqliteJournal {
 }
 
 impl Inner {
+    /// Reports the store's size (`zoomwire_store_bytes`) and warns past
+    /// `warn_size_bytes`.
+    fn check_size(&self) {
+        let bytes = store_size(&self.path);
+        metrics::gauge!("zoomwire_store_bytes").set(bytes as f64);
+        if let Some(limit) = self.options.warn_size_bytes
+            && bytes > limit
+        {
+            tracing::warn!(
+                path = %self.path.display(), bytes, warn_size = limit,
+                "the store is larger than journal.warn_size: shorten journal.retention, give rule state a ttl, or raise the limit"
+            );
+        }
+    }
+
     fn prune(&self) -> Result<PruneReport, JournalError> {
         let cutoff = to_nanos(Utc::now()).saturating_sub(duration_nanos(self.options.max_age));
         let report = PruneReport {
@@ -455,6 +514,7 @@ fn prune_loop(inner: Weak<Inner>, stop: std::sync::mpsc::Receiver<()>, interval:
             Ok(_) => {}
             Err(error) => tracing::warn!(error = %error, "journal pruning failed"),
         }
+        inner.check_size();
         drop(inner);
         if !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout)) {
             return;
@@ -468,16 +528,39 @@ pub(crate) fn unexpected(outcome: &Outcome) -> JournalError {
     ))
 }
 
-/// The store holds event bodies (with Zoom's download tokens) and rule state:
-/// readable by its owner only.
-fn restrict_permissions(path: &Path) {
-    #[cfg(unix)]
+/// The bytes of the store and its write-ahead log.
+fn store_size(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)]
+        .iter()
+        .filter_map(|file| std::fs::metadata(file).ok())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// Creates the store's file 0600 before SQLite opens it, so that the `-wal`
+/// and `-shm` files SQLite makes beside it take the same mode.
+fn create_private_store(path: &Path) -> std::io::Result<()> {
+    match crate::private_fs::file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
     {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!(path = %path.display(), error = %error, "cannot restrict the store's permissions");
-        }
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
     }
-    #[cfg(not(unix))]
-    let _ = path;
+}
+
+/// The store holds event bodies, participants' details and rule state:
+/// it, its log and its shared memory are narrowed to their owner (a store
+/// from an older zoomwire was made wider).
+fn restrict_store_files(path: &Path) {
+    crate::private_fs::restrict_file(path);
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        crate::private_fs::restrict_file(Path::new(&name));
+    }
 }

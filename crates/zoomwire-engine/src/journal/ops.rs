@@ -4,17 +4,22 @@
 //! Effects are kept one row per position (`seq`) in their run: a newly
 //! performed effect replaces whatever an earlier attempt left at that
 //! position, and a replayed copy never replaces the original. What is stored
-//! for a run is therefore exactly the list a resumed attempt replays.
+//! for a run is therefore exactly the list a resumed attempt replays. An
+//! effect's unredacted result (kept only when redaction changed it) and an
+//! event's download token are sealed here, on the writer's thread (both are
+//! rare), into columns nothing shows.
 
 use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, Transaction, params};
+use secrecy::{ExposeSecret, SecretString};
 
 use super::RequeueOutcome;
 use super::codec::{parse_status, to_json, to_nanos};
 use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
-use crate::effects::gateway::EffectRecord;
+use super::seal::{SealKey, effect_context, event_context};
+use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::engine::record::{RunRecord, RunStatus};
 use crate::event::Event;
 
@@ -26,7 +31,10 @@ pub(crate) struct EventRow {
     /// The `Source` as JSON, so that it comes back exactly.
     pub source: String,
     pub received_at: i64,
+    /// The body, without its download token.
     pub raw: Arc<str>,
+    /// Sealed into its own column.
+    pub download_token: Option<Arc<SecretString>>,
 }
 
 impl EventRow {
@@ -38,8 +46,17 @@ impl EventRow {
             source: to_json(&event.source),
             received_at: to_nanos(event.received_at),
             raw: event.raw.clone(),
+            download_token: event.download_token().cloned(),
         }
     }
+}
+
+/// What the writer needs besides the transaction.
+pub(crate) struct Apply<'a> {
+    /// Time of the change, nanoseconds.
+    pub now: i64,
+    pub dedupe_window: i64,
+    pub seal: &'a SealKey,
 }
 
 /// One change for the writer.
@@ -55,11 +72,18 @@ pub(crate) enum Op {
         run_id: String,
         record: Box<EffectRecord>,
     },
+    /// An effect about to be performed (see `effect_starts` in the schema).
+    EffectStart {
+        run_id: String,
+        start: Box<EffectStart>,
+    },
     StateSet {
         rule: String,
         key: String,
         value: String,
         expires_at: Option<i64>,
+        /// A new key is refused when the rule holds this many live ones.
+        max_keys: usize,
     },
     Requeue {
         id: String,
@@ -79,37 +103,47 @@ pub(crate) enum Outcome {
     Accepted(bool),
     Done,
     Requeued(RequeueOutcome),
+    /// A new state key refused: the rule holds as many as it may.
+    StateFull,
     /// Rows deleted by a pruning step.
     Pruned(u64),
 }
 
-/// Applies one change at time `now` (nanoseconds).
-pub(crate) fn apply(
-    tx: &Transaction<'_>,
-    op: &Op,
-    now: i64,
-    dedupe_window: i64,
-) -> rusqlite::Result<Outcome> {
+/// Applies one change.
+pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::Result<Outcome> {
+    let now = at.now;
     match op {
         Op::Accept { event, runs } => {
-            let fresh = accept(tx, event, dedupe_window)?;
+            let fresh = accept(tx, event, at)?;
             if fresh {
                 for run in runs {
-                    record_run(tx, run, now)?;
+                    record_run(tx, run, at)?;
                 }
             }
             Ok(Outcome::Accepted(fresh))
         }
-        Op::RecordRun(run) => record_run(tx, run, now).map(|()| Outcome::Done),
+        Op::RecordRun(run) => record_run(tx, run, at).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
-            insert_effect(tx, run_id, None, record, now).map(|()| Outcome::Done)
+            insert_effect(tx, run_id, None, record, at).map(|()| Outcome::Done)
+        }
+        Op::EffectStart { run_id, start } => {
+            insert_start(tx, run_id, start).map(|()| Outcome::Done)
         }
         Op::StateSet {
             rule,
             key,
             value,
             expires_at,
-        } => set_state(tx, rule, key, value, *expires_at, now).map(|()| Outcome::Done),
+            max_keys,
+        } => {
+            let entry = StateEntry {
+                rule,
+                key,
+                value,
+                expires_at: *expires_at,
+            };
+            set_state(tx, &entry, *max_keys, now)
+        }
         Op::Requeue { id } => requeue(tx, id, now).map(Outcome::Requeued),
         Op::MarkDead { id, error } => mark_dead(tx, id, error, now).map(|()| Outcome::Done),
         Op::Prune(step) => apply_prune_step(tx, step, now).map(Outcome::Pruned),
@@ -117,7 +151,8 @@ pub(crate) fn apply(
 }
 
 /// Stores the event unless one with the same id was received within the window.
-fn accept(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusqlite::Result<bool> {
+fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::Result<bool> {
+    let window = at.dedupe_window;
     let previous: Option<i64> = tx
         .prepare_cached("SELECT received_at FROM dedupe WHERE id = ?1")?
         .query_row([&event.id], |row| row.get(0))
@@ -137,11 +172,16 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusqlite::Resu
         event.received_at,
         event.received_at.saturating_add(window)
     ])?;
+    let sealed_token = event.download_token.as_ref().and_then(|token| {
+        at.seal
+            .seal(&event_context(&event.id), token.expose_secret().as_bytes())
+    });
     tx.prepare_cached(
-        "INSERT INTO events (id, type, ts, source, received_at, raw)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO events (id, type, ts, source, received_at, raw, sealed_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
-             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw",
+             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw,
+             sealed_token = excluded.sealed_token",
     )?
     .execute(params![
         event.id,
@@ -149,13 +189,15 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusqlite::Resu
         event.ts,
         event.source,
         event.received_at,
-        &*event.raw
+        &*event.raw,
+        sealed_token
     ])?;
     Ok(true)
 }
 
 /// Inserts or updates the run, its effects and the logs of its current attempt.
-fn record_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<()> {
+fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+    let now = at.now;
     tx.prepare_cached(
         "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
                            created_at, started_at, finished_at, updated_at)
@@ -182,7 +224,7 @@ fn record_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Resu
         now,
     ])?;
     for record in &run.effects {
-        insert_effect(tx, &run.id, Some(run.attempt), record, now)?;
+        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
     }
     if !run.logs.is_empty() {
         replace_logs(tx, run)?;
@@ -198,21 +240,32 @@ fn insert_effect(
     run_id: &str,
     attempt: Option<u32>,
     record: &EffectRecord,
-    now: i64,
+    at: &Apply<'_>,
 ) -> rusqlite::Result<()> {
+    // The record replaces the mark written when the effect started.
+    tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
+        .execute(params![run_id, record.seq])?;
+    let sealed_result = record.unredacted.as_ref().and_then(|value| {
+        at.seal.seal(
+            &effect_context(run_id, record.seq),
+            to_json(value).as_bytes(),
+        )
+    });
     tx.prepare_cached(
         "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
-                              latency_ms, replayed, recorded_at)
+                              latency_ms, replayed, recorded_at, in_doubt, sealed_result)
          VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
-                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT(run_id, seq) DO UPDATE SET attempt = excluded.attempt,
              name = excluded.name, args = excluded.args, ok = excluded.ok,
              result = excluded.result, started_at = excluded.started_at,
              latency_ms = excluded.latency_ms, replayed = excluded.replayed,
-             recorded_at = excluded.recorded_at
+             recorded_at = excluded.recorded_at, in_doubt = excluded.in_doubt,
+             sealed_result = excluded.sealed_result
          WHERE excluded.replayed = 0
            AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
-                OR effects.args != excluded.args OR effects.result != excluded.result)",
+                OR effects.args != excluded.args OR effects.result != excluded.result
+                OR effects.in_doubt != excluded.in_doubt)",
     )?
     .execute(params![
         run_id,
@@ -225,7 +278,25 @@ fn insert_effect(
         to_nanos(record.started_at),
         record.latency_ms,
         record.replayed,
-        now,
+        at.now,
+        record.in_doubt,
+        sealed_result,
+    ])?;
+    Ok(())
+}
+
+/// Marks an effect as started (a performed-again effect marks its position again).
+fn insert_start(tx: &Transaction<'_>, run_id: &str, start: &EffectStart) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO effect_starts (run_id, seq, name, args, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        run_id,
+        start.seq,
+        start.name,
+        to_json(&start.args),
+        to_nanos(start.started_at),
     ])?;
     Ok(())
 }
@@ -249,21 +320,49 @@ fn replace_logs(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// One rule state value to set.
+struct StateEntry<'a> {
+    rule: &'a str,
+    key: &'a str,
+    value: &'a str,
+    expires_at: Option<i64>,
+}
+
+/// Sets a state value; a new key is refused once the rule holds `max_keys`
+/// live ones (expired keys not yet pruned do not count).
 fn set_state(
     tx: &Transaction<'_>,
-    rule: &str,
-    key: &str,
-    value: &str,
-    expires_at: Option<i64>,
+    entry: &StateEntry<'_>,
+    max_keys: usize,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Outcome> {
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM state WHERE rule = ?1 AND key = ?2")?
+        .exists(params![entry.rule, entry.key])?;
+    if !exists {
+        let held: i64 = tx
+            .prepare_cached(
+                "SELECT count(*) FROM state WHERE rule = ?1
+                     AND (expires_at IS NULL OR expires_at > ?2)",
+            )?
+            .query_row(params![entry.rule, now], |row| row.get(0))?;
+        if usize::try_from(held).unwrap_or(usize::MAX) >= max_keys {
+            return Ok(Outcome::StateFull);
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO state (rule, key, value, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(rule, key) DO UPDATE SET value = excluded.value,
              expires_at = excluded.expires_at, updated_at = excluded.updated_at",
     )?
-    .execute(params![rule, key, value, expires_at, now])?;
-    Ok(())
+    .execute(params![
+        entry.rule,
+        entry.key,
+        entry.value,
+        entry.expires_at,
+        now
+    ])?;
+    Ok(Outcome::Done)
 }
 
 /// Puts a failed or dead run back to pending as a fresh first attempt,
@@ -335,9 +434,18 @@ mod tests {
         (dir, conn)
     }
 
+    fn at(seal: &SealKey) -> Apply<'_> {
+        Apply {
+            now: to_nanos(Utc::now()),
+            dedupe_window: HOUR,
+            seal,
+        }
+    }
+
     fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
+        let seal = SealKey::ephemeral().unwrap();
         let tx = conn.transaction().unwrap();
-        let outcome = apply(&tx, op, to_nanos(Utc::now()), HOUR).unwrap();
+        let outcome = apply(&tx, op, &at(&seal)).unwrap();
         tx.commit().unwrap();
         outcome
     }
@@ -359,6 +467,8 @@ mod tests {
             started_at: Utc::now(),
             latency_ms: 1.5,
             replayed,
+            in_doubt: false,
+            unredacted: None,
         }
     }
 
@@ -465,7 +575,8 @@ mod tests {
         .unwrap();
         let tx = conn.transaction().unwrap();
         let op = accept_op(event_row(0), vec![run("r1", RunStatus::Pending)]);
-        assert!(apply(&tx, &op, to_nanos(Utc::now()), HOUR).is_err());
+        let seal = SealKey::ephemeral().unwrap();
+        assert!(apply(&tx, &op, &at(&seal)).is_err());
         drop(tx);
         let events: i64 = conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))

@@ -123,7 +123,7 @@ fn effects_after(
     fetch: usize,
 ) -> ReadResult<Vec<EffectRecord>> {
     let mut statement = conn.prepare_cached(
-        "SELECT seq, name, args, result, started_at, latency_ms, replayed
+        "SELECT seq, name, args, result, started_at, latency_ms, replayed, in_doubt
          FROM effects WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);

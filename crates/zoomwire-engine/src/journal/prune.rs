@@ -118,10 +118,12 @@ fn delete_runs(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<usize> 
     let mut delete_run = tx.prepare_cached("DELETE FROM runs WHERE id = ?1")?;
     let mut delete_effects = tx.prepare_cached("DELETE FROM effects WHERE run_id = ?1")?;
     let mut delete_logs = tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1")?;
+    let mut delete_starts = tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1")?;
     for id in ids {
         delete_run.execute([id])?;
         delete_effects.execute([id])?;
         delete_logs.execute([id])?;
+        delete_starts.execute([id])?;
     }
     Ok(ids.len())
 }

@@ -17,8 +17,9 @@ use serde_json::Value;
 
 use super::codec::{from_json, from_nanos, parse_status};
 use super::schema::open_reader;
+use super::seal::{SealKey, effect_context, event_context};
 use super::writer::journal_error;
-use crate::effects::gateway::{EffectRecord, LogLine};
+use crate::effects::gateway::{EffectRecord, EffectStart, LogLine};
 use crate::effects::redact;
 use crate::engine::record::{JournalError, RunRecord, RunStatus};
 use crate::event::{Event, Source};
@@ -113,15 +114,28 @@ pub(crate) struct StoredEvent {
     pub source: String,
     pub received_at: i64,
     pub raw: String,
+    pub sealed_token: Option<Vec<u8>>,
 }
 
 impl StoredEvent {
-    /// Rebuilds the event as intake built it, with its original id and receipt time.
-    pub fn into_event(self) -> Result<Event, JournalError> {
+    /// Rebuilds the event as intake built it, with its original id, receipt
+    /// time and download token (when it still opens).
+    pub fn into_event(self, seal: &SealKey) -> Result<Event, JournalError> {
         let source: Source = from_json(&self.source, "events.source")?;
         let mut event = Event::parse(&self.raw, source).map_err(|e| {
             JournalError(format!("stored event `{}` cannot be rebuilt: {e}", self.id))
         })?;
+        let token = self.sealed_token.as_deref().and_then(|sealed| {
+            let opened = seal.open(&event_context(&self.id), sealed);
+            if opened.is_none() {
+                tracing::warn!(event = %self.id, "the event's sealed download token does not open (was seal.key replaced?): downloads use the oauth token");
+            }
+            let token = String::from_utf8(opened?).ok()?;
+            Some(std::sync::Arc::new(secrecy::SecretString::from(token)))
+        });
+        if token.is_some() {
+            event = event.with_download_token(token);
+        }
         event.id = self.id;
         event.received_at = from_nanos(self.received_at);
         Ok(event)
@@ -212,7 +226,7 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetai
         return Ok(None);
     };
     let mut run = run_row(row)?;
-    fill_run(conn, &mut run)?;
+    fill_run(conn, &mut run, None)?;
     let event = stored_event(conn, &run.event_id)?
         .as_ref()
         .map(StoredEvent::summary)
@@ -220,11 +234,16 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetai
     Ok(Some(RunDetail { run, event }))
 }
 
-/// Unfinished runs (see [`UNFINISHED`]) with their effects, logs and events,
-/// in the order their events arrived, then oldest first.
+/// An unfinished run as stored: its record, its effects left in doubt, its event.
+pub(crate) type StoredUnfinished = (RunRecord, Vec<EffectStart>, Option<StoredEvent>);
+
+/// Unfinished runs (see [`UNFINISHED`]) with their effects (unredacted
+/// results opened, for replay), logs, effects in doubt and events, in the
+/// order their events arrived, then oldest first.
 pub(crate) fn unfinished_runs(
     conn: &Connection,
-) -> ReadResult<Vec<(RunRecord, Option<StoredEvent>)>> {
+    seal: &SealKey,
+) -> ReadResult<Vec<StoredUnfinished>> {
     let sql =
         format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} ORDER BY created_at, rowid");
     let mut statement = conn.prepare_cached(&sql)?;
@@ -235,15 +254,35 @@ pub(crate) fn unfinished_runs(
     }
     let mut unfinished = Vec::with_capacity(runs.len());
     for mut run in runs {
-        fill_run(conn, &mut run)?;
+        fill_run(conn, &mut run, Some(seal))?;
+        let in_doubt = effect_starts(conn, &run.id)?;
         let event = stored_event(conn, &run.event_id)?;
-        unfinished.push((run, event));
+        unfinished.push((run, in_doubt, event));
     }
     // In the order their events arrived, which is the order the daemon admits
     // runs in (runs of events journaled together may have been created in
     // another order); runs of one event stay in their order.
-    unfinished.sort_by_key(|(_, event)| event.as_ref().map(|e| e.received_at));
+    unfinished.sort_by_key(|(_, _, event)| event.as_ref().map(|e| e.received_at));
     Ok(unfinished)
+}
+
+/// The run's effects written as started and never as done.
+fn effect_starts(conn: &Connection, run_id: &str) -> ReadResult<Vec<EffectStart>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, name, args, started_at FROM effect_starts WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = statement.query([run_id])?;
+    let mut starts = Vec::new();
+    while let Some(row) = rows.next()? {
+        let args: String = row.get(2)?;
+        starts.push(EffectStart {
+            seq: row.get(0)?,
+            name: row.get(1)?,
+            args: from_json(&args, "effect_starts.args")?,
+            started_at: from_nanos(row.get(3)?),
+        });
+    }
+    Ok(starts)
 }
 
 /// The ids of the unfinished runs, without their details.
@@ -256,16 +295,23 @@ pub(crate) fn unfinished_run_ids(conn: &Connection) -> ReadResult<Vec<String>> {
     Ok(ids)
 }
 
-/// Adds the run's effects (one per position) and logs (all attempts, in order).
-fn fill_run(conn: &Connection, run: &mut RunRecord) -> ReadResult<()> {
+/// Adds the run's effects (one per position) and logs (all attempts, in
+/// order); with `seal`, each effect's unredacted result too.
+fn fill_run(conn: &Connection, run: &mut RunRecord, seal: Option<&SealKey>) -> ReadResult<()> {
     let mut statement = conn.prepare_cached(
-        "SELECT seq, name, args, result, started_at, latency_ms, replayed
+        "SELECT seq, name, args, result, started_at, latency_ms, replayed, in_doubt, sealed_result
          FROM effects WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = statement.query([&run.id])?;
     run.effects.clear();
     while let Some(row) = rows.next()? {
-        run.effects.push(effect_row(row)?);
+        let mut effect = effect_row(row)?;
+        if let Some(seal) = seal {
+            let sealed: Option<Vec<u8>> = row.get(8)?;
+            effect.unredacted =
+                sealed.and_then(|sealed| open_result(seal, &run.id, &effect, &sealed));
+        }
+        run.effects.push(effect);
     }
     let mut statement = conn.prepare_cached(
         "SELECT level, message, at FROM logs WHERE run_id = ?1 ORDER BY attempt, idx",
@@ -282,20 +328,40 @@ fn fill_run(conn: &Connection, run: &mut RunRecord) -> ReadResult<()> {
     Ok(())
 }
 
+/// An effect's sealed result, opened; `None` (the redacted result is
+/// replayed instead) when it does not open.
+fn open_result(
+    seal: &SealKey,
+    run_id: &str,
+    effect: &EffectRecord,
+    sealed: &[u8],
+) -> Option<Value> {
+    let opened = seal
+        .open(&effect_context(run_id, effect.seq), sealed)
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    if opened.is_none() {
+        tracing::warn!(run = %run_id, seq = effect.seq, "an effect's sealed result does not open (was seal.key replaced?): a replay returns its redacted copy");
+    }
+    opened
+}
+
 /// The stored event with this id, if it has not been pruned.
 pub(crate) fn stored_event(conn: &Connection, id: &str) -> rusqlite::Result<Option<StoredEvent>> {
-    conn.prepare_cached("SELECT id, type, ts, source, received_at, raw FROM events WHERE id = ?1")?
-        .query_row([id], |row| {
-            Ok(StoredEvent {
-                id: row.get(0)?,
-                event_type: row.get(1)?,
-                ts: row.get(2)?,
-                source: row.get(3)?,
-                received_at: row.get(4)?,
-                raw: row.get(5)?,
-            })
+    conn.prepare_cached(
+        "SELECT id, type, ts, source, received_at, raw, sealed_token FROM events WHERE id = ?1",
+    )?
+    .query_row([id], |row| {
+        Ok(StoredEvent {
+            id: row.get(0)?,
+            event_type: row.get(1)?,
+            ts: row.get(2)?,
+            source: row.get(3)?,
+            received_at: row.get(4)?,
+            raw: row.get(5)?,
+            sealed_token: row.get(6)?,
         })
-        .optional()
+    })
+    .optional()
 }
 
 /// A rule's state value, unless it has expired.
@@ -365,6 +431,8 @@ pub(crate) fn effect_row(row: &Row<'_>) -> ReadResult<EffectRecord> {
         started_at: from_nanos(row.get(4)?),
         latency_ms: row.get(5)?,
         replayed: row.get(6)?,
+        in_doubt: row.get(7)?,
+        unredacted: None,
     })
 }
 

@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -102,6 +102,32 @@ CREATE INDEX state_expires ON state(expires_at) WHERE expires_at IS NOT NULL;
 const V2: &str = "
 CREATE INDEX runs_rule_status ON runs(rule, status, created_at);
 ";
+
+/// Effects written as started before they are performed: the record of the
+/// effect, when it completes, replaces its row; a row left behind by a crash
+/// is an effect in doubt. `in_doubt` marks the effect records that say so.
+const V3: &str = "
+CREATE TABLE effect_starts (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    args TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+ALTER TABLE effects ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
+";
+
+/// What the store keeps sealed (`seal.rs`): an event's download token, taken
+/// out of its body, and an effect's result before redaction, for replay.
+const V4: &str = "
+ALTER TABLE events ADD COLUMN sealed_token BLOB;
+ALTER TABLE effects ADD COLUMN sealed_result BLOB;
+";
+
+/// The version that took download tokens out of stored bodies: a store
+/// migrated from before it has its bodies cleaned once (`tokens.rs`).
+pub(crate) const SEALED_TOKENS_VERSION: i64 = 4;
 
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`
 /// as `sync` says, schema migrated, and the file checked when `verify` is set.

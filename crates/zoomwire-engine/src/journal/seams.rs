@@ -16,7 +16,7 @@ use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::BoxFuture;
-use crate::effects::gateway::{EffectObserver, EffectRecord, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
@@ -35,9 +35,24 @@ impl SqliteJournal {
 }
 
 impl EffectObserver for SqliteJournal {
+    /// Durable on `Ok`: blocks the sandbox thread until the mark is committed.
+    fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
+        let op = Op::EffectStart {
+            run_id: run_id.to_string(),
+            start: Box::new(start.clone()),
+        };
+        self.inner
+            .writer
+            .submit_blocking(op)
+            .map(|_| ())
+            .map_err(|error| error.0)
+    }
+
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
-        self.effect_completed_later(run_id, record)();
+        // A failed write is logged by the wait; a caller that waits here has no
+        // next effect of its own to refuse.
+        let _ = self.effect_completed_later(run_id, record)();
     }
 
     fn effect_completed_later(&self, run_id: &str, record: &EffectRecord) -> SavedWait {
@@ -48,13 +63,17 @@ impl EffectObserver for SqliteJournal {
         let saving = self.inner.writer.submit_deferred(op);
         let (run_id, name, seq) = (run_id.to_string(), record.name.clone(), record.seq);
         Box::new(move || {
-            if let Err(error) = saving.and_then(|commit| commit.wait()) {
-                metrics::counter!("zoomwire_journal_errors_total").increment(1);
-                tracing::error!(
-                    run = %run_id, effect = %name, seq, error = %error,
-                    "effect record not saved: a crash before the run is recorded would perform it again"
-                );
-            }
+            saving
+                .and_then(|commit| commit.wait())
+                .map(|_| ())
+                .map_err(|error| {
+                    metrics::counter!("zoomwire_journal_errors_total").increment(1);
+                    tracing::error!(
+                        run = %run_id, effect = %name, seq, error = %error,
+                        "effect record not saved: the run makes no further effect"
+                    );
+                    error.to_string()
+                })
         })
     }
 }
@@ -96,11 +115,19 @@ impl Journal for SqliteJournal {
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
-            let stored = self.inner.readers.with(query::unfinished_runs)?;
+            let seal = &self.inner.seal;
+            let stored = self
+                .inner
+                .readers
+                .with(|conn| query::unfinished_runs(conn, seal))?;
             let mut unfinished = Vec::with_capacity(stored.len());
-            for (run, event) in stored {
-                match event.map(query::StoredEvent::into_event) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun { run, event }),
+            for (run, in_doubt, event) in stored {
+                match event.map(|event| event.into_event(seal)) {
+                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
+                        run,
+                        event,
+                        in_doubt,
+                    }),
                     Some(Err(error)) => self.give_up(&run, &error.0).await?,
                     None => {
                         self.give_up(&run, "its event is no longer in the store")
@@ -123,7 +150,7 @@ impl StateStore for SqliteJournal {
         self.inner
             .readers
             .with(|conn| query::state_value(conn, rule, key, now))
-            .map_err(|e| StateError(e.0))
+            .map_err(|e| StateError::Store(e.0))
     }
 
     /// Durable on return, like effect records.
@@ -135,17 +162,22 @@ impl StateStore for SqliteJournal {
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
         let expires_at = ttl.map(|ttl| to_nanos(Utc::now()).saturating_add(duration_nanos(ttl)));
+        let max_keys = self.inner.options.max_state_keys;
         let op = Op::StateSet {
             rule: rule.to_string(),
             key: key.to_string(),
             value: to_json(&value),
             expires_at,
+            max_keys,
         };
-        self.inner
-            .writer
-            .submit_blocking(op)
-            .map(|_| ())
-            .map_err(|e| StateError(e.0))
+        match self.inner.writer.submit_blocking(op) {
+            Ok(Outcome::StateFull) => Err(StateError::Full {
+                rule: rule.to_string(),
+                max_keys,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(StateError::Store(e.0)),
+        }
     }
 }
 
@@ -223,6 +255,91 @@ mod tests {
     }
 
     #[test]
+    fn an_effect_started_and_never_recorded_comes_back_in_doubt_until_recorded() {
+        use crate::effects::gateway::EffectStart;
+        use crate::engine::record::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
+        let mut run = RunRecord {
+            id: "r1".into(),
+            rule: "rule".into(),
+            event_id: event.id.clone(),
+            event_type: "a.b".into(),
+            key: None,
+            status: RunStatus::Running,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            finished_at: None,
+        };
+        let start = |seq| EffectStart {
+            seq,
+            name: "slack.post".into(),
+            args: serde_json::json!({"channel": "#a", "text": seq}),
+            started_at: Utc::now(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(
+                journal
+                    .accept_event_with_runs(&event, std::slice::from_ref(&run))
+                    .await
+                    .unwrap()
+            );
+        });
+        // Effect 1 started and done; effect 2 started when the crash came.
+        journal.effect_starting("r1", &start(1)).unwrap();
+        let mut done = start(1).into_in_doubt_record();
+        (done.result, done.in_doubt) = (Ok(serde_json::json!({"ok": true})), false);
+        journal.effect_completed("r1", &done);
+        journal.effect_starting("r1", &start(2)).unwrap();
+        let unfinished = runtime.block_on(journal.unfinished_runs()).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].run.effects.len(), 1, "effect 1 is replayed");
+        assert_eq!(
+            unfinished[0].in_doubt,
+            vec![start(2)]
+                .into_iter()
+                .map(|mut s| {
+                    s.started_at = unfinished[0].in_doubt[0].started_at;
+                    s
+                })
+                .collect::<Vec<_>>()
+        );
+        // Recorded in doubt with the run: the mark is gone, the record says so.
+        run.effects = vec![done, start(2).into_in_doubt_record()];
+        run.status = RunStatus::Dead;
+        run.finished_at = Some(Utc::now());
+        runtime.block_on(journal.record_run(&run)).unwrap();
+        assert!(
+            runtime
+                .block_on(journal.unfinished_runs())
+                .unwrap()
+                .is_empty()
+        );
+        let stored = journal.get_run("r1").unwrap().unwrap().run;
+        assert!(!stored.effects[0].in_doubt);
+        assert!(stored.effects[1].in_doubt);
+        let error = stored.effects[1].result.as_ref().unwrap_err();
+        assert_eq!(error.kind, crate::effects::EffectErrorKind::InDoubt);
+        let marks: i64 = journal
+            .inner
+            .readers
+            .with(
+                |conn| Ok(conn.query_row("SELECT count(*) FROM effect_starts", [], |r| r.get(0))?),
+            )
+            .unwrap();
+        assert_eq!(marks, 0);
+    }
+
+    #[test]
     fn state_is_kept_per_rule_and_forgotten_after_its_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
@@ -248,5 +365,47 @@ mod tests {
         assert_eq!(state.get("b", "k").unwrap(), None);
         assert_eq!(state.get("b", "kept").unwrap(), Some(serde_json::json!(3)));
         assert_eq!(state.get("a", "other").unwrap(), None);
+    }
+
+    #[test]
+    fn a_rule_holds_at_most_its_cap_of_live_state_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(
+            dir.path(),
+            JournalOptions {
+                max_state_keys: 2,
+                ..options()
+            },
+        )
+        .unwrap();
+        let state: &dyn StateStore = &journal;
+        let one = serde_json::json!(1);
+        state.set("a", "k1", one.clone(), None).unwrap();
+        state
+            .set("a", "k2", one.clone(), Some(Duration::from_secs(3600)))
+            .unwrap();
+        let error = state.set("a", "k3", one.clone(), None).unwrap_err();
+        assert!(
+            matches!(error, StateError::Full { max_keys: 2, .. }),
+            "{error}"
+        );
+        assert_eq!(state.get("a", "k3").unwrap(), None, "nothing written");
+        state.set("a", "k1", serde_json::json!(2), None).unwrap();
+        state.set("b", "k3", one.clone(), None).unwrap();
+        // An expired key frees its place before pruning removes it.
+        state
+            .set("a", "k2", one.clone(), Some(Duration::ZERO))
+            .unwrap();
+        state.set("a", "k3", one, None).unwrap();
+    }
+
+    #[test]
+    fn the_store_size_counts_the_log_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let db = std::fs::metadata(journal.path()).unwrap().len();
+        let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(super::super::store_size(journal.path()), db + wal);
+        assert!(db > 0);
     }
 }

@@ -22,12 +22,15 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::codec::to_nanos;
-use super::ops::{Op, Outcome, apply};
+use super::ops::{Apply, Op, Outcome, apply};
+use super::seal::SealKey;
 use crate::engine::record::JournalError;
 
 /// Settings the writer thread needs.
 pub(crate) struct WriterSettings {
     pub path: PathBuf,
+    /// Seals unredacted results and download tokens.
+    pub seal: Arc<SealKey>,
     pub dedupe_window_nanos: i64,
     pub max_batch: usize,
     /// Async requests allowed in flight before callers wait (back-pressure).
@@ -236,9 +239,13 @@ fn apply_in_transaction<'a>(
     settings: &WriterSettings,
 ) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = to_nanos(Utc::now());
+    let at = Apply {
+        now: to_nanos(Utc::now()),
+        dedupe_window: settings.dedupe_window_nanos,
+        seal: &settings.seal,
+    };
     let outcomes = ops
-        .map(|op| apply(&tx, op, now, settings.dedupe_window_nanos))
+        .map(|op| apply(&tx, op, &at))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     tx.commit()?;
     Ok(outcomes)
@@ -271,6 +278,7 @@ mod tests {
     fn settings(dir: &Path) -> WriterSettings {
         WriterSettings {
             path: dir.join("zoomwire.db"),
+            seal: Arc::new(SealKey::ephemeral().unwrap()),
             dedupe_window_nanos: 1,
             max_batch: 16,
             queue_capacity: 16,
@@ -283,6 +291,7 @@ mod tests {
             key: key.into(),
             value: "1".into(),
             expires_at: None,
+            max_keys: usize::MAX,
         }
     }
 

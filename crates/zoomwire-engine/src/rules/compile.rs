@@ -121,6 +121,7 @@ pub fn compile_rule(
         .and_then(|text| compile_expression(source, "key", text, sandbox, &mut errors));
     let (action, script_file) = compile_action(source, sandbox, scripts_dir, &mut errors);
     let capabilities = compile_capabilities(source, &mut errors);
+    let idempotent = compile_idempotent(source, &mut errors);
     let account = compile_account(source, &mut errors);
     let max_runs = spec.max_runs.unwrap_or(DEFAULT_MAX_RUNS);
     if max_runs == 0 {
@@ -166,6 +167,7 @@ pub fn compile_rule(
         action,
         script_file,
         capabilities,
+        idempotent,
         account,
         mode,
         max_runs,
@@ -454,6 +456,23 @@ fn compile_capabilities(source: &RuleSource, errors: &mut Vec<RuleError>) -> Cap
             }
         });
     CapabilitySet::new(capabilities.collect::<Vec<_>>())
+}
+
+/// `idempotent:`: names of effects, each one a script can call.
+fn compile_idempotent(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<String> {
+    let entries = source.spec.idempotent.clone().unwrap_or_default();
+    for entry in &entries {
+        if !crate::effects::EFFECT_NAMES.contains(&entry.as_str()) {
+            errors.push(source.error_at(
+                "idempotent",
+                format!(
+                    "unknown effect `{entry}` in `idempotent`, expected one of: {}",
+                    crate::effects::EFFECT_NAMES.join(", ")
+                ),
+            ));
+        }
+    }
+    entries
 }
 
 fn compile_retry(source: &RuleSource, errors: &mut Vec<RuleError>) -> RetryPolicy {

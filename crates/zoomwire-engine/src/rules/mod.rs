@@ -148,6 +148,9 @@ pub struct Rule {
     /// Script files this rule's action loads (its `do: {script}` file).
     pub script_file: Option<PathBuf>,
     pub capabilities: CapabilitySet,
+    /// Effects the rule says may be performed again after a crash left them
+    /// in doubt (`idempotent:`), besides those that always may be.
+    pub idempotent: Vec<String>,
     /// The Zoom account the rule's Zoom calls use (`account:`), when it names one.
     pub account: Option<Arc<str>>,
     pub mode: Mode,
@@ -163,6 +166,12 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether an effect left in doubt by a crash may be performed again:
+    /// it always may be (a read, rule state, a download) or the rule says so.
+    pub fn may_repeat(&self, effect: &str) -> bool {
+        crate::effects::is_repeatable(effect) || self.idempotent.iter().any(|e| e == effect)
+    }
+
     /// The cron schedule, for scheduled rules.
     pub fn schedule(&self) -> Option<&CronSchedule> {
         match &self.trigger {

@@ -37,6 +37,10 @@ pub struct RuleSpec {
     pub action: Option<ActionSpec>,
     /// Capabilities: zoom.read, zoom.write, zoom.download, slack, email, http:<host>.
     pub allow: Option<Vec<String>>,
+    /// Effects that may be performed again when a crash leaves it unknown
+    /// whether they happened (`slack.post`, `zoom.patch`, ...). A run that
+    /// finds any other effect in doubt goes to the dead letters instead.
+    pub idempotent: Option<Vec<String>>,
     /// The configured Zoom account whose token the rule's Zoom calls use;
     /// by default the account the event came from (schedule rules name one
     /// when several accounts are configured).
@@ -67,6 +71,7 @@ pub const RULE_KEYS: &[&str] = &[
     "key",
     "do",
     "allow",
+    "idempotent",
     "account",
     "mode",
     "max_runs",

@@ -158,6 +158,7 @@ impl OAuthClient {
 
     /// A cache sharing an existing HTTP client (its timeout applies).
     pub fn with_http_client(config: OAuthConfig, http: reqwest::Client) -> OAuthClient {
+        register_credentials(&config);
         OAuthClient {
             inner: Arc::new(Inner {
                 token_url: config.token_url(),
@@ -268,6 +269,8 @@ impl Inner {
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
             TokenError::Unavailable(format!("{}: unexpected answer: {e}", self.token_url))
         })?;
+        // Scrubbed from any output from now on (a short one cannot be).
+        let _ = crate::secrets::Secrets::global().add_seen(&answer.access_token);
         let lifetime = Duration::try_from_secs_f64(answer.expires_in.max(0.0)).unwrap_or_default();
         let margin = if config.refresh_margin < lifetime {
             config.refresh_margin
@@ -284,6 +287,18 @@ impl Inner {
             refresh_at: asked_at + lifetime - margin,
         })
     }
+}
+
+/// Registers the client secret, and the Basic credential made of it, for
+/// redaction by value (a short secret cannot be; the daemon warns).
+fn register_credentials(config: &OAuthConfig) {
+    use base64::Engine;
+    let secrets = crate::secrets::Secrets::global();
+    let secret = config.client_secret.expose_secret();
+    let _ = secrets.add(secret);
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{secret}", config.client_id));
+    let _ = secrets.add(&basic);
 }
 
 /// Turns an error answer into a refusal naming the setting, or unavailability.

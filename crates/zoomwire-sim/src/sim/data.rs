@@ -294,6 +294,18 @@ fn recording_file(
     })
 }
 
+/// A meeting's passcode: six digits derived from its id.
+fn passcode(id: u64) -> String {
+    format!("{:06}", id.wrapping_mul(2_654_435_761) % 1_000_000)
+}
+
+/// The join link, with the encoded passcode Zoom puts in `pwd`.
+fn join_url(base_url: &str, id: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{id}:{}", passcode(id)).as_bytes());
+    format!("{base_url}/j/{id}?pwd={}", hex::encode(&digest[..12]))
+}
+
 fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u64) -> Meeting {
     // Cannot fail: the seed times are literals in RFC 3339.
     let start = DateTime::parse_from_rfc3339(seed.start)
@@ -314,8 +326,8 @@ fn seed_meeting(seed: &MeetingSeed, config: &SimConfig, base_url: &str, index: u
         "timezone": "Europe/Berlin",
         "agenda": "",
         "created_at": iso(start - Duration::days(3)),
-        "join_url": format!("{base_url}/j/{}", seed.id),
-        "password": "",
+        "join_url": join_url(base_url, seed.id),
+        "password": passcode(seed.id),
         "settings": {
             "host_video": true,
             "participant_video": false,
@@ -431,7 +443,8 @@ impl SimData {
             "duration": spec.minutes,
             "timezone": "Europe/Berlin",
             "created_at": iso(spec.start - Duration::hours(1)),
-            "join_url": format!("{base_url}/j/{id}"),
+            "join_url": join_url(base_url, id),
+            "password": passcode(id),
         });
         let recording = spec.recording.map(|state| {
             let files: Vec<Value> = ["MP4", "M4A"]

@@ -123,7 +123,7 @@ async fn download(
     let encoded: String = url::form_urlencoded::byte_serialize(file_id.as_bytes()).collect();
     let location = format!(
         "{}/rec/stream/{encoded}?signature={}",
-        sim.base_url,
+        sim.files_base_url,
         sim.stream_signature(&file_id)
     );
     let mut response = StatusCode::FOUND.into_response();

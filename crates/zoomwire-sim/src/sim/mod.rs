@@ -32,6 +32,7 @@ mod rest;
 mod slack;
 pub mod smtp;
 mod state;
+pub mod tls;
 mod websocket;
 
 use std::fmt;
@@ -51,6 +52,7 @@ pub use faults::{Fault, FaultKind, RateLimitType, RetryAfter};
 pub use record::{RecordedRequest, SlackPost};
 pub use smtp::{ReceivedMail, SmtpSink, start_smtp_sink};
 pub use state::ConnectionRecord;
+pub use tls::SimTls;
 
 use state::SimState;
 
@@ -162,6 +164,9 @@ pub struct SimConfig {
     pub recording_file_size: u64,
     /// Participants seeded per past meeting (enough for several pages).
     pub participants_per_meeting: usize,
+    /// Also serve over TLS on a second port, where recording files then
+    /// point (see `tls.rs`); `None` serves plain HTTP only.
+    pub tls: Option<SimTls>,
 }
 
 /// The silent-client timeout by default: Zoom's is unconfirmed; a client
@@ -193,6 +198,7 @@ impl Default for SimConfig {
             download_token: "sim-download-token".into(),
             recording_file_size: 8 * 1024 * 1024,
             participants_per_meeting: 650,
+            tls: None,
         }
     }
 }
@@ -239,6 +245,8 @@ pub enum SimError {
     },
     #[error("simulator stopped: {0}")]
     Serve(std::io::Error),
+    #[error("simulator tls: {0}")]
+    Tls(std::io::Error),
 }
 
 /// A running simulator. Dropping it stops the server; [`SimHandle::shutdown`]
@@ -246,6 +254,7 @@ pub enum SimError {
 pub struct SimHandle {
     state: Arc<SimState>,
     server: Option<JoinHandle<Result<(), std::io::Error>>>,
+    tls_server: Option<JoinHandle<Result<(), std::io::Error>>>,
 }
 
 /// Starts the simulator on `config.addr` and returns once it accepts connections.
@@ -267,8 +276,27 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
             tracing::debug!(error = %error, "simulator cannot set TCP_NODELAY");
         }
     });
-    let state = Arc::new(SimState::new(config, addr));
+    let tls_listener = match &config.tls {
+        Some(tls) => Some(tls_listener(addr, tls).await?),
+        None => None,
+    };
+    let files_base_url = match &tls_listener {
+        Some(listener) => {
+            let tls_addr = axum::serve::Listener::local_addr(listener).map_err(SimError::Tls)?;
+            format!("https://{tls_addr}")
+        }
+        None => format!("http://{addr}"),
+    };
+    let state = Arc::new(SimState::new(config, addr, files_base_url));
     let router = router(state.clone());
+    let tls_server = tls_listener.map(|listener| {
+        let (router, shutdown) = (router.clone(), state.shutdown.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    });
     let shutdown = state.shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -278,7 +306,20 @@ pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
     Ok(SimHandle {
         state,
         server: Some(server),
+        tls_server,
     })
+}
+
+/// The TLS listener beside the plain one, on the same address.
+async fn tls_listener(addr: SocketAddr, tls: &SimTls) -> Result<tls::TlsListener, SimError> {
+    let tls_addr = SocketAddr::new(addr.ip(), 0);
+    let tcp = tokio::net::TcpListener::bind(tls_addr)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: tls_addr,
+            source,
+        })?;
+    tls::TlsListener::new(tcp, tls).map_err(SimError::Tls)
 }
 
 /// Runs the simulator until Ctrl-C, after printing its base URLs and
@@ -354,7 +395,7 @@ impl SimHandle {
 
     /// The download URL of a recording file (seeded or added with [`Self::add_download`]).
     pub fn download_url(&self, file_id: &str) -> String {
-        format!("{}/rec/download/{file_id}", self.state.base_url)
+        format!("{}/rec/download/{file_id}", self.state.files_base_url)
     }
 
     pub fn account_id(&self) -> &str {
@@ -391,6 +432,12 @@ impl SimHandle {
         &self.state.config.download_token
     }
 
+    /// Where recording files are served: `https://127.0.0.1:PORT2` with
+    /// [`SimConfig::tls`], else the base URL.
+    pub fn files_base_url(&self) -> String {
+        self.state.files_base_url.clone()
+    }
+
     /// The settings that point zoomwire at this simulator, one `NAME=value` a line.
     pub fn env_lines(&self) -> String {
         let config = &self.state.config;
@@ -407,6 +454,12 @@ impl SimHandle {
             format!("SLACK_WEBHOOK_URL={}", self.slack_webhook_url("default")),
         ]
         .join("\n")
+    }
+
+    /// Every access token issued so far (expired ones included): tests look
+    /// for them where they must not be.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued_tokens()
     }
 
     /// Issues a valid access token without going through `/oauth/token`.
@@ -606,6 +659,13 @@ impl SimHandle {
     /// streaming after a grace period (a stuck download) are cut off.
     pub async fn shutdown(mut self) -> Result<(), SimError> {
         self.state.shutdown.cancel();
+        if let Some(tls_server) = self.tls_server.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, tls_server)
+                .await
+                .is_err()
+        {
+            tracing::debug!("the simulator's tls server did not stop in time");
+        }
         let Some(mut server) = self.server.take() else {
             return Ok(());
         };

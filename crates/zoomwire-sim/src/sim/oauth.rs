@@ -77,6 +77,11 @@ impl SimState {
         (text, issued)
     }
 
+    /// Every token issued so far, expired ones included.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.tokens).keys().cloned().collect()
+    }
+
     /// Which account a token was issued for, expired or not.
     pub fn token_account(&self, text: &str) -> Option<String> {
         lock(&self.tokens).get(text).map(|t| t.account_id.clone())

@@ -99,6 +99,9 @@ pub(crate) struct SimState {
     pub addr: SocketAddr,
     /// `http://addr`
     pub base_url: String,
+    /// Where recording files (and the links the data holds) point: the TLS
+    /// port's `https://` URL when there is one, else `base_url`.
+    pub files_base_url: String,
     pub tokens: Mutex<HashMap<String, IssuedToken>>,
     pub next_token_serial: Mutex<u64>,
     /// Bumped whenever tokens are expired on demand, so connections recheck theirs.
@@ -126,13 +129,14 @@ pub(crate) struct SimState {
 }
 
 impl SimState {
-    pub fn new(config: SimConfig, addr: SocketAddr) -> SimState {
+    pub fn new(config: SimConfig, addr: SocketAddr, files_base_url: String) -> SimState {
         let base_url = format!("http://{addr}");
         let accounts = config.accounts();
-        let (data, downloads) = seed(&config, &accounts, &base_url);
+        let (data, downloads) = seed(&config, &accounts, &files_base_url);
         SimState {
             addr,
             base_url,
+            files_base_url,
             tokens: Mutex::new(HashMap::new()),
             next_token_serial: Mutex::new(0),
             token_epoch: watch::Sender::new(0),
@@ -196,7 +200,7 @@ impl SimState {
         lock(&self.faults).clear();
         lock(&self.delays).clear();
         self.open_all_gates();
-        let (data, downloads) = seed(&self.config, &self.accounts, &self.base_url);
+        let (data, downloads) = seed(&self.config, &self.accounts, &self.files_base_url);
         *lock(&self.downloads) = downloads;
         *lock(&self.data) = data;
     }
@@ -231,7 +235,7 @@ impl SimState {
         let mut downloads = lock(&self.downloads);
         lock(&self.data).get_mut(&account)?.add_meeting(
             meeting,
-            &self.base_url,
+            &self.files_base_url,
             self.config.recording_file_size,
             &mut downloads,
         )

@@ -485,6 +485,8 @@ pub struct EffectView {
     pub result: String,
     pub latency: String,
     pub replayed: bool,
+    /// A crash came while it was performed: it may not have happened, or twice.
+    pub in_doubt: bool,
 }
 
 pub struct LogView {
@@ -601,6 +603,7 @@ fn effect_item(effect: &EffectRecord) -> TimelineItem {
             result,
             latency: format!("{:.1} ms", effect.latency_ms),
             replayed: effect.replayed,
+            in_doubt: effect.in_doubt,
         }),
         log: None,
     }
@@ -727,9 +730,11 @@ mod tests {
                     name: "slack.post".into(),
                     args: serde_json::json!({"channel": "#ops"}),
                     result: Ok(Value::Null),
+                    unredacted: None,
                     started_at: at(second),
                     latency_ms: 1.0,
                     replayed: false,
+                    in_doubt: false,
                 })
                 .collect(),
             effects_total: effects.len() as u64,

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use rhai::Dynamic;
 use secrecy::SecretString;
 use zoomwire_engine::config::{Settings, SourceText, Sources};
-use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::event::{Event, Source, take_download_token};
 use zoomwire_engine::rules::compile::compile_rule;
 use zoomwire_engine::rules::fast::FastCondition;
 use zoomwire_engine::rules::load::parse_rule_file;
@@ -62,7 +62,9 @@ pub const TARGETS: [(&str, Check); 5] = [
 /// Input: one WebSocket text frame.
 ///
 /// Checks: no panic; a decoded event carries exactly the text serde_json
-/// reads from the frame's `content` (the decoder unescapes it by hand);
+/// reads from the frame's `content` (the decoder unescapes it by hand),
+/// less a top-level `download_token`, which the engine keeps apart as a
+/// secret;
 /// `zoomwire fire`'s reading of the same text agrees; and the event's
 /// dedupe key does not depend on how its JSON is laid out.
 pub fn frame_decoder(data: &[u8]) {
@@ -78,10 +80,11 @@ pub fn frame_decoder(data: &[u8]) {
     if let Ok(frame) = serde_json::from_str::<serde_json::Value>(text)
         && let Some(content) = frame.get("content")
     {
-        let expected = match content {
+        let content = match content {
             serde_json::Value::String(s) => s.clone(),
             _ => text_of_raw_content(text),
         };
+        let (expected, _token) = take_download_token(&content).expect("the decoder read this body");
         assert_eq!(&*event.raw, expected, "event text differs from `content`");
     }
     let fired = fired.expect("`fire` refuses a frame the decoder reads");

@@ -10,16 +10,21 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod duration;
 pub mod effects;
 pub mod engine;
 pub mod event;
+pub mod http_retry;
 pub mod journal;
+#[cfg(test)]
+mod layers;
 pub mod logging;
 pub mod private_fs;
 pub mod reconcile;
 pub mod reload;
 pub mod rules;
 pub mod schedule;
+pub mod scheduler;
 pub mod script;
 pub mod secrets;
 pub mod serve;

@@ -628,7 +628,7 @@ fn the_journal_syncs_every_commit_unless_normal_is_asked_for() {
 
 #[test]
 fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
-    use crate::daemon::JournalMode;
+    use crate::journal::JournalMode;
     assert_eq!(settings(None, None, &[]).journal.store, JournalMode::Sqlite);
     let s = settings(None, None, &[("ZOOMWIRE_JOURNAL", "Memory")]);
     assert_eq!(s.journal.store, JournalMode::Memory);

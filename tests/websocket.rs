@@ -6,7 +6,11 @@
 //! socket closed or kept after the invalid-token frame, a refusal at the
 //! upgrade, a failed heartbeat, a second connection replacing, refused or
 //! beside the first, a new token invalidating the previous one, a pasted
-//! endpoint URL).
+//! endpoint URL). The tests that wait for a token to near its expiry, or
+//! for backoffs, run on tokio's paused clock, which the client, its token
+//! cache and the simulator (on the same runtime) all follow: it jumps ahead
+//! whenever every task waits on a timer, so a token lifetime of seconds
+//! takes no real seconds, while frames still cross real sockets.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -341,7 +345,7 @@ async fn malformed_frames_are_skipped_without_dropping_the_connection() {
     client.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn renews_the_connection_before_the_token_expires_without_a_gap() {
     logs();
     let sim = sim::start(SimConfig {
@@ -382,7 +386,7 @@ async fn renews_the_connection_before_the_token_expires_without_a_gap() {
     client.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_refused_subscription_is_retried_with_backoff_and_reported() {
     logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();
@@ -692,7 +696,7 @@ async fn emit_for(sim: &SimHandle, span: Duration, from: u64) -> (Vec<i64>, Vec<
     (delivered, lost)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn renewal_works_whichever_way_zoom_treats_a_second_connection() {
     logs();
     for second in [

@@ -1,12 +1,16 @@
 //! `slack.*` end to end against the simulator's Slack: posting with the bot
 //! token, Slack's `ok:false` codes, the 429 `Retry-After` seconds form
 //! delivering exactly once, deadlines, 5xx handling and named webhooks.
+//! The tests that wait out a 429 run on tokio's paused clock (the
+//! simulator on the same runtime, real HTTP over loopback) and measure on
+//! it (`tokio::time::Instant`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{context, live, live_config, oauth, perform, start_sim};
 use secrecy::SecretString;
 use serde_json::json;
+use tokio::time::Instant;
 use zoomwire_engine::effects::EffectErrorKind;
 use zoomwire_engine::effects::live::LiveEffects;
 use zoomwire_sim::sim::{Fault, SimHandle};
@@ -105,7 +109,7 @@ async fn a_wrong_bot_token_is_invalid_auth() {
     assert!(!error.message.contains("xoxb"), "{}", error.message);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waits_out_retry_after_seconds_and_posts_exactly_once() {
     let s = setup().await;
     s.sim
@@ -129,7 +133,7 @@ async fn waits_out_retry_after_seconds_and_posts_exactly_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_retry_after_past_the_deadline_fails_at_once() {
     let s = setup().await;
     s.sim.inject_fault(Fault::slack_rate_limit(
@@ -214,7 +218,7 @@ async fn posts_through_named_webhooks() {
     assert_eq!(posts[1].body["blocks"][0]["type"], "divider");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn webhook_errors_and_rate_limits() {
     let s = setup().await;
     let ctx = context(Duration::from_secs(10));

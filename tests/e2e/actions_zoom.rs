@@ -4,12 +4,19 @@
 //! refresh through the real OAuth client, 5xx retries, errors with Zoom's
 //! code and tracking id, the client-side limiter, deadlines, body caps and
 //! a capability refusal through the run gateway.
+//!
+//! The tests that wait (`Retry-After`, backoffs, deadlines) run on tokio's
+//! paused clock, which jumps ahead whenever every task waits on a timer:
+//! the simulator runs on the same runtime, so a test still goes through
+//! real HTTP over loopback but takes no real second to wait one out.
+//! Durations are measured on that clock (`tokio::time::Instant`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{context, live, live_config, oauth, perform, start_sim};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use zoomwire_engine::effects::gateway::RunEffects;
 use zoomwire_engine::effects::{Capability, CapabilitySet, EffectErrorKind};
 use zoomwire_engine::zoom::token::AccessTokens;
@@ -182,7 +189,7 @@ async fn patch_through(s: &Setup, fault: Fault, deadline: Duration) -> Duration 
     took
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waits_out_a_429_with_an_http_date_and_delivers_exactly_once() {
     let s = setup().await;
     let took = patch_through(
@@ -204,7 +211,7 @@ async fn waits_out_a_429_with_an_http_date_and_delivers_exactly_once() {
     assert_eq!(meeting["topic"], "Renamed");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waits_out_a_429_with_an_iso_date() {
     let s = setup().await;
     let took = patch_through(
@@ -218,7 +225,7 @@ async fn waits_out_a_429_with_an_iso_date() {
     assert!(took < Duration::from_secs(4), "{took:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn waits_about_a_second_after_a_bare_429() {
     let s = setup().await;
     let took = patch_through(
@@ -231,7 +238,7 @@ async fn waits_about_a_second_after_a_bare_429() {
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_429_past_the_deadline_fails_at_once_as_transient() {
     let s = setup().await;
     s.sim.inject_fault(Fault::zoom_rate_limit(
@@ -327,7 +334,7 @@ async fn a_token_refused_twice_is_a_permanent_error_with_zooms_code() {
     assert_eq!(api_requests(&sim).len(), 2, "one retry after the 401");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_5xx_with_backoff_for_reads() {
     let s = setup().await;
     s.sim.inject_fault(Fault::status("/v2/users/", 2, 502));
@@ -344,7 +351,7 @@ async fn retries_5xx_with_backoff_for_reads() {
     assert_eq!(statuses, [502, 502, 200]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn gives_up_after_the_configured_attempts_as_transient() {
     let s = setup().await;
     s.sim.inject_fault(Fault::status("/v2/users/", 10, 500));
@@ -422,7 +429,7 @@ async fn the_client_side_limiter_spaces_requests_out() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn never_waits_past_the_run_deadline() {
     let s = setup().await;
     s.sim.set_delay("/v2/users/", Duration::from_secs(3));

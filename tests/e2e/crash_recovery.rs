@@ -6,10 +6,11 @@
 //! state change) happened exactly once.
 //!
 //! Kill points, each reached by waiting on what the daemon or the simulator
-//! reports rather than on a timer:
-//! - a run posted to Slack and waits on a slow Zoom call (the simulator holds
-//!   the request; the post's record is in the store), also with rule state
-//!   read and written before the post;
+//! reports rather than on a timer, and held open by the simulator: it holds
+//! a Zoom call at a gate (`SimHandle::close_gate`) until the test opens it,
+//! after the kill:
+//! - a run posted to Slack and waits on a held Zoom call (the post's record
+//!   is in the store), also with rule state read and written before the post;
 //! - runs are accepted and recorded pending, queued behind a running one of
 //!   the same key, not started: they resume in their order. A kill right
 //!   after an event is journaled is this point too, since an event is written
@@ -18,8 +19,9 @@
 //!   duplicate; see the journal's and the executor's unit tests);
 //! - every effect of the run is done and recorded, the run is not yet
 //!   recorded finished. In a real run that window is a single commit; here
-//!   the script computes for about a second after its last effect to hold it
-//!   open, which leaves the store exactly as a kill in the commit window would;
+//!   a last read, held at the gate, keeps it open, which leaves the store
+//!   exactly as a kill in the commit window would: every effect with a
+//!   consequence recorded, the run not;
 //! - an attempt failed and the run waits to retry: it resumes as its next
 //!   attempt.
 //!
@@ -27,14 +29,12 @@
 //! record was committed repeats that effect on resume (at least once, never
 //! zero times); the window is the one commit after the response arrives.
 
-use std::time::Duration;
-
 use crate::support::daemon::{Daemon, Workspace, eventually, meeting_event, runs_of};
 use serde_json::Value;
 use zoomwire_sim::sim::data::HOST_USER_ID;
 
-/// The script: a Slack post, a Zoom read (made slow by the test), a Zoom
-/// write and a second Slack post. `tail` runs after the last effect.
+/// The script: a Slack post, a Zoom read (held by the test), a Zoom write
+/// and a second Slack post. `tail` runs after them.
 fn announce_rule(tail: &str) -> String {
     format!(
         r##"name: announce
@@ -52,11 +52,13 @@ do: |
     )
 }
 
-/// About a second of computation in a debug build, well within the
-/// operation limit.
-const SLOW_TAIL: &str = "let i = 0; while i < 600000 { i += 1; }";
+/// The Zoom read of the host, which the tests hold at the simulator's gate.
+const HOST_READ: &str = "/v2/users/";
 
-const SLOW: Duration = Duration::from_secs(120);
+/// A read after the effects that have consequences; the test holds it at
+/// the simulator's gate to keep the run from finishing.
+const HELD_TAIL: &str = r#"zoom::get("/users/me");"#;
+const TAIL_READ: &str = "/v2/users/me";
 
 /// The run's record as the admin API of the running daemon shows it.
 async fn run_detail(daemon: &Daemon, id: &str) -> Value {
@@ -104,7 +106,7 @@ fn status(run: &Value) -> &str {
 async fn a_kill_during_a_slow_zoom_call_after_a_slack_post_resumes_and_posts_once() {
     let ws = Workspace::new().await;
     ws.write_rule("announce.yaml", &announce_rule(""));
-    ws.sim.set_delay("/v2/users/", SLOW);
+    ws.sim.close_gate(HOST_READ);
     let daemon = ws.start(1).await;
     assert_eq!(
         ws.sim
@@ -115,7 +117,7 @@ async fn a_kill_during_a_slow_zoom_call_after_a_slack_post_resumes_and_posts_onc
     let runs = wait_runs(&ws, 1).await;
     let id = runs[0]["id"].as_str().unwrap().to_string();
     eventually(
-        "the Slack post and the slow Zoom call in progress",
+        "the Slack post and the held Zoom call in progress",
         || async {
             let in_flight = ws.sim.in_flight();
             let calling = in_flight.iter().any(|r| r.starts_with("GET /v2/users/"));
@@ -129,7 +131,7 @@ async fn a_kill_during_a_slow_zoom_call_after_a_slack_post_resumes_and_posts_onc
     daemon.kill().await;
 
     assert_eq!(status(&ws.runs().await[0]), "running", "left unfinished");
-    ws.sim.set_delay("/v2/users/", Duration::ZERO);
+    ws.sim.open_gate(HOST_READ);
     let daemon = ws.start(2).await;
     daemon.wait_for_log("resuming runs left unfinished").await;
     let runs = wait_all_finished(&ws, 1).await;
@@ -159,16 +161,18 @@ async fn a_kill_during_a_slow_zoom_call_after_a_slack_post_resumes_and_posts_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kill_after_the_last_effect_before_the_run_is_recorded_finished_repeats_nothing() {
     let ws = Workspace::new().await;
-    ws.write_rule("announce.yaml", &announce_rule(SLOW_TAIL));
+    ws.write_rule("announce.yaml", &announce_rule(HELD_TAIL));
+    ws.sim.close_gate(TAIL_READ);
     let daemon = ws.start(1).await;
     ws.sim
         .emit_event(None, &meeting_event("meeting.started", 2, HOST_USER_ID));
 
     let runs = wait_runs(&ws, 1).await;
     let id = runs[0]["id"].as_str().unwrap().to_string();
-    let before = eventually("every effect recorded, the run still running", || async {
+    let before = eventually("every effect recorded, the last read held", || async {
         let run = run_detail(&daemon, &id).await;
-        (effect_names(&run).len() == 4).then_some(run)
+        let held = ws.sim.in_flight().iter().any(|r| r.ends_with(TAIL_READ));
+        (effect_names(&run).len() == 4 && held).then_some(run)
     })
     .await;
     daemon.kill().await;
@@ -180,6 +184,7 @@ async fn a_kill_after_the_last_effect_before_the_run_is_recorded_finished_repeat
     assert_eq!(status(&ws.runs().await[0]), "running");
     assert_eq!(ws.slack_texts("#ops").len(), 1);
 
+    ws.sim.open_gate(TAIL_READ);
     let daemon = ws.start(2).await;
     let runs = wait_all_finished(&ws, 1).await;
     assert_eq!(status(&runs[0]), "succeeded", "{:?}", runs[0]);
@@ -189,11 +194,23 @@ async fn a_kill_after_the_last_effect_before_the_run_is_recorded_finished_repeat
         ["Meeting 2 hosted by host@example.com"]
     );
     assert_eq!(ws.answered("/v2/meetings/").len(), 1, "one Zoom write");
-    assert_eq!(ws.answered("/v2/users/").len(), 1, "the read was replayed");
+    let host_read = format!("{HOST_READ}{HOST_USER_ID}");
+    assert_eq!(ws.answered(&host_read).len(), 1, "the read was replayed");
+    assert_eq!(
+        ws.answered(TAIL_READ).len(),
+        1,
+        "the held read never completed; the resumed run made it once"
+    );
     let after = run_detail(&daemon, &id).await;
     assert_eq!(
         effect_names(&after),
-        ["slack.post", "zoom.get", "zoom.patch", "slack.post"]
+        [
+            "slack.post",
+            "zoom.get",
+            "zoom.patch",
+            "slack.post",
+            "zoom.get"
+        ]
     );
     daemon.kill().await;
 }
@@ -217,7 +234,7 @@ do: |
   slack::post("#ops", `end ${m.topic}`);
 "##,
     );
-    ws.sim.set_delay("/v2/users/", SLOW);
+    ws.sim.close_gate(HOST_READ);
     let daemon = ws.start(1).await;
     ws.sim
         .emit_event(None, &meeting_event("meeting.started", 1, HOST_USER_ID));
@@ -237,7 +254,7 @@ do: |
     assert_eq!(ws.slack_texts("#general"), ["start Meeting 1"]);
     daemon.kill().await;
 
-    ws.sim.set_delay("/v2/users/", Duration::ZERO);
+    ws.sim.open_gate(HOST_READ);
     let daemon = ws.start(2).await;
     let runs = wait_all_finished(&ws, 4).await;
     assert!(
@@ -303,7 +320,7 @@ do: |
   slack::post("#ops", `${m.topic} hosted by ${host.email}`);
 "##,
     );
-    ws.sim.set_delay("/v2/users/", SLOW);
+    ws.sim.close_gate(HOST_READ);
     let daemon = ws.start(1).await;
     ws.sim
         .emit_event(None, &meeting_event("meeting.started", 4, HOST_USER_ID));
@@ -352,12 +369,12 @@ do: |
   slack::post("#ops", `meeting number ${n} by ${host.email}`);
 "##,
     );
-    ws.sim.set_delay("/v2/users/", SLOW);
+    ws.sim.close_gate(HOST_READ);
     let daemon = ws.start(1).await;
     ws.sim
         .emit_event(None, &meeting_event("meeting.started", 5, HOST_USER_ID));
     eventually(
-        "the Slack post and the slow Zoom call in progress",
+        "the Slack post and the held Zoom call in progress",
         || async {
             let calling = ws.sim.in_flight().iter().any(|r| r.contains("/v2/users/"));
             (calling && ws.slack_texts("#general").len() == 1).then_some(())
@@ -366,7 +383,7 @@ do: |
     .await;
     daemon.kill().await;
 
-    ws.sim.set_delay("/v2/users/", Duration::ZERO);
+    ws.sim.open_gate(HOST_READ);
     let daemon = ws.start(2).await;
     wait_all_finished(&ws, 1).await;
     ws.sim

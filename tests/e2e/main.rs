@@ -28,6 +28,7 @@ mod crash_torture;
 mod daemon;
 mod demo;
 mod executor;
+mod fuzz_corpus;
 mod history;
 mod journal;
 mod reconcile;

@@ -3,7 +3,9 @@
 //! control API; several accounts kept apart; the listings reconciliation
 //! reads (Zoom's date rules, recordings still processing, plans); late and
 //! repeated deliveries. The OAuth client's cache is tested here too, since it is the
-//! simulator's first customer.
+//! simulator's first customer, on tokio's paused clock (the simulator on the
+//! same runtime): its freshness and expiry follow that clock, so waiting
+//! them out takes no real time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -396,6 +398,54 @@ async fn delays_slow_a_path_prefix_down() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Polls until `done` holds, for at most five seconds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_closed_gate_holds_requests_until_the_test_opens_it() {
+    let sim = sim().await;
+    let client = http();
+    let token = fetch_token(&client, &sim).await;
+    let url = format!("{}/users/me", sim.api_base());
+    let held = |sim: &SimHandle| sim.in_flight().contains(&"GET /v2/users/me".to_string());
+
+    sim.close_gate("/v2/users");
+    let request = tokio::spawn(client.get(&url).bearer_auth(&token).send());
+    until("the request at the gate", || held(&sim)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!request.is_finished(), "held at the gate");
+    sim.open_gate("/v2/users");
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!held(&sim));
+
+    // A request whose client gives up at the gate is forgotten, never answered.
+    sim.close_gate("/v2/users");
+    let gave_up = client
+        .get(&url)
+        .bearer_auth(&token)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "held past the client's timeout");
+    until("the abandoned request to leave", || !held(&sim)).await;
+    sim.open_gate("/v2/users");
+    let answered = sim
+        .requests()
+        .iter()
+        .filter(|r| r.raw_path == "/v2/users/me")
+        .count();
+    assert_eq!(answered, 1, "only the request let through was answered");
+}
+
 #[tokio::test]
 async fn slack_posts_are_checked_and_recorded() {
     let sim = sim().await;
@@ -637,7 +687,7 @@ fn token_requests(sim: &SimHandle) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn oauth_client_caches_and_refreshes_before_expiry() {
     let sim = sim::start(SimConfig {
         token_lifetime: Duration::from_secs(2),
@@ -652,7 +702,9 @@ async fn oauth_client_caches_and_refreshes_before_expiry() {
     assert_eq!(first, again);
     assert_eq!(token_requests(&sim), 1);
     let expiry = client.expires_at(&first).expect("expiry known");
-    let left = expiry.saturating_duration_since(std::time::Instant::now());
+    // On tokio's clock, paused here, which the client's cache follows.
+    let left = tokio::time::Instant::from_std(expiry)
+        .saturating_duration_since(tokio::time::Instant::now());
     assert!(
         left > Duration::from_millis(1500) && left <= Duration::from_secs(2),
         "{left:?}"
@@ -756,7 +808,7 @@ async fn oauth_client_reports_refused_credentials_and_outages_clearly() {
     assert!(matches!(error, TokenError::Unavailable(_)), "{error:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn oauth_client_serves_a_still_valid_token_while_the_endpoint_is_down() {
     let sim = sim::start(SimConfig {
         token_lifetime: Duration::from_secs(1),

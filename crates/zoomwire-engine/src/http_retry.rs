@@ -132,9 +132,12 @@ pub async fn wait_within(deadline: Instant, delay: Duration) -> Result<(), PastD
     Ok(())
 }
 
-/// Time left until the deadline (zero when passed).
+/// Time left until the deadline (zero when passed), read on tokio's clock,
+/// which sleeps and request timeouts follow: in the daemon it is the
+/// system's monotonic clock; in a test with paused time, the waits before
+/// a call use up the run's deadline as they would in real time.
 pub fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
+    deadline.saturating_duration_since(tokio::time::Instant::now().into_std())
 }
 
 /// A per-request timeout: `limit`, but never past the deadline.

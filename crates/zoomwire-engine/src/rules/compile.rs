@@ -248,6 +248,34 @@ fn compile_trigger(source: &RuleSource, errors: &mut Vec<RuleError>) -> Option<T
     }
 }
 
+/// A compile error's position in the file its script came from. Rhai may
+/// place an error past the script's last character (at its end, after the
+/// line break a YAML `|` block adds, or on a line of a quoted value's `\n`),
+/// which can be past the rule file's end: such a position becomes the end
+/// of the file.
+fn locate_in_file(
+    source: &RuleSource,
+    origin: &ScriptOrigin,
+    line: usize,
+    column: usize,
+) -> Position {
+    let position = origin.locate(line, column);
+    if origin.path != source.path {
+        return position; // a script file, read whole
+    }
+    // Lines as YAML counts them: `\r\n`, `\r` and `\n` each end one.
+    let text = source.text.replace("\r\n", "\n").replace('\r', "\n");
+    let last_line = text.matches('\n').count() + 1;
+    if position.line <= last_line {
+        return position;
+    }
+    let last_text = text.rsplit('\n').next().unwrap_or_default();
+    Position {
+        line: last_line,
+        column: last_text.chars().count() + 1,
+    }
+}
+
 /// A hint when a plain (unquoted) YAML value was cut short by ` #`, which
 /// YAML reads as the start of a comment: Rhai's `#{...}` maps trip on it.
 fn comment_hint(source: &RuleSource, origin: &ScriptOrigin) -> &'static str {
@@ -303,7 +331,7 @@ fn compile_expression(
         Err(error) => {
             errors.push(RuleError {
                 path: source.path.clone(),
-                position: origin.locate(error.line, error.column),
+                position: locate_in_file(source, &origin, error.line, error.column),
                 rule: source.name.clone(),
                 message: format!(
                     "`{key}`: {}{}",
@@ -357,7 +385,7 @@ fn compile_action(
         Err(error) => {
             errors.push(RuleError {
                 path: origin.path.clone(),
-                position: origin.locate(error.line, error.column),
+                position: locate_in_file(source, &origin, error.line, error.column),
                 rule: source.name.clone(),
                 message: format!("`do`: {}{}", error.message, comment_hint(source, &origin)),
             });
@@ -536,4 +564,44 @@ fn compile_tests(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<RuleTe
         });
     }
     tests
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::rules::load::parse_rule_file;
+
+    fn first_error(text: &str) -> RuleError {
+        let sandbox = Sandbox::new(SandboxLimits::default(), ScriptModules::empty());
+        let (sources, errors) = parse_rule_file(Path::new("rules/r.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        compile_rule(&sources[0], &sandbox, Path::new("scripts")).unwrap_err()[0].clone()
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/rule_loader/`): a `|` block cut
+    /// short at the end of a file without a final line break was reported
+    /// on the line after the last.
+    #[test]
+    fn an_error_at_the_end_of_the_script_points_at_the_end_of_the_file() {
+        let error = first_error("name: x\non: meeting.ended\ndo: |\n  let m = #{ user");
+        assert_eq!(
+            error.position,
+            Position {
+                line: 4,
+                column: 18
+            },
+            "{error}"
+        );
+        assert!(error.message.contains("Expecting ':'"), "{error}");
+        let error = first_error("name: x\non: meeting.ended\ndo: |\n  let m = #{ user\n");
+        assert_eq!(error.position.line, 5, "{error}");
+    }
+
+    #[test]
+    fn an_error_on_a_line_of_a_quoted_value_stays_in_the_file() {
+        let error = first_error("name: x\non: meeting.ended\ndo: \"let a = 1;\\n\\n\\n\\n a +\"\n");
+        assert_eq!(error.position, Position { line: 4, column: 1 }, "{error}");
+    }
 }

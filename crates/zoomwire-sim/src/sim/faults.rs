@@ -1,6 +1,9 @@
 //! Injectable trouble: the next N requests to a path prefix fail with Zoom's
-//! 429 (with its rate-limit headers), Slack's 429, or any status; and an
-//! artificial delay per path prefix for slow-call tests.
+//! 429 (with its rate-limit headers), Slack's 429, or any status; an
+//! artificial delay per path prefix for slow-call tests; and gates, which
+//! hold every request to a path prefix until the test opens them, so that a
+//! test can act (kill the daemon, say) while a call is in flight for as long
+//! as it needs, on any machine, without a timer.
 //!
 //! Zoom's 429 carries `X-RateLimit-Category`, `X-RateLimit-Type` (`QPS` or
 //! `Daily-limit`), `X-RateLimit-Limit`, `X-RateLimit-Remaining` and a
@@ -17,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::watch;
 
 use super::state::{SimState, lock};
 
@@ -245,6 +249,39 @@ impl SimState {
         }
     }
 
+    /// Holds every request to `path_prefix` until [`Self::open_gate`].
+    pub fn close_gate(&self, path_prefix: &str) {
+        let mut gates = lock(&self.gates);
+        if !gates.iter().any(|(prefix, _)| prefix == path_prefix) {
+            gates.push((path_prefix.to_string(), watch::Sender::new(false)));
+        }
+    }
+
+    /// Lets the requests held at `path_prefix`'s gate, and later ones, through.
+    pub fn open_gate(&self, path_prefix: &str) {
+        lock(&self.gates).retain(|(prefix, gate)| {
+            let opened = prefix == path_prefix;
+            if opened {
+                gate.send_replace(true);
+            }
+            !opened
+        });
+    }
+
+    pub fn open_all_gates(&self) {
+        for (_, gate) in lock(&self.gates).drain(..) {
+            gate.send_replace(true);
+        }
+    }
+
+    /// The gate a request to `path` waits at, if one is closed.
+    fn gate_for(&self, path: &str) -> Option<watch::Receiver<bool>> {
+        lock(&self.gates)
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, gate)| gate.subscribe())
+    }
+
     /// Takes one use of the first fault matching `path`.
     fn take_fault(&self, path: &str) -> Option<FaultKind> {
         let mut faults = lock(&self.faults);
@@ -269,14 +306,18 @@ impl SimState {
     }
 }
 
-/// Middleware: waits out a configured delay, then answers a pending fault
-/// instead of the handler.
+/// Middleware: waits at a closed gate and out a configured delay, then
+/// answers a pending fault instead of the handler.
 pub(crate) async fn apply_faults_and_delays(
     State(sim): State<Arc<SimState>>,
     request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path().to_string();
+    if let Some(mut gate) = sim.gate_for(&path) {
+        // An error means the gate was dropped unopened: let the request on.
+        let _ = gate.wait_for(|open| *open).await;
+    }
     if let Some(delay) = sim.delay_for(&path) {
         tokio::time::sleep(delay).await;
     }

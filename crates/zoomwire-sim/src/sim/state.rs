@@ -115,6 +115,8 @@ pub(crate) struct SimState {
     pub slack_posts: Mutex<Vec<SlackPost>>,
     pub faults: Mutex<Vec<Fault>>,
     pub delays: Mutex<Vec<(String, Duration)>>,
+    /// Closed gates by path prefix: matching requests wait until `true`.
+    pub gates: Mutex<Vec<(String, watch::Sender<bool>)>>,
     pub downloads: Mutex<HashMap<String, u64>>,
     pub connections: Mutex<Connections>,
     /// Bumped on every connection change, so tests can wait for one.
@@ -145,6 +147,7 @@ impl SimState {
             slack_posts: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
             delays: Mutex::new(Vec::new()),
+            gates: Mutex::new(Vec::new()),
             downloads: Mutex::new(downloads),
             connections: Mutex::new(Connections::default()),
             connection_changes: watch::Sender::new(0),
@@ -196,6 +199,7 @@ impl SimState {
         lock(&self.slack_posts).clear();
         lock(&self.faults).clear();
         lock(&self.delays).clear();
+        self.open_all_gates();
         let (data, downloads) = seed(&self.config, &self.accounts, &self.files_base_url);
         *lock(&self.downloads) = downloads;
         *lock(&self.data) = data;

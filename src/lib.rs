@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -2,8 +2,10 @@
 //! store, as a table or JSON lines; `zoomwire runs retry ID`: a failed or dead
 //! run queued again.
 //!
-//! Both open the store beside a running daemon (WAL allows it) without
-//! pruning or a full check, and never create a store where there is none.
+//! Both read the store the daemon's settings name: the SQLite file under
+//! the data folder, opened beside a running daemon (WAL allows it) without
+//! pruning or a full check and never created where there is none; or, with
+//! `ZOOMWIRE_JOURNAL=postgres`, the shared PostgreSQL journal.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,6 +14,9 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 
 use super::{CommandError, CommandResult};
+use crate::config::{LoadOptions, Settings};
+use crate::daemon::JournalMode;
+use crate::journal::postgres::{PostgresJournal, PostgresOptions};
 use crate::journal::{
     DB_FILE, JournalOptions, RequeueOutcome, RunFilter, RunSummary, SqliteJournal,
 };
@@ -30,7 +35,7 @@ pub async fn list(
     skipped: bool,
     json: bool,
 ) -> CommandResult {
-    let Some(journal) = open_existing(data_dir)? else {
+    let Some(journal) = open_store(data_dir).await? else {
         eprintln!(
             "no runs yet: there is no store at {}",
             data_dir.join(DB_FILE).display()
@@ -43,9 +48,11 @@ pub async fn list(
         skipped_only: skipped,
         limit: LIST_LIMIT,
     };
-    let runs = journal
-        .list_runs(filter)
-        .map_err(|e| CommandError::Other(e.into()))?;
+    let runs = match &journal {
+        Store::Sqlite(journal) => journal.list_runs(filter),
+        Store::Postgres(journal) => journal.list_runs(filter),
+    }
+    .map_err(|e| CommandError::Other(e.into()))?;
     let text = if json {
         json_lines(&runs)
     } else {
@@ -60,17 +67,18 @@ pub async fn list(
 
 /// Queues a failed or dead run again, keeping its completed effects for replay.
 pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
-    let path = data_dir.join(DB_FILE);
-    let Some(journal) = open_existing(data_dir)? else {
+    let Some(journal) = open_store(data_dir).await? else {
         return Err(CommandError::Usage(format!(
             "no run `{id}`: there is no store at {}",
-            path.display()
+            data_dir.join(DB_FILE).display()
         )));
     };
-    let outcome = journal
-        .requeue_run(id)
-        .await
-        .map_err(|e| CommandError::Other(e.into()))?;
+    let outcome = match &journal {
+        Store::Sqlite(journal) => journal.requeue_run(id).await,
+        Store::Postgres(journal) => journal.requeue_run(id).await,
+    }
+    .map_err(|e| CommandError::Other(e.into()))?;
+    let place = journal.describe();
     match outcome {
         RequeueOutcome::Requeued => {
             print(&format!(
@@ -78,10 +86,7 @@ pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        RequeueOutcome::NotFound => Err(CommandError::Usage(format!(
-            "no run `{id}` in {}",
-            path.display()
-        ))),
+        RequeueOutcome::NotFound => Err(CommandError::Usage(format!("no run `{id}` in {place}"))),
         RequeueOutcome::NotFinished => Err(CommandError::Other(anyhow!(
             "run `{id}` is not over yet (pending, running or waiting to retry)"
         ))),
@@ -95,13 +100,45 @@ pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
     }
 }
 
-/// Opens the store for a command, or `None` when there is none yet.
-fn open_existing(data_dir: &Path) -> Result<Option<SqliteJournal>, CommandError> {
+/// The store a command reads.
+enum Store {
+    Sqlite(SqliteJournal),
+    Postgres(PostgresJournal),
+}
+
+impl Store {
+    fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(journal) => journal.path().display().to_string(),
+            Store::Postgres(journal) => format!("postgres {}", journal.server()),
+        }
+    }
+}
+
+/// Opens the store the settings name, or `None` when there is no SQLite
+/// store yet. Settings that do not load are a usage error, as for `run`.
+async fn open_store(data_dir: &Path) -> Result<Option<Store>, CommandError> {
+    let settings = Settings::load(&LoadOptions::from_process_env())
+        .map_err(|errors| CommandError::Usage(errors.to_string()))?;
+    if settings.journal.store == JournalMode::Postgres
+        && let Some(target) = &settings.journal.database
+    {
+        let options = PostgresOptions {
+            node: "zoomwire-runs".into(),
+            pool_size: 1,
+            limits: settings.journal_options(),
+            ..PostgresOptions::default()
+        };
+        let journal = PostgresJournal::open(target, options)
+            .await
+            .map_err(|e| CommandError::Other(e.into()))?;
+        return Ok(Some(Store::Postgres(journal)));
+    }
     if !data_dir.join(DB_FILE).exists() {
         return Ok(None);
     }
     SqliteJournal::open(data_dir, JournalOptions::for_command())
-        .map(Some)
+        .map(|journal| Some(Store::Sqlite(journal)))
         .map_err(|e| CommandError::Other(e.into()))
 }
 

@@ -19,6 +19,7 @@
 //! log_format: text
 //! websocket: { heartbeat: 30s, dead_after: 75s, max_frame: 1MiB }
 //! journal: { store: sqlite, sync: full, dedupe_window: 72h, retention: 30d }
+//! # or, for several nodes: { store: postgres, database_url: postgres://..., node_id: a, lease_ttl: 8s }
 //! reconcile: { enabled: true, interval: 15m, lookback: 48h }
 //! shutdown_grace: 30s
 //! vars: { archive_channel: "#recordings" }
@@ -153,6 +154,9 @@ pub struct FileWebsocket {
 pub struct FileJournal {
     pub store: Option<Scalar>,
     pub sync: Option<Scalar>,
+    pub database_url: Option<Scalar>,
+    pub node_id: Option<Scalar>,
+    pub lease_ttl: Option<Scalar>,
     pub dedupe_window: Option<Scalar>,
     pub retention: Option<Scalar>,
 }

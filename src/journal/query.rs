@@ -106,6 +106,7 @@ pub struct StoreCounts {
 }
 
 /// An event row, before it is rebuilt.
+#[derive(Clone)]
 pub(crate) struct StoredEvent {
     pub id: String,
     pub event_type: String,

@@ -1,0 +1,428 @@
+//! The changes the PostgreSQL journal makes, one function each: an event
+//! with its runs (deduplicated), run records, effect records, rule state,
+//! requeue, dead letters, and taking over unfinished runs.
+//!
+//! Every run belongs to a node (`runs.node`) under a claim number
+//! (`runs.claim`). A node writes a run only while it still holds it under
+//! the claim it knows, so a node whose runs were taken over (it fell silent
+//! and another node resumed them) can no longer record them: its write
+//! changes nothing and answers a [`JournalError`]. Effects are kept one row
+//! per position, exactly as in the SQLite store (see `journal/ops.rs`).
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::Db;
+use super::reads::{RUN_COLUMNS, fill_runs, run_row, stored_events};
+use super::schema::UNFINISHED;
+use crate::effects::gateway::EffectRecord;
+use crate::engine::record::{JournalError, RunRecord, RunStatus};
+use crate::journal::RequeueOutcome;
+use crate::journal::codec::{parse_status, to_json, to_nanos};
+use crate::journal::ops::EventRow;
+use crate::journal::query::StoredEvent;
+
+/// A run taken over from another node (or put back by `zoomwire runs
+/// retry`), with the claim it is now held under and its event.
+pub(crate) struct ClaimedRun {
+    pub run: RunRecord,
+    pub claim: i64,
+    pub event: Option<StoredEvent>,
+}
+
+/// Stores the event with its runs unless its id was accepted within the
+/// dedupe window; `false` for a duplicate (nothing written).
+pub(crate) async fn accept(
+    db: &Db,
+    event: &EventRow,
+    runs: &[RunRecord],
+    now: i64,
+) -> Result<bool, JournalError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let fresh = tx
+        .query_opt(
+            "INSERT INTO zoomwire.dedupe AS d (id, received_at, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET received_at = excluded.received_at,
+                                            expires_at = excluded.expires_at
+             WHERE d.received_at <= excluded.received_at - $4
+             RETURNING 1",
+            &[
+                &event.id,
+                &event.received_at,
+                &event.received_at.saturating_add(db.dedupe_window),
+                &db.dedupe_window,
+            ],
+        )
+        .await
+        .map_err(|e| db.error(e))?
+        .is_some();
+    if !fresh {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO zoomwire.events (id, type, ts, source, received_at, raw)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
+             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw",
+        &[
+            &event.id,
+            &event.event_type,
+            &event.ts,
+            &event.source,
+            &event.received_at,
+            &&*event.raw,
+        ],
+    )
+    .await
+    .map_err(|e| db.error(e))?;
+    for run in runs {
+        write_run(db, &tx, run, None, now).await?;
+    }
+    tx.commit().await.map_err(|e| db.error(e))?;
+    Ok(true)
+}
+
+/// Inserts or updates a run with its effects and the logs of its current
+/// attempt, if this node holds it under `claim` (any claim when `None`).
+pub(crate) async fn record_run(
+    db: &Db,
+    run: &RunRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    write_run(db, &tx, run, claim, now).await?;
+    tx.commit().await.map_err(|e| db.error(e))
+}
+
+async fn write_run(
+    db: &Db,
+    tx: &impl GenericClient,
+    run: &RunRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO zoomwire.runs AS r (id, rule, event_id, event_type, key, status, attempt,
+                 error, output, created_at, started_at, finished_at, updated_at, node)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (id) DO UPDATE SET rule = excluded.rule, event_id = excluded.event_id,
+                 event_type = excluded.event_type, key = excluded.key, status = excluded.status,
+                 attempt = excluded.attempt, error = excluded.error, output = excluded.output,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at,
+                 updated_at = excluded.updated_at
+             WHERE r.node IS NOT DISTINCT FROM excluded.node
+               AND ($15::bigint IS NULL OR r.claim = $15)",
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    let written = tx
+        .execute(
+            &statement,
+            &[
+                &run.id,
+                &run.rule,
+                &run.event_id,
+                &run.event_type,
+                &run.key,
+                &run.status.as_str(),
+                &int(run.attempt),
+                &run.error,
+                &run.output.as_ref().map(to_json),
+                &to_nanos(run.created_at),
+                &run.started_at.map(to_nanos),
+                &run.finished_at.map(to_nanos),
+                &now,
+                &&*db.node,
+                &claim,
+            ],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    if written == 0 {
+        return Err(taken_over(&run.id));
+    }
+    for record in &run.effects {
+        write_effect(db, tx, &run.id, Some(run.attempt), record, claim, now).await?;
+    }
+    if !run.logs.is_empty() {
+        replace_logs(db, tx, run).await?;
+    }
+    Ok(())
+}
+
+/// Stores one effect record of a run this node holds under `claim`.
+pub(crate) async fn record_effect(
+    db: &Db,
+    run_id: &str,
+    record: &EffectRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    let client = db.client().await?;
+    write_effect(db, &client, run_id, None, record, claim, now).await
+}
+
+/// Stores an effect at its position, unless the run is no longer this
+/// node's. `attempt` defaults to the run's current one. A newly performed
+/// effect replaces what an earlier attempt left at its position; a replayed
+/// copy, or the same record sent again, changes nothing.
+async fn write_effect(
+    db: &Db,
+    client: &impl GenericClient,
+    run_id: &str,
+    attempt: Option<u32>,
+    record: &EffectRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    let statement = client
+        .prepare_cached(
+            "WITH owner AS (
+                 SELECT attempt FROM zoomwire.runs
+                 WHERE id = $1 AND node = $12 AND ($13::bigint IS NULL OR claim = $13)
+                 FOR SHARE
+             ), written AS (
+                 INSERT INTO zoomwire.effects AS e (run_id, seq, attempt, name, args, ok, result,
+                     started_at, latency_ms, replayed, recorded_at)
+                 SELECT $1, $2, coalesce($3::integer, owner.attempt, 1), $4, $5, $6, $7, $8, $9,
+                        $10, $11
+                 FROM owner
+                 ON CONFLICT (run_id, seq) DO UPDATE SET attempt = excluded.attempt,
+                     name = excluded.name, args = excluded.args, ok = excluded.ok,
+                     result = excluded.result, started_at = excluded.started_at,
+                     latency_ms = excluded.latency_ms, replayed = excluded.replayed,
+                     recorded_at = excluded.recorded_at
+                 WHERE NOT excluded.replayed
+                   AND (e.started_at <> excluded.started_at OR e.name <> excluded.name
+                        OR e.args <> excluded.args OR e.result <> excluded.result)
+                 RETURNING 1
+             )
+             SELECT count(*) FROM owner",
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    let owned: i64 = client
+        .query_one(
+            &statement,
+            &[
+                &run_id,
+                &int(record.seq),
+                &attempt.map(int),
+                &record.name,
+                &to_json(&record.args),
+                &record.result.is_ok(),
+                &to_json(&record.result),
+                &to_nanos(record.started_at),
+                &record.latency_ms,
+                &record.replayed,
+                &now,
+                &&*db.node,
+                &claim,
+            ],
+        )
+        .await
+        .map_err(|e| db.error(e))?
+        .get(0);
+    if owned == 0 {
+        return Err(taken_over(run_id));
+    }
+    Ok(())
+}
+
+/// The log lines of the run's current attempt, replacing earlier ones.
+async fn replace_logs(
+    db: &Db,
+    tx: &impl GenericClient,
+    run: &RunRecord,
+) -> Result<(), JournalError> {
+    tx.execute(
+        "DELETE FROM zoomwire.logs WHERE run_id = $1 AND attempt = $2",
+        &[&run.id, &int(run.attempt)],
+    )
+    .await
+    .map_err(|e| db.error(e))?;
+    let indexes: Vec<i32> = (0..run.logs.len()).map(int).collect();
+    let levels: Vec<&str> = run.logs.iter().map(|l| l.level.as_str()).collect();
+    let messages: Vec<&str> = run.logs.iter().map(|l| l.message.as_str()).collect();
+    let times: Vec<i64> = run.logs.iter().map(|l| to_nanos(l.at)).collect();
+    tx.execute(
+        "INSERT INTO zoomwire.logs (run_id, attempt, idx, level, message, at)
+         SELECT $1, $2, line.idx, line.level, line.message, line.at
+         FROM unnest($3::integer[], $4::text[], $5::text[], $6::bigint[])
+              AS line(idx, level, message, at)",
+        &[
+            &run.id,
+            &int(run.attempt),
+            &indexes,
+            &levels,
+            &messages,
+            &times,
+        ],
+    )
+    .await
+    .map_err(|e| db.error(e))?;
+    Ok(())
+}
+
+pub(crate) async fn set_state(
+    db: &Db,
+    rule: &str,
+    key: &str,
+    value: &str,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    let client = db.client().await?;
+    client
+        .execute(
+            "INSERT INTO zoomwire.state (rule, key, value, expires_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (rule, key) DO UPDATE SET value = excluded.value,
+                 expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+            &[&rule, &key, &value, &expires_at, &now],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    Ok(())
+}
+
+/// Puts a failed or dead run back to pending as a fresh first attempt,
+/// keeping its effects for replay, for any node to take.
+pub(crate) async fn requeue(db: &Db, id: &str, now: i64) -> Result<RequeueOutcome, JournalError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let found = tx
+        .query_opt(
+            "SELECT status, finished_at IS NOT NULL,
+                    EXISTS (SELECT 1 FROM zoomwire.events e WHERE e.id = runs.event_id)
+             FROM zoomwire.runs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    let Some(row) = found else {
+        return Ok(RequeueOutcome::NotFound);
+    };
+    let (status, finished, has_event): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    if !finished {
+        return Ok(RequeueOutcome::NotFinished);
+    }
+    if !matches!(status.as_str(), "failed" | "dead") {
+        let status = parse_status(&status).unwrap_or(RunStatus::Skipped);
+        return Ok(RequeueOutcome::NotFailed(status));
+    }
+    if !has_event {
+        return Ok(RequeueOutcome::EventPruned);
+    }
+    tx.execute(
+        "UPDATE zoomwire.runs SET status = 'pending', attempt = 1, error = NULL,
+             started_at = NULL, finished_at = NULL, updated_at = $2, node = NULL,
+             claim = claim + 1
+         WHERE id = $1",
+        &[&id, &now],
+    )
+    .await
+    .map_err(|e| db.error(e))?;
+    tx.commit().await.map_err(|e| db.error(e))?;
+    Ok(RequeueOutcome::Requeued)
+}
+
+/// Ends a run that cannot be resumed (its event is gone), so it is not lost silently.
+pub(crate) async fn mark_dead(
+    db: &Db,
+    id: &str,
+    error: &str,
+    now: i64,
+) -> Result<(), JournalError> {
+    let client = db.client().await?;
+    let sql = format!(
+        "UPDATE zoomwire.runs SET status = 'dead', error = $2, finished_at = $3, updated_at = $3
+         WHERE id = $1 AND {UNFINISHED}"
+    );
+    client
+        .execute(&sql, &[&id, &error, &now])
+        .await
+        .map_err(|e| db.error(e))?;
+    Ok(())
+}
+
+/// SQL condition on `runs r`: this node may take the run: it is its own,
+/// nobody's (requeued), or its node is gone (stopped, or silent for
+/// `$2` seconds by the server's clock). `$1` is this node.
+pub(crate) const CLAIMABLE: &str = "(r.node IS NULL OR r.node = $1 OR NOT EXISTS (
+        SELECT 1 FROM zoomwire.nodes n
+        WHERE n.id = r.node AND n.stopped_at IS NULL
+          AND n.heartbeat_at > now() - make_interval(secs => $2)))";
+
+/// Takes every unfinished run this node may resume, oldest first: its own,
+/// and those of nodes gone silent, whose claim grows so that their old
+/// node can no longer record them. Rows another node is writing right now
+/// are skipped (they are taken on a later call).
+pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun>, JournalError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let columns = RUN_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH claimable AS (
+             SELECT r.id FROM zoomwire.runs r
+             WHERE {UNFINISHED} AND {CLAIMABLE}
+             ORDER BY r.seq
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE zoomwire.runs r
+         SET claim = CASE WHEN r.node = $1 THEN r.claim ELSE r.claim + 1 END,
+             node = $1, updated_at = $3
+         FROM claimable WHERE r.id = claimable.id
+         RETURNING {columns}, r.claim, r.seq"
+    );
+    let rows = tx
+        .query(&sql, &[&&*db.node, &db.node_timeout_secs(), &now])
+        .await
+        .map_err(|e| db.error(e))?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        claimed.push((row_seq(row), run_row(row)?, row.get::<_, i64>("claim")));
+    }
+    claimed.sort_by_key(|(seq, _, _)| *seq);
+    let mut runs: Vec<RunRecord> = claimed.iter().map(|(_, run, _)| run.clone()).collect();
+    fill_runs(db, &tx, &mut runs).await?;
+    let event_ids: Vec<&str> = runs.iter().map(|r| r.event_id.as_str()).collect();
+    let events = stored_events(db, &tx, &event_ids).await?;
+    tx.commit().await.map_err(|e| db.error(e))?;
+    let mut taken: Vec<ClaimedRun> = runs
+        .into_iter()
+        .zip(claimed)
+        .map(|(run, (_, _, claim))| ClaimedRun {
+            event: events.get(&run.event_id).cloned(),
+            run,
+            claim,
+        })
+        .collect();
+    // In the order their events arrived, as the daemon admits runs; runs of
+    // one event stay in their order.
+    taken.sort_by_key(|c| c.event.as_ref().map(|e| e.received_at));
+    Ok(taken)
+}
+
+fn row_seq(row: &Row) -> i64 {
+    row.get("seq")
+}
+
+fn taken_over(run_id: &str) -> JournalError {
+    JournalError(format!(
+        "run {run_id} is no longer held by this node (another node took it over): not recorded"
+    ))
+}
+
+/// A count or position as PostgreSQL's `integer`.
+fn int(value: impl TryInto<i32>) -> i32 {
+    value.try_into().unwrap_or(i32::MAX)
+}

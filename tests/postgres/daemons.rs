@@ -1,0 +1,2 @@
+//! Real `zoomwire run` daemons sharing one PostgreSQL database, against the
+//! simulator.

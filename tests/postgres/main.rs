@@ -1,0 +1,16 @@
+//! The shared PostgreSQL journal and the cluster on a real PostgreSQL
+//! server (started by the tests on loopback, see `support/postgres.rs`):
+//! the journal's behaviour on both stores (`stores.rs`, `journal.rs`),
+//! what only the shared journal does (`shared.rs`: nodes, claims, leases,
+//! migrations, TLS), and real `zoomwire run` daemons sharing one database
+//! (`daemons.rs`).
+
+#[path = "../support/daemon.rs"]
+mod daemon_support;
+#[path = "../support/postgres.rs"]
+mod pg;
+
+mod daemons;
+mod journal;
+mod shared;
+mod stores;

@@ -1,0 +1,346 @@
+//! What only the shared PostgreSQL journal does: several nodes on one
+//! database (each event accepted once, runs held by their node, a silent
+//! node's runs taken over and its late writes refused), leases decided by
+//! the server's clock with growing epochs, versioned migrations, TLS, and
+//! errors that name the server but never the URL's secrets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use zoomwire::cluster::{ClusterStore, NodeIdentity};
+use zoomwire::effects::gateway::EffectObserver;
+use zoomwire::engine::record::{Journal, RunStatus};
+use zoomwire::journal::postgres::{
+    DatabaseTarget, POSTGRES_SCHEMA_VERSION, PostgresJournal, PostgresOptions,
+};
+
+use crate::journal::{effect, event, run};
+use crate::pg;
+use crate::stores::{options, postgres, target};
+
+fn database() -> Option<pg::TestDatabase> {
+    Some(pg::shared()?.database())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_given_the_same_events_at_once_accept_each_once() {
+    let Some(database) = database() else { return };
+    let a = postgres(&database, "node-a", options()).await;
+    let b = postgres(&database, "node-b", options()).await;
+    let events: Vec<_> = (0..60).map(event).collect();
+    let accept = |journal: PostgresJournal, events: Vec<zoomwire::event::Event>| {
+        tokio::spawn(async move {
+            let mut fresh = 0;
+            for event in &events {
+                let runs = [run(
+                    &format!("{}-{}", journal.node(), event.id),
+                    event,
+                    RunStatus::Pending,
+                    Utc::now(),
+                )];
+                if journal.accept_event_with_runs(event, &runs).await.unwrap() {
+                    fresh += 1;
+                }
+            }
+            fresh
+        })
+    };
+    let (from_a, from_b) =
+        tokio::join!(accept(a.clone(), events.clone()), accept(b.clone(), events));
+    assert_eq!(
+        from_a.unwrap() + from_b.unwrap(),
+        60,
+        "each event accepted by one node"
+    );
+    let counts = a.counts().await.unwrap();
+    assert_eq!(
+        (counts.events, counts.runs),
+        (60, 60),
+        "and only its runs written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nodes_runs_are_taken_over_and_its_late_writes_refused() {
+    let Some(database) = database() else { return };
+    let a = postgres(&database, "node-a", options()).await;
+    let b = postgres(&database, "node-b", options()).await;
+    let (node_a, node_b) = (NodeIdentity::new("node-a"), NodeIdentity::new("node-b"));
+    a.register(&node_a, None).await.unwrap();
+    b.register(&node_b, None).await.unwrap();
+    let trigger = event(1);
+    let mut record = run("r1", &trigger, RunStatus::Running, Utc::now());
+    a.accept_event_with_runs(&trigger, std::slice::from_ref(&record))
+        .await
+        .unwrap();
+    a.effect_completed("r1", &effect(1, "posted by a"));
+
+    assert!(
+        b.unfinished_runs().await.unwrap().is_empty(),
+        "a beating node keeps its runs"
+    );
+    assert!(b.unfinished_run_ids().await.unwrap().is_empty());
+    // Node a falls silent past the timeout (its heartbeat is set back).
+    database.psql(
+        "UPDATE zoomwire.nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = 'node-a'",
+    );
+    let taken = b.unfinished_runs().await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].run.effects.len(), 1, "with its effects, to replay");
+    assert_eq!(
+        database.psql("SELECT node || ' ' || claim FROM zoomwire.runs WHERE id = 'r1'"),
+        "node-b 2"
+    );
+
+    // Node a wakes up: it can record neither an effect nor the run.
+    a.effect_completed("r1", &effect(2, "late post by a"));
+    record.status = RunStatus::Succeeded;
+    record.finished_at = Some(Utc::now());
+    let refused = a.record_run(&record).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("another node took it over"),
+        "{refused}"
+    );
+    let stored = b.get_run("r1").unwrap().unwrap();
+    assert_eq!(stored.run.status, RunStatus::Running);
+    assert_eq!(
+        stored.run.effects.len(),
+        1,
+        "the late effect was not recorded"
+    );
+    // Node b finishes it.
+    let mut resumed = taken[0].run.clone();
+    resumed.status = RunStatus::Succeeded;
+    resumed.finished_at = Some(Utc::now());
+    b.record_run(&resumed).await.unwrap();
+    assert_eq!(
+        b.get_run("r1").unwrap().unwrap().run.status,
+        RunStatus::Succeeded
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_nodes_runs_are_taken_at_once_and_requeued_runs_by_anyone() {
+    let Some(database) = database() else { return };
+    let a = postgres(&database, "node-a", options()).await;
+    let b = postgres(&database, "node-b", options()).await;
+    let node_a = NodeIdentity::new("node-a");
+    a.register(&node_a, None).await.unwrap();
+    let trigger = event(1);
+    let pending = run("left", &trigger, RunStatus::Pending, Utc::now());
+    a.accept_event_with_runs(&trigger, std::slice::from_ref(&pending))
+        .await
+        .unwrap();
+    assert!(b.unfinished_runs().await.unwrap().is_empty());
+    a.deregister(&node_a).await.unwrap();
+    let taken = b.unfinished_runs().await.unwrap();
+    assert_eq!(taken.len(), 1, "a stopped node's runs need no timeout");
+
+    let mut dead = taken[0].run.clone();
+    dead.status = RunStatus::Dead;
+    dead.finished_at = Some(Utc::now());
+    b.record_run(&dead).await.unwrap();
+    a.register(&node_a, None).await.unwrap();
+    assert_eq!(
+        a.requeue_run("left").await.unwrap(),
+        zoomwire::journal::RequeueOutcome::Requeued
+    );
+    assert_eq!(
+        a.unfinished_run_ids().await.unwrap(),
+        ["left"],
+        "a requeued run is anybody's"
+    );
+    assert_eq!(a.unfinished_runs().await.unwrap().len(), 1);
+    assert!(
+        b.unfinished_runs().await.unwrap().is_empty(),
+        "and taken once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_decided_by_the_servers_clock_with_an_epoch_per_holder() {
+    let Some(database) = database() else { return };
+    let a = postgres(&database, "node-a", options()).await;
+    let b = postgres(&database, "node-b", options()).await;
+    let (node_a, node_b) = (NodeIdentity::new("node-a"), NodeIdentity::new("node-b"));
+    a.register(&node_a, None).await.unwrap();
+    b.register(&node_b, None).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let lease = "subscription:default";
+    assert_eq!(a.acquire(lease, &node_a, ttl).await.unwrap(), Some(1));
+    assert_eq!(
+        b.acquire(lease, &node_b, ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+    assert_eq!(
+        a.acquire(lease, &node_a, ttl).await.unwrap(),
+        Some(1),
+        "renewed, same epoch"
+    );
+    // Node a stops renewing: the server's clock expires it.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert_eq!(
+        b.acquire(lease, &node_b, ttl).await.unwrap(),
+        Some(2),
+        "a new holder, a new epoch"
+    );
+    assert_eq!(a.acquire(lease, &node_a, ttl).await.unwrap(), None);
+    let leases = a.leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].node.as_str(), leases[0].epoch), ("node-b", 2));
+    assert!(leases[0].expires_in_ms > 0);
+    // A clean release hands over at once; a stale epoch releases nothing.
+    b.release(lease, &node_b, 1).await.unwrap();
+    assert_eq!(a.acquire(lease, &node_a, ttl).await.unwrap(), None);
+    b.release(lease, &node_b, 2).await.unwrap();
+    assert_eq!(a.acquire(lease, &node_a, ttl).await.unwrap(), Some(3));
+    // A restarted node a (same id, new process) takes its own lease at once.
+    let restarted = NodeIdentity::new("node-a");
+    assert!(
+        a.register(&restarted, None).await.unwrap(),
+        "the earlier process was beating"
+    );
+    assert_eq!(a.acquire(lease, &restarted, ttl).await.unwrap(), Some(4));
+    assert_eq!(
+        a.acquire(lease, &node_a, ttl).await.unwrap(),
+        None,
+        "the old process is out"
+    );
+    assert!(
+        !a.heartbeat(&node_a).await.unwrap(),
+        "and told so by its heartbeat"
+    );
+    assert!(a.heartbeat(&restarted).await.unwrap());
+    let nodes = b.nodes(Duration::from_secs(10)).await.unwrap();
+    let ids: Vec<(&str, bool)> = nodes.iter().map(|n| (n.id.as_str(), n.alive)).collect();
+    assert_eq!(ids, [("node-a", true), ("node-b", true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
+    let Some(database) = database() else { return };
+    let opens = (0..4).map(|n| {
+        let url = database.url();
+        tokio::spawn(async move {
+            let options = PostgresOptions {
+                node: format!("node-{n}"),
+                pool_size: 1,
+                ..PostgresOptions::default()
+            };
+            PostgresJournal::open(&target(&url), options)
+                .await
+                .map(|_| ())
+        })
+    });
+    for opened in futures_util::future::join_all(opens).await {
+        opened.unwrap().unwrap();
+    }
+    assert_eq!(
+        database.psql("SELECT count(*) || ' ' || max(version) FROM zoomwire.schema_version"),
+        format!("{POSTGRES_SCHEMA_VERSION} {POSTGRES_SCHEMA_VERSION}")
+    );
+    database.psql(&format!(
+        "INSERT INTO zoomwire.schema_version (version) VALUES ({})",
+        POSTGRES_SCHEMA_VERSION + 1
+    ));
+    let error = PostgresJournal::open(&target(&database.url()), PostgresOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("newer zoomwire"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "127.0.0.1:{}/{}",
+            database_port(&database),
+            database.name
+        )),
+        "{error}"
+    );
+}
+
+fn database_port(database: &pg::TestDatabase) -> u16 {
+    database
+        .url()
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connects_to_a_verified_server_and_refuses_an_unknown_one() {
+    let Some(database) = database() else { return };
+    let journal = PostgresJournal::open(&target(&database.tls_url()), PostgresOptions::default())
+        .await
+        .expect("TLS with the server's CA");
+    assert_eq!(
+        database.psql(&format!(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE ssl AND datname = '{}' AND application_name = 'zoomwire'",
+            database.name
+        )),
+        "1",
+        "the journal's connection is encrypted"
+    );
+    drop(journal);
+    let without_ca = database
+        .tls_url()
+        .split("&sslrootcert")
+        .next()
+        .unwrap()
+        .to_string();
+    let error = PostgresJournal::open(&target(&without_ca), PostgresOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_server_but_never_the_password() {
+    let secret = "hunter2-secret";
+    let url =
+        format!("postgres://zoom:{secret}@127.0.0.1:1/zoomwire?sslmode=disable&connect_timeout=2");
+    let error = PostgresJournal::open(&target(&url), PostgresOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("127.0.0.1:1/zoomwire"), "{error}");
+    assert!(!error.contains(secret), "{error}");
+    let bad = DatabaseTarget::parse(&format!("postgres://zoom:{secret}@h/d?sslmode=bogus").into())
+        .unwrap_err();
+    assert!(!bad.contains(secret), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_loses_no_accepted_event_and_the_journal_reconnects() {
+    let Some(server) = pg::private() else { return };
+    let database = server.database();
+    let journal = postgres(&database, "node-a", options()).await;
+    assert!(journal.accept_event(&event(1)).await.unwrap());
+    server.stop();
+    let refused = journal.accept_event(&event(2)).await;
+    assert!(
+        refused.is_err(),
+        "a write while the server is down fails: {refused:?}"
+    );
+    server.start_again();
+    let journal = Arc::new(journal);
+    let mut accepted = false;
+    for _ in 0..50 {
+        if let Ok(fresh) = journal.accept_event(&event(2)).await {
+            accepted = fresh;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the journal reconnects");
+    assert!(
+        !journal.accept_event(&event(1)).await.unwrap(),
+        "the first event survived"
+    );
+    assert_eq!(journal.counts().await.unwrap().events, 2);
+}

@@ -1,2 +1,372 @@
 //! Real `zoomwire run` daemons sharing one PostgreSQL database, against the
-//! simulator.
+//! simulator (which keeps a second WebSocket connection open beside the
+//! first, so that two holders would show as two open connections): one
+//! node holds the account's WebSocket at a time; a killed holder is
+//! replaced within the lease, a stopped one hands over at once; a holder
+//! stopped (SIGSTOP) past its lease drops its socket when it wakes; a run
+//! interrupted by `kill -9` is finished by another node without repeating
+//! its recorded effect; and a PostgreSQL restart loses nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zoomwire::sim::{SecondConnection, SimConfig};
+
+use crate::daemon_support::{Daemon, Workspace, eventually, meeting_event};
+use crate::pg;
+
+/// The lease of these tests: short, so that failovers are quick to see.
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+const POST_RULE: &str = "name: ended\non: meeting.ended\nallow: [slack]\ndo: |\n  slack::post(\"#ops\", event.payload.object.topic);\n";
+
+/// A workspace whose daemons share `database`, with short leases.
+async fn cluster_workspace(database: &pg::TestDatabase) -> Workspace {
+    let mut ws = Workspace::with_sim(SimConfig {
+        second_connection: SecondConnection::Both,
+        ..SimConfig::default()
+    })
+    .await;
+    ws.set_env("ZOOMWIRE_JOURNAL", "postgres");
+    ws.set_env("ZOOMWIRE_DATABASE_URL", &database.url());
+    ws.set_env("ZOOMWIRE_LEASE_TTL", &format!("{}s", LEASE_TTL.as_secs()));
+    ws.set_env("ZOOMWIRE_RECONCILE", "off");
+    ws
+}
+
+async fn start_node(ws: &Workspace, node: &str) -> Daemon {
+    let mut daemon = ws.spawn_with(&[("ZOOMWIRE_NODE_ID", node)]);
+    daemon.wait_running().await;
+    daemon
+}
+
+/// The ids of the accepted connections open now.
+fn open_connections(ws: &Workspace) -> Vec<u64> {
+    ws.sim
+        .connections()
+        .into_iter()
+        .filter(|c| c.accepted && c.open)
+        .map(|c| c.id)
+        .collect()
+}
+
+/// Waits until exactly one connection is open and it is not `previous`.
+async fn one_open_connection_other_than(ws: &Workspace, previous: Option<u64>) -> u64 {
+    eventually("one open connection", || async {
+        match open_connections(ws).as_slice() {
+            [id] if Some(*id) != previous => Some(*id),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// The node whose `/healthz` says it holds the account's lease.
+async fn holder(daemons: &[Option<Daemon>]) -> Option<usize> {
+    for (index, daemon) in daemons.iter().enumerate() {
+        let Some(daemon) = daemon else { continue };
+        let (_, health) = daemon.admin_get("/healthz").await;
+        if health["cluster"]["leases"]["subscription:default"].is_i64() {
+            return Some(index);
+        }
+    }
+    None
+}
+
+/// Counts the most connections open at once, every 10 ms, until stopped.
+struct Sampler {
+    most: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(ws: Arc<Workspace>) -> Sampler {
+        let (most, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (seen, stopping) = (most.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !stopping.load(Ordering::SeqCst) {
+                seen.fetch_max(open_connections(&ws).len(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Sampler { most, stop, task }
+    }
+
+    async fn most(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// Emits `meeting.ended` number `n` and waits for its one Slack post.
+async fn ended_and_posted(ws: &Workspace, n: u64) {
+    let event = meeting_event("meeting.ended", n, "host");
+    assert_eq!(ws.sim.emit_event(None, &event), 1, "one connection got it");
+    let topic = format!("Meeting {n}");
+    eventually(&format!("the post for {topic}"), || async {
+        ws.slack_texts("#ops").contains(&topic).then_some(())
+    })
+    .await;
+}
+
+fn runs_of_rule(runs: &[Value], rule: &str) -> Vec<Value> {
+    runs.iter().filter(|r| r["rule"] == rule).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_holds_the_websocket_a_killed_holder_is_replaced_and_a_stopped_one_hands_over() {
+    let Some(server) = pg::shared() else { return };
+    let database = server.database();
+    let ws = Arc::new(cluster_workspace(&database).await);
+    ws.write_rule("ended.yaml", POST_RULE);
+    let mut daemons = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        daemons.push(Some(start_node(&ws, node).await));
+    }
+    let first_connection = one_open_connection_other_than(&ws, None).await;
+    let sampler = Sampler::start(ws.clone());
+    let first = eventually("a holder", || holder(&daemons)).await;
+    ended_and_posted(&ws, 1).await;
+    let holding = daemons[first].as_ref().unwrap();
+    eventually("the holder seeing its two peers", || async {
+        let (_, health) = holding.admin_get("/healthz").await;
+        assert_eq!(health["status"], "ok", "{health}");
+        let peers = health["cluster"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (peers.iter().filter(|p| p["alive"] == true).count() == 3).then_some(())
+    })
+    .await;
+    let standby = daemons.iter().flatten().count() - 1;
+    let mut standbys = 0;
+    for daemon in daemons.iter().flatten() {
+        let (code, health) = daemon.admin_get("/healthz").await;
+        if health["subscriptions"]["default"]["state"] == "standby" {
+            assert_eq!(code, 200, "a standby node is healthy");
+            standbys += 1;
+        }
+    }
+    assert_eq!(standbys, standby);
+
+    // kill -9 of the holder: another node connects within the lease.
+    let killed_at = Instant::now();
+    daemons[first].take().unwrap().kill().await;
+    let second_connection = one_open_connection_other_than(&ws, Some(first_connection)).await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover after kill -9: {failover:?} (lease {LEASE_TTL:?})");
+    assert!(
+        failover < LEASE_TTL + Duration::from_secs(3),
+        "{failover:?}"
+    );
+    ended_and_posted(&ws, 2).await;
+
+    // A clean stop frees the lease at once.
+    let second = eventually("a new holder", || holder(&daemons)).await;
+    let stopping = daemons[second].take().unwrap();
+    let stopped_at = Instant::now();
+    stopping.terminate().await;
+    one_open_connection_other_than(&ws, Some(second_connection)).await;
+    let handover = stopped_at.elapsed();
+    eprintln!("handover after a clean stop: {handover:?}");
+    assert!(handover < Duration::from_secs(3), "{handover:?}");
+    ended_and_posted(&ws, 3).await;
+
+    assert_eq!(
+        sampler.most().await,
+        1,
+        "never two connections open at once"
+    );
+    let texts = ws.slack_texts("#ops");
+    assert_eq!(
+        texts,
+        ["Meeting 1", "Meeting 2", "Meeting 3"],
+        "each event once"
+    );
+    let runs = runs_of_rule(&ws.runs().await, "ended");
+    assert_eq!(runs.len(), 3);
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stopped_past_its_lease_drops_its_socket_when_it_wakes() {
+    let Some(server) = pg::shared() else { return };
+    let database = server.database();
+    let ws = cluster_workspace(&database).await;
+    ws.write_rule("ended.yaml", POST_RULE);
+    let mut daemons = vec![Some(start_node(&ws, "node-a").await)];
+    let first_connection = one_open_connection_other_than(&ws, None).await;
+    daemons.push(Some(start_node(&ws, "node-b").await));
+    let first = eventually("a holder", || holder(&daemons)).await;
+    let other = 1 - first;
+    let pid = daemons[first].as_ref().unwrap().pid().to_string();
+    signal("-STOP", &pid).await;
+    // The other node takes over once the lease expires; the stopped
+    // process cannot close its socket, so the simulator sees both.
+    let taken = Instant::now();
+    eventually("the other node holding the lease", || async {
+        let daemon = daemons[other].as_ref().unwrap();
+        let (_, health) = daemon.admin_get("/healthz").await;
+        health["cluster"]["leases"]["subscription:default"]
+            .is_i64()
+            .then_some(())
+    })
+    .await;
+    eprintln!("takeover from a stopped holder: {:?}", taken.elapsed());
+    eventually("the new holder connected", || async {
+        (open_connections(&ws).len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal("-CONT", &pid).await;
+    let woke = Instant::now();
+    let now_open = eventually("the woken node's socket closed", || async {
+        match open_connections(&ws).as_slice() {
+            [id] if *id != first_connection => Some(*id),
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!("socket dropped {:?} after waking", woke.elapsed());
+    assert!(woke.elapsed() < Duration::from_secs(3));
+    let closed = ws
+        .sim
+        .connections()
+        .into_iter()
+        .find(|c| c.id == first_connection)
+        .unwrap();
+    assert_eq!(
+        closed.close_reason.as_deref(),
+        Some("client closed"),
+        "closed by the woken node"
+    );
+    let stopped = daemons[first].as_ref().unwrap();
+    stopped
+        .wait_for_log("lease lost: its work is stopped")
+        .await;
+    ended_and_posted(&ws, 1).await;
+    assert_eq!(
+        open_connections(&ws),
+        [now_open],
+        "the woken node did not reconnect"
+    );
+    assert_eq!(ws.slack_texts("#ops"), ["Meeting 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_by_kill_9_after_a_post_is_finished_by_another_node_with_one_post() {
+    let Some(server) = pg::shared() else { return };
+    let database = server.database();
+    let ws = cluster_workspace(&database).await;
+    ws.write_rule(
+        "two.yaml",
+        "name: two\non: meeting.ended\nallow: [slack]\ndo: |\n  slack::post(\"#ops\", `first ${event.payload.object.topic}`);\n  slack::webhook(\"default\", `second ${event.payload.object.topic}`);\n",
+    );
+    let mut daemons = vec![Some(start_node(&ws, "node-a").await)];
+    one_open_connection_other_than(&ws, None).await;
+    daemons.push(Some(start_node(&ws, "node-b").await));
+    let first = eventually("a holder", || holder(&daemons)).await;
+    // The second effect hangs until the holder is killed.
+    ws.sim.set_delay("/slack/webhook", Duration::from_secs(60));
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.ended", 7, "host"));
+    eventually("the first post done and the second in flight", || async {
+        let in_flight = ws
+            .sim
+            .in_flight()
+            .iter()
+            .any(|r| r.contains("/slack/webhook"));
+        (in_flight && ws.sim.slack_post_count() == 1).then_some(())
+    })
+    .await;
+    let killed_at = Instant::now();
+    daemons[first].take().unwrap().kill().await;
+    ws.sim.set_delay("/slack/webhook", Duration::ZERO);
+    eventually("the run finished by the other node", || async {
+        let posts = ws.sim.slack_posts();
+        posts
+            .iter()
+            .any(|p| p.via.starts_with("webhook"))
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "run resumed and finished {:?} after kill -9",
+        killed_at.elapsed()
+    );
+    let posts: Vec<String> = ws
+        .sim
+        .slack_posts()
+        .into_iter()
+        .map(|p| p.text.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        posts,
+        ["first Meeting 7", "second Meeting 7"],
+        "the first post replayed, not repeated"
+    );
+    eventually("the run recorded succeeded", || async {
+        let runs = runs_of_rule(&ws.runs().await, "two");
+        assert_eq!(runs.len(), 1);
+        (runs[0]["status"] == "succeeded").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_loses_no_event_and_the_daemon_carries_on() {
+    let Some(server) = pg::private() else { return };
+    let database = server.database();
+    let ws = cluster_workspace(&database).await;
+    ws.write_rule("ended.yaml", POST_RULE);
+    let daemon = start_node(&ws, "node-a").await;
+    one_open_connection_other_than(&ws, None).await;
+    ended_and_posted(&ws, 1).await;
+    server.stop();
+    // Received while the journal is down: intake waits and retries.
+    assert_eq!(
+        ws.sim
+            .emit_event(None, &meeting_event("meeting.ended", 2, "host")),
+        1
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.start_again();
+    eventually("the event received during the outage handled", || async {
+        ws.slack_texts("#ops")
+            .contains(&"Meeting 2".to_string())
+            .then_some(())
+    })
+    .await;
+    daemon
+        .wait_for_log("cannot journal event: intake paused")
+        .await;
+    // Whether or not the lease lapsed meanwhile, the node holds the socket again.
+    eventually("connected again", || async {
+        (open_connections(&ws).len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connection = one_open_connection_other_than(&ws, None).await;
+    ended_and_posted(&ws, 3).await;
+    assert_eq!(open_connections(&ws), [connection]);
+    assert_eq!(
+        ws.slack_texts("#ops"),
+        ["Meeting 1", "Meeting 2", "Meeting 3"]
+    );
+}
+
+async fn signal(which: &str, pid: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([which, pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
+}

@@ -6,7 +6,7 @@
 //! logs) and starts [`Daemon`]s on it. The daemon's log lines are collected
 //! as they come, so tests wait on what it says instead of sleeping.
 //!
-//! Shared by `tests/crash_recovery.rs` and `tests/daemon.rs` through
+//! Shared by `tests/crash_recovery.rs`, `tests/daemon.rs` and `tests/postgres/` through
 //! `#[path]`, so that other test binaries do not compile it.
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
@@ -157,8 +157,14 @@ impl Workspace {
 
     /// Starts `zoomwire run` without waiting for it.
     pub fn spawn(&self) -> Daemon {
-        let mut child = self
-            .command(&["run"])
+        self.spawn_with(&[])
+    }
+
+    /// Starts `zoomwire run` with these variables added (one daemon of several).
+    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Daemon {
+        let mut command = self.command(&["run"]);
+        command.envs(vars.iter().copied());
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -111,7 +111,59 @@ impl Db {
     fn node_timeout_secs(&self) -> f64 {
         self.node_timeout.as_secs_f64()
     }
+
+    /// Runs an idempotent write, and again while the server cannot be
+    /// reached (a restart, a failover) for up to [`WRITE_PATIENCE`], then
+    /// once more when it answers: a record of an effect already made, or of
+    /// a run's end, is worth waiting for rather than lost (the run would be
+    /// resumed and the effect made twice).
+    async fn patiently<T, F, Fut>(&self, mut write: F) -> Result<T, JournalError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, JournalError>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let mut waited = false;
+        loop {
+            let error = match write().await {
+                Ok(written) => return Ok(written),
+                Err(error) => error,
+            };
+            if started.elapsed() > WRITE_PATIENCE {
+                return Err(error);
+            }
+            if self.reachable().await {
+                if waited {
+                    return Err(error);
+                }
+                waited = true;
+                continue;
+            }
+            if !waited {
+                tracing::warn!(server = %self.server, error = %error, "postgres unreachable: the write waits for it");
+            }
+            waited = true;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether the server answers a query now.
+    async fn reachable(&self) -> bool {
+        let probe = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Some(_))
+        )
+    }
 }
+
+/// How long a write waits for an unreachable server.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The PostgreSQL journal. Cheap to clone: clones share the pool.
 #[derive(Clone)]

@@ -31,7 +31,8 @@ impl PostgresJournal {
     fn write_run(&self, run: &RunRecord) -> tokio::task::JoinHandle<Result<(), JournalError>> {
         let (db, record, claim) = (self.db(), run.clone(), self.claim_of(&run.id));
         self.write_in_order(&run.id, async move {
-            writes::record_run(&db, &record, claim, now()).await
+            db.patiently(|| writes::record_run(&db, &record, claim, now()))
+                .await
         })
     }
 
@@ -50,7 +51,10 @@ impl PostgresJournal {
         self.forget_claim(&run.id);
         self.inner
             .bridge
-            .run(async move { writes::mark_dead(&db, &id, &error, now()).await })
+            .run(async move {
+                db.patiently(|| writes::mark_dead(&db, &id, &error, now()))
+                    .await
+            })
             .await
     }
 }
@@ -70,7 +74,9 @@ impl EffectObserver for PostgresJournal {
         );
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let _ = self.write_in_order(run_id, async move {
-            let result = writes::record_effect(&db, &id, &copy, claim, now()).await;
+            let result = db
+                .patiently(|| writes::record_effect(&db, &id, &copy, claim, now()))
+                .await;
             let _ = sender.send(result);
             Ok(())
         });

@@ -74,7 +74,7 @@ pub struct PgServer {
 pub fn shared() -> Option<&'static PgServer> {
     static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
     SERVER
-        .get_or_init(|| binaries().map(|bin| PgServer::start(bin)))
+        .get_or_init(|| binaries().map(PgServer::start))
         .as_ref()
 }
 

@@ -73,13 +73,14 @@ impl EffectObserver for PostgresJournal {
             self.claim_of(run_id),
         );
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let _ = self.write_in_order(run_id, async move {
+        // Its task runs without being awaited: the answer comes on the channel.
+        drop(self.write_in_order(run_id, async move {
             let result = db
                 .patiently(|| writes::record_effect(&db, &id, &copy, claim, now()))
                 .await;
             let _ = sender.send(result);
             Ok(())
-        });
+        }));
         let (run_id, name, seq) = (run_id.to_string(), record.name.clone(), record.seq);
         Box::new(move || {
             let result = receiver.recv().unwrap_or_else(|_| {

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::activity::ObservedJournal;
 use crate::admin::{AdminState, RunHistory, serve_admin};
-use crate::cluster::{ClusterTimings, NodeIdentity, SCHEDULER_LEASE, default_node_id};
+use crate::cluster::{ClusterTimings, NodeIdentity, SCHEDULER_LEASE};
 use crate::config::Settings;
 use crate::effects::Effects;
 use crate::effects::accounts::ZoomAccountClient;
@@ -354,12 +354,7 @@ async fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, 
                     "ZOOMWIRE_DATABASE_URL is needed with the postgres journal".into(),
                 )
             })?;
-            let node_id = settings
-                .journal
-                .node_id
-                .clone()
-                .unwrap_or_else(default_node_id);
-            let node = NodeIdentity::new(&node_id);
+            let node = NodeIdentity::new(&settings.node_id());
             let timings = ClusterTimings::from_ttl(settings.journal.lease_ttl);
             let options = PostgresOptions {
                 node: node.id.clone(),
@@ -501,6 +496,7 @@ async fn resume_unfinished(
     };
     if !unfinished.is_empty() {
         tracing::info!(runs = unfinished.len(), "resuming runs left unfinished");
+        metrics::counter!("zoomwire_runs_resumed_total").increment(unfinished.len() as u64);
     }
     let rule_set = rules.current();
     for run in unfinished {
@@ -552,6 +548,7 @@ async fn resume_requeued_once(
             continue;
         }
         tracing::info!(run = %id, rule = %run.run.rule, "resuming a requeued run");
+        metrics::counter!("zoomwire_runs_resumed_total").increment(1);
         if let Err(error) = executor.resume(&rules.current(), run).await {
             tracing::error!(run = %id, error = %error, "cannot resume run");
         }

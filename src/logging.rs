@@ -10,6 +10,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// The filter used when `RUST_LOG` is unset or empty.
 pub const DEFAULT_FILTER: &str = "info,zoomwire=info";
@@ -60,19 +63,75 @@ pub enum LoggingError {
 /// Installs the global subscriber. Call once, early in `main`; a second call
 /// fails with [`LoggingError::AlreadyInstalled`] and changes nothing.
 pub fn init_logging(format: LogFormat) -> Result<(), LoggingError> {
+    init_node_logging(format, None)
+}
+
+/// [`init_logging`] for one node of several: every line names `node`
+/// (a `node` field in JSON, a `node=` prefix in text).
+pub fn init_node_logging(format: LogFormat, node: Option<&str>) -> Result<(), LoggingError> {
     let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let node = node.map(str::to_string);
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format(),
+                node,
+            })
+            .try_init(),
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+                node,
+            })
             .try_init(),
     };
     installed.map_err(|_| LoggingError::AlreadyInstalled)
+}
+
+/// An event format that adds the node's id to another's lines.
+struct WithNode<F> {
+    inner: F,
+    node: Option<String>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let Some(node) = &self.node else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if writer.has_ansi_escapes() {
+            write!(writer, "node={node} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            // JSON: the node is the first field.
+            Some(rest) => {
+                let name = serde_json::to_string(node).map_err(|_| fmt::Error)?;
+                write!(writer, "{{\"node\":{name},{rest}")
+            }
+            None => write!(writer, "node={node} {line}"),
+        }
+    }
 }
 
 /// The filter for a `RUST_LOG` value, [`DEFAULT_FILTER`] when unset or blank.

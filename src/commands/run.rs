@@ -16,7 +16,9 @@ pub async fn run() -> CommandResult {
     };
     let settings =
         Settings::load(&options).map_err(|errors| CommandError::Usage(errors.to_string()))?;
-    if let Err(error) = crate::logging::init_logging(settings.log_format) {
+    let node = (settings.journal.store == crate::daemon::JournalMode::Postgres)
+        .then(|| settings.node_id());
+    if let Err(error) = crate::logging::init_node_logging(settings.log_format, node.as_deref()) {
         eprintln!("warning: {error}");
     }
     let options = DaemonOptions {

@@ -374,6 +374,14 @@ impl Settings {
         }
     }
 
+    /// This node's id among several: `ZOOMWIRE_NODE_ID`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.journal
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::cluster::default_node_id)
+    }
+
     /// The journal's options: these windows, the daemon's defaults otherwise.
     pub fn journal_options(&self) -> JournalOptions {
         JournalOptions {

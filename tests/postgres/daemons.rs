@@ -190,9 +190,14 @@ async fn one_node_holds_the_websocket_a_killed_holder_is_replaced_and_a_stopped_
         ["Meeting 1", "Meeting 2", "Meeting 3"],
         "each event once"
     );
-    let runs = runs_of_rule(&ws.runs().await, "ended");
-    assert_eq!(runs.len(), 3);
-    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
+    eventually("three runs recorded succeeded", || async {
+        let runs = runs_of_rule(&ws.runs().await, "ended");
+        assert_eq!(runs.len(), 3);
+        runs.iter()
+            .all(|r| r["status"] == "succeeded")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,6 +365,16 @@ async fn a_postgres_restart_loses_no_event_and_the_daemon_carries_on() {
         ws.slack_texts("#ops"),
         ["Meeting 1", "Meeting 2", "Meeting 3"]
     );
+}
+
+async fn metrics_text(daemon: &Daemon) -> String {
+    let admin = daemon.admin.expect("running");
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("the admin API answers")
+        .text()
+        .await
+        .unwrap_or_default()
 }
 
 async fn signal(which: &str, pid: &str) {

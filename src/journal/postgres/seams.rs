@@ -165,6 +165,10 @@ impl Journal for PostgresJournal {
             let mut unfinished = Vec::with_capacity(claimed.len());
             for taken in claimed {
                 self.set_claim(&taken.run.id, taken.claim);
+                if let Some(from) = &taken.taken_from {
+                    metrics::counter!("zoomwire_runs_taken_over_total").increment(1);
+                    tracing::info!(run = %taken.run.id, rule = %taken.run.rule, from = %from, "run taken over from a node gone silent or stopped");
+                }
                 match taken.event.map(StoredEvent::into_event) {
                     Some(Ok(event)) => unfinished.push(UnfinishedRun {
                         run: taken.run,

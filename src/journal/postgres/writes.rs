@@ -28,6 +28,8 @@ pub(crate) struct ClaimedRun {
     pub run: RunRecord,
     pub claim: i64,
     pub event: Option<StoredEvent>,
+    /// The node that held it before, when another (`None`: its own, or nobody's).
+    pub taken_from: Option<String>,
 }
 
 /// Stores the event with its runs unless its id was accepted within the
@@ -372,7 +374,7 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
         .join(", ");
     let sql = format!(
         "WITH claimable AS (
-             SELECT r.id FROM zoomwire.runs r
+             SELECT r.id, r.node AS previous FROM zoomwire.runs r
              WHERE {UNFINISHED} AND {CLAIMABLE}
              ORDER BY r.seq
              FOR UPDATE SKIP LOCKED
@@ -381,7 +383,7 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
          SET claim = CASE WHEN r.node = $1 THEN r.claim ELSE r.claim + 1 END,
              node = $1, updated_at = $3
          FROM claimable WHERE r.id = claimable.id
-         RETURNING {columns}, r.claim, r.seq"
+         RETURNING {columns}, r.claim, r.seq, claimable.previous"
     );
     let rows = tx
         .query(&sql, &[&&*db.node, &db.node_timeout_secs(), &now])
@@ -389,10 +391,17 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
         .map_err(|e| db.error(e))?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
-        claimed.push((row_seq(row), run_row(row)?, row.get::<_, i64>("claim")));
+        let previous: Option<String> = row.get("previous");
+        let taken_from = previous.filter(|node| **node != *db.node);
+        claimed.push((
+            row_seq(row),
+            run_row(row)?,
+            row.get::<_, i64>("claim"),
+            taken_from,
+        ));
     }
-    claimed.sort_by_key(|(seq, _, _)| *seq);
-    let mut runs: Vec<RunRecord> = claimed.iter().map(|(_, run, _)| run.clone()).collect();
+    claimed.sort_by_key(|(seq, ..)| *seq);
+    let mut runs: Vec<RunRecord> = claimed.iter().map(|(_, run, ..)| run.clone()).collect();
     fill_runs(db, &tx, &mut runs).await?;
     let event_ids: Vec<&str> = runs.iter().map(|r| r.event_id.as_str()).collect();
     let events = stored_events(db, &tx, &event_ids).await?;
@@ -400,10 +409,11 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
     let mut taken: Vec<ClaimedRun> = runs
         .into_iter()
         .zip(claimed)
-        .map(|(run, (_, _, claim))| ClaimedRun {
+        .map(|(run, (_, _, claim, taken_from))| ClaimedRun {
             event: events.get(&run.event_id).cloned(),
             run,
             claim,
+            taken_from,
         })
         .collect();
     // In the order their events arrived, as the daemon admits runs; runs of

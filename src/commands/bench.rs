@@ -36,9 +36,7 @@ pub async fn run(args: BenchArgs) -> CommandResult {
             "--events, --rate and --seconds must be at least 1".into(),
         ));
     }
-    if args.journal.contains(&BenchJournal::Postgres)
-        && std::env::var(DATABASE_URL_VAR).is_err()
-    {
+    if args.journal.contains(&BenchJournal::Postgres) && std::env::var(DATABASE_URL_VAR).is_err() {
         return Err(CommandError::Usage(format!(
             "--journal postgres measures against {DATABASE_URL_VAR}: point it at a scratch database"
         )));

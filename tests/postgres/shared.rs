@@ -344,3 +344,36 @@ async fn a_server_restart_loses_no_accepted_event_and_the_journal_reconnects() {
     );
     assert_eq!(journal.counts().await.unwrap().events, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_one_event_accepted_at_once_are_accepted_once() {
+    let Some(database) = database() else { return };
+    let journal = Arc::new(postgres(&database, "node-a", options()).await);
+    let copies = (0..20).map(|n| {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            let trigger = event(1);
+            let runs = [run(
+                &format!("run-{n}"),
+                &trigger,
+                RunStatus::Pending,
+                Utc::now(),
+            )];
+            journal
+                .accept_event_with_runs(&trigger, &runs)
+                .await
+                .unwrap()
+        })
+    });
+    let fresh: Vec<bool> = futures_util::future::join_all(copies)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(fresh.iter().filter(|f| **f).count(), 1, "{fresh:?}");
+    assert_eq!(
+        journal.counts().await.unwrap().runs,
+        1,
+        "only the accepted copy's run"
+    );
+}

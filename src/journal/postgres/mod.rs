@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::{Object, Pool};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::engine::record::{JournalError, RunStatus};
 use crate::event::Event;
@@ -173,6 +173,8 @@ pub struct PostgresJournal {
 
 struct Inner {
     db: Db,
+    /// Event intake's group commit (see [`start_intake`]).
+    intake: mpsc::Sender<Accepting>,
     options: PostgresOptions,
     /// The claim under which this node holds each unfinished run it writes.
     claims: Mutex<HashMap<String, i64>>,
@@ -232,8 +234,10 @@ impl PostgresJournal {
             })
             .await
             .map_err(|e| connect_error(e.to_string()))??;
+        let intake = start_intake(&bridge, db.clone());
         Ok(PostgresJournal {
             inner: Arc::new(Inner {
+                intake,
                 db,
                 options,
                 claims: Mutex::default(),
@@ -378,6 +382,58 @@ impl PostgresJournal {
     fn forget_claim(&self, run_id: &str) {
         lock(&self.inner.claims).remove(run_id);
     }
+}
+
+/// An event waiting to be accepted, and where its answer goes.
+type Accepting = (
+    writes::Acceptance,
+    oneshot::Sender<Result<bool, JournalError>>,
+);
+
+/// Most events accepted in one transaction.
+const MAX_BATCH: usize = 512;
+/// Batches being written at once.
+const INTAKE_WRITERS: usize = 4;
+/// Events waiting for a batch before callers wait to queue (back-pressure).
+const INTAKE_QUEUE: usize = 4096;
+
+/// Event intake's group commit: events are accepted in batches, one
+/// transaction (and one sync on the server) for everything that queued up
+/// while the previous batches were being written, so that many events
+/// share a commit as in the SQLite journal.
+fn start_intake(bridge: &Bridge, db: Db) -> mpsc::Sender<Accepting> {
+    let (sender, mut receiver) = mpsc::channel::<Accepting>(INTAKE_QUEUE);
+    bridge.spawn(async move {
+        let writers = Arc::new(Semaphore::new(INTAKE_WRITERS));
+        loop {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+            // Never closed: acquiring only waits.
+            let Ok(writer) = writers.clone().acquire_owned().await else {
+                return;
+            };
+            let db = db.clone();
+            tokio::spawn(async move {
+                let (acceptances, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match writes::accept(&db, &acceptances, now()).await {
+                    Ok(fresh) => {
+                        for (answer, fresh) in answers.into_iter().zip(fresh) {
+                            let _ = answer.send(Ok(fresh));
+                        }
+                    }
+                    Err(error) => {
+                        for answer in answers {
+                            let _ = answer.send(Err(JournalError(error.0.clone())));
+                        }
+                    }
+                }
+                drop(writer);
+            });
+        }
+    });
+    sender
 }
 
 /// Each run's last write, so that writes of one run land in the order they

@@ -105,13 +105,19 @@ impl Journal for PostgresJournal {
         event: &'a Event,
         runs: &'a [RunRecord],
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let (db, row, records) = (self.db(), EventRow::new(event), runs.to_vec());
+        let acceptance = writes::Acceptance {
+            event: EventRow::new(event),
+            runs: runs.to_vec(),
+        };
         Box::pin(async move {
-            let fresh = self
-                .inner
-                .bridge
-                .run(async move { writes::accept(&db, &row, &records, now()).await })
-                .await?;
+            let stopped = || JournalError("the postgres journal stopped".into());
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            self.inner
+                .intake
+                .send((acceptance, answer))
+                .await
+                .map_err(|_| stopped())?;
+            let fresh = answered.await.map_err(|_| stopped())??;
             if fresh {
                 for run in runs.iter().filter(|r| !r.status.is_finished()) {
                     self.set_claim(&run.id, 1);

@@ -32,57 +32,185 @@ pub(crate) struct ClaimedRun {
     pub taken_from: Option<String>,
 }
 
-/// Stores the event with its runs unless its id was accepted within the
-/// dedupe window; `false` for a duplicate (nothing written).
+/// An event to accept with the records of its runs.
+pub(crate) struct Acceptance {
+    pub event: EventRow,
+    pub runs: Vec<RunRecord>,
+}
+
+/// Stores a batch of events, each with its runs unless its id was accepted
+/// within the dedupe window, in one transaction (one commit for the lot);
+/// answers, in the batch's order, whether each was new. An id twice in the
+/// batch is new the first time only. Rows are written in the order of their
+/// ids, so that batches committing side by side cannot deadlock.
 pub(crate) async fn accept(
     db: &Db,
-    event: &EventRow,
-    runs: &[RunRecord],
+    batch: &[Acceptance],
     now: i64,
-) -> Result<bool, JournalError> {
+) -> Result<Vec<bool>, JournalError> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| batch[a].event.id.cmp(&batch[b].event.id));
+    order.dedup_by(|&mut later, &mut first| batch[later].event.id == batch[first].event.id);
+    let events: Vec<&EventRow> = order.iter().map(|&i| &batch[i].event).collect();
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(|e| db.error(e))?;
-    let fresh = tx
-        .query_opt(
-            "INSERT INTO zoomwire.dedupe AS d (id, received_at, expires_at) VALUES ($1, $2, $3)
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let received: Vec<i64> = events.iter().map(|e| e.received_at).collect();
+    let expires: Vec<i64> = received
+        .iter()
+        .map(|at| at.saturating_add(db.dedupe_window))
+        .collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO zoomwire.dedupe AS d (id, received_at, expires_at)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
              ON CONFLICT (id) DO UPDATE SET received_at = excluded.received_at,
                                             expires_at = excluded.expires_at
              WHERE d.received_at <= excluded.received_at - $4
-             RETURNING 1",
-            &[
-                &event.id,
-                &event.received_at,
-                &event.received_at.saturating_add(db.dedupe_window),
-                &db.dedupe_window,
-            ],
+             RETURNING id",
         )
         .await
+        .map_err(|e| db.error(e))?;
+    let fresh: std::collections::HashSet<String> = tx
+        .query(&statement, &[&ids, &received, &expires, &db.dedupe_window])
+        .await
         .map_err(|e| db.error(e))?
-        .is_some();
-    if !fresh {
-        return Ok(false);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let fresh_events: Vec<&EventRow> = events
+        .iter()
+        .copied()
+        .filter(|e| fresh.contains(&e.id))
+        .collect();
+    if !fresh_events.is_empty() {
+        insert_events(db, &tx, &fresh_events).await?;
+        let runs: Vec<&RunRecord> = order
+            .iter()
+            .filter(|&&i| fresh.contains(&batch[i].event.id))
+            .flat_map(|&i| &batch[i].runs)
+            .collect();
+        insert_runs(db, &tx, &runs, now).await?;
+        for run in runs
+            .iter()
+            .filter(|r| !r.effects.is_empty() || !r.logs.is_empty())
+        {
+            write_run(db, &tx, run, None, now).await?;
+        }
     }
+    tx.commit().await.map_err(|e| db.error(e))?;
+    // The first of each id in the batch is the one written.
+    let mut answered = std::collections::HashSet::new();
+    Ok(batch
+        .iter()
+        .map(|a| fresh.contains(&a.event.id) && answered.insert(a.event.id.as_str()))
+        .collect())
+}
+
+async fn insert_events(
+    db: &Db,
+    tx: &impl GenericClient,
+    events: &[&EventRow],
+) -> Result<(), JournalError> {
+    let column =
+        |f: fn(&EventRow) -> String| -> Vec<String> { events.iter().map(|e| f(e)).collect() };
+    let (ids, types, sources, raws) = (
+        column(|e| e.id.clone()),
+        column(|e| e.event_type.clone()),
+        column(|e| e.source.clone()),
+        column(|e| e.raw.to_string()),
+    );
+    let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();
+    let received: Vec<i64> = events.iter().map(|e| e.received_at).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO zoomwire.events (id, type, ts, source, received_at, raw)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                                  $5::bigint[], $6::text[])
+             ON CONFLICT (id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
+                 source = excluded.source, received_at = excluded.received_at,
+                 raw = excluded.raw",
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    tx.execute(&statement, &[&ids, &types, &ts, &sources, &received, &raws])
+        .await
+        .map_err(|e| db.error(e))?;
+    Ok(())
+}
+
+/// Inserts new runs (the records an accepted event starts), held by this node.
+async fn insert_runs(
+    db: &Db,
+    tx: &impl GenericClient,
+    runs: &[&RunRecord],
+    now: i64,
+) -> Result<(), JournalError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&RunRecord) -> String| -> Vec<String> { runs.iter().map(|r| f(r)).collect() };
+    let maybe = |f: fn(&RunRecord) -> Option<String>| -> Vec<Option<String>> {
+        runs.iter().map(|r| f(r)).collect()
+    };
+    let time = |f: fn(&RunRecord) -> Option<i64>| -> Vec<Option<i64>> {
+        runs.iter().map(|r| f(r)).collect()
+    };
+    let (ids, rules, event_ids, event_types, statuses) = (
+        text(|r| r.id.clone()),
+        text(|r| r.rule.clone()),
+        text(|r| r.event_id.clone()),
+        text(|r| r.event_type.clone()),
+        text(|r| r.status.as_str().to_string()),
+    );
+    let (keys, errors, outputs) = (
+        maybe(|r| r.key.clone()),
+        maybe(|r| r.error.clone()),
+        maybe(|r| r.output.as_ref().map(to_json)),
+    );
+    let attempts: Vec<i32> = runs.iter().map(|r| int(r.attempt)).collect();
+    let created: Vec<i64> = runs.iter().map(|r| to_nanos(r.created_at)).collect();
+    let (started, finished) = (
+        time(|r| r.started_at.map(to_nanos)),
+        time(|r| r.finished_at.map(to_nanos)),
+    );
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO zoomwire.runs (id, rule, event_id, event_type, key, status, attempt,
+                 error, output, created_at, started_at, finished_at, updated_at, node)
+             SELECT id, rule, event_id, event_type, key, status, attempt, error, output,
+                    created_at, started_at, finished_at, $13, $14
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::integer[], $8::text[], $9::text[], $10::bigint[],
+                         $11::bigint[], $12::bigint[])
+                  AS r(id, rule, event_id, event_type, key, status, attempt, error, output,
+                       created_at, started_at, finished_at)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .await
+        .map_err(|e| db.error(e))?;
     tx.execute(
-        "INSERT INTO zoomwire.events (id, type, ts, source, received_at, raw)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
-             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw",
+        &statement,
         &[
-            &event.id,
-            &event.event_type,
-            &event.ts,
-            &event.source,
-            &event.received_at,
-            &&*event.raw,
+            &ids,
+            &rules,
+            &event_ids,
+            &event_types,
+            &keys,
+            &statuses,
+            &attempts,
+            &errors,
+            &outputs,
+            &created,
+            &started,
+            &finished,
+            &now,
+            &&*db.node,
         ],
     )
     .await
     .map_err(|e| db.error(e))?;
-    for run in runs {
-        write_run(db, &tx, run, None, now).await?;
-    }
-    tx.commit().await.map_err(|e| db.error(e))?;
-    Ok(true)
+    Ok(())
 }
 
 /// Inserts or updates a run with its effects and the logs of its current

@@ -152,6 +152,18 @@ async fn one_node_holds_the_websocket_a_killed_holder_is_replaced_and_a_stopped_
         if health["subscriptions"]["default"]["state"] == "standby" {
             assert_eq!(code, 200, "a standby node is healthy");
             standbys += 1;
+            let page = admin_text(daemon, "/ui/").await;
+            let node = health["cluster"]["node"].as_str().unwrap();
+            assert!(
+                page.contains(&format!(
+                    "This node is <strong>{node}</strong>. It holds no lease"
+                )),
+                "{page}"
+            );
+            assert!(
+                page.contains("(this node)") && page.contains(">standby<"),
+                "{page}"
+            );
         }
     }
     assert_eq!(standbys, standby);
@@ -368,8 +380,12 @@ async fn a_postgres_restart_loses_no_event_and_the_daemon_carries_on() {
 }
 
 async fn metrics_text(daemon: &Daemon) -> String {
+    admin_text(daemon, "/metrics").await
+}
+
+async fn admin_text(daemon: &Daemon, path: &str) -> String {
     let admin = daemon.admin.expect("running");
-    reqwest::get(format!("http://{admin}/metrics"))
+    reqwest::get(format!("http://{admin}{path}"))
         .await
         .expect("the admin API answers")
         .text()

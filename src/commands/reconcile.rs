@@ -25,6 +25,8 @@ use crate::effects::BoxFuture;
 use crate::effects::recorder::RecordingEffects;
 use crate::engine::executor::Executor;
 use crate::event::Event;
+use crate::engine::record::Journal;
+use crate::journal::postgres::{PostgresJournal, PostgresOptions};
 use crate::journal::{JournalOptions, SqliteJournal};
 use crate::reconcile::{
     EventFeed, KnownEvents, PassContext, PassReport, listened_kinds, reconcile_window,
@@ -77,7 +79,7 @@ pub async fn run(args: ReconcileArgs) -> CommandResult {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let store = open_store(&settings, args.dry_run)?;
+    let store = open_store(&settings, args.dry_run).await?;
     let mut failed = false;
     for account in accounts {
         let report = reconcile_account(
@@ -173,9 +175,26 @@ fn rule_set(settings: &Settings) -> Result<Arc<RuleSet>, CommandError> {
     })
 }
 
+/// The daemon's store, as the seams reconciliation uses.
+#[derive(Clone)]
+struct Store {
+    journal: Arc<dyn Journal>,
+    known: Arc<dyn KnownEvents>,
+}
+
+impl Store {
+    fn of<J: Journal + KnownEvents + Clone>(journal: J) -> Store {
+        Store {
+            journal: Arc::new(journal.clone()),
+            known: Arc::new(journal),
+        }
+    }
+}
+
 /// The store the daemon uses; `None` for a dry run when the daemon keeps
-/// its journal in memory (then nothing is known).
-fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<SqliteJournal>, CommandError> {
+/// its journal in memory (then nothing is known). With PostgreSQL, the runs
+/// of what is fed belong to no live node: the first daemon to look takes them.
+async fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<Store>, CommandError> {
     if settings.journal.store == JournalMode::Memory {
         if dry_run {
             eprintln!(
@@ -187,15 +206,29 @@ fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<SqliteJournal
             "the daemon keeps its journal in memory (ZOOMWIRE_JOURNAL=memory): there is no store to feed; use --dry-run to list".into(),
         ));
     }
+    if let (JournalMode::Postgres, Some(target)) =
+        (settings.journal.store, &settings.journal.database)
+    {
+        let options = PostgresOptions {
+            node: "zoomwire-reconcile".into(),
+            pool_size: 2,
+            limits: settings.journal_options(),
+            ..PostgresOptions::default()
+        };
+        return PostgresJournal::open(target, options)
+            .await
+            .map(|journal| Some(Store::of(journal)))
+            .map_err(|e| CommandError::Other(e.into()));
+    }
     SqliteJournal::open(&settings.data_dir, JournalOptions::for_command())
-        .map(Some)
+        .map(|journal| Some(Store::of(journal)))
         .map_err(|e| CommandError::Other(e.into()))
 }
 
 async fn reconcile_account(
     settings: &Settings,
     account: &ZoomAccount,
-    store: &Option<SqliteJournal>,
+    store: &Option<Store>,
     rule_set: &Arc<RuleSet>,
     kinds: &[crate::zoom::missed::MissedKind],
     window: Window,
@@ -210,7 +243,7 @@ async fn reconcile_account(
     )
     .map_err(|e| CommandError::Other(anyhow::anyhow!(e)))?;
     let known: Arc<dyn KnownEvents> = match store {
-        Some(journal) => Arc::new(journal.clone()),
+        Some(store) => store.known.clone(),
         None => Arc::new(NothingKnown),
     };
     let feed = Printed {
@@ -218,7 +251,7 @@ async fn reconcile_account(
         into: store
             .as_ref()
             .filter(|_| !dry_run)
-            .map(|journal| Journaled::new(journal, rule_set)),
+            .map(|store| Journaled::new(store.journal.clone(), rule_set)),
     };
     let context = PassContext {
         account: &account.name,
@@ -301,9 +334,9 @@ struct Journaled {
 }
 
 impl Journaled {
-    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>) -> Journaled {
+    fn new(journal: Arc<dyn Journal>, rule_set: &Arc<RuleSet>) -> Journaled {
         let executor = Executor::new(
-            Arc::new(journal.clone()),
+            journal,
             Arc::new(RecordingEffects::default()),
             Arc::new(ScriptPool::new(1, 1 << 20)),
             rhai::Dynamic::from_map(rhai::Map::new()),

@@ -286,6 +286,10 @@ impl Journal for ObservedJournal {
     fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
         self.inner.unfinished_run_ids()
     }
+
+    fn claim_start<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<bool, JournalError>> {
+        self.inner.claim_start(run)
+    }
 }
 
 #[cfg(test)]

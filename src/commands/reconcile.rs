@@ -24,8 +24,8 @@ use crate::daemon::JournalMode;
 use crate::effects::BoxFuture;
 use crate::effects::recorder::RecordingEffects;
 use crate::engine::executor::Executor;
-use crate::event::Event;
 use crate::engine::record::Journal;
+use crate::event::Event;
 use crate::journal::postgres::{PostgresJournal, PostgresOptions};
 use crate::journal::{JournalOptions, SqliteJournal};
 use crate::reconcile::{

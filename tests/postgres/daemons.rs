@@ -401,3 +401,109 @@ async fn signal(which: &str, pid: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill {which} {pid}");
 }
+
+/// POSTs `body` to a daemon's webhook endpoint, signed as Zoom signs it.
+async fn post_webhook(addr: &str, secret: &str, body: &str) -> u16 {
+    use zoomwire::zoom::webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = sign(&secret.to_string().into(), &timestamp, body.as_bytes());
+    reqwest::Client::new()
+        .post(format!("http://{addr}/zoom/webhook"))
+        .header("content-type", "application/json")
+        .header(TIMESTAMP_HEADER, timestamp)
+        .header(SIGNATURE_HEADER, signature)
+        .body(body.to_string())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the webhook answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_of_one_key_run_one_at_a_time_across_nodes_in_arrival_order() {
+    const SECRET: &str = "webhook-secret-for-the-cluster";
+    let Some(server) = pg::shared() else { return };
+    let database = server.database();
+    let mut ws = cluster_workspace(&database).await;
+    ws.set_env("ZOOM_WEBHOOK_SECRET_TOKEN", SECRET);
+    ws.set_env("ZOOMWIRE_WEBHOOK_ADDR", "127.0.0.1:0");
+    ws.write_rule(
+        "queued.yaml",
+        "name: queued\non: meeting.participant_joined\nmode: queued\nkey: event.payload.object.uuid\nallow: [slack]\ndo: |\n  let who = event.payload.object.participant.user_name;\n  slack::post(\"#ops\", `start ${who}`);\n  slack::post(\"#ops\", `end ${who}`);\n",
+    );
+    // Each run takes a while, so that the next ones wait on both nodes.
+    ws.sim
+        .set_delay("/api/chat.postMessage", Duration::from_millis(60));
+    let mut webhooks = Vec::new();
+    let mut daemons = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let daemon = start_node(&ws, node).await;
+        let line = daemon
+            .wait_for_log("webhook endpoint listening on /zoom/webhook")
+            .await;
+        webhooks.push(line["addr"].as_str().unwrap().to_string());
+        daemons.push(daemon);
+    }
+    for n in 1..=20u64 {
+        let event = serde_json::json!({
+            "event": "meeting.participant_joined",
+            "event_ts": 1_732_050_000_000u64 + n,
+            "payload": {"account_id": "sim-account", "object": {
+                "uuid": "one-meeting==", "id": 85_512_345_678u64, "topic": "Standup",
+                "participant": {"user_id": format!("u{n}"), "user_name": format!("p{n:02}"),
+                                "join_time": format!("2024-11-20T10:00:{n:02}Z")}
+            }}
+        });
+        // Alternate nodes; each event is journaled before the next is sent,
+        // so that arrival order is well defined across nodes.
+        assert_eq!(
+            post_webhook(&webhooks[(n % 2) as usize], SECRET, &event.to_string()).await,
+            200
+        );
+        eventually("the event journaled", || async {
+            (database.psql("SELECT count(*) FROM zoomwire.runs") == n.to_string()).then_some(())
+        })
+        .await;
+    }
+    let expected: Vec<String> = (1..=20)
+        .flat_map(|n| [format!("start p{n:02}"), format!("end p{n:02}")])
+        .collect();
+    eventually("every post", || async {
+        (ws.slack_texts("#ops").len() >= 40).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ws.slack_texts("#ops"),
+        expected,
+        "one at a time, in arrival order"
+    );
+    let by_node = database.psql(
+        "SELECT string_agg(node || ':' || n, ',' ORDER BY node) FROM
+         (SELECT node, count(*) AS n FROM zoomwire.runs GROUP BY node) counts",
+    );
+    eprintln!("runs by node: {by_node}");
+    assert!(
+        by_node.contains("node-a") && by_node.contains("node-b"),
+        "{by_node}"
+    );
+    eventually("every run recorded succeeded", || async {
+        let runs = runs_of_rule(&ws.runs().await, "queued");
+        (runs.len() == 20 && runs.iter().all(|r| r["status"] == "succeeded")).then_some(())
+    })
+    .await;
+    let claims: f64 = {
+        let mut busy = 0.0;
+        for daemon in &daemons {
+            let metrics = metrics_text(daemon).await;
+            busy += metrics
+                .lines()
+                .find(|l| l.starts_with("zoomwire_run_claims_total{outcome=\"busy\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        busy
+    };
+    assert!(claims > 0.0, "runs did wait for the other node");
+}

@@ -191,6 +191,22 @@ impl Journal for PostgresJournal {
         })
     }
 
+    /// Asked by `single`, `queued` and `restart` runs before they start:
+    /// see `writes::claim_start`.
+    fn claim_start<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let (db, record, claim) = (self.db(), run.clone(), self.claim_of(&run.id));
+        Box::pin(async move {
+            let started = self
+                .inner
+                .bridge
+                .run(async move { writes::claim_start(&db, &record, claim, now()).await })
+                .await?;
+            metrics::counter!("zoomwire_run_claims_total", "outcome" => if started { "started" } else { "busy" })
+                .increment(1);
+            Ok(started)
+        })
+    }
+
     fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
         let db = self.db();
         Box::pin(async move {

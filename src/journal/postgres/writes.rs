@@ -41,8 +41,9 @@ pub(crate) struct Acceptance {
 /// Stores a batch of events, each with its runs unless its id was accepted
 /// within the dedupe window, in one transaction (one commit for the lot);
 /// answers, in the batch's order, whether each was new. An id twice in the
-/// batch is new the first time only. Rows are written in the order of their
-/// ids, so that batches committing side by side cannot deadlock.
+/// batch is new the first time only. Dedupe and event rows are written in
+/// the order of their ids, so that batches committing side by side cannot
+/// deadlock; runs (new rows) in the order their events arrived.
 pub(crate) async fn accept(
     db: &Db,
     batch: &[Acceptance],
@@ -83,12 +84,20 @@ pub(crate) async fn accept(
         .copied()
         .filter(|e| fresh.contains(&e.id))
         .collect();
+    // The first of each new id, in the batch's order (the order events
+    // arrived in, which their runs' `seq` keeps).
+    let mut seen = std::collections::HashSet::new();
+    let written: Vec<bool> = batch
+        .iter()
+        .map(|a| fresh.contains(&a.event.id) && seen.insert(a.event.id.as_str()))
+        .collect();
     if !fresh_events.is_empty() {
         insert_events(db, &tx, &fresh_events).await?;
-        let runs: Vec<&RunRecord> = order
+        let runs: Vec<&RunRecord> = batch
             .iter()
-            .filter(|&&i| fresh.contains(&batch[i].event.id))
-            .flat_map(|&i| &batch[i].runs)
+            .zip(&written)
+            .filter(|(_, written)| **written)
+            .flat_map(|(a, _)| &a.runs)
             .collect();
         insert_runs(db, &tx, &runs, now).await?;
         for run in runs
@@ -99,12 +108,7 @@ pub(crate) async fn accept(
         }
     }
     tx.commit().await.map_err(|e| db.error(e))?;
-    // The first of each id in the batch is the one written.
-    let mut answered = std::collections::HashSet::new();
-    Ok(batch
-        .iter()
-        .map(|a| fresh.contains(&a.event.id) && answered.insert(a.event.id.as_str()))
-        .collect())
+    Ok(written)
 }
 
 async fn insert_events(
@@ -478,6 +482,74 @@ pub(crate) async fn mark_dead(
         .await
         .map_err(|e| db.error(e))?;
     Ok(())
+}
+
+/// Marks the run running if no other run of its rule and key is started
+/// and not over, and none written before it still waits (on a live node),
+/// across every node; `false` otherwise. Serialized per rule and key by an
+/// advisory lock, so two nodes never both find the key free.
+pub(crate) async fn claim_start(
+    db: &Db,
+    run: &RunRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<bool, JournalError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let lock = format!(
+        "{}\u{1f}{}",
+        run.rule,
+        run.key.as_deref().unwrap_or_default()
+    );
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&lock],
+    )
+    .await
+    .map_err(|e| db.error(e))?;
+    let statement = tx
+        .prepare_cached(
+            "SELECT EXISTS (
+                 SELECT 1 FROM zoomwire.runs
+                 WHERE rule = $1 AND key IS NOT DISTINCT FROM $2 AND id <> $3
+                   AND (status = 'running' OR (status = 'failed' AND finished_at IS NULL))
+             ) OR EXISTS (
+                 SELECT 1 FROM zoomwire.runs r
+                 WHERE r.rule = $1 AND r.key IS NOT DISTINCT FROM $2 AND r.status = 'pending'
+                   AND r.seq < (SELECT seq FROM zoomwire.runs WHERE id = $3)
+                   AND (r.node IS NULL OR EXISTS (
+                       SELECT 1 FROM zoomwire.nodes n
+                       WHERE n.id = r.node AND n.stopped_at IS NULL
+                         AND n.heartbeat_at > now() - make_interval(secs => $4)))
+             )",
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    let busy: bool = tx
+        .query_one(
+            &statement,
+            &[&run.rule, &run.key, &run.id, &db.node_timeout_secs()],
+        )
+        .await
+        .map_err(|e| db.error(e))?
+        .get(0);
+    if busy {
+        tx.commit().await.map_err(|e| db.error(e))?;
+        return Ok(false);
+    }
+    let started = tx
+        .execute(
+            "UPDATE zoomwire.runs SET status = 'running', updated_at = $4
+             WHERE id = $1 AND node = $2 AND ($3::bigint IS NULL OR claim = $3)",
+            &[&run.id, &&*db.node, &claim, &now],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    if started == 0 {
+        return Err(taken_over(&run.id));
+    }
+    tx.commit().await.map_err(|e| db.error(e))?;
+    Ok(true)
 }
 
 /// SQL condition on `runs r`: this node may take the run: it is its own,

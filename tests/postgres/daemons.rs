@@ -435,7 +435,7 @@ async fn queued_runs_of_one_key_run_one_at_a_time_across_nodes_in_arrival_order(
     );
     // Each run takes a while, so that the next ones wait on both nodes.
     ws.sim
-        .set_delay("/api/chat.postMessage", Duration::from_millis(60));
+        .set_delay("/slack/api/chat.postMessage", Duration::from_millis(150));
     let mut webhooks = Vec::new();
     let mut daemons = Vec::new();
     for node in ["node-a", "node-b"] {
@@ -470,10 +470,15 @@ async fn queued_runs_of_one_key_run_one_at_a_time_across_nodes_in_arrival_order(
     let expected: Vec<String> = (1..=20)
         .flat_map(|n| [format!("start p{n:02}"), format!("end p{n:02}")])
         .collect();
-    eventually("every post", || async {
-        (ws.slack_texts("#ops").len() >= 40).then_some(())
-    })
-    .await;
+    // Sequential runs take 40 posts x 150 ms.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ws.slack_texts("#ops").len() < 40 {
+        assert!(Instant::now() < deadline, "{:?}", ws.slack_texts("#ops"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let posts = ws.sim.slack_posts();
+    let span = posts.last().unwrap().received_at_micros - posts[0].received_at_micros;
+    eprintln!("40 posts over {} ms", span / 1000);
     assert_eq!(
         ws.slack_texts("#ops"),
         expected,

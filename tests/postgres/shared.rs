@@ -377,3 +377,59 @@ async fn copies_of_one_event_accepted_at_once_are_accepted_once() {
         "only the accepted copy's run"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_turn_goes_to_the_earliest_waiting_head_and_nodes_never_wait_for_each_other() {
+    let Some(database) = database() else { return };
+    let a = postgres(&database, "node-a", options()).await;
+    let b = postgres(&database, "node-b", options()).await;
+    a.register(&NodeIdentity::new("node-a"), None)
+        .await
+        .unwrap();
+    b.register(&NodeIdentity::new("node-b"), None)
+        .await
+        .unwrap();
+    let keyed = |id: &str, n: u64| {
+        let mut record = run(id, &event(n), RunStatus::Pending, Utc::now());
+        record.rule = "queued".into();
+        record.key = Some("meeting-1".into());
+        record
+    };
+    let (a1, b1, a2, b2) = (
+        keyed("a1", 1),
+        keyed("b1", 2),
+        keyed("a2", 3),
+        keyed("b2", 4),
+    );
+    for (journal, record, n) in [(&a, &a1, 1), (&b, &b1, 2), (&a, &a2, 3), (&b, &b2, 4)] {
+        journal
+            .accept_event_with_runs(&event(n), std::slice::from_ref(record))
+            .await
+            .unwrap();
+    }
+    let finish = |record: &zoomwire::engine::record::RunRecord| {
+        let mut done = record.clone();
+        done.status = RunStatus::Succeeded;
+        done.finished_at = Some(Utc::now());
+        done
+    };
+    // Node a's line has a2 first (say a1 was admitted after it there).
+    assert!(a.claim_start(&a2).await.unwrap(), "the key is free");
+    assert!(!b.claim_start(&b1).await.unwrap(), "a2 runs: b1 waits");
+    a.record_run(&finish(&a2)).await.unwrap();
+    // a1 was written before b1 but waits behind a2 in a's line, not for the
+    // key: it does not hold b1 back (else each node would wait for the other).
+    assert!(b.claim_start(&b1).await.unwrap(), "b1 goes");
+    assert!(!a.claim_start(&a1).await.unwrap(), "b1 runs: a1 waits");
+    b.record_run(&finish(&b1)).await.unwrap();
+    assert!(
+        !b.claim_start(&b2).await.unwrap(),
+        "a1, written earlier, waits at the head of a's line: b2 waits for it"
+    );
+    assert!(a.claim_start(&a1).await.unwrap(), "so a1 goes");
+    assert_eq!(
+        database
+            .psql("SELECT string_agg(id || ':' || status, ',' ORDER BY seq) FROM zoomwire.runs"),
+        "a1:running,b1:succeeded,a2:succeeded,b2:pending"
+    );
+}

@@ -48,7 +48,9 @@ CREATE INDEX dedupe_expires ON zoomwire.dedupe (expires_at);
 
 -- `seq` is the order runs were written in; `node` the node that holds the
 -- run (NULL: any node may take it), `claim` grows each time another node
--- takes it, so that the node it was taken from can no longer record it.
+-- takes it, so that the node it was taken from can no longer record it;
+-- `waiting`: a pending run of a single/queued/restart rule whose node asked
+-- for its key's turn and was told to wait (the first in its node's line).
 CREATE TABLE zoomwire.runs (
     id text PRIMARY KEY,
     seq bigserial NOT NULL,
@@ -65,7 +67,8 @@ CREATE TABLE zoomwire.runs (
     finished_at bigint,
     updated_at bigint NOT NULL,
     node text,
-    claim bigint NOT NULL DEFAULT 1
+    claim bigint NOT NULL DEFAULT 1,
+    waiting boolean NOT NULL DEFAULT false
 );
 CREATE INDEX runs_created ON zoomwire.runs (created_at, id);
 CREATE INDEX runs_rule ON zoomwire.runs (rule, created_at, id);

@@ -485,9 +485,13 @@ pub(crate) async fn mark_dead(
 }
 
 /// Marks the run running if no other run of its rule and key is started
-/// and not over, and none written before it still waits (on a live node),
-/// across every node; `false` otherwise. Serialized per rule and key by an
-/// advisory lock, so two nodes never both find the key free.
+/// and not over on any node, and no run of the key written before it waits
+/// at the head of another live node's line; otherwise marks it waiting and
+/// answers `false`. Only the first run of a key in each node's line asks
+/// (the executor's own admission orders the rest), so a run waits only for
+/// a running run or for an earlier head: the earliest head always goes
+/// next, and no two nodes wait for each other. Serialized per rule and key
+/// by an advisory lock, so two nodes never both find the key free.
 pub(crate) async fn claim_start(
     db: &Db,
     run: &RunRecord,
@@ -516,11 +520,12 @@ pub(crate) async fn claim_start(
              ) OR EXISTS (
                  SELECT 1 FROM zoomwire.runs r
                  WHERE r.rule = $1 AND r.key IS NOT DISTINCT FROM $2 AND r.status = 'pending'
+                   AND r.waiting AND r.node <> $5
                    AND r.seq < (SELECT seq FROM zoomwire.runs WHERE id = $3)
-                   AND (r.node IS NULL OR EXISTS (
+                   AND EXISTS (
                        SELECT 1 FROM zoomwire.nodes n
                        WHERE n.id = r.node AND n.stopped_at IS NULL
-                         AND n.heartbeat_at > now() - make_interval(secs => $4)))
+                         AND n.heartbeat_at > now() - make_interval(secs => $4))
              )",
         )
         .await
@@ -528,28 +533,35 @@ pub(crate) async fn claim_start(
     let busy: bool = tx
         .query_one(
             &statement,
-            &[&run.rule, &run.key, &run.id, &db.node_timeout_secs()],
+            &[
+                &run.rule,
+                &run.key,
+                &run.id,
+                &db.node_timeout_secs(),
+                &&*db.node,
+            ],
         )
         .await
         .map_err(|e| db.error(e))?
         .get(0);
-    if busy {
-        tx.commit().await.map_err(|e| db.error(e))?;
-        return Ok(false);
-    }
-    let started = tx
+    let (status, waiting) = if busy {
+        ("pending", true)
+    } else {
+        ("running", false)
+    };
+    let written = tx
         .execute(
-            "UPDATE zoomwire.runs SET status = 'running', updated_at = $4
+            "UPDATE zoomwire.runs SET status = $4, waiting = $5, updated_at = $6
              WHERE id = $1 AND node = $2 AND ($3::bigint IS NULL OR claim = $3)",
-            &[&run.id, &&*db.node, &claim, &now],
+            &[&run.id, &&*db.node, &claim, &status, &waiting, &now],
         )
         .await
         .map_err(|e| db.error(e))?;
-    if started == 0 {
+    if written == 0 {
         return Err(taken_over(&run.id));
     }
     tx.commit().await.map_err(|e| db.error(e))?;
-    Ok(true)
+    Ok(!busy)
 }
 
 /// SQL condition on `runs r`: this node may take the run: it is its own,

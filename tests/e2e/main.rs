@@ -30,6 +30,7 @@ mod demo;
 mod executor;
 mod history;
 mod journal;
+mod postgres;
 mod reconcile;
 mod reload;
 mod rule_files;

@@ -23,6 +23,7 @@ pub mod history;
 pub mod memory;
 mod ops;
 mod pages;
+pub mod postgres;
 mod prune;
 mod query;
 mod schema;

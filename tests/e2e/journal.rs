@@ -471,7 +471,8 @@ async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let trigger = recording_completed(7);
     {
-        // A store as zoomwire wrote it before schema version 3: the token in the body.
+        // A store as zoomwire wrote it before schema version 4 (version 3 has the
+        // effects in doubt): the token in the body.
         let journal = open(dir.path());
         journal.accept_event(&trigger).await.unwrap();
     }
@@ -492,7 +493,7 @@ async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
         conn.execute_batch(
             "ALTER TABLE events DROP COLUMN sealed_token;
              ALTER TABLE effects DROP COLUMN sealed_result;
-             PRAGMA user_version = 2;",
+             PRAGMA user_version = 3;",
         )
         .unwrap();
     }

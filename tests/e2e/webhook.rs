@@ -1,7 +1,8 @@
 //! The webhook endpoint over loopback, as Zoom would call it: signatures
 //! good, bad and stale, the URL challenge (with the published test vector),
-//! body size and malformed bodies, and events arriving on the channel
-//! without the answer waiting for the engine; then the public server's
+//! body size and malformed bodies, and events arriving on the channel with
+//! the answer waiting until the engine has journaled them (200), or 503 when
+//! it cannot take them or does not in time; then the public server's
 //! limits one by one (request rate, requests in flight, connections, body
 //! time). The daemon under 2,000 slow clients is in `webhook_abuse.rs`.
 
@@ -30,7 +31,9 @@ const BODY_LIMIT: usize = 4096;
 struct Endpoint {
     addr: SocketAddr,
     url: String,
-    events: mpsc::Receiver<Event>,
+    /// What the engine's intake reads (behind a lock, so that a test can
+    /// post and journal at once).
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -48,12 +51,30 @@ fn limits() -> EndpointLimits {
     }
 }
 
-/// An endpoint whose clock says it is the vector's time plus 10 seconds.
+/// An endpoint whose clock says it is the vector's time plus 10 seconds;
+/// the test takes (and journals) its events.
 async fn endpoint(queue: usize) -> Endpoint {
-    endpoint_with(queue, limits()).await
+    build(queue, limits()).await
 }
 
-async fn endpoint_with(queue: usize, limits: EndpointLimits) -> Endpoint {
+/// An endpoint with these limits whose events are journaled as they come,
+/// as the daemon's intake does.
+async fn endpoint_with(queue: usize, limits: EndpointLimits) -> Arc<Endpoint> {
+    let endpoint = Arc::new(build(queue, limits).await);
+    tokio::spawn({
+        // Ends with the test's runtime.
+        let endpoint = endpoint.clone();
+        async move {
+            let mut events = endpoint.events.lock().await;
+            while let Some(event) = events.recv().await {
+                event.mark_journaled();
+            }
+        }
+    });
+    endpoint
+}
+
+async fn build(queue: usize, limits: EndpointLimits) -> Endpoint {
     let (sender, events) = mpsc::channel(queue);
     let clock = Arc::new(|| VECTOR_TIMESTAMP + 10);
     let router =
@@ -66,7 +87,7 @@ async fn endpoint_with(queue: usize, limits: EndpointLimits) -> Endpoint {
     Endpoint {
         addr,
         url: format!("http://{addr}/zoom/webhook"),
-        events,
+        events: tokio::sync::Mutex::new(events),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -100,9 +121,29 @@ impl Endpoint {
 
     fn assert_no_event(&mut self) {
         assert!(
-            self.events.try_recv().is_err(),
+            self.events.get_mut().try_recv().is_err(),
             "no event should have been queued"
         );
+    }
+
+    /// Takes the next event as the engine's intake does and tells the
+    /// endpoint it is journaled.
+    async fn journal_next(&self) -> Event {
+        let mut events = self.events.lock().await;
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the event arrives")
+            .expect("the channel is open");
+        event.mark_journaled();
+        event
+    }
+
+    /// Posts a signed event and journals it meanwhile.
+    async fn post_journaled(&self, body: &str) -> (reqwest::Response, Event) {
+        tokio::join!(
+            self.post_signed(VECTOR_TIMESTAMP, body),
+            self.journal_next()
+        )
     }
 }
 
@@ -132,14 +173,10 @@ async fn answers_the_url_validation_vector() {
 
 #[tokio::test]
 async fn a_signed_event_is_acknowledged_and_arrives_on_the_channel() {
-    let mut endpoint = endpoint(4).await;
+    let endpoint = endpoint(4).await;
     let body = meeting_started(1);
-    let response = endpoint.post_signed(VECTOR_TIMESTAMP, &body).await;
+    let (response, event) = endpoint.post_journaled(&body).await;
     assert_eq!(response.status(), 200);
-    let event = tokio::time::timeout(Duration::from_secs(5), endpoint.events.recv())
-        .await
-        .expect("the event arrives")
-        .expect("the channel is open");
     assert_eq!(event.event_type, "meeting.started");
     assert_eq!(event.source, Source::Webhook);
     assert_eq!(&*event.raw, body.as_str());
@@ -233,35 +270,55 @@ async fn a_signed_malformed_body_is_400() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_so_zoom_retries() {
-    let mut endpoint = endpoint(1).await;
-    assert_eq!(
-        endpoint
-            .post_signed(VECTOR_TIMESTAMP, &meeting_started(4))
-            .await
-            .status(),
-        200
-    );
+    let endpoint = Arc::new(endpoint(1).await);
+    // The first waits in the queue for the engine to journal it...
+    let first = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move {
+            endpoint
+                .post_signed(VECTOR_TIMESTAMP, &meeting_started(4))
+                .await
+                .status()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so the second finds the queue full.
     let response = endpoint
         .post_signed(VECTOR_TIMESTAMP, &meeting_started(5))
         .await;
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "60");
-    // Once the engine catches up, the retry is accepted.
-    assert_eq!(endpoint.events.recv().await.unwrap().ts, 1_732_030_000_004);
-    assert_eq!(
-        endpoint
-            .post_signed(VECTOR_TIMESTAMP, &meeting_started(5))
-            .await
-            .status(),
-        200
+    // Once the engine catches up, the first is answered and the retry accepted.
+    assert_eq!(endpoint.journal_next().await.ts, 1_732_030_000_004);
+    assert_eq!(first.await.unwrap(), 200);
+    let (retry, event) = endpoint.post_journaled(&meeting_started(5)).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(event.ts, 1_732_030_000_005);
+}
+
+#[tokio::test]
+async fn an_event_not_journaled_in_time_answers_503_and_is_still_queued() {
+    // A 200 promises the event is kept: one that may not be is refused, so
+    // Zoom sends it again (the journal drops the duplicate if it was kept).
+    let endpoint = endpoint(4).await;
+    let started = std::time::Instant::now();
+    let response = endpoint
+        .post_signed(VECTOR_TIMESTAMP, &meeting_started(7))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.text().await.unwrap(), "not journaled in time");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "answered within Zoom's 3 seconds: {waited:?}"
     );
-    assert_eq!(endpoint.events.recv().await.unwrap().ts, 1_732_030_000_005);
+    assert_eq!(endpoint.journal_next().await.ts, 1_732_030_000_007);
 }
 
 #[tokio::test]
 async fn a_closed_queue_answers_503() {
-    let mut endpoint = endpoint(4).await;
-    endpoint.events.close();
+    let endpoint = endpoint(4).await;
+    endpoint.events.lock().await.close();
     assert_eq!(
         endpoint
             .post_signed(VECTOR_TIMESTAMP, &meeting_started(6))

@@ -4,7 +4,8 @@
 //! opening too many connections. Each test shows that a real signed webhook
 //! still gets through in time, that the slow clients are closed by the
 //! timeouts, and that refusals are counted in the metrics but logged at a
-//! rate.
+//! rate. And that a webhook answered 200 is kept whenever the daemon is
+//! killed (Zoom never sends it again).
 //!
 //! The slow clients come from many loopback addresses (127.0.1.x: all of
 //! 127/8 is loopback on Linux) so that they stay under the per-address
@@ -12,6 +13,7 @@
 //! 127.0.0.1. The test process holds one descriptor per client, so it
 //! raises its own soft open-files limit first (the daemon raises its own).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -406,4 +408,88 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
         "{text}"
     );
     daemon.kill().await;
+}
+
+/// Meeting `n` posted signed; its status, or `None` once nobody answers.
+async fn try_post(client: &reqwest::Client, addr: SocketAddr, n: u64) -> Option<u16> {
+    let body = meeting_event("meeting.started", n, HOST_USER_ID).to_string();
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = sign(&SecretString::from(SECRET), &timestamp, body.as_bytes());
+    let response = client
+        .post(format!("http://{addr}/zoom/webhook"))
+        .header("content-type", "application/json")
+        .header(TIMESTAMP_HEADER, timestamp)
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// The meeting numbers of the events in the store (topics `Meeting n`).
+fn stored_meetings(data_dir: &std::path::Path) -> BTreeSet<u64> {
+    let conn = rusqlite::Connection::open(data_dir.join("zoomwire.db")).expect("the store");
+    let mut statement = conn.prepare("SELECT raw FROM events").unwrap();
+    let raws = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .unwrap();
+    raws.map(|raw| {
+        let body: serde_json::Value = serde_json::from_str(&raw.unwrap()).unwrap();
+        let topic = body["payload"]["object"]["topic"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        topic["Meeting ".len()..].parse().unwrap()
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_webhook_answered_200_is_kept_when_the_daemon_is_killed() {
+    const SENDERS: u64 = 8;
+    // Zoom posts from many addresses: no per-address rate here.
+    let ws = workspace(&[("ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE", "0")]).await;
+    let daemon = ws.start(1).await;
+    let server = webhook_addr(&daemon).await;
+    // Senders post one event after another until nobody answers.
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut answered, mut refused) = (Vec::new(), 0);
+                for n in (sender * 1_000_000 + 1).. {
+                    match try_post(&client, server, n).await {
+                        Some(200) => answered.push(n),
+                        Some(_) => refused += 1,
+                        None => break,
+                    }
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.kill().await;
+    let (mut answered, mut refused) = (BTreeSet::new(), 0);
+    for sender in senders {
+        let (ok, no) = sender.await.unwrap();
+        answered.extend(ok);
+        refused += no;
+    }
+    let stored = stored_meetings(&ws.data_dir());
+    let lost: Vec<_> = answered.difference(&stored).collect();
+    eprintln!(
+        "killed under {SENDERS} webhook senders: {} answered 200, {refused} refused, {} stored",
+        answered.len(),
+        stored.len()
+    );
+    assert!(answered.len() > 50, "the stream was too short to tell");
+    assert!(
+        lost.is_empty(),
+        "{} answered 200 but not kept, such as {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
 }

@@ -751,7 +751,10 @@ async fn accept(
     let mut delay = Duration::from_millis(100);
     loop {
         match executor.accept(&prepared).await {
-            Ok(fresh) => return (prepared, fresh),
+            Ok(fresh) => {
+                prepared.event().mark_journaled();
+                return (prepared, fresh);
+            }
             Err(error) => {
                 let event = prepared.event().clone();
                 metrics::counter!("zoomwire_intake_paused_total").increment(1);

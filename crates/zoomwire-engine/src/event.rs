@@ -119,7 +119,14 @@ pub struct Event {
     /// first time a condition or a run needs it: most events are settled by
     /// fast conditions on [`tree::Json`] and never need it.
     body: Arc<OnceLock<Dynamic>>,
+    /// Told once the event is journaled, for a source that answers only
+    /// then (the webhook: Zoom does not send again what got a 200).
+    journaled: Option<Arc<Receipt>>,
 }
+
+/// The sending half of [`Event::with_receipt`]'s receiver, fired once.
+#[derive(Debug, Default)]
+struct Receipt(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,7 +168,32 @@ impl Event {
             raw: Arc::from(body_json),
             download_token,
             body: Arc::new(OnceLock::new()),
+            journaled: None,
         })
+    }
+
+    /// The event with a receiver that resolves once the journal holds it
+    /// (new or a duplicate); dropped unresolved when it never does.
+    pub fn with_receipt(mut self) -> (Event, tokio::sync::oneshot::Receiver<()>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.journaled = Some(Arc::new(Receipt(std::sync::Mutex::new(Some(sender)))));
+        (self, receiver)
+    }
+
+    /// Tells the source, if it asked ([`Event::with_receipt`]), that the
+    /// journal holds the event.
+    pub fn mark_journaled(&self) {
+        let Some(receipt) = &self.journaled else {
+            return;
+        };
+        let sender = receipt
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
     }
 
     /// The event with this download token (one stored apart from its body).

@@ -375,11 +375,8 @@ impl RunEffects {
         {
             self.transient_failure.store(true, Ordering::Relaxed);
         }
-        if let Some(observer) = &self.observer
-            && !record.replayed
-        {
-            let saved = observer.effect_completed_later(&self.context.run_id, &record);
-            *lock(&self.saving) = Some(saved);
+        if let Some(observer) = &self.observer {
+            self.save(observer.as_ref(), &record);
         }
         let result = match (&record.result, &record.unredacted) {
             (Ok(_), Some(answer)) => Ok(answer.clone()),
@@ -387,6 +384,28 @@ impl RunEffects {
         };
         lock(&self.records).push(record);
         result
+    }
+
+    /// Starts saving the record; the next effect waits for it. A replayed
+    /// record is saved again too (a no-op when the store has it): the attempt
+    /// that made it may have failed to save it (a full disk), and a crash
+    /// after this attempt's next effect would then leave two in doubt.
+    fn save(&self, observer: &dyn EffectObserver, record: &EffectRecord) {
+        let saved = if record.replayed {
+            let as_made = EffectRecord {
+                replayed: false,
+                ..record.clone()
+            };
+            observer.effect_completed_later(&self.context.run_id, &as_made)
+        } else {
+            observer.effect_completed_later(&self.context.run_id, record)
+        };
+        let mut saving = lock(&self.saving);
+        *saving = Some(match saving.take() {
+            // Replayed records follow one another without a wait between them.
+            Some(earlier) => Box::new(move || earlier().and_then(|()| saved())),
+            None => saved,
+        });
     }
 
     /// Waits until the previous effect's record is saved. When it could not
@@ -683,6 +702,87 @@ mod tests {
                 "save 2"
             ]
         );
+    }
+
+    /// A store whose saves of the records listed in `failing` fail (a full disk).
+    struct ShakyStore {
+        log: Arc<Mutex<Vec<String>>>,
+        failing: Mutex<Vec<u32>>,
+    }
+
+    impl EffectObserver for ShakyStore {
+        fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
+            lock(&self.log).push(format!("start {}", start.seq));
+            Ok(())
+        }
+
+        fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
+
+        fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
+            let fails = lock(&self.failing).contains(&record.seq);
+            let (log, seq) = (self.log.clone(), record.seq);
+            lock(&log).push(format!("save {seq}"));
+            Box::new(move || match fails {
+                true => Err("disk full".into()),
+                false => {
+                    lock(&log).push(format!("saved {seq}"));
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn a_retry_saves_the_records_it_replays_before_its_next_effect() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let store = Arc::new(ShakyStore {
+            log: log.clone(),
+            failing: Mutex::new(vec![2]),
+        });
+        let post = |text: &str| json!({"channel": "#a", "text": text});
+        let first = run_effects(vec![Capability::Slack], &runtime).with_observer(store.clone());
+        first.call("slack.post", post("one")).unwrap();
+        first.call("slack.post", post("two")).unwrap();
+        let refused = first.call("slack.post", post("three")).unwrap_err();
+        assert!(refused.message.contains("not saved"), "{}", refused.message);
+        assert!(refused.is_transient());
+
+        // The retry replays one and two; two's record is saved before three.
+        lock(&log).clear();
+        let retry = run_effects(vec![Capability::Slack], &runtime)
+            .with_replay(first.records())
+            .with_observer(store.clone());
+        retry.call("slack.post", post("one")).unwrap();
+        retry.call("slack.post", post("two")).unwrap();
+        let still_full = retry.call("slack.post", post("three")).unwrap_err();
+        assert!(
+            still_full.message.contains("not saved"),
+            "{}",
+            still_full.message
+        );
+        assert_eq!(
+            *lock(&log),
+            ["save 1", "save 2", "saved 1", "save 3"],
+            "three not started (its refusal is recorded)"
+        );
+
+        lock(&store.failing).clear();
+        lock(&log).clear();
+        let last = run_effects(vec![Capability::Slack], &runtime)
+            .with_replay(retry.records())
+            .with_observer(store.clone());
+        for text in ["one", "two", "three"] {
+            last.call("slack.post", post(text)).unwrap();
+        }
+        assert_eq!(
+            *lock(&log),
+            [
+                "save 1", "save 2", "saved 1", "saved 2", "start 3", "save 3"
+            ]
+        );
+        let records = last.records();
+        assert!(records[0].replayed && records[1].replayed && !records[2].replayed);
     }
 
     /// An observer whose store cannot write the start marks.

@@ -8,12 +8,14 @@
 //! `plainToken`.
 //!
 //! Zoom wants an answer within 3 seconds, else it retries after 5, 20 and 60
-//! minutes. So the handler never waits on the engine: it hands the event to
-//! a bounded channel with `try_send` and answers 200 at once. When the
-//! channel is full (the engine is behind) or closed (shutting down) it
-//! answers 503, so that Zoom delivers the event again later rather than it
-//! being lost; the journal drops the duplicate if the first delivery did get
-//! through. The same event arriving by the WebSocket too is dropped the same
+//! minutes, and it never sends again what got a 200. So the handler hands
+//! the event to a bounded channel with `try_send` and answers 200 once the
+//! journal holds it (a commit, milliseconds), so that a crash after the
+//! answer loses nothing. When the channel is full (the engine is behind),
+//! closed (shutting down), or the event is not journaled within
+//! [`JOURNAL_WAIT`] (a full disk) it answers 503, so that Zoom delivers the
+//! event again later rather than it being lost; the journal drops the
+//! duplicate if the first delivery did get through. The same event arriving by the WebSocket too is dropped the same
 //! way: both paths make the same [`Event`] id.
 //!
 //! Every answer carries an [`Answered`] mark: the public server
@@ -50,6 +52,8 @@ pub const TIMESTAMP_HEADER: &str = "x-zm-request-timestamp";
 pub const MAX_TIMESTAMP_SKEW: Duration = Duration::from_secs(5 * 60);
 /// The event type of Zoom's endpoint challenge.
 pub const URL_VALIDATION_EVENT: &str = "endpoint.url_validation";
+/// How long an answer waits for the event to be journaled: within Zoom's 3 seconds.
+const JOURNAL_WAIT: Duration = Duration::from_millis(2500);
 /// Seconds Zoom is asked to wait before retrying a 503 (it may use its own schedule).
 const RETRY_AFTER_SECONDS: &str = "60";
 
@@ -313,7 +317,7 @@ async fn receive(
                 axum::Json(url_validation_answer(&state.secret, &plain_token)).into_response();
             answer(response, Answered::ok("url_validation"))
         }
-        Ok(WebhookMessage::Event(event)) => hand_over(&state.events, *event),
+        Ok(WebhookMessage::Event(event)) => hand_over(&state.events, *event).await,
     }
 }
 
@@ -326,30 +330,33 @@ fn refuse(error: &WebhookError) -> Response {
     )
 }
 
-/// Queues the event without waiting: 200, or 503 when the engine cannot take it now.
-fn hand_over(events: &mpsc::Sender<Event>, event: Event) -> Response {
+/// Queues the event and answers 200 once it is journaled, so that a crash
+/// after the answer loses nothing (Zoom does not send again what got a 200);
+/// 503 with `Retry-After` when the engine cannot take it now or does not
+/// journal it within [`JOURNAL_WAIT`] (Zoom's retry is then a duplicate the
+/// journal drops, if it was journaled after all).
+async fn hand_over(events: &mpsc::Sender<Event>, event: Event) -> Response {
     let (event_type, event_id) = (event.event_type.clone(), event.id.clone());
-    match events.try_send(event) {
-        Ok(()) => {
-            tracing::debug!(event_type, event_id, "webhook event accepted");
-            answer(StatusCode::OK.into_response(), Answered::ok("accepted"))
-        }
-        Err(error) => {
-            let reason = match error {
-                mpsc::error::TrySendError::Full(_) => "engine queue full",
-                mpsc::error::TrySendError::Closed(_) => "engine stopping",
-            };
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-            let why = format!(
-                "{reason}: event {event_type} {event_id} refused with 503, zoom will retry"
-            );
-            answer(response, Answered::refused("busy", why))
-        }
-    }
+    let (event, journaled) = event.with_receipt();
+    let reason = match events.try_send(event) {
+        Ok(()) => match tokio::time::timeout(JOURNAL_WAIT, journaled).await {
+            Ok(Ok(())) => {
+                tracing::debug!(event_type, event_id, "webhook event accepted");
+                return answer(StatusCode::OK.into_response(), Answered::ok("accepted"));
+            }
+            Ok(Err(_dropped)) => "engine stopping",
+            Err(_elapsed) => "not journaled in time",
+        },
+        Err(mpsc::error::TrySendError::Full(_)) => "engine queue full",
+        Err(mpsc::error::TrySendError::Closed(_)) => "engine stopping",
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    let why = format!("{reason}: event {event_type} {event_id} refused with 503, zoom will retry");
+    answer(response, Answered::refused("busy", why))
 }
 
 fn answer(mut response: Response, answered: Answered) -> Response {

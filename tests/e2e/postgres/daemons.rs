@@ -3,7 +3,8 @@
 //! first, so that two holders would show as two open connections): one
 //! node holds the account's WebSocket at a time; a killed holder is
 //! replaced within the lease, a stopped one hands over at once; a holder
-//! stopped (SIGSTOP) past its lease drops its socket when it wakes; a run
+//! stopped (SIGSTOP) past its lease drops its socket when it wakes, and,
+//! stopped in the middle of a run, cannot make its late effect; a run
 //! interrupted by `kill -9` is finished by another node without repeating
 //! its recorded effect (or, cut during an effect, ends dead naming it in
 //! doubt); a stream of WebSocket and webhook events through `kill -9` of
@@ -665,4 +666,79 @@ async fn a_stream_through_kill_9_of_the_holder_runs_every_event_exactly_once() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_mid_run_past_its_lease_cannot_make_its_late_effect_when_it_wakes() {
+    let Some(server) = pg::shared() else { return };
+    let database = server.database();
+    let ws = cluster_workspace(&database).await;
+    // Repeating the post is allowed, so the run resumed elsewhere goes on
+    // past the post left in doubt.
+    ws.write_rule(
+        "two.yaml",
+        &TWO_POSTS.replace(
+            "allow: [slack]\n",
+            "allow: [slack]\nidempotent: [slack.post]\n",
+        ),
+    );
+    let mut daemons = vec![Some(start_node(&ws, "node-a").await)];
+    one_open_connection_other_than(&ws, None).await;
+    daemons.push(Some(start_node(&ws, "node-b").await));
+    let first = eventually("a holder", || holder(&daemons)).await;
+    // The holder is stopped while its first post is in flight.
+    ws.sim
+        .set_delay("/slack/api/chat.postMessage", Duration::from_secs(2));
+    ws.sim
+        .emit_event(None, &meeting_event("meeting.ended", 8, "host"));
+    eventually("the first post in flight", || async {
+        ws.sim
+            .in_flight()
+            .iter()
+            .any(|r| r.contains("chat.postMessage"))
+            .then_some(())
+    })
+    .await;
+    let pid = daemons[first].as_ref().unwrap().pid().to_string();
+    signal("-STOP", &pid).await;
+    ws.sim
+        .set_delay("/slack/api/chat.postMessage", Duration::ZERO);
+    // The other node takes the run over, performs the post again (it is in
+    // doubt, and idempotent) and the webhook once.
+    eventually("the run finished by the other node", || async {
+        let runs = runs_of_rule(&ws.runs().await, "two");
+        (runs.len() == 1 && runs[0]["status"] == "succeeded").then_some(())
+    })
+    .await;
+    signal("-CONT", &pid).await;
+    // Woken, the stopped node goes on with its run: its record of the
+    // first post is refused (another node holds the run), so it makes no
+    // further effect.
+    let refused = daemons[first]
+        .as_ref()
+        .unwrap()
+        .wait_for_log("effect record not saved: the run makes no further effect")
+        .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another node took it over"),
+        "{refused}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let webhooks: Vec<String> = ws
+        .sim
+        .slack_posts()
+        .into_iter()
+        .filter(|p| p.via.starts_with("webhook"))
+        .map(|p| p.text.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        webhooks,
+        ["second Meeting 8"],
+        "the late webhook of the woken node was never made"
+    );
+    let runs = runs_of_rule(&ws.runs().await, "two");
+    assert_eq!(runs[0]["status"], "succeeded");
 }

@@ -329,6 +329,16 @@ async fn a_run_cut_by_kill_9_during_an_effect_is_resumed_elsewhere_and_dead_with
         error.contains("`slack.webhook` is in doubt"),
         "the dead letter names the effect in doubt: {error}"
     );
+    // `zoomwire runs show` reads it from the shared journal.
+    let id = run["id"].as_str().unwrap();
+    let output = ws.zoomwire(&["runs", "--json", "show", id]).await;
+    assert!(output.status.success(), "{output:?}");
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let effects = shown["effects"].as_array().unwrap();
+    assert_eq!(effects.len(), 2, "{shown}");
+    assert_eq!(effects[0]["in_doubt"], false, "{shown}");
+    assert_eq!(effects[1]["name"], "slack.webhook", "{shown}");
+    assert_eq!(effects[1]["in_doubt"], true, "{shown}");
     let firsts = ws
         .slack_texts("#ops")
         .iter()

@@ -20,19 +20,19 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::rules_args::{CommandSettings, RuleArgs, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::config::{Settings, ZoomAccount};
-use zoomwire_engine::daemon::JournalMode;
+use zoomwire_engine::duration::parse_duration;
 use zoomwire_engine::effects::BoxFuture;
 use zoomwire_engine::effects::recorder::RecordingEffects;
 use zoomwire_engine::engine::executor::Executor;
 use zoomwire_engine::engine::record::Journal;
 use zoomwire_engine::event::Event;
+use zoomwire_engine::journal::JournalMode;
 use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};
 use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
 use zoomwire_engine::reconcile::{
     EventFeed, KnownEvents, PassContext, PassReport, listened_kinds, reconcile_window,
 };
 use zoomwire_engine::rules::RuleSet;
-use zoomwire_engine::rules::spec::parse_duration;
 use zoomwire_engine::script::{ScriptPool, vars_value};
 use zoomwire_engine::zoom::missed::{MissedFinder, Window};
 use zoomwire_engine::zoom::oauth::OAuthClient;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use super::rules_args::RuleArgs;
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::config::LoadOptions;
-use zoomwire_engine::daemon::{Daemon, DaemonOptions, JournalMode};
+use zoomwire_engine::daemon::{Daemon, DaemonOptions};
+use zoomwire_engine::journal::JournalMode;
 
 /// Reads the settings (zoomwire.yaml, .env, the environment, then
 /// `--rules`/`--scripts`), starts the daemon and runs it until a signal.

@@ -18,8 +18,8 @@ use anyhow::anyhow;
 
 use super::{CommandError, CommandResult, load_settings};
 use zoomwire_engine::config::LoadOptions;
-use zoomwire_engine::daemon::JournalMode;
 use zoomwire_engine::engine::record::JournalError;
+use zoomwire_engine::journal::JournalMode;
 use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};
 use zoomwire_engine::journal::{
     DB_FILE, JournalOptions, RequeueOutcome, RunDetail, RunFilter, RunSummary, SqliteJournal,

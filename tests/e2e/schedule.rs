@@ -22,7 +22,7 @@ use zoomwire_engine::engine::executor::Executor;
 use zoomwire_engine::engine::record::{MemoryJournal, RunRecord, RunStatus};
 use zoomwire_engine::reload::RuleSetHandle;
 use zoomwire_engine::rules::RuleSources;
-use zoomwire_engine::schedule::{Clock, ManualClock, SCHEDULE_STATE_RULE, run_scheduler};
+use zoomwire_engine::scheduler::{Clock, ManualClock, SCHEDULE_STATE_RULE, run_scheduler};
 use zoomwire_engine::script::{SandboxLimits, ScriptPool};
 
 /// `slack.post` waits for a permit of `gate`; everything else answers at once.

@@ -40,13 +40,13 @@ use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::{Executor, PreparedEvent};
 use crate::engine::record::Journal;
 use crate::event::Event;
-use crate::journal::SqliteJournal;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
 use crate::journal::postgres::{PostgresJournal, PostgresOptions};
+use crate::journal::{JournalMode, SqliteJournal};
 use crate::reconcile::KnownEvents;
 use crate::reload::{RuleSetHandle, Watching, reload_on_change};
 use crate::rules::{RuleSet, RuleSources};
-use crate::schedule::{Clock, SystemClock, run_scheduler};
+use crate::scheduler::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool, vars_value};
 use crate::zoom::oauth::OAuthClient;
 use crate::zoom::token::{AccessTokens, TokenError};
@@ -78,17 +78,6 @@ pub enum DaemonError {
     Token(String),
     #[error("{0}")]
     Serve(String),
-}
-
-/// Where runs are remembered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JournalMode {
-    /// SQLite under the data folder: durable, resumes after a crash.
-    Sqlite,
-    /// PostgreSQL, shared by several nodes (`ZOOMWIRE_DATABASE_URL`).
-    Postgres,
-    /// In memory: nothing survives the process (benchmarks, demos).
-    Memory,
 }
 
 /// What to start besides the core.

@@ -126,7 +126,7 @@ pub struct Event {
 
 /// The sending half of [`Event::with_receipt`]'s receiver, fired once.
 #[derive(Debug, Default)]
-struct Receipt(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+struct Receipt(parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -176,7 +176,7 @@ impl Event {
     /// (new or a duplicate); dropped unresolved when it never does.
     pub fn with_receipt(mut self) -> (Event, tokio::sync::oneshot::Receiver<()>) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.journaled = Some(Arc::new(Receipt(std::sync::Mutex::new(Some(sender)))));
+        self.journaled = Some(Arc::new(Receipt(parking_lot::Mutex::new(Some(sender)))));
         (self, receiver)
     }
 
@@ -186,12 +186,7 @@ impl Event {
         let Some(receipt) = &self.journaled else {
             return;
         };
-        let sender = receipt
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(sender) = sender {
+        if let Some(sender) = receipt.0.lock().take() {
             let _ = sender.send(());
         }
     }
@@ -256,26 +251,6 @@ impl Event {
             .get(key)
             .and_then(Json::as_str)
             .map(str::to_string)
-    }
-
-    /// The Zoom account the event belongs to: the subscription (or
-    /// reconciliation) it came through, else its `payload.account_id`.
-    pub fn zoom_account(&self) -> crate::effects::ZoomAccountRef {
-        use crate::effects::ZoomAccountRef;
-        match &self.source {
-            Source::Websocket(name) | Source::Reconcile(name) => {
-                ZoomAccountRef::Named(Arc::from(name.as_str()))
-            }
-            _ => self
-                .tree()
-                .get("payload")
-                .and_then(|p| p.get("account_id"))
-                .and_then(Json::as_str)
-                .filter(|id| !id.is_empty())
-                .map_or(ZoomAccountRef::Unspecified, |id| {
-                    ZoomAccountRef::ZoomId(Arc::from(id))
-                }),
-        }
     }
 
     /// The `download_token` Zoom sent with the event, if any: only

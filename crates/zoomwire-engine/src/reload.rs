@@ -17,11 +17,12 @@
 mod watch;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch as channel;
 
@@ -131,7 +132,7 @@ impl RuleSetHandle {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        lock(&self.status).clone()
+        self.status.lock().clone()
     }
 
     /// Changes each time a new set is swapped in.
@@ -143,7 +144,7 @@ impl RuleSetHandle {
     /// running set stays, every error is logged, and the status says so.
     /// Blocking (reads and compiles files): call it from a blocking thread.
     pub fn reload(&self) -> Result<ReloadSummary, Vec<RuleError>> {
-        let _one_at_a_time = lock(&self.reloading);
+        let _one_at_a_time = self.reloading.lock();
         let started = Instant::now();
         match load_rule_set(&self.sources, &self.limits) {
             Ok(set) => Ok(self.swap(set, started.elapsed())),
@@ -167,7 +168,7 @@ impl RuleSetHandle {
         };
         self.current.store(Arc::new(set));
         {
-            let mut status = lock(&self.status);
+            let mut status = self.status.lock();
             status.loaded_at = Utc::now();
             status.rules = summary.rules;
             status.ok = true;
@@ -192,7 +193,7 @@ impl RuleSetHandle {
             tracing::error!("{error}");
         }
         let running = {
-            let mut status = lock(&self.status);
+            let mut status = self.status.lock();
             status.ok = false;
             status.errors = errors.iter().map(ToString::to_string).collect();
             status.failures += 1;
@@ -207,7 +208,7 @@ impl RuleSetHandle {
     }
 
     fn set_watching(&self, watching: bool) {
-        lock(&self.status).watching = watching;
+        self.status.lock().watching = watching;
     }
 }
 
@@ -216,11 +217,6 @@ impl RuleNames for RuleSetHandle {
     fn has_rule(&self, name: &str) -> bool {
         self.current.load().rule(name).is_some()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Cron schedules as an event source: parsing a rule's `schedule:` and
-//! `timezone:`, computing its firings, and (in [`fire`]) firing them through
-//! the executor on a [`Clock`].
+//! Cron schedules: parsing a rule's `schedule:` and `timezone:` and
+//! computing its firings. A leaf: the scheduler that fires them through the
+//! executor is `crate::scheduler`.
 //!
 //! The cron crate counts numeric days of the week from Sunday = 1, so `1-5`
 //! would mean Sunday to Thursday. Users write Unix cron, where `1-5` is
@@ -17,16 +17,10 @@
 //! forward fires at the end of the gap (02:30 in Europe/Berlin fires at
 //! 03:00 CEST that day). Several times inside one gap fire once, at its end.
 
-pub mod clock;
-pub mod fire;
-
 use std::str::FromStr;
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use fire::{SCHEDULE_STATE_RULE, run_scheduler};
 
 /// Most wall-clock firings looked at in one search before giving up: a
 /// schedule firing every second skips at most an hour of them around a fall back.

@@ -27,10 +27,11 @@
 
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -153,7 +154,7 @@ impl Secrets {
     /// Registers a secret held for the life of the process (a setting).
     pub fn add(&self, secret: &str) -> Result<(), TooShort> {
         check_length(secret)?;
-        let mut registry = lock(&self.registry);
+        let mut registry = self.registry.lock();
         if registry.fixed.insert(secret.to_string()) {
             registry.settle();
             self.matchers.store(registry.matchers());
@@ -165,7 +166,7 @@ impl Secrets {
     /// oldest is forgotten past [`MAX_SEEN_TOKENS`].
     pub fn add_seen(&self, token: &str) -> Result<(), TooShort> {
         check_length(token)?;
-        let mut registry = lock(&self.registry);
+        let mut registry = self.registry.lock();
         if registry.fixed.contains(token) || registry.seen_set.contains(token) {
             return Ok(());
         }
@@ -294,11 +295,6 @@ fn check_length(secret: &str) -> Result<(), TooShort> {
     Ok(())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the registry is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,7 +345,7 @@ mod tests {
                 secrets.scrub("batch-token-0000 fixed-secret"),
                 "[redacted] [redacted]"
             );
-            assert!(lock(&secrets.registry).recent.len() <= RECENT_BATCH);
+            assert!(secrets.registry.lock().recent.len() <= RECENT_BATCH);
         }
         assert_eq!(
             &*secrets.scrub_bytes(b"batch-token-0100"),

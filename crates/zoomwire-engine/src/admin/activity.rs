@@ -14,16 +14,17 @@
 //! event or a finished run, a short lock: no clock read, no wake-ups.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
+use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::Event;
+use futures_util::future::BoxFuture;
 
 /// Events kept for the events tail.
 pub const RECENT_EVENTS: usize = 200;
@@ -125,7 +126,7 @@ impl Activity {
                 .collect(),
         };
         {
-            let mut events = lock(&self.events);
+            let mut events = self.events.lock();
             if events.len() == RECENT_EVENTS {
                 events.pop_front();
             }
@@ -153,7 +154,8 @@ impl Activity {
 
     /// The latest events, newest first, at most `limit`.
     pub fn recent_events(&self, limit: usize) -> Vec<EventNote> {
-        lock(&self.events)
+        self.events
+            .lock()
             .iter()
             .rev()
             .take(limit)
@@ -165,7 +167,7 @@ impl Activity {
     /// to the one holding `now`, oldest first.
     pub fn last_hour(&self, now: DateTime<Utc>) -> Vec<MinuteCount> {
         let current = minute_of(now);
-        let buckets = *lock(&self.minutes);
+        let buckets = *self.minutes.lock();
         (0..CHART_MINUTES as i64)
             .rev()
             .map(|back| {
@@ -199,7 +201,7 @@ impl Activity {
 
     fn count(&self, at: DateTime<Utc>, add: impl FnOnce(&mut Bucket)) {
         let minute = minute_of(at);
-        let mut buckets = lock(&self.minutes);
+        let mut buckets = self.minutes.lock();
         let bucket = &mut buckets[slot(minute)];
         if bucket.minute > minute {
             // An hour or more older than what the slot holds: off the chart.
@@ -221,11 +223,6 @@ fn minute_of(at: DateTime<Utc>) -> i64 {
 
 fn slot(minute: i64) -> usize {
     minute.rem_euclid(CHART_MINUTES as i64) as usize
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is plain counts.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A journal that reports what it wrote to an [`Activity`]: every call goes

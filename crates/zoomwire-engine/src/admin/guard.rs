@@ -17,13 +17,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -128,7 +129,7 @@ impl Guard {
         getrandom::fill(&mut bytes)?;
         let id = hex::encode(bytes);
         let now = Instant::now();
-        let mut sessions = lock(&self.sessions);
+        let mut sessions = self.sessions.lock();
         sessions.retain(|_, expires| *expires > now);
         if sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k)
@@ -142,13 +143,13 @@ impl Guard {
     /// Ends the session the request's cookie names, if any.
     pub fn close_session(&self, headers: &HeaderMap) {
         if let Some(id) = session_cookie(headers) {
-            lock(&self.sessions).remove(&digest(&id));
+            self.sessions.lock().remove(&digest(&id));
         }
     }
 
     fn session_valid(&self, id: &str) -> bool {
         let key = digest(id);
-        let mut sessions = lock(&self.sessions);
+        let mut sessions = self.sessions.lock();
         match sessions.get(&key) {
             Some(expires) if *expires > Instant::now() => true,
             Some(_) => {
@@ -216,11 +217,6 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 
 fn digest(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the map stays valid.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Paths anyone may ask for: the health check, and what the login page needs.
@@ -427,7 +423,7 @@ mod tests {
             HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={id}")).unwrap(),
         );
         assert_eq!(guard.credential(&headers), Credential::Session);
-        assert!(!lock(&guard.sessions).contains_key(id.as_bytes()));
+        assert!(!guard.sessions.lock().contains_key(id.as_bytes()));
         guard.close_session(&headers);
         assert_eq!(guard.credential(&headers), Credential::None);
         let cookie = session_set_cookie(&id);

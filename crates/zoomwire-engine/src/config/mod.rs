@@ -32,8 +32,8 @@ pub use dotenv::{Dotenv, DotenvError, DotenvValue, parse_dotenv};
 pub use errors::{ConfigError, ConfigErrors};
 
 use crate::admin::{AdminOptions, AdminToken};
-use crate::daemon::JournalMode;
 use crate::effects::live::LiveConfig;
+use crate::journal::JournalMode;
 use crate::journal::JournalOptions;
 use crate::logging::LogFormat;
 use crate::script::SandboxLimits;

@@ -25,8 +25,8 @@ use super::{
 };
 use crate::admin::AdminToken;
 use crate::admin::guard::check_bind;
-use crate::daemon::JournalMode;
 use crate::event::MAX_EVENT_BYTES;
+use crate::journal::JournalMode;
 use crate::journal::JournalSync;
 use crate::journal::postgres::DatabaseTarget;
 use crate::script::SandboxLimits;

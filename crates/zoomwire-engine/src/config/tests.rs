@@ -628,7 +628,7 @@ fn the_journal_syncs_every_commit_unless_normal_is_asked_for() {
 
 #[test]
 fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
-    use crate::daemon::JournalMode;
+    use crate::journal::JournalMode;
     assert_eq!(settings(None, None, &[]).journal.store, JournalMode::Sqlite);
     let s = settings(None, None, &[("ZOOMWIRE_JOURNAL", "Memory")]);
     assert_eq!(s.journal.store, JournalMode::Memory);
@@ -649,7 +649,7 @@ fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
 
 #[test]
 fn the_postgres_journal_needs_a_database_url_which_is_never_shown() {
-    use crate::daemon::JournalMode;
+    use crate::journal::JournalMode;
     let lines = error_lines(Settings::from_sources(&sources(
         None,
         None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use crate::rules::spec::parse_duration;
+pub use crate::duration::parse_duration;
 
 /// A URL whose scheme is one of `schemes`.
 pub fn parse_url(text: &str, schemes: &[&str]) -> Result<Url, String> {

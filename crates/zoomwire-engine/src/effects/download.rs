@@ -29,8 +29,8 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use super::capability::{host_allowed, target_allowed};
-use super::transport::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
 use super::{EffectContext, EffectError, EffectErrorKind};
+use crate::http_retry::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
 use crate::zoom::token::{AccessToken, AccessTokens};
 
 const EFFECT: &str = "zoom.download";
@@ -395,7 +395,7 @@ impl Downloader {
             }
             if status == StatusCode::TOO_MANY_REQUESTS && rate_limited < policy.rate_limit_retries {
                 rate_limited += 1;
-                let delay = policy.rate_limit_delay(transport::retry_after(response.headers()));
+                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
                 if wait_within(deadline, delay).await.is_ok() {
                     continue;
                 }
@@ -426,7 +426,7 @@ impl Downloader {
         let mut url = start.clone();
         for hop in 0..=self.config.max_redirects {
             self.check_url(&url, context, hop > 0)?;
-            let left = transport::remaining(context.deadline);
+            let left = http_retry::remaining(context.deadline);
             if left.is_zero() {
                 return Err(EffectError::new(
                     EFFECT,
@@ -644,7 +644,7 @@ async fn status_error(response: reqwest::Response) -> EffectError {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(transport::is_json_content_type);
+        .is_some_and(http_retry::is_json_content_type);
     let body = read_body_capped(response, 16 << 10)
         .await
         .unwrap_or_default();

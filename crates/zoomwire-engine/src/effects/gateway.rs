@@ -31,11 +31,12 @@
 //! counts what the thread allocates and frees, so memory made elsewhere must
 //! not be freed there (see `crate::script::memory`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -354,7 +355,7 @@ impl RunEffects {
     /// Refuses a call past `max_effects`.
     fn check_room(&self, name: &str) -> Result<(), EffectError> {
         let max = self.limits.max_effects;
-        if lock(&self.records).len() < max {
+        if self.records.lock().len() < max {
             return Ok(());
         }
         self.effects_exhausted.store(true, Ordering::Relaxed);
@@ -382,7 +383,7 @@ impl RunEffects {
             (Ok(_), Some(answer)) => Ok(answer.clone()),
             (result, _) => result.clone(),
         };
-        lock(&self.records).push(record);
+        self.records.lock().push(record);
         result
     }
 
@@ -400,7 +401,7 @@ impl RunEffects {
         } else {
             observer.effect_completed_later(&self.context.run_id, record)
         };
-        let mut saving = lock(&self.saving);
+        let mut saving = self.saving.lock();
         *saving = Some(match saving.take() {
             // Replayed records follow one another without a wait between them.
             Some(earlier) => Box::new(move || earlier().and_then(|()| saved())),
@@ -412,7 +413,7 @@ impl RunEffects {
     /// be (a full disk), the next effect is refused: made anyway, a crash
     /// would leave two effects of the run in doubt, not one.
     fn wait_saved(&self, name: &str) -> Result<(), EffectError> {
-        let saving = lock(&self.saving).take();
+        let saving = self.saving.lock().take();
         match saving {
             Some(wait) => wait().map_err(|error| {
                 EffectError::transient(
@@ -477,7 +478,7 @@ impl RunEffects {
     }
 
     fn next_seq(&self) -> u32 {
-        lock(&self.records).len() as u32 + 1
+        self.records.lock().len() as u32 + 1
     }
 
     fn replayed(&self, seq: u32, name: &str, redacted_args: &Value) -> Option<EffectRecord> {
@@ -500,7 +501,7 @@ impl RunEffects {
             std::borrow::Cow::Borrowed(_) => message,
             std::borrow::Cow::Owned(shown) => shown,
         };
-        let mut book = lock(&self.logs);
+        let mut book = self.logs.lock();
         let full = book.lines.len() >= self.limits.max_log_lines
             || book.bytes + message.len() > self.limits.max_log_bytes;
         if full {
@@ -566,12 +567,12 @@ impl RunEffects {
     }
 
     pub fn records(&self) -> Vec<EffectRecord> {
-        lock(&self.records).clone()
+        self.records.lock().clone()
     }
 
     /// The log lines kept, then, if any were dropped, a last line saying how many.
     pub fn logs(&self) -> Vec<LogLine> {
-        let book = lock(&self.logs);
+        let book = self.logs.lock();
         let mut lines = book.lines.clone();
         if book.dropped_lines > 0 {
             lines.push(LogLine {
@@ -597,11 +598,6 @@ fn timeout_error(effect: &str) -> EffectError {
         EffectErrorKind::Timeout,
         "the run's deadline passed while waiting for this effect",
     )
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -640,14 +636,16 @@ mod tests {
             _context: &'a EffectContext,
             request: &'a EffectRequest,
         ) -> crate::effects::BoxFuture<'a, Result<Value, EffectError>> {
-            lock(&self.0).push(format!("perform {}", request.args["text"]));
+            self.0
+                .lock()
+                .push(format!("perform {}", request.args["text"]));
             Box::pin(async { Ok(json!({"ok": true})) })
         }
     }
 
     impl EffectObserver for Ledger {
         fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
-            lock(&self.0).push(format!("start {}", start.seq));
+            self.0.lock().push(format!("start {}", start.seq));
             Ok(())
         }
 
@@ -656,10 +654,10 @@ mod tests {
         }
 
         fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
-            lock(&self.0).push(format!("save {}", record.seq));
+            self.0.lock().push(format!("save {}", record.seq));
             let (log, seq) = (self.0.clone(), record.seq);
             Box::new(move || {
-                lock(&log).push(format!("saved {seq}"));
+                log.lock().push(format!("saved {seq}"));
                 Ok(())
             })
         }
@@ -691,7 +689,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            *lock(&log),
+            *log.lock(),
             [
                 "start 1",
                 r#"perform "one""#,
@@ -712,20 +710,20 @@ mod tests {
 
     impl EffectObserver for ShakyStore {
         fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
-            lock(&self.log).push(format!("start {}", start.seq));
+            self.log.lock().push(format!("start {}", start.seq));
             Ok(())
         }
 
         fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 
         fn effect_completed_later(&self, _run_id: &str, record: &EffectRecord) -> SavedWait {
-            let fails = lock(&self.failing).contains(&record.seq);
+            let fails = self.failing.lock().contains(&record.seq);
             let (log, seq) = (self.log.clone(), record.seq);
-            lock(&log).push(format!("save {seq}"));
+            log.lock().push(format!("save {seq}"));
             Box::new(move || match fails {
                 true => Err("disk full".into()),
                 false => {
-                    lock(&log).push(format!("saved {seq}"));
+                    log.lock().push(format!("saved {seq}"));
                     Ok(())
                 }
             })
@@ -749,7 +747,7 @@ mod tests {
         assert!(refused.is_transient());
 
         // The retry replays one and two; two's record is saved before three.
-        lock(&log).clear();
+        log.lock().clear();
         let retry = run_effects(vec![Capability::Slack], &runtime)
             .with_replay(first.records())
             .with_observer(store.clone());
@@ -762,13 +760,13 @@ mod tests {
             still_full.message
         );
         assert_eq!(
-            *lock(&log),
+            *log.lock(),
             ["save 1", "save 2", "saved 1", "save 3"],
             "three not started (its refusal is recorded)"
         );
 
-        lock(&store.failing).clear();
-        lock(&log).clear();
+        store.failing.lock().clear();
+        log.lock().clear();
         let last = run_effects(vec![Capability::Slack], &runtime)
             .with_replay(retry.records())
             .with_observer(store.clone());
@@ -776,7 +774,7 @@ mod tests {
             last.call("slack.post", post(text)).unwrap();
         }
         assert_eq!(
-            *lock(&log),
+            *log.lock(),
             [
                 "save 1", "save 2", "saved 1", "saved 2", "start 3", "save 3"
             ]
@@ -790,7 +788,7 @@ mod tests {
 
     impl EffectObserver for FullStore {
         fn effect_starting(&self, _run_id: &str, start: &EffectStart) -> Result<(), String> {
-            lock(&self.0).push(format!("refused {}", start.name));
+            self.0.lock().push(format!("refused {}", start.name));
             Err("the store is full".into())
         }
 
@@ -815,7 +813,7 @@ mod tests {
             .call("state.set", json!({"key": "k", "value": 1}))
             .unwrap();
         assert_eq!(
-            *lock(&log),
+            *log.lock(),
             ["refused slack.post"],
             "reads and state need no mark"
         );

@@ -28,8 +28,8 @@ use url::Url;
 
 use super::address::{GuardedResolver, refused_address_in};
 use super::capability::{host_allowed, target_allowed};
-use super::transport::{BodyError, describe_error, is_json_content_type, read_body_capped};
 use super::{EffectContext, EffectError, EffectErrorKind};
+use crate::http_retry::{BodyError, describe_error, is_json_content_type, read_body_capped};
 
 const EFFECT: &str = "http.request";
 

@@ -28,8 +28,8 @@ use super::email::{EmailConfigError, Mailer, SmtpSettings};
 use super::http::{ClientFactory, HttpEffect, HttpLimits};
 use super::slack::{SlackClient, SlackConfig};
 use super::state::{StateError, StateStore};
-use super::transport::RetryPolicy;
 use super::{BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects};
+use crate::http_retry::RetryPolicy;
 use crate::zoom::rest::{RestConfig, ZoomRest};
 
 /// The default cap of one recording download: 16 GiB, more than a long
@@ -302,7 +302,7 @@ impl LiveEffects {
         };
         rest.request(method, path, &params, body, context.deadline)
             .await
-            .map_err(|e| e.into_effect_error(effect))
+            .map_err(|e| EffectError::from_rest(effect, e))
     }
 
     async fn zoom_paginate(
@@ -321,7 +321,7 @@ impl LiveEffects {
         rest.paginate(path, items_key, &params, context.deadline)
             .await
             .map(Value::Array)
-            .map_err(|e| e.into_effect_error(EFFECT))
+            .map_err(|e| EffectError::from_rest(EFFECT, e))
     }
 
     async fn state_get(&self, context: &EffectContext, args: &Value) -> Result<Value, EffectError> {

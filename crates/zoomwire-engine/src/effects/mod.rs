@@ -20,10 +20,7 @@ pub mod recorder;
 pub mod redact;
 pub mod slack;
 pub mod state;
-pub mod transport;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,10 +28,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use capability::{Capability, CapabilitySet};
+
+use crate::event::tree::Json;
+use crate::event::{Event, Source};
+use crate::http_retry::FailureKind;
+use crate::zoom::rest::RestError;
 pub use redact::redact;
 
-/// A boxed future, so that `Effects` stays object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future, so that `Effects` stays object-safe (futures' own, which
+/// every seam of the crate uses; re-exported for implementers of `Effects`).
+pub use futures_util::future::BoxFuture;
 
 /// One call a script made: `name` is `zoom.get`, `slack.post`, ...
 ///
@@ -102,6 +105,25 @@ impl ZoomAccountRef {
             None => event_account(),
         }
     }
+
+    /// The Zoom account an event belongs to: the subscription (or
+    /// reconciliation) it came through, else its `payload.account_id`.
+    pub fn of_event(event: &Event) -> ZoomAccountRef {
+        match &event.source {
+            Source::Websocket(name) | Source::Reconcile(name) => {
+                ZoomAccountRef::Named(Arc::from(name.as_str()))
+            }
+            _ => event
+                .tree()
+                .get("payload")
+                .and_then(|p| p.get("account_id"))
+                .and_then(Json::as_str)
+                .filter(|id| !id.is_empty())
+                .map_or(ZoomAccountRef::Unspecified, |id| {
+                    ZoomAccountRef::ZoomId(Arc::from(id))
+                }),
+        }
+    }
 }
 
 /// How an effect failed, which decides whether the run is retried.
@@ -120,6 +142,16 @@ pub enum EffectErrorKind {
     InDoubt,
 }
 
+impl From<FailureKind> for EffectErrorKind {
+    fn from(kind: FailureKind) -> EffectErrorKind {
+        match kind {
+            FailureKind::Transient => EffectErrorKind::Transient,
+            FailureKind::Permanent => EffectErrorKind::Permanent,
+            FailureKind::Timeout => EffectErrorKind::Timeout,
+        }
+    }
+}
+
 /// An effect's failure, as the script sees it (a catchable error map).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{effect}: {message}")]
@@ -136,6 +168,17 @@ pub struct EffectError {
 }
 
 impl EffectError {
+    /// A failed Zoom REST call as the script sees it.
+    pub fn from_rest(effect: &str, error: RestError) -> EffectError {
+        EffectError {
+            effect: effect.to_string(),
+            kind: error.kind.into(),
+            message: error.to_string(),
+            code: error.code,
+            status: error.status,
+        }
+    }
+
     pub fn new(effect: &str, kind: EffectErrorKind, message: impl Into<String>) -> EffectError {
         EffectError {
             effect: effect.to_string(),
@@ -236,5 +279,28 @@ mod tests {
         assert_eq!(required_capability("state.set"), None);
         assert!(!is_external("state.get"));
         assert!(is_external("state.set"));
+    }
+
+    #[test]
+    fn rest_errors_become_effect_errors_with_code_and_tracking_id() {
+        let error = RestError {
+            kind: FailureKind::Permanent,
+            message: "zoom api answered 404: Meeting does not exist (code 3001)".into(),
+            code: Some(serde_json::json!(3001)),
+            status: Some(404),
+            tracking_id: Some("v=2.0;clid=us06;rid=abc".into()),
+            rate_limit: None,
+        };
+        let effect_error = EffectError::from_rest("zoom.get", error);
+        assert_eq!(effect_error.kind, EffectErrorKind::Permanent);
+        assert_eq!(effect_error.code, Some(serde_json::json!(3001)));
+        assert_eq!(effect_error.status, Some(404));
+        assert!(
+            effect_error
+                .message
+                .ends_with("(code 3001) (tracking id v=2.0;clid=us06;rid=abc)"),
+            "{}",
+            effect_error.message
+        );
     }
 }

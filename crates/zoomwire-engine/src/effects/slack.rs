@@ -18,11 +18,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::transport::{
+use super::{EffectError, EffectErrorKind};
+use crate::http_retry::{
     self, RetryPolicy, describe_error, read_body_capped, request_timeout, retry_safe_error,
     retry_safe_status, wait_within,
 };
-use super::{EffectError, EffectErrorKind};
 
 /// Slack error codes that are worth another try later.
 const TRANSIENT_CODES: &[&str] = &[
@@ -178,7 +178,7 @@ impl SlackClient {
                 .increment(1);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 rate_limited += 1;
-                let delay = policy.rate_limit_delay(transport::retry_after(response.headers()));
+                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
                 if rate_limited > policy.rate_limit_retries {
                     return Err(slack_error(effect, "ratelimited", Some(status)));
                 }

@@ -168,7 +168,9 @@ impl Runner {
             deadline,
             http_hosts: rule.capabilities.http_hosts(),
             download_token: event.download_token().cloned(),
-            zoom_account: ZoomAccountRef::for_run(rule.account.as_ref(), || event.zoom_account()),
+            zoom_account: ZoomAccountRef::for_run(rule.account.as_ref(), || {
+                ZoomAccountRef::of_event(event)
+            }),
         };
         let observer: Arc<dyn EffectObserver> = self.journal.clone();
         RunEffects::new(

@@ -23,9 +23,10 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
+use parking_lot::Mutex;
 use rhai::Dynamic;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -398,7 +399,7 @@ impl Executor {
     /// Whether this executor holds the run: admitted (running or waiting), or
     /// about to be, and not yet recorded finished.
     pub fn is_active(&self, run_id: &str) -> bool {
-        lock(&self.inner.active).contains(run_id)
+        self.inner.active.lock().contains(run_id)
     }
 
     /// Runs waiting their turn now, over every rule and key.
@@ -434,12 +435,12 @@ impl Executor {
     }
 
     fn hold(&self, run_id: &str) {
-        lock(&self.inner.active).insert(run_id.to_string());
+        self.inner.active.lock().insert(run_id.to_string());
     }
 
     /// The run's last record is written (or never will be).
     fn forget(&self, run_id: &str) {
-        lock(&self.inner.active).remove(run_id);
+        self.inner.active.lock().remove(run_id);
     }
 
     /// Waits until no run is started or waiting (for tests and `replay`).
@@ -472,7 +473,7 @@ impl Executor {
         let slot_key = run.slot_key();
         let policy = Policy::of(&run.rule);
         let admission = {
-            let mut slots = lock(&self.inner.slots);
+            let mut slots = self.inner.slots.lock();
             let admission = slots.admit(slot_key, policy, run);
             self.publish_waiting(&slots);
             admission
@@ -611,7 +612,7 @@ impl Executor {
     /// removed.
     fn release(&self, slot_key: &SlotKey, cancel: &CancelFlag) -> Vec<PendingRun> {
         let released = {
-            let mut slots = lock(&self.inner.slots);
+            let mut slots = self.inner.slots.lock();
             let released = slots.release(slot_key, cancel, |run| self.rule_removed(&run.rule.name));
             self.publish_waiting(&slots);
             released
@@ -723,21 +724,16 @@ fn new_run_id() -> String {
     )
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the map is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::effects::BoxFuture;
     use crate::effects::gateway::EffectObserver;
     use crate::effects::recorder::RecordingEffects;
     use crate::engine::record::MemoryJournal;
     use crate::rules::RuleSources;
     use crate::rules::compile::load_rule_set;
     use crate::script::SandboxLimits;
+    use futures_util::future::BoxFuture;
 
     /// A memory journal that also lists the calls made to it.
     #[derive(Default)]
@@ -767,17 +763,23 @@ mod tests {
             runs: &'a [RunRecord],
         ) -> BoxFuture<'a, Result<bool, JournalError>> {
             let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
-            lock(&self.calls).push(format!("accept {}", statuses.join(" ")));
+            self.calls
+                .lock()
+                .push(format!("accept {}", statuses.join(" ")));
             self.journal.accept_event_with_runs(event, runs)
         }
 
         fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
-            lock(&self.calls).push(format!("record {}", run.status.as_str()));
+            self.calls
+                .lock()
+                .push(format!("record {}", run.status.as_str()));
             self.journal.record_run(run)
         }
 
         fn queue_run(&self, run: &RunRecord) {
-            lock(&self.calls).push(format!("record {}", run.status.as_str()));
+            self.calls
+                .lock()
+                .push(format!("record {}", run.status.as_str()));
             self.journal.queue_run(run)
         }
 
@@ -826,7 +828,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(record.status, RunStatus::Succeeded);
-        let calls = lock(&journal.calls).clone();
+        let calls = journal.calls.lock().clone();
         assert_eq!(calls[0], "accept pending skipped", "{calls:?}");
         assert!(
             calls[1..].iter().all(|c| c.starts_with("record")),
@@ -835,7 +837,7 @@ mod tests {
         let duplicate = executor.handle_event(&rule_set, event(1)).await.unwrap();
         assert!(duplicate.duplicate && duplicate.runs.is_empty());
         executor.wait_idle().await;
-        assert!(lock(&executor.inner.active).is_empty(), "nothing held");
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
     }
 
     /// Effects that note each Slack text they are asked to post.
@@ -849,7 +851,7 @@ mod tests {
             request: &'a crate::effects::EffectRequest,
         ) -> BoxFuture<'a, Result<serde_json::Value, crate::effects::EffectError>> {
             let text = request.args["text"].as_str().unwrap_or_default();
-            lock(&self.0).push(text.to_string());
+            self.0.lock().push(text.to_string());
             Box::pin(async { Ok(serde_json::json!({"ok": true})) })
         }
     }
@@ -897,7 +899,7 @@ mod tests {
             .unwrap();
         let record = ticket.wait().await.unwrap();
         executor.wait_idle().await;
-        let performed = lock(&effects.0).clone();
+        let performed = effects.0.lock().clone();
         (record, performed)
     }
 

@@ -7,14 +7,14 @@
 //! makes it durable, so that a crash resumes unfinished runs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
 use crate::event::Event;
+use futures_util::future::BoxFuture;
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -177,11 +177,11 @@ pub struct MemoryJournal {
 impl MemoryJournal {
     /// Every run recorded so far, in order of creation, latest state of each.
     pub fn runs(&self) -> Vec<RunRecord> {
-        lock(&self.runs).clone()
+        self.runs.lock().clone()
     }
 
     fn store_run(&self, run: &RunRecord) {
-        let mut runs = lock(&self.runs);
+        let mut runs = self.runs.lock();
         // From the newest: a run is updated soon after it is created.
         match runs.iter_mut().rev().find(|r| r.id == run.id) {
             Some(existing) => *existing = run.clone(),
@@ -206,7 +206,7 @@ impl Journal for MemoryJournal {
         event: &'a Event,
         runs: &'a [RunRecord],
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let mut events = lock(&self.events);
+        let mut events = self.events.lock();
         let fresh = !events.contains_key(&event.id);
         if fresh {
             events.insert(event.id.clone(), event.clone());
@@ -227,8 +227,10 @@ impl Journal for MemoryJournal {
     }
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
-        let events = lock(&self.events);
-        let unfinished = lock(&self.runs)
+        let events = self.events.lock();
+        let unfinished = self
+            .runs
+            .lock()
             .iter()
             .filter(|r| !r.status.is_finished())
             .filter_map(|run| {
@@ -241,9 +243,4 @@ impl Journal for MemoryJournal {
             .collect();
         Box::pin(async move { Ok(unfinished) })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

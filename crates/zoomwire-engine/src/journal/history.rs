@@ -19,9 +19,9 @@ use serde_json::Value;
 
 use super::query::{EventSummary, RunSummary};
 use super::{RequeueOutcome, SqliteJournal};
-use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectRecord, LogLine};
 use crate::engine::record::{JournalError, MemoryJournal, RunRecord, RunStatus};
+use futures_util::future::BoxFuture;
 
 /// The most rows one page holds.
 pub const MAX_PAGE: usize = 500;

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::{Event, Source};
@@ -25,6 +24,7 @@ use crate::journal::history::{
     HistoryError, RuleActivity, RunHistory, RunPage, RunQuery, RunTrace, TraceQuery,
     list_in_memory, rule_activity_in_memory, trace_in_memory,
 };
+use futures_util::future::BoxFuture;
 
 /// How much a [`BoundedMemoryJournal`] remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

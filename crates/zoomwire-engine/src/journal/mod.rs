@@ -60,6 +60,17 @@ pub const DB_FILE: &str = "zoomwire.db";
 /// The store size past which the daemon warns: 1 GiB.
 pub const DEFAULT_WARN_SIZE_BYTES: u64 = 1 << 30;
 
+/// Where runs are remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// SQLite under the data folder: durable, resumes after a crash.
+    Sqlite,
+    /// PostgreSQL, shared by several nodes (`ZOOMWIRE_DATABASE_URL`).
+    Postgres,
+    /// In memory: nothing survives the process (benchmarks, demos).
+    Memory,
+}
+
 /// How the journal behaves; [`Default`] suits the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalOptions {

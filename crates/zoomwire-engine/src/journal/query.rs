@@ -7,10 +7,10 @@
 //! `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -197,7 +197,7 @@ impl Readers {
         &self,
         read: impl FnOnce(&Connection) -> ReadResult<T>,
     ) -> Result<T, JournalError> {
-        let pooled = lock(&self.idle).pop();
+        let pooled = self.idle.lock().pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => open_reader(&self.path, self.busy_timeout)
@@ -207,7 +207,7 @@ impl Readers {
             ReadError::Sqlite(e) => journal_error(&self.path, &e),
             ReadError::Journal(e) => e,
         });
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         if idle.len() < IDLE_READERS {
             idle.push(conn);
         }
@@ -453,9 +453,4 @@ impl From<RunRecord> for RunSummary {
             finished_at: run.finished_at,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the pool is still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -15,11 +15,11 @@ use serde_json::Value;
 use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
-use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
+use futures_util::future::BoxFuture;
 
 impl SqliteJournal {
     /// Ends a run that cannot resume, so it shows as dead instead of vanishing.

@@ -11,13 +11,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::effects::BoxFuture;
 use crate::effects::state::StateStore;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::BoundedMemoryJournal;
 use crate::journal::postgres::PostgresJournal;
 use crate::zoom::missed::{Candidate, FindError, MissedFinder, MissedKind, Window};
+use futures_util::future::BoxFuture;
 
 /// Whether the engine has already accepted an event with this id.
 pub trait KnownEvents: Send + Sync + 'static {

@@ -9,13 +9,13 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::effects::BoxFuture;
 use crate::effects::state::MemoryState;
 use crate::rules::RuleSources;
 use crate::script::SandboxLimits;
 use crate::zoom::missed::Candidate;
 use crate::zoom::ratelimit::LimitError;
 use crate::zoom::websocket::Gap;
+use futures_util::future::BoxFuture;
 
 /// One recording, listed by every call for it; the other kinds find nothing.
 #[derive(Default)]

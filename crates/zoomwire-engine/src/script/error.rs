@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use rhai::{Dynamic, Engine, EvalAltResult, LexError, ParseError, ParseErrorType, Position};
 
-use super::limits::{SandboxLimits, format_duration};
+use super::limits::SandboxLimits;
 use super::memory::format_bytes;
 use super::run::{
     CANCEL_TOKEN, EFFECTS_TOKEN, MEMORY_TOKEN, OPERATIONS_TOKEN, TIMEOUT_TOKEN, TOO_LARGE_TOKEN,
 };
 use super::value::{SizeLimits, exceeds_depth, oversized};
+use crate::duration::format_duration;
 use crate::effects::EffectError;
 
 /// The longest message a runtime error keeps.

@@ -15,9 +15,9 @@
 use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module};
 use serde_json::{Value, json};
 
-use super::limits::parse_duration;
 use super::run::{EFFECTS_TOKEN, current_effects, note_thrown, terminate};
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
+use crate::duration::parse_seconds_or_duration;
 use crate::effects::EffectError;
 
 type HostResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -314,7 +314,7 @@ fn ttl_seconds(ttl: &Dynamic) -> Result<u64, Box<EvalAltResult>> {
             .ok_or_else(|| runtime(format!("ttl must be positive, got {seconds}")));
     }
     let text = ttl.to_string();
-    parse_duration(&text)
+    parse_seconds_or_duration(&text)
         .map(|d| d.as_secs().max(1))
         .ok_or_else(|| {
             runtime(format!(

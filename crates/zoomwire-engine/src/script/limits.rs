@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::duration::parse_seconds_or_duration;
 use crate::effects::gateway::OutputLimits;
 
 /// The deepest script call stack allowed, whatever the configuration says.
@@ -195,28 +196,6 @@ fn nonzero_duration(value: Duration, default: Duration) -> Duration {
     if value.is_zero() { default } else { value }
 }
 
-/// Parses `250ms`, `2s`, `5m`, `1h`, `1d` (the rule files' format) or a
-/// bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    crate::rules::spec::parse_duration(text).ok()
-}
-
-/// Formats a duration for messages: `50ms`, `2s`, `1.5s`.
-pub fn format_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis < 1000 {
-        format!("{millis}ms")
-    } else if millis.is_multiple_of(1000) {
-        format!("{}s", millis / 1000)
-    } else {
-        format!("{}s", duration.as_secs_f64())
-    }
-}
-
 /// What `deserialize_duration` reads, for the settings' JSON Schema.
 fn duration_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
@@ -243,7 +222,7 @@ enum NumberOrText {
 fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     match NumberOrText::deserialize(deserializer)? {
         NumberOrText::Number(seconds) => Ok(Duration::from_secs(seconds)),
-        NumberOrText::Text(text) => parse_duration(&text).ok_or_else(|| {
+        NumberOrText::Text(text) => parse_seconds_or_duration(&text).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "invalid duration `{text}`, expected a number with a unit such as 50ms, 2s or 5m"
             ))
@@ -356,25 +335,5 @@ mod tests {
         let bad =
             serde_json::from_str::<SandboxLimits>(r#"{"condition_timeout": "soon"}"#).unwrap_err();
         assert!(bad.to_string().contains("invalid duration `soon`"), "{bad}");
-    }
-
-    #[test]
-    fn parses_and_formats_durations() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(
-            parse_duration("1.5s"),
-            None,
-            "one format everywhere: whole numbers"
-        );
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("5 weeks"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(format_duration(Duration::from_millis(50)), "50ms");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
     }
 }

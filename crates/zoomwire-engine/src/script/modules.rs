@@ -18,19 +18,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use rhai::module_resolvers::ModuleResolver;
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Position, Scope, Shared};
 
 use super::ended_early;
 use super::engine::{EngineKind, build_engine_with_resolver};
 use super::error::{Evaluation, ScriptError, parse_error_message, script_error};
-use super::limits::{SandboxLimits, format_duration};
+use super::limits::SandboxLimits;
 use super::memory::{budget_exceeded, enter_budget, format_bytes, rearm_budget};
 use super::run::{ActiveRun, enter_run, run_terminated};
 use super::value::exceeds_depth;
+use crate::duration::format_duration;
 
 /// Largest script file accepted.
 pub const MAX_SCRIPT_FILE_BYTES: u64 = 1024 * 1024;
@@ -406,7 +408,7 @@ fn build_modules(
     let engine = build_engine_with_resolver(limits, resolver.clone(), EngineKind::Script);
     let mut errors = Vec::new();
     {
-        let mut state = lock(&state);
+        let mut state = state.lock();
         for file in files {
             match engine.compile(&file.text) {
                 Ok(mut ast) => {
@@ -425,7 +427,7 @@ fn build_modules(
             }
         }
     }
-    let names: Vec<String> = lock(&state).sources.keys().cloned().collect();
+    let names: Vec<String> = state.lock().sources.keys().cloned().collect();
     let _budget = enter_budget(limits.max_memory);
     for name in names {
         // One deadline and one budget for the folder; each module (with the
@@ -441,7 +443,7 @@ fn build_modules(
         // Errors are recorded in the state, on the file that has them.
         let _ = resolver.build(&engine, &name, Position::NONE);
     }
-    let state = std::mem::take(&mut *lock(&state));
+    let state = std::mem::take(&mut *state.lock());
     errors.extend(state.errors);
     (state.built, errors)
 }
@@ -474,7 +476,7 @@ impl LoadResolver {
     ) -> Result<SharedModule, Box<EvalAltResult>> {
         let name = import_name(path).map_err(|reason| refusal(path, reason, position))?;
         let (file, ast) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if let Some((_, module)) = state.built.get(&name) {
                 return Ok(module.clone());
             }
@@ -498,7 +500,7 @@ impl LoadResolver {
         };
         // The lock is released: evaluating the module may import others.
         let result = self.evaluate(engine, &ast);
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.in_progress.retain(|n| *n != name);
         match result {
             Ok(module) => {
@@ -623,11 +625,6 @@ fn file_error(path: &Path, message: &str) -> ScriptFileError {
         column: 1,
         message: message.to_string(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is still usable.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
 
 use crate::event::MAX_EVENT_BYTES;
 
@@ -131,7 +132,7 @@ impl AddressConnections {
     /// `limit` open.
     pub fn open(&self, address: IpAddr) -> Option<AddressSlot> {
         let address = address.to_canonical();
-        let mut open = lock(&self.open);
+        let mut open = self.open.lock();
         let count = open.entry(address).or_default();
         if self.limit > 0 && *count >= self.limit {
             return None;
@@ -145,7 +146,8 @@ impl AddressConnections {
 
     /// Connections open from `address` now.
     pub fn count(&self, address: IpAddr) -> usize {
-        lock(&self.open)
+        self.open
+            .lock()
             .get(&address.to_canonical())
             .copied()
             .unwrap_or(0)
@@ -154,7 +156,7 @@ impl AddressConnections {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = lock(&self.open);
+        let mut open = self.open.lock();
         if let Some(count) = open.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
@@ -162,11 +164,6 @@ impl Drop for AddressSlot {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the counts are still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -197,7 +194,7 @@ mod tests {
         assert_eq!(book.count(a), 1000);
         drop(slots);
         assert_eq!(book.count(a), 0);
-        assert!(lock(&book.open).is_empty(), "no entry left behind");
+        assert!(book.open.lock().is_empty(), "no entry left behind");
         let limits = EndpointLimits {
             per_address_rate: 0,
             ..EndpointLimits::default()

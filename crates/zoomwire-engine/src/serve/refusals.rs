@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
 
 /// Refusal lines logged one by one in a burst, at most.
 pub const LOG_BURST: u32 = 5;
@@ -110,7 +110,7 @@ impl RefusalLog {
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             tracing::warn!(server = self.server, outcome, peer, reason = %why, "request refused");
         } else {
-            *lock(&self.unlogged).entry(outcome).or_default() += 1;
+            *self.unlogged.lock().entry(outcome).or_default() += 1;
         }
     }
 
@@ -118,7 +118,7 @@ impl RefusalLog {
     /// if any; returns how many there were. The server calls it every
     /// [`LOG_PERIOD`].
     pub fn summarize(&self) -> u64 {
-        let unlogged = std::mem::take(&mut *lock(&self.unlogged));
+        let unlogged = std::mem::take(&mut *self.unlogged.lock());
         let total: u64 = unlogged.values().sum();
         if total > 0 {
             let by_outcome = unlogged
@@ -136,11 +136,6 @@ impl RefusalLog {
         }
         total
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the counts are still consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

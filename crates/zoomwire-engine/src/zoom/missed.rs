@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 
 use super::ratelimit::{Category, CategoryLimiter, LimitError};
 use super::rest::{MAX_PAGE_SIZE, RestError, ZoomRest};
-use crate::effects::EffectErrorKind;
+use crate::http_retry::FailureKind;
 
 /// How often one call is repeated after a 429 before the pass gives up on it.
 const MAX_RATE_LIMITED: u32 = 5;
@@ -153,7 +153,7 @@ impl FindError {
     /// that another listing may work.
     fn is_refusal(&self) -> bool {
         matches!(self, FindError::Rest(error)
-            if error.kind == EffectErrorKind::Permanent && error.status.is_some_and(|s| s != 429))
+            if error.kind == FailureKind::Permanent && error.status.is_some_and(|s| s != 429))
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::token::{AccessToken, AccessTokens, TokenError};
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Fetch a new token this long before the cached one expires.
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);

@@ -208,7 +208,7 @@ impl CategoryLimiter {
             Some(retry_after) => retry_after.max(Duration::from_millis(50)),
             None => {
                 let doubled = FIRST_PAUSE.saturating_mul(1 << (pause.strikes - 1).min(6));
-                crate::effects::transport::jitter(doubled.min(MAX_PAUSE))
+                crate::http_retry::jitter(doubled.min(MAX_PAUSE))
             }
         };
         let until = Instant::now() + delay;

@@ -24,11 +24,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::effects::transport::{
-    self, RetryPolicy, describe_error, read_body_capped, request_timeout, retry_safe_error,
-    retry_safe_status, wait_within,
+use crate::http_retry::{
+    self, FailureKind, RetryPolicy, describe_error, read_body_capped, request_timeout,
+    retry_safe_error, retry_safe_status, wait_within,
 };
-use crate::effects::{EffectError, EffectErrorKind};
 use crate::zoom::token::{AccessToken, AccessTokens, TokenError};
 use crate::zoom::uuid::encode_uuid;
 
@@ -97,7 +96,7 @@ pub enum PathError {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}{}", tracking_suffix(.tracking_id))]
 pub struct RestError {
-    pub kind: EffectErrorKind,
+    pub kind: FailureKind,
     pub message: String,
     /// Zoom's numeric `code`.
     pub code: Option<Value>,
@@ -127,7 +126,7 @@ impl RateLimitHit {
         RateLimitHit {
             category: header("x-ratelimit-category"),
             limit_type: header("x-ratelimit-type"),
-            retry_after: transport::retry_after(headers),
+            retry_after: http_retry::retry_after(headers),
         }
     }
 
@@ -147,7 +146,7 @@ fn tracking_suffix(tracking_id: &Option<String>) -> String {
 }
 
 impl RestError {
-    fn new(kind: EffectErrorKind, message: impl Into<String>) -> RestError {
+    fn new(kind: FailureKind, message: impl Into<String>) -> RestError {
         RestError {
             kind,
             message: message.into(),
@@ -170,34 +169,23 @@ impl RestError {
 
     fn deadline() -> RestError {
         RestError::new(
-            EffectErrorKind::Timeout,
+            FailureKind::Timeout,
             "the run's deadline passed while waiting for the zoom api",
         )
     }
 
     fn token(error: TokenError) -> RestError {
         let kind = match error {
-            TokenError::Refused { .. } => EffectErrorKind::Permanent,
-            TokenError::Unavailable(_) => EffectErrorKind::Transient,
+            TokenError::Refused { .. } => FailureKind::Permanent,
+            TokenError::Unavailable(_) => FailureKind::Transient,
         };
         RestError::new(kind, error.to_string())
-    }
-
-    /// The error as the script sees it.
-    pub fn into_effect_error(self, effect: &str) -> EffectError {
-        EffectError {
-            effect: effect.to_string(),
-            kind: self.kind,
-            message: self.to_string(),
-            code: self.code,
-            status: self.status,
-        }
     }
 }
 
 impl From<PathError> for RestError {
     fn from(error: PathError) -> RestError {
-        RestError::new(EffectErrorKind::Permanent, error.to_string())
+        RestError::new(FailureKind::Permanent, error.to_string())
     }
 }
 
@@ -288,7 +276,7 @@ impl ZoomRest {
             };
             if previous_token.as_deref() == Some(next) {
                 return Err(RestError::new(
-                    EffectErrorKind::Permanent,
+                    FailureKind::Permanent,
                     format!("zoom repeated the page token of page {page} of `{path}`"),
                 ));
             }
@@ -296,7 +284,7 @@ impl ZoomRest {
             params.insert("next_page_token".into(), Value::from(next));
         }
         Err(RestError::new(
-            EffectErrorKind::Permanent,
+            FailureKind::Permanent,
             format!(
                 "`{path}` has more than {} pages ({} items so far): narrow the query or raise the page limit",
                 self.config.max_pages,
@@ -329,7 +317,7 @@ impl ZoomRest {
                             .increment(1);
                         continue;
                     }
-                    return Err(RestError::new(EffectErrorKind::Transient, message));
+                    return Err(RestError::new(FailureKind::Transient, message));
                 }
             };
             let status = response.status();
@@ -349,10 +337,10 @@ impl ZoomRest {
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 rate_limited += 1;
-                let delay = policy.rate_limit_delay(transport::retry_after(response.headers()));
+                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
                 let limit = describe_rate_limit(response.headers());
                 let mut error = self.api_error(response).await;
-                error.kind = EffectErrorKind::Transient;
+                error.kind = FailureKind::Transient;
                 if rate_limited > policy.rate_limit_retries {
                     return Err(error);
                 }
@@ -372,7 +360,7 @@ impl ZoomRest {
     }
 
     async fn acquire(&self, deadline: Instant) -> Result<(), RestError> {
-        tokio::time::timeout(transport::remaining(deadline), self.limiter.until_ready())
+        tokio::time::timeout(http_retry::remaining(deadline), self.limiter.until_ready())
             .await
             .map_err(|_| RestError::deadline())
     }
@@ -408,8 +396,8 @@ impl ZoomRest {
             .await
             .map_err(|error| {
                 let kind = match error {
-                    transport::BodyError::TooLarge { .. } => EffectErrorKind::Permanent,
-                    transport::BodyError::Transport(_) => EffectErrorKind::Transient,
+                    http_retry::BodyError::TooLarge { .. } => FailureKind::Permanent,
+                    http_retry::BodyError::Transport(_) => FailureKind::Transient,
                 };
                 RestError {
                     tracking_id: tracking_id.clone(),
@@ -447,9 +435,9 @@ impl ZoomRest {
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
         {
-            EffectErrorKind::Transient
+            FailureKind::Transient
         } else {
-            EffectErrorKind::Permanent
+            FailureKind::Permanent
         };
         RestError {
             kind,
@@ -529,7 +517,7 @@ fn collect_items(
                 .map(|o| o.keys().map(String::as_str).collect())
                 .unwrap_or_default();
             Err(RestError::new(
-                EffectErrorKind::Permanent,
+                FailureKind::Permanent,
                 format!(
                     "the answer has no `{items_key}` list (it has: {})",
                     keys.join(", ")
@@ -537,7 +525,7 @@ fn collect_items(
             ))
         }
         Some(_) => Err(RestError::new(
-            EffectErrorKind::Permanent,
+            FailureKind::Permanent,
             format!("`{items_key}` in the answer is not a list"),
         )),
     }
@@ -832,28 +820,6 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "http://127.0.0.1:9000/v2/users/me"
-        );
-    }
-
-    #[test]
-    fn rest_errors_become_effect_errors_with_code_and_tracking_id() {
-        let error = RestError {
-            kind: EffectErrorKind::Permanent,
-            message: "zoom api answered 404: Meeting does not exist (code 3001)".into(),
-            code: Some(json!(3001)),
-            status: Some(404),
-            tracking_id: Some("v=2.0;clid=us06;rid=abc".into()),
-            rate_limit: None,
-        };
-        let effect_error = error.into_effect_error("zoom.get");
-        assert_eq!(effect_error.code, Some(json!(3001)));
-        assert_eq!(effect_error.status, Some(404));
-        assert!(
-            effect_error
-                .message
-                .ends_with("(code 3001) (tracking id v=2.0;clid=us06;rid=abc)"),
-            "{}",
-            effect_error.message
         );
     }
 }

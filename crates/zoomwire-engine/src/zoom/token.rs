@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// A bearer token. `Debug` never shows it.
 #[derive(Clone)]

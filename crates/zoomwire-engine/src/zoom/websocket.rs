@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, HEARTBEAT_FRAME, decode_frame};
 use super::token::{AccessToken, AccessTokens, TokenError};
-use crate::effects::BoxFuture;
 use crate::event::{Event, MAX_EVENT_BYTES, Source};
+use futures_util::future::BoxFuture;
 
 /// Gaps kept in the status; older ones are only in the log.
 const MAX_GAPS: usize = 100;

@@ -35,12 +35,13 @@ use crate::sim::{SimConfig, SimError, SimHandle, SmtpSink, start_smtp_sink};
 use show::Tally;
 use story::{Action, MissingSeed, Step};
 use zoomwire_engine::config::{DEFAULT_ACCOUNT, Settings, Sources};
-use zoomwire_engine::daemon::{Daemon, DaemonError, DaemonOptions, JournalMode};
+use zoomwire_engine::daemon::{Daemon, DaemonError, DaemonOptions};
 use zoomwire_engine::engine::matcher::{Verdict, explain_event};
 use zoomwire_engine::engine::record::RunRecord;
 use zoomwire_engine::event::{Event, Source};
+use zoomwire_engine::journal::JournalMode;
 use zoomwire_engine::rules::RuleSources;
-use zoomwire_engine::schedule::ManualClock;
+use zoomwire_engine::scheduler::ManualClock;
 use zoomwire_engine::script::{SandboxLimits, vars_value};
 
 /// How long the demo waits for the runs of one event.

@@ -27,12 +27,13 @@ mod writes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::{Object, Pool};
+use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::engine::record::{JournalError, RunStatus};
@@ -434,15 +435,15 @@ impl PostgresJournal {
 
     /// The claim this node holds `run_id` under, if it wrote or took it.
     fn claim_of(&self, run_id: &str) -> Option<i64> {
-        lock(&self.inner.claims).get(run_id).copied()
+        self.inner.claims.lock().get(run_id).copied()
     }
 
     fn set_claim(&self, run_id: &str, claim: i64) {
-        lock(&self.inner.claims).insert(run_id.to_string(), claim);
+        self.inner.claims.lock().insert(run_id.to_string(), claim);
     }
 
     fn forget_claim(&self, run_id: &str) {
-        lock(&self.inner.claims).remove(run_id);
+        self.inner.claims.lock().remove(run_id);
     }
 }
 
@@ -520,7 +521,9 @@ impl PostgresJournal {
         let order = self.inner.in_order.clone();
         let token = order.next.fetch_add(1, Ordering::Relaxed);
         let (done, finished) = oneshot::channel();
-        let previous = lock(&order.last)
+        let previous = order
+            .last
+            .lock()
             .insert(run_id.to_string(), (token, finished))
             .map(|(_, previous)| previous);
         let run_id = run_id.to_string();
@@ -531,7 +534,7 @@ impl PostgresJournal {
             }
             let result = write.await;
             let _ = done.send(());
-            let mut last = lock(&order.last);
+            let mut last = order.last.lock();
             if last.get(&run_id).is_some_and(|(t, _)| *t == token) {
                 last.remove(&run_id);
             }
@@ -557,9 +560,4 @@ fn explain(error: &dyn std::error::Error) -> String {
 
 fn now() -> i64 {
     to_nanos(Utc::now())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the maps stay consistent.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -22,6 +22,10 @@
 //! same way; one found less late fires. A reload is seen at once: new rules
 //! start from now, a changed schedule starts from now, removed rules stop.
 
+pub mod clock;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -29,12 +33,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Clock, CronSchedule};
 use crate::effects::state::StateStore;
 use crate::engine::executor::Executor;
 use crate::event::{Event, Source};
 use crate::reload::RuleSetHandle;
 use crate::rules::{Rule, RuleSet};
+use crate::schedule::CronSchedule;
 
 /// The reserved rule name under which firing times are kept in the state store.
 pub const SCHEDULE_STATE_RULE: &str = "__schedule__";

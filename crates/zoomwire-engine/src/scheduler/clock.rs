@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::effects::BoxFuture;
+use futures_util::future::BoxFuture;
 
 /// Wall-clock time and waiting for it.
 pub trait Clock: Send + Sync {

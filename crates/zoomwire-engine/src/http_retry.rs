@@ -1,5 +1,6 @@
-//! HTTP plumbing shared by the live effect clients (Zoom REST, Slack, HTTP,
-//! downloads): `Retry-After` parsing, the retry policy and its backoff,
+//! HTTP plumbing shared by the Zoom REST client and the live effect clients
+//! (Slack, HTTP, downloads): how a failure counts ([`FailureKind`]),
+//! `Retry-After` parsing, the retry policy and its backoff,
 //! waits that never pass a run's deadline, and response bodies read with a
 //! size cap.
 //!
@@ -12,6 +13,17 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::{Method, StatusCode};
+
+/// How a failed request counts: whether trying again may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Worth retrying: 5xx, timeouts, connection errors, rate limits that outlast the run.
+    Transient,
+    /// Retrying will not help: 4xx, bad arguments, refused addresses.
+    Permanent,
+    /// The run's deadline passed while waiting.
+    Timeout,
+}
 
 /// How an effect client retries within one effect call.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::{CommandError, CommandResult, EXIT_FAILED};
-use zoomwire_sim::bench::{BenchJournal, BenchOptions, complete, format_report, run_bench};
+use zoomwire_sim::bench::{
+    BenchJournal, BenchOptions, DATABASE_URL_VAR, complete, format_report, run_bench,
+};
 
 /// The bench's command-line arguments (`main.rs` flattens these into its
 /// `Bench` variant).
@@ -33,6 +35,11 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         return Err(CommandError::Usage(
             "--events, --rate and --seconds must be at least 1".into(),
         ));
+    }
+    if args.journal.contains(&BenchJournal::Postgres) && std::env::var(DATABASE_URL_VAR).is_err() {
+        return Err(CommandError::Usage(format!(
+            "--journal postgres measures against {DATABASE_URL_VAR}: point it at a scratch database"
+        )));
     }
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; measure with `cargo run --release -- bench`");

@@ -24,8 +24,10 @@ use zoomwire_engine::duration::parse_duration;
 use zoomwire_engine::effects::BoxFuture;
 use zoomwire_engine::effects::recorder::RecordingEffects;
 use zoomwire_engine::engine::executor::Executor;
+use zoomwire_engine::engine::record::Journal;
 use zoomwire_engine::event::Event;
 use zoomwire_engine::journal::JournalMode;
+use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};
 use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
 use zoomwire_engine::reconcile::{
     EventFeed, KnownEvents, PassContext, PassReport, listened_kinds, reconcile_window,
@@ -80,7 +82,7 @@ pub async fn run(args: ReconcileArgs) -> CommandResult {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let store = open_store(settings, args.dry_run)?;
+    let store = open_store(settings, args.dry_run).await?;
     let mut failed = false;
     for account in accounts {
         let report = reconcile_account(
@@ -173,9 +175,26 @@ fn rule_set(loaded: &CommandSettings) -> Result<Arc<RuleSet>, CommandError> {
     })
 }
 
+/// The daemon's store, as the seams reconciliation uses.
+#[derive(Clone)]
+struct Store {
+    journal: Arc<dyn Journal>,
+    known: Arc<dyn KnownEvents>,
+}
+
+impl Store {
+    fn of<J: Journal + KnownEvents + Clone>(journal: J) -> Store {
+        Store {
+            journal: Arc::new(journal.clone()),
+            known: Arc::new(journal),
+        }
+    }
+}
+
 /// The store the daemon uses; `None` for a dry run when the daemon keeps
-/// its journal in memory (then nothing is known).
-fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<SqliteJournal>, CommandError> {
+/// its journal in memory (then nothing is known). With PostgreSQL, the runs
+/// of what is fed belong to no live node: the first daemon to look takes them.
+async fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<Store>, CommandError> {
     if settings.journal.store == JournalMode::Memory {
         if dry_run {
             eprintln!(
@@ -187,15 +206,30 @@ fn open_store(settings: &Settings, dry_run: bool) -> Result<Option<SqliteJournal
             "the daemon keeps its journal in memory (ZOOMWIRE_JOURNAL=memory): there is no store to feed; use --dry-run to list".into(),
         ));
     }
+    if let (JournalMode::Postgres, Some(target)) =
+        (settings.journal.store, &settings.journal.database)
+    {
+        let options = PostgresOptions {
+            node: "zoomwire-reconcile".into(),
+            seal_dir: Some(settings.data_dir.clone()),
+            pool_size: 2,
+            limits: settings.journal_options(),
+            ..PostgresOptions::default()
+        };
+        return PostgresJournal::open(target, options)
+            .await
+            .map(|journal| Some(Store::of(journal)))
+            .map_err(|e| CommandError::Other(e.into()));
+    }
     SqliteJournal::open(&settings.data_dir, JournalOptions::for_command())
-        .map(Some)
+        .map(|journal| Some(Store::of(journal)))
         .map_err(|e| CommandError::Other(e.into()))
 }
 
 async fn reconcile_account(
     settings: &Settings,
     account: &ZoomAccount,
-    store: &Option<SqliteJournal>,
+    store: &Option<Store>,
     rule_set: &Arc<RuleSet>,
     kinds: &[zoomwire_engine::zoom::missed::MissedKind],
     window: Window,
@@ -210,15 +244,14 @@ async fn reconcile_account(
     )
     .map_err(|e| CommandError::Other(anyhow::anyhow!(e)))?;
     let known: Arc<dyn KnownEvents> = match store {
-        Some(journal) => Arc::new(journal.clone()),
+        Some(store) => store.known.clone(),
         None => Arc::new(NothingKnown),
     };
     let feed = Printed {
         account: account.name.clone(),
-        into: store
-            .as_ref()
-            .filter(|_| !dry_run)
-            .map(|journal| Journaled::new(journal, rule_set, vars_value(&settings.vars))),
+        into: store.as_ref().filter(|_| !dry_run).map(|store| {
+            Journaled::new(store.journal.clone(), rule_set, vars_value(&settings.vars))
+        }),
     };
     let context = PassContext {
         account: &account.name,
@@ -303,9 +336,9 @@ struct Journaled {
 impl Journaled {
     /// `vars` are the configured ones: conditions read them to decide
     /// which runs are journaled, as in the daemon.
-    fn new(journal: &SqliteJournal, rule_set: &Arc<RuleSet>, vars: rhai::Dynamic) -> Journaled {
+    fn new(journal: Arc<dyn Journal>, rule_set: &Arc<RuleSet>, vars: rhai::Dynamic) -> Journaled {
         let executor = Executor::new(
-            Arc::new(journal.clone()),
+            journal,
             Arc::new(RecordingEffects::default()),
             Arc::new(ScriptPool::new(1, 1 << 20)),
             vars,

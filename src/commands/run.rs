@@ -6,6 +6,7 @@ use super::rules_args::RuleArgs;
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::config::LoadOptions;
 use zoomwire_engine::daemon::{Daemon, DaemonOptions};
+use zoomwire_engine::journal::JournalMode;
 
 /// Reads the settings (zoomwire.yaml, .env, the environment, then
 /// `--rules`/`--scripts`), starts the daemon and runs it until a signal.
@@ -17,7 +18,10 @@ pub async fn run(rules: &RuleArgs) -> CommandResult {
     };
     let loaded = rules.load_settings_with(&options)?;
     let settings = loaded.settings;
-    if let Err(error) = zoomwire_engine::logging::init_logging(settings.log_format) {
+    let node = (settings.journal.store == JournalMode::Postgres).then(|| settings.node_id());
+    if let Err(error) =
+        zoomwire_engine::logging::init_node_logging(settings.log_format, node.as_deref())
+    {
         eprintln!("warning: {error}");
     }
     let options = DaemonOptions {

@@ -3,10 +3,12 @@
 //! with its effects (replayed, in doubt) and log lines; `zoomwire runs retry
 //! ID`: a failed or dead run queued again.
 //!
-//! Both open the store beside a running daemon (WAL allows it) without
-//! pruning or a full check, and never create a store where there is none.
-//! The store is the one `zoomwire run` uses: `--data`, else the configured
-//! data folder (`ZOOMWIRE_DATA`, `.env`, `zoomwire.yaml`, else `.zoomwire`).
+//! All read the store the daemon's settings name: the SQLite file under
+//! the data folder, opened beside a running daemon (WAL allows it) without
+//! pruning or a full check and never created where there is none (`--data`,
+//! else the configured data folder: `ZOOMWIRE_DATA`, `.env`, `zoomwire.yaml`,
+//! else `.zoomwire`); or, with `ZOOMWIRE_JOURNAL=postgres`, the shared
+//! PostgreSQL journal.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,11 @@ use anyhow::anyhow;
 
 use super::{CommandError, CommandResult, load_settings};
 use zoomwire_engine::config::LoadOptions;
+use zoomwire_engine::engine::record::JournalError;
+use zoomwire_engine::journal::JournalMode;
+use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};
 use zoomwire_engine::journal::{
-    DB_FILE, JournalOptions, RequeueOutcome, RunFilter, RunSummary, SqliteJournal,
+    DB_FILE, JournalOptions, RequeueOutcome, RunDetail, RunFilter, RunSummary, SqliteJournal,
 };
 
 /// Most runs listed.
@@ -42,7 +47,7 @@ pub async fn list(
     skipped: bool,
     json: bool,
 ) -> CommandResult {
-    let Some(journal) = open_existing(data_dir)? else {
+    let Some(journal) = open_store(data_dir).await? else {
         eprintln!(
             "no runs yet: there is no store at {}",
             data_dir.join(DB_FILE).display()
@@ -72,9 +77,13 @@ pub async fn list(
 
 /// Shows one run: its summary, each effect and log line, and its error.
 pub async fn show(data_dir: &Path, id: &str, json: bool) -> CommandResult {
-    let path = data_dir.join(DB_FILE);
-    let no_run = || CommandError::Usage(format!("no run `{id}` in {}", path.display()));
-    let journal = open_existing(data_dir)?.ok_or_else(no_run)?;
+    let Some(journal) = open_store(data_dir).await? else {
+        return Err(CommandError::Usage(format!(
+            "no run `{id}`: there is no store at {}",
+            data_dir.join(DB_FILE).display()
+        )));
+    };
+    let no_run = || CommandError::Usage(format!("no run `{id}` in {}", journal.describe()));
     let detail = journal
         .get_run(id)
         .map_err(|e| CommandError::Other(e.into()))?
@@ -98,17 +107,17 @@ pub async fn show(data_dir: &Path, id: &str, json: bool) -> CommandResult {
 
 /// Queues a failed or dead run again, keeping its completed effects for replay.
 pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
-    let path = data_dir.join(DB_FILE);
-    let Some(journal) = open_existing(data_dir)? else {
+    let Some(journal) = open_store(data_dir).await? else {
         return Err(CommandError::Usage(format!(
             "no run `{id}`: there is no store at {}",
-            path.display()
+            data_dir.join(DB_FILE).display()
         )));
     };
     let outcome = journal
         .requeue_run(id)
         .await
         .map_err(|e| CommandError::Other(e.into()))?;
+    let place = journal.describe();
     match outcome {
         RequeueOutcome::Requeued => {
             print(&format!(
@@ -116,10 +125,7 @@ pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        RequeueOutcome::NotFound => Err(CommandError::Usage(format!(
-            "no run `{id}` in {}",
-            path.display()
-        ))),
+        RequeueOutcome::NotFound => Err(CommandError::Usage(format!("no run `{id}` in {place}"))),
         RequeueOutcome::NotFinished => Err(CommandError::Other(anyhow!(
             "run `{id}` is not over yet (pending, running or waiting to retry)"
         ))),
@@ -133,13 +139,65 @@ pub async fn retry(data_dir: &Path, id: &str) -> CommandResult {
     }
 }
 
-/// Opens the store for a command, or `None` when there is none yet.
-fn open_existing(data_dir: &Path) -> Result<Option<SqliteJournal>, CommandError> {
+/// The store a command reads.
+enum Store {
+    Sqlite(SqliteJournal),
+    Postgres(PostgresJournal),
+}
+
+impl Store {
+    fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(journal) => journal.path().display().to_string(),
+            Store::Postgres(journal) => format!("postgres {}", journal.server()),
+        }
+    }
+
+    fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>, JournalError> {
+        match self {
+            Store::Sqlite(journal) => journal.list_runs(filter),
+            Store::Postgres(journal) => journal.list_runs(filter),
+        }
+    }
+
+    fn get_run(&self, id: &str) -> Result<Option<RunDetail>, JournalError> {
+        match self {
+            Store::Sqlite(journal) => journal.get_run(id),
+            Store::Postgres(journal) => journal.get_run(id),
+        }
+    }
+
+    async fn requeue_run(&self, id: &str) -> Result<RequeueOutcome, JournalError> {
+        match self {
+            Store::Sqlite(journal) => journal.requeue_run(id).await,
+            Store::Postgres(journal) => journal.requeue_run(id).await,
+        }
+    }
+}
+
+/// Opens the store the settings name, or `None` when there is no SQLite
+/// store yet. Settings that do not load are a usage error, as for `run`.
+async fn open_store(data_dir: &Path) -> Result<Option<Store>, CommandError> {
+    let settings = load_settings(&LoadOptions::from_process_env())?;
+    if settings.journal.store == JournalMode::Postgres
+        && let Some(target) = &settings.journal.database
+    {
+        let options = PostgresOptions {
+            node: "zoomwire-runs".into(),
+            pool_size: 1,
+            limits: settings.journal_options(),
+            ..PostgresOptions::default()
+        };
+        let journal = PostgresJournal::open(target, options)
+            .await
+            .map_err(|e| CommandError::Other(e.into()))?;
+        return Ok(Some(Store::Postgres(journal)));
+    }
     if !data_dir.join(DB_FILE).exists() {
         return Ok(None);
     }
     SqliteJournal::open(data_dir, JournalOptions::for_command())
-        .map(Some)
+        .map(|journal| Some(Store::Sqlite(journal)))
         .map_err(|e| CommandError::Other(e.into()))
 }
 

@@ -31,6 +31,7 @@ mod executor;
 mod fuzz_corpus;
 mod history;
 mod journal;
+mod postgres;
 mod reconcile;
 mod reload;
 mod rule_files;

@@ -18,16 +18,20 @@
 //! back by `zoomwire runs retry` while the daemon runs are found in the store
 //! within a second or so and resumed.
 
+mod cluster;
+mod sources;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::activity::ObservedJournal;
 use crate::admin::{AdminState, RunHistory, serve_admin};
+use crate::cluster::{ClusterTimings, NodeIdentity, SCHEDULER_LEASE};
 use crate::config::Settings;
 use crate::effects::Effects;
 use crate::effects::accounts::ZoomAccountClient;
@@ -37,17 +41,18 @@ use crate::engine::executor::{Executor, PreparedEvent};
 use crate::engine::record::Journal;
 use crate::event::Event;
 use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
+use crate::journal::postgres::{PostgresJournal, PostgresOptions};
 use crate::journal::{JournalMode, SqliteJournal};
-use crate::reconcile::{EventFeed, KnownEvents, ReconcileStatus, Reconciler, ReconcilerParts};
+use crate::reconcile::KnownEvents;
 use crate::reload::{RuleSetHandle, Watching, reload_on_change};
 use crate::rules::{RuleSet, RuleSources};
 use crate::scheduler::{Clock, SystemClock, run_scheduler};
 use crate::script::{SandboxLimits, ScriptPool, vars_value};
-use crate::zoom::missed::MissedFinder;
 use crate::zoom::oauth::OAuthClient;
 use crate::zoom::token::{AccessTokens, TokenError};
 use crate::zoom::webhook::webhook_router;
-use crate::zoom::websocket::{ConnectionStatus, run_subscription};
+use cluster::Cluster;
+use sources::account_sources;
 
 /// Events waiting between the sources and the executor.
 const INTAKE_CAPACITY: usize = 4096;
@@ -112,6 +117,8 @@ pub struct Daemon {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
+    /// With the PostgreSQL journal: this node in the cluster.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Daemon {
@@ -134,11 +141,14 @@ impl Daemon {
             .watch_rules
             .then(|| Watching::start(&sources, crate::reload::DEFAULT_DEBOUNCE));
         let rules = load_rules(sources, &limits)?;
-        let (journal, history, state, known) = open_journal(&settings, options.journal)?;
+        let stores = open_journal(&settings, options.journal).await?;
         let admin = AdminState::new();
         // The page follows what the journal records.
-        let journal: Arc<dyn Journal> =
-            Arc::new(ObservedJournal::new(journal, admin.activity().clone()));
+        let journal: Arc<dyn Journal> = Arc::new(ObservedJournal::new(
+            stores.journal,
+            admin.activity().clone(),
+        ));
+        let state = stores.state;
         let tokens = first_tokens(&settings, options.first_token_timeout).await?;
         let effects = live_effects(&settings, &tokens, state.clone())?;
         let pool = Arc::new(ScriptPool::new(limits.pool_threads, limits.stack_size));
@@ -152,37 +162,44 @@ impl Daemon {
         let (admin_addr, _) = serve_admin(
             settings.admin_options(),
             admin.clone(),
-            history,
+            stores.history,
             shutdown.clone(),
         )
         .await
         .map_err(|e| DaemonError::Serve(e.to_string()))?;
+        let cluster = stores.cluster.map(Arc::new);
+        if let Some(cluster) = &cluster {
+            cluster
+                .join(admin_addr.to_string(), &tasks, &shutdown)
+                .await?;
+            admin.show_cluster(cluster.health.clone());
+        }
         let (events_tx, events_rx) = mpsc::channel(INTAKE_CAPACITY);
         let webhook_addr =
             start_webhook(&settings, events_tx.clone(), open_files, &shutdown).await?;
-        let connections =
-            start_subscriptions(&settings, &tokens, &events_tx, &admin, &shutdown, &tasks);
-        if settings.reconcile.enabled {
-            let wiring = ReconcileWiring {
-                rules: rules.clone(),
-                known,
-                state: state.clone(),
-                events: events_tx.clone(),
-            };
-            start_reconcilers(
-                &settings,
-                &tokens,
-                connections,
-                wiring,
-                &admin,
-                &shutdown,
-                &tasks,
-            );
+        let wiring = ReconcileWiring {
+            rules: rules.clone(),
+            known: stores.known,
+            state: state.clone(),
+            events: events_tx.clone(),
+        };
+        for sources in account_sources(&settings, &tokens, &wiring, &admin) {
+            if sources.is_empty() {
+                continue;
+            }
+            match &cluster {
+                Some(cluster) => cluster.run_account(sources, &tasks, &shutdown),
+                None => {
+                    tasks.spawn(sources.run(shutdown.clone()));
+                }
+            }
         }
+        drop(wiring);
         drop(events_tx);
         resume_unfinished(&executor, &rules, &journal).await;
-        if options.journal == JournalMode::Sqlite {
-            // Only the store can be told to retry a run (`zoomwire runs retry`).
+        if options.journal != JournalMode::Memory {
+            // Runs put back by `zoomwire runs retry`, and (PostgreSQL) those
+            // of nodes gone silent.
             tasks.spawn(resume_requeued(
                 executor.clone(),
                 rules.clone(),
@@ -209,15 +226,34 @@ impl Daemon {
             shutdown.clone(),
         ));
         if options.scheduler {
-            tasks.spawn(run_scheduler(
-                rules.clone(),
-                executor.clone(),
-                options.clock.clone(),
-                state,
-                shutdown.clone(),
-            ));
+            let (rules, executor, clock) = (rules.clone(), executor.clone(), options.clock.clone());
+            let scheduler = move |token| {
+                run_scheduler(
+                    rules.clone(),
+                    executor.clone(),
+                    clock.clone(),
+                    state.clone(),
+                    token,
+                )
+            };
+            match &cluster {
+                Some(cluster) => {
+                    cluster.under_lease(SCHEDULER_LEASE, &tasks, &shutdown, move |token, _| {
+                        scheduler(token)
+                    })
+                }
+                None => {
+                    tasks.spawn(scheduler(shutdown.clone()));
+                }
+            }
         }
-        tracing::info!(admin = %admin_addr, rules = rules.current().rules().len(), accounts = settings.accounts.len(), "zoomwire is running");
+        if let (Some(cluster), Some(interval)) =
+            (&cluster, settings.journal_options().prune_interval)
+        {
+            cluster.run_pruner(interval, &tasks, &shutdown);
+        }
+        let node = cluster.as_ref().map(|c| c.node().id.clone());
+        tracing::info!(admin = %admin_addr, rules = rules.current().rules().len(), accounts = settings.accounts.len(), node, "zoomwire is running");
         Ok(Daemon {
             admin_addr,
             webhook_addr,
@@ -227,6 +263,7 @@ impl Daemon {
             shutdown,
             tasks,
             grace: settings.shutdown_grace,
+            cluster,
         })
     }
 
@@ -242,6 +279,9 @@ impl Daemon {
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         let finished = self.executor.shutdown(self.grace).await;
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         if finished {
             tracing::info!("stopped: every run finished");
         } else {
@@ -277,33 +317,65 @@ fn load_rules(
         .map_err(|errors| DaemonError::Rules(errors.iter().map(ToString::to_string).collect()))
 }
 
-type Stores = (
-    Arc<dyn Journal>,
-    Arc<dyn RunHistory>,
-    Arc<dyn StateStore>,
-    Arc<dyn KnownEvents>,
-);
+/// The journal behind each seam, and the cluster when there is one.
+struct Stores {
+    journal: Arc<dyn Journal>,
+    history: Arc<dyn RunHistory>,
+    state: Arc<dyn StateStore>,
+    known: Arc<dyn KnownEvents>,
+    /// With PostgreSQL: this node among the others.
+    cluster: Option<Cluster>,
+}
 
-fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, DaemonError> {
+async fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, DaemonError> {
     match mode {
         JournalMode::Sqlite => {
             let journal = SqliteJournal::open(&settings.data_dir, settings.journal_options())
                 .map_err(|e| DaemonError::Journal(e.to_string()))?;
-            Ok((
-                Arc::new(journal.clone()),
-                Arc::new(journal.clone()),
-                Arc::new(journal.clone()),
-                Arc::new(journal),
-            ))
+            Ok(Stores {
+                journal: Arc::new(journal.clone()),
+                history: Arc::new(journal.clone()),
+                state: Arc::new(journal.clone()),
+                known: Arc::new(journal),
+                cluster: None,
+            })
+        }
+        JournalMode::Postgres => {
+            let target = settings.journal.database.as_ref().ok_or_else(|| {
+                DaemonError::Config(
+                    "ZOOMWIRE_DATABASE_URL is needed with the postgres journal".into(),
+                )
+            })?;
+            let node = NodeIdentity::new(&settings.node_id());
+            let timings = ClusterTimings::from_ttl(settings.journal.lease_ttl);
+            let options = PostgresOptions {
+                node: node.id.clone(),
+                node_timeout: timings.lease_ttl,
+                seal_dir: Some(settings.data_dir.clone()),
+                limits: settings.journal_options(),
+                ..PostgresOptions::default()
+            };
+            let journal = PostgresJournal::open(target, options)
+                .await
+                .map_err(|e| DaemonError::Journal(e.to_string()))?;
+            tracing::info!(server = %journal.server(), node = %node.id, "postgres journal open");
+            Ok(Stores {
+                journal: Arc::new(journal.clone()),
+                history: Arc::new(journal.clone()),
+                state: Arc::new(journal.clone()),
+                known: Arc::new(journal.clone()),
+                cluster: Some(Cluster::new(journal, node, timings)),
+            })
         }
         JournalMode::Memory => {
             let journal = Arc::new(BoundedMemoryJournal::new(MemoryLimits::default()));
-            Ok((
-                journal.clone(),
-                journal.clone(),
-                Arc::new(MemoryState::with_max_keys(settings.effects.state_max_keys)),
-                journal,
-            ))
+            Ok(Stores {
+                journal: journal.clone(),
+                history: journal.clone(),
+                state: Arc::new(MemoryState::with_max_keys(settings.effects.state_max_keys)),
+                known: journal,
+                cluster: None,
+            })
         }
     }
 }
@@ -403,95 +475,12 @@ async fn start_webhook(
     Ok(Some(addr))
 }
 
-/// Starts each account's subscription; returns each one's status, by account.
-fn start_subscriptions(
-    settings: &Settings,
-    tokens: &[(String, Arc<dyn AccessTokens>)],
-    events: &mpsc::Sender<Event>,
-    admin: &Arc<AdminState>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) -> Vec<(String, watch::Receiver<ConnectionStatus>)> {
-    let mut connections = Vec::new();
-    for account in &settings.accounts {
-        let Some(config) = settings.websocket_config(account) else {
-            continue;
-        };
-        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name)
-        else {
-            continue;
-        };
-        let (status_tx, status_rx) = watch::channel(ConnectionStatus {
-            name: account.name.clone(),
-            ..ConnectionStatus::default()
-        });
-        admin.watch_subscription(&account.name, status_rx.clone());
-        connections.push((account.name.clone(), status_rx));
-        tasks.spawn(run_subscription(
-            config,
-            account_tokens.clone(),
-            events.clone(),
-            status_tx,
-            shutdown.clone(),
-        ));
-    }
-    connections
-}
-
 /// What every account's reconciler shares.
 struct ReconcileWiring {
     rules: Arc<RuleSetHandle>,
     known: Arc<dyn KnownEvents>,
     state: Arc<dyn StateStore>,
     events: mpsc::Sender<Event>,
-}
-
-/// Starts one reconciler per account, on the account's token cache, fed
-/// into the intake like any source.
-fn start_reconcilers(
-    settings: &Settings,
-    tokens: &[(String, Arc<dyn AccessTokens>)],
-    connections: Vec<(String, watch::Receiver<ConnectionStatus>)>,
-    wiring: ReconcileWiring,
-    admin: &Arc<AdminState>,
-    shutdown: &CancellationToken,
-    tasks: &TaskTracker,
-) {
-    let api_base = settings.live_config().zoom_api_base;
-    let feed: Arc<dyn EventFeed> = Arc::new(wiring.events);
-    for account in &settings.accounts {
-        let Some((_, account_tokens)) = tokens.iter().find(|(name, _)| *name == account.name)
-        else {
-            continue;
-        };
-        let finder = match MissedFinder::connect(
-            api_base.clone(),
-            account_tokens.clone(),
-            &account.account_id,
-        ) {
-            Ok(finder) => finder,
-            Err(error) => {
-                tracing::error!(account = %account.name, error = %error, "cannot start reconciliation");
-                continue;
-            }
-        };
-        let (status_tx, status_rx) = watch::channel(ReconcileStatus::new(&account.name));
-        admin.watch_reconciliation(&account.name, status_rx);
-        let parts = ReconcilerParts {
-            source: Arc::new(finder),
-            known: wiring.known.clone(),
-            feed: feed.clone(),
-            rules: wiring.rules.clone(),
-            state: wiring.state.clone(),
-        };
-        let reconciler =
-            Reconciler::new(&account.name, settings.reconcile_config(), parts, status_tx);
-        let connection = connections
-            .iter()
-            .find(|(name, _)| *name == account.name)
-            .map(|(_, status)| status.clone());
-        tasks.spawn(reconciler.run(connection, shutdown.clone()));
-    }
 }
 
 /// Resumes runs a crash left pending or running.
@@ -509,6 +498,7 @@ async fn resume_unfinished(
     };
     if !unfinished.is_empty() {
         tracing::info!(runs = unfinished.len(), "resuming runs left unfinished");
+        metrics::counter!("zoomwire_runs_resumed_total").increment(unfinished.len() as u64);
     }
     let rule_set = rules.current();
     for run in unfinished {
@@ -560,6 +550,7 @@ async fn resume_requeued_once(
             continue;
         }
         tracing::info!(run = %id, rule = %run.run.rule, "resuming a requeued run");
+        metrics::counter!("zoomwire_runs_resumed_total").increment(1);
         if let Err(error) = executor.resume(&rules.current(), run).await {
             tracing::error!(run = %id, error = %error, "cannot resume run");
         }

@@ -28,6 +28,8 @@ const LAYERS: &[&[&str]] = &[
     &["script"],
     &["rules"],
     &["engine"],
+    // Several nodes on one journal: identity, leases, the node registry's seam.
+    &["cluster"],
     // What the engine's seams are given, and what drives it.
     &["journal", "reload", "rule_tests", "terminal"],
     &["reconcile", "scheduler"],

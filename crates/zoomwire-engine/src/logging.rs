@@ -16,8 +16,10 @@ use std::str::FromStr;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -72,14 +74,31 @@ pub enum LoggingError {
 /// Installs the global subscriber. Call once, early in `main`; a second call
 /// fails with [`LoggingError::AlreadyInstalled`] and changes nothing.
 pub fn init_logging(format: LogFormat) -> Result<(), LoggingError> {
+    init_node_logging(format, None)
+}
+
+/// [`init_logging`] for one node of several: every line names `node`
+/// (a `node` field in JSON, a `node=` prefix in text).
+pub fn init_node_logging(format: LogFormat, node: Option<&str>) -> Result<(), LoggingError> {
     let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref())?;
     let lines = tracing_subscriber::fmt::layer().with_writer(ScrubbedStderr);
+    let node = node.map(str::to_string);
     let lines = match format {
-        LogFormat::Text => lines.boxed(),
+        LogFormat::Text => lines
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format(),
+                node,
+            })
+            .boxed(),
         LogFormat::Json => lines
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .event_format(WithNode {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+                node,
+            })
             .boxed(),
     };
     tracing_subscriber::registry()
@@ -122,6 +141,45 @@ impl<W: Write> Write for Scrubbed<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
+    }
+}
+
+/// An event format that adds the node's id to another's lines.
+struct WithNode<F> {
+    inner: F,
+    node: Option<String>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithNode<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let Some(node) = &self.node else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if writer.has_ansi_escapes() {
+            write!(writer, "node={node} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            // JSON: the node is the first field.
+            Some(rest) => {
+                let name = serde_json::to_string(node).map_err(|_| fmt::Error)?;
+                write!(writer, "{{\"node\":{name},{rest}")
+            }
+            None => write!(writer, "node={node} {line}"),
+        }
     }
 }
 

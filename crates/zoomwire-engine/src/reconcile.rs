@@ -404,6 +404,7 @@ impl Reconciler {
 }
 
 /// What a [`Reconciler`] is made of besides its account, settings and status.
+#[derive(Clone)]
 pub struct ReconcilerParts {
     pub source: Arc<dyn MissedSource>,
     pub known: Arc<dyn KnownEvents>,

@@ -157,10 +157,20 @@ impl Workspace {
 
     /// Starts `zoomwire run ARGS` without waiting for it.
     pub fn spawn_with(&self, args: &[&str]) -> Daemon {
+        self.spawn_command(args, &[])
+    }
+
+    /// Starts `zoomwire run` with these variables added (one daemon of several).
+    pub fn spawn_with_env(&self, vars: &[(&str, &str)]) -> Daemon {
+        self.spawn_command(&[], vars)
+    }
+
+    fn spawn_command(&self, args: &[&str], vars: &[(&str, &str)]) -> Daemon {
         let mut command = vec!["run"];
         command.extend_from_slice(args);
-        let mut child = self
-            .command(&command)
+        let mut command = self.command(&command);
+        command.envs(vars.iter().copied());
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

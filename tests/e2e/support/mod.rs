@@ -1,12 +1,13 @@
 //! Helpers shared by the end-to-end tests: live effects pointed at the
 //! simulator and effect contexts (here), the `zoomwire` binary as a daemon
 //! in a scratch workspace and the one `eventually` poll ([`daemon`]), and a
-//! real SMTP server ([`smtp`]).
+//! real SMTP server ([`smtp`]) and a throwaway PostgreSQL server ([`postgres`]).
 // `tests/actions_download_memory.rs` includes this module too and uses only
 // a few of its helpers.
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod postgres;
 pub mod smtp;
 
 use std::path::Path;

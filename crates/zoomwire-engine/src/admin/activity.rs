@@ -287,6 +287,14 @@ impl Journal for ObservedJournal {
     fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
         self.inner.unfinished_run_ids()
     }
+
+    fn claim_start<'a>(
+        &'a self,
+        run: &'a RunRecord,
+        places: u32,
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        self.inner.claim_start(run, places)
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! the daemon sets; the rule set's status and the running set itself (for the
 //! page's rules list); and the live [`Activity`] the page shows.
 //!
-//! `/healthz` answers 200 when every subscription is connected and a rule
-//! set is loaded, 503 otherwise; a failed reload that left the last good
+//! `/healthz` answers 200 when every subscription is connected (or, in a
+//! cluster, held by another node) and a rule set is loaded, 503 otherwise; a failed reload that left the last good
 //! rule set running is `degraded` but still 200, since restarting would not
 //! help.
 
@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::activity::Activity;
+use crate::cluster::node::ClusterReport;
+use crate::cluster::{NodeHealth, subscription_lease};
 use crate::reconcile::ReconcileStatus;
 use crate::reload::RuleSetHandle;
 use crate::rules::RuleSet;
@@ -33,6 +35,9 @@ pub enum ConnectionState {
     Disconnected,
     /// Stopped for good (shutdown, or credentials refused).
     Stopped,
+    /// Another node of the cluster holds the subscription's lease (and its
+    /// WebSocket); this node takes over if that one goes.
+    Standby,
 }
 
 /// What the daemon reports about one subscription.
@@ -133,6 +138,9 @@ pub struct HealthReport {
     /// Each account's reconciliation: its last pass, events found, errors.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub reconciliation: BTreeMap<String, ReconcileStatus>,
+    /// With several nodes: this node's id, the leases it holds, the nodes it sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
 }
 
 /// Where a subscription's health comes from.
@@ -180,6 +188,7 @@ pub struct AdminState {
     rule_set: OnceLock<Arc<RuleSetHandle>>,
     activity: Arc<Activity>,
     reconciliation: RwLock<BTreeMap<String, watch::Receiver<ReconcileStatus>>>,
+    cluster: OnceLock<NodeHealth>,
 }
 
 impl Default for AdminState {
@@ -191,6 +200,7 @@ impl Default for AdminState {
             rule_set: OnceLock::new(),
             activity: Arc::new(Activity::default()),
             reconciliation: RwLock::new(BTreeMap::new()),
+            cluster: OnceLock::new(),
         }
     }
 }
@@ -224,6 +234,12 @@ impl AdminState {
     /// (`run_subscription`) updates; replaces anything reported for `name`.
     pub fn watch_subscription(&self, name: &str, status: watch::Receiver<ConnectionStatus>) {
         write(&self.subscriptions).insert(name.to_string(), SubscriptionSlot::Watched(status));
+    }
+
+    /// Shows this node's place in the cluster; set once. A subscription
+    /// whose lease another node holds is then `standby`, not down.
+    pub fn show_cluster(&self, health: NodeHealth) {
+        let _ = self.cluster.set(health);
     }
 
     /// Reports an account's reconciliation from the status its reconciler updates.
@@ -288,9 +304,16 @@ impl AdminState {
 
     /// The health report `/healthz` serves.
     pub fn report(&self) -> HealthReport {
+        let cluster = self.cluster.get();
         let subscriptions: BTreeMap<String, SubscriptionReport> = read(&self.subscriptions)
             .iter()
-            .map(|(name, slot)| (name.clone(), slot.report()))
+            .map(|(name, slot)| {
+                let mut report = slot.report();
+                if cluster.is_some_and(|c| !c.holds(&subscription_lease(name))) {
+                    report.state = ConnectionState::Standby;
+                }
+                (name.clone(), report)
+            })
             .collect();
         let rules = read(&self.rules).clone();
         let reconciliation = read(&self.reconciliation)
@@ -304,6 +327,7 @@ impl AdminState {
             subscriptions,
             rules,
             reconciliation,
+            cluster: cluster.map(NodeHealth::report),
         }
     }
 }
@@ -312,9 +336,12 @@ fn overall_status(
     subscriptions: &BTreeMap<String, SubscriptionReport>,
     rules: &RulesHealth,
 ) -> HealthStatus {
-    let all_connected = subscriptions
-        .values()
-        .all(|s| s.state == ConnectionState::Connected);
+    let all_connected = subscriptions.values().all(|s| {
+        matches!(
+            s.state,
+            ConnectionState::Connected | ConnectionState::Standby
+        )
+    });
     if !all_connected || rules.loaded_rules.is_none() {
         HealthStatus::Unhealthy
     } else if rules.last_reload.as_ref().is_some_and(|r| !r.ok) {

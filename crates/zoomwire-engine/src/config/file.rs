@@ -19,6 +19,7 @@
 //! log_format: text
 //! websocket: { heartbeat: 30s, dead_after: 75s, max_frame: 1MiB }
 //! journal: { store: sqlite, sync: full, dedupe_window: 72h, retention: 30d }
+//! # or, for several nodes: { store: postgres, database_url: postgres://..., node_id: a, lease_ttl: 8s }
 //! reconcile: { enabled: true, interval: 15m, lookback: 48h }
 //! shutdown_grace: 30s
 //! vars: { archive_channel: "#recordings" }
@@ -252,10 +253,16 @@ pub struct FileState {
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
-    /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable) or `memory`.
+    /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable), `postgres` (several nodes) or `memory`.
     pub store: Option<Scalar>,
     /// ZOOMWIRE_JOURNAL_SYNC: `full` (default) or `normal`.
     pub sync: Option<Scalar>,
+    /// ZOOMWIRE_DATABASE_URL: the PostgreSQL journal's `postgres://` URL (a secret).
+    pub database_url: Option<Scalar>,
+    /// ZOOMWIRE_NODE_ID: this node's name among the nodes sharing a PostgreSQL journal.
+    pub node_id: Option<Scalar>,
+    /// ZOOMWIRE_LEASE_TTL: how long a lease lasts without renewal (default 8s).
+    pub lease_ttl: Option<Scalar>,
     /// ZOOMWIRE_DEDUPE_WINDOW: how long an event id is remembered (default 72h).
     pub dedupe_window: Option<Scalar>,
     /// ZOOMWIRE_RETENTION: how long runs and events are kept (default 30d).

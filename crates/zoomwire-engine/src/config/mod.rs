@@ -161,8 +161,17 @@ pub struct WebsocketSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalSettings {
     /// Where runs are remembered (`ZOOMWIRE_JOURNAL`: `sqlite`, the default,
-    /// or `memory`, which survives nothing and serves benchmarks).
+    /// `postgres`, shared by several nodes, or `memory`, which survives
+    /// nothing and serves benchmarks).
     pub store: JournalMode,
+    /// The PostgreSQL server (`ZOOMWIRE_DATABASE_URL`, required with
+    /// `postgres`), checked; it is a secret and never shown.
+    pub database: Option<crate::journal::postgres::DatabaseTarget>,
+    /// This node's id among several (`ZOOMWIRE_NODE_ID`); the host name when unset.
+    pub node_id: Option<String>,
+    /// How long a lease lasts without renewal (`ZOOMWIRE_LEASE_TTL`); also
+    /// how long a silent node keeps its runs before others take them.
+    pub lease_ttl: Duration,
     /// When SQLite syncs to disk (`ZOOMWIRE_JOURNAL_SYNC`: `full`, the
     /// default, or `normal`).
     pub sync: crate::journal::JournalSync,
@@ -438,6 +447,14 @@ impl Settings {
             max_reach: self.journal.dedupe_window,
             ..crate::reconcile::ReconcileConfig::default()
         }
+    }
+
+    /// This node's id among several: `ZOOMWIRE_NODE_ID`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.journal
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::cluster::default_node_id)
     }
 
     /// The journal's options: these windows, the daemon's defaults otherwise.

@@ -28,6 +28,7 @@ use crate::admin::guard::check_bind;
 use crate::event::MAX_EVENT_BYTES;
 use crate::journal::JournalMode;
 use crate::journal::JournalSync;
+use crate::journal::postgres::DatabaseTarget;
 use crate::script::SandboxLimits;
 use crate::serve::limits::EndpointLimits;
 
@@ -720,12 +721,38 @@ fn resolve_journal(r: &mut Resolver, file: &FileConfig) -> JournalSettings {
             parse_size,
         )
         .map_or(crate::journal::DEFAULT_WARN_SIZE_BYTES, |size| size as u64);
+    let url_key = key("ZOOMWIRE_DATABASE_URL", "journal.database_url");
+    let database = r.get(&url_key, journal.database_url.as_ref(), |text| {
+        DatabaseTarget::parse(&SecretString::from(text))
+    });
+    if store == JournalMode::Postgres && r.raw(&url_key, journal.database_url.as_ref()).is_none() {
+        r.fail(
+            &url_key,
+            "missing: needed with the postgres journal (ZOOMWIRE_JOURNAL=postgres)".into(),
+            None,
+        );
+    }
+    let node_id = r.get(
+        &key("ZOOMWIRE_NODE_ID", "journal.node_id"),
+        journal.node_id.as_ref(),
+        parse_node_id,
+    );
+    let lease_ttl = r
+        .get(
+            &key("ZOOMWIRE_LEASE_TTL", "journal.lease_ttl"),
+            journal.lease_ttl.as_ref(),
+            parse_lease_ttl,
+        )
+        .unwrap_or(crate::cluster::DEFAULT_LEASE_TTL);
     JournalSettings {
         store,
         sync,
         dedupe_window,
         retention,
         warn_size,
+        database,
+        node_id,
+        lease_ttl,
     }
 }
 
@@ -780,10 +807,36 @@ fn parse_journal_mode(text: &str) -> Result<JournalMode, String> {
     match text.to_ascii_lowercase().as_str() {
         "sqlite" => Ok(JournalMode::Sqlite),
         "memory" => Ok(JournalMode::Memory),
+        "postgres" | "postgresql" => Ok(JournalMode::Postgres),
         _ => Err(format!(
-            "unknown journal store `{text}`, expected `sqlite` or `memory`"
+            "unknown journal store `{text}`, expected `sqlite`, `postgres` or `memory`"
         )),
     }
+}
+
+/// A node id: letters, digits, `.`, `_` and `-`, at most 64.
+fn parse_node_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` is not a node id: use at most 64 letters, digits, `.`, `_` and `-`"
+        ))
+    }
+}
+
+/// A lease of at least 2 s: renewals every quarter must leave time to answer.
+fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_positive_duration(text)?;
+    if ttl < Duration::from_secs(2) {
+        return Err(format!("`{text}` is too short: a lease lasts at least 2s"));
+    }
+    Ok(ttl)
 }
 
 fn parse_journal_sync(text: &str) -> Result<JournalSync, String> {

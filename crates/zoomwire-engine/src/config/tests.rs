@@ -642,7 +642,61 @@ fn the_journal_store_is_sqlite_unless_memory_is_asked_for() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("ZOOMWIRE_JOURNAL"), "{lines:?}");
     assert!(
-        lines[0].contains("expected `sqlite` or `memory`"),
+        lines[0].contains("expected `sqlite`, `postgres` or `memory`"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_postgres_journal_needs_a_database_url_which_is_never_shown() {
+    use crate::journal::JournalMode;
+    let lines = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[("ZOOMWIRE_JOURNAL", "postgres")],
+    )));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("ZOOMWIRE_DATABASE_URL"), "{lines:?}");
+    assert!(lines[0].contains("missing"), "{lines:?}");
+    let s = settings(
+        Some("journal: { store: postgres, node_id: node-a, lease_ttl: 5s }"),
+        None,
+        &[(
+            "ZOOMWIRE_DATABASE_URL",
+            "postgres://zoom:pw-secret@db:5432/zoomwire",
+        )],
+    );
+    assert_eq!(s.journal.store, JournalMode::Postgres);
+    assert_eq!(s.journal.node_id.as_deref(), Some("node-a"));
+    assert_eq!(s.journal.lease_ttl, Duration::from_secs(5));
+    let database = s.journal.database.as_ref().unwrap();
+    assert_eq!(database.shown(), "db:5432/zoomwire");
+    assert!(
+        !format!("{s:?}").contains("pw-secret"),
+        "settings never show it"
+    );
+    let lines = error_lines(Settings::from_sources(&sources(
+        None,
+        None,
+        &[
+            ("ZOOMWIRE_JOURNAL", "postgres"),
+            (
+                "ZOOMWIRE_DATABASE_URL",
+                "mysql://zoom:pw-secret@db/zoomwire",
+            ),
+            ("ZOOMWIRE_NODE_ID", "node a"),
+            ("ZOOMWIRE_LEASE_TTL", "1s"),
+        ],
+    )));
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains("pw-secret")), "{lines:?}");
+    assert!(
+        lines[0].contains("ZOOMWIRE_DATABASE_URL") && lines[0].contains("`mysql`"),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("ZOOMWIRE_NODE_ID"), "{lines:?}");
+    assert!(
+        lines[2].contains("ZOOMWIRE_LEASE_TTL") && lines[2].contains("at least 2s"),
         "{lines:?}"
     );
 }

@@ -38,7 +38,7 @@ use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::effects::Effects;
 use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::event::Event;
-use crate::rules::{Rule, RuleSet};
+use crate::rules::{Mode, Rule, RuleSet};
 use crate::script::ScriptPool;
 
 /// What happened to one event.
@@ -95,6 +95,12 @@ pub const RULE_REMOVED: &str = "its rule was removed by a reload";
 
 /// Why `restart` dropped a waiting run.
 const REPLACED: &str = "replaced by a newer run (mode restart)";
+
+/// Why `single` dropped a run whose key runs on another node.
+const SINGLE_ELSEWHERE: &str = "another node runs this rule and key (mode single)";
+
+/// How often a run waiting for its key on another node asks again.
+const CLUSTER_TURN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The names of the rules running now (the reloadable rule set).
 pub trait RuleNames: Send + Sync {
@@ -514,6 +520,17 @@ impl Executor {
         self.inner.started.send_modify(|n| *n += 1);
         self.inner.tracker.spawn(async move {
             let slot_key = run.slot_key();
+            let run = match executor.cluster_turn(run, &cancel).await {
+                Ok(run) => run,
+                Err(run) => {
+                    let _ = executor.skip(run, SINGLE_ELSEWHERE.into()).await;
+                    for removed in executor.release(&slot_key, &cancel) {
+                        let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+                    }
+                    executor.inner.started.send_modify(|n| *n -= 1);
+                    return;
+                }
+            };
             let PendingRun {
                 rule_set,
                 rule,
@@ -542,6 +559,44 @@ impl Executor {
             }
             executor.inner.started.send_modify(|n| *n -= 1);
         });
+    }
+
+    /// Waits until the journal says the run's key has a free place across
+    /// the nodes sharing it (at once with one process): one for `single`,
+    /// `queued` and `restart`, `max_runs` for `parallel`; `single` does not
+    /// wait: the run comes back as `Err` to be dropped. A cancelled run
+    /// (`restart`) stops waiting and is recorded as cancelled by its attempt.
+    async fn cluster_turn(
+        &self,
+        run: PendingRun,
+        cancel: &CancelFlag,
+    ) -> Result<PendingRun, PendingRun> {
+        let mode = run.rule.mode;
+        let places = match mode {
+            Mode::Parallel => run.rule.max_runs.max(1),
+            Mode::Queued | Mode::Single | Mode::Restart => 1,
+        };
+        let mut failing = false;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(run);
+            }
+            match self.journal().claim_start(&run.record, places).await {
+                Ok(true) => return Ok(run),
+                Ok(false) if mode == Mode::Single => return Err(run),
+                Ok(false) => failing = false,
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(run = %run.record.id, error = %error, "cannot ask the journal for the run's turn; asking again");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CLUSTER_TURN_POLL) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
     }
 
     /// Whether a reload removed this rule.

@@ -142,6 +142,21 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
     /// Runs left pending or running, in the order their events arrived (the
     /// order the daemon admits runs in), so that queued runs resume in order.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;
+    /// Asks, just before a run starts, whether its rule and key have a free
+    /// place across every node sharing the journal (`places`: 1 for
+    /// `single`, `queued` and `restart`, `max_runs` for `parallel`), and if
+    /// so marks it running there, in the order runs were written. `false`:
+    /// every place is held, or an earlier run waits; ask again later (or,
+    /// for `single`, drop it). A journal of one process always answers
+    /// `true`: the executor's own admission already keeps the mode.
+    fn claim_start<'a>(
+        &'a self,
+        run: &'a RunRecord,
+        places: u32,
+    ) -> BoxFuture<'a, Result<bool, JournalError>> {
+        let _ = (run, places);
+        Box::pin(async { Ok(true) })
+    }
     /// The ids of the runs [`Journal::unfinished_runs`] would return, cheaply
     /// (polled by the daemon to find runs put back by `zoomwire runs retry`).
     fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {

@@ -25,6 +25,7 @@ pub mod history;
 pub mod memory;
 mod ops;
 mod pages;
+pub mod postgres;
 mod prune;
 mod query;
 mod schema;
@@ -66,6 +67,8 @@ pub const DEFAULT_WARN_SIZE_BYTES: u64 = 1 << 30;
 pub enum JournalMode {
     /// SQLite under the data folder: durable, resumes after a crash.
     Sqlite,
+    /// PostgreSQL, shared by several nodes (`ZOOMWIRE_DATABASE_URL`).
+    Postgres,
     /// In memory: nothing survives the process (benchmarks, demos).
     Memory,
 }

@@ -107,6 +107,7 @@ pub struct StoreCounts {
 }
 
 /// An event row, before it is rebuilt.
+#[derive(Clone)]
 pub(crate) struct StoredEvent {
     pub id: String,
     pub event_type: String,
@@ -330,7 +331,7 @@ fn fill_run(conn: &Connection, run: &mut RunRecord, seal: Option<&SealKey>) -> R
 
 /// An effect's sealed result, opened; `None` (the redacted result is
 /// replayed instead) when it does not open.
-fn open_result(
+pub(crate) fn open_result(
     seal: &SealKey,
     run_id: &str,
     effect: &EffectRecord,

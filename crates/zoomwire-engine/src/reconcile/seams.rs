@@ -16,6 +16,7 @@ use crate::effects::state::StateStore;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
 use crate::journal::memory::BoundedMemoryJournal;
+use crate::journal::postgres::PostgresJournal;
 use crate::zoom::missed::{Candidate, FindError, MissedFinder, MissedKind, Window};
 
 /// Whether the engine has already accepted an event with this id.
@@ -33,6 +34,12 @@ impl KnownEvents for SqliteJournal {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
         })
+    }
+}
+
+impl KnownEvents for PostgresJournal {
+    fn is_known<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move { self.is_duplicate(id).await.map_err(|e| e.0) })
     }
 }
 

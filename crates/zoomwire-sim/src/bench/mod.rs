@@ -79,6 +79,9 @@ pub enum BenchJournal {
     /// In memory (`ZOOMWIRE_JOURNAL=memory`)
     #[value(alias = "off")]
     Memory,
+    /// PostgreSQL at the bench's own ZOOMWIRE_DATABASE_URL (use a scratch
+    /// database: the bench's events and runs stay in it)
+    Postgres,
 }
 
 impl BenchJournal {
@@ -88,6 +91,7 @@ impl BenchJournal {
             BenchJournal::Full => "sqlite, synchronous=FULL (the default)",
             BenchJournal::Normal => "sqlite, synchronous=NORMAL",
             BenchJournal::Memory => "memory",
+            BenchJournal::Postgres => "postgres (one node)",
         }
     }
 
@@ -97,10 +101,12 @@ impl BenchJournal {
             BenchJournal::Full => "full",
             BenchJournal::Normal => "normal",
             BenchJournal::Memory => "memory",
+            BenchJournal::Postgres => "postgres",
         }
     }
 
-    /// The daemon's settings for it.
+    /// The daemon's settings for it (with PostgreSQL, the URL is added from
+    /// the bench's environment).
     fn settings(self) -> [(&'static str, &'static str); 2] {
         match self {
             BenchJournal::Full => [
@@ -115,9 +121,16 @@ impl BenchJournal {
                 ("ZOOMWIRE_JOURNAL", "memory"),
                 ("ZOOMWIRE_JOURNAL_SYNC", "full"),
             ],
+            BenchJournal::Postgres => [
+                ("ZOOMWIRE_JOURNAL", "postgres"),
+                ("ZOOMWIRE_JOURNAL_SYNC", "full"),
+            ],
         }
     }
 }
+
+/// The variable `--journal postgres` reads the database from.
+pub const DATABASE_URL_VAR: &str = "ZOOMWIRE_DATABASE_URL";
 
 /// Why the bench could not run.
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +404,12 @@ fn daemon_env(
     }
     for (name, value) in journal.settings() {
         env.insert(name.to_string(), value.to_string());
+    }
+    if journal == BenchJournal::Postgres
+        && let Ok(url) = std::env::var(DATABASE_URL_VAR)
+    {
+        env.insert(DATABASE_URL_VAR.to_string(), url);
+        env.insert("ZOOMWIRE_NODE_ID".to_string(), "bench".to_string());
     }
     env
 }

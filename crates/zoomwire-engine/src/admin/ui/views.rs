@@ -72,12 +72,32 @@ pub struct OverviewLive {
     pub hour_events: u64,
     pub hour_runs: u64,
     pub hour_failed: u64,
+    /// With several nodes: this node and the others.
+    pub cluster: Option<ClusterView>,
+}
+
+/// The cluster as this node sees it.
+pub struct ClusterView {
+    pub node: String,
+    /// The leases it holds, as `name (epoch N)`.
+    pub leases: Vec<String>,
+    pub peers: Vec<PeerView>,
+}
+
+pub struct PeerView {
+    pub id: String,
+    pub alive: bool,
+    pub heartbeat: String,
+    pub admin: String,
+    pub this: bool,
 }
 
 pub struct SubscriptionView {
     pub name: String,
     pub state: String,
     pub connected: bool,
+    /// Held by another node of the cluster.
+    pub standby: bool,
     pub since: String,
     pub last_event: String,
     pub error: String,
@@ -121,6 +141,31 @@ impl OverviewLive {
             hour_events,
             hour_runs,
             hour_failed,
+            cluster: report.cluster.as_ref().map(ClusterView::new),
+        }
+    }
+}
+
+impl ClusterView {
+    fn new(report: &crate::cluster::node::ClusterReport) -> ClusterView {
+        ClusterView {
+            node: report.node.clone(),
+            leases: report
+                .leases
+                .iter()
+                .map(|(name, epoch)| format!("{name} (epoch {epoch})"))
+                .collect(),
+            peers: report
+                .peers
+                .iter()
+                .map(|peer| PeerView {
+                    id: peer.id.clone(),
+                    alive: peer.alive,
+                    heartbeat: format!("{:.1} s ago", peer.heartbeat_age_ms as f64 / 1000.0),
+                    admin: peer.admin_addr.clone().unwrap_or_default(),
+                    this: peer.id == report.node,
+                })
+                .collect(),
         }
     }
 }
@@ -132,6 +177,7 @@ impl SubscriptionView {
             name: name.to_string(),
             state: format!("{:?}", sub.state).to_lowercase(),
             connected: matches!(sub.state, crate::admin::ConnectionState::Connected),
+            standby: matches!(sub.state, crate::admin::ConnectionState::Standby),
             since: sub.since.map(time).unwrap_or_default(),
             last_event: sub
                 .last_event_at

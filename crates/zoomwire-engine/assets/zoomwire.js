@@ -24,3 +24,16 @@
     }
   });
 })();
+
+// A run that changes between the page's render and the opening of its
+// stream sends its news to nobody, and the page would show the old state
+// until the next change: once the stream is open, each live part is
+// fetched once more.
+(function () {
+  "use strict";
+  document.addEventListener("htmx:sseOpen", function () {
+    document.querySelectorAll("[hx-get][hx-trigger*='sse:']").forEach(function (part) {
+      htmx.ajax("GET", part.getAttribute("hx-get"), { target: part, swap: "innerHTML" });
+    });
+  });
+})();

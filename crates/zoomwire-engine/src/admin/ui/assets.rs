@@ -1,6 +1,6 @@
 //! The page's static files, compiled into the binary: the stylesheet, our
 //! one small script (`zoomwire.js`: closes the event stream when the page is
-//! hidden), and the vendored htmx 2.0 and its Server-Sent Events extension (see
+//! hidden, fetches the live parts once more when it opens), and the vendored htmx 2.0 and its Server-Sent Events extension (see
 //! `assets/vendor/README.md` for where they come from). The script names
 //! carry their versions, so browsers may cache them for good.
 

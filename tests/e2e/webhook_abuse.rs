@@ -69,23 +69,33 @@ async fn post_signed(addr: SocketAddr, n: u64) -> (u16, Duration) {
 }
 
 async fn post(addr: SocketAddr, body: &str, good_signature: bool) -> (u16, Duration) {
-    let timestamp = chrono::Utc::now().timestamp().to_string();
     let secret = if good_signature { SECRET } else { "forged" };
-    let signature = sign(&SecretString::from(secret), &timestamp, body.as_bytes());
     let started = Instant::now();
-    let status = reqwest::Client::new()
-        .post(format!("http://{addr}/zoom/webhook"))
-        .header("content-type", "application/json")
-        .header(TIMESTAMP_HEADER, timestamp)
-        .header(SIGNATURE_HEADER, signature)
-        .body(body.to_string())
-        .timeout(Duration::from_secs(10))
+    let status = signed(&reqwest::Client::new(), addr, body.to_string(), secret)
         .send()
         .await
         .expect("the webhook answers")
         .status()
         .as_u16();
     (status, started.elapsed())
+}
+
+/// A webhook request for `body`, signed with `secret` as Zoom signs it.
+fn signed(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    body: String,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let timestamp = chrono::Utc::now().timestamp().to_string();
+    let signature = sign(&SecretString::from(secret), &timestamp, body.as_bytes());
+    client
+        .post(format!("http://{addr}/zoom/webhook"))
+        .header("content-type", "application/json")
+        .header(TIMESTAMP_HEADER, timestamp)
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .timeout(Duration::from_secs(10))
 }
 
 /// Connects to `server` from the loopback address `from`.
@@ -413,18 +423,7 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
 /// Meeting `n` posted signed; its status, or `None` once nobody answers.
 async fn try_post(client: &reqwest::Client, addr: SocketAddr, n: u64) -> Option<u16> {
     let body = meeting_event("meeting.started", n, HOST_USER_ID).to_string();
-    let timestamp = chrono::Utc::now().timestamp().to_string();
-    let signature = sign(&SecretString::from(SECRET), &timestamp, body.as_bytes());
-    let response = client
-        .post(format!("http://{addr}/zoom/webhook"))
-        .header("content-type", "application/json")
-        .header(TIMESTAMP_HEADER, timestamp)
-        .header(SIGNATURE_HEADER, signature)
-        .body(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()?;
+    let response = signed(client, addr, body, SECRET).send().await.ok()?;
     Some(response.status().as_u16())
 }
 

@@ -9,9 +9,10 @@
 //! rule set running is `degraded` but still 200, since restarting would not
 //! help.
 
+use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -233,7 +234,9 @@ impl AdminState {
     /// Reports a WebSocket subscription from the status channel its client
     /// (`run_subscription`) updates; replaces anything reported for `name`.
     pub fn watch_subscription(&self, name: &str, status: watch::Receiver<ConnectionStatus>) {
-        write(&self.subscriptions).insert(name.to_string(), SubscriptionSlot::Watched(status));
+        self.subscriptions
+            .write()
+            .insert(name.to_string(), SubscriptionSlot::Watched(status));
     }
 
     /// Shows this node's place in the cluster; set once. A subscription
@@ -244,13 +247,15 @@ impl AdminState {
 
     /// Reports an account's reconciliation from the status its reconciler updates.
     pub fn watch_reconciliation(&self, account: &str, status: watch::Receiver<ReconcileStatus>) {
-        write(&self.reconciliation).insert(account.to_string(), status);
+        self.reconciliation
+            .write()
+            .insert(account.to_string(), status);
     }
 
     /// Records a subscription's state by hand (adding it if new), for
     /// sources without a status channel.
     pub fn set_subscription_status(&self, name: &str, health: SubscriptionHealth) {
-        let mut subscriptions = write(&self.subscriptions);
+        let mut subscriptions = self.subscriptions.write();
         if let Some(SubscriptionSlot::Reported {
             health: current, ..
         }) = subscriptions.get_mut(name)
@@ -268,7 +273,7 @@ impl AdminState {
     /// Records that a hand-reported subscription delivered an event at `at`.
     /// Cheap: call it per event. (Watched subscriptions report their own.)
     pub fn note_event(&self, subscription: &str, at: DateTime<Utc>) {
-        let subscriptions = read(&self.subscriptions);
+        let subscriptions = self.subscriptions.read();
         if let Some(SubscriptionSlot::Reported { last_event_ms, .. }) =
             subscriptions.get(subscription)
         {
@@ -277,7 +282,7 @@ impl AdminState {
     }
 
     pub fn set_rules_status(&self, health: RulesHealth) {
-        *write(&self.rules) = health;
+        *self.rules.write() = health;
     }
 
     /// A rule set of `count` rules loaded (at start or on reload).
@@ -294,7 +299,7 @@ impl AdminState {
 
     /// A load failed with these errors; the set already running (if any) stays.
     pub fn rules_reload_failed(&self, errors: Vec<String>) {
-        let mut rules = write(&self.rules);
+        let mut rules = self.rules.write();
         rules.last_reload = Some(ReloadOutcome {
             at: Utc::now(),
             ok: false,
@@ -305,7 +310,9 @@ impl AdminState {
     /// The health report `/healthz` serves.
     pub fn report(&self) -> HealthReport {
         let cluster = self.cluster.get();
-        let subscriptions: BTreeMap<String, SubscriptionReport> = read(&self.subscriptions)
+        let subscriptions: BTreeMap<String, SubscriptionReport> = self
+            .subscriptions
+            .read()
             .iter()
             .map(|(name, slot)| {
                 let mut report = slot.report();
@@ -315,8 +322,10 @@ impl AdminState {
                 (name.clone(), report)
             })
             .collect();
-        let rules = read(&self.rules).clone();
-        let reconciliation = read(&self.reconciliation)
+        let rules = self.rules.read().clone();
+        let reconciliation = self
+            .reconciliation
+            .read()
             .iter()
             .map(|(account, status)| (account.clone(), status.borrow().clone()))
             .collect();
@@ -349,15 +358,6 @@ fn overall_status(
     } else {
         HealthStatus::Ok
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Poisoning only follows a panic in another holder; the data is plain values.
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

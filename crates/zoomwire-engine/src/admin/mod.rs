@@ -21,8 +21,9 @@ pub mod guard;
 pub mod health;
 pub mod ui;
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -76,8 +77,7 @@ static METRICS: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 /// (the same handle on every later call). Call it early in `run`, before
 /// anything records a metric; [`serve_admin`] calls it too.
 pub fn install_metrics() -> Result<PrometheusHandle, AdminError> {
-    // Poisoning only follows a panic while installing; the Option is still valid.
-    let mut installed = METRICS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut installed = METRICS.lock();
     if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }

@@ -16,7 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -42,9 +44,8 @@ impl HeldLeases {
             .set(if epoch.is_some() { 1.0 } else { 0.0 });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, i64>> {
-        // Poisoning only follows a panic in another holder; the map stays consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, i64>> {
+        self.0.lock()
     }
 }
 
@@ -232,7 +233,7 @@ mod tests {
 
     impl ClockStore {
         fn holder(&self) -> Option<String> {
-            let lease = self.lease.lock().unwrap();
+            let lease = self.lease.lock();
             lease
                 .as_ref()
                 .filter(|(_, _, expires)| *expires > Instant::now())
@@ -271,7 +272,7 @@ mod tests {
                     return std::future::pending().await;
                 }
                 let now = Instant::now();
-                let mut lease = self.lease.lock().unwrap();
+                let mut lease = self.lease.lock();
                 let answer = match lease.as_mut() {
                     Some((holder, epoch, expires)) if *holder == node.incarnation => {
                         *expires = now + ttl;
@@ -299,7 +300,7 @@ mod tests {
             epoch: i64,
         ) -> BoxFuture<'a, Result<(), ClusterError>> {
             Box::pin(async move {
-                let mut lease = self.lease.lock().unwrap();
+                let mut lease = self.lease.lock();
                 if let Some((holder, held, expires)) = lease.as_mut()
                     && *holder == node.incarnation
                     && *held == epoch
@@ -419,7 +420,7 @@ mod tests {
             }
         }
         let stopped_at = stopped_at.expect("the work stopped");
-        let expires = store.lease.lock().unwrap().as_ref().unwrap().2;
+        let expires = store.lease.lock().as_ref().unwrap().2;
         assert!(
             stopped_at + first.timings.margin / 2 <= expires,
             "stopped {:?} after the start, the lease expires {:?} after it",
@@ -443,7 +444,7 @@ mod tests {
         ));
         sleep(Duration::from_millis(10)).await;
         // Another incarnation took the lease (say the server expired it while this one slept).
-        *store.lease.lock().unwrap() = Some((
+        *store.lease.lock() = Some((
             "someone-else".into(),
             7,
             Instant::now() + Duration::from_secs(60),

@@ -7,7 +7,9 @@
 //! writing as one node would defeat every fence.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -63,9 +65,8 @@ impl NodeHealth {
         *self.lock_peers() = peers;
     }
 
-    fn lock_peers(&self) -> std::sync::MutexGuard<'_, Vec<PeerInfo>> {
-        // Poisoning only follows a panic in another holder; the list stays consistent.
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_peers(&self) -> parking_lot::MutexGuard<'_, Vec<PeerInfo>> {
+        self.peers.lock()
     }
 }
 

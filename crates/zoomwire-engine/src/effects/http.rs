@@ -17,8 +17,9 @@
 //! time taken are capped. Any status is an answer, not an error: the script
 //! looks at `status`.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION};
@@ -114,7 +115,7 @@ impl HttpEffect {
 
     /// The client for a rule's allow-list.
     fn client(&self, allowed: &Arc<[String]>) -> Result<reqwest::Client, EffectError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = self.clients.lock();
         if let Some(client) = clients.get(allowed) {
             return Ok(client.clone());
         }

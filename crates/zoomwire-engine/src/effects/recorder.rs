@@ -5,8 +5,8 @@
 //! What a run called is recorded by the sandbox, not here, so the daemon and
 //! the fake produce the same run records.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
@@ -48,9 +48,9 @@ impl RecordingEffects {
             .cloned()
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Value>> {
+    fn lock_state(&self) -> parking_lot::MutexGuard<'_, HashMap<(String, String), Value>> {
         // A poisoned lock only means a test panicked mid-insert; the map is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn answer(

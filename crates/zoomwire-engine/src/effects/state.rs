@@ -7,8 +7,8 @@
 //! [`StateError::Full`] (a permanent effect error), while existing keys may
 //! still be set. The size of one value is capped by the caller (`live.rs`).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -70,7 +70,7 @@ impl MemoryState {
 
 impl StateStore for MemoryState {
     fn get(&self, rule: &str, key: &str) -> Result<Option<Value>, StateError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock();
         let id = (rule.to_string(), key.to_string());
         match entries.get(&id) {
             Some((_, Some(expires))) if *expires <= Instant::now() => {
@@ -89,7 +89,7 @@ impl StateStore for MemoryState {
         value: Value,
         ttl: Option<Duration>,
     ) -> Result<(), StateError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock();
         let id = (rule.to_string(), key.to_string());
         if !entries.contains_key(&id) {
             let now = Instant::now();

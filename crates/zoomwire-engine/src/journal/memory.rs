@@ -11,9 +11,10 @@
 //!
 //! [`MemoryJournal`]: crate::engine::record::MemoryJournal
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -109,9 +110,8 @@ impl BoundedMemoryJournal {
         self.lock().seen.contains(&id_hash(id))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Poisoning only follows a panic in another holder; the maps stay consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Every run kept, unfinished and finished, in no order.

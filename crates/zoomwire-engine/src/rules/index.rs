@@ -7,8 +7,9 @@
 //! result for each event type seen is cached (bounded), so a steady stream
 //! costs one read-locked lookup per event.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::{Rule, Trigger};
 
@@ -108,16 +109,15 @@ impl TypeIndex {
             return hit.clone();
         }
         let found: Arc<[u32]> = self.lookup(event_type).into();
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.write();
         if cache.len() < CACHE_LIMIT {
             cache.insert(event_type.to_string(), found.clone());
         }
         found
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<[u32]>>> {
-        // Poisoning only follows a panic while inserting; the map is still consistent.
-        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    fn read_cache(&self) -> parking_lot::RwLockReadGuard<'_, HashMap<String, Arc<[u32]>>> {
+        self.cache.read()
     }
 
     fn lookup(&self, event_type: &str) -> Vec<u32> {

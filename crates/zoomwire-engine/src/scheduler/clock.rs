@@ -2,8 +2,8 @@
 //! [`ManualClock`], which only moves when told to, for tests that walk a
 //! schedule across weeks and daylight-saving changes in milliseconds.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -114,9 +114,8 @@ impl ManualClock {
         self.changed.notify_waiters();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ManualState> {
-        // Poisoning only follows a panic in another holder; the state is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ManualState> {
+        self.state.lock()
     }
 }
 

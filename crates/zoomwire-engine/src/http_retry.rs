@@ -1,13 +1,20 @@
 //! HTTP plumbing shared by the Zoom REST client and the live effect clients
 //! (Slack, HTTP, downloads): how a failure counts ([`FailureKind`]),
-//! `Retry-After` parsing, the retry policy and its backoff,
-//! waits that never pass a run's deadline, and response bodies read with a
-//! size cap.
+//! `Retry-After` parsing, the retry policy and its backoff, the one
+//! send-with-retry loop ([`send_with_retry`]), waits that never pass a run's
+//! deadline, and response bodies read with a size cap.
 //!
+//! Zoom REST, Slack and downloads retry through [`send_with_retry`]: each
+//! says what one attempt's answer means ([`Attempt`]) and keeps only what is
+//! its own (Zoom's token refresh on 401, Slack's `ok: false`, the download's
+//! credential fallback and redirects); the loop waits out 429s as
+//! `Retry-After` says, backs off after retry-safe failures and counts every
+//! retry. `http::request` does not retry: any status is the script's answer.
 //! Every wait goes through [`wait_within`], so no client sleeps past the run's
 //! deadline: when a peer asks for a longer pause than the run has left, the
 //! effect fails at once as transient and the engine's run retry takes over.
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -143,6 +150,85 @@ pub fn remaining(deadline: Instant) -> Duration {
 /// A per-request timeout: `limit`, but never past the deadline.
 pub fn request_timeout(limit: Duration, deadline: Instant) -> Duration {
     limit.min(remaining(deadline)).max(Duration::from_millis(1))
+}
+
+/// What one attempt of an [`Exchange`] came to.
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    /// The exchange is over: its answer or its error.
+    Done(Result<T, E>),
+    /// Try again at once, without a wait (a refreshed credential).
+    Again,
+    /// Sending failed; `retry_safe` when sending again cannot do the work twice.
+    Failed { error: E, retry_safe: bool },
+    /// A retry-safe server error: backed off and retried; the outcome stands
+    /// when the retries are spent or the deadline is near.
+    Unavailable(Result<T, E>),
+    /// A 429: waited out as `Retry-After` says (see
+    /// [`RetryPolicy::rate_limit_delay`]); `error` when it cannot be.
+    RateLimited {
+        retry_after: Option<Duration>,
+        error: E,
+    },
+}
+
+/// One client's part of a request that [`send_with_retry`] repeats.
+pub trait Exchange {
+    type Answer;
+    type Error;
+    /// Labels the retries in `zoomwire_effect_retries_total`.
+    const CLIENT: &'static str;
+
+    /// Sends the request once (with what each attempt needs, such as a
+    /// token) and says what the answer means.
+    fn attempt(&mut self) -> impl Future<Output = Attempt<Self::Answer, Self::Error>> + Send;
+
+    /// The error when a 429's wait would pass the run's deadline.
+    fn outlasts_deadline(&self, error: Self::Error, past: PastDeadline) -> Self::Error;
+}
+
+/// Runs an exchange's attempts under `policy` until one is final: 429s are
+/// waited out (at most `rate_limit_retries` times), retry-safe failures backed
+/// off (at most `attempts` in all), and no wait passes `deadline`.
+pub async fn send_with_retry<X: Exchange>(
+    exchange: &mut X,
+    policy: &RetryPolicy,
+    deadline: Instant,
+) -> Result<X::Answer, X::Error> {
+    let mut backoff = policy.backoff();
+    let mut rate_limited = 0;
+    loop {
+        let outcome = match exchange.attempt().await {
+            Attempt::Done(outcome) => return outcome,
+            Attempt::Again => continue,
+            Attempt::Failed {
+                error,
+                retry_safe: false,
+            } => return Err(error),
+            Attempt::Failed { error, .. } => Err(error),
+            Attempt::Unavailable(outcome) => outcome,
+            Attempt::RateLimited { retry_after, error } => {
+                rate_limited += 1;
+                if rate_limited > policy.rate_limit_retries {
+                    return Err(error);
+                }
+                let delay = policy.rate_limit_delay(retry_after);
+                if let Err(past) = wait_within(deadline, delay).await {
+                    return Err(exchange.outlasts_deadline(error, past));
+                }
+                count_retry(X::CLIENT);
+                continue;
+            }
+        };
+        match backoff.next() {
+            Some(delay) if wait_within(deadline, delay).await.is_ok() => count_retry(X::CLIENT),
+            _ => return outcome,
+        }
+    }
+}
+
+fn count_retry(client: &'static str) {
+    metrics::counter!("zoomwire_effect_retries_total", "client" => client).increment(1);
 }
 
 /// Whether repeating a request after this answer cannot do the work twice:
@@ -322,6 +408,107 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// Attempts that answer from a script, counting how often they were sent.
+    struct Scripted {
+        answers: std::collections::VecDeque<Attempt<&'static str, String>>,
+        sent: u32,
+    }
+
+    impl Exchange for Scripted {
+        type Answer = &'static str;
+        type Error = String;
+        const CLIENT: &'static str = "test";
+
+        async fn attempt(&mut self) -> Attempt<&'static str, String> {
+            self.sent += 1;
+            self.answers
+                .pop_front()
+                .expect("no attempt past the script")
+        }
+
+        fn outlasts_deadline(&self, error: String, past: PastDeadline) -> String {
+            format!("{error}; {past}")
+        }
+    }
+
+    fn scripted(answers: Vec<Attempt<&'static str, String>>) -> Scripted {
+        Scripted {
+            answers: answers.into(),
+            sent: 0,
+        }
+    }
+
+    fn rate_limited(seconds: u64) -> Attempt<&'static str, String> {
+        Attempt::RateLimited {
+            retry_after: Some(Duration::from_secs(seconds)),
+            error: "429".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_out_a_retry_after_then_answers() {
+        let mut exchange = scripted(vec![rate_limited(2), Attempt::Done(Ok("ok"))]);
+        let started = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = send_with_retry(&mut exchange, &RetryPolicy::default(), deadline).await;
+        assert_eq!(answer, Ok("ok"));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(exchange.sent, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_past_the_deadline_fails_at_once() {
+        let mut exchange = scripted(vec![rate_limited(30)]);
+        let started = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let error = send_with_retry(&mut exchange, &RetryPolicy::default(), deadline)
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("429; waiting 30s would pass"), "{error}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_after_the_allowed_rate_limits() {
+        let policy = RetryPolicy {
+            rate_limit_retries: 2,
+            ..RetryPolicy::default()
+        };
+        let mut exchange = scripted((0..3).map(|_| rate_limited(1)).collect());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let error = send_with_retry(&mut exchange, &policy, deadline).await;
+        assert_eq!(error, Err("429".to_string()));
+        assert_eq!(exchange.sent, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backs_off_what_is_safe_to_repeat_and_keeps_the_last_outcome() {
+        let policy = RetryPolicy {
+            attempts: 3,
+            ..RetryPolicy::default()
+        };
+        let unsafe_failure = Attempt::Failed {
+            error: "refused".to_string(),
+            retry_safe: false,
+        };
+        let mut exchange = scripted(vec![unsafe_failure]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let error = send_with_retry(&mut exchange, &policy, deadline).await;
+        assert_eq!((error, exchange.sent), (Err("refused".to_string()), 1));
+
+        let mut exchange = scripted(vec![
+            Attempt::Failed {
+                error: "reset".to_string(),
+                retry_safe: true,
+            },
+            Attempt::Again,
+            Attempt::Unavailable(Ok("503")),
+            Attempt::Unavailable(Ok("503 again")),
+        ]);
+        let answer = send_with_retry(&mut exchange, &policy, deadline).await;
+        assert_eq!((answer, exchange.sent), (Ok("503 again"), 4));
     }
 
     #[test]

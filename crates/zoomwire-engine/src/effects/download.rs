@@ -30,7 +30,10 @@ use url::Url;
 
 use super::capability::{host_allowed, target_allowed};
 use super::{EffectContext, EffectError, EffectErrorKind};
-use crate::http_retry::{self, RetryPolicy, describe_error, read_body_capped, wait_within};
+use crate::http_retry::{
+    self, Attempt, Exchange, PastDeadline, RetryPolicy, describe_error, read_body_capped,
+    send_with_retry,
+};
 use crate::zoom::token::{AccessToken, AccessTokens};
 
 const EFFECT: &str = "zoom.download";
@@ -356,58 +359,15 @@ impl Downloader {
         context: &EffectContext,
         oauth: &OAuthFallback,
     ) -> Result<reqwest::Response, EffectError> {
-        let deadline = context.deadline;
-        let policy = &self.config.retry;
-        let mut backoff = policy.backoff();
-        let mut credential = self.first_credential(context, oauth).await?;
-        let mut oauth_refreshed = false;
-        let mut rate_limited = 0;
-        loop {
-            let response = match self.fetch(url, &credential, context).await {
-                Ok(response) => response,
-                Err(error) if error.kind == EffectErrorKind::Transient => match backoff.next() {
-                    Some(delay) if wait_within(deadline, delay).await.is_ok() => continue,
-                    _ => return Err(error),
-                },
-                Err(error) => return Err(error),
-            };
-            let status = response.status();
-            if status.is_success() {
-                return Ok(response);
-            }
-            if status == StatusCode::UNAUTHORIZED {
-                match &credential {
-                    Credential::DownloadToken(_) => {
-                        tracing::info!(rule = %context.rule, "download token refused, trying the oauth token");
-                        credential = self.oauth_credential(oauth).await?;
-                        continue;
-                    }
-                    Credential::OAuth(token) if !oauth_refreshed => {
-                        oauth_refreshed = true;
-                        if let Ok(tokens) = oauth {
-                            tokens.invalidate(token);
-                        }
-                        credential = self.oauth_credential(oauth).await?;
-                        continue;
-                    }
-                    Credential::OAuth(_) => {}
-                }
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS && rate_limited < policy.rate_limit_retries {
-                rate_limited += 1;
-                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
-                if wait_within(deadline, delay).await.is_ok() {
-                    continue;
-                }
-            }
-            if status.is_server_error()
-                && let Some(delay) = backoff.next()
-                && wait_within(deadline, delay).await.is_ok()
-            {
-                continue;
-            }
-            return Err(status_error(response).await);
-        }
+        let mut fetch = Fetch {
+            downloader: self,
+            url,
+            context,
+            oauth,
+            credential: self.first_credential(context, oauth).await?,
+            oauth_refreshed: false,
+        };
+        send_with_retry(&mut fetch, &self.config.retry, context.deadline).await
     }
 
     /// One request, following redirects within the allowed hosts.
@@ -504,6 +464,86 @@ impl Downloader {
             return Err(io_error("renaming the download", error));
         }
         Ok(bytes)
+    }
+}
+
+/// One download's attempts: a refused download token gives way to the
+/// account's OAuth token, and a refused OAuth token is refreshed once.
+struct Fetch<'a> {
+    downloader: &'a Downloader,
+    url: &'a Url,
+    context: &'a EffectContext,
+    oauth: &'a OAuthFallback,
+    credential: Credential,
+    oauth_refreshed: bool,
+}
+
+impl Fetch<'_> {
+    /// The next credential after a 401, if one is left to try.
+    async fn after_refusal(&mut self) -> Option<Result<Credential, EffectError>> {
+        match &self.credential {
+            Credential::DownloadToken(_) => {
+                tracing::info!(rule = %self.context.rule, "download token refused, trying the oauth token");
+            }
+            Credential::OAuth(token) if !self.oauth_refreshed => {
+                self.oauth_refreshed = true;
+                if let Ok(tokens) = self.oauth {
+                    tokens.invalidate(token);
+                }
+            }
+            Credential::OAuth(_) => return None,
+        }
+        Some(self.downloader.oauth_credential(self.oauth).await)
+    }
+}
+
+impl Exchange for Fetch<'_> {
+    type Answer = reqwest::Response;
+    type Error = EffectError;
+    const CLIENT: &'static str = "download";
+
+    async fn attempt(&mut self) -> Attempt<reqwest::Response, EffectError> {
+        let fetched = self
+            .downloader
+            .fetch(self.url, &self.credential, self.context)
+            .await;
+        let response = match fetched {
+            Ok(response) => response,
+            Err(error) => {
+                let retry_safe = error.kind == EffectErrorKind::Transient;
+                return Attempt::Failed { error, retry_safe };
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Attempt::Done(Ok(response));
+        }
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(next) = self.after_refusal().await
+        {
+            return match next {
+                Ok(credential) => {
+                    self.credential = credential;
+                    Attempt::Again
+                }
+                Err(error) => Attempt::Done(Err(error)),
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Attempt::RateLimited {
+                retry_after: http_retry::retry_after(response.headers()),
+                error: status_error(response).await,
+            };
+        }
+        let error = status_error(response).await;
+        if status.is_server_error() {
+            return Attempt::Unavailable(Err(error));
+        }
+        Attempt::Done(Err(error))
+    }
+
+    fn outlasts_deadline(&self, error: EffectError, _past: PastDeadline) -> EffectError {
+        error
     }
 }
 

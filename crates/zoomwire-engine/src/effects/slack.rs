@@ -6,7 +6,8 @@
 //! "channel_not_found"}`: that code becomes the effect error's `code`. A 429
 //! carries `Retry-After` in seconds and is waited out within the run's
 //! deadline; posting is not idempotent, so other failures are retried here
-//! only when the request surely did nothing (connection refused, 503).
+//! only when the request surely did nothing (connection refused, 503). The
+//! retry loop is [`crate::http_retry::send_with_retry`].
 //! Webhook URLs and the token are secrets: no message names them.
 
 use std::collections::BTreeMap;
@@ -20,8 +21,8 @@ use url::Url;
 
 use super::{EffectError, EffectErrorKind};
 use crate::http_retry::{
-    self, RetryPolicy, describe_error, read_body_capped, request_timeout, retry_safe_error,
-    retry_safe_status, wait_within,
+    self, Attempt, Exchange, PastDeadline, RetryPolicy, describe_error, read_body_capped,
+    request_timeout, retry_safe_error, retry_safe_status, send_with_retry,
 };
 
 /// Slack error codes that are worth another try later.
@@ -140,70 +141,82 @@ impl SlackClient {
     /// POSTs JSON, waiting out 429s and retrying what cannot post twice.
     async fn send(
         &self,
-        effect: &str,
+        effect: &'static str,
         url: &Url,
         token: Option<&SecretString>,
         body: &Value,
         deadline: Instant,
     ) -> Result<Answer, EffectError> {
-        let policy = &self.config.retry;
-        let mut backoff = policy.backoff();
-        let mut rate_limited = 0;
-        loop {
-            let mut request = self
-                .client
-                .post(url.clone())
-                .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                .timeout(request_timeout(self.config.request_timeout, deadline))
-                .body(body.to_string());
-            if let Some(token) = token {
-                request = request.bearer_auth(token.expose_secret());
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    let retry = retry_safe_error(&Method::POST, &error);
-                    let message = format!("slack: {}", describe_error(error));
-                    if retry
-                        && let Some(delay) = backoff.next()
-                        && wait_within(deadline, delay).await.is_ok()
-                    {
-                        continue;
-                    }
-                    return Err(EffectError::transient(effect, message));
-                }
-            };
-            let status = response.status();
-            metrics::counter!("zoomwire_slack_responses_total", "status" => status.as_u16().to_string())
-                .increment(1);
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                rate_limited += 1;
-                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
-                if rate_limited > policy.rate_limit_retries {
-                    return Err(slack_error(effect, "ratelimited", Some(status)));
-                }
-                if let Err(past) = wait_within(deadline, delay).await {
-                    let mut error = slack_error(effect, "ratelimited", Some(status));
-                    error.message = format!("{}; {past}", error.message);
-                    return Err(error);
-                }
-                metrics::counter!("zoomwire_effect_retries_total", "client" => "slack")
-                    .increment(1);
-                continue;
-            }
-            if retry_safe_status(&Method::POST, status)
-                && let Some(delay) = backoff.next()
-                && wait_within(deadline, delay).await.is_ok()
-            {
-                metrics::counter!("zoomwire_effect_retries_total", "client" => "slack")
-                    .increment(1);
-                continue;
-            }
-            let body = read_body_capped(response, self.config.max_response_bytes)
-                .await
-                .map_err(|e| EffectError::transient(effect, format!("slack: {e}")))?;
-            return Ok(Answer { status, body });
+        let mut post = SlackPost {
+            slack: self,
+            effect,
+            url,
+            token,
+            body: body.to_string(),
+            deadline,
+        };
+        send_with_retry(&mut post, &self.config.retry, deadline).await
+    }
+}
+
+/// One message's attempts.
+struct SlackPost<'a> {
+    slack: &'a SlackClient,
+    effect: &'static str,
+    url: &'a Url,
+    token: Option<&'a SecretString>,
+    body: String,
+    deadline: Instant,
+}
+
+impl Exchange for SlackPost<'_> {
+    type Answer = Answer;
+    type Error = EffectError;
+    const CLIENT: &'static str = "slack";
+
+    async fn attempt(&mut self) -> Attempt<Answer, EffectError> {
+        let config = &self.slack.config;
+        let mut request = self
+            .slack
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .timeout(request_timeout(config.request_timeout, self.deadline))
+            .body(self.body.clone());
+        if let Some(token) = self.token {
+            request = request.bearer_auth(token.expose_secret());
         }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                let retry_safe = retry_safe_error(&Method::POST, &error);
+                let message = format!("slack: {}", describe_error(error));
+                let error = EffectError::transient(self.effect, message);
+                return Attempt::Failed { error, retry_safe };
+            }
+        };
+        let status = response.status();
+        metrics::counter!("zoomwire_slack_responses_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Attempt::RateLimited {
+                retry_after: http_retry::retry_after(response.headers()),
+                error: slack_error(self.effect, "ratelimited", Some(status)),
+            };
+        }
+        let answer = read_body_capped(response, config.max_response_bytes)
+            .await
+            .map(|body| Answer { status, body })
+            .map_err(|e| EffectError::transient(self.effect, format!("slack: {e}")));
+        if retry_safe_status(&Method::POST, status) {
+            return Attempt::Unavailable(answer);
+        }
+        Attempt::Done(answer)
+    }
+
+    fn outlasts_deadline(&self, mut error: EffectError, past: PastDeadline) -> EffectError {
+        error.message = format!("{}; {past}", error.message);
+        error
     }
 }
 

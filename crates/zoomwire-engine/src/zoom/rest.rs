@@ -10,7 +10,8 @@
 //! a missing scope) are errors, since minting a token nobody needed may
 //! invalidate the one the WebSocket uses. 429s are waited out as
 //! `Retry-After` says (or about a second for per-second limits), and 5xx and
-//! timeouts retried with backoff, never past the run's deadline. Errors keep
+//! timeouts retried with backoff, never past the run's deadline (the loop is
+//! [`crate::http_retry::send_with_retry`]). Errors keep
 //! Zoom's `code`, `message`, `x-zm-trackingid` and, for a 429, what the
 //! rate-limit headers said.
 
@@ -25,8 +26,8 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::http_retry::{
-    self, FailureKind, RetryPolicy, describe_error, read_body_capped, request_timeout,
-    retry_safe_error, retry_safe_status, wait_within,
+    self, Attempt, Exchange, FailureKind, PastDeadline, RetryPolicy, describe_error,
+    read_body_capped, request_timeout, retry_safe_error, retry_safe_status, send_with_retry,
 };
 use crate::zoom::token::{AccessToken, AccessTokens, TokenError};
 use crate::zoom::uuid::encode_uuid;
@@ -300,63 +301,16 @@ impl ZoomRest {
         body: Option<&Value>,
         deadline: Instant,
     ) -> Result<Value, RestError> {
-        let policy = &self.config.retry;
-        let mut backoff = policy.backoff();
-        let mut refreshed = false;
-        let mut rate_limited = 0;
-        loop {
-            self.acquire(deadline).await?;
-            let token = self.tokens.token().await.map_err(RestError::token)?;
-            let response = match self.send_once(method, url, body, &token, deadline).await {
-                Ok(response) => response,
-                Err(error) => {
-                    let retry = retry_safe_error(method, &error);
-                    let message = format!("zoom api: {}", describe_error(error));
-                    if retry && backoff_within(&mut backoff, deadline).await {
-                        metrics::counter!("zoomwire_effect_retries_total", "client" => "zoom")
-                            .increment(1);
-                        continue;
-                    }
-                    return Err(RestError::new(FailureKind::Transient, message));
-                }
-            };
-            let status = response.status();
-            metrics::counter!("zoomwire_zoom_api_responses_total", "status" => status.as_u16().to_string())
-                .increment(1);
-            if status.is_success() {
-                return self.read_answer(response).await;
-            }
-            if status == StatusCode::UNAUTHORIZED {
-                let error = self.api_error(response).await;
-                if error.is_invalid_token() && !refreshed {
-                    refreshed = true;
-                    self.tokens.invalidate(&token);
-                    continue;
-                }
-                return Err(error);
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                rate_limited += 1;
-                let delay = policy.rate_limit_delay(http_retry::retry_after(response.headers()));
-                let limit = describe_rate_limit(response.headers());
-                let mut error = self.api_error(response).await;
-                error.kind = FailureKind::Transient;
-                if rate_limited > policy.rate_limit_retries {
-                    return Err(error);
-                }
-                if let Err(past) = wait_within(deadline, delay).await {
-                    error.message = format!("{} ({limit}); {past}", error.message);
-                    return Err(error);
-                }
-                metrics::counter!("zoomwire_effect_retries_total", "client" => "zoom").increment(1);
-                continue;
-            }
-            if retry_safe_status(method, status) && backoff_within(&mut backoff, deadline).await {
-                metrics::counter!("zoomwire_effect_retries_total", "client" => "zoom").increment(1);
-                continue;
-            }
-            return Err(self.api_error(response).await);
-        }
+        let mut call = RestCall {
+            rest: self,
+            method,
+            url,
+            body,
+            deadline,
+            refreshed: false,
+            rate_limit: String::new(),
+        };
+        send_with_retry(&mut call, &self.config.retry, deadline).await
     }
 
     async fn acquire(&self, deadline: Instant) -> Result<(), RestError> {
@@ -453,11 +407,77 @@ impl ZoomRest {
     }
 }
 
-/// Sleeps for the next backoff delay; false when retries are spent or the deadline is near.
-async fn backoff_within(backoff: &mut impl Iterator<Item = Duration>, deadline: Instant) -> bool {
-    match backoff.next() {
-        Some(delay) => wait_within(deadline, delay).await.is_ok(),
-        None => false,
+/// One REST call's attempts: each takes a rate-limiter slot and a token; a
+/// 401 for an expired token refreshes it once.
+struct RestCall<'a> {
+    rest: &'a ZoomRest,
+    method: &'a Method,
+    url: &'a Url,
+    body: Option<&'a Value>,
+    deadline: Instant,
+    refreshed: bool,
+    /// What the last 429's headers said, for an error past the deadline.
+    rate_limit: String,
+}
+
+impl Exchange for RestCall<'_> {
+    type Answer = Value;
+    type Error = RestError;
+    const CLIENT: &'static str = "zoom";
+
+    async fn attempt(&mut self) -> Attempt<Value, RestError> {
+        let rest = self.rest;
+        if let Err(error) = rest.acquire(self.deadline).await {
+            return Attempt::Done(Err(error));
+        }
+        let token = match rest.tokens.token().await {
+            Ok(token) => token,
+            Err(error) => return Attempt::Done(Err(RestError::token(error))),
+        };
+        let sent = rest
+            .send_once(self.method, self.url, self.body, &token, self.deadline)
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                let retry_safe = retry_safe_error(self.method, &error);
+                let message = format!("zoom api: {}", describe_error(error));
+                let error = RestError::new(FailureKind::Transient, message);
+                return Attempt::Failed { error, retry_safe };
+            }
+        };
+        let status = response.status();
+        metrics::counter!("zoomwire_zoom_api_responses_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        if status.is_success() {
+            return Attempt::Done(rest.read_answer(response).await);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            let error = rest.api_error(response).await;
+            if error.is_invalid_token() && !self.refreshed {
+                self.refreshed = true;
+                rest.tokens.invalidate(&token);
+                return Attempt::Again;
+            }
+            return Attempt::Done(Err(error));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = http_retry::retry_after(response.headers());
+            self.rate_limit = describe_rate_limit(response.headers());
+            let mut error = rest.api_error(response).await;
+            error.kind = FailureKind::Transient;
+            return Attempt::RateLimited { retry_after, error };
+        }
+        let error = rest.api_error(response).await;
+        if retry_safe_status(self.method, status) {
+            return Attempt::Unavailable(Err(error));
+        }
+        Attempt::Done(Err(error))
+    }
+
+    fn outlasts_deadline(&self, mut error: RestError, past: PastDeadline) -> RestError {
+        error.message = format!("{} ({}); {past}", error.message, self.rate_limit);
+        error
     }
 }
 

@@ -24,7 +24,7 @@ use zoomwire_engine::duration::parse_duration;
 use zoomwire_engine::effects::BoxFuture;
 use zoomwire_engine::effects::recorder::RecordingEffects;
 use zoomwire_engine::engine::executor::Executor;
-use zoomwire_engine::engine::record::Journal;
+use zoomwire_engine::engine::journal::Journal;
 use zoomwire_engine::event::Event;
 use zoomwire_engine::journal::JournalMode;
 use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};

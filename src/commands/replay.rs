@@ -11,8 +11,9 @@ use super::rules_args::{RuleArgs, print_rule_errors};
 use super::{CommandError, CommandResult, EXIT_FAILED};
 use zoomwire_engine::effects::Effects;
 use zoomwire_engine::engine::executor::Executor;
-use zoomwire_engine::engine::record::{MemoryJournal, RunStatus};
+use zoomwire_engine::engine::journal::RunStatus;
 use zoomwire_engine::event::Source;
+use zoomwire_engine::journal::memory::MemoryJournal;
 use zoomwire_engine::zoom::frame::decode_event_or_frame;
 
 pub struct ReplayArgs {

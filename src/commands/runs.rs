@@ -18,7 +18,7 @@ use anyhow::anyhow;
 
 use super::{CommandError, CommandResult, load_settings};
 use zoomwire_engine::config::LoadOptions;
-use zoomwire_engine::engine::record::JournalError;
+use zoomwire_engine::engine::journal::JournalError;
 use zoomwire_engine::journal::JournalMode;
 use zoomwire_engine::journal::postgres::{PostgresJournal, PostgresOptions};
 use zoomwire_engine::journal::{
@@ -273,7 +273,7 @@ fn one_line(error: &str) -> String {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use zoomwire_engine::engine::record::RunStatus;
+    use zoomwire_engine::engine::journal::RunStatus;
 
     fn summary(id: &str, status: RunStatus, error: Option<&str>) -> RunSummary {
         RunSummary {

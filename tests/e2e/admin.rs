@@ -16,11 +16,12 @@ use zoomwire_engine::admin::{
     AdminOptions, AdminState, AdminToken, ConnectionState, RunHistory, SubscriptionHealth,
     serve_admin,
 };
-use zoomwire_engine::engine::record::{Journal, JournalError, MemoryJournal, RunRecord, RunStatus};
+use zoomwire_engine::engine::journal::{Journal, JournalError, RunRecord, RunStatus};
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::journal::history::{
     HistoryError, RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery,
 };
+use zoomwire_engine::journal::memory::MemoryJournal;
 use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
 use zoomwire_engine::zoom::websocket::{ConnectionStatus, Gap};
 

@@ -15,7 +15,7 @@ use zoomwire_engine::admin::activity::ObservedJournal;
 use zoomwire_engine::admin::{AdminOptions, AdminState, RunHistory, serve_admin};
 use zoomwire_engine::effects::gateway::{EffectRecord, LogLine};
 use zoomwire_engine::effects::redact;
-use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::engine::journal::{Journal, RunRecord, RunStatus};
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::journal::{JournalOptions, SqliteJournal};
 use zoomwire_engine::reload::RuleSetHandle;

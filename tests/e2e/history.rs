@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use zoomwire_engine::admin::{AdminOptions, AdminState, serve_admin};
 use zoomwire_engine::effects::gateway::{EffectObserver, EffectRecord, LogLine};
-use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::engine::journal::{Journal, RunRecord, RunStatus};
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::journal::history::{RunHistory, RunQuery, TraceQuery};
 use zoomwire_engine::journal::{JournalOptions, JournalSync, SqliteJournal};

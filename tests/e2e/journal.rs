@@ -15,7 +15,7 @@ use serde_json::json;
 use zoomwire_engine::effects::EffectError;
 use zoomwire_engine::effects::gateway::{EffectObserver, EffectRecord, LogLine};
 use zoomwire_engine::effects::state::StateStore;
-use zoomwire_engine::engine::record::{Journal, RunRecord, RunStatus};
+use zoomwire_engine::engine::journal::{Journal, RunRecord, RunStatus};
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::journal::{
     DB_FILE, JournalOpenError, JournalOptions, RequeueOutcome, RunFilter, SqliteJournal,

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::activity::ObservedJournal;
 use crate::admin::{AdminState, RunHistory, serve_admin};
+use crate::backoff::{Backoff, Jitter};
 use crate::cluster::{ClusterTimings, NodeIdentity, SCHEDULER_LEASE};
 use crate::config::Settings;
 use crate::effects::Effects;
@@ -38,9 +39,9 @@ use crate::effects::accounts::ZoomAccountClient;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::{Executor, PreparedEvent};
-use crate::engine::record::Journal;
+use crate::engine::journal::Journal;
 use crate::event::Event;
-use crate::journal::memory::{BoundedMemoryJournal, MemoryLimits};
+use crate::journal::memory::{MemoryJournal, MemoryLimits};
 use crate::journal::postgres::{PostgresJournal, PostgresOptions};
 use crate::journal::{JournalMode, SqliteJournal};
 use crate::reconcile::KnownEvents;
@@ -368,7 +369,7 @@ async fn open_journal(settings: &Settings, mode: JournalMode) -> Result<Stores, 
             })
         }
         JournalMode::Memory => {
-            let journal = Arc::new(BoundedMemoryJournal::new(MemoryLimits::default()));
+            let journal = Arc::new(MemoryJournal::new(MemoryLimits::default()));
             Ok(Stores {
                 journal: journal.clone(),
                 history: journal.clone(),
@@ -403,8 +404,14 @@ async fn first_token(
     timeout: Duration,
 ) -> Result<(), DaemonError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(250);
+    let backoff = Backoff {
+        first: Duration::from_millis(250),
+        max: Duration::from_secs(5),
+        jitter: Jitter::None,
+    };
+    let mut retry = 0;
     loop {
+        let delay = backoff.delay(retry);
         match tokens.token().await {
             Ok(_) => return Ok(()),
             Err(error @ TokenError::Refused { .. }) => {
@@ -419,7 +426,7 @@ async fn first_token(
             Err(error) => {
                 tracing::warn!(account, error = %error, retry_ms = delay.as_millis() as u64, "no oauth token yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                retry += 1;
             }
         }
     }
@@ -532,7 +539,7 @@ async fn resume_requeued_once(
     executor: &Executor,
     rules: &RuleSetHandle,
     journal: &Arc<dyn Journal>,
-) -> Result<(), crate::engine::record::JournalError> {
+) -> Result<(), crate::engine::journal::JournalError> {
     let candidates: std::collections::HashSet<String> = journal
         .unfinished_run_ids()
         .await?
@@ -803,7 +810,6 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
 mod tests {
     use super::*;
     use crate::effects::recorder::RecordingEffects;
-    use crate::engine::record::MemoryJournal;
 
     #[tokio::test]
     async fn events_already_received_are_journaled_when_stopping() {

@@ -17,9 +17,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::{Method, StatusCode};
+
+use crate::backoff::{Backoff, Jitter};
 
 /// How a failed request counts: whether trying again may help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +62,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Backoff delays for transient failures, one per retry.
     pub fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_backoff)
-            .with_max_delay(self.max_backoff)
-            .with_max_times(self.attempts.saturating_sub(1) as usize)
-            .with_jitter()
-            .build()
+        let backoff = Backoff {
+            first: self.min_backoff,
+            max: self.max_backoff,
+            jitter: Jitter::Added,
+        };
+        backoff.delays(self.attempts.saturating_sub(1))
     }
 
     /// The pause after a 429: what `Retry-After` says, else about `rate_limit_wait`.
@@ -74,14 +75,9 @@ impl RetryPolicy {
         match retry_after {
             // A date with one-second resolution can name a moment just passed.
             Some(delay) => delay.max(Duration::from_millis(50)),
-            None => jitter(self.rate_limit_wait),
+            None => Jitter::Spread.apply(self.rate_limit_wait),
         }
     }
-}
-
-/// `delay` scaled by a random factor between 0.75 and 1.25.
-pub fn jitter(delay: Duration) -> Duration {
-    delay.mul_f64(0.75 + fastrand::f64() * 0.5)
 }
 
 /// Parses a `Retry-After` value: seconds, an HTTP date, or an ISO 8601 date

@@ -8,6 +8,7 @@
 //! command line is the `zoomwire` package.
 
 pub mod admin;
+pub mod backoff;
 pub mod cluster;
 pub mod config;
 pub mod daemon;

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::effects::gateway::EffectRecord;
-use crate::engine::record::{RunRecord, RunStatus};
+use crate::engine::journal::{RunRecord, RunStatus};
 
 /// A run, its effects and logs, as a few indented lines.
 pub fn format_run(run: &RunRecord) -> String {

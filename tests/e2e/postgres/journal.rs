@@ -11,7 +11,7 @@ use serde_json::json;
 use zoomwire_engine::effects::EffectError;
 use zoomwire_engine::effects::gateway::{EffectRecord, EffectStart, LogLine};
 use zoomwire_engine::effects::state::StateError;
-use zoomwire_engine::engine::record::{RunRecord, RunStatus};
+use zoomwire_engine::engine::journal::{RunRecord, RunStatus};
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::journal::history::{RunQuery, TraceQuery};
 use zoomwire_engine::journal::{JournalOptions, RequeueOutcome, RunFilter};

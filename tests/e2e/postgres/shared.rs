@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use zoomwire_engine::cluster::{ClusterStore, NodeIdentity};
 use zoomwire_engine::effects::gateway::EffectObserver;
-use zoomwire_engine::engine::record::{Journal, RunStatus};
+use zoomwire_engine::engine::journal::{Journal, RunStatus};
 use zoomwire_engine::journal::postgres::{
     DatabaseTarget, POSTGRES_SCHEMA_VERSION, PostgresJournal, PostgresOptions,
 };
@@ -421,7 +421,7 @@ async fn a_keys_turn_goes_to_the_earliest_waiting_head_and_nodes_never_wait_for_
             .await
             .unwrap();
     }
-    let finish = |record: &zoomwire_engine::engine::record::RunRecord| {
+    let finish = |record: &zoomwire_engine::engine::journal::RunRecord| {
         let mut done = record.clone();
         done.status = RunStatus::Succeeded;
         done.finished_at = Some(Utc::now());

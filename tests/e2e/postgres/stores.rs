@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use zoomwire_engine::effects::gateway::{EffectObserver, EffectRecord, EffectStart};
 use zoomwire_engine::effects::state::StateStore;
-use zoomwire_engine::engine::record::{Journal, RunRecord, UnfinishedRun};
+use zoomwire_engine::engine::journal::{Journal, RunRecord, UnfinishedRun};
 use zoomwire_engine::event::Event;
 use zoomwire_engine::journal::history::RunHistory;
 use zoomwire_engine::journal::postgres::{DatabaseTarget, PostgresJournal, PostgresOptions};

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
-use crate::engine::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
+use crate::engine::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::Event;
 
 /// Events kept for the events tail.
@@ -300,8 +300,8 @@ impl Journal for ObservedJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::MemoryJournal;
     use crate::event::Source;
+    use crate::journal::memory::MemoryJournal;
 
     fn event(n: i64) -> Event {
         let body = serde_json::json!({"event": "meeting.ended", "event_ts": n});

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::AdminContext;
 use super::health::HealthStatus;
-use crate::engine::record::{JournalError, RunStatus};
+use crate::engine::journal::{JournalError, RunStatus};
 use crate::journal::RequeueOutcome;
 use crate::journal::history::{HistoryError, LogCursor, RunCursor, RunQuery, TraceQuery};
 

@@ -12,7 +12,7 @@ use chrono::Utc;
 use rhai::Dynamic;
 
 use super::admission::CancelFlag;
-use super::record::{Journal, RunRecord, RunStatus};
+use super::journal::{Journal, RunRecord, RunStatus};
 use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
 use crate::effects::redact::{redact, redact_text};
 use crate::effects::{EffectContext, Effects, ZoomAccountRef};

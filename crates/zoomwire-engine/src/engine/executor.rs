@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::{CancelFlag, Decision, Policy, SlotKey, Slots};
 use super::attempt::{RetryWaits, Run, Runner};
+use super::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use super::matcher::{ConditionFailure, Matched, match_event};
-use super::record::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::effects::Effects;
 use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::event::Event;
@@ -729,7 +729,7 @@ mod tests {
     use super::*;
     use crate::effects::gateway::EffectObserver;
     use crate::effects::recorder::RecordingEffects;
-    use crate::engine::record::MemoryJournal;
+    use crate::journal::memory::MemoryJournal;
     use crate::rules::RuleSources;
     use crate::rules::compile::load_rule_set;
     use crate::script::SandboxLimits;

@@ -4,5 +4,5 @@
 pub mod admission;
 pub mod attempt;
 pub mod executor;
+pub mod journal;
 pub mod matcher;
-pub mod record;

@@ -84,7 +84,7 @@ fn open(path: &PathBuf, busy_timeout: Duration, sync: JournalSync) -> rusqlite::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::Journal;
+    use crate::engine::journal::Journal;
     use crate::event::{Event, Source};
     use crate::journal::{JournalOptions, SqliteJournal};
 

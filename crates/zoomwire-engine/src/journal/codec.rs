@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::record::{JournalError, RunStatus};
+use crate::engine::journal::{JournalError, RunStatus};
 
 /// A time as stored: nanoseconds since the epoch, clamped to what `i64` holds
 /// (years 1677 to 2262).

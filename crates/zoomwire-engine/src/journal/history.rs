@@ -1,6 +1,6 @@
 //! What the readers of run history (the admin API, the operator's page)
 //! ask of a journal, in pages: the [`RunHistory`] seam, implemented by the
-//! SQLite journal and both memory journals with the same shapes.
+//! SQLite, PostgreSQL and memory journals with the same shapes.
 //!
 //! Everything is paged so that no request loads more than a page, however
 //! many runs the store holds or however many lines one run logged: runs are
@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::query::{EventSummary, RunSummary};
 use super::{RequeueOutcome, SqliteJournal};
 use crate::effects::gateway::{EffectRecord, LogLine};
-use crate::engine::record::{JournalError, MemoryJournal, RunRecord, RunStatus};
+use crate::engine::journal::{JournalError, RunRecord, RunStatus};
 
 /// The most rows one page holds.
 pub const MAX_PAGE: usize = 500;
@@ -409,30 +409,6 @@ fn display_opt<T: fmt::Display, S: serde::Serializer>(
     match value {
         Some(value) => serializer.collect_str(value),
         None => serializer.serialize_none(),
-    }
-}
-
-impl RunHistory for MemoryJournal {
-    fn list_runs(&self, query: &RunQuery) -> Result<RunPage, HistoryError> {
-        Ok(list_in_memory(&self.runs(), query))
-    }
-
-    /// The memory journal does not show the trigger: `event` is `None`.
-    fn run_trace(&self, id: &str, query: &TraceQuery) -> Result<Option<RunTrace>, HistoryError> {
-        Ok(self
-            .runs()
-            .iter()
-            .find(|run| run.id == id)
-            .map(|run| trace_in_memory(run, query)))
-    }
-
-    fn rule_activity(
-        &self,
-        rule: &str,
-        since: DateTime<Utc>,
-        recent: usize,
-    ) -> Result<RuleActivity, HistoryError> {
-        Ok(rule_activity_in_memory(&self.runs(), rule, since, recent))
     }
 }
 

@@ -1,15 +1,14 @@
-//! The daemon's journal without a store (`ZOOMWIRE_JOURNAL=memory`): the
-//! same seams as the SQLite journal, in bounded memory, for benchmarks and
-//! demos where nothing needs to survive the process.
+//! The journal without a store: the same seams as the SQLite journal, in
+//! memory, where nothing needs to survive the process. The daemon's
+//! `ZOOMWIRE_JOURNAL=memory` (benchmarks, demos) bounds it with
+//! [`MemoryLimits`]; `fire`, `replay`, `zoomwire test` and the tests keep
+//! everything ([`MemoryJournal::default`]).
 //!
-//! Unlike [`MemoryJournal`] (the fake behind `fire`, `replay` and tests,
-//! which keeps everything), it forgets: event ids are remembered for
-//! deduplication as 128-bit hashes, the newest `max_event_ids` of them;
-//! events are kept only while a run of theirs is unfinished; finished runs
-//! are kept for the admin API up to `max_finished_runs`, oldest dropped
-//! first. Every operation is O(1) under one short lock.
-//!
-//! [`MemoryJournal`]: crate::engine::record::MemoryJournal
+//! Bounded, it forgets: event ids are remembered for deduplication as
+//! 128-bit hashes, the newest `max_event_ids` of them; events are kept only
+//! while a run of theirs is unfinished; finished runs are kept for the admin
+//! API up to `max_finished_runs`, oldest dropped first. Every operation but
+//! [`MemoryJournal::runs`] is O(1) under one short lock.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart};
-use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::engine::journal::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::{Event, Source};
 use crate::journal::history::{
     HistoryError, RuleActivity, RunHistory, RunPage, RunQuery, RunTrace, TraceQuery,
@@ -27,13 +26,21 @@ use crate::journal::history::{
 };
 use futures_util::future::BoxFuture;
 
-/// How much a [`BoundedMemoryJournal`] remembers.
+/// How much a [`MemoryJournal`] remembers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLimits {
     /// Event ids remembered to drop duplicates.
     pub max_event_ids: usize,
     /// Finished runs kept for the admin API.
     pub max_finished_runs: usize,
+}
+
+impl MemoryLimits {
+    /// Nothing is forgotten (`fire`, `replay`, tests).
+    pub const UNBOUNDED: MemoryLimits = MemoryLimits {
+        max_event_ids: usize::MAX,
+        max_finished_runs: usize::MAX,
+    };
 }
 
 impl Default for MemoryLimits {
@@ -45,11 +52,23 @@ impl Default for MemoryLimits {
     }
 }
 
-/// A journal in bounded memory. See the module documentation.
-#[derive(Default)]
-pub struct BoundedMemoryJournal {
+/// A journal in memory. See the module documentation.
+pub struct MemoryJournal {
     limits: MemoryLimits,
     state: Mutex<State>,
+}
+
+/// Keeps everything: [`MemoryLimits::UNBOUNDED`].
+impl Default for MemoryJournal {
+    fn default() -> Self {
+        MemoryJournal::new(MemoryLimits::UNBOUNDED)
+    }
+}
+
+/// A run as kept, with the order its first record came in.
+struct KeptRun {
+    order: u64,
+    run: RunRecord,
 }
 
 /// What is kept of an event.
@@ -93,16 +112,27 @@ struct State {
     /// Events accepted but with no run recorded yet, oldest first; trimmed
     /// so events that matched no rule do not pile up.
     unclaimed: VecDeque<u128>,
-    unfinished: HashMap<String, RunRecord>,
-    finished: VecDeque<RunRecord>,
+    unfinished: HashMap<String, KeptRun>,
+    finished: VecDeque<KeptRun>,
+    /// The order the next new run gets.
+    next_order: u64,
 }
 
-impl BoundedMemoryJournal {
-    pub fn new(limits: MemoryLimits) -> BoundedMemoryJournal {
-        BoundedMemoryJournal {
+impl MemoryJournal {
+    pub fn new(limits: MemoryLimits) -> MemoryJournal {
+        MemoryJournal {
             limits,
             state: Mutex::default(),
         }
+    }
+
+    /// Every run kept, in the order they were first recorded, latest state
+    /// of each.
+    pub fn runs(&self) -> Vec<RunRecord> {
+        let state = self.lock();
+        let mut kept: Vec<&KeptRun> = state.unfinished.values().chain(&state.finished).collect();
+        kept.sort_unstable_by_key(|kept| kept.order);
+        kept.into_iter().map(|kept| kept.run.clone()).collect()
     }
 
     /// Whether an event with this id would be dropped as a duplicate now.
@@ -121,7 +151,7 @@ impl BoundedMemoryJournal {
             .unfinished
             .values()
             .chain(state.finished.iter())
-            .cloned()
+            .map(|kept| kept.run.clone())
             .collect()
     }
 }
@@ -168,26 +198,49 @@ impl State {
     }
 
     fn record(&mut self, run: &RunRecord, limits: &MemoryLimits) {
-        let known = self.unfinished.contains_key(&run.id);
-        if run.status.is_finished() {
-            if known {
-                self.unfinished.remove(&run.id);
+        if let Some(kept) = self.unfinished.get_mut(&run.id) {
+            kept.run = run.clone();
+            if run.status.is_finished()
+                && let Some(kept) = self.unfinished.remove(&run.id)
+            {
                 self.release_event(&run.event_id);
-            } else if let Some(position) = self.finished.iter().rposition(|r| r.id == run.id) {
-                // A finished run recorded again (a retry from the admin API).
-                self.finished[position] = run.clone();
-                return;
-            }
-            self.finished.push_back(run.clone());
-            while self.finished.len() > limits.max_finished_runs {
-                self.finished.pop_front();
+                self.push_finished(kept, limits);
             }
             return;
         }
-        if !known && let Some((_, runs)) = self.events.get_mut(&id_hash(&run.event_id)) {
+        let finished = self.finished.iter().rposition(|kept| kept.run.id == run.id);
+        let order = match finished {
+            // A finished run recorded again: a retry after `failed`.
+            Some(position) if run.status.is_finished() => {
+                self.finished[position].run = run.clone();
+                return;
+            }
+            Some(position) => self.finished.remove(position).map(|kept| kept.order),
+            None => None,
+        };
+        let order = order.unwrap_or_else(|| {
+            self.next_order += 1;
+            self.next_order
+        });
+        let kept = KeptRun {
+            order,
+            run: run.clone(),
+        };
+        if run.status.is_finished() {
+            self.push_finished(kept, limits);
+            return;
+        }
+        if let Some((_, runs)) = self.events.get_mut(&id_hash(&run.event_id)) {
             *runs += 1;
         }
-        self.unfinished.insert(run.id.clone(), run.clone());
+        self.unfinished.insert(run.id.clone(), kept);
+    }
+
+    fn push_finished(&mut self, kept: KeptRun, limits: &MemoryLimits) {
+        self.finished.push_back(kept);
+        while self.finished.len() > limits.max_finished_runs {
+            self.finished.pop_front();
+        }
     }
 
     fn release_event(&mut self, event_id: &str) {
@@ -202,7 +255,7 @@ impl State {
     }
 }
 
-impl EffectObserver for BoundedMemoryJournal {
+impl EffectObserver for MemoryJournal {
     /// Nothing survives the process, so nothing is ever in doubt.
     fn effect_starting(&self, _run_id: &str, _start: &EffectStart) -> Result<(), String> {
         Ok(())
@@ -212,7 +265,7 @@ impl EffectObserver for BoundedMemoryJournal {
     fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 }
 
-impl Journal for BoundedMemoryJournal {
+impl Journal for MemoryJournal {
     fn accept_event_with_runs<'a>(
         &'a self,
         event: &'a Event,
@@ -247,9 +300,10 @@ impl Journal for BoundedMemoryJournal {
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         let unfinished = {
             let state = self.lock();
-            let mut runs: Vec<&RunRecord> = state.unfinished.values().collect();
-            runs.sort_by_key(|run| run.created_at);
+            let mut runs: Vec<&KeptRun> = state.unfinished.values().collect();
+            runs.sort_unstable_by_key(|kept| kept.order);
             runs.into_iter()
+                .map(|kept| &kept.run)
                 .filter_map(|run| {
                     let (kept, _) = state.events.get(&id_hash(&run.event_id))?;
                     let event = Event::parse(&kept.raw, kept.source.clone()).ok()?;
@@ -265,7 +319,7 @@ impl Journal for BoundedMemoryJournal {
     }
 }
 
-impl RunHistory for BoundedMemoryJournal {
+impl RunHistory for MemoryJournal {
     fn list_runs(&self, query: &RunQuery) -> Result<RunPage, HistoryError> {
         Ok(list_in_memory(&self.kept_runs(), query))
     }
@@ -297,7 +351,7 @@ impl RunHistory for BoundedMemoryJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::record::RunStatus;
+    use crate::engine::journal::RunStatus;
 
     fn event(n: usize) -> Event {
         let body = serde_json::json!({
@@ -336,7 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn duplicates_are_dropped_within_the_window_and_forgotten_after() {
-        let journal = BoundedMemoryJournal::new(limits());
+        let journal = MemoryJournal::new(limits());
         let events: Vec<Event> = (0..4).map(event).collect();
         assert!(journal.accept_event(&events[0]).await.unwrap());
         assert!(!journal.accept_event(&events[0]).await.unwrap());
@@ -351,8 +405,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_retried_after_failing_is_kept_once_in_its_place() {
+        let journal = MemoryJournal::default();
+        let first = event(1);
+        journal.accept_event(&first).await.unwrap();
+        for (id, status) in [
+            ("a", RunStatus::Pending),
+            ("b", RunStatus::Skipped),
+            ("a", RunStatus::Failed),
+            ("a", RunStatus::Running),
+            ("a", RunStatus::Succeeded),
+        ] {
+            journal.record_run(&run(id, &first, status)).await.unwrap();
+        }
+        let kept: Vec<(String, RunStatus)> = journal
+            .runs()
+            .into_iter()
+            .map(|run| (run.id, run.status))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a".to_string(), RunStatus::Succeeded),
+                ("b".to_string(), RunStatus::Skipped)
+            ]
+        );
+        let query = RunQuery {
+            limit: 10,
+            ..RunQuery::default()
+        };
+        assert_eq!(journal.list_runs(&query).unwrap().runs.len(), 2);
+    }
+
+    #[tokio::test]
     async fn unfinished_runs_keep_their_event_and_finished_ones_are_capped() {
-        let journal = BoundedMemoryJournal::new(limits());
+        let journal = MemoryJournal::new(limits());
         let first = event(1);
         journal.accept_event(&first).await.unwrap();
         journal

@@ -43,7 +43,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::record::{JournalError, RunStatus};
+use crate::engine::journal::{JournalError, RunStatus};
 use crate::event::Event;
 use codec::{duration_nanos, to_nanos};
 use history::{RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery};

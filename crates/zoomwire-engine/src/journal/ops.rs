@@ -20,7 +20,7 @@ use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
 use super::seal::{SealKey, effect_context, event_context};
 use crate::effects::gateway::{EffectRecord, EffectStart};
-use crate::engine::record::{RunRecord, RunStatus};
+use crate::engine::journal::{RunRecord, RunStatus};
 use crate::event::Event;
 
 /// An event as the writer stores it.

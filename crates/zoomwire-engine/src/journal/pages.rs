@@ -19,7 +19,7 @@ use super::history::{
 };
 use super::query::{ReadResult, RunSummary, StoredEvent, stored_event};
 use crate::effects::gateway::{EffectRecord, LogLine};
-use crate::engine::record::RunStatus;
+use crate::engine::journal::RunStatus;
 
 const SUMMARY_COLUMNS: &str = "id, rule, event_id, event_type, key, status, attempt, error, created_at, started_at, finished_at";
 

@@ -21,7 +21,7 @@ use super::seal::{SealKey, effect_context, event_context};
 use super::writer::journal_error;
 use crate::effects::gateway::{EffectRecord, EffectStart, LogLine};
 use crate::effects::redact;
-use crate::engine::record::{JournalError, RunRecord, RunStatus};
+use crate::engine::journal::{JournalError, RunRecord, RunStatus};
 use crate::event::{Event, Source};
 
 /// SQL condition on `runs` for a run that is not over: pending, running, or

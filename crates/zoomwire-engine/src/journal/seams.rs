@@ -21,7 +21,7 @@ use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
-use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::engine::journal::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
 
 impl SqliteJournal {
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn an_effect_started_and_never_recorded_comes_back_in_doubt_until_recorded() {
         use crate::effects::gateway::EffectStart;
-        use crate::engine::record::{RunRecord, RunStatus};
+        use crate::engine::journal::{RunRecord, RunStatus};
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
         let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();

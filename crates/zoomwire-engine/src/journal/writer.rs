@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::codec::to_nanos;
 use super::ops::{Apply, Op, Outcome, apply};
 use super::seal::SealKey;
-use crate::engine::record::JournalError;
+use crate::engine::journal::JournalError;
 
 /// Settings the writer thread needs.
 pub(crate) struct WriterSettings {

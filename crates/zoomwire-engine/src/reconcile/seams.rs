@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::effects::state::StateStore;
 use crate::event::Event;
 use crate::journal::SqliteJournal;
-use crate::journal::memory::BoundedMemoryJournal;
+use crate::journal::memory::MemoryJournal;
 use crate::journal::postgres::PostgresJournal;
 use crate::zoom::missed::{Candidate, FindError, MissedFinder, MissedKind, Window};
 
@@ -43,7 +43,7 @@ impl KnownEvents for PostgresJournal {
     }
 }
 
-impl KnownEvents for BoundedMemoryJournal {
+impl KnownEvents for MemoryJournal {
     fn is_known<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, String>> {
         let known = self.is_duplicate(id);
         Box::pin(async move { Ok(known) })

@@ -110,13 +110,12 @@ impl RetryPolicy {
     /// The wait before attempt `next_attempt` (2 for the first retry):
     /// exponential, capped, with full jitter over the upper half.
     pub fn delay_before(&self, next_attempt: u32) -> Duration {
-        let exponent = next_attempt.saturating_sub(2).min(20);
-        let base = self
-            .backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
+        let backoff = crate::backoff::Backoff {
+            first: self.backoff,
+            max: self.max_backoff,
+            jitter: crate::backoff::Jitter::Equal,
+        };
+        backoff.delay(next_attempt.saturating_sub(2))
     }
 }
 

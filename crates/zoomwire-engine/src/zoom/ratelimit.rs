@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::rest::RateLimitHit;
+use crate::backoff::{Backoff, Jitter};
 
 /// Zoom's rate-limit categories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -207,8 +208,12 @@ impl CategoryLimiter {
         let delay = match hit.and_then(|h| h.retry_after) {
             Some(retry_after) => retry_after.max(Duration::from_millis(50)),
             None => {
-                let doubled = FIRST_PAUSE.saturating_mul(1 << (pause.strikes - 1).min(6));
-                crate::http_retry::jitter(doubled.min(MAX_PAUSE))
+                let backoff = Backoff {
+                    first: FIRST_PAUSE,
+                    max: MAX_PAUSE,
+                    jitter: Jitter::Spread,
+                };
+                backoff.delay(pause.strikes - 1)
             }
         };
         let until = Instant::now() + delay;

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, HEARTBEAT_FRAME, decode_frame};
 use super::token::{AccessToken, AccessTokens, TokenError};
+use crate::backoff::{Backoff, Jitter};
 use crate::event::{Event, MAX_EVENT_BYTES, Source};
 
 /// Gaps kept in the status; older ones are only in the log.
@@ -231,9 +232,12 @@ fn redact(text: &str, token: &AccessToken) -> String {
 
 /// Capped exponential backoff with full jitter: uniform in `0..=min(max, initial * 2^attempt)`.
 fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(30));
-    let cap = initial.saturating_mul(factor).min(max);
-    cap.mul_f64(fastrand::f64())
+    let backoff = Backoff {
+        first: initial,
+        max,
+        jitter: Jitter::Full,
+    };
+    backoff.delay(attempt)
 }
 
 /// Everything one subscription's tasks share.

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 
 use crate::sim::{ReceivedMail, RecordedRequest, SlackPost};
-use zoomwire_engine::engine::record::RunRecord;
+use zoomwire_engine::engine::journal::RunRecord;
 use zoomwire_engine::terminal::format_run;
 
 /// The account's time zone, in which the story's times are shown.

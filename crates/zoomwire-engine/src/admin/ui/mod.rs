@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::AdminContext;
 use super::api::{RunsParams, TraceParams, blocking};
-use crate::engine::record::RunStatus;
+use crate::engine::journal::RunStatus;
 use crate::journal::RunSummary;
 use crate::journal::history::{HistoryError, RunQuery, TraceQuery};
 use chart::Chart;

@@ -13,7 +13,7 @@ use super::chart::Chart;
 use crate::admin::activity::EventNote;
 use crate::admin::health::{HealthReport, HealthStatus, SubscriptionReport};
 use crate::effects::gateway::EffectRecord;
-use crate::engine::record::RunStatus;
+use crate::engine::journal::RunStatus;
 use crate::journal::RunSummary;
 use crate::journal::history::{LogCursor, RuleActivity, RunPage, RunTrace, TraceLog};
 use crate::rules::{Rule, Trigger};

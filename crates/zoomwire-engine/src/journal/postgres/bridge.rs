@@ -16,7 +16,7 @@ use std::future::Future;
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::engine::record::JournalError;
+use crate::engine::journal::JournalError;
 
 /// Threads of the journal's runtime: queries are I/O, not computation.
 const THREADS: usize = 2;

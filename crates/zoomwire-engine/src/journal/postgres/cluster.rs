@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{Db, PostgresJournal};
 use crate::cluster::{ClusterError, ClusterStore, LeaseInfo, NodeIdentity, PeerInfo};
 use crate::effects::BoxFuture;
-use crate::engine::record::JournalError;
+use crate::engine::journal::JournalError;
 
 impl PostgresJournal {
     async fn cluster<T, F>(&self, query: F) -> Result<T, ClusterError>

@@ -14,7 +14,7 @@
 //! next query, and a write that fails answers a [`JournalError`] so that
 //! intake pauses and retries, as on a full disk.
 //!
-//! [`Journal`]: crate::engine::record::Journal
+//! [`Journal`]: crate::engine::journal::Journal
 
 mod bridge;
 mod cluster;
@@ -36,7 +36,7 @@ use deadpool_postgres::{Object, Pool};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::engine::record::{JournalError, RunStatus};
+use crate::engine::journal::{JournalError, RunStatus};
 use crate::event::Event;
 use crate::journal::codec::{duration_nanos, to_nanos};
 use crate::journal::history::{RuleActivity, RunPage, RunQuery, RunTrace, TraceQuery};

@@ -7,7 +7,7 @@
 
 use super::Db;
 use super::schema::UNFINISHED;
-use crate::engine::record::JournalError;
+use crate::engine::journal::JournalError;
 use crate::journal::PruneReport;
 
 /// Rows deleted per statement.

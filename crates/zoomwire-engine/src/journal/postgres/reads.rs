@@ -17,7 +17,7 @@ use super::Db;
 use super::schema::UNFINISHED;
 use super::writes::CLAIMABLE;
 use crate::effects::gateway::{EffectRecord, EffectStart, LogLine};
-use crate::engine::record::{JournalError, RunRecord, RunStatus};
+use crate::engine::journal::{JournalError, RunRecord, RunStatus};
 use crate::journal::codec::{from_json, from_nanos, parse_status, to_nanos};
 use crate::journal::history::{
     RuleActivity, RunCursor, RunPage, RunQuery, RunTrace, TraceLog, TraceQuery, paged_trace,

@@ -17,7 +17,7 @@ use super::{PostgresJournal, now, reads, writes};
 use crate::effects::BoxFuture;
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::effects::state::{StateError, StateStore};
-use crate::engine::record::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::engine::journal::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
 use crate::journal::RequeueOutcome;
 use crate::journal::codec::{duration_nanos, to_json, to_nanos};

@@ -19,7 +19,7 @@ use super::Db;
 use super::reads::{RUN_COLUMNS, effect_starts, fill_runs, run_row, stored_events};
 use super::schema::UNFINISHED;
 use crate::effects::gateway::{EffectRecord, EffectStart};
-use crate::engine::record::{JournalError, RunRecord, RunStatus};
+use crate::engine::journal::{JournalError, RunRecord, RunStatus};
 use crate::journal::RequeueOutcome;
 use crate::journal::codec::{parse_status, to_json, to_nanos};
 use crate::journal::ops::EventRow;

@@ -2,15 +2,13 @@
 //! through which it remembers them.
 //!
 //! The executor reports every step of a run here: pending before it starts,
-//! running, each effect as it completes, and the outcome. [`MemoryJournal`]
-//! keeps this in memory for `fire`, `replay` and tests; the SQLite journal
-//! makes it durable, so that a crash resumes unfinished runs.
-
-use std::collections::HashMap;
+//! running, each effect as it completes, and the outcome. The journals in
+//! `crate::journal` implement it: in memory (`fire`, `replay`, tests, and
+//! the daemon's `memory` mode), SQLite and PostgreSQL, which make it
+//! durable, so that a crash resumes unfinished runs.
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
@@ -164,83 +162,5 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
             let runs = self.unfinished_runs().await?;
             Ok(runs.into_iter().map(|r| r.run.id).collect())
         })
-    }
-}
-
-/// A journal in memory: dedupes and remembers runs for the life of the process.
-#[derive(Default)]
-pub struct MemoryJournal {
-    events: Mutex<HashMap<String, Event>>,
-    runs: Mutex<Vec<RunRecord>>,
-}
-
-impl MemoryJournal {
-    /// Every run recorded so far, in order of creation, latest state of each.
-    pub fn runs(&self) -> Vec<RunRecord> {
-        self.runs.lock().clone()
-    }
-
-    fn store_run(&self, run: &RunRecord) {
-        let mut runs = self.runs.lock();
-        // From the newest: a run is updated soon after it is created.
-        match runs.iter_mut().rev().find(|r| r.id == run.id) {
-            Some(existing) => *existing = run.clone(),
-            None => runs.push(run.clone()),
-        }
-    }
-}
-
-impl EffectObserver for MemoryJournal {
-    /// Nothing survives the process, so nothing is ever in doubt.
-    fn effect_starting(&self, _run_id: &str, _start: &EffectStart) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// Nothing to make durable: the run's record carries its effects.
-    fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
-}
-
-impl Journal for MemoryJournal {
-    fn accept_event_with_runs<'a>(
-        &'a self,
-        event: &'a Event,
-        runs: &'a [RunRecord],
-    ) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let mut events = self.events.lock();
-        let fresh = !events.contains_key(&event.id);
-        if fresh {
-            events.insert(event.id.clone(), event.clone());
-            runs.iter().for_each(|run| self.store_run(run));
-        } else {
-            metrics::counter!("zoomwire_events_duplicate_total").increment(1);
-        }
-        Box::pin(async move { Ok(fresh) })
-    }
-
-    fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
-        self.store_run(run);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn queue_run(&self, run: &RunRecord) {
-        self.store_run(run);
-    }
-
-    fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
-        let events = self.events.lock();
-        let unfinished = self
-            .runs
-            .lock()
-            .iter()
-            .filter(|r| !r.status.is_finished())
-            .filter_map(|run| {
-                events.get(&run.event_id).map(|event| UnfinishedRun {
-                    run: run.clone(),
-                    event: event.clone(),
-                    in_doubt: Vec::new(),
-                })
-            })
-            .collect();
-        Box::pin(async move { Ok(unfinished) })
     }
 }

@@ -9,9 +9,10 @@
 //! as are hidden files, backups (`x~`) and swap files, so a reload never
 //! triggers itself.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_debouncer_full::notify::{self, EventKind, RecommendedWatcher, RecursiveMode};
@@ -154,10 +155,7 @@ impl FolderWatcher {
 
     fn publish_roots(&self) {
         let absolute = self.roots.iter().map(|(path, _)| absolute(path)).collect();
-        *self
-            .absolute_roots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = absolute;
+        *self.absolute_roots.lock() = absolute;
     }
 
     /// Follows folders that appeared or disappeared since the last look.
@@ -230,7 +228,7 @@ fn removes_a_root(event: &DebouncedEvent, roots: &Mutex<Vec<PathBuf>>) -> bool {
     if !event.kind.is_remove() && !matches!(event.kind, EventKind::Modify(_)) {
         return false;
     }
-    let roots = roots.lock().unwrap_or_else(|e| e.into_inner());
+    let roots = roots.lock();
     event.paths.iter().any(|path| roots.contains(path))
 }
 

@@ -11,9 +11,10 @@
 //! the worker's thread-locals; a panic in a job is caught, becomes that
 //! job's error, and leaves the worker serving the next job.
 
+use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
@@ -221,8 +222,7 @@ impl Drop for AbandonOnDrop {
 fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
     loop {
         let work = {
-            // Poisoning needs a panic while holding the lock, which `blocking_recv` does not do.
-            let mut receiver = receiver.lock().unwrap_or_else(|e| e.into_inner());
+            let mut receiver = receiver.lock();
             receiver.blocking_recv()
         };
         let Some(work) = work else {

@@ -11,8 +11,9 @@
 //! while the cached token is still valid it is served instead of that error.
 //! Neither the client secret nor a token ever reaches a log or `Debug`.
 
+use parking_lot::Mutex;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -139,13 +140,6 @@ struct ErrorAnswer {
     error: String,
 }
 
-/// Locks the cache, ignoring poisoning: the state is valid after any panic.
-fn lock(state: &Mutex<CacheState>) -> MutexGuard<'_, CacheState> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl OAuthClient {
     /// A cache with its own HTTP client.
     pub fn new(config: OAuthConfig) -> Result<OAuthClient, TokenError> {
@@ -171,12 +165,14 @@ impl OAuthClient {
 
     /// How many requests went to the token endpoint so far.
     pub fn fetch_count(&self) -> u64 {
-        lock(&self.inner.state).flights
+        self.inner.state.lock().flights
     }
 
     /// When the cached token expires, if one is cached.
     pub fn cached_expiry(&self) -> Option<Instant> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .cached
             .as_ref()
             .map(|c| c.expires_at)
@@ -184,7 +180,7 @@ impl OAuthClient {
 
     async fn get_token(&self) -> Result<AccessToken, TokenError> {
         let (flight, still_valid) = {
-            let mut state = lock(&self.inner.state);
+            let mut state = self.inner.state.lock();
             let now = Instant::now();
             let cached = state.cached.as_ref();
             if let Some(cached) = cached.filter(|c| now < c.refresh_at) {
@@ -223,7 +219,7 @@ impl Inner {
     /// One request to the token endpoint; stores the answer and ends the flight.
     async fn fly(self: Arc<Self>, number: u64) -> Result<CachedToken, TokenError> {
         let result = self.fetch().await;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.in_flight.as_ref().is_some_and(|(n, _)| *n == number) {
             state.in_flight = None;
         }
@@ -333,7 +329,7 @@ impl AccessTokens for OAuthClient {
     }
 
     fn invalidate(&self, rejected: &AccessToken) {
-        let mut state = lock(&self.inner.state);
+        let mut state = self.inner.state.lock();
         if state.cached.as_ref().is_some_and(|c| &c.token == rejected) {
             state.cached = None;
             tracing::info!("dropped a zoom access token that zoom refused");
@@ -341,7 +337,7 @@ impl AccessTokens for OAuthClient {
     }
 
     fn expires_at(&self, token: &AccessToken) -> Option<std::time::Instant> {
-        let state = lock(&self.inner.state);
+        let state = self.inner.state.lock();
         let cached = state.cached.as_ref().filter(|c| &c.token == token)?;
         Some(cached.expires_at.into_std())
     }

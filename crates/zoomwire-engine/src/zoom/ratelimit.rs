@@ -15,10 +15,10 @@
 //! is tested with paused time.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -149,8 +149,8 @@ impl CategoryLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pause> {
-        self.pause.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Pause> {
+        self.pause.lock()
     }
 
     /// Waits until a call of `category` may go: after any pause, within the

@@ -38,10 +38,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// A scalar (string, number or boolean) kept as its text.
-pub struct Scalar(pub String);
+/// A setting written as a scalar (string, number or boolean), kept as its
+/// text for the resolver to parse (named `Scalar` in the JSON schema).
+pub struct SettingText(pub String);
 
-impl JsonSchema for Scalar {
+impl JsonSchema for SettingText {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Scalar".into()
     }
@@ -51,43 +52,43 @@ impl JsonSchema for Scalar {
     }
 }
 
-impl<'de> Deserialize<'de> for Scalar {
+impl<'de> Deserialize<'de> for SettingText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ScalarVisitor)
+        deserializer.deserialize_any(SettingTextVisitor)
     }
 }
 
-struct ScalarVisitor;
+struct SettingTextVisitor;
 
-impl Visitor<'_> for ScalarVisitor {
-    type Value = Scalar;
+impl Visitor<'_> for SettingTextVisitor {
+    type Value = SettingText;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a string, number or boolean")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-        Ok(Scalar(v.to_string()))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<SettingText, E> {
+        Ok(SettingText(v.to_string()))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-        Ok(Scalar(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<SettingText, E> {
+        Ok(SettingText(v))
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-        Ok(Scalar(v.to_string()))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<SettingText, E> {
+        Ok(SettingText(v.to_string()))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-        Ok(Scalar(v.to_string()))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<SettingText, E> {
+        Ok(SettingText(v.to_string()))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-        Ok(Scalar(v.to_string()))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<SettingText, E> {
+        Ok(SettingText(v.to_string()))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar(v.to_string()))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<SettingText, E> {
+        Ok(SettingText(v.to_string()))
     }
 }
 
@@ -109,23 +110,23 @@ pub struct FileConfig {
     pub slack: FileSlack,
     /// Slack incoming webhooks by name, for slack::webhook(name, text);
     /// SLACK_WEBHOOK_URL is `default`.
-    #[schemars(with = "BTreeMap<String, Scalar>")]
-    pub slack_webhooks: IndexMap<String, Scalar>,
+    #[schemars(with = "BTreeMap<String, SettingText>")]
+    pub slack_webhooks: IndexMap<String, SettingText>,
     /// The mail relay.
     pub email: FileEmail,
     /// ZOOMWIRE_DATA: store and archive folder (default `.zoomwire`).
-    pub data: Option<Scalar>,
+    pub data: Option<SettingText>,
     /// ZOOMWIRE_ADMIN_ADDR: the admin page and API (default 127.0.0.1:9797).
-    pub admin_addr: Option<Scalar>,
+    pub admin_addr: Option<SettingText>,
     /// ZOOMWIRE_ADMIN_TOKEN: Bearer token for the admin server (16+ characters);
     /// without it the server binds loopback only.
-    pub admin_token: Option<Scalar>,
+    pub admin_token: Option<SettingText>,
     /// ZOOMWIRE_RULES: rules folder (default `rules`).
-    pub rules: Option<Scalar>,
+    pub rules: Option<SettingText>,
     /// ZOOMWIRE_SCRIPTS: folder of Rhai modules that rules import (default `scripts`).
-    pub scripts: Option<Scalar>,
+    pub scripts: Option<SettingText>,
     /// ZOOMWIRE_LOG_FORMAT: `text` (default) or `json`.
-    pub log_format: Option<Scalar>,
+    pub log_format: Option<SettingText>,
     /// The Zoom WebSocket connection.
     pub websocket: FileWebsocket,
     /// Where runs are remembered.
@@ -133,12 +134,12 @@ pub struct FileConfig {
     /// Finding through Zoom's REST API what Zoom sent while no connection was up.
     pub reconcile: FileReconcile,
     /// ZOOMWIRE_SHUTDOWN_GRACE: time for runs in flight at Ctrl-C (default 30s).
-    pub shutdown_grace: Option<Scalar>,
+    pub shutdown_grace: Option<SettingText>,
     /// ZOOMWIRE_MAX_WAITING_RUNS: runs waiting their turn before intake stops
     /// reading events (default 100000).
-    pub max_waiting_runs: Option<Scalar>,
+    pub max_waiting_runs: Option<SettingText>,
     /// ZOOMWIRE_CA_FILE: an extra root certificate (PEM) for outgoing HTTPS.
-    pub ca_file: Option<Scalar>,
+    pub ca_file: Option<SettingText>,
     /// Recording downloads.
     pub downloads: FileDownloads,
     /// Rule state (`state::set`).
@@ -154,132 +155,132 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct FileZoom {
     /// ZOOM_OAUTH_BASE (default https://zoom.us).
-    pub oauth_base: Option<Scalar>,
+    pub oauth_base: Option<SettingText>,
     /// ZOOM_API_BASE (default https://api.zoom.us/v2).
-    pub api_base: Option<Scalar>,
+    pub api_base: Option<SettingText>,
     /// ZOOM_WS_BASE (default wss://ws.zoom.us/ws); may be the whole endpoint
     /// URL the Marketplace shows.
-    pub ws_base: Option<Scalar>,
+    pub ws_base: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileAccount {
     /// The account's name, for rules' `account:` (the environment's is `default`).
-    pub name: Option<Scalar>,
-    pub account_id: Option<Scalar>,
-    pub client_id: Option<Scalar>,
+    pub name: Option<SettingText>,
+    pub account_id: Option<SettingText>,
+    pub client_id: Option<SettingText>,
     /// A secret: better kept in the environment or `.env`.
-    pub client_secret: Option<Scalar>,
+    pub client_secret: Option<SettingText>,
     /// The WebSocket event subscription; without it the account serves REST calls only.
-    pub subscription_id: Option<Scalar>,
+    pub subscription_id: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileWebhook {
     /// ZOOM_WEBHOOK_SECRET_TOKEN: enables POST /zoom/webhook.
-    pub secret_token: Option<Scalar>,
+    pub secret_token: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_ADDR (default 127.0.0.1:9798).
-    pub addr: Option<Scalar>,
+    pub addr: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_MAX_BODY (default 1MiB).
-    pub max_body: Option<Scalar>,
+    pub max_body: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_HEADER_TIMEOUT (default 10s): the request head must
     /// arrive within it; also how long an idle connection stays open.
-    pub header_timeout: Option<Scalar>,
+    pub header_timeout: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_BODY_TIMEOUT (default 10s): the whole body, after the head.
-    pub body_timeout: Option<Scalar>,
+    pub body_timeout: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_REQUEST_TIMEOUT (default 15s): the whole request.
-    pub request_timeout: Option<Scalar>,
+    pub request_timeout: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS (default 4096, within the open-files limit).
-    pub max_connections: Option<Scalar>,
+    pub max_connections: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_MAX_REQUESTS (default 256): in flight; beyond it 503.
-    pub max_requests: Option<Scalar>,
+    pub max_requests: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_CONNECTIONS (default 64; 0: no limit, behind a proxy).
-    pub per_address_connections: Option<Scalar>,
+    pub per_address_connections: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_RATE (default 50 requests a second; 0: no limit).
-    pub per_address_rate: Option<Scalar>,
+    pub per_address_rate: Option<SettingText>,
     /// ZOOMWIRE_WEBHOOK_PER_ADDRESS_BURST (default 100).
-    pub per_address_burst: Option<Scalar>,
+    pub per_address_burst: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileSlack {
     /// SLACK_BOT_TOKEN.
-    pub bot_token: Option<Scalar>,
+    pub bot_token: Option<SettingText>,
     /// SLACK_API_BASE (default https://slack.com/api).
-    pub api_base: Option<Scalar>,
+    pub api_base: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileEmail {
     /// SMTP_URL: smtp://user:pass@host:587 or smtps://...
-    pub smtp_url: Option<Scalar>,
+    pub smtp_url: Option<SettingText>,
     /// EMAIL_FROM: the sender, required with smtp_url.
-    pub from: Option<Scalar>,
+    pub from: Option<SettingText>,
     /// SMTP_CA_FILE: an extra root certificate (PEM) for the relay.
-    pub ca_file: Option<Scalar>,
+    pub ca_file: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileWebsocket {
     /// ZOOMWIRE_WS_HEARTBEAT (default 30s).
-    pub heartbeat: Option<Scalar>,
+    pub heartbeat: Option<SettingText>,
     /// ZOOMWIRE_WS_DEAD_AFTER: silence that means a dead connection (default 75s).
-    pub dead_after: Option<Scalar>,
+    pub dead_after: Option<SettingText>,
     /// ZOOMWIRE_WS_MAX_FRAME (default 1536KiB).
-    pub max_frame: Option<Scalar>,
+    pub max_frame: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileDownloads {
     /// ZOOMWIRE_MAX_DOWNLOAD: the largest recording file a download writes.
-    pub max_size: Option<Scalar>,
+    pub max_size: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileState {
     /// ZOOMWIRE_STATE_MAX_KEYS: keys of state one rule may hold.
-    pub max_keys: Option<Scalar>,
+    pub max_keys: Option<SettingText>,
     /// ZOOMWIRE_STATE_MAX_VALUE: the largest value `state::set` stores.
-    pub max_value_size: Option<Scalar>,
+    pub max_value_size: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileJournal {
     /// ZOOMWIRE_JOURNAL: `sqlite` (default, durable), `postgres` (several nodes) or `memory`.
-    pub store: Option<Scalar>,
+    pub store: Option<SettingText>,
     /// ZOOMWIRE_JOURNAL_SYNC: `full` (default) or `normal`.
-    pub sync: Option<Scalar>,
+    pub sync: Option<SettingText>,
     /// ZOOMWIRE_DATABASE_URL: the PostgreSQL journal's `postgres://` URL (a secret).
-    pub database_url: Option<Scalar>,
+    pub database_url: Option<SettingText>,
     /// ZOOMWIRE_NODE_ID: this node's name among the nodes sharing a PostgreSQL journal.
-    pub node_id: Option<Scalar>,
+    pub node_id: Option<SettingText>,
     /// ZOOMWIRE_LEASE_TTL: how long a lease lasts without renewal (default 8s).
-    pub lease_ttl: Option<Scalar>,
+    pub lease_ttl: Option<SettingText>,
     /// ZOOMWIRE_DEDUPE_WINDOW: how long an event id is remembered (default 72h).
-    pub dedupe_window: Option<Scalar>,
+    pub dedupe_window: Option<SettingText>,
     /// ZOOMWIRE_RETENTION: how long runs and events are kept (default 30d).
-    pub retention: Option<Scalar>,
+    pub retention: Option<SettingText>,
     /// ZOOMWIRE_STORE_WARN_SIZE: a store larger than this is warned about.
-    pub warn_size: Option<Scalar>,
+    pub warn_size: Option<SettingText>,
 }
 
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileReconcile {
     /// ZOOMWIRE_RECONCILE (default true).
-    pub enabled: Option<Scalar>,
+    pub enabled: Option<SettingText>,
     /// ZOOMWIRE_RECONCILE_INTERVAL: time between sweeps (default 15m).
-    pub interval: Option<Scalar>,
+    pub interval: Option<SettingText>,
     /// ZOOMWIRE_RECONCILE_LOOKBACK: how far back each pass looks (default 48h).
-    pub lookback: Option<Scalar>,
+    pub lookback: Option<SettingText>,
 }
 
 /// Reads the file's text. An empty file (or only comments) is an empty configuration.

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 
 use super::accounts::{DeclaredAccount, resolve_accounts};
 use super::errors::ConfigError;
-use super::file::{FileConfig, Scalar, parse_file};
+use super::file::{FileConfig, SettingText, parse_file};
 use super::values::{
     parse_duration, parse_mailbox, parse_name, parse_positive_duration, parse_secret_url,
     parse_size, parse_smtp_url, parse_socket_addr, parse_switch, parse_url,
@@ -91,7 +91,7 @@ pub(super) struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// The value that wins: environment, then `.env`, then the file. Blank counts as unset.
-    pub(super) fn raw(&self, key: &Key, yaml: Option<&Scalar>) -> Option<Raw> {
+    pub(super) fn raw(&self, key: &Key, yaml: Option<&SettingText>) -> Option<Raw> {
         let non_blank = |text: &str| {
             Some(text.trim())
                 .filter(|t| !t.is_empty())
@@ -126,7 +126,7 @@ impl Resolver<'_> {
     pub(super) fn get<T>(
         &mut self,
         key: &Key,
-        yaml: Option<&Scalar>,
+        yaml: Option<&SettingText>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         let raw = self.raw(key, yaml)?;
@@ -143,7 +143,7 @@ impl Resolver<'_> {
     pub(super) fn require<T>(
         &mut self,
         key: &Key,
-        yaml: Option<&Scalar>,
+        yaml: Option<&SettingText>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         if self.raw(key, yaml).is_none() {
@@ -153,7 +153,7 @@ impl Resolver<'_> {
         self.get(key, yaml, parse)
     }
 
-    pub(super) fn secret(&mut self, key: &Key, yaml: Option<&Scalar>) -> Option<SecretString> {
+    pub(super) fn secret(&mut self, key: &Key, yaml: Option<&SettingText>) -> Option<SecretString> {
         self.get(key, yaml, |text| Ok(SecretString::from(text)))
     }
 
@@ -435,7 +435,7 @@ fn resolve_webhook(r: &mut Resolver, file: &FileConfig) -> WebhookSettings {
         Ok(size)
     };
     let defaults = EndpointLimits::default();
-    let mut duration = |env, yaml, value: &Option<Scalar>, default| {
+    let mut duration = |env, yaml, value: &Option<SettingText>, default| {
         r.get(&key(env, yaml), value.as_ref(), parse_positive_duration)
             .unwrap_or(default)
     };
@@ -457,11 +457,14 @@ fn resolve_webhook(r: &mut Resolver, file: &FileConfig) -> WebhookSettings {
         &webhook.request_timeout,
         defaults.request_timeout,
     );
-    let mut count =
-        |env, yaml, value: &Option<Scalar>, parse: fn(&str) -> Result<usize, String>, default| {
-            r.get(&key(env, yaml), value.as_ref(), parse)
-                .unwrap_or(default)
-        };
+    let mut count = |env,
+                     yaml,
+                     value: &Option<SettingText>,
+                     parse: fn(&str) -> Result<usize, String>,
+                     default| {
+        r.get(&key(env, yaml), value.as_ref(), parse)
+            .unwrap_or(default)
+    };
     let max_connections = count(
         "ZOOMWIRE_WEBHOOK_MAX_CONNECTIONS",
         "webhook.max_connections",
@@ -552,7 +555,7 @@ fn resolve_slack(r: &mut Resolver, file: &FileConfig) -> SlackSettings {
 /// Named webhooks from the file; `SLACK_WEBHOOK_URL` is (or overrides) `default`.
 fn resolve_slack_webhooks(
     r: &mut Resolver,
-    file: &IndexMap<String, Scalar>,
+    file: &IndexMap<String, SettingText>,
 ) -> BTreeMap<String, SecretString> {
     let webhook_url = |text: &str| parse_secret_url(text, HTTP).map(|_| SecretString::from(text));
     let mut names: Vec<&str> = file.keys().map(String::as_str).collect();

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::effects::gateway::EffectRecord;
 use crate::effects::recorder::{CannedAnswer, RecordingEffects, json_contains};
-use crate::effects::{EffectError, EffectErrorKind};
+use crate::effects::{EffectError, EffectErrorKind, EffectName};
 use crate::engine::attempt::RetryWaits;
 use crate::engine::executor::Executor;
 use crate::engine::journal::{RunRecord, RunStatus};
@@ -162,8 +162,10 @@ fn canned_error(effect: &str, failure: &Value) -> EffectError {
 /// `state.get`) and the clock do not count for `no_effects`.
 fn is_outward(record: &EffectRecord) -> bool {
     !matches!(
-        record.name.as_str(),
-        "zoom.get" | "zoom.paginate" | "state.get" | "now"
+        EffectName::from_name(&record.name),
+        Some(
+            EffectName::ZoomGet | EffectName::ZoomPaginate | EffectName::StateGet | EffectName::Now
+        )
     )
 }
 

@@ -29,14 +29,14 @@ use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use super::capability::{host_allowed, target_allowed};
-use super::{EffectContext, EffectError, EffectErrorKind};
+use super::{EffectContext, EffectError, EffectErrorKind, EffectName};
 use crate::http_retry::{
     self, Attempt, Exchange, PastDeadline, RetryPolicy, describe_error, read_body_capped,
     send_with_retry,
 };
 use crate::zoom::token::{AccessToken, AccessTokens};
 
-const EFFECT: &str = "zoom.download";
+const EFFECT: &str = EffectName::ZoomDownload.as_str();
 
 /// Suffix of the temporary file a download is written to before its rename.
 pub const PARTIAL_SUFFIX: &str = ".zoomwire-part";

@@ -25,9 +25,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{EffectError, EffectErrorKind};
+use super::{EffectError, EffectErrorKind, EffectName};
 
-const EFFECT: &str = "email.send";
+const EFFECT: &str = EffectName::EmailSend.as_str();
 
 /// How the connection to the relay is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

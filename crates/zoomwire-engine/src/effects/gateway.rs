@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::EffectName;
 use super::redact::{redact, redact_error, redact_text, redact_tracked};
 use super::{
     CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
@@ -444,7 +445,7 @@ impl RunEffects {
                 ),
             ));
         }
-        if name == "http.request" {
+        if name == EffectName::HttpRequest.as_str() {
             let url = args["url"].as_str().and_then(|u| url::Url::parse(u).ok());
             let host = url
                 .as_ref()
@@ -532,9 +533,9 @@ impl RunEffects {
     /// The current time, recorded as an effect so that a resumed run sees the
     /// same clock (and so counted against `max_effects`).
     pub fn now(&self) -> Result<DateTime<Utc>, EffectError> {
-        self.check_room("now")?;
+        self.check_room(EffectName::Now.as_str())?;
         let seq = self.next_seq();
-        if let Some(earlier) = self.replayed(seq, "now", &Value::Null)
+        if let Some(earlier) = self.replayed(seq, EffectName::Now.as_str(), &Value::Null)
             && let Some(at) = earlier
                 .result
                 .as_ref()
@@ -549,7 +550,7 @@ impl RunEffects {
         let now = Utc::now();
         let _ = self.finish(EffectRecord {
             seq,
-            name: "now".into(),
+            name: EffectName::Now.as_str().into(),
             args: Value::Null,
             result: Ok(Value::String(now.to_rfc3339())),
             unredacted: None,

@@ -29,10 +29,10 @@ use url::Url;
 
 use super::address::{GuardedResolver, refused_address_in};
 use super::capability::{host_allowed, target_allowed};
-use super::{EffectContext, EffectError, EffectErrorKind};
+use super::{EffectContext, EffectError, EffectErrorKind, EffectName};
 use crate::http_retry::{BodyError, describe_error, is_json_content_type, read_body_capped};
 
-const EFFECT: &str = "http.request";
+const EFFECT: &str = EffectName::HttpRequest.as_str();
 
 /// Headers a request keeps when a redirect leads to another origin.
 pub const CROSS_ORIGIN_HEADERS: &[&str] = &[

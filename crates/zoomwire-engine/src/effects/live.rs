@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use url::Url;
 
+use super::EffectName;
 use super::accounts::{AccountEntry, ZoomAccountClient, ZoomAccounts};
 use super::download::{DEFAULT_ZOOM_HOSTS, DownloadConfig, Downloader, OAuthFallback};
 use super::email::{EmailConfigError, Mailer, SmtpSettings};
@@ -250,35 +251,37 @@ impl LiveEffects {
         let name = request.name.as_str();
         let args = &request.args;
         let deadline = context.deadline;
-        match name {
-            "zoom.get" => self.zoom_call(name, Method::GET, context, args).await,
-            "zoom.post" => self.zoom_call(name, Method::POST, context, args).await,
-            "zoom.patch" => self.zoom_call(name, Method::PATCH, context, args).await,
-            "zoom.put" => self.zoom_call(name, Method::PUT, context, args).await,
-            "zoom.delete" => self.zoom_call(name, Method::DELETE, context, args).await,
-            "zoom.paginate" => self.zoom_paginate(context, args).await,
-            "zoom.download" => {
+        match EffectName::from_name(name) {
+            Some(EffectName::ZoomGet) => self.zoom_call(name, Method::GET, context, args).await,
+            Some(EffectName::ZoomPost) => self.zoom_call(name, Method::POST, context, args).await,
+            Some(EffectName::ZoomPatch) => self.zoom_call(name, Method::PATCH, context, args).await,
+            Some(EffectName::ZoomPut) => self.zoom_call(name, Method::PUT, context, args).await,
+            Some(EffectName::ZoomDelete) => {
+                self.zoom_call(name, Method::DELETE, context, args).await
+            }
+            Some(EffectName::ZoomPaginate) => self.zoom_paginate(context, args).await,
+            Some(EffectName::ZoomDownload) => {
                 let oauth: OAuthFallback = self
                     .zoom
                     .pick(name, None, &context.zoom_account)
                     .map(|account| account.tokens.clone());
                 self.downloads.download(context, args, &oauth).await
             }
-            "slack.post" => self.slack.post(args, deadline).await,
-            "slack.webhook" => self.slack.webhook(args, deadline).await,
-            "email.send" => match &self.mailer {
+            Some(EffectName::SlackPost) => self.slack.post(args, deadline).await,
+            Some(EffectName::SlackWebhook) => self.slack.webhook(args, deadline).await,
+            Some(EffectName::EmailSend) => match &self.mailer {
                 Some(mailer) => mailer.send(args).await,
                 None => Err(EffectError::permanent(
                     name,
                     "email is not configured: set SMTP_URL and EMAIL_FROM",
                 )),
             },
-            "http.request" => self.http.request(context, args).await,
-            "state.get" => self.state_get(context, args).await,
-            "state.set" => self.state_set(context, args).await,
-            other => Err(EffectError::permanent(
-                other,
-                format!("unknown effect `{other}`"),
+            Some(EffectName::HttpRequest) => self.http.request(context, args).await,
+            Some(EffectName::StateGet) => self.state_get(context, args).await,
+            Some(EffectName::StateSet) => self.state_set(context, args).await,
+            None | Some(EffectName::Now) => Err(EffectError::permanent(
+                name,
+                format!("unknown effect `{name}`"),
             )),
         }
     }
@@ -310,7 +313,7 @@ impl LiveEffects {
         context: &EffectContext,
         args: &Value,
     ) -> Result<Value, EffectError> {
-        const EFFECT: &str = "zoom.paginate";
+        const EFFECT: &str = EffectName::ZoomPaginate.as_str();
         let path = string_arg(EFFECT, args, "path")?;
         let items_key = string_arg(EFFECT, args, "items_key")?;
         let (account, params) = account_and_params(EFFECT, args)?;
@@ -325,16 +328,18 @@ impl LiveEffects {
     }
 
     async fn state_get(&self, context: &EffectContext, args: &Value) -> Result<Value, EffectError> {
-        let key = string_arg("state.get", args, "key")?.to_string();
+        let key = string_arg(EffectName::StateGet.as_str(), args, "key")?.to_string();
         let state = self.state.clone();
         let rule = context.rule.clone();
-        run_blocking("state.get", move || state.get(&rule, &key))
-            .await
-            .map(|value| value.unwrap_or(Value::Null))
+        run_blocking(EffectName::StateGet.as_str(), move || {
+            state.get(&rule, &key)
+        })
+        .await
+        .map(|value| value.unwrap_or(Value::Null))
     }
 
     async fn state_set(&self, context: &EffectContext, args: &Value) -> Result<Value, EffectError> {
-        const EFFECT: &str = "state.set";
+        const EFFECT: &str = EffectName::StateSet.as_str();
         let key = string_arg(EFFECT, args, "key")?.to_string();
         let value = args.get("value").cloned().unwrap_or(Value::Null);
         let max = self.max_state_value_bytes;

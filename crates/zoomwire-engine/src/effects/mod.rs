@@ -16,6 +16,7 @@ pub mod email;
 pub mod gateway;
 pub mod http;
 pub mod live;
+pub mod name;
 pub mod recorder;
 pub mod redact;
 pub mod slack;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use capability::{Capability, CapabilitySet};
+pub use name::{EFFECT_NAMES, EffectName};
 
 use crate::event::tree::Json;
 use crate::event::{Event, Source};
@@ -217,54 +219,23 @@ pub trait Effects: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Value, EffectError>>;
 }
 
-/// Whether a request changes the world (and counts for `no_effects` in tests).
-/// Reads of state and the clock do not.
+/// Whether a request changes the world (and counts for `no_effects` in
+/// tests); see [`EffectName::is_external`]. An unknown name counts.
 pub fn is_external(name: &str) -> bool {
-    !matches!(name, "state.get" | "now" | "log")
+    EffectName::from_name(name).is_none_or(EffectName::is_external)
 }
-
-/// Every effect a script can call, by name.
-pub const EFFECT_NAMES: &[&str] = &[
-    "zoom.get",
-    "zoom.paginate",
-    "zoom.post",
-    "zoom.patch",
-    "zoom.put",
-    "zoom.delete",
-    "zoom.download",
-    "slack.post",
-    "slack.webhook",
-    "email.send",
-    "http.request",
-    "state.get",
-    "state.set",
-    "now",
-];
 
 /// Whether performing this effect again, after a crash left it unknown
-/// whether it happened, does no harm whatever the rule says: reads of Zoom,
-/// rule state and the clock; writing rule state (the resumed run writes what
-/// it read again); a download (the file is written again in place). Every
-/// other effect is written as started before it is performed, so that a
-/// crash leaves it marked in doubt (see `gateway`).
+/// whether it happened, does no harm (see [`EffectName::is_repeatable`]).
+/// Every other effect is written as started before it is performed, so that
+/// a crash leaves it marked in doubt (see `gateway`).
 pub fn is_repeatable(name: &str) -> bool {
-    matches!(
-        name,
-        "zoom.get" | "zoom.paginate" | "zoom.download" | "state.get" | "state.set" | "now" | "log"
-    )
+    EffectName::from_name(name).is_some_and(EffectName::is_repeatable)
 }
 
-/// Names of the effects a script can call, and the capability each needs.
+/// The capability an effect a script can call needs, by the effect's name.
 pub fn required_capability(name: &str) -> Option<&'static str> {
-    match name {
-        "zoom.get" | "zoom.paginate" => Some("zoom.read"),
-        "zoom.post" | "zoom.patch" | "zoom.put" | "zoom.delete" => Some("zoom.write"),
-        "zoom.download" => Some("zoom.download"),
-        "slack.post" | "slack.webhook" => Some("slack"),
-        "email.send" => Some("email"),
-        "http.request" => Some("http"),
-        _ => None,
-    }
+    EffectName::from_name(name).and_then(EffectName::capability)
 }
 
 #[cfg(test)]

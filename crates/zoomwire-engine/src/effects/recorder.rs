@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects};
+use super::{
+    BoxFuture, EffectContext, EffectError, EffectErrorKind, EffectName, EffectRequest, Effects,
+};
 
 /// A canned answer: used for requests named `effect` whose arguments contain
 /// `args` (partially, see [`json_contains`]).
@@ -67,31 +69,42 @@ impl RecordingEffects {
         }
         let args = &request.args;
         let key = args["key"].as_str().unwrap_or_default().to_string();
-        match request.name.as_str() {
-            "state.get" => Ok(self
+        let unknown = || {
+            let name = request.name.as_str();
+            Err(EffectError::new(
+                name,
+                EffectErrorKind::Permanent,
+                format!("unknown effect `{name}`"),
+            ))
+        };
+        let Some(effect) = EffectName::from_name(&request.name) else {
+            return unknown();
+        };
+        match effect {
+            EffectName::StateGet => Ok(self
                 .lock_state()
                 .get(&(context.rule.to_string(), key))
                 .cloned()
                 .unwrap_or(Value::Null)),
-            "state.set" => {
+            EffectName::StateSet => {
                 self.lock_state()
                     .insert((context.rule.to_string(), key), args["value"].clone());
                 Ok(Value::Null)
             }
-            "zoom.paginate" => Ok(json!([])),
-            "zoom.get" | "zoom.post" | "zoom.patch" | "zoom.put" => Ok(json!({})),
-            "zoom.delete" | "slack.webhook" => Ok(Value::Null),
-            "slack.post" => {
+            EffectName::ZoomPaginate => Ok(json!([])),
+            EffectName::ZoomGet
+            | EffectName::ZoomPost
+            | EffectName::ZoomPatch
+            | EffectName::ZoomPut => Ok(json!({})),
+            EffectName::ZoomDelete | EffectName::SlackWebhook => Ok(Value::Null),
+            EffectName::SlackPost => {
                 Ok(json!({"ok": true, "channel": args["channel"], "ts": "1700000000.000100"}))
             }
-            "email.send" => Ok(json!({"accepted": true})),
-            "http.request" => Ok(json!({"status": 200, "headers": {}, "body": ""})),
-            "zoom.download" => Ok(json!({"path": args["dest"], "bytes": 0})),
-            other => Err(EffectError::new(
-                other,
-                EffectErrorKind::Permanent,
-                format!("unknown effect `{other}`"),
-            )),
+            EffectName::EmailSend => Ok(json!({"accepted": true})),
+            EffectName::HttpRequest => Ok(json!({"status": 200, "headers": {}, "body": ""})),
+            EffectName::ZoomDownload => Ok(json!({"path": args["dest"], "bytes": 0})),
+            // The gateway answers the clock itself.
+            EffectName::Now => unknown(),
         }
     }
 }

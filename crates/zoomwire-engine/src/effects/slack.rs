@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use super::{EffectError, EffectErrorKind};
+use super::{EffectError, EffectErrorKind, EffectName};
 use crate::http_retry::{
     self, Attempt, Exchange, PastDeadline, RetryPolicy, describe_error, read_body_capped,
     request_timeout, retry_safe_error, retry_safe_status, send_with_retry,
@@ -67,7 +67,7 @@ impl SlackClient {
 
     /// `slack.post`: `{channel, text?, blocks?, thread_ts?}`, answered with `{ok, channel, ts}`.
     pub async fn post(&self, args: &Value, deadline: Instant) -> Result<Value, EffectError> {
-        const EFFECT: &str = "slack.post";
+        const EFFECT: &str = EffectName::SlackPost.as_str();
         let message = post_body(args)?;
         let token = self.config.bot_token.as_ref().ok_or_else(|| {
             EffectError::permanent(
@@ -107,7 +107,7 @@ impl SlackClient {
 
     /// `slack.webhook`: `{name, text?, payload?}`, answered with `{ok: true}`.
     pub async fn webhook(&self, args: &Value, deadline: Instant) -> Result<Value, EffectError> {
-        const EFFECT: &str = "slack.webhook";
+        const EFFECT: &str = EffectName::SlackWebhook.as_str();
         let name = match args.get("name") {
             None | Some(Value::Null) => "default",
             Some(Value::String(name)) => name.as_str(),
@@ -222,7 +222,7 @@ impl Exchange for SlackPost<'_> {
 
 /// The `chat.postMessage` body from `slack.post` arguments.
 fn post_body(args: &Value) -> Result<Value, EffectError> {
-    const EFFECT: &str = "slack.post";
+    const EFFECT: &str = EffectName::SlackPost.as_str();
     let bad = |message: &str| EffectError::permanent(EFFECT, message);
     let channel = args
         .get("channel")
@@ -267,7 +267,7 @@ fn webhook_body(args: &Value) -> Result<Value, EffectError> {
         (Some(Value::Object(payload)), _) => Ok(Value::Object(payload.clone())),
         (None | Some(Value::Null), Some(Value::String(text))) => Ok(json!({"text": text})),
         _ => Err(EffectError::permanent(
-            "slack.webhook",
+            EffectName::SlackWebhook.as_str(),
             "a webhook message needs `text` (a string) or `payload` (a map)",
         )),
     }

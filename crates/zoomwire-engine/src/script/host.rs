@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::run::{EFFECTS_TOKEN, current_effects, note_thrown, terminate};
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
 use crate::duration::parse_seconds_or_duration;
-use crate::effects::EffectError;
+use crate::effects::{EffectError, EffectName};
 
 type HostResult = Result<Dynamic, Box<EvalAltResult>>;
 
@@ -77,18 +77,24 @@ fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
     }
     let m = &mut module;
     effect_fn!(m, "get", move |path: ImmutableString| {
-        perform("zoom.get", json!({"path": path.as_str(), "params": {}}))
+        perform(
+            EffectName::ZoomGet.as_str(),
+            json!({"path": path.as_str(), "params": {}}),
+        )
     });
     effect_fn!(m, "get", move |path: ImmutableString, params: Map| {
         let params = arg(&params.into(), &sizes, "params")?;
-        perform("zoom.get", json!({"path": path.as_str(), "params": params}))
+        perform(
+            EffectName::ZoomGet.as_str(),
+            json!({"path": path.as_str(), "params": params}),
+        )
     });
     effect_fn!(
         m,
         "paginate",
         move |path: ImmutableString, items_key: ImmutableString| {
             perform(
-                "zoom.paginate",
+                EffectName::ZoomPaginate.as_str(),
                 json!({"path": path.as_str(), "items_key": items_key.as_str(), "params": {}}),
             )
         }
@@ -99,15 +105,15 @@ fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
         move |path: ImmutableString, items_key: ImmutableString, params: Map| {
             let params = arg(&params.into(), &sizes, "params")?;
             perform(
-                "zoom.paginate",
+                EffectName::ZoomPaginate.as_str(),
                 json!({"path": path.as_str(), "items_key": items_key.as_str(), "params": params}),
             )
         }
     );
     for (name, effect) in [
-        ("post", "zoom.post"),
-        ("patch", "zoom.patch"),
-        ("put", "zoom.put"),
+        ("post", EffectName::ZoomPost.as_str()),
+        ("patch", EffectName::ZoomPatch.as_str()),
+        ("put", EffectName::ZoomPut.as_str()),
     ] {
         effect_fn!(m, name, move |path: ImmutableString, body: Dynamic| {
             let body = arg(&body, &sizes, "body")?;
@@ -128,12 +134,15 @@ fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
         });
     }
     effect_fn!(m, "delete", move |path: ImmutableString| {
-        perform("zoom.delete", json!({"path": path.as_str(), "params": {}}))
+        perform(
+            EffectName::ZoomDelete.as_str(),
+            json!({"path": path.as_str(), "params": {}}),
+        )
     });
     effect_fn!(m, "delete", move |path: ImmutableString, params: Map| {
         let params = arg(&params.into(), &sizes, "params")?;
         perform(
-            "zoom.delete",
+            EffectName::ZoomDelete.as_str(),
             json!({"path": path.as_str(), "params": params}),
         )
     });
@@ -143,7 +152,7 @@ fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
         move |file: Dynamic, dest: ImmutableString| {
             let file = arg(&file, &sizes, "file")?;
             perform(
-                "zoom.download",
+                EffectName::ZoomDownload.as_str(),
                 json!({"file": file, "dest": dest.as_str()}),
             )
         }
@@ -156,13 +165,13 @@ fn slack_module(sizes: SizeLimits) -> Module {
     let m = &mut module;
     effect_fn!(m, "post", move |channel: ImmutableString, text: Dynamic| {
         perform(
-            "slack.post",
+            EffectName::SlackPost.as_str(),
             json!({"channel": channel.as_str(), "text": text_of(&text, &sizes)?}),
         )
     });
     effect_fn!(m, "post", move |message: Map| {
         let message = arg(&message.into(), &sizes, "message")?;
-        perform("slack.post", message)
+        perform(EffectName::SlackPost.as_str(), message)
     });
     effect_fn!(
         m,
@@ -173,7 +182,7 @@ fn slack_module(sizes: SizeLimits) -> Module {
             } else {
                 json!({"name": name.as_str(), "text": text_of(&message, &sizes)?})
             };
-            perform("slack.webhook", args)
+            perform(EffectName::SlackWebhook.as_str(), args)
         }
     );
     module
@@ -183,7 +192,7 @@ fn email_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     effect_fn!(&mut module, "send", move |message: Map| {
         let message = arg(&message.into(), &sizes, "message")?;
-        perform("email.send", message)
+        perform(EffectName::EmailSend.as_str(), message)
     });
     module
 }
@@ -192,7 +201,7 @@ fn http_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     effect_fn!(&mut module, "request", move |request: Map| {
         let request = arg(&request.into(), &sizes, "request")?;
-        perform("http.request", request)
+        perform(EffectName::HttpRequest.as_str(), request)
     });
     module
 }
@@ -212,11 +221,14 @@ fn state_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     let m = &mut module;
     effect_fn!(m, "get", move |key: ImmutableString| {
-        perform("state.get", json!({"key": key.as_str()}))
+        perform(EffectName::StateGet.as_str(), json!({"key": key.as_str()}))
     });
     effect_fn!(m, "set", move |key: ImmutableString, value: Dynamic| {
         let value = arg(&value, &sizes, "value")?;
-        perform("state.set", json!({"key": key.as_str(), "value": value}))
+        perform(
+            EffectName::StateSet.as_str(),
+            json!({"key": key.as_str(), "value": value}),
+        )
     });
     effect_fn!(m, "set", move |key: ImmutableString,
                                value: Dynamic,
@@ -224,7 +236,7 @@ fn state_module(sizes: SizeLimits) -> Module {
         let value = arg(&value, &sizes, "value")?;
         let ttl = ttl_seconds(&ttl)?;
         perform(
-            "state.set",
+            EffectName::StateSet.as_str(),
             json!({"key": key.as_str(), "value": value, "ttl": ttl}),
         )
     });

@@ -422,7 +422,12 @@ async fn a_retried_run_replays_the_unredacted_result_its_record_shows_redacted()
     let gets = ws.answered("/v2/meetings/");
     assert_eq!(gets.len(), 1, "replayed, not asked again: {gets:?}");
 
-    let (_, detail) = daemon.admin_get(&format!("/api/runs/{id}")).await;
+    // The post reaches Slack before the run that made it is recorded.
+    let detail = eventually("the retried run's record", || async {
+        let (_, detail) = daemon.admin_get(&format!("/api/runs/{id}")).await;
+        (!matches!(detail["status"].as_str(), Some("pending" | "running"))).then_some(detail)
+    })
+    .await;
     assert_eq!(detail["status"], "succeeded");
     let effects = detail["effects"].as_array().unwrap();
     assert_eq!(effects[0]["name"], "zoom.get");

@@ -21,6 +21,7 @@
 
 mod checkpoint;
 mod codec;
+mod engine_traits;
 pub mod history;
 pub mod memory;
 mod ops;
@@ -30,7 +31,6 @@ mod prune;
 mod query;
 mod schema;
 pub mod seal;
-mod seams;
 mod upgrade;
 mod writer;
 

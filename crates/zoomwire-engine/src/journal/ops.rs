@@ -151,27 +151,28 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
 }
 
 /// Stores the event unless one with the same id was received within the window.
+///
+/// The check and the claim are one statement (one walk of the dedupe index
+/// per event): the id's row is inserted, or updated when its window has
+/// passed, and a row left as it was means a duplicate.
 fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::Result<bool> {
     let window = at.dedupe_window;
-    let previous: Option<i64> = tx
-        .prepare_cached("SELECT received_at FROM dedupe WHERE id = ?1")?
-        .query_row([&event.id], |row| row.get(0))
-        .optional()?;
-    if let Some(previous) = previous
-        && previous.saturating_add(window) > event.received_at
-    {
+    let claimed = tx
+        .prepare_cached(
+            "INSERT INTO dedupe (id, received_at, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
+                                           expires_at = excluded.expires_at
+             WHERE excluded.received_at - dedupe.received_at >= ?4",
+        )?
+        .execute(params![
+            event.id,
+            event.received_at,
+            event.received_at.saturating_add(window),
+            window
+        ])?;
+    if claimed == 0 {
         return Ok(false);
     }
-    tx.prepare_cached(
-        "INSERT INTO dedupe (id, received_at, expires_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
-                                       expires_at = excluded.expires_at",
-    )?
-    .execute(params![
-        event.id,
-        event.received_at,
-        event.received_at.saturating_add(window)
-    ])?;
     let sealed_token = event.download_token.as_ref().and_then(|token| {
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())

@@ -133,6 +133,11 @@ pub(crate) const SEALED_TOKENS_VERSION: i64 = 4;
 /// a size rather than a page count).
 const WRITER_CACHE_KIB: i64 = -8192;
 
+/// Statements the writer keeps prepared: every statement it runs (intake,
+/// runs, effects, state, requeue, pruning) fits, so none is compiled again
+/// after a pruning pass evicts it (rusqlite keeps 16 by default).
+const WRITER_STATEMENTS: usize = 48;
+
 /// Opens (creating when absent) the writer's connection: WAL, `synchronous`
 /// as `sync` says, schema migrated, and the file checked when `verify` is set.
 pub(crate) fn open_writer(
@@ -145,6 +150,7 @@ pub(crate) fn open_writer(
     let fail = |e: rusqlite::Error| open_error(path, e);
     let mut conn = Connection::open(path).map_err(fail)?;
     conn.busy_timeout(busy_timeout).map_err(fail)?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(fail)?;

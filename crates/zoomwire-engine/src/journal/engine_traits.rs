@@ -1,6 +1,6 @@
-//! The journal behind the engine's seams: [`Journal`] (events and runs),
-//! [`EffectObserver`] (each effect as it completes) and [`StateStore`] (rule
-//! state).
+//! [`SqliteJournal`]'s implementations of the engine's traits: [`Journal`]
+//! (events and runs), [`EffectObserver`] (each effect as it starts and
+//! completes) and [`StateStore`] (rule state).
 //!
 //! Event intake and run records are async and share the writer's batches.
 //! Effect start marks and state writes come from sandbox threads and block

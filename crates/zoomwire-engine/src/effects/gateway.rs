@@ -189,6 +189,9 @@ pub struct RunEffects {
     limits: OutputLimits,
     /// Set when a call was refused for `max_effects`.
     effects_exhausted: AtomicBool,
+    /// Effects' answers as made on the runtime's threads, kept to be freed
+    /// there ([`RunEffects::release_answers`]) and not on the script thread.
+    made_elsewhere: Mutex<Vec<Result<Value, EffectError>>>,
 }
 
 impl RunEffects {
@@ -211,6 +214,7 @@ impl RunEffects {
             transient_failure: AtomicBool::new(false),
             limits: OutputLimits::default(),
             effects_exhausted: AtomicBool::new(false),
+            made_elsewhere: Mutex::default(),
         }
     }
 
@@ -347,10 +351,19 @@ impl RunEffects {
             }
         };
         // The copy is the run's (its thread allocates it); the answer made on
-        // the runtime's threads is freed there.
+        // the runtime's threads is kept until the run is over and freed there,
+        // without a task (and a wake-up of the runtime) per effect.
         let copy = answer.clone();
-        self.runtime.spawn(async move { drop(answer) });
+        self.made_elsewhere.lock().push(answer);
         copy
+    }
+
+    /// Frees the effects' answers as made on the runtime's threads: call it
+    /// there once the script is done. Whatever is left is freed with the
+    /// `RunEffects`, which the run's task holds last.
+    pub fn release_answers(&self) {
+        let answers = std::mem::take(&mut *self.made_elsewhere.lock());
+        drop(answers);
     }
 
     /// Refuses a call past `max_effects`.

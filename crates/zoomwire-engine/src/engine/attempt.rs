@@ -150,7 +150,9 @@ impl Runner {
             deadline,
             cancel: cancel.flag().clone(),
         };
-        (thread.run(job).await, effects)
+        let result = thread.run(job).await;
+        effects.release_answers();
+        (result, effects)
     }
 
     fn run_effects(

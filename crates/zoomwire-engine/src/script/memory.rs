@@ -110,6 +110,71 @@ mod tests {
         .unwrap();
     }
 
+    /// Answers every effect with a string of `0` bytes.
+    struct BigAnswers(usize);
+
+    impl crate::effects::Effects for BigAnswers {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a crate::effects::EffectContext,
+            _request: &'a crate::effects::EffectRequest,
+        ) -> crate::effects::BoxFuture<'a, Result<serde_json::Value, crate::effects::EffectError>>
+        {
+            let size = self.0;
+            Box::pin(async move { Ok(serde_json::Value::String("0".repeat(size))) })
+        }
+    }
+
+    #[test]
+    fn an_effect_answer_made_on_the_runtime_is_not_freed_on_the_script_thread() {
+        use crate::effects::capability::{Capability, CapabilitySet};
+        use crate::effects::gateway::RunEffects;
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let capabilities = CapabilitySet::new(vec![Capability::Slack]);
+        let context = crate::effects::EffectContext {
+            rule: Arc::from("rule-a"),
+            run_id: Arc::from("run-1"),
+            deadline: Instant::now() + Duration::from_secs(5),
+            http_hosts: capabilities.http_hosts(),
+            download_token: None,
+            zoom_account: Default::default(),
+        };
+        let effects = Arc::new(RunEffects::new(
+            context,
+            capabilities,
+            Arc::new(BigAnswers(1 << 20)),
+            runtime.handle().clone(),
+        ));
+        let script_thread = effects.clone();
+        let (answers, held) = std::thread::spawn(move || {
+            let before = allocator::live_bytes();
+            let answers: Vec<_> = (0..4)
+                .map(|_| {
+                    script_thread
+                        .call(
+                            "slack.post",
+                            serde_json::json!({"channel": "#a", "text": "x"}),
+                        )
+                        .unwrap()
+                })
+                .collect();
+            (answers, allocator::live_bytes() - before)
+        })
+        .join()
+        .unwrap();
+        // Each call leaves two copies made here (the record's and the
+        // script's); an original freed here would take one of them back.
+        assert!(
+            held >= 8 << 20,
+            "the script thread holds its eight copies and was credited for none of the originals: {held}"
+        );
+        assert_eq!(answers.len(), 4);
+        effects.release_answers();
+    }
+
     #[test]
     fn formats_byte_counts() {
         assert_eq!(format_bytes(64 << 20), "64MiB");

@@ -25,6 +25,15 @@ pub struct BenchArgs {
     /// The daemon's journal, repeatable [default: full and memory]
     #[arg(long, value_enum)]
     pub journal: Vec<BenchJournal>,
+    /// With --journal postgres: this many nodes share the database, and a
+    /// last phase kills the WebSocket's holder (kill -9) mid-stream and times
+    /// the failover
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The nodes' lease, in seconds (ZOOMWIRE_LEASE_TTL, at least 2)
+    /// [default: zoomwire's, 8]
+    #[arg(long)]
+    pub lease_ttl: Option<u64>,
 }
 
 /// Runs the bench and prints the report; exit 1 when events or posts went
@@ -36,11 +45,23 @@ pub async fn run(args: BenchArgs) -> CommandResult {
             "--events, --rate and --seconds must be at least 1".into(),
         ));
     }
-    if args.journal.contains(&BenchJournal::Postgres) && std::env::var(DATABASE_URL_VAR).is_err() {
-        return Err(CommandError::Usage(format!(
-            "--journal postgres measures against {DATABASE_URL_VAR}: point it at a scratch database"
-        )));
+    if args.nodes == 0 || args.nodes > 16 {
+        return Err(CommandError::Usage("--nodes is from 1 to 16".into()));
     }
+    if args.nodes > 1 && !args.journal.contains(&BenchJournal::Postgres) {
+        return Err(CommandError::Usage(
+            "--nodes measures several nodes sharing PostgreSQL: add --journal postgres".into(),
+        ));
+    }
+    if args.lease_ttl.is_some_and(|ttl| ttl < 2) {
+        return Err(CommandError::Usage(
+            "--lease-ttl is at least 2 (seconds)".into(),
+        ));
+    }
+    // Without it, the bench starts a scratch server of its own.
+    let database_url = std::env::var(DATABASE_URL_VAR)
+        .ok()
+        .filter(|url| !url.trim().is_empty());
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; measure with `cargo run --release -- bench`");
     }
@@ -56,6 +77,9 @@ pub async fn run(args: BenchArgs) -> CommandResult {
             args.journal
         },
         daemon_exe,
+        nodes: args.nodes,
+        lease_ttl: args.lease_ttl.map(Duration::from_secs),
+        database_url,
     };
     let report = run_bench(&options)
         .await

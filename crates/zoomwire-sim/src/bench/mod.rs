@@ -21,9 +21,18 @@
 //!
 //! The disk's `fdatasync` latency is measured in the same run, in the same
 //! folder, as the floor under the durable journal's latency.
+//!
+//! With PostgreSQL and `--nodes N`, N daemons share the database (a scratch
+//! server of the bench's own, [`scratch_pg`], unless `ZOOMWIRE_DATABASE_URL`
+//! is given): the WebSocket reaches the node holding the subscription's
+//! lease, throughput and CPU are summed over the nodes, and a last phase
+//! ([`failover`]) kills the holder with `kill -9` mid-stream and times the
+//! failover.
 
+pub mod failover;
 pub mod ledger;
 pub mod process;
+pub mod scratch_pg;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -34,9 +43,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::sim::{SimConfig, SimError, SimHandle};
+use crate::sim::{SecondConnection, SimConfig, SimError, SimHandle};
+use failover::Failover;
 use ledger::{Delivery, Ledger, sent_time};
 use process::{DaemonProcess, Memory, counter_by, counter_sum};
+use scratch_pg::{ScratchError, ScratchPostgres};
 use workload::{BenchEvent, Generator};
 
 /// How long the daemon may take to connect.
@@ -65,6 +76,14 @@ pub struct BenchOptions {
     pub journals: Vec<BenchJournal>,
     /// The executable to run as the daemon (this one by default).
     pub daemon_exe: PathBuf,
+    /// Daemons sharing the database with `--journal postgres` (1: one node,
+    /// no failover phase); the other journals always have one.
+    pub nodes: usize,
+    /// The nodes' `ZOOMWIRE_LEASE_TTL` (`None`: zoomwire's default, 8 s).
+    pub lease_ttl: Option<Duration>,
+    /// The database of `--journal postgres` (`None`: a scratch server the
+    /// bench starts and removes).
+    pub database_url: Option<String>,
 }
 
 /// A journal the daemon under test uses (`--journal`).
@@ -79,8 +98,9 @@ pub enum BenchJournal {
     /// In memory (`ZOOMWIRE_JOURNAL=memory`)
     #[value(alias = "off")]
     Memory,
-    /// PostgreSQL at the bench's own ZOOMWIRE_DATABASE_URL (use a scratch
-    /// database: the bench's events and runs stay in it)
+    /// PostgreSQL: at ZOOMWIRE_DATABASE_URL if set (use a scratch database:
+    /// the bench's events and runs stay in it), else on a scratch server the
+    /// bench starts (PostgreSQL's initdb and pg_ctl must be installed)
     Postgres,
 }
 
@@ -91,7 +111,7 @@ impl BenchJournal {
             BenchJournal::Full => "sqlite, synchronous=FULL (the default)",
             BenchJournal::Normal => "sqlite, synchronous=NORMAL",
             BenchJournal::Memory => "memory",
-            BenchJournal::Postgres => "postgres (one node)",
+            BenchJournal::Postgres => "postgres",
         }
     }
 
@@ -143,6 +163,8 @@ pub enum BenchError {
         "the daemon did not connect to the simulator within {timeout:?}; its log ends with:\n{log}"
     )]
     NotConnected { timeout: Duration, log: String },
+    #[error(transparent)]
+    Postgres(#[from] ScratchError),
 }
 
 /// The measured figures of every journal, and the disk's.
@@ -155,8 +177,11 @@ pub struct BenchReport {
 /// The figures of one daemon, on one journal.
 #[derive(Debug, Clone, Default)]
 pub struct JournalReport {
-    pub pid: u32,
+    /// The daemons' process ids, one per node.
+    pub pids: Vec<u32>,
     pub journal: BenchJournal,
+    /// `--lease-ttl` of the nodes, when several.
+    pub lease_ttl: Option<Duration>,
     /// RSS once connected, before any event.
     pub idle: Option<Memory>,
     pub throughput: Option<Throughput>,
@@ -164,10 +189,12 @@ pub struct JournalReport {
     pub memory_throughput: Option<Memory>,
     pub memory_latency: Option<Memory>,
     pub delivery: Delivery,
-    /// The daemon's runs by outcome at the end.
+    /// With several nodes: the holder killed mid-stream.
+    pub failover: Option<Failover>,
+    /// The daemons' runs by outcome at the end (the killed node's excluded).
     pub runs: BTreeMap<String, f64>,
     pub events_counted: f64,
-    /// The end of the daemon's log (warnings and errors).
+    /// The end of each daemon's log (warnings and errors).
     pub log_tail: String,
 }
 
@@ -183,7 +210,9 @@ impl JournalReport {
             .latency
             .as_ref()
             .is_some_and(|l| l.micros.len() == l.posts_expected);
-        throughput && latency && self.delivery.exact()
+        let failover =
+            self.pids.len() < 2 || self.failover.as_ref().is_some_and(Failover::complete);
+        throughput && latency && failover && self.delivery.exact()
     }
 }
 
@@ -261,12 +290,22 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
         fsync: measure_fsync(scratch.path(), FSYNC_SAMPLES).ok(),
         journals: Vec::new(),
     };
+    // Kept until the end: the server goes when it drops.
+    let mut server = None;
+    let mut database = options.database_url.clone();
+    if database.is_none() && options.journals.contains(&BenchJournal::Postgres) {
+        eprintln!("bench: starting a scratch PostgreSQL server (no {DATABASE_URL_VAR} given)");
+        let started = ScratchPostgres::start()?;
+        database = Some(started.url());
+        server = Some(started);
+    }
     for (index, &journal) in options.journals.iter().enumerate() {
         let dir = scratch.path().join(format!("{index}-{}", journal.flag()));
         report
             .journals
-            .push(bench_journal(options, journal, &dir).await?);
+            .push(bench_journal(options, journal, &dir, database.as_deref()).await?);
     }
+    drop(server);
     Ok(report)
 }
 
@@ -292,14 +331,27 @@ fn measure_fsync(dir: &Path, samples: usize) -> std::io::Result<Fsync> {
     Ok(Fsync { micros })
 }
 
-/// One daemon on one journal through every phase.
+/// The daemons (one, or `--nodes` on PostgreSQL) on one journal through
+/// every phase.
 async fn bench_journal(
     options: &BenchOptions,
     journal: BenchJournal,
     dir: &Path,
+    database: Option<&str>,
 ) -> Result<JournalReport, BenchError> {
+    let nodes = if journal == BenchJournal::Postgres {
+        options.nodes.max(1)
+    } else {
+        1
+    };
     let sim = crate::sim::start(SimConfig {
         participants_per_meeting: 10,
+        // Two holders at once would both get every frame, and be seen.
+        second_connection: if nodes > 1 {
+            SecondConnection::Both
+        } else {
+            SecondConnection::default()
+        },
         ..SimConfig::default()
     })
     .await?;
@@ -308,45 +360,48 @@ async fn bench_journal(
     std::fs::create_dir_all(dir.join("scripts"))?;
     std::fs::write(rules.join("bench.yaml"), workload::rules_yaml())?;
 
-    let admin = free_port()?;
-    let env = daemon_env(&sim, dir, admin, journal);
-    let mut daemon = DaemonProcess::spawn(&options.daemon_exe, dir, &env, admin)?;
-    let mut report = JournalReport {
-        pid: daemon.pid(),
+    let settings = DaemonSettings {
         journal,
+        database,
+        nodes,
+        lease_ttl: options.lease_ttl,
+    };
+    let daemons = start_daemons(options, &sim, dir, &settings).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut report = JournalReport {
+        pids: daemons.iter().map(DaemonProcess::pid).collect(),
+        journal,
+        lease_ttl: (nodes > 1).then(|| options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL)),
         ..JournalReport::default()
     };
-    if !wait_connected(&sim, &mut daemon).await {
-        let log = daemon.log_tail(20);
-        daemon.stop();
-        return Err(BenchError::NotConnected {
-            timeout: CONNECT_TIMEOUT,
-            log,
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    report.idle = daemon.memory();
-    let mut generator = Generator::new(42, chrono::Utc::now().timestamp_millis());
     let mut bench = Bench {
         sim: &sim,
-        daemon: &daemon,
+        daemons: daemons.into_iter().map(Some).collect(),
         events_sent: 0,
+        counted_by_killed: 0.0,
         ledger: Ledger::default(),
     };
+    report.idle = bench.memory();
+    let mut generator = Generator::new(42, chrono::Utc::now().timestamp_millis());
     eprintln!(
-        "bench: journal {}: daemon pid {} connected; warming up with {WARM_UP} events",
+        "bench: journal {}: {} connected (pids {:?}); warming up with {WARM_UP} events",
         journal.flag(),
-        daemon.pid()
+        if nodes > 1 {
+            format!("{nodes} nodes")
+        } else {
+            "daemon".into()
+        },
+        report.pids
     );
     bench.throughput(generator.take(WARM_UP)).await;
-    daemon.reset_peak();
+    bench.reset_peak();
     eprintln!(
         "bench: throughput, {} events (with bursts) as fast as the WebSocket takes them",
         options.events
     );
     report.throughput = Some(bench.throughput(generator.take(options.events)).await);
-    report.memory_throughput = daemon.memory();
-    daemon.reset_peak();
+    report.memory_throughput = bench.memory();
+    bench.reset_peak();
     eprintln!(
         "bench: latency, {} events/s for {}s",
         options.rate,
@@ -354,20 +409,82 @@ async fn bench_journal(
     );
     generator.with_bursts(false);
     report.latency = Some(bench.latency(&mut generator, options).await);
-    report.memory_latency = daemon.memory();
+    report.memory_latency = bench.memory();
+    if nodes > 1 {
+        let lease = report.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+        eprintln!(
+            "bench: failover, {} events/s; kill -9 of the holder after {:?} (lease {lease:?})",
+            options.rate,
+            failover::BEFORE_KILL
+        );
+        report.failover = Some(bench.failover(&mut generator, options.rate, lease).await);
+    }
     tokio::time::sleep(SETTLE).await;
     let posts = sim.slack_posts();
     report.delivery = bench
         .ledger
         .check(posts.iter().filter_map(|post| post.text.as_deref()));
-    if let Some(metrics) = daemon.metrics().await {
-        report.runs = counter_by(&metrics, "zoomwire_runs_total", Some("outcome"));
-        report.events_counted = counter_sum(&metrics, "zoomwire_events_total");
+    for metrics in bench.all_metrics().await {
+        for (outcome, n) in counter_by(&metrics, "zoomwire_runs_total", Some("outcome")) {
+            *report.runs.entry(outcome).or_default() += n;
+        }
+        report.events_counted += counter_sum(&metrics, "zoomwire_events_total");
     }
-    report.log_tail = daemon.log_tail(30);
-    daemon.stop();
+    report.events_counted += bench.counted_by_killed;
+    report.log_tail = bench.log_tails(30);
+    for daemon in bench.daemons.into_iter().flatten() {
+        daemon.stop();
+    }
     let _ = sim.shutdown().await;
     Ok(report)
+}
+
+/// zoomwire's own `ZOOMWIRE_LEASE_TTL` default.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(8);
+
+/// What the daemons of one journal are started with.
+struct DaemonSettings<'a> {
+    journal: BenchJournal,
+    database: Option<&'a str>,
+    nodes: usize,
+    lease_ttl: Option<Duration>,
+}
+
+/// Starts the daemons: the first alone, until it holds the WebSocket (and
+/// has made the data folder's seal key, which the others share, as the
+/// README asks of nodes), then the others, until each answers `/metrics`.
+async fn start_daemons(
+    options: &BenchOptions,
+    sim: &SimHandle,
+    dir: &Path,
+    settings: &DaemonSettings<'_>,
+) -> Result<Vec<DaemonProcess>, BenchError> {
+    let mut daemons = Vec::new();
+    for node in 0..settings.nodes {
+        let admin = free_port()?;
+        let env = daemon_env(sim, dir, admin, settings, node);
+        let log = if settings.nodes > 1 {
+            format!("daemon-{node}.log")
+        } else {
+            "daemon.log".into()
+        };
+        let mut daemon = DaemonProcess::spawn(&options.daemon_exe, dir, &env, admin, &log)?;
+        let ready = if node == 0 {
+            wait_connected(sim, &mut daemon).await
+        } else {
+            wait_answering(&mut daemon).await
+        };
+        if !ready {
+            let log = daemon.log_tail(20);
+            daemon.stop();
+            return Err(BenchError::NotConnected {
+                timeout: CONNECT_TIMEOUT,
+                log,
+            });
+        }
+        daemons.push(daemon);
+    }
+    Ok(daemons)
 }
 
 /// A port free now on loopback, for the daemon's admin API.
@@ -380,7 +497,8 @@ fn daemon_env(
     sim: &SimHandle,
     dir: &Path,
     admin: SocketAddr,
-    journal: BenchJournal,
+    settings: &DaemonSettings<'_>,
+    node: usize,
 ) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = sim
         .env_lines()
@@ -402,14 +520,20 @@ fn daemon_env(
     ] {
         env.insert(name.to_string(), value);
     }
-    for (name, value) in journal.settings() {
+    for (name, value) in settings.journal.settings() {
         env.insert(name.to_string(), value.to_string());
     }
-    if journal == BenchJournal::Postgres
-        && let Ok(url) = std::env::var(DATABASE_URL_VAR)
+    if settings.journal == BenchJournal::Postgres
+        && let Some(url) = settings.database
     {
-        env.insert(DATABASE_URL_VAR.to_string(), url);
-        env.insert("ZOOMWIRE_NODE_ID".to_string(), "bench".to_string());
+        env.insert(DATABASE_URL_VAR.to_string(), url.to_string());
+        env.insert("ZOOMWIRE_NODE_ID".to_string(), format!("bench-{node}"));
+        if let Some(ttl) = settings.lease_ttl {
+            env.insert(
+                "ZOOMWIRE_LEASE_TTL".to_string(),
+                format!("{}ms", ttl.as_millis()),
+            );
+        }
     }
     env
 }
@@ -430,15 +554,85 @@ async fn wait_connected(sim: &SimHandle, daemon: &mut DaemonProcess) -> bool {
     false
 }
 
+/// Waits until a node that does not hold the WebSocket answers `/metrics`.
+async fn wait_answering(daemon: &mut DaemonProcess) -> bool {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while Instant::now() < deadline {
+        if daemon.exited().is_some() {
+            return false;
+        }
+        if daemon.metrics().await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// The phases share what was sent so far, to know what to wait for.
 struct Bench<'a> {
     sim: &'a SimHandle,
-    daemon: &'a DaemonProcess,
+    /// The nodes; `None` once killed.
+    daemons: Vec<Option<DaemonProcess>>,
+    /// Events that reached a node (those sent while no node held the
+    /// WebSocket are not counted: nobody got them).
     events_sent: usize,
+    /// Events the killed nodes had counted when they were killed.
+    counted_by_killed: f64,
     ledger: Ledger,
 }
 
 impl Bench<'_> {
+    fn alive(&self) -> impl Iterator<Item = &DaemonProcess> {
+        self.daemons.iter().flatten()
+    }
+
+    /// CPU time of the live nodes together.
+    fn cpu_time(&self) -> Option<Duration> {
+        self.alive().map(DaemonProcess::cpu_time).sum()
+    }
+
+    /// The memory of the node with the highest peak.
+    fn memory(&self) -> Option<Memory> {
+        self.alive()
+            .filter_map(DaemonProcess::memory)
+            .max_by_key(|m| m.peak_kib)
+    }
+
+    fn reset_peak(&self) {
+        for daemon in self.alive() {
+            daemon.reset_peak();
+        }
+    }
+
+    /// The `/metrics` of every live node that answers.
+    async fn all_metrics(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for daemon in self.alive() {
+            all.extend(daemon.metrics().await);
+        }
+        all
+    }
+
+    /// Events counted by all nodes, the killed ones included; `None` when a
+    /// live node does not answer.
+    async fn events_counted(&self) -> Option<f64> {
+        let mut sum = self.counted_by_killed;
+        for daemon in self.alive() {
+            sum += counter_sum(&daemon.metrics().await?, "zoomwire_events_total");
+        }
+        Some(sum)
+    }
+
+    /// The end of each live node's log.
+    fn log_tails(&self, lines: usize) -> String {
+        let tails: Vec<String> = self
+            .alive()
+            .map(|d| format!("[pid {}]\n{}", d.pid(), d.log_tail(lines)))
+            .collect();
+        tails.join("\n")
+    }
+
     /// Notes what the events must cause.
     fn expect(&mut self, events: &[BenchEvent]) -> usize {
         self.events_sent += events.len();
@@ -455,7 +649,7 @@ impl Bench<'_> {
         let sent_us = chrono::Utc::now().timestamp_micros();
         let frames: Vec<String> = events.iter().map(|e| e.frame_sent_at(sent_us)).collect();
         drop(events);
-        let cpu_before = self.daemon.cpu_time();
+        let cpu_before = self.cpu_time();
         let started = Instant::now();
         for frame in frames {
             self.sim.send_frame(None, frame).await;
@@ -463,7 +657,6 @@ impl Bench<'_> {
         let sending = started.elapsed();
         let done = self.wait_processed().await;
         let cpu = self
-            .daemon
             .cpu_time()
             .zip(cpu_before)
             .map(|(after, before)| after.saturating_sub(before));
@@ -522,10 +715,7 @@ impl Bench<'_> {
             let events = if events_done {
                 self.events_sent as f64
             } else {
-                self.daemon
-                    .metrics()
-                    .await
-                    .map_or(0.0, |m| counter_sum(&m, "zoomwire_events_total"))
+                self.events_counted().await.unwrap_or(0.0)
             };
             events_done = events >= self.events_sent as f64;
             let posts = self.sim.slack_post_count();
@@ -574,11 +764,17 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
     for journal in &report.journals {
         format_journal(&mut out, journal, fsync_p99);
     }
-    let flags: String = options
+    let mut flags: String = options
         .journals
         .iter()
         .map(|j| format!(" --journal {}", j.flag()))
         .collect();
+    if options.nodes > 1 {
+        let _ = write!(flags, " --nodes {}", options.nodes);
+    }
+    if let Some(ttl) = options.lease_ttl {
+        let _ = write!(flags, " --lease-ttl {}", ttl.as_secs());
+    }
     let _ = writeln!(
         out,
         "  command     zoomwire bench --events {} --rate {} --seconds {}{flags}",
@@ -596,11 +792,18 @@ fn ms(value: Option<f64>) -> String {
 }
 
 fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f64>) {
+    let who = match report.pids.as_slice() {
+        [pid] => format!("daemon pid {pid}"),
+        pids => format!(
+            "{} nodes, pids {pids:?}, lease {:?}; throughput and CPU summed over the nodes",
+            pids.len(),
+            report.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL)
+        ),
+    };
     let _ = writeln!(
         out,
-        "  journal {} (daemon pid {}){}",
+        "  journal {} ({who}){}",
         report.journal.describe(),
-        report.pid,
         if report.complete() { "" } else { ": FAILED" }
     );
     if let Some(t) = &report.throughput {
@@ -654,6 +857,9 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
         mib(report.memory_throughput, true),
         mib(report.memory_latency, true),
     );
+    if let Some(f) = &report.failover {
+        failover::format(out, f);
+    }
     let _ = writeln!(out, "    delivery    {}", report.delivery);
     let runs: Vec<String> = report
         .runs
@@ -662,8 +868,13 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
         .collect();
     let _ = writeln!(
         out,
-        "    daemon      {:.0} events counted, runs: {}",
+        "    daemon      {:.0} events counted, runs{}: {}",
         report.events_counted,
+        if report.failover.is_some() {
+            " by the surviving nodes"
+        } else {
+            ""
+        },
         if runs.is_empty() {
             "none".into()
         } else {

@@ -30,14 +30,15 @@ pub struct Memory {
 impl DaemonProcess {
     /// Starts `exe run` in `dir` with exactly `env` (nothing inherited, so
     /// no stray `.env` or `ZOOMWIRE_*` of the caller applies); its logs go
-    /// to `dir/daemon.log`.
+    /// to `dir/<log_name>`.
     pub fn spawn(
         exe: &Path,
         dir: &Path,
         env: &BTreeMap<String, String>,
         admin: SocketAddr,
+        log_name: &str,
     ) -> std::io::Result<DaemonProcess> {
-        let log = dir.join("daemon.log");
+        let log = dir.join(log_name);
         let child = Command::new(exe)
             .arg("run")
             .current_dir(dir)
@@ -101,7 +102,22 @@ impl DaemonProcess {
         response.text().await.ok()
     }
 
-    /// Kills the process and waits for it.
+    /// The admin API's `/healthz` answer, whatever its status.
+    pub async fn health(&self) -> Option<serde_json::Value> {
+        let url = format!("http://{}/healthz", self.admin);
+        let response = self.http.get(url).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// Whether its `/healthz` says it holds the lease of the account's
+    /// (default) subscription.
+    pub async fn holds_subscription(&self) -> bool {
+        self.health()
+            .await
+            .is_some_and(|health| health["cluster"]["leases"]["subscription:default"].is_i64())
+    }
+
+    /// Kills the process and waits for it (`SIGKILL`: as `kill -9`).
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -244,12 +244,35 @@ pub(crate) async fn record_run(
     now: i64,
 ) -> Result<(), JournalError> {
     let mut client = db.client().await?;
+    if run.effects.is_empty() && run.logs.is_empty() {
+        // One statement is atomic on its own: no transaction's round trips.
+        return upsert_run(db, &client, run, claim, now).await;
+    }
     let tx = client.transaction().await.map_err(|e| db.error(e))?;
     write_run(db, &tx, run, claim, now).await?;
     tx.commit().await.map_err(|e| db.error(e))
 }
 
 async fn write_run(
+    db: &Db,
+    tx: &impl GenericClient,
+    run: &RunRecord,
+    claim: Option<i64>,
+    now: i64,
+) -> Result<(), JournalError> {
+    upsert_run(db, tx, run, claim, now).await?;
+    for record in &run.effects {
+        write_effect(db, tx, &run.id, Some(run.attempt), record, claim, now).await?;
+    }
+    if !run.logs.is_empty() {
+        replace_logs(db, tx, run).await?;
+    }
+    Ok(())
+}
+
+/// Inserts or updates the run's own row, if this node holds it under
+/// `claim` (any claim when `None`).
+async fn upsert_run(
     db: &Db,
     tx: &impl GenericClient,
     run: &RunRecord,
@@ -296,12 +319,6 @@ async fn write_run(
         .map_err(|e| db.error(e))?;
     if written == 0 {
         return Err(taken_over(&run.id));
-    }
-    for record in &run.effects {
-        write_effect(db, tx, &run.id, Some(run.attempt), record, claim, now).await?;
-    }
-    if !run.logs.is_empty() {
-        replace_logs(db, tx, run).await?;
     }
     Ok(())
 }
@@ -609,6 +626,12 @@ pub(crate) async fn mark_dead(
 /// wait for each other. Asked per rule and key under an advisory lock, and
 /// kept by the database besides: the unique index `runs_places` refuses a
 /// second run in one place (a refusal answers `false` too).
+///
+/// One round trip: the transaction's four statements (begin, the lock, the
+/// place taken and written by one statement, commit) are pipelined on the
+/// connection ([`pipelined`]); the server runs them in order, so the place
+/// is read (a statement's snapshot, under read committed) after the lock is
+/// held, as when each waited for the one before.
 pub(crate) async fn claim_start(
     db: &Db,
     run: &RunRecord,
@@ -616,90 +639,121 @@ pub(crate) async fn claim_start(
     claim: Option<i64>,
     now: i64,
 ) -> Result<bool, JournalError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let client = db.client().await?;
+    let lock_statement = client
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await
+        .map_err(|e| db.error(e))?;
+    let take_statement = client
+        .prepare_cached(TAKE_PLACE)
+        .await
+        .map_err(|e| db.error(e))?;
     let lock = format!(
         "{}\u{1f}{}",
         run.rule,
         run.key.as_deref().unwrap_or_default()
     );
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&lock],
-    )
-    .await
-    .map_err(|e| db.error(e))?;
-    let statement = tx
-        .prepare_cached(
-            "WITH held AS (
-                 SELECT place FROM zoomwire.runs
-                 WHERE rule = $1 AND key IS NOT DISTINCT FROM $2 AND id <> $3
-                   AND place IS NOT NULL
-                   AND (status = 'running' OR (status = 'failed' AND finished_at IS NULL))
-             ), own AS (
-                 SELECT place FROM zoomwire.runs
-                 WHERE id = $3 AND place IS NOT NULL
-                   AND (status = 'running' OR (status = 'failed' AND finished_at IS NULL))
-             )
-             SELECT CASE WHEN EXISTS (
-                 SELECT 1 FROM zoomwire.runs r
-                 WHERE r.rule = $1 AND r.key IS NOT DISTINCT FROM $2 AND r.status = 'pending'
-                   AND r.waiting AND r.node <> $5
-                   AND r.seq < (SELECT seq FROM zoomwire.runs WHERE id = $3)
-                   AND EXISTS (
-                       SELECT 1 FROM zoomwire.nodes n
-                       WHERE n.id = r.node AND n.stopped_at IS NULL
-                         AND n.heartbeat_at > now() - make_interval(secs => $4)))
-                 THEN NULL
-                 ELSE coalesce(
-                     (SELECT place FROM own),
-                     (SELECT min(p) FROM generate_series(0, $6 - 1) p
-                      WHERE p NOT IN (SELECT place FROM held)))
-             END",
-        )
-        .await
-        .map_err(|e| db.error(e))?;
-    let place: Option<i32> = tx
-        .query_one(
-            &statement,
+    let places = int(places.max(1));
+    let node_timeout = db.node_timeout_secs();
+    let (begun, locked, taken, committed) = pipelined(
+        client.batch_execute("BEGIN"),
+        client.execute(&lock_statement, &[&lock]),
+        client.query_one(
+            &take_statement,
             &[
                 &run.rule,
                 &run.key,
                 &run.id,
-                &db.node_timeout_secs(),
+                &node_timeout,
                 &&*db.node,
-                &int(places.max(1)),
+                &places,
+                &now,
+                &claim,
             ],
-        )
-        .await
-        .map_err(|e| db.error(e))?
-        .get(0);
-    let (status, waiting) = match place {
-        Some(_) => ("running", false),
-        None => ("pending", true),
-    };
-    let written = tx
-        .execute(
-            "UPDATE zoomwire.runs SET status = $4, waiting = $5, updated_at = $6,
-                 place = coalesce($7, place)
-             WHERE id = $1 AND node = $2 AND ($3::bigint IS NULL OR claim = $3)",
-            &[&run.id, &&*db.node, &claim, &status, &waiting, &now, &place],
-        )
-        .await;
-    let written = match written {
-        Ok(written) => written,
-        // The database's own guard: another run holds the place.
+        ),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    begun.map_err(|e| db.error(e))?;
+    locked.map_err(|e| db.error(e))?;
+    let row = match taken {
+        Ok(row) => row,
+        // The database's own guard: another run holds the place (the
+        // transaction was aborted, and its commit rolled back).
         Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
             tracing::warn!(run = %run.id, rule = %run.rule, "the database refused a second run in one place of the key: the run waits");
             return Ok(false);
         }
         Err(error) => return Err(db.error(error)),
     };
+    committed.map_err(|e| db.error(e))?;
+    let (place, written): (Option<i32>, i64) = (row.get(0), row.get(1));
     if written == 0 {
         return Err(taken_over(&run.id));
     }
-    tx.commit().await.map_err(|e| db.error(e))?;
     Ok(place.is_some())
+}
+
+/// [`claim_start`]'s place, found and written in one statement: `$1` rule,
+/// `$2` key, `$3` run, `$4` node timeout (s), `$5` this node, `$6` places,
+/// `$7` now, `$8` claim. Answers the place (`NULL`: wait) and whether the
+/// run was this node's to write.
+const TAKE_PLACE: &str = "WITH held AS (
+         SELECT place FROM zoomwire.runs
+         WHERE rule = $1 AND key IS NOT DISTINCT FROM $2 AND id <> $3
+           AND place IS NOT NULL
+           AND (status = 'running' OR (status = 'failed' AND finished_at IS NULL))
+     ), own AS (
+         SELECT place FROM zoomwire.runs
+         WHERE id = $3 AND place IS NOT NULL
+           AND (status = 'running' OR (status = 'failed' AND finished_at IS NULL))
+     ), chosen AS (
+         SELECT CASE WHEN EXISTS (
+             SELECT 1 FROM zoomwire.runs r
+             WHERE r.rule = $1 AND r.key IS NOT DISTINCT FROM $2 AND r.status = 'pending'
+               AND r.waiting AND r.node <> $5
+               AND r.seq < (SELECT seq FROM zoomwire.runs WHERE id = $3)
+               AND EXISTS (
+                   SELECT 1 FROM zoomwire.nodes n
+                   WHERE n.id = r.node AND n.stopped_at IS NULL
+                     AND n.heartbeat_at > now() - make_interval(secs => $4)))
+             THEN NULL
+             ELSE coalesce(
+                 (SELECT place FROM own),
+                 (SELECT min(p) FROM generate_series(0, $6 - 1) p
+                  WHERE p NOT IN (SELECT place FROM held)))
+         END AS place
+     ), written AS (
+         UPDATE zoomwire.runs
+         SET status = CASE WHEN (SELECT place FROM chosen) IS NULL THEN 'pending'
+                           ELSE 'running' END,
+             waiting = (SELECT place FROM chosen) IS NULL,
+             updated_at = $7,
+             place = coalesce((SELECT place FROM chosen), place)
+         WHERE id = $3 AND node = $5 AND ($8::bigint IS NULL OR claim = $8)
+         RETURNING 1
+     )
+     SELECT (SELECT place FROM chosen), (SELECT count(*) FROM written)";
+
+/// Awaits four statements sent together: each is sent to the connection
+/// when first polled, and `join4` polls them in order on its first poll, so
+/// they go out in this order without waiting for one another's answers
+/// (tokio-postgres pipelines the requests of one connection), and the
+/// server runs them in this order. Every one is awaited, so a transaction
+/// begun is always ended by its last.
+async fn pipelined<A, B, C, D>(
+    a: A,
+    b: B,
+    c: C,
+    d: D,
+) -> (A::Output, B::Output, C::Output, D::Output)
+where
+    A: std::future::Future,
+    B: std::future::Future,
+    C: std::future::Future,
+    D: std::future::Future,
+{
+    futures_util::future::join4(a, b, c, d).await
 }
 
 /// SQL condition on `runs r`: this node may take the run: it is its own,

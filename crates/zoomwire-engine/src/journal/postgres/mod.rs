@@ -19,10 +19,10 @@
 mod bridge;
 mod cluster;
 mod connect;
+mod engine_traits;
 mod prune;
 mod reads;
 mod schema;
-mod seams;
 mod writes;
 
 use std::collections::HashMap;

@@ -21,30 +21,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use zoomwire_sim::bench::scratch_pg::{self, as_root};
+
 /// Where PostgreSQL's programs are, or `None` (then skip, or fail in CI).
 pub fn binaries() -> Option<PathBuf> {
-    // The real folder (PATH may hold links to a few programs only: psql is needed too).
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("initdb"))
-            .find(|initdb| initdb.is_file())
-            .and_then(|initdb| {
-                std::fs::canonicalize(initdb)
-                    .ok()?
-                    .parent()
-                    .map(Path::to_path_buf)
-            })
-            .filter(|bin| bin.join("pg_ctl").is_file() && bin.join("psql").is_file())
-    });
-    let bin = on_path.or_else(|| {
-        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
-            .filter(|bin| bin.join("initdb").is_file())
-            .collect();
-        versions.sort();
-        versions.pop()
-    });
+    let bin = scratch_pg::binaries();
     if bin.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -397,15 +378,6 @@ fn make_certificate(root: &Path, data: &Path) {
             chown_to_postgres(&key);
         }
     }
-}
-
-fn as_root() -> bool {
-    // `id -u` rather than libc: the tests use no unsafe code.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// The program, run as `postgres` when this process is root.

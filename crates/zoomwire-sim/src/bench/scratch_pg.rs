@@ -129,9 +129,17 @@ impl Drop for ScratchPostgres {
     }
 }
 
-/// Where PostgreSQL's programs are.
-fn binaries() -> Option<PathBuf> {
-    let complete = |bin: &Path| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file();
+/// Where PostgreSQL's programs are: the folder of the `initdb` on the PATH
+/// (followed through links, since the PATH may hold links to a few programs
+/// only), else the newest `/usr/lib/postgresql/*/bin`, holding `initdb`,
+/// `pg_ctl` and `psql` (Debian's packages keep them there). The end-to-end
+/// tests' servers look here too.
+pub fn binaries() -> Option<PathBuf> {
+    let complete = |bin: &Path| {
+        ["initdb", "pg_ctl", "psql"]
+            .iter()
+            .all(|p| bin.join(p).is_file())
+    };
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("initdb"))
@@ -155,7 +163,9 @@ fn binaries() -> Option<PathBuf> {
     })
 }
 
-fn as_root() -> bool {
+/// Whether this process runs as root (then PostgreSQL's programs, which
+/// refuse root, run as the `postgres` user).
+pub fn as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -197,15 +197,18 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
 }
 
 /// Inserts or updates the run, its effects and the logs of its current attempt.
+///
+/// A run's rule, event and key never change after its first record, so an
+/// update leaves them alone: SQLite rewrites every index holding a column an
+/// update sets, and setting them again would rewrite `runs_rule` and
+/// `runs_event` on each of a run's several records for nothing.
 fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
     let now = at.now;
     tx.prepare_cached(
         "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
                            created_at, started_at, finished_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT(id) DO UPDATE SET rule = excluded.rule, event_id = excluded.event_id,
-             event_type = excluded.event_type, key = excluded.key, status = excluded.status,
-             attempt = excluded.attempt, error = excluded.error, output = excluded.output,
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt, error = excluded.error, output = excluded.output,
              started_at = excluded.started_at, finished_at = excluded.finished_at,
              updated_at = excluded.updated_at",
     )?

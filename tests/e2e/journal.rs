@@ -514,6 +514,43 @@ async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
 }
 
 #[tokio::test]
+async fn a_store_from_before_events_answered_dedupe_keeps_its_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stored, pruned) = (event(1), event(2));
+    {
+        let journal = open(dir.path());
+        assert!(journal.accept_event(&stored).await.unwrap());
+    }
+    {
+        // As zoomwire wrote it before schema version 5: a dedupe row for every
+        // event, stored or pruned within its window.
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO dedupe (id, received_at, expires_at)
+                 SELECT id, received_at, received_at + 3600000000000 FROM events;
+             INSERT INTO dedupe (id, received_at, expires_at)
+                 VALUES ('{}', {now}, {now} + 3600000000000);
+             PRAGMA user_version = 4;",
+            pruned.id,
+            now = Utc::now().timestamp_nanos_opt().unwrap()
+        ))
+        .unwrap();
+    }
+    let journal = open(dir.path());
+    assert_eq!(
+        journal.counts().unwrap().dedupe,
+        1,
+        "the stored event's entry went, the pruned one's stays"
+    );
+    assert!(!journal.accept_event(&stored).await.unwrap());
+    assert!(!journal.accept_event(&pruned).await.unwrap());
+    assert!(journal.is_duplicate(&stored.id).unwrap());
+    assert!(journal.is_duplicate(&pruned.id).unwrap());
+    assert!(!journal.is_duplicate(&event(3).id).unwrap());
+    assert!(journal.accept_event(&event(3)).await.unwrap());
+}
+
+#[tokio::test]
 async fn a_resumed_run_replays_the_unredacted_result_which_the_store_keeps_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let trigger = event(9);
@@ -630,8 +667,8 @@ async fn pruning_forgets_old_rows_but_never_unfinished_runs_or_their_events() {
     assert_eq!(report.runs, 2);
     assert_eq!(report.events, 2);
     assert_eq!(
-        report.dedupe, 3,
-        "the old events' dedupe windows had passed"
+        report.dedupe, 0,
+        "an event's row is its dedupe entry: nothing was kept apart"
     );
     assert!(journal.get_run("old-done").unwrap().is_none());
     assert!(journal.get_run("old-dead").unwrap().is_none());
@@ -648,7 +685,10 @@ async fn pruning_forgets_old_rows_but_never_unfinished_runs_or_their_events() {
         (counts.runs, counts.events, counts.effects, counts.logs),
         (2, 2, 0, 0)
     );
-    assert_eq!(counts.dedupe, 1);
+    assert_eq!(
+        counts.dedupe, 0,
+        "the pruned events' windows had passed: none is kept as a duplicate"
+    );
 }
 
 #[tokio::test]
@@ -700,6 +740,11 @@ async fn pruning_keeps_the_row_budget_dropping_the_oldest_first() {
         "unfinished, kept beyond the budget"
     );
     assert!(journal.get_event(&event(0).id).unwrap().is_some());
+    assert!(journal.get_event(&event(1).id).unwrap().is_none());
+    // Pruned within their dedupe window: still known, a re-delivery is dropped.
+    assert_eq!(counts.dedupe, 1_150);
+    assert!(journal.is_duplicate(&event(1).id).unwrap());
+    assert!(!journal.accept_event(&event(1)).await.unwrap());
     assert!(journal.get_event(&event(1).id).unwrap().is_none());
 }
 

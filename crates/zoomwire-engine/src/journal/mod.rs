@@ -430,12 +430,16 @@ impl SqliteJournal {
     /// spending REST calls on something already seen.
     pub fn is_duplicate(&self, id: &str) -> Result<bool, JournalError> {
         let now = codec::to_nanos(chrono::Utc::now());
+        let window = duration_nanos(self.inner.options.dedupe_window);
         self.inner.readers.with(|conn| {
-            use rusqlite::OptionalExtension;
+            // The event's row while it is stored, its `dedupe` entry once pruned.
             let expires_at: Option<i64> = conn
-                .prepare_cached("SELECT expires_at FROM dedupe WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?;
+                .prepare_cached(
+                    "SELECT max(expires_at) FROM (
+                         SELECT received_at + ?2 AS expires_at FROM events WHERE id = ?1
+                         UNION ALL SELECT expires_at FROM dedupe WHERE id = ?1)",
+                )?
+                .query_row(rusqlite::params![id, window], |row| row.get(0))?;
             Ok(expires_at.is_some_and(|expires_at| expires_at > now))
         })
     }

@@ -146,53 +146,68 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
         }
         Op::Requeue { id } => requeue(tx, id, now).map(Outcome::Requeued),
         Op::MarkDead { id, error } => mark_dead(tx, id, error, now).map(|()| Outcome::Done),
-        Op::Prune(step) => apply_prune_step(tx, step, now).map(Outcome::Pruned),
+        Op::Prune(step) => apply_prune_step(tx, step, now, at.dedupe_window).map(Outcome::Pruned),
     }
 }
 
 /// Stores the event unless one with the same id was received within the window.
 ///
-/// The check and the claim are one statement (one walk of the dedupe index
-/// per event): the id's row is inserted, or updated when its window has
-/// passed, and a row left as it was means a duplicate.
+/// The event's own row answers the check while it exists: the insert and
+/// the check are one statement (one walk of the `events` id index per
+/// event), which inserts the row, or replaces it when its window has passed,
+/// and leaves it as it was for a duplicate. Only an event pruned within its
+/// window leaves a `dedupe` row behind (`prune.rs`), looked up first; that
+/// table is small, so the lookup reads a page or two and writes none.
 fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::Result<bool> {
     let window = at.dedupe_window;
-    let claimed = tx
-        .prepare_cached(
-            "INSERT INTO dedupe (id, received_at, expires_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
-                                           expires_at = excluded.expires_at
-             WHERE excluded.received_at - dedupe.received_at >= ?4",
-        )?
-        .execute(params![
-            event.id,
-            event.received_at,
-            event.received_at.saturating_add(window),
-            window
-        ])?;
-    if claimed == 0 {
+    if !claim_pruned_id(tx, event, window)? {
         return Ok(false);
     }
     let sealed_token = event.download_token.as_ref().and_then(|token| {
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())
     });
-    tx.prepare_cached(
-        "INSERT INTO events (id, type, ts, source, received_at, raw, sealed_token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
-             source = excluded.source, received_at = excluded.received_at, raw = excluded.raw,
-             sealed_token = excluded.sealed_token",
-    )?
-    .execute(params![
-        event.id,
-        event.event_type,
-        event.ts,
-        event.source,
-        event.received_at,
-        &*event.raw,
-        sealed_token
-    ])?;
+    let claimed = tx
+        .prepare_cached(
+            "INSERT INTO events (id, type, ts, source, received_at, raw, sealed_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
+                 source = excluded.source, received_at = excluded.received_at,
+                 raw = excluded.raw, sealed_token = excluded.sealed_token
+             WHERE excluded.received_at - events.received_at >= ?8",
+        )?
+        .execute(params![
+            event.id,
+            event.event_type,
+            event.ts,
+            event.source,
+            event.received_at,
+            &*event.raw,
+            sealed_token,
+            window
+        ])?;
+    Ok(claimed > 0)
+}
+
+/// False when the id belongs to an event pruned within the window; an
+/// entry whose window has passed is removed (the event row takes over).
+fn claim_pruned_id(
+    tx: &Transaction<'_>,
+    event: &EventRow,
+    window: i64,
+) -> rusqlite::Result<bool> {
+    let seen: Option<i64> = tx
+        .prepare_cached("SELECT received_at FROM dedupe WHERE id = ?1")?
+        .query_row([&event.id], |row| row.get(0))
+        .optional()?;
+    let Some(seen) = seen else {
+        return Ok(true);
+    };
+    if event.received_at.saturating_sub(seen) < window {
+        return Ok(false);
+    }
+    tx.prepare_cached("DELETE FROM dedupe WHERE id = ?1")?
+        .execute([&event.id])?;
     Ok(true)
 }
 
@@ -548,6 +563,42 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 1, "a re-delivery after the window replaces the row");
+    }
+
+    fn prune_all_events(conn: &mut Connection, now: i64) -> u64 {
+        let tx = conn.transaction().unwrap();
+        let pruned = apply_prune_step(&tx, &PruneStep::EventsBeyond(0), now, HOUR).unwrap();
+        tx.commit().unwrap();
+        pruned
+    }
+
+    fn dedupe_rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM dedupe", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_event_pruned_within_its_window_stays_a_duplicate_until_the_window_passes() {
+        let (_dir, mut conn) = store();
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(0), vec![])
+        )));
+        assert_eq!(dedupe_rows(&conn), 0, "the event's row is its entry");
+        assert_eq!(prune_all_events(&mut conn, 10), 1);
+        assert_eq!(dedupe_rows(&conn), 1, "kept apart once pruned");
+        assert!(!accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(HOUR - 1), vec![])
+        )));
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(HOUR), vec![])
+        )));
+        assert_eq!(dedupe_rows(&conn), 0, "the new event's row took over");
+        // Pruned after its window: nothing is kept.
+        assert_eq!(prune_all_events(&mut conn, 2 * HOUR + 1), 1);
+        assert_eq!(dedupe_rows(&conn), 0);
     }
 
     #[test]

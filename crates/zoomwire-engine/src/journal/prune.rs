@@ -2,7 +2,9 @@
 //!
 //! Finished runs and events older than the configured age, or beyond the row
 //! budget (oldest first), are deleted, along with expired dedupe entries and
-//! expired rule state. A run that is still pending or running, and the event
+//! expired rule state. An event's row is its dedupe entry while it exists
+//! (`ops.rs`); an event pruned within its dedupe window leaves its id in
+//! `dedupe` until the window passes, so it is still known as a duplicate. A run that is still pending or running, and the event
 //! it needs to resume, are never pruned. Each step deletes at most
 //! [`CHUNK`] rows in one writer transaction, so pruning never holds up intake
 //! for long: the pruner repeats a step until it deletes nothing more.
@@ -36,6 +38,7 @@ pub(crate) fn apply_prune_step(
     tx: &Transaction<'_>,
     step: &PruneStep,
     now: i64,
+    dedupe_window: i64,
 ) -> rusqlite::Result<u64> {
     let deleted = match *step {
         PruneStep::Dedupe => tx.execute(
@@ -63,26 +66,23 @@ pub(crate) fn apply_prune_step(
             let ids = select_ids(tx, &sql, params![excess])?;
             delete_runs(tx, &ids)?
         }
-        PruneStep::EventsOlderThan(cutoff) => tx.execute(
-            &format!(
-                "DELETE FROM events WHERE rowid IN
-                    (SELECT rowid FROM events WHERE received_at < ?1 AND {}
-                     ORDER BY received_at LIMIT ?2)",
+        PruneStep::EventsOlderThan(cutoff) => {
+            let sql = format!(
+                "SELECT rowid FROM events WHERE received_at < ?1 AND {}
+                 ORDER BY received_at LIMIT ?2",
                 not_needed()
-            ),
-            params![cutoff, CHUNK],
-        )?,
+            );
+            let rowids = select_rowids(tx, &sql, params![cutoff, CHUNK])?;
+            delete_events(tx, &rowids, now, dedupe_window)?
+        }
         PruneStep::EventsBeyond(budget) => {
             let excess = excess_rows(tx, "events", budget)?;
-            tx.execute(
-                &format!(
-                    "DELETE FROM events WHERE rowid IN
-                        (SELECT rowid FROM events WHERE {}
-                         ORDER BY received_at LIMIT ?1)",
-                    not_needed()
-                ),
-                params![excess.min(CHUNK)],
-            )?
+            let sql = format!(
+                "SELECT rowid FROM events WHERE {} ORDER BY received_at LIMIT ?1",
+                not_needed()
+            );
+            let rowids = select_rowids(tx, &sql, params![excess.min(CHUNK)])?;
+            delete_events(tx, &rowids, now, dedupe_window)?
         }
     };
     Ok(deleted as u64)
@@ -111,6 +111,40 @@ fn select_ids(
     tx.prepare_cached(sql)?
         .query_map(params, |row| row.get(0))?
         .collect()
+}
+
+fn select_rowids(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<i64>> {
+    tx.prepare_cached(sql)?
+        .query_map(params, |row| row.get(0))?
+        .collect()
+}
+
+/// Deletes events, keeping the id of each one still within its dedupe
+/// window in `dedupe`, so that a late re-delivery stays a duplicate.
+fn delete_events(
+    tx: &Transaction<'_>,
+    rowids: &[i64],
+    now: i64,
+    window: i64,
+) -> rusqlite::Result<usize> {
+    let mut remember = tx.prepare_cached(
+        "INSERT INTO dedupe (id, received_at, expires_at)
+         SELECT id, received_at, received_at + ?2 FROM events
+         WHERE rowid = ?1 AND received_at + ?2 > ?3
+         ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
+                                       expires_at = excluded.expires_at",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM events WHERE rowid = ?1")?;
+    let mut deleted = 0;
+    for rowid in rowids {
+        remember.execute(params![rowid, window, now])?;
+        deleted += delete.execute([rowid])?;
+    }
+    Ok(deleted)
 }
 
 /// Deletes runs with their effects and logs.

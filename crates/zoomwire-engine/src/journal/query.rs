@@ -99,6 +99,8 @@ pub struct RunDetail {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreCounts {
     pub events: u64,
+    /// Ids kept apart for deduplication: in the SQLite store, those of events
+    /// pruned within their window (a stored event is its own entry).
     pub dedupe: u64,
     pub runs: u64,
     pub effects: u64,

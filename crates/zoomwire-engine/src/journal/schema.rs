@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -123,6 +123,15 @@ ALTER TABLE effects ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
 const V4: &str = "
 ALTER TABLE events ADD COLUMN sealed_token BLOB;
 ALTER TABLE effects ADD COLUMN sealed_result BLOB;
+";
+
+/// An event's own row is its dedupe entry while it is stored; `dedupe` keeps
+/// only the ids of events pruned within their window (one index written per
+/// event instead of two). The entries of stored events go; the version
+/// itself keeps an older zoomwire, which would miss them, from opening the
+/// store and taking a re-delivered event as new.
+const V5: &str = "
+DELETE FROM dedupe WHERE id IN (SELECT id FROM events);
 ";
 
 /// The version that took download tokens out of stored bodies: a store

@@ -191,11 +191,7 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
 
 /// False when the id belongs to an event pruned within the window; an
 /// entry whose window has passed is removed (the event row takes over).
-fn claim_pruned_id(
-    tx: &Transaction<'_>,
-    event: &EventRow,
-    window: i64,
-) -> rusqlite::Result<bool> {
+fn claim_pruned_id(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusqlite::Result<bool> {
     let seen: Option<i64> = tx
         .prepare_cached("SELECT received_at FROM dedupe WHERE id = ?1")?
         .query_row([&event.id], |row| row.get(0))

@@ -105,7 +105,9 @@ both!(
             "remembered across a restart"
         );
         let counts = store.counts().await;
-        assert_eq!((counts.events, counts.dedupe), (2, 2));
+        // SQLite's event rows are their own dedupe entries; PostgreSQL keeps a row apart.
+        let kept_apart = if kind == Kind::Sqlite { 0 } else { 2 };
+        assert_eq!((counts.events, counts.dedupe), (2, kept_apart));
     }
 );
 
@@ -487,8 +489,10 @@ both!(
 
         let report = store.prune().await;
         assert_eq!((report.runs, report.events), (2, 2));
+        // SQLite keeps an entry apart only for an event pruned within its window.
+        let (expired, left) = if kind == Kind::Sqlite { (0, 0) } else { (3, 1) };
         assert_eq!(
-            report.dedupe, 3,
+            report.dedupe, expired,
             "the old events' dedupe windows had passed"
         );
         assert!(store.get_run("old-done").is_none());
@@ -510,7 +514,7 @@ both!(
                 counts.logs,
                 counts.dedupe
             ),
-            (2, 2, 0, 0, 1)
+            (2, 2, 0, 0, left)
         );
     }
 );

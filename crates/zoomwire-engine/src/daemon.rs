@@ -540,7 +540,7 @@ async fn resume_requeued_once(
     rules: &RuleSetHandle,
     journal: &Arc<dyn Journal>,
 ) -> Result<(), crate::engine::journal::JournalError> {
-    let candidates: std::collections::HashSet<String> = journal
+    let candidates: Vec<String> = journal
         .unfinished_run_ids()
         .await?
         .into_iter()
@@ -550,10 +550,11 @@ async fn resume_requeued_once(
         return Ok(());
     }
     // A run the executor let go of after the first read had its final
-    // record written before: read again so that it does not run twice.
-    for run in journal.unfinished_runs().await? {
+    // record written before: read the candidates again (only them: in a
+    // burst thousands of runs are pending) so that it does not run twice.
+    for run in journal.unfinished_runs_among(&candidates).await? {
         let id = run.run.id.clone();
-        if !candidates.contains(&id) || executor.is_active(&id) {
+        if executor.is_active(&id) {
             continue;
         }
         tracing::info!(run = %id, rule = %run.run.rule, "resuming a requeued run");

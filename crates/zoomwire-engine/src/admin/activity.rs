@@ -288,6 +288,13 @@ impl Journal for ObservedJournal {
         self.inner.unfinished_run_ids()
     }
 
+    fn unfinished_runs_among<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<UnfinishedRun>, JournalError>> {
+        self.inner.unfinished_runs_among(ids)
+    }
+
     fn claim_start<'a>(
         &'a self,
         run: &'a RunRecord,

@@ -163,4 +163,18 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
             Ok(runs.into_iter().map(|r| r.run.id).collect())
         })
     }
+    /// [`Journal::unfinished_runs`] among the runs `ids` names only: those
+    /// still unfinished, in the same order. The daemon's poll for requeued
+    /// runs reads its few candidates with it, not every unfinished run.
+    fn unfinished_runs_among<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<UnfinishedRun>, JournalError>> {
+        Box::pin(async move {
+            let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+            let mut runs = self.unfinished_runs().await?;
+            runs.retain(|r| wanted.contains(r.run.id.as_str()));
+            Ok(runs)
+        })
+    }
 }

@@ -123,27 +123,53 @@ impl Journal for SqliteJournal {
                 .inner
                 .readers
                 .with(|conn| query::unfinished_runs(conn, seal))?;
-            let mut unfinished = Vec::with_capacity(stored.len());
-            for (run, in_doubt, event) in stored {
-                match event.map(|event| event.into_event(seal)) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
-                        run,
-                        event,
-                        in_doubt,
-                    }),
-                    Some(Err(error)) => self.give_up(&run, &error.0).await?,
-                    None => {
-                        self.give_up(&run, "its event is no longer in the store")
-                            .await?
-                    }
-                }
-            }
-            Ok(unfinished)
+            self.resumable(stored).await
         })
     }
 
     fn unfinished_run_ids(&self) -> BoxFuture<'_, Result<Vec<String>, JournalError>> {
         Box::pin(async move { self.inner.readers.with(query::unfinished_run_ids) })
+    }
+
+    fn unfinished_runs_among<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<UnfinishedRun>, JournalError>> {
+        Box::pin(async move {
+            let seal = &self.inner.seal;
+            let stored = self
+                .inner
+                .readers
+                .with(|conn| query::unfinished_runs_among(conn, seal, ids))?;
+            self.resumable(stored).await
+        })
+    }
+}
+
+impl SqliteJournal {
+    /// Unfinished runs as read, with their events opened; a run whose event
+    /// cannot be had is given up (marked dead).
+    async fn resumable(
+        &self,
+        stored: Vec<query::StoredUnfinished>,
+    ) -> Result<Vec<UnfinishedRun>, JournalError> {
+        let seal = &self.inner.seal;
+        let mut unfinished = Vec::with_capacity(stored.len());
+        for (run, in_doubt, event) in stored {
+            match event.map(|event| event.into_event(seal)) {
+                Some(Ok(event)) => unfinished.push(UnfinishedRun {
+                    run,
+                    event,
+                    in_doubt,
+                }),
+                Some(Err(error)) => self.give_up(&run, &error.0).await?,
+                None => {
+                    self.give_up(&run, "its event is no longer in the store")
+                        .await?
+                }
+            }
+        }
+        Ok(unfinished)
     }
 }
 
@@ -410,5 +436,51 @@ mod tests {
         let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal")).map_or(0, |m| m.len());
         assert_eq!(super::super::store_size(journal.path()), db + wal);
         assert!(db > 0);
+    }
+
+    #[test]
+    fn unfinished_runs_among_reads_only_the_named_runs_still_unfinished() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
+        let run = |id: &str| RunRecord {
+            id: id.into(),
+            rule: "rule".into(),
+            event_id: event.id.clone(),
+            event_type: "a.b".into(),
+            key: None,
+            status: RunStatus::Pending,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        let runs = [run("r1"), run("r2"), run("r3")];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ids = |runs: Vec<UnfinishedRun>| runs.into_iter().map(|r| r.run.id).collect::<Vec<_>>();
+        runtime.block_on(async {
+            assert!(journal.accept_event_with_runs(&event, &runs).await.unwrap());
+            let mut finished = run("r2");
+            (finished.status, finished.finished_at) = (RunStatus::Succeeded, Some(Utc::now()));
+            journal.record_run(&finished).await.unwrap();
+            let wanted = ["r3", "r2", "r9"].map(String::from);
+            let among = journal.unfinished_runs_among(&wanted).await.unwrap();
+            assert_eq!(
+                ids(among),
+                ["r3"],
+                "r2 is finished, r9 unknown, r1 not asked for"
+            );
+            let all = journal.unfinished_runs().await.unwrap();
+            assert_eq!(ids(all), ["r1", "r3"]);
+            let among = journal.unfinished_runs_among(&[]).await.unwrap();
+            assert!(among.is_empty());
+        });
     }
 }

@@ -456,3 +456,31 @@ impl From<RunRecord> for RunSummary {
         }
     }
 }
+
+/// [`unfinished_runs`] among the runs `ids` names: those still unfinished,
+/// read one by one (the daemon's poll for requeued runs asks for a few
+/// candidates while thousands may be pending in a burst).
+pub(crate) fn unfinished_runs_among(
+    conn: &Connection,
+    seal: &SealKey,
+    ids: &[String],
+) -> ReadResult<Vec<StoredUnfinished>> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND {UNFINISHED}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut unfinished = Vec::new();
+    for id in ids {
+        let mut rows = statement.query([id])?;
+        let Some(row) = rows.next()? else {
+            continue;
+        };
+        let mut run = run_row(row)?;
+        fill_run(conn, &mut run, Some(seal))?;
+        let in_doubt = effect_starts(conn, &run.id)?;
+        let event = stored_event(conn, &run.event_id)?;
+        unfinished.push((run, in_doubt, event));
+    }
+    // The order of `unfinished_runs`: events' arrival, then oldest first.
+    unfinished
+        .sort_by_key(|(run, _, event)| (event.as_ref().map(|e| e.received_at), run.created_at));
+    Ok(unfinished)
+}

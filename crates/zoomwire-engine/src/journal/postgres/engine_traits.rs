@@ -59,6 +59,47 @@ impl PostgresJournal {
     }
 }
 
+impl PostgresJournal {
+    /// Takes the unfinished runs this node may resume (all, or those
+    /// `among` names), with their events; a run whose event cannot be had
+    /// is given up (marked dead).
+    fn claim_resumable(
+        &self,
+        among: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
+        let db = self.db();
+        Box::pin(async move {
+            let claimed = self
+                .inner
+                .bridge
+                .run(async move { writes::claim_unfinished(&db, now(), among.as_deref()).await })
+                .await?;
+            let mut unfinished = Vec::with_capacity(claimed.len());
+            for taken in claimed {
+                self.set_claim(&taken.run.id, taken.claim);
+                if let Some(from) = &taken.taken_from {
+                    metrics::counter!("zoomwire_runs_taken_over_total").increment(1);
+                    tracing::info!(run = %taken.run.id, rule = %taken.run.rule, from = %from, "run taken over from a node gone silent or stopped");
+                }
+                let seal = &self.inner.db.seal;
+                match taken.event.map(|event| event.into_event(seal)) {
+                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
+                        run: taken.run,
+                        event,
+                        in_doubt: taken.in_doubt,
+                    }),
+                    Some(Err(error)) => self.give_up(&taken.run, &error.0).await?,
+                    None => {
+                        self.give_up(&taken.run, "its event is no longer in the store")
+                            .await?
+                    }
+                }
+            }
+            Ok(unfinished)
+        })
+    }
+}
+
 impl EffectObserver for PostgresJournal {
     /// Durable on `Ok`: blocks the sandbox thread until the mark is
     /// committed, after the run's earlier writes. Refused when this node no
@@ -196,36 +237,15 @@ impl Journal for PostgresJournal {
     /// of nodes gone silent or stopped, and those `zoomwire runs retry` put
     /// back; in the order their events arrived.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
-        let db = self.db();
-        Box::pin(async move {
-            let claimed = self
-                .inner
-                .bridge
-                .run(async move { writes::claim_unfinished(&db, now()).await })
-                .await?;
-            let mut unfinished = Vec::with_capacity(claimed.len());
-            for taken in claimed {
-                self.set_claim(&taken.run.id, taken.claim);
-                if let Some(from) = &taken.taken_from {
-                    metrics::counter!("zoomwire_runs_taken_over_total").increment(1);
-                    tracing::info!(run = %taken.run.id, rule = %taken.run.rule, from = %from, "run taken over from a node gone silent or stopped");
-                }
-                let seal = &self.inner.db.seal;
-                match taken.event.map(|event| event.into_event(seal)) {
-                    Some(Ok(event)) => unfinished.push(UnfinishedRun {
-                        run: taken.run,
-                        event,
-                        in_doubt: taken.in_doubt,
-                    }),
-                    Some(Err(error)) => self.give_up(&taken.run, &error.0).await?,
-                    None => {
-                        self.give_up(&taken.run, "its event is no longer in the store")
-                            .await?
-                    }
-                }
-            }
-            Ok(unfinished)
-        })
+        self.claim_resumable(None)
+    }
+
+    /// The same, among the runs `ids` names only.
+    fn unfinished_runs_among<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<UnfinishedRun>, JournalError>> {
+        self.claim_resumable(Some(ids.to_vec()))
     }
 
     /// Asked by every run before it starts: see `writes::claim_start`.

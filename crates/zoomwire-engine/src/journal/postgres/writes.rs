@@ -767,8 +767,13 @@ pub(crate) const CLAIMABLE: &str = "(r.node IS NULL OR r.node = $1 OR NOT EXISTS
 /// Takes every unfinished run this node may resume, oldest first: its own,
 /// and those of nodes gone silent, whose claim grows so that their old
 /// node can no longer record them. Rows another node is writing right now
-/// are skipped (they are taken on a later call).
-pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun>, JournalError> {
+/// are skipped (they are taken on a later call). With `among`, only the
+/// runs it names are taken (the daemon's poll for requeued runs).
+pub(crate) async fn claim_unfinished(
+    db: &Db,
+    now: i64,
+    among: Option<&[String]>,
+) -> Result<Vec<ClaimedRun>, JournalError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(|e| db.error(e))?;
     let columns = RUN_COLUMNS
@@ -780,6 +785,7 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
         "WITH claimable AS (
              SELECT r.id, r.node AS previous FROM zoomwire.runs r
              WHERE {UNFINISHED} AND {CLAIMABLE}
+               AND ($4::text[] IS NULL OR r.id = ANY($4::text[]))
              ORDER BY r.seq
              FOR UPDATE SKIP LOCKED
          )
@@ -790,7 +796,7 @@ pub(crate) async fn claim_unfinished(db: &Db, now: i64) -> Result<Vec<ClaimedRun
          RETURNING {columns}, r.claim, r.seq, claimable.previous"
     );
     let rows = tx
-        .query(&sql, &[&&*db.node, &db.node_timeout_secs(), &now])
+        .query(&sql, &[&&*db.node, &db.node_timeout_secs(), &now, &among])
         .await
         .map_err(|e| db.error(e))?;
     let mut claimed = Vec::with_capacity(rows.len());

@@ -27,9 +27,31 @@ pub fn redact(value: &Value) -> Value {
 
 /// A redacted copy of `value`, and whether it differs from `value`.
 pub fn redact_tracked(value: &Value) -> (Value, bool) {
+    // Most values hold nothing to hide: look first without allocating, then
+    // copy them as they are (cheaper than rebuilding every map).
+    if is_clean(value) {
+        return (value.clone(), false);
+    }
     let mut changed = false;
     let redacted = walk(value, &mut changed);
     (redacted, changed)
+}
+
+/// Whether redaction would leave `value` as it is.
+fn is_clean(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().all(|(key, v)| {
+            matches!(redact_text(key), Cow::Borrowed(_))
+                && if is_secret_key(key) {
+                    v.as_str() == Some(REDACTED)
+                } else {
+                    is_clean(v)
+                }
+        }),
+        Value::Array(items) => items.iter().all(is_clean),
+        Value::String(text) => matches!(redact_text(text), Cow::Borrowed(_)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+    }
 }
 
 fn walk(value: &Value, changed: &mut bool) -> Value {
@@ -42,7 +64,7 @@ fn walk(value: &Value, changed: &mut bool) -> Value {
                         *changed = true;
                     }
                     let shown = if is_secret_key(key) {
-                        *changed |= v != &Value::String(REDACTED.into());
+                        *changed |= v.as_str() != Some(REDACTED);
                         Value::String(REDACTED.into())
                     } else {
                         walk(v, changed)
@@ -83,20 +105,24 @@ pub fn redact_error(mut error: EffectError) -> EffectError {
     error
 }
 
+/// Words that make a key's value a credential, in any ASCII case.
+const SECRET_KEY_WORDS: [&str; 8] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "api_key",
+    "apikey",
+    "cookie",
+];
+
 fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "authorization",
-        "api_key",
-        "apikey",
-        "cookie",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+    SECRET_KEY_WORDS.iter().any(|word| {
+        key.as_bytes()
+            .windows(word.len())
+            .any(|window| window.eq_ignore_ascii_case(word.as_bytes()))
+    })
 }
 
 /// URL parameters whose values are credentials.
@@ -172,6 +198,29 @@ mod tests {
         // Redacting twice changes nothing more.
         let once = redact(&json!({"u": "https://h/?token=abc&pwd=x"}));
         assert_eq!(redact_tracked(&once), (once.clone(), false));
+    }
+
+    #[test]
+    fn knows_secret_keys_in_any_case_and_leaves_a_redacted_value_unchanged() {
+        for key in [
+            "Authorization",
+            "X-API_KEY",
+            "refresh_TOKEN",
+            "pAsSwOrD",
+            "set-cookie",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["", "tok", "channel", "author", "pass", "tökenn", "api-key"] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+        let shown = json!({"token": "[redacted]", "n": [{"password": "[redacted]"}]});
+        assert_eq!(redact_tracked(&shown), (shown.clone(), false));
+        let hidden = json!({"n": [{"password": 5}]});
+        assert_eq!(
+            redact_tracked(&hidden),
+            (json!({"n": [{"password": "[redacted]"}]}), true)
+        );
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //! retry loop is [`crate::http_retry::send_with_retry`].
 //! Webhook URLs and the token are secrets: no message names them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use reqwest::header::CONTENT_TYPE;
+use hyper::body::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 use url::Url;
 
@@ -54,15 +57,40 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// The `Content-Type` of every body sent to Slack.
+const JSON_CONTENT: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
 /// The Slack effects.
 pub struct SlackClient {
     client: reqwest::Client,
     config: SlackConfig,
+    /// `chat.postMessage` under the API base, parsed once.
+    post_url: Result<Url, url::ParseError>,
+    /// `Authorization: Bearer <bot token>`, built once and marked sensitive
+    /// (hidden from `Debug` and HPACK); `None` without a token or when the
+    /// token cannot be a header value (then each post builds it and fails
+    /// as it always did).
+    bearer: Option<HeaderValue>,
 }
 
 impl SlackClient {
     pub fn new(client: reqwest::Client, config: SlackConfig) -> SlackClient {
-        SlackClient { client, config }
+        let post_url = Url::parse(&format!(
+            "{}/chat.postMessage",
+            config.api_base.as_str().trim_end_matches('/')
+        ));
+        let bearer = config.bot_token.as_ref().and_then(|token| {
+            let mut value =
+                HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        SlackClient {
+            client,
+            config,
+            post_url,
+            bearer,
+        }
     }
 
     /// `slack.post`: `{channel, text?, blocks?, thread_ts?}`, answered with `{ok, channel, ts}`.
@@ -75,34 +103,33 @@ impl SlackClient {
                 "SLACK_BOT_TOKEN is not set: slack::post needs a bot token",
             )
         })?;
-        let url = format!(
-            "{}/chat.postMessage",
-            self.config.api_base.as_str().trim_end_matches('/')
-        );
-        let url = Url::parse(&url)
+        let url = self
+            .post_url
+            .as_ref()
             .map_err(|e| EffectError::permanent(EFFECT, format!("slack api base: {e}")))?;
         let answer = self
-            .send(EFFECT, &url, Some(token), &message, deadline)
+            .send(EFFECT, url, Some(token), message, deadline)
             .await?;
-        let parsed: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-        if !answer.status.is_success() && parsed.get("ok").is_none() {
+        let parsed = PostAnswer::parse(&answer.body);
+        if !answer.status.is_success() && parsed.ok.is_none() {
             return Err(status_error(EFFECT, &answer));
         }
-        if parsed.get("ok").and_then(Value::as_bool) != Some(true) {
+        if parsed.ok.as_ref().and_then(Value::as_bool) != Some(true) {
             let code = parsed
-                .get("error")
+                .error
+                .as_ref()
                 .and_then(Value::as_str)
                 .unwrap_or("unknown_error");
             return Err(slack_error(EFFECT, code, Some(answer.status)));
         }
-        if let Some(warning) = parsed.get("warning").and_then(Value::as_str) {
+        if let Some(warning) = parsed.warning.as_ref().and_then(Value::as_str) {
             tracing::info!(warning, "slack warned about a posted message");
         }
-        Ok(json!({
-            "ok": true,
-            "channel": parsed.get("channel").cloned().unwrap_or(Value::Null),
-            "ts": parsed.get("ts").cloned().unwrap_or(Value::Null),
-        }))
+        let mut shown = Map::new();
+        shown.insert("ok".into(), Value::Bool(true));
+        shown.insert("channel".into(), parsed.channel.unwrap_or(Value::Null));
+        shown.insert("ts".into(), parsed.ts.unwrap_or(Value::Null));
+        Ok(Value::Object(shown))
     }
 
     /// `slack.webhook`: `{name, text?, payload?}`, answered with `{ok: true}`.
@@ -127,7 +154,7 @@ impl SlackClient {
         let url = Url::parse(webhook.expose_secret()).map_err(|_| {
             EffectError::permanent(EFFECT, format!("slack webhook `{name}` is not a valid url"))
         })?;
-        let answer = self.send(EFFECT, &url, None, &payload, deadline).await?;
+        let answer = self.send(EFFECT, &url, None, payload, deadline).await?;
         if answer.status.is_success() {
             return Ok(json!({"ok": true}));
         }
@@ -144,7 +171,7 @@ impl SlackClient {
         effect: &'static str,
         url: &Url,
         token: Option<&SecretString>,
-        body: &Value,
+        body: Bytes,
         deadline: Instant,
     ) -> Result<Answer, EffectError> {
         let mut post = SlackPost {
@@ -152,7 +179,7 @@ impl SlackClient {
             effect,
             url,
             token,
-            body: body.to_string(),
+            body,
             deadline,
         };
         send_with_retry(&mut post, &self.config.retry, deadline).await
@@ -165,7 +192,8 @@ struct SlackPost<'a> {
     effect: &'static str,
     url: &'a Url,
     token: Option<&'a SecretString>,
-    body: String,
+    /// The JSON body, shared by every attempt without a copy.
+    body: Bytes,
     deadline: Instant,
 }
 
@@ -180,11 +208,13 @@ impl Exchange for SlackPost<'_> {
             .slack
             .client
             .post(self.url.clone())
-            .header(CONTENT_TYPE, "application/json; charset=utf-8")
+            .header(CONTENT_TYPE, JSON_CONTENT)
             .timeout(request_timeout(config.request_timeout, self.deadline))
             .body(self.body.clone());
-        if let Some(token) = self.token {
-            request = request.bearer_auth(token.expose_secret());
+        match (self.token, &self.slack.bearer) {
+            (Some(_), Some(bearer)) => request = request.header(AUTHORIZATION, bearer.clone()),
+            (Some(token), None) => request = request.bearer_auth(token.expose_secret()),
+            (None, _) => {}
         }
         let response = match request.send().await {
             Ok(response) => response,
@@ -220,8 +250,22 @@ impl Exchange for SlackPost<'_> {
     }
 }
 
+/// A `chat.postMessage` body, serialized straight from the script's
+/// arguments (no intermediate JSON value). The fields are in the order a
+/// JSON map sorts them, so the bytes are those of the map it replaces.
+#[derive(Serialize)]
+struct PostMessage<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocks: Option<&'a [Value]>,
+    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread_ts: Option<Cow<'a, str>>,
+}
+
 /// The `chat.postMessage` body from `slack.post` arguments.
-fn post_body(args: &Value) -> Result<Value, EffectError> {
+fn post_body(args: &Value) -> Result<Bytes, EffectError> {
     const EFFECT: &str = EffectName::SlackPost.as_str();
     let bad = |message: &str| EffectError::permanent(EFFECT, message);
     let channel = args
@@ -229,48 +273,95 @@ fn post_body(args: &Value) -> Result<Value, EffectError> {
         .and_then(Value::as_str)
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(|| bad("`channel` must be a channel name or id"))?;
-    let mut body = Map::new();
-    body.insert("channel".into(), Value::from(channel));
-    match args.get("text") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(text)) => {
-            body.insert("text".into(), Value::from(text.as_str()));
-        }
+    let text = match args.get("text") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.as_str()),
         Some(_) => return Err(bad("`text` must be a string")),
-    }
-    match args.get("blocks") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(blocks)) => {
-            body.insert("blocks".into(), Value::Array(blocks.clone()));
-        }
+    };
+    let blocks = match args.get("blocks") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(blocks)) => Some(blocks.as_slice()),
         Some(_) => return Err(bad("`blocks` must be a list of Block Kit blocks")),
-    }
-    if !body.contains_key("text") && !body.contains_key("blocks") {
+    };
+    if text.is_none() && blocks.is_none() {
         return Err(bad("a message needs `text` or `blocks`"));
     }
-    match args.get("thread_ts") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(ts)) => {
-            body.insert("thread_ts".into(), Value::from(ts.as_str()));
-        }
-        Some(Value::Number(ts)) => {
-            body.insert("thread_ts".into(), Value::from(ts.to_string()));
-        }
+    let thread_ts = match args.get("thread_ts") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(ts)) => Some(Cow::Borrowed(ts.as_str())),
+        Some(Value::Number(ts)) => Some(Cow::Owned(ts.to_string())),
         Some(_) => return Err(bad("`thread_ts` must be a string")),
-    }
-    Ok(Value::Object(body))
+    };
+    let message = PostMessage {
+        blocks,
+        channel,
+        text,
+        thread_ts,
+    };
+    Ok(to_json_bytes(&message))
 }
 
 /// The webhook body: `payload` as given, else `{text}`.
-fn webhook_body(args: &Value) -> Result<Value, EffectError> {
+fn webhook_body(args: &Value) -> Result<Bytes, EffectError> {
     match (args.get("payload"), args.get("text")) {
-        (Some(Value::Object(payload)), _) => Ok(Value::Object(payload.clone())),
-        (None | Some(Value::Null), Some(Value::String(text))) => Ok(json!({"text": text})),
+        (Some(payload @ Value::Object(_)), _) => Ok(to_json_bytes(payload)),
+        (None | Some(Value::Null), Some(Value::String(text))) => {
+            Ok(to_json_bytes(&json!({"text": text})))
+        }
         _ => Err(EffectError::permanent(
             EffectName::SlackWebhook.as_str(),
             "a webhook message needs `text` (a string) or `payload` (a map)",
         )),
     }
+}
+
+fn to_json_bytes(body: &impl Serialize) -> Bytes {
+    // JSON values and string-keyed structs always serialize.
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// The fields of Slack's answer to `chat.postMessage` that count, read
+/// without building the whole answer (its `message` echo is skipped). A
+/// field present as `null` is `Some(Value::Null)`, as in the answer.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct PostAnswer {
+    #[serde(default, deserialize_with = "present")]
+    ok: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    warning: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    channel: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    ts: Option<Value>,
+}
+
+impl PostAnswer {
+    /// The answer's fields; none when it is not a JSON object. An object
+    /// the struct refuses (a key twice) is read as a whole value, last key
+    /// winning, as Slack's answers always were.
+    fn parse(body: &[u8]) -> PostAnswer {
+        // Only an object: a struct would also take a JSON array, by position.
+        let object = body.trim_ascii_start().first() == Some(&b'{');
+        if object && let Ok(answer) = serde_json::from_slice::<PostAnswer>(body) {
+            return answer;
+        }
+        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
+            return PostAnswer::default();
+        };
+        PostAnswer {
+            ok: map.remove("ok"),
+            error: map.remove("error"),
+            warning: map.remove("warning"),
+            channel: map.remove("channel"),
+            ts: map.remove("ts"),
+        }
+    }
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 fn slack_error(effect: &str, code: &str, status: Option<StatusCode>) -> EffectError {
@@ -307,15 +398,78 @@ fn status_error(effect: &str, answer: &Answer) -> EffectError {
 mod tests {
     use super::*;
 
+    fn json_of(body: Bytes) -> Value {
+        serde_json::from_slice(&body).unwrap()
+    }
+
     #[test]
     fn builds_post_messages() {
         assert_eq!(
-            post_body(&json!({"channel": "#a", "text": "hi", "thread_ts": 1700000000.5})).unwrap(),
+            json_of(
+                post_body(&json!({"channel": "#a", "text": "hi", "thread_ts": 1700000000.5}))
+                    .unwrap()
+            ),
             json!({"channel": "#a", "text": "hi", "thread_ts": "1700000000.5"})
         );
         assert_eq!(
-            post_body(&json!({"channel": "C1", "blocks": [{"type": "divider"}]})).unwrap(),
+            json_of(post_body(&json!({"channel": "C1", "blocks": [{"type": "divider"}]})).unwrap()),
             json!({"channel": "C1", "blocks": [{"type": "divider"}]})
+        );
+    }
+
+    #[test]
+    fn post_bodies_are_the_bytes_of_the_json_map() {
+        // What the body was before it was serialized straight from the arguments.
+        let as_map = |body: Value| Bytes::from(body.to_string());
+        let args = json!({
+            "channel": "#a", "text": "t=1 \"q\" é\n", "thread_ts": "1.2",
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*x*"}}],
+            "ignored": 1,
+        });
+        assert_eq!(
+            post_body(&args).unwrap(),
+            as_map(json!({
+                "channel": "#a", "text": "t=1 \"q\" é\n", "thread_ts": "1.2",
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*x*"}}],
+            }))
+        );
+        assert_eq!(
+            post_body(&json!({"channel": "C1", "text": "hi", "blocks": null})).unwrap(),
+            as_map(json!({"channel": "C1", "text": "hi"}))
+        );
+    }
+
+    #[test]
+    fn reads_post_answers_as_a_json_value_would() {
+        let answer = PostAnswer::parse(
+            br#"{"ok":true,"channel":"C1","ts":"1.2","message":{"text":"hi","blocks":[1,2]}}"#,
+        );
+        assert_eq!(answer.ok, Some(json!(true)));
+        assert_eq!(
+            (answer.channel, answer.ts),
+            (Some(json!("C1")), Some(json!("1.2")))
+        );
+        assert_eq!(answer.error, None);
+        // Present as null is not absent (an error status keeps its `ok`).
+        assert_eq!(PostAnswer::parse(br#"{"ok":null}"#).ok, Some(Value::Null));
+        // Not an object, or not JSON: nothing.
+        assert_eq!(PostAnswer::parse(br#"[true,"e"]"#), PostAnswer::default());
+        assert_eq!(
+            PostAnswer::parse(b"<html>busy</html>"),
+            PostAnswer::default()
+        );
+        assert_eq!(PostAnswer::parse(b""), PostAnswer::default());
+        // A key twice: the last one, as a map reads it.
+        let twice = PostAnswer::parse(br#"{"ok":false,"error":"a","error":"b"}"#);
+        assert_eq!(
+            (twice.ok, twice.error),
+            (Some(json!(false)), Some(json!("b")))
+        );
+        // Fields of any type are kept as they are.
+        let odd = PostAnswer::parse(br#" {"ok":"yes","error":5,"ts":1.5}"#);
+        assert_eq!(
+            (odd.ok, odd.error, odd.ts),
+            (Some(json!("yes")), Some(json!(5)), Some(json!(1.5)))
         );
     }
 
@@ -347,11 +501,11 @@ mod tests {
     fn builds_webhook_bodies() {
         assert_eq!(
             webhook_body(&json!({"text": "hi"})).unwrap(),
-            json!({"text": "hi"})
+            Bytes::from(json!({"text": "hi"}).to_string())
         );
         assert_eq!(
             webhook_body(&json!({"payload": {"blocks": []}, "text": "x"})).unwrap(),
-            json!({"blocks": []})
+            Bytes::from(json!({"blocks": []}).to_string())
         );
         assert!(webhook_body(&json!({})).is_err());
     }

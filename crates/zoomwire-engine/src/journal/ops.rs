@@ -219,7 +219,8 @@ fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite
         "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
                            created_at, started_at, finished_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt, error = excluded.error, output = excluded.output,
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+             error = excluded.error, output = excluded.output,
              started_at = excluded.started_at, finished_at = excluded.finished_at,
              updated_at = excluded.updated_at",
     )?

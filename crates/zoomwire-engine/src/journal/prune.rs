@@ -4,10 +4,11 @@
 //! budget (oldest first), are deleted, along with expired dedupe entries and
 //! expired rule state. An event's row is its dedupe entry while it exists
 //! (`ops.rs`); an event pruned within its dedupe window leaves its id in
-//! `dedupe` until the window passes, so it is still known as a duplicate. A run that is still pending or running, and the event
-//! it needs to resume, are never pruned. Each step deletes at most
-//! [`CHUNK`] rows in one writer transaction, so pruning never holds up intake
-//! for long: the pruner repeats a step until it deletes nothing more.
+//! `dedupe` until the window passes, so it is still known as a duplicate. A
+//! run that is still pending or running, and the event it needs to resume,
+//! are never pruned. Each step deletes at most [`CHUNK`] rows in one writer
+//! transaction, so pruning never holds up intake for long: the pruner repeats
+//! a step until it deletes nothing more.
 
 use rusqlite::{Transaction, params};
 
@@ -56,14 +57,14 @@ pub(crate) fn apply_prune_step(
                 "SELECT id FROM runs WHERE created_at < ?1 AND NOT {UNFINISHED}
                  ORDER BY created_at LIMIT ?2"
             );
-            let ids = select_ids(tx, &sql, params![cutoff, CHUNK])?;
+            let ids: Vec<String> = select_column(tx, &sql, params![cutoff, CHUNK])?;
             delete_runs(tx, &ids)?
         }
         PruneStep::RunsBeyond(budget) => {
             let excess = excess_rows(tx, "runs", budget)?.min(CHUNK);
             let sql =
                 format!("SELECT id FROM runs WHERE NOT {UNFINISHED} ORDER BY created_at LIMIT ?1");
-            let ids = select_ids(tx, &sql, params![excess])?;
+            let ids: Vec<String> = select_column(tx, &sql, params![excess])?;
             delete_runs(tx, &ids)?
         }
         PruneStep::EventsOlderThan(cutoff) => {
@@ -72,7 +73,7 @@ pub(crate) fn apply_prune_step(
                  ORDER BY received_at LIMIT ?2",
                 not_needed()
             );
-            let rowids = select_rowids(tx, &sql, params![cutoff, CHUNK])?;
+            let rowids: Vec<i64> = select_column(tx, &sql, params![cutoff, CHUNK])?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
         PruneStep::EventsBeyond(budget) => {
@@ -81,7 +82,7 @@ pub(crate) fn apply_prune_step(
                 "SELECT rowid FROM events WHERE {} ORDER BY received_at LIMIT ?1",
                 not_needed()
             );
-            let rowids = select_rowids(tx, &sql, params![excess.min(CHUNK)])?;
+            let rowids: Vec<i64> = select_column(tx, &sql, params![excess.min(CHUNK)])?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
     };
@@ -103,21 +104,12 @@ fn excess_rows(tx: &Transaction<'_>, table: &str, budget: u64) -> rusqlite::Resu
         .max(0))
 }
 
-fn select_ids(
+/// The first column of the rows `sql` selects (run ids, event rowids).
+fn select_column<T: rusqlite::types::FromSql>(
     tx: &Transaction<'_>,
     sql: &str,
     params: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<String>> {
-    tx.prepare_cached(sql)?
-        .query_map(params, |row| row.get(0))?
-        .collect()
-}
-
-fn select_rowids(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<i64>> {
+) -> rusqlite::Result<Vec<T>> {
     tx.prepare_cached(sql)?
         .query_map(params, |row| row.get(0))?
         .collect()

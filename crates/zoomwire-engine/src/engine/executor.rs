@@ -71,10 +71,14 @@ impl RunTicket {
 pub struct PreparedEvent {
     rule_set: Arc<RuleSet>,
     event: Event,
-    /// Runs to start, in rule order.
-    runs: Vec<(Arc<Rule>, RunRecord)>,
-    /// Skipped records of rules whose condition failed, with the rule's name.
-    failures: Vec<(RunRecord, Arc<str>)>,
+    /// The records the journal writes with the event, in one slice (so that
+    /// none is cloned for it): the runs to start, in rule order, then the
+    /// skipped records of rules whose condition failed.
+    records: Vec<RunRecord>,
+    /// The rules of the runs to start: `records[..rules.len()]`.
+    rules: Vec<Arc<Rule>>,
+    /// The names of the rules whose condition failed, in the same order.
+    failed_rules: Vec<Arc<str>>,
 }
 
 impl PreparedEvent {
@@ -225,44 +229,39 @@ impl Executor {
     /// skipped for a condition that failed). No I/O: nothing is written yet.
     pub fn prepare(&self, rule_set: &Arc<RuleSet>, event: Event) -> PreparedEvent {
         let matched = match_event(rule_set, &event, &self.inner.runner.vars);
-        let runs = matched
-            .matched
-            .into_iter()
-            .map(|Matched { rule, key }| {
-                let record = new_record(&rule, &event, key);
-                self.hold(&record.id);
-                (rule, record)
-            })
-            .collect();
-        let failures = matched
-            .failures
-            .iter()
-            .map(|failure| condition_failure_record(&event, failure))
-            .collect();
+        let mut records = Vec::with_capacity(matched.matched.len() + matched.failures.len());
+        let mut rules = Vec::with_capacity(matched.matched.len());
+        for Matched { rule, key } in matched.matched {
+            let record = new_record(&rule, &event, key);
+            self.hold(&record.id);
+            records.push(record);
+            rules.push(rule);
+        }
+        let mut failed_rules = Vec::with_capacity(matched.failures.len());
+        for failure in &matched.failures {
+            records.push(condition_failure_record(&event, failure));
+            failed_rules.push(failure.rule.name.clone());
+        }
         PreparedEvent {
             rule_set: rule_set.clone(),
             event,
-            runs,
-            failures,
+            records,
+            rules,
+            failed_rules,
         }
     }
 
     /// Writes the event and the records of its runs to the journal, in one
     /// commit. `Ok(false)`: a duplicate, which must not run.
     pub async fn accept(&self, prepared: &PreparedEvent) -> Result<bool, JournalError> {
-        let records: Vec<RunRecord> = prepared
-            .runs
-            .iter()
-            .map(|(_, record)| record.clone())
-            .chain(prepared.failures.iter().map(|(record, _)| record.clone()))
-            .collect();
         let written = self
             .journal()
-            .accept_event_with_runs(&prepared.event, &records)
+            .accept_event_with_runs(&prepared.event, &prepared.records)
             .await;
         if !matches!(written, Ok(true)) {
             // Not written: these runs will never be.
-            prepared.runs.iter().for_each(|(_, r)| self.forget(&r.id));
+            let runs = &prepared.records[..prepared.rules.len()];
+            runs.iter().for_each(|r| self.forget(&r.id));
         }
         let fresh = written?;
         if fresh {
@@ -280,17 +279,19 @@ impl Executor {
         let PreparedEvent {
             rule_set,
             event,
-            runs,
-            failures,
+            mut records,
+            rules,
+            failed_rules,
         } = prepared;
-        for (record, rule) in &failures {
+        let failures = records.split_off(rules.len());
+        for (record, rule) in failures.iter().zip(&failed_rules) {
             tracing::warn!(rule = %rule, event = %event.id, error = %record.error.as_deref().unwrap_or_default(), "condition failed");
             metrics::counter!("zoomwire_condition_errors_total", "rule" => rule.to_string())
                 .increment(1);
         }
-        let mut tickets = Vec::with_capacity(runs.len());
+        let mut tickets = Vec::with_capacity(rules.len());
         let mut turned_away = Vec::new();
-        for (rule, record) in runs {
+        for (rule, record) in rules.into_iter().zip(records) {
             let (pending, ticket) =
                 pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
             tickets.push(ticket);
@@ -382,7 +383,7 @@ impl Executor {
         run.effects = effects;
         run.finished_at = Some(Utc::now());
         self.journal().record_run(&run).await?;
-        let _ = self.inner.finished.send(run.clone());
+        self.announce(&run);
         let _ = done.send(run);
         Ok(ticket)
     }
@@ -431,6 +432,14 @@ impl Executor {
             .await;
         if paused {
             tracing::info!(bound, "intake resumed");
+        }
+    }
+
+    /// Tells the subscribers of finished runs, if any ([`Executor::subscribe`]):
+    /// the daemon has none, and a record is not cloned for nobody.
+    fn announce(&self, record: &RunRecord) {
+        if self.inner.finished.receiver_count() > 0 {
+            let _ = self.inner.finished.send(record.clone());
         }
     }
 
@@ -510,7 +519,7 @@ impl Executor {
         let written = self.journal().record_run(&record).await;
         self.forget(&record.id);
         written?;
-        let _ = self.inner.finished.send(record.clone());
+        self.announce(&record);
         let _ = run.done.send(record);
         Ok(())
     }
@@ -552,7 +561,7 @@ impl Executor {
                 })
                 .await;
             executor.forget(&record.id);
-            let _ = executor.inner.finished.send(record.clone());
+            executor.announce(&record);
             let _ = done.send(record);
             for removed in executor.release(&slot_key, &cancel) {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
@@ -683,13 +692,13 @@ fn pending_run(
 }
 
 /// The skipped run recorded for a condition that failed to evaluate.
-fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> (RunRecord, Arc<str>) {
+fn condition_failure_record(event: &Event, failure: &ConditionFailure) -> RunRecord {
     let mut record = new_record(&failure.rule, event, None);
     record.status = RunStatus::Skipped;
     let error = format!("condition error: {}", failure.error);
     record.error = Some(crate::effects::redact::redact_text(&error).into_owned());
     record.finished_at = Some(Utc::now());
-    (record, failure.rule.name.clone())
+    record
 }
 
 /// A new pending run of `rule` for `event`.

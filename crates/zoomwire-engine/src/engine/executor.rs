@@ -143,7 +143,8 @@ struct PendingRun {
     event: Option<Event>,
     record: RunRecord,
     replay: Vec<EffectRecord>,
-    done: oneshot::Sender<RunRecord>,
+    /// The ticket's sender; none when nobody waits on the run (the daemon).
+    done: Option<oneshot::Sender<RunRecord>>,
 }
 
 impl PendingRun {
@@ -278,6 +279,16 @@ impl Executor {
     /// the order they arrived; the runs a mode dropped are recorded by
     /// [`Executor::record_turned_away`].
     pub fn admit(&self, prepared: PreparedEvent) -> Admitted {
+        self.admit_with(prepared, true)
+    }
+
+    /// [`Executor::admit`] for a caller that does not wait on the runs (the
+    /// daemon): no tickets, so a run that waits its turn holds no channel.
+    pub fn admit_untracked(&self, prepared: PreparedEvent) -> Admitted {
+        self.admit_with(prepared, false)
+    }
+
+    fn admit_with(&self, prepared: PreparedEvent, tracked: bool) -> Admitted {
         let PreparedEvent {
             rule_set,
             event,
@@ -294,9 +305,13 @@ impl Executor {
         let mut tickets = Vec::with_capacity(rules.len());
         let mut turned_away = Vec::new();
         for (rule, record) in rules.into_iter().zip(records) {
-            let (pending, ticket) =
+            let (mut pending, ticket) =
                 pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
-            tickets.push(ticket);
+            if tracked {
+                tickets.push(ticket);
+            } else {
+                pending.done = None;
+            }
             turned_away.extend(self.admit_one(pending));
         }
         Admitted {
@@ -542,7 +557,7 @@ impl Executor {
                     tracing::error!(run = %id, error = %error, "cannot record the run dead; it stays pending");
                 }
                 self.announce(&record);
-                let _ = run.done.send(record);
+                tell(run.done, record);
             }
             Err(error) => {
                 tracing::warn!(run = %id, rule = %run.rule.name, error = %error, "cannot read the waiting run's event; it stays pending and resumes later");
@@ -572,7 +587,7 @@ impl Executor {
         self.forget(&record.id);
         written?;
         self.announce(&record);
-        let _ = run.done.send(record);
+        tell(run.done, record);
         Ok(())
     }
 
@@ -621,7 +636,7 @@ impl Executor {
                 .await;
             executor.forget(&record.id);
             executor.announce(&record);
-            let _ = done.send(record);
+            tell(done, record);
             for removed in executor.release(&slot_key, &cancel) {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
             }
@@ -692,6 +707,13 @@ impl Executor {
     }
 }
 
+/// Gives a run's last record to its ticket, if anyone holds one.
+fn tell(done: Option<oneshot::Sender<RunRecord>>, record: RunRecord) {
+    if let Some(done) = done {
+        let _ = done.send(record);
+    }
+}
+
 /// Puts the effects a crash left in doubt among the run's records, at their
 /// positions, and returns them (logged and counted).
 fn mark_in_doubt(
@@ -745,7 +767,7 @@ fn pending_run(
         event: Some(event),
         record,
         replay,
-        done,
+        done: Some(done),
     };
     (pending, ticket)
 }
@@ -1143,6 +1165,31 @@ mod tests {
             .filter(|c| *c == "record dead")
             .count();
         assert_eq!(recorded_dead, 2);
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
+    }
+
+    #[tokio::test]
+    async fn untracked_runs_have_no_ticket_and_still_run_and_are_recorded() {
+        let (executor, journal, rule_set, _dir) = setup(QUEUED);
+        let prepared: Vec<PreparedEvent> = (1..=3)
+            .map(|n| executor.prepare(&rule_set, event(n)))
+            .collect();
+        for p in &prepared {
+            assert!(executor.accept(p).await.unwrap());
+        }
+        for p in prepared {
+            let admitted = executor.admit_untracked(p);
+            let outcome = executor.record_turned_away(admitted).await.unwrap();
+            assert!(outcome.runs.is_empty(), "no ticket");
+        }
+        executor.wait_idle().await;
+        let succeeded = journal
+            .calls
+            .lock()
+            .iter()
+            .filter(|c| *c == "record succeeded")
+            .count();
+        assert_eq!(succeeded, 3);
         assert!(executor.inner.active.lock().is_empty(), "nothing held");
     }
 }

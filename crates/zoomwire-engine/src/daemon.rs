@@ -694,7 +694,7 @@ async fn accept_batch(
     }
     let runs: Vec<_> = accepted
         .into_iter()
-        .filter_map(|(prepared, fresh)| fresh.then(|| executor.admit(prepared)))
+        .filter_map(|(prepared, fresh)| fresh.then(|| executor.admit_untracked(prepared)))
         .collect();
     drop(admitted);
     for runs in runs {

@@ -295,6 +295,17 @@ impl Journal for ObservedJournal {
         self.inner.unfinished_runs_among(ids)
     }
 
+    fn keeps_events(&self) -> bool {
+        self.inner.keeps_events()
+    }
+
+    fn stored_event<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
+        self.inner.stored_event(id)
+    }
+
     fn claim_start<'a>(
         &'a self,
         run: &'a RunRecord,

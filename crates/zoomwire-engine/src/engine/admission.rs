@@ -163,6 +163,18 @@ impl<R> Slots<R> {
 
     /// Decides whether `run` starts, waits or is dropped under `policy`.
     pub fn admit(&mut self, key: SlotKey, policy: Policy, run: R) -> Admission<R> {
+        self.admit_parking(key, policy, run, |run| run)
+    }
+
+    /// [`Slots::admit`], passing a run that waits through `park` first (to
+    /// shrink it to what waiting needs).
+    pub fn admit_parking(
+        &mut self,
+        key: SlotKey,
+        policy: Policy,
+        run: R,
+        park: impl FnOnce(R) -> R,
+    ) -> Admission<R> {
         let slot = self.slots.entry(key).or_default();
         let running = slot.running.len();
         let mut replaced = Vec::new();
@@ -172,7 +184,7 @@ impl<R> Slots<R> {
             Mode::Restart => {
                 slot.running.iter().for_each(CancelFlag::cancel);
                 replaced.extend(slot.waiting.drain(..).map(|(_, older)| older));
-                slot.waiting.push_back((policy, run));
+                slot.waiting.push_back((policy, park(run)));
                 Decision::Wait
             }
             Mode::Parallel | Mode::Queued => match policy.max_queued {
@@ -184,7 +196,7 @@ impl<R> Slots<R> {
                     ),
                 ),
                 _ => {
-                    slot.waiting.push_back((policy, run));
+                    slot.waiting.push_back((policy, park(run)));
                     Decision::Wait
                 }
             },

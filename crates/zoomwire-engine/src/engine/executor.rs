@@ -134,14 +134,17 @@ struct Inner {
     current_rules: OnceLock<Arc<dyn RuleNames>>,
 }
 
-/// Everything needed to start a run later.
+/// Everything needed to start a run later. While it waits its turn, a run
+/// whose journal keeps events ([`Journal::keeps_events`]) holds no event:
+/// it reads it back when it starts ([`Executor::park`]).
 struct PendingRun {
     rule_set: Arc<RuleSet>,
     rule: Arc<Rule>,
-    event: Event,
+    event: Option<Event>,
     record: RunRecord,
     replay: Vec<EffectRecord>,
-    done: oneshot::Sender<RunRecord>,
+    /// The ticket's sender; none when nobody waits on the run (the daemon).
+    done: Option<oneshot::Sender<RunRecord>>,
 }
 
 impl PendingRun {
@@ -276,6 +279,16 @@ impl Executor {
     /// the order they arrived; the runs a mode dropped are recorded by
     /// [`Executor::record_turned_away`].
     pub fn admit(&self, prepared: PreparedEvent) -> Admitted {
+        self.admit_with(prepared, true)
+    }
+
+    /// [`Executor::admit`] for a caller that does not wait on the runs (the
+    /// daemon): no tickets, so a run that waits its turn holds no channel.
+    pub fn admit_untracked(&self, prepared: PreparedEvent) -> Admitted {
+        self.admit_with(prepared, false)
+    }
+
+    fn admit_with(&self, prepared: PreparedEvent, tracked: bool) -> Admitted {
         let PreparedEvent {
             rule_set,
             event,
@@ -292,9 +305,13 @@ impl Executor {
         let mut tickets = Vec::with_capacity(rules.len());
         let mut turned_away = Vec::new();
         for (rule, record) in rules.into_iter().zip(records) {
-            let (pending, ticket) =
+            let (mut pending, ticket) =
                 pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
-            tickets.push(ticket);
+            if tracked {
+                tickets.push(ticket);
+            } else {
+                pending.done = None;
+            }
             turned_away.extend(self.admit_one(pending));
         }
         Admitted {
@@ -483,7 +500,7 @@ impl Executor {
         let policy = Policy::of(&run.rule);
         let admission = {
             let mut slots = self.inner.slots.lock();
-            let admission = slots.admit(slot_key, policy, run);
+            let admission = slots.admit_parking(slot_key, policy, run, |run| self.park(run));
             self.publish_waiting(&slots);
             admission
         };
@@ -498,6 +515,56 @@ impl Executor {
             Decision::Drop(run, reason) => turned_away.push((run, reason)),
         }
         turned_away
+    }
+
+    /// Shrinks a run that waits its turn to a small handle: its event, the
+    /// bulk of it, stays in the journal when the journal keeps events, and is
+    /// read back when the run starts ([`Executor::take_event`]). In a burst
+    /// thousands of runs wait, so this is what bounds the daemon's memory.
+    fn park(&self, mut run: PendingRun) -> PendingRun {
+        if self.journal().keeps_events() {
+            run.event = None;
+        }
+        run
+    }
+
+    /// The event of a run about to start: held, or read back from the
+    /// journal for a parked run. `None`: the run cannot start and has been
+    /// let go of (see [`Executor::read_back`]).
+    async fn take_event(&self, mut run: PendingRun) -> Option<(PendingRun, Event)> {
+        match run.event.take() {
+            Some(event) => Some((run, event)),
+            None => self.read_back(run).await,
+        }
+    }
+
+    /// Reads a parked run's event. If the journal cannot be read the run
+    /// stays pending in the store and this executor lets go of it, so that
+    /// the daemon's poll for unfinished runs resumes it (or the next start
+    /// does); if its event is gone it is recorded dead, as on resume.
+    async fn read_back(&self, run: PendingRun) -> Option<(PendingRun, Event)> {
+        let id = run.record.id.clone();
+        match self.journal().stored_event(&run.record.event_id).await {
+            Ok(Some(event)) => return Some((run, event)),
+            Ok(None) => {
+                tracing::error!(run = %id, rule = %run.rule.name, event = %run.record.event_id, "the waiting run's event is no longer in the store");
+                metrics::counter!("zoomwire_runs_total", "rule" => run.rule.name.to_string(), "outcome" => "dead").increment(1);
+                let mut record = run.record;
+                record.status = RunStatus::Dead;
+                record.error = Some("its event is no longer in the store".into());
+                record.finished_at = Some(Utc::now());
+                if let Err(error) = self.journal().record_run(&record).await {
+                    tracing::error!(run = %id, error = %error, "cannot record the run dead; it stays pending");
+                }
+                self.announce(&record);
+                tell(run.done, record);
+            }
+            Err(error) => {
+                tracing::warn!(run = %id, rule = %run.rule.name, error = %error, "cannot read the waiting run's event; it stays pending and resumes later");
+            }
+        }
+        self.forget(&id);
+        None
     }
 
     fn publish_waiting(&self, slots: &Slots<PendingRun>) {
@@ -520,7 +587,7 @@ impl Executor {
         self.forget(&record.id);
         written?;
         self.announce(&record);
-        let _ = run.done.send(record);
+        tell(run.done, record);
         Ok(())
     }
 
@@ -529,6 +596,13 @@ impl Executor {
         self.inner.started.send_modify(|n| *n += 1);
         self.inner.tracker.spawn(async move {
             let slot_key = run.slot_key();
+            let Some((run, event)) = executor.take_event(run).await else {
+                for removed in executor.release(&slot_key, &cancel) {
+                    let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+                }
+                executor.inner.started.send_modify(|n| *n -= 1);
+                return;
+            };
             let run = match executor.cluster_turn(run, &cancel).await {
                 Ok(run) => run,
                 Err(run) => {
@@ -543,10 +617,10 @@ impl Executor {
             let PendingRun {
                 rule_set,
                 rule,
-                event,
                 record,
                 replay,
                 done,
+                ..
             } = run;
             let record = executor
                 .inner
@@ -562,7 +636,7 @@ impl Executor {
                 .await;
             executor.forget(&record.id);
             executor.announce(&record);
-            let _ = done.send(record);
+            tell(done, record);
             for removed in executor.release(&slot_key, &cancel) {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
             }
@@ -633,6 +707,13 @@ impl Executor {
     }
 }
 
+/// Gives a run's last record to its ticket, if anyone holds one.
+fn tell(done: Option<oneshot::Sender<RunRecord>>, record: RunRecord) {
+    if let Some(done) = done {
+        let _ = done.send(record);
+    }
+}
+
 /// Puts the effects a crash left in doubt among the run's records, at their
 /// positions, and returns them (logged and counted).
 fn mark_in_doubt(
@@ -683,10 +764,10 @@ fn pending_run(
     let pending = PendingRun {
         rule_set,
         rule,
-        event,
+        event: Some(event),
         record,
         replay,
-        done,
+        done: Some(done),
     };
     (pending, ticket)
 }
@@ -744,11 +825,16 @@ mod tests {
     use crate::script::SandboxLimits;
     use futures_util::future::BoxFuture;
 
-    /// A memory journal that also lists the calls made to it.
+    /// A memory journal that also lists the calls made to it; with `keeps`
+    /// it also keeps the events it accepted for [`Journal::stored_event`]
+    /// (unless `loses_events`), as the SQLite and PostgreSQL journals do.
     #[derive(Default)]
     struct CallLog {
         journal: MemoryJournal,
         calls: Mutex<Vec<String>>,
+        keeps: bool,
+        loses_events: bool,
+        events: Mutex<std::collections::HashMap<String, Event>>,
     }
 
     impl EffectObserver for CallLog {
@@ -775,7 +861,22 @@ mod tests {
             self.calls
                 .lock()
                 .push(format!("accept {}", statuses.join(" ")));
+            if self.keeps && !self.loses_events {
+                self.events.lock().insert(event.id.clone(), event.clone());
+            }
             self.journal.accept_event_with_runs(event, runs)
+        }
+
+        fn keeps_events(&self) -> bool {
+            self.keeps
+        }
+
+        fn stored_event<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
+            self.calls.lock().push("read event".into());
+            Box::pin(async move { Ok(self.events.lock().get(id).cloned()) })
         }
 
         fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
@@ -798,6 +899,13 @@ mod tests {
     }
 
     fn setup(rules: &str) -> (Executor, Arc<CallLog>, Arc<RuleSet>, tempfile::TempDir) {
+        setup_with(rules, CallLog::default())
+    }
+
+    fn setup_with(
+        rules: &str,
+        journal: CallLog,
+    ) -> (Executor, Arc<CallLog>, Arc<RuleSet>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
         let sources = RuleSources {
@@ -805,7 +913,7 @@ mod tests {
             scripts_dir: dir.path().join("scripts"),
         };
         let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
-        let journal = Arc::new(CallLog::default());
+        let journal = Arc::new(journal);
         let executor = Executor::new(
             journal.clone(),
             Arc::new(RecordingEffects::default()),
@@ -976,5 +1084,112 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].finished_at <= w[1].started_at)
         );
+    }
+
+    const QUEUED: &str = "name: q\non: a.b\nmode: queued\ndo: \"event.payload.n\"\n";
+
+    /// Three events of a `queued` rule admitted in a row (no await between,
+    /// so nothing runs meanwhile): the first starts, the others wait.
+    async fn three_queued(journal: CallLog) -> (Vec<RunRecord>, Arc<CallLog>, Executor) {
+        let (executor, journal, rule_set, _dir) = setup_with(QUEUED, journal);
+        let prepared: Vec<PreparedEvent> = (1..=3)
+            .map(|n| executor.prepare(&rule_set, event(n)))
+            .collect();
+        for p in &prepared {
+            assert!(executor.accept(p).await.unwrap());
+        }
+        let admitted: Vec<Admitted> = prepared.into_iter().map(|p| executor.admit(p)).collect();
+        assert_eq!(executor.waiting_runs(), 2);
+        let mut tickets = Vec::new();
+        for admitted in admitted {
+            tickets.extend(executor.record_turned_away(admitted).await.unwrap().runs);
+        }
+        let mut finished = Vec::new();
+        for ticket in tickets {
+            finished.push(ticket.wait().await.unwrap());
+        }
+        executor.wait_idle().await;
+        (finished, journal, executor)
+    }
+
+    #[tokio::test]
+    async fn a_waiting_run_holds_no_event_when_the_journal_keeps_it_and_reads_it_back_to_start() {
+        let keeps = CallLog {
+            keeps: true,
+            ..CallLog::default()
+        };
+        let (finished, journal, executor) = three_queued(keeps).await;
+        let outputs: Vec<_> = finished.iter().map(|r| r.output.clone()).collect();
+        let expected: Vec<_> = (1..=3).map(|n| Some(serde_json::json!(n))).collect();
+        assert_eq!(outputs, expected, "each run had its own event, in order");
+        assert!(finished.iter().all(|r| r.status == RunStatus::Succeeded));
+        let reads = journal
+            .calls
+            .lock()
+            .iter()
+            .filter(|c| *c == "read event")
+            .count();
+        assert_eq!(reads, 2, "the two runs that waited read their event back");
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
+
+        let (finished, journal, _executor) = three_queued(CallLog::default()).await;
+        assert!(finished.iter().all(|r| r.status == RunStatus::Succeeded));
+        assert!(
+            !journal.calls.lock().iter().any(|c| c == "read event"),
+            "a journal that does not keep events leaves them with the runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_run_whose_event_is_gone_is_recorded_dead_not_dropped() {
+        let loses = CallLog {
+            keeps: true,
+            loses_events: true,
+            ..CallLog::default()
+        };
+        let (finished, journal, executor) = three_queued(loses).await;
+        let statuses: Vec<_> = finished.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [RunStatus::Succeeded, RunStatus::Dead, RunStatus::Dead],
+            "the first started with its event in hand"
+        );
+        assert_eq!(
+            finished[1].error.as_deref(),
+            Some("its event is no longer in the store")
+        );
+        let recorded_dead = journal
+            .calls
+            .lock()
+            .iter()
+            .filter(|c| *c == "record dead")
+            .count();
+        assert_eq!(recorded_dead, 2);
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
+    }
+
+    #[tokio::test]
+    async fn untracked_runs_have_no_ticket_and_still_run_and_are_recorded() {
+        let (executor, journal, rule_set, _dir) = setup(QUEUED);
+        let prepared: Vec<PreparedEvent> = (1..=3)
+            .map(|n| executor.prepare(&rule_set, event(n)))
+            .collect();
+        for p in &prepared {
+            assert!(executor.accept(p).await.unwrap());
+        }
+        for p in prepared {
+            let admitted = executor.admit_untracked(p);
+            let outcome = executor.record_turned_away(admitted).await.unwrap();
+            assert!(outcome.runs.is_empty(), "no ticket");
+        }
+        executor.wait_idle().await;
+        let succeeded = journal
+            .calls
+            .lock()
+            .iter()
+            .filter(|c| *c == "record succeeded")
+            .count();
+        assert_eq!(succeeded, 3);
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
     }
 }

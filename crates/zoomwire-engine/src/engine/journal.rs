@@ -163,6 +163,22 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
             Ok(runs.into_iter().map(|r| r.run.id).collect())
         })
     }
+    /// Whether [`Journal::stored_event`] reads accepted events back: then a
+    /// run waiting its turn holds only a small handle and reads its event
+    /// when it starts (see `executor.rs`). `false`: waiting runs keep their
+    /// event in memory.
+    fn keeps_events(&self) -> bool {
+        false
+    }
+    /// An accepted event read back by id, as intake built it; `None` when it
+    /// is not in the store. Only asked when [`Journal::keeps_events`].
+    fn stored_event<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
     /// [`Journal::unfinished_runs`] among the runs `ids` names only: those
     /// still unfinished, in the same order. The daemon's poll for requeued
     /// runs reads its few candidates with it, not every unfinished run.

@@ -144,6 +144,17 @@ impl Journal for SqliteJournal {
             self.resumable(stored).await
         })
     }
+
+    fn keeps_events(&self) -> bool {
+        true
+    }
+
+    fn stored_event<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
+        Box::pin(async move { self.get_event(id) })
+    }
 }
 
 impl SqliteJournal {

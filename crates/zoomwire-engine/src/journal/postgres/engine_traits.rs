@@ -248,6 +248,31 @@ impl Journal for PostgresJournal {
         self.claim_resumable(Some(ids.to_vec()))
     }
 
+    fn keeps_events(&self) -> bool {
+        true
+    }
+
+    /// A plain read: unlike [`Journal::unfinished_runs_among`], it claims nothing.
+    fn stored_event<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
+        let (db, id) = (self.db(), id.to_string());
+        Box::pin(async move {
+            let stored = self
+                .inner
+                .bridge
+                .run(async move {
+                    let client = db.client().await?;
+                    reads::stored_event(&db, &client, &id).await
+                })
+                .await?;
+            stored
+                .map(|stored| stored.into_event(&self.inner.db.seal))
+                .transpose()
+        })
+    }
+
     /// Asked by every run before it starts: see `writes::claim_start`.
     fn claim_start<'a>(
         &'a self,

@@ -10,20 +10,15 @@
 //! job installs its run (deadline, cancel flag, effects, memory budget) in
 //! the worker's thread-locals; a panic in a job is caught, becomes that
 //! job's error, and leaves the worker serving the next job.
-//!
-//! The hand-off wakes one thread per job: each worker waits on its own
-//! condvar, and a job goes straight to an idle worker, the one that finished
-//! last (its stack and caches are warm), instead of every idle worker
-//! queueing on one shared receiver and waking the next as it leaves.
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::ended_early;
 pub use super::error::ScriptError;
@@ -65,63 +60,13 @@ struct Work {
 
 /// A bounded pool of script threads.
 pub struct ScriptPool {
-    /// The workers waiting for a job, the last to finish on top.
-    idle: Arc<Mutex<Vec<Arc<Worker>>>>,
-    /// Every worker, to stop them when the pool is dropped.
-    workers: Vec<Arc<Worker>>,
-    /// One permit per thread: a job holds one from before it is handed to a
-    /// worker until that worker is back among the idle ones, so a holder
-    /// always finds an idle worker.
+    sender: mpsc::Sender<Work>,
+    /// One permit per thread: a job holds one from before it is sent until
+    /// its worker is done with it, so the channel never holds more jobs
+    /// than there are threads.
     free_threads: Arc<Semaphore>,
     threads: usize,
     spawn_error: Option<String>,
-}
-
-/// One script thread's mailbox.
-struct Worker {
-    inbox: Mutex<Inbox>,
-    /// Signalled when a job or the stop arrives.
-    arrived: Condvar,
-}
-
-#[derive(Default)]
-struct Inbox {
-    work: Option<Work>,
-    /// The pool is gone: exit once the inbox is empty.
-    stop: bool,
-}
-
-impl Worker {
-    /// Hands `work` to this (idle) worker and wakes it.
-    fn give(&self, work: Work) {
-        self.inbox.lock().work = Some(work);
-        self.arrived.notify_one();
-    }
-
-    /// Waits for the next job; `None` once the pool is dropped.
-    fn take(&self) -> Option<Work> {
-        let mut inbox = self.inbox.lock();
-        loop {
-            if let Some(work) = inbox.work.take() {
-                return Some(work);
-            }
-            if inbox.stop {
-                return None;
-            }
-            self.arrived.wait(&mut inbox);
-        }
-    }
-
-    fn stop(&self) {
-        self.inbox.lock().stop = true;
-        self.arrived.notify_one();
-    }
-}
-
-impl Drop for ScriptPool {
-    fn drop(&mut self) {
-        self.workers.iter().for_each(|worker| worker.stop());
-    }
 }
 
 /// A script thread taken for one job ([`ScriptPool::reserve`]).
@@ -142,34 +87,28 @@ impl ScriptPool {
     /// Starts `threads` threads (at least one) with `stack_size` bytes of
     /// stack each (at least 16 MiB).
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
-        let idle: Arc<Mutex<Vec<Arc<Worker>>>> = Arc::default();
-        let mut workers = Vec::new();
+        let (sender, receiver) = mpsc::channel(threads.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
         let mut spawn_error = None;
         for index in 0..threads.max(1) {
-            let worker = Arc::new(Worker {
-                inbox: Mutex::default(),
-                arrived: Condvar::new(),
-            });
-            let (mine, idle_list) = (worker.clone(), idle.clone());
+            let receiver = receiver.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("zoomwire-script-{index}"))
                 .stack_size(stack_size.max(MIN_STACK_SIZE))
-                .spawn(move || serve(&mine, &idle_list));
+                .spawn(move || serve(&receiver));
             match spawned {
-                Ok(_) => workers.push(worker),
+                Ok(_) => started += 1,
                 Err(error) => {
                     tracing::error!(error = %error, "cannot start a script thread");
                     spawn_error = Some(error.to_string());
                 }
             }
         }
-        // Reversed, so that the first worker is the first taken.
-        idle.lock().extend(workers.iter().rev().cloned());
         ScriptPool {
-            idle,
-            free_threads: Arc::new(Semaphore::new(workers.len())),
-            threads: workers.len(),
-            workers,
+            sender,
+            free_threads: Arc::new(Semaphore::new(started)),
+            threads: started,
             spawn_error,
         }
     }
@@ -230,12 +169,11 @@ impl ReservedThread<'_> {
             reply,
             _thread: self.permit,
         };
-        // Never empty: a worker goes back to the idle ones before it gives
-        // its permit back, and this job holds a permit not yet handed out.
-        let Some(worker) = self.pool.idle.lock().pop() else {
-            return Err(ScriptError::runtime("no idle script thread"));
-        };
-        worker.give(work);
+        // Never waits: the channel holds as many jobs as there are threads,
+        // and this job holds one of their permits.
+        if self.pool.sender.send(work).await.is_err() {
+            return Err(ScriptError::runtime("the script pool has shut down"));
+        }
         let answer_deadline = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
         match tokio::time::timeout_at(answer_deadline, answer).await {
             Ok(Ok(result)) => {
@@ -281,37 +219,29 @@ impl Drop for AbandonOnDrop {
 }
 
 /// A worker: takes jobs until the pool is dropped.
-fn serve(me: &Arc<Worker>, idle: &Mutex<Vec<Arc<Worker>>>) {
-    while let Some(work) = me.take() {
-        let permit = serve_one(work);
-        // Idle again before the permit lets another job look for a worker.
-        idle.lock().push(me.clone());
-        drop(permit);
+fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
+    loop {
+        let work = {
+            let mut receiver = receiver.lock();
+            receiver.blocking_recv()
+        };
+        let Some(work) = work else {
+            return;
+        };
+        if work.reply.is_closed() {
+            continue;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| execute(&work))).unwrap_or_else(|panic| {
+            Err(ScriptError::runtime(format!(
+                "internal error: the script run panicked: {}",
+                panic_text(panic.as_ref())
+            )))
+        });
+        let Work { job, reply, .. } = work;
+        // The job's values are dropped here, on the large stack.
+        drop(job);
+        let _ = reply.send(result);
     }
-}
-
-/// Runs one job (unless its caller is gone) and answers it; gives back its
-/// thread's permit.
-fn serve_one(work: Work) -> OwnedSemaphorePermit {
-    if work.reply.is_closed() {
-        return work._thread;
-    }
-    let result = catch_unwind(AssertUnwindSafe(|| execute(&work))).unwrap_or_else(|panic| {
-        Err(ScriptError::runtime(format!(
-            "internal error: the script run panicked: {}",
-            panic_text(panic.as_ref())
-        )))
-    });
-    let Work {
-        job,
-        reply,
-        _thread: permit,
-        ..
-    } = work;
-    // The job's values are dropped here, on the large stack.
-    drop(job);
-    let _ = reply.send(result);
-    permit
 }
 
 fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
@@ -369,105 +299,6 @@ mod tests {
             assert_send(&future);
         }
         let _ = future_of;
-    }
-
-    /// CPU time on every thread of this process, and its context switches.
-    fn process_cost() -> (Duration, u64) {
-        let (mut nanos, mut switches) = (0u64, 0u64);
-        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let path = task.path();
-            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-            nanos += schedstat
-                .split(' ')
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-            switches += status
-                .lines()
-                .filter(|line| line.contains("ctxt_switches"))
-                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-        (Duration::from_nanos(nanos), switches)
-    }
-
-    /// The cost of handing trivial jobs to the pool, 8 callers at a time:
-    /// `cargo test --release -p zoomwire-engine --lib hand_off_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement, not a check"]
-    fn hand_off_cost() {
-        use crate::effects::recorder::RecordingEffects;
-        use crate::effects::{EffectContext, capability::CapabilitySet};
-        use crate::script::{SandboxLimits, ScriptModules};
-        const JOBS: usize = 20_000;
-        const CALLERS: usize = 8;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pool = Arc::new(ScriptPool::new(32, 16 << 20));
-        let sandbox = Arc::new(Sandbox::new(
-            SandboxLimits::default(),
-            ScriptModules::empty(),
-        ));
-        let ast = Arc::new(sandbox.compile_script("let x = 1; x + 1").unwrap());
-        let job = move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let context = EffectContext {
-                rule: Arc::from("r"),
-                run_id: Arc::from("run"),
-                deadline,
-                http_hosts: Arc::from(Vec::new()),
-                download_token: None,
-                zoom_account: Default::default(),
-            };
-            let effects = RunEffects::new(
-                context,
-                CapabilitySet::default(),
-                Arc::new(RecordingEffects::default()),
-                tokio::runtime::Handle::current(),
-            );
-            ScriptJob {
-                sandbox: sandbox.clone(),
-                ast: ast.clone(),
-                event: Dynamic::UNIT,
-                meta: Dynamic::UNIT,
-                vars: Dynamic::UNIT,
-                effects: Arc::new(effects),
-                deadline,
-                cancel: Arc::default(),
-            }
-        };
-        let job = Arc::new(job);
-        let round = |jobs: usize| {
-            runtime.block_on(async {
-                let callers = (0..CALLERS).map(|_| {
-                    let (pool, job) = (pool.clone(), job.clone());
-                    tokio::spawn(async move {
-                        for _ in 0..jobs / CALLERS {
-                            assert_eq!(pool.run(job()).await.unwrap().as_int().unwrap(), 2);
-                        }
-                    })
-                });
-                for caller in callers.collect::<Vec<_>>() {
-                    caller.await.unwrap();
-                }
-            })
-        };
-        round(2_000);
-        let (cpu, switches) = process_cost();
-        let started = Instant::now();
-        round(JOBS);
-        let elapsed = started.elapsed();
-        let (cpu_after, switches_after) = process_cost();
-        println!(
-            "{JOBS} jobs: {:.2} µs CPU per job, {:.2} context switches per job, {:.2} µs wall per job",
-            (cpu_after - cpu).as_secs_f64() * 1e6 / JOBS as f64,
-            (switches_after - switches) as f64 / JOBS as f64,
-            elapsed.as_secs_f64() * 1e6 / JOBS as f64,
-        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! it, so every frame whose content is not a JSON object is checked for
 //! those words by containment, ignoring case. An event's content is a JSON
 //! object, so a topic that happens to say "invalid token" is still an event.
+//!
+//! A string `content` is unescaped by serde_json while it reads the envelope,
+//! in the same pass; other content is rare and reads the frame a second time.
 
 use std::borrow::Cow;
 
@@ -48,9 +51,89 @@ pub enum FrameError {
 struct RawFrame<'a> {
     #[serde(borrow)]
     module: Option<Cow<'a, str>>,
-    success: Option<bool>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
+}
+
+/// The envelope as the hot path reads it: a string `content` (what Zoom
+/// sends) is unescaped by serde_json in the same pass that reads the
+/// envelope; any other `content` is only noted, and [`RawFrame`] reads the
+/// frame again for it.
+#[derive(Deserialize)]
+struct TextFrame<'a> {
+    #[serde(borrow)]
+    module: Option<Cow<'a, str>>,
+    success: Option<bool>,
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+}
+
+/// A frame's `content`: its text when it is a JSON string.
+enum Content<'a> {
+    Text(Cow<'a, str>),
+    /// An object, an array, a number or a boolean (skipped).
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+struct ContentVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ContentVisitor {
+    type Value = Content<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Content::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Content::Text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Content::Text(Cow::Owned(v)))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Content::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Content::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Content::Other)
+    }
 }
 
 /// Texts that mean the access token was refused, by containment: the
@@ -75,22 +158,27 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
             limit,
         });
     }
-    let raw: RawFrame<'_> =
+    let frame: TextFrame<'_> =
         serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
-    let module = raw
+    let module = frame
         .module
         .ok_or_else(|| FrameError::Envelope("no `module` field".into()))?;
-    let content = raw.content.map(content_text).transpose()?;
+    let content = match frame.content {
+        None => None,
+        Some(Content::Text(text)) => Some(text),
+        Some(Content::Other) => other_content(text)?,
+    };
+    let success = frame.success;
     if content.as_deref().is_some_and(is_invalid_token_text) {
         return Ok(Frame::InvalidToken);
     }
     match module.as_ref() {
         "build_connection" => Ok(Frame::BuildConnection {
-            success: raw.success.unwrap_or(false),
+            success: success.unwrap_or(false),
             content: content.map(Cow::into_owned).unwrap_or_default(),
         }),
         "heartbeat" => Ok(Frame::Heartbeat {
-            success: raw.success.unwrap_or(true),
+            success: success.unwrap_or(true),
         }),
         "message" => {
             let content = content.ok_or(FrameError::NoContent)?;
@@ -103,68 +191,12 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
     }
 }
 
-/// `content` as text: a JSON string is unescaped, anything else is kept as JSON.
-fn content_text(content: &RawValue) -> Result<Cow<'_, str>, FrameError> {
-    let raw = content.get();
-    if !raw.starts_with('"') {
-        return Ok(Cow::Borrowed(raw));
-    }
-    if let Some(text) = unescape(raw) {
-        return Ok(Cow::Owned(text));
-    }
-    let text: String =
-        serde_json::from_str(raw).map_err(|e| FrameError::Envelope(e.to_string()))?;
-    Ok(Cow::Owned(text))
-}
-
-/// Unescapes a JSON string literal that serde_json has already checked (a
-/// `RawValue`), into a string sized once: an event's content is one long
-/// string full of escaped quotes, and this is on the path of every event.
-/// `None` for anything it does not handle (a lone surrogate), which
-/// serde_json then reads (and reports).
-fn unescape(literal: &str) -> Option<String> {
-    let mut rest = literal.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::with_capacity(rest.len());
-    while let Some(at) = rest.bytes().position(|b| b == b'\\') {
-        out.push_str(&rest[..at]);
-        let escape = rest.as_bytes().get(at + 1)?;
-        rest = &rest[at + 2..];
-        match escape {
-            b'"' => out.push('"'),
-            b'\\' => out.push('\\'),
-            b'/' => out.push('/'),
-            b'b' => out.push('\u{8}'),
-            b'f' => out.push('\u{c}'),
-            b'n' => out.push('\n'),
-            b'r' => out.push('\r'),
-            b't' => out.push('\t'),
-            b'u' => {
-                let (c, after) = unicode_escape(rest)?;
-                out.push(c);
-                rest = after;
-            }
-            _ => return None,
-        }
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
-/// The character of `XXXX` (after `\u`), with the low half of a surrogate
-/// pair when it is one; and the text after it.
-fn unicode_escape(text: &str) -> Option<(char, &str)> {
-    let hex = |s: &str| u32::from_str_radix(s.get(..4)?, 16).ok();
-    let first = hex(text)?;
-    let rest = &text[4..];
-    if !(0xD800..0xDC00).contains(&first) {
-        return Some((char::from_u32(first)?, rest));
-    }
-    let low = hex(rest.strip_prefix("\\u")?)?;
-    if !(0xDC00..0xE000).contains(&low) {
-        return None;
-    }
-    let c = 0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00);
-    Some((char::from_u32(c)?, &rest[6..]))
+/// A `content` that is not a string, as its JSON text (the frame is read
+/// again, keeping the value's text this time).
+fn other_content(text: &str) -> Result<Option<Cow<'_, str>>, FrameError> {
+    let raw: RawFrame<'_> =
+        serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
+    Ok(raw.content.map(|content| Cow::Borrowed(content.get())))
 }
 
 /// Reads either a WebSocket frame or a bare event, as `zoomwire fire` does.
@@ -187,6 +219,17 @@ pub const HEARTBEAT_FRAME: &str = r#"{"module":"heartbeat"}"#;
 #[cfg(test)]
 mod tests {
 
+    /// The `content` string of a frame, as the hot path reads it.
+    fn content_of(literal: &str) -> Result<Option<String>, FrameError> {
+        let frame = format!(r#"{{"module":"x","content":{literal}}}"#);
+        let frame: TextFrame<'_> =
+            serde_json::from_str(&frame).map_err(|e| FrameError::Envelope(e.to_string()))?;
+        Ok(match frame.content {
+            Some(Content::Text(text)) => Some(text.into_owned()),
+            _ => None,
+        })
+    }
+
     #[test]
     fn content_is_unescaped_as_serde_json_would() {
         let texts = [
@@ -199,24 +242,35 @@ mod tests {
         ];
         for text in texts {
             let literal = serde_json::to_string(text).unwrap();
-            assert_eq!(unescape(&literal).as_deref(), Some(text), "{literal}");
+            assert_eq!(
+                content_of(&literal).unwrap().as_deref(),
+                Some(text),
+                "{literal}"
+            );
         }
         for literal in [r#""a\/b""#, r#""\u00e9\ud83d\ude00""#, r#""x\u0041y""#] {
             let expected: String = serde_json::from_str(literal).unwrap();
-            assert_eq!(unescape(literal), Some(expected), "{literal}");
+            assert_eq!(content_of(literal).unwrap(), Some(expected), "{literal}");
         }
-        // Lone surrogates are left to serde_json, which refuses them.
+        // Lone surrogates make the frame malformed.
         for literal in [
             r#""\ud83d""#,
             r#""\ud83dx""#,
             r#""\ude00""#,
             r#""\ud83d\u0041""#,
         ] {
-            assert_eq!(unescape(literal), None, "{literal}");
-            assert!(
-                serde_json::from_str::<String>(literal).is_err(),
-                "{literal}"
-            );
+            assert!(content_of(literal).is_err(), "{literal}");
+            let frame = format!(r#"{{"module":"message","content":{literal}}}"#);
+            assert!(decode_frame(&frame, &source()).is_err(), "{literal}");
+        }
+        // Content that is not a string is kept as its JSON text.
+        for (content, kept) in [
+            ("{\"a\": [1, 2]}", "{\"a\": [1, 2]}"),
+            ("[1,2]", "[1,2]"),
+            ("7", "7"),
+        ] {
+            let frame = format!(r#"{{"module":"x","content":{content}}}"#);
+            assert_eq!(other_content(&frame).unwrap().as_deref(), Some(kept));
         }
     }
 

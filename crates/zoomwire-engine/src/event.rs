@@ -406,17 +406,13 @@ fn thing_key(event_type: &str, fields: &KeyFields<'_>) -> Option<String> {
             .map(scalar_to_key_part)
             .collect::<Option<Vec<String>>>()?;
         ids.sort_unstable();
-        return Some(format!(
-            "{event_type}:{}:{}",
-            uuid()?,
-            short_hash(&ids.join("\n"))
-        ));
+        return Some(key(&[event_type, &uuid()?, &short_hash(&ids.join("\n"))]));
     }
     if event_type == "meeting.ended" {
-        return Some(format!("{event_type}:{}", uuid()?));
+        return Some(key(&[event_type, &uuid()?]));
     }
     if event_type == "user.created" {
-        return Some(format!("{event_type}:{}", scalar_to_key_part(&fields.id)?));
+        return Some(key(&[event_type, &scalar_to_key_part(&fields.id)?]));
     }
     let time_index = if event_type.ends_with(".participant_joined") {
         3
@@ -428,7 +424,7 @@ fn thing_key(event_type: &str, fields: &KeyFields<'_>) -> Option<String> {
     let parts = fields.participant.as_ref()?;
     let participant = participant_key(parts)?;
     let time = scalar_to_key_part(&parts[time_index])?;
-    Some(format!("{event_type}:{}:{participant}:{time}", uuid()?))
+    Some(key(&[event_type, &uuid()?, &participant, &time]))
 }
 
 /// A number (or a numeric string) as `i64`, else 0.
@@ -464,12 +460,19 @@ fn dedupe_key(
     if ts != 0
         && let Some(object_key) = object_key
     {
+        let ts = ts.to_string();
         return match participant {
-            Some(p) => format!("{event_type}:{ts}:{object_key}:{p}"),
-            None => format!("{event_type}:{ts}:{object_key}"),
+            Some(p) => key(&[event_type, &ts, &object_key, &p]),
+            None => key(&[event_type, &ts, &object_key]),
         };
     }
-    format!("{event_type}:{}", canonical_hash(raw))
+    key(&[event_type, &canonical_hash(raw)])
+}
+
+/// The parts joined with `:`, in a string sized once: cheaper than
+/// `format!` on the path of every event.
+fn key(parts: &[&str]) -> String {
+    parts.join(":")
 }
 
 /// SHA-256 of the body with object keys sorted and whitespace removed.

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
 use crate::engine::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
-use crate::event::Event;
+use crate::event::{Event, Source};
 
 /// Events kept for the events tail.
 pub const RECENT_EVENTS: usize = 200;
@@ -86,7 +86,29 @@ pub struct Activity {
     events_seen: AtomicU64,
     runs_seen: AtomicU64,
     minutes: Mutex<[Bucket; CHART_MINUTES]>,
-    events: Mutex<VecDeque<EventNote>>,
+    events: Mutex<VecDeque<Recent>>,
+}
+
+/// An accepted event as the ring keeps it: its source is put into words
+/// only when the events tail is read, not for every event.
+struct Recent {
+    id: String,
+    event_type: String,
+    source: Source,
+    received_at: DateTime<Utc>,
+    rules: Vec<MatchedRule>,
+}
+
+impl Recent {
+    fn note(&self) -> EventNote {
+        EventNote {
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            source: self.source.to_string(),
+            received_at: self.received_at,
+            rules: self.rules.clone(),
+        }
+    }
 }
 
 impl Default for Activity {
@@ -111,10 +133,10 @@ impl Activity {
 
     /// An event was accepted with these run records.
     pub fn event_accepted(&self, event: &Event, runs: &[RunRecord]) {
-        let note = EventNote {
+        let note = Recent {
             id: event.id.clone(),
             event_type: event.event_type.clone(),
-            source: event.source.to_string(),
+            source: event.source.clone(),
             received_at: event.received_at,
             rules: runs
                 .iter()
@@ -159,7 +181,7 @@ impl Activity {
             .iter()
             .rev()
             .take(limit)
-            .cloned()
+            .map(Recent::note)
             .collect()
     }
 

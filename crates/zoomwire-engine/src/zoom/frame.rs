@@ -51,6 +51,10 @@ pub enum FrameError {
 struct RawFrame<'a> {
     #[serde(borrow)]
     module: Option<Cow<'a, str>>,
+    /// Only its type is checked: `fire` takes text whose `success` is not a
+    /// boolean for a bare event, not a frame.
+    #[expect(dead_code, reason = "read for its type only")]
+    success: Option<bool>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
 }
@@ -366,5 +370,9 @@ mod tests {
         let from_frame = decode_event_or_frame(MESSAGE, Source::Fire).unwrap();
         let bare = decode_event_or_frame(&from_frame.raw, Source::Fire).unwrap();
         assert_eq!(from_frame.id, bare.id);
+        // Not a frame (its `success` is no boolean): read as a bare event.
+        let odd = r#"{"module":"message","success":"x","event":"a.b","event_ts":1}"#;
+        let event = decode_event_or_frame(odd, Source::Fire).unwrap();
+        assert_eq!(event.event_type, "a.b");
     }
 }

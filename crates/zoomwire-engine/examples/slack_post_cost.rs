@@ -16,6 +16,10 @@
 //! by the difference in posts (start-up cancels out); `--separate-threads`
 //! keeps the server thread's share apart. It also prints the connections
 //! the server accepted: a warm pool makes one.
+//!
+//! As in the daemon, the settings' secrets are registered for redaction by
+//! value and a Prometheus recorder counts the effects' metrics, so their
+//! cost per post is counted too.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,6 +34,10 @@ use zoomwire_engine::effects::gateway::RunEffects;
 use zoomwire_engine::effects::live::{LiveConfig, LiveEffects};
 use zoomwire_engine::effects::state::MemoryState;
 use zoomwire_engine::effects::{Capability, CapabilitySet, EffectContext, ZoomAccountRef};
+use zoomwire_engine::secrets::Secrets;
+
+/// The bot token the example posts with.
+const TOKEN: &str = "xoxb-cost-example-token";
 
 /// Slack's answer to a posted message (the shape of the real one, trimmed).
 const ANSWER: &str = r#"{"ok":true,"channel":"C0123456789","ts":"1700000000.000100","message":{"type":"message","subtype":"bot_message","text":"t=1 n=2 posted","ts":"1700000000.000100","username":"zoomwire","bot_id":"B0123456789"}}"#;
@@ -40,6 +48,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(1000);
+    // What the daemon holds: its settings' secrets and a metrics recorder.
+    for secret in [
+        TOKEN,
+        "zoom-client-secret-cost-example",
+        "webhook-secret-cost-example",
+    ] {
+        Secrets::global().add(secret)?;
+    }
+    let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let base = Url::parse(&format!("http://{}/api", listener.local_addr()?))?;
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -52,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let mut config = LiveConfig::new(&std::env::temp_dir());
     config.slack_api_base = base;
-    config.slack_bot_token = Some(SecretString::from("xoxb-cost-example-token"));
+    config.slack_bot_token = Some(SecretString::from(TOKEN));
     let effects = {
         let _entered = runtime.enter();
         Arc::new(LiveEffects::new(

@@ -265,7 +265,9 @@ impl Secrets {
 }
 
 fn replace_str<'a>(matcher: Option<&AhoCorasick>, text: &'a str) -> Cow<'a, str> {
-    let Some(matcher) = matcher.filter(|m| m.is_match(text)) else {
+    // Text shorter than every secret holds none (checked before the automaton's start-up).
+    let Some(matcher) = matcher.filter(|m| text.len() >= m.min_pattern_len() && m.is_match(text))
+    else {
         return Cow::Borrowed(text);
     };
     let mut out = String::with_capacity(text.len());
@@ -277,7 +279,8 @@ fn replace_str<'a>(matcher: Option<&AhoCorasick>, text: &'a str) -> Cow<'a, str>
 }
 
 fn replace_bytes<'a>(matcher: Option<&AhoCorasick>, bytes: &'a [u8]) -> Cow<'a, [u8]> {
-    let Some(matcher) = matcher.filter(|m| m.is_match(bytes)) else {
+    let Some(matcher) = matcher.filter(|m| bytes.len() >= m.min_pattern_len() && m.is_match(bytes))
+    else {
         return Cow::Borrowed(bytes);
     };
     let mut out = Vec::with_capacity(bytes.len());

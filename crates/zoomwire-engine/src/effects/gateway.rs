@@ -262,13 +262,17 @@ impl RunEffects {
             Err(error) => Err(error),
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (result, unredacted) = match result {
+        // The script's answer: the unredacted one when redaction changed it,
+        // else the answer itself, equal to the record's (not a third copy).
+        let (result, unredacted, answer) = match result {
             Ok(mut answer) => {
                 Secrets::global().scrub_json(&mut answer);
-                let (shown, changed) = redact_tracked(&answer);
-                (Ok(shown), changed.then_some(answer))
+                match redact_tracked(&answer) {
+                    (shown, true) => (Ok(shown), Some(answer), None),
+                    (shown, false) => (Ok(shown), None, Some(answer)),
+                }
             }
-            Err(error) => (Err(redact_error(error)), None),
+            Err(error) => (Err(redact_error(error)), None, None),
         };
         let record = EffectRecord {
             seq,
@@ -281,9 +285,9 @@ impl RunEffects {
             replayed: false,
             in_doubt,
         };
-        metrics::histogram!("zoomwire_effect_seconds", "effect" => name.to_string())
+        metrics::histogram!("zoomwire_effect_seconds", "effect" => EffectName::metric_label(name))
             .record(started.elapsed().as_secs_f64());
-        self.finish(record)
+        self.finish_answering(record, answer)
     }
 
     /// Writes that an effect which is not harmless to repeat is starting, and
@@ -385,6 +389,17 @@ impl RunEffects {
     }
 
     fn finish(&self, record: EffectRecord) -> Result<Value, EffectError> {
+        self.finish_answering(record, None)
+    }
+
+    /// Keeps the record and answers the script: with `answer` when given
+    /// (the record's result as is, already a copy of its own), else from
+    /// the record.
+    fn finish_answering(
+        &self,
+        record: EffectRecord,
+        answer: Option<Value>,
+    ) -> Result<Value, EffectError> {
         if let Err(error) = &record.result
             && error.is_transient()
         {
@@ -393,9 +408,10 @@ impl RunEffects {
         if let Some(observer) = &self.observer {
             self.save(observer.as_ref(), &record);
         }
-        let result = match (&record.result, &record.unredacted) {
-            (Ok(_), Some(answer)) => Ok(answer.clone()),
-            (result, _) => result.clone(),
+        let result = match (&record.result, &record.unredacted, answer) {
+            (Ok(_), None, Some(answer)) => Ok(answer),
+            (Ok(_), Some(answer), _) => Ok(answer.clone()),
+            (result, _, _) => result.clone(),
         };
         self.records.lock().push(record);
         result
@@ -852,6 +868,44 @@ mod tests {
         let records = gateway.records();
         assert!(records[0].in_doubt && !records[0].replayed && records[0].result.is_ok());
         assert!(!records[1].in_doubt);
+    }
+
+    /// Answers every call with the JSON it was made with.
+    struct Answers(Value);
+
+    impl Effects for Answers {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a EffectContext,
+            _request: &'a EffectRequest,
+        ) -> crate::effects::BoxFuture<'a, Result<Value, EffectError>> {
+            let answer = self.0.clone();
+            Box::pin(async move { Ok(answer) })
+        }
+    }
+
+    #[test]
+    fn the_script_gets_the_answer_as_made_and_the_record_its_redacted_form() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let secret = json!({"ok": true, "join_url": "https://z.test/j/1?pwd=abc", "token": "t-1"});
+        let clean = json!({"ok": true, "channel": "C1", "ts": "1.2"});
+        for (answer, redacted) in [
+            (
+                secret,
+                json!({"ok": true, "join_url": "https://z.test/j/1?pwd=[redacted]", "token": "[redacted]"}),
+            ),
+            (clean.clone(), clean.clone()),
+        ] {
+            let mut gateway = run_effects(vec![Capability::Slack], &runtime);
+            gateway.effects = Arc::new(Answers(answer.clone()));
+            let got = gateway
+                .call("slack.post", json!({"channel": "#a", "text": "hi"}))
+                .unwrap();
+            assert_eq!(got, answer);
+            let records = gateway.records();
+            assert_eq!(records[0].result.as_ref().unwrap(), &redacted);
+            assert_eq!(records[0].unredacted.is_some(), answer != redacted);
+        }
     }
 
     #[test]

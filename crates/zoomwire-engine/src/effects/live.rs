@@ -392,7 +392,7 @@ impl Effects for LiveEffects {
                     EffectErrorKind::InDoubt => "in_doubt",
                 },
             };
-            metrics::counter!("zoomwire_effects_total", "effect" => request.name.clone(), "outcome" => outcome)
+            metrics::counter!("zoomwire_effects_total", "effect" => EffectName::metric_label(&request.name), "outcome" => outcome)
                 .increment(1);
             result
         })

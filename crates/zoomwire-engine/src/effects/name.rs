@@ -70,6 +70,14 @@ impl EffectName {
             .find(|effect| effect.as_str() == name)
     }
 
+    /// An effect's name as a metric label, without an allocation for the known ones.
+    pub fn metric_label(name: &str) -> metrics::SharedString {
+        match EffectName::from_name(name) {
+            Some(known) => known.as_str().into(),
+            None => name.to_string().into(),
+        }
+    }
+
     /// The capability (as `allow:` names it) a rule needs to call it.
     pub fn capability(self) -> Option<&'static str> {
         match self {

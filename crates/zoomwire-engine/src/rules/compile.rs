@@ -16,6 +16,7 @@ use super::{
 use crate::effects::{Capability, CapabilitySet};
 use crate::rules::yaml::Position;
 use crate::schedule::CronSchedule;
+use crate::script::event_paths::EventPaths;
 use crate::script::{Sandbox, SandboxLimits, ScriptModules};
 
 /// Default `max_runs`.
@@ -327,6 +328,7 @@ fn compile_expression(
         Ok(ast) => Some(CompiledScript {
             ast: Arc::new(ast),
             origin,
+            event_paths: Arc::new(EventPaths::Whole),
         }),
         Err(error) => {
             errors.push(RuleError {
@@ -377,6 +379,7 @@ fn compile_action(
     match sandbox.compile_script(&text) {
         Ok(ast) => (
             Some(CompiledScript {
+                event_paths: Arc::new(EventPaths::of_script(&ast)),
                 ast: Arc::new(ast),
                 origin,
             }),

@@ -289,6 +289,7 @@ mod tests {
     fn found(sandbox: &Sandbox, scripts: &Path, source: &str) -> Vec<String> {
         let script = CompiledScript {
             ast: Arc::new(sandbox.compile_script(source).unwrap()),
+            event_paths: Arc::new(crate::script::event_paths::EventPaths::Whole),
             origin: ScriptOrigin {
                 path: PathBuf::from("rules/r.yaml"),
                 start: Position {

@@ -82,6 +82,8 @@ impl ScriptOrigin {
 pub struct CompiledScript {
     pub ast: Arc<AST>,
     pub origin: ScriptOrigin,
+    /// What of the event a script reads (all of it for an expression).
+    pub event_paths: Arc<crate::script::event_paths::EventPaths>,
 }
 
 /// What makes a rule fire.

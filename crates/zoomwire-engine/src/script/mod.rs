@@ -18,6 +18,7 @@
 mod allocator;
 pub mod engine;
 mod error;
+pub mod event_paths;
 mod guards;
 mod host;
 pub mod limits;

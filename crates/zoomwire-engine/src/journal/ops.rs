@@ -211,8 +211,9 @@ fn claim_pruned_id(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusql
 ///
 /// A run's rule, event and key never change after its first record, so an
 /// update leaves them alone: SQLite rewrites every index holding a column an
-/// update sets, and setting them again would rewrite `runs_rule` and
-/// `runs_event` on each of a run's several records for nothing.
+/// update sets, and setting them again would rewrite `runs_event` (and
+/// `runs_rule_status` even when the status stays) on each of a run's
+/// several records for nothing.
 fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
     let now = at.now;
     tx.prepare_cached(

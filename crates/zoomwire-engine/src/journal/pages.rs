@@ -5,9 +5,11 @@
 //! Every query walks an index from its start or from the cursor and stops
 //! after one page, so it costs the same however many rows the store holds.
 //! The SQL is built for the filters given (rule, one status, a cursor), so
-//! that SQLite picks the index that fits: `runs_created`, `runs_rule`,
-//! `runs_status` or `runs_rule_status`. Several statuses (failed and dead)
-//! are one indexed query each, merged.
+//! that SQLite picks the index that fits: `runs_created`, `runs_status` or
+//! `runs_rule_status`. Several statuses (failed and dead) are one indexed
+//! query each, merged; so is a rule's list without a status filter, one
+//! query per status on `runs_rule_status` (schema 6 dropped `runs_rule`,
+//! one index fewer written per run).
 
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, Row, params};
@@ -29,18 +31,32 @@ pub(crate) fn runs_page(conn: &Connection, query: &RunQuery) -> ReadResult<RunPa
     let mut statuses = query.statuses.clone();
     statuses.sort_by_key(|s| s.as_str());
     statuses.dedup();
-    let runs = if statuses.is_empty() {
-        runs_in(conn, query, None, limit + 1)?
-    } else {
-        let mut merged = Vec::new();
-        for status in statuses {
-            merged.extend(runs_in(conn, query, Some(status), limit + 1)?);
-        }
-        merged.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        merged.truncate(limit + 1);
-        merged
-    };
+    let runs = newest_runs(conn, query, statuses, limit + 1)?;
     Ok(RunPage::from_ordered(runs, limit))
+}
+
+/// Up to `fetch` runs passing the query's filters and in one of `statuses`
+/// (empty: any), newest first. A rule's runs are read one status at a time
+/// (`runs_rule_status`), as are several statuses, and merged.
+fn newest_runs(
+    conn: &Connection,
+    query: &RunQuery,
+    mut statuses: Vec<RunStatus>,
+    fetch: usize,
+) -> ReadResult<Vec<RunSummary>> {
+    if statuses.is_empty() && query.rule.is_some() {
+        statuses = RunStatus::ALL.to_vec();
+    }
+    if statuses.is_empty() {
+        return runs_in(conn, query, None, fetch);
+    }
+    let mut merged = Vec::new();
+    for status in statuses {
+        merged.extend(runs_in(conn, query, Some(status), fetch)?);
+    }
+    merged.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    merged.truncate(fetch);
+    Ok(merged)
 }
 
 /// Up to `fetch` runs passing the query's filters and `status`, newest first.
@@ -180,24 +196,26 @@ pub(crate) fn rule_activity(
     since: chrono::DateTime<chrono::Utc>,
     recent: usize,
 ) -> ReadResult<RuleActivity> {
+    // One range of `runs_rule_status` per status.
     let mut statement = conn.prepare_cached(
-        "SELECT status, count(*) FROM runs WHERE rule = ?1 AND created_at >= ?2 GROUP BY status",
+        "SELECT count(*) FROM runs WHERE rule = ?1 AND status = ?2 AND created_at >= ?3",
     )?;
-    let mut rows = statement.query(params![rule, to_nanos(since)])?;
     let mut activity = RuleActivity::default();
-    while let Some(row) = rows.next()? {
-        let status: String = row.get(0)?;
-        let count: i64 = row.get(1)?;
-        activity
-            .counts
-            .insert(parse_status(&status)?.as_str(), count.max(0) as u64);
+    for status in RunStatus::ALL {
+        let count: i64 = statement
+            .query_row(params![rule, status.as_str(), to_nanos(since)], |row| {
+                row.get(0)
+            })?;
+        if count > 0 {
+            activity.counts.insert(status.as_str(), count as u64);
+        }
     }
     let query = RunQuery {
         rule: Some(rule.to_string()),
         limit: recent,
         ..RunQuery::default()
     };
-    activity.recent = runs_in(conn, &query, None, recent)?;
+    activity.recent = newest_runs(conn, &query, Vec::new(), recent)?;
     Ok(activity)
 }
 
@@ -216,4 +234,108 @@ fn summary_row(row: &Row<'_>) -> ReadResult<RunSummary> {
         started_at: row.get::<_, Option<i64>>(9)?.map(from_nanos),
         finished_at: row.get::<_, Option<i64>>(10)?.map(from_nanos),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn read<T>(result: ReadResult<T>) -> T {
+        match result {
+            Ok(value) => value,
+            Err(super::super::query::ReadError::Sqlite(error)) => panic!("{error}"),
+            Err(super::super::query::ReadError::Journal(error)) => panic!("{error}"),
+        }
+    }
+
+    /// The plan of `sql` as SQLite would run it on a store of this schema.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut statement = conn.prepare(&explain).unwrap();
+        let count = statement.parameter_count();
+        let values: Vec<i64> = vec![1; count];
+        let details: Vec<String> = statement
+            .query_map(rusqlite::params_from_iter(values), |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        details.join("; ")
+    }
+
+    #[test]
+    fn a_rules_runs_and_counts_read_runs_rule_status_not_the_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("zoomwire.db"),
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Full,
+        )
+        .unwrap();
+        let listing = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM runs WHERE rule = ?1 AND status = ?2
+             AND (created_at, id) < (?3, ?4) ORDER BY created_at DESC, id DESC LIMIT ?5"
+        );
+        let counts =
+            "SELECT count(*) FROM runs WHERE rule = ?1 AND status = ?2 AND created_at >= ?3";
+        for sql in [listing.as_str(), counts] {
+            let plan = plan(&conn, sql);
+            assert!(plan.contains("runs_rule_status"), "{plan}");
+            assert!(!plan.contains("SCAN runs"), "{plan}");
+        }
+    }
+
+    #[test]
+    fn a_rules_page_without_a_status_merges_every_status_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("zoomwire.db"),
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Full,
+        )
+        .unwrap();
+        for (id, rule, status, at) in [
+            ("a", "r", "succeeded", 1),
+            ("b", "r", "failed", 2),
+            ("c", "other", "succeeded", 3),
+            ("d", "r", "pending", 4),
+            ("e", "r", "succeeded", 4),
+            ("f", "r", "skipped", 5),
+        ] {
+            conn.execute(
+                "INSERT INTO runs (id, rule, event_id, event_type, status, attempt,
+                                   created_at, updated_at)
+                 VALUES (?1, ?2, 'e', 'x.y', ?3, 1, ?4, ?4)",
+                params![id, rule, status, at],
+            )
+            .unwrap();
+        }
+        let query = RunQuery {
+            rule: Some("r".into()),
+            limit: 3,
+            ..RunQuery::default()
+        };
+        let page = read(runs_page(&conn, &query));
+        let ids: Vec<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["f", "e", "d"]);
+        let next = RunQuery {
+            before: page.next.clone(),
+            ..query
+        };
+        let page = read(runs_page(&conn, &next));
+        let ids: Vec<&str> = page.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        let activity = read(rule_activity(&conn, "r", from_nanos(2), 2));
+        let ids: Vec<&str> = activity.recent.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["f", "e"]);
+        assert_eq!(activity.counts.get("succeeded"), Some(&1));
+        assert_eq!(activity.counts.get("failed"), Some(&1));
+        assert_eq!(activity.counts.get("pending"), Some(&1));
+        assert_eq!(activity.counts.get("skipped"), Some(&1));
+        assert_eq!(activity.counts.len(), 4);
+    }
 }

@@ -18,7 +18,7 @@ use super::{JournalOpenError, JournalSync};
 pub(crate) const APPLICATION_ID: i32 = 0x7a77_6972;
 
 /// Schema migrations, in order: the store's `user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -132,6 +132,13 @@ ALTER TABLE effects ADD COLUMN sealed_result BLOB;
 /// store and taking a re-delivered event as new.
 const V5: &str = "
 DELETE FROM dedupe WHERE id IN (SELECT id FROM events);
+";
+
+/// One index fewer written per run: `runs_rule_status` answers what
+/// `runs_rule` did (a rule's runs, newest first, and its counts since a
+/// time), one range per status, merged (`pages.rs`).
+const V6: &str = "
+DROP INDEX runs_rule;
 ";
 
 /// The version that took download tokens out of stored bodies: a store
@@ -400,5 +407,52 @@ mod tests {
             .pragma_query_value(None, "max_page_count", |r| r.get(0))
             .unwrap();
         assert_eq!(pages, 64);
+    }
+
+    #[test]
+    fn a_version_5_store_loses_runs_rule_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zoomwire.db");
+        {
+            // As zoomwire wrote it at schema version 5.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = 5; PRAGMA application_id = {APPLICATION_ID};
+                 INSERT INTO runs (id, rule, event_id, event_type, status, attempt,
+                                   created_at, updated_at)
+                     VALUES ('r1', 'rule-a', 'e1', 'x.y', 'succeeded', 1, 1, 1);"
+            ))
+            .unwrap();
+        }
+        let conn = writer(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                "runs_created",
+                "runs_event",
+                "runs_rule_status",
+                "runs_status"
+            ]
+        );
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM runs WHERE rule = 'rule-a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, 1);
     }
 }

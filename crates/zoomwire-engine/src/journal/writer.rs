@@ -361,4 +361,147 @@ mod tests {
         drop(handle);
         thread.join().unwrap();
     }
+
+    /// Not a check: the writer's cost on a bench-like stream, for measuring
+    /// a change (`ZW_HARNESS_EVENTS`, `ZW_HARNESS_BATCH` events per batch).
+    /// One event in nine starts a run that posts once; each run moves one
+    /// step per batch (running, effect started, effect done, succeeded), as
+    /// its awaited writes do. Prints the WAL frames written per event.
+    ///
+    /// `cargo test --release -p zoomwire-engine --lib writer_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measuring harness, not a test"]
+    fn writer_cost_harness() {
+        use super::super::ops::EventRow;
+        use crate::effects::gateway::{EffectRecord, EffectStart};
+        use crate::engine::journal::{RunRecord, RunStatus};
+        use crate::event::{Event, Source};
+        let var = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (events, per_batch) = (var("ZW_HARNESS_EVENTS", 9000), var("ZW_HARNESS_BATCH", 4));
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut conn = super::super::schema::open_writer(
+            &settings.path,
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Normal,
+        )
+        .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let body = |i: usize| {
+            format!(
+                r#"{{"event":"meeting.participant_joined","event_ts":{i},"payload":{{"account_id":"acc-{i}","object":{{"id":"{}","uuid":"u{:016x}/abc==","host_id":"host-1","topic":"Weekly sync of the team {i}","type":2,"start_time":"2026-12-04T10:00:00Z","timezone":"UTC","participant":{{"user_id":"{i}","user_name":"Person {i}","id":"p{i}","participant_uuid":"{:032x}","join_time":"2026-12-04T10:00:{:02}Z","email":"person{i}@example.com"}}}}}}}}"#,
+                80_000_000 + i,
+                i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                i.wrapping_mul(0x2545_f491_4f6c_dd1d),
+                i % 60
+            )
+        };
+        let mut in_flight: Vec<(RunRecord, u8)> = Vec::new();
+        let mut next_run = 0u64;
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        while sent < events || !in_flight.is_empty() {
+            let mut ops = Vec::new();
+            // Runs started earlier take their next step.
+            for (run, step) in &mut in_flight {
+                *step += 1;
+                let now = Utc::now();
+                match *step {
+                    1 => {
+                        run.status = RunStatus::Running;
+                        run.started_at = Some(now);
+                        ops.push(Op::RecordRun(Box::new(run.clone())));
+                    }
+                    2 => ops.push(Op::EffectStart {
+                        run_id: run.id.clone(),
+                        start: Box::new(EffectStart {
+                            seq: 1,
+                            name: "slack.post".into(),
+                            args: serde_json::json!({"channel": "#ops", "text": format!("{} joined", run.id)}),
+                            started_at: now,
+                        }),
+                    }),
+                    3 => ops.push(Op::Effect {
+                        run_id: run.id.clone(),
+                        record: Box::new(post(run, now)),
+                    }),
+                    _ => {
+                        run.status = RunStatus::Succeeded;
+                        run.effects = vec![post(run, now)];
+                        run.output = Some(serde_json::json!({"posted": true}));
+                        run.finished_at = Some(now);
+                        ops.push(Op::RecordRun(Box::new(run.clone())));
+                    }
+                }
+            }
+            in_flight.retain(|(_, step)| *step < 4);
+            for _ in 0..per_batch.min(events - sent) {
+                let event = Event::parse(&body(sent), Source::Websocket("main".into())).unwrap();
+                let mut runs = Vec::new();
+                if sent % 9 == 0 {
+                    next_run += 1;
+                    let run = RunRecord {
+                        id: format!(
+                            "r{:012x}{:04x}{:06x}",
+                            Utc::now().timestamp_millis(),
+                            next_run % 0x10000,
+                            next_run * 7919 % 0x100_0000
+                        ),
+                        rule: format!("rule-{}", sent % 10),
+                        event_id: event.id.clone(),
+                        event_type: event.event_type.clone(),
+                        key: None,
+                        status: RunStatus::Pending,
+                        attempt: 1,
+                        error: None,
+                        effects: vec![],
+                        logs: vec![],
+                        output: None,
+                        created_at: Utc::now(),
+                        started_at: None,
+                        finished_at: None,
+                    };
+                    in_flight.push((run.clone(), 0));
+                    runs.push(run);
+                }
+                ops.push(Op::Accept {
+                    event: EventRow::new(&event),
+                    runs,
+                });
+                sent += 1;
+            }
+            apply_in_transaction(&mut conn, ops.iter(), &settings).unwrap();
+        }
+        let elapsed = started.elapsed();
+        let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal"))
+            .unwrap()
+            .len();
+        let frames = wal.saturating_sub(32) / (4096 + 24);
+        println!(
+            "harness: {events} events, {per_batch} per batch, {next_run} runs: {frames} WAL frames, {:.2} frames/event, {:.1} us/event",
+            frames as f64 / events as f64,
+            elapsed.as_secs_f64() * 1e6 / events as f64
+        );
+
+        fn post(run: &RunRecord, now: chrono::DateTime<Utc>) -> EffectRecord {
+            EffectRecord {
+                seq: 1,
+                name: "slack.post".into(),
+                args: serde_json::json!({"channel": "#ops", "text": format!("{} joined", run.id)}),
+                result: Ok(serde_json::json!({"ok": true, "ts": "1733300000.000100"})),
+                unredacted: None,
+                started_at: now,
+                latency_ms: 3.2,
+                replayed: false,
+                in_doubt: false,
+            }
+        }
+    }
 }

@@ -148,6 +148,8 @@ enum RunsAction {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: a thread's first allocation picks its arena.
+    zoomwire_engine::script::limit_malloc_arenas();
     // One TLS provider for every client (reqwest, tungstenite, lettre): aws-lc-rs.
     // An error means one is already installed, which is what we want.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -173,6 +173,47 @@ pub(crate) fn release_free_memory() {
     }
 }
 
+/// Holds glibc's malloc to one arena per two cores (at least one) for the
+/// whole process; returns whether glibc took the setting. Call it first
+/// thing in `main`, before any thread starts. `MALLOC_ARENA_MAX`, when set,
+/// is left to decide.
+///
+/// glibc gives a thread that finds the arenas busy an arena of its own, up
+/// to eight per core, and an arena keeps the memory freed in it: the
+/// daemon's forty threads (script pool, runtime, journal) spread a burst
+/// over a dozen arenas that each stay as large as their own peak. In a
+/// 100,000-event burst on 2 cores the daemon's peak RSS fell from 77.5 to
+/// 63.2 MiB with one arena (69.3 with two), CPU per event within the noise:
+/// most small allocations skip the arena's lock through glibc's per-thread
+/// cache. The counting above does not depend on arenas.
+pub fn limit_malloc_arenas() -> bool {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return false;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let arenas = std::ffi::c_int::try_from((cores / 2).max(1)).unwrap_or(std::ffi::c_int::MAX);
+    set_malloc_arena_max(arenas)
+}
+
+/// `mallopt(M_ARENA_MAX, arenas)`; false where glibc is not the allocator.
+fn set_malloc_arena_max(arenas: std::ffi::c_int) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// glibc's `M_ARENA_MAX` parameter of `mallopt`.
+        const M_ARENA_MAX: std::ffi::c_int = -8;
+        unsafe extern "C" {
+            /// glibc: sets one of malloc's parameters; 1 on success, 0 on error.
+            safe fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        mallopt(M_ARENA_MAX, arenas) == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = arenas;
+        false
+    }
+}
+
 /// Whether the calling thread's live bytes passed its limit since it was set.
 #[inline]
 pub(crate) fn exceeded() -> bool {
@@ -218,6 +259,14 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_arena_limit() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let arenas = std::ffi::c_int::try_from((cores / 2).max(1)).unwrap();
+        assert!(set_malloc_arena_max(arenas));
     }
 
     #[test]

@@ -44,6 +44,7 @@ use memory::{budget_exceeded, enter_budget};
 use run::{condition_terminated, reset_condition_clock};
 use value::{SizeLimits, oversized};
 
+pub use allocator::limit_malloc_arenas;
 pub use memory::format_bytes;
 
 /// The names scripts and conditions read, pushed as constants.

@@ -493,6 +493,7 @@ async fn a_store_from_before_sealed_tokens_has_them_taken_out_of_its_bodies() {
         conn.execute_batch(
             "ALTER TABLE events DROP COLUMN sealed_token;
              ALTER TABLE effects DROP COLUMN sealed_result;
+             CREATE INDEX runs_rule ON runs(rule, created_at);
              PRAGMA user_version = 3;",
         )
         .unwrap();
@@ -530,6 +531,7 @@ async fn a_store_from_before_events_answered_dedupe_keeps_its_duplicates() {
                  SELECT id, received_at, received_at + 3600000000000 FROM events;
              INSERT INTO dedupe (id, received_at, expires_at)
                  VALUES ('{}', {now}, {now} + 3600000000000);
+             CREATE INDEX runs_rule ON runs(rule, created_at);
              PRAGMA user_version = 4;",
             pruned.id,
             now = Utc::now().timestamp_nanos_opt().unwrap()

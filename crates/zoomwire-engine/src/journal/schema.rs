@@ -138,7 +138,7 @@ DELETE FROM dedupe WHERE id IN (SELECT id FROM events);
 /// `runs_rule` did (a rule's runs, newest first, and its counts since a
 /// time), one range per status, merged (`pages.rs`).
 const V6: &str = "
-DROP INDEX runs_rule;
+DROP INDEX IF EXISTS runs_rule;
 ";
 
 /// The version that took download tokens out of stored bodies: a store

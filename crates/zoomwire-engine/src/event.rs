@@ -37,7 +37,6 @@ use secrecy::SecretString;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::script::event_paths::{EventPaths, prune};
 use crate::secrets::Secrets;
 
 use head::{Head, Scalar};
@@ -215,19 +214,6 @@ impl Event {
             // Shared: every run of this event gets the same value for an `Arc` clone.
             body.into_read_only().into_shared()
         })
-    }
-
-    /// The body as a script reading `paths` sees it: the shared value when
-    /// it is made already or the script reads all of it, else a read-only
-    /// value holding only what it reads ([`crate::script::event_paths`]).
-    pub fn body_for(&self, paths: &EventPaths) -> Dynamic {
-        if paths.is_whole() || self.body_is_built() {
-            return self.body().clone();
-        }
-        match prune(&self.raw, paths) {
-            Some(body) => body.into_read_only().into_shared(),
-            None => self.body().clone(),
-        }
     }
 
     /// Whether the Rhai value has been made yet (the hot path avoids it).

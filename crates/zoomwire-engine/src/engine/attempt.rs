@@ -143,7 +143,7 @@ impl Runner {
         let job = ScriptJob {
             sandbox: rule_set.sandbox().clone(),
             ast: rule.action.ast.clone(),
-            event: event.body_for(&rule.action.event_paths),
+            event: rule.action.event_paths.body_of(event),
             meta: run_meta(event, record),
             vars: self.vars.clone(),
             effects: effects.clone(),

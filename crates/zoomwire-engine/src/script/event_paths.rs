@@ -28,6 +28,8 @@ use rhai::{ASTNode, Map};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::event::Event;
+
 /// The name under which scripts read the event.
 const EVENT: &str = "event";
 
@@ -66,6 +68,19 @@ impl EventPaths {
             !paths.is_whole()
         });
         paths
+    }
+
+    /// The event's body as a script reading these paths sees it: the shared
+    /// value when it is made already or the script reads all of it, else a
+    /// read-only value holding only what it reads.
+    pub fn body_of(&self, event: &Event) -> Dynamic {
+        if self.is_whole() || event.body_is_built() {
+            return event.body().clone();
+        }
+        match prune(&event.raw, self) {
+            Some(body) => body.into_read_only().into_shared(),
+            None => event.body().clone(),
+        }
     }
 
     /// Whether the whole event is read.

@@ -309,8 +309,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalOpenError> {
         else {
             return Ok(());
         };
+        let rebuilds_events = version + 1 == EVENT_ID_HASH_VERSION;
+        if rebuilds_events {
+            // The old table's pages go to the free list: zeroed, so that
+            // nothing of its bodies (a store from before version 4 still has
+            // download tokens in them, `upgrade.rs`) stays in the file.
+            tx.pragma_update(None, "secure_delete", true)
+                .map_err(fail)?;
+        }
         tx.execute_batch(sql).map_err(fail)?;
-        if version + 1 == EVENT_ID_HASH_VERSION {
+        if rebuilds_events {
             fill_event_id_hashes(&tx).map_err(fail)?;
         }
         tx.pragma_update(None, "user_version", version + 1)
@@ -318,6 +326,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalOpenError> {
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(fail)?;
         tx.commit().map_err(fail)?;
+        if rebuilds_events {
+            conn.pragma_update(None, "secure_delete", false)
+                .map_err(fail)?;
+        }
     }
 }
 

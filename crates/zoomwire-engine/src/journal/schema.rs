@@ -538,7 +538,9 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        let rows: Vec<(i64, String, i64, i64, Option<Vec<u8>>)> = conn
+        /// rowid, id, id_hash, received_at, sealed_token
+        type Row = (i64, String, i64, i64, Option<Vec<u8>>);
+        let rows: Vec<Row> = conn
             .prepare(
                 "SELECT rowid, id, id_hash, received_at, sealed_token FROM events ORDER BY rowid",
             )

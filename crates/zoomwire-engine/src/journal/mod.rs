@@ -436,10 +436,14 @@ impl SqliteJournal {
             let expires_at: Option<i64> = conn
                 .prepare_cached(
                     "SELECT max(expires_at) FROM (
-                         SELECT received_at + ?2 AS expires_at FROM events WHERE id = ?1
+                         SELECT received_at + ?2 AS expires_at FROM events
+                             WHERE id_hash = ?3 AND id = ?1
                          UNION ALL SELECT expires_at FROM dedupe WHERE id = ?1)",
                 )?
-                .query_row(rusqlite::params![id, window], |row| row.get(0))?;
+                .query_row(
+                    rusqlite::params![id, window, codec::event_id_hash(id)],
+                    |row| row.get(0),
+                )?;
             Ok(expires_at.is_some_and(|expires_at| expires_at > now))
         })
     }

@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::RequeueOutcome;
-use super::codec::{parse_status, to_json, to_nanos};
+use super::codec::{event_id_hash, parse_status, to_json, to_nanos};
 use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
 use super::seal::{SealKey, effect_context, event_context};
@@ -152,41 +152,67 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
 
 /// Stores the event unless one with the same id was received within the window.
 ///
-/// The event's own row answers the check while it exists: the insert and
-/// the check are one statement (one walk of the `events` id index per
-/// event), which inserts the row, or replaces it when its window has passed,
-/// and leaves it as it was for a duplicate. Only an event pruned within its
-/// window leaves a `dedupe` row behind (`prune.rs`), looked up first; that
-/// table is small, so the lookup reads a page or two and writes none.
+/// The event's own row answers the check while it exists: it is found by
+/// the hash of its id (`events_id`, one walk of a small index), then
+/// inserted, or replaced when its window has passed, or left as it was for
+/// a duplicate. Ids stay unique because only this writer, inside its write
+/// transaction, inserts events. Only an event pruned within its window
+/// leaves a `dedupe` row behind (`prune.rs`), looked up first; that table
+/// is small, so the lookup reads a page or two and writes none.
 fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::Result<bool> {
     let window = at.dedupe_window;
     if !claim_pruned_id(tx, event, window)? {
+        return Ok(false);
+    }
+    let id_hash = event_id_hash(&event.id);
+    let stored: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT rowid, received_at FROM events WHERE id_hash = ?1 AND id = ?2")?
+        .query_row(params![id_hash, event.id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    if let Some((_, seen)) = stored
+        && event.received_at.saturating_sub(seen) < window
+    {
         return Ok(false);
     }
     let sealed_token = event.download_token.as_ref().and_then(|token| {
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())
     });
-    let claimed = tx
-        .prepare_cached(
-            "INSERT INTO events (id, type, ts, source, received_at, raw, sealed_token)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET type = excluded.type, ts = excluded.ts,
-                 source = excluded.source, received_at = excluded.received_at,
-                 raw = excluded.raw, sealed_token = excluded.sealed_token
-             WHERE excluded.received_at - events.received_at >= ?8",
-        )?
-        .execute(params![
-            event.id,
-            event.event_type,
-            event.ts,
-            event.source,
-            event.received_at,
-            &*event.raw,
-            sealed_token,
-            window
-        ])?;
-    Ok(claimed > 0)
+    match stored {
+        None => tx
+            .prepare_cached(
+                "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw, sealed_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                event.id,
+                id_hash,
+                event.event_type,
+                event.ts,
+                event.source,
+                event.received_at,
+                &*event.raw,
+                sealed_token,
+            ])?,
+        Some((rowid, _)) => tx
+            .prepare_cached(
+                "UPDATE events SET type = ?2, ts = ?3, source = ?4, received_at = ?5,
+                     raw = ?6, sealed_token = ?7
+                 WHERE rowid = ?1",
+            )?
+            .execute(params![
+                rowid,
+                event.event_type,
+                event.ts,
+                event.source,
+                event.received_at,
+                &*event.raw,
+                sealed_token,
+            ])?,
+    };
+    Ok(true)
 }
 
 /// False when the id belongs to an event pruned within the window; an
@@ -385,15 +411,11 @@ fn set_state(
 /// Puts a failed or dead run back to pending as a fresh first attempt,
 /// keeping its effects so that completed ones are replayed.
 fn requeue(tx: &Transaction<'_>, id: &str, now: i64) -> rusqlite::Result<RequeueOutcome> {
-    let found: Option<(String, bool, bool)> = tx
-        .prepare_cached(
-            "SELECT status, finished_at IS NOT NULL,
-                    EXISTS (SELECT 1 FROM events e WHERE e.id = runs.event_id)
-             FROM runs WHERE id = ?1",
-        )?
+    let found: Option<(String, bool, String)> = tx
+        .prepare_cached("SELECT status, finished_at IS NOT NULL, event_id FROM runs WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
-    let Some((status, finished, has_event)) = found else {
+    let Some((status, finished, event_id)) = found else {
         return Ok(RequeueOutcome::NotFound);
     };
     if !finished {
@@ -405,6 +427,9 @@ fn requeue(tx: &Transaction<'_>, id: &str, now: i64) -> rusqlite::Result<Requeue
         let status = parse_status(&status).unwrap_or(RunStatus::Skipped);
         return Ok(RequeueOutcome::NotFailed(status));
     }
+    let has_event = tx
+        .prepare_cached("SELECT 1 FROM events WHERE id_hash = ?1 AND id = ?2")?
+        .exists(params![event_id_hash(&event_id), event_id])?;
     if !has_event {
         return Ok(RequeueOutcome::EventPruned);
     }

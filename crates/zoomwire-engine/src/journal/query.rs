@@ -351,19 +351,23 @@ pub(crate) fn open_result(
 /// The stored event with this id, if it has not been pruned.
 pub(crate) fn stored_event(conn: &Connection, id: &str) -> rusqlite::Result<Option<StoredEvent>> {
     conn.prepare_cached(
-        "SELECT id, type, ts, source, received_at, raw, sealed_token FROM events WHERE id = ?1",
+        "SELECT id, type, ts, source, received_at, raw, sealed_token FROM events
+         WHERE id_hash = ?1 AND id = ?2",
     )?
-    .query_row([id], |row| {
-        Ok(StoredEvent {
-            id: row.get(0)?,
-            event_type: row.get(1)?,
-            ts: row.get(2)?,
-            source: row.get(3)?,
-            received_at: row.get(4)?,
-            raw: row.get(5)?,
-            sealed_token: row.get(6)?,
-        })
-    })
+    .query_row(
+        rusqlite::params![super::codec::event_id_hash(id), id],
+        |row| {
+            Ok(StoredEvent {
+                id: row.get(0)?,
+                event_type: row.get(1)?,
+                ts: row.get(2)?,
+                source: row.get(3)?,
+                received_at: row.get(4)?,
+                raw: row.get(5)?,
+                sealed_token: row.get(6)?,
+            })
+        },
+    )
     .optional()
 }
 

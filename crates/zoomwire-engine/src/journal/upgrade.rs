@@ -41,20 +41,20 @@ pub(crate) fn seal_stored_tokens(conn: &mut Connection, seal: &SealKey) -> rusql
 
 fn seal_in_transaction(conn: &mut Connection, seal: &SealKey) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
-    let rows: Vec<(String, String)> = tx
-        .prepare("SELECT id, raw FROM events WHERE instr(raw, '\"download_token\"') > 0")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+    let rows: Vec<(i64, String, String)> = tx
+        .prepare("SELECT rowid, id, raw FROM events WHERE instr(raw, '\"download_token\"') > 0")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut changed = 0;
     {
         let mut update =
-            tx.prepare("UPDATE events SET raw = ?2, sealed_token = ?3 WHERE id = ?1")?;
-        for (id, raw) in rows {
+            tx.prepare("UPDATE events SET raw = ?2, sealed_token = ?3 WHERE rowid = ?1")?;
+        for (rowid, id, raw) in rows {
             let Ok((body, Some(token))) = take_download_token(&raw) else {
                 continue;
             };
             let sealed = seal.seal(&event_context(&id), token.expose_secret().as_bytes());
-            update.execute(params![id, &*body, sealed])?;
+            update.execute(params![rowid, &*body, sealed])?;
             changed += 1;
         }
     }

@@ -489,6 +489,42 @@ mod tests {
             frames as f64 / events as f64,
             elapsed.as_secs_f64() * 1e6 / events as f64
         );
+        print_frames_by_btree(&conn, &dir.path().join("zoomwire.db-wal"), events);
+
+        /// Which B-tree each WAL frame's page belongs to (`dbstat`), per event.
+        fn print_frames_by_btree(conn: &Connection, wal: &Path, events: usize) {
+            let owner: std::collections::HashMap<i64, String> = conn
+                .prepare("SELECT pageno, name FROM dbstat")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let bytes = std::fs::read(wal).unwrap();
+            let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+            let mut commits = 0;
+            for frame in bytes[32..].chunks_exact(4096 + 24) {
+                let page = i64::from(u32::from_be_bytes(frame[..4].try_into().unwrap()));
+                if frame[4..8] != [0; 4] {
+                    commits += 1;
+                }
+                let name = owner
+                    .get(&page)
+                    .cloned()
+                    .unwrap_or_else(|| "(free/other)".into());
+                *counts.entry(name).or_default() += 1;
+            }
+            let mut counts: Vec<_> = counts.into_iter().collect();
+            counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            println!("harness: {commits} commits");
+            for (name, n) in counts {
+                println!(
+                    "harness:   {name:24} {n:7} frames {:.3}/event {:.2}/commit",
+                    n as f64 / events as f64,
+                    n as f64 / commits.max(1) as f64
+                );
+            }
+        }
 
         fn post(run: &RunRecord, now: chrono::DateTime<Utc>) -> EffectRecord {
             EffectRecord {

@@ -295,18 +295,16 @@ impl Journal for MemoryJournal {
         Box::pin(async move { Ok(fresh) })
     }
 
-    /// Under one lock for the whole batch.
+    /// One event at a time, each under its own short lock (held for a whole
+    /// batch, it kept the runs' records waiting), without a future each.
     fn accept_events_with_runs<'a>(
         &'a self,
         events: &'a [(&'a Event, &'a [RunRecord])],
     ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
-        let answers = {
-            let mut state = self.lock();
-            events
-                .iter()
-                .map(|(event, runs)| Ok(accept_into(&mut state, &self.limits, event, runs)))
-                .collect()
-        };
+        let answers = events
+            .iter()
+            .map(|(event, runs)| Ok(accept_into(&mut self.lock(), &self.limits, event, runs)))
+            .collect();
         Box::pin(async move { answers })
     }
 

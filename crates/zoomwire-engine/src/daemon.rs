@@ -39,7 +39,7 @@ use crate::effects::accounts::ZoomAccountClient;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
 use crate::engine::executor::{Executor, PreparedEvent};
-use crate::engine::journal::Journal;
+use crate::engine::journal::{Journal, JournalError};
 use crate::event::Event;
 use crate::journal::memory::{MemoryJournal, MemoryLimits};
 use crate::journal::postgres::{PostgresJournal, PostgresOptions};
@@ -682,12 +682,7 @@ async fn accept_batch(
     admitted: oneshot::Sender<()>,
 ) {
     let prepared = prepare_batch(executor, &rules.current(), batch);
-    let accepted = futures_util::future::join_all(
-        prepared
-            .into_iter()
-            .map(|prepared| accept(executor, rules, prepared)),
-    )
-    .await;
+    let accepted = journal_batch(executor, rules, prepared).await;
     if let Some(turn) = turn {
         // An error means the previous handler ended without admitting: its turn is over too.
         let _ = turn.await;
@@ -737,29 +732,68 @@ fn prepare_batch(
     prepared
 }
 
-/// Journals one matched event with its runs, retrying (matched again with
-/// the rules of the moment) while the journal cannot write it. `fresh` is
+/// Journals a batch's matched events with their runs as one journal
+/// request (one writer job and one wake-up for the batch, not one per
+/// event); each event is written all or nothing on its own, and those that
+/// could not be are retried one by one ([`accept`]). In order; `fresh` is
 /// false for a duplicate.
+async fn journal_batch(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    prepared: Vec<PreparedEvent>,
+) -> Vec<(PreparedEvent, bool)> {
+    let written = executor.accept_all(&prepared).await;
+    let mut accepted = Vec::with_capacity(prepared.len());
+    let mut failed = Vec::new();
+    for (index, (prepared, written)) in prepared.into_iter().zip(written).enumerate() {
+        match written {
+            Ok(fresh) => {
+                prepared.event().mark_journaled();
+                accepted.push(Some((prepared, fresh)));
+            }
+            Err(error) => {
+                accepted.push(None);
+                failed.push((index, prepared, error));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        let retried = futures_util::future::join_all(failed.into_iter().map(
+            |(index, prepared, error)| async move {
+                (index, accept(executor, rules, prepared, error).await)
+            },
+        ))
+        .await;
+        for (index, done) in retried {
+            accepted[index] = Some(done);
+        }
+    }
+    accepted.into_iter().flatten().collect()
+}
+
+/// Journals one matched event with its runs after its first write failed
+/// with `error`, retrying (matched again with the rules of the moment)
+/// while the journal cannot write it. `fresh` is false for a duplicate.
 async fn accept(
     executor: &Executor,
     rules: &RuleSetHandle,
     mut prepared: PreparedEvent,
+    mut error: JournalError,
 ) -> (PreparedEvent, bool) {
     let mut delay = Duration::from_millis(100);
     loop {
+        let event = prepared.event().clone();
+        metrics::counter!("zoomwire_intake_paused_total").increment(1);
+        tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+        prepared = executor.prepare(&rules.current(), event);
         match executor.accept(&prepared).await {
             Ok(fresh) => {
                 prepared.event().mark_journaled();
                 return (prepared, fresh);
             }
-            Err(error) => {
-                let event = prepared.event().clone();
-                metrics::counter!("zoomwire_intake_paused_total").increment(1);
-                tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-                prepared = executor.prepare(&rules.current(), event);
-            }
+            Err(again) => error = again,
         }
     }
 }

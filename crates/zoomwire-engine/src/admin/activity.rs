@@ -289,6 +289,21 @@ impl Journal for ObservedJournal {
         })
     }
 
+    fn accept_events_with_runs<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
+        Box::pin(async move {
+            let answers = self.inner.accept_events_with_runs(events).await;
+            for ((event, runs), answer) in events.iter().zip(&answers) {
+                if matches!(answer, Ok(true)) {
+                    self.activity.event_accepted(event, runs);
+                }
+            }
+            answers
+        })
+    }
+
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
         Box::pin(async move {
             self.inner.record_run(run).await?;

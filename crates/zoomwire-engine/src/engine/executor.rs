@@ -261,6 +261,31 @@ impl Executor {
             .journal()
             .accept_event_with_runs(&prepared.event, &prepared.records)
             .await;
+        self.accepted(prepared, written)
+    }
+
+    /// [`Executor::accept`] for a batch of events, as one journal request
+    /// ([`Journal::accept_events_with_runs`]); answered in order, each on
+    /// its own.
+    pub async fn accept_all(&self, prepared: &[PreparedEvent]) -> Vec<Result<bool, JournalError>> {
+        let events: Vec<(&Event, &[RunRecord])> = prepared
+            .iter()
+            .map(|prepared| (&prepared.event, prepared.records.as_slice()))
+            .collect();
+        let written = self.journal().accept_events_with_runs(&events).await;
+        prepared
+            .iter()
+            .zip(written)
+            .map(|(prepared, written)| self.accepted(prepared, written))
+            .collect()
+    }
+
+    /// Lets go of the runs of an event not written; counts a fresh one.
+    fn accepted(
+        &self,
+        prepared: &PreparedEvent,
+        written: Result<bool, JournalError>,
+    ) -> Result<bool, JournalError> {
         if !matches!(written, Ok(true)) {
             // Not written: these runs will never be.
             let runs = &prepared.records[..prepared.rules.len()];

@@ -125,6 +125,21 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
         event: &'a Event,
         runs: &'a [RunRecord],
     ) -> BoxFuture<'a, Result<bool, JournalError>>;
+    /// [`Journal::accept_event_with_runs`] for several events at once (an
+    /// intake batch), answered in the order given: each event is still
+    /// written all or nothing with its runs and answered on its own (fresh,
+    /// a duplicate, or an error). A journal that can takes them as one
+    /// request; the default writes them concurrently, one call each.
+    fn accept_events_with_runs<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
+        Box::pin(futures_util::future::join_all(
+            events
+                .iter()
+                .map(|(event, runs)| self.accept_event_with_runs(event, runs)),
+        ))
+    }
     /// [`Journal::accept_event_with_runs`] without runs.
     fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {
         self.accept_event_with_runs(event, &[])

@@ -91,15 +91,24 @@ impl Journal for SqliteJournal {
             event: EventRow::new(event),
             runs: runs.to_vec(),
         };
+        Box::pin(async move { accepted(self.inner.writer.submit(op).await) })
+    }
+
+    /// One writer request for the batch, answered with one wake-up.
+    fn accept_events_with_runs<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
+        let ops = events
+            .iter()
+            .map(|(event, runs)| Op::Accept {
+                event: EventRow::new(event),
+                runs: runs.to_vec(),
+            })
+            .collect();
         Box::pin(async move {
-            match self.inner.writer.submit(op).await? {
-                Outcome::Accepted(true) => Ok(true),
-                Outcome::Accepted(false) => {
-                    metrics::counter!("zoomwire_events_duplicate_total").increment(1);
-                    Ok(false)
-                }
-                other => Err(unexpected(&other)),
-            }
+            let answers = self.inner.writer.submit_all(ops).await;
+            answers.into_iter().map(accepted).collect()
         })
     }
 
@@ -154,6 +163,18 @@ impl Journal for SqliteJournal {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
         Box::pin(async move { self.get_event(id) })
+    }
+}
+
+/// The writer's answer to an [`Op::Accept`]: fresh, or a duplicate (counted).
+fn accepted(answer: Result<Outcome, JournalError>) -> Result<bool, JournalError> {
+    match answer? {
+        Outcome::Accepted(true) => Ok(true),
+        Outcome::Accepted(false) => {
+            metrics::counter!("zoomwire_events_duplicate_total").increment(1);
+            Ok(false)
+        }
+        other => Err(unexpected(&other)),
     }
 }
 
@@ -292,6 +313,66 @@ mod tests {
         });
         assert_eq!(answers, vec![true, false, false]);
         assert_eq!(counters.get("zoomwire_events_duplicate_total"), 2);
+    }
+
+    #[test]
+    fn a_batch_is_one_request_answered_per_event_in_order() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = |n: u32| {
+            Event::parse(
+                &format!(r#"{{"event":"a.b","event_ts":{n}}}"#),
+                Source::Fire,
+            )
+            .unwrap()
+        };
+        let (first, second) = (event(1), event(2));
+        let run = RunRecord {
+            id: "r1".into(),
+            rule: "rule".into(),
+            event_id: first.id.clone(),
+            event_type: "a.b".into(),
+            key: None,
+            status: RunStatus::Pending,
+            attempt: 1,
+            error: None,
+            effects: vec![],
+            logs: vec![],
+            output: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        };
+        let runs = [run];
+        let batch = [(&first, &runs[..]), (&second, &[][..]), (&first, &runs[..])];
+        let jobs_before = journal
+            .inner
+            .writer
+            .counters
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answers = runtime.block_on(journal.accept_events_with_runs(&batch));
+        let answers: Vec<bool> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [true, true, false], "the repeat is a duplicate");
+        let jobs = journal
+            .inner
+            .writer
+            .counters
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            jobs - jobs_before,
+            3,
+            "one job per event, each all or nothing"
+        );
+        let unfinished = runtime.block_on(journal.unfinished_runs()).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].event.id, first.id);
+        assert!(journal.get_event(&second.id).unwrap().is_some());
     }
 
     #[test]

@@ -164,6 +164,26 @@ fn id_hash(id: &str) -> u128 {
     (u128::from(high.hash_one(id)) << 64) | u128::from(low.hash_one(id))
 }
 
+/// Keeps an event with its runs unless it is a duplicate (counted); true when fresh.
+fn accept_into(
+    state: &mut State,
+    limits: &MemoryLimits,
+    event: &Event,
+    runs: &[RunRecord],
+) -> bool {
+    let hash = id_hash(&event.id);
+    let fresh = state.remember(hash, limits);
+    if fresh {
+        state.keep_event(hash, event, limits);
+        for run in runs {
+            state.record(run, limits);
+        }
+    } else {
+        metrics::counter!("zoomwire_events_duplicate_total").increment(1);
+    }
+    fresh
+}
+
 impl State {
     /// Remembers the id of `hash`; false when it was already seen.
     fn remember(&mut self, hash: u128, limits: &MemoryLimits) -> bool {
@@ -271,21 +291,21 @@ impl Journal for MemoryJournal {
         event: &'a Event,
         runs: &'a [RunRecord],
     ) -> BoxFuture<'a, Result<bool, JournalError>> {
-        let fresh = {
-            let mut state = self.lock();
-            let hash = id_hash(&event.id);
-            let fresh = state.remember(hash, &self.limits);
-            if fresh {
-                state.keep_event(hash, event, &self.limits);
-                for run in runs {
-                    state.record(run, &self.limits);
-                }
-            } else {
-                metrics::counter!("zoomwire_events_duplicate_total").increment(1);
-            }
-            fresh
-        };
+        let fresh = accept_into(&mut self.lock(), &self.limits, event, runs);
         Box::pin(async move { Ok(fresh) })
+    }
+
+    /// One event at a time, each under its own short lock (held for a whole
+    /// batch, it kept the runs' records waiting), without a future each.
+    fn accept_events_with_runs<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
+        let answers = events
+            .iter()
+            .map(|(event, runs)| Ok(accept_into(&mut self.lock(), &self.limits, event, runs)))
+            .collect();
+        Box::pin(async move { answers })
     }
 
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
@@ -402,6 +422,18 @@ mod tests {
         let state = journal.lock();
         assert_eq!(state.seen.len(), 3);
         assert!(state.events.len() <= 2, "unclaimed events are trimmed");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_per_event_in_order_with_its_duplicates() {
+        let journal = MemoryJournal::default();
+        let (first, second) = (event(1), event(2));
+        let runs = [run("r1", &first, RunStatus::Pending)];
+        let batch = [(&first, &runs[..]), (&second, &[][..]), (&first, &runs[..])];
+        let answers = journal.accept_events_with_runs(&batch).await;
+        let answers: Vec<bool> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [true, true, false]);
+        assert_eq!(journal.runs().len(), 1, "the duplicate's runs are not kept");
     }
 
     #[tokio::test]

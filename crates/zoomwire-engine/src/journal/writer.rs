@@ -41,8 +41,39 @@ pub(crate) struct WriterSettings {
 enum Reply {
     Async(oneshot::Sender<Result<Outcome, JournalError>>),
     Blocking(SyncSender<Result<Outcome, JournalError>>),
+    /// One part of a [`WriterHandle::submit_all`]: answered with the others.
+    Part(Arc<Gather>, usize),
     /// Nobody waits (the writer logs a failure).
     Nobody,
+}
+
+/// Answer type of one job.
+type Answer = Result<Outcome, JournalError>;
+
+/// Collects the answers of the jobs of one [`WriterHandle::submit_all`] and
+/// hands them over together, so its caller is woken once, not once per job.
+/// Dropped unanswered (the writer stopped), its caller sees the channel closed.
+struct Gather(parking_lot::Mutex<Gathered>);
+
+struct Gathered {
+    answers: Vec<Option<Answer>>,
+    left: usize,
+    done: Option<oneshot::Sender<Vec<Option<Answer>>>>,
+}
+
+impl Gather {
+    fn put(&self, index: usize, answer: Answer) {
+        let mut gathered = self.0.lock();
+        if let Some(slot) = gathered.answers.get_mut(index) {
+            *slot = Some(answer);
+            gathered.left -= 1;
+        }
+        if gathered.left == 0
+            && let Some(done) = gathered.done.take()
+        {
+            let _ = done.send(std::mem::take(&mut gathered.answers));
+        }
+    }
 }
 
 impl Reply {
@@ -55,6 +86,7 @@ impl Reply {
             Reply::Blocking(sender) => {
                 let _ = sender.send(result);
             }
+            Reply::Part(gather, index) => gather.put(index, result),
             Reply::Nobody => {}
         }
     }
@@ -100,6 +132,8 @@ fn stopped_error(path: &Path) -> JournalError {
 pub(crate) struct WriterHandle {
     sender: Sender<Job>,
     permits: Semaphore,
+    /// The permits `permits` started with.
+    capacity: usize,
     path: Arc<Path>,
     pub counters: Arc<WriterCounters>,
 }
@@ -114,6 +148,43 @@ impl WriterHandle {
             reply: Reply::Async(sender),
         })?;
         receiver.await.map_err(|_| self.stopped())?
+    }
+
+    /// Queues every op of `ops` (each committed all or nothing, as with
+    /// [`WriterHandle::submit`]) and waits for all their commits, answered
+    /// in order. One channel for all of them: the caller is woken once.
+    pub async fn submit_all(&self, ops: Vec<Op>) -> Vec<Answer> {
+        let count = ops.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        let wanted = count.min(self.capacity) as u32;
+        let Ok(_permits) = self.permits.acquire_many(wanted).await else {
+            return (0..count).map(|_| Err(self.stopped())).collect();
+        };
+        let (done, answers) = oneshot::channel();
+        let gather = Arc::new(Gather(parking_lot::Mutex::new(Gathered {
+            answers: (0..count).map(|_| None).collect(),
+            left: count,
+            done: Some(done),
+        })));
+        for (index, op) in ops.into_iter().enumerate() {
+            let reply = Reply::Part(gather.clone(), index);
+            if self.send(Job { op, reply }).is_err() {
+                break;
+            }
+        }
+        drop(gather);
+        let answers = answers.await.unwrap_or_default();
+        let mut answers = answers.into_iter();
+        (0..count)
+            .map(|_| {
+                answers
+                    .next()
+                    .flatten()
+                    .unwrap_or_else(|| Err(self.stopped()))
+            })
+            .collect()
     }
 
     /// Queues `op` and blocks the calling thread until its commit.
@@ -166,6 +237,7 @@ pub(crate) fn spawn(
     let handle = WriterHandle {
         sender,
         permits: Semaphore::new(settings.queue_capacity.max(1)),
+        capacity: settings.queue_capacity.max(1),
         path: settings.path.as_path().into(),
         counters: counters.clone(),
     };
@@ -358,6 +430,43 @@ mod tests {
             .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 1);
+        drop(handle);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn submit_all_answers_each_job_in_order_and_once_a_failing_one_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = WriterSettings {
+            // Fewer permits than jobs: the batch takes what there is.
+            queue_capacity: 2,
+            ..settings(dir.path())
+        };
+        let conn = super::super::schema::open_writer(
+            &settings.path,
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Full,
+        )
+        .unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ops = ["a", "bad", "c"].map(set).into();
+        let answers = runtime.block_on(handle.submit_all(ops));
+        assert_eq!(answers.len(), 3);
+        assert!(answers[0].is_ok());
+        let error = answers[1].as_ref().unwrap_err();
+        assert!(error.0.contains("refused by the test"), "{error}");
+        assert!(answers[2].is_ok());
+        assert!(runtime.block_on(handle.submit_all(Vec::new())).is_empty());
         drop(handle);
         thread.join().unwrap();
     }

@@ -146,8 +146,10 @@ DROP INDEX IF EXISTS runs_rule;
 pub(crate) const SEALED_TOKENS_VERSION: i64 = 4;
 
 /// The writer connection's page cache, in KiB (negative: SQLite's unit for
-/// a size rather than a page count).
-const WRITER_CACHE_KIB: i64 = -8192;
+/// a size rather than a page count). A trade of memory for reads: in a 100k
+/// burst 8 MiB held the peak 3.8 MiB higher and saved ~0.9 page reads and
+/// ~0.5 WAL writes per event (2 MiB: 2 more reads and 1.3 more writes).
+const WRITER_CACHE_KIB: i64 = -4096;
 
 /// A read connection's page cache, in KiB (SQLite's default is 2000). In
 /// WAL mode a reader's cache lasts one read transaction: SQLite empties it

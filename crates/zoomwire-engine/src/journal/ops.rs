@@ -117,12 +117,12 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             let fresh = accept(tx, event, at)?;
             if fresh {
                 for run in runs {
-                    record_run(tx, run, at)?;
+                    record_run(tx, run, at, true)?;
                 }
             }
             Ok(Outcome::Accepted(fresh))
         }
-        Op::RecordRun(run) => record_run(tx, run, at).map(|()| Outcome::Done),
+        Op::RecordRun(run) => record_run(tx, run, at, false).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
             insert_effect(tx, run_id, None, record, at).map(|()| Outcome::Done)
         }
@@ -240,8 +240,52 @@ fn claim_pruned_id(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusql
 /// update sets, and setting them again would rewrite `runs_event` (and
 /// `runs_rule_status` even when the status stays) on each of a run's
 /// several records for nothing.
-fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
-    let now = at.now;
+///
+/// `new` says the run was never recorded (the records written with their
+/// event): those are inserted straight away. A later record (running, an
+/// outcome) is a plain `UPDATE` first, which costs one walk of the id index,
+/// where the upsert first tries the insert, fails on the id, then updates.
+fn record_run(
+    tx: &Transaction<'_>,
+    run: &RunRecord,
+    at: &Apply<'_>,
+    new: bool,
+) -> rusqlite::Result<()> {
+    if new || !update_run(tx, run, at.now)? {
+        upsert_run(tx, run, at.now)?;
+    }
+    for record in &run.effects {
+        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
+    }
+    if !run.logs.is_empty() {
+        replace_logs(tx, run)?;
+    }
+    Ok(())
+}
+
+/// Updates the run's row where it exists; false when there is none.
+fn update_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, attempt = ?3, error = ?4, output = ?5,
+                 started_at = ?6, finished_at = ?7, updated_at = ?8
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            run.id,
+            run.status.as_str(),
+            run.attempt,
+            run.error,
+            run.output.as_ref().map(to_json),
+            run.started_at.map(to_nanos),
+            run.finished_at.map(to_nanos),
+            now,
+        ])?;
+    Ok(changed > 0)
+}
+
+/// Inserts the run's row, or updates it as [`update_run`] does.
+fn upsert_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
                            created_at, started_at, finished_at, updated_at)
@@ -266,12 +310,6 @@ fn record_run(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite
         run.finished_at.map(to_nanos),
         now,
     ])?;
-    for record in &run.effects {
-        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
-    }
-    if !run.logs.is_empty() {
-        replace_logs(tx, run)?;
-    }
     Ok(())
 }
 

@@ -493,24 +493,29 @@ mod tests {
         assert_eq!(pages, 64);
     }
 
+    /// A store as zoomwire wrote it at schema `version`, with `rows` (SQL) in it.
+    fn store_at_version(path: &Path, version: usize, rows: &str) {
+        let conn = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = {version}; PRAGMA application_id = {APPLICATION_ID}; {rows}"
+        ))
+        .unwrap();
+    }
+
     #[test]
     fn a_version_5_store_loses_runs_rule_and_keeps_its_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zoomwire.db");
-        {
-            // As zoomwire wrote it at schema version 5.
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..5] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(&format!(
-                "PRAGMA user_version = 5; PRAGMA application_id = {APPLICATION_ID};
-                 INSERT INTO runs (id, rule, event_id, event_type, status, attempt,
-                                   created_at, updated_at)
-                     VALUES ('r1', 'rule-a', 'e1', 'x.y', 'succeeded', 1, 1, 1);"
-            ))
-            .unwrap();
-        }
+        store_at_version(
+            &path,
+            5,
+            "INSERT INTO runs (id, rule, event_id, event_type, status, attempt,
+                               created_at, updated_at)
+                 VALUES ('r1', 'rule-a', 'e1', 'x.y', 'succeeded', 1, 1, 1);",
+        );
         let conn = writer(&path).unwrap();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -539,24 +544,18 @@ mod tests {
             .unwrap();
         assert_eq!(kept, 1);
     }
+
     #[test]
     fn a_version_6_store_finds_its_events_by_the_hash_of_their_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zoomwire.db");
-        {
-            // As zoomwire wrote it at schema version 6.
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..6] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(&format!(
-                "PRAGMA user_version = 6; PRAGMA application_id = {APPLICATION_ID};
-                 INSERT INTO events (rowid, id, type, ts, source, received_at, raw, sealed_token)
-                     VALUES (7, 'x.y:a', 'x.y', 1, '\"fire\"', 10, '{{}}', x'01'),
-                            (9, 'x.y:b', 'x.y', 2, '\"fire\"', 20, '{{}}', NULL);"
-            ))
-            .unwrap();
-        }
+        store_at_version(
+            &path,
+            6,
+            "INSERT INTO events (rowid, id, type, ts, source, received_at, raw, sealed_token)
+                 VALUES (7, 'x.y:a', 'x.y', 1, '\"fire\"', 10, '{}', x'01'),
+                        (9, 'x.y:b', 'x.y', 2, '\"fire\"', 20, '{}', NULL);",
+        );
         let conn = writer(&path).unwrap();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))

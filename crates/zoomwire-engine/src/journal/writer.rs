@@ -357,6 +357,11 @@ mod tests {
         }
     }
 
+    /// The writer's connection to a fresh store at `path`, unverified and uncapped.
+    fn open(path: &Path, sync: crate::journal::JournalSync) -> Connection {
+        super::super::schema::open_writer(path, Duration::from_secs(1), false, None, sync).unwrap()
+    }
+
     fn set(key: &str) -> Op {
         Op::StateSet {
             rule: "r".into(),
@@ -371,14 +376,7 @@ mod tests {
     fn one_failing_job_does_not_fail_the_others_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let mut conn = super::super::schema::open_writer(
-            &settings.path,
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
+        let mut conn = open(&settings.path, crate::journal::JournalSync::Full);
         conn.execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
              BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
@@ -414,14 +412,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
         let path = settings.path.clone();
-        let conn = super::super::schema::open_writer(
-            &path,
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
+        let conn = open(&path, crate::journal::JournalSync::Full);
         let (handle, thread) = spawn(conn, settings).unwrap();
         handle.submit_blocking(set("k")).unwrap();
         // A separate connection sees the change as soon as the answer came.
@@ -442,14 +433,7 @@ mod tests {
             queue_capacity: 2,
             ..settings(dir.path())
         };
-        let conn = super::super::schema::open_writer(
-            &settings.path,
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
+        let conn = open(&settings.path, crate::journal::JournalSync::Full);
         conn.execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
              BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
@@ -494,14 +478,7 @@ mod tests {
         let (events, per_batch) = (var("ZW_HARNESS_EVENTS", 9000), var("ZW_HARNESS_BATCH", 4));
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let mut conn = super::super::schema::open_writer(
-            &settings.path,
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Normal,
-        )
-        .unwrap();
+        let mut conn = open(&settings.path, crate::journal::JournalSync::Normal);
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         let body = |i: usize| {
             format!(

@@ -81,6 +81,7 @@ pub fn init_logging(format: LogFormat) -> Result<(), LoggingError> {
 /// (a `node` field in JSON, a `node=` prefix in text).
 pub fn init_node_logging(format: LogFormat, node: Option<&str>) -> Result<(), LoggingError> {
     let filter = filter_from(std::env::var("RUST_LOG").ok().as_deref())?;
+    let caps = library_caps_within(filter.max_level_hint().unwrap_or(LevelFilter::TRACE));
     let lines = tracing_subscriber::fmt::layer().with_writer(ScrubbedStderr);
     let node = node.map(str::to_string);
     let lines = match format {
@@ -103,7 +104,7 @@ pub fn init_node_logging(format: LogFormat, node: Option<&str>) -> Result<(), Lo
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(library_caps())
+        .with(caps)
         .with(lines)
         .try_init()
         .map_err(|_| LoggingError::AlreadyInstalled)
@@ -111,10 +112,22 @@ pub fn init_node_logging(format: LogFormat, node: Option<&str>) -> Result<(), Lo
 
 /// Libraries that log secrets or event content below debug, capped at debug.
 pub fn library_caps() -> Targets {
+    library_caps_within(LevelFilter::TRACE)
+}
+
+/// [`library_caps`] under a filter that lets nothing finer than `most`
+/// through: the caps let no more through either, so that the two together
+/// do not raise the level at which the `log` crate's records reach the
+/// subscriber. Layered filters report the finer of their levels, and the
+/// `log` bridge lets records through up to it: with the caps at trace,
+/// every frame's trace records from `tungstenite` were built and handed
+/// over only to be dropped.
+fn library_caps_within(most: LevelFilter) -> Targets {
+    let libraries = LevelFilter::DEBUG.min(most);
     Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("tungstenite", LevelFilter::DEBUG)
-        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+        .with_default(most)
+        .with_target("tungstenite", libraries)
+        .with_target("tokio_tungstenite", libraries)
 }
 
 /// Standard error, each line scrubbed of every registered secret.
@@ -229,6 +242,25 @@ mod tests {
         assert!(caps.would_enable("tungstenite::handshake::client", &Level::DEBUG));
         assert!(!caps.would_enable("tokio_tungstenite", &Level::TRACE));
         assert!(caps.would_enable("zoomwire::zoom", &Level::TRACE));
+    }
+
+    #[test]
+    fn the_caps_do_not_raise_the_level_records_are_let_through_at() {
+        use tracing_subscriber::Registry;
+        let level = |rust_log: Option<&str>| {
+            let filter = filter_from(rust_log).unwrap();
+            let caps = library_caps_within(filter.max_level_hint().unwrap_or(LevelFilter::TRACE));
+            let subscriber = Registry::default().with(filter).with(caps);
+            tracing::Subscriber::max_level_hint(&subscriber)
+        };
+        assert_eq!(level(None), Some(LevelFilter::INFO));
+        assert_eq!(level(Some("warn")), Some(LevelFilter::WARN));
+        assert_eq!(level(Some("trace")), Some(LevelFilter::TRACE));
+        let caps = library_caps_within(LevelFilter::TRACE);
+        assert!(!caps.would_enable("tungstenite", &tracing::Level::TRACE));
+        let caps = library_caps_within(LevelFilter::INFO);
+        assert!(!caps.would_enable("tungstenite", &tracing::Level::DEBUG));
+        assert!(caps.would_enable("tungstenite", &tracing::Level::INFO));
     }
 
     #[test]

@@ -68,6 +68,8 @@ impl Default for MemoryJournal {
 /// A run as kept, with the order its first record came in.
 struct KeptRun {
     order: u64,
+    /// [`run_key`] of its id.
+    key: u64,
     run: RunRecord,
 }
 
@@ -99,6 +101,10 @@ impl Hasher for IdHasher {
     fn write_u128(&mut self, value: u128) {
         self.0 = value as u64;
     }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 #[derive(Default)]
@@ -114,6 +120,10 @@ struct State {
     unclaimed: VecDeque<u128>,
     unfinished: HashMap<String, KeptRun>,
     finished: VecDeque<KeptRun>,
+    /// How many of `finished` have each [`run_key`]: a new run (every run
+    /// once) is looked for in `finished` only when its key is there,
+    /// instead of comparing its id with each of up to `max_finished_runs`.
+    finished_keys: HashMap<u64, u32, IdBuild>,
     /// The order the next new run gets.
     next_order: u64,
 }
@@ -162,6 +172,13 @@ fn id_hash(id: &str) -> u128 {
     static KEYS: std::sync::OnceLock<(RandomState, RandomState)> = std::sync::OnceLock::new();
     let (low, high) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
     (u128::from(high.hash_one(id)) << 64) | u128::from(low.hash_one(id))
+}
+
+/// A keyed hash of a run id, to tell at once that a run is not among the
+/// finished ones; equal keys are confirmed by comparing the ids.
+fn run_key(id: &str) -> u64 {
+    static KEY: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(RandomState::new).hash_one(id)
 }
 
 /// Keeps an event with its runs unless it is a duplicate (counted); true when fresh.
@@ -228,14 +245,19 @@ impl State {
             }
             return;
         }
-        let finished = self.finished.iter().rposition(|kept| kept.run.id == run.id);
+        let key = run_key(&run.id);
+        let finished = if self.finished_keys.contains_key(&key) {
+            self.finished.iter().rposition(|kept| kept.run.id == run.id)
+        } else {
+            None
+        };
         let order = match finished {
             // A finished run recorded again: a retry after `failed`.
             Some(position) if run.status.is_finished() => {
                 self.finished[position].run = run.clone();
                 return;
             }
-            Some(position) => self.finished.remove(position).map(|kept| kept.order),
+            Some(position) => self.take_finished(position).map(|kept| kept.order),
             None => None,
         };
         let order = order.unwrap_or_else(|| {
@@ -244,6 +266,7 @@ impl State {
         });
         let kept = KeptRun {
             order,
+            key,
             run: run.clone(),
         };
         if run.status.is_finished() {
@@ -257,9 +280,27 @@ impl State {
     }
 
     fn push_finished(&mut self, kept: KeptRun, limits: &MemoryLimits) {
+        *self.finished_keys.entry(kept.key).or_default() += 1;
         self.finished.push_back(kept);
         while self.finished.len() > limits.max_finished_runs {
-            self.finished.pop_front();
+            if let Some(old) = self.finished.pop_front() {
+                self.forget_finished_key(old.key);
+            }
+        }
+    }
+
+    fn take_finished(&mut self, position: usize) -> Option<KeptRun> {
+        let kept = self.finished.remove(position)?;
+        self.forget_finished_key(kept.key);
+        Some(kept)
+    }
+
+    fn forget_finished_key(&mut self, key: u64) {
+        if let Some(count) = self.finished_keys.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.finished_keys.remove(&key);
+            }
         }
     }
 
@@ -467,6 +508,35 @@ mod tests {
             ..RunQuery::default()
         };
         assert_eq!(journal.list_runs(&query).unwrap().runs.len(), 2);
+        assert_finished_keys_match(&journal);
+    }
+
+    /// The keys of the finished runs are those of the runs in `finished`.
+    fn assert_finished_keys_match(journal: &MemoryJournal) {
+        let state = journal.lock();
+        let mut expected: HashMap<u64, u32> = HashMap::new();
+        for kept in &state.finished {
+            assert_eq!(kept.key, run_key(&kept.run.id));
+            *expected.entry(kept.key).or_default() += 1;
+        }
+        let kept: HashMap<u64, u32> = state.finished_keys.iter().map(|(k, n)| (*k, *n)).collect();
+        assert_eq!(kept, expected);
+    }
+
+    #[tokio::test]
+    async fn finished_runs_pushed_out_of_the_window_are_new_again() {
+        let journal = MemoryJournal::new(limits());
+        let first = event(1);
+        journal.accept_event(&first).await.unwrap();
+        for id in ["a", "b", "c", "a"] {
+            journal
+                .record_run(&run(id, &first, RunStatus::Failed))
+                .await
+                .unwrap();
+            assert_finished_keys_match(&journal);
+        }
+        let ids: Vec<String> = journal.runs().into_iter().map(|run| run.id).collect();
+        assert_eq!(ids, ["c", "a"], "a came back after it was pushed out");
     }
 
     #[tokio::test]
@@ -498,6 +568,7 @@ mod tests {
         let listed = journal.list_runs(&query).unwrap();
         let ids: Vec<&str> = listed.runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["c", "b"], "newest first, at most two");
+        assert_finished_keys_match(&journal);
         let trace = TraceQuery::default();
         assert!(journal.run_trace("b", &trace).unwrap().is_some());
         assert!(journal.run_trace("a", &trace).unwrap().is_none());

@@ -607,9 +607,13 @@ impl Subscription {
         let mut proved_alive = false;
         let mut renew_at = renew_at;
         let mut renewal: Option<BoxFuture<'static, Result<Connection, ConnectError>>> = None;
+        // One timer for the whole session, moved on only when it fires (at
+        // most once per `dead_after`), not a new one for every frame.
+        let dead = sleep_until(last_inbound + self.config.dead_after);
+        tokio::pin!(dead);
+        let never = Instant::now() + NEVER;
         let end = loop {
-            let dead_at = last_inbound + self.config.dead_after;
-            let renew_deadline = renew_at.unwrap_or_else(|| Instant::now() + NEVER);
+            let renew_deadline = renew_at.unwrap_or(never);
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     let _ = sink.send(Message::Close(None)).await;
@@ -659,7 +663,13 @@ impl Subscription {
                         break End::Error(redact(&error.to_string(), &token));
                     }
                 }
-                _ = sleep_until(dead_at) => break End::Dead,
+                () = &mut dead => {
+                    let dead_at = last_inbound + self.config.dead_after;
+                    if dead_at <= Instant::now() {
+                        break End::Dead;
+                    }
+                    dead.as_mut().reset(dead_at);
+                }
                 inbound = stream.next() => {
                     let message = match inbound {
                         Some(Ok(message)) => message,
@@ -668,8 +678,7 @@ impl Subscription {
                     };
                     last_inbound_at = Utc::now();
                     let is_text = matches!(message, Message::Text(_));
-                    self.status.send_modify(|s| s.last_frame_at = Some(last_inbound_at));
-                    if let Some(end) = self.on_message(message, &token).await {
+                    if let Some(end) = self.on_message(message, &token, last_inbound_at).await {
                         // A failed heartbeat proves nothing about the connection.
                         proved_alive |= is_text && !matches!(end, End::HeartbeatFailed);
                         break end;
@@ -726,7 +735,7 @@ impl Subscription {
                 match message {
                     Message::Text(text) => {
                         if let Some(End::Shutdown | End::EventsClosed) =
-                            self.handle_text(&text, token).await
+                            self.handle_text(&text, token, Utc::now()).await
                         {
                             return;
                         }
@@ -739,10 +748,22 @@ impl Subscription {
         let _ = drained.await;
     }
 
-    /// Acts on one inbound message; `Some` ends the connection.
-    async fn on_message(&self, message: Message, token: &AccessToken) -> Option<End> {
+    /// Acts on one inbound message, received at `at`; `Some` ends the
+    /// connection. A text frame's time goes into the status with what the
+    /// frame changed there ([`Subscription::handle_text`]), so that an event
+    /// costs one status update and one wake-up of its watchers, not two.
+    async fn on_message(
+        &self,
+        message: Message,
+        token: &AccessToken,
+        at: DateTime<Utc>,
+    ) -> Option<End> {
+        if let Message::Text(text) = &message {
+            return self.handle_text(text, token, at).await;
+        }
+        self.status.send_modify(|s| s.last_frame_at = Some(at));
         match message {
-            Message::Text(text) => self.handle_text(&text, token).await,
+            Message::Text(_) => None,
             Message::Binary(bytes) => {
                 self.count_skipped("binary");
                 tracing::warn!(
@@ -772,15 +793,19 @@ impl Subscription {
         self.status.send_modify(|s| s.frames_skipped += 1);
     }
 
-    /// Acts on one text frame; `Some` ends the connection.
-    async fn handle_text(&self, text: &str, token: &AccessToken) -> Option<End> {
-        match decode_frame(text, &self.source) {
+    /// Acts on one text frame received at `at` (which it records as the
+    /// last frame's time); `Some` ends the connection.
+    async fn handle_text(&self, text: &str, token: &AccessToken, at: DateTime<Utc>) -> Option<End> {
+        let frame = decode_frame(text, &self.source);
+        self.status.send_modify(|s| {
+            s.last_frame_at = Some(at);
+            if let Ok(Frame::Event(_)) = &frame {
+                s.events_received += 1;
+                s.last_event_at = Some(at);
+            }
+        });
+        match frame {
             Ok(Frame::Event(event)) => {
-                let now = Utc::now();
-                self.status.send_modify(|s| {
-                    s.events_received += 1;
-                    s.last_event_at = Some(now);
-                });
                 tracing::debug!(
                     subscription = %self.name(),
                     event_type = %event.event_type,

@@ -60,6 +60,22 @@ pub struct MatchedRule {
     pub condition_failed: bool,
 }
 
+impl MatchedRule {
+    fn of(run: &RunRecord) -> MatchedRule {
+        MatchedRule {
+            rule: run.rule.clone(),
+            run_id: run.id.clone(),
+            condition_failed: run.status == RunStatus::Skipped,
+        }
+    }
+
+    fn refill(&mut self, run: &RunRecord) {
+        self.rule.clone_from(&run.rule);
+        self.run_id.clone_from(&run.id);
+        self.condition_failed = run.status == RunStatus::Skipped;
+    }
+}
+
 /// One minute of the chart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MinuteCount {
@@ -100,6 +116,31 @@ struct Recent {
 }
 
 impl Recent {
+    fn new(event: &Event, runs: &[RunRecord]) -> Recent {
+        Recent {
+            id: event.id.clone(),
+            event_type: event.event_type.clone(),
+            source: event.source.clone(),
+            received_at: event.received_at,
+            rules: runs.iter().map(MatchedRule::of).collect(),
+        }
+    }
+
+    /// Becomes the note of `event`, reusing the text buffers it has (those
+    /// of the event it pushed out of the ring) instead of allocating anew.
+    fn refill(&mut self, event: &Event, runs: &[RunRecord]) {
+        self.id.clone_from(&event.id);
+        self.event_type.clone_from(&event.event_type);
+        self.source.clone_from(&event.source);
+        self.received_at = event.received_at;
+        self.rules.truncate(runs.len());
+        for (rule, run) in self.rules.iter_mut().zip(runs) {
+            rule.refill(run);
+        }
+        let kept = self.rules.len();
+        self.rules.extend(runs[kept..].iter().map(MatchedRule::of));
+    }
+
     fn note(&self) -> EventNote {
         EventNote {
             id: self.id.clone(),
@@ -133,25 +174,20 @@ impl Activity {
 
     /// An event was accepted with these run records.
     pub fn event_accepted(&self, event: &Event, runs: &[RunRecord]) {
-        let note = Recent {
-            id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            source: event.source.clone(),
-            received_at: event.received_at,
-            rules: runs
-                .iter()
-                .map(|run| MatchedRule {
-                    rule: run.rule.clone(),
-                    run_id: run.id.clone(),
-                    condition_failed: run.status == RunStatus::Skipped,
-                })
-                .collect(),
-        };
         {
             let mut events = self.events.lock();
-            if events.len() == RECENT_EVENTS {
-                events.pop_front();
-            }
+            let oldest = if events.len() == RECENT_EVENTS {
+                events.pop_front()
+            } else {
+                None
+            };
+            let note = match oldest {
+                Some(mut oldest) => {
+                    oldest.refill(event, runs);
+                    oldest
+                }
+                None => Recent::new(event, runs),
+            };
             events.push_back(note);
         }
         self.count(event.received_at, |bucket| bucket.events += 1);
@@ -452,5 +488,29 @@ mod tests {
             event(RECENT_EVENTS as i64 + 4).id,
             "newest first"
         );
+    }
+
+    #[test]
+    fn a_reused_note_is_exactly_the_new_event() {
+        let activity = Activity::default();
+        let mut expected = Vec::new();
+        for n in 0..(2 * RECENT_EVENTS as i64) {
+            let event = event(n);
+            let runs: Vec<RunRecord> = (0..(n % 3))
+                .map(|r| {
+                    let status = if r == 1 {
+                        RunStatus::Skipped
+                    } else {
+                        RunStatus::Pending
+                    };
+                    run(&format!("run-{n}-{r}"), &event, status)
+                })
+                .collect();
+            activity.event_accepted(&event, &runs);
+            expected.push(Recent::new(&event, &runs).note());
+        }
+        let mut notes = activity.recent_events(usize::MAX);
+        notes.reverse();
+        assert_eq!(notes, expected[RECENT_EVENTS..]);
     }
 }

@@ -363,7 +363,8 @@ impl RunEffects {
         // once, with the answer.
         let task = self.runtime.spawn(async move {
             if let Some(mark) = mark {
-                mark.await.map_err(|error| not_marked(&request.name, &error))?;
+                mark.await
+                    .map_err(|error| not_marked(&request.name, &error))?;
             }
             let deadline = tokio::time::Instant::from_std(context.deadline);
             if tokio::time::Instant::now() >= deadline {

@@ -10,13 +10,6 @@
 //! job installs its run (deadline, cancel flag, effects, memory budget) in
 //! the worker's thread-locals; a panic in a job is caught, becomes that
 //! job's error, and leaves the worker serving the next job.
-//!
-//! A job goes to a thread through a [`Board`]: a queue and the idle threads,
-//! the last to go idle on top. Handing a job over wakes one idle thread, the
-//! one that ran last (its stack and allocator arena are warm), and none when
-//! every thread is busy (the first to finish takes it). A shared channel
-//! behind a mutex woke two threads per job: the one waiting in the channel,
-//! and, as it let go of the mutex, the next one, only to wait in its turn.
 
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,10 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
-use std::collections::VecDeque;
-use std::thread::Thread;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::ended_early;
 pub use super::error::ScriptError;
@@ -70,9 +60,9 @@ struct Work {
 
 /// A bounded pool of script threads.
 pub struct ScriptPool {
-    board: Arc<Board<Work>>,
+    sender: mpsc::Sender<Work>,
     /// One permit per thread: a job holds one from before it is sent until
-    /// its worker is done with it, so the board never holds more jobs
+    /// its worker is done with it, so the channel never holds more jobs
     /// than there are threads.
     free_threads: Arc<Semaphore>,
     threads: usize,
@@ -97,15 +87,16 @@ impl ScriptPool {
     /// Starts `threads` threads (at least one) with `stack_size` bytes of
     /// stack each (at least 16 MiB).
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
-        let board = Arc::new(Board::new());
+        let (sender, receiver) = mpsc::channel(threads.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
         let mut started = 0;
         let mut spawn_error = None;
         for index in 0..threads.max(1) {
-            let board = board.clone();
+            let receiver = receiver.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("zoomwire-script-{index}"))
                 .stack_size(stack_size.max(MIN_STACK_SIZE))
-                .spawn(move || serve(&board, index));
+                .spawn(move || serve(&receiver));
             match spawned {
                 Ok(_) => started += 1,
                 Err(error) => {
@@ -115,7 +106,7 @@ impl ScriptPool {
             }
         }
         ScriptPool {
-            board,
+            sender,
             free_threads: Arc::new(Semaphore::new(started)),
             threads: started,
             spawn_error,
@@ -178,9 +169,11 @@ impl ReservedThread<'_> {
             reply,
             _thread: self.permit,
         };
-        // Never waits: the board holds as many jobs as there are threads,
+        // Never waits: the channel holds as many jobs as there are threads,
         // and this job holds one of their permits.
-        self.pool.board.post(work);
+        if self.pool.sender.send(work).await.is_err() {
+            return Err(ScriptError::runtime("the script pool has shut down"));
+        }
         let answer_deadline = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
         match tokio::time::timeout_at(answer_deadline, answer).await {
             Ok(Ok(result)) => {
@@ -225,87 +218,16 @@ impl Drop for AbandonOnDrop {
     }
 }
 
-impl Drop for ScriptPool {
-    /// Lets the threads go once they have done the jobs handed over.
-    fn drop(&mut self) {
-        self.board.close();
-    }
-}
-
-/// The jobs handed over and not yet taken, and the threads waiting for one.
-struct Board<T> {
-    state: Mutex<BoardState<T>>,
-}
-
-struct BoardState<T> {
-    jobs: VecDeque<T>,
-    /// Idle threads by index, the last to go idle on top.
-    idle: Vec<(usize, Thread)>,
-    /// Set when the pool is dropped: threads end once `jobs` is empty.
-    closed: bool,
-}
-
-impl<T> Board<T> {
-    fn new() -> Board<T> {
-        Board {
-            state: Mutex::new(BoardState {
-                jobs: VecDeque::new(),
-                idle: Vec::new(),
-                closed: false,
-            }),
-        }
-    }
-
-    /// Hands a job over, waking the idle thread that went idle last, if any
-    /// (else a busy thread takes it when done).
-    fn post(&self, work: T) {
-        let waking = {
-            let mut state = self.state.lock();
-            state.jobs.push_back(work);
-            state.idle.pop()
-        };
-        if let Some((_, thread)) = waking {
-            thread.unpark();
-        }
-    }
-
-    /// The next job for thread `index`, waiting idle until there is one;
-    /// `None` once the pool is dropped and no job is left.
-    fn take(&self, index: usize) -> Option<T> {
-        let mut state = self.state.lock();
-        loop {
-            if let Some(work) = state.jobs.pop_front() {
-                // Woken without being taken off the idle list (a spurious
-                // wake-up that found a job): a job must not wake it now.
-                state.idle.retain(|(idle, _)| *idle != index);
-                return Some(work);
-            }
-            if state.closed {
-                return None;
-            }
-            if !state.idle.iter().any(|(idle, _)| *idle == index) {
-                state.idle.push((index, std::thread::current()));
-            }
-            parking_lot::MutexGuard::unlocked(&mut state, std::thread::park);
-        }
-    }
-
-    /// Ends the threads once the jobs handed over are done.
-    fn close(&self) {
-        let idle = {
-            let mut state = self.state.lock();
-            state.closed = true;
-            std::mem::take(&mut state.idle)
-        };
-        for (_, thread) in idle {
-            thread.unpark();
-        }
-    }
-}
-
 /// A worker: takes jobs until the pool is dropped.
-fn serve(board: &Board<Work>, index: usize) {
-    while let Some(work) = board.take(index) {
+fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
+    loop {
+        let work = {
+            let mut receiver = receiver.lock();
+            receiver.blocking_recv()
+        };
+        let Some(work) = work else {
+            return;
+        };
         if work.reply.is_closed() {
             continue;
         }
@@ -377,46 +299,6 @@ mod tests {
             assert_send(&future);
         }
         let _ = future_of;
-    }
-
-    #[test]
-    fn a_board_hands_every_job_to_one_thread_and_lets_them_go_when_closed() {
-        let board = Arc::new(Board::new());
-        let done = Arc::new(Mutex::new(Vec::new()));
-        let threads: Vec<_> = (0..3)
-            .map(|index| {
-                let (board, done) = (board.clone(), done.clone());
-                std::thread::spawn(move || {
-                    while let Some(job) = board.take(index) {
-                        done.lock().push(job);
-                    }
-                })
-            })
-            .collect();
-        for job in 0..1000 {
-            board.post(job);
-            if job % 100 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        board.close();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        let mut done = std::mem::take(&mut *done.lock());
-        done.sort_unstable();
-        assert_eq!(done, (0..1000).collect::<Vec<_>>(), "each job once");
-    }
-
-    #[test]
-    fn an_idle_board_wakes_the_thread_that_went_idle_last() {
-        let board = Board::new();
-        board.state.lock().idle.push((0, std::thread::current()));
-        board.state.lock().idle.push((1, std::thread::current()));
-        board.post(7);
-        let idle: Vec<usize> = board.state.lock().idle.iter().map(|(i, _)| *i).collect();
-        assert_eq!(idle, [0], "thread 1 went idle last and was woken");
-        assert_eq!(board.take(1), Some(7));
     }
 
     #[test]

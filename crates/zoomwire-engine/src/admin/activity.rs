@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::engine::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use crate::event::{Event, Source};
 
@@ -299,6 +299,10 @@ impl ObservedJournal {
 impl EffectObserver for ObservedJournal {
     fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
         self.inner.effect_starting(run_id, start)
+    }
+
+    fn effect_starting_async(&self, run_id: &str, start: &EffectStart) -> Option<StartMark> {
+        self.inner.effect_starting_async(run_id, start)
     }
 
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {

@@ -25,6 +25,11 @@
 //! doubt (see `crate::engine::executor`). When a resumed run performs such
 //! an effect again (the rule marks it idempotent), its new record says
 //! `in_doubt` too: it may have happened twice.
+//! A journal that can commit the mark without a blocked thread
+//! ([`EffectObserver::effect_starting_async`]) has it written by the task
+//! that then performs the effect, so the script thread sleeps once per
+//! effect, until its answer, instead of once for the mark and once more for
+//! the answer.
 //!
 //! Effects are performed on the runtime's threads, not the script's, and the
 //! run keeps its own copy of each answer: the script thread's memory budget
@@ -43,7 +48,7 @@ use serde_json::Value;
 use super::EffectName;
 use super::redact::{redact, redact_error, redact_text, redact_tracked};
 use super::{
-    CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
+    BoxFuture, CapabilitySet, EffectContext, EffectError, EffectErrorKind, EffectRequest, Effects,
     is_external, is_repeatable, required_capability,
 };
 use crate::secrets::Secrets;
@@ -150,6 +155,10 @@ struct LogBook {
 /// Waits until an effect's record is saved; `Err` when it could not be.
 pub type SavedWait = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
+/// Saves an effect's start mark on the runtime: durable once it resolves
+/// `Ok` ([`EffectObserver::effect_starting_async`]).
+pub type StartMark = BoxFuture<'static, Result<(), String>>;
+
 /// Sees every effect of a run as it starts and as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
     /// Saves that the effect is about to be performed, before it is:
@@ -157,6 +166,17 @@ pub trait EffectObserver: Send + Sync {
     /// mark left without one after a crash means the effect is in doubt.
     /// On `Err` (the store cannot write) the effect is not performed.
     fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String>;
+
+    /// [`EffectObserver::effect_starting`] as a future the runtime awaits,
+    /// for a journal whose mark commits without blocking a thread: the
+    /// gateway then awaits it in the task that performs the effect, and
+    /// performs it only once the future resolves `Ok` (durable), so the
+    /// script thread waits once, for the answer. `None` (the default): the
+    /// gateway calls `effect_starting` on the script thread instead.
+    fn effect_starting_async(&self, run_id: &str, start: &EffectStart) -> Option<StartMark> {
+        let _ = (run_id, start);
+        None
+    }
 
     /// Saves the record before returning.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord);
@@ -258,7 +278,7 @@ impl RunEffects {
         let started = Instant::now();
         let marked = saved.and_then(|()| self.mark_started(seq, name, &redacted_args, started_at));
         let result = match marked {
-            Ok(()) => self.perform(EffectRequest::new(name, args)),
+            Ok(mark) => self.perform(EffectRequest::new(name, args), mark),
             Err(error) => Err(error),
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -291,16 +311,18 @@ impl RunEffects {
     }
 
     /// Writes that an effect which is not harmless to repeat is starting, and
-    /// refuses to perform it when that cannot be written.
+    /// refuses to perform it when that cannot be written; or, when the
+    /// observer writes it on the runtime, returns that write for
+    /// [`RunEffects::perform`] to await before performing the effect.
     fn mark_started(
         &self,
         seq: u32,
         name: &str,
         redacted_args: &Value,
         started_at: DateTime<Utc>,
-    ) -> Result<(), EffectError> {
+    ) -> Result<Option<StartMark>, EffectError> {
         let Some(observer) = self.observer.as_ref().filter(|_| !is_repeatable(name)) else {
-            return Ok(());
+            return Ok(None);
         };
         let start = EffectStart {
             seq,
@@ -308,14 +330,13 @@ impl RunEffects {
             args: redacted_args.clone(),
             started_at,
         };
+        if let Some(mark) = observer.effect_starting_async(&self.context.run_id, &start) {
+            return Ok(Some(mark));
+        }
         observer
             .effect_starting(&self.context.run_id, &start)
-            .map_err(|error| {
-                EffectError::transient(
-                    name,
-                    format!("not performed: cannot record in the store that it starts: {error}"),
-                )
-            })
+            .map(|()| None)
+            .map_err(|error| not_marked(name, &error))
     }
 
     /// Whether the earlier attempt left this same call in doubt.
@@ -325,24 +346,36 @@ impl RunEffects {
             .is_some_and(|e| e.in_doubt && e.name == name && e.args == *redacted_args)
     }
 
-    /// Performs the request on the runtime's threads, waiting at most until
-    /// the run's deadline, and answers with a copy made on this thread.
-    fn perform(&self, request: EffectRequest) -> Result<Value, EffectError> {
-        let remaining = self
-            .context
-            .deadline
-            .saturating_duration_since(Instant::now());
+    /// Performs the request on the runtime's threads, after its start
+    /// `mark` is saved if one is given, waiting at most until the run's
+    /// deadline, and answers with a copy made on this thread.
+    fn perform(
+        &self,
+        request: EffectRequest,
+        mark: Option<StartMark>,
+    ) -> Result<Value, EffectError> {
         let name = request.name.clone();
-        if remaining.is_zero() {
+        if Instant::now() >= self.context.deadline {
             return Err(timeout_error(&name));
         }
         let (effects, context) = (self.effects.clone(), self.context.clone());
+        // One task for the mark and the effect: the script thread is woken
+        // once, with the answer.
         let task = self.runtime.spawn(async move {
-            tokio::time::timeout(remaining, effects.perform(&context, &request)).await
+            if let Some(mark) = mark {
+                mark.await
+                    .map_err(|error| not_marked(&request.name, &error))?;
+            }
+            let deadline = tokio::time::Instant::from_std(context.deadline);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(timeout_error(&request.name));
+            }
+            tokio::time::timeout_at(deadline, effects.perform(&context, &request))
+                .await
+                .unwrap_or_else(|_elapsed| Err(timeout_error(&request.name)))
         });
         let answer = match self.runtime.block_on(task) {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_elapsed)) => return Err(timeout_error(&name)),
+            Ok(answer) => answer,
             // A bug in an effect fails the run as if it had happened here.
             Err(join_error) if join_error.is_panic() => {
                 std::panic::resume_unwind(join_error.into_panic())
@@ -622,6 +655,14 @@ impl RunEffects {
     }
 }
 
+/// The refusal of an effect whose start could not be saved.
+fn not_marked(effect: &str, error: &str) -> EffectError {
+    EffectError::transient(
+        effect,
+        format!("not performed: cannot record in the store that it starts: {error}"),
+    )
+}
+
 fn timeout_error(effect: &str) -> EffectError {
     EffectError::new(
         effect,
@@ -847,6 +888,60 @@ mod tests {
             ["refused slack.post"],
             "reads and state need no mark"
         );
+    }
+
+    /// A store that saves start marks on the runtime, failing when `full`.
+    struct AsyncStore {
+        log: Arc<Mutex<Vec<String>>>,
+        full: bool,
+    }
+
+    impl EffectObserver for AsyncStore {
+        fn effect_starting(&self, _run_id: &str, _start: &EffectStart) -> Result<(), String> {
+            unreachable!("the mark is saved on the runtime")
+        }
+
+        fn effect_starting_async(&self, _run_id: &str, start: &EffectStart) -> Option<StartMark> {
+            let (log, seq, full) = (self.log.clone(), start.seq, self.full);
+            Some(Box::pin(async move {
+                tokio::task::yield_now().await;
+                if full {
+                    log.lock().push(format!("refused {seq}"));
+                    return Err("the store is full".into());
+                }
+                log.lock().push(format!("marked {seq}"));
+                Ok(())
+            }))
+        }
+
+        fn effect_completed(&self, _run_id: &str, record: &EffectRecord) {
+            self.log.lock().push(format!("save {}", record.seq));
+        }
+    }
+
+    #[test]
+    fn a_mark_saved_on_the_runtime_comes_before_its_effect_which_it_can_refuse() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for full in [false, true] {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let mut gateway = run_effects(vec![Capability::Slack], &runtime).with_observer(
+                Arc::new(AsyncStore {
+                    log: log.clone(),
+                    full,
+                }),
+            );
+            gateway.effects = Arc::new(Ledger(log.clone()));
+            let answer = gateway.call("slack.post", json!({"channel": "#a", "text": "hi"}));
+            if full {
+                let error = answer.unwrap_err();
+                assert!(error.is_transient(), "retried later: {error}");
+                assert!(error.message.contains("not performed"), "{}", error.message);
+                assert_eq!(*log.lock(), ["refused 1", "save 1"]);
+            } else {
+                answer.unwrap();
+                assert_eq!(*log.lock(), ["marked 1", r#"perform "hi""#, "save 1"]);
+            }
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! completes) and [`StateStore`] (rule state).
 //!
 //! Event intake and run records are async and share the writer's batches.
-//! Effect start marks and state writes come from sandbox threads and block
-//! them until their commit. An effect's record is written while the script
+//! State writes come from sandbox threads and block them until their commit.
+//! Effect start marks are awaited on the runtime by the task that then
+//! performs the effect (the sandbox thread waits once, for the answer). An effect's record is written while the script
 //! goes on; the run's next effect waits until it is on disk (and is refused
 //! when it could not be written), so a crash leaves at most the one effect
 //! in flight unknown, and a resumed run replays the others instead of
@@ -19,7 +20,7 @@ use serde_json::Value;
 use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
-use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::journal::{Journal, JournalError, RunRecord, UnfinishedRun};
 use crate::event::Event;
@@ -49,6 +50,24 @@ impl EffectObserver for SqliteJournal {
             .submit_blocking(op)
             .map(|_| ())
             .map_err(|error| error.0)
+    }
+
+    /// Durable once the future resolves `Ok`: queued (in order after the
+    /// run's earlier writes) when first polled, like any awaited write.
+    fn effect_starting_async(&self, run_id: &str, start: &EffectStart) -> Option<StartMark> {
+        let op = Op::EffectStart {
+            run_id: run_id.to_string(),
+            start: Box::new(start.clone()),
+        };
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            inner
+                .writer
+                .submit(op)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.0)
+        }))
     }
 
     /// Durable on return: blocks the sandbox thread until the record is committed.

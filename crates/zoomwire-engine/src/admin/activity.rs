@@ -405,20 +405,8 @@ mod tests {
 
     fn run(id: &str, event: &Event, status: RunStatus) -> RunRecord {
         RunRecord {
-            id: id.into(),
-            rule: "notify".into(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            key: None,
-            status,
-            attempt: 1,
-            error: None,
-            effects: Vec::new(),
-            logs: Vec::new(),
-            output: None,
-            created_at: Utc::now(),
-            started_at: None,
             finished_at: status.is_finished().then(Utc::now),
+            ..RunRecord::for_test(id, "notify", &event.id, &event.event_type, status)
         }
     }
 

@@ -89,6 +89,37 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+#[cfg(test)]
+impl RunRecord {
+    /// A first attempt of `rule` for the event `event_id` of `event_type`,
+    /// created now, in `status`, with nothing else recorded: the journals'
+    /// tests build on it (`RunRecord { field, ..RunRecord::for_test(..) }`).
+    pub(crate) fn for_test(
+        id: &str,
+        rule: &str,
+        event_id: &str,
+        event_type: &str,
+        status: RunStatus,
+    ) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            rule: rule.into(),
+            event_id: event_id.into(),
+            event_type: event_type.into(),
+            key: None,
+            status,
+            attempt: 1,
+            error: None,
+            effects: Vec::new(),
+            logs: Vec::new(),
+            output: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 /// Why the journal could not record something. Intake stops on these.
 #[derive(Debug, thiserror::Error)]
 #[error("journal: {0}")]

@@ -38,13 +38,18 @@ impl SqliteJournal {
     }
 }
 
+/// The write of an effect's start mark.
+fn effect_start_op(run_id: &str, start: &EffectStart) -> Op {
+    Op::EffectStart {
+        run_id: run_id.to_string(),
+        start: Box::new(start.clone()),
+    }
+}
+
 impl EffectObserver for SqliteJournal {
     /// Durable on `Ok`: blocks the sandbox thread until the mark is committed.
     fn effect_starting(&self, run_id: &str, start: &EffectStart) -> Result<(), String> {
-        let op = Op::EffectStart {
-            run_id: run_id.to_string(),
-            start: Box::new(start.clone()),
-        };
+        let op = effect_start_op(run_id, start);
         self.inner
             .writer
             .submit_blocking(op)
@@ -55,10 +60,7 @@ impl EffectObserver for SqliteJournal {
     /// Durable once the future resolves `Ok`: queued (in order after the
     /// run's earlier writes) when first polled, like any awaited write.
     fn effect_starting_async(&self, run_id: &str, start: &EffectStart) -> Option<StartMark> {
-        let op = Op::EffectStart {
-            run_id: run_id.to_string(),
-            start: Box::new(start.clone()),
-        };
+        let op = effect_start_op(run_id, start);
         let inner = self.inner.clone();
         Some(Box::pin(async move {
             inner
@@ -347,22 +349,7 @@ mod tests {
             .unwrap()
         };
         let (first, second) = (event(1), event(2));
-        let run = RunRecord {
-            id: "r1".into(),
-            rule: "rule".into(),
-            event_id: first.id.clone(),
-            event_type: "a.b".into(),
-            key: None,
-            status: RunStatus::Pending,
-            attempt: 1,
-            error: None,
-            effects: vec![],
-            logs: vec![],
-            output: None,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-        };
+        let run = RunRecord::for_test("r1", "rule", &first.id, "a.b", RunStatus::Pending);
         let runs = [run];
         let batch = [(&first, &runs[..]), (&second, &[][..]), (&first, &runs[..])];
         let jobs_before = journal
@@ -402,20 +389,8 @@ mod tests {
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
         let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
         let mut run = RunRecord {
-            id: "r1".into(),
-            rule: "rule".into(),
-            event_id: event.id.clone(),
-            event_type: "a.b".into(),
-            key: None,
-            status: RunStatus::Running,
-            attempt: 1,
-            error: None,
-            effects: vec![],
-            logs: vec![],
-            output: None,
-            created_at: Utc::now(),
             started_at: Some(Utc::now()),
-            finished_at: None,
+            ..RunRecord::for_test("r1", "rule", &event.id, "a.b", RunStatus::Running)
         };
         let start = |seq| EffectStart {
             seq,
@@ -555,22 +530,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
         let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
-        let run = |id: &str| RunRecord {
-            id: id.into(),
-            rule: "rule".into(),
-            event_id: event.id.clone(),
-            event_type: "a.b".into(),
-            key: None,
-            status: RunStatus::Pending,
-            attempt: 1,
-            error: None,
-            effects: vec![],
-            logs: vec![],
-            output: None,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-        };
+        let run = |id: &str| RunRecord::for_test(id, "rule", &event.id, "a.b", RunStatus::Pending);
         let runs = [run("r1"), run("r2"), run("r3")];
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -442,15 +442,6 @@ mod tests {
 
     fn run(id: &str, rule: &str, status: RunStatus, second: u32) -> RunRecord {
         RunRecord {
-            id: id.into(),
-            rule: rule.into(),
-            event_id: "e".into(),
-            event_type: "meeting.ended".into(),
-            key: None,
-            status,
-            attempt: 1,
-            error: None,
-            effects: Vec::new(),
             logs: (0..5)
                 .map(|n| LogLine {
                     level: "info".into(),
@@ -458,10 +449,8 @@ mod tests {
                     at: Utc.with_ymd_and_hms(2026, 1, 2, 9, 0, n).unwrap(),
                 })
                 .collect(),
-            output: None,
             created_at: Utc.with_ymd_and_hms(2026, 1, 2, 9, 0, second).unwrap(),
-            started_at: None,
-            finished_at: None,
+            ..RunRecord::for_test(id, rule, "e", "meeting.ended", status)
         }
     }
 

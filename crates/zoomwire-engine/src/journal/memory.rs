@@ -424,22 +424,7 @@ mod tests {
     }
 
     fn run(id: &str, event: &Event, status: RunStatus) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            rule: "r".into(),
-            event_id: event.id.clone(),
-            event_type: event.event_type.clone(),
-            key: None,
-            status,
-            attempt: 1,
-            error: None,
-            effects: Vec::new(),
-            logs: Vec::new(),
-            output: None,
-            created_at: chrono::Utc::now(),
-            started_at: None,
-            finished_at: None,
-        }
+        RunRecord::for_test(id, "r", &event.id, &event.event_type, status)
     }
 
     fn limits() -> MemoryLimits {

@@ -553,22 +553,7 @@ mod tests {
     }
 
     fn run(id: &str, status: RunStatus) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            rule: "rule-a".into(),
-            event_id: event_row(0).id,
-            event_type: "x.y".into(),
-            key: None,
-            status,
-            attempt: 1,
-            error: None,
-            effects: vec![],
-            logs: vec![],
-            output: None,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-        }
+        RunRecord::for_test(id, "rule-a", &event_row(0).id, "x.y", status)
     }
 
     fn accept_op(event: EventRow, runs: Vec<RunRecord>) -> Op {

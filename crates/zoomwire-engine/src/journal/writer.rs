@@ -533,27 +533,20 @@ mod tests {
                 let mut runs = Vec::new();
                 if sent % 9 == 0 {
                     next_run += 1;
-                    let run = RunRecord {
-                        id: format!(
-                            "r{:012x}{:04x}{:06x}",
-                            Utc::now().timestamp_millis(),
-                            next_run % 0x10000,
-                            next_run * 7919 % 0x100_0000
-                        ),
-                        rule: format!("rule-{}", sent % 10),
-                        event_id: event.id.clone(),
-                        event_type: event.event_type.clone(),
-                        key: None,
-                        status: RunStatus::Pending,
-                        attempt: 1,
-                        error: None,
-                        effects: vec![],
-                        logs: vec![],
-                        output: None,
-                        created_at: Utc::now(),
-                        started_at: None,
-                        finished_at: None,
-                    };
+                    let id = format!(
+                        "r{:012x}{:04x}{:06x}",
+                        Utc::now().timestamp_millis(),
+                        next_run % 0x10000,
+                        next_run * 7919 % 0x100_0000
+                    );
+                    let rule = format!("rule-{}", sent % 10);
+                    let run = RunRecord::for_test(
+                        &id,
+                        &rule,
+                        &event.id,
+                        &event.event_type,
+                        RunStatus::Pending,
+                    );
                     in_flight.push((run.clone(), 0));
                     runs.push(run);
                 }

@@ -763,7 +763,6 @@ impl Subscription {
         }
         self.status.send_modify(|s| s.last_frame_at = Some(at));
         match message {
-            Message::Text(_) => None,
             Message::Binary(bytes) => {
                 self.count_skipped("binary");
                 tracing::warn!(
@@ -779,7 +778,8 @@ impl Subscription {
                     .unwrap_or_else(|| "no reason".into());
                 Some(End::Closed(reason))
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            // Text was handled above.
+            Message::Text(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
         }
     }
 

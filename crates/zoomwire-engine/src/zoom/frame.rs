@@ -9,8 +9,9 @@
 //! those words by containment, ignoring case. An event's content is a JSON
 //! object, so a topic that happens to say "invalid token" is still an event.
 //!
-//! A string `content` is unescaped by serde_json while it reads the envelope,
-//! in the same pass; other content is rare and reads the frame a second time.
+//! serde_json reads the envelope, keeping `content` as its JSON text; a
+//! string (what Zoom sends) is then unescaped here into a string sized once
+//! ([`unescape`]), other content is taken as it is written.
 
 use std::borrow::Cow;
 
@@ -47,97 +48,93 @@ pub enum FrameError {
     Content(#[from] EventError),
 }
 
+/// The envelope: `content` is kept as its JSON text, a string literal
+/// (what Zoom sends) unescaped by [`unescape`] afterwards.
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(borrow)]
     module: Option<Cow<'a, str>>,
-    /// Only its type is checked: `fire` takes text whose `success` is not a
-    /// boolean for a bare event, not a frame.
-    #[expect(dead_code, reason = "read for its type only")]
+    /// `fire` takes text whose `success` is not a boolean for a bare
+    /// event, not a frame.
     success: Option<bool>,
     #[serde(borrow)]
     content: Option<&'a RawValue>,
 }
 
-/// The envelope as the hot path reads it: a string `content` (what Zoom
-/// sends) is unescaped by serde_json in the same pass that reads the
-/// envelope; any other `content` is only noted, and [`RawFrame`] reads the
-/// frame again for it.
-#[derive(Deserialize)]
-struct TextFrame<'a> {
-    #[serde(borrow)]
-    module: Option<Cow<'a, str>>,
-    success: Option<bool>,
-    #[serde(borrow)]
-    content: Option<Content<'a>>,
+/// A `content`'s value: the text of a string, the JSON text of anything else.
+fn content_text(raw: &RawValue) -> Result<Cow<'_, str>, FrameError> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Ok(Cow::Borrowed(text));
+    }
+    unescape(text).ok_or_else(|| FrameError::Envelope("content has a lone surrogate".into()))
 }
 
-/// A frame's `content`: its text when it is a JSON string.
-enum Content<'a> {
-    Text(Cow<'a, str>),
-    /// An object, an array, a number or a boolean (skipped).
-    Other,
+/// The text of a JSON string literal (its quotes included) that serde_json
+/// has already checked as such: closed, no raw control character, every
+/// escape one of JSON's with four hex digits after `\u`. `None` for an
+/// escaped lone surrogate, which serde_json refuses too.
+///
+/// Written out rather than left to serde_json's string parse: an event in a
+/// frame has an escape every few bytes (each of its quotes), which serde_json
+/// handles one at a time into a scratch buffer that grows as it goes, and
+/// copies again from there. This sizes the text once (unescaping never
+/// lengthens) and copies the runs between escapes whole; the runs are a few
+/// bytes long, so a plain loop finds their ends.
+fn unescape(literal: &str) -> Option<Cow<'_, str>> {
+    let inner = &literal[1..literal.len() - 1];
+    let bytes = inner.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'\\') else {
+        return Some(Cow::Borrowed(inner));
+    };
+    let mut text = Vec::with_capacity(bytes.len());
+    let (mut run, mut at) = (0, first);
+    while at < bytes.len() {
+        if bytes[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        text.extend_from_slice(&bytes[run..at]);
+        let byte = match *bytes.get(at + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            _ => {
+                let (ch, len) = unicode_escape(&inner[at + 1..])?;
+                text.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                at += 1 + len;
+                run = at;
+                continue;
+            }
+        };
+        text.push(byte);
+        at += 2;
+        run = at;
+    }
+    text.extend_from_slice(&bytes[run..]);
+    // Runs of valid text cut at ASCII bytes, and whole characters.
+    String::from_utf8(text).ok().map(Cow::Owned)
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ContentVisitor)
+/// The character of `uXXXX` (or of a surrogate pair `uXXXX\\uXXXX`) at the
+/// start of `escape`, and the bytes it took.
+fn unicode_escape(escape: &str) -> Option<(char, usize)> {
+    let hex = |at: usize| u32::from_str_radix(escape.get(at..at + 4)?, 16).ok();
+    let unit = hex(1)?;
+    if !(0xD800..0xE000).contains(&unit) {
+        return Some((char::from_u32(unit)?, 5));
     }
-}
-
-struct ContentVisitor;
-
-impl<'de> serde::de::Visitor<'de> for ContentVisitor {
-    type Value = Content<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
+    if unit >= 0xDC00 || escape.get(5..7) != Some("\\u") {
+        return None;
     }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Content::Text(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Content::Text(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Content::Text(Cow::Owned(v)))
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Content::Other)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Content::Other)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Content::Other)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Content::Other)
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Content::Other)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Content::Other)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Content::Other)
-    }
+    let low = hex(7).filter(|low| (0xDC00..0xE000).contains(low))?;
+    let ch = char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))?;
+    Some((ch, 11))
 }
 
 /// Texts that mean the access token was refused, by containment: the
@@ -162,16 +159,12 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
             limit,
         });
     }
-    let frame: TextFrame<'_> =
+    let frame: RawFrame<'_> =
         serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
     let module = frame
         .module
         .ok_or_else(|| FrameError::Envelope("no `module` field".into()))?;
-    let content = match frame.content {
-        None => None,
-        Some(Content::Text(text)) => Some(text),
-        Some(Content::Other) => other_content(text)?,
-    };
+    let content = frame.content.map(content_text).transpose()?;
     let success = frame.success;
     if content.as_deref().is_some_and(is_invalid_token_text) {
         return Ok(Frame::InvalidToken);
@@ -193,14 +186,6 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
             module: other.to_string(),
         }),
     }
-}
-
-/// A `content` that is not a string, as its JSON text (the frame is read
-/// again, keeping the value's text this time).
-fn other_content(text: &str) -> Result<Option<Cow<'_, str>>, FrameError> {
-    let raw: RawFrame<'_> =
-        serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
-    Ok(raw.content.map(|content| Cow::Borrowed(content.get())))
 }
 
 /// Reads either a WebSocket frame or a bare event, as `zoomwire fire` does.
@@ -226,12 +211,12 @@ mod tests {
     /// The `content` string of a frame, as the hot path reads it.
     fn content_of(literal: &str) -> Result<Option<String>, FrameError> {
         let frame = format!(r#"{{"module":"x","content":{literal}}}"#);
-        let frame: TextFrame<'_> =
+        let frame: RawFrame<'_> =
             serde_json::from_str(&frame).map_err(|e| FrameError::Envelope(e.to_string()))?;
-        Ok(match frame.content {
-            Some(Content::Text(text)) => Some(text.into_owned()),
-            _ => None,
-        })
+        frame
+            .content
+            .map(|raw| content_text(raw).map(Cow::into_owned))
+            .transpose()
     }
 
     #[test]
@@ -273,9 +258,45 @@ mod tests {
             ("[1,2]", "[1,2]"),
             ("7", "7"),
         ] {
-            let frame = format!(r#"{{"module":"x","content":{content}}}"#);
-            assert_eq!(other_content(&frame).unwrap().as_deref(), Some(kept));
+            assert_eq!(content_of(content).unwrap().as_deref(), Some(kept));
         }
+    }
+
+    #[test]
+    fn unescape_agrees_with_serde_json_on_every_escape() {
+        // Runs of text between JSON's escapes, each code unit also written
+        // as `\uXXXX` in either case: any unit (lone surrogates included) or
+        // a surrogate pair.
+        let mut rng = fastrand::Rng::with_seed(10);
+        let piece = |rng: &mut fastrand::Rng| match rng.u8(0..6) {
+            0 => [r#"\""#, r"\\", r"\/", r"\b", r"\f", r"\n", r"\r", r"\t"][rng.usize(0..8)]
+                .to_string(),
+            1 => format!(r"\u{:04x}", rng.u32(0..0x10000)),
+            2 => format!(
+                r"\u{:04X}\u{:04x}",
+                rng.u32(0xD800..0xDC00),
+                rng.u32(0xDC00..0xE000)
+            ),
+            3 => "é€😀".to_string(),
+            _ => "plain text".chars().take(rng.usize(0..11)).collect(),
+        };
+        let mut refused = 0;
+        for _ in 0..50_000 {
+            let body: String = (0..rng.usize(0..8)).map(|_| piece(&mut rng)).collect();
+            let literal = format!("\"{body}\"");
+            let expected = serde_json::from_str::<String>(&literal).ok();
+            refused += usize::from(expected.is_none());
+            assert_eq!(
+                unescape(&literal).map(Cow::into_owned),
+                expected,
+                "{literal}"
+            );
+        }
+        assert!(refused > 500, "lone surrogates are tried: {refused}");
+        assert!(matches!(
+            unescape(r#""no escapes""#),
+            Some(Cow::Borrowed("no escapes"))
+        ));
     }
 
     use super::*;
@@ -363,6 +384,35 @@ mod tests {
         ] {
             assert!(decode_frame(bad, &source()).is_err(), "{bad}");
         }
+    }
+
+    /// Not a check: the cost of a frame into a matched-ready event (decode,
+    /// then the tree the fast conditions read), for measuring a change under
+    /// callgrind (`ZW_HARNESS_FRAMES` frames of a participant joining and of
+    /// a meeting starting, alternated).
+    ///
+    /// `cargo test --release -p zoomwire-engine --lib decode_cost -- --ignored`
+    #[test]
+    #[ignore = "a measuring harness, not a test"]
+    fn decode_cost_harness() {
+        let frames = std::env::var("ZW_HARNESS_FRAMES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000usize);
+        let joined: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../../examples/events/meeting.participant_joined.json"
+        ))
+        .unwrap();
+        let joined = serde_json::json!({"module": "message", "content": joined.to_string()});
+        let samples = [joined.to_string(), MESSAGE.to_string()];
+        let mut fields = 0;
+        for i in 0..frames {
+            let Frame::Event(event) = decode_frame(&samples[i % 2], &source()).unwrap() else {
+                panic!("an event frame")
+            };
+            fields += usize::from(event.tree().get("payload").is_some());
+        }
+        assert_eq!(fields, frames);
     }
 
     #[test]

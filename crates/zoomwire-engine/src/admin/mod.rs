@@ -29,7 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -81,11 +81,37 @@ pub fn install_metrics() -> Result<PrometheusHandle, AdminError> {
     if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
+    let handle = prometheus_builder()
+        .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| AdminError::Metrics(e.to_string()))?;
     *installed = Some(handle.clone());
     Ok(handle)
+}
+
+/// Upper bounds of the buckets of the `*_seconds` histograms (effect
+/// calls, journal commits): 0.5 ms to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Upper bounds of the buckets of `zoomwire_journal_batch_size` (records
+/// per committed batch).
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// The exporter, with every histogram zoomwire records rendered as a
+/// Prometheus histogram of fixed buckets. Without buckets the exporter
+/// renders summaries, each kept as up to three rolling 20-second DDSketches
+/// of up to 32,768 bins: 20,000 samples of each of the three histograms
+/// held 333 KiB per 20 seconds that way (up to 1 MiB, and as much again
+/// while `/metrics` merges them), fixed buckets 4 KiB in all. Histograms
+/// also aggregate across daemons where quantiles do not.
+fn prometheus_builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("zoomwire_journal_batch_size".into()),
+            BATCH_SIZE_BUCKETS,
+        )
 }
 
 /// What every handler reads.
@@ -172,5 +198,68 @@ async fn metrics_upkeep(metrics: PrometheusHandle, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => metrics.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_histogram_renders_as_fixed_buckets_not_a_summary() {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("zoomwire_effect_seconds", "effect" => "slack").record(0.003);
+            metrics::histogram!("zoomwire_journal_commit_seconds").record(0.2);
+            metrics::histogram!("zoomwire_journal_batch_size").record(40.0);
+        });
+        let text = recorder.handle().render();
+        assert!(!text.contains("quantile"), "{text}");
+        for line in [
+            r#"zoomwire_effect_seconds_bucket{effect="slack",le="0.005"} 1"#,
+            r#"zoomwire_effect_seconds_bucket{effect="slack",le="0.0025"} 0"#,
+            r#"zoomwire_journal_commit_seconds_bucket{le="0.25"} 1"#,
+            r#"zoomwire_journal_batch_size_bucket{le="50"} 1"#,
+            r#"zoomwire_journal_batch_size_bucket{le="25"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+    }
+
+    /// Bytes the calling thread holds after recording a burst's samples
+    /// (effect calls of 0.5-50 ms, commits, batch sizes 1-1000) into a
+    /// recorder from `builder`, with the samples folded in as upkeep does.
+    fn held_after_a_burst(builder: PrometheusBuilder) -> isize {
+        std::thread::spawn(move || {
+            let before = crate::script::allocator::live_bytes();
+            let recorder = builder.build_recorder();
+            metrics::with_local_recorder(&recorder, || {
+                for i in 0..20_000_u32 {
+                    let ms = 0.5 * 1.0002_f64.powi(i32::try_from(i % 23_000).unwrap());
+                    metrics::histogram!("zoomwire_effect_seconds", "effect" => "slack")
+                        .record(ms / 1000.0);
+                    metrics::histogram!("zoomwire_journal_commit_seconds").record(ms / 500.0);
+                    metrics::histogram!("zoomwire_journal_batch_size")
+                        .record(f64::from(i % 1000 + 1));
+                }
+            });
+            recorder.handle().run_upkeep();
+            let held = crate::script::allocator::live_bytes() - before;
+            drop(recorder);
+            held
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn fixed_buckets_hold_a_fraction_of_what_summaries_hold() {
+        let summaries = held_after_a_burst(PrometheusBuilder::new());
+        let buckets = held_after_a_burst(prometheus_builder().unwrap());
+        assert!(summaries > 256 << 10, "summaries held {summaries} bytes");
+        assert!(
+            buckets < 64 << 10,
+            "buckets held {buckets} bytes (summaries {summaries})"
+        );
     }
 }

@@ -15,7 +15,7 @@
 //! `meta` and `vars` beside it: a script can copy and change a copy, never the
 //! value other rules see.
 
-mod allocator;
+pub(crate) mod allocator;
 pub mod engine;
 mod error;
 pub mod event_paths;

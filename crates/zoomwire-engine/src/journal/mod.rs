@@ -310,16 +310,23 @@ impl SqliteJournal {
                 "download tokens taken out of the stored event bodies"
             );
         }
+        let log_restart = checkpoint::LogRestart::default();
         let settings = WriterSettings {
             path: path.clone(),
             seal: seal.clone(),
             dedupe_window_nanos: duration_nanos(options.dedupe_window),
             max_batch: options.max_batch.max(1),
             queue_capacity: options.queue_capacity,
+            log_restart: log_restart.clone(),
         };
         let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
-        let checkpoints = checkpoint::spawn(path.clone(), options.busy_timeout, options.sync)
-            .map_err(JournalOpenError::Thread)?;
+        let checkpoints = checkpoint::spawn(
+            path.clone(),
+            options.busy_timeout,
+            options.sync,
+            log_restart,
+        )
+        .map_err(JournalOpenError::Thread)?;
         let (stop_pruner, stop_receiver) = std::sync::mpsc::channel();
         let interval = options.prune_interval;
         let inner = Arc::new(Inner {

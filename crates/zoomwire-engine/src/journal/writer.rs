@@ -21,6 +21,7 @@ use chrono::Utc;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::checkpoint::LogRestart;
 use super::codec::to_nanos;
 use super::ops::{Apply, Op, Outcome, apply};
 use super::seal::SealKey;
@@ -35,6 +36,8 @@ pub(crate) struct WriterSettings {
     pub max_batch: usize,
     /// Async requests allowed in flight before callers wait (back-pressure).
     pub queue_capacity: usize,
+    /// Rewinds the log between batches when the checkpoint thread asks.
+    pub log_restart: LogRestart,
 }
 
 /// Where the answer to a job goes.
@@ -269,6 +272,7 @@ fn write_loop(
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&mut conn, batch, settings);
+        settings.log_restart.finish_if_asked(&conn);
     }
 }
 
@@ -354,6 +358,7 @@ mod tests {
             dedupe_window_nanos: 1,
             max_batch: 16,
             queue_capacity: 16,
+            log_restart: LogRestart::default(),
         }
     }
 

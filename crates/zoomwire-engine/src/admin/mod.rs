@@ -89,9 +89,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, AdminError> {
 }
 
 /// Upper bounds of the buckets of the `*_seconds` histograms (effect
-/// calls, journal commits): 0.5 ms to 30 s.
+/// calls, journal commits): 0.1 ms to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 /// Upper bounds of the buckets of `zoomwire_journal_batch_size` (records

@@ -21,12 +21,12 @@
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
 //! record saying so. Runs that already started finish with the rule they have.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rhai::Dynamic;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::task::TaskTracker;
@@ -132,6 +132,29 @@ struct Inner {
     tracker: TaskTracker,
     /// Asked before a waiting run starts; none: waiting runs always start.
     current_rules: OnceLock<Arc<dyn RuleNames>>,
+    events_total: EventCounters,
+}
+
+/// `zoomwire_events_total{type}`, one handle per event type, found by the
+/// type's name: the metrics registry's own look-up takes an owned copy of
+/// the label and hashes the whole key, for every event.
+#[derive(Default)]
+struct EventCounters(RwLock<HashMap<Box<str>, metrics::Counter>>);
+
+impl EventCounters {
+    fn count(&self, event_type: &str) {
+        if let Some(counter) = self.0.read().get(event_type) {
+            counter.increment(1);
+            return;
+        }
+        self.0
+            .write()
+            .entry(event_type.into())
+            .or_insert_with(
+                || metrics::counter!("zoomwire_events_total", "type" => event_type.to_string()),
+            )
+            .increment(1);
+    }
 }
 
 /// Everything needed to start a run later. While it waits its turn, a run
@@ -180,6 +203,7 @@ impl Executor {
                 finished,
                 tracker: TaskTracker::new(),
                 current_rules: OnceLock::new(),
+                events_total: EventCounters::default(),
             }),
         }
     }
@@ -293,8 +317,7 @@ impl Executor {
         }
         let fresh = written?;
         if fresh {
-            metrics::counter!("zoomwire_events_total", "type" => prepared.event.event_type.clone())
-                .increment(1);
+            self.inner.events_total.count(&prepared.event.event_type);
         }
         Ok(fresh)
     }
@@ -849,6 +872,28 @@ mod tests {
     use crate::rules::compile::load_rule_set;
     use crate::script::SandboxLimits;
     use futures_util::future::BoxFuture;
+
+    #[test]
+    fn events_are_counted_per_type_on_a_kept_handle() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counters = EventCounters::default();
+        metrics::with_local_recorder(&recorder, || {
+            counters.count("meeting.started");
+            counters.count("meeting.ended");
+            counters.count("meeting.started");
+        });
+        let text = handle.render();
+        assert!(
+            text.contains("zoomwire_events_total{type=\"meeting.started\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zoomwire_events_total{type=\"meeting.ended\"} 1"),
+            "{text}"
+        );
+        assert_eq!(counters.0.read().len(), 2, "one handle per type");
+    }
 
     /// A memory journal that also lists the calls made to it; with `keeps`
     /// it also keeps the events it accepted for [`Journal::stored_event`]

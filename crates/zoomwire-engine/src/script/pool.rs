@@ -10,6 +10,11 @@
 //! job installs its run (deadline, cancel flag, effects, memory budget) in
 //! the worker's thread-locals; a panic in a job is caught, becomes that
 //! job's error, and leaves the worker serving the next job.
+//!
+//! The workers share one tokio receiver behind a mutex. Measured in the 100k
+//! burst and not kept: a LIFO board of idle threads, crossbeam's and flume's
+//! multi-consumer channels (crossbeam: the durable journal's daemon switched
+//! 1.23-1.46x as often, its receivers spin and yield before they sleep).
 
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -63,7 +63,9 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         .ok()
         .filter(|url| !url.trim().is_empty());
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; measure with `cargo run --profile dist -- bench` (or `--release`)");
+        eprintln!(
+            "warning: this is a debug build; measure with `cargo run --profile dist -- bench` (or `--release`)"
+        );
     }
     let daemon_exe = std::env::current_exe()
         .map_err(|e| CommandError::Other(anyhow::anyhow!("cannot find this executable: {e}")))?;

@@ -16,9 +16,10 @@
 //! (64 MiB) and every commit appended to a growing file (an append's sync
 //! costs 2 to 3 times an overwrite's here). So once a pass has copied the
 //! bulk of a log past [`RESTART_PAGES`], it asks the writer ([`LogRestart`])
-//! to copy the few frames left itself, between two batches: nothing can
+//! to copy the few frames left itself, when no batch is waiting: nothing can
 //! commit meanwhile, the copy completes, and the writer's next transaction
-//! rewinds the log. The log stays near [`RESTART_PAGES`] and its file is
+//! rewinds the log. (In a burst the writer is never idle; the log then grows
+//! to the backstop as before.) The log stays near [`RESTART_PAGES`] and its file is
 //! overwritten in place.
 
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ const INTERVAL: Duration = Duration::from_millis(250);
 pub(crate) const RESTART_PAGES: i64 = 1_024;
 
 /// Set by the checkpoint thread when the log is long and copied but for the
-/// frames committed during its pass; taken by the writer between batches,
+/// frames committed during its pass; taken by the writer when idle,
 /// which checkpoints those frames itself so that its next transaction
 /// rewinds the log.
 #[derive(Clone, Default)]
@@ -55,7 +56,7 @@ impl LogRestart {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    /// Called by the writer between batches: finishes the checkpoint if one
+    /// Called by the writer with no job waiting: finishes the checkpoint if one
     /// was asked for. A pass that could not finish (a reader still on an old
     /// snapshot) is simply asked for again by the next background pass.
     pub(crate) fn finish_if_asked(&self, writer: &Connection) {

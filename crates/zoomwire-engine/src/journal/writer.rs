@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -36,7 +36,7 @@ pub(crate) struct WriterSettings {
     pub max_batch: usize,
     /// Async requests allowed in flight before callers wait (back-pressure).
     pub queue_capacity: usize,
-    /// Rewinds the log between batches when the checkpoint thread asks.
+    /// Rewinds the log, when idle, if the checkpoint thread asks.
     pub log_restart: LogRestart,
 }
 
@@ -256,7 +256,7 @@ fn write_loop(
     settings: &WriterSettings,
     counters: &WriterCounters,
 ) {
-    while let Ok(first) = receiver.recv() {
+    while let Some(first) = next_job(&mut conn, &receiver, settings) {
         let mut batch = vec![first];
         while batch.len() < settings.max_batch {
             match receiver.try_recv() {
@@ -272,7 +272,23 @@ fn write_loop(
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&mut conn, batch, settings);
-        settings.log_restart.finish_if_asked(&conn);
+    }
+}
+
+/// The next job; when none is waiting, first the log's rewind if the
+/// checkpoint thread asked for it, so that no commit waits behind it.
+fn next_job(
+    conn: &mut Connection,
+    receiver: &Receiver<Job>,
+    settings: &WriterSettings,
+) -> Option<Job> {
+    match receiver.try_recv() {
+        Ok(job) => Some(job),
+        Err(TryRecvError::Disconnected) => None,
+        Err(TryRecvError::Empty) => {
+            settings.log_restart.finish_if_asked(conn);
+            receiver.recv().ok()
+        }
     }
 }
 

@@ -18,9 +18,9 @@
 //! bulk of a log past [`RESTART_PAGES`], it asks the writer ([`LogRestart`])
 //! to copy the few frames left itself, when no batch is waiting: nothing can
 //! commit meanwhile, the copy completes, and the writer's next transaction
-//! rewinds the log. (In a burst the writer is never idle; the log then grows
-//! to the backstop as before.) The log stays near [`RESTART_PAGES`] and its file is
-//! overwritten in place.
+//! rewinds the log. The log stays near [`RESTART_PAGES`] and its file is
+//! overwritten in place. (In a burst the writer is never idle; the log then
+//! grows to the backstop as before.)
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ impl LogRestart {
         if !self.0.swap(false, Ordering::Relaxed) {
             return;
         }
-        if let Err(error) = writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(error) = passive_checkpoint(writer) {
             tracing::debug!(error = %error, "the writer's checkpoint failed; the next pass asks again");
         }
     }
@@ -132,8 +132,8 @@ fn checkpoint_loop(
     }
 }
 
-/// What one checkpoint pass saw: the log's length and how much of it is in
-/// the database, in pages.
+/// What one checkpoint pass saw (by the background thread or the writer):
+/// the log's length and how much of it is in the database, in pages.
 struct Pass {
     log_pages: i64,
     copied_pages: i64,

@@ -28,6 +28,10 @@
 //! lease, throughput and CPU are summed over the nodes, and a last phase
 //! ([`failover`]) kills the holder with `kill -9` mid-stream and times the
 //! failover.
+//!
+//! `--journal node` runs the hand-written Node.js client of `bench/node/`
+//! ([`node`]) in the daemon's place, with the same phases and checks, and
+//! the report gives zoomwire's figures over the client's.
 
 pub mod failover;
 pub mod ledger;

@@ -1,6 +1,7 @@
 //! `zoomwire bench`: end-to-end throughput, latency and memory of the daemon
 //! driven from the simulator's WebSocket (see [`zoomwire_sim::bench`]).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,9 +23,14 @@ pub struct BenchArgs {
     /// Seconds of the latency phase
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
-    /// The daemon's journal, repeatable [default: full and memory]
+    /// The daemon's journal, repeatable [default: full and memory]; `node`
+    /// runs the hand-written Node.js client instead, and the report gives
+    /// zoomwire's events/s against it
     #[arg(long, value_enum)]
     pub journal: Vec<BenchJournal>,
+    /// The Node client's folder (`npm ci` in it first), for --journal node
+    #[arg(long, default_value = zoomwire_sim::bench::node::DEFAULT_DIR)]
+    pub node_client: PathBuf,
     /// With --journal postgres: this many nodes share the database, and a
     /// last phase kills the WebSocket's holder (kill -9) mid-stream and times
     /// the failover
@@ -79,6 +85,7 @@ pub async fn run(args: BenchArgs) -> CommandResult {
             args.journal
         },
         daemon_exe,
+        node_client: args.node_client,
         nodes: args.nodes,
         lease_ttl: args.lease_ttl.map(Duration::from_secs),
         database_url,
@@ -97,4 +104,43 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         );
     }
     Ok(ExitCode::from(EXIT_FAILED))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .unwrap()
+            .bench
+    }
+
+    #[test]
+    fn node_is_a_journal_to_run_beside_zoomwire_s() {
+        let args = parse(&[
+            "--journal",
+            "full",
+            "--journal",
+            "memory",
+            "--journal",
+            "node",
+        ]);
+        assert_eq!(
+            args.journal,
+            [BenchJournal::Full, BenchJournal::Memory, BenchJournal::Node]
+        );
+        assert_eq!(args.node_client, PathBuf::from("bench/node"));
+        let args = parse(&["--journal", "node", "--node-client", "/opt/client"]);
+        assert_eq!(args.node_client, PathBuf::from("/opt/client"));
+        assert!(Cli::try_parse_from(["bench", "--journal", "deno"]).is_err());
+    }
 }

@@ -42,3 +42,18 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
     assert!(stdout.contains("journal memory"), "{stdout}");
     assert!(!stdout.contains("did not finish"), "{stdout}");
 }
+
+#[test]
+fn the_node_client_is_asked_for_where_it_is_not_installed() {
+    let empty = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+        .args(["bench", "--journal", "memory", "--journal", "node"])
+        .arg("--node-client")
+        .arg(empty.path())
+        .output()
+        .expect("zoomwire runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no client.js in"), "{stderr}");
+    assert!(stderr.contains("--node-client"), "{stderr}");
+}

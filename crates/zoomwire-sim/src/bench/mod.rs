@@ -28,9 +28,14 @@
 //! lease, throughput and CPU are summed over the nodes, and a last phase
 //! ([`failover`]) kills the holder with `kill -9` mid-stream and times the
 //! failover.
+//!
+//! `--journal node` runs the hand-written Node.js client of `bench/node/`
+//! ([`node`]) in the daemon's place, with the same phases and checks, and
+//! the report gives zoomwire's figures over the client's.
 
 pub mod failover;
 pub mod ledger;
+pub mod node;
 pub mod process;
 pub mod scratch_pg;
 pub mod workload;
@@ -46,6 +51,7 @@ use tokio::time::Instant;
 use crate::sim::{SecondConnection, SimConfig, SimError, SimHandle};
 use failover::Failover;
 use ledger::{Delivery, Ledger, sent_time};
+use node::{NodeClient, NodeClientError};
 use process::{DaemonProcess, Memory, counter_by, counter_sum};
 use scratch_pg::{ScratchError, ScratchPostgres};
 use workload::{BenchEvent, Generator};
@@ -80,6 +86,8 @@ pub struct BenchOptions {
     pub journals: Vec<BenchJournal>,
     /// The executable to run as the daemon (this one by default).
     pub daemon_exe: PathBuf,
+    /// The folder of the Node client `--journal node` runs ([`node`]).
+    pub node_client: PathBuf,
     /// Daemons sharing the database with `--journal postgres` (1: one node,
     /// no failover phase); the other journals always have one.
     pub nodes: usize,
@@ -106,6 +114,10 @@ pub enum BenchJournal {
     /// the bench's events and runs stay in it), else on a scratch server the
     /// bench starts (PostgreSQL's initdb and pg_ctl must be installed)
     Postgres,
+    /// Not zoomwire: the hand-written Node.js client of bench/node (no
+    /// journal), run in the daemon's place to compare against (`npm ci` in
+    /// its folder first)
+    Node,
 }
 
 impl BenchJournal {
@@ -116,6 +128,7 @@ impl BenchJournal {
             BenchJournal::Normal => "sqlite, synchronous=NORMAL",
             BenchJournal::Memory => "memory",
             BenchJournal::Postgres => "postgres",
+            BenchJournal::Node => "none (the hand-written Node.js client of bench/node)",
         }
     }
 
@@ -126,29 +139,32 @@ impl BenchJournal {
             BenchJournal::Normal => "normal",
             BenchJournal::Memory => "memory",
             BenchJournal::Postgres => "postgres",
+            BenchJournal::Node => "node",
         }
     }
 
     /// The daemon's settings for it (with PostgreSQL, the URL is added from
     /// the bench's environment).
-    fn settings(self) -> [(&'static str, &'static str); 2] {
+    /// The Node client has none.
+    fn settings(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            BenchJournal::Full => [
+            BenchJournal::Full => &[
                 ("ZOOMWIRE_JOURNAL", "sqlite"),
                 ("ZOOMWIRE_JOURNAL_SYNC", "full"),
             ],
-            BenchJournal::Normal => [
+            BenchJournal::Normal => &[
                 ("ZOOMWIRE_JOURNAL", "sqlite"),
                 ("ZOOMWIRE_JOURNAL_SYNC", "normal"),
             ],
-            BenchJournal::Memory => [
+            BenchJournal::Memory => &[
                 ("ZOOMWIRE_JOURNAL", "memory"),
                 ("ZOOMWIRE_JOURNAL_SYNC", "full"),
             ],
-            BenchJournal::Postgres => [
+            BenchJournal::Postgres => &[
                 ("ZOOMWIRE_JOURNAL", "postgres"),
                 ("ZOOMWIRE_JOURNAL_SYNC", "full"),
             ],
+            BenchJournal::Node => &[],
         }
     }
 }
@@ -169,6 +185,8 @@ pub enum BenchError {
     NotConnected { timeout: Duration, log: String },
     #[error(transparent)]
     Postgres(#[from] ScratchError),
+    #[error(transparent)]
+    Node(#[from] NodeClientError),
 }
 
 /// The measured figures of every journal, and the disk's.
@@ -200,6 +218,8 @@ pub struct JournalReport {
     pub events_counted: f64,
     /// The end of each daemon's log (warnings and errors).
     pub log_tail: String,
+    /// With `--journal node`: the client's `node --version`.
+    pub node_version: Option<String>,
 }
 
 impl JournalReport {
@@ -286,6 +306,11 @@ fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
 
 /// Runs the whole bench, printing progress to stderr.
 pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let node_client = if options.journals.contains(&BenchJournal::Node) {
+        Some(NodeClient::find(&options.node_client)?)
+    } else {
+        None
+    };
     let scratch = tempfile::Builder::new()
         .prefix("zoomwire-bench-")
         .tempdir()?;
@@ -305,9 +330,16 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
     }
     for (index, &journal) in options.journals.iter().enumerate() {
         let dir = scratch.path().join(format!("{index}-{}", journal.flag()));
-        report
-            .journals
-            .push(bench_journal(options, journal, &dir, database.as_deref()).await?);
+        report.journals.push(
+            bench_journal(
+                options,
+                journal,
+                &dir,
+                database.as_deref(),
+                node_client.as_ref(),
+            )
+            .await?,
+        );
     }
     drop(server);
     Ok(report)
@@ -342,6 +374,7 @@ async fn bench_journal(
     journal: BenchJournal,
     dir: &Path,
     database: Option<&str>,
+    node_client: Option<&NodeClient>,
 ) -> Result<JournalReport, BenchError> {
     let nodes = if journal == BenchJournal::Postgres {
         options.nodes.max(1)
@@ -369,6 +402,7 @@ async fn bench_journal(
         database,
         nodes,
         lease_ttl: options.lease_ttl,
+        node_client: node_client.filter(|_| journal == BenchJournal::Node),
     };
     let daemons = start_daemons(options, &sim, dir, &settings).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -376,6 +410,7 @@ async fn bench_journal(
         pids: daemons.iter().map(DaemonProcess::pid).collect(),
         journal,
         lease_ttl: (nodes > 1).then(|| options.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL)),
+        node_version: settings.node_client.map(|client| client.version.clone()),
         ..JournalReport::default()
     };
     let mut bench = Bench {
@@ -392,6 +427,8 @@ async fn bench_journal(
         journal.flag(),
         if nodes > 1 {
             format!("{nodes} nodes")
+        } else if journal == BenchJournal::Node {
+            "client".into()
         } else {
             "daemon".into()
         },
@@ -452,6 +489,8 @@ struct DaemonSettings<'a> {
     database: Option<&'a str>,
     nodes: usize,
     lease_ttl: Option<Duration>,
+    /// With `--journal node`: the client started in the daemon's place.
+    node_client: Option<&'a NodeClient>,
 }
 
 /// Starts the daemons: the first alone, until it holds the WebSocket (and
@@ -467,12 +506,18 @@ async fn start_daemons(
     for node in 0..settings.nodes {
         let admin = free_port()?;
         let env = daemon_env(sim, dir, admin, settings, node);
-        let log = if settings.nodes > 1 {
+        let log = if settings.node_client.is_some() {
+            "node-client.log".into()
+        } else if settings.nodes > 1 {
             format!("daemon-{node}.log")
         } else {
             "daemon.log".into()
         };
-        let mut daemon = DaemonProcess::spawn(&options.daemon_exe, dir, &env, admin, &log)?;
+        let argv = match settings.node_client {
+            Some(client) => client.argv(),
+            None => vec![options.daemon_exe.clone().into(), "run".into()],
+        };
+        let mut daemon = DaemonProcess::spawn(&argv, dir, &env, admin, &log)?;
         let ready = if node == 0 {
             wait_connected(sim, &mut daemon).await
         } else {
@@ -526,6 +571,9 @@ fn daemon_env(
     }
     for (name, value) in settings.journal.settings() {
         env.insert(name.to_string(), value.to_string());
+    }
+    if settings.node_client.is_some() {
+        env.extend(NodeClient::path_var());
     }
     if settings.journal == BenchJournal::Postgres
         && let Some(url) = settings.database
@@ -781,6 +829,9 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
     if let Some(ttl) = options.lease_ttl {
         let _ = write!(flags, " --lease-ttl {}", ttl.as_secs());
     }
+    if let Some(line) = node::comparison(report) {
+        let _ = writeln!(out, "  {line}");
+    }
     let _ = writeln!(
         out,
         "  command     zoomwire bench --events {} --rate {} --seconds {}{flags}",
@@ -798,9 +849,10 @@ fn ms(value: Option<f64>) -> String {
 }
 
 fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f64>) {
-    let who = match report.pids.as_slice() {
-        [pid] => format!("daemon pid {pid}"),
-        pids => format!(
+    let who = match (report.pids.as_slice(), &report.node_version) {
+        ([pid], Some(version)) => format!("node {version}, pid {pid}"),
+        ([pid], None) => format!("daemon pid {pid}"),
+        (pids, _) => format!(
             "{} nodes, pids {pids:?}, lease {:?}; throughput and CPU summed over the nodes",
             pids.len(),
             report.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL)
@@ -874,7 +926,12 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
         .collect();
     let _ = writeln!(
         out,
-        "    daemon      {:.0} events counted, runs{}: {}",
+        "    {}      {:.0} events counted, runs{}: {}",
+        if report.node_version.is_some() {
+            "client"
+        } else {
+            "daemon"
+        },
         report.events_counted,
         if report.failover.is_some() {
             " by the surviving nodes"

@@ -4,6 +4,7 @@
 //! counters from the admin API's `/metrics`, and kills it at the end.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,19 +29,22 @@ pub struct Memory {
 }
 
 impl DaemonProcess {
-    /// Starts `exe run` in `dir` with exactly `env` (nothing inherited, so
-    /// no stray `.env` or `ZOOMWIRE_*` of the caller applies); its logs go
-    /// to `dir/<log_name>`.
+    /// Starts `argv` (`exe run`, or the Node client) in `dir` with exactly
+    /// `env` (nothing inherited, so no stray `.env` or `ZOOMWIRE_*` of the
+    /// caller applies); its logs go to `dir/<log_name>`.
     pub fn spawn(
-        exe: &Path,
+        argv: &[OsString],
         dir: &Path,
         env: &BTreeMap<String, String>,
         admin: SocketAddr,
         log_name: &str,
     ) -> std::io::Result<DaemonProcess> {
         let log = dir.join(log_name);
-        let child = Command::new(exe)
-            .arg("run")
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("no command to start"))?;
+        let child = Command::new(program)
+            .args(args)
             .current_dir(dir)
             .env_clear()
             .envs(env)

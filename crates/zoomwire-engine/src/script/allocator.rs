@@ -19,8 +19,8 @@
 //! per-thread cache holds more and its arena locks are per size class. It
 //! runs with one arena, a thread cache of at most 32 objects per size class
 //! and no blocks above 8 KiB, and freed pages given back at once
-//! ([`MALLOC_CONF`]), which keeps the
-//! daemon's peak and idle RSS near what they were with glibc. mimalloc was
+//! ([`MALLOC_CONF`]), which keeps the daemon's peak and idle RSS near what
+//! they were with glibc. mimalloc was
 //! tried too: as fast, but 8-10 MiB more at the peak of a burst whatever its
 //! purge settings (its pages belong to one thread each). C code (SQLite,
 //! aws-lc) still allocates from glibc's malloc.

@@ -132,6 +132,14 @@ impl BenchJournal {
         }
     }
 
+    /// What the bench starts for it: zoomwire's daemon, or the Node client.
+    fn process(self) -> &'static str {
+        match self {
+            BenchJournal::Node => "client",
+            _ => "daemon",
+        }
+    }
+
     /// As `--journal` takes it.
     fn flag(self) -> &'static str {
         match self {
@@ -427,10 +435,8 @@ async fn bench_journal(
         journal.flag(),
         if nodes > 1 {
             format!("{nodes} nodes")
-        } else if journal == BenchJournal::Node {
-            "client".into()
         } else {
-            "daemon".into()
+            journal.process().into()
         },
         report.pids
     );
@@ -927,11 +933,7 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
     let _ = writeln!(
         out,
         "    {}      {:.0} events counted, runs{}: {}",
-        if report.node_version.is_some() {
-            "client"
-        } else {
-            "daemon"
-        },
+        report.journal.process(),
         report.events_counted,
         if report.failover.is_some() {
             " by the surviving nodes"

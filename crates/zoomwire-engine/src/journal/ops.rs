@@ -154,11 +154,13 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
 ///
 /// The event's own row answers the check while it exists: it is found by
 /// the hash of its id (`events_id`, one walk of a small index), then
-/// inserted, or replaced when its window has passed, or left as it was for
-/// a duplicate. Ids stay unique because only this writer, inside its write
-/// transaction, inserts events. Only an event pruned within its window
-/// leaves a `dedupe` row behind (`prune.rs`), looked up first; that table
-/// is small, so the lookup reads a page or two and writes none.
+/// inserted, or replaced when its window has passed (deleted and inserted
+/// at the end: events are kept in receive order by rowid, which pruning
+/// walks, `prune.rs`), or left as it was for a duplicate. Ids stay unique
+/// because only this writer, inside its write transaction, inserts events.
+/// Only an event pruned within its window leaves a `dedupe` row behind
+/// (`prune.rs`), looked up first; that table is small, so the lookup reads
+/// a page or two and writes none.
 fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::Result<bool> {
     let window = at.dedupe_window;
     if !claim_pruned_id(tx, event, window)? {
@@ -171,47 +173,34 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
             Ok((row.get(0)?, row.get(1)?))
         })
         .optional()?;
-    if let Some((_, seen)) = stored
-        && event.received_at.saturating_sub(seen) < window
-    {
-        return Ok(false);
+    match stored {
+        Some((_, seen)) if event.received_at.saturating_sub(seen) < window => return Ok(false),
+        // Deleted and inserted again rather than updated in place: the new
+        // row goes to the end, so that rowid order stays receive order.
+        Some((rowid, _)) => {
+            tx.prepare_cached("DELETE FROM events WHERE rowid = ?1")?
+                .execute([rowid])?;
+        }
+        None => {}
     }
     let sealed_token = event.download_token.as_ref().and_then(|token| {
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())
     });
-    match stored {
-        None => tx
-            .prepare_cached(
-                "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw, sealed_token)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                event.id,
-                id_hash,
-                event.event_type,
-                event.ts,
-                event.source,
-                event.received_at,
-                &*event.raw,
-                sealed_token,
-            ])?,
-        Some((rowid, _)) => tx
-            .prepare_cached(
-                "UPDATE events SET type = ?2, ts = ?3, source = ?4, received_at = ?5,
-                     raw = ?6, sealed_token = ?7
-                 WHERE rowid = ?1",
-            )?
-            .execute(params![
-                rowid,
-                event.event_type,
-                event.ts,
-                event.source,
-                event.received_at,
-                &*event.raw,
-                sealed_token,
-            ])?,
-    };
+    tx.prepare_cached(
+        "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw, sealed_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        event.id,
+        id_hash,
+        event.event_type,
+        event.ts,
+        event.source,
+        event.received_at,
+        &*event.raw,
+        sealed_token,
+    ])?;
     Ok(true)
 }
 
@@ -609,6 +598,36 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();
         assert_eq!(events, 1, "a re-delivery after the window replaces the row");
+    }
+
+    fn received_in_rowid_order(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT received_at FROM events ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_re_delivery_after_the_window_moves_to_the_end_of_receive_order() {
+        let (_dir, mut conn) = store();
+        apply_one(&mut conn, &accept_op(event_row(0), vec![]));
+        let other = Event::parse(r#"{"event":"x.y","event_ts":2}"#, Source::Fire).unwrap();
+        let other = EventRow {
+            received_at: 10,
+            ..EventRow::new(&other)
+        };
+        apply_one(&mut conn, &accept_op(other, vec![]));
+        assert!(accepted(apply_one(
+            &mut conn,
+            &accept_op(event_row(HOUR), vec![])
+        )));
+        assert_eq!(
+            received_in_rowid_order(&conn),
+            vec![10, HOUR],
+            "rowid order is receive order"
+        );
     }
 
     fn prune_all_events(conn: &mut Connection, now: i64) -> u64 {

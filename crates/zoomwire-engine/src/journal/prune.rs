@@ -30,7 +30,8 @@ pub(crate) enum PruneStep {
     RunsBeyond(u64),
     /// Events received before this time that no unfinished run needs.
     EventsOlderThan(i64),
-    /// The oldest events beyond this many rows that no unfinished run needs.
+    /// The oldest events (in receive order, which is rowid order) beyond
+    /// this many rows that no unfinished run needs.
     EventsBeyond(u64),
 }
 
@@ -68,18 +69,13 @@ pub(crate) fn apply_prune_step(
             delete_runs(tx, &ids)?
         }
         PruneStep::EventsOlderThan(cutoff) => {
-            let sql = format!(
-                "SELECT rowid FROM events WHERE received_at < ?1 AND {}
-                 ORDER BY received_at LIMIT ?2",
-                not_needed()
-            );
-            let rowids: Vec<i64> = select_column(tx, &sql, params![cutoff, CHUNK])?;
+            let rowids: Vec<i64> = select_column(tx, &events_older_than(), params![cutoff, CHUNK])?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
         PruneStep::EventsBeyond(budget) => {
             let excess = excess_rows(tx, "events", budget)?;
             let sql = format!(
-                "SELECT rowid FROM events WHERE {} ORDER BY received_at LIMIT ?1",
+                "SELECT rowid FROM events WHERE {} ORDER BY rowid LIMIT ?1",
                 not_needed()
             );
             let rowids: Vec<i64> = select_column(tx, &sql, params![excess.min(CHUNK)])?;
@@ -87,6 +83,25 @@ pub(crate) fn apply_prune_step(
         }
     };
     Ok(deleted as u64)
+}
+
+/// Up to `?2` events received before `?1` that no unfinished run needs, oldest first.
+///
+/// Events are in receive order by rowid (`ops.rs`): the ones received
+/// before the cutoff are those before the first one received after it,
+/// found by a walk from the oldest that stops there. Events of one commit
+/// may be a few milliseconds out of order: one held back behind a later
+/// neighbour goes at the next pass.
+fn events_older_than() -> String {
+    format!(
+        "SELECT rowid FROM events
+         WHERE rowid < coalesce((SELECT rowid FROM events WHERE received_at >= ?1
+                                 ORDER BY rowid LIMIT 1), {})
+           AND received_at < ?1 AND {}
+         ORDER BY rowid LIMIT ?2",
+        i64::MAX,
+        not_needed()
+    )
 }
 
 /// SQL condition on `events`: no unfinished run needs this event.
@@ -152,4 +167,89 @@ fn delete_runs(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<usize> 
         delete_starts.execute([id])?;
     }
     Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+    use std::time::Duration;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(
+            &dir.path().join("zoomwire.db"),
+            Duration::from_secs(1),
+            false,
+            None,
+            crate::journal::JournalSync::Normal,
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    /// Stores events `e<n>` received at the times given, in that order.
+    fn store_events(conn: &Connection, received: &[i64]) {
+        for (n, at) in received.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw)
+                 VALUES (?1, ?2, 'x.y', 1, '\"fire\"', ?3, '{}')",
+                params![format!("e{n}"), n as i64, at],
+            )
+            .unwrap();
+        }
+    }
+
+    fn stored_ids(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT id FROM events ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn prune(conn: &mut Connection, step: PruneStep) -> u64 {
+        let tx = conn.transaction().unwrap();
+        let deleted = apply_prune_step(&tx, &step, 1_000, 0).unwrap();
+        tx.commit().unwrap();
+        deleted
+    }
+
+    #[test]
+    fn events_received_before_the_cutoff_go_and_the_needed_ones_stay() {
+        let (_dir, mut conn) = store();
+        // e2 is a few ms out of order behind e3; e1 has an unfinished run.
+        store_events(&conn, &[10, 20, 31, 30, 40, 50]);
+        conn.execute(
+            "INSERT INTO runs (id, rule, event_id, event_type, status, attempt, created_at, updated_at)
+             VALUES ('r1', 'rule-a', 'e1', 'x.y', 'running', 1, 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(31)), 1);
+        assert_eq!(stored_ids(&conn), ["e1", "e2", "e3", "e4", "e5"]);
+        // The cutoff moves on: e2 and e3 go, e3 though it was stored after e2.
+        assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(40)), 2);
+        assert_eq!(stored_ids(&conn), ["e1", "e4", "e5"]);
+        assert_eq!(prune(&mut conn, PruneStep::EventsBeyond(2)), 1);
+        assert_eq!(stored_ids(&conn), ["e1", "e5"], "the oldest not needed");
+    }
+
+    #[test]
+    fn pruning_old_events_reads_them_by_rowid_not_the_whole_table() {
+        let (_dir, conn) = store();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", events_older_than()))
+            .unwrap()
+            .query_map(params![1, 2], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("SEARCH events USING INTEGER PRIMARY KEY (rowid<?)"),
+            "{plan}"
+        );
+    }
 }

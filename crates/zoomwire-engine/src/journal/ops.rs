@@ -304,8 +304,7 @@ fn upsert_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Resu
 
 /// Stores an effect at its position; `attempt` defaults to the run's current one.
 /// The same record sent again (the executor re-sends an attempt's effects
-/// with the next attempt's run record, and with the run's final record)
-/// keeps the attempt that performed it and changes nothing.
+/// with the next attempt's run record) keeps the attempt that performed it.
 fn insert_effect(
     tx: &Transaction<'_>,
     run_id: &str,
@@ -313,36 +312,17 @@ fn insert_effect(
     record: &EffectRecord,
     at: &Apply<'_>,
 ) -> rusqlite::Result<()> {
-    let stored = upsert_effect(tx, run_id, attempt, record, at)?;
-    if stored {
-        // The record replaces the mark written when the effect started. A
-        // record that changed nothing was stored before, and its mark went
-        // then: a new mark (the effect performed again) comes with a new
-        // record, which differs at least in `started_at`.
-        tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
-            .execute(params![run_id, record.seq])?;
-    }
-    Ok(())
-}
-
-/// Writes the effect's row unless it is a replayed copy or the same record
-/// again; true when a row was written.
-fn upsert_effect(
-    tx: &Transaction<'_>,
-    run_id: &str,
-    attempt: Option<u32>,
-    record: &EffectRecord,
-    at: &Apply<'_>,
-) -> rusqlite::Result<bool> {
+    // The record replaces the mark written when the effect started.
+    tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
+        .execute(params![run_id, record.seq])?;
     let sealed_result = record.unredacted.as_ref().and_then(|value| {
         at.seal.seal(
             &effect_context(run_id, record.seq),
             to_json(value).as_bytes(),
         )
     });
-    let changed = tx
-        .prepare_cached(
-            "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
+    tx.prepare_cached(
+        "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
                               latency_ms, replayed, recorded_at, in_doubt, sealed_result)
          VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
                  ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -356,23 +336,23 @@ fn upsert_effect(
            AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
                 OR effects.args != excluded.args OR effects.result != excluded.result
                 OR effects.in_doubt != excluded.in_doubt)",
-        )?
-        .execute(params![
-            run_id,
-            record.seq,
-            attempt,
-            record.name,
-            to_json(&record.args),
-            record.result.is_ok(),
-            to_json(&record.result),
-            to_nanos(record.started_at),
-            record.latency_ms,
-            record.replayed,
-            at.now,
-            record.in_doubt,
-            sealed_result,
-        ])?;
-    Ok(changed > 0)
+    )?
+    .execute(params![
+        run_id,
+        record.seq,
+        attempt,
+        record.name,
+        to_json(&record.args),
+        record.result.is_ok(),
+        to_json(&record.result),
+        to_nanos(record.started_at),
+        record.latency_ms,
+        record.replayed,
+        at.now,
+        record.in_doubt,
+        sealed_result,
+    ])?;
+    Ok(())
 }
 
 /// Marks an effect as started (a performed-again effect marks its position again).
@@ -763,58 +743,6 @@ mod tests {
         record.attempt = 2;
         apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
         assert_eq!(stored_effects(&conn)[0].3, 1);
-    }
-
-    fn starts_left(conn: &Connection) -> i64 {
-        conn.query_row("SELECT count(*) FROM effect_starts", [], |r| r.get(0))
-            .unwrap()
-    }
-
-    fn start_op(record: &EffectRecord) -> Op {
-        Op::EffectStart {
-            run_id: "r1".into(),
-            start: Box::new(EffectStart {
-                seq: record.seq,
-                name: record.name.clone(),
-                args: record.args.clone(),
-                started_at: record.started_at,
-            }),
-        }
-    }
-
-    #[test]
-    fn an_effects_record_clears_its_start_mark_and_the_same_record_again_changes_nothing() {
-        let (_dir, mut conn) = store();
-        let mut record = run("r1", RunStatus::Running);
-        apply_one(&mut conn, &Op::RecordRun(Box::new(record.clone())));
-        let first = effect(1, "one", false);
-        apply_one(&mut conn, &start_op(&first));
-        assert_eq!(starts_left(&conn), 1);
-        let stored = |record: &EffectRecord| Op::Effect {
-            run_id: "r1".into(),
-            record: Box::new(record.clone()),
-        };
-        apply_one(&mut conn, &stored(&first));
-        assert_eq!(starts_left(&conn), 0);
-        // Performed again: a new mark, then a new record that clears it.
-        let mut again = effect(1, "one", false);
-        again.started_at = first.started_at + chrono::Duration::milliseconds(5);
-        apply_one(&mut conn, &start_op(&again));
-        apply_one(&mut conn, &stored(&again));
-        assert_eq!(starts_left(&conn), 0);
-        // The final record re-sends it: nothing changes.
-        record.status = RunStatus::Succeeded;
-        record.effects = vec![again.clone()];
-        apply_one(&mut conn, &Op::RecordRun(Box::new(record)));
-        assert_eq!(starts_left(&conn), 0);
-        let started: Vec<i64> = conn
-            .prepare("SELECT started_at FROM effects")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(started, vec![to_nanos(again.started_at)]);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! futex calls were 5-11% of the samples and malloc/free ~12%. jemalloc's
 //! per-thread cache holds more and its arena locks are per size class. It
 //! runs with one arena, a thread cache of at most 32 objects per size class
-//! and no blocks above 8 KiB, and freed pages given back at once
+//! and no blocks above 8 KiB, and freed pages given back after a second
 //! ([`MALLOC_CONF`]), which keeps the daemon's peak and idle RSS near what
 //! they were with glibc. mimalloc was
 //! tried too: as fast, but 8-10 MiB more at the peak of a burst whatever its
@@ -61,9 +61,19 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 /// arena, as glibc had ([`limit_malloc_arenas`]); at most 32 cached objects
 /// of a small size class per thread (200 by default: the daemon's forty
 /// threads would keep several MiB in their caches); freed pages given back
-/// at once rather than after ten seconds. In a 100,000-event burst these
-/// took the peak RSS from 56-58 MiB (jemalloc's defaults) to 43-46 (glibc:
-/// 42-43).
+/// at once rather than after ten seconds (now after one: below). In a
+/// 100,000-event burst these took the peak RSS from 56-58 MiB (jemalloc's
+/// defaults) to 43-46 (glibc: 42-43).
+///
+/// Freed pages are given back after a second (`dirty_decay_ms:1000`), not
+/// at once: at once, every free that emptied a page was an `madvise` and a
+/// TLB shootdown across the threads, ~4.5% of the daemon's CPU in a burst.
+/// On the quiet bench machine, alternated runs against `0`: CPU per event
+/// 0.85-0.9x (durable median 28.7 vs 32 µs, memory journal 11.7 vs 13.2),
+/// peak RSS +1.2-1.5 MiB; 100 ms kept most of the peak and little of the
+/// gain (27.8 and 13.8 µs). Idle RSS is the same (pages left over are given
+/// back as the next allocations tick the decay, or by
+/// [`release_free_memory`] after a large run).
 ///
 /// Blocks above 8 KiB are not cached per thread (`tcache_max`, 32 KiB by
 /// default, where a thread keeps up to 20 blocks of each size above 14 KiB):
@@ -73,8 +83,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 /// took 1.5 MiB more off but cost 9% more CPU per event (a block above
 /// 14 KiB not cached is its own extent: mapped and purged each time).
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 87] =
-    b"narenas:1,tcache_nslots_small_max:32,tcache_max:8192,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 90] =
+    b"narenas:1,tcache_nslots_small_max:32,tcache_max:8192,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// One thread's count.
 #[derive(Clone, Copy)]
@@ -341,39 +351,33 @@ mod tests {
         }
     }
 
+    /// jemalloc's value of the option `name` (`opt.<name>`), whose C type
+    /// must be `T`; `None` if jemalloc does not know it.
+    fn jemalloc_option<T: Default>(name: &std::ffi::CStr) -> Option<T> {
+        let mut value = T::default();
+        let mut size = std::mem::size_of::<T>();
+        // SAFETY: the caller names an option whose C type is `T`; `size` is its size.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                std::ptr::from_mut(&mut value).cast(),
+                &mut size,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        (status == 0).then_some(value)
+    }
+
     #[test]
     fn jemalloc_takes_its_options_and_the_release_controls() {
         assert_eq!(MALLOC_CONF.last(), Some(&0), "a C string");
-        let mut arenas: std::ffi::c_uint = 0;
-        let mut size = std::mem::size_of_val(&arenas);
-        // SAFETY: `opt.narenas` is an unsigned int; `size` is its size.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.narenas".as_ptr(),
-                std::ptr::from_mut(&mut arenas).cast(),
-                &mut size,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!((status, arenas), (0, 1), "jemalloc read MALLOC_CONF");
-        let mut tcache_max: usize = 0;
-        let mut size = std::mem::size_of_val(&tcache_max);
-        // SAFETY: `opt.tcache_max` is a size_t; `size` is its size.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.tcache_max".as_ptr(),
-                std::ptr::from_mut(&mut tcache_max).cast(),
-                &mut size,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(
-            (status, tcache_max),
-            (0, 8192),
-            "and every option after the first"
-        );
+        let arenas = jemalloc_option::<std::ffi::c_uint>(c"opt.narenas");
+        assert_eq!(arenas, Some(1), "jemalloc read MALLOC_CONF");
+        let tcache_max = jemalloc_option::<usize>(c"opt.tcache_max");
+        assert_eq!(tcache_max, Some(8192), "and every option after the first");
+        let dirty_decay = jemalloc_option::<isize>(c"opt.dirty_decay_ms");
+        assert_eq!(dirty_decay, Some(1000));
         assert!(mallctl_command(c"thread.tcache.flush"));
         assert!(mallctl_command(c"arena.4096.purge"));
     }

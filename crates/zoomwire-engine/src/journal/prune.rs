@@ -69,7 +69,7 @@ pub(crate) fn apply_prune_step(
             delete_runs(tx, &ids)?
         }
         PruneStep::EventsOlderThan(cutoff) => {
-            let rowids: Vec<i64> = select_column(tx, &events_older_than(), params![cutoff, CHUNK])?;
+            let rowids = events_older_than(tx, cutoff)?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
         PruneStep::EventsBeyond(budget) => {
@@ -85,23 +85,34 @@ pub(crate) fn apply_prune_step(
     Ok(deleted as u64)
 }
 
-/// Up to `?2` events received before `?1` that no unfinished run needs, oldest first.
+/// Up to [`CHUNK`] events received before `cutoff` that no unfinished run
+/// needs, oldest first.
 ///
 /// Events are in receive order by rowid (`ops.rs`): the ones received
-/// before the cutoff are those before the first one received after it,
-/// found by a walk from the oldest that stops there. Events of one commit
-/// may be a few milliseconds out of order: one held back behind a later
-/// neighbour goes at the next pass.
-fn events_older_than() -> String {
-    format!(
-        "SELECT rowid FROM events
-         WHERE rowid < coalesce((SELECT rowid FROM events WHERE received_at >= ?1
-                                 ORDER BY rowid LIMIT 1), {})
-           AND received_at < ?1 AND {}
-         ORDER BY rowid LIMIT ?2",
-        i64::MAX,
+/// before the cutoff are those before the first one received after it. The
+/// walk goes from the oldest and stops there, or once it has [`CHUNK`], so
+/// a pass reads what it deletes and the few old events a run still needs,
+/// however many events are older than the cutoff (a shorter retention, a
+/// store opened after a long pause). Events of one commit may be a few
+/// milliseconds out of order: one held back behind a later neighbour goes
+/// at the next pass.
+fn events_older_than(tx: &Transaction<'_>, cutoff: i64) -> rusqlite::Result<Vec<i64>> {
+    let sql = format!(
+        "SELECT rowid, received_at, {} FROM events ORDER BY rowid",
         not_needed()
-    )
+    );
+    let mut statement = tx.prepare_cached(&sql)?;
+    let mut rows = statement.query([])?;
+    let mut rowids = Vec::new();
+    while let Some(row) = rows.next()? {
+        if row.get::<_, i64>(1)? >= cutoff || rowids.len() as i64 >= CHUNK {
+            break;
+        }
+        if row.get::<_, bool>(2)? {
+            rowids.push(row.get(0)?);
+        }
+    }
+    Ok(rowids)
 }
 
 /// SQL condition on `events`: no unfinished run needs this event.
@@ -237,19 +248,29 @@ mod tests {
     }
 
     #[test]
-    fn pruning_old_events_reads_them_by_rowid_not_the_whole_table() {
-        let (_dir, conn) = store();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", events_older_than()))
-            .unwrap()
-            .query_map(params![1, 2], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("SEARCH events USING INTEGER PRIMARY KEY (rowid<?)"),
-            "{plan}"
+    fn many_old_events_go_a_chunk_a_pass_oldest_first_and_the_newer_stay() {
+        let (_dir, mut conn) = store();
+        let old = 2 * CHUNK as usize + 7;
+        let received: Vec<i64> = (0..old as i64).chain([5_000, 5_001]).collect();
+        store_events(&conn, &received);
+        assert_eq!(
+            prune(&mut conn, PruneStep::EventsOlderThan(4_000)),
+            CHUNK as u64
+        );
+        assert_eq!(
+            stored_ids(&conn)[0],
+            format!("e{CHUNK}"),
+            "the oldest went first"
+        );
+        assert_eq!(
+            prune(&mut conn, PruneStep::EventsOlderThan(4_000)),
+            CHUNK as u64
+        );
+        assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(4_000)), 7);
+        assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(4_000)), 0);
+        assert_eq!(
+            stored_ids(&conn),
+            [format!("e{old}"), format!("e{}", old + 1)]
         );
     }
 }

@@ -486,21 +486,11 @@ mod tests {
     use chrono::Utc;
     use rusqlite::Connection;
     use serde_json::json;
-    use std::time::Duration;
 
     const HOUR: i64 = 3_600_000_000_000;
 
     fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::schema::open_writer(
-            &dir.path().join("zoomwire.db"),
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
-        (dir, conn)
+        super::super::schema::scratch_store()
     }
 
     fn at(seal: &SealKey) -> Apply<'_> {

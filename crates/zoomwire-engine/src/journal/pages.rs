@@ -239,7 +239,6 @@ fn summary_row(row: &Row<'_>) -> ReadResult<RunSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn read<T>(result: ReadResult<T>) -> T {
         match result {
@@ -265,15 +264,7 @@ mod tests {
 
     #[test]
     fn a_rules_runs_and_counts_read_runs_rule_status_not_the_whole_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::schema::open_writer(
-            &dir.path().join("zoomwire.db"),
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::schema::scratch_store();
         let listing = format!(
             "SELECT {SUMMARY_COLUMNS} FROM runs WHERE rule = ?1 AND status = ?2
              AND (created_at, id) < (?3, ?4) ORDER BY created_at DESC, id DESC LIMIT ?5"
@@ -289,15 +280,7 @@ mod tests {
 
     #[test]
     fn a_rules_page_without_a_status_merges_every_status_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::schema::open_writer(
-            &dir.path().join("zoomwire.db"),
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Full,
-        )
-        .unwrap();
+        let (_dir, conn) = super::super::schema::scratch_store();
         for (id, rule, status, at) in [
             ("a", "r", "succeeded", 1),
             ("b", "r", "failed", 2),

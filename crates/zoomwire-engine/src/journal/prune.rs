@@ -184,19 +184,9 @@ fn delete_runs(tx: &Transaction<'_>, ids: &[String]) -> rusqlite::Result<usize> 
 mod tests {
     use super::*;
     use rusqlite::Connection;
-    use std::time::Duration;
 
     fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::schema::open_writer(
-            &dir.path().join("zoomwire.db"),
-            Duration::from_secs(1),
-            false,
-            None,
-            crate::journal::JournalSync::Normal,
-        )
-        .unwrap();
-        (dir, conn)
+        super::super::schema::scratch_store()
     }
 
     /// Stores events `e<n>` received at the times given, in that order.

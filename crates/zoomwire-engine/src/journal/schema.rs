@@ -293,6 +293,23 @@ pub(crate) fn open_writer(
     Ok(conn)
 }
 
+/// A writer connection on a new store in a temporary folder, for tests of
+/// the statements (sync `normal`: they do not test durability).
+#[cfg(test)]
+pub(crate) fn scratch_store() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zoomwire.db");
+    let conn = open_writer(
+        &path,
+        Duration::from_secs(1),
+        false,
+        None,
+        JournalSync::Normal,
+    )
+    .unwrap();
+    (dir, conn)
+}
+
 /// Opens a read-only connection to a store the writer already opened.
 pub(crate) fn open_reader(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     // Read-write at the file level (WAL readers update the shared-memory

@@ -474,16 +474,7 @@ mod tests {
 
     #[test]
     fn sync_normal_is_asked_of_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("zoomwire.db");
-        let conn = open_writer(
-            &path,
-            Duration::from_secs(1),
-            false,
-            None,
-            JournalSync::Normal,
-        )
-        .unwrap();
+        let (_dir, conn) = scratch_store();
         let synchronous: i64 = conn
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();

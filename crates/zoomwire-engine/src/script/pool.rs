@@ -14,7 +14,11 @@
 //! The workers share one tokio receiver behind a mutex. Measured in the 100k
 //! burst and not kept: a LIFO board of idle threads, crossbeam's and flume's
 //! multi-consumer channels (crossbeam: the durable journal's daemon switched
-//! 1.23-1.46x as often, its receivers spin and yield before they sleep).
+//! 1.23-1.46x as often, its receivers spin and yield before they sleep); one
+//! queue with a condvar; a LIFO hand-off again (stop 27, branch
+//! `wt/mpool27-lifo`: CPU per event and switches within the noise). In a burst
+//! every thread runs jobs whatever the hand-off: each run waits for its
+//! effects, so the pool is full and a warm few threads could not do the work.
 
 use parking_lot::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};

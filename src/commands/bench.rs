@@ -89,6 +89,7 @@ pub async fn run(args: BenchArgs) -> CommandResult {
         nodes: args.nodes,
         lease_ttl: args.lease_ttl.map(Duration::from_secs),
         database_url,
+        build: env!("ZOOMWIRE_BUILD_PROFILE"),
     };
     let report = run_bench(&options)
         .await

@@ -96,6 +96,9 @@ pub struct BenchOptions {
     /// The database of `--journal postgres` (`None`: a scratch server the
     /// bench starts and removes).
     pub database_url: Option<String>,
+    /// The Cargo profile that built the daemon (`release`, `dist`), named in
+    /// the report's header.
+    pub build: &'static str,
 }
 
 /// A journal the daemon under test uses (`--journal`).
@@ -806,7 +809,7 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
         if cfg!(debug_assertions) {
             "DEBUG"
         } else {
-            "release"
+            options.build
         },
         options.events,
         options.rate,

@@ -41,6 +41,21 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
     }
     assert!(stdout.contains("journal memory"), "{stdout}");
     assert!(!stdout.contains("did not finish"), "{stdout}");
+    // The header names the profile that built the binary: its folder.
+    let profile = std::path::Path::new(env!("CARGO_BIN_EXE_zoomwire"))
+        .parent()
+        .and_then(|folder| folder.file_name())
+        .and_then(|name| name.to_str())
+        .expect("the binary is in its profile's folder");
+    let build = if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        profile
+    };
+    assert!(
+        stdout.contains(&format!("zoomwire bench ({build} build)")),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -90,15 +90,19 @@ impl Client {
             .expect("channel open")
     }
 
-    async fn wait_status(&mut self, what: &str, check: impl FnMut(&ConnectionStatus) -> bool) {
-        let waited = tokio::time::timeout(WAIT, self.status.wait_for(check))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        assert!(
-            waited,
-            "status never got {what}: {:?}",
-            *self.status.borrow()
-        );
+    /// Looks at the status every few milliseconds until it passes `check`:
+    /// its counters (frames, events, heartbeats) change without waking its
+    /// watchers, only changes of the connection itself do.
+    async fn wait_status(&mut self, what: &str, mut check: impl FnMut(&ConnectionStatus) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check(&self.status.borrow()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status never got {what}: {:?}",
+                *self.status.borrow()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn stop(self) {

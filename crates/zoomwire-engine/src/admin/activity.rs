@@ -357,6 +357,17 @@ impl Journal for ObservedJournal {
         self.activity.run_recorded(run);
     }
 
+    fn record_observed_run<'a>(
+        &'a self,
+        run: &'a RunRecord,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async move {
+            self.inner.record_observed_run(run).await?;
+            self.activity.run_recorded(run);
+            Ok(())
+        })
+    }
+
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         self.inner.unfinished_runs()
     }

@@ -4,6 +4,9 @@
 //! A failure caused by a transient effect error is retried after the rule's
 //! backoff, replaying the effects that completed; a cancelled run (`restart`)
 //! stops at once, even while it waits to retry.
+//!
+//! An attempt's records are written without its effects: the journal was
+//! given each as it completed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,8 +189,10 @@ impl Runner {
         .with_output_limits(rule_set.sandbox().limits().output_limits())
     }
 
+    /// Writes the attempt's record; its effects were each written as they
+    /// completed (the journal is their observer).
     async fn persist(&self, record: &RunRecord) {
-        if let Err(error) = self.journal.record_run(record).await {
+        if let Err(error) = self.journal.record_observed_run(record).await {
             tracing::error!(run = %record.id, error = %error, "could not record run");
         }
     }

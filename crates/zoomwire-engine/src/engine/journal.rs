@@ -183,6 +183,16 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
     /// records nothing depends on having reached the disk, such as a run
     /// turning `running` (a crash resumes pending and running runs alike).
     fn queue_run(&self, run: &RunRecord);
+    /// [`Journal::record_run`] for a record whose effects were each given to
+    /// this journal's [`EffectObserver`] as they completed (the executor's
+    /// records of its runs): a journal that stores effects on their own
+    /// need not write them again. The default writes the whole record.
+    fn record_observed_run<'a>(
+        &'a self,
+        run: &'a RunRecord,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        self.record_run(run)
+    }
     /// Runs left pending or running, in the order their events arrived (the
     /// order the daemon admits runs in), so that queued runs resume in order.
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>>;

@@ -146,6 +146,15 @@ impl Journal for SqliteJournal {
             .submit_queued(Op::RecordRun(Box::new(run.clone())));
     }
 
+    /// The run's row and logs: its effects are stored as they complete.
+    fn record_observed_run<'a>(
+        &'a self,
+        run: &'a RunRecord,
+    ) -> BoxFuture<'a, Result<(), JournalError>> {
+        let op = Op::RecordObservedRun(Box::new(run.clone()));
+        Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
+    }
+
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
             let seal = &self.inner.seal;

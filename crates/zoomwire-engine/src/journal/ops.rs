@@ -68,6 +68,10 @@ pub(crate) enum Op {
         runs: Vec<RunRecord>,
     },
     RecordRun(Box<RunRecord>),
+    /// A run record whose effects each went through [`Op::Effect`] as they
+    /// completed (the executor's own records of a run): its row and logs
+    /// only, without writing those effects again.
+    RecordObservedRun(Box<RunRecord>),
     Effect {
         run_id: String,
         record: Box<EffectRecord>,
@@ -118,11 +122,16 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             if fresh {
                 for run in runs {
                     record_run(tx, run, at, true)?;
+                    insert_effects(tx, run, at)?;
                 }
             }
             Ok(Outcome::Accepted(fresh))
         }
-        Op::RecordRun(run) => record_run(tx, run, at, false).map(|()| Outcome::Done),
+        Op::RecordRun(run) => {
+            record_run(tx, run, at, false)?;
+            insert_effects(tx, run, at).map(|()| Outcome::Done)
+        }
+        Op::RecordObservedRun(run) => record_run(tx, run, at, false).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
             insert_effect(tx, run_id, None, record, at).map(|()| Outcome::Done)
         }
@@ -222,7 +231,8 @@ fn claim_pruned_id(tx: &Transaction<'_>, event: &EventRow, window: i64) -> rusql
     Ok(true)
 }
 
-/// Inserts or updates the run, its effects and the logs of its current attempt.
+/// Inserts or updates the run and the logs of its current attempt (its
+/// effects: [`insert_effects`]).
 ///
 /// A run's rule, event and key never change after its first record, so an
 /// update leaves them alone: SQLite rewrites every index holding a column an
@@ -243,11 +253,16 @@ fn record_run(
     if new || !update_run(tx, run, at.now)? {
         upsert_run(tx, run, at.now)?;
     }
-    for record in &run.effects {
-        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
-    }
     if !run.logs.is_empty() {
         replace_logs(tx, run)?;
+    }
+    Ok(())
+}
+
+/// Stores the effects a run record carries, each at its position.
+fn insert_effects(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+    for record in &run.effects {
+        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
     }
     Ok(())
 }
@@ -722,6 +737,33 @@ mod tests {
             .query_row("SELECT ok FROM effects WHERE seq = 2", [], |r| r.get(0))
             .unwrap();
         assert!(!ok);
+    }
+
+    #[test]
+    fn an_observed_run_record_writes_the_run_and_not_its_effects() {
+        let (_dir, mut conn) = store();
+        apply_one(
+            &mut conn,
+            &accept_op(event_row(0), vec![run("r1", RunStatus::Pending)]),
+        );
+        let op = Op::Effect {
+            run_id: "r1".into(),
+            record: Box::new(effect(1, "as made", false)),
+        };
+        apply_one(&mut conn, &op);
+        let mut done = run("r1", RunStatus::Succeeded);
+        done.effects = vec![
+            effect(1, "not written", false),
+            effect(2, "nor this", false),
+        ];
+        apply_one(&mut conn, &Op::RecordObservedRun(Box::new(done)));
+        assert_eq!(
+            run_ids(&conn),
+            [("r1".to_string(), "succeeded".to_string())]
+        );
+        let stored = stored_effects(&conn);
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert!(stored[0].1.contains("as made"), "{stored:?}");
     }
 
     #[test]

@@ -544,7 +544,7 @@ mod tests {
                         run.effects = vec![post(run, now)];
                         run.output = Some(serde_json::json!({"posted": true}));
                         run.finished_at = Some(now);
-                        ops.push(Op::RecordRun(Box::new(run.clone())));
+                        ops.push(Op::RecordObservedRun(Box::new(run.clone())));
                     }
                 }
             }

@@ -23,7 +23,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
-use crate::engine::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
+use crate::engine::journal::{
+    Journal, JournalError, RunRecord, RunSaving, RunStatus, UnfinishedRun,
+};
 use crate::event::{Event, Source};
 
 /// Events kept for the events tail.
@@ -192,7 +194,7 @@ impl Activity {
         }
         self.count(event.received_at, |bucket| bucket.events += 1);
         for run in runs {
-            self.count_finished(run);
+            self.count_finished(run.status, run.finished_at);
         }
         self.events_seen.fetch_add(1, Ordering::Relaxed);
         self.runs_seen
@@ -201,7 +203,12 @@ impl Activity {
 
     /// A run's record was written.
     pub fn run_recorded(&self, run: &RunRecord) {
-        self.count_finished(run);
+        self.run_recorded_as(run.status, run.finished_at);
+    }
+
+    /// [`Activity::run_recorded`] from what it reads of the record.
+    fn run_recorded_as(&self, status: RunStatus, finished_at: Option<DateTime<Utc>>) {
+        self.count_finished(status, finished_at);
         self.runs_changed();
     }
 
@@ -246,11 +253,11 @@ impl Activity {
     }
 
     /// Counts a run in the minute it finished, if it did.
-    fn count_finished(&self, run: &RunRecord) {
-        let Some(finished_at) = run.finished_at else {
+    fn count_finished(&self, status: RunStatus, finished_at: Option<DateTime<Utc>>) {
+        let Some(finished_at) = finished_at else {
             return;
         };
-        let failed = matches!(run.status, RunStatus::Failed | RunStatus::Dead);
+        let failed = matches!(status, RunStatus::Failed | RunStatus::Dead);
         self.count(finished_at, |bucket| {
             bucket.runs += 1;
             bucket.failed += u64::from(failed);
@@ -368,6 +375,16 @@ impl Journal for ObservedJournal {
         })
     }
 
+    fn queue_observed_run(&self, run: &RunRecord) -> Option<RunSaving> {
+        let saving = self.inner.queue_observed_run(run)?;
+        let (activity, status, finished_at) = (self.activity.clone(), run.status, run.finished_at);
+        Some(Box::pin(async move {
+            saving.await?;
+            activity.run_recorded_as(status, finished_at);
+            Ok(())
+        }))
+    }
+
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         self.inner.unfinished_runs()
     }
@@ -454,6 +471,33 @@ mod tests {
         assert_eq!(hour.len(), CHART_MINUTES);
         let now = hour.last().unwrap();
         assert_eq!((now.events, now.runs, now.failed), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_queued_run_record_is_reported_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::journal::JournalOptions {
+            prune_interval: None,
+            ..crate::journal::JournalOptions::default()
+        };
+        let store = crate::journal::SqliteJournal::open(dir.path(), options).unwrap();
+        let activity = Arc::new(Activity::default());
+        let journal = ObservedJournal::new(Arc::new(store), activity.clone());
+        let first = event(1);
+        let pending = run("r1", &first, RunStatus::Pending);
+        let runs = std::slice::from_ref(&pending);
+        assert!(journal.accept_event_with_runs(&first, runs).await.unwrap());
+        let saving = journal.queue_observed_run(&run("r1", &first, RunStatus::Failed));
+        saving.expect("the SQLite journal queues it").await.unwrap();
+        assert_eq!(activity.ticks().runs, 2);
+        let now = *activity.last_hour(Utc::now()).last().unwrap();
+        assert_eq!((now.runs, now.failed), (1, 1));
+        let memory = ObservedJournal::new(Arc::new(MemoryJournal::default()), activity);
+        let record = run("r1", &first, RunStatus::Succeeded);
+        assert!(
+            memory.queue_observed_run(&record).is_none(),
+            "written at once"
+        );
     }
 
     #[test]

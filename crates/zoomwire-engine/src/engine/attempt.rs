@@ -15,7 +15,7 @@ use chrono::Utc;
 use rhai::Dynamic;
 
 use super::admission::CancelFlag;
-use super::journal::{Journal, RunRecord, RunStatus};
+use super::journal::{Journal, JournalError, RunRecord, RunSaving, RunStatus};
 use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
 use crate::effects::redact::{redact, redact_text};
 use crate::effects::{EffectContext, Effects, ZoomAccountRef};
@@ -55,9 +55,31 @@ pub struct Run<'a> {
 
 const CANCELLED: &str = "cancelled: a newer run replaced it (mode restart)";
 
+/// A run whose attempts are over: its final record, written or queued.
+pub struct Finished {
+    pub record: RunRecord,
+    /// The commit of the queued record; `None` once written.
+    saving: Option<RunSaving>,
+}
+
+impl Finished {
+    /// Waits until the final record is written (or failed to be: logged).
+    pub async fn saved(self) -> RunRecord {
+        if let Some(saving) = self.saving
+            && let Err(error) = saving.await
+        {
+            log_unsaved(&self.record, &error);
+        }
+        self.record
+    }
+}
+
 impl Runner {
-    /// Runs the attempts of one run and returns its final record.
-    pub async fn execute(&self, run: Run<'_>) -> RunRecord {
+    /// Runs the attempts of one run and writes its final record, or queues
+    /// it where the journal keeps the order of its writes
+    /// ([`Journal::queue_observed_run`]): then the run's place can go to the
+    /// next run before that record's commit ([`Finished::saved`]).
+    pub async fn execute(&self, run: Run<'_>) -> Finished {
         let Run {
             rule_set,
             rule,
@@ -118,9 +140,12 @@ impl Runner {
             replay = record.effects.clone();
         }
         record.finished_at = Some(Utc::now());
-        self.persist(&record).await;
+        let saving = self.journal.queue_observed_run(&record);
+        if saving.is_none() {
+            self.persist(&record).await;
+        }
         log_outcome(rule, &record, started);
-        record
+        Finished { record, saving }
     }
 
     /// One attempt: waits for a script thread, then starts the clock.
@@ -193,9 +218,13 @@ impl Runner {
     /// completed (the journal is their observer).
     async fn persist(&self, record: &RunRecord) {
         if let Err(error) = self.journal.record_observed_run(record).await {
-            tracing::error!(run = %record.id, error = %error, "could not record run");
+            log_unsaved(record, &error);
         }
     }
+}
+
+fn log_unsaved(record: &RunRecord, error: &JournalError) {
+    tracing::error!(run = %record.id, error = %error, "could not record run");
 }
 
 /// Sleeps before the next attempt; false when the run was cancelled meanwhile.

@@ -670,7 +670,7 @@ impl Executor {
                 done,
                 ..
             } = run;
-            let record = executor
+            let finished = executor
                 .inner
                 .runner
                 .execute(Run {
@@ -682,10 +682,14 @@ impl Executor {
                     cancel: &cancel,
                 })
                 .await;
+            // The script is over and its last record written or queued
+            // ahead of whatever the next run writes: its place goes on now.
+            let removed = executor.release(&slot_key, &cancel);
+            let record = finished.saved().await;
             executor.forget(&record.id);
             executor.announce(&record);
             tell(done, record);
-            for removed in executor.release(&slot_key, &cancel) {
+            for removed in removed {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
             }
             executor.inner.started.send_modify(|n| *n -= 1);
@@ -867,6 +871,7 @@ mod tests {
     use super::*;
     use crate::effects::gateway::EffectObserver;
     use crate::effects::recorder::RecordingEffects;
+    use crate::engine::journal::RunSaving;
     use crate::journal::memory::MemoryJournal;
     use crate::rules::RuleSources;
     use crate::rules::compile::load_rule_set;
@@ -900,11 +905,14 @@ mod tests {
     /// (unless `loses_events`), as the SQLite and PostgreSQL journals do.
     #[derive(Default)]
     struct CallLog {
-        journal: MemoryJournal,
+        journal: Arc<MemoryJournal>,
         calls: Mutex<Vec<String>>,
         keeps: bool,
         loses_events: bool,
         events: Mutex<std::collections::HashMap<String, Event>>,
+        /// With it, a run's last record is queued, and written once this
+        /// hands out a permit (a commit that has not come yet).
+        commits: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl EffectObserver for CallLog {
@@ -963,9 +971,32 @@ mod tests {
             self.journal.queue_run(run)
         }
 
+        fn queue_observed_run(&self, run: &RunRecord) -> Option<RunSaving> {
+            let commits = self.commits.clone()?;
+            self.calls
+                .lock()
+                .push(format!("queue {}", run.status.as_str()));
+            let (journal, run) = (self.journal.clone(), run.clone());
+            Some(Box::pin(async move {
+                let _commit = commits.acquire().await.unwrap();
+                journal.record_run(&run).await
+            }))
+        }
+
         fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
             self.journal.unfinished_runs()
         }
+    }
+
+    /// Waits until `journal` was called `count` times.
+    async fn calls_reach(journal: &CallLog, count: usize) {
+        let reached = async {
+            while journal.calls.lock().len() < count {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(10), reached).await;
+        assert!(waited.is_ok(), "{:?}", journal.calls.lock());
     }
 
     fn setup(rules: &str) -> (Executor, Arc<CallLog>, Arc<RuleSet>, tempfile::TempDir) {
@@ -1025,6 +1056,48 @@ mod tests {
         assert!(duplicate.duplicate && duplicate.runs.is_empty());
         executor.wait_idle().await;
         assert!(executor.inner.active.lock().is_empty(), "nothing held");
+    }
+
+    #[tokio::test]
+    async fn a_finished_run_hands_its_place_on_before_its_last_record_commits() {
+        let commits = Arc::new(tokio::sync::Semaphore::new(0));
+        let journal = CallLog {
+            commits: Some(commits.clone()),
+            ..CallLog::default()
+        };
+        let rules = "- name: one\n  on: a.b\n  max_runs: 1\n  do: \"1\"\n";
+        let (executor, journal, rule_set, _dir) = setup_with(rules, journal);
+        let mut first = executor.handle_event(&rule_set, event(1)).await.unwrap();
+        let second = executor.handle_event(&rule_set, event(2)).await.unwrap();
+        // accept, accept, running, queue, running (the second run), queue
+        calls_reach(&journal, 6).await;
+        let calls = journal.calls.lock().clone();
+        assert_eq!(
+            calls[2..],
+            [
+                "record running",
+                "queue succeeded",
+                "record running",
+                "queue succeeded"
+            ],
+            "the second run started while the first's record waited for its commit"
+        );
+        // Told, forgotten and counted idle only once committed.
+        let first = first.runs.remove(0);
+        let id = first.run_id.clone();
+        assert!(executor.is_active(&id));
+        let idle = executor.wait_idle();
+        tokio::pin!(idle);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), &mut idle).await;
+        assert!(waited.is_err(), "idle before the records are written");
+        commits.add_permits(2);
+        assert_eq!(first.wait().await.unwrap().status, RunStatus::Succeeded);
+        let second = second.runs.into_iter().next().unwrap();
+        assert_eq!(second.wait().await.unwrap().status, RunStatus::Succeeded);
+        idle.await;
+        assert!(!executor.is_active(&id));
+        let stored = journal.journal.unfinished_runs().await.unwrap();
+        assert!(stored.is_empty(), "both records written");
     }
 
     /// Effects that note each Slack text they are asked to post.

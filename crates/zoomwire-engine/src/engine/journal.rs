@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
 use crate::event::Event;
 
+/// The commit of a queued run record ([`Journal::queue_observed_run`]).
+pub type RunSaving = BoxFuture<'static, Result<(), JournalError>>;
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +195,18 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
         run: &'a RunRecord,
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         self.record_run(run)
+    }
+    /// Queues a run's last record as [`Journal::record_observed_run`]
+    /// writes it, before anything written after this returns, and gives the
+    /// wait for its commit: the executor then hands the run's place to the
+    /// next run at once, whose writes come after it (a crash in between
+    /// resumes this run, as one before its commit would). `None` (the
+    /// default): this journal cannot promise that order (the next run's
+    /// place is claimed in a shared database), and the record is written
+    /// with [`Journal::record_observed_run`] before the place is given up.
+    fn queue_observed_run(&self, run: &RunRecord) -> Option<RunSaving> {
+        let _ = run;
+        None
     }
     /// Runs left pending or running, in the order their events arrived (the
     /// order the daemon admits runs in), so that queued runs resume in order.

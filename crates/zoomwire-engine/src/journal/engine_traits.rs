@@ -22,7 +22,7 @@ use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::effects::state::{StateError, StateStore};
-use crate::engine::journal::{Journal, JournalError, RunRecord, UnfinishedRun};
+use crate::engine::journal::{Journal, JournalError, RunRecord, RunSaving, UnfinishedRun};
 use crate::event::Event;
 
 impl SqliteJournal {
@@ -153,6 +153,13 @@ impl Journal for SqliteJournal {
     ) -> BoxFuture<'a, Result<(), JournalError>> {
         let op = Op::RecordObservedRun(Box::new(run.clone()));
         Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
+    }
+
+    /// Queued at once: the writer keeps the order of what it is given.
+    fn queue_observed_run(&self, run: &RunRecord) -> Option<RunSaving> {
+        let op = Op::RecordObservedRun(Box::new(run.clone()));
+        let commit = self.inner.writer.submit_now(op);
+        Some(Box::pin(async move { commit.await.map(|_| ()) }))
     }
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
@@ -343,6 +350,41 @@ mod tests {
         });
         assert_eq!(answers, vec![true, false, false]);
         assert_eq!(counters.get("zoomwire_events_duplicate_total"), 2);
+    }
+
+    #[test]
+    fn a_queued_run_record_is_written_before_what_is_written_after_it() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
+        let pending =
+            |id: &str| RunRecord::for_test(id, "rule", &event.id, "a.b", RunStatus::Pending);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let runs = [pending("r1"), pending("r2")];
+        assert!(
+            runtime
+                .block_on(journal.accept_event_with_runs(&event, &runs))
+                .unwrap()
+        );
+        let finished = RunRecord {
+            status: RunStatus::Succeeded,
+            finished_at: Some(chrono::Utc::now()),
+            ..pending("r1")
+        };
+        let saving = journal.queue_observed_run(&finished).expect("queued");
+        // Not waited for: the next write's commit covers it.
+        runtime
+            .block_on(journal.record_run(&RunRecord {
+                status: RunStatus::Running,
+                ..pending("r2")
+            }))
+            .unwrap();
+        let unfinished = runtime.block_on(journal.unfinished_run_ids()).unwrap();
+        assert_eq!(unfinished, ["r2"], "r1's last record is written");
+        runtime.block_on(saving).unwrap();
     }
 
     #[test]

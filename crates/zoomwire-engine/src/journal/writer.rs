@@ -212,6 +212,26 @@ impl WriterHandle {
         })
     }
 
+    /// Queues `op` now, in order before anything queued after this returns,
+    /// and returns the wait for its commit, for the runtime. Like
+    /// [`WriterHandle::submit_queued`], it takes no place in the bounded
+    /// queue: its callers (one per running run) are few.
+    pub fn submit_now(
+        &self,
+        op: Op,
+    ) -> impl Future<Output = Result<Outcome, JournalError>> + Send + 'static {
+        let (sender, receiver) = oneshot::channel();
+        let sent = self.send(Job {
+            op,
+            reply: Reply::Async(sender),
+        });
+        let path = self.path.clone();
+        async move {
+            sent?;
+            receiver.await.map_err(|_| stopped_error(&path))?
+        }
+    }
+
     /// Queues `op` without waiting for its commit. Writes keep the order
     /// they were queued in, whoever waits for them.
     pub fn submit_queued(&self, op: Op) -> Result<(), JournalError> {

@@ -8,7 +8,9 @@
 //! [`JournalSync::Normal`], trades the last commits before a power loss for
 //! speed; a process crash still loses nothing). All writes go through one writer thread that commits
 //! requests in batches (see `writer.rs`), so many concurrent events share one
-//! sync; reads use a small pool of their own connections. A store that is
+//! sync (`fdatasync`: SQLite is built with `HAVE_FDATASYNC`, see
+//! `.cargo/config.toml`; the writer's connection writes each log frame in
+//! one write, `vfs.rs`); reads use a small pool of their own connections. A store that is
 //! damaged, unreadable, foreign or from a newer zoomwire is refused at open
 //! with an error naming the file, and never rewritten. A full disk fails the
 //! write with a [`JournalError`] and nothing counts as accepted. Old rows are
@@ -32,6 +34,7 @@ mod query;
 mod schema;
 pub mod seal;
 mod upgrade;
+mod vfs;
 mod writer;
 
 use std::path::{Path, PathBuf};

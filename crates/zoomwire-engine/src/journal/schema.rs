@@ -250,7 +250,12 @@ pub(crate) fn open_writer(
     sync: JournalSync,
 ) -> Result<Connection, JournalOpenError> {
     let fail = |e: rusqlite::Error| open_error(path, e);
-    let mut conn = Connection::open(path).map_err(fail)?;
+    let mut conn = if super::vfs::registered() {
+        Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::vfs::NAME)
+    } else {
+        Connection::open(path)
+    }
+    .map_err(fail)?;
     conn.busy_timeout(busy_timeout).map_err(fail)?;
     conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     let mode: String = conn

@@ -1,0 +1,305 @@
+/*
+** A VFS over SQLite's default ("unix") that writes each WAL frame with one
+** write instead of two.
+**
+** SQLite writes a WAL frame as its 24-byte header and then its page, two
+** pwrite calls at adjacent offsets (walWriteOneFrame in sqlite3.c). On the
+** durable journal's writer thread those calls were 3.4 per event. Here a
+** WAL file's 24-byte write is held back and sent together with the write
+** that follows it when that one starts where the header ends (the page);
+** any other call on the file (a sync, a read, a truncate, a lock, close,
+** another write) first writes the held header on its own. Nothing is held
+** across a sync, so what SQLite syncs is what it wrote; a failed write of a
+** held header is reported by the call that sends it.
+**
+** Every other file (the database, its shared-memory index) and every other
+** VFS method goes to "unix" unchanged. Registered by
+** zoomwire_register_wal_frames(), and named by the journal's writer when it
+** opens its connection (src/journal/vfs.rs); other connections use "unix".
+*/
+#include <stdlib.h>
+#include <string.h>
+#include "sqlite3.h"
+
+#define FRAME_HEADER 24
+
+typedef struct FrameFile {
+  sqlite3_file base;      /* pMethods: frame_methods */
+  sqlite3_file *real;     /* the unix file, just after this struct */
+  int held;               /* a header is held back */
+  sqlite3_int64 held_at;  /* its offset */
+  unsigned char header[FRAME_HEADER];
+  unsigned char *joined;  /* header + page, for one write */
+  int joined_size;
+} FrameFile;
+
+static sqlite3_vfs *unix_vfs;
+
+/* Frames written with one write, for the tests. */
+static long joined_frames;
+
+long zoomwire_wal_frames_joined(void) {
+  return __atomic_load_n(&joined_frames, __ATOMIC_RELAXED);
+}
+
+#define REAL(f) (((FrameFile *)(f))->real)
+
+/* Writes a held header on its own. */
+static int send_held(FrameFile *f) {
+  if (!f->held) return SQLITE_OK;
+  f->held = 0;
+  return f->real->pMethods->xWrite(f->real, f->header, FRAME_HEADER, f->held_at);
+}
+
+static int frame_close(sqlite3_file *file) {
+  FrameFile *f = (FrameFile *)file;
+  int sent = send_held(f);
+  int rc = f->real->pMethods->xClose(f->real);
+  free(f->joined);
+  f->joined = 0;
+  return sent != SQLITE_OK ? sent : rc;
+}
+
+static int frame_read(sqlite3_file *file, void *buf, int amount, sqlite3_int64 offset) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xRead(REAL(file), buf, amount, offset);
+}
+
+static int frame_write(sqlite3_file *file, const void *buf, int amount, sqlite3_int64 offset) {
+  FrameFile *f = (FrameFile *)file;
+  if (f->held && offset == f->held_at + FRAME_HEADER) {
+    int size = FRAME_HEADER + amount;
+    if (size > f->joined_size) {
+      unsigned char *grown = realloc(f->joined, (size_t)size);
+      if (!grown) {
+        int rc = send_held(f);
+        if (rc != SQLITE_OK) return rc;
+        return f->real->pMethods->xWrite(f->real, buf, amount, offset);
+      }
+      f->joined = grown;
+      f->joined_size = size;
+    }
+    memcpy(f->joined, f->header, FRAME_HEADER);
+    memcpy(f->joined + FRAME_HEADER, buf, (size_t)amount);
+    f->held = 0;
+    __atomic_fetch_add(&joined_frames, 1, __ATOMIC_RELAXED);
+    return f->real->pMethods->xWrite(f->real, f->joined, size, f->held_at);
+  }
+  int rc = send_held(f);
+  if (rc != SQLITE_OK) return rc;
+  if (amount == FRAME_HEADER) {
+    memcpy(f->header, buf, FRAME_HEADER);
+    f->held = 1;
+    f->held_at = offset;
+    return SQLITE_OK;
+  }
+  return f->real->pMethods->xWrite(f->real, buf, amount, offset);
+}
+
+static int frame_truncate(sqlite3_file *file, sqlite3_int64 size) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xTruncate(REAL(file), size);
+}
+
+static int frame_sync(sqlite3_file *file, int flags) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xSync(REAL(file), flags);
+}
+
+static int frame_file_size(sqlite3_file *file, sqlite3_int64 *size) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xFileSize(REAL(file), size);
+}
+
+static int frame_lock(sqlite3_file *file, int level) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xLock(REAL(file), level);
+}
+
+static int frame_unlock(sqlite3_file *file, int level) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xUnlock(REAL(file), level);
+}
+
+static int frame_check_reserved_lock(sqlite3_file *file, int *out) {
+  return REAL(file)->pMethods->xCheckReservedLock(REAL(file), out);
+}
+
+static int frame_file_control(sqlite3_file *file, int op, void *arg) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xFileControl(REAL(file), op, arg);
+}
+
+static int frame_sector_size(sqlite3_file *file) {
+  return REAL(file)->pMethods->xSectorSize(REAL(file));
+}
+
+static int frame_device_characteristics(sqlite3_file *file) {
+  return REAL(file)->pMethods->xDeviceCharacteristics(REAL(file));
+}
+
+static int frame_shm_map(sqlite3_file *file, int page, int size, int extend, void volatile **out) {
+  return REAL(file)->pMethods->xShmMap(REAL(file), page, size, extend, out);
+}
+
+static int frame_shm_lock(sqlite3_file *file, int offset, int n, int flags) {
+  return REAL(file)->pMethods->xShmLock(REAL(file), offset, n, flags);
+}
+
+static void frame_shm_barrier(sqlite3_file *file) {
+  REAL(file)->pMethods->xShmBarrier(REAL(file));
+}
+
+static int frame_shm_unmap(sqlite3_file *file, int delete_flag) {
+  return REAL(file)->pMethods->xShmUnmap(REAL(file), delete_flag);
+}
+
+static int frame_fetch(sqlite3_file *file, sqlite3_int64 offset, int amount, void **out) {
+  int rc = send_held((FrameFile *)file);
+  if (rc != SQLITE_OK) return rc;
+  return REAL(file)->pMethods->xFetch(REAL(file), offset, amount, out);
+}
+
+static int frame_unfetch(sqlite3_file *file, sqlite3_int64 offset, void *page) {
+  return REAL(file)->pMethods->xUnfetch(REAL(file), offset, page);
+}
+
+/* Version 3, as unix's: every method the real file has. */
+static const sqlite3_io_methods frame_methods = {
+  3,
+  frame_close,
+  frame_read,
+  frame_write,
+  frame_truncate,
+  frame_sync,
+  frame_file_size,
+  frame_lock,
+  frame_unlock,
+  frame_check_reserved_lock,
+  frame_file_control,
+  frame_sector_size,
+  frame_device_characteristics,
+  frame_shm_map,
+  frame_shm_lock,
+  frame_shm_barrier,
+  frame_shm_unmap,
+  frame_fetch,
+  frame_unfetch,
+};
+
+static int frame_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *file, int flags, int *out_flags) {
+  (void)vfs;
+  if (!(flags & SQLITE_OPEN_WAL)) {
+    /* Not a log: the unix file itself, in the same memory. */
+    return unix_vfs->xOpen(unix_vfs, name, file, flags, out_flags);
+  }
+  FrameFile *f = (FrameFile *)file;
+  memset(f, 0, sizeof(FrameFile));
+  f->real = (sqlite3_file *)&f[1];
+  int rc = unix_vfs->xOpen(unix_vfs, name, f->real, flags, out_flags);
+  if (rc != SQLITE_OK) {
+    /* base.pMethods stays 0, so SQLite closes nothing: close what unix left open. */
+    if (f->real->pMethods) f->real->pMethods->xClose(f->real);
+    return rc;
+  }
+  if (f->real->pMethods == 0 || f->real->pMethods->iVersion < 3) {
+    /* Not the unix methods this was written for: use the file as it is. */
+    sqlite3_file *real = f->real;
+    real->pMethods->xClose(real);
+    return unix_vfs->xOpen(unix_vfs, name, file, flags, out_flags);
+  }
+  f->base.pMethods = &frame_methods;
+  return SQLITE_OK;
+}
+
+static int frame_delete(sqlite3_vfs *v, const char *name, int sync_dir) {
+  (void)v;
+  return unix_vfs->xDelete(unix_vfs, name, sync_dir);
+}
+static int frame_access(sqlite3_vfs *v, const char *name, int flags, int *out) {
+  (void)v;
+  return unix_vfs->xAccess(unix_vfs, name, flags, out);
+}
+static int frame_full_pathname(sqlite3_vfs *v, const char *name, int n, char *out) {
+  (void)v;
+  return unix_vfs->xFullPathname(unix_vfs, name, n, out);
+}
+static void *frame_dl_open(sqlite3_vfs *v, const char *name) {
+  (void)v;
+  return unix_vfs->xDlOpen(unix_vfs, name);
+}
+static void frame_dl_error(sqlite3_vfs *v, int n, char *out) {
+  (void)v;
+  unix_vfs->xDlError(unix_vfs, n, out);
+}
+static void (*frame_dl_sym(sqlite3_vfs *v, void *lib, const char *sym))(void) {
+  (void)v;
+  return unix_vfs->xDlSym(unix_vfs, lib, sym);
+}
+static void frame_dl_close(sqlite3_vfs *v, void *lib) {
+  (void)v;
+  unix_vfs->xDlClose(unix_vfs, lib);
+}
+static int frame_randomness(sqlite3_vfs *v, int n, char *out) {
+  (void)v;
+  return unix_vfs->xRandomness(unix_vfs, n, out);
+}
+static int frame_sleep(sqlite3_vfs *v, int micros) {
+  (void)v;
+  return unix_vfs->xSleep(unix_vfs, micros);
+}
+static int frame_current_time(sqlite3_vfs *v, double *out) {
+  (void)v;
+  return unix_vfs->xCurrentTime(unix_vfs, out);
+}
+static int frame_get_last_error(sqlite3_vfs *v, int n, char *out) {
+  (void)v;
+  return unix_vfs->xGetLastError(unix_vfs, n, out);
+}
+static int frame_current_time_int64(sqlite3_vfs *v, sqlite3_int64 *out) {
+  (void)v;
+  return unix_vfs->xCurrentTimeInt64(unix_vfs, out);
+}
+static int frame_set_system_call(sqlite3_vfs *v, const char *name, sqlite3_syscall_ptr call) {
+  (void)v;
+  return unix_vfs->xSetSystemCall(unix_vfs, name, call);
+}
+static sqlite3_syscall_ptr frame_get_system_call(sqlite3_vfs *v, const char *name) {
+  (void)v;
+  return unix_vfs->xGetSystemCall(unix_vfs, name);
+}
+static const char *frame_next_system_call(sqlite3_vfs *v, const char *name) {
+  (void)v;
+  return unix_vfs->xNextSystemCall(unix_vfs, name);
+}
+
+static sqlite3_vfs frame_vfs = {
+  3, 0, 0, 0, "zoomwire-wal-frames", 0,
+  frame_open, frame_delete, frame_access, frame_full_pathname,
+  frame_dl_open, frame_dl_error, frame_dl_sym, frame_dl_close,
+  frame_randomness, frame_sleep, frame_current_time, frame_get_last_error,
+  frame_current_time_int64,
+  frame_set_system_call, frame_get_system_call, frame_next_system_call,
+};
+
+/* Registers the VFS, not as the default. SQLITE_OK, or SQLite's error;
+** SQLITE_NOTFOUND without a "unix" VFS of version 3 (nothing is registered).
+** Called once (src/journal/vfs.rs). */
+int zoomwire_register_wal_frames(void) {
+  int rc = sqlite3_initialize();
+  if (rc != SQLITE_OK) return rc;
+  if (unix_vfs) return SQLITE_OK;
+  sqlite3_vfs *real = sqlite3_vfs_find("unix");
+  if (!real || real->iVersion < 3) return SQLITE_NOTFOUND;
+  frame_vfs.szOsFile = (int)sizeof(FrameFile) + real->szOsFile;
+  frame_vfs.mxPathname = real->mxPathname;
+  unix_vfs = real;
+  return sqlite3_vfs_register(&frame_vfs, 0);
+}

@@ -312,7 +312,7 @@ fn next_job(
     }
 }
 
-/// Commits a batch in one transaction; on failure, each job alone.
+/// Commits a batch in one transaction; on failure (logged), each job alone.
 fn commit_batch(conn: &mut Connection, batch: Vec<Job>, settings: &WriterSettings) {
     let started = Instant::now();
     let size = batch.len();
@@ -329,7 +329,11 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, settings: &WriterSetting
                 job.reply.send(Err(JournalError(error.0.clone())));
             }
         }
-        Err(_) => {
+        Err(batch_error) => {
+            // Said once: a failure that only a whole batch meets (one job's
+            // statement, or the size of the commit itself) would otherwise
+            // show only as every job succeeding alone, one commit each.
+            tracing::warn!(jobs = size, error = %journal_error(&settings.path, &batch_error), "a batch of journal writes failed; writing each alone");
             for job in batch {
                 let result = apply_in_transaction(conn, std::iter::once(&job.op), settings)
                     .map(|mut outcomes| outcomes.remove(0))
@@ -403,6 +407,21 @@ mod tests {
         super::super::schema::open_writer(path, Duration::from_secs(1), false, None, sync).unwrap()
     }
 
+    /// Log lines, as a subscriber writes them.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     fn set(key: &str) -> Op {
         Op::StateSet {
             rule: "r".into(),
@@ -435,7 +454,22 @@ mod tests {
                 }
             })
             .collect();
-        commit_batch(&mut conn, jobs, &settings);
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            commit_batch(&mut conn, jobs, &settings);
+        });
+        let logged = String::from_utf8(logs.0.lock().clone()).unwrap();
+        assert!(
+            logged.contains("a batch of journal writes failed; writing each alone")
+                && logged.contains("jobs=3")
+                && logged.contains("refused by the test"),
+            "the batch's failure is said once, with its cause: {logged}"
+        );
         let results: Vec<_> = receivers.iter().map(|r| r.recv().unwrap()).collect();
         assert!(results[0].is_ok());
         let error = results[1].as_ref().unwrap_err();

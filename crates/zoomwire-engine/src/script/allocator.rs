@@ -1,7 +1,8 @@
 //! The process's global allocator: jemalloc, counting the bytes each thread
 //! holds so that the sandbox can hold a run to a memory budget.
 //!
-//! This is zoomwire's only `unsafe` code: `GlobalAlloc` is an unsafe trait and
+//! With the call that registers the journal's WAL frame writer
+//! (`journal/vfs.rs`), this is zoomwire's only `unsafe` code: `GlobalAlloc` is an unsafe trait and
 //! no maintained crate counts live bytes per thread against a limit (the
 //! counting wrappers on crates.io keep global totals, or put a header on every
 //! allocation and copy on every `realloc`). Every call is passed to

@@ -1395,6 +1395,53 @@ async fn a_panicking_job_does_not_kill_its_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_starts_its_threads_as_jobs_need_them_and_never_more_than_its_size() {
+    let harness = Harness::new(SandboxLimits {
+        max_operations: u64::MAX / 2,
+        ..SandboxLimits::default()
+    });
+    let pool = Arc::new(ScriptPool::new(2, SandboxLimits::default().stack_size));
+    assert_eq!(
+        (pool.threads(), pool.started()),
+        (2, 1),
+        "one thread to start with"
+    );
+    for _ in 0..3 {
+        let (job, _) = harness.job("1", &[], Duration::from_secs(5));
+        assert_eq!(pool.run(job).await.unwrap().as_int().unwrap(), 1);
+    }
+    assert_eq!(pool.started(), 1, "one job at a time needs one thread");
+    let mut running = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let (busy, _) = harness.job("loop {}", &[], Duration::from_secs(30));
+        stops.push(busy.cancel.clone());
+        running.push(tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(busy).await }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pool.started(), 2, "two jobs at once, two threads");
+    // Both are busy and the pool is full: a third waits, and no thread starts for it.
+    let (late, _) = harness.job("2", &[], Duration::from_millis(200));
+    assert_timeout(
+        &pool.run(late).await.unwrap_err(),
+        Duration::from_millis(200),
+    );
+    assert_eq!(pool.started(), 2);
+    for stop in stops {
+        stop.store(true, Ordering::Relaxed);
+    }
+    for run in running {
+        assert_eq!(run.await.unwrap().unwrap_err(), ScriptError::Cancelled);
+    }
+    let (job, _) = harness.job("3", &[], Duration::from_secs(5));
+    assert_eq!(pool.run(job).await.unwrap().as_int().unwrap(), 3);
+    assert_eq!(pool.started(), 2, "started threads stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_pool_makes_callers_wait_for_a_thread_until_their_deadline() {
     let harness = Harness::new(SandboxLimits {
         max_operations: u64::MAX / 2,

@@ -1,5 +1,8 @@
-//! The threads scripts run on: a fixed number of std threads with a large
-//! native stack, each job answering through a oneshot.
+//! The threads scripts run on: up to a fixed number of std threads with a
+//! large native stack, each job answering through a oneshot. One starts with
+//! the pool; the others start as jobs first need them (never fewer threads
+//! than jobs holding a place) and then stay: an idle daemon does not keep
+//! dozens of stacks it has not used yet.
 //!
 //! Scripts block (an effect waits on the runtime) and recurse (Rhai evaluates
 //! by recursion, and a deep value is cloned and dropped by recursion), so they
@@ -70,12 +73,33 @@ struct Work {
 /// A bounded pool of script threads.
 pub struct ScriptPool {
     sender: mpsc::Sender<Work>,
-    /// One permit per thread: a job holds one from before it is sent until
-    /// its worker is done with it, so the channel never holds more jobs
-    /// than there are threads.
+    /// One permit per thread the pool may run: a job holds one from before
+    /// it is sent until its worker is done with it, so the channel never
+    /// holds more jobs than there are threads.
     free_threads: Arc<Semaphore>,
+    /// The most threads (0: the first could not start).
     threads: usize,
+    workers: Mutex<Workers>,
     spawn_error: Option<String>,
+}
+
+/// The threads started so far, and what starts another.
+struct Workers {
+    receiver: Arc<Mutex<mpsc::Receiver<Work>>>,
+    stack_size: usize,
+    started: usize,
+}
+
+impl Workers {
+    fn start_one(&mut self) -> std::io::Result<()> {
+        let receiver = self.receiver.clone();
+        std::thread::Builder::new()
+            .name(format!("zoomwire-script-{}", self.started))
+            .stack_size(self.stack_size.max(MIN_STACK_SIZE))
+            .spawn(move || serve(&receiver))?;
+        self.started += 1;
+        Ok(())
+    }
 }
 
 /// A script thread taken for one job ([`ScriptPool::reserve`]).
@@ -93,38 +117,53 @@ impl std::fmt::Debug for ScriptPool {
 }
 
 impl ScriptPool {
-    /// Starts `threads` threads (at least one) with `stack_size` bytes of
-    /// stack each (at least 16 MiB).
+    /// A pool of up to `threads` threads (at least one) with `stack_size`
+    /// bytes of stack each (at least 16 MiB); the first starts now.
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
         let (sender, receiver) = mpsc::channel(threads.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut started = 0;
-        let mut spawn_error = None;
-        for index in 0..threads.max(1) {
-            let receiver = receiver.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("zoomwire-script-{index}"))
-                .stack_size(stack_size.max(MIN_STACK_SIZE))
-                .spawn(move || serve(&receiver));
-            match spawned {
-                Ok(_) => started += 1,
-                Err(error) => {
-                    tracing::error!(error = %error, "cannot start a script thread");
-                    spawn_error = Some(error.to_string());
-                }
+        let mut workers = Workers {
+            receiver: Arc::new(Mutex::new(receiver)),
+            stack_size,
+            started: 0,
+        };
+        let (threads, spawn_error) = match workers.start_one() {
+            Ok(()) => (threads.max(1), None),
+            Err(error) => {
+                tracing::error!(error = %error, "cannot start a script thread");
+                (0, Some(error.to_string()))
             }
-        }
+        };
         ScriptPool {
             sender,
-            free_threads: Arc::new(Semaphore::new(started)),
-            threads: started,
+            free_threads: Arc::new(Semaphore::new(threads)),
+            threads,
+            workers: Mutex::new(workers),
             spawn_error,
         }
     }
 
-    /// Threads that started.
+    /// The most threads the pool runs.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Threads started so far.
+    pub fn started(&self) -> usize {
+        self.workers.lock().started
+    }
+
+    /// Starts a thread if fewer run than jobs hold a place (the caller
+    /// holds one), so that every job sent finds a thread.
+    fn ensure_worker(&self) -> Result<(), ScriptError> {
+        let held = self.threads - self.free_threads.available_permits();
+        let mut workers = self.workers.lock();
+        if workers.started >= held {
+            return Ok(());
+        }
+        workers.start_one().map_err(|error| {
+            tracing::error!(error = %error, "cannot start a script thread");
+            ScriptError::runtime(format!("cannot start a script thread: {error}"))
+        })
     }
 
     /// Waits for a free thread, first come first served, for as long as it
@@ -166,6 +205,7 @@ impl ReservedThread<'_> {
     /// Runs the job on the reserved thread and waits for its result, at
     /// most until a little past its deadline.
     pub async fn run(self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
+        self.pool.ensure_worker()?;
         let deadline = job.deadline;
         let timeout = round_timeout(deadline.saturating_duration_since(Instant::now()));
         let abandoned = Arc::new(AtomicBool::new(false));

@@ -286,9 +286,18 @@ fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
                 panic_text(panic.as_ref())
             )))
         });
-        let Work { job, reply, .. } = work;
+        let Work {
+            job,
+            reply,
+            _thread: place,
+            ..
+        } = work;
         // The job's values are dropped here, on the large stack.
         drop(job);
+        // The place is given back before the answer, so a caller that runs
+        // its next job on hearing it finds this thread's place free (and
+        // does not start another thread for it).
+        drop(place);
         let _ = reply.send(result);
     }
 }

@@ -38,7 +38,7 @@ use crate::effects::Effects;
 use crate::effects::accounts::ZoomAccountClient;
 use crate::effects::live::LiveEffects;
 use crate::effects::state::{MemoryState, StateStore};
-use crate::engine::executor::{Executor, PreparedEvent};
+use crate::engine::executor::{EarlyAccepted, Executor, PreparedEvent};
 use crate::engine::journal::{Journal, JournalError};
 use crate::event::Event;
 use crate::journal::memory::{MemoryJournal, MemoryLimits};
@@ -679,6 +679,12 @@ impl Intake {
 /// (`turn`), admits its own in arrival order and lets the next batch's go
 /// (`admitted`). Admission keeps the order of arrival, so queued runs of one
 /// key start in that order.
+///
+/// When the journal says every event is fresh once their statements ran,
+/// before the commit ([`Executor::accept_all_early`]), the runs are admitted
+/// then, and their effects wait for the commit ([`admit_before_commit`]);
+/// otherwise (a duplicate or an error in the batch) after the commit, as
+/// each answer says.
 async fn accept_batch(
     executor: &Executor,
     rules: &RuleSetHandle,
@@ -686,8 +692,14 @@ async fn accept_batch(
     turn: Option<oneshot::Receiver<()>>,
     admitted: oneshot::Sender<()>,
 ) {
-    let prepared = prepare_batch(executor, &rules.current(), batch);
-    let accepted = journal_batch(executor, rules, prepared).await;
+    let mut prepared = prepare_batch(executor, &rules.current(), batch);
+    let early = executor.accept_all_early(&mut prepared).await;
+    if early.all_fresh_early() {
+        return admit_before_commit(executor, rules, prepared, early, turn, admitted).await;
+    }
+    let written = early.committed().await;
+    let written = executor.settle(&prepared, written);
+    let accepted = journal_batch(executor, rules, prepared, written).await;
     if let Some(turn) = turn {
         // An error means the previous handler ended without admitting: its turn is over too.
         let _ = turn.await;
@@ -697,6 +709,48 @@ async fn accept_batch(
         .filter_map(|(prepared, fresh)| fresh.then(|| executor.admit_untracked(prepared)))
         .collect();
     drop(admitted);
+    for runs in runs {
+        if let Err(error) = executor.record_turned_away(runs).await {
+            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
+        }
+    }
+}
+
+/// [`accept_batch`] for a batch whose events are all fresh before their
+/// commit: admits their runs in turn, then waits for the commit. An event
+/// whose commit failed has had its runs stopped before any effect; it is
+/// journaled again as after a failed write ([`accept`]), and its new runs
+/// admitted then, after those of later batches.
+async fn admit_before_commit(
+    executor: &Executor,
+    rules: &RuleSetHandle,
+    prepared: Vec<PreparedEvent>,
+    early: EarlyAccepted,
+    turn: Option<oneshot::Receiver<()>>,
+    admitted: oneshot::Sender<()>,
+) {
+    let events: Vec<Event> = prepared.iter().map(|p| p.event().clone()).collect();
+    if let Some(turn) = turn {
+        // An error means the previous handler ended without admitting: its turn is over too.
+        let _ = turn.await;
+    }
+    let mut runs: Vec<_> = prepared
+        .into_iter()
+        .map(|prepared| executor.admit_untracked(prepared))
+        .collect();
+    drop(admitted);
+    for (event, written) in events.into_iter().zip(early.committed().await) {
+        match written {
+            // A duplicate after all (its runs were stopped) is journaled too.
+            Ok(_) => event.mark_journaled(),
+            Err(error) => {
+                let (prepared, fresh) = accept(executor, rules, event, error).await;
+                if fresh {
+                    runs.push(executor.admit_untracked(prepared));
+                }
+            }
+        }
+    }
     for runs in runs {
         if let Err(error) = executor.record_turned_away(runs).await {
             tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
@@ -737,17 +791,16 @@ fn prepare_batch(
     prepared
 }
 
-/// Journals a batch's matched events with their runs as one journal
-/// request (one writer job and one wake-up for the batch, not one per
-/// event); each event is written all or nothing on its own, and those that
-/// could not be are retried one by one ([`accept`]). In order; `fresh` is
-/// false for a duplicate.
+/// A batch's matched events with the journal's answers (`written`, one
+/// writer request for the batch); each event is written all or nothing on
+/// its own, and those that could not be are retried one by one
+/// ([`accept`]). In order; `fresh` is false for a duplicate.
 async fn journal_batch(
     executor: &Executor,
     rules: &RuleSetHandle,
     prepared: Vec<PreparedEvent>,
+    written: Vec<Result<bool, JournalError>>,
 ) -> Vec<(PreparedEvent, bool)> {
-    let written = executor.accept_all(&prepared).await;
     let mut accepted = Vec::with_capacity(prepared.len());
     let mut failed = Vec::new();
     for (index, (prepared, written)) in prepared.into_iter().zip(written).enumerate() {
@@ -765,7 +818,10 @@ async fn journal_batch(
     if !failed.is_empty() {
         let retried = futures_util::future::join_all(failed.into_iter().map(
             |(index, prepared, error)| async move {
-                (index, accept(executor, rules, prepared, error).await)
+                (
+                    index,
+                    accept(executor, rules, prepared.into_event(), error).await,
+                )
             },
         ))
         .await;
@@ -782,17 +838,17 @@ async fn journal_batch(
 async fn accept(
     executor: &Executor,
     rules: &RuleSetHandle,
-    mut prepared: PreparedEvent,
+    event: Event,
     mut error: JournalError,
 ) -> (PreparedEvent, bool) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let event = prepared.event().clone();
+        let event = event.clone();
         metrics::counter!("zoomwire_intake_paused_total").increment(1);
         tracing::error!(event = %event.id, error = %error, retry_ms = delay.as_millis() as u64, "cannot journal event: intake paused");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
-        prepared = executor.prepare(&rules.current(), event);
+        let prepared = executor.prepare(&rules.current(), event);
         match executor.accept(&prepared).await {
             Ok(fresh) => {
                 prepared.event().mark_journaled();

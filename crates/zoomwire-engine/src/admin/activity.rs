@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::engine::journal::{
-    Journal, JournalError, RunRecord, RunSaving, RunStatus, UnfinishedRun,
+    EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, RunStatus, UnfinishedRun,
 };
 use crate::event::{Event, Source};
 
@@ -348,6 +348,23 @@ impl Journal for ObservedJournal {
                 }
             }
             answers
+        })
+    }
+
+    /// Shown once executed: an event whose commit then fails is journaled
+    /// again by intake, and shown again.
+    fn accept_events_early<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, EarlyAccepts> {
+        Box::pin(async move {
+            let early = self.inner.accept_events_early(events).await;
+            for ((event, runs), answer) in events.iter().zip(&early.executed) {
+                if matches!(answer, Ok(true)) {
+                    self.activity.event_accepted(event, runs);
+                }
+            }
+            early
         })
     }
 

@@ -31,6 +31,11 @@
 //! effect, until its answer, instead of once for the mark and once more for
 //! the answer.
 //!
+//! A run may start once its event's statements ran, before their commit
+//! (see `crate::engine::executor`): its effects then wait for that commit
+//! ([`EventCommit`]), joined with their start mark's, and are refused when it
+//! failed, so nothing a run does reaches outside for an event never written.
+//!
 //! Effects are performed on the runtime's threads, not the script's, and the
 //! run keeps its own copy of each answer: the script thread's memory budget
 //! counts what the thread allocates and frees, so memory made elsewhere must
@@ -159,6 +164,56 @@ pub type SavedWait = Box<dyn FnOnce() -> Result<(), String> + Send>;
 /// `Ok` ([`EffectObserver::effect_starting_async`]).
 pub type StartMark = BoxFuture<'static, Result<(), String>>;
 
+/// The commit of the event a run belongs to, resolved once: every effect of
+/// the run waits for it ([`RunEffects::with_event_commit`]). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct EventCommit(Option<tokio::sync::watch::Receiver<Option<Result<(), String>>>>);
+
+/// Resolves an [`EventCommit`]; dropped unresolved, the commit counts as failed.
+#[derive(Debug)]
+pub struct EventCommitted(tokio::sync::watch::Sender<Option<Result<(), String>>>);
+
+impl EventCommit {
+    /// An event already committed (or a journal that answers only then).
+    pub fn committed() -> EventCommit {
+        EventCommit(None)
+    }
+
+    /// A commit still to come, and what resolves it.
+    pub fn pending() -> (EventCommitted, EventCommit) {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        (EventCommitted(sender), EventCommit(Some(receiver)))
+    }
+
+    /// Waits for the commit: `Err` says why the event was not written.
+    pub async fn wait(&self) -> Result<(), String> {
+        let Some(receiver) = &self.0 else {
+            return Ok(());
+        };
+        let mut receiver = receiver.clone();
+        match receiver.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or(Ok(())),
+            Err(_) => Err(UNRESOLVED.into()),
+        }
+    }
+
+    /// Whether this is a commit still to wait for when made, not one known
+    /// from the start ([`EventCommit::committed`]).
+    pub fn is_awaited(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl EventCommitted {
+    /// Ends every wait for the commit with `result`.
+    pub fn resolve(self, result: Result<(), String>) {
+        self.0.send_replace(Some(result));
+    }
+}
+
+/// Why an [`EventCommit`] whose resolver was dropped failed.
+const UNRESOLVED: &str = "the journal stopped before the event was committed";
+
 /// Sees every effect of a run as it starts and as soon as it completes (the journal).
 pub trait EffectObserver: Send + Sync {
     /// Saves that the effect is about to be performed, before it is:
@@ -205,6 +260,8 @@ pub struct RunEffects {
     saving: Mutex<Option<SavedWait>>,
     logs: Mutex<LogBook>,
     observer: Option<Arc<dyn EffectObserver>>,
+    /// The run's event's commit, awaited before any effect.
+    event_commit: EventCommit,
     transient_failure: AtomicBool,
     limits: OutputLimits,
     /// Set when a call was refused for `max_effects`.
@@ -231,6 +288,7 @@ impl RunEffects {
             saving: Mutex::default(),
             logs: Mutex::default(),
             observer: None,
+            event_commit: EventCommit::committed(),
             transient_failure: AtomicBool::new(false),
             limits: OutputLimits::default(),
             effects_exhausted: AtomicBool::new(false),
@@ -256,6 +314,12 @@ impl RunEffects {
 
     pub fn with_observer(mut self, observer: Arc<dyn EffectObserver>) -> RunEffects {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Performs no effect before `commit` resolves, and none if it failed.
+    pub fn with_event_commit(mut self, commit: EventCommit) -> RunEffects {
+        self.event_commit = commit;
         self
     }
 
@@ -347,7 +411,7 @@ impl RunEffects {
     }
 
     /// Performs the request on the runtime's threads, after its start
-    /// `mark` is saved if one is given, waiting at most until the run's
+    /// `mark` is saved if one is given and its event committed, waiting at most until the run's
     /// deadline, and answers with a copy made on this thread.
     fn perform(
         &self,
@@ -359,13 +423,22 @@ impl RunEffects {
             return Err(timeout_error(&name));
         }
         let (effects, context) = (self.effects.clone(), self.context.clone());
-        // One task for the mark and the effect: the script thread is woken
-        // once, with the answer.
+        let event_commit = self.event_commit.clone();
+        // One task for the mark, the event's commit and the effect: the
+        // script thread is woken once, with the answer.
         let task = self.runtime.spawn(async move {
-            if let Some(mark) = mark {
-                mark.await
-                    .map_err(|error| not_marked(&request.name, &error))?;
-            }
+            // The mark first (queued when first polled): the one writer
+            // commits it after the event, and resolves the event's commit
+            // before answering it, so the second wait is then already over.
+            let marked = match mark {
+                Some(mark) => mark.await,
+                None => Ok(()),
+            };
+            event_commit
+                .wait()
+                .await
+                .map_err(|error| event_not_written(&request.name, &error))?;
+            marked.map_err(|error| not_marked(&request.name, &error))?;
             let deadline = tokio::time::Instant::from_std(context.deadline);
             if tokio::time::Instant::now() >= deadline {
                 return Err(timeout_error(&request.name));
@@ -660,6 +733,15 @@ fn not_marked(effect: &str, error: &str) -> EffectError {
     EffectError::transient(
         effect,
         format!("not performed: cannot record in the store that it starts: {error}"),
+    )
+}
+
+/// The refusal of an effect whose run's event could not be written: the run
+/// is stopped, not retried (see `crate::engine::attempt`).
+fn event_not_written(effect: &str, error: &str) -> EffectError {
+    EffectError::permanent(
+        effect,
+        format!("not performed: the run's event could not be written to the store: {error}"),
     )
 }
 

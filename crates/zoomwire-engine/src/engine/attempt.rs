@@ -7,6 +7,11 @@
 //!
 //! An attempt's records are written without its effects: the journal was
 //! given each as it completed.
+//!
+//! A run may start before its event's commit (see `executor.rs`): its
+//! effects wait for it, and before anything of the run is recorded (a
+//! retry's failed attempt, the outcome) the run waits for it too. If the
+//! commit failed, the run ends there, recorded nowhere.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +21,7 @@ use rhai::Dynamic;
 
 use super::admission::CancelFlag;
 use super::journal::{Journal, JournalError, RunRecord, RunSaving, RunStatus};
-use crate::effects::gateway::{EffectObserver, EffectRecord, RunEffects};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EventCommit, RunEffects};
 use crate::effects::redact::{redact, redact_text};
 use crate::effects::{EffectContext, Effects, ZoomAccountRef};
 use crate::event::Event;
@@ -51,6 +56,15 @@ pub struct Run<'a> {
     pub record: RunRecord,
     pub replay: Vec<EffectRecord>,
     pub cancel: &'a CancelFlag,
+    /// Its event's commit: no effect and no record before it.
+    pub commit: &'a EventCommit,
+}
+
+/// What stops an attempt from outside: `restart` cancelling the run, and
+/// its event's commit, which its effects wait for.
+struct Stops<'a> {
+    cancel: &'a CancelFlag,
+    commit: &'a EventCommit,
 }
 
 const CANCELLED: &str = "cancelled: a newer run replaced it (mode restart)";
@@ -78,8 +92,9 @@ impl Runner {
     /// Runs the attempts of one run and writes its final record, or queues
     /// it where the journal keeps the order of its writes
     /// ([`Journal::queue_observed_run`]): then the run's place can go to the
-    /// next run before that record's commit ([`Finished::saved`]).
-    pub async fn execute(&self, run: Run<'_>) -> Finished {
+    /// next run before that record's commit ([`Finished::saved`]). `None`
+    /// when its event's commit failed (nothing of the run is recorded).
+    pub async fn execute(&self, run: Run<'_>) -> Option<Finished> {
         let Run {
             rule_set,
             rule,
@@ -87,15 +102,21 @@ impl Runner {
             mut record,
             mut replay,
             cancel,
+            commit,
         } = run;
         let started = Instant::now();
+        let stops = Stops { cancel, commit };
         for attempt in record.attempt.max(1).. {
             record.attempt = attempt;
             record.status = RunStatus::Running;
             record.error = None;
             let (result, effects) = self
-                .run_attempt(rule_set, rule, event, &mut record, replay, cancel)
+                .run_attempt(rule_set, rule, event, &mut record, replay, &stops)
                 .await;
+            if let Err(error) = commit.wait().await {
+                tracing::warn!(rule = %rule.name, run = %record.id, error = %error, "run stopped: its event could not be written");
+                return None;
+            }
             record.effects = effects.records();
             record.logs = effects.logs();
             let error = match result {
@@ -145,7 +166,7 @@ impl Runner {
             self.persist(&record).await;
         }
         log_outcome(rule, &record, started);
-        Finished { record, saving }
+        Some(Finished { record, saving })
     }
 
     /// One attempt: waits for a script thread, then starts the clock.
@@ -156,14 +177,15 @@ impl Runner {
         event: &Event,
         record: &mut RunRecord,
         replay: Vec<EffectRecord>,
-        cancel: &CancelFlag,
+        stops: &Stops<'_>,
     ) -> (Result<Dynamic, ScriptError>, Arc<RunEffects>) {
         let thread = self.pool.reserve().await;
         let deadline = Instant::now() + rule.timeout;
         record.started_at.get_or_insert_with(Utc::now);
         // Not waited for: written before the effects the attempt records.
         self.journal.queue_run(record);
-        let effects = Arc::new(self.run_effects(rule_set, rule, event, record, replay, deadline));
+        let effects = self.run_effects(rule_set, rule, event, record, replay, deadline);
+        let effects = Arc::new(effects.with_event_commit(stops.commit.clone()));
         let thread = match thread {
             Ok(thread) => thread,
             Err(error) => return (Err(error), effects),
@@ -176,7 +198,7 @@ impl Runner {
             vars: self.vars.clone(),
             effects: effects.clone(),
             deadline,
-            cancel: cancel.flag().clone(),
+            cancel: stops.cancel.flag().clone(),
         };
         let result = thread.run(job).await;
         effects.release_answers();

@@ -17,6 +17,12 @@
 //! ([`Executor::is_active`]), so that the daemon can tell a run put back in
 //! the store by `zoomwire runs retry` from one it is running.
 //!
+//! With a journal that answers early ([`Journal::accept_events_early`]), the
+//! daemon admits an event's runs once its statements ran, before their
+//! commit ([`Executor::accept_all_early`]): the run's effects wait for the
+//! commit ([`EventCommit`]), and if it fails the run stops before any effect
+//! and is not recorded (the journal refuses its writes) nor announced.
+//!
 //! A waiting run is checked when its turn comes: if a reload removed its
 //! rule ([`Executor::with_current_rules`]), it is dropped as skipped with a
 //! record saying so. Runs that already started finish with the rule they have.
@@ -36,10 +42,11 @@ use super::attempt::{RetryWaits, Run, Runner};
 use super::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use crate::effects::Effects;
-use crate::effects::gateway::{EffectRecord, EffectStart};
+use crate::effects::gateway::{EffectRecord, EffectStart, EventCommit};
 use crate::event::Event;
 use crate::rules::{Mode, Rule, RuleSet};
 use crate::script::ScriptPool;
+use futures_util::future::BoxFuture;
 
 /// What happened to one event.
 #[derive(Debug)]
@@ -79,11 +86,49 @@ pub struct PreparedEvent {
     rules: Vec<Arc<Rule>>,
     /// The names of the rules whose condition failed, in the same order.
     failed_rules: Vec<Arc<str>>,
+    /// The event's commit, which its runs' effects wait for.
+    commit: EventCommit,
 }
 
 impl PreparedEvent {
     pub fn event(&self) -> &Event {
         &self.event
+    }
+
+    pub fn into_event(self) -> Event {
+        self.event
+    }
+}
+
+/// Answers of [`Executor::accept_all_early`].
+pub struct EarlyAccepted {
+    /// Per event, once its statements ran: `Ok(true)` is fresh.
+    pub executed: Vec<Result<bool, JournalError>>,
+    committed: BoxFuture<'static, Vec<Result<bool, JournalError>>>,
+    /// Per event told fresh before its commit: its type, counted once committed fresh.
+    early_types: Vec<Option<String>>,
+    executor: Executor,
+}
+
+impl EarlyAccepted {
+    /// Whether every event was told fresh before its commit: then their
+    /// runs may be admitted before [`EarlyAccepted::committed`].
+    pub fn all_fresh_early(&self) -> bool {
+        self.early_types.iter().all(Option::is_some)
+    }
+
+    /// Waits for the commits (the journal resolves the runs'
+    /// [`EventCommit`]s as they happen) and counts the events told fresh
+    /// early that committed. Returns the final answers, in order; those of
+    /// events not admitted yet are settled by [`Executor::settle`].
+    pub async fn committed(self) -> Vec<Result<bool, JournalError>> {
+        let finals = self.committed.await;
+        for (event_type, answer) in self.early_types.iter().zip(&finals) {
+            if let (Some(event_type), Ok(true)) = (event_type, answer) {
+                self.executor.inner.events_total.count(event_type);
+            }
+        }
+        finals
     }
 }
 
@@ -168,6 +213,8 @@ struct PendingRun {
     replay: Vec<EffectRecord>,
     /// The ticket's sender; none when nobody waits on the run (the daemon).
     done: Option<oneshot::Sender<RunRecord>>,
+    /// Its event's commit, which the run's effects wait for.
+    commit: EventCommit,
 }
 
 impl PendingRun {
@@ -275,6 +322,7 @@ impl Executor {
             records,
             rules,
             failed_rules,
+            commit: EventCommit::committed(),
         }
     }
 
@@ -304,6 +352,65 @@ impl Executor {
             .collect()
     }
 
+    /// [`Executor::accept_all`] answered once the events' statements ran,
+    /// before their commit ([`Journal::accept_events_early`]): an event
+    /// told fresh gets a pending [`EventCommit`] for its runs, which may be
+    /// admitted at once; [`EarlyAccepted::committed`] resolves it. An event
+    /// not told fresh is settled on its final answer ([`Executor::settle`]).
+    pub async fn accept_all_early(&self, prepared: &mut [PreparedEvent]) -> EarlyAccepted {
+        let events: Vec<(&Event, &[RunRecord])> = prepared
+            .iter()
+            .map(|prepared| (&prepared.event, prepared.records.as_slice()))
+            .collect();
+        let early = self.journal().accept_events_early(&events).await;
+        let early_types = prepared
+            .iter_mut()
+            .zip(early.executed.iter().zip(early.commits))
+            .map(|(prepared, (executed, commit))| {
+                (commit.is_awaited() && matches!(executed, Ok(true))).then(|| {
+                    prepared.commit = commit;
+                    prepared.event.event_type.clone()
+                })
+            })
+            .collect();
+        EarlyAccepted {
+            executed: early.executed,
+            committed: early.committed,
+            early_types,
+            executor: self.clone(),
+        }
+    }
+
+    /// What [`Executor::accept_all`] does with the journal's answers, for
+    /// the answers of [`EarlyAccepted::committed`], before admission: lets
+    /// go of the runs of events not written, and counts the fresh ones not
+    /// counted already.
+    pub fn settle(
+        &self,
+        prepared: &[PreparedEvent],
+        written: Vec<Result<bool, JournalError>>,
+    ) -> Vec<Result<bool, JournalError>> {
+        prepared
+            .iter()
+            .zip(written)
+            .map(|(prepared, written)| {
+                if !prepared.commit.is_awaited() {
+                    return self.accepted(prepared, written);
+                }
+                if !matches!(written, Ok(true)) {
+                    self.let_go(prepared);
+                }
+                written
+            })
+            .collect()
+    }
+
+    /// Lets go of the runs of an event not written: they will never be.
+    fn let_go(&self, prepared: &PreparedEvent) {
+        let runs = &prepared.records[..prepared.rules.len()];
+        runs.iter().for_each(|r| self.forget(&r.id));
+    }
+
     /// Lets go of the runs of an event not written; counts a fresh one.
     fn accepted(
         &self,
@@ -311,9 +418,7 @@ impl Executor {
         written: Result<bool, JournalError>,
     ) -> Result<bool, JournalError> {
         if !matches!(written, Ok(true)) {
-            // Not written: these runs will never be.
-            let runs = &prepared.records[..prepared.rules.len()];
-            runs.iter().for_each(|r| self.forget(&r.id));
+            self.let_go(prepared);
         }
         let fresh = written?;
         if fresh {
@@ -343,6 +448,7 @@ impl Executor {
             mut records,
             rules,
             failed_rules,
+            commit,
         } = prepared;
         let failures = records.split_off(rules.len());
         for (record, rule) in failures.iter().zip(&failed_rules) {
@@ -355,6 +461,7 @@ impl Executor {
         for (rule, record) in rules.into_iter().zip(records) {
             let (mut pending, ticket) =
                 pending_run(rule_set.clone(), rule, event.clone(), record, Vec::new());
+            pending.commit = commit.clone();
             if tracked {
                 tickets.push(ticket);
             } else {
@@ -580,6 +687,11 @@ impl Executor {
     /// journal for a parked run. `None`: the run cannot start and has been
     /// let go of (see [`Executor::read_back`]).
     async fn take_event(&self, mut run: PendingRun) -> Option<(PendingRun, Event)> {
+        if run.event.is_none() && run.commit.wait().await.is_err() {
+            // Its event was never written: there is nothing to read back.
+            self.forget(&run.record.id);
+            return None;
+        }
         match run.event.take() {
             Some(event) => Some((run, event)),
             None => self.read_back(run).await,
@@ -668,8 +780,10 @@ impl Executor {
                 record,
                 replay,
                 done,
+                commit,
                 ..
             } = run;
+            let id = record.id.clone();
             let finished = executor
                 .inner
                 .runner
@@ -680,15 +794,22 @@ impl Executor {
                     record,
                     replay,
                     cancel: &cancel,
+                    commit: &commit,
                 })
                 .await;
             // The script is over and its last record written or queued
             // ahead of whatever the next run writes: its place goes on now.
             let removed = executor.release(&slot_key, &cancel);
-            let record = finished.saved().await;
-            executor.forget(&record.id);
-            executor.announce(&record);
-            tell(done, record);
+            match finished {
+                Some(finished) => {
+                    let record = finished.saved().await;
+                    executor.forget(&record.id);
+                    executor.announce(&record);
+                    tell(done, record);
+                }
+                // Its event was never written, so neither is the run.
+                None => executor.forget(&id),
+            }
             for removed in removed {
                 let _ = executor.skip(removed, RULE_REMOVED.into()).await;
             }
@@ -820,6 +941,7 @@ fn pending_run(
         record,
         replay,
         done: Some(done),
+        commit: EventCommit::committed(),
     };
     (pending, ticket)
 }
@@ -913,6 +1035,9 @@ mod tests {
         /// With it, a run's last record is queued, and written once this
         /// hands out a permit (a commit that has not come yet).
         commits: Option<Arc<tokio::sync::Semaphore>>,
+        /// When set, accepts are answered early and commit when it says
+        /// (`true`), or fail (`false`), as the SQLite journal's may.
+        held_commit: Mutex<Option<oneshot::Receiver<bool>>>,
     }
 
     impl EffectObserver for CallLog {
@@ -943,6 +1068,41 @@ mod tests {
                 self.events.lock().insert(event.id.clone(), event.clone());
             }
             self.journal.accept_event_with_runs(event, runs)
+        }
+
+        fn accept_events_early<'a>(
+            &'a self,
+            events: &'a [(&'a Event, &'a [RunRecord])],
+        ) -> BoxFuture<'a, crate::engine::journal::EarlyAccepts> {
+            let held = self.held_commit.lock().take().expect("a held commit");
+            let (resolvers, commits): (Vec<_>, Vec<_>) =
+                events.iter().map(|_| EventCommit::pending()).unzip();
+            Box::pin(async move {
+                let executed = self.accept_events_with_runs(events).await;
+                let answers = executed.clone();
+                let committed = Box::pin(async move {
+                    let commits = held.await == Ok(true);
+                    for resolver in resolvers {
+                        resolver.resolve(if commits {
+                            Ok(())
+                        } else {
+                            Err("the disk is full".into())
+                        });
+                    }
+                    match commits {
+                        true => answers,
+                        false => answers
+                            .iter()
+                            .map(|_| Err(JournalError("the disk is full".into())))
+                            .collect(),
+                    }
+                });
+                crate::engine::journal::EarlyAccepts {
+                    executed,
+                    committed,
+                    commits,
+                }
+            })
         }
 
         fn keeps_events(&self) -> bool {
@@ -1114,6 +1274,125 @@ mod tests {
             self.0.lock().push(text.to_string());
             Box::pin(async { Ok(serde_json::json!({"ok": true})) })
         }
+    }
+
+    /// A run of [`POSTS`] admitted once its event's statements ran, with a
+    /// commit the test holds; ends once the commit succeeded (`commits`) or
+    /// failed. Returns the run's final record, the posts made while the
+    /// commit was held, those made in all, and the journal's calls.
+    async fn a_run_before_its_commit(
+        commits: bool,
+    ) -> (Option<RunRecord>, Vec<String>, Vec<String>, Vec<String>) {
+        let (executor, journal, rule_set, _dir) = setup(POSTS);
+        let effects = Arc::new(Posted::default());
+        let executor = Executor::new(
+            executor.journal().clone(),
+            effects.clone(),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            Dynamic::from_map(rhai::Map::new()),
+        );
+        let (commit, held) = oneshot::channel();
+        *journal.held_commit.lock() = Some(held);
+        let mut prepared = vec![executor.prepare(&rule_set, event(1))];
+        let early = executor.accept_all_early(&mut prepared).await;
+        assert!(early.all_fresh_early());
+        let admitted = executor.admit(prepared.remove(0));
+        let ticket = admitted.outcome.runs.into_iter().next().unwrap();
+        // The run starts (its script reaches the first post) while the commit is held.
+        let started = async {
+            while !journal.calls.lock().iter().any(|c| c == "record running") {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), started)
+            .await
+            .expect("the run started before its event's commit");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let while_held = effects.0.lock().clone();
+        commit.send(commits).unwrap();
+        let committed = early.committed().await;
+        assert_eq!(committed[0].is_ok(), commits);
+        let record = ticket.wait().await;
+        executor.wait_idle().await;
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
+        let posted = effects.0.lock().clone();
+        let calls = journal.calls.lock().clone();
+        (record, while_held, posted, calls)
+    }
+
+    #[tokio::test]
+    async fn a_run_starts_before_its_events_commit_and_posts_only_after_it() {
+        let (record, while_held, posted, _calls) = a_run_before_its_commit(true).await;
+        assert!(
+            while_held.is_empty(),
+            "posted before the commit: {while_held:?}"
+        );
+        assert_eq!(posted, ["one", "two", "three"]);
+        assert_eq!(record.unwrap().status, RunStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_events_commit_fails_stops_before_any_effect_and_is_not_recorded() {
+        let (record, while_held, posted, calls) = a_run_before_its_commit(false).await;
+        assert!(while_held.is_empty() && posted.is_empty(), "{posted:?}");
+        assert!(record.is_none(), "no outcome: {record:?}");
+        // Only the accept and the queued `running` (which the SQLite writer
+        // refuses for a voided run, see `journal::writer`): no outcome.
+        assert_eq!(calls, ["accept pending", "record running"]);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_told_early_is_not_admitted_early() {
+        let (executor, journal, rule_set, _dir) = setup(POSTS);
+        let (commit, held) = oneshot::channel();
+        *journal.held_commit.lock() = Some(held);
+        let mut prepared = vec![
+            executor.prepare(&rule_set, event(2)),
+            executor.prepare(&rule_set, event(2)),
+        ];
+        let early = executor.accept_all_early(&mut prepared).await;
+        assert!(matches!(early.executed[..], [Ok(true), Ok(false)]));
+        assert!(!early.all_fresh_early(), "the batch waits for its commit");
+        assert!(
+            !prepared[1].commit.is_awaited(),
+            "the duplicate has no runs to start"
+        );
+        commit.send(true).unwrap();
+        let written = executor.settle(&prepared, early.committed().await);
+        assert!(matches!(written[..], [Ok(true), Ok(false)]));
+        let duplicate = &prepared[1].records[0].id;
+        assert!(!executor.is_active(duplicate), "its run is let go of");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_run_whose_events_commit_failed_reads_nothing_back_and_is_let_go() {
+        let rules = format!("{POSTS}mode: queued\n");
+        let journal = CallLog {
+            keeps: true,
+            ..CallLog::default()
+        };
+        let (executor, journal, rule_set, _dir) = setup_with(&rules, journal);
+        let (commit, held) = oneshot::channel();
+        *journal.held_commit.lock() = Some(held);
+        let mut prepared: Vec<PreparedEvent> = (1..=2)
+            .map(|n| executor.prepare(&rule_set, event(n)))
+            .collect();
+        let early = executor.accept_all_early(&mut prepared).await;
+        assert!(early.all_fresh_early());
+        let tickets: Vec<RunTicket> = prepared
+            .into_iter()
+            .flat_map(|p| executor.admit(p).outcome.runs)
+            .collect();
+        assert_eq!(executor.waiting_runs(), 1, "the second waits its turn");
+        commit.send(false).unwrap();
+        assert!(early.committed().await.iter().all(Result::is_err));
+        for ticket in tickets {
+            assert!(ticket.wait().await.is_none(), "no outcome");
+        }
+        executor.wait_idle().await;
+        assert!(executor.inner.active.lock().is_empty(), "nothing held");
+        let calls = journal.calls.lock().clone();
+        assert!(!calls.iter().any(|c| c == "read event"), "{calls:?}");
     }
 
     /// A run of `rules` for `event(1)` resumed as a crash left it: its first

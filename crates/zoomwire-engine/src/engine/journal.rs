@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, LogLine};
+use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, EventCommit, LogLine};
 use crate::event::Event;
 
 /// The commit of a queued run record ([`Journal::queue_observed_run`]).
@@ -124,9 +124,24 @@ impl RunRecord {
 }
 
 /// Why the journal could not record something. Intake stops on these.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("journal: {0}")]
 pub struct JournalError(pub String);
+
+/// The answers of [`Journal::accept_events_early`].
+pub struct EarlyAccepts {
+    /// Per event, once its statements ran, before their commit: `Ok(true)`
+    /// is fresh, and its runs may start, their effects waiting for the commit.
+    pub executed: Vec<Result<bool, JournalError>>,
+    /// The final answers, once each event committed or failed, in the same
+    /// order: what [`Journal::accept_events_with_runs`] would have answered.
+    pub committed: BoxFuture<'static, Vec<Result<bool, JournalError>>>,
+    /// Per event, its commit, which the journal resolves as it happens (so
+    /// that the runs waiting on it are woken from there); one not
+    /// [`EventCommit::is_awaited`] (the default: answered after the
+    /// commit) means `executed` is already final.
+    pub commits: Vec<EventCommit>,
+}
 
 /// A run to resume after a restart, with the event that triggered it.
 #[derive(Debug, Clone)]
@@ -149,8 +164,8 @@ pub struct UnfinishedRun {
 /// every journal, one process or several nodes, keeps the same rule.
 pub trait Journal: EffectObserver + Send + Sync + 'static {
     /// Writes the event, with the records of the runs it starts (pending, or
-    /// skipped when their condition failed), in one commit, before any rule
-    /// runs for it: a crash leaves both or neither, so an accepted event never
+    /// skipped when their condition failed), in one commit, before any of
+    /// its runs makes an effect ([`Journal::accept_events_early`]): a crash leaves both or neither, so an accepted event never
     /// lacks its runs. `Ok(false)` means it is a duplicate of an event already
     /// accepted: nothing was written and nothing may run. Duplicates are
     /// counted in `zoomwire_events_duplicate_total`.
@@ -173,6 +188,24 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
                 .iter()
                 .map(|(event, runs)| self.accept_event_with_runs(event, runs)),
         ))
+    }
+    /// [`Journal::accept_events_with_runs`] answered twice: once the events'
+    /// statements ran (before their commit), and once committed. A fresh
+    /// executed answer can still end in a failed commit: then everything
+    /// later written for its runs is refused. The default (the memory and
+    /// PostgreSQL journals) answers both at once, after the commit.
+    fn accept_events_early<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, EarlyAccepts> {
+        Box::pin(async move {
+            let committed = self.accept_events_with_runs(events).await;
+            EarlyAccepts {
+                commits: committed.iter().map(|_| EventCommit::committed()).collect(),
+                executed: committed.clone(),
+                committed: Box::pin(std::future::ready(committed)),
+            }
+        })
     }
     /// [`Journal::accept_event_with_runs`] without runs.
     fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {

@@ -22,7 +22,9 @@ use super::ops::{EventRow, Op, Outcome};
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::effects::state::{StateError, StateStore};
-use crate::engine::journal::{Journal, JournalError, RunRecord, RunSaving, UnfinishedRun};
+use crate::engine::journal::{
+    EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, UnfinishedRun,
+};
 use crate::event::Event;
 
 impl SqliteJournal {
@@ -133,6 +135,35 @@ impl Journal for SqliteJournal {
         })
     }
 
+    /// Answered once the batch's statements ran, and again once committed.
+    fn accept_events_early<'a>(
+        &'a self,
+        events: &'a [(&'a Event, &'a [RunRecord])],
+    ) -> BoxFuture<'a, EarlyAccepts> {
+        let ops = events
+            .iter()
+            .map(|(event, runs)| Op::Accept {
+                event: EventRow::new(event),
+                runs: runs.to_vec(),
+            })
+            .collect();
+        Box::pin(async move {
+            let early = self.inner.writer.submit_all_early(ops).await;
+            let executed = early.executed.into_iter().map(executed).collect();
+            let (inner, count) = (self.inner.clone(), events.len());
+            let committed = Box::pin(async move {
+                let answers = early.committed.await.unwrap_or_default();
+                let answers = inner.writer.answers(count, answers);
+                answers.into_iter().map(accepted).collect()
+            });
+            EarlyAccepts {
+                executed,
+                commits: early.commits,
+                committed,
+            }
+        })
+    }
+
     fn record_run<'a>(&'a self, run: &'a RunRecord) -> BoxFuture<'a, Result<(), JournalError>> {
         let op = Op::RecordRun(Box::new(run.clone()));
         Box::pin(async move { self.inner.writer.submit(op).await.map(|_| ()) })
@@ -211,6 +242,14 @@ fn accepted(answer: Result<Outcome, JournalError>) -> Result<bool, JournalError>
             metrics::counter!("zoomwire_events_duplicate_total").increment(1);
             Ok(false)
         }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The writer's executed answer to an [`Op::Accept`] (a duplicate is counted once committed).
+fn executed(answer: Result<Outcome, JournalError>) -> Result<bool, JournalError> {
+    match answer? {
+        Outcome::Accepted(fresh) => Ok(fresh),
         other => Err(unexpected(&other)),
     }
 }

@@ -9,7 +9,16 @@
 //! channel; sandbox threads (effect records, state) block on a std channel,
 //! which is safe anywhere. If a batch fails, every job in it is retried alone
 //! so that one bad request cannot fail the others.
+//!
+//! An event's acceptance can also be answered early
+//! ([`WriterHandle::submit_all_early`]): once its statements ran in the open
+//! transaction ("executed": new or a duplicate is known then), just before
+//! the commit, and again once committed. Its runs may start in between; what
+//! they write comes after it, in a later batch. If the event's commit then
+//! fails, the writer voids its runs: it refuses every later write for them,
+//! so nothing of a run whose event was never written is stored.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +34,7 @@ use super::checkpoint::LogRestart;
 use super::codec::to_nanos;
 use super::ops::{Apply, Op, Outcome, apply};
 use super::seal::SealKey;
+use crate::effects::gateway::{EventCommit, EventCommitted};
 use crate::engine::journal::JournalError;
 
 /// Settings the writer thread needs.
@@ -46,6 +56,9 @@ enum Reply {
     Blocking(SyncSender<Result<Outcome, JournalError>>),
     /// One part of a [`WriterHandle::submit_all`]: answered with the others.
     Part(Arc<Gather>, usize),
+    /// A [`Reply::Part`] that first resolves its event's commit, on this
+    /// thread, for the runs waiting on it ([`WriterHandle::submit_all_early`]).
+    Resolving(Arc<Gather>, usize, EventCommitted),
     /// Nobody waits (the writer logs a failure).
     Nobody,
 }
@@ -65,6 +78,14 @@ struct Gathered {
 }
 
 impl Gather {
+    fn new(count: usize, done: oneshot::Sender<Vec<Option<Answer>>>) -> Arc<Gather> {
+        Arc::new(Gather(parking_lot::Mutex::new(Gathered {
+            answers: (0..count).map(|_| None).collect(),
+            left: count,
+            done: Some(done),
+        })))
+    }
+
     fn put(&self, index: usize, answer: Answer) {
         let mut gathered = self.0.lock();
         if let Some(slot) = gathered.answers.get_mut(index) {
@@ -90,6 +111,14 @@ impl Reply {
                 let _ = sender.send(result);
             }
             Reply::Part(gather, index) => gather.put(index, result),
+            Reply::Resolving(gather, index, commit) => {
+                commit.resolve(match &result {
+                    Ok(Outcome::Accepted(true)) => Ok(()),
+                    Ok(_) => Err("a duplicate after all".into()),
+                    Err(error) => Err(error.0.clone()),
+                });
+                gather.put(index, result)
+            }
             Reply::Nobody => {}
         }
     }
@@ -114,6 +143,17 @@ impl CommitWait {
 struct Job {
     op: Op,
     reply: Reply,
+    /// Answered as soon as the op ran, before its commit (an accept only).
+    executed: Option<Reply>,
+}
+
+/// Answers of [`WriterHandle::submit_all_early`]: `executed` once every op
+/// ran (before its commit), `committed` once each committed or failed.
+pub(crate) struct EarlyAnswers {
+    pub executed: Vec<Answer>,
+    /// Per op, its commit, resolved by the writer as it answers.
+    pub commits: Vec<EventCommit>,
+    pub committed: oneshot::Receiver<Vec<Option<Answer>>>,
 }
 
 /// Counters of the writer's work, for tests, the admin API and benchmarks.
@@ -149,6 +189,7 @@ impl WriterHandle {
         self.send(Job {
             op,
             reply: Reply::Async(sender),
+            executed: None,
         })?;
         receiver.await.map_err(|_| self.stopped())?
     }
@@ -166,19 +207,65 @@ impl WriterHandle {
             return (0..count).map(|_| Err(self.stopped())).collect();
         };
         let (done, answers) = oneshot::channel();
-        let gather = Arc::new(Gather(parking_lot::Mutex::new(Gathered {
-            answers: (0..count).map(|_| None).collect(),
-            left: count,
-            done: Some(done),
-        })));
+        let gather = Gather::new(count, done);
         for (index, op) in ops.into_iter().enumerate() {
             let reply = Reply::Part(gather.clone(), index);
-            if self.send(Job { op, reply }).is_err() {
+            if self
+                .send(Job {
+                    op,
+                    reply,
+                    executed: None,
+                })
+                .is_err()
+            {
                 break;
             }
         }
         drop(gather);
-        let answers = answers.await.unwrap_or_default();
+        self.answers(count, answers.await.unwrap_or_default())
+    }
+
+    /// [`WriterHandle::submit_all`] answered twice: once every op ran in
+    /// its transaction (waited for here), and once each committed (the
+    /// receiver returned). An executed answer can still end in a failed
+    /// commit; the committed one is final.
+    pub async fn submit_all_early(&self, ops: Vec<Op>) -> EarlyAnswers {
+        let count = ops.len();
+        let (all_committed, committed) = oneshot::channel();
+        let (resolvers, commits): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| EventCommit::pending()).unzip();
+        let wanted = count.clamp(1, self.capacity) as u32;
+        let Ok(_permits) = self.permits.acquire_many(wanted).await else {
+            return EarlyAnswers {
+                executed: (0..count).map(|_| Err(self.stopped())).collect(),
+                commits,
+                committed,
+            };
+        };
+        let (all_executed, executed) = oneshot::channel();
+        let answers = Gather::new(count, all_committed);
+        let executions = Gather::new(count, all_executed);
+        for (index, (op, resolver)) in ops.into_iter().zip(resolvers).enumerate() {
+            let job = Job {
+                op,
+                reply: Reply::Resolving(answers.clone(), index, resolver),
+                executed: Some(Reply::Part(executions.clone(), index)),
+            };
+            if self.send(job).is_err() {
+                break;
+            }
+        }
+        drop((answers, executions));
+        let executed = self.answers(count, executed.await.unwrap_or_default());
+        EarlyAnswers {
+            executed,
+            commits,
+            committed,
+        }
+    }
+
+    /// Gathered answers in order, a missing one as the writer stopped.
+    pub fn answers(&self, count: usize, answers: Vec<Option<Answer>>) -> Vec<Answer> {
         let mut answers = answers.into_iter();
         (0..count)
             .map(|_| {
@@ -205,6 +292,7 @@ impl WriterHandle {
         self.send(Job {
             op,
             reply: Reply::Blocking(sender),
+            executed: None,
         })?;
         Ok(CommitWait {
             receiver,
@@ -224,6 +312,7 @@ impl WriterHandle {
         let sent = self.send(Job {
             op,
             reply: Reply::Async(sender),
+            executed: None,
         });
         let path = self.path.clone();
         async move {
@@ -238,6 +327,7 @@ impl WriterHandle {
         self.send(Job {
             op,
             reply: Reply::Nobody,
+            executed: None,
         })
     }
 
@@ -276,6 +366,7 @@ fn write_loop(
     settings: &WriterSettings,
     counters: &WriterCounters,
 ) {
+    let mut voided = Voided::default();
     while let Some(first) = next_job(&mut conn, &receiver, settings) {
         let mut batch = vec![first];
         while batch.len() < settings.max_batch {
@@ -291,7 +382,7 @@ fn write_loop(
         counters
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&mut conn, batch, settings);
+        commit_batch(&mut conn, batch, settings, &mut voided);
     }
 }
 
@@ -312,35 +403,124 @@ fn next_job(
     }
 }
 
+/// The runs of events whose commit failed after they were told fresh
+/// ([`WriterHandle::submit_all_early`]): their runs may have started, and
+/// every later write for them is refused. Only grows on failed commits.
+#[derive(Default)]
+struct Voided(HashSet<String>);
+
+impl Voided {
+    fn refuses(&self, op: &Op) -> bool {
+        !self.0.is_empty() && run_of(op).is_some_and(|id| self.0.contains(id))
+    }
+
+    fn add(&mut self, op: &Op) {
+        if let Op::Accept { runs, .. } = op {
+            self.0.extend(runs.iter().map(|run| run.id.clone()));
+        }
+    }
+}
+
+/// The run an op writes to, if any.
+fn run_of(op: &Op) -> Option<&str> {
+    match op {
+        Op::RecordRun(run) => Some(&run.id),
+        Op::Effect { run_id, .. } | Op::EffectStart { run_id, .. } => Some(run_id),
+        Op::MarkDead { id, .. } | Op::Requeue { id } => Some(id),
+        _ => None,
+    }
+}
+
+/// The early answers of a batch's jobs, sent once their ops ran.
+struct Early {
+    replies: Vec<Option<Reply>>,
+    /// Told fresh: the job's runs may have started.
+    fresh: Vec<bool>,
+}
+
+impl Early {
+    fn take(batch: &mut [Job]) -> Early {
+        Early {
+            replies: batch.iter_mut().map(|job| job.executed.take()).collect(),
+            fresh: vec![false; batch.len()],
+        }
+    }
+
+    /// Sends the executed answer of job `index`, unless sent already.
+    fn tell(&mut self, index: usize, outcome: &Outcome) {
+        if let Some(reply) = self.replies[index].take() {
+            let fresh = matches!(outcome, Outcome::Accepted(true));
+            self.fresh[index] = fresh;
+            reply.send(Ok(Outcome::Accepted(fresh)));
+        }
+    }
+
+    /// Settles job `index` after its commit: an early answer still owed
+    /// gets `result`'s error; runs told fresh are voided unless it committed fresh.
+    fn settle(&mut self, index: usize, op: &Op, result: &Answer, voided: &mut Voided) {
+        if let (Some(reply), Err(error)) = (self.replies[index].take(), result) {
+            reply.send(Err(JournalError(error.0.clone())));
+        }
+        if self.fresh[index] && !matches!(result, Ok(Outcome::Accepted(true))) {
+            voided.add(op);
+        }
+    }
+}
+
 /// Commits a batch in one transaction; on failure (logged), each job alone.
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>, settings: &WriterSettings) {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    settings: &WriterSettings,
+    voided: &mut Voided,
+) {
     let started = Instant::now();
     let size = batch.len();
-    match apply_in_transaction(conn, batch.iter().map(|job| &job.op), settings) {
+    let mut batch = refuse_voided(batch, voided);
+    if batch.is_empty() {
+        return;
+    }
+    let mut early = Early::take(&mut batch);
+    let tried = apply_in_transaction(
+        conn,
+        batch.iter().map(|job| &job.op),
+        settings,
+        |outcomes| {
+            outcomes
+                .iter()
+                .enumerate()
+                .for_each(|(index, outcome)| early.tell(index, outcome))
+        },
+    );
+    match tried {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 job.reply.send(Ok(outcome));
             }
         }
-        Err(error) if size == 1 => {
+        Err(error) if batch.len() == 1 => {
             let error = journal_error(&settings.path, &error);
             tracing::error!(error = %error, "journal write failed");
-            for job in batch {
-                job.reply.send(Err(JournalError(error.0.clone())));
-            }
+            let job = batch.remove(0);
+            let result = Err(error);
+            early.settle(0, &job.op, &result, voided);
+            job.reply.send(result);
         }
         Err(batch_error) => {
             // Said once: a failure that only a whole batch meets (one job's
             // statement, or the size of the commit itself) would otherwise
             // show only as every job succeeding alone, one commit each.
             tracing::warn!(jobs = size, error = %journal_error(&settings.path, &batch_error), "a batch of journal writes failed; writing each alone");
-            for job in batch {
-                let result = apply_in_transaction(conn, std::iter::once(&job.op), settings)
-                    .map(|mut outcomes| outcomes.remove(0))
-                    .map_err(|e| journal_error(&settings.path, &e));
+            for (index, job) in batch.into_iter().enumerate() {
+                let result = apply_in_transaction(conn, std::iter::once(&job.op), settings, |o| {
+                    early.tell(index, &o[0])
+                })
+                .map(|mut outcomes| outcomes.remove(0))
+                .map_err(|e| journal_error(&settings.path, &e));
                 if let Err(error) = &result {
                     tracing::error!(error = %error, "journal write failed");
                 }
+                early.settle(index, &job.op, &result, voided);
                 job.reply.send(result);
             }
         }
@@ -349,10 +529,27 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>, settings: &WriterSetting
     metrics::histogram!("zoomwire_journal_commit_seconds").record(started.elapsed().as_secs_f64());
 }
 
+/// The batch without the writes for voided runs, which are answered with an error.
+fn refuse_voided(batch: Vec<Job>, voided: &Voided) -> Vec<Job> {
+    if voided.0.is_empty() {
+        return batch;
+    }
+    let (refused, kept): (Vec<Job>, Vec<Job>) =
+        batch.into_iter().partition(|job| voided.refuses(&job.op));
+    for job in refused {
+        job.reply.send(Err(JournalError(
+            "not written: the run's event could not be written to the store".into(),
+        )));
+    }
+    kept
+}
+
+/// Runs `ops` in one transaction; `executed` sees their outcomes just before the commit.
 fn apply_in_transaction<'a>(
     conn: &mut Connection,
     ops: impl Iterator<Item = &'a Op>,
     settings: &WriterSettings,
+    executed: impl FnOnce(&[Outcome]),
 ) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let at = Apply {
@@ -363,6 +560,7 @@ fn apply_in_transaction<'a>(
     let outcomes = ops
         .map(|op| apply(&tx, op, &at))
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    executed(&outcomes);
     tx.commit()?;
     Ok(outcomes)
 }
@@ -451,6 +649,7 @@ mod tests {
                 Job {
                     op: set(key),
                     reply: Reply::Blocking(sender),
+                    executed: None,
                 }
             })
             .collect();
@@ -461,7 +660,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            commit_batch(&mut conn, jobs, &settings);
+            commit_batch(&mut conn, jobs, &settings, &mut Voided::default());
         });
         let logged = String::from_utf8(logs.0.lock().clone()).unwrap();
         assert!(
@@ -526,6 +725,98 @@ mod tests {
         assert!(error.0.contains("refused by the test"), "{error}");
         assert!(answers[2].is_ok());
         assert!(runtime.block_on(handle.submit_all(Vec::new())).is_empty());
+        drop(handle);
+        thread.join().unwrap();
+    }
+
+    /// An accept of `runs` (rule names) for the event numbered `n`.
+    fn accept(n: u32, rules: &[&str]) -> Op {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let body = serde_json::json!({"event": "a.b", "event_ts": n, "payload": {"n": n}});
+        let event = crate::event::Event::from_value(&body, crate::event::Source::Test).unwrap();
+        let runs = rules
+            .iter()
+            .map(|rule| {
+                let id = format!("{rule}-{n}");
+                RunRecord::for_test(&id, rule, &event.id, "a.b", RunStatus::Pending)
+            })
+            .collect();
+        Op::Accept {
+            event: super::super::ops::EventRow::new(&event),
+            runs,
+        }
+    }
+
+    /// The status a run is stored with, if it is stored.
+    fn stored_status(path: &Path, run: &str) -> Option<String> {
+        let reader = Connection::open(path).unwrap();
+        reader
+            .query_row("SELECT status FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            .ok()
+    }
+
+    #[test]
+    fn an_early_accept_is_answered_before_its_commit_and_a_failed_commit_voids_its_runs() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let settings = WriterSettings {
+            dedupe_window_nanos: 3_600_000_000_000,
+            ..settings(dir.path())
+        };
+        let path = settings.path.clone();
+        let conn = open(&path, crate::journal::JournalSync::Full);
+        // A run of rule `doomed` breaks a deferred constraint: its
+        // statements run, its commit fails.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE doom_parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE doom (parent INTEGER REFERENCES doom_parent (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER doomed AFTER INSERT ON runs WHEN NEW.rule = 'doomed'
+             BEGIN INSERT INTO doom VALUES (1); END;",
+        )
+        .unwrap();
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ops = vec![
+            accept(1, &["fine"]),
+            accept(2, &["doomed"]),
+            accept(1, &["fine"]),
+        ];
+        let early = runtime.block_on(handle.submit_all_early(ops));
+        let executed: Vec<_> = early.executed.iter().map(|a| format!("{a:?}")).collect();
+        // Fresh, fresh (not yet known to fail), and the first one again: a duplicate.
+        assert_eq!(
+            executed,
+            [
+                "Ok(Accepted(true))",
+                "Ok(Accepted(true))",
+                "Ok(Accepted(false))"
+            ]
+        );
+        let committed = handle.answers(3, runtime.block_on(early.committed).unwrap());
+        assert!(
+            matches!(committed[0], Ok(Outcome::Accepted(true))),
+            "{committed:?}"
+        );
+        let error = committed[1].as_ref().unwrap_err();
+        assert!(error.0.contains("FOREIGN KEY"), "{error}");
+        assert!(
+            matches!(committed[2], Ok(Outcome::Accepted(false))),
+            "{committed:?}"
+        );
+        // The runs told fresh went on; only the committed one is written.
+        let running = |id: &str| {
+            let mut run = RunRecord::for_test(id, "r", "e", "a.b", RunStatus::Running);
+            run.started_at = Some(Utc::now());
+            Op::RecordRun(Box::new(run))
+        };
+        assert!(handle.submit_blocking(running("fine-1")).is_ok());
+        let refused = handle.submit_blocking(running("doomed-2")).unwrap_err();
+        assert!(refused.0.contains("not written"), "{refused}");
+        assert_eq!(stored_status(&path, "fine-1").as_deref(), Some("running"));
+        assert_eq!(stored_status(&path, "doomed-2"), None);
         drop(handle);
         thread.join().unwrap();
     }
@@ -631,7 +922,7 @@ mod tests {
                 });
                 sent += 1;
             }
-            apply_in_transaction(&mut conn, ops.iter(), &settings).unwrap();
+            apply_in_transaction(&mut conn, ops.iter(), &settings, |_| ()).unwrap();
         }
         let elapsed = started.elapsed();
         let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal"))

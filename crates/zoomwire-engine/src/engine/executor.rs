@@ -1284,13 +1284,7 @@ mod tests {
         commits: bool,
     ) -> (Option<RunRecord>, Vec<String>, Vec<String>, Vec<String>) {
         let (executor, journal, rule_set, _dir) = setup(POSTS);
-        let effects = Arc::new(Posted::default());
-        let executor = Executor::new(
-            executor.journal().clone(),
-            effects.clone(),
-            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
-            Dynamic::from_map(rhai::Map::new()),
-        );
+        let (executor, effects) = posting(&executor);
         let (commit, held) = oneshot::channel();
         *journal.held_commit.lock() = Some(held);
         let mut prepared = vec![executor.prepare(&rule_set, event(1))];
@@ -1395,10 +1389,8 @@ mod tests {
         assert!(!calls.iter().any(|c| c == "read event"), "{calls:?}");
     }
 
-    /// A run of `rules` for `event(1)` resumed as a crash left it: its first
-    /// post recorded, its second started and never recorded.
-    async fn resume_with_a_post_in_doubt(rules: &str) -> (RunRecord, Vec<String>) {
-        let (executor, _journal, rule_set, _dir) = setup(rules);
+    /// An executor on `executor`'s journal whose effects are [`Posted`].
+    fn posting(executor: &Executor) -> (Executor, Arc<Posted>) {
         let effects = Arc::new(Posted::default());
         let executor = Executor::new(
             executor.journal().clone(),
@@ -1406,6 +1398,14 @@ mod tests {
             Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
             Dynamic::from_map(rhai::Map::new()),
         );
+        (executor, effects)
+    }
+
+    /// A run of `rules` for `event(1)` resumed as a crash left it: its first
+    /// post recorded, its second started and never recorded.
+    async fn resume_with_a_post_in_doubt(rules: &str) -> (RunRecord, Vec<String>) {
+        let (executor, _journal, rule_set, _dir) = setup(rules);
+        let (executor, effects) = posting(&executor);
         let event = event(1);
         let mut run = new_record(rule_set.rule("posts").unwrap(), &event, None);
         run.status = RunStatus::Running;

@@ -122,13 +122,7 @@ impl Journal for SqliteJournal {
         &'a self,
         events: &'a [(&'a Event, &'a [RunRecord])],
     ) -> BoxFuture<'a, Vec<Result<bool, JournalError>>> {
-        let ops = events
-            .iter()
-            .map(|(event, runs)| Op::Accept {
-                event: EventRow::new(event),
-                runs: runs.to_vec(),
-            })
-            .collect();
+        let ops = accept_ops(events);
         Box::pin(async move {
             let answers = self.inner.writer.submit_all(ops).await;
             answers.into_iter().map(accepted).collect()
@@ -140,13 +134,7 @@ impl Journal for SqliteJournal {
         &'a self,
         events: &'a [(&'a Event, &'a [RunRecord])],
     ) -> BoxFuture<'a, EarlyAccepts> {
-        let ops = events
-            .iter()
-            .map(|(event, runs)| Op::Accept {
-                event: EventRow::new(event),
-                runs: runs.to_vec(),
-            })
-            .collect();
+        let ops = accept_ops(events);
         Box::pin(async move {
             let early = self.inner.writer.submit_all_early(ops).await;
             let executed = early.executed.into_iter().map(executed).collect();
@@ -232,6 +220,17 @@ impl Journal for SqliteJournal {
     ) -> BoxFuture<'a, Result<Option<Event>, JournalError>> {
         Box::pin(async move { self.get_event(id) })
     }
+}
+
+/// One [`Op::Accept`] per event, with its runs.
+fn accept_ops(events: &[(&Event, &[RunRecord])]) -> Vec<Op> {
+    events
+        .iter()
+        .map(|(event, runs)| Op::Accept {
+            event: EventRow::new(event),
+            runs: runs.to_vec(),
+        })
+        .collect()
 }
 
 /// The writer's answer to an [`Op::Accept`]: fresh, or a duplicate (counted).

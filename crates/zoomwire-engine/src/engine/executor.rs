@@ -337,23 +337,8 @@ impl Executor {
     }
 
     /// [`Executor::accept`] for a batch of events, as one journal request
-    /// ([`Journal::accept_events_with_runs`]); answered in order, each on
-    /// its own.
-    pub async fn accept_all(&self, prepared: &[PreparedEvent]) -> Vec<Result<bool, JournalError>> {
-        let events: Vec<(&Event, &[RunRecord])> = prepared
-            .iter()
-            .map(|prepared| (&prepared.event, prepared.records.as_slice()))
-            .collect();
-        let written = self.journal().accept_events_with_runs(&events).await;
-        prepared
-            .iter()
-            .zip(written)
-            .map(|(prepared, written)| self.accepted(prepared, written))
-            .collect()
-    }
-
-    /// [`Executor::accept_all`] answered once the events' statements ran,
-    /// before their commit ([`Journal::accept_events_early`]): an event
+    /// answered once the events' statements ran, before their commit
+    /// ([`Journal::accept_events_early`]), and again once committed: an event
     /// told fresh gets a pending [`EventCommit`] for its runs, which may be
     /// admitted at once; [`EarlyAccepted::committed`] resolves it. An event
     /// not told fresh is settled on its final answer ([`Executor::settle`]).
@@ -381,8 +366,8 @@ impl Executor {
         }
     }
 
-    /// What [`Executor::accept_all`] does with the journal's answers, for
-    /// the answers of [`EarlyAccepted::committed`], before admission: lets
+    /// What [`Executor::accept`] does with the journal's answer, for the
+    /// answers of [`EarlyAccepted::committed`], before admission: lets
     /// go of the runs of events not written, and counts the fresh ones not
     /// counted already.
     pub fn settle(

@@ -91,12 +91,14 @@ struct Workers {
 }
 
 impl Workers {
+    /// Starts one more thread; a failure is logged here.
     fn start_one(&mut self) -> std::io::Result<()> {
         let receiver = self.receiver.clone();
         std::thread::Builder::new()
             .name(format!("zoomwire-script-{}", self.started))
             .stack_size(self.stack_size.max(MIN_STACK_SIZE))
-            .spawn(move || serve(&receiver))?;
+            .spawn(move || serve(&receiver))
+            .inspect_err(|error| tracing::error!(error = %error, "cannot start a script thread"))?;
         self.started += 1;
         Ok(())
     }
@@ -128,10 +130,7 @@ impl ScriptPool {
         };
         let (threads, spawn_error) = match workers.start_one() {
             Ok(()) => (threads.max(1), None),
-            Err(error) => {
-                tracing::error!(error = %error, "cannot start a script thread");
-                (0, Some(error.to_string()))
-            }
+            Err(error) => (0, Some(error.to_string())),
         };
         ScriptPool {
             sender,
@@ -160,10 +159,9 @@ impl ScriptPool {
         if workers.started >= held {
             return Ok(());
         }
-        workers.start_one().map_err(|error| {
-            tracing::error!(error = %error, "cannot start a script thread");
-            ScriptError::runtime(format!("cannot start a script thread: {error}"))
-        })
+        workers
+            .start_one()
+            .map_err(|error| ScriptError::runtime(format!("cannot start a script thread: {error}")))
     }
 
     /// Waits for a free thread, first come first served, for as long as it

@@ -183,11 +183,11 @@ impl Journal for SqliteJournal {
 
     fn unfinished_runs(&self) -> BoxFuture<'_, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
-            let seal = &self.inner.seal;
+            let (seal, events) = (&self.inner.seal, &self.inner.events);
             let stored = self
                 .inner
                 .readers
-                .with(|conn| query::unfinished_runs(conn, seal))?;
+                .with(|conn| query::unfinished_runs(conn, events, seal))?;
             self.resumable(stored).await
         })
     }
@@ -201,11 +201,11 @@ impl Journal for SqliteJournal {
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<UnfinishedRun>, JournalError>> {
         Box::pin(async move {
-            let seal = &self.inner.seal;
+            let (seal, events) = (&self.inner.seal, &self.inner.events);
             let stored = self
                 .inner
                 .readers
-                .with(|conn| query::unfinished_runs_among(conn, seal, ids))?;
+                .with(|conn| query::unfinished_runs_among(conn, events, seal, ids))?;
             self.resumable(stored).await
         })
     }

@@ -24,6 +24,7 @@
 mod checkpoint;
 mod codec;
 mod engine_traits;
+mod event_index;
 pub mod history;
 pub mod memory;
 mod ops;
@@ -243,6 +244,8 @@ struct Inner {
     path: PathBuf,
     options: JournalOptions,
     readers: Readers,
+    /// The keys of events not yet in `event_index` (`event_index.rs`).
+    events: Arc<event_index::EventIndex>,
     /// Seals unredacted effect results and download tokens.
     seal: Arc<SealKey>,
     // Field order matters: the checkpoint thread stops first, then the
@@ -313,6 +316,9 @@ impl SqliteJournal {
                 "download tokens taken out of the stored event bodies"
             );
         }
+        let events = Arc::new(
+            event_index::EventIndex::load(&conn).map_err(|e| schema::open_error(&path, e))?,
+        );
         let log_restart = checkpoint::LogRestart::default();
         let settings = WriterSettings {
             path: path.clone(),
@@ -321,6 +327,7 @@ impl SqliteJournal {
             max_batch: options.max_batch.max(1),
             queue_capacity: options.queue_capacity,
             log_restart: log_restart.clone(),
+            events: events.clone(),
         };
         let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
         let checkpoints = checkpoint::spawn(
@@ -334,6 +341,7 @@ impl SqliteJournal {
         let interval = options.prune_interval;
         let inner = Arc::new(Inner {
             readers: Readers::new(&path, options.busy_timeout),
+            events,
             seal,
             path,
             options,
@@ -387,9 +395,10 @@ impl SqliteJournal {
         id: &str,
         query: &TraceQuery,
     ) -> Result<Option<RunTrace>, JournalError> {
+        let events = &self.inner.events;
         self.inner
             .readers
-            .with(|conn| pages::run_trace(conn, id, query))
+            .with(|conn| pages::run_trace(conn, events, id, query))
     }
 
     /// A rule's latest runs, and its runs since `since` by status.
@@ -406,7 +415,10 @@ impl SqliteJournal {
 
     /// One run with all its effects, logs and trigger.
     pub fn get_run(&self, id: &str) -> Result<Option<RunDetail>, JournalError> {
-        self.inner.readers.with(|conn| query::get_run(conn, id))
+        let events = &self.inner.events;
+        self.inner
+            .readers
+            .with(|conn| query::get_run(conn, events, id))
     }
 
     /// Puts a failed or dead run back to pending (`zoomwire runs retry ID`).
@@ -429,7 +441,7 @@ impl SqliteJournal {
         let stored = self
             .inner
             .readers
-            .with(|conn| Ok(query::stored_event(conn, id)?))?;
+            .with(|conn| Ok(query::stored_event(conn, &self.inner.events, id)?))?;
         stored
             .map(|stored| stored.into_event(&self.inner.seal))
             .transpose()
@@ -443,17 +455,14 @@ impl SqliteJournal {
         let window = duration_nanos(self.inner.options.dedupe_window);
         self.inner.readers.with(|conn| {
             // The event's row while it is stored, its `dedupe` entry once pruned.
+            let rowid = event_index::find_event(conn, &self.inner.events, id)?;
             let expires_at: Option<i64> = conn
                 .prepare_cached(
                     "SELECT max(expires_at) FROM (
-                         SELECT received_at + ?2 AS expires_at FROM events
-                             WHERE id_hash = ?3 AND id = ?1
+                         SELECT received_at + ?2 AS expires_at FROM events WHERE rowid = ?3
                          UNION ALL SELECT expires_at FROM dedupe WHERE id = ?1)",
                 )?
-                .query_row(
-                    rusqlite::params![id, window, codec::event_id_hash(id)],
-                    |row| row.get(0),
-                )?;
+                .query_row(rusqlite::params![id, window, rowid], |row| row.get(0))?;
             Ok(expires_at.is_some_and(|expires_at| expires_at > now))
         })
     }

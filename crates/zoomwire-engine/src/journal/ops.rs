@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::RequeueOutcome;
 use super::codec::{event_id_hash, parse_status, to_json, to_nanos};
+use super::event_index::IndexWriter;
 use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
 use super::seal::{SealKey, effect_context, event_context};
@@ -57,6 +58,8 @@ pub(crate) struct Apply<'a> {
     pub now: i64,
     pub dedupe_window: i64,
     pub seal: &'a SealKey,
+    /// Rowids for new events, and finding stored ones by id.
+    pub events: &'a IndexWriter,
 }
 
 /// One change for the writer.
@@ -153,19 +156,27 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             };
             set_state(tx, &entry, *max_keys, now)
         }
-        Op::Requeue { id } => requeue(tx, id, now).map(Outcome::Requeued),
+        Op::Requeue { id } => requeue(tx, id, at).map(Outcome::Requeued),
         Op::MarkDead { id, error } => mark_dead(tx, id, error, now).map(|()| Outcome::Done),
-        Op::Prune(step) => apply_prune_step(tx, step, now, at.dedupe_window).map(Outcome::Pruned),
+        Op::Prune(step) => {
+            if matches!(
+                step,
+                PruneStep::EventsOlderThan(_) | PruneStep::EventsBeyond(_)
+            ) {
+                at.events.flush(tx)?;
+            }
+            apply_prune_step(tx, step, now, at.dedupe_window).map(Outcome::Pruned)
+        }
     }
 }
 
 /// Stores the event unless one with the same id was received within the window.
 ///
 /// The event's own row answers the check while it exists: it is found by
-/// the hash of its id (`events_id`, one walk of a small index), then
-/// inserted, or replaced when its window has passed (deleted and inserted
-/// at the end: events are kept in receive order by rowid, which pruning
-/// walks, `prune.rs`), or left as it was for a duplicate. Ids stay unique
+/// the hash of its id (`event_index.rs`), then
+/// inserted, or replaced when its window has passed (inserted at the end and
+/// the old row deleted: events are kept in receive order by rowid, which
+/// pruning walks, `prune.rs`), or left as it was for a duplicate. Ids stay unique
 /// because only this writer, inside its write transaction, inserts events.
 /// Only an event pruned within its window leaves a `dedupe` row behind
 /// (`prune.rs`), looked up first; that table is small, so the lookup reads
@@ -175,23 +186,20 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
     if !claim_pruned_id(tx, event, window)? {
         return Ok(false);
     }
-    let id_hash = event_id_hash(&event.id);
-    let stored: Option<(i64, i64)> = tx
-        .prepare_cached("SELECT rowid, received_at FROM events WHERE id_hash = ?1 AND id = ?2")?
-        .query_row(params![id_hash, event.id], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .optional()?;
-    match stored {
+    let stored: Option<(i64, i64)> = match at.events.find(tx, &event.id)? {
+        Some(rowid) => Some((
+            rowid,
+            tx.prepare_cached("SELECT received_at FROM events WHERE rowid = ?1")?
+                .query_row([rowid], |row| row.get(0))?,
+        )),
+        None => None,
+    };
+    let replaced = match stored {
         Some((_, seen)) if event.received_at.saturating_sub(seen) < window => return Ok(false),
-        // Deleted and inserted again rather than updated in place: the new
-        // row goes to the end, so that rowid order stays receive order.
-        Some((rowid, _)) => {
-            tx.prepare_cached("DELETE FROM events WHERE rowid = ?1")?
-                .execute([rowid])?;
-        }
-        None => {}
-    }
+        Some((rowid, _)) => Some(rowid),
+        None => None,
+    };
+    let id_hash = event_id_hash(&event.id);
     let sealed_token = event.download_token.as_ref().and_then(|token| {
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())
@@ -210,6 +218,16 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
         &*event.raw,
         sealed_token,
     ])?;
+    at.events.inserted(id_hash, tx.last_insert_rowid());
+    // Inserted again rather than updated in place, and before the old row
+    // goes: the new row takes the next rowid, so that rowid order stays
+    // receive order and no rowid is given twice (`event_index.rs`).
+    if let Some(rowid) = replaced {
+        tx.prepare_cached("DELETE FROM events WHERE rowid = ?1")?
+            .execute([rowid])?;
+        tx.prepare_cached("DELETE FROM event_index WHERE id_hash = ?1 AND event_rowid = ?2")?
+            .execute([id_hash, rowid])?;
+    }
     Ok(true)
 }
 
@@ -452,7 +470,8 @@ fn set_state(
 
 /// Puts a failed or dead run back to pending as a fresh first attempt,
 /// keeping its effects so that completed ones are replayed.
-fn requeue(tx: &Transaction<'_>, id: &str, now: i64) -> rusqlite::Result<RequeueOutcome> {
+fn requeue(tx: &Transaction<'_>, id: &str, at: &Apply<'_>) -> rusqlite::Result<RequeueOutcome> {
+    let now = at.now;
     let found: Option<(String, bool, String)> = tx
         .prepare_cached("SELECT status, finished_at IS NOT NULL, event_id FROM runs WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
@@ -469,10 +488,7 @@ fn requeue(tx: &Transaction<'_>, id: &str, now: i64) -> rusqlite::Result<Requeue
         let status = parse_status(&status).unwrap_or(RunStatus::Skipped);
         return Ok(RequeueOutcome::NotFailed(status));
     }
-    let has_event = tx
-        .prepare_cached("SELECT 1 FROM events WHERE id_hash = ?1 AND id = ?2")?
-        .exists(params![event_id_hash(&event_id), event_id])?;
-    if !has_event {
+    if at.events.find(tx, &event_id)?.is_none() {
         return Ok(RequeueOutcome::EventPruned);
     }
     tx.prepare_cached(
@@ -508,19 +524,32 @@ mod tests {
         super::super::schema::scratch_store()
     }
 
+    /// The test's writer side of the event index (each test runs on its own thread).
+    fn events() -> &'static IndexWriter {
+        thread_local! {
+            static EVENTS: &'static IndexWriter =
+                Box::leak(Box::new(IndexWriter::new(Arc::default())));
+        }
+        EVENTS.with(|events| *events)
+    }
+
     fn at(seal: &SealKey) -> Apply<'_> {
         Apply {
             now: to_nanos(Utc::now()),
             dedupe_window: HOUR,
             seal,
+            events: events(),
         }
     }
 
     fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
         let seal = SealKey::ephemeral().unwrap();
         let tx = conn.transaction().unwrap();
+        events().begin(&tx).unwrap();
         let outcome = apply(&tx, op, &at(&seal)).unwrap();
+        events().before_commit(&tx).unwrap();
         tx.commit().unwrap();
+        events().after_commit(true);
         outcome
     }
 
@@ -637,8 +666,10 @@ mod tests {
 
     fn prune_all_events(conn: &mut Connection, now: i64) -> u64 {
         let tx = conn.transaction().unwrap();
+        events().flush(&tx).unwrap(); // as `apply` does before pruning events
         let pruned = apply_prune_step(&tx, &PruneStep::EventsBeyond(0), now, HOUR).unwrap();
         tx.commit().unwrap();
+        events().after_commit(true);
         pruned
     }
 
@@ -703,6 +734,7 @@ mod tests {
         let seal = SealKey::ephemeral().unwrap();
         assert!(apply(&tx, &op, &at(&seal)).is_err());
         drop(tx);
+        events().after_commit(false);
         let events: i64 = conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap();

@@ -15,6 +15,7 @@ use rusqlite::types::ToSql;
 use rusqlite::{Connection, Row, params};
 
 use super::codec::{from_json, from_nanos, parse_status, to_nanos};
+use super::event_index::EventIndex;
 use super::history::{
     LogCursor, RuleActivity, RunCursor, RunPage, RunQuery, RunTrace, TraceLog, TraceQuery,
     paged_trace,
@@ -105,6 +106,7 @@ fn runs_in(
 /// One run with a page of its effects and log lines, `None` when unknown.
 pub(crate) fn run_trace(
     conn: &Connection,
+    events: &EventIndex,
     id: &str,
     query: &TraceQuery,
 ) -> ReadResult<Option<RunTrace>> {
@@ -120,7 +122,7 @@ pub(crate) fn run_trace(
     let limit = query.page_size();
     let effects = effects_after(conn, id, query.effects_after.unwrap_or(0), limit + 1)?;
     let logs = logs_after(conn, id, query.logs_after, limit + 1)?;
-    let event = stored_event(conn, &summary.event_id)?
+    let event = stored_event(conn, events, &summary.event_id)?
         .as_ref()
         .map(StoredEvent::summary)
         .transpose()?;

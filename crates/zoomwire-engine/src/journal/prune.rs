@@ -142,7 +142,9 @@ fn select_column<T: rusqlite::types::FromSql>(
 }
 
 /// Deletes events, keeping the id of each one still within its dedupe
-/// window in `dedupe`, so that a late re-delivery stays a duplicate.
+/// window in `dedupe`, so that a late re-delivery stays a duplicate, and
+/// their keys in `event_index`. Only events already in that table go
+/// (`event_index.rs`): a newer one waits for the next pass.
 fn delete_events(
     tx: &Transaction<'_>,
     rowids: &[i64],
@@ -156,12 +158,24 @@ fn delete_events(
          ON CONFLICT(id) DO UPDATE SET received_at = excluded.received_at,
                                        expires_at = excluded.expires_at",
     )?;
+    let mut unindex = tx.prepare_cached(
+        "DELETE FROM event_index
+         WHERE id_hash = (SELECT id_hash FROM events WHERE rowid = ?1) AND event_rowid = ?1",
+    )?;
     let mut delete = tx.prepare_cached("DELETE FROM events WHERE rowid = ?1")?;
+    let upto: i64 = tx.query_row("SELECT upto FROM event_index_upto", [], |row| row.get(0))?;
     let mut deleted = 0;
-    for rowid in rowids {
+    for &rowid in rowids.iter().filter(|&&rowid| rowid <= upto) {
         remember.execute(params![rowid, window, now])?;
+        unindex.execute([rowid])?;
         deleted += delete.execute([rowid])?;
     }
+    // Had the newest event gone, SQLite would give its rowid again, to an
+    // event not in the table: `upto` never stands above the largest rowid.
+    tx.prepare_cached(
+        "UPDATE event_index_upto SET upto = min(upto, ifnull((SELECT max(rowid) FROM events), 0))",
+    )?
+    .execute([])?;
     Ok(deleted)
 }
 
@@ -199,6 +213,12 @@ mod tests {
             )
             .unwrap();
         }
+        // As if the writer's index had caught up (`event_index.rs`).
+        conn.execute(
+            "UPDATE event_index_upto SET upto = (SELECT max(rowid) FROM events)",
+            [],
+        )
+        .unwrap();
     }
 
     fn stored_ids(conn: &Connection) -> Vec<String> {

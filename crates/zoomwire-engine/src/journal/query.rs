@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::codec::{from_json, from_nanos, parse_status};
+use super::event_index::{EventIndex, find_event};
 use super::schema::open_reader;
 use super::seal::{SealKey, effect_context, event_context};
 use super::writer::journal_error;
@@ -221,7 +222,11 @@ const RUN_COLUMNS: &str = "id, rule, event_id, event_type, key, status, attempt,
                            created_at, started_at, finished_at";
 
 /// One run with effects, logs and its (redacted) event.
-pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetail>> {
+pub(crate) fn get_run(
+    conn: &Connection,
+    events: &EventIndex,
+    id: &str,
+) -> ReadResult<Option<RunDetail>> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query([id])?;
@@ -230,7 +235,7 @@ pub(crate) fn get_run(conn: &Connection, id: &str) -> ReadResult<Option<RunDetai
     };
     let mut run = run_row(row)?;
     fill_run(conn, &mut run, None)?;
-    let event = stored_event(conn, &run.event_id)?
+    let event = stored_event(conn, events, &run.event_id)?
         .as_ref()
         .map(StoredEvent::summary)
         .transpose()?;
@@ -245,6 +250,7 @@ pub(crate) type StoredUnfinished = (RunRecord, Vec<EffectStart>, Option<StoredEv
 /// order their events arrived, then oldest first.
 pub(crate) fn unfinished_runs(
     conn: &Connection,
+    events: &EventIndex,
     seal: &SealKey,
 ) -> ReadResult<Vec<StoredUnfinished>> {
     let sql =
@@ -259,7 +265,7 @@ pub(crate) fn unfinished_runs(
     for mut run in runs {
         fill_run(conn, &mut run, Some(seal))?;
         let in_doubt = effect_starts(conn, &run.id)?;
-        let event = stored_event(conn, &run.event_id)?;
+        let event = stored_event(conn, events, &run.event_id)?;
         unfinished.push((run, in_doubt, event));
     }
     // In the order their events arrived, which is the order the daemon admits
@@ -349,25 +355,29 @@ pub(crate) fn open_result(
 }
 
 /// The stored event with this id, if it has not been pruned.
-pub(crate) fn stored_event(conn: &Connection, id: &str) -> rusqlite::Result<Option<StoredEvent>> {
+pub(crate) fn stored_event(
+    conn: &Connection,
+    events: &EventIndex,
+    id: &str,
+) -> rusqlite::Result<Option<StoredEvent>> {
+    let Some(rowid) = find_event(conn, events, id)? else {
+        return Ok(None);
+    };
     conn.prepare_cached(
         "SELECT id, type, ts, source, received_at, raw, sealed_token FROM events
-         WHERE id_hash = ?1 AND id = ?2",
+         WHERE rowid = ?1",
     )?
-    .query_row(
-        rusqlite::params![super::codec::event_id_hash(id), id],
-        |row| {
-            Ok(StoredEvent {
-                id: row.get(0)?,
-                event_type: row.get(1)?,
-                ts: row.get(2)?,
-                source: row.get(3)?,
-                received_at: row.get(4)?,
-                raw: row.get(5)?,
-                sealed_token: row.get(6)?,
-            })
-        },
-    )
+    .query_row([rowid], |row| {
+        Ok(StoredEvent {
+            id: row.get(0)?,
+            event_type: row.get(1)?,
+            ts: row.get(2)?,
+            source: row.get(3)?,
+            received_at: row.get(4)?,
+            raw: row.get(5)?,
+            sealed_token: row.get(6)?,
+        })
+    })
     .optional()
 }
 
@@ -466,6 +476,7 @@ impl From<RunRecord> for RunSummary {
 /// candidates while thousands may be pending in a burst).
 pub(crate) fn unfinished_runs_among(
     conn: &Connection,
+    events: &EventIndex,
     seal: &SealKey,
     ids: &[String],
 ) -> ReadResult<Vec<StoredUnfinished>> {
@@ -480,7 +491,7 @@ pub(crate) fn unfinished_runs_among(
         let mut run = run_row(row)?;
         fill_run(conn, &mut run, Some(seal))?;
         let in_doubt = effect_starts(conn, &run.id)?;
-        let event = stored_event(conn, &run.event_id)?;
+        let event = stored_event(conn, events, &run.event_id)?;
         unfinished.push((run, in_doubt, event));
     }
     // The order of `unfinished_runs`: events' arrival, then oldest first.

@@ -32,6 +32,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::checkpoint::LogRestart;
 use super::codec::to_nanos;
+use super::event_index::{EventIndex, IndexWriter};
 use super::ops::{Apply, Op, Outcome, apply};
 use super::seal::SealKey;
 use crate::effects::gateway::{EventCommit, EventCommitted};
@@ -48,6 +49,8 @@ pub(crate) struct WriterSettings {
     pub queue_capacity: usize,
     /// Rewinds the log, when idle, if the checkpoint thread asks.
     pub log_restart: LogRestart,
+    /// The keys of events not yet in `event_index`, shared with the readers.
+    pub events: Arc<EventIndex>,
 }
 
 /// Where the answer to a job goes.
@@ -367,6 +370,7 @@ fn write_loop(
     counters: &WriterCounters,
 ) {
     let mut voided = Voided::default();
+    let events = IndexWriter::new(settings.events.clone());
     while let Some(first) = next_job(&mut conn, &receiver, settings) {
         let mut batch = vec![first];
         while batch.len() < settings.max_batch {
@@ -382,7 +386,7 @@ fn write_loop(
         counters
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
-        commit_batch(&mut conn, batch, settings, &mut voided);
+        commit_batch(&mut conn, batch, settings, &events, &mut voided);
     }
 }
 
@@ -472,6 +476,7 @@ fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
     settings: &WriterSettings,
+    events: &IndexWriter,
     voided: &mut Voided,
 ) {
     let started = Instant::now();
@@ -485,6 +490,7 @@ fn commit_batch(
         conn,
         batch.iter().map(|job| &job.op),
         settings,
+        events,
         |outcomes| {
             outcomes
                 .iter()
@@ -512,7 +518,8 @@ fn commit_batch(
             // show only as every job succeeding alone, one commit each.
             tracing::warn!(jobs = size, error = %journal_error(&settings.path, &batch_error), "a batch of journal writes failed; writing each alone");
             for (index, job) in batch.into_iter().enumerate() {
-                let result = apply_in_transaction(conn, std::iter::once(&job.op), settings, |o| {
+                let once = std::iter::once(&job.op);
+                let result = apply_in_transaction(conn, once, settings, events, |o| {
                     early.tell(index, &o[0])
                 })
                 .map(|mut outcomes| outcomes.remove(0))
@@ -544,22 +551,39 @@ fn refuse_voided(batch: Vec<Job>, voided: &Voided) -> Vec<Job> {
     kept
 }
 
-/// Runs `ops` in one transaction; `executed` sees their outcomes just before the commit.
+/// Runs `ops` in one transaction; `executed` sees their outcomes just before
+/// the commit. The transaction also carries the event index's next chunk.
 fn apply_in_transaction<'a>(
     conn: &mut Connection,
     ops: impl Iterator<Item = &'a Op>,
     settings: &WriterSettings,
+    events: &IndexWriter,
+    executed: impl FnOnce(&[Outcome]),
+) -> rusqlite::Result<Vec<Outcome>> {
+    let result = try_transaction(conn, ops, settings, events, executed);
+    events.after_commit(result.is_ok());
+    result
+}
+
+fn try_transaction<'a>(
+    conn: &mut Connection,
+    ops: impl Iterator<Item = &'a Op>,
+    settings: &WriterSettings,
+    events: &IndexWriter,
     executed: impl FnOnce(&[Outcome]),
 ) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    events.begin(&tx)?;
     let at = Apply {
         now: to_nanos(Utc::now()),
         dedupe_window: settings.dedupe_window_nanos,
         seal: &settings.seal,
+        events,
     };
     let outcomes = ops
         .map(|op| apply(&tx, op, &at))
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    events.before_commit(&tx)?;
     executed(&outcomes);
     tx.commit()?;
     Ok(outcomes)
@@ -597,6 +621,7 @@ mod tests {
             max_batch: 16,
             queue_capacity: 16,
             log_restart: LogRestart::default(),
+            events: Arc::default(),
         }
     }
 
@@ -660,7 +685,8 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            commit_batch(&mut conn, jobs, &settings, &mut Voided::default());
+            let events = IndexWriter::new(settings.events.clone());
+            commit_batch(&mut conn, jobs, &settings, &events, &mut Voided::default());
         });
         let logged = String::from_utf8(logs.0.lock().clone()).unwrap();
         assert!(
@@ -846,6 +872,7 @@ mod tests {
         let settings = settings(dir.path());
         let mut conn = open(&settings.path, crate::journal::JournalSync::Normal);
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let events_index = IndexWriter::new(settings.events.clone());
         let body = |i: usize| {
             format!(
                 r#"{{"event":"meeting.participant_joined","event_ts":{i},"payload":{{"account_id":"acc-{i}","object":{{"id":"{}","uuid":"u{:016x}/abc==","host_id":"host-1","topic":"Weekly sync of the team {i}","type":2,"start_time":"2026-12-04T10:00:00Z","timezone":"UTC","participant":{{"user_id":"{i}","user_name":"Person {i}","id":"p{i}","participant_uuid":"{:032x}","join_time":"2026-12-04T10:00:{:02}Z","email":"person{i}@example.com"}}}}}}}}"#,
@@ -922,7 +949,7 @@ mod tests {
                 });
                 sent += 1;
             }
-            apply_in_transaction(&mut conn, ops.iter(), &settings, |_| ()).unwrap();
+            apply_in_transaction(&mut conn, ops.iter(), &settings, &events_index, |_| ()).unwrap();
         }
         let elapsed = started.elapsed();
         let wal = std::fs::metadata(dir.path().join("zoomwire.db-wal"))

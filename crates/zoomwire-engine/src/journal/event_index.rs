@@ -248,10 +248,6 @@ impl IndexWriter {
     pub fn after_commit(&self, committed: bool) {
         let batch = std::mem::take(&mut *self.batch.borrow_mut());
         let chunk = self.chunk.take();
-        if committed && let Some(newest) = batch.iter().map(|&(_, rowid)| rowid).max() {
-            // Rows of this transaction follow every row seen at its start.
-            self.shared.seen.fetch_max(newest, Ordering::AcqRel);
-        }
         if !committed {
             if !batch.is_empty() {
                 let mut sets = self.shared.sets.write();
@@ -264,6 +260,10 @@ impl IndexWriter {
             // the table is skipped.
             self.written.set(None);
             return;
+        }
+        if let Some(newest) = batch.iter().map(|&(_, rowid)| rowid).max() {
+            // Rows of this transaction follow every row seen at its start.
+            self.shared.seen.fetch_max(newest, Ordering::AcqRel);
         }
         match chunk {
             Some((_, true)) => {
@@ -284,6 +284,7 @@ impl IndexWriter {
             sets.frozen.extend(live);
         }
         self.written.set(None);
+        self.chunk.set(None);
         self.write_keys(conn, usize::MAX)
     }
 
@@ -308,14 +309,21 @@ impl IndexWriter {
         self.write_keys(conn, CHUNK)
     }
 
-    /// Inserts up to `count` keys of the frozen set after the last written.
+    /// Inserts up to `count` keys of the frozen set after the last written,
+    /// committed or in the open transaction (a flush before a prune wrote
+    /// the whole set: the batch's chunk then has nothing left to write).
     fn write_keys(&self, conn: &Connection, count: usize) -> rusqlite::Result<()> {
+        let after = match self.chunk.get() {
+            Some((_, true)) => return Ok(()),
+            Some((key, false)) => Some(key),
+            None => self.written.get(),
+        };
         let (chunk, last, upto) = {
             let sets = self.shared.sets.read();
             if sets.frozen.is_empty() {
                 return Ok(());
             }
-            let from = match self.written.get() {
+            let from = match after {
                 Some(key) => Bound::Excluded(key),
                 None => Bound::Unbounded,
             };
@@ -348,7 +356,7 @@ impl IndexWriter {
             )?
             .execute([upto])?;
         }
-        let end = chunk.last().copied().or(self.written.get());
+        let end = chunk.last().copied().or(after);
         self.chunk.set(end.map(|key| (key, last)));
         Ok(())
     }
@@ -483,10 +491,7 @@ mod tests {
         assert_eq!(find_event(&conn, &shared, "e5").unwrap(), Some(6));
         assert_eq!(shared.in_memory(), 6);
         // Flushed by this process, every one of them is in the table.
-        let tx = conn.transaction().unwrap();
-        writer.flush(&tx).unwrap();
-        tx.commit().unwrap();
-        writer.after_commit(true);
+        flush_around(&mut conn, &writer, "", "");
         assert_eq!((indexed(&conn), upto(&conn)), (6, 6));
     }
 
@@ -497,13 +502,12 @@ mod tests {
         let writer = IndexWriter::new(shared.clone());
         insert(&mut conn, &writer, 0..3);
         // A frozen set whose rows were all pruned before its last chunk.
-        let tx = conn.transaction().unwrap();
-        writer.begin(&tx).unwrap();
-        writer.flush(&tx).unwrap();
-        tx.execute("DELETE FROM events WHERE rowid >= 2", [])
-            .unwrap();
-        tx.commit().unwrap();
-        writer.after_commit(true);
+        flush_around(
+            &mut conn,
+            &writer,
+            "",
+            "DELETE FROM events WHERE rowid >= 2",
+        );
         assert_eq!(
             upto(&conn),
             3,
@@ -514,17 +518,18 @@ mod tests {
         let loaded = Arc::new(EventIndex::load(&conn).unwrap());
         let writer = IndexWriter::new(loaded.clone());
         insert(&mut conn, &writer, 10..11);
-        let tx = conn.transaction().unwrap();
-        writer.begin(&tx).unwrap();
-        conn_delete_all_but_first(&tx);
-        writer.flush(&tx).unwrap();
-        tx.commit().unwrap();
-        writer.after_commit(true);
+        flush_around(&mut conn, &writer, "DELETE FROM events WHERE rowid > 1", "");
         assert_eq!(upto(&conn), 1, "capped at the largest rowid left");
     }
 
-    fn conn_delete_all_but_first(conn: &Connection) {
-        conn.execute("DELETE FROM events WHERE rowid > 1", [])
-            .unwrap();
+    /// One transaction of the writer: `before`, a flush of every key, `after`.
+    fn flush_around(conn: &mut Connection, writer: &IndexWriter, before: &str, after: &str) {
+        let tx = conn.transaction().unwrap();
+        writer.begin(&tx).unwrap();
+        tx.execute_batch(before).unwrap();
+        writer.flush(&tx).unwrap();
+        tx.execute_batch(after).unwrap();
+        tx.commit().unwrap();
+        writer.after_commit(true);
     }
 }

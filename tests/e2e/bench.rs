@@ -17,6 +17,8 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
             "1",
             "--journal",
             "off",
+            "--journal",
+            "normal",
         ])
         .env_remove("RUST_LOG")
         .output()
@@ -41,6 +43,15 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
     }
     assert!(stdout.contains("journal memory"), "{stdout}");
     assert!(!stdout.contains("did not finish"), "{stdout}");
+    // The CPU split names the runtime's threads, and the SQLite journal's
+    // writer (its whole name: the kernel keeps 15 bytes of a thread's name).
+    let splits: Vec<&str> = stdout.lines().filter(|l| l.contains("cpu split")).collect();
+    assert_eq!(splits.len(), 2, "one split per journal measured:\n{stdout}");
+    assert!(splits[1].contains("zoomwire-writer "), "{stdout}");
+    assert!(
+        splits.iter().all(|l| l.contains("tokio-rt-worker ")),
+        "{stdout}"
+    );
     // The header names the profile that built the binary: its folder.
     let profile = std::path::Path::new(env!("CARGO_BIN_EXE_zoomwire"))
         .parent()

@@ -103,8 +103,9 @@ pub(crate) fn spawn(
     restart: LogRestart,
 ) -> std::io::Result<Checkpointer> {
     let (stop, stopped) = channel();
+    // At most 15 bytes, the kernel's limit (as the writer's thread).
     let thread = std::thread::Builder::new()
-        .name("zoomwire-checkpoint".into())
+        .name("zoomwire-ckpt".into())
         .spawn(move || checkpoint_loop(path, busy_timeout, sync, &restart, stopped))?;
     Ok(Checkpointer {
         stop: Some(stop),

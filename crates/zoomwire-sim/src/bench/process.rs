@@ -93,6 +93,33 @@ impl DaemonProcess {
         parse_cpu_ticks(&stat).map(|ticks| Duration::from_millis(ticks * 10))
     }
 
+    /// Time on the CPU of each of its threads so far, by thread id
+    /// (`/proc/<pid>/task/*/schedstat`, in nanoseconds). Empty where the
+    /// kernel does not keep the figure.
+    pub fn thread_cpu(&self) -> ThreadCpu {
+        DaemonProcess::thread_cpu_of(self.pid())
+    }
+
+    fn thread_cpu_of(pid: u32) -> ThreadCpu {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return ThreadCpu::default();
+        };
+        let threads = tasks
+            .flatten()
+            .filter_map(|task| {
+                let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+                let nanos = schedstat.split_whitespace().next()?.parse().ok()?;
+                Some((
+                    tid,
+                    (name.trim_end().to_string(), Duration::from_nanos(nanos)),
+                ))
+            })
+            .collect();
+        ThreadCpu(threads)
+    }
+
     /// Resets the peak (`VmHWM`) to the current RSS, so the next reading is
     /// the peak of what follows. False where the kernel does not allow it.
     pub fn reset_peak(&self) -> bool {
@@ -134,6 +161,48 @@ impl Drop for DaemonProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Time on the CPU of a process's threads at one moment, by thread id.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadCpu(BTreeMap<u32, (String, Duration)>);
+
+impl ThreadCpu {
+    /// The time each kind of thread spent between `before` and this
+    /// reading, by thread name without its number (`zoomwire-script-7`
+    /// counts as `zoomwire-script`). A thread started since counts whole;
+    /// one that ended since is not counted.
+    pub fn since(&self, before: &ThreadCpu) -> BTreeMap<String, Duration> {
+        let mut by_kind = BTreeMap::new();
+        for (tid, (name, now)) in &self.0 {
+            let earlier = before
+                .0
+                .get(tid)
+                .filter(|(earlier_name, _)| earlier_name == name)
+                .map_or(Duration::ZERO, |(_, at)| *at);
+            *by_kind.entry(thread_kind(name).to_string()).or_default() +=
+                now.saturating_sub(earlier);
+        }
+        by_kind
+    }
+
+    /// Both readings together (the threads of several processes).
+    pub fn merge(mut self, other: ThreadCpu) -> ThreadCpu {
+        self.0.extend(other.0);
+        self
+    }
+}
+
+/// A thread's name without its number: `zoomwire-script-12` -> `zoomwire-script`.
+fn thread_kind(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((kind, number))
+            if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            kind
+        }
+        _ => name,
     }
 }
 
@@ -224,6 +293,55 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(175));
         let own = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(parse_cpu_ticks(&own).is_some(), "{own}");
+    }
+
+    #[test]
+    fn thread_time_is_split_by_kind_of_thread() {
+        let at = |threads: &[(u32, &str, u64)]| {
+            ThreadCpu(
+                threads
+                    .iter()
+                    .map(|&(tid, name, ms)| (tid, (name.to_string(), Duration::from_millis(ms))))
+                    .collect(),
+            )
+        };
+        let before = at(&[
+            (1, "zoomwire", 5),
+            (2, "tokio-rt-worker", 100),
+            (3, "zoomwire-script-0", 10),
+            (9, "gone", 50),
+        ]);
+        let after = at(&[
+            (1, "zoomwire", 5),
+            (2, "tokio-rt-worker", 160),
+            (3, "zoomwire-script-0", 30),
+            (4, "zoomwire-script-1", 15),
+            (5, "zoomwire-writer", 40),
+        ]);
+        let split = after.since(&before);
+        let ms = |kind: &str| split[kind].as_millis();
+        assert_eq!(ms("tokio-rt-worker"), 60);
+        assert_eq!(
+            ms("zoomwire-script"),
+            35,
+            "thread 1 started since: counted whole"
+        );
+        assert_eq!(ms("zoomwire-writer"), 40);
+        assert_eq!(ms("zoomwire"), 0);
+        assert!(
+            !split.contains_key("gone"),
+            "an ended thread is not counted"
+        );
+        assert_eq!(thread_kind("node"), "node");
+        assert_eq!(thread_kind("tokio-rt-worker"), "tokio-rt-worker");
+        assert_eq!(thread_kind("x-"), "x-");
+    }
+
+    #[test]
+    fn this_process_threads_are_read() {
+        let me = DaemonProcess::thread_cpu_of(std::process::id());
+        let split = me.since(&ThreadCpu::default());
+        assert!(!split.is_empty(), "no thread of the test process was read");
     }
 
     #[test]

@@ -115,9 +115,12 @@ fn events_older_than(tx: &Transaction<'_>, cutoff: i64) -> rusqlite::Result<Vec<
     Ok(rowids)
 }
 
-/// SQL condition on `events`: no unfinished run needs this event.
+/// SQL condition on `events`: no unfinished run needs this event. The
+/// subquery does not depend on the event, so SQLite reads the unfinished
+/// runs once per statement (from `runs_status`) into a temporary index,
+/// instead of keeping an index of every run by its event (see `schema.rs`, V10).
 fn not_needed() -> String {
-    format!("NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id AND {UNFINISHED})")
+    format!("events.id NOT IN (SELECT event_id FROM runs WHERE {UNFINISHED})")
 }
 
 /// How many rows `table` holds beyond `budget`.
@@ -255,6 +258,34 @@ mod tests {
         assert_eq!(stored_ids(&conn), ["e1", "e4", "e5"]);
         assert_eq!(prune(&mut conn, PruneStep::EventsBeyond(2)), 1);
         assert_eq!(stored_ids(&conn), ["e1", "e5"], "the oldest not needed");
+    }
+
+    #[test]
+    fn only_unfinished_runs_keep_their_events() {
+        let (_dir, mut conn) = store();
+        store_events(&conn, &[10, 11, 12, 13, 14, 15]);
+        // e0 pending, e1 failed and waiting for a retry, e2 running: kept.
+        // e3 failed for good, e4 succeeded, e5 dead: their events may go.
+        let runs = [
+            ("r0", "e0", "pending", None),
+            ("r1", "e1", "failed", None),
+            ("r2", "e2", "running", None),
+            ("r3", "e3", "failed", Some(5)),
+            ("r4", "e4", "succeeded", Some(5)),
+            ("r5", "e5", "dead", Some(5)),
+        ];
+        for (id, event, status, finished_at) in runs {
+            conn.execute(
+                "INSERT INTO runs (id, rule, event_id, event_type, status, attempt, created_at, finished_at, updated_at)
+                 VALUES (?1, 'rule-a', ?2, 'x.y', ?3, 1, 1, ?4, 1)",
+                params![id, event, status, finished_at],
+            )
+            .unwrap();
+        }
+        assert_eq!(prune(&mut conn, PruneStep::EventsBeyond(0)), 3);
+        assert_eq!(stored_ids(&conn), ["e0", "e1", "e2"]);
+        assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(100)), 0);
+        assert_eq!(stored_ids(&conn), ["e0", "e1", "e2"]);
     }
 
     #[test]

@@ -284,7 +284,8 @@ impl Throughput {
     }
 
     /// "kind 8.1, other kind 2.0": the CPU per event of each kind of
-    /// thread that used at least 0.1 µs, most first; `None` when unknown.
+    /// thread that shows as at least 0.1 µs (0.05 rounded), most first;
+    /// `None` when unknown.
     pub fn cpu_split(&self) -> Option<String> {
         let mut parts: Vec<(f64, &str)> = self
             .cpu_by_thread

@@ -643,4 +643,73 @@ mod tests {
             assert!(among.is_empty());
         });
     }
+
+    #[test]
+    fn unfinished_runs_are_those_pending_running_or_waiting_for_a_retry() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
+        let run = |id: &str, status: RunStatus, finished: bool| {
+            let mut run = RunRecord::for_test(id, "rule", &event.id, "a.b", status);
+            run.finished_at = finished.then(Utc::now);
+            run
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut ids = runtime.block_on(async {
+            let pending = [run("r1", RunStatus::Pending, false)];
+            assert!(
+                journal
+                    .accept_event_with_runs(&event, &pending)
+                    .await
+                    .unwrap()
+            );
+            for record in [
+                run("r2", RunStatus::Running, false),
+                run("r3", RunStatus::Failed, false),
+                run("r4", RunStatus::Failed, true),
+                run("r5", RunStatus::Dead, true),
+                run("r6", RunStatus::Succeeded, true),
+            ] {
+                journal.record_run(&record).await.unwrap();
+            }
+            journal.unfinished_run_ids().await.unwrap()
+        });
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["r1", "r2", "r3"],
+            "r3 waits for a retry; r4 failed for good"
+        );
+        let read = |ids: Vec<UnfinishedRun>| ids.into_iter().map(|r| r.run.id).collect::<Vec<_>>();
+        let mut all = read(runtime.block_on(journal.unfinished_runs()).unwrap());
+        all.sort();
+        assert_eq!(all, ["r1", "r2", "r3"]);
+        runtime
+            .block_on(journal.record_run(&run("r3", RunStatus::Failed, true)))
+            .unwrap();
+        let mut ids = runtime.block_on(journal.unfinished_run_ids()).unwrap();
+        ids.sort();
+        assert_eq!(ids, ["r1", "r2"], "r3 has failed for good now");
+        // The failed runs are found through `runs_retrying`, not each read.
+        let conn = rusqlite::Connection::open(journal.path()).unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::super::query::select_unfinished("id")
+        );
+        let plan: Vec<String> = conn
+            .prepare(&sql)
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step == "SCAN runs USING INDEX runs_retrying"),
+            "{plan:?}"
+        );
+    }
 }

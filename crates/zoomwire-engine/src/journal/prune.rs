@@ -12,7 +12,7 @@
 
 use rusqlite::{Transaction, params};
 
-use super::query::UNFINISHED;
+use super::query::{UNFINISHED, select_unfinished};
 
 /// Rows deleted per step and transaction.
 pub(crate) const CHUNK: i64 = 500;
@@ -117,10 +117,11 @@ fn events_older_than(tx: &Transaction<'_>, cutoff: i64) -> rusqlite::Result<Vec<
 
 /// SQL condition on `events`: no unfinished run needs this event. The
 /// subquery does not depend on the event, so SQLite reads the unfinished
-/// runs once per statement (from `runs_status`) into a temporary index,
-/// instead of keeping an index of every run by its event (see `schema.rs`, V10).
+/// runs once per statement (through `runs_status` and `runs_retrying`) into
+/// a temporary index, instead of keeping an index of every run by its event
+/// (see `schema.rs`, V10 and V11).
 fn not_needed() -> String {
-    format!("events.id NOT IN (SELECT event_id FROM runs WHERE {UNFINISHED})")
+    format!("events.id NOT IN ({})", select_unfinished("event_id"))
 }
 
 /// How many rows `table` holds beyond `budget`.

@@ -31,6 +31,19 @@ use crate::event::{Event, Source};
 pub(crate) const UNFINISHED: &str = "(status IN ('pending', 'running') \
      OR (status = 'failed' AND finished_at IS NULL))";
 
+/// SQL selecting `columns` of every run [`UNFINISHED`] says: the pending
+/// and running ones through `runs_status`, those waiting for a retry
+/// through `runs_retrying` (schema V11), which SQLite's planner would not
+/// pick by itself. A plain `WHERE {UNFINISHED}` reads every failed run's
+/// row, finished or not.
+pub(crate) fn select_unfinished(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM runs WHERE status IN ('pending', 'running') \
+         UNION ALL SELECT {columns} FROM runs INDEXED BY runs_retrying \
+         WHERE status = 'failed' AND finished_at IS NULL"
+    )
+}
+
 /// Idle read connections kept for reuse.
 const IDLE_READERS: usize = 4;
 
@@ -253,8 +266,8 @@ pub(crate) fn unfinished_runs(
     events: &EventIndex,
     seal: &SealKey,
 ) -> ReadResult<Vec<StoredUnfinished>> {
-    let sql =
-        format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} ORDER BY created_at, rowid");
+    let columns = format!("{RUN_COLUMNS}, rowid AS stored_order");
+    let sql = select_unfinished(&columns) + " ORDER BY created_at, stored_order";
     let mut statement = conn.prepare_cached(&sql)?;
     let mut rows = statement.query([])?;
     let mut runs = Vec::new();
@@ -296,7 +309,7 @@ fn effect_starts(conn: &Connection, run_id: &str) -> ReadResult<Vec<EffectStart>
 
 /// The ids of the unfinished runs, without their details.
 pub(crate) fn unfinished_run_ids(conn: &Connection) -> ReadResult<Vec<String>> {
-    let sql = format!("SELECT id FROM runs WHERE {UNFINISHED}");
+    let sql = select_unfinished("id");
     let mut statement = conn.prepare_cached(&sql)?;
     let ids = statement
         .query_map([], |row| row.get(0))?

@@ -712,4 +712,62 @@ mod tests {
             "{plan:?}"
         );
     }
+
+    /// How long a pruning pass holds the writer with a store past its event
+    /// budget (`ZW_PRUNE_EVENTS` events, default 300,000, budget 250,000):
+    /// the pass's time, and the longest and total time a commit took.
+    #[test]
+    #[ignore = "a measuring harness, not a test"]
+    fn prune_budget_harness() {
+        let held: u64 = std::env::var("ZW_PRUNE_EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(300_000);
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(
+            dir.path(),
+            JournalOptions {
+                sync: crate::journal::JournalSync::Normal,
+                max_events: 250_000,
+                ..options()
+            },
+        )
+        .unwrap();
+        // About the size of a Zoom event's body; without an identity, so its id is its hash.
+        let pad = "x".repeat(700);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut n = 0;
+            while n < held {
+                let batch: Vec<_> = (n..(n + 1_000).min(held))
+                    .map(|i| {
+                        let body = format!(
+                            r#"{{"event":"bench.pad","event_ts":{i},"payload":{{"pad":"{pad}"}}}}"#
+                        );
+                        let event = Event::parse(&body, Source::Fire).unwrap();
+                        let journal = journal.clone();
+                        async move { journal.accept_event(&event).await.unwrap() }
+                    })
+                    .collect();
+                futures_util::future::join_all(batch).await;
+                n += 1_000;
+            }
+        });
+        assert_eq!(journal.counts().unwrap().events, held);
+        let before = journal.stats();
+        let started = std::time::Instant::now();
+        let report = journal.prune().unwrap();
+        let took = started.elapsed();
+        let after = journal.stats();
+        println!(
+            "harness: {held} events, pruned {} in {:.1} ms, {} commits",
+            report.events,
+            took.as_secs_f64() * 1e3,
+            after.batches - before.batches
+        );
+        assert_eq!(journal.counts().unwrap().events, held.min(250_000));
+    }
 }

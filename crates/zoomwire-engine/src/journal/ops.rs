@@ -161,7 +161,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
         Op::Prune(step) => {
             if matches!(
                 step,
-                PruneStep::EventsOlderThan(_) | PruneStep::EventsBeyond(_)
+                PruneStep::EventsOlderThan(_) | PruneStep::OldestEvents(_)
             ) {
                 at.events.flush(tx)?;
             }
@@ -667,7 +667,7 @@ mod tests {
     fn prune_all_events(conn: &mut Connection, now: i64) -> u64 {
         let tx = conn.transaction().unwrap();
         events().flush(&tx).unwrap(); // as `apply` does before pruning events
-        let pruned = apply_prune_step(&tx, &PruneStep::EventsBeyond(0), now, HOUR).unwrap();
+        let pruned = apply_prune_step(&tx, &PruneStep::OldestEvents(u64::MAX), now, HOUR).unwrap();
         tx.commit().unwrap();
         events().after_commit(true);
         pruned

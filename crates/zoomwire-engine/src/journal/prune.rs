@@ -26,13 +26,13 @@ pub(crate) enum PruneStep {
     State,
     /// Finished runs created before this time (nanoseconds).
     RunsOlderThan(i64),
-    /// The oldest finished runs beyond this many rows.
-    RunsBeyond(u64),
+    /// The oldest finished runs, this many (at most [`CHUNK`]).
+    OldestRuns(u64),
     /// Events received before this time that no unfinished run needs.
     EventsOlderThan(i64),
-    /// The oldest events (in receive order, which is rowid order) beyond
-    /// this many rows that no unfinished run needs.
-    EventsBeyond(u64),
+    /// The oldest events (in receive order, which is rowid order) that no
+    /// unfinished run needs, this many (at most [`CHUNK`]).
+    OldestEvents(u64),
 }
 
 /// Deletes up to [`CHUNK`] rows for `step`; returns how many.
@@ -61,24 +61,22 @@ pub(crate) fn apply_prune_step(
             let ids: Vec<String> = select_column(tx, &sql, params![cutoff, CHUNK])?;
             delete_runs(tx, &ids)?
         }
-        PruneStep::RunsBeyond(budget) => {
-            let excess = excess_rows(tx, "runs", budget)?.min(CHUNK);
+        PruneStep::OldestRuns(count) => {
             let sql =
                 format!("SELECT id FROM runs WHERE NOT {UNFINISHED} ORDER BY created_at LIMIT ?1");
-            let ids: Vec<String> = select_column(tx, &sql, params![excess])?;
+            let ids: Vec<String> = select_column(tx, &sql, params![chunk(count)])?;
             delete_runs(tx, &ids)?
         }
         PruneStep::EventsOlderThan(cutoff) => {
             let rowids = events_older_than(tx, cutoff)?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
-        PruneStep::EventsBeyond(budget) => {
-            let excess = excess_rows(tx, "events", budget)?;
+        PruneStep::OldestEvents(count) => {
             let sql = format!(
                 "SELECT rowid FROM events WHERE {} ORDER BY rowid LIMIT ?1",
                 not_needed()
             );
-            let rowids: Vec<i64> = select_column(tx, &sql, params![excess.min(CHUNK)])?;
+            let rowids: Vec<i64> = select_column(tx, &sql, params![chunk(count)])?;
             delete_events(tx, &rowids, now, dedupe_window)?
         }
     };
@@ -124,14 +122,9 @@ fn not_needed() -> String {
     format!("events.id NOT IN ({})", select_unfinished("event_id"))
 }
 
-/// How many rows `table` holds beyond `budget`.
-fn excess_rows(tx: &Transaction<'_>, table: &str, budget: u64) -> rusqlite::Result<i64> {
-    let count: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
-        row.get(0)
-    })?;
-    Ok(count
-        .saturating_sub(i64::try_from(budget).unwrap_or(i64::MAX))
-        .max(0))
+/// `count` rows, at most a [`CHUNK`].
+fn chunk(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX).min(CHUNK)
 }
 
 /// The first column of the rows `sql` selects (run ids, event rowids).
@@ -257,7 +250,7 @@ mod tests {
         // The cutoff moves on: e2 and e3 go, e3 though it was stored after e2.
         assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(40)), 2);
         assert_eq!(stored_ids(&conn), ["e1", "e4", "e5"]);
-        assert_eq!(prune(&mut conn, PruneStep::EventsBeyond(2)), 1);
+        assert_eq!(prune(&mut conn, PruneStep::OldestEvents(1)), 1);
         assert_eq!(stored_ids(&conn), ["e1", "e5"], "the oldest not needed");
     }
 
@@ -283,7 +276,7 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(prune(&mut conn, PruneStep::EventsBeyond(0)), 3);
+        assert_eq!(prune(&mut conn, PruneStep::OldestEvents(6)), 3);
         assert_eq!(stored_ids(&conn), ["e0", "e1", "e2"]);
         assert_eq!(prune(&mut conn, PruneStep::EventsOlderThan(100)), 0);
         assert_eq!(stored_ids(&conn), ["e0", "e1", "e2"]);

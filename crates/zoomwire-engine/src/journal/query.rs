@@ -411,14 +411,17 @@ pub(crate) fn state_value(
     Ok(text.map(|t| from_json(&t, "state.value")).transpose()?)
 }
 
+/// Rows held in `table` (reads all of it).
+pub(crate) fn count_rows(conn: &Connection, table: &str) -> ReadResult<u64> {
+    let count: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })?;
+    Ok(count.max(0) as u64)
+}
+
 /// Rows held per table.
 pub(crate) fn counts(conn: &Connection) -> ReadResult<StoreCounts> {
-    let count = |table: &str| -> rusqlite::Result<u64> {
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
-            row.get::<_, i64>(0)
-        })
-        .map(|n| n.max(0) as u64)
-    };
+    let count = |table: &str| count_rows(conn, table);
     Ok(StoreCounts {
         events: count("events")?,
         dedupe: count("dedupe")?,

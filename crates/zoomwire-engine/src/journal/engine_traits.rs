@@ -713,9 +713,9 @@ mod tests {
         );
     }
 
-    /// How long a pruning pass holds the writer with a store past its event
-    /// budget (`ZW_PRUNE_EVENTS` events, default 300,000, budget 250,000):
-    /// the pass's time, and the longest and total time a commit took.
+    /// How long a pruning pass takes with a store past its event budget
+    /// (`ZW_PRUNE_EVENTS` events, default 300,000, budget 250,000): the
+    /// pass's time and how many writer commits it made.
     #[test]
     #[ignore = "a measuring harness, not a test"]
     fn prune_budget_harness() {

@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::{CancelFlag, Decision, Policy, SlotKey, Slots};
 use super::attempt::{RetryWaits, Run, Runner};
+use super::held::{HeldEvents, Hold};
 use super::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use crate::effects::Effects;
@@ -178,6 +179,8 @@ struct Inner {
     /// Asked before a waiting run starts; none: waiting runs always start.
     current_rules: OnceLock<Arc<dyn RuleNames>>,
     events_total: EventCounters,
+    /// What waiting runs may keep of their events ([`Executor::park`]).
+    held_events: HeldEvents,
 }
 
 /// `zoomwire_events_total{type}`, one handle per event type, found by the
@@ -203,12 +206,15 @@ impl EventCounters {
 }
 
 /// Everything needed to start a run later. While it waits its turn, a run
-/// whose journal keeps events ([`Journal::keeps_events`]) holds no event:
-/// it reads it back when it starts ([`Executor::park`]).
+/// whose journal keeps events ([`Journal::keeps_events`]) keeps its event
+/// only within the executor's budget ([`super::held`]); past it, it holds
+/// none and reads it back when it starts ([`Executor::park`]).
 struct PendingRun {
     rule_set: Arc<RuleSet>,
     rule: Arc<Rule>,
     event: Option<Event>,
+    /// Its share of the budget, while it waits keeping its event.
+    hold: Option<Hold>,
     record: RunRecord,
     replay: Vec<EffectRecord>,
     /// The ticket's sender; none when nobody waits on the run (the daemon).
@@ -251,6 +257,7 @@ impl Executor {
                 tracker: TaskTracker::new(),
                 current_rules: OnceLock::new(),
                 events_total: EventCounters::default(),
+                held_events: HeldEvents::default(),
             }),
         }
     }
@@ -259,6 +266,16 @@ impl Executor {
     pub fn with_retry_waits(mut self, waits: RetryWaits) -> Executor {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.runner.retry_waits = waits;
+        }
+        self
+    }
+
+    /// The bytes of event bodies waiting runs may keep (before any run is
+    /// handled; tests, which wait with few and small events).
+    #[cfg(test)]
+    fn with_held_event_budget(mut self, bytes: usize) -> Executor {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.held_events = HeldEvents::new(bytes);
         }
         self
     }
@@ -657,12 +674,21 @@ impl Executor {
         turned_away
     }
 
-    /// Shrinks a run that waits its turn to a small handle: its event, the
-    /// bulk of it, stays in the journal when the journal keeps events, and is
-    /// read back when the run starts ([`Executor::take_event`]). In a burst
-    /// thousands of runs wait, so this is what bounds the daemon's memory.
+    /// Shrinks a run that waits its turn to a small handle once the waiting
+    /// runs keep as much of their events as the budget allows
+    /// ([`super::held`]): its event, the bulk of it, stays in the journal
+    /// when the journal keeps events, and is read back when the run starts
+    /// ([`Executor::take_event`]). In a burst thousands of runs wait, so
+    /// this is what bounds the daemon's memory.
     fn park(&self, mut run: PendingRun) -> PendingRun {
-        if self.journal().keeps_events() {
+        if !self.journal().keeps_events() {
+            return run;
+        }
+        run.hold = run
+            .event
+            .as_ref()
+            .and_then(|event| self.inner.held_events.hold(event.raw.len()));
+        if run.hold.is_none() {
             run.event = None;
         }
         run
@@ -672,6 +698,8 @@ impl Executor {
     /// journal for a parked run. `None`: the run cannot start and has been
     /// let go of (see [`Executor::read_back`]).
     async fn take_event(&self, mut run: PendingRun) -> Option<(PendingRun, Event)> {
+        // No longer waiting: its share of the budget goes to the next ones.
+        run.hold = None;
         if run.event.is_none() && run.commit.wait().await.is_err() {
             // Its event was never written: there is nothing to read back.
             self.forget(&run.record.id);
@@ -923,6 +951,7 @@ fn pending_run(
         rule_set,
         rule,
         event: Some(event),
+        hold: None,
         record,
         replay,
         done: Some(done),
@@ -1496,9 +1525,14 @@ mod tests {
     const QUEUED: &str = "name: q\non: a.b\nmode: queued\ndo: \"event.payload.n\"\n";
 
     /// Three events of a `queued` rule admitted in a row (no await between,
-    /// so nothing runs meanwhile): the first starts, the others wait.
-    async fn three_queued(journal: CallLog) -> (Vec<RunRecord>, Arc<CallLog>, Executor) {
+    /// so nothing runs meanwhile): the first starts, the others wait,
+    /// keeping their events within `budget` bytes ([`super::super::held`]).
+    async fn three_queued(
+        journal: CallLog,
+        budget: usize,
+    ) -> (Vec<RunRecord>, Arc<CallLog>, Executor) {
         let (executor, journal, rule_set, _dir) = setup_with(QUEUED, journal);
+        let executor = executor.with_held_event_budget(budget);
         let prepared: Vec<PreparedEvent> = (1..=3)
             .map(|n| executor.prepare(&rule_set, event(n)))
             .collect();
@@ -1519,32 +1553,62 @@ mod tests {
         (finished, journal, executor)
     }
 
+    /// How many times the executor read an event back from the journal.
+    fn reads_back(journal: &CallLog) -> usize {
+        let calls = journal.calls.lock();
+        calls.iter().filter(|c| *c == "read event").count()
+    }
+
     #[tokio::test]
-    async fn a_waiting_run_holds_no_event_when_the_journal_keeps_it_and_reads_it_back_to_start() {
+    async fn past_the_budget_a_waiting_run_holds_no_event_and_reads_it_back_to_start() {
         let keeps = CallLog {
             keeps: true,
             ..CallLog::default()
         };
-        let (finished, journal, executor) = three_queued(keeps).await;
+        let (finished, journal, executor) = three_queued(keeps, 0).await;
         let outputs: Vec<_> = finished.iter().map(|r| r.output.clone()).collect();
         let expected: Vec<_> = (1..=3).map(|n| Some(serde_json::json!(n))).collect();
         assert_eq!(outputs, expected, "each run had its own event, in order");
         assert!(finished.iter().all(|r| r.status == RunStatus::Succeeded));
-        let reads = journal
-            .calls
-            .lock()
-            .iter()
-            .filter(|c| *c == "read event")
-            .count();
-        assert_eq!(reads, 2, "the two runs that waited read their event back");
+        assert_eq!(
+            reads_back(&journal),
+            2,
+            "the two runs that waited read their event back"
+        );
         assert!(executor.inner.active.lock().is_empty(), "nothing held");
 
-        let (finished, journal, _executor) = three_queued(CallLog::default()).await;
+        let (finished, journal, _executor) = three_queued(CallLog::default(), 0).await;
         assert!(finished.iter().all(|r| r.status == RunStatus::Succeeded));
         assert!(
             !journal.calls.lock().iter().any(|c| c == "read event"),
             "a journal that does not keep events leaves them with the runs"
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_runs_keep_their_events_within_the_budget_and_read_back_the_rest() {
+        let keeps = || CallLog {
+            keeps: true,
+            ..CallLog::default()
+        };
+        // Room for one waiting run's event: the second run keeps it, the
+        // third reads its own back.
+        let (finished, journal, executor) = three_queued(keeps(), event(2).raw.len()).await;
+        let outputs: Vec<_> = finished.iter().map(|r| r.output.clone()).collect();
+        let expected: Vec<_> = (1..=3).map(|n| Some(serde_json::json!(n))).collect();
+        assert_eq!(outputs, expected, "each run had its own event, in order");
+        assert_eq!(reads_back(&journal), 1);
+        assert_eq!(
+            executor.inner.held_events.taken(),
+            0,
+            "the budget is whole again"
+        );
+
+        let (finished, journal, executor) =
+            three_queued(keeps(), super::super::held::DEFAULT_BUDGET).await;
+        assert!(finished.iter().all(|r| r.status == RunStatus::Succeeded));
+        assert_eq!(reads_back(&journal), 0, "the default budget keeps both");
+        assert_eq!(executor.inner.held_events.taken(), 0);
     }
 
     #[tokio::test]
@@ -1554,7 +1618,7 @@ mod tests {
             loses_events: true,
             ..CallLog::default()
         };
-        let (finished, journal, executor) = three_queued(loses).await;
+        let (finished, journal, executor) = three_queued(loses, 0).await;
         let statuses: Vec<_> = finished.iter().map(|r| r.status).collect();
         assert_eq!(
             statuses,

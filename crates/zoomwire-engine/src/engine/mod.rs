@@ -4,5 +4,6 @@
 pub mod admission;
 pub mod attempt;
 pub mod executor;
+mod held;
 pub mod journal;
 pub mod matcher;

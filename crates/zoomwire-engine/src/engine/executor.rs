@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::{CancelFlag, Decision, Policy, SlotKey, Slots};
 use super::attempt::{RetryWaits, Run, Runner};
-use super::held::{HeldEvents, Hold};
+use super::held::{self, HeldEvents, Hold};
 use super::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use super::matcher::{ConditionFailure, Matched, match_event};
 use crate::effects::Effects;
@@ -687,7 +687,7 @@ impl Executor {
         run.hold = run
             .event
             .as_ref()
-            .and_then(|event| self.inner.held_events.hold(event.raw.len()));
+            .and_then(|event| self.inner.held_events.hold(held::cost(event)));
         if run.hold.is_none() {
             run.event = None;
         }

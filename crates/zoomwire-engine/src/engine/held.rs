@@ -6,19 +6,39 @@
 //! waiting runs costs a small handle each. Reading back costs a read of the
 //! store and a second parse of the body (`zoomwire bench`, durable journal:
 //! ~7% of the async workers' time), and most waits are short. So waiting
-//! runs keep their events while the bodies they keep total at most a budget
-//! ([`DEFAULT_BUDGET`]), and only the runs beyond it leave theirs in the
-//! journal. A [`Hold`] is a run's share of the budget: given back when the
-//! run starts or is dropped, whichever way it goes.
+//! runs keep their events while what they keep ([`cost`]) totals at most a
+//! budget ([`DEFAULT_BUDGET`]), and only the runs beyond it leave theirs in
+//! the journal. A [`Hold`] is a run's share of the budget: given back when
+//! the run starts or is dropped, whichever way it goes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes of event bodies (as received, compact JSON) that waiting runs may
-/// keep: about 1,000 events of the usual size. A body that a slow condition
-/// had to turn into a script value keeps that value too, so the memory it
-/// costs is a few times the bytes counted.
+use crate::event::Event;
+
+/// Bytes that waiting runs may keep of their events ([`cost`]): about 1,000
+/// events of the usual size, as received.
 pub(crate) const DEFAULT_BUDGET: usize = 1 << 20;
+
+/// What an event's script value (built once a slow condition or a script
+/// needed it) costs: this many bytes per byte of its body and
+/// [`SCRIPT_VALUE_BASE`] more, rounded up from Zoom's sample events (3.1 to
+/// 4.6 bytes per byte; 1,152 bytes for the 133 of the smallest; checked by
+/// `the_estimate_covers_the_script_value_of_zooms_sample_events`).
+const SCRIPT_VALUE_PER_BYTE: usize = 5;
+const SCRIPT_VALUE_BASE: usize = 1024;
+
+/// The bytes keeping `event` costs, estimated: its body as received, and
+/// its script value when one was built.
+pub(crate) fn cost(event: &Event) -> usize {
+    let body = event.raw.len();
+    match event.body_is_built() {
+        true => body
+            .saturating_mul(1 + SCRIPT_VALUE_PER_BYTE)
+            .saturating_add(SCRIPT_VALUE_BASE),
+        false => body,
+    }
+}
 
 /// The budget and what is taken of it, shared by the holds.
 #[derive(Debug, Clone)]
@@ -93,6 +113,28 @@ mod tests {
         let third = held.hold(50).expect("room again");
         drop((second, third));
         assert_eq!(held.taken(), 0);
+    }
+
+    #[test]
+    fn the_estimate_covers_the_script_value_of_zooms_sample_events() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/events");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let event = Event::parse(&text, crate::event::Source::Test).unwrap();
+            assert_eq!(cost(&event), event.raw.len(), "no script value yet");
+            // Counted on this thread by the crate's allocator.
+            let before = crate::script::allocator::live_bytes();
+            let value = event.body();
+            let built = crate::script::allocator::live_bytes() - before;
+            assert!(!value.is_unit());
+            let estimate = cost(&event) - event.raw.len();
+            assert!(
+                usize::try_from(built).unwrap() <= estimate,
+                "{}: a script value of {built} bytes, estimated {estimate}",
+                path.display()
+            );
+        }
     }
 
     #[test]

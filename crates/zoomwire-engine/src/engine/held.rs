@@ -32,23 +32,20 @@ const SCRIPT_VALUE_BASE: usize = 1024;
 /// its script value when one was built.
 pub(crate) fn cost(event: &Event) -> usize {
     let body = event.raw.len();
-    match event.body_is_built() {
-        true => body
-            .saturating_mul(1 + SCRIPT_VALUE_PER_BYTE)
-            .saturating_add(SCRIPT_VALUE_BASE),
-        false => body,
+    if !event.body_is_built() {
+        return body;
     }
+    body.saturating_mul(1 + SCRIPT_VALUE_PER_BYTE)
+        .saturating_add(SCRIPT_VALUE_BASE)
 }
 
 /// The budget and what is taken of it, shared by the holds.
-#[derive(Debug, Clone)]
 pub(crate) struct HeldEvents {
     budget: usize,
     taken: Arc<AtomicUsize>,
 }
 
 /// A waiting run's share of the budget; given back when dropped.
-#[derive(Debug)]
 pub(crate) struct Hold {
     bytes: usize,
     taken: Arc<AtomicUsize>,

@@ -42,6 +42,18 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
         assert!(stdout.contains(figure), "{figure} in:\n{stdout}");
     }
     assert!(stdout.contains("journal memory"), "{stdout}");
+    // The disk is timed for as long as the latency phase, and the SQLite
+    // journal's commits of that phase are counted (the memory journal has none).
+    assert!(stdout.contains("over 10 ms (the floor"), "{stdout}");
+    let commits: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("journal commits in the latency phase"))
+        .collect();
+    assert_eq!(
+        commits.len(),
+        1,
+        "the SQLite journal's commits only:\n{stdout}"
+    );
     assert!(!stdout.contains("did not finish"), "{stdout}");
     // The CPU split names the runtime's threads, and the SQLite journal's
     // writer (its whole name: the kernel keeps 15 bytes of a thread's name).

@@ -20,7 +20,9 @@
 //!   doubled post fails the bench (exit 1) instead of giving figures.
 //!
 //! The disk's `fdatasync` latency is measured in the same run, in the same
-//! folder, as the floor under the durable journal's latency.
+//! folder, for as long as the latency phase, as the floor under the durable
+//! journal's latency; the journal's own commits in that phase say whether it
+//! met one of the disk's stalls ([`disk`]).
 //!
 //! With PostgreSQL and `--nodes N`, N daemons share the database (a scratch
 //! server of the bench's own, [`scratch_pg`], unless `ZOOMWIRE_DATABASE_URL`
@@ -33,6 +35,7 @@
 //! ([`node`]) in the daemon's place, with the same phases and checks, and
 //! the report gives zoomwire's figures over the client's.
 
+pub mod disk;
 pub mod failover;
 pub mod ledger;
 pub mod node;
@@ -49,6 +52,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::sim::{SecondConnection, SimConfig, SimError, SimHandle};
+use disk::{Commits, Fsync, commit_buckets, measure_fsync};
 use failover::Failover;
 use ledger::{Delivery, Ledger, sent_time};
 use node::{NodeClient, NodeClientError};
@@ -70,8 +74,6 @@ const METRICS_POLL: Duration = Duration::from_millis(100);
 const WARM_UP: usize = 2_000;
 /// How long to wait after the last expected post for a doubled one.
 const SETTLE: Duration = Duration::from_millis(500);
-/// `fdatasync` calls timed on the disk.
-const FSYNC_SAMPLES: usize = 500;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -310,22 +312,12 @@ pub struct Latency {
     pub posts_expected: usize,
     /// Frame sent to post received, in microseconds, sorted.
     pub micros: Vec<i64>,
+    /// The journal's commits during the phase, where it reports them.
+    pub commits: Option<Commits>,
 }
 
 impl Latency {
     /// The `p`-th percentile (0..=100) in milliseconds.
-    pub fn percentile_ms(&self, p: f64) -> Option<f64> {
-        percentile(&self.micros, p).map(|us| us as f64 / 1000.0)
-    }
-}
-
-/// The disk's `fdatasync` after a 4 KiB append, in microseconds, sorted.
-#[derive(Debug, Clone, Default)]
-pub struct Fsync {
-    pub micros: Vec<i64>,
-}
-
-impl Fsync {
     pub fn percentile_ms(&self, p: f64) -> Option<f64> {
         percentile(&self.micros, p).map(|us| us as f64 / 1000.0)
     }
@@ -350,9 +342,12 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
     let scratch = tempfile::Builder::new()
         .prefix("zoomwire-bench-")
         .tempdir()?;
-    eprintln!("bench: timing {FSYNC_SAMPLES} fdatasync calls of 4 KiB appends");
+    eprintln!(
+        "bench: timing fdatasync of 4 KiB appends for {} s",
+        options.duration.as_secs()
+    );
     let mut report = BenchReport {
-        fsync: measure_fsync(scratch.path(), FSYNC_SAMPLES).ok(),
+        fsync: measure_fsync(scratch.path(), options.duration).ok(),
         journals: Vec::new(),
     };
     // Kept until the end: the server goes when it drops.
@@ -379,28 +374,6 @@ pub async fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError
     }
     drop(server);
     Ok(report)
-}
-
-/// Times `samples` appends of 4 KiB, each followed by `fdatasync`, in `dir`.
-fn measure_fsync(dir: &Path, samples: usize) -> std::io::Result<Fsync> {
-    use std::io::Write as _;
-    let path = dir.join("fsync-probe");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    let block = [0x5au8; 4096];
-    let mut micros = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let started = std::time::Instant::now();
-        file.write_all(&block)?;
-        file.sync_data()?;
-        micros.push(started.elapsed().as_micros() as i64);
-    }
-    drop(file);
-    std::fs::remove_file(path)?;
-    micros.sort_unstable();
-    Ok(Fsync { micros })
 }
 
 /// The daemons (one, or `--nodes` on PostgreSQL) on one journal through
@@ -772,6 +745,7 @@ impl Bench<'_> {
         let events = generator.take(count);
         let posts = self.expect(&events);
         let first_post = self.sim.slack_post_count();
+        let commits_before = commit_buckets(&self.all_metrics().await);
         let period = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
         let started = Instant::now();
         for (i, event) in events.iter().enumerate() {
@@ -783,6 +757,7 @@ impl Bench<'_> {
             self.sim.send_frame(None, frame).await;
         }
         self.wait_processed().await;
+        let commits_after = commit_buckets(&self.all_metrics().await);
         let mut micros: Vec<i64> = self.sim.slack_posts()[first_post..]
             .iter()
             .filter_map(|post| {
@@ -796,6 +771,7 @@ impl Bench<'_> {
             rate: options.rate,
             posts_expected: posts,
             micros,
+            commits: Commits::between(&commits_before, &commits_after),
         }
     }
 
@@ -854,9 +830,14 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
     if let Some(fsync) = &report.fsync {
         let _ = writeln!(
             out,
-            "  disk        fdatasync of a 4 KiB append: p50 {}, p99 {} (the floor under the durable journal's latency)",
+            "  disk        fdatasync of a 4 KiB append, {} in {:.1} s: p50 {}, p99 {}, max {}, {} over {} ms (the floor under the durable journal's latency)",
+            fsync.micros.len(),
+            fsync.span.as_secs_f64(),
             ms(fsync.percentile_ms(50.0)),
-            ms(fsync_p99)
+            ms(fsync_p99),
+            ms(fsync.percentile_ms(100.0)),
+            fsync.stalls(),
+            disk::STALL.as_millis()
         );
     }
     for journal in &report.journals {
@@ -884,6 +865,20 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
         options.duration.as_secs(),
     );
     out
+}
+
+/// The journal's commits in the latency phase, in words.
+fn describe_commits(commits: &Commits) -> String {
+    let slowest = match commits.slowest_under {
+        Some(bound) => format!("under {} ms", (bound.as_secs_f64() * 1e5).round() / 100.0),
+        None => "past the histogram's last bound".into(),
+    };
+    format!(
+        "{} journal commits in the latency phase, {} over {} ms (the disk's stalls: each delays every post behind it); the slowest {slowest}",
+        commits.count,
+        commits.stalls,
+        disk::STALL.as_millis()
+    )
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -950,6 +945,9 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
             l.micros.len(),
             l.posts_expected
         );
+        if let Some(commits) = &l.commits {
+            let _ = writeln!(out, "    commits     {}", describe_commits(commits));
+        }
     }
     let mib = |m: Option<Memory>, peak: bool| {
         m.map(|m| {
@@ -1033,10 +1031,19 @@ mod tests {
     }
 
     #[test]
-    fn the_disk_is_measured() {
-        let dir = tempfile::tempdir().unwrap();
-        let fsync = measure_fsync(dir.path(), 20).unwrap();
-        assert_eq!(fsync.micros.len(), 20);
-        assert!(fsync.percentile_ms(99.0).unwrap() > 0.0);
+    fn the_journals_commits_are_described() {
+        let mut commits = Commits {
+            count: 1000,
+            stalls: 2,
+            slowest_under: Some(Duration::from_millis(50)),
+        };
+        assert_eq!(
+            describe_commits(&commits),
+            "1000 journal commits in the latency phase, 2 over 10 ms (the disk's stalls: each delays every post behind it); the slowest under 50 ms"
+        );
+        commits.slowest_under = Some(Duration::from_micros(2500));
+        assert!(describe_commits(&commits).ends_with("under 2.5 ms"));
+        commits.slowest_under = None;
+        assert!(describe_commits(&commits).ends_with("past the histogram's last bound"));
     }
 }

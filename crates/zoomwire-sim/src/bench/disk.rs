@@ -1,10 +1,10 @@
 //! The disk under the durable journal: what `fdatasync` costs, and how the
 //! journal's own commits fared in the latency phase.
 //!
-//! This machine's disk mostly syncs a 4 KiB append in a quarter of a
-//! millisecond, but now and then one sync takes 20 to 100 ms, a few times a
-//! minute, whoever writes (a bare loop of appends and syncs sees them as
-//! well). A few hundred samples in a quiet moment rarely meet one, so the
+//! The build machine's disk mostly syncs a 4 KiB append in a quarter of a
+//! millisecond, but now and then (every few seconds to minutes) one sync
+//! takes 15 to 100 ms, whoever writes: a bare loop of appends and syncs
+//! meets them too. A few hundred samples in a quiet moment rarely do, so the
 //! probe runs for as long as the latency phase, and reports its slowest
 //! sync and the count of stalls. Every post behind a stalled commit waits
 //! for it: one stall in the phase can be the p99 on its own. The journal's

@@ -110,6 +110,13 @@ impl Commits {
             .collect();
         gained.sort_by(|a, b| a.0.total_cmp(&b.0));
         let &(_, count) = gained.last()?;
+        if count == 0 {
+            return Some(Commits {
+                count,
+                stalls: 0,
+                slowest_under: None,
+            });
+        }
         let within_stall = gained
             .iter()
             .find(|(bound, _)| *bound >= STALL.as_secs_f64())
@@ -195,6 +202,13 @@ mod tests {
         let commits = Commits::between(&before, &calm).unwrap();
         assert_eq!(commits.stalls, 0);
         assert_eq!(commits.slowest_under, Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_phase_without_commits_has_no_slowest() {
+        let buckets = commit_buckets(&[metrics(&[("0.005", 7), ("+Inf", 7)])]);
+        let none = Commits::between(&buckets, &buckets).unwrap();
+        assert_eq!((none.count, none.stalls, none.slowest_under), (0, 0, None));
     }
 
     #[test]

@@ -869,12 +869,15 @@ pub fn format_report(report: &BenchReport, options: &BenchOptions) -> String {
 
 /// The journal's commits in the latency phase, in words.
 fn describe_commits(commits: &Commits) -> String {
+    if commits.count == 0 {
+        return "no journal commits in the latency phase".into();
+    }
     let slowest = match commits.slowest_under {
         Some(bound) => format!("under {} ms", (bound.as_secs_f64() * 1e5).round() / 100.0),
         None => "past the histogram's last bound".into(),
     };
     format!(
-        "{} journal commits in the latency phase, {} over {} ms (the disk's stalls: each delays every post behind it); the slowest {slowest}",
+        "{} journal commits in the latency phase, {} over {} ms (a stalled commit holds every post behind it); the slowest {slowest}",
         commits.count,
         commits.stalls,
         disk::STALL.as_millis()
@@ -1039,11 +1042,16 @@ mod tests {
         };
         assert_eq!(
             describe_commits(&commits),
-            "1000 journal commits in the latency phase, 2 over 10 ms (the disk's stalls: each delays every post behind it); the slowest under 50 ms"
+            "1000 journal commits in the latency phase, 2 over 10 ms (a stalled commit holds every post behind it); the slowest under 50 ms"
         );
         commits.slowest_under = Some(Duration::from_micros(2500));
         assert!(describe_commits(&commits).ends_with("under 2.5 ms"));
         commits.slowest_under = None;
         assert!(describe_commits(&commits).ends_with("past the histogram's last bound"));
+        commits.count = 0;
+        assert_eq!(
+            describe_commits(&commits),
+            "no journal commits in the latency phase"
+        );
     }
 }

@@ -77,10 +77,9 @@ impl EventPaths {
     /// Never the event's own shared value: Rhai write-locks a shared value
     /// for every `event.x` a script reads, and a thread that finds it locked
     /// sleeps 10 ms before it tries again (its `locked_write` with the `sync`
-    /// feature; after five tries the run panics). The runs of one event
-    /// start together on several script threads, so sharing one value made
-    /// one run in a few hundred wait 10 ms (`zoomwire bench`'s latency
-    /// phase: 1 to 4 posts at 10.5 ms in every 5 s).
+    /// feature; after five tries the run panics), and the runs of one event
+    /// start together on several script threads. A copy costs a clone of
+    /// the body per run; a pruned body is the run's own already.
     pub fn body_of(&self, event: &Event) -> Dynamic {
         if self.is_whole() || event.body_is_built() {
             return own_copy(event.body());

@@ -110,20 +110,14 @@ impl Commits {
             .collect();
         gained.sort_by(|a, b| a.0.total_cmp(&b.0));
         let &(_, count) = gained.last()?;
-        if count == 0 {
-            return Some(Commits {
-                count,
-                stalls: 0,
-                slowest_under: None,
-            });
-        }
         let within_stall = gained
             .iter()
             .find(|(bound, _)| *bound >= STALL.as_secs_f64())
             .map_or(0, |&(_, n)| n);
+        // With no commit every bucket holds "all" of them: no slowest then.
         let slowest_under = gained
             .iter()
-            .find(|&&(_, n)| n == count)
+            .find(|&&(_, n)| n == count && count > 0)
             .map(|&(bound, _)| bound)
             .filter(|bound| bound.is_finite())
             .map(Duration::from_secs_f64);

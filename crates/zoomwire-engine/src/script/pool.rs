@@ -14,23 +14,31 @@
 //! the worker's thread-locals; a panic in a job is caught, becomes that
 //! job's error, and leaves the worker serving the next job.
 //!
-//! The workers share one tokio receiver behind a mutex. Measured in the 100k
-//! burst and not kept: a LIFO board of idle threads, crossbeam's and flume's
-//! multi-consumer channels (crossbeam: the durable journal's daemon switched
-//! 1.23-1.46x as often, its receivers spin and yield before they sleep); one
-//! queue with a condvar; a LIFO hand-off again (stop 27, branch
-//! `wt/mpool27-lifo`: CPU per event and switches within the noise). In a burst
-//! every thread runs jobs whatever the hand-off: each run waits for its
-//! effects, so the pool is full and a warm few threads could not do the work.
+//! The workers wait on one queue with a condition variable ([`Queue`]): a job
+//! wakes one idle thread. They used to share a tokio receiver behind a
+//! mutex, and a job woke two: the thread that took it, and the next idle one
+//! in line for the mutex, which only went back to sleep on the channel. In
+//! `zoomwire bench`'s latency phase (memory journal, 2,000 events/s) that was
+//! 2.9 voluntary switches of the script threads per run, where a run that
+//! posts needs 2 (its wake for the job, its wait for the effect's answer);
+//! with the queue 2.0, and the script threads' CPU 10 to 19% less. Measured
+//! in the 100k burst and not kept: a LIFO board of idle threads, crossbeam's
+//! and flume's multi-consumer channels (crossbeam: the durable journal's
+//! daemon switched 1.23-1.46x as often, its receivers spin and yield before
+//! they sleep); a LIFO hand-off again (stop 27, branch `wt/mpool27-lifo`: CPU
+//! per event and switches within the noise). In a burst every thread runs
+//! jobs whatever the hand-off: each run waits for its effects, so the pool
+//! is full and a warm few threads could not do the work.
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::ended_early;
 pub use super::error::ScriptError;
@@ -70,11 +78,68 @@ struct Work {
     _thread: OwnedSemaphorePermit,
 }
 
+/// The jobs sent and not yet taken, and the idle threads waiting for one.
+struct Queue<T> {
+    jobs: Mutex<Jobs<T>>,
+    /// Signalled once per job sent: one idle thread wakes for it.
+    sent: Condvar,
+}
+
+struct Jobs<T> {
+    waiting: VecDeque<T>,
+    /// Set when the pool is dropped: threads end once the queue is empty.
+    closed: bool,
+}
+
+impl<T> Queue<T> {
+    fn new() -> Queue<T> {
+        Queue {
+            jobs: Mutex::new(Jobs {
+                waiting: VecDeque::new(),
+                closed: false,
+            }),
+            sent: Condvar::new(),
+        }
+    }
+
+    /// Queues `work` for the next idle thread; false if the pool is gone.
+    fn send(&self, work: T) -> bool {
+        let mut jobs = self.jobs.lock();
+        if jobs.closed {
+            return false;
+        }
+        jobs.waiting.push_back(work);
+        drop(jobs);
+        self.sent.notify_one();
+        true
+    }
+
+    /// The next job, waiting for one; `None` once the pool is dropped and
+    /// every job sent was taken.
+    fn take(&self) -> Option<T> {
+        let mut jobs = self.jobs.lock();
+        loop {
+            if let Some(work) = jobs.waiting.pop_front() {
+                return Some(work);
+            }
+            if jobs.closed {
+                return None;
+            }
+            self.sent.wait(&mut jobs);
+        }
+    }
+
+    fn close(&self) {
+        self.jobs.lock().closed = true;
+        self.sent.notify_all();
+    }
+}
+
 /// A bounded pool of script threads.
 pub struct ScriptPool {
-    sender: mpsc::Sender<Work>,
+    queue: Arc<Queue<Work>>,
     /// One permit per thread the pool may run: a job holds one from before
-    /// it is sent until its worker is done with it, so the channel never
+    /// it is sent until its worker is done with it, so the queue never
     /// holds more jobs than there are threads.
     free_threads: Arc<Semaphore>,
     /// The most threads (0: the first could not start).
@@ -85,7 +150,7 @@ pub struct ScriptPool {
 
 /// The threads started so far, and what starts another.
 struct Workers {
-    receiver: Arc<Mutex<mpsc::Receiver<Work>>>,
+    queue: Arc<Queue<Work>>,
     stack_size: usize,
     started: usize,
 }
@@ -93,11 +158,11 @@ struct Workers {
 impl Workers {
     /// Starts one more thread; a failure is logged here.
     fn start_one(&mut self) -> std::io::Result<()> {
-        let receiver = self.receiver.clone();
+        let queue = self.queue.clone();
         std::thread::Builder::new()
             .name(format!("zoomwire-script-{}", self.started))
             .stack_size(self.stack_size.max(MIN_STACK_SIZE))
-            .spawn(move || serve(&receiver))
+            .spawn(move || serve(&queue))
             .inspect_err(|error| tracing::error!(error = %error, "cannot start a script thread"))?;
         self.started += 1;
         Ok(())
@@ -108,6 +173,13 @@ impl Workers {
 pub struct ReservedThread<'a> {
     pool: &'a ScriptPool,
     permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ScriptPool {
+    /// Its threads end once they have taken the jobs already sent.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for ScriptPool {
@@ -122,9 +194,9 @@ impl ScriptPool {
     /// A pool of up to `threads` threads (at least one) with `stack_size`
     /// bytes of stack each (at least 16 MiB); the first starts now.
     pub fn new(threads: usize, stack_size: usize) -> ScriptPool {
-        let (sender, receiver) = mpsc::channel(threads.max(1));
+        let queue = Arc::new(Queue::new());
         let mut workers = Workers {
-            receiver: Arc::new(Mutex::new(receiver)),
+            queue: queue.clone(),
             stack_size,
             started: 0,
         };
@@ -133,7 +205,7 @@ impl ScriptPool {
             Err(error) => (0, Some(error.to_string())),
         };
         ScriptPool {
-            sender,
+            queue,
             free_threads: Arc::new(Semaphore::new(threads)),
             threads,
             workers: Mutex::new(workers),
@@ -216,9 +288,9 @@ impl ReservedThread<'_> {
             reply,
             _thread: self.permit,
         };
-        // Never waits: the channel holds as many jobs as there are threads,
-        // and this job holds one of their permits.
-        if self.pool.sender.send(work).await.is_err() {
+        // The queue holds at most as many jobs as there are threads: this
+        // job holds one of their permits.
+        if !self.pool.queue.send(work) {
             return Err(ScriptError::runtime("the script pool has shut down"));
         }
         let answer_deadline = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
@@ -266,15 +338,8 @@ impl Drop for AbandonOnDrop {
 }
 
 /// A worker: takes jobs until the pool is dropped.
-fn serve(receiver: &Mutex<mpsc::Receiver<Work>>) {
-    loop {
-        let work = {
-            let mut receiver = receiver.lock();
-            receiver.blocking_recv()
-        };
-        let Some(work) = work else {
-            return;
-        };
+fn serve(queue: &Queue<Work>) {
+    while let Some(work) = queue.take() {
         if work.reply.is_closed() {
             continue;
         }
@@ -355,6 +420,65 @@ mod tests {
             assert_send(&future);
         }
         let _ = future_of;
+    }
+
+    /// This thread's voluntary context switches so far: the times it went
+    /// to sleep or waited on a lock (preemption and a busy host do not count).
+    fn switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_job_wakes_one_idle_thread() {
+        // Idle threads waiting on a shared receiver behind a mutex woke two
+        // a job: the one that took it, and the next in line for the mutex,
+        // which went back to sleep on the channel (2.0 switches a job here).
+        let queue = Arc::new(Queue::new());
+        let (done, finished) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (queue, done) = (queue.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let before = switches();
+                    while let Some(job) = queue.take() {
+                        done.send(job).unwrap();
+                    }
+                    switches() - before
+                })
+            })
+            .collect();
+        // One job at a time, as runs come at a steady rate: each finds
+        // every thread idle.
+        let jobs = 200;
+        for job in 0..jobs {
+            std::thread::sleep(Duration::from_micros(200));
+            assert!(queue.send(job));
+            assert_eq!(finished.recv().unwrap(), job);
+        }
+        queue.close();
+        assert!(!queue.send(jobs), "a closed queue takes no job");
+        let switched: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        // One sleep a job, and one at the start and at the end per thread.
+        assert!(
+            switched <= jobs + jobs / 4 + 8,
+            "{switched} switches for {jobs} jobs"
+        );
+    }
+
+    #[test]
+    fn a_closed_queue_gives_the_jobs_it_holds_then_ends() {
+        let queue = Queue::new();
+        assert!(queue.send(1) && queue.send(2));
+        queue.close();
+        assert_eq!(
+            (queue.take(), queue.take(), queue.take()),
+            (Some(1), Some(2), None)
+        );
     }
 
     #[test]

@@ -195,35 +195,17 @@ fn forbid_sleep(engine: &mut Engine) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek};
+    use crate::script::voluntary_switches;
 
     fn engine(kind: EngineKind) -> Engine {
         build_engine(&SandboxLimits::default(), &ScriptModules::empty(), kind)
     }
 
-    /// How many times `work` put this thread to sleep or had it wait on a
-    /// lock, from the kernel's count of the thread's voluntary context
-    /// switches (preemption and a busy host do not count). The count's file
-    /// is opened before, so that opening it does not count.
+    /// How many times `work` put this thread to sleep or had it wait on a lock.
     fn times_blocked(work: impl FnOnce()) -> u64 {
-        let mut status = std::fs::File::open("/proc/thread-self/status").unwrap();
-        let mut switches = || {
-            let mut text = String::new();
-            status.seek(std::io::SeekFrom::Start(0)).unwrap();
-            status.read_to_string(&mut text).unwrap();
-            let line = text
-                .lines()
-                .find(|l| l.starts_with("voluntary_ctxt_switches:"));
-            line.unwrap()
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        };
-        let before = switches();
+        let before = voluntary_switches();
         work();
-        switches() - before
+        voluntary_switches() - before
     }
 
     #[test]

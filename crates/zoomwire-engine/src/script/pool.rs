@@ -406,6 +406,7 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::voluntary_switches;
 
     fn assert_send_sync<T: Send + Sync>() {}
     fn assert_send<T: Send>(_: &T) {}
@@ -422,17 +423,6 @@ mod tests {
         let _ = future_of;
     }
 
-    /// This thread's voluntary context switches so far: the times it went
-    /// to sleep or waited on a lock (preemption and a busy host do not count).
-    fn switches() -> u64 {
-        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("voluntary_ctxt_switches:"))
-            .unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
     #[test]
     fn a_job_wakes_one_idle_thread() {
         // Idle threads waiting on a shared receiver behind a mutex woke two
@@ -444,11 +434,11 @@ mod tests {
             .map(|_| {
                 let (queue, done) = (queue.clone(), done.clone());
                 std::thread::spawn(move || {
-                    let before = switches();
+                    let before = voluntary_switches();
                     while let Some(job) = queue.take() {
                         done.send(job).unwrap();
                     }
-                    switches() - before
+                    voluntary_switches() - before
                 })
             })
             .collect();

@@ -588,12 +588,12 @@ fn try_transaction<'a>(
 ) -> rusqlite::Result<Vec<Outcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     events.begin(&tx)?;
-    let at = Apply {
-        now: to_nanos(Utc::now()),
-        dedupe_window: settings.dedupe_window_nanos,
-        seal: &settings.seal,
+    let at = Apply::new(
+        to_nanos(Utc::now()),
+        settings.dedupe_window_nanos,
+        &settings.seal,
         events,
-    };
+    );
     let outcomes = ops
         .map(|op| apply(&tx, op, &at))
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -584,13 +584,18 @@ mod tests {
 
     fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
         let seal = SealKey::ephemeral().unwrap();
+        apply_all(conn, &at(&seal), std::slice::from_ref(op)).remove(0)
+    }
+
+    /// Applies `ops` in one transaction, as the writer does a batch.
+    fn apply_all(conn: &mut Connection, at: &Apply<'_>, ops: &[Op]) -> Vec<Outcome> {
         let tx = conn.transaction().unwrap();
         events().begin(&tx).unwrap();
-        let outcome = apply(&tx, op, &at(&seal)).unwrap();
+        let outcomes = ops.iter().map(|op| apply(&tx, op, at).unwrap()).collect();
         events().before_commit(&tx).unwrap();
         tx.commit().unwrap();
         events().after_commit(true);
-        outcome
+        outcomes
     }
 
     fn event_row(received_at: i64) -> EventRow {
@@ -756,23 +761,30 @@ mod tests {
         let seal = SealKey::ephemeral().unwrap();
         // Pruned at 10 ns: within the first event's window.
         let at = Apply::new(10, HOUR, &seal, events());
-        let tx = conn.transaction().unwrap();
-        events().begin(&tx).unwrap();
         let other = Event::parse(r#"{"event":"x.y","event_ts":2}"#, Source::Fire).unwrap();
-        let apply_op = |op: &Op| apply(&tx, op, &at).unwrap();
-        assert!(accepted(apply_op(&accept_op(
-            EventRow::new(&other),
-            vec![]
-        ))));
-        let pruned = apply_op(&Op::Prune(PruneStep::OldestEvents(u64::MAX)));
-        assert!(matches!(pruned, Outcome::Pruned(1)), "{pruned:?}");
-        let again = apply_op(&accept_op(event_row(HOUR - 1), vec![]));
-        assert!(!accepted(again), "pruned within its window: a duplicate");
-        let after = apply_op(&accept_op(event_row(HOUR), vec![]));
-        assert!(accepted(after), "its window has passed");
-        events().before_commit(&tx).unwrap();
-        tx.commit().unwrap();
-        events().after_commit(true);
+        let outcomes = apply_all(
+            &mut conn,
+            &at,
+            &[
+                accept_op(EventRow::new(&other), vec![]),
+                Op::Prune(PruneStep::OldestEvents(u64::MAX)),
+                // Again within its window: a duplicate; after it: new.
+                accept_op(event_row(HOUR - 1), vec![]),
+                accept_op(event_row(HOUR), vec![]),
+            ],
+        );
+        assert!(
+            matches!(
+                outcomes[..],
+                [
+                    Outcome::Accepted(true),
+                    Outcome::Pruned(1),
+                    Outcome::Accepted(false),
+                    Outcome::Accepted(true),
+                ]
+            ),
+            "{outcomes:?}"
+        );
     }
 
     #[test]

@@ -62,8 +62,8 @@ pub(crate) struct Apply<'a> {
     /// Rowids for new events, and finding stored ones by id.
     pub events: &'a IndexWriter,
     /// Whether `dedupe` holds any id, once asked in this transaction
-    /// ([`holds_pruned_ids`]); `None` again after a pruning step.
-    pub pruned_ids: Cell<Option<bool>>,
+    /// ([`holds_pruned_ids`]); `None` again after a step pruning events.
+    pruned_ids: Cell<Option<bool>>,
 }
 
 impl<'a> Apply<'a> {
@@ -180,9 +180,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
                 PruneStep::EventsOlderThan(_) | PruneStep::OldestEvents(_)
             ) {
                 at.events.flush(tx)?;
+                // Pruning events may keep their ids in `dedupe`.
+                at.pruned_ids.set(None);
             }
-            // Pruning events may keep their ids in `dedupe`.
-            at.pruned_ids.set(None);
             apply_prune_step(tx, step, now, at.dedupe_window).map(Outcome::Pruned)
         }
     }

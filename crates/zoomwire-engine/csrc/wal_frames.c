@@ -14,9 +14,11 @@
 ** buffer would pass GATHER_MAX, or before any other call on the file (a
 ** sync, a read, a truncate, a lock, close, a write elsewhere). So what
 ** SQLite syncs is what it wrote, and a commit's frames are all in the file
-** before SQLite publishes them to readers (with synchronous=NORMAL that
-** comes without a sync); a failed write is reported by the call that sends
-** it.
+** before SQLite publishes them to readers: it publishes frames only at a
+** commit (the wal-index header's mxFrame), and with synchronous=NORMAL
+** without a sync first (the index is the main database file's shared
+** memory, so no call on the log comes between). A failed write is reported
+** by the call that sends it.
 **
 ** Every other file (the database, its shared-memory index) and every other
 ** VFS method goes to "unix" unchanged. Registered by
@@ -41,7 +43,6 @@ typedef struct FrameFile {
   int capacity;             /* bytes allocated */
   sqlite3_int64 gathered_at; /* the file offset of its first byte */
   int commit_next;          /* the last write was a commit frame's header */
-  int unreported;           /* the error of a send no call could report */
 } FrameFile;
 
 static sqlite3_vfs *unix_vfs;
@@ -59,11 +60,6 @@ long zoomwire_wal_writes_sent(void) { return writes_sent; }
 
 /* Writes what is gathered, as one write. */
 static int send_gathered(FrameFile *f) {
-  if (f->unreported != SQLITE_OK) {
-    int rc = f->unreported;
-    f->unreported = SQLITE_OK;
-    return rc;
-  }
   if (f->gathered_size == 0) return SQLITE_OK;
   int size = f->gathered_size;
   f->gathered_size = 0;
@@ -184,17 +180,10 @@ static int frame_shm_map(sqlite3_file *file, int page, int size, int extend, voi
 }
 
 static int frame_shm_lock(sqlite3_file *file, int offset, int n, int flags) {
-  int rc = send_gathered((FrameFile *)file);
-  if (rc != SQLITE_OK) return rc;
   return REAL(file)->pMethods->xShmLock(REAL(file), offset, n, flags);
 }
 
-/* SQLite publishes new frames to readers between barriers: none may still
-** be gathered (the commit frame sends them; this is the backstop). A failed
-** write is reported by the next call that can. */
 static void frame_shm_barrier(sqlite3_file *file) {
-  FrameFile *f = (FrameFile *)file;
-  if (f->gathered_size > 0) f->unreported = send_gathered(f);
   REAL(file)->pMethods->xShmBarrier(REAL(file));
 }
 

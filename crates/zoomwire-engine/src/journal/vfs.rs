@@ -124,6 +124,14 @@ mod tests {
         );
     }
 
+    /// SQLite finds every page and every frame it reads whole.
+    fn assert_intact(conn: &Connection) {
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
     /// The rows, and those whose blob is whole: 3,000 bytes of its commit's
     /// fill (ids 1 to 12 the first, 13 to 24 the second, ...).
     const WHOLE_ROWS: &str = "SELECT count(*), sum(length(b) = 3000
@@ -148,10 +156,7 @@ mod tests {
                 (i64::from(commit) * 12, i64::from(commit) * 12)
             );
         }
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&reader);
     }
 
     #[test]
@@ -179,10 +184,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows, 450);
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&reader);
     }
 
     #[test]
@@ -208,9 +210,6 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
             .unwrap();
         assert_eq!(events, 200);
-        let check: String = plain
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_intact(&plain);
     }
 }

@@ -40,6 +40,11 @@
 //! run keeps its own copy of each answer: the script thread's memory budget
 //! counts what the thread allocates and frees, so memory made elsewhere must
 //! not be freed there (see `crate::script::memory`).
+//!
+//! A script's last statement may leave its effect to the run
+//! ([`RunEffects::call_last`], `crate::script::last_effect`): the script
+//! thread starts it and goes on, and the run's task awaits and records it
+//! ([`RunEffects::finish_last`]), on the runtime, as the thread would have.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,6 +252,43 @@ pub trait EffectObserver: Send + Sync {
     }
 }
 
+/// An effect's task on the runtime, answering with the effect's answer.
+type EffectTask = tokio::task::JoinHandle<Result<Value, EffectError>>;
+
+/// A call of the script, once checked and numbered.
+enum Begun {
+    /// Answered by an earlier attempt's record.
+    Replayed(EffectRecord),
+    /// To be performed: its task, or why it was not started.
+    Started(Started),
+}
+
+/// A call whose effect was started (or refused at its start).
+struct Started {
+    call: CallStart,
+    task: Result<EffectTask, EffectError>,
+}
+
+/// What the record of a performed call keeps of its start.
+struct CallStart {
+    seq: u32,
+    name: String,
+    redacted_args: Value,
+    in_doubt: bool,
+    started_at: DateTime<Utc>,
+    started: Instant,
+}
+
+/// The script's last effect ([`RunEffects::call_last`]).
+enum Last {
+    /// Not called yet.
+    Open,
+    /// Started and left to the run's task.
+    Running(Started),
+    /// The run's task took it (or found none): the script waits for its own.
+    Finished,
+}
+
 /// The effect side of one run attempt.
 pub struct RunEffects {
     context: EffectContext,
@@ -269,6 +311,8 @@ pub struct RunEffects {
     /// Effects' answers as made on the runtime's threads, kept to be freed
     /// there ([`RunEffects::release_answers`]) and not on the script thread.
     made_elsewhere: Mutex<Vec<Result<Value, EffectError>>>,
+    /// The script's last effect, when it left it running.
+    last: Mutex<Last>,
 }
 
 impl RunEffects {
@@ -293,6 +337,7 @@ impl RunEffects {
             limits: OutputLimits::default(),
             effects_exhausted: AtomicBool::new(false),
             made_elsewhere: Mutex::default(),
+            last: Mutex::new(Last::Open),
         }
     }
 
@@ -329,23 +374,103 @@ impl RunEffects {
 
     /// Performs one effect for the script. Blocks the calling (sandbox) thread.
     pub fn call(&self, name: &str, args: Value) -> Result<Value, EffectError> {
+        match self.begin(name, args)? {
+            Begun::Replayed(earlier) => self.finish(earlier),
+            Begun::Started(started) => self.wait_here(started),
+        }
+    }
+
+    /// Performs the script's last effect (its last statement calls it): as
+    /// [`RunEffects::call`], but once the effect is started the script
+    /// thread goes on without its answer (`Ok(None)`): the script has nothing
+    /// left to do with it, and the run's task waits for it instead
+    /// ([`RunEffects::finish_last`]), so the thread is free for the next run
+    /// meanwhile. An answer known at once (a replay, a refusal) comes back
+    /// as from `call`; so does every answer once `finish_last` was called
+    /// (a script still running after its run stopped waiting for it).
+    pub fn call_last(&self, name: &str, args: Value) -> Result<Option<Value>, EffectError> {
+        let started = match self.begin(name, args)? {
+            Begun::Replayed(earlier) => return self.finish(earlier).map(Some),
+            Begun::Started(started) => started,
+        };
+        let mut last = self.last.lock();
+        if matches!(*last, Last::Open) && started.task.is_ok() {
+            *last = Last::Running(started);
+            return Ok(None);
+        }
+        drop(last);
+        self.wait_here(started).map(Some)
+    }
+
+    /// Waits for the effect [`RunEffects::call_last`] left running, and
+    /// records it as `call` would have: on the runtime, once the script is
+    /// over (or its run stopped waiting for it). `None` when the script left
+    /// none; from then on a last effect is waited for by the script thread.
+    /// What the script would have got is the answer: its last statement's value.
+    pub async fn finish_last(&self) -> Option<Result<Value, EffectError>> {
+        let Last::Running(started) = std::mem::replace(&mut *self.last.lock(), Last::Finished)
+        else {
+            return None;
+        };
+        let answer = match started.task {
+            Ok(task) => joined(&started.call.name, task.await),
+            Err(error) => Err(error),
+        };
+        Some(self.complete(started.call, answer))
+    }
+
+    /// The checks, the replay and the start mark of a call; then the
+    /// effect's task on the runtime, or why it was not started.
+    fn begin(&self, name: &str, args: Value) -> Result<Begun, EffectError> {
         self.check_room(name)?;
         self.check_capability(name, &args)?;
         let seq = self.next_seq();
         let redacted_args = redact(&args);
         if let Some(earlier) = self.replayed(seq, name, &redacted_args) {
-            return self.finish(earlier);
+            return Ok(Begun::Replayed(earlier));
         }
         let saved = self.wait_saved(name);
         let in_doubt = self.was_in_doubt(seq, name, &redacted_args);
         let started_at = Utc::now();
         let started = Instant::now();
         let marked = saved.and_then(|()| self.mark_started(seq, name, &redacted_args, started_at));
-        let result = match marked {
-            Ok(mark) => self.perform(EffectRequest::new(name, args), mark),
+        let task = marked.and_then(|mark| self.perform(EffectRequest::new(name, args), mark));
+        let call = CallStart {
+            seq,
+            name: name.to_string(),
+            redacted_args,
+            in_doubt,
+            started_at,
+            started,
+        };
+        Ok(Begun::Started(Started { call, task }))
+    }
+
+    /// Waits for a started effect on this (script) thread and records it.
+    fn wait_here(&self, started: Started) -> Result<Value, EffectError> {
+        let answer = match started.task {
+            Ok(task) => {
+                let made = joined(&started.call.name, self.runtime.block_on(task));
+                // The copy is the run's (its thread allocates it); the answer
+                // made on the runtime's threads is kept until the run is over
+                // and freed there, without a task (and a wake-up of the
+                // runtime) per effect.
+                let copy = made.clone();
+                self.made_elsewhere.lock().push(made);
+                copy
+            }
             Err(error) => Err(error),
         };
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.complete(started.call, answer)
+    }
+
+    /// Records a started effect's answer and gives it as the script gets it.
+    fn complete(
+        &self,
+        call: CallStart,
+        result: Result<Value, EffectError>,
+    ) -> Result<Value, EffectError> {
+        let latency_ms = call.started.elapsed().as_secs_f64() * 1000.0;
         // The script's answer: the unredacted one when redaction changed it,
         // else the answer itself, equal to the record's (not a third copy).
         let (result, unredacted, answer) = match result {
@@ -358,19 +483,19 @@ impl RunEffects {
             }
             Err(error) => (Err(redact_error(error)), None, None),
         };
+        metrics::histogram!("zoomwire_effect_seconds", "effect" => EffectName::metric_label(&call.name))
+            .record(latency_ms / 1000.0);
         let record = EffectRecord {
-            seq,
-            name: name.to_string(),
-            args: redacted_args,
+            seq: call.seq,
+            name: call.name,
+            args: call.redacted_args,
             result,
             unredacted,
-            started_at,
+            started_at: call.started_at,
             latency_ms,
             replayed: false,
-            in_doubt,
+            in_doubt: call.in_doubt,
         };
-        metrics::histogram!("zoomwire_effect_seconds", "effect" => EffectName::metric_label(name))
-            .record(started.elapsed().as_secs_f64());
         self.finish_answering(record, answer)
     }
 
@@ -410,23 +535,22 @@ impl RunEffects {
             .is_some_and(|e| e.in_doubt && e.name == name && e.args == *redacted_args)
     }
 
-    /// Performs the request on the runtime's threads, after its start
-    /// `mark` is saved if one is given and its event committed, waiting at most until the run's
-    /// deadline, and answers with a copy made on this thread.
+    /// Starts the request on the runtime's threads, after its start `mark`
+    /// is saved if one is given and its event committed, to end at the
+    /// latest at the run's deadline.
     fn perform(
         &self,
         request: EffectRequest,
         mark: Option<StartMark>,
-    ) -> Result<Value, EffectError> {
-        let name = request.name.clone();
+    ) -> Result<EffectTask, EffectError> {
         if Instant::now() >= self.context.deadline {
-            return Err(timeout_error(&name));
+            return Err(timeout_error(&request.name));
         }
         let (effects, context) = (self.effects.clone(), self.context.clone());
         let event_commit = self.event_commit.clone();
         // One task for the mark, the event's commit and the effect: the
         // script thread is woken once, with the answer.
-        let task = self.runtime.spawn(async move {
+        Ok(self.runtime.spawn(async move {
             // The mark first (queued when first polled): the one writer
             // commits it after the event, and resolves the event's commit
             // before answering it, so the second wait is then already over.
@@ -446,26 +570,7 @@ impl RunEffects {
             tokio::time::timeout_at(deadline, effects.perform(&context, &request))
                 .await
                 .unwrap_or_else(|_elapsed| Err(timeout_error(&request.name)))
-        });
-        let answer = match self.runtime.block_on(task) {
-            Ok(answer) => answer,
-            // A bug in an effect fails the run as if it had happened here.
-            Err(join_error) if join_error.is_panic() => {
-                std::panic::resume_unwind(join_error.into_panic())
-            }
-            Err(_cancelled) => {
-                return Err(EffectError::transient(
-                    &name,
-                    "the runtime stopped while performing this effect",
-                ));
-            }
-        };
-        // The copy is the run's (its thread allocates it); the answer made on
-        // the runtime's threads is kept until the run is over and freed there,
-        // without a task (and a wake-up of the runtime) per effect.
-        let copy = answer.clone();
-        self.made_elsewhere.lock().push(answer);
-        copy
+        }))
     }
 
     /// Frees the effects' answers as made on the runtime's threads: call it
@@ -725,6 +830,24 @@ impl RunEffects {
             });
         }
         lines
+    }
+}
+
+/// An effect task's answer; a bug in the effect (a panic) fails the run
+/// as if it had happened where the task is awaited.
+fn joined(
+    effect: &str,
+    joined: Result<Result<Value, EffectError>, tokio::task::JoinError>,
+) -> Result<Value, EffectError> {
+    match joined {
+        Ok(answer) => answer,
+        Err(join_error) if join_error.is_panic() => {
+            std::panic::resume_unwind(join_error.into_panic())
+        }
+        Err(_cancelled) => Err(EffectError::transient(
+            effect,
+            "the runtime stopped while performing this effect",
+        )),
     }
 }
 

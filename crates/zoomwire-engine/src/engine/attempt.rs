@@ -26,7 +26,7 @@ use crate::effects::redact::{redact, redact_text};
 use crate::effects::{EffectContext, Effects, ZoomAccountRef};
 use crate::event::Event;
 use crate::rules::{Rule, RuleSet};
-use crate::script::{ScriptError, ScriptJob, ScriptPool};
+use crate::script::{ScriptError, ScriptJob, ScriptPool, last_effect};
 
 /// How a run waits before its next attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,10 +197,12 @@ impl Runner {
             meta: run_meta(event, record),
             vars: self.vars.clone(),
             effects: effects.clone(),
+            last_effect: rule.action.last_effect,
             deadline,
             cancel: stops.cancel.flag().clone(),
         };
         let result = thread.run(job).await;
+        let result = last_effect::finish(result, &effects, rule_set.sandbox()).await;
         effects.release_answers();
         (result, effects)
     }
@@ -317,6 +319,162 @@ fn log_outcome(rule: &Rule, record: &RunRecord, started: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::effects::{EffectError, EffectRequest};
+    use crate::engine::executor::new_record;
+    use crate::journal::memory::MemoryJournal;
+    use crate::rules::RuleSources;
+    use crate::rules::compile::load_rule_set;
+    use crate::script::SandboxLimits;
+    use futures_util::future::BoxFuture;
+    use serde_json::{Value, json};
+    use tokio::sync::{Notify, Semaphore};
+
+    /// Slack posts that answer (`answer`, or an error when it is `None`)
+    /// only as the test lets them (`gate`), telling it when one started.
+    struct HeldPosts {
+        started: Notify,
+        gate: Semaphore,
+        answer: Option<Value>,
+    }
+
+    impl HeldPosts {
+        fn new(answer: Option<Value>, open: bool) -> Arc<HeldPosts> {
+            let permits = if open { Semaphore::MAX_PERMITS } else { 0 };
+            Arc::new(HeldPosts {
+                started: Notify::new(),
+                gate: Semaphore::new(permits),
+                answer,
+            })
+        }
+    }
+
+    impl Effects for HeldPosts {
+        fn perform<'a>(
+            &'a self,
+            _context: &'a EffectContext,
+            request: &'a EffectRequest,
+        ) -> BoxFuture<'a, Result<Value, EffectError>> {
+            Box::pin(async move {
+                self.started.notify_one();
+                self.gate.acquire().await.unwrap().forget();
+                self.answer
+                    .clone()
+                    .ok_or_else(|| EffectError::permanent(&request.name, "channel_not_found"))
+            })
+        }
+    }
+
+    /// A runner of these rules on ONE script thread.
+    fn runner(
+        rules: &str,
+        effects: Arc<HeldPosts>,
+    ) -> (Arc<Runner>, Arc<RuleSet>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.path().join("rules.yaml")],
+            scripts_dir: dir.path().join("scripts"),
+        };
+        let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
+        let runner = Runner {
+            journal: Arc::new(MemoryJournal::default()),
+            effects,
+            pool: Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            vars: Dynamic::from_map(rhai::Map::new()),
+            retry_waits: RetryWaits::Skipped,
+        };
+        (Arc::new(runner), rule_set, dir)
+    }
+
+    /// Runs `rule` for one event, in a task of its own; its final record.
+    fn run(
+        runner: &Arc<Runner>,
+        rule_set: &Arc<RuleSet>,
+        rule: &str,
+    ) -> tokio::task::JoinHandle<RunRecord> {
+        let (runner, rule_set) = (runner.clone(), rule_set.clone());
+        let rule = rule_set.rule(rule).unwrap().clone();
+        tokio::spawn(async move {
+            let body = json!({"event": "a.b", "event_ts": 1, "payload": {"n": 7}});
+            let event = Event::from_value(&body, crate::event::Source::Test).unwrap();
+            let run = Run {
+                rule_set: &rule_set,
+                rule: &rule,
+                event: &event,
+                record: new_record(&rule, &event, None),
+                replay: Vec::new(),
+                cancel: &CancelFlag::default(),
+                commit: &EventCommit::committed(),
+            };
+            let finished = runner.execute(run).await.unwrap();
+            finished.saved().await
+        })
+    }
+
+    const POSTS_LAST: &str = "- name: posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        let text = `run ${event.payload.n}`;\n    slack::post(\"#a\", text);\n\
+        - name: posts-and-keeps\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        let answer = slack::post(\"#a\", `run ${event.payload.n}`);\n    answer\n\
+        - name: adds\n  on: a.b\n  do: \"40 + 2\"\n";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_script_ending_with_a_post_frees_its_thread_before_the_answer() {
+        let answer = json!({"ok": true, "channel": "C1", "ts": "1.2"});
+        let effects = HeldPosts::new(Some(answer.clone()), false);
+        let (runner, rule_set, _dir) = runner(POSTS_LAST, effects.clone());
+        let posting = run(&runner, &rule_set, "posts");
+        effects.started.notified().await;
+        // The post is held; the one script thread runs another run meanwhile.
+        let adding = run(&runner, &rule_set, "adds");
+        let added = tokio::time::timeout(Duration::from_secs(5), adding).await;
+        let added = added.expect("the script thread was free").unwrap();
+        assert_eq!(added.output, Some(json!(42)));
+        assert!(!posting.is_finished(), "the run waits for its post");
+        effects.gate.add_permits(1);
+        let posted = posting.await.unwrap();
+        assert_eq!(posted.status, RunStatus::Succeeded, "{:?}", posted.error);
+        assert_eq!(
+            posted.output,
+            Some(answer.clone()),
+            "the last statement's value"
+        );
+        assert_eq!(posted.effects.len(), 1);
+        assert_eq!(posted.effects[0].args["text"], "run 7");
+        assert_eq!(posted.effects[0].result, Ok(answer));
+    }
+
+    /// A run's effect records without their times.
+    fn timeless(record: &RunRecord) -> Vec<EffectRecord> {
+        let mut effects = record.effects.clone();
+        for effect in &mut effects {
+            (effect.started_at, effect.latency_ms) = (chrono::DateTime::UNIX_EPOCH, 0.0);
+        }
+        effects
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_post_left_to_the_run_ends_it_as_a_post_waited_for() {
+        for answer in [
+            Some(json!({"ok": true, "channel": "C1", "ts": "1.2"})),
+            None,
+        ] {
+            let effects = HeldPosts::new(answer.clone(), true);
+            let (runner, rule_set, _dir) = runner(POSTS_LAST, effects);
+            let left = run(&runner, &rule_set, "posts").await.unwrap();
+            let waited = run(&runner, &rule_set, "posts-and-keeps").await.unwrap();
+            assert_eq!(left.status, waited.status);
+            assert_eq!(left.error, waited.error);
+            assert_eq!(left.output, waited.output);
+            assert_eq!(timeless(&left), timeless(&waited));
+            match answer {
+                Some(answer) => assert_eq!(left.output, Some(answer)),
+                None => {
+                    assert_eq!(left.status, RunStatus::Failed);
+                    assert!(left.error.as_ref().unwrap().contains("channel_not_found"));
+                }
+            }
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_wait_before_a_retry_lasts_the_backoff() {

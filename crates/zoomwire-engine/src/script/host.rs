@@ -12,12 +12,16 @@
 //! breaks the size limits fails the run instead of being copied out in full.
 //! Conditions get the pure functions only (`zoom::uuid`).
 
-use rhai::{Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module};
+use rhai::{
+    Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, Module,
+    NativeCallContext,
+};
 use serde_json::{Value, json};
 
-use super::run::{EFFECTS_TOKEN, current_effects, note_thrown, terminate};
+use super::run::{EFFECTS_TOKEN, current_effects, is_last_effect, note_thrown, terminate};
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
 use crate::duration::parse_seconds_or_duration;
+use crate::effects::gateway::RunEffects;
 use crate::effects::{EffectError, EffectName};
 
 type HostResult = Result<Dynamic, Box<EvalAltResult>>;
@@ -163,26 +167,27 @@ fn zoom_module(sizes: SizeLimits, with_effects: bool) -> Module {
 fn slack_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     let m = &mut module;
-    effect_fn!(m, "post", move |channel: ImmutableString, text: Dynamic| {
-        perform(
-            EffectName::SlackPost.as_str(),
-            json!({"channel": channel.as_str(), "text": text_of(&text, &sizes)?}),
-        )
+    effect_fn!(m, "post", move |context: NativeCallContext,
+                                channel: ImmutableString,
+                                text: Dynamic| {
+        let args = json!({"channel": channel.as_str(), "text": text_of(&text, &sizes)?});
+        perform_maybe_last(&context, EffectName::SlackPost.as_str(), args)
     });
-    effect_fn!(m, "post", move |message: Map| {
+    effect_fn!(m, "post", move |context: NativeCallContext,
+                                message: Map| {
         let message = arg(&message.into(), &sizes, "message")?;
-        perform(EffectName::SlackPost.as_str(), message)
+        perform_maybe_last(&context, EffectName::SlackPost.as_str(), message)
     });
     effect_fn!(
         m,
         "webhook",
-        move |name: ImmutableString, message: Dynamic| {
+        move |context: NativeCallContext, name: ImmutableString, message: Dynamic| {
             let args = if message.is_map() {
                 json!({"name": name.as_str(), "payload": arg(&message, &sizes, "payload")?})
             } else {
                 json!({"name": name.as_str(), "text": text_of(&message, &sizes)?})
             };
-            perform(EffectName::SlackWebhook.as_str(), args)
+            perform_maybe_last(&context, EffectName::SlackWebhook.as_str(), args)
         }
     );
     module
@@ -190,10 +195,14 @@ fn slack_module(sizes: SizeLimits) -> Module {
 
 fn email_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
-    effect_fn!(&mut module, "send", move |message: Map| {
-        let message = arg(&message.into(), &sizes, "message")?;
-        perform(EffectName::EmailSend.as_str(), message)
-    });
+    effect_fn!(
+        &mut module,
+        "send",
+        move |context: NativeCallContext, message: Map| {
+            let message = arg(&message.into(), &sizes, "message")?;
+            perform_maybe_last(&context, EffectName::EmailSend.as_str(), message)
+        }
+    );
     module
 }
 
@@ -255,8 +264,34 @@ fn now() -> HostResult {
 /// Performs one effect for the current run, throwing its error into the script.
 fn perform(effect: &str, args: Value) -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
-    match effects.call(effect, args) {
-        Ok(answer) => from_json(&answer).map_err(|message| runtime(format!("{effect}: {message}"))),
+    let result = effects.call(effect, args).map(Some);
+    script_answer(&effects, effect, result)
+}
+
+/// As [`perform`], but when this call is the script's last statement the
+/// script ends without waiting for the answer (see [`super::last_effect`]).
+fn perform_maybe_last(context: &NativeCallContext, effect: &str, args: Value) -> HostResult {
+    let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
+    let result = if is_last_effect(context) {
+        effects.call_last(effect, args)
+    } else {
+        effects.call(effect, args).map(Some)
+    };
+    script_answer(&effects, effect, result)
+}
+
+/// What the script gets for an effect call: its answer (unit when left to
+/// the run), or its error thrown.
+fn script_answer(
+    effects: &RunEffects,
+    effect: &str,
+    result: Result<Option<Value>, EffectError>,
+) -> HostResult {
+    match result {
+        Ok(None) => Ok(Dynamic::UNIT),
+        Ok(Some(answer)) => {
+            from_json(&answer).map_err(|message| runtime(format!("{effect}: {message}")))
+        }
         Err(_) if effects.effects_exhausted() => Err(end_run(EFFECTS_TOKEN)),
         Err(error) => {
             let thrown = effect_error_value(&error);

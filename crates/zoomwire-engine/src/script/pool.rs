@@ -60,6 +60,9 @@ pub struct ScriptJob {
     pub meta: Dynamic,
     pub vars: Dynamic,
     pub effects: Arc<RunEffects>,
+    /// The script's last statement, when it calls an effect left to the
+    /// run: its caller then awaits [`super::last_effect::finish`].
+    pub last_effect: Option<rhai::Position>,
     /// The whole run's wall-clock deadline.
     pub deadline: Instant,
     /// Set by the caller to stop the run at its next check.
@@ -378,12 +381,15 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
     let limits = job.sandbox.limits();
     let evaluation = Evaluation::script(work.timeout, limits);
     let _budget = enter_budget(limits.max_memory);
-    let _run = enter_run(ActiveRun::new(
-        job.deadline,
-        job.cancel.clone(),
-        work.abandoned.clone(),
-        Some(job.effects.clone()),
-    ));
+    let _run = enter_run(
+        ActiveRun::new(
+            job.deadline,
+            job.cancel.clone(),
+            work.abandoned.clone(),
+            Some(job.effects.clone()),
+        )
+        .with_last_effect(job.last_effect),
+    );
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);
     let outcome = ended_early(

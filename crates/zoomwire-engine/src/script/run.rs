@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rhai::Dynamic;
+use rhai::{Dynamic, NativeCallContext, Position};
 
+use super::last_effect::is_the_call;
 use super::memory::budget_exceeded;
 use crate::effects::EffectError;
 use crate::effects::gateway::RunEffects;
@@ -75,6 +76,8 @@ pub(crate) struct ActiveRun {
     last_scan: Instant,
     /// Effect errors thrown into the script, to recognise them if uncaught.
     pub thrown: Vec<EffectError>,
+    /// Where the script's last statement calls an effect left to the run.
+    last_effect: Option<Position>,
 }
 
 impl ActiveRun {
@@ -91,7 +94,15 @@ impl ActiveRun {
             effects,
             thrown: Vec::new(),
             last_scan: Instant::now(),
+            last_effect: None,
         }
+    }
+
+    /// Leaves the effect the script's last statement calls at `last` to the
+    /// run ([`super::last_effect`]).
+    pub(crate) fn with_last_effect(mut self, last: Option<Position>) -> ActiveRun {
+        self.last_effect = last;
+        self
     }
 }
 
@@ -216,6 +227,13 @@ pub(crate) fn take_scan_due() -> bool {
 /// The current run's effects gateway, if a run is active.
 pub(crate) fn current_effects() -> Option<Arc<RunEffects>> {
     ACTIVE_RUN.with(|cell| cell.try_borrow().ok()?.as_ref()?.effects.clone())
+}
+
+/// Whether the host function called in `context` is the current run's last
+/// statement, an effect left to the run ([`super::last_effect`]).
+pub(crate) fn is_last_effect(context: &NativeCallContext) -> bool {
+    let last = ACTIVE_RUN.with(|cell| cell.try_borrow().ok()?.as_ref()?.last_effect);
+    is_the_call(context, last)
 }
 
 /// Remembers an effect error thrown into the script.

@@ -322,9 +322,7 @@ mod tests {
     use crate::effects::{EffectError, EffectRequest};
     use crate::engine::executor::new_record;
     use crate::journal::memory::MemoryJournal;
-    use crate::rules::RuleSources;
-    use crate::rules::compile::load_rule_set;
-    use crate::script::SandboxLimits;
+    use crate::rules::compile::rules_of_yaml;
     use futures_util::future::BoxFuture;
     use serde_json::{Value, json};
     use tokio::sync::{Notify, Semaphore};
@@ -369,13 +367,8 @@ mod tests {
         rules: &str,
         effects: Arc<HeldPosts>,
     ) -> (Arc<Runner>, Arc<RuleSet>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let sources = RuleSources {
-            paths: vec![dir.path().join("rules.yaml")],
-            scripts_dir: dir.path().join("scripts"),
-        };
-        let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
+        let (rule_set, dir) = rules_of_yaml(rules);
+        let rule_set = Arc::new(rule_set);
         let runner = Runner {
             journal: Arc::new(MemoryJournal::default()),
             effects,

@@ -1009,9 +1009,7 @@ mod tests {
     use crate::effects::recorder::RecordingEffects;
     use crate::engine::journal::RunSaving;
     use crate::journal::memory::MemoryJournal;
-    use crate::rules::RuleSources;
-    use crate::rules::compile::load_rule_set;
-    use crate::script::SandboxLimits;
+    use crate::rules::compile::rules_of_yaml;
     use futures_util::future::BoxFuture;
 
     #[test]
@@ -1181,13 +1179,8 @@ mod tests {
         rules: &str,
         journal: CallLog,
     ) -> (Executor, Arc<CallLog>, Arc<RuleSet>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
-        let sources = RuleSources {
-            paths: vec![dir.path().join("rules.yaml")],
-            scripts_dir: dir.path().join("scripts"),
-        };
-        let rule_set = Arc::new(load_rule_set(&sources, &SandboxLimits::default()).unwrap());
+        let (rule_set, dir) = rules_of_yaml(rules);
+        let rule_set = Arc::new(rule_set);
         let journal = Arc::new(journal);
         let executor = Executor::new(
             journal.clone(),

@@ -216,9 +216,7 @@ fn describe_failure(script: &CompiledScript, what: &str, error: &ScriptError) ->
 mod tests {
     use super::*;
     use crate::event::Source;
-    use crate::rules::RuleSources;
-    use crate::rules::compile::load_rule_set;
-    use crate::script::SandboxLimits;
+    use crate::rules::compile::rules_of_yaml;
 
     const RULES: &str = r#"
 - name: long
@@ -248,14 +246,7 @@ mod tests {
 "#;
 
     fn rule_set() -> (RuleSet, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
-        let sources = RuleSources {
-            paths: vec![dir.path().join("rules.yaml")],
-            scripts_dir: dir.path().join("scripts"),
-        };
-        let rules = load_rule_set(&sources, &SandboxLimits::default()).unwrap();
-        (rules, dir)
+        rules_of_yaml(RULES)
     }
 
     fn ended(duration: i64, topic: &str) -> Event {

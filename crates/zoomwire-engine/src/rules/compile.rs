@@ -572,6 +572,20 @@ fn compile_tests(source: &RuleSource, errors: &mut Vec<RuleError>) -> Vec<RuleTe
     tests
 }
 
+/// The rules of one YAML file's text, as the daemon loads them (with the
+/// default limits); the folder holding the file lives as long as the guard.
+#[cfg(test)]
+pub(crate) fn rules_of_yaml(yaml: &str) -> (RuleSet, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), yaml).unwrap();
+    let sources = RuleSources {
+        paths: vec![dir.path().join("rules.yaml")],
+        scripts_dir: dir.path().join("scripts"),
+    };
+    let rules = load_rule_set(&sources, &SandboxLimits::default()).unwrap();
+    (rules, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

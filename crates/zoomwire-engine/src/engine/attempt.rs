@@ -6,7 +6,9 @@
 //! stops at once, even while it waits to retry.
 //!
 //! An attempt's records are written without its effects: the journal was
-//! given each as it completed.
+//! given each as it completed. The effect a script's last statement left
+//! running (`crate::script::last_effect`) is awaited and recorded here, once
+//! the script's thread is free again.
 //!
 //! A run may start before its event's commit (see `executor.rs`): its
 //! effects wait for it, and before anything of the run is recorded (a

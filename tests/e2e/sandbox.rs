@@ -112,7 +112,7 @@ impl Harness {
             meta: self.event.meta(),
             vars: Dynamic::from_map(rhai::Map::from([("team".into(), "ops".into())])),
             effects: effects.clone(),
-            last_effect: None,
+            last_effects: Arc::new([]),
             deadline,
             cancel: Arc::new(AtomicBool::new(false)),
         };

@@ -199,7 +199,7 @@ impl Runner {
             meta: run_meta(event, record),
             vars: self.vars.clone(),
             effects: effects.clone(),
-            last_effect: rule.action.last_effect,
+            last_effects: rule.action.last_effects.clone(),
             deadline,
             cancel: stops.cancel.flag().clone(),
         };
@@ -408,34 +408,35 @@ mod tests {
 
     const POSTS_LAST: &str = "- name: posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
         let text = `run ${event.payload.n}`;\n    slack::post(\"#a\", text);\n\
+        - name: posts-if\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        if event.payload.n > 1 { slack::post(\"#a\", `run ${event.payload.n}`) }\n    \
+        else { log::info(\"small\") }\n\
         - name: posts-and-keeps\n  on: a.b\n  allow: [slack]\n  do: |\n    \
         let answer = slack::post(\"#a\", `run ${event.payload.n}`);\n    answer\n\
         - name: adds\n  on: a.b\n  do: \"40 + 2\"\n";
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_script_ending_with_a_post_frees_its_thread_before_the_answer() {
-        let answer = json!({"ok": true, "channel": "C1", "ts": "1.2"});
-        let effects = HeldPosts::new(Some(answer.clone()), false);
-        let (runner, rule_set, _dir) = runner(POSTS_LAST, effects.clone());
-        let posting = run(&runner, &rule_set, "posts");
-        effects.started.notified().await;
-        // The post is held; the one script thread runs another run meanwhile.
-        let adding = run(&runner, &rule_set, "adds");
-        let added = tokio::time::timeout(Duration::from_secs(5), adding).await;
-        let added = added.expect("the script thread was free").unwrap();
-        assert_eq!(added.output, Some(json!(42)));
-        assert!(!posting.is_finished(), "the run waits for its post");
-        effects.gate.add_permits(1);
-        let posted = posting.await.unwrap();
-        assert_eq!(posted.status, RunStatus::Succeeded, "{:?}", posted.error);
-        assert_eq!(
-            posted.output,
-            Some(answer.clone()),
-            "the last statement's value"
-        );
-        assert_eq!(posted.effects.len(), 1);
-        assert_eq!(posted.effects[0].args["text"], "run 7");
-        assert_eq!(posted.effects[0].result, Ok(answer));
+        for rule in ["posts", "posts-if"] {
+            let answer = json!({"ok": true, "channel": "C1", "ts": "1.2"});
+            let effects = HeldPosts::new(Some(answer.clone()), false);
+            let (runner, rule_set, _dir) = runner(POSTS_LAST, effects.clone());
+            let posting = run(&runner, &rule_set, rule);
+            effects.started.notified().await;
+            // The post is held; the one script thread runs another run meanwhile.
+            let adding = run(&runner, &rule_set, "adds");
+            let added = tokio::time::timeout(Duration::from_secs(5), adding).await;
+            let added = added.expect("the script thread was free").unwrap();
+            assert_eq!(added.output, Some(json!(42)));
+            assert!(!posting.is_finished(), "{rule}: the run waits for its post");
+            effects.gate.add_permits(1);
+            let posted = posting.await.unwrap();
+            assert_eq!(posted.status, RunStatus::Succeeded, "{:?}", posted.error);
+            assert_eq!(posted.output, Some(answer.clone()), "the script's value");
+            assert_eq!(posted.effects.len(), 1);
+            assert_eq!(posted.effects[0].args["text"], "run 7");
+            assert_eq!(posted.effects[0].result, Ok(answer));
+        }
     }
 
     /// A run's effect records without their times.
@@ -455,12 +456,15 @@ mod tests {
         ] {
             let effects = HeldPosts::new(answer.clone(), true);
             let (runner, rule_set, _dir) = runner(POSTS_LAST, effects);
-            let left = run(&runner, &rule_set, "posts").await.unwrap();
             let waited = run(&runner, &rule_set, "posts-and-keeps").await.unwrap();
-            assert_eq!(left.status, waited.status);
-            assert_eq!(left.error, waited.error);
-            assert_eq!(left.output, waited.output);
-            assert_eq!(timeless(&left), timeless(&waited));
+            let left = run(&runner, &rule_set, "posts").await.unwrap();
+            let left_in_if = run(&runner, &rule_set, "posts-if").await.unwrap();
+            for left in [&left, &left_in_if] {
+                assert_eq!(left.status, waited.status);
+                assert_eq!(left.error, waited.error);
+                assert_eq!(left.output, waited.output);
+                assert_eq!(timeless(left), timeless(&waited));
+            }
             match answer {
                 Some(answer) => assert_eq!(left.output, Some(answer)),
                 None => {

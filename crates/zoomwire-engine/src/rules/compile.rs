@@ -17,7 +17,7 @@ use crate::effects::{Capability, CapabilitySet};
 use crate::rules::yaml::Position;
 use crate::schedule::CronSchedule;
 use crate::script::event_paths::EventPaths;
-use crate::script::last_effect::last_effect;
+use crate::script::last_effect::last_effects;
 use crate::script::{Sandbox, SandboxLimits, ScriptModules};
 
 /// Default `max_runs`.
@@ -330,7 +330,7 @@ fn compile_expression(
             ast: Arc::new(ast),
             origin,
             event_paths: Arc::new(EventPaths::Whole),
-            last_effect: None,
+            last_effects: Arc::new([]),
         }),
         Err(error) => {
             errors.push(RuleError {
@@ -382,7 +382,7 @@ fn compile_action(
         Ok(ast) => (
             Some(CompiledScript {
                 event_paths: Arc::new(EventPaths::of_script(&ast)),
-                last_effect: last_effect(&ast),
+                last_effects: last_effects(&ast),
                 ast: Arc::new(ast),
                 origin,
             }),

@@ -290,7 +290,7 @@ mod tests {
         let script = CompiledScript {
             ast: Arc::new(sandbox.compile_script(source).unwrap()),
             event_paths: Arc::new(crate::script::event_paths::EventPaths::Whole),
-            last_effect: None,
+            last_effects: Arc::new([]),
             origin: ScriptOrigin {
                 path: PathBuf::from("rules/r.yaml"),
                 start: Position {

@@ -84,9 +84,9 @@ pub struct CompiledScript {
     pub origin: ScriptOrigin,
     /// What of the event a script reads (all of it for an expression).
     pub event_paths: Arc<crate::script::event_paths::EventPaths>,
-    /// Where a script's last statement calls an effect it need not wait for
-    /// (`None` for an expression); see [`crate::script::last_effect`].
-    pub last_effect: Option<rhai::Position>,
+    /// Where the calls of effects a script need not wait for, ending it,
+    /// are (none for an expression); see [`crate::script::last_effect`].
+    pub last_effects: crate::script::last_effect::LastEffects,
 }
 
 /// What makes a rule fire.

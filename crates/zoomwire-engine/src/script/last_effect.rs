@@ -6,21 +6,24 @@
 //! run meanwhile, and a run costs one sleep and one wake-up of a script
 //! thread fewer (the wait for the answer and the wake-up with it).
 //!
-//! Nothing the script can see changes: the call is the last statement, so
+//! Nothing the script can see changes: the call ends the script, so
 //! nothing runs after it; its answer is what the script's value would have
-//! been (a Rhai script's value is its last statement's); its error fails
-//! the run as the same uncaught error would have. Only effects whose
+//! been (a Rhai script's value is its last statement's, an `if`'s that of
+//! the branch taken); its error fails the run as the same uncaught error
+//! would have. Only effects whose
 //! answers the engine builds, small and of a known shape, are left to the
 //! run ([`LEFT_TO_THE_RUN`]): a large answer (an HTTP body, a Zoom listing)
 //! must count against the script thread's memory budget, as it does when
 //! the script gets it.
 //!
-//! The call is found by its position: the last top-level statement's
-//! ([`last_effect`], at compile time), matched by the host function against
-//! the position Rhai gives it, at the top level of the script itself (not
-//! in a function or a module, where positions are of other text).
+//! The call is found by its position: the last top-level statement's, or
+//! the last statement's of a branch of a last `if` ([`last_effects`], at
+//! compile time), matched by the host function against the position Rhai
+//! gives it, in the script itself (not in a function or a module, where
+//! positions are of other text).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use rhai::{AST, Dynamic, Expr, FnCallExpr, NativeCallContext, Position, Stmt};
@@ -35,17 +38,37 @@ use crate::effects::gateway::RunEffects;
 const LEFT_TO_THE_RUN: [(&str, &str); 3] =
     [("slack", "post"), ("slack", "webhook"), ("email", "send")];
 
-/// The position of the script's last statement when it is a call of an
-/// effect [`LEFT_TO_THE_RUN`].
-pub fn last_effect(ast: &AST) -> Option<Position> {
-    let (call, position) = match ast.statements().last()? {
-        Stmt::FnCall(call, position) => (call.as_ref(), *position),
-        Stmt::Expr(expr) => match expr.as_ref() {
-            Expr::FnCall(call, position) => (call.as_ref(), *position),
-            _ => return None,
-        },
-        _ => return None,
-    };
+/// Where the calls the script may end with are, for [`is_the_call`].
+pub type LastEffects = Arc<[Position]>;
+
+/// The positions of the calls of effects [`LEFT_TO_THE_RUN`] that end the
+/// script: its last statement, or the last statement of either branch of
+/// a last `if` (or of a last block), at any depth. Only one of them runs,
+/// and nothing after it.
+pub fn last_effects(ast: &AST) -> LastEffects {
+    let mut found = Vec::new();
+    ends_of(ast.statements(), &mut found);
+    found.into()
+}
+
+fn ends_of(statements: &[Stmt], found: &mut Vec<Position>) {
+    match statements.last() {
+        Some(Stmt::FnCall(call, position)) => found.extend(left_to_the_run(call, *position)),
+        Some(Stmt::Expr(expr)) => {
+            if let Expr::FnCall(call, position) = expr.as_ref() {
+                found.extend(left_to_the_run(call, *position));
+            }
+        }
+        Some(Stmt::If(flow, _)) => {
+            ends_of(flow.body.statements(), found);
+            ends_of(flow.branch.statements(), found);
+        }
+        Some(Stmt::Block(block)) => ends_of(block.statements(), found),
+        _ => {}
+    }
+}
+
+fn left_to_the_run(call: &FnCallExpr, position: Position) -> Option<Position> {
     is_left_to_the_run(call).then_some(position)
 }
 
@@ -58,17 +81,17 @@ fn is_left_to_the_run(call: &FnCallExpr) -> bool {
         .any(|(name, function)| module.name == *name && call.name == *function)
 }
 
-/// Whether the host function called in `context` is the call at `last`:
-/// at the top level of the script itself (where a native function's call
-/// is at level 1: Rhai counts the call itself).
-pub(crate) fn is_the_call(context: &NativeCallContext, last: Option<Position>) -> bool {
-    last == Some(context.call_position())
-        && context.call_level() == 1
+/// Whether the host function called in `context` is one of the calls at
+/// `last`: in the script itself, outside any function (where a native
+/// function's call is at level 1: Rhai counts the call itself).
+pub(crate) fn is_the_call(context: &NativeCallContext, last: &[Position]) -> bool {
+    context.call_level() == 1
         && context.call_source().is_none()
+        && last.contains(&context.call_position())
 }
 
-/// The script's result once the effect its last statement left running (if
-/// it did) is over and recorded: that effect's answer, converted and
+/// The script's result once the effect it ended with left running (if it
+/// did) is over and recorded: that effect's answer, converted and
 /// bounded as the script's own value is, or its error. A script that
 /// failed after starting it fails as it did; the effect is recorded all
 /// the same. Call it on the runtime once the script thread answered (or the
@@ -104,8 +127,14 @@ mod tests {
     use super::*;
 
     fn last_of(script: &str) -> Option<Position> {
+        let found = ends_of_script(script);
+        assert!(found.len() <= 1, "{found:?}");
+        found.first().copied()
+    }
+
+    fn ends_of_script(script: &str) -> Vec<Position> {
         let sandbox = Sandbox::new(Default::default(), super::super::ScriptModules::empty());
-        last_effect(&sandbox.compile_script(script).unwrap())
+        last_effects(&sandbox.compile_script(script).unwrap()).to_vec()
     }
 
     #[test]
@@ -125,6 +154,18 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_posts_that_end_a_last_if_in_each_branch() {
+        let script = "let n = event.payload.n;\n\
+            if n > 10 {\n  slack::post(\"#a\", \"big\")\n} \
+            else if n > 1 {\n  log::info(\"mid\");\n  { email::send(#{to: \"a@b.c\"}) }\n} \
+            else {\n  log::info(\"small\")\n}";
+        assert_eq!(
+            ends_of_script(script),
+            [Position::new(3, 10), Position::new(6, 12)]
+        );
+    }
+
+    #[test]
     fn leaves_every_other_script_to_wait_for_its_answers() {
         for script in [
             // Something runs after it, or uses its answer.
@@ -132,7 +173,8 @@ mod tests {
             "let r = slack::post(\"#a\", \"x\");",
             "slack::post(\"#a\", \"x\").ts",
             // Not the top level.
-            "if event.payload.n > 1 { slack::post(\"#a\", \"x\") }",
+            "if event.payload.n > 1 { slack::post(\"#a\", \"x\") }\nlog::info(\"x\")",
+            "while event.payload.n > 1 { slack::post(\"#a\", \"x\"); break; }",
             "fn tell() { slack::post(\"#a\", \"x\") }\ntell()",
             "try { slack::post(\"#a\", \"x\") } catch (e) { log::warn(e.message) }",
             // Answers the script's thread must hold (and count) itself.

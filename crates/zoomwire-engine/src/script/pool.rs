@@ -60,9 +60,9 @@ pub struct ScriptJob {
     pub meta: Dynamic,
     pub vars: Dynamic,
     pub effects: Arc<RunEffects>,
-    /// The script's last statement, when it calls an effect left to the
-    /// run: its caller then awaits [`super::last_effect::finish`].
-    pub last_effect: Option<rhai::Position>,
+    /// The calls of effects left to the run that may end the script: its
+    /// caller then awaits [`super::last_effect::finish`].
+    pub last_effects: super::last_effect::LastEffects,
     /// The whole run's wall-clock deadline.
     pub deadline: Instant,
     /// Set by the caller to stop the run at its next check.
@@ -388,7 +388,7 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
             work.abandoned.clone(),
             Some(job.effects.clone()),
         )
-        .with_last_effect(job.last_effect),
+        .with_last_effects(job.last_effects.clone()),
     );
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, NativeCallContext, Position};
+use rhai::{Dynamic, NativeCallContext};
 
-use super::last_effect::is_the_call;
+use super::last_effect::{LastEffects, is_the_call};
 use super::memory::budget_exceeded;
 use crate::effects::EffectError;
 use crate::effects::gateway::RunEffects;
@@ -76,8 +76,8 @@ pub(crate) struct ActiveRun {
     last_scan: Instant,
     /// Effect errors thrown into the script, to recognise them if uncaught.
     pub thrown: Vec<EffectError>,
-    /// Where the script's last statement calls an effect left to the run.
-    last_effect: Option<Position>,
+    /// The calls of effects left to the run that may end the script.
+    last_effects: LastEffects,
 }
 
 impl ActiveRun {
@@ -94,14 +94,14 @@ impl ActiveRun {
             effects,
             thrown: Vec::new(),
             last_scan: Instant::now(),
-            last_effect: None,
+            last_effects: Arc::new([]),
         }
     }
 
-    /// Leaves the effect the script's last statement calls at `last` to the
-    /// run ([`super::last_effect`]).
-    pub(crate) fn with_last_effect(mut self, last: Option<Position>) -> ActiveRun {
-        self.last_effect = last;
+    /// Leaves the effect the script ends with to the run, when it is one
+    /// of the calls at `last` ([`super::last_effect`]).
+    pub(crate) fn with_last_effects(mut self, last: LastEffects) -> ActiveRun {
+        self.last_effects = last;
         self
     }
 }
@@ -229,11 +229,14 @@ pub(crate) fn current_effects() -> Option<Arc<RunEffects>> {
     ACTIVE_RUN.with(|cell| cell.try_borrow().ok()?.as_ref()?.effects.clone())
 }
 
-/// Whether the host function called in `context` is the current run's last
-/// statement, an effect left to the run ([`super::last_effect`]).
+/// Whether the host function called in `context` ends the current run's
+/// script, an effect left to the run ([`super::last_effect`]).
 pub(crate) fn is_last_effect(context: &NativeCallContext) -> bool {
-    let last = ACTIVE_RUN.with(|cell| cell.try_borrow().ok()?.as_ref()?.last_effect);
-    is_the_call(context, last)
+    ACTIVE_RUN.with(|cell| {
+        let run = cell.try_borrow();
+        let last = run.as_ref().ok().and_then(|run| run.as_ref());
+        last.is_some_and(|run| is_the_call(context, &run.last_effects))
+    })
 }
 
 /// Remembers an effect error thrown into the script.

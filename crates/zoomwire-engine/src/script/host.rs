@@ -268,8 +268,8 @@ fn perform(effect: &str, args: Value) -> HostResult {
     script_answer(&effects, effect, result)
 }
 
-/// As [`perform`], but when this call is the script's last statement the
-/// script ends without waiting for the answer (see [`super::last_effect`]).
+/// As [`perform`], but when this call ends the script, the script ends
+/// without waiting for the answer (see [`super::last_effect`]).
 fn perform_maybe_last(context: &NativeCallContext, effect: &str, args: Value) -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
     let result = if is_last_effect(context) {

@@ -77,7 +77,7 @@ pub(crate) struct ActiveRun {
     /// Effect errors thrown into the script, to recognise them if uncaught.
     pub thrown: Vec<EffectError>,
     /// The calls of effects left to the run that may end the script.
-    last_effects: LastEffects,
+    last_effects: Option<LastEffects>,
 }
 
 impl ActiveRun {
@@ -94,14 +94,14 @@ impl ActiveRun {
             effects,
             thrown: Vec::new(),
             last_scan: Instant::now(),
-            last_effects: Arc::new([]),
+            last_effects: None,
         }
     }
 
     /// Leaves the effect the script ends with to the run, when it is one
     /// of the calls at `last` ([`super::last_effect`]).
     pub(crate) fn with_last_effects(mut self, last: LastEffects) -> ActiveRun {
-        self.last_effects = last;
+        self.last_effects = Some(last);
         self
     }
 }
@@ -234,8 +234,9 @@ pub(crate) fn current_effects() -> Option<Arc<RunEffects>> {
 pub(crate) fn is_last_effect(context: &NativeCallContext) -> bool {
     ACTIVE_RUN.with(|cell| {
         let run = cell.try_borrow();
-        let last = run.as_ref().ok().and_then(|run| run.as_ref());
-        last.is_some_and(|run| is_the_call(context, &run.last_effects))
+        let run = run.as_ref().ok().and_then(|run| run.as_ref());
+        let last = run.and_then(|run| run.last_effects.as_deref());
+        last.is_some_and(|last| is_the_call(context, last))
     })
 }
 

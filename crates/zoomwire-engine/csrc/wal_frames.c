@@ -42,7 +42,8 @@ typedef struct FrameFile {
   int gathered_size;        /* bytes in it */
   int capacity;             /* bytes allocated */
   sqlite3_int64 gathered_at; /* the file offset of its first byte */
-  int commit_next;          /* the last write was a commit frame's header */
+  int commit_next;          /* the last write was a commit frame's header:
+                               its page ends the commit */
 } FrameFile;
 
 static sqlite3_vfs *unix_vfs;
@@ -63,7 +64,6 @@ static int send_gathered(FrameFile *f) {
   if (f->gathered_size == 0) return SQLITE_OK;
   int size = f->gathered_size;
   f->gathered_size = 0;
-  f->commit_next = 0;
   writes_sent++;
   return f->real->pMethods->xWrite(f->real, f->gathered, size, f->gathered_at);
 }
@@ -122,9 +122,11 @@ static int frame_write(sqlite3_file *file, const void *buf, int amount, sqlite3_
     f->commit_next = is_commit_header(buf);
     return SQLITE_OK;
   }
-  /* The commit frame's page: the commit's frames go to the file now. */
-  if (f->commit_next) return send_gathered(f);
-  return SQLITE_OK;
+  /* The commit frame's page: the commit's frames go to the file now (even
+  ** when its header went out with an earlier, full buffer). */
+  if (!f->commit_next) return SQLITE_OK;
+  f->commit_next = 0;
+  return send_gathered(f);
 }
 
 static int frame_truncate(sqlite3_file *file, sqlite3_int64 size) {

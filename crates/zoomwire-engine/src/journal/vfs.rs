@@ -160,6 +160,31 @@ mod tests {
     }
 
     #[test]
+    fn readers_see_a_commit_whose_last_frame_starts_a_new_write() {
+        // A commit of n frames ends one write's worth of frames at every
+        // frame count: some commit frame's header fits in one write and its
+        // page needs the next, which must still go out with the commit.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boundary.db");
+        let conn = gathering_store(&path, "NORMAL");
+        let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut expected = 0;
+        for rows in 20..=80 {
+            insert_blobs(&conn, rows, rows as u8);
+            expected += rows as i64;
+            let whole: i64 = reader
+                .query_row(
+                    "SELECT count(*) FROM blobs WHERE length(b) = 3000",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(whole, expected, "after a commit of {rows} rows");
+            assert_intact(&reader);
+        }
+    }
+
+    #[test]
     fn a_commit_past_what_one_write_takes_goes_in_several() {
         // SQLite's unix files write at most 128 KiB a call; a commit of
         // ~150 frames (600 KiB) is sent in pieces, each whole.

@@ -108,14 +108,12 @@ mod tests {
     fn a_commits_frames_go_to_the_log_in_one_write() {
         let dir = tempfile::tempdir().unwrap();
         let conn = gathering_store(&dir.path().join("gather.db"), "FULL");
-        let (frames, writes) = frames_and_writes();
+        let (frames_before, writes_before) = frames_and_writes();
         for commit in 0..50 {
             insert_blobs(&conn, 20, commit);
         }
-        let (frames, writes) = (
-            frames_and_writes().0 - frames,
-            frames_and_writes().1 - writes,
-        );
+        let (frames_after, writes_after) = frames_and_writes();
+        let (frames, writes) = (frames_after - frames_before, writes_after - writes_before);
         assert!(frames >= 50 * 20, "a page a row: {frames} frames");
         // One write a commit, and one for the log's header, synced alone.
         assert!(

@@ -164,7 +164,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let result = match tokio::runtime::Runtime::new() {
+    let result = match runtime() {
         Ok(runtime) => runtime.block_on(dispatch(cli.command)),
         Err(error) => Err(CommandError::Other(error.into())),
     };
@@ -175,6 +175,17 @@ fn main() -> ExitCode {
             error.exit_code()
         }
     }
+}
+
+/// The runtime: its threads have a script thread's stack, so that scripts
+/// may run on them (`zoomwire_engine::script::inline`).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    use zoomwire_engine::script::inline;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(inline::RUNTIME_STACK_SIZE)
+        .on_thread_start(inline::runtime_thread_started)
+        .build()
 }
 
 async fn dispatch(command: Command) -> CommandResult {

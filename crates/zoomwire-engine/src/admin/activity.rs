@@ -312,6 +312,10 @@ impl EffectObserver for ObservedJournal {
         self.inner.effect_starting_async(run_id, start)
     }
 
+    fn marks_without_blocking(&self) -> bool {
+        self.inner.marks_without_blocking()
+    }
+
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
         self.inner.effect_completed(run_id, record);
     }

@@ -238,6 +238,13 @@ pub trait EffectObserver: Send + Sync {
         None
     }
 
+    /// Whether marking an effect's start never blocks the calling thread
+    /// (its mark is awaited on the runtime, or costs nothing): then a
+    /// script may start its last effect on a runtime thread.
+    fn marks_without_blocking(&self) -> bool {
+        false
+    }
+
     /// Saves the record before returning.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord);
 
@@ -400,6 +407,26 @@ impl RunEffects {
         }
         drop(last);
         self.wait_here(started).map(Some)
+    }
+
+    /// Whether [`RunEffects::call_last`] of `name` would start the effect
+    /// without blocking the calling thread: as the attempt's first call
+    /// (nothing to replay, no earlier record to wait for), with a start mark
+    /// that does not block. A runtime thread may make only such a call.
+    pub fn begins_without_blocking(&self, name: &str) -> bool {
+        (is_repeatable(name) || self.marks_without_blocking())
+            && self.replay.is_empty()
+            && self.records.lock().is_empty()
+            && self.saving.lock().is_none()
+            && matches!(*self.last.lock(), Last::Open)
+    }
+
+    /// Whether marking an effect's start never blocks (see
+    /// [`EffectObserver::marks_without_blocking`]).
+    pub fn marks_without_blocking(&self) -> bool {
+        self.observer
+            .as_ref()
+            .is_none_or(|observer| observer.marks_without_blocking())
     }
 
     /// Waits for the effect [`RunEffects::call_last`] left running, and

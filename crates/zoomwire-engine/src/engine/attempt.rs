@@ -1,6 +1,8 @@
-//! One run's attempts: each takes a script thread, starts its clock (the
-//! rule's `timeout` covers the script and its effects, not the wait for a
-//! thread), runs the script with the run's effects, and records the outcome.
+//! One run's attempts: each takes a place in the script pool, starts its
+//! clock (the rule's `timeout` covers the script and its effects, not the
+//! wait for a place), runs the script with the run's effects (on this
+//! runtime thread while it can, `crate::script::inline`), and records the
+//! outcome.
 //! A failure caused by a transient effect error is retried after the rule's
 //! backoff, replaying the effects that completed; a cancelled run (`restart`)
 //! stops at once, even while it waits to retry.
@@ -171,7 +173,7 @@ impl Runner {
         Some(Finished { record, saving })
     }
 
-    /// One attempt: waits for a script thread, then starts the clock.
+    /// One attempt: waits for a place in the script pool, then starts the clock.
     async fn run_attempt(
         &self,
         rule_set: &Arc<RuleSet>,
@@ -325,6 +327,7 @@ mod tests {
     use crate::engine::executor::new_record;
     use crate::journal::memory::MemoryJournal;
     use crate::rules::compile::rules_of_yaml;
+    use crate::script::inline;
     use futures_util::future::BoxFuture;
     use serde_json::{Value, json};
     use tokio::sync::{Notify, Semaphore};
@@ -473,6 +476,104 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rules whose scripts must leave a runtime thread: they wait for an
+    /// answer, log, read the clock, run long, or break a limit.
+    const MOVING: &str = "- name: logs-then-posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        log::info(\"hi\");\n    slack::post(\"#a\", \"x\");\n\
+        - name: prints\n  on: a.b\n  do: |\n    print(\"p\");\n    1\n\
+        - name: reads-the-clock\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        let t = now();\n    slack::post(\"#a\", \"t\");\n\
+        - name: runs-long\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        let s = 0;\n    for i in 0..100000 { s += i; }\n    slack::post(\"#a\", `${s}`);\n\
+        - name: loops\n  on: a.b\n  do: \"loop {}\"\n\
+        - name: bombs\n  on: a.b\n  do: |\n    let s = \"ab\";\n    loop { s += s; }\n\
+        - name: recurses\n  on: a.b\n  do: |\n    fn f(n) { f(n + 1) }\n    f(0)\n";
+
+    /// A runtime whose threads scripts may run on, as the daemon's.
+    fn scripts_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_stack_size(inline::RUNTIME_STACK_SIZE)
+            .on_thread_start(inline::runtime_thread_started)
+            .build()
+            .unwrap()
+    }
+
+    /// What a run did, without its times: status, error, output, effects
+    /// (name, arguments, whether they succeeded) and log lines.
+    fn outcome(record: &RunRecord) -> (RunStatus, Option<String>, Option<Value>, Vec<Value>) {
+        let effects = record.effects.iter();
+        let effects = effects.map(|e| json!([e.name, e.args, e.result.is_ok()]));
+        let logs = record.logs.iter().map(|l| json!([l.level, l.message]));
+        let done = effects.chain(logs).collect();
+        (
+            record.status,
+            record.error.clone(),
+            record.output.clone(),
+            done,
+        )
+    }
+
+    /// Runs `rule` once on `runtime`: what it did, and how many jobs went
+    /// to the script thread.
+    fn outcome_on(
+        runtime: &tokio::runtime::Runtime,
+        rules: &str,
+        rule: &str,
+    ) -> (RunRecord, usize) {
+        runtime.block_on(async {
+            let answer = json!({"ok": true, "channel": "C1", "ts": "1.2"});
+            let (runner, rule_set, _dir) = runner(rules, HeldPosts::new(Some(answer), true));
+            let record = run(&runner, &rule_set, rule).await.unwrap();
+            (record, runner.pool.jobs_sent())
+        })
+    }
+
+    #[test]
+    fn runs_on_runtime_threads_end_as_on_a_script_thread_and_move_when_they_must() {
+        let rules = format!("{POSTS_LAST}{MOVING}");
+        let (on_runtime, on_pool) = (scripts_runtime(), tokio::runtime::Runtime::new().unwrap());
+        // Too few operations to read the clock: they cannot run out of time.
+        let staying = ["posts", "posts-if", "adds"];
+        let moving = [
+            "posts-and-keeps",
+            "logs-then-posts",
+            "prints",
+            "reads-the-clock",
+            "runs-long",
+            "loops",
+        ];
+        // A limit broken at once ends the run where it is (unless the thread
+        // was held up past the time a run may stay there).
+        let failing = ["loops", "bombs", "recurses"];
+        for rule in staying.iter().chain(&moving).chain(&["bombs", "recurses"]) {
+            let (inline, sent) = outcome_on(&on_runtime, &rules, rule);
+            let (pooled, pooled_sent) = outcome_on(&on_pool, &rules, rule);
+            assert_eq!(outcome(&inline), outcome(&pooled), "{rule}");
+            assert_eq!(
+                pooled_sent, 1,
+                "{rule}: a plain runtime's threads run no script"
+            );
+            if staying.contains(rule) || moving.contains(rule) {
+                let expected = usize::from(moving.contains(rule));
+                assert_eq!(sent, expected, "{rule}: jobs sent to the script thread");
+            }
+            let failed = failing.contains(rule);
+            assert_eq!(
+                inline.status == RunStatus::Failed,
+                failed,
+                "{rule}: {:?}",
+                inline.error
+            );
+        }
+        // Each effect and log line once, moved or not.
+        let (logged, _) = outcome_on(&on_runtime, &rules, "logs-then-posts");
+        assert_eq!((logged.logs.len(), logged.effects.len()), (1, 1));
+        let (long, _) = outcome_on(&on_runtime, &rules, "runs-long");
+        assert_eq!(long.effects[0].args["text"], "4999950000");
     }
 
     #[tokio::test(start_paused = true)]

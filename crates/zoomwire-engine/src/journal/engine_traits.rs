@@ -74,6 +74,11 @@ impl EffectObserver for SqliteJournal {
         }))
     }
 
+    /// Its marks are awaited on the runtime (`effect_starting_async`).
+    fn marks_without_blocking(&self) -> bool {
+        true
+    }
+
     /// Durable on return: blocks the sandbox thread until the record is committed.
     fn effect_completed(&self, run_id: &str, record: &EffectRecord) {
         // A failed write is logged by the wait; a caller that waits here has no

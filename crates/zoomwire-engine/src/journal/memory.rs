@@ -322,6 +322,10 @@ impl EffectObserver for MemoryJournal {
         Ok(())
     }
 
+    fn marks_without_blocking(&self) -> bool {
+        true
+    }
+
     /// Effects are kept with their run's record, not on their own.
     fn effect_completed(&self, _run_id: &str, _record: &EffectRecord) {}
 }

@@ -18,7 +18,10 @@ use rhai::{
 };
 use serde_json::{Value, json};
 
-use super::run::{EFFECTS_TOKEN, current_effects, is_last_effect, note_thrown, terminate};
+use super::run::{
+    EFFECTS_TOKEN, MOVED_TOKEN, current_effects, is_last_effect, note_thrown, runs_inline,
+    stay_inline, terminate,
+};
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
 use crate::duration::parse_seconds_or_duration;
 use crate::effects::gateway::RunEffects;
@@ -219,6 +222,7 @@ fn log_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     for level in ["info", "warn", "error"] {
         effect_fn!(&mut module, level, move |message: Dynamic| {
+            move_off_runtime()?;
             write_log(level, text_of(&message, &sizes)?);
             Ok::<(), Box<EvalAltResult>>(())
         });
@@ -254,6 +258,7 @@ fn state_module(sizes: SizeLimits) -> Module {
 
 fn now() -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run("now"))?;
+    move_off_runtime()?;
     match effects.now() {
         Ok(now) => Ok(now.to_rfc3339().into()),
         Err(_) if effects.effects_exhausted() => Err(end_run(EFFECTS_TOKEN)),
@@ -264,20 +269,34 @@ fn now() -> HostResult {
 /// Performs one effect for the current run, throwing its error into the script.
 fn perform(effect: &str, args: Value) -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
+    move_off_runtime()?;
     let result = effects.call(effect, args).map(Some);
     script_answer(&effects, effect, result)
 }
 
 /// As [`perform`], but when this call ends the script, the script ends
-/// without waiting for the answer (see [`super::last_effect`]).
+/// without waiting for the answer (see [`super::last_effect`]); on a
+/// runtime thread, such a call that starts without a wait is made there.
 fn perform_maybe_last(context: &NativeCallContext, effect: &str, args: Value) -> HostResult {
     let effects = current_effects().ok_or_else(|| not_in_run(effect))?;
-    let result = if is_last_effect(context) {
-        effects.call_last(effect, args)
-    } else {
-        effects.call(effect, args).map(Some)
-    };
+    let result =
+        if is_last_effect(context) && (!runs_inline() || effects.begins_without_blocking(effect)) {
+            stay_inline();
+            effects.call_last(effect, args)
+        } else {
+            move_off_runtime()?;
+            effects.call(effect, args).map(Some)
+        };
     script_answer(&effects, effect, result)
+}
+
+/// Ends a run executing on a runtime thread before it waits or leaves a
+/// trace, to run again from its start on a script thread ([`super::inline`]).
+fn move_off_runtime() -> Result<(), Box<EvalAltResult>> {
+    if runs_inline() {
+        return Err(end_run(MOVED_TOKEN));
+    }
+    Ok(())
 }
 
 /// What the script gets for an effect call: its answer (unit when left to
@@ -383,6 +402,10 @@ fn text_of(value: &Dynamic, sizes: &SizeLimits) -> Result<String, Box<EvalAltRes
 }
 
 fn write_log(level: &str, mut message: String) {
+    // `print` cannot fail: the run ends at its next operation instead.
+    if move_off_runtime().is_err() {
+        return;
+    }
     if let Some((cut, _)) = message.char_indices().nth(MAX_LOG_CHARS) {
         message.truncate(cut);
         message.push_str("...");

@@ -21,6 +21,7 @@ mod error;
 pub mod event_paths;
 mod guards;
 mod host;
+pub mod inline;
 pub mod last_effect;
 pub mod limits;
 mod memory;

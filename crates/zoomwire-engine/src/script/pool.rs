@@ -6,7 +6,10 @@
 //!
 //! Scripts block (an effect waits on the runtime) and recurse (Rhai evaluates
 //! by recursion, and a deep value is cloned and dropped by recursion), so they
-//! never run on the async reactor and never on a default-sized stack. A job
+//! never run on a default-sized stack, and on the async runtime's threads
+//! only until they would wait ([`super::inline`]): a job first runs on the
+//! runtime thread that holds it when that thread's stack allows, and comes
+//! here when it must wait or runs long. A job
 //! first takes a free thread ([`ScriptPool::reserve`], first come first
 //! served), so that its deadline can start when its script does: a burst of
 //! runs waits for threads instead of timing out in a queue. Each
@@ -34,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rhai::{AST, Dynamic};
@@ -43,9 +46,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::ended_early;
 pub use super::error::ScriptError;
 use super::error::{Evaluation, memory_limit, script_error};
+use super::inline;
 use super::limits::MIN_STACK_SIZE;
 use super::memory::{budget_exceeded, enter_budget};
-use super::run::{ActiveRun, enter_run, run_terminated, take_thrown};
+use super::run::{ActiveRun, MOVED_TOKEN, enter_run, may_move, run_terminated, take_thrown};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
 
@@ -149,6 +153,8 @@ pub struct ScriptPool {
     threads: usize,
     workers: Mutex<Workers>,
     spawn_error: Option<String>,
+    /// Jobs sent to the threads (the rest ran on the runtime's).
+    sent: AtomicUsize,
 }
 
 /// The threads started so far, and what starts another.
@@ -213,12 +219,19 @@ impl ScriptPool {
             threads,
             workers: Mutex::new(workers),
             spawn_error,
+            sent: AtomicUsize::new(0),
         }
     }
 
     /// The most threads the pool runs.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Jobs run on the pool's threads so far: those that could not start
+    /// on a runtime thread, or moved from one ([`inline`]).
+    pub fn jobs_sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Threads started so far.
@@ -278,9 +291,15 @@ impl ReservedThread<'_> {
     /// Runs the job on the reserved thread and waits for its result, at
     /// most until a little past its deadline.
     pub async fn run(self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
-        self.pool.ensure_worker()?;
         let deadline = job.deadline;
         let timeout = round_timeout(deadline.saturating_duration_since(Instant::now()));
+        if inline::may_start_here(&job)
+            && let Some(result) = run_here(&job, timeout)
+        {
+            return result;
+        }
+        self.pool.ensure_worker()?;
+        self.pool.sent.fetch_add(1, Ordering::Relaxed);
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut abandon_on_drop = AbandonOnDrop(Some(abandoned.clone()));
         let (reply, answer) = oneshot::channel();
@@ -346,11 +365,14 @@ fn serve(queue: &Queue<Work>) {
         if work.reply.is_closed() {
             continue;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| execute(&work))).unwrap_or_else(|panic| {
-            Err(ScriptError::runtime(format!(
-                "internal error: the script run panicked: {}",
-                panic_text(panic.as_ref())
-            )))
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            execute(&work.job, work.timeout, &work.abandoned, None)
+        }))
+        .unwrap_or_else(|panic| Some(Err(panicked(panic.as_ref()))))
+        .unwrap_or_else(|| {
+            Err(ScriptError::runtime(
+                "internal error: a script thread's run moved",
+            ))
         });
         let Work {
             job,
@@ -368,28 +390,52 @@ fn serve(queue: &Queue<Work>) {
     }
 }
 
-fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
-    let job = &work.job;
-    if job.cancel.load(Ordering::Relaxed) || work.abandoned.load(Ordering::Relaxed) {
-        return Err(ScriptError::Cancelled);
+/// Runs the job on this runtime thread ([`inline`]): its result, or `None`
+/// when it moved (nothing it did was seen) and is for a script thread.
+fn run_here(job: &ScriptJob, timeout: Duration) -> Option<Result<Dynamic, ScriptError>> {
+    let move_at = Instant::now() + inline::INLINE_TIME;
+    let abandoned = Arc::new(AtomicBool::new(false));
+    catch_unwind(AssertUnwindSafe(|| {
+        execute(job, timeout, &abandoned, Some(move_at))
+    }))
+    .unwrap_or_else(|panic| Some(Err(panicked(panic.as_ref()))))
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> ScriptError {
+    ScriptError::runtime(format!(
+        "internal error: the script run panicked: {}",
+        panic_text(panic)
+    ))
+}
+
+/// Evaluates the job on this thread: on a script thread, or on a runtime
+/// thread until `move_at` or its first wait (`None` when it moved).
+fn execute(
+    job: &ScriptJob,
+    timeout: Duration,
+    abandoned: &Arc<AtomicBool>,
+    move_at: Option<Instant>,
+) -> Option<Result<Dynamic, ScriptError>> {
+    if job.cancel.load(Ordering::Relaxed) || abandoned.load(Ordering::Relaxed) {
+        return Some(Err(ScriptError::Cancelled));
     }
     if Instant::now() >= job.deadline {
-        return Err(ScriptError::Timeout {
-            after: work.timeout,
-        });
+        return Some(Err(ScriptError::Timeout { after: timeout }));
     }
     let limits = job.sandbox.limits();
-    let evaluation = Evaluation::script(work.timeout, limits);
+    let evaluation = Evaluation::script(timeout, limits);
     let _budget = enter_budget(limits.max_memory);
-    let _run = enter_run(
-        ActiveRun::new(
-            job.deadline,
-            job.cancel.clone(),
-            work.abandoned.clone(),
-            Some(job.effects.clone()),
-        )
-        .with_last_effects(job.last_effects.clone()),
-    );
+    let mut run = ActiveRun::new(
+        job.deadline,
+        job.cancel.clone(),
+        abandoned.clone(),
+        Some(job.effects.clone()),
+    )
+    .with_last_effects(job.last_effects.clone());
+    if let Some(move_at) = move_at {
+        run = run.inline(move_at);
+    }
+    let _run = enter_run(run);
     let engine = job.sandbox.script_engine();
     let mut scope = run_scope(&job.event, &job.meta, &job.vars);
     let outcome = ended_early(
@@ -397,6 +443,19 @@ fn execute(work: &Work) -> Result<Dynamic, ScriptError> {
         run_terminated(),
     );
     drop(scope);
+    if run_terminated() == Some(MOVED_TOKEN) && may_move() {
+        return None;
+    }
+    Some(evaluated(job, engine, outcome, evaluation))
+}
+
+/// The run's result from its evaluation's outcome.
+fn evaluated(
+    job: &ScriptJob,
+    engine: &rhai::Engine,
+    outcome: Result<Dynamic, Box<rhai::EvalAltResult>>,
+    evaluation: Evaluation,
+) -> Result<Dynamic, ScriptError> {
     let thrown = take_thrown();
     // A native call that passed the budget as the script's last step ends
     // it without another operation to notice.

@@ -39,6 +39,9 @@ pub(crate) const OPERATIONS_TOKEN: &str = "zoomwire:operations";
 pub(crate) const MEMORY_TOKEN: &str = "zoomwire:memory";
 /// The termination token once the run asked for an effect past `max_effects`.
 pub(crate) const EFFECTS_TOKEN: &str = "zoomwire:effects";
+/// The termination token once a run executing on a runtime thread must go
+/// on on a script thread ([`super::inline`]): it waits, or ran too long.
+pub(crate) const MOVED_TOKEN: &str = "zoomwire:moved";
 /// The start of the termination token once a value too large to print was
 /// about to be printed (see [`super::guards`]); the rest names the limit it
 /// breaks as Rhai does ("Length of string").
@@ -78,6 +81,15 @@ pub(crate) struct ActiveRun {
     pub thrown: Vec<EffectError>,
     /// The calls of effects left to the run that may end the script.
     last_effects: Option<LastEffects>,
+    /// Set while the run executes on a runtime thread ([`super::inline`]).
+    inline: Option<Inline>,
+}
+
+/// A run on a runtime thread.
+struct Inline {
+    /// When it moves to a script thread; `None` once it started an effect,
+    /// after which it finishes where it is.
+    move_at: Option<Instant>,
 }
 
 impl ActiveRun {
@@ -95,7 +107,17 @@ impl ActiveRun {
             thrown: Vec::new(),
             last_scan: Instant::now(),
             last_effects: None,
+            inline: None,
         }
+    }
+
+    /// Executes the run on a runtime thread, to be moved to a script thread
+    /// at `move_at` or at its first wait ([`super::inline`]).
+    pub(crate) fn inline(mut self, move_at: Instant) -> ActiveRun {
+        self.inline = Some(Inline {
+            move_at: Some(move_at),
+        });
+        self
     }
 
     /// Leaves the effect the script ends with to the run, when it is one
@@ -193,6 +215,11 @@ fn check_active_run() -> Option<&'static str> {
         if now >= run.deadline {
             return Some(TIMEOUT_TOKEN);
         }
+        if let Some(Inline { move_at: Some(at) }) = &run.inline
+            && now >= *at
+        {
+            return Some(MOVED_TOKEN);
+        }
         if now.duration_since(run.last_scan) >= SCAN_INTERVAL {
             run.last_scan = now;
             SCAN_DUE.with(|due| due.set(true));
@@ -238,6 +265,39 @@ pub(crate) fn is_last_effect(context: &NativeCallContext) -> bool {
         let last = run.and_then(|run| run.last_effects.as_deref());
         last.is_some_and(|last| is_the_call(context, last))
     })
+}
+
+/// With the run on this thread: `None` on a script thread; on a runtime
+/// thread, whether it may still move to a script thread (it has started
+/// no effect).
+fn inline_state() -> Option<bool> {
+    ACTIVE_RUN.with(|cell| {
+        let run = cell.try_borrow().ok()?;
+        let inline = run.as_ref()?.inline.as_ref()?;
+        Some(inline.move_at.is_some())
+    })
+}
+
+/// Whether the run on this thread executes on a runtime thread.
+pub(crate) fn runs_inline() -> bool {
+    inline_state().is_some()
+}
+
+/// Whether the run on this thread executes on a runtime thread and may still
+/// move to a script thread.
+pub(crate) fn may_move() -> bool {
+    inline_state() == Some(true)
+}
+
+/// The run on this (runtime) thread starts an effect: it stays here to its end.
+pub(crate) fn stay_inline() {
+    ACTIVE_RUN.with(|cell| {
+        if let Ok(mut run) = cell.try_borrow_mut()
+            && let Some(inline) = run.as_mut().and_then(|run| run.inline.as_mut())
+        {
+            inline.move_at = None;
+        }
+    });
 }
 
 /// Remembers an effect error thrown into the script.

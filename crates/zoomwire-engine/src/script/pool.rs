@@ -178,7 +178,7 @@ impl Workers {
     }
 }
 
-/// A script thread taken for one job ([`ScriptPool::reserve`]).
+/// A script thread's place taken for one job ([`ScriptPool::reserve`]).
 pub struct ReservedThread<'a> {
     pool: &'a ScriptPool,
     permit: OwnedSemaphorePermit,
@@ -288,8 +288,9 @@ impl ScriptPool {
 }
 
 impl ReservedThread<'_> {
-    /// Runs the job on the reserved thread and waits for its result, at
-    /// most until a little past its deadline.
+    /// Runs the job: on this runtime thread while it can ([`inline`]),
+    /// else on a script thread, waiting for its result at most until a
+    /// little past its deadline.
     pub async fn run(self, job: ScriptJob) -> Result<Dynamic, ScriptError> {
         let deadline = job.deadline;
         let timeout = round_timeout(deadline.saturating_duration_since(Instant::now()));

@@ -2,11 +2,13 @@
 //! fail their own run, within their timeout, with an error naming the limit,
 //! while a well-behaved job on the same pool completes; imports stay inside
 //! the scripts folder; effects go through `RunEffects` with capabilities;
-//! conditions are pure; the event cannot be changed.
+//! conditions are pure; the event cannot be changed. Every hostile script
+//! also starts on a runtime thread as the daemon's scripts do
+//! (`zoomwire_engine::script::inline`), and fails there as on the pool.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use rhai::Dynamic;
@@ -20,7 +22,7 @@ use zoomwire_engine::effects::{
 };
 use zoomwire_engine::event::{Event, Source};
 use zoomwire_engine::script::{
-    Sandbox, SandboxLimits, ScriptError, ScriptJob, ScriptModules, ScriptPool,
+    Sandbox, SandboxLimits, ScriptError, ScriptJob, ScriptModules, ScriptPool, inline,
 };
 
 /// How far past its timeout a hostile run may end.
@@ -35,9 +37,20 @@ const GOOD_SCRIPT: &str = r##"
     total
 "##;
 
+/// A runtime whose threads scripts may run on, as the daemon's.
+static SCRIPT_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_stack_size(inline::RUNTIME_STACK_SIZE)
+        .on_thread_start(inline::runtime_thread_started)
+        .build()
+        .expect("runtime")
+});
+
 struct Harness {
     sandbox: Arc<Sandbox>,
-    pool: ScriptPool,
+    pool: Arc<ScriptPool>,
     effects: Arc<dyn Effects>,
     event: Event,
 }
@@ -63,7 +76,9 @@ impl Harness {
     }
 
     fn build(limits: SandboxLimits, modules: ScriptModules, effects: Arc<dyn Effects>) -> Harness {
-        let pool = ScriptPool::new(2, limits.effective().stack_size);
+        // The hostile run twice (from the pool and from a runtime thread)
+        // and the well-behaved one.
+        let pool = Arc::new(ScriptPool::new(3, limits.effective().stack_size));
         let event = Event::parse(
             include_str!("../../examples/events/recording.completed.json"),
             Source::Test,
@@ -130,12 +145,41 @@ impl Harness {
         }
     }
 
-    /// Runs `source` beside a well-behaved job; returns the hostile run's error.
+    /// As [`Harness::run`], from a thread of [`SCRIPT_RUNTIME`]: the job
+    /// starts there and moves to the pool if it must.
+    async fn run_inline(&self, source: &str, allow: &[&str], timeout: Duration) -> Outcome {
+        let (job, effects) = self.job(source, allow, timeout);
+        let pool = self.pool.clone();
+        let started = Instant::now();
+        let result = SCRIPT_RUNTIME.spawn(async move { pool.run(job).await });
+        Outcome {
+            result: result.await.expect("the run's task ends"),
+            effects,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Runs `source` beside a well-behaved job, from the pool and from a
+    /// runtime thread; returns the hostile run's error, the same both ways.
     async fn hostile(&self, source: &str) -> ScriptError {
-        let (hostile, good) = tokio::join!(
+        let (hostile, inline, good) = tokio::join!(
             self.run(source, &[], HOSTILE_TIMEOUT),
+            self.run_inline(source, &[], HOSTILE_TIMEOUT),
             self.run(GOOD_SCRIPT, &["slack"], Duration::from_secs(30)),
         );
+        assert!(
+            inline.elapsed <= HOSTILE_TIMEOUT + MARGIN,
+            "{source} took {:?} from a runtime thread",
+            inline.elapsed
+        );
+        match (&hostile.result, &inline.result) {
+            (Err(pooled), Err(inline)) => assert_eq!(
+                kind_of(pooled),
+                kind_of(inline),
+                "{source}: {pooled} on the pool, {inline} from a runtime thread"
+            ),
+            (pooled, inline) => panic!("{source} should fail both ways: {pooled:?}, {inline:?}"),
+        }
         let value = good.result.expect("the well-behaved job completes");
         assert_eq!(value.as_int().unwrap(), 499_500);
         let records = good.effects.records();
@@ -167,6 +211,15 @@ fn assert_timeout(error: &ScriptError, timeout: Duration) {
         error.to_string().starts_with("run exceeded its "),
         "{error}"
     );
+}
+
+/// What failed a run: the limit it broke, or its error.
+fn kind_of(error: &ScriptError) -> String {
+    match error {
+        ScriptError::Limit { limit, .. } => format!("the limit {limit}"),
+        ScriptError::Timeout { .. } => "the timeout".into(),
+        other => other.to_string(),
+    }
 }
 
 fn limit_name(error: &ScriptError) -> &str {

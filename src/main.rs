@@ -180,12 +180,7 @@ fn main() -> ExitCode {
 /// The runtime: its threads have a script thread's stack, so that scripts
 /// may run on them (`zoomwire_engine::script::inline`).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    use zoomwire_engine::script::inline;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(inline::RUNTIME_STACK_SIZE)
-        .on_thread_start(inline::runtime_thread_started)
-        .build()
+    zoomwire_engine::script::inline::runtime_builder().build()
 }
 
 async fn dispatch(command: Command) -> CommandResult {

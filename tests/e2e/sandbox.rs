@@ -39,11 +39,8 @@ const GOOD_SCRIPT: &str = r##"
 
 /// A runtime whose threads scripts may run on, as the daemon's.
 static SCRIPT_RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
+    inline::runtime_builder()
         .worker_threads(2)
-        .enable_all()
-        .thread_stack_size(inline::RUNTIME_STACK_SIZE)
-        .on_thread_start(inline::runtime_thread_started)
         .build()
         .expect("runtime")
 });

@@ -493,13 +493,7 @@ mod tests {
 
     /// A runtime whose threads scripts may run on, as the daemon's.
     fn scripts_runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_stack_size(inline::RUNTIME_STACK_SIZE)
-            .on_thread_start(inline::runtime_thread_started)
-            .build()
-            .unwrap()
+        inline::runtime_builder().worker_threads(2).build().unwrap()
     }
 
     /// What a run did, without its times: status, error, output, effects

@@ -43,6 +43,17 @@ pub fn runtime_thread_started() {
     STACK_SIZE.with(|size| size.set(RUNTIME_STACK_SIZE));
 }
 
+/// A multi-threaded runtime whose threads scripts may run on: the
+/// daemon's, and the tests'.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .enable_all()
+        .thread_stack_size(RUNTIME_STACK_SIZE)
+        .on_thread_start(runtime_thread_started);
+    builder
+}
+
 /// Whether `job` may start on this thread: its stack is large enough, and
 /// the effect the script may end with can be started without a wait.
 pub(crate) fn may_start_here(job: &ScriptJob) -> bool {

@@ -564,6 +564,18 @@ async fn queued_runs_of_one_key_run_one_at_a_time_across_nodes_in_arrival_order(
     assert!(claims > 0.0, "runs did wait for the other node");
 }
 
+/// Waits until every expected post arrived and every run is recorded done.
+async fn everything_so_far_handled(ws: &Workspace, expected: &[String]) {
+    eventually("every post so far, its run recorded", || async {
+        let runs = runs_of_rule(&ws.runs().await, "ended");
+        (ws.slack_texts("#ops").len() == expected.len()
+            && runs.len() == expected.len()
+            && runs.iter().all(|r| r["status"] == "succeeded"))
+        .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_through_kill_9_of_the_holder_runs_every_event_exactly_once() {
     const SECRET: &str = "webhook-secret-for-the-stream";
@@ -596,9 +608,22 @@ async fn a_stream_through_kill_9_of_the_holder_runs_every_event_exactly_once() {
     let mut first_after_kill = None;
     for n in 1..=EVENTS {
         if n == KILL_AT {
+            // Killed with nothing in flight: a post cut short by the kill is
+            // left in doubt and not repeated (at most once, tested apart),
+            // and an event the holder read but had not journaled is lost
+            // as Zoom does not resend it; neither is what this test is about.
+            everything_so_far_handled(&ws, &expected).await;
+            let holders_socket = open_connections(&ws);
             killed_at = Some((Instant::now(), chrono::Utc::now().timestamp_micros()));
             daemons[holding].take().unwrap().kill().await;
             webhooks[holding] = None;
+            // A frame written to the dead socket before the simulator sees it
+            // close is lost, as it would be by Zoom: send the next once it has.
+            eventually("the killed holder's socket closed", || async {
+                let open = open_connections(&ws);
+                (!holders_socket.iter().any(|id| open.contains(id))).then_some(())
+            })
+            .await;
         }
         // Over the WebSocket: only the holder's connection gets it; in the
         // gap after the kill nobody does (Zoom does not replay it either:
@@ -633,12 +658,20 @@ async fn a_stream_through_kill_9_of_the_holder_runs_every_event_exactly_once() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while ws.slack_texts("#ops").len() < expected.len() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} posts",
-            ws.slack_texts("#ops").len(),
-            expected.len()
-        );
+        if Instant::now() >= deadline {
+            let posted = ws.slack_texts("#ops");
+            let missing: Vec<_> = expected.iter().filter(|t| !posted.contains(t)).collect();
+            let runs = runs_of_rule(&ws.runs().await, "ended");
+            panic!(
+                "{} of {} posts; missing {missing:?} (first websocket event after the kill: {first_after_kill:?}); {} runs, not succeeded: {:?}",
+                posted.len(),
+                expected.len(),
+                runs.len(),
+                runs.iter()
+                    .filter(|r| r["status"] != "succeeded")
+                    .collect::<Vec<_>>()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Late duplicates would come now, if any.

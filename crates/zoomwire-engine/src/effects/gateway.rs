@@ -765,6 +765,12 @@ impl RunEffects {
     /// Records a script log line (also sent to tracing), or counts it as
     /// dropped past `max_log_lines` or `max_log_bytes`.
     pub fn log(&self, level: &str, message: String) {
+        self.log_at(level, message, Utc::now());
+    }
+
+    /// As [`RunEffects::log`], for a line the script wrote at `at` (one held
+    /// while its run might still move, see `script::inline`).
+    pub fn log_at(&self, level: &str, message: String, at: DateTime<Utc>) {
         let message = match redact_text(&message) {
             std::borrow::Cow::Borrowed(_) => message,
             std::borrow::Cow::Owned(shown) => shown,
@@ -793,7 +799,7 @@ impl RunEffects {
         book.lines.push(LogLine {
             level: level.to_string(),
             message,
-            at: Utc::now(),
+            at,
         });
     }
 

@@ -480,9 +480,19 @@ mod tests {
 
     /// Rules whose scripts must leave a runtime thread: they wait for an
     /// answer, log, read the clock, run long, or break a limit.
-    const MOVING: &str = "- name: logs-then-posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
-        log::info(\"hi\");\n    slack::post(\"#a\", \"x\");\n\
+    const MAY_MOVE: &str = "- name: logs-then-posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        log::info(\"hi\");\n    debug(\"d\");\n    log::warn(\"careful\");\n    \
+        slack::post(\"#a\", \"x\");\n\
         - name: prints\n  on: a.b\n  do: |\n    print(\"p\");\n    1\n\
+        - name: logs-then-throws\n  on: a.b\n  do: |\n    log::error(\"bad\");\n    \
+        throw \"no\";\n\
+        - name: logs-then-reads-the-clock\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        log::info(\"before\");\n    let t = now();\n    slack::post(\"#a\", \"t\");\n\
+        - name: logs-then-runs-long\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        print(\"before\");\n    let s = 0;\n    for i in 0..100000 { s += i; }\n    \
+        slack::post(\"#a\", `${s}`);\n\
+        - name: logs-a-lot\n  on: a.b\n  allow: [slack]\n  do: |\n    \
+        for i in 0..100 { log::info(`line ${i}`); }\n    slack::post(\"#a\", \"x\");\n\
         - name: reads-the-clock\n  on: a.b\n  allow: [slack]\n  do: |\n    \
         let t = now();\n    slack::post(\"#a\", \"t\");\n\
         - name: runs-long\n  on: a.b\n  allow: [slack]\n  do: |\n    \
@@ -496,16 +506,19 @@ mod tests {
         inline::runtime_builder().worker_threads(2).build().unwrap()
     }
 
-    /// What a run did, without its times: status, error, output, effects
-    /// (name, arguments, whether they succeeded) and log lines.
+    /// What a run did, without its times: status, error (without the
+    /// folder its rule file is in), output, effects (name, arguments,
+    /// whether they succeeded) and log lines.
     fn outcome(record: &RunRecord) -> (RunStatus, Option<String>, Option<Value>, Vec<Value>) {
         let effects = record.effects.iter();
         let effects = effects.map(|e| json!([e.name, e.args, e.result.is_ok()]));
         let logs = record.logs.iter().map(|l| json!([l.level, l.message]));
         let done = effects.chain(logs).collect();
+        let error = record.error.as_deref();
+        let error = error.map(|e| e.rsplit_once("rules.yaml:").map_or(e, |(_, at)| at));
         (
             record.status,
-            record.error.clone(),
+            error.map(str::to_string),
             record.output.clone(),
             done,
         )
@@ -528,21 +541,30 @@ mod tests {
 
     #[test]
     fn runs_on_runtime_threads_end_as_on_a_script_thread_and_move_when_they_must() {
-        let rules = format!("{POSTS_LAST}{MOVING}");
+        let rules = format!("{POSTS_LAST}{MAY_MOVE}");
         let (on_runtime, on_pool) = (scripts_runtime(), tokio::runtime::Runtime::new().unwrap());
         // Too few operations to read the clock: they cannot run out of time.
-        let staying = ["posts", "posts-if", "adds"];
-        let moving = [
-            "posts-and-keeps",
+        // Log lines are held until the run stays (or ends) there.
+        let staying = [
+            "posts",
+            "posts-if",
+            "adds",
             "logs-then-posts",
             "prints",
+            "logs-then-throws",
+        ];
+        let moving = [
+            "posts-and-keeps",
             "reads-the-clock",
             "runs-long",
             "loops",
+            "logs-then-reads-the-clock",
+            "logs-then-runs-long",
+            "logs-a-lot",
         ];
         // A limit broken at once ends the run where it is (unless the thread
         // was held up past the time a run may stay there).
-        let failing = ["loops", "bombs", "recurses"];
+        let failing = ["loops", "bombs", "recurses", "logs-then-throws"];
         for rule in staying.iter().chain(&moving).chain(&["bombs", "recurses"]) {
             let (inline, sent) = outcome_on(&on_runtime, &rules, rule);
             let (pooled, pooled_sent) = outcome_on(&on_pool, &rules, rule);
@@ -563,9 +585,25 @@ mod tests {
                 inline.error
             );
         }
-        // Each effect and log line once, moved or not.
+        // Each effect and log line once, in order, moved or not; a held line
+        // keeps the time it was written, before the post it came before.
         let (logged, _) = outcome_on(&on_runtime, &rules, "logs-then-posts");
-        assert_eq!((logged.logs.len(), logged.effects.len()), (1, 1));
+        let levels: Vec<_> = logged.logs.iter().map(|l| l.level.as_str()).collect();
+        assert_eq!(
+            (levels, logged.effects.len()),
+            (vec!["info", "debug", "warn"], 1)
+        );
+        assert!(logged.logs[2].at <= logged.effects[0].started_at);
+        for rule in ["logs-then-reads-the-clock", "logs-then-runs-long"] {
+            let (moved, _) = outcome_on(&on_runtime, &rules, rule);
+            assert_eq!(moved.logs.len(), 1, "{rule}");
+        }
+        let (many, _) = outcome_on(&on_runtime, &rules, "logs-a-lot");
+        let lines: Vec<_> = many.logs.iter().map(|l| l.message.clone()).collect();
+        assert_eq!(
+            lines,
+            (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>()
+        );
         let (long, _) = outcome_on(&on_runtime, &rules, "runs-long");
         assert_eq!(long.effects[0].args["text"], "4999950000");
     }

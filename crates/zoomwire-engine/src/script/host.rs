@@ -19,8 +19,8 @@ use rhai::{
 use serde_json::{Value, json};
 
 use super::run::{
-    EFFECTS_TOKEN, MOVED_TOKEN, current_effects, is_last_effect, note_thrown, runs_inline,
-    stay_inline, terminate,
+    EFFECTS_TOKEN, MOVED_TOKEN, current_effects, hold_log, is_last_effect, note_thrown,
+    runs_inline, stay_inline, terminate,
 };
 use super::value::{SizeLimits, exceeds_depth, from_json, oversized, to_json};
 use crate::duration::parse_seconds_or_duration;
@@ -44,8 +44,14 @@ pub(crate) fn register_script_functions(engine: &mut Engine, sizes: SizeLimits) 
     FuncRegistration::new("now")
         .with_volatility(true)
         .register_into_engine(engine, now);
-    engine.on_print(|text| write_log("info", text.to_string()));
-    engine.on_debug(|text, _, _| write_log("debug", text.to_string()));
+    // `print` and `debug` cannot fail: a run that must move ends at its next
+    // operation instead.
+    engine.on_print(|text| {
+        let _ = write_log("info", text.to_string());
+    });
+    engine.on_debug(|text, _, _| {
+        let _ = write_log("debug", text.to_string());
+    });
 }
 
 /// Registers the pure host functions of the Condition engine.
@@ -222,9 +228,7 @@ fn log_module(sizes: SizeLimits) -> Module {
     let mut module = Module::new();
     for level in ["info", "warn", "error"] {
         effect_fn!(&mut module, level, move |message: Dynamic| {
-            move_off_runtime()?;
-            write_log(level, text_of(&message, &sizes)?);
-            Ok::<(), Box<EvalAltResult>>(())
+            write_log(level, text_of(&message, &sizes)?)
         });
     }
     module
@@ -401,19 +405,23 @@ fn text_of(value: &Dynamic, sizes: &SizeLimits) -> Result<String, Box<EvalAltRes
     Ok(value.to_string())
 }
 
-fn write_log(level: &str, mut message: String) {
-    // `print` cannot fail: the run ends at its next operation instead.
-    if move_off_runtime().is_err() {
-        return;
-    }
+/// Writes a log line of the script: held while its run may still move off
+/// this runtime thread ([`hold_log`]), or moving it when it holds enough.
+fn write_log(level: &'static str, mut message: String) -> Result<(), Box<EvalAltResult>> {
     if let Some((cut, _)) = message.char_indices().nth(MAX_LOG_CHARS) {
         message.truncate(cut);
         message.push_str("...");
     }
+    let message = match hold_log(level, message) {
+        Ok(()) => return Ok(()),
+        Err(message) => message,
+    };
+    move_off_runtime()?;
     match current_effects() {
         Some(effects) => effects.log(level, message),
         None => tracing::debug!(level, "script log outside a run: {message}"),
     }
+    Ok(())
 }
 
 fn not_in_run(effect: &str) -> Box<EvalAltResult> {

@@ -8,12 +8,15 @@
 //! daemon's runtime: [`RUNTIME_STACK_SIZE`], marked by
 //! [`runtime_thread_started`]), for at most [`INLINE_TIME`]. There it stays
 //! a computation: the first call that would wait (an effect other than the
-//! one the script ends with, `now()`) or leave a trace (a log line), or
-//! running past that time, ends it before anything is done, and the run
-//! starts over on a script thread, which sees none of it. The effect the
-//! script ends with ([`super::last_effect`]) is started where it is when
-//! that needs no wait (`RunEffects::begins_without_blocking`); from then
-//! on the run finishes there. Every limit holds as on a script thread: the
+//! one the script ends with, `now()`), or running past that time, ends it
+//! before anything is done, and the run starts over on a script thread,
+//! which sees none of it. Its log lines (`log::*`, `print`, `debug`) are
+//! held meanwhile (at most `run::MAX_HELD_LINES`, then it moves) and written
+//! out, with the times they were written, once it stays: a rule that logs
+//! and posts runs here too. The effect the script ends with
+//! ([`super::last_effect`]) is started where it is when that needs no wait
+//! (`RunEffects::begins_without_blocking`); from then on the run finishes
+//! there. Every limit holds as on a script thread: the
 //! same deadline, cancellation, operations and memory budget, checked the
 //! same way.
 

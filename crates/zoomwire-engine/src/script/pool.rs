@@ -49,7 +49,9 @@ use super::error::{Evaluation, memory_limit, script_error};
 use super::inline;
 use super::limits::MIN_STACK_SIZE;
 use super::memory::{budget_exceeded, enter_budget};
-use super::run::{ActiveRun, MOVED_TOKEN, enter_run, may_move, run_terminated, take_thrown};
+use super::run::{
+    ActiveRun, MOVED_TOKEN, enter_run, may_move, release_held_logs, run_terminated, take_thrown,
+};
 use super::{Sandbox, panic_text, run_scope};
 use crate::effects::gateway::RunEffects;
 
@@ -447,6 +449,8 @@ fn execute(
     if run_terminated() == Some(MOVED_TOKEN) && may_move() {
         return None;
     }
+    // It ended here: the lines it held while it might have moved are its.
+    release_held_logs();
     Some(evaluated(job, engine, outcome, evaluation))
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use rhai::{Dynamic, NativeCallContext};
 
 use super::last_effect::{LastEffects, is_the_call};
@@ -90,7 +91,22 @@ struct Inline {
     /// When it moves to a script thread; `None` once it started an effect,
     /// after which it finishes where it is.
     move_at: Option<Instant>,
+    /// Its log lines while it may still move, written out once it stays
+    /// ([`release_held_logs`]); dropped if it moves, as it writes them again
+    /// on the script thread.
+    held: Vec<HeldLine>,
 }
+
+/// A log line held by a run on a runtime thread.
+struct HeldLine {
+    level: &'static str,
+    message: String,
+    at: DateTime<Utc>,
+}
+
+/// The most log lines a run on a runtime thread holds: at the next it moves
+/// (a run that logs that much goes on where its log is written at once).
+pub(crate) const MAX_HELD_LINES: usize = 64;
 
 impl ActiveRun {
     pub(crate) fn new(
@@ -116,6 +132,7 @@ impl ActiveRun {
     pub(crate) fn inline(mut self, move_at: Instant) -> ActiveRun {
         self.inline = Some(Inline {
             move_at: Some(move_at),
+            held: Vec::new(),
         });
         self
     }
@@ -215,7 +232,9 @@ fn check_active_run() -> Option<&'static str> {
         if now >= run.deadline {
             return Some(TIMEOUT_TOKEN);
         }
-        if let Some(Inline { move_at: Some(at) }) = &run.inline
+        if let Some(Inline {
+            move_at: Some(at), ..
+        }) = &run.inline
             && now >= *at
         {
             return Some(MOVED_TOKEN);
@@ -289,7 +308,8 @@ pub(crate) fn may_move() -> bool {
     inline_state() == Some(true)
 }
 
-/// The run on this (runtime) thread starts an effect: it stays here to its end.
+/// The run on this (runtime) thread starts an effect: it stays here to its
+/// end, and the log lines it held are written out first.
 pub(crate) fn stay_inline() {
     ACTIVE_RUN.with(|cell| {
         if let Ok(mut run) = cell.try_borrow_mut()
@@ -298,6 +318,53 @@ pub(crate) fn stay_inline() {
             inline.move_at = None;
         }
     });
+    release_held_logs();
+}
+
+/// Holds a log line of the run on this thread while it may still move:
+/// `Err` gives the line back when it cannot (the run does not run here, or
+/// holds [`MAX_HELD_LINES`] already).
+pub(crate) fn hold_log(level: &'static str, message: String) -> Result<(), String> {
+    ACTIVE_RUN.with(|cell| {
+        let Ok(mut run) = cell.try_borrow_mut() else {
+            return Err(message);
+        };
+        match run.as_mut().and_then(|run| run.inline.as_mut()) {
+            Some(inline) if inline.move_at.is_some() && inline.held.len() < MAX_HELD_LINES => {
+                inline.held.push(HeldLine {
+                    level,
+                    message,
+                    at: Utc::now(),
+                });
+                Ok(())
+            }
+            _ => Err(message),
+        }
+    })
+}
+
+/// Writes out the log lines the run on this thread held, in order: it
+/// stays on this thread (or ended here).
+pub(crate) fn release_held_logs() {
+    let (held, effects) = ACTIVE_RUN.with(|cell| {
+        let Ok(mut run) = cell.try_borrow_mut() else {
+            return (Vec::new(), None);
+        };
+        let Some(run) = run.as_mut() else {
+            return (Vec::new(), None);
+        };
+        let held = run
+            .inline
+            .as_mut()
+            .map(|inline| std::mem::take(&mut inline.held))
+            .unwrap_or_default();
+        (held, run.effects.clone())
+    });
+    if let Some(effects) = effects {
+        for line in held {
+            effects.log_at(line.level, line.message, line.at);
+        }
+    }
 }
 
 /// Remembers an effect error thrown into the script.

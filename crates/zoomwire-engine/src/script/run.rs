@@ -167,6 +167,11 @@ pub(crate) struct ActiveRunGuard {
 
 impl Drop for ActiveRunGuard {
     fn drop(&mut self) {
+        // A run that panicked ends where it is: the lines it wrote are its
+        // (on a script thread they were written at once).
+        if std::thread::panicking() {
+            release_held_logs();
+        }
         reset_run_counters();
         let previous = self.previous.take();
         ACTIVE_RUN.with(|cell| {
@@ -443,6 +448,68 @@ mod tests {
     /// Runs `n` operations of a script, returning the first termination.
     fn operate(n: u64, max_operations: u64) -> Option<String> {
         (0..n).find_map(|_| token(script_progress(max_operations)))
+    }
+
+    /// A run on a runtime thread, with a gateway whose log can be read.
+    fn inline_run(effects: &Arc<RunEffects>) -> ActiveRun {
+        let later = Instant::now() + Duration::from_secs(60);
+        ActiveRun::new(later, Arc::default(), Arc::default(), Some(effects.clone())).inline(later)
+    }
+
+    fn messages(effects: &RunEffects) -> Vec<String> {
+        effects
+            .logs()
+            .into_iter()
+            .map(|line| line.message)
+            .collect()
+    }
+
+    #[test]
+    fn held_lines_are_dropped_when_the_run_moves_and_kept_when_it_stays_or_panics() {
+        use crate::effects::recorder::RecordingEffects;
+        use crate::effects::{CapabilitySet, EffectContext};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let context = EffectContext {
+            rule: Arc::from("rule-a"),
+            run_id: Arc::from("run-1"),
+            deadline: Instant::now() + Duration::from_secs(60),
+            http_hosts: Default::default(),
+            download_token: None,
+            zoom_account: Default::default(),
+        };
+        let effects = Arc::new(RunEffects::new(
+            context,
+            CapabilitySet::new([]),
+            Arc::new(RecordingEffects::default()),
+            runtime.handle().clone(),
+        ));
+        // Not on a runtime thread: nothing is held.
+        assert!(hold_log("info", "direct".into()).is_err());
+        {
+            let _run = enter_run(inline_run(&effects));
+            hold_log("info", "moved".into()).unwrap();
+        }
+        assert!(messages(&effects).is_empty(), "a run that moves drops them");
+        {
+            let _run = enter_run(inline_run(&effects));
+            for n in 0..MAX_HELD_LINES {
+                hold_log("info", format!("{n}")).unwrap();
+            }
+            assert!(hold_log("info", "one more".into()).is_err(), "full");
+            stay_inline();
+            assert_eq!(messages(&effects).len(), MAX_HELD_LINES);
+            assert!(hold_log("info", "after".into()).is_err(), "it stays");
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _run = enter_run(inline_run(&effects));
+            hold_log("warn", "before the bug".into()).unwrap();
+            panic!("a bug");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(messages(&effects).last().unwrap(), "before the bug");
+        assert_eq!(messages(&effects).len(), MAX_HELD_LINES + 1);
     }
 
     #[test]

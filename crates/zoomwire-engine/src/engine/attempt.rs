@@ -478,8 +478,9 @@ mod tests {
         }
     }
 
-    /// Rules whose scripts must leave a runtime thread: they wait for an
-    /// answer, log, read the clock, run long, or break a limit.
+    /// Rules whose scripts may have to leave a runtime thread: they log
+    /// (held there, unless too many lines), wait for an answer, read the
+    /// clock, run long, or break a limit.
     const MAY_MOVE: &str = "- name: logs-then-posts\n  on: a.b\n  allow: [slack]\n  do: |\n    \
         log::info(\"hi\");\n    debug(\"d\");\n    log::warn(\"careful\");\n    \
         slack::post(\"#a\", \"x\");\n\

@@ -16,9 +16,8 @@
 //! and posts runs here too. The effect the script ends with
 //! ([`super::last_effect`]) is started where it is when that needs no wait
 //! (`RunEffects::begins_without_blocking`); from then on the run finishes
-//! there. Every limit holds as on a script thread: the
-//! same deadline, cancellation, operations and memory budget, checked the
-//! same way.
+//! there. Every limit holds as on a script thread: the same deadline,
+//! cancellation, operations and memory budget, checked the same way.
 
 use std::cell::Cell;
 use std::time::Duration;

@@ -351,24 +351,18 @@ pub(crate) fn hold_log(level: &'static str, message: String) -> Result<(), Strin
 /// Writes out the log lines the run on this thread held, in order: it
 /// stays on this thread (or ended here).
 pub(crate) fn release_held_logs() {
-    let (held, effects) = ACTIVE_RUN.with(|cell| {
-        let Ok(mut run) = cell.try_borrow_mut() else {
-            return (Vec::new(), None);
-        };
-        let Some(run) = run.as_mut() else {
-            return (Vec::new(), None);
-        };
-        let held = run
-            .inline
-            .as_mut()
-            .map(|inline| std::mem::take(&mut inline.held))
-            .unwrap_or_default();
-        (held, run.effects.clone())
+    // Every run ends here: one that holds nothing costs a borrow, no more.
+    let held = ACTIVE_RUN.with(|cell| {
+        let mut run = cell.try_borrow_mut().ok()?;
+        let run = run.as_mut()?;
+        let held = std::mem::take(&mut run.inline.as_mut()?.held);
+        (!held.is_empty()).then(|| Some((held, run.effects.clone()?)))?
     });
-    if let Some(effects) = effects {
-        for line in held {
-            effects.log_at(line.level, line.message, line.at);
-        }
+    let Some((held, effects)) = held else {
+        return;
+    };
+    for line in held {
+        effects.log_at(line.level, line.message, line.at);
     }
 }
 

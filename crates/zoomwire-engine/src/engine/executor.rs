@@ -318,8 +318,9 @@ impl Executor {
 
     /// Matches an event and builds the records of its runs (pending, or
     /// skipped for a condition that failed). No I/O: nothing is written yet.
-    pub fn prepare(&self, rule_set: &Arc<RuleSet>, event: Event) -> PreparedEvent {
+    pub fn prepare(&self, rule_set: &Arc<RuleSet>, mut event: Event) -> PreparedEvent {
         let matched = match_event(rule_set, &event, &self.inner.runner.vars);
+        event.release_tree();
         let mut records = Vec::with_capacity(matched.matched.len() + matched.failures.len());
         let mut rules = Vec::with_capacity(matched.matched.len());
         for Matched { rule, key } in matched.matched {
@@ -1198,6 +1199,16 @@ mod tests {
 
     const RULES: &str = "- name: runs\n  on: a.b\n  do: \"1\"\n\
                          - name: broken\n  on: a.b\n  when: 1 / 0 == 1\n  do: \"1\"\n";
+
+    #[tokio::test]
+    async fn matching_releases_the_tree_intake_kept() {
+        let (executor, _journal, rule_set, _dir) = setup(RULES);
+        let body = r#"{"event":"a.b","event_ts":1}"#;
+        let event = Event::parse_for_matching(body, crate::event::Source::Test);
+        let prepared = executor.prepare(&rule_set, event.unwrap());
+        assert_eq!(prepared.rules.len(), 1, "matched on the kept tree");
+        assert!(!prepared.event.tree_is_kept(), "runs keep only the text");
+    }
 
     #[tokio::test]
     async fn an_event_is_journaled_with_its_runs_in_one_write_before_any_starts() {

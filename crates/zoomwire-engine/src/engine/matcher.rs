@@ -7,6 +7,7 @@
 //! first time one is needed. A condition that errors counts as not matched
 //! and is reported with its error.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rhai::{Dynamic, Scope};
@@ -123,7 +124,7 @@ struct Conditions<'a> {
     sandbox: &'a Sandbox,
     event: &'a Event,
     vars: &'a Dynamic,
-    tree: Option<Json<'a>>,
+    tree: Option<Cow<'a, Json<'a>>>,
     scope: Option<Scope<'static>>,
 }
 

@@ -14,8 +14,9 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// One JSON value borrowing its strings from the text it was read from
-/// (strings with escapes are unescaped into owned copies).
-#[derive(Debug, Clone, PartialEq)]
+/// (strings with escapes are unescaped into owned copies). `Yokeable`: an
+/// event keeps its tree with the text it borrows (`yoke`).
+#[derive(Debug, Clone, PartialEq, yoke::Yokeable)]
 pub enum Json<'a> {
     Null,
     Bool(bool),

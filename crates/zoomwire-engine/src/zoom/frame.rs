@@ -179,7 +179,7 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
         }),
         "message" => {
             let content = content.ok_or(FrameError::NoContent)?;
-            let event = Event::parse(&content, source.clone())?;
+            let event = Event::parse_for_matching(&content, source.clone())?;
             Ok(Frame::Event(Box::new(event)))
         }
         other => Ok(Frame::Unknown {
@@ -319,6 +319,7 @@ mod tests {
         };
         assert_eq!(event.event_type, "meeting.started");
         assert_eq!(event.source, source());
+        assert!(event.tree_is_kept(), "for the matcher");
     }
 
     #[test]

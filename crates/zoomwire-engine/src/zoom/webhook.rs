@@ -209,7 +209,8 @@ impl VerifiedWebhook {
     /// Parses the body (once) into an event or the URL challenge.
     pub fn into_message(self) -> Result<WebhookMessage, WebhookError> {
         let text = std::str::from_utf8(&self.body).map_err(|_| WebhookError::NotUtf8)?;
-        let event = Event::parse(text, Source::Webhook).map_err(WebhookError::Malformed)?;
+        let event =
+            Event::parse_for_matching(text, Source::Webhook).map_err(WebhookError::Malformed)?;
         if event.event_type != URL_VALIDATION_EVENT {
             return Ok(WebhookMessage::Event(Box::new(event)));
         }

@@ -9,13 +9,14 @@
 //! those words by containment, ignoring case. An event's content is a JSON
 //! object, so a topic that happens to say "invalid token" is still an event.
 //!
-//! serde_json reads the envelope, keeping `content` as its JSON text; a
-//! string (what Zoom sends) is then unescaped here into a string sized once
-//! ([`unescape`]), other content is taken as it is written.
+//! The envelope is walked here ([`RawFrame::read`]) so that a string
+//! `content` (what Zoom sends) is found and unescaped in one walk; serde_json
+//! reads every other value, and other content is taken as it is written.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use crate::event::{Event, EventError, MAX_EVENT_BYTES, Source};
@@ -48,54 +49,177 @@ pub enum FrameError {
     Content(#[from] EventError),
 }
 
-/// The envelope: `content` is kept as its JSON text, a string literal
-/// (what Zoom sends) unescaped by [`unescape`] afterwards.
-#[derive(Deserialize)]
+/// The envelope's fields; `content` is the text of a string (what Zoom
+/// sends), else the JSON text of the value.
+#[derive(Default)]
 struct RawFrame<'a> {
-    #[serde(borrow)]
     module: Option<Cow<'a, str>>,
     /// `fire` takes text whose `success` is not a boolean for a bare
     /// event, not a frame.
     success: Option<bool>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
+    content: Option<Cow<'a, str>>,
 }
 
-/// A `content`'s value: the text of a string, the JSON text of anything else.
-fn content_text(raw: &RawValue) -> Result<Cow<'_, str>, FrameError> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return Ok(Cow::Borrowed(text));
+impl<'a> RawFrame<'a> {
+    /// Reads the envelope, a JSON object, as serde_json would read it into
+    /// a struct of three optional fields (others ignored, none twice).
+    ///
+    /// Walked here rather than by serde_json: an event in a frame is a JSON
+    /// string with an escape every few bytes (each of its quotes), which
+    /// serde_json walks one escape at a time to find where the string ends,
+    /// before it can be unescaped in a second walk. Here a string `content`
+    /// is found and unescaped in one walk ([`string_literal`]); serde_json
+    /// still reads every other value.
+    fn read(text: &'a str) -> Result<RawFrame<'a>, FrameError> {
+        let mut frame = RawFrame::default();
+        let mut seen = [false; 3];
+        let mut rest = skip_space(text)
+            .strip_prefix('{')
+            .ok_or_else(|| malformed("not a JSON object"))?;
+        if let Some(after) = skip_space(rest).strip_prefix('}') {
+            return frame.ended(after);
+        }
+        loop {
+            let (key, after) = string_at(skip_space(rest))?;
+            rest = skip_space(after)
+                .strip_prefix(':')
+                .ok_or_else(|| malformed("no `:` after a key"))?;
+            rest = skip_space(rest);
+            let field = ["module", "success", "content"]
+                .iter()
+                .position(|name| *name == key);
+            if let Some(field) = field
+                && std::mem::replace(&mut seen[field], true)
+            {
+                return Err(malformed(&format!("duplicate field `{key}`")));
+            }
+            rest = match field {
+                Some(0) => frame.module_at(rest)?,
+                Some(1) => value_at(rest).map(|(success, after)| {
+                    frame.success = success;
+                    after
+                })?,
+                Some(_) => frame.content_at(rest)?,
+                None => value_at::<IgnoredAny>(rest)?.1,
+            };
+            rest = skip_space(rest);
+            if let Some(after) = rest.strip_prefix('}') {
+                return frame.ended(after);
+            }
+            rest = rest
+                .strip_prefix(',')
+                .ok_or_else(|| malformed("no `,` or `}` after a value"))?;
+        }
     }
-    unescape(text).ok_or_else(|| FrameError::Envelope("content has a lone surrogate".into()))
+
+    /// `module`: a string or null.
+    fn module_at(&mut self, text: &'a str) -> Result<&'a str, FrameError> {
+        if text.starts_with('"') {
+            let (module, after) = string_at(text)?;
+            self.module = Some(module);
+            return Ok(after);
+        }
+        Ok(value_at::<()>(text)?.1)
+    }
+
+    /// `content`: a string, unescaped, or any other value as its JSON text.
+    fn content_at(&mut self, text: &'a str) -> Result<&'a str, FrameError> {
+        if text.starts_with('"') {
+            let (content, after) = string_at(text)?;
+            self.content = Some(content);
+            return Ok(after);
+        }
+        let (raw, after) = value_at::<Option<&RawValue>>(text)?;
+        self.content = raw.map(|raw| Cow::Borrowed(raw.get()));
+        Ok(after)
+    }
+
+    /// The frame, when nothing but whitespace follows its closing brace.
+    fn ended(self, after: &str) -> Result<RawFrame<'a>, FrameError> {
+        if !skip_space(after).is_empty() {
+            return Err(malformed("text after the object"));
+        }
+        Ok(self)
+    }
 }
 
-/// The text of a JSON string literal (its quotes included) that serde_json
-/// has already checked as such: closed, no raw control character, every
-/// escape one of JSON's with four hex digits after `\u`. `None` for an
-/// escaped lone surrogate, which serde_json refuses too.
+fn malformed(why: &str) -> FrameError {
+    FrameError::Envelope(why.to_string())
+}
+
+/// `text` without the JSON whitespace it starts with.
+fn skip_space(text: &str) -> &str {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+}
+
+/// The JSON value at the start of `text`, read by serde_json, and the text
+/// after it.
+fn value_at<'a, T: Deserialize<'a>>(text: &'a str) -> Result<(T, &'a str), FrameError> {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<T>();
+    match values.next() {
+        Some(Ok(value)) => Ok((value, &text[values.byte_offset()..])),
+        Some(Err(e)) => Err(FrameError::Envelope(e.to_string())),
+        None => Err(malformed("the frame ends where a value should be")),
+    }
+}
+
+/// The string literal at the start of `text`, unescaped, and the text after it.
+fn string_at(text: &str) -> Result<(Cow<'_, str>, &str), FrameError> {
+    let (string, length) = string_literal(text).map_err(malformed)?;
+    Ok((string, &text[length..]))
+}
+
+/// The JSON string literal `text` starts with: its text, unescaped, and the
+/// bytes the literal takes (quotes included). Refused as serde_json refuses
+/// it: no opening or closing quote, a raw control character, an escape
+/// that is not JSON's, a `\u` without four hex digits, an escaped lone
+/// surrogate.
 ///
-/// Written out rather than left to serde_json's string parse: an event in a
-/// frame has an escape every few bytes (each of its quotes), which serde_json
-/// handles one at a time into a scratch buffer that grows as it goes, and
-/// copies again from there. This sizes the text once (unescaping never
-/// lengthens) and copies the runs between escapes whole; the runs are a few
-/// bytes long, so a plain loop finds their ends.
-fn unescape(literal: &str) -> Option<Cow<'_, str>> {
-    let inner = &literal[1..literal.len() - 1];
-    let bytes = inner.as_bytes();
-    let Some(first) = bytes.iter().position(|&b| b == b'\\') else {
-        return Some(Cow::Borrowed(inner));
-    };
-    let mut text = Vec::with_capacity(bytes.len());
-    let (mut run, mut at) = (0, first);
-    while at < bytes.len() {
-        if bytes[at] != b'\\' {
+/// One walk finds the end and unescapes into a string sized once
+/// (unescaping never lengthens), eight bytes at a time between escapes; a
+/// literal without escapes is borrowed.
+fn string_literal(text: &str) -> Result<(Cow<'_, str>, usize), &'static str> {
+    const UNCLOSED: &str = "a string is not closed";
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return Err("a string was expected");
+    }
+    // Most literals (keys, names) end before any escape: borrowed.
+    let plain = bytes[1..].iter().position(|&b| !is_plain(b));
+    let mut at = 1 + plain.ok_or(UNCLOSED)?;
+    if bytes[at] == b'"' {
+        return Ok((Cow::Borrowed(&text[1..at]), at + 1));
+    }
+    // Unescaping never lengthens: the text fits in what is left of `text`.
+    let mut out = vec![0; bytes.len()];
+    out[..at - 1].copy_from_slice(&bytes[1..at]);
+    let mut written = at - 1;
+    loop {
+        // Eight bytes at a time up to the next byte that is not plain
+        // (copied whole, then counted up to that byte).
+        if let Some(chunk) = bytes.get(at..at + 8) {
+            out[written..written + 8].copy_from_slice(chunk);
+            let plain = first_not_plain(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+            at += plain;
+            written += plain;
+            if plain == 8 {
+                continue;
+            }
+        }
+        let byte = *bytes.get(at).ok_or(UNCLOSED)?;
+        if is_plain(byte) {
+            out[written] = byte;
+            written += 1;
             at += 1;
             continue;
         }
-        text.extend_from_slice(&bytes[run..at]);
-        let byte = match *bytes.get(at + 1)? {
+        if byte == b'"' {
+            break;
+        }
+        if byte != b'\\' {
+            return Err("a control character in a string");
+        }
+        let unescaped = match *bytes.get(at + 1).ok_or(UNCLOSED)? {
             b'"' => b'"',
             b'\\' => b'\\',
             b'/' => b'/',
@@ -104,21 +228,58 @@ fn unescape(literal: &str) -> Option<Cow<'_, str>> {
             b'n' => b'\n',
             b'r' => b'\r',
             b't' => b'\t',
-            _ => {
-                let (ch, len) = unicode_escape(&inner[at + 1..])?;
-                text.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+            b'u' => {
+                let (ch, len) =
+                    unicode_escape(&text[at + 1..]).ok_or("a \\u escape that is no character")?;
+                let encoded = ch.encode_utf8(&mut [0; 4]).len();
+                ch.encode_utf8(&mut out[written..written + encoded]);
+                written += encoded;
                 at += 1 + len;
-                run = at;
                 continue;
             }
+            _ => return Err("an escape that is not JSON's"),
         };
-        text.push(byte);
+        out[written] = unescaped;
+        written += 1;
         at += 2;
-        run = at;
     }
-    text.extend_from_slice(&bytes[run..]);
-    // Runs of valid text cut at ASCII bytes, and whole characters.
-    String::from_utf8(text).ok().map(Cow::Owned)
+    out.truncate(written);
+    // Valid text with some ASCII bytes replaced, and whole characters added.
+    let string = String::from_utf8(out).map_err(|_| "invalid UTF-8")?;
+    Ok((Cow::Owned(string), at + 1))
+}
+
+/// How many of the eight bytes of `word` (little-endian: the first byte is
+/// the lowest) come before the first one that is not plain ([`is_plain`]):
+/// a quote, a backslash or a byte below 0x20. The word tricks serde_json
+/// uses too: each test flags its lowest matching byte exactly (and may flag
+/// bytes above it wrongly, which the lowest set bit never sees).
+fn first_not_plain(word: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let quote = zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    ((quote | backslash | control).trailing_zeros() / 8) as usize
+}
+
+/// Whether a byte stands for itself in a JSON string: not a quote, a
+/// backslash or a control character. A table, as serde_json's: one load per
+/// byte of an event's text.
+fn is_plain(byte: u8) -> bool {
+    const PLAIN: [bool; 256] = {
+        let mut plain = [true; 256];
+        let mut control = 0;
+        while control < 0x20 {
+            plain[control] = false;
+            control += 1;
+        }
+        plain[b'"' as usize] = false;
+        plain[b'\\' as usize] = false;
+        plain
+    };
+    PLAIN[usize::from(byte)]
 }
 
 /// The character of `uXXXX` (or of a surrogate pair `uXXXX\\uXXXX`) at the
@@ -159,12 +320,11 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
             limit,
         });
     }
-    let frame: RawFrame<'_> =
-        serde_json::from_str(text).map_err(|e| FrameError::Envelope(e.to_string()))?;
+    let frame = RawFrame::read(text)?;
     let module = frame
         .module
         .ok_or_else(|| FrameError::Envelope("no `module` field".into()))?;
-    let content = frame.content.map(content_text).transpose()?;
+    let content = frame.content;
     let success = frame.success;
     if content.as_deref().is_some_and(is_invalid_token_text) {
         return Ok(Frame::InvalidToken);
@@ -190,7 +350,7 @@ pub fn decode_frame(text: &str, source: &Source) -> Result<Frame, FrameError> {
 
 /// Reads either a WebSocket frame or a bare event, as `zoomwire fire` does.
 pub fn decode_event_or_frame(text: &str, source: Source) -> Result<Event, FrameError> {
-    let looks_like_frame = serde_json::from_str::<RawFrame<'_>>(text)
+    let looks_like_frame = RawFrame::read(text)
         .map(|f| f.module.is_some())
         .unwrap_or(false);
     if !looks_like_frame {
@@ -211,12 +371,7 @@ mod tests {
     /// The `content` string of a frame, as the hot path reads it.
     fn content_of(literal: &str) -> Result<Option<String>, FrameError> {
         let frame = format!(r#"{{"module":"x","content":{literal}}}"#);
-        let frame: RawFrame<'_> =
-            serde_json::from_str(&frame).map_err(|e| FrameError::Envelope(e.to_string()))?;
-        frame
-            .content
-            .map(|raw| content_text(raw).map(Cow::into_owned))
-            .transpose()
+        Ok(RawFrame::read(&frame)?.content.map(Cow::into_owned))
     }
 
     #[test]
@@ -263,12 +418,12 @@ mod tests {
     }
 
     #[test]
-    fn unescape_agrees_with_serde_json_on_every_escape() {
+    fn string_literals_are_read_as_serde_json_reads_them() {
         // Runs of text between JSON's escapes, each code unit also written
         // as `\uXXXX` in either case: any unit (lone surrogates included) or
-        // a surrogate pair.
+        // a surrogate pair; and what serde_json refuses in a string.
         let mut rng = fastrand::Rng::with_seed(10);
-        let piece = |rng: &mut fastrand::Rng| match rng.u8(0..6) {
+        let piece = |rng: &mut fastrand::Rng| match rng.u8(0..8) {
             0 => [r#"\""#, r"\\", r"\/", r"\b", r"\f", r"\n", r"\r", r"\t"][rng.usize(0..8)]
                 .to_string(),
             1 => format!(r"\u{:04x}", rng.u32(0..0x10000)),
@@ -278,25 +433,198 @@ mod tests {
                 rng.u32(0xDC00..0xE000)
             ),
             3 => "é€😀".to_string(),
+            4 if rng.u8(0..8) == 0 => {
+                let odd = [
+                    r"\x", r"\u12", r"\u12g4", "\u{1}", "\u{1f}", "\u{7f}", "\n", r"\",
+                ];
+                odd[rng.usize(0..odd.len())].to_string()
+            }
             _ => "plain text".chars().take(rng.usize(0..11)).collect(),
         };
-        let mut refused = 0;
+        let (mut refused, mut read) = (0, 0);
         for _ in 0..50_000 {
             let body: String = (0..rng.usize(0..8)).map(|_| piece(&mut rng)).collect();
             let literal = format!("\"{body}\"");
             let expected = serde_json::from_str::<String>(&literal).ok();
             refused += usize::from(expected.is_none());
+            // serde_json takes a whole text: a literal that ends early is refused.
+            let got = string_literal(&literal)
+                .ok()
+                .filter(|(_, length)| *length == literal.len())
+                .map(|(text, _)| text.into_owned());
+            read += usize::from(got.is_some());
+            assert_eq!(got, expected, "{literal}");
+            // What follows a literal does not change it.
+            if let Some(expected) = expected {
+                let after = [r#","k":"v"}"#, " ]", "\""][rng.usize(0..3)];
+                let followed = format!("{literal}{after}");
+                let (text, length) = string_literal(&followed).unwrap();
+                assert_eq!((&*text, length), (&*expected, literal.len()), "{literal}");
+            }
+        }
+        assert!(
+            refused > 2_000 && read > 30_000,
+            "{refused} refused, {read} read"
+        );
+        assert!(matches!(
+            string_literal(r#""no escapes","#),
+            Ok((Cow::Borrowed("no escapes"), 12))
+        ));
+        for unclosed in ["", "x", r#"""#, r#""abc"#, r#""ab\""#, r#""ab\"#] {
+            assert!(string_literal(unclosed).is_err(), "{unclosed}");
+        }
+    }
+
+    #[test]
+    fn a_word_is_scanned_as_its_bytes_one_by_one() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        let edges = [
+            b'"', b'\\', 0x1f, 0, 0x20, 0x21, 0x7f, 0x80, 0xff, 0x5b, 0x5d,
+        ];
+        for _ in 0..200_000 {
+            let bytes: [u8; 8] = std::array::from_fn(|_| match rng.u8(0..3) {
+                0 => edges[rng.usize(0..edges.len())],
+                _ => rng.u8(..),
+            });
+            let expected = bytes.iter().position(|&b| !is_plain(b)).unwrap_or(8);
             assert_eq!(
-                unescape(&literal).map(Cow::into_owned),
+                first_not_plain(u64::from_le_bytes(bytes)),
                 expected,
-                "{literal}"
+                "{bytes:?}"
             );
         }
-        assert!(refused > 500, "lone surrogates are tried: {refused}");
-        assert!(matches!(
-            unescape(r#""no escapes""#),
-            Some(Cow::Borrowed("no escapes"))
-        ));
+    }
+
+    #[test]
+    fn escapes_at_every_offset_of_a_long_literal_are_read() {
+        let escapes = [
+            r#"\""#,
+            r"\u00e9",
+            r"\ud83d\ude00",
+            "é",
+            "\u{1}",
+            r"\q",
+            r"\",
+        ];
+        for escape in escapes {
+            for offset in 0..24 {
+                let literal = format!("\"{}{escape}{}\"", "a".repeat(offset), "b".repeat(30));
+                let expected = serde_json::from_str::<String>(&literal).ok();
+                let got = string_literal(&literal)
+                    .ok()
+                    .filter(|(_, n)| *n == literal.len());
+                assert_eq!(
+                    got.map(|(text, _)| text.into_owned()),
+                    expected,
+                    "{literal}"
+                );
+            }
+        }
+    }
+
+    /// The envelope as serde_json read it before [`RawFrame::read`]: the
+    /// reference the hand reading is held to.
+    #[derive(Deserialize)]
+    struct SerdeFrame<'a> {
+        #[serde(borrow)]
+        module: Option<Cow<'a, str>>,
+        success: Option<bool>,
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
+    }
+
+    /// `(module, success, content)` by either reading, `None` when refused.
+    type Fields = Option<(Option<String>, Option<bool>, Option<String>)>;
+
+    fn by_serde_json(text: &str) -> Fields {
+        let frame: SerdeFrame<'_> = serde_json::from_str(text).ok()?;
+        let content = match frame.content.map(RawValue::get) {
+            Some(literal) if literal.starts_with('"') => {
+                Some(serde_json::from_str::<String>(literal).ok()?)
+            }
+            other => other.map(str::to_string),
+        };
+        Some((frame.module.map(Cow::into_owned), frame.success, content))
+    }
+
+    fn by_hand(text: &str) -> Fields {
+        let frame = RawFrame::read(text).ok()?;
+        let content = frame.content.map(Cow::into_owned);
+        Some((frame.module.map(Cow::into_owned), frame.success, content))
+    }
+
+    #[test]
+    fn the_envelope_is_read_as_serde_json_reads_it() {
+        let mut rng = fastrand::Rng::with_seed(43);
+        let keys = [
+            r#""module""#,
+            r#""success""#,
+            r#""content""#,
+            r#""mod\u0075le""#,
+            r#""other""#,
+            r#""""#,
+            "module",
+        ];
+        let values = [
+            r#""message""#,
+            r#""heart\"beat""#,
+            "true",
+            "false",
+            "null",
+            "7",
+            "-1.5e3",
+            r#"{"a":[1,{"b":"}"}]}"#,
+            "[]",
+            r#""{\"event\":\"a.b\",\"event_ts\":1}""#,
+            r#""Invalid Token""#,
+            r#""\ud83d""#,
+            "tru",
+            "{",
+            r#""open"#,
+        ];
+        let spaces = ["", " ", "\n\t", "\r "];
+        let (mut agreed, mut read) = (0, 0);
+        for _ in 0..40_000 {
+            let space = |rng: &mut fastrand::Rng| spaces[rng.usize(0..spaces.len())];
+            let mut text = format!("{}{{", space(&mut rng));
+            for field in 0..rng.usize(0..5) {
+                if field > 0 {
+                    text.push_str([",", ",", ",", ",,", ""][rng.usize(0..5)]);
+                }
+                let key = keys[rng.usize(0..keys.len())];
+                let value = values[rng.usize(0..values.len())];
+                let colon = [":", ":", " : ", ""][rng.usize(0..4)];
+                text.push_str(&format!(
+                    "{}{key}{colon}{}{value}",
+                    space(&mut rng),
+                    space(&mut rng)
+                ));
+            }
+            text.push_str(&format!(
+                "{}{}",
+                space(&mut rng),
+                ["}", "}", "} x", "", ",}"][rng.usize(0..5)]
+            ));
+            let expected = by_serde_json(&text);
+            assert_eq!(by_hand(&text), expected, "{text}");
+            agreed += 1;
+            read += usize::from(expected.is_some());
+        }
+        assert!(
+            read > 3_000 && agreed - read > 5_000,
+            "{read} of {agreed} read"
+        );
+        // Every cut of a real frame is refused by both, the whole read by both.
+        for cut in 0..MESSAGE.len() {
+            if MESSAGE.is_char_boundary(cut) {
+                assert_eq!(
+                    by_hand(&MESSAGE[..cut]),
+                    by_serde_json(&MESSAGE[..cut]),
+                    "{cut}"
+                );
+            }
+        }
+        assert!(by_hand(MESSAGE).is_some());
     }
 
     use super::*;

@@ -211,7 +211,9 @@ impl Event {
     }
 
     /// Parses a bare Zoom event body as [`Event::parse_for_matching`] does,
-    /// without keeping its tree: for events that are not matched next.
+    /// without keeping its tree: for events read anywhere but the WebSocket
+    /// and webhook intake (the journal, reconciliation, schedules, `fire`),
+    /// whose matching, if any, reads the text again.
     pub fn parse(body_json: &str, source: Source) -> Result<Event, EventError> {
         let mut event = Event::parse_for_matching(body_json, source)?;
         event.release_tree();

@@ -9,12 +9,13 @@
 //! never run on a default-sized stack, and on the async runtime's threads
 //! only until they would wait ([`super::inline`]): a job first runs on the
 //! runtime thread that holds it when that thread's stack allows, and comes
-//! here when it must wait or runs long. A job first takes a free thread
-//! ([`ScriptPool::reserve`], first come first served), so that its deadline
-//! can start when its script does: a burst of runs waits for threads
-//! instead of timing out in a queue. Each job installs its run (deadline, cancel flag, effects, memory budget) in
-//! the worker's thread-locals; a panic in a job is caught, becomes that
-//! job's error, and leaves the worker serving the next job.
+//! here when it must wait or runs long. Here a job first takes a free
+//! thread ([`ScriptPool::reserve`], first come first served), so that its
+//! deadline can start when its script does: a burst of runs waits for
+//! threads instead of timing out in a queue. Each job installs its run
+//! (deadline, cancel flag, effects, memory budget) in the worker's
+//! thread-locals; a panic in a job is caught, becomes that job's error, and
+//! leaves the worker serving the next job.
 //!
 //! The workers wait on one queue with a condition variable ([`Queue`]): a job
 //! wakes one idle thread. They used to share a tokio receiver behind a

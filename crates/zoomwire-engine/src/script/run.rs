@@ -356,7 +356,10 @@ pub(crate) fn release_held_logs() {
         let mut run = cell.try_borrow_mut().ok()?;
         let run = run.as_mut()?;
         let held = std::mem::take(&mut run.inline.as_mut()?.held);
-        (!held.is_empty()).then(|| Some((held, run.effects.clone()?)))?
+        if held.is_empty() {
+            return None;
+        }
+        Some((held, run.effects.clone()?))
     });
     let Some((held, effects)) = held else {
         return;

@@ -42,6 +42,7 @@ use parking_lot::RwLock;
 use rusqlite::{Connection, params};
 
 use super::codec::event_id_hash;
+use super::statements::Statements;
 
 /// Keys gathered in memory before they are frozen and written.
 pub(crate) const FREEZE_AT: usize = 8192;
@@ -142,15 +143,16 @@ pub(crate) fn find_event(
     index: &EventIndex,
     id: &str,
 ) -> rusqlite::Result<Option<i64>> {
-    match find(conn, index, &[], id)? {
-        None if index.catch_up(conn)? => find(conn, index, &[], id),
+    let statements = Statements::new(conn);
+    match find(&statements, index, &[], id)? {
+        None if index.catch_up(conn)? => find(&statements, index, &[], id),
         found => Ok(found),
     }
 }
 
 /// [`find_event`] among the keys known, and `batch` (the open transaction's).
 fn find(
-    conn: &Connection,
+    statements: &Statements<'_>,
     index: &EventIndex,
     batch: &[Key],
     id: &str,
@@ -162,25 +164,29 @@ fn find(
         .map(|&(_, rowid)| rowid)
         .chain(index.rowids(hash))
         .collect();
-    if let Some(rowid) = first_with_id(conn, in_memory, id)? {
+    if let Some(rowid) = first_with_id(statements, in_memory, id)? {
         return Ok(Some(rowid));
     }
     // Two plain statements rather than a join: SQLite prepared the join
     // again at every step (it costs the writer more than the lookup).
-    let mut in_table: Vec<i64> = conn
-        .prepare_cached("SELECT event_rowid FROM event_index WHERE id_hash = ?1")?
+    let mut in_table: Vec<i64> = statements
+        .get("SELECT event_rowid FROM event_index WHERE id_hash = ?1")?
         .query_map([hash], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     in_table.sort_unstable_by(|a, b| b.cmp(a));
-    first_with_id(conn, in_table, id)
+    first_with_id(statements, in_table, id)
 }
 
 /// The first of `rowids` whose row has this id.
-fn first_with_id(conn: &Connection, rowids: Vec<i64>, id: &str) -> rusqlite::Result<Option<i64>> {
+fn first_with_id(
+    statements: &Statements<'_>,
+    rowids: Vec<i64>,
+    id: &str,
+) -> rusqlite::Result<Option<i64>> {
     if rowids.is_empty() {
         return Ok(None);
     }
-    let mut by_rowid = conn.prepare_cached("SELECT 1 FROM events WHERE rowid = ?1 AND id = ?2")?;
+    let mut by_rowid = statements.get("SELECT 1 FROM events WHERE rowid = ?1 AND id = ?2")?;
     for rowid in rowids {
         if by_rowid.exists(params![rowid, id])? {
             return Ok(Some(rowid));
@@ -215,8 +221,8 @@ impl IndexWriter {
     }
 
     /// The rowid of the stored event with this id, the open transaction's included.
-    pub fn find(&self, conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
-        find(conn, &self.shared, &self.batch.borrow(), id)
+    pub fn find(&self, statements: &Statements<'_>, id: &str) -> rusqlite::Result<Option<i64>> {
+        find(statements, &self.shared, &self.batch.borrow(), id)
     }
 
     /// At the start of a write transaction: the keys of rows another

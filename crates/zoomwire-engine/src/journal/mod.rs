@@ -34,6 +34,7 @@ mod prune;
 mod query;
 mod schema;
 pub mod seal;
+mod statements;
 mod upgrade;
 mod vfs;
 mod writer;

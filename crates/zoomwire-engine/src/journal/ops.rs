@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::RequeueOutcome;
@@ -21,6 +21,7 @@ use super::event_index::IndexWriter;
 use super::prune::{PruneStep, apply_prune_step};
 use super::query::UNFINISHED;
 use super::seal::{SealKey, effect_context, event_context};
+use super::statements::Statements;
 use crate::effects::gateway::{EffectRecord, EffectStart};
 use crate::engine::journal::{RunRecord, RunStatus};
 use crate::event::Event;
@@ -55,6 +56,8 @@ impl EventRow {
 
 /// What the writer needs besides the transaction.
 pub(crate) struct Apply<'a> {
+    /// The transaction's statements; dropped before it commits.
+    pub statements: Statements<'a>,
     /// Time of the change, nanoseconds.
     pub now: i64,
     pub dedupe_window: i64,
@@ -67,8 +70,15 @@ pub(crate) struct Apply<'a> {
 }
 
 impl<'a> Apply<'a> {
-    pub fn new(now: i64, dedupe_window: i64, seal: &'a SealKey, events: &'a IndexWriter) -> Self {
+    pub fn new(
+        tx: &'a Connection,
+        now: i64,
+        dedupe_window: i64,
+        seal: &'a SealKey,
+        events: &'a IndexWriter,
+    ) -> Self {
         Apply {
+            statements: Statements::new(tx),
             now,
             dedupe_window,
             seal,
@@ -140,22 +150,22 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             let fresh = accept(tx, event, at)?;
             if fresh {
                 for run in runs {
-                    record_run(tx, run, at, true)?;
-                    insert_effects(tx, run, at)?;
+                    record_run(run, at, true)?;
+                    insert_effects(run, at)?;
                 }
             }
             Ok(Outcome::Accepted(fresh))
         }
         Op::RecordRun(run) => {
-            record_run(tx, run, at, false)?;
-            insert_effects(tx, run, at).map(|()| Outcome::Done)
+            record_run(run, at, false)?;
+            insert_effects(run, at).map(|()| Outcome::Done)
         }
-        Op::RecordObservedRun(run) => record_run(tx, run, at, false).map(|()| Outcome::Done),
+        Op::RecordObservedRun(run) => record_run(run, at, false).map(|()| Outcome::Done),
         Op::Effect { run_id, record } => {
-            insert_effect(tx, run_id, None, record, at).map(|()| Outcome::Done)
+            insert_effect(run_id, None, record, at).map(|()| Outcome::Done)
         }
         Op::EffectStart { run_id, start } => {
-            insert_start(tx, run_id, start).map(|()| Outcome::Done)
+            insert_start(run_id, start, at).map(|()| Outcome::Done)
         }
         Op::StateSet {
             rule,
@@ -204,10 +214,11 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
     if !claim_pruned_id(tx, event, at)? {
         return Ok(false);
     }
-    let stored: Option<(i64, i64)> = match at.events.find(tx, &event.id)? {
+    let stored: Option<(i64, i64)> = match at.events.find(&at.statements, &event.id)? {
         Some(rowid) => Some((
             rowid,
-            tx.prepare_cached("SELECT received_at FROM events WHERE rowid = ?1")?
+            at.statements
+                .get("SELECT received_at FROM events WHERE rowid = ?1")?
                 .query_row([rowid], |row| row.get(0))?,
         )),
         None => None,
@@ -222,20 +233,21 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
         at.seal
             .seal(&event_context(&event.id), token.expose_secret().as_bytes())
     });
-    tx.prepare_cached(
-        "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw, sealed_token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        event.id,
-        id_hash,
-        event.event_type,
-        event.ts,
-        event.source,
-        event.received_at,
-        &*event.raw,
-        sealed_token,
-    ])?;
+    at.statements
+        .get(
+            "INSERT INTO events (id, id_hash, type, ts, source, received_at, raw, sealed_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            event.id,
+            id_hash,
+            event.event_type,
+            event.ts,
+            event.source,
+            event.received_at,
+            &*event.raw,
+            sealed_token,
+        ])?;
     at.events.inserted(id_hash, tx.last_insert_rowid());
     // Inserted again rather than updated in place, and before the old row
     // goes: the new row takes the next rowid, so that rowid order stays
@@ -307,33 +319,29 @@ fn claim_pruned_id(
 /// event): those are inserted straight away. A later record (running, an
 /// outcome) is a plain `UPDATE` first, which costs one walk of the id index,
 /// where the upsert first tries the insert, fails on the id, then updates.
-fn record_run(
-    tx: &Transaction<'_>,
-    run: &RunRecord,
-    at: &Apply<'_>,
-    new: bool,
-) -> rusqlite::Result<()> {
-    if new || !update_run(tx, run, at.now)? {
-        upsert_run(tx, run, at.now)?;
+fn record_run(run: &RunRecord, at: &Apply<'_>, new: bool) -> rusqlite::Result<()> {
+    if new || !update_run(run, at)? {
+        upsert_run(run, at)?;
     }
     if !run.logs.is_empty() {
-        replace_logs(tx, run)?;
+        replace_logs(run, at)?;
     }
     Ok(())
 }
 
 /// Stores the effects a run record carries, each at its position.
-fn insert_effects(tx: &Transaction<'_>, run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+fn insert_effects(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
     for record in &run.effects {
-        insert_effect(tx, &run.id, Some(run.attempt), record, at)?;
+        insert_effect(&run.id, Some(run.attempt), record, at)?;
     }
     Ok(())
 }
 
 /// Updates the run's row where it exists; false when there is none.
-fn update_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<bool> {
-    let changed = tx
-        .prepare_cached(
+fn update_run(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<bool> {
+    let changed = at
+        .statements
+        .get(
             "UPDATE runs SET status = ?2, attempt = ?3, error = ?4, output = ?5,
                  started_at = ?6, finished_at = ?7, updated_at = ?8
              WHERE id = ?1",
@@ -346,37 +354,38 @@ fn update_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Resu
             run.output.as_ref().map(to_json),
             run.started_at.map(to_nanos),
             run.finished_at.map(to_nanos),
-            now,
+            at.now,
         ])?;
     Ok(changed > 0)
 }
 
 /// Inserts the run's row, or updates it as [`update_run`] does.
-fn upsert_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
-                           created_at, started_at, finished_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
-             error = excluded.error, output = excluded.output,
-             started_at = excluded.started_at, finished_at = excluded.finished_at,
-             updated_at = excluded.updated_at",
-    )?
-    .execute(params![
-        run.id,
-        run.rule,
-        run.event_id,
-        run.event_type,
-        run.key,
-        run.status.as_str(),
-        run.attempt,
-        run.error,
-        run.output.as_ref().map(to_json),
-        to_nanos(run.created_at),
-        run.started_at.map(to_nanos),
-        run.finished_at.map(to_nanos),
-        now,
-    ])?;
+fn upsert_run(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+    at.statements
+        .get(
+            "INSERT INTO runs (id, rule, event_id, event_type, key, status, attempt, error, output,
+                               created_at, started_at, finished_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
+                 error = excluded.error, output = excluded.output,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at,
+                 updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            run.id,
+            run.rule,
+            run.event_id,
+            run.event_type,
+            run.key,
+            run.status.as_str(),
+            run.attempt,
+            run.error,
+            run.output.as_ref().map(to_json),
+            to_nanos(run.created_at),
+            run.started_at.map(to_nanos),
+            run.finished_at.map(to_nanos),
+            at.now,
+        ])?;
     Ok(())
 }
 
@@ -384,14 +393,14 @@ fn upsert_run(tx: &Transaction<'_>, run: &RunRecord, now: i64) -> rusqlite::Resu
 /// The same record sent again (the executor re-sends an attempt's effects
 /// with the next attempt's run record) keeps the attempt that performed it.
 fn insert_effect(
-    tx: &Transaction<'_>,
     run_id: &str,
     attempt: Option<u32>,
     record: &EffectRecord,
     at: &Apply<'_>,
 ) -> rusqlite::Result<()> {
     // The record replaces the mark written when the effect started.
-    tx.prepare_cached("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
+    at.statements
+        .get("DELETE FROM effect_starts WHERE run_id = ?1 AND seq = ?2")?
         .execute(params![run_id, record.seq])?;
     let sealed_result = record.unredacted.as_ref().and_then(|value| {
         at.seal.seal(
@@ -399,60 +408,63 @@ fn insert_effect(
             to_json(value).as_bytes(),
         )
     });
-    tx.prepare_cached(
-        "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
-                              latency_ms, replayed, recorded_at, in_doubt, sealed_result)
-         VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
-                 ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT(run_id, seq) DO UPDATE SET attempt = excluded.attempt,
-             name = excluded.name, args = excluded.args, ok = excluded.ok,
-             result = excluded.result, started_at = excluded.started_at,
-             latency_ms = excluded.latency_ms, replayed = excluded.replayed,
-             recorded_at = excluded.recorded_at, in_doubt = excluded.in_doubt,
-             sealed_result = excluded.sealed_result
-         WHERE excluded.replayed = 0
-           AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
-                OR effects.args != excluded.args OR effects.result != excluded.result
-                OR effects.in_doubt != excluded.in_doubt)",
-    )?
-    .execute(params![
-        run_id,
-        record.seq,
-        attempt,
-        record.name,
-        to_json(&record.args),
-        record.result.is_ok(),
-        to_json(&record.result),
-        to_nanos(record.started_at),
-        record.latency_ms,
-        record.replayed,
-        at.now,
-        record.in_doubt,
-        sealed_result,
-    ])?;
+    at.statements
+        .get(
+            "INSERT INTO effects (run_id, seq, attempt, name, args, ok, result, started_at,
+                                  latency_ms, replayed, recorded_at, in_doubt, sealed_result)
+             VALUES (?1, ?2, COALESCE(?3, (SELECT attempt FROM runs WHERE id = ?1), 1),
+                     ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT(run_id, seq) DO UPDATE SET attempt = excluded.attempt,
+                 name = excluded.name, args = excluded.args, ok = excluded.ok,
+                 result = excluded.result, started_at = excluded.started_at,
+                 latency_ms = excluded.latency_ms, replayed = excluded.replayed,
+                 recorded_at = excluded.recorded_at, in_doubt = excluded.in_doubt,
+                 sealed_result = excluded.sealed_result
+             WHERE excluded.replayed = 0
+               AND (effects.started_at != excluded.started_at OR effects.name != excluded.name
+                    OR effects.args != excluded.args OR effects.result != excluded.result
+                    OR effects.in_doubt != excluded.in_doubt)",
+        )?
+        .execute(params![
+            run_id,
+            record.seq,
+            attempt,
+            record.name,
+            to_json(&record.args),
+            record.result.is_ok(),
+            to_json(&record.result),
+            to_nanos(record.started_at),
+            record.latency_ms,
+            record.replayed,
+            at.now,
+            record.in_doubt,
+            sealed_result,
+        ])?;
     Ok(())
 }
 
 /// Marks an effect as started (a performed-again effect marks its position again).
-fn insert_start(tx: &Transaction<'_>, run_id: &str, start: &EffectStart) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO effect_starts (run_id, seq, name, args, started_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        run_id,
-        start.seq,
-        start.name,
-        to_json(&start.args),
-        to_nanos(start.started_at),
-    ])?;
+fn insert_start(run_id: &str, start: &EffectStart, at: &Apply<'_>) -> rusqlite::Result<()> {
+    at.statements
+        .get(
+            "INSERT OR REPLACE INTO effect_starts (run_id, seq, name, args, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            run_id,
+            start.seq,
+            start.name,
+            to_json(&start.args),
+            to_nanos(start.started_at),
+        ])?;
     Ok(())
 }
 
-fn replace_logs(tx: &Transaction<'_>, run: &RunRecord) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND attempt = ?2")?
+fn replace_logs(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+    at.statements
+        .get("DELETE FROM logs WHERE run_id = ?1 AND attempt = ?2")?
         .execute(params![run.id, run.attempt])?;
-    let mut insert = tx.prepare_cached(
+    let mut insert = at.statements.get(
         "INSERT INTO logs (run_id, attempt, idx, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for (idx, line) in run.logs.iter().enumerate() {
@@ -533,7 +545,7 @@ fn requeue(tx: &Transaction<'_>, id: &str, at: &Apply<'_>) -> rusqlite::Result<R
         let status = parse_status(&status).unwrap_or(RunStatus::Skipped);
         return Ok(RequeueOutcome::NotFailed(status));
     }
-    if at.events.find(tx, &event_id)?.is_none() {
+    if at.events.find(&at.statements, &event_id)?.is_none() {
         return Ok(RequeueOutcome::EventPruned);
     }
     tx.prepare_cached(
@@ -578,20 +590,22 @@ mod tests {
         EVENTS.with(|events| *events)
     }
 
-    fn at(seal: &SealKey) -> Apply<'_> {
-        Apply::new(to_nanos(Utc::now()), HOUR, seal, events())
+    fn at<'a>(tx: &'a Connection, now: i64, seal: &'a SealKey) -> Apply<'a> {
+        Apply::new(tx, now, HOUR, seal, events())
     }
 
     fn apply_one(conn: &mut Connection, op: &Op) -> Outcome {
-        let seal = SealKey::ephemeral().unwrap();
-        apply_all(conn, &at(&seal), std::slice::from_ref(op)).remove(0)
+        apply_all(conn, to_nanos(Utc::now()), std::slice::from_ref(op)).remove(0)
     }
 
-    /// Applies `ops` in one transaction, as the writer does a batch.
-    fn apply_all(conn: &mut Connection, at: &Apply<'_>, ops: &[Op]) -> Vec<Outcome> {
+    /// Applies `ops` in one transaction at `now`, as the writer does a batch.
+    fn apply_all(conn: &mut Connection, now: i64, ops: &[Op]) -> Vec<Outcome> {
+        let seal = SealKey::ephemeral().unwrap();
         let tx = conn.transaction().unwrap();
         events().begin(&tx).unwrap();
-        let outcomes = ops.iter().map(|op| apply(&tx, op, at).unwrap()).collect();
+        let at = at(&tx, now, &seal);
+        let outcomes = ops.iter().map(|op| apply(&tx, op, &at).unwrap()).collect();
+        drop(at);
         events().before_commit(&tx).unwrap();
         tx.commit().unwrap();
         events().after_commit(true);
@@ -758,13 +772,11 @@ mod tests {
             &mut conn,
             &accept_op(event_row(0), vec![])
         )));
-        let seal = SealKey::ephemeral().unwrap();
         // Pruned at 10 ns: within the first event's window.
-        let at = Apply::new(10, HOUR, &seal, events());
         let other = Event::parse(r#"{"event":"x.y","event_ts":2}"#, Source::Fire).unwrap();
         let outcomes = apply_all(
             &mut conn,
-            &at,
+            10,
             &[
                 accept_op(EventRow::new(&other), vec![]),
                 Op::Prune(PruneStep::OldestEvents(u64::MAX)),
@@ -817,7 +829,7 @@ mod tests {
         let tx = conn.transaction().unwrap();
         let op = accept_op(event_row(0), vec![run("r1", RunStatus::Pending)]);
         let seal = SealKey::ephemeral().unwrap();
-        assert!(apply(&tx, &op, &at(&seal)).is_err());
+        assert!(apply(&tx, &op, &at(&tx, to_nanos(Utc::now()), &seal)).is_err());
         drop(tx);
         events().after_commit(false);
         let events: i64 = conn

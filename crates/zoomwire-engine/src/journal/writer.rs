@@ -589,6 +589,7 @@ fn try_transaction<'a>(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     events.begin(&tx)?;
     let at = Apply::new(
+        &tx,
         to_nanos(Utc::now()),
         settings.dedupe_window_nanos,
         &settings.seal,
@@ -597,6 +598,8 @@ fn try_transaction<'a>(
     let outcomes = ops
         .map(|op| apply(&tx, op, &at))
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Every statement back in the cache, reset, before the commit.
+    drop(at);
     events.before_commit(&tx)?;
     executed(&outcomes);
     tx.commit()?;

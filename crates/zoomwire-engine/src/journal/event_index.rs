@@ -34,8 +34,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -347,12 +347,7 @@ impl IndexWriter {
                 .flatten();
             (chunk, last, upto)
         };
-        let mut insert = conn.prepare_cached(
-            "INSERT OR IGNORE INTO event_index (id_hash, event_rowid) VALUES (?1, ?2)",
-        )?;
-        for (hash, rowid) in &chunk {
-            insert.execute(params![hash, rowid])?;
-        }
+        insert_keys(conn, &chunk)?;
         if let Some(upto) = upto {
             // Never above the largest rowid: a key whose row was pruned
             // meanwhile must not cover rowids given after it.
@@ -366,6 +361,36 @@ impl IndexWriter {
         self.chunk.set(end.map(|key| (key, last)));
         Ok(())
     }
+}
+
+/// Keys inserted by one statement: one step of SQLite for a group of keys
+/// rather than a statement run (bind, step, reset) for each.
+const GROUP: usize = 64;
+
+/// Inserts `keys` (already in the table: skipped), [`GROUP`] at a time.
+fn insert_keys(conn: &Connection, keys: &[Key]) -> rusqlite::Result<()> {
+    static GROUP_SQL: LazyLock<String> = LazyLock::new(|| {
+        let rows = vec!["(?, ?)"; GROUP].join(", ");
+        format!("INSERT OR IGNORE INTO event_index (id_hash, event_rowid) VALUES {rows}")
+    });
+    let mut groups = keys.chunks_exact(GROUP);
+    if groups.len() > 0 {
+        let mut insert = conn.prepare_cached(&GROUP_SQL)?;
+        for group in groups.by_ref() {
+            let values = group.iter().flat_map(|(hash, rowid)| [hash, rowid]);
+            insert.execute(rusqlite::params_from_iter(values))?;
+        }
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut insert = conn.prepare_cached(
+            "INSERT OR IGNORE INTO event_index (id_hash, event_rowid) VALUES (?1, ?2)",
+        )?;
+        for (hash, rowid) in rest {
+            insert.execute(params![hash, rowid])?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -408,6 +433,31 @@ mod tests {
     fn upto(conn: &Connection) -> i64 {
         conn.query_row("SELECT upto FROM event_index_upto", [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn keys_go_in_by_groups_and_the_rest_one_by_one_skipping_those_in_the_table() {
+        let (_dir, conn) = store();
+        let stored = |conn: &Connection| -> Vec<Key> {
+            conn.prepare("SELECT id_hash, event_rowid FROM event_index ORDER BY 1, 2")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        for count in [0, 1, GROUP - 1, GROUP, GROUP + 1, 3 * GROUP + 7] {
+            conn.execute("DELETE FROM event_index", []).unwrap();
+            let keys: Vec<Key> = (0..count as i64).map(|n| (n * 7 - 40, n)).collect();
+            // Every third key is in the table already.
+            for key in keys.iter().step_by(3) {
+                insert_keys(&conn, std::slice::from_ref(key)).unwrap();
+            }
+            insert_keys(&conn, &keys).unwrap();
+            let mut expected = keys.clone();
+            expected.sort_unstable();
+            assert_eq!(stored(&conn), expected, "{count} keys");
+        }
     }
 
     #[test]

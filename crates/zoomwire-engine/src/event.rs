@@ -414,10 +414,7 @@ fn identity(event_type: String, fields: KeyFields<'_, '_>, raw: &str) -> (String
 /// The first participant id present decides (`participant_uuid`, `user_id`,
 /// `id`), even when it is no scalar (then there is no participant key).
 fn participant_key(parts: &[Option<&Json<'_>>; 5]) -> Option<String> {
-    parts[..3]
-        .iter()
-        .find_map(|part| *part)
-        .and_then(|part| key_part(Some(part)))
+    key_part(parts[..3].iter().find_map(|part| *part))
 }
 
 /// The key of the thing itself, for the types whose thing has an identity
@@ -803,8 +800,8 @@ mod tests {
     /// again by them: a change of any key would let an event already handled
     /// run again after an upgrade. The digest is of the keys given by the two
     /// roads this module had before intake kept the tree (a one-pass head of
-    /// the key's fields, and the full tree), which agreed on every body here. `ZW_KEY_SHAPES=path` writes
-    /// the list, to see which key changed.
+    /// the key's fields, and the full tree), which agreed on every body here.
+    /// `ZW_KEY_SHAPES=path` writes the list, to see which key changed.
     #[test]
     fn the_dedupe_key_of_every_shape_of_its_fields_is_unchanged() {
         let ids = key_shape_ids();

@@ -417,6 +417,15 @@ mod tests {
         }
     }
 
+    /// `literal` read by [`string_literal`] when it is one whole literal,
+    /// as serde_json takes a whole text: one that ends early is refused.
+    fn whole_literal(literal: &str) -> Option<String> {
+        string_literal(literal)
+            .ok()
+            .filter(|(_, length)| *length == literal.len())
+            .map(|(text, _)| text.into_owned())
+    }
+
     #[test]
     fn string_literals_are_read_as_serde_json_reads_them() {
         // Runs of text between JSON's escapes, each code unit also written
@@ -447,11 +456,7 @@ mod tests {
             let literal = format!("\"{body}\"");
             let expected = serde_json::from_str::<String>(&literal).ok();
             refused += usize::from(expected.is_none());
-            // serde_json takes a whole text: a literal that ends early is refused.
-            let got = string_literal(&literal)
-                .ok()
-                .filter(|(_, length)| *length == literal.len())
-                .map(|(text, _)| text.into_owned());
+            let got = whole_literal(&literal);
             read += usize::from(got.is_some());
             assert_eq!(got, expected, "{literal}");
             // What follows a literal does not change it.
@@ -510,14 +515,7 @@ mod tests {
             for offset in 0..24 {
                 let literal = format!("\"{}{escape}{}\"", "a".repeat(offset), "b".repeat(30));
                 let expected = serde_json::from_str::<String>(&literal).ok();
-                let got = string_literal(&literal)
-                    .ok()
-                    .filter(|(_, n)| *n == literal.len());
-                assert_eq!(
-                    got.map(|(text, _)| text.into_owned()),
-                    expected,
-                    "{literal}"
-                );
+                assert_eq!(whole_literal(&literal), expected, "{literal}");
             }
         }
     }

@@ -30,6 +30,16 @@
 //! before it looked. Keys may outlive their row (a batch that failed, an
 //! event replaced after its window): every lookup compares the id, so a
 //! stale key costs a row read, never a wrong answer.
+//!
+//! Nearly every event looked up is new, and searching the table for it
+//! was about a tenth of the writer's instructions. So a filter
+//! ([`KeyFilter`]) holds every key memory or the table may hold: those
+//! the table held when the store opened, and every key that has been in
+//! memory since. The table takes keys only from a process's memory, and
+//! every row's key passes through this process's memory too (its own
+//! inserts, and [`EventIndex::catch_up`] for other processes' rows, which
+//! the writer runs before its lookups), so a key the filter never held is
+//! in neither, and neither is searched.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -42,6 +52,7 @@ use parking_lot::RwLock;
 use rusqlite::{Connection, params};
 
 use super::codec::event_id_hash;
+use super::key_filter::KeyFilter;
 use super::statements::Statements;
 
 /// Keys gathered in memory before they are frozen and written.
@@ -72,6 +83,22 @@ struct Sets {
     live: BTreeSet<Key>,
     /// Keys being written into the table, in key order.
     frozen: BTreeSet<Key>,
+    /// Every key the table may hold (see the module's documentation);
+    /// `None` for an index not loaded from its store, whose table is
+    /// always searched.
+    held: Option<KeyFilter>,
+}
+
+impl Sets {
+    /// Adds keys to those gathering (and to the filter, for good).
+    fn gather(&mut self, keys: impl IntoIterator<Item = Key>) {
+        for key in keys {
+            if let Some(held) = &mut self.held {
+                held.insert(key.0);
+            }
+            self.live.insert(key);
+        }
+    }
 }
 
 impl EventIndex {
@@ -84,17 +111,20 @@ impl EventIndex {
             )?
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<rusqlite::Result<BTreeSet<Key>>>()?;
+        let held = load_table_keys(conn, live.len())?;
         let seen = conn.query_row(
             "SELECT max(ifnull((SELECT max(rowid) FROM events), 0),
                         (SELECT upto FROM event_index_upto))",
             [],
             |row| row.get(0),
         )?;
+        let mut sets = Sets {
+            held: Some(held),
+            ..Sets::default()
+        };
+        sets.gather(live);
         Ok(EventIndex {
-            sets: RwLock::new(Sets {
-                live,
-                frozen: BTreeSet::new(),
-            }),
+            sets: RwLock::new(sets),
             seen: AtomicI64::new(seen),
         })
     }
@@ -110,14 +140,22 @@ impl EventIndex {
         let Some(newest) = keys.iter().map(|&(_, rowid)| rowid).max() else {
             return Ok(false);
         };
-        self.sets.write().live.extend(keys);
+        self.sets.write().gather(keys);
         self.seen.fetch_max(newest, Ordering::AcqRel);
         Ok(true)
     }
 
-    /// Rowids in memory whose id hashes to `hash`, newest first.
-    fn rowids(&self, hash: i64) -> Vec<i64> {
+    /// Rowids in memory whose id hashes to `hash`, newest first; `None`
+    /// when the filter never held it, so neither memory nor the table does.
+    fn rowids(&self, hash: i64) -> Option<Vec<i64>> {
         let sets = self.sets.read();
+        if sets
+            .held
+            .as_ref()
+            .is_some_and(|held| !held.may_contain(hash))
+        {
+            return None;
+        }
         let range = (hash, i64::MIN)..=(hash, i64::MAX);
         let mut rowids: Vec<i64> = sets
             .live
@@ -126,7 +164,7 @@ impl EventIndex {
             .map(|&(_, rowid)| rowid)
             .collect();
         rowids.sort_unstable_by(|a, b| b.cmp(a));
-        rowids
+        Some(rowids)
     }
 
     /// How many keys are held in memory.
@@ -135,6 +173,21 @@ impl EventIndex {
         let sets = self.sets.read();
         sets.live.len() + sets.frozen.len()
     }
+}
+
+/// A filter holding every key in the table, with room for as many again
+/// and `more`: a scan of the table, once when the store opens (90 ms for a
+/// million keys here, release build).
+fn load_table_keys(conn: &Connection, more: usize) -> rusqlite::Result<KeyFilter> {
+    let count: i64 = conn.query_row("SELECT count(*) FROM event_index", [], |row| row.get(0))?;
+    let count = usize::try_from(count).unwrap_or_default();
+    let mut held = KeyFilter::with_capacity(2 * count + more);
+    let mut keys = conn.prepare("SELECT id_hash FROM event_index")?;
+    let mut rows = keys.query([])?;
+    while let Some(row) = rows.next()? {
+        held.insert(row.get(0)?);
+    }
+    Ok(held)
 }
 
 /// The rowid of the stored event with this id, if any.
@@ -160,10 +213,12 @@ fn find(
     let hash = event_id_hash(id);
     // Memory first: a key leaves it only once the table has it committed.
     let in_batch = batch.iter().rev().filter(|key| key.0 == hash);
-    let in_memory: Vec<i64> = in_batch
-        .map(|&(_, rowid)| rowid)
-        .chain(index.rowids(hash))
-        .collect();
+    let in_batch = in_batch.map(|&(_, rowid)| rowid);
+    let Some(rowids) = index.rowids(hash) else {
+        // Never held: only the open transaction may have it.
+        return first_with_id(statements, in_batch.collect(), id);
+    };
+    let in_memory: Vec<i64> = in_batch.chain(rowids).collect();
     if let Some(rowid) = first_with_id(statements, in_memory, id)? {
         return Ok(Some(rowid));
     }
@@ -244,7 +299,7 @@ impl IndexWriter {
         self.write_chunk(conn)?;
         let batch = self.batch.borrow();
         if !batch.is_empty() {
-            self.shared.sets.write().live.extend(batch.iter().copied());
+            self.shared.sets.write().gather(batch.iter().copied());
         }
         Ok(())
     }
@@ -546,9 +601,63 @@ mod tests {
         insert(&mut conn, &writer, 5..6);
         assert_eq!(find_event(&conn, &shared, "e5").unwrap(), Some(6));
         assert_eq!(shared.in_memory(), 6);
-        // Flushed by this process, every one of them is in the table.
+        // Flushed by this process, every one of them is in the table, and
+        // found there once out of memory.
         flush_around(&mut conn, &writer, "", "");
         assert_eq!((indexed(&conn), upto(&conn)), (6, 6));
+        insert(&mut conn, &writer, 0..0);
+        assert_eq!(shared.in_memory(), 0);
+        for n in 0..6 {
+            let rowid = find_event(&conn, &shared, &format!("e{n}")).unwrap();
+            assert_eq!(rowid, Some(n + 1), "e{n}");
+        }
+    }
+
+    #[test]
+    fn keys_another_process_put_in_the_table_are_found_by_the_reader_and_the_writer() {
+        let (dir, mut conn) = store();
+        let shared = Arc::new(EventIndex::load(&conn).unwrap());
+        let writer = IndexWriter::new(shared.clone());
+        insert(&mut conn, &writer, 0..2);
+        // Another process adds events and puts their keys in the table.
+        let mut other = Connection::open(dir.path().join("zoomwire.db")).unwrap();
+        let theirs = IndexWriter::new(Arc::new(EventIndex::load(&other).unwrap()));
+        insert(&mut other, &theirs, 2..5);
+        flush_around(&mut other, &theirs, "", "");
+        assert_eq!(indexed(&conn), 5);
+        // This writer's lookups come after its transaction began.
+        let tx = conn.transaction().unwrap();
+        writer.begin(&tx).unwrap();
+        assert_eq!(writer.find(&Statements::new(&tx), "e3").unwrap(), Some(4));
+        drop(tx);
+        // A reader of a third index, loaded before, finds them too.
+        assert_eq!(find_event(&conn, &shared, "e2").unwrap(), Some(3));
+        // Reopened, the table's keys are known from the start.
+        let loaded = EventIndex::load(&conn).unwrap();
+        assert_eq!(loaded.in_memory(), 0, "all in the table");
+        for n in 0..5 {
+            let rowid = find_event(&conn, &loaded, &format!("e{n}")).unwrap();
+            assert_eq!(rowid, Some(n + 1), "e{n}");
+        }
+    }
+
+    #[test]
+    fn the_table_is_not_searched_for_a_key_never_held() {
+        let (_dir, conn) = store();
+        let loaded = EventIndex::load(&conn).unwrap();
+        // A row and key that bypass this process (and `seen`): found only
+        // by searching the table, which an index not loaded always does.
+        conn.execute_batch(&format!(
+            "INSERT INTO events (rowid, id, id_hash, type, ts, source, received_at, raw)
+             VALUES (1, 'ghost', {hash}, 'x.y', 1, '\"fire\"', 1, '{{}}');
+             INSERT INTO event_index VALUES ({hash}, 1);",
+            hash = event_id_hash("ghost")
+        ))
+        .unwrap();
+        let statements = Statements::new(&conn);
+        assert_eq!(find(&statements, &loaded, &[], "ghost").unwrap(), None);
+        let unloaded = EventIndex::default();
+        assert_eq!(find(&statements, &unloaded, &[], "ghost").unwrap(), Some(1));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod codec;
 mod engine_traits;
 mod event_index;
 pub mod history;
+mod key_filter;
 pub mod memory;
 mod ops;
 mod pages;

@@ -889,7 +889,8 @@ mod tests {
         let settings = settings(dir.path());
         let mut conn = open(&settings.path, crate::journal::JournalSync::Normal);
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        let events_index = IndexWriter::new(settings.events.clone());
+        // As the store opens it: with the filter of its table's keys.
+        let events_index = IndexWriter::new(Arc::new(EventIndex::load(&conn).unwrap()));
         let body = |i: usize| {
             format!(
                 r#"{{"event":"meeting.participant_joined","event_ts":{i},"payload":{{"account_id":"acc-{i}","object":{{"id":"{}","uuid":"u{:016x}/abc==","host_id":"host-1","topic":"Weekly sync of the team {i}","type":2,"start_time":"2026-12-04T10:00:00Z","timezone":"UTC","participant":{{"user_id":"{i}","user_name":"Person {i}","id":"p{i}","participant_uuid":"{:032x}","join_time":"2026-12-04T10:00:{:02}Z","email":"person{i}@example.com"}}}}}}}}"#,

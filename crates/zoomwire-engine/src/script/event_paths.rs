@@ -14,7 +14,7 @@
 //! use of `event` (passed to a function, assigned, captured by a closure,
 //! iterated, indexed at its root) keeps the whole body ([`EventPaths::Whole`]).
 //!
-//! The copy is read from the event's JSON text in one pass that skips what
+//! The copy is read from the event's JSON text in one walk that skips what
 //! no chain names ([`prune`]), and each value it keeps is made by the same
 //! deserializer as the whole body, so its numbers, strings and nulls are the
 //! same Rhai values.
@@ -25,8 +25,11 @@ use std::fmt;
 
 use rhai::{AST, Dynamic, Expr, Stmt};
 use rhai::{ASTNode, Map};
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::value::SeqAccessDeserializer;
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, IntoDeserializer, MapAccess,
+    SeqAccess, Visitor,
+};
 
 use crate::event::Event;
 
@@ -178,49 +181,86 @@ fn own_copy(value: &Dynamic) -> Dynamic {
 /// The body `json` (an object's text) as a Rhai value holding what `paths`
 /// reads, as `serde_json::from_str::<Dynamic>` would make it; `None` when the
 /// text does not parse.
+///
+/// One walk of the text: the values no chain names are skipped where they
+/// stand, and every other value is made by Rhai's own deserializer
+/// ([`Pruned`]), so its numbers, strings and nulls are the same Rhai values.
 pub fn prune(json: &str, paths: &EventPaths) -> Option<Dynamic> {
-    match paths {
-        EventPaths::Fields(fields) if json.trim_start().starts_with('{') => {
-            let mut deserializer = serde_json::Deserializer::from_str(json);
-            let kept = deserializer.deserialize_map(Kept(fields)).ok()?;
-            deserializer.end().ok()?;
-            let mut map = Map::new();
-            for (key, (raw, child)) in kept {
-                map.insert(key.as_ref().into(), prune(raw.get(), child)?);
-            }
-            Some(Dynamic::from_map(map))
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let body = Pruned(paths).deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    Some(body)
+}
+
+/// A value keeping what `0` reads of it: a map, only the keys named (each
+/// pruned by its own paths, the last of a key that comes more than once, as
+/// a map built from the text keeps); any other value, whole.
+struct Pruned<'p>(&'p EventPaths);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Dynamic;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Dynamic, D::Error> {
+        match self.0 {
+            EventPaths::Whole => Dynamic::deserialize(deserializer),
+            EventPaths::Fields(fields) => deserializer.deserialize_any(Fields(fields)),
         }
-        _ => serde_json::from_str(json).ok(),
     }
 }
 
-/// The texts of an object's values whose keys `0` names, the last of each
-/// key that comes more than once (as a map built from it keeps).
-struct Kept<'p>(&'p BTreeMap<String, EventPaths>);
+/// [`Pruned`] of a value whose keys `0` names: a value that is not a map is
+/// handed whole to Rhai's deserializer.
+struct Fields<'p>(&'p BTreeMap<String, EventPaths>);
 
-type KeptValues<'de, 'p> = BTreeMap<Cow<'de, str>, (&'de RawValue, &'p EventPaths)>;
-
-impl<'de, 'p> Visitor<'de> for Kept<'p> {
-    type Value = KeptValues<'de, 'p>;
+impl<'de> Visitor<'de> for Fields<'_> {
+    type Value = Dynamic;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
+        f.write_str("any JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-        let mut kept = BTreeMap::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Dynamic, A::Error> {
+        let mut map = Map::new();
         while let Some(key) = access.next_key_seed(Key)? {
-            match self.0.get_key_value(key.as_ref()) {
-                Some((_, child)) => {
-                    let raw: &'de RawValue = access.next_value()?;
-                    kept.insert(key, (raw, child));
+            match self.0.get(key.as_ref()) {
+                Some(child) => {
+                    let value = access.next_value_seed(Pruned(child))?;
+                    map.insert(key.as_ref().into(), value);
                 }
                 None => {
                     access.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(kept)
+        Ok(Dynamic::from_map(map))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Dynamic, A::Error> {
+        Dynamic::deserialize(SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Dynamic, E> {
+        Dynamic::deserialize(v.into_deserializer())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dynamic, E> {
+        Dynamic::deserialize(v.into_deserializer())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dynamic, E> {
+        Dynamic::deserialize(v.into_deserializer())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dynamic, E> {
+        Dynamic::deserialize(v.into_deserializer())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Dynamic, E> {
+        Dynamic::deserialize(v.into_deserializer())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Dynamic, E> {
+        Dynamic::deserialize(().into_deserializer())
     }
 }
 
@@ -377,7 +417,7 @@ mod tests {
         let body = r#"{"event":"a.b","event_ts":17000000000001,"payload":{"account_id":"x\"y",
             "object":{"id":9223372036854775807,"big":18446744073709551615,"f":1.5,"n":null,
             "topic":"Board \u00e9","files":[{"t":"MP4"},{"t":"CHAT"}],"e\u0073c":1,"dup":1,"dup":2,
-            "empty":{},"list":[]},"s":"str"}}"#;
+            "empty":{},"list":[],"ok":true},"s":"str"}}"#;
         for source in [
             "event.payload.object.id",
             "event.payload.object.big",
@@ -405,6 +445,17 @@ mod tests {
             "event.payload.nope?.topic",
             "event.payload.object.id = 1",
             "`t=${event.payload.object.topic} n=${event.event_ts}`",
+            // A chain through a value that is not a map keeps that value whole.
+            "event.payload.object.ok.x",
+            "event.payload.object.n.x",
+            "event.payload.object.f.x",
+            "event.payload.object.big.x",
+            "event.payload.object.id.x",
+            "event.payload.object.topic.x",
+            "event.payload.object.files.x",
+            "event.payload.object.list.x",
+            "event.payload.object.empty.x",
+            "event.payload.object.n?.x",
         ] {
             let (whole, pruned) = both(body, source);
             assert_eq!(whole, pruned, "{source}");

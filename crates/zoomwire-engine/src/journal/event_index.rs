@@ -607,8 +607,13 @@ mod tests {
         assert_eq!((indexed(&conn), upto(&conn)), (6, 6));
         insert(&mut conn, &writer, 0..0);
         assert_eq!(shared.in_memory(), 0);
-        for n in 0..6 {
-            let rowid = find_event(&conn, &shared, &format!("e{n}")).unwrap();
+        assert_found(&conn, &shared, 0..6);
+    }
+
+    /// Events `e<n>` for `ids`, inserted first, are found at rowid `n + 1`.
+    fn assert_found(conn: &Connection, index: &EventIndex, ids: std::ops::Range<i64>) {
+        for n in ids {
+            let rowid = find_event(conn, index, &format!("e{n}")).unwrap();
             assert_eq!(rowid, Some(n + 1), "e{n}");
         }
     }
@@ -619,6 +624,7 @@ mod tests {
         let shared = Arc::new(EventIndex::load(&conn).unwrap());
         let writer = IndexWriter::new(shared.clone());
         insert(&mut conn, &writer, 0..2);
+        let reader = EventIndex::load(&conn).unwrap();
         // Another process adds events and puts their keys in the table.
         let mut other = Connection::open(dir.path().join("zoomwire.db")).unwrap();
         let theirs = IndexWriter::new(Arc::new(EventIndex::load(&other).unwrap()));
@@ -630,15 +636,12 @@ mod tests {
         writer.begin(&tx).unwrap();
         assert_eq!(writer.find(&Statements::new(&tx), "e3").unwrap(), Some(4));
         drop(tx);
-        // A reader of a third index, loaded before, finds them too.
-        assert_eq!(find_event(&conn, &shared, "e2").unwrap(), Some(3));
+        // So does a reader with an index loaded before.
+        assert_eq!(find_event(&conn, &reader, "e2").unwrap(), Some(3));
         // Reopened, the table's keys are known from the start.
         let loaded = EventIndex::load(&conn).unwrap();
         assert_eq!(loaded.in_memory(), 0, "all in the table");
-        for n in 0..5 {
-            let rowid = find_event(&conn, &loaded, &format!("e{n}")).unwrap();
-            assert_eq!(rowid, Some(n + 1), "e{n}");
-        }
+        assert_found(&conn, &loaded, 0..5);
     }
 
     #[test]

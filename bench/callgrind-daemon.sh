@@ -34,6 +34,11 @@ while kill -0 "$bench" 2>/dev/null; do
     sleep 0.2
 done
 grep -v "^==" "$OUT.log" | grep -E "throughput  |delivery" || true
+# A run with a missing or doubled post (or any other failure) gives no figure.
+if ! wait "$bench"; then
+    echo "the bench failed: no figure (see $OUT.log)" >&2
+    exit 1
+fi
 counts=$(ls "$OUT".cg."$daemon".1)
 total=$(callgrind_annotate "$counts" | grep "PROGRAM TOTALS" | awk '{gsub(",", "", $1); print $1}')
 echo "daemon: $total instructions, $((total / EVENTS)) per event ($counts)"

@@ -45,19 +45,15 @@ impl KeyFilter {
         }
     }
 
-    /// Remembers `key`.
+    /// Remembers `key`, in a new stage twice the size of the last once
+    /// that one has taken as many keys as it was sized for.
     pub fn insert(&mut self, key: i64) {
-        let full = self
+        let grown = self
             .stages
             .last()
-            .is_none_or(|stage| stage.count >= stage.capacity);
-        if full {
-            let capacity = self
-                .stages
-                .last()
-                .map_or(FIRST_CAPACITY, |s| s.capacity * 2);
-            self.stages.push(Stage::new(capacity));
-        }
+            .filter(|last| last.count >= last.capacity)
+            .map(|last| Stage::new(last.capacity * 2));
+        self.stages.extend(grown);
         if let Some(stage) = self.stages.last_mut() {
             stage.insert(key);
         }

@@ -266,9 +266,10 @@ fn accept(tx: &Transaction<'_>, event: &EventRow, at: &Apply<'_>) -> rusqlite::R
 /// its entry; only one pruned within its window leaves an id there), and
 /// looking an id up in it took about 3,000 of the ~43,000 instructions the
 /// writer spent per event in a burst when this was measured
-/// (`writer_cost_harness`, 44 events a batch, under callgrind). Ids are added only by pruning, in a
-/// transaction (this writer's, or another process's before this one took
-/// the write lock), so the answer holds until this transaction prunes.
+/// (`writer_cost_harness`, 44 events a batch, under callgrind). Ids are
+/// added only by pruning, in a transaction (this writer's, or another
+/// process's before this one took the write lock), so the answer holds
+/// until this transaction prunes.
 fn holds_pruned_ids(tx: &Transaction<'_>, at: &Apply<'_>) -> rusqlite::Result<bool> {
     if let Some(known) = at.pruned_ids.get() {
         return Ok(known);

@@ -26,6 +26,7 @@
 //! id) and participant; an event without any of these is a hash of its
 //! canonical body.
 
+pub(crate) mod literal;
 pub mod tree;
 
 use std::borrow::Cow;

@@ -229,10 +229,11 @@ impl Journal for SqliteJournal {
 
 /// One [`Op::Accept`] per event, with its runs.
 fn accept_ops(events: &[(&Event, &[RunRecord])]) -> Vec<Op> {
-    events
-        .iter()
-        .map(|(event, runs)| Op::Accept {
-            event: EventRow::new(event),
+    let rows = EventRow::batch(events.iter().map(|(event, _)| *event));
+    rows.into_iter()
+        .zip(events)
+        .map(|(event, (_, runs))| Op::Accept {
+            event,
             runs: runs.to_vec(),
         })
         .collect()

@@ -128,7 +128,7 @@ async fn insert_events(
     let (ids, types, sources, raws) = (
         column(|e| e.id.clone()),
         column(|e| e.event_type.clone()),
-        column(|e| e.source.clone()),
+        column(|e| e.source.to_string()),
         column(|e| e.raw.to_string()),
     );
     let ts: Vec<i64> = events.iter().map(|e| e.ts).collect();

@@ -515,6 +515,24 @@ fn short_hash(text: &str) -> String {
     hex::encode(&digest[..16])
 }
 
+/// The texts of Zoom's sample events (`examples/events/*.json`), in name
+/// order, for tests that hold a reading of events to another.
+#[cfg(test)]
+pub(crate) fn sample_bodies() -> Vec<String> {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/events");
+    let mut paths: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 9, "{paths:?}");
+    paths
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

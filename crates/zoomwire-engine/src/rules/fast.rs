@@ -940,6 +940,7 @@ mod tests {
     use rhai::{AST, Dynamic, Scope};
 
     use super::*;
+    use crate::event::sample_bodies;
     use crate::script::{Sandbox, SandboxLimits, ScriptModules};
 
     fn accepts(source: &str) -> bool {
@@ -1283,21 +1284,6 @@ mod tests {
         "event.payload.object.recording_count > 20",
         "event.payload.object.settings.use_pmi",
     ];
-
-    fn sample_bodies() -> Vec<String> {
-        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/events");
-        let mut paths: Vec<_> = std::fs::read_dir(folder)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
-        assert!(paths.len() >= 9, "{paths:?}");
-        paths
-            .iter()
-            .map(|path| std::fs::read_to_string(path).unwrap())
-            .collect()
-    }
 
     /// Hand-made bodies: missing fields, nulls, mixed numbers, big numbers,
     /// unicode, duplicate keys, escapes, nested and large arrays.

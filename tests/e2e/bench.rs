@@ -55,6 +55,9 @@ fn a_small_bench_reports_throughput_latency_and_memory() {
         "the SQLite journal's commits only:\n{stdout}"
     );
     assert!(!stdout.contains("did not finish"), "{stdout}");
+    // The CPU per event at the latency phase's steady rate, for each journal.
+    let steady = stdout.lines().filter(|l| l.contains("steady cpu")).count();
+    assert_eq!(steady, 2, "{stdout}");
     // The CPU split names the runtime's threads, and the SQLite journal's
     // writer (its whole name: the kernel keeps 15 bytes of a thread's name).
     let splits: Vec<&str> = stdout.lines().filter(|l| l.contains("cpu split")).collect();

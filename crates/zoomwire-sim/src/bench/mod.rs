@@ -314,12 +314,21 @@ pub struct Latency {
     pub micros: Vec<i64>,
     /// The journal's commits during the phase, where it reports them.
     pub commits: Option<Commits>,
+    /// The daemon's CPU time over the phase: at a steady rate each event
+    /// arrives alone, so it pays for the wake-ups a burst shares.
+    pub cpu: Option<Duration>,
 }
 
 impl Latency {
     /// The `p`-th percentile (0..=100) in milliseconds.
     pub fn percentile_ms(&self, p: f64) -> Option<f64> {
         percentile(&self.micros, p).map(|us| us as f64 / 1000.0)
+    }
+
+    /// The daemon's CPU time per event of the phase, in microseconds.
+    pub fn cpu_micros_per_event(&self) -> Option<f64> {
+        self.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64)
     }
 }
 
@@ -747,6 +756,7 @@ impl Bench<'_> {
         let first_post = self.sim.slack_post_count();
         let commits_before = commit_buckets(&self.all_metrics().await);
         let period = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
+        let cpu_before = self.cpu_time();
         let started = Instant::now();
         for (i, event) in events.iter().enumerate() {
             let due = started + period.mul_f64(i as f64);
@@ -757,6 +767,10 @@ impl Bench<'_> {
             self.sim.send_frame(None, frame).await;
         }
         self.wait_processed().await;
+        let cpu = self
+            .cpu_time()
+            .zip(cpu_before)
+            .map(|(after, before)| after.saturating_sub(before));
         let commits_after = commit_buckets(&self.all_metrics().await);
         let mut micros: Vec<i64> = self.sim.slack_posts()[first_post..]
             .iter()
@@ -772,6 +786,7 @@ impl Bench<'_> {
             posts_expected: posts,
             micros,
             commits: Commits::between(&commits_before, &commits_after),
+            cpu,
         }
     }
 
@@ -948,6 +963,13 @@ fn format_journal(out: &mut String, report: &JournalReport, fsync_p99: Option<f6
             l.micros.len(),
             l.posts_expected
         );
+        if let Some(us) = l.cpu_micros_per_event() {
+            let _ = writeln!(
+                out,
+                "    steady cpu  {us:.1} µs CPU per event at {} events/s (each event alone: no batch shares its wake-ups)",
+                l.rate
+            );
+        }
         if let Some(commits) = &l.commits {
             let _ = writeln!(out, "    commits     {}", describe_commits(commits));
         }

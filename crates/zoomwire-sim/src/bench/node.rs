@@ -14,7 +14,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{BenchJournal, BenchReport};
+use super::{BenchJournal, BenchReport, Latency};
 
 /// The client's folder, relative to the working directory, unless
 /// `--node-client` says otherwise.
@@ -80,33 +80,32 @@ impl NodeClient {
 
 /// zoomwire's throughput phase against the Node client's, for each journal
 /// run besides it: events/s (zoomwire's over node's: higher is better for
-/// zoomwire) and CPU per event (node's over zoomwire's, likewise), or
-/// `None` without a finished Node run and a finished zoomwire run.
+/// zoomwire) and CPU per event (node's over zoomwire's, likewise), in the
+/// burst and at the latency phase's steady rate; `None` without a finished
+/// Node run and a finished zoomwire run.
 pub fn comparison(report: &BenchReport) -> Option<String> {
-    let throughput = |journal: BenchJournal| {
-        let t = report
-            .journals
-            .iter()
-            .find(|j| j.journal == journal)?
-            .throughput
-            .as_ref()?;
-        Some((t.events_per_second()?, t.cpu_micros_per_event()))
+    let figures = |journal: BenchJournal| {
+        let run = report.journals.iter().find(|j| j.journal == journal)?;
+        let t = run.throughput.as_ref()?;
+        let steady = run.latency.as_ref().and_then(Latency::cpu_micros_per_event);
+        Some((t.events_per_second()?, t.cpu_micros_per_event(), steady))
     };
-    let (node_rate, node_cpu) = throughput(BenchJournal::Node)?;
-    let (mut rates, mut cpus) = (String::new(), String::new());
+    let (node_rate, node_cpu, node_steady) = figures(BenchJournal::Node)?;
+    let (mut rates, mut cpus, mut steadies) = (String::new(), String::new(), String::new());
     for journal in report.journals.iter().map(|j| j.journal) {
         if journal == BenchJournal::Node {
             continue;
         }
-        let Some((rate, cpu)) = throughput(journal) else {
+        let Some((rate, cpu, steady)) = figures(journal) else {
             continue;
         };
-        let sep = if rates.is_empty() { "" } else { "; " };
-        let _ = write!(rates, "{sep}{}: {:.2}x", journal.flag(), rate / node_rate);
-        if let Some(ratio) = node_cpu.zip(cpu).map(|(node, cpu)| node / cpu) {
-            let sep = if cpus.is_empty() { "" } else { "; " };
-            let _ = write!(cpus, "{sep}{}: {ratio:.2}x", journal.flag());
-        }
+        add_ratio(&mut rates, journal, Some(rate / node_rate));
+        add_ratio(&mut cpus, journal, node_cpu.zip(cpu).map(|(n, z)| n / z));
+        add_ratio(
+            &mut steadies,
+            journal,
+            node_steady.zip(steady).map(|(n, z)| n / z),
+        );
     }
     if rates.is_empty() {
         return None;
@@ -115,7 +114,21 @@ pub fn comparison(report: &BenchReport) -> Option<String> {
     if !cpus.is_empty() {
         let _ = write!(text, "\n  node/zoomwire CPU per event: {cpus}");
     }
+    if !steadies.is_empty() {
+        let _ = write!(
+            text,
+            "\n  node/zoomwire CPU per event at the steady rate: {steadies}"
+        );
+    }
     Some(text)
+}
+
+/// Appends "journal: ratio" to a "; "-separated list, when there is a ratio.
+fn add_ratio(list: &mut String, journal: BenchJournal, ratio: Option<f64>) {
+    if let Some(ratio) = ratio {
+        let sep = if list.is_empty() { "" } else { "; " };
+        let _ = write!(list, "{sep}{}: {ratio:.2}x", journal.flag());
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +141,11 @@ mod tests {
     fn run(journal: BenchJournal, events: usize, cpu_ms: u64) -> JournalReport {
         JournalReport {
             journal,
+            latency: Some(Latency {
+                events: 10_000,
+                cpu: Some(Duration::from_millis(cpu_ms / 2)),
+                ..Latency::default()
+            }),
             throughput: Some(Throughput {
                 events,
                 elapsed: Some(Duration::from_secs(1)),
@@ -148,12 +166,14 @@ mod tests {
                 run(BenchJournal::Node, 40_000, 1_440),
             ],
         };
-        // CPU per event: node 36 µs, full 30 µs, memory 12 µs.
+        // CPU per event: node 36 µs, full 30 µs, memory 12 µs; at the
+        // steady rate node 72 µs, full 135 µs, memory 60 µs.
         assert_eq!(
             comparison(&report).as_deref(),
             Some(
                 "zoomwire/node events/s: full: 2.25x; memory: 2.50x\n  \
-                 node/zoomwire CPU per event: full: 1.20x; memory: 3.00x"
+                 node/zoomwire CPU per event: full: 1.20x; memory: 3.00x\n  \
+                 node/zoomwire CPU per event at the steady rate: full: 0.53x; memory: 1.20x"
             )
         );
     }

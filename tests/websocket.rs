@@ -509,6 +509,33 @@ async fn a_static_token_source_works_and_shutdown_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn a_frame_many_reads_long_arrives_whole_between_small_ones() {
+    logs();
+    let sim = sim::start(SimConfig::default()).await.unwrap();
+    let sub = sim.subscription_id().to_string();
+    let mut client = Client::start(
+        fast_config(&sim, &sub, "main"),
+        oauth(&sim, Duration::from_secs(60)),
+    );
+    wait_connections(&sim, &sub, 1).await;
+    // Far larger than one read of the connection (8 KiB), under the cap.
+    let mut large = event("recording.completed", 2);
+    large["payload"]["object"]["topic"] = json!("é".repeat(150 * 1024));
+    for sent in [
+        event("meeting.started", 1),
+        large.clone(),
+        event("meeting.ended", 3),
+    ] {
+        sim.emit_event(None, &sent);
+    }
+    assert_eq!(client.next_event().await.ts, 1_732_000_000_001);
+    let received = client.next_event().await;
+    assert_eq!(received.body_json(), large);
+    assert_eq!(client.next_event().await.ts, 1_732_000_000_003);
+    client.stop().await;
+}
+
+#[tokio::test]
 async fn a_frame_over_the_size_cap_ends_the_connection_and_the_client_comes_back() {
     logs();
     let sim = sim::start(SimConfig::default()).await.unwrap();

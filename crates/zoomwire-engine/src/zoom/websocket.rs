@@ -58,10 +58,10 @@ const MAX_GAPS: usize = 100;
 /// zeroes that much spare room, and at a steady rate each frame comes alone
 /// and costs about two reads (its own, and one that finds nothing): with
 /// 128 KiB, 159k of the daemon's 230k instructions per event at 100
-/// events/s went to that zeroing (callgrind, memory journal). With 8 KiB, 12k; in a burst, where a read
-/// brings several frames, reads are about 10,000 more per 100,000 events
-/// (a tenth of a system call per event) and the instructions the same.
-/// A frame larger than this is read in several reads.
+/// events/s went to that zeroing (callgrind, memory journal), with 8 KiB
+/// 12k. In a burst, where a read brings several frames, reads are about
+/// 10,000 more per 100,000 events (a tenth of a system call per event) and
+/// the instructions the same. A larger frame takes several reads.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Far enough in the future to mean "never" for a timer.
 const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -282,7 +282,7 @@ impl Throughput {
 
     /// Microseconds of `cpu` per event of the phase.
     fn per_event(&self, cpu: Duration) -> f64 {
-        cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64
+        micros_per_event(cpu, self.events)
     }
 
     /// "kind 8.1, other kind 2.0": the CPU per event of each kind of
@@ -327,9 +327,13 @@ impl Latency {
 
     /// The daemon's CPU time per event of the phase, in microseconds.
     pub fn cpu_micros_per_event(&self) -> Option<f64> {
-        self.cpu
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64)
+        self.cpu.map(|cpu| micros_per_event(cpu, self.events))
     }
+}
+
+/// Microseconds of `cpu` per event, for a phase of `events` events.
+fn micros_per_event(cpu: Duration, events: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / events.max(1) as f64
 }
 
 /// Nearest-rank percentile of sorted values.

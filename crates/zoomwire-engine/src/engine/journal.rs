@@ -143,6 +143,17 @@ pub struct EarlyAccepts {
     pub commits: Vec<EventCommit>,
 }
 
+impl EarlyAccepts {
+    /// Answers given once, after the commit: `executed` is already final.
+    pub fn after_commit(committed: Vec<Result<bool, JournalError>>) -> EarlyAccepts {
+        EarlyAccepts {
+            commits: committed.iter().map(|_| EventCommit::committed()).collect(),
+            executed: committed.clone(),
+            committed: Box::pin(std::future::ready(committed)),
+        }
+    }
+}
+
 /// A run to resume after a restart, with the event that triggered it.
 #[derive(Debug, Clone)]
 pub struct UnfinishedRun {
@@ -198,14 +209,9 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
         &'a self,
         events: &'a [(&'a Event, &'a [RunRecord])],
     ) -> BoxFuture<'a, EarlyAccepts> {
-        Box::pin(async move {
-            let committed = self.accept_events_with_runs(events).await;
-            EarlyAccepts {
-                commits: committed.iter().map(|_| EventCommit::committed()).collect(),
-                executed: committed.clone(),
-                committed: Box::pin(std::future::ready(committed)),
-            }
-        })
+        Box::pin(
+            async move { EarlyAccepts::after_commit(self.accept_events_with_runs(events).await) },
+        )
     }
     /// [`Journal::accept_event_with_runs`] without runs.
     fn accept_event<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<bool, JournalError>> {

@@ -135,12 +135,19 @@ impl Journal for SqliteJournal {
     }
 
     /// Answered once the batch's statements ran, and again once committed.
+    /// A batch without runs has nobody to start early: it is answered once,
+    /// after the commit, which saves its caller a wake-up (most events start
+    /// no run).
     fn accept_events_early<'a>(
         &'a self,
         events: &'a [(&'a Event, &'a [RunRecord])],
     ) -> BoxFuture<'a, EarlyAccepts> {
         let ops = accept_ops(events);
         Box::pin(async move {
+            if events.iter().all(|(_, runs)| runs.is_empty()) {
+                let answers = self.inner.writer.submit_all(ops).await;
+                return EarlyAccepts::after_commit(answers.into_iter().map(accepted).collect());
+            }
             let early = self.inner.writer.submit_all_early(ops).await;
             let executed = early.executed.into_iter().map(executed).collect();
             let (inner, count) = (self.inner.clone(), events.len());
@@ -394,6 +401,59 @@ mod tests {
         });
         assert_eq!(answers, vec![true, false, false]);
         assert_eq!(counters.get("zoomwire_events_duplicate_total"), 2);
+    }
+
+    /// Early answers are for runs to start before the commit: a batch
+    /// without runs is answered once, after it, and one with runs twice.
+    #[test]
+    fn only_a_batch_with_runs_is_answered_before_its_commit() {
+        use crate::engine::journal::{RunRecord, RunStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(dir.path(), options()).unwrap();
+        let event = |ts: u32| {
+            let body = format!(r#"{{"event":"a.b","event_ts":{ts}}}"#);
+            Event::parse(&body, Source::Fire).unwrap()
+        };
+        let (first, second, third) = (event(1), event(2), event(3));
+        let run = [RunRecord::for_test(
+            "r1",
+            "rule",
+            &third.id,
+            "a.b",
+            RunStatus::Pending,
+        )];
+        let counters = Counters::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&counters, || {
+            runtime.block_on(async {
+                let without_runs = [(&first, &[][..]), (&second, &[][..]), (&first, &[][..])];
+                let answers = journal.accept_events_early(&without_runs).await;
+                assert!(answers.commits.iter().all(|c| !c.is_awaited()));
+                let executed: Vec<_> = answers
+                    .executed
+                    .iter()
+                    .map(|a| *a.as_ref().unwrap())
+                    .collect();
+                assert_eq!(executed, [true, true, false]);
+                let committed: Vec<_> = answers
+                    .committed
+                    .await
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                assert_eq!(committed, executed);
+
+                let with_a_run = [(&third, &run[..])];
+                let answers = journal.accept_events_early(&with_a_run).await;
+                assert!(answers.commits[0].is_awaited());
+                assert!(answers.commits[0].wait().await.is_ok());
+                assert!(answers.committed.await[0].as_ref().unwrap());
+            })
+        });
+        // The duplicate is counted once, though it was answered twice.
+        assert_eq!(counters.get("zoomwire_events_duplicate_total"), 1);
     }
 
     #[test]

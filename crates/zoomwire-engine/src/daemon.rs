@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -584,9 +584,11 @@ async fn resume_requeued_once(
 /// again); their runs resume on the next start if the grace runs out.
 ///
 /// Events are taken in batches of what has queued up (at most
-/// [`INTAKE_BATCH`]): one task per batch instead of one per event, so a busy
-/// stream pays the hand-offs once per batch while a quiet one still handles
-/// each event as it comes. Before each batch it waits while
+/// [`INTAKE_BATCH`]) and matched here; then one task per batch instead of
+/// one per event, so a busy stream pays the hand-offs once per batch while a
+/// quiet one still handles each event as it comes. A batch that starts no
+/// run needs no task: the journal settles it on its own thread when it can
+/// ([`Intake::accept_alone`]). Before each batch it waits while
 /// `max_waiting_runs` runs wait their turn: the channel then fills, the
 /// WebSocket is no longer read and webhooks answer 503, and nothing is
 /// dropped. (The bound can be passed by the runs of the events already
@@ -653,7 +655,9 @@ impl Intake {
         }
     }
 
-    /// Hands a batch of events to a handler, waiting while too many are busy.
+    /// Matches a batch of events and hands it to a handler (or, when none of
+    /// them starts a run, to the journal alone), waiting while too many
+    /// events are being journaled.
     async fn dispatch(&mut self, batch: Vec<Event>) {
         // A batch never holds more than the semaphore has (`INTAKE_BATCH`
         // <= `INTAKE_CONCURRENCY`) and it is never closed: acquiring only waits.
@@ -670,14 +674,63 @@ impl Intake {
                 self.admin.note_event(name, event.received_at);
             }
         }
+        let prepared = prepare_batch(&self.executor, &self.rules.current(), batch);
+        if self.executor.journal().answers_detached()
+            && prepared.iter().all(PreparedEvent::is_alone)
+        {
+            return self.accept_alone(prepared, permit).await;
+        }
         let executor = self.executor.clone();
         let rules = self.rules.clone();
         let (admitted, next_turn) = oneshot::channel::<()>();
         let turn = self.previous.replace(next_turn);
         self.handlers.spawn(async move {
-            accept_batch(&executor, &rules, batch, turn, admitted).await;
+            accept_batch(&executor, &rules, prepared, turn, admitted).await;
             drop(permit);
         });
+    }
+
+    /// Journals a batch of events that start no run without a task waiting
+    /// for the commit: the journal's thread settles them once written (most
+    /// events start no run, and the wake-up would cost more than the rest of
+    /// their handling). There are no runs to admit, so the order of admission
+    /// is not theirs to keep. An event not written is journaled again as
+    /// after any failed write ([`accept`]), on a task then.
+    async fn accept_alone(&self, prepared: Vec<PreparedEvent>, permit: OwnedSemaphorePermit) {
+        let (executor, rules) = (self.executor.clone(), self.rules.clone());
+        let (runtime, tracked) = (tokio::runtime::Handle::current(), self.handlers.token());
+        let events: Vec<Event> = prepared.iter().map(|p| p.event().clone()).collect();
+        let done = Box::new(move |written: Vec<Result<bool, JournalError>>| {
+            let written = executor.settle(&prepared, written);
+            let mut failed = Vec::new();
+            for (prepared, written) in prepared.into_iter().zip(written) {
+                match written {
+                    Ok(_) => prepared.event().mark_journaled(),
+                    Err(error) => failed.push((prepared.into_event(), error)),
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            // The permit stays taken while the store refuses: intake pauses.
+            runtime.spawn(async move {
+                for (event, error) in failed {
+                    let (prepared, fresh) = accept(&executor, &rules, event, error).await;
+                    if fresh {
+                        let runs = executor.admit_untracked(prepared);
+                        if let Err(error) = executor.record_turned_away(runs).await {
+                            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
+                        }
+                    }
+                }
+                drop((permit, tracked));
+            });
+        });
+        let events: Vec<&Event> = events.iter().collect();
+        self.executor
+            .journal()
+            .accept_events_detached(&events, done)
+            .await;
     }
 }
 
@@ -695,11 +748,10 @@ impl Intake {
 async fn accept_batch(
     executor: &Executor,
     rules: &RuleSetHandle,
-    batch: Vec<Event>,
+    mut prepared: Vec<PreparedEvent>,
     turn: Option<oneshot::Receiver<()>>,
     admitted: oneshot::Sender<()>,
 ) {
-    let mut prepared = prepare_batch(executor, &rules.current(), batch);
     let early = executor.accept_all_early(&mut prepared).await;
     if early.all_fresh_early() {
         return admit_before_commit(executor, rules, prepared, early, turn, admitted).await;
@@ -913,6 +965,114 @@ async fn wait_for_signal(shutdown: &CancellationToken) {
 mod tests {
     use super::*;
     use crate::effects::recorder::RecordingEffects;
+    use crate::journal::JournalOptions;
+
+    /// The rules of `rules_yaml`, and an executor on `journal`.
+    fn rules_and_executor(
+        dir: &std::path::Path,
+        rules_yaml: &str,
+        journal: Arc<dyn Journal>,
+    ) -> (Arc<RuleSetHandle>, Executor) {
+        std::fs::write(dir.join("r.yaml"), rules_yaml).unwrap();
+        let sources = RuleSources {
+            paths: vec![dir.to_path_buf()],
+            scripts_dir: dir.join("scripts"),
+        };
+        let rules = Arc::new(RuleSetHandle::load(sources, SandboxLimits::default()).unwrap());
+        let executor = Executor::new(
+            journal,
+            Arc::new(RecordingEffects::default()),
+            Arc::new(ScriptPool::new(1, 16 * 1024 * 1024)),
+            rhai::Dynamic::from_map(rhai::Map::new()),
+        );
+        (rules, executor)
+    }
+
+    /// An event of type `c.d`, which the tests' rule (on `a.b`) does not match.
+    fn alone(n: i64, pad: &str) -> Event {
+        let body = serde_json::json!({"event": "c.d", "event_ts": n, "pad": pad});
+        Event::from_value(&body, crate::event::Source::Webhook).unwrap()
+    }
+
+    /// Events that start no run are written with nobody waiting for their
+    /// commit; stopping still waits for those writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_without_runs_are_journaled_before_intake_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            prune_interval: None,
+            ..JournalOptions::default()
+        };
+        let journal = Arc::new(SqliteJournal::open(&dir.path().join("data"), options).unwrap());
+        assert!(journal.answers_detached());
+        let rules_yaml = "name: r\non: a.b\ndo: \"1\"\n";
+        let (rules, executor) = rules_and_executor(dir.path(), rules_yaml, journal.clone());
+        let (sender, receiver) = mpsc::channel(16);
+        let mut receipts = Vec::new();
+        for n in 0..8 {
+            let (event, journaled) = alone(n, "").with_receipt();
+            receipts.push(journaled);
+            sender.send(event).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let intake_state = Intake::new(executor.clone(), rules, AdminState::new(), 100);
+        intake(receiver, intake_state, shutdown).await;
+        assert_eq!(
+            journal.counts().unwrap().events,
+            8,
+            "all written when intake ended"
+        );
+        for mut journaled in receipts {
+            assert!(journaled.try_recv().is_ok(), "each source told");
+        }
+    }
+
+    /// An event that starts no run and could not be written (a full store)
+    /// is written again once there is room, and only then told journaled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_without_runs_is_written_again_after_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            max_size_bytes: Some(512 * 1024),
+            max_age: Duration::ZERO,
+            prune_interval: None,
+            ..JournalOptions::default()
+        };
+        let journal = Arc::new(SqliteJournal::open(&dir.path().join("data"), options).unwrap());
+        let pad = "x".repeat(16 * 1024);
+        let mut filled = 0;
+        while journal.accept_event(&alone(filled, &pad)).await.is_ok() {
+            filled += 1;
+            assert!(filled < 10_000, "the store never filled up");
+        }
+        let rules_yaml = "name: r\non: a.b\ndo: \"1\"\n";
+        let (rules, executor) = rules_and_executor(dir.path(), rules_yaml, journal.clone());
+        let (sender, receiver) = mpsc::channel(16);
+        let (event, mut journaled) = alone(-1, &pad).with_receipt();
+        let id = event.id.clone();
+        sender.send(event).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let intake_state = Intake::new(executor.clone(), rules, AdminState::new(), 100);
+        let intake = tokio::spawn(intake(receiver, intake_state, shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            journaled.try_recv().is_err(),
+            "not told while the store is full"
+        );
+        assert!(journal.get_event(&id).unwrap().is_none());
+        let pruner = journal.clone();
+        let pruned = tokio::task::spawn_blocking(move || pruner.prune()).await;
+        pruned.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), journaled)
+            .await
+            .expect("written once the store has room")
+            .unwrap();
+        assert!(journal.get_event(&id).unwrap().is_some());
+        shutdown.cancel();
+        drop(sender);
+        intake.await.unwrap();
+    }
 
     #[tokio::test]
     async fn events_already_received_are_journaled_when_stopping() {

@@ -24,7 +24,8 @@ use serde::Serialize;
 
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::engine::journal::{
-    EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, RunStatus, UnfinishedRun,
+    DetachedAccept, EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, RunStatus,
+    UnfinishedRun,
 };
 use crate::event::{Event, Source};
 
@@ -353,6 +354,29 @@ impl Journal for ObservedJournal {
             }
             answers
         })
+    }
+
+    /// Shown once written, from the inner journal's thread.
+    fn accept_events_detached<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        done: DetachedAccept,
+    ) -> BoxFuture<'a, ()> {
+        let shown: Vec<Event> = events.iter().map(|event| (*event).clone()).collect();
+        let activity = self.activity.clone();
+        let observed: DetachedAccept = Box::new(move |answers| {
+            for (event, answer) in shown.iter().zip(&answers) {
+                if matches!(answer, Ok(true)) {
+                    activity.event_accepted(event, &[]);
+                }
+            }
+            done(answers)
+        });
+        self.inner.accept_events_detached(events, observed)
+    }
+
+    fn answers_detached(&self) -> bool {
+        self.inner.answers_detached()
     }
 
     /// Shown once executed: an event whose commit then fails is journaled

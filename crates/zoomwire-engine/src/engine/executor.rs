@@ -96,6 +96,12 @@ impl PreparedEvent {
         &self.event
     }
 
+    /// Whether the journal writes the event alone: no run, not even a
+    /// skipped one (a rule whose condition failed).
+    pub fn is_alone(&self) -> bool {
+        self.records.is_empty()
+    }
+
     pub fn into_event(self) -> Event {
         self.event
     }

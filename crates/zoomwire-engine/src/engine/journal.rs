@@ -17,6 +17,9 @@ use crate::event::Event;
 /// The commit of a queued run record ([`Journal::queue_observed_run`]).
 pub type RunSaving = BoxFuture<'static, Result<(), JournalError>>;
 
+/// Receives the answers of [`Journal::accept_events_detached`].
+pub type DetachedAccept = Box<dyn FnOnce(Vec<Result<bool, JournalError>>) + Send>;
+
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +202,28 @@ pub trait Journal: EffectObserver + Send + Sync + 'static {
                 .iter()
                 .map(|(event, runs)| self.accept_event_with_runs(event, runs)),
         ))
+    }
+    /// Whether [`Journal::accept_events_detached`] answers from the
+    /// journal's own thread, so that its caller need not wait.
+    fn answers_detached(&self) -> bool {
+        false
+    }
+    /// [`Journal::accept_events_with_runs`] for events without runs, for a
+    /// caller that does not wait for the write: `done` gets the answers, in
+    /// order, once written, and must not block. A journal that
+    /// [`Journal::answers_detached`] calls it on its own thread (nobody is
+    /// woken for it) and ends the future once the events are queued; the
+    /// default ends it once written, having called `done`.
+    fn accept_events_detached<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        done: DetachedAccept,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let events: Vec<(&Event, &[RunRecord])> =
+                events.iter().map(|e| (*e, &[][..])).collect();
+            done(self.accept_events_with_runs(&events).await)
+        })
     }
     /// [`Journal::accept_events_with_runs`] answered twice: once the events'
     /// statements ran (before their commit), and once committed. A fresh

@@ -23,7 +23,7 @@ use super::{SqliteJournal, query, unexpected};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::effects::state::{StateError, StateStore};
 use crate::engine::journal::{
-    EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, UnfinishedRun,
+    DetachedAccept, EarlyAccepts, Journal, JournalError, RunRecord, RunSaving, UnfinishedRun,
 };
 use crate::event::Event;
 
@@ -132,6 +132,24 @@ impl Journal for SqliteJournal {
             let answers = self.inner.writer.submit_all(ops).await;
             answers.into_iter().map(accepted).collect()
         })
+    }
+
+    /// Answered on the writer's thread: the caller is not woken.
+    fn accept_events_detached<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        done: DetachedAccept,
+    ) -> BoxFuture<'a, ()> {
+        let events: Vec<(&Event, &[RunRecord])> = events.iter().map(|e| (*e, &[][..])).collect();
+        let ops = accept_ops(&events);
+        let answered = Box::new(move |answers: Vec<Result<Outcome, JournalError>>| {
+            done(answers.into_iter().map(accepted).collect())
+        });
+        Box::pin(self.inner.writer.submit_all_detached(ops, answered))
+    }
+
+    fn answers_detached(&self) -> bool {
+        true
     }
 
     /// Answered once the batch's statements ran, and again once committed.

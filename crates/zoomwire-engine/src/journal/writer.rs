@@ -7,8 +7,10 @@
 //! requests queue up and are taken together, so many concurrent callers share
 //! one sync. Async callers (event intake, run records) wait on a oneshot
 //! channel; sandbox threads (effect records, state) block on a std channel,
-//! which is safe anywhere. If a batch fails, every job in it is retried alone
-//! so that one bad request cannot fail the others.
+//! which is safe anywhere; a caller that does not wait at all (intake's
+//! events that start no run, [`WriterHandle::submit_all_detached`]) gets
+//! its answers in a call made on this thread. If a batch fails, every job
+//! in it is retried alone so that one bad request cannot fail the others.
 //!
 //! An event's acceptance can also be answered early
 //! ([`WriterHandle::submit_all_early`]): once its statements ran in the open
@@ -83,17 +85,38 @@ type Answer = Result<Outcome, JournalError>;
 
 /// Collects the answers of the jobs of one [`WriterHandle::submit_all`] and
 /// hands them over together, so its caller is woken once, not once per job.
-/// Dropped unanswered (the writer stopped), its caller sees the channel closed.
+/// Dropped unanswered (the writer stopped), it hands over what it has: a
+/// missing answer is `None`.
 struct Gather(parking_lot::Mutex<Gathered>);
+
+/// What receives a [`Gather`]'s answers, on the thread that gives the last.
+pub(crate) type Gathering = Box<dyn FnOnce(Vec<Option<Answer>>) + Send>;
 
 struct Gathered {
     answers: Vec<Option<Answer>>,
     left: usize,
-    done: Option<oneshot::Sender<Vec<Option<Answer>>>>,
+    done: Option<Gathering>,
+}
+
+impl Drop for Gathered {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(std::mem::take(&mut self.answers));
+        }
+    }
 }
 
 impl Gather {
     fn new(count: usize, done: oneshot::Sender<Vec<Option<Answer>>>) -> Arc<Gather> {
+        Gather::calling(
+            count,
+            Box::new(move |answers| {
+                let _ = done.send(answers);
+            }),
+        )
+    }
+
+    fn calling(count: usize, done: Gathering) -> Arc<Gather> {
         Arc::new(Gather(parking_lot::Mutex::new(Gathered {
             answers: (0..count).map(|_| None).collect(),
             left: count,
@@ -110,7 +133,9 @@ impl Gather {
         if gathered.left == 0
             && let Some(done) = gathered.done.take()
         {
-            let _ = done.send(std::mem::take(&mut gathered.answers));
+            let answers = std::mem::take(&mut gathered.answers);
+            drop(gathered);
+            done(answers);
         }
     }
 }
@@ -189,7 +214,7 @@ fn stopped_error(path: &Path) -> JournalError {
 /// The sending side of the writer.
 pub(crate) struct WriterHandle {
     sender: Sender<Job>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// The permits `permits` started with.
     capacity: usize,
     path: Arc<Path>,
@@ -240,6 +265,39 @@ impl WriterHandle {
         self.answers(count, answers.await.unwrap_or_default())
     }
 
+    /// [`WriterHandle::submit_all`] for a caller that does not wait: `done`
+    /// gets the answers, in order, on the writer's thread once the last op
+    /// committed or failed (or on this one, if the writer has stopped). It
+    /// must not block. Waits only for room in the bounded queue.
+    pub async fn submit_all_detached(
+        &self,
+        ops: Vec<Op>,
+        done: Box<dyn FnOnce(Vec<Answer>) + Send>,
+    ) {
+        let count = ops.len();
+        let wanted = count.clamp(1, self.capacity) as u32;
+        let permits = self.permits.clone().acquire_many_owned(wanted).await.ok();
+        let path = self.path.clone();
+        let gather = Gather::calling(
+            count,
+            Box::new(move |answers| {
+                drop(permits);
+                done(in_order(count, answers, &path));
+            }),
+        );
+        for (index, op) in ops.into_iter().enumerate() {
+            let reply = Reply::Part(gather.clone(), index);
+            let job = Job {
+                op,
+                reply,
+                executed: None,
+            };
+            if self.send(job).is_err() {
+                break;
+            }
+        }
+    }
+
     /// [`WriterHandle::submit_all`] answered twice: once every op ran in
     /// its transaction (waited for here), and once each committed (the
     /// receiver returned). An executed answer can still end in a failed
@@ -281,15 +339,7 @@ impl WriterHandle {
 
     /// Gathered answers in order, a missing one as the writer stopped.
     pub fn answers(&self, count: usize, answers: Vec<Option<Answer>>) -> Vec<Answer> {
-        let mut answers = answers.into_iter();
-        (0..count)
-            .map(|_| {
-                answers
-                    .next()
-                    .flatten()
-                    .unwrap_or_else(|| Err(self.stopped()))
-            })
-            .collect()
+        in_order(count, answers, &self.path)
     }
 
     /// Queues `op` and blocks the calling thread until its commit.
@@ -355,6 +405,19 @@ impl WriterHandle {
     }
 }
 
+/// `count` gathered answers in order, a missing one as the writer stopped.
+fn in_order(count: usize, answers: Vec<Option<Answer>>, path: &Path) -> Vec<Answer> {
+    let mut answers = answers.into_iter();
+    (0..count)
+        .map(|_| {
+            answers
+                .next()
+                .flatten()
+                .unwrap_or_else(|| Err(stopped_error(path)))
+        })
+        .collect()
+}
+
 /// Starts the writer thread on `conn`. The thread ends when every handle is dropped.
 pub(crate) fn spawn(
     conn: Connection,
@@ -364,7 +427,7 @@ pub(crate) fn spawn(
     let counters = Arc::new(WriterCounters::default());
     let handle = WriterHandle {
         sender,
-        permits: Semaphore::new(settings.queue_capacity.max(1)),
+        permits: Arc::new(Semaphore::new(settings.queue_capacity.max(1))),
         capacity: settings.queue_capacity.max(1),
         path: settings.path.as_path().into(),
         counters: counters.clone(),
@@ -770,6 +833,63 @@ mod tests {
         assert!(runtime.block_on(handle.submit_all(Vec::new())).is_empty());
         drop(handle);
         thread.join().unwrap();
+    }
+
+    /// Nobody waits: the answers go, in order, to a call on the writer's
+    /// own thread once committed; and still come (as errors) when the
+    /// writer has stopped.
+    #[test]
+    fn detached_answers_are_given_on_the_writers_thread_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let conn = open(&settings.path, crate::journal::JournalSync::Full);
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let path = settings.path.clone();
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (sender, answered) = sync_channel(2);
+        let detached = |sender: SyncSender<_>| -> Box<dyn FnOnce(Vec<Answer>) + Send> {
+            Box::new(move |answers: Vec<Answer>| {
+                let thread = std::thread::current().name().map(str::to_string);
+                let oks: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+                let _ = sender.send((thread, oks, answers));
+            })
+        };
+        let ops = ["a", "bad", "c"].map(set).into();
+        runtime.block_on(handle.submit_all_detached(ops, detached(sender.clone())));
+        let (thread_name, oks, answers) = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(thread_name.as_deref(), Some("zoomwire-writer"));
+        assert_eq!(oks, [true, false, true]);
+        assert!(
+            answers[1]
+                .as_ref()
+                .unwrap_err()
+                .0
+                .contains("refused by the test")
+        );
+        let reader = Connection::open(&path).unwrap();
+        let count: i64 = reader
+            .query_row("SELECT count(*) FROM state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 2, "written before the answers were given");
+
+        // Stopped: answered at once, on the caller's thread, each an error.
+        let stopped = WriterHandle {
+            sender: channel().0,
+            ..handle
+        };
+        drop(handle.sender);
+        thread.join().unwrap();
+        runtime.block_on(stopped.submit_all_detached(vec![set("d")], detached(sender)));
+        let (_, oks, answers) = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(oks, [false]);
+        assert!(answers[0].as_ref().unwrap_err().0.contains("stopped"));
     }
 
     /// An accept of `runs` (rule names) for the event numbered `n`.

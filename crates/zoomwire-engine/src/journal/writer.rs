@@ -242,27 +242,15 @@ impl WriterHandle {
         if count == 0 {
             return Vec::new();
         }
-        let wanted = count.min(self.capacity) as u32;
-        let Ok(_permits) = self.permits.acquire_many(wanted).await else {
-            return (0..count).map(|_| Err(self.stopped())).collect();
-        };
         let (done, answers) = oneshot::channel();
-        let gather = Gather::new(count, done);
-        for (index, op) in ops.into_iter().enumerate() {
-            let reply = Reply::Part(gather.clone(), index);
-            if self
-                .send(Job {
-                    op,
-                    reply,
-                    executed: None,
-                })
-                .is_err()
-            {
-                break;
-            }
-        }
-        drop(gather);
-        self.answers(count, answers.await.unwrap_or_default())
+        let done = Box::new(move |answers| {
+            let _ = done.send(answers);
+        });
+        self.submit_all_detached(ops, done).await;
+        // Always answered: a gather dropped unanswered hands over what it has.
+        answers
+            .await
+            .unwrap_or_else(|_| (0..count).map(|_| Err(self.stopped())).collect())
     }
 
     /// [`WriterHandle::submit_all`] for a caller that does not wait: `done`

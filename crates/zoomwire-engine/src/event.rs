@@ -229,6 +229,12 @@ impl Event {
         (self, receiver)
     }
 
+    /// Whether the source waits to hear that the journal holds the event
+    /// ([`Event::with_receipt`]).
+    pub fn awaits_journal(&self) -> bool {
+        self.journaled.is_some()
+    }
+
     /// Tells the source, if it asked ([`Event::with_receipt`]), that the
     /// journal holds the event.
     pub fn mark_journaled(&self) {

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::codec::{duration_nanos, to_json, to_nanos};
 use super::ops::{EventRow, Op, Outcome};
+use super::writer::Haste;
 use super::{SqliteJournal, query, unexpected};
 use crate::effects::gateway::{EffectObserver, EffectRecord, EffectStart, SavedWait, StartMark};
 use crate::effects::state::{StateError, StateStore};
@@ -134,18 +135,26 @@ impl Journal for SqliteJournal {
         })
     }
 
-    /// Answered on the writer's thread: the caller is not woken.
+    /// Answered on the writer's thread: the caller is not woken. Unless a
+    /// source waits for them, the events may wait for the next commit
+    /// somebody waits for ([`super::JournalOptions::may_wait`]).
     fn accept_events_detached<'a>(
         &'a self,
         events: &'a [&'a Event],
         done: DetachedAccept,
     ) -> BoxFuture<'a, ()> {
+        // A source that answers only once an event is journaled (the webhook) is waiting.
+        let haste = if events.iter().any(|event| event.awaits_journal()) {
+            Haste::Now
+        } else {
+            Haste::MayWait
+        };
         let events: Vec<(&Event, &[RunRecord])> = events.iter().map(|e| (*e, &[][..])).collect();
         let ops = accept_ops(&events);
         let answered = Box::new(move |answers: Vec<Result<Outcome, JournalError>>| {
             done(answers.into_iter().map(accepted).collect())
         });
-        Box::pin(self.inner.writer.submit_all_detached(ops, answered))
+        Box::pin(self.inner.writer.submit_all_detached(ops, haste, answered))
     }
 
     fn answers_detached(&self) -> bool {
@@ -472,6 +481,51 @@ mod tests {
         });
         // The duplicate is counted once, though it was answered twice.
         assert_eq!(counters.get("zoomwire_events_duplicate_total"), 1);
+    }
+
+    /// Events nobody waits for wait for a commit somebody waits for; an
+    /// event whose source waits (the webhook's) is committed at once.
+    #[test]
+    fn only_events_nobody_waits_for_wait_for_company() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            may_wait: Duration::from_secs(3600),
+            ..options()
+        };
+        let journal = SqliteJournal::open(dir.path(), options).unwrap();
+        let event = |ts: u32| {
+            let body = format!(r#"{{"event":"a.b","event_ts":{ts}}}"#);
+            Event::parse(&body, Source::Test).unwrap()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (sender, answered) = std::sync::mpsc::sync_channel(2);
+        let done = |name: &'static str| -> crate::engine::journal::DetachedAccept {
+            let sender = sender.clone();
+            Box::new(move |answers: Vec<Result<bool, JournalError>>| {
+                let _ = sender.send((name, answers));
+            })
+        };
+        let unwaited = event(1);
+        runtime.block_on(journal.accept_events_detached(&[&unwaited], done("unwaited")));
+        let wait = std::time::Duration::from_millis(300);
+        assert!(answered.recv_timeout(wait).is_err(), "committed alone");
+
+        // The webhook's event is committed at once, and the other with it.
+        let (waited, receipt) = event(2).with_receipt();
+        runtime.block_on(journal.accept_events_detached(&[&waited], done("waited")));
+        let mut names: Vec<_> = (0..2)
+            .map(|_| answered.recv_timeout(Duration::from_secs(10)).unwrap())
+            .map(|(name, answers)| {
+                assert_eq!(answers.len(), 1);
+                assert!(*answers[0].as_ref().unwrap(), "{name} is new");
+                name
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["unwaited", "waited"]);
+        drop(receipt);
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub const DB_FILE: &str = "zoomwire.db";
 /// The store size past which the daemon warns: 1 GiB.
 pub const DEFAULT_WARN_SIZE_BYTES: u64 = 1 << 30;
 
+/// How long events nobody waits for may wait for a commit to share
+/// ([`JournalOptions::may_wait`]): at a steady rate an event that starts a
+/// run comes along well within it, and a crash loses at most this much of
+/// the others.
+pub const DEFAULT_MAY_WAIT: Duration = Duration::from_millis(20);
+
 /// Where runs are remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JournalMode {
@@ -109,6 +115,12 @@ pub struct JournalOptions {
     pub busy_timeout: Duration,
     /// When commits reach the disk.
     pub sync: JournalSync,
+    /// Longest the commit of events nobody waits for (they start no run,
+    /// and their source wants no answer, as the WebSocket's) waits for the
+    /// next commit somebody waits for, to share its sync. Until committed
+    /// they are not accepted, so a crash in that time loses them. Zero
+    /// commits them at once, each batch with a sync of its own.
+    pub may_wait: Duration,
 }
 
 /// When SQLite syncs the write-ahead log (`PRAGMA synchronous`).
@@ -151,6 +163,7 @@ impl Default for JournalOptions {
             max_state_keys: crate::effects::state::DEFAULT_MAX_KEYS,
             busy_timeout: Duration::from_secs(5),
             sync: JournalSync::Full,
+            may_wait: DEFAULT_MAY_WAIT,
         }
     }
 }
@@ -330,6 +343,7 @@ impl SqliteJournal {
             queue_capacity: options.queue_capacity,
             log_restart: log_restart.clone(),
             events: events.clone(),
+            may_wait: options.may_wait,
         };
         let (writer, thread) = writer::spawn(conn, settings).map_err(JournalOpenError::Thread)?;
         let checkpoints = checkpoint::spawn(

@@ -20,6 +20,14 @@
 //! fails, the writer voids its runs: it refuses every later write for them,
 //! so nothing of a run whose event was never written is stored.
 //!
+//! A batch nobody waits for ([`Haste::MayWait`]: intake's events that start
+//! no run and whose source wants no answer, the WebSocket's) waits up to
+//! [`WriterSettings::may_wait`] for a job someone waits for, and commits
+//! with it: at a steady rate most events start no run, and each took a
+//! commit and a sync of its own. Until committed such an event is not
+//! accepted: a crash in that time loses it, as one a moment earlier
+//! would have. Anything else in the queue is committed at once, as before.
+//!
 //! Measured and not kept: a commit window (PostgreSQL's `commit_delay`, made
 //! adaptive) that kept a batch open after its early answers, at most 0.5 ms,
 //! until every run it started had queued its first effect's start mark or
@@ -38,7 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, channel, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
@@ -65,6 +73,24 @@ pub(crate) struct WriterSettings {
     pub log_restart: LogRestart,
     /// The keys of events not yet in `event_index`, shared with the readers.
     pub events: Arc<EventIndex>,
+    /// Longest a batch of [`Haste::MayWait`] jobs waits for company; zero
+    /// commits it at once.
+    pub may_wait: Duration,
+}
+
+/// Most [`Haste::MayWait`] jobs that wait together: past this many they
+/// commit without company (a burst fills a batch soon enough). Below what
+/// intake keeps in flight, so that intake is never held up waiting for them.
+const MOST_WAITING: usize = 64;
+
+/// Whether a job's commit may wait for another job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Haste {
+    /// Committed as soon as the writer gets to it.
+    Now,
+    /// Nobody waits for it: it may wait (at most [`WriterSettings::may_wait`])
+    /// to share the commit of a job somebody waits for.
+    MayWait,
 }
 
 /// Where the answer to a job goes.
@@ -185,6 +211,19 @@ struct Job {
     reply: Reply,
     /// Answered as soon as the op ran, before its commit (an accept only).
     executed: Option<Reply>,
+    haste: Haste,
+}
+
+impl Job {
+    /// A job committed as soon as the writer gets to it.
+    fn now(op: Op, reply: Reply, executed: Option<Reply>) -> Job {
+        Job {
+            op,
+            reply,
+            executed,
+            haste: Haste::Now,
+        }
+    }
 }
 
 /// Answers of [`WriterHandle::submit_all_early`]: `executed` once every op
@@ -226,11 +265,7 @@ impl WriterHandle {
     pub async fn submit(&self, op: Op) -> Result<Outcome, JournalError> {
         let _permit = self.permits.acquire().await.map_err(|_| self.stopped())?;
         let (sender, receiver) = oneshot::channel();
-        self.send(Job {
-            op,
-            reply: Reply::Async(sender),
-            executed: None,
-        })?;
+        self.send(Job::now(op, Reply::Async(sender), None))?;
         receiver.await.map_err(|_| self.stopped())?
     }
 
@@ -246,7 +281,7 @@ impl WriterHandle {
         let done = Box::new(move |answers| {
             let _ = done.send(answers);
         });
-        self.submit_all_detached(ops, done).await;
+        self.submit_all_detached(ops, Haste::Now, done).await;
         // Always answered: a gather dropped unanswered hands over what it has.
         answers
             .await
@@ -256,10 +291,12 @@ impl WriterHandle {
     /// [`WriterHandle::submit_all`] for a caller that does not wait: `done`
     /// gets the answers, in order, on the writer's thread once the last op
     /// committed or failed (or on this one, if the writer has stopped). It
-    /// must not block. Waits only for room in the bounded queue.
+    /// must not block. Waits only for room in the bounded queue. With
+    /// [`Haste::MayWait`] the commit may wait for another job's.
     pub async fn submit_all_detached(
         &self,
         ops: Vec<Op>,
+        haste: Haste,
         done: Box<dyn FnOnce(Vec<Answer>) + Send>,
     ) {
         let count = ops.len();
@@ -274,11 +311,9 @@ impl WriterHandle {
             }),
         );
         for (index, op) in ops.into_iter().enumerate() {
-            let reply = Reply::Part(gather.clone(), index);
             let job = Job {
-                op,
-                reply,
-                executed: None,
+                haste,
+                ..Job::now(op, Reply::Part(gather.clone(), index), None)
             };
             if self.send(job).is_err() {
                 break;
@@ -307,11 +342,11 @@ impl WriterHandle {
         let answers = Gather::new(count, all_committed);
         let executions = Gather::new(count, all_executed);
         for (index, (op, resolver)) in ops.into_iter().zip(resolvers).enumerate() {
-            let job = Job {
+            let job = Job::now(
                 op,
-                reply: Reply::Resolving(answers.clone(), index, resolver),
-                executed: Some(Reply::Part(executions.clone(), index)),
-            };
+                Reply::Resolving(answers.clone(), index, resolver),
+                Some(Reply::Part(executions.clone(), index)),
+            );
             if self.send(job).is_err() {
                 break;
             }
@@ -342,11 +377,7 @@ impl WriterHandle {
     /// with something to do meanwhile. Blocks the thread that waits.
     pub fn submit_deferred(&self, op: Op) -> Result<CommitWait, JournalError> {
         let (sender, receiver) = sync_channel(1);
-        self.send(Job {
-            op,
-            reply: Reply::Blocking(sender),
-            executed: None,
-        })?;
+        self.send(Job::now(op, Reply::Blocking(sender), None))?;
         Ok(CommitWait {
             receiver,
             path: self.path.clone(),
@@ -362,11 +393,7 @@ impl WriterHandle {
         op: Op,
     ) -> impl Future<Output = Result<Outcome, JournalError>> + Send + 'static {
         let (sender, receiver) = oneshot::channel();
-        let sent = self.send(Job {
-            op,
-            reply: Reply::Async(sender),
-            executed: None,
-        });
+        let sent = self.send(Job::now(op, Reply::Async(sender), None));
         let path = self.path.clone();
         async move {
             sent?;
@@ -377,11 +404,7 @@ impl WriterHandle {
     /// Queues `op` without waiting for its commit. Writes keep the order
     /// they were queued in, whoever waits for them.
     pub fn submit_queued(&self, op: Op) -> Result<(), JournalError> {
-        self.send(Job {
-            op,
-            reply: Reply::Nobody,
-            executed: None,
-        })
+        self.send(Job::now(op, Reply::Nobody, None))
     }
 
     fn send(&self, job: Job) -> Result<(), JournalError> {
@@ -438,12 +461,8 @@ fn write_loop(
     let events = IndexWriter::new(settings.events.clone());
     while let Some(first) = next_job(&mut conn, &receiver, settings) {
         let mut batch = vec![first];
-        while batch.len() < settings.max_batch {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        take_waiting(&receiver, &mut batch, settings.max_batch);
+        wait_for_company(&receiver, &mut batch, settings);
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .jobs
@@ -452,6 +471,39 @@ fn write_loop(
             .largest_batch
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         commit_batch(&mut conn, batch, settings, &events, &mut voided);
+    }
+}
+
+/// Adds the jobs waiting in the queue to `batch`, up to `most` in all.
+fn take_waiting(receiver: &Receiver<Job>, batch: &mut Vec<Job>, most: usize) {
+    while batch.len() < most {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// A batch of [`Haste::MayWait`] jobs only waits, up to
+/// [`WriterSettings::may_wait`], for a job of another kind (or for
+/// [`MOST_WAITING`] of them) to commit with; every job that comes
+/// meanwhile joins it. Returns at once for any other batch.
+fn wait_for_company(receiver: &Receiver<Job>, batch: &mut Vec<Job>, settings: &WriterSettings) {
+    if settings.may_wait.is_zero() {
+        return;
+    }
+    let most = settings.max_batch.min(MOST_WAITING);
+    let until = Instant::now() + settings.may_wait;
+    while batch.len() < most && batch.iter().all(|job| job.haste == Haste::MayWait) {
+        let left = until.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(job) => {
+                batch.push(job);
+                take_waiting(receiver, batch, settings.max_batch);
+            }
+            // Time is up, or every handle is gone: commit what there is.
+            Err(_) => break,
+        }
     }
 }
 
@@ -690,6 +742,7 @@ mod tests {
             queue_capacity: 16,
             log_restart: LogRestart::default(),
             events: Arc::default(),
+            may_wait: Duration::ZERO,
         }
     }
 
@@ -739,11 +792,7 @@ mod tests {
             .map(|key| {
                 let (sender, receiver) = sync_channel(1);
                 receivers.push(receiver);
-                Job {
-                    op: set(key),
-                    reply: Reply::Blocking(sender),
-                    executed: None,
-                }
+                Job::now(set(key), Reply::Blocking(sender), None)
             })
             .collect();
         let logs = Logs::default();
@@ -850,7 +899,7 @@ mod tests {
             })
         };
         let ops = ["a", "bad", "c"].map(set).into();
-        runtime.block_on(handle.submit_all_detached(ops, detached(sender.clone())));
+        runtime.block_on(handle.submit_all_detached(ops, Haste::Now, detached(sender.clone())));
         let (thread_name, oks, answers) = answered.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(thread_name.as_deref(), Some("zoomwire-writer"));
         assert_eq!(oks, [true, false, true]);
@@ -874,10 +923,113 @@ mod tests {
         };
         drop(handle.sender);
         thread.join().unwrap();
-        runtime.block_on(stopped.submit_all_detached(vec![set("d")], detached(sender)));
+        runtime.block_on(stopped.submit_all_detached(vec![set("d")], Haste::Now, detached(sender)));
         let (_, oks, answers) = answered.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(oks, [false]);
         assert!(answers[0].as_ref().unwrap_err().0.contains("stopped"));
+    }
+
+    /// A detached answer's channel: the answers, once given.
+    fn answered_into(sender: SyncSender<Vec<Answer>>) -> Box<dyn FnOnce(Vec<Answer>) + Send> {
+        Box::new(move |answers| {
+            let _ = sender.send(answers);
+        })
+    }
+
+    #[test]
+    fn jobs_nobody_waits_for_share_the_next_commit_somebody_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = WriterSettings {
+            // Longer than the test: only company (or the end) commits them.
+            may_wait: Duration::from_secs(3600),
+            ..settings(dir.path())
+        };
+        let conn = open(&settings.path, crate::journal::JournalSync::Full);
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (sender, answered) = sync_channel(4);
+        let ops = vec![set("a"), set("b")];
+        runtime.block_on(handle.submit_all_detached(
+            ops,
+            Haste::MayWait,
+            answered_into(sender.clone()),
+        ));
+        runtime.block_on(handle.submit_all_detached(
+            vec![set("c")],
+            Haste::MayWait,
+            answered_into(sender),
+        ));
+        assert!(
+            answered.recv_timeout(Duration::from_millis(300)).is_err(),
+            "committed without company"
+        );
+        assert_eq!(handle.counters.batches.load(Ordering::Relaxed), 0);
+
+        // A job somebody waits for: one commit for all of them.
+        assert!(runtime.block_on(handle.submit(set("d"))).is_ok());
+        for _ in 0..2 {
+            let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(answers.iter().all(Result::is_ok));
+        }
+        assert_eq!(handle.counters.batches.load(Ordering::Relaxed), 1);
+        assert_eq!(handle.counters.jobs.load(Ordering::Relaxed), 4);
+
+        // The writer's end commits those still waiting.
+        let (sender, answered) = sync_channel(1);
+        runtime.block_on(handle.submit_all_detached(
+            vec![set("e")],
+            Haste::MayWait,
+            answered_into(sender),
+        ));
+        drop(handle);
+        thread.join().unwrap();
+        let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(answers[0].is_ok(), "{answers:?}");
+    }
+
+    #[test]
+    fn jobs_nobody_waits_for_wait_at_most_their_time_or_for_a_full_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let may_wait = Duration::from_millis(200);
+        let settings = WriterSettings {
+            may_wait,
+            max_batch: 1024,
+            queue_capacity: 1024,
+            ..settings(dir.path())
+        };
+        let conn = open(&settings.path, crate::journal::JournalSync::Full);
+        let (handle, thread) = spawn(conn, settings).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (sender, answered) = sync_channel(1);
+        let sent = Instant::now();
+        runtime.block_on(handle.submit_all_detached(
+            vec![set("a")],
+            Haste::MayWait,
+            answered_into(sender),
+        ));
+        let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(answers[0].is_ok());
+        assert!(
+            sent.elapsed() >= may_wait,
+            "committed after {:?}",
+            sent.elapsed()
+        );
+
+        // As many as wait together at most: committed without waiting.
+        let (sender, answered) = sync_channel(1);
+        let ops = (0..MOST_WAITING).map(|n| set(&format!("k{n}"))).collect();
+        let sent = Instant::now();
+        runtime.block_on(handle.submit_all_detached(ops, Haste::MayWait, answered_into(sender)));
+        let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(answers.len(), MOST_WAITING);
+        assert!(answers.iter().all(Result::is_ok));
+        assert!(sent.elapsed() < may_wait, "waited {:?}", sent.elapsed());
+        drop(handle);
+        thread.join().unwrap();
     }
 
     /// An accept of `runs` (rule names) for the event numbered `n`.

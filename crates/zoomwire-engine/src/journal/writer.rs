@@ -929,47 +929,52 @@ mod tests {
         assert!(answers[0].as_ref().unwrap_err().0.contains("stopped"));
     }
 
-    /// A detached answer's channel: the answers, once given.
-    fn answered_into(sender: SyncSender<Vec<Answer>>) -> Box<dyn FnOnce(Vec<Answer>) + Send> {
-        Box::new(move |answers| {
-            let _ = sender.send(answers);
-        })
-    }
-
-    #[test]
-    fn jobs_nobody_waits_for_share_the_next_commit_somebody_waits_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = WriterSettings {
-            // Longer than the test: only company (or the end) commits them.
-            may_wait: Duration::from_secs(3600),
-            ..settings(dir.path())
-        };
+    /// A writer on a fresh store with `settings`, and a runtime to submit from.
+    fn started(
+        settings: WriterSettings,
+    ) -> (WriterHandle, JoinHandle<()>, tokio::runtime::Runtime) {
         let conn = open(&settings.path, crate::journal::JournalSync::Full);
         let (handle, thread) = spawn(conn, settings).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let (sender, answered) = sync_channel(4);
-        let ops = vec![set("a"), set("b")];
-        runtime.block_on(handle.submit_all_detached(
-            ops,
-            Haste::MayWait,
-            answered_into(sender.clone()),
-        ));
-        runtime.block_on(handle.submit_all_detached(
-            vec![set("c")],
-            Haste::MayWait,
-            answered_into(sender),
-        ));
+        (handle, thread, runtime)
+    }
+
+    /// Submits `ops` as jobs nobody waits for: their answers come on the
+    /// channel returned, once given.
+    fn submit_unwaited(
+        runtime: &tokio::runtime::Runtime,
+        handle: &WriterHandle,
+        ops: Vec<Op>,
+    ) -> Receiver<Vec<Answer>> {
+        let (sender, answered) = sync_channel(1);
+        let done = Box::new(move |answers| {
+            let _ = sender.send(answers);
+        });
+        runtime.block_on(handle.submit_all_detached(ops, Haste::MayWait, done));
+        answered
+    }
+
+    #[test]
+    fn jobs_nobody_waits_for_share_the_next_commit_somebody_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, thread, runtime) = started(WriterSettings {
+            // Longer than the test: only company (or the end) commits them.
+            may_wait: Duration::from_secs(3600),
+            ..settings(dir.path())
+        });
+        let first = submit_unwaited(&runtime, &handle, vec![set("a"), set("b")]);
+        let second = submit_unwaited(&runtime, &handle, vec![set("c")]);
         assert!(
-            answered.recv_timeout(Duration::from_millis(300)).is_err(),
+            first.recv_timeout(Duration::from_millis(300)).is_err(),
             "committed without company"
         );
         assert_eq!(handle.counters.batches.load(Ordering::Relaxed), 0);
 
         // A job somebody waits for: one commit for all of them.
         assert!(runtime.block_on(handle.submit(set("d"))).is_ok());
-        for _ in 0..2 {
+        for answered in [first, second] {
             let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
             assert!(answers.iter().all(Result::is_ok));
         }
@@ -977,15 +982,10 @@ mod tests {
         assert_eq!(handle.counters.jobs.load(Ordering::Relaxed), 4);
 
         // The writer's end commits those still waiting.
-        let (sender, answered) = sync_channel(1);
-        runtime.block_on(handle.submit_all_detached(
-            vec![set("e")],
-            Haste::MayWait,
-            answered_into(sender),
-        ));
+        let last = submit_unwaited(&runtime, &handle, vec![set("e")]);
         drop(handle);
         thread.join().unwrap();
-        let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let answers = last.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(answers[0].is_ok(), "{answers:?}");
     }
 
@@ -993,24 +993,14 @@ mod tests {
     fn jobs_nobody_waits_for_wait_at_most_their_time_or_for_a_full_batch() {
         let dir = tempfile::tempdir().unwrap();
         let may_wait = Duration::from_millis(200);
-        let settings = WriterSettings {
+        let (handle, thread, runtime) = started(WriterSettings {
             may_wait,
             max_batch: 1024,
             queue_capacity: 1024,
             ..settings(dir.path())
-        };
-        let conn = open(&settings.path, crate::journal::JournalSync::Full);
-        let (handle, thread) = spawn(conn, settings).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let (sender, answered) = sync_channel(1);
+        });
         let sent = Instant::now();
-        runtime.block_on(handle.submit_all_detached(
-            vec![set("a")],
-            Haste::MayWait,
-            answered_into(sender),
-        ));
+        let answered = submit_unwaited(&runtime, &handle, vec![set("a")]);
         let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(answers[0].is_ok());
         assert!(
@@ -1020,10 +1010,9 @@ mod tests {
         );
 
         // As many as wait together at most: committed without waiting.
-        let (sender, answered) = sync_channel(1);
         let ops = (0..MOST_WAITING).map(|n| set(&format!("k{n}"))).collect();
         let sent = Instant::now();
-        runtime.block_on(handle.submit_all_detached(ops, Haste::MayWait, answered_into(sender)));
+        let answered = submit_unwaited(&runtime, &handle, ops);
         let answers = answered.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(answers.len(), MOST_WAITING);
         assert!(answers.iter().all(Result::is_ok));

@@ -2,7 +2,7 @@
 // Zoom's samples: a Server-to-Server OAuth token, the event subscription's
 // WebSocket with Zoom's heartbeat, and the 20 rules of `zoomwire bench`
 // (crates/zoomwire-sim/src/bench/workload.rs) translated to JavaScript,
-// posting to Slack with `fetch`.
+// posting to Slack with Node's http client and a keep-alive agent.
 //
 // It keeps nothing on disk: an event is lost if the process dies before its
 // posts are sent (zoomwire's durable journal exists to prevent exactly that).
@@ -17,6 +17,7 @@
 'use strict';
 
 const http = require('node:http');
+const https = require('node:https');
 const WebSocket = require('ws');
 
 const env = (name) => {
@@ -65,19 +66,45 @@ async function getAccessToken() {
   return body.access_token;
 }
 
-async function slackPost(channel, text) {
-  const response = await fetch(`${config.slackApiBase}/chat.postMessage`, {
+// Slack's chat.postMessage over Node's own http(s) client with a keep-alive
+// agent, as axios and most hand-written clients send it. (Node's `fetch`
+// costs more than twice the CPU per post on this workload.)
+const slackUrl = new URL(`${config.slackApiBase}/chat.postMessage`);
+const transport = slackUrl.protocol === 'https:' ? https : http;
+const slackAgent = new transport.Agent({ keepAlive: true, maxSockets: 64 });
+
+function slackPost(channel, text) {
+  const body = JSON.stringify({ channel, text });
+  const options = {
     method: 'POST',
+    agent: slackAgent,
     headers: {
       Authorization: `Bearer ${config.slackToken}`,
       'Content-Type': 'application/json; charset=utf-8',
+      'Content-Length': Buffer.byteLength(body),
     },
-    body: JSON.stringify({ channel, text }),
+  };
+  return new Promise((resolve, reject) => {
+    const request = transport.request(slackUrl, options, (response) => {
+      const chunks = [];
+      response.on('data', (chunk) => chunks.push(chunk));
+      response.on('end', () => {
+        try {
+          const answer = JSON.parse(Buffer.concat(chunks).toString());
+          if (answer.ok) {
+            resolve();
+          } else {
+            reject(new Error(`slack: ${answer.error}`));
+          }
+        } catch (error) {
+          reject(new Error(`slack: ${response.statusCode}: ${error.message}`));
+        }
+      });
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    request.end(body);
   });
-  const body = await response.json();
-  if (!body.ok) {
-    throw new Error(`slack: ${body.error}`);
-  }
 }
 
 function log(message) {

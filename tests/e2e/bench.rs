@@ -98,3 +98,48 @@ fn the_node_client_is_asked_for_where_it_is_not_installed() {
     assert!(stderr.contains("no client.js in"), "{stderr}");
     assert!(stderr.contains("--node-client"), "{stderr}");
 }
+
+/// The client the README's ratios are measured against works: it gets the
+/// bench's workload and every post it must make arrives exactly once. It
+/// needs Node.js and `npm ci` in `bench/node` (`.ci/run` does both); without
+/// them the test skips with a note, or fails where `CI` is set.
+#[test]
+fn the_node_client_makes_every_post_exactly_once() {
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/node");
+    let node = Command::new("node").arg("--version").output();
+    if node.is_err() || !client.join("node_modules/ws").is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Node.js or bench/node's packages are missing; .ci/run installs them"
+        );
+        eprintln!("skipped: Node.js or `npm ci` in bench/node is missing");
+        return;
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+        .args([
+            "bench",
+            "--events",
+            "3000",
+            "--rate",
+            "300",
+            "--seconds",
+            "1",
+        ])
+        .args(["--journal", "node", "--node-client"])
+        .arg(&client)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("zoomwire runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("hand-written Node.js client"), "{stdout}");
+    assert!(
+        stdout.contains("every expected post arrived exactly once"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("runs: 0 failed"), "{stdout}");
+}

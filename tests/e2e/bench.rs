@@ -4,31 +4,22 @@
 
 use std::process::Command;
 
+use crate::support::bench;
+
 #[test]
 fn a_small_bench_reports_throughput_latency_and_memory() {
-    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
-        .args([
-            "bench",
-            "--events",
-            "300",
-            "--rate",
-            "200",
-            "--seconds",
-            "1",
-            "--journal",
-            "off",
-            "--journal",
-            "normal",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("zoomwire runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, _) = bench([
+        "--events",
+        "300",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--journal",
+        "off",
+        "--journal",
+        "normal",
+    ]);
     for figure in [
         "events/s",
         "µs CPU per event",
@@ -115,27 +106,19 @@ fn the_node_client_makes_every_post_exactly_once() {
         eprintln!("skipped: Node.js or `npm ci` in bench/node is missing");
         return;
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
-        .args([
-            "bench",
-            "--events",
-            "3000",
-            "--rate",
-            "300",
-            "--seconds",
-            "1",
-        ])
-        .args(["--journal", "node", "--node-client"])
-        .arg(&client)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("zoomwire runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let client = client.to_str().expect("the repository's path is text");
+    let (stdout, _) = bench([
+        "--events",
+        "3000",
+        "--rate",
+        "300",
+        "--seconds",
+        "1",
+        "--journal",
+        "node",
+        "--node-client",
+        client,
+    ]);
     assert!(stdout.contains("hand-written Node.js client"), "{stdout}");
     assert!(
         stdout.contains("every expected post arrived exactly once"),

@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+use crate::support::bench;
 use crate::support::postgres as pg;
 
 #[test]
@@ -13,32 +14,20 @@ fn a_small_bench_of_three_nodes_times_the_failover_of_a_killed_holder() {
     if pg::binaries().is_none() {
         return;
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
-        .args([
-            "bench",
-            "--events",
-            "300",
-            "--rate",
-            "100",
-            "--seconds",
-            "1",
-            "--journal",
-            "postgres",
-            "--nodes",
-            "3",
-            "--lease-ttl",
-            "2",
-        ])
-        .env_remove("RUST_LOG")
-        .env_remove("ZOOMWIRE_DATABASE_URL")
-        .output()
-        .expect("zoomwire runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = bench([
+        "--events",
+        "300",
+        "--rate",
+        "100",
+        "--seconds",
+        "1",
+        "--journal",
+        "postgres",
+        "--nodes",
+        "3",
+        "--lease-ttl",
+        "2",
+    ]);
     assert!(
         stderr.contains("starting a scratch PostgreSQL server"),
         "{stderr}"

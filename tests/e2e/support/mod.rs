@@ -10,7 +10,9 @@ pub mod daemon;
 pub mod postgres;
 pub mod smtp;
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,4 +136,25 @@ pub async fn perform(
     effects
         .perform(context, &EffectRequest::new(name, args))
         .await
+}
+
+/// Runs `zoomwire bench` with `args` (with no `RUST_LOG` and no
+/// `ZOOMWIRE_DATABASE_URL` of the test's own) and returns its report and
+/// its progress lines (stdout and stderr); a bench that fails (a missing or
+/// doubled post among others) fails the test with both.
+pub fn bench<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> (String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_zoomwire"))
+        .arg("bench")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("ZOOMWIRE_DATABASE_URL")
+        .output()
+        .expect("zoomwire runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
 }

@@ -1,6 +1,7 @@
 //! `zoomwire bench` end to end at a tiny scale: the real binary hosts the
-//! simulator and runs itself as the daemon, and the report has every figure.
-//! (The figures themselves are measured with a release build, by hand.)
+//! simulator and runs itself as the daemon, or the Node.js client it is
+//! compared against, and the report has every figure. (The figures
+//! themselves are measured with a release build, by hand.)
 
 use std::process::Command;
 

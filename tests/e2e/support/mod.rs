@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end tests: live effects pointed at the
 //! simulator and effect contexts (here), the `zoomwire` binary as a daemon
-//! in a scratch workspace and the one `eventually` poll ([`daemon`]), and a
-//! real SMTP server ([`smtp`]) and a throwaway PostgreSQL server ([`postgres`]).
+//! in a scratch workspace and the one `eventually` poll ([`daemon`]), a
+//! real SMTP server ([`smtp`]), a throwaway PostgreSQL server ([`postgres`]),
+//! and `zoomwire bench` run to its report ([`bench`]).
 // `tests/actions_download_memory.rs` includes this module too and uses only
 // a few of its helpers.
 #![allow(dead_code)]

@@ -159,3 +159,14 @@ pub fn bench<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> (String, St
     );
     (stdout, stderr)
 }
+
+/// For a test that needs something this machine lacks (`missing` says
+/// what): fails where `CI` is set, since `.ci/run` installs it, and
+/// otherwise notes that the test is skipped.
+pub fn skip_unless_ci(missing: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing} (.ci/run installs what the tests need)"
+    );
+    eprintln!("skipped: {missing}");
+}

@@ -27,11 +27,9 @@ use zoomwire_sim::bench::scratch_pg::{self, as_root};
 pub fn binaries() -> Option<PathBuf> {
     let bin = scratch_pg::binaries();
     if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "PostgreSQL is not installed (no initdb on the PATH or in /usr/lib/postgresql/*/bin); .ci/run installs it"
+        super::skip_unless_ci(
+            "PostgreSQL is not installed (no initdb on the PATH or in /usr/lib/postgresql/*/bin)",
         );
-        eprintln!("skipped: PostgreSQL is not installed on this machine");
     }
     bin
 }

@@ -509,7 +509,7 @@ mod tests {
         };
         let unwaited = event(1);
         runtime.block_on(journal.accept_events_detached(&[&unwaited], done("unwaited")));
-        let wait = std::time::Duration::from_millis(300);
+        let wait = Duration::from_millis(300);
         assert!(answered.recv_timeout(wait).is_err(), "committed alone");
 
         // The webhook's event is committed at once, and the other with it.

@@ -18,7 +18,9 @@
 //!
 //! Also with a full disk mid-stream (the store on a small tmpfs that the
 //! test fills up, then frees: the tests run as root), killed while it is
-//! full, and the store left by each killed writer is checked whole.
+//! full, and the store left by each killed writer is checked whole. A run
+//! whose end could not be written while the disk was full is written again
+//! by the daemon that ran it, never resumed by that daemon as a stranger's.
 //!
 //! The seed of the random kill points is printed; `TORTURE_SEED=N` replays it.
 
@@ -453,5 +455,10 @@ async fn a_full_disk_mid_stream_pauses_intake_and_loses_nothing() {
         "the second fill was felt:\n{}",
         tail(&daemon.stderr())
     );
+    // A run whose end could not be written is written again by the daemon
+    // that ran it, not resumed by it as if another process had left it (which
+    // would repeat its last post, or call a post it made in doubt).
+    let resumed = daemon.logged("resuming a requeued run");
+    assert!(resumed.is_empty(), "{resumed:#?}");
     daemon.kill().await;
 }

@@ -718,9 +718,7 @@ impl Intake {
                     let (prepared, fresh) = accept(&executor, &rules, event, error).await;
                     if fresh {
                         let runs = executor.admit_untracked(prepared);
-                        if let Err(error) = executor.record_turned_away(runs).await {
-                            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
-                        }
+                        executor.record_turned_away(runs).await;
                     }
                 }
                 drop((permit, tracked));
@@ -769,9 +767,7 @@ async fn accept_batch(
         .collect();
     drop(admitted);
     for runs in runs {
-        if let Err(error) = executor.record_turned_away(runs).await {
-            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
-        }
+        executor.record_turned_away(runs).await;
     }
 }
 
@@ -811,9 +807,7 @@ async fn admit_before_commit(
         }
     }
     for runs in runs {
-        if let Err(error) = executor.record_turned_away(runs).await {
-            tracing::error!(error = %error, "cannot record the runs its rules' modes turned away");
-        }
+        executor.record_turned_away(runs).await;
     }
 }
 

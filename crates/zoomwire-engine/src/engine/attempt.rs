@@ -10,7 +10,9 @@
 //! An attempt's records are written without its effects: the journal was
 //! given each as it completed. The effect a script's last statement left
 //! running (`crate::script::last_effect`) is awaited and recorded here, once
-//! the script's thread is free again.
+//! the script's thread is free again. A final record that cannot be
+//! written (a full disk) is written again, whole, until it is
+//! ([`write_again`]): the process that ran the run knows how it ended.
 //!
 //! A run may start before its event's commit (see `executor.rs`): its
 //! effects wait for it, and before anything of the run is recorded (a
@@ -76,20 +78,63 @@ const CANCELLED: &str = "cancelled: a newer run replaced it (mode restart)";
 /// A run whose attempts are over: its final record, written or queued.
 pub struct Finished {
     pub record: RunRecord,
-    /// The commit of the queued record; `None` once written.
-    saving: Option<RunSaving>,
+    /// The first write of the record: queued, or already over.
+    saving: RunSaving,
+    journal: Arc<dyn Journal>,
 }
 
+/// The first wait before writing a final record again, doubled up to the
+/// second.
+const REWRITE_WAITS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
 impl Finished {
-    /// Waits until the final record is written (or failed to be: logged).
+    /// Waits until the final record is written, writing it again as
+    /// [`write_again`] does when it could not be.
     pub async fn saved(self) -> RunRecord {
-        if let Some(saving) = self.saving
-            && let Err(error) = saving.await
-        {
-            log_unsaved(&self.record, &error);
+        let Finished {
+            record,
+            saving,
+            journal,
+        } = self;
+        if let Err(error) = saving.await {
+            write_again(journal.as_ref(), &record, error).await;
         }
-        self.record
+        record
     }
+}
+
+/// Writes a run's final record again, whole (its effects included), after
+/// a backoff, until it is written (it failed with `error`: a full disk) or
+/// the store shows the run finished (another node took it over). This
+/// process knows how the run ended, and its executor holds the run
+/// meanwhile, so that the poll for unfinished runs does not resume it and
+/// repeat its last effect (or call it in doubt). A stop before then leaves
+/// the run unfinished in the store, as a kill would: it resumes on the next
+/// start.
+pub(super) async fn write_again(journal: &dyn Journal, record: &RunRecord, error: JournalError) {
+    tracing::error!(run = %record.id, error = %error, "could not record the run's end: writing it again until it is written");
+    let (mut wait, longest) = REWRITE_WAITS;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(longest);
+        if journal.record_run(record).await.is_ok() {
+            tracing::info!(run = %record.id, status = record.status.as_str(), "the run's end is recorded after all");
+            return;
+        }
+        if finished_in_store(journal, &record.id).await {
+            tracing::warn!(run = %record.id, "the run's end was recorded elsewhere: this node's is not");
+            return;
+        }
+    }
+}
+
+/// Whether the store holds the run as finished (or no longer holds it).
+async fn finished_in_store(journal: &dyn Journal, run_id: &str) -> bool {
+    let ids = [run_id.to_string()];
+    journal
+        .unfinished_runs_among(&ids)
+        .await
+        .is_ok_and(|unfinished| unfinished.is_empty())
 }
 
 impl Runner {
@@ -165,12 +210,19 @@ impl Runner {
             replay = record.effects.clone();
         }
         record.finished_at = Some(Utc::now());
-        let saving = self.journal.queue_observed_run(&record);
-        if saving.is_none() {
-            self.persist(&record).await;
-        }
+        let saving = match self.journal.queue_observed_run(&record) {
+            Some(saving) => saving,
+            None => {
+                let written = self.journal.record_observed_run(&record).await;
+                Box::pin(std::future::ready(written))
+            }
+        };
         log_outcome(rule, &record, started);
-        Some(Finished { record, saving })
+        Some(Finished {
+            record,
+            saving,
+            journal: self.journal.clone(),
+        })
     }
 
     /// One attempt: waits for a place in the script pool, then starts the clock.

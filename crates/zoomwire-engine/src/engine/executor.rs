@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
 use super::admission::{CancelFlag, Decision, Policy, SlotKey, Slots};
-use super::attempt::{RetryWaits, Run, Runner};
+use super::attempt::{RetryWaits, Run, Runner, write_again};
 use super::held::{self, HeldEvents, Hold};
 use super::journal::{Journal, JournalError, RunRecord, RunStatus, UnfinishedRun};
 use super::matcher::{ConditionFailure, Matched, match_event};
@@ -319,7 +319,7 @@ impl Executor {
             });
         }
         let admitted = self.admit(prepared);
-        self.record_turned_away(admitted).await
+        Ok(self.record_turned_away(admitted).await)
     }
 
     /// Matches an event and builds the records of its runs (pending, or
@@ -489,14 +489,11 @@ impl Executor {
     }
 
     /// Records the runs a mode dropped as skipped; returns the event's outcome.
-    pub async fn record_turned_away(
-        &self,
-        admitted: Admitted,
-    ) -> Result<EventOutcome, JournalError> {
+    pub async fn record_turned_away(&self, admitted: Admitted) -> EventOutcome {
         for (run, reason) in admitted.turned_away {
-            self.skip(run, reason).await?;
+            self.skip(run, reason).await;
         }
-        Ok(admitted.outcome)
+        admitted.outcome
     }
 
     /// Resumes a run left unfinished by a crash, replaying its recorded
@@ -652,7 +649,7 @@ impl Executor {
         self.journal().record_run(&record).await?;
         let (pending, ticket) = pending_run(rule_set, rule, event, record, replay);
         for (run, reason) in self.admit_one(pending) {
-            self.skip(run, reason).await?;
+            self.skip(run, reason).await;
         }
         Ok(ticket)
     }
@@ -756,19 +753,19 @@ impl Executor {
         });
     }
 
-    async fn skip(&self, run: PendingRun, reason: String) -> Result<(), JournalError> {
+    async fn skip(&self, run: PendingRun, reason: String) {
         tracing::warn!(rule = %run.rule.name, key = run.record.key.as_deref().unwrap_or_default(), run = %run.record.id, event = %run.record.event_id, reason = %reason, "run dropped");
         metrics::counter!("zoomwire_runs_total", "rule" => run.rule.name.to_string(), "outcome" => "skipped").increment(1);
         let mut record = run.record;
         record.status = RunStatus::Skipped;
         record.error = Some(reason);
         record.finished_at = Some(Utc::now());
-        let written = self.journal().record_run(&record).await;
+        if let Err(error) = self.journal().record_run(&record).await {
+            write_again(self.journal().as_ref(), &record, error).await;
+        }
         self.forget(&record.id);
-        written?;
         self.announce(&record);
         tell(run.done, record);
-        Ok(())
     }
 
     fn start(&self, run: PendingRun, cancel: CancelFlag) {
@@ -778,7 +775,7 @@ impl Executor {
             let slot_key = run.slot_key();
             let Some((run, event)) = executor.take_event(run).await else {
                 for removed in executor.release(&slot_key, &cancel) {
-                    let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+                    executor.skip(removed, RULE_REMOVED.into()).await;
                 }
                 executor.inner.started.send_modify(|n| *n -= 1);
                 return;
@@ -786,9 +783,9 @@ impl Executor {
             let run = match executor.cluster_turn(run, &cancel).await {
                 Ok(run) => run,
                 Err(run) => {
-                    let _ = executor.skip(run, SINGLE_ELSEWHERE.into()).await;
+                    executor.skip(run, SINGLE_ELSEWHERE.into()).await;
                     for removed in executor.release(&slot_key, &cancel) {
-                        let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+                        executor.skip(removed, RULE_REMOVED.into()).await;
                     }
                     executor.inner.started.send_modify(|n| *n -= 1);
                     return;
@@ -831,7 +828,7 @@ impl Executor {
                 None => executor.forget(&id),
             }
             for removed in removed {
-                let _ = executor.skip(removed, RULE_REMOVED.into()).await;
+                executor.skip(removed, RULE_REMOVED.into()).await;
             }
             executor.inner.started.send_modify(|n| *n -= 1);
         });
@@ -1057,6 +1054,9 @@ mod tests {
         /// When set, accepts are answered early and commit when it says
         /// (`true`), or fail (`false`), as the SQLite journal's may.
         held_commit: Mutex<Option<oneshot::Receiver<bool>>>,
+        /// How many more writes of a finished run's record fail, as on a
+        /// full disk.
+        failing_ends: std::sync::atomic::AtomicUsize,
     }
 
     impl EffectObserver for CallLog {
@@ -1140,6 +1140,14 @@ mod tests {
             self.calls
                 .lock()
                 .push(format!("record {}", run.status.as_str()));
+            let fails = run.status.is_finished()
+                && self
+                    .failing_ends
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+            if fails {
+                return Box::pin(async { Err(JournalError("the disk is full".into())) });
+            }
             self.journal.record_run(run)
         }
 
@@ -1284,9 +1292,84 @@ mod tests {
         assert!(stored.is_empty(), "both records written");
     }
 
-    /// Effects that note each Slack text they are asked to post.
+    #[tokio::test]
+    async fn a_run_whose_end_cannot_be_written_is_held_and_written_again_not_run_again() {
+        let journal = CallLog {
+            failing_ends: usize::MAX.into(),
+            ..CallLog::default()
+        };
+        let rules = "- name: one\n  on: a.b\n  do: \"1\"\n";
+        let (executor, journal, rule_set, _dir) = setup_with(rules, journal);
+        let mut outcome = executor.handle_event(&rule_set, event(1)).await.unwrap();
+        let run = outcome.runs.remove(0);
+        let id = run.run_id.clone();
+        // accept, running, then the end: written, and twice again after a wait.
+        calls_reach(&journal, 5).await;
+        assert!(
+            executor.is_active(&id),
+            "held: the poll for unfinished runs must not resume it"
+        );
+        let unfinished = journal.journal.unfinished_runs().await.unwrap();
+        assert_eq!(unfinished.len(), 1, "the store still has it unfinished");
+        journal.failing_ends.store(0, Ordering::Relaxed);
+        let record = run.wait().await.unwrap();
+        assert_eq!(record.status, RunStatus::Succeeded);
+        executor.wait_idle().await;
+        assert!(!executor.is_active(&id));
+        assert!(journal.journal.unfinished_runs().await.unwrap().is_empty());
+        let calls = journal.calls.lock().clone();
+        assert_eq!(
+            calls[..2],
+            ["accept pending", "record running"],
+            "{calls:?}"
+        );
+        assert!(
+            calls[2..].iter().all(|c| c == "record succeeded"),
+            "the end written again, the script not run again: {calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_whose_record_cannot_be_written_is_written_again() {
+        let rules = "- name: one\n  on: a.b\n  mode: single\n  allow: [slack]\n  \
+                     do: 'slack::post(\"#a\", \"hi\")'\n";
+        let (rule_set, _dir) = rules_of_yaml(rules);
+        let rule_set = Arc::new(rule_set);
+        let journal = Arc::new(CallLog {
+            failing_ends: 1.into(),
+            ..CallLog::default()
+        });
+        let executor = Executor::new(
+            journal.clone(),
+            Arc::new(Posted {
+                delay: std::time::Duration::from_millis(300),
+                ..Posted::default()
+            }),
+            Arc::new(ScriptPool::new(2, 16 * 1024 * 1024)),
+            Dynamic::from_map(rhai::Map::new()),
+        );
+        let mut first = executor.handle_event(&rule_set, event(1)).await.unwrap();
+        // Dropped while the first runs; its record fails once, then is written.
+        let mut second = executor.handle_event(&rule_set, event(2)).await.unwrap();
+        let dropped = second.runs.remove(0);
+        let id = dropped.run_id.clone();
+        assert_eq!(dropped.wait().await.unwrap().status, RunStatus::Skipped);
+        assert!(!executor.is_active(&id));
+        let ran = first.runs.remove(0).wait().await.unwrap();
+        assert_eq!(ran.status, RunStatus::Succeeded);
+        assert!(journal.journal.unfinished_runs().await.unwrap().is_empty());
+        let calls = journal.calls.lock().clone();
+        let skipped = calls.iter().filter(|c| *c == "record skipped").count();
+        assert_eq!(skipped, 2, "written again after the failure: {calls:?}");
+    }
+
+    /// Effects that note each Slack text they are asked to post, and answer
+    /// after `delay`.
     #[derive(Default)]
-    struct Posted(Mutex<Vec<String>>);
+    struct Posted {
+        texts: Mutex<Vec<String>>,
+        delay: std::time::Duration,
+    }
 
     impl Effects for Posted {
         fn perform<'a>(
@@ -1295,8 +1378,13 @@ mod tests {
             request: &'a crate::effects::EffectRequest,
         ) -> BoxFuture<'a, Result<serde_json::Value, crate::effects::EffectError>> {
             let text = request.args["text"].as_str().unwrap_or_default();
-            self.0.lock().push(text.to_string());
-            Box::pin(async { Ok(serde_json::json!({"ok": true})) })
+            self.texts.lock().push(text.to_string());
+            Box::pin(async {
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                Ok(serde_json::json!({"ok": true}))
+            })
         }
     }
 
@@ -1326,14 +1414,14 @@ mod tests {
             .await
             .expect("the run started before its event's commit");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let while_held = effects.0.lock().clone();
+        let while_held = effects.texts.lock().clone();
         commit.send(commits).unwrap();
         let committed = early.committed().await;
         assert_eq!(committed[0].is_ok(), commits);
         let record = ticket.wait().await;
         executor.wait_idle().await;
         assert!(executor.inner.active.lock().is_empty(), "nothing held");
-        let posted = effects.0.lock().clone();
+        let posted = effects.texts.lock().clone();
         let calls = journal.calls.lock().clone();
         (record, while_held, posted, calls)
     }
@@ -1462,7 +1550,7 @@ mod tests {
             .unwrap();
         let record = ticket.wait().await.unwrap();
         executor.wait_idle().await;
-        let performed = effects.0.lock().clone();
+        let performed = effects.texts.lock().clone();
         (record, performed)
     }
 
@@ -1507,7 +1595,7 @@ mod tests {
         let mut tickets = Vec::new();
         for p in prepared {
             let admitted = executor.admit(p);
-            tickets.extend(executor.record_turned_away(admitted).await.unwrap().runs);
+            tickets.extend(executor.record_turned_away(admitted).await.runs);
         }
         let held: Vec<String> = tickets.iter().map(|t| t.run_id.clone()).collect();
         assert!(
@@ -1553,7 +1641,7 @@ mod tests {
         assert_eq!(executor.waiting_runs(), 2);
         let mut tickets = Vec::new();
         for admitted in admitted {
-            tickets.extend(executor.record_turned_away(admitted).await.unwrap().runs);
+            tickets.extend(executor.record_turned_away(admitted).await.runs);
         }
         let mut finished = Vec::new();
         for ticket in tickets {
@@ -1660,7 +1748,7 @@ mod tests {
         }
         for p in prepared {
             let admitted = executor.admit_untracked(p);
-            let outcome = executor.record_turned_away(admitted).await.unwrap();
+            let outcome = executor.record_turned_away(admitted).await;
             assert!(outcome.runs.is_empty(), "no ticket");
         }
         executor.wait_idle().await;

@@ -608,34 +608,53 @@ mod tests {
         assert!(journal.get_event(&second.id).unwrap().is_some());
     }
 
-    #[test]
-    fn an_effect_started_and_never_recorded_comes_back_in_doubt_until_recorded() {
-        use crate::effects::gateway::EffectStart;
+    /// A store holding one event and its run `r1`, running, with a runtime
+    /// to await the store on.
+    fn a_running_run() -> (
+        tempfile::TempDir,
+        SqliteJournal,
+        crate::engine::journal::RunRecord,
+        tokio::runtime::Runtime,
+    ) {
         use crate::engine::journal::{RunRecord, RunStatus};
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteJournal::open(dir.path(), options()).unwrap();
         let event = Event::parse(r#"{"event":"a.b","event_ts":1}"#, Source::Fire).unwrap();
-        let mut run = RunRecord {
+        let run = RunRecord {
             started_at: Some(Utc::now()),
             ..RunRecord::for_test("r1", "rule", &event.id, "a.b", RunStatus::Running)
         };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let accepted = runtime
+            .block_on(journal.accept_event_with_runs(&event, std::slice::from_ref(&run)))
+            .unwrap();
+        assert!(accepted);
+        (dir, journal, run, runtime)
+    }
+
+    /// Effects marked as started and not yet recorded, in the whole store.
+    fn marks_left(journal: &SqliteJournal) -> i64 {
+        let count = "SELECT count(*) FROM effect_starts";
+        journal
+            .inner
+            .readers
+            .with(|conn| Ok(conn.query_row(count, [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_effect_started_and_never_recorded_comes_back_in_doubt_until_recorded() {
+        use crate::effects::gateway::EffectStart;
+        use crate::engine::journal::RunStatus;
+        let (_dir, journal, mut run, runtime) = a_running_run();
         let start = |seq| EffectStart {
             seq,
             name: "slack.post".into(),
             args: serde_json::json!({"channel": "#a", "text": seq}),
             started_at: Utc::now(),
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            assert!(
-                journal
-                    .accept_event_with_runs(&event, std::slice::from_ref(&run))
-                    .await
-                    .unwrap()
-            );
-        });
         // Effect 1 started and done; effect 2 started when the crash came.
         journal.effect_starting("r1", &start(1)).unwrap();
         let mut done = start(1).into_in_doubt_record();
@@ -671,14 +690,39 @@ mod tests {
         assert!(stored.effects[1].in_doubt);
         let error = stored.effects[1].result.as_ref().unwrap_err();
         assert_eq!(error.kind, crate::effects::EffectErrorKind::InDoubt);
-        let marks: i64 = journal
-            .inner
-            .readers
-            .with(
-                |conn| Ok(conn.query_row("SELECT count(*) FROM effect_starts", [], |r| r.get(0))?),
-            )
-            .unwrap();
-        assert_eq!(marks, 0);
+        assert_eq!(marks_left(&journal), 0);
+    }
+
+    #[test]
+    fn a_finished_runs_end_writes_the_record_of_an_effect_whose_own_write_failed() {
+        use crate::effects::gateway::EffectStart;
+        use crate::engine::journal::RunStatus;
+        let (_dir, journal, mut run, runtime) = a_running_run();
+        let start = EffectStart {
+            seq: 1,
+            name: "slack.post".into(),
+            args: serde_json::json!({"channel": "#a", "text": "hi"}),
+            started_at: Utc::now(),
+        };
+        // The post was made; its record never reached the store (a full disk).
+        journal.effect_starting("r1", &start).unwrap();
+        let mut made = start.clone().into_in_doubt_record();
+        (made.result, made.in_doubt) = (Ok(serde_json::json!({"ok": true})), false);
+        // A later attempt replayed it: it is written as made.
+        made.replayed = true;
+        let unfinished = runtime.block_on(journal.unfinished_runs()).unwrap();
+        assert_eq!(unfinished[0].in_doubt.len(), 1, "a crash now: in doubt");
+        // The run's end, written as the executor writes it: without its effects.
+        run.effects = vec![made];
+        run.status = RunStatus::Succeeded;
+        run.finished_at = Some(Utc::now());
+        runtime.block_on(journal.record_observed_run(&run)).unwrap();
+        let stored = journal.get_run("r1").unwrap().unwrap().run;
+        assert_eq!(stored.status, RunStatus::Succeeded);
+        assert_eq!(stored.effects.len(), 1, "{stored:?}");
+        let effect = &stored.effects[0];
+        assert!(effect.result.is_ok() && !effect.in_doubt && !effect.replayed);
+        assert_eq!(marks_left(&journal), 0, "no mark left to read as in doubt");
     }
 
     #[test]

@@ -187,7 +187,13 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op, at: &Apply<'_>) -> rusqlite::
             record_run(run, at, false)?;
             insert_effects(run, at).map(|()| Outcome::Done)
         }
-        Op::RecordObservedRun(run) => record_run(run, at, false).map(|()| Outcome::Done),
+        Op::RecordObservedRun(run) => {
+            record_run(run, at, false)?;
+            if run.status.is_finished() {
+                replace_marks_left(run, at)?;
+            }
+            Ok(Outcome::Done)
+        }
         Op::Effect { run_id, record } => {
             insert_effect(run_id, None, record, at).map(|()| Outcome::Done)
         }
@@ -361,6 +367,30 @@ fn record_run(run: &RunRecord, at: &Apply<'_>, new: bool) -> rusqlite::Result<()
 fn insert_effects(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
     for record in &run.effects {
         insert_effect(&run.id, Some(run.attempt), record, at)?;
+    }
+    Ok(())
+}
+
+/// Writes the records a finished run carries for effects still marked as
+/// started: the effect's own record was not written (a full disk) though
+/// the run's end is, and a mark left behind reads as an effect in doubt.
+/// Usually there is none to find.
+fn replace_marks_left(run: &RunRecord, at: &Apply<'_>) -> rusqlite::Result<()> {
+    let marked: Vec<u32> = at
+        .statements
+        .get("SELECT seq FROM effect_starts WHERE run_id = ?1")?
+        .query_map([&run.id], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for seq in marked {
+        let Some(record) = run.effects.iter().find(|record| record.seq == seq) else {
+            continue;
+        };
+        // As made: the attempt that made it may not be the last one.
+        let made = EffectRecord {
+            replayed: false,
+            ..record.clone()
+        };
+        insert_effect(&run.id, Some(run.attempt), &made, at)?;
     }
     Ok(())
 }

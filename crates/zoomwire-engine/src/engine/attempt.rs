@@ -294,17 +294,14 @@ impl Runner {
         .with_output_limits(rule_set.sandbox().limits().output_limits())
     }
 
-    /// Writes the attempt's record; its effects were each written as they
-    /// completed (the journal is their observer).
+    /// Writes the record of a failed attempt before its retry; its effects
+    /// were each written as they completed (the journal is their observer).
+    /// A failure is only logged: the run's next record replaces this one.
     async fn persist(&self, record: &RunRecord) {
         if let Err(error) = self.journal.record_observed_run(record).await {
-            log_unsaved(record, &error);
+            tracing::error!(run = %record.id, error = %error, "could not record run");
         }
     }
-}
-
-fn log_unsaved(record: &RunRecord, error: &JournalError) {
-    tracing::error!(run = %record.id, error = %error, "could not record run");
 }
 
 /// Sleeps before the next attempt; false when the run was cancelled meanwhile.
